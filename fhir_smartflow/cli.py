@@ -1,0 +1,54 @@
+"""The ``fhir-smartflow`` command line. Each command is thin: it loads settings and calls a module.
+
+Exit codes: 0 success; 1 the command ran and found problems (invalid flows, failed checks);
+2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from fhir_smartflow import logs
+from fhir_smartflow.config import ConfigError, Settings, load_settings
+
+
+class CliContext:
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            try:
+                self._settings = load_settings(self.config_path)
+            except ConfigError as exc:
+                click.echo(f"configuration error: {exc}", err=True)
+                sys.exit(2)
+            logs.configure(self._settings.logging.level, self._settings.logging.json)
+        return self._settings
+
+
+pass_ctx = click.make_pass_decorator(CliContext)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    envvar="SMARTFLOW_CONFIG",
+    type=click.Path(dir_okay=False),
+    help="Config file (TOML). Default: $SMARTFLOW_CONFIG, else built-in defaults.",
+)
+@click.version_option(package_name="fhir-smartflow")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None) -> None:
+    """fhir-smartflow: Smart Flows for EHRs, driven by FHIR Subscriptions."""
+    ctx.obj = CliContext(config_path)
+
+
+def run() -> Any:  # pragma: no cover - console entry point
+    return main()

@@ -1,0 +1,318 @@
+"""Configuration: a TOML file, overridden by SMARTFLOW_<SECTION>_<KEY> environment variables.
+
+Secrets are never read from the file: keys ending in ``_env`` name the environment variable that
+holds the secret. A bad value fails at start with the key and the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fhir_smartflow import defaults
+
+ENV_PREFIX = "SMARTFLOW_"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, naming the key and the reason."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = defaults.HOST
+    port: int = defaults.PORT
+    notify_path: str = defaults.NOTIFY_PATH
+    max_body_bytes: int = defaults.MAX_BODY_BYTES
+    retry_after_seconds: int = defaults.RETRY_AFTER_SECONDS
+    # Admin token for /rq and other admin endpoints; empty disables them.
+    admin_token_env: str = "SMARTFLOW_ADMIN_TOKEN"
+    rq_dashboard: bool = False
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    # Empty: embedded in-process queue (fakeredis) and worker thread; not for production.
+    url: str = ""
+    queue: str = defaults.QUEUE_NAME
+    key_prefix: str = defaults.KEY_PREFIX
+    dedupe_ttl_seconds: int = defaults.DEDUPE_TTL_SECONDS
+    gap_grace_seconds: int = defaults.GAP_GRACE_SECONDS
+    job_timeout_seconds: int = defaults.JOB_TIMEOUT_SECONDS
+    history_max_runs: int = defaults.HISTORY_MAX_RUNS
+    history_ttl_seconds: int = defaults.HISTORY_TTL_SECONDS
+
+
+@dataclass(frozen=True)
+class FhirConfig:
+    # Empty: the built-in sandbox FHIR store (mounted by `serve` at /sandbox/fhir).
+    base_url: str = ""
+    auth: str = "none"  # none | bearer | smart-backend
+    token_env: str = "SMARTFLOW_FHIR_TOKEN"
+    client_id: str = ""
+    private_key_file: str = ""
+    key_alg: str = "RS384"
+    key_id: str = ""
+    scopes: str = "system/*.rs system/Task.cu system/Communication.c system/DocumentReference.c"
+    timeout_seconds: float = defaults.FHIR_TIMEOUT_SECONDS
+    max_retries: int = defaults.FHIR_MAX_RETRIES
+    backoff_base_seconds: float = defaults.FHIR_BACKOFF_BASE_SECONDS
+    backoff_max_seconds: float = defaults.FHIR_BACKOFF_MAX_SECONDS
+    conditional_create: bool = True
+    identifier_system: str = defaults.IDENTIFIER_SYSTEM
+    device_id: str = defaults.DEVICE_ID
+    writeback: str = "fhir"  # fhir | openemr
+
+
+@dataclass(frozen=True)
+class ClinicConfig:
+    name: str = "Example Behavioral Health"
+    phone: str = ""
+    timezone: str = defaults.TIMEZONE
+    holidays_country: str = ""
+    holidays_subdivision: str = ""
+    portal_url: str = ""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    mappings: list[str] = field(default_factory=lambda: list(defaults.MAPPINGS_PATHS))
+    flows: list[str] = field(default_factory=lambda: list(defaults.FLOWS_PATHS))
+    templates: list[str] = field(default_factory=lambda: list(defaults.TEMPLATES_PATHS))
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "INFO"
+    json: bool = False
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    path: str = defaults.SANDBOX_PATH
+    database: str = defaults.SANDBOX_DB
+    heartbeat_seconds: int = defaults.SANDBOX_HEARTBEAT_SECONDS
+
+
+@dataclass(frozen=True)
+class SubscriptionConfig:
+    """One subscription the webhook accepts, and how its deliveries authenticate."""
+
+    id: str
+    auth: str = "header"  # header (shared secret) | hmac (HMAC-SHA256 of the raw body, hex)
+    header: str = "X-Smartflow-Secret"
+    secret_env: str = ""
+    # For notifications that carry no focus (classic empty rest-hook): what to re-query.
+    criteria: str = ""
+    topic: str = ""
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    fhir: FhirConfig = field(default_factory=FhirConfig)
+    clinic: ClinicConfig = field(default_factory=ClinicConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    # role name -> "system|code" of a PractitionerRole.code
+    roles: dict[str, str] = field(
+        default_factory=lambda: {
+            "clinician": "http://terminology.hl7.org/CodeSystem/practitioner-role|doctor",
+            "nurse": "http://terminology.hl7.org/CodeSystem/practitioner-role|nurse",
+            "case-manager": "http://snomed.info/sct|768730001",
+            "billing": "urn:fhir-smartflow:role|billing",
+            "front-desk": "urn:fhir-smartflow:role|front-desk",
+        }
+    )
+    subscriptions: list[SubscriptionConfig] = field(default_factory=list)
+    source: str = "<defaults>"
+
+    @property
+    def embedded_queue(self) -> bool:
+        return not self.redis.url
+
+    @property
+    def sandbox_fhir(self) -> bool:
+        return not self.fhir.base_url
+
+
+def _coerce(value: Any, typ: Any, key: str, from_env: bool) -> Any:
+    origin = typing.get_origin(typ)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if from_env and isinstance(value, str) and value.lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+            return value.lower() in {"1", "true", "yes", "on"}
+        raise ConfigError(key, f"expected true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ConfigError(key, f"expected a whole number, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if from_env and isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(key, f"expected a whole number, got {value!r}")
+    if typ is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if from_env and isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(key, f"expected a number, got {value!r}")
+    if typ is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(key, f"expected a string, got {value!r}")
+    if origin is list:
+        (item_type,) = typing.get_args(typ)
+        if from_env and isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(key, f"expected a list, got {value!r}")
+        return [_coerce(v, item_type, f"{key}[{i}]", from_env) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a table, got {value!r}")
+        _, val_type = typing.get_args(typ)
+        return {str(k): _coerce(v, val_type, f"{key}.{k}", from_env) for k, v in value.items()}
+    if isinstance(origin, type) and origin is types.UnionType:  # pragma: no cover - not used yet
+        return value
+    raise ConfigError(key, f"unsupported type {typ!r}")
+
+
+def _section(cls: type, raw: Mapping[str, Any], name: str, env: Mapping[str, str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"[{name}] {key}", "unknown key")
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        env_name = f"{ENV_PREFIX}{name.upper()}_{f.name.upper()}"
+        if env_name in env:
+            values[f.name] = _coerce(env[env_name], hints[f.name], env_name, from_env=True)
+        elif f.name in raw:
+            values[f.name] = _coerce(raw[f.name], hints[f.name], f"[{name}] {f.name}", from_env=False)
+    return cls(**values)
+
+
+def _subscriptions(raw: Any) -> list[SubscriptionConfig]:
+    if not isinstance(raw, list):
+        raise ConfigError("[[subscriptions]]", "expected an array of tables")
+    hints = typing.get_type_hints(SubscriptionConfig)
+    known = {f.name for f in dataclasses.fields(SubscriptionConfig)}
+    result: list[SubscriptionConfig] = []
+    seen: set[str] = set()
+    for i, item in enumerate(raw):
+        where = f"[[subscriptions]] #{i + 1}"
+        if not isinstance(item, dict):
+            raise ConfigError(where, "expected a table")
+        for key in item:
+            if key not in known:
+                raise ConfigError(f"{where} {key}", "unknown key")
+        if "id" not in item:
+            raise ConfigError(f"{where} id", "required")
+        values = {k: _coerce(v, hints[k], f"{where} {k}", from_env=False) for k, v in item.items()}
+        sub = SubscriptionConfig(**values)
+        if sub.auth not in {"header", "hmac"}:
+            raise ConfigError(f"{where} auth", f"must be 'header' or 'hmac', got {sub.auth!r}")
+        if not sub.secret_env:
+            raise ConfigError(f"{where} secret_env", "required: the environment variable holding the secret")
+        if sub.id in seen:
+            raise ConfigError(f"{where} id", f"duplicate subscription id {sub.id!r}")
+        seen.add(sub.id)
+        result.append(sub)
+    return result
+
+
+def _validate(settings: Settings) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(settings.clinic.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError("[clinic] timezone", f"unknown IANA time zone {settings.clinic.timezone!r}") from None
+    if settings.fhir.auth not in {"none", "bearer", "smart-backend"}:
+        raise ConfigError("[fhir] auth", "must be one of none, bearer, smart-backend")
+    if settings.fhir.writeback not in {"fhir", "openemr"}:
+        raise ConfigError("[fhir] writeback", "must be 'fhir' or 'openemr'")
+    if settings.fhir.base_url and not settings.fhir.base_url.startswith(("http://", "https://")):
+        raise ConfigError("[fhir] base_url", "must be an http(s) URL")
+    if not settings.server.notify_path.startswith("/"):
+        raise ConfigError("[server] notify_path", "must start with /")
+    if settings.server.max_body_bytes <= 0:
+        raise ConfigError("[server] max_body_bytes", "must be positive")
+    if settings.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ConfigError("[logging] level", "must be DEBUG, INFO, WARNING or ERROR")
+    for role, coding in settings.roles.items():
+        if "|" not in coding:
+            raise ConfigError(f"[roles] {role}", "must be 'system|code'")
+
+
+_SECTIONS: dict[str, type] = {
+    "server": ServerConfig,
+    "redis": RedisConfig,
+    "fhir": FhirConfig,
+    "clinic": ClinicConfig,
+    "engine": EngineConfig,
+    "logging": LoggingConfig,
+    "sandbox": SandboxConfig,
+}
+
+
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Load settings from ``path`` (or $SMARTFLOW_CONFIG, or nothing) plus environment overrides."""
+    env = os.environ if env is None else env
+    if path is None:
+        path = env.get("SMARTFLOW_CONFIG") or None
+    raw: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        p = Path(path)
+        try:
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(str(p), "config file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(p), f"not valid TOML: {exc}") from None
+        source = str(p)
+    allowed = set(_SECTIONS) | {"roles", "subscriptions"}
+    for key in raw:
+        if key not in allowed:
+            raise ConfigError(f"[{key}]", "unknown section")
+    values: dict[str, Any] = {
+        name: _section(cls, raw.get(name, {}), name, env) for name, cls in _SECTIONS.items()
+    }
+    if "roles" in raw:
+        values["roles"] = _coerce(raw["roles"], dict[str, str], "[roles]", from_env=False)
+    if "subscriptions" in raw:
+        values["subscriptions"] = _subscriptions(raw["subscriptions"])
+    settings = Settings(**values, source=source)
+    _validate(settings)
+    return settings
+
+
+def secret(name: str, env: Mapping[str, str] | None = None) -> str | None:
+    """The value of a secret named by a ``*_env`` key, or None when unset or empty."""
+    env = os.environ if env is None else env
+    value = env.get(name, "")
+    return value or None

@@ -1,0 +1,44 @@
+"""Every default in one place (the shape of rq/defaults.py)."""
+
+SERVICE_NAME = "fhir-smartflow"
+
+# Webhook
+HOST = "127.0.0.1"
+PORT = 8080
+NOTIFY_PATH = "/fhir/notify"
+MAX_BODY_BYTES = 1024 * 1024
+RETRY_AFTER_SECONDS = 5
+FHIR_JSON = "application/fhir+json"
+
+# Redis / queue
+QUEUE_NAME = "smartflow"
+KEY_PREFIX = "smartflow:"
+DEDUPE_TTL_SECONDS = 7 * 24 * 3600
+GAP_GRACE_SECONDS = 30
+JOB_TIMEOUT_SECONDS = 300
+JOB_RETRIES = 8
+JOB_RETRY_INTERVALS = [5, 15, 60, 300, 900, 1800, 3600, 3600]
+FAILED_JOB_TTL_SECONDS = 30 * 24 * 3600
+HISTORY_MAX_RUNS = 10_000
+HISTORY_TTL_SECONDS = 30 * 24 * 3600
+
+# FHIR client
+FHIR_TIMEOUT_SECONDS = 10.0
+FHIR_MAX_RETRIES = 5
+FHIR_BACKOFF_BASE_SECONDS = 0.5
+FHIR_BACKOFF_MAX_SECONDS = 30.0
+IDENTIFIER_SYSTEM = "urn:fhir-smartflow:id"
+DEVICE_ID = "fhir-smartflow"
+
+# Clinic
+TIMEZONE = "America/New_York"
+
+# Data locations (relative to the working directory)
+MAPPINGS_PATHS = ["mappings"]
+FLOWS_PATHS = ["flows/examples"]
+TEMPLATES_PATHS = ["templates"]
+
+# Sandbox FHIR store
+SANDBOX_PATH = "/sandbox/fhir"
+SANDBOX_DB = ":memory:"
+SANDBOX_HEARTBEAT_SECONDS = 60

@@ -1,0 +1,1 @@
+"""Mappings, flows, templates and the pure planner."""

@@ -1,0 +1,147 @@
+"""Shared fixtures.
+
+Each test that touches Redis gets its own empty DB on the real Redis at 127.0.0.1:6379 (or
+$SMARTFLOW_TEST_REDIS), claimed with a lock key in DB 0 so parallel test runs never share one, and
+flushed before and after (the shape of rq's tests/__init__.py). Connections are passed explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_HOST = os.environ.get("SMARTFLOW_TEST_REDIS_HOST", "127.0.0.1")
+REDIS_PORT = int(os.environ.get("SMARTFLOW_TEST_REDIS_PORT", "6379"))
+_CLAIM_TTL = 900
+
+
+def _claim_db() -> tuple[int, str]:
+    admin = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0)
+    databases = int(admin.config_get("databases").get("databases", 16))
+    token = uuid.uuid4().hex
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for db in range(1, databases):
+            if admin.set(f"smartflow-test-claim:{db}", token, nx=True, ex=_CLAIM_TTL):
+                return db, token
+        time.sleep(0.2)
+    raise RuntimeError("no free Redis DB for the test (all claimed for 120 s)")
+
+
+def _release_db(db: int, token: str) -> None:
+    admin = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0)
+    if admin.get(f"smartflow-test-claim:{db}") == token.encode():
+        admin.delete(f"smartflow-test-claim:{db}")
+
+
+@pytest.fixture
+def redis_db() -> Iterator[int]:
+    """A claimed, empty Redis DB number; flushed before and after the test."""
+    try:
+        redis.Redis(host=REDIS_HOST, port=REDIS_PORT, socket_connect_timeout=1).ping()
+    except redis.ConnectionError:
+        pytest.fail(f"integration tests need Redis on {REDIS_HOST}:{REDIS_PORT} (see README)")
+    db, token = _claim_db()
+    conn = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
+    conn.flushdb()
+    try:
+        yield db
+    finally:
+        conn.flushdb()
+        conn.close()
+        _release_db(db, token)
+
+
+@pytest.fixture
+def redis_url(redis_db: int) -> str:
+    return f"redis://{REDIS_HOST}:{REDIS_PORT}/{redis_db}"
+
+
+@pytest.fixture
+def redis_conn(redis_url: str) -> Iterator[redis.Redis]:
+    conn = redis.Redis.from_url(redis_url)
+    yield conn
+    conn.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def smartflow_cmd(*args: str) -> list[str]:
+    """The installed console script (falls back to the module when run from a bare checkout)."""
+    exe = Path(sys.executable).with_name("fhir-smartflow")
+    if exe.exists():
+        return [str(exe), *args]
+    return [sys.executable, "-c", "from fhir_smartflow.cli import main; main()", *args]
+
+
+class Process:
+    """A real child process (serve, worker, sandbox, ...) with its output kept for failure messages."""
+
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path, log_path: Path) -> None:
+        self.args = args
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def wait_http(self, url: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.args} exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                requests.get(url, timeout=0.5)
+                return
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError(f"{url} did not answer within {timeout}s:\n{self.output()}")
+
+    def stop(self, sig_kill: bool = False) -> int:
+        if self.proc.poll() is None:
+            if sig_kill:
+                self.proc.kill()
+            else:
+                self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[callable]:
+    """Start real processes; all are stopped at the end of the test."""
+    started: list[Process] = []
+
+    def start(args: list[str], env: dict[str, str] | None = None, name: str = "proc") -> Process:
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTFLOW_")}
+        full_env.update(env or {})
+        full_env.setdefault("PYTHONUNBUFFERED", "1")
+        p = Process(args, full_env, ROOT, tmp_path / f"{name}-{len(started)}.log")
+        started.append(p)
+        return p
+
+    yield start
+    for p in reversed(started):
+        p.stop()
