@@ -150,13 +150,17 @@ class Settings:
         return not self.fhir.base_url
 
 
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
 def _coerce(value: Any, typ: Any, key: str, from_env: bool) -> Any:
     origin = typing.get_origin(typ)
     if typ is bool:
         if isinstance(value, bool):
             return value
-        if from_env and isinstance(value, str) and value.lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
-            return value.lower() in {"1", "true", "yes", "on"}
+        if from_env and isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
         raise ConfigError(key, f"expected true or false, got {value!r}")
     if typ is int:
         if isinstance(value, bool):
