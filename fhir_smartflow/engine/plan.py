@@ -22,6 +22,9 @@ class TriggerEvent:
     id: str  # deterministic: trigger + focus + version (or event identity)
     patient: str | None = None  # "Patient/123" when known
     parameters: dict[str, str] = field(default_factory=dict)
+    # Set for triggers that fire once per key (appointment.first_kept: once per patient); the
+    # dispatcher claims it in Redis and drops the trigger when it was claimed before.
+    once_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,19 @@ class CancelGroup:
     keep: str | None = None  # identifier of a task not to cancel (the completing one)
 
 
-PlanAction = WriteResource | Deliver | Schedule | CancelGroup
+@dataclass(frozen=True)
+class PatchTask:
+    """Change an existing Task found by its business identifier (overdue marking, cancellation)."""
+
+    identifier: str  # the Task's business identifier value
+    status: str | None = None  # new Task.status, e.g. cancelled
+    business_status: str | None = None  # e.g. overdue
+    status_reason: str | None = None
+    only_if_open: bool = True  # leave completed / cancelled / failed tasks alone
+    action: str = ""
+
+
+PlanAction = WriteResource | Deliver | Schedule | CancelGroup | PatchTask
 
 
 @dataclass(frozen=True)

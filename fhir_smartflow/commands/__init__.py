@@ -1,0 +1,1 @@
+"""Command modules; each defines click commands that fhir_smartflow/cli.py registers."""

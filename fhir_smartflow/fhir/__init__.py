@@ -1,0 +1,1 @@
+"""FHIR client, resource builders and write-back targets."""

@@ -1,0 +1,1 @@
+"""Webhook ingest: parse, authenticate and durably queue FHIR Subscription notifications."""

@@ -1,0 +1,93 @@
+"""Counters and histograms shared by every process (serve, workers, scheduler, poller).
+
+They live in Redis, not in process memory, so `/metrics` on `serve` shows what the workers did and
+the totals add up across processes (received = processed + deduplicated). Every metric is declared
+here, once; `inc` / `observe` on an undeclared name is a programming error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+# Histogram buckets (seconds) for latencies.
+LATENCY_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    kind: str  # counter | histogram | gauge
+    help: str
+    labels: tuple[str, ...] = ()
+
+
+METRICS: dict[str, MetricSpec] = {
+    "notifications": MetricSpec(
+        "counter", "Webhook notifications received, by notification type and result", ("type", "result")
+    ),
+    "auth_failures": MetricSpec("counter", "Webhook deliveries refused for failed authentication", ("reason",)),
+    "events": MetricSpec(
+        "counter", "Resource events by outcome at the worker: processed | deduplicated | failed", ("result",)
+    ),
+    "events_received": MetricSpec("counter", "Resource events durably queued (webhook, poll, recovery)", ("source",)),
+    "gaps": MetricSpec("counter", "Event-number gaps detected (missed notifications)", ("subscription",)),
+    "server_restarts": MetricSpec("counter", "Event numbers fell back: server restarted", ("subscription",)),
+    "event_latency_seconds": MetricSpec("histogram", "Notification received to plan executed", ()),
+    "fhir_requests": MetricSpec("counter", "Requests to the FHIR server by method and status", ("method", "status")),
+    "deliveries": MetricSpec("counter", "Channel deliveries by channel and status", ("channel", "status")),
+    "flow_runs": MetricSpec("counter", "Flows considered for a trigger event, by result", ("result",)),
+    "writes": MetricSpec("counter", "Resources written back: created | existing", ("type", "result")),
+    "scheduled_jobs": MetricSpec("counter", "Follow-up jobs scheduled / fired / cancelled", ("kind", "result")),
+    "poll_lag_seconds": MetricSpec("gauge", "Now minus the poller's watermark, per resource type", ("resource_type",)),
+}
+
+
+def _field(name: str, labels: dict[str, str]) -> str:
+    spec = METRICS[name]
+    unknown = set(labels) - set(spec.labels)
+    if unknown:
+        raise ValueError(f"metric {name!r} has no labels {sorted(unknown)}")
+    return "|".join(f"{k}={labels.get(k, '')}" for k in spec.labels)
+
+
+class Metrics:
+    """Writes metrics to Redis hashes ``<prefix>metric:<name>`` (field = label values)."""
+
+    def __init__(self, conn: redis.Redis, prefix: str) -> None:
+        self.conn = conn
+        self.prefix = prefix
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}metric:{name}"
+
+    def inc(self, name: str, amount: int = 1, pipe: Any = None, **labels: str) -> None:
+        if METRICS[name].kind != "counter":
+            raise ValueError(f"{name} is not a counter")
+        (pipe or self.conn).hincrby(self.key(name), _field(name, labels), amount)
+
+    def set(self, name: str, value: float, pipe: Any = None, **labels: str) -> None:
+        if METRICS[name].kind != "gauge":
+            raise ValueError(f"{name} is not a gauge")
+        (pipe or self.conn).hset(self.key(name), _field(name, labels), value)
+
+    def observe(self, name: str, seconds: float, pipe: Any = None, **labels: str) -> None:
+        if METRICS[name].kind != "histogram":
+            raise ValueError(f"{name} is not a histogram")
+        base = _field(name, labels)
+        target = pipe or self.conn.pipeline(transaction=False)
+        bucket = next((b for b in LATENCY_BUCKETS if seconds <= b), "+Inf")
+        target.hincrby(self.key(name), f"{base}#le={bucket}", 1)
+        target.hincrbyfloat(self.key(name), f"{base}#sum", seconds)
+        target.hincrby(self.key(name), f"{base}#count", 1)
+        if pipe is None:
+            target.execute()
+
+    def counter_value(self, name: str, **labels: str) -> int:
+        raw = self.conn.hget(self.key(name), _field(name, labels))
+        return int(raw or 0)
+
+    def read(self, name: str) -> dict[str, str]:
+        """All fields of one metric (for the exposition endpoint and tests)."""
+        return {k.decode(): v.decode() for k, v in self.conn.hgetall(self.key(name)).items()}

@@ -1,0 +1,1 @@
+"""The built-in sandbox FHIR store: a minimal R4 server that can also send subscription notifications."""
