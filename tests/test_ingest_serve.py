@@ -276,51 +276,50 @@ def test_duplicates_out_of_order_restart_and_gap(service: Service) -> None:
     assert len(service.dispatched()) == 8
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "status", "code", "fragment"),
-    [
-        ({"body": b'{"resourceType": "Patient", "id": "p1"}', "secret": None}, 401, "login", "X-Smartflow-Secret"),
-        ({"body": b'{"resourceType": "Patient", "id": "p1"}', "secret": "nope"}, 403, "forbidden", "do not match"),
-        (
-            {"body": b'{"resourceType": "Patient", "id": "p1"}', "secret": None, "X-Signature": "00" * 32},
-            403,
-            "forbidden",
-            "do not match",
-        ),
-        ({"body": b"x" * 70_000}, 413, "too-costly", "65536"),
-        ({"body": b"{}", "Content-Type": "text/plain"}, 415, "not-supported", "text/plain"),
-        ({"body": b"{not json"}, 400, "invalid", "not valid JSON"),
-        ({"body": b'{"foo": 1}'}, 400, "invalid", "resourceType"),
-        ({"body": b'{"resourceType": "Patient"}'}, 400, "invalid", "no valid id"),
-        (
-            {"body": backport(1, "p1", "1", 1).replace(b'"valueString": "1"', b'"valueString": "one"')},
-            400,
-            "invalid",
-            "event",
-        ),
-        (
-            {"body": b'{"resourceType": "Patient", "id": "p1"}', "path": "/Patient/other", "method": "PUT"},
-            400,
-            "invalid",
-            "path",
-        ),
-        ({"body": b"", "method": "DELETE"}, 405, "not-supported", "not allowed"),
-        ({"body": b"", "path": "/not/a/resource/path"}, 404, "not-found", "not found"),
-    ],
-)
-def test_bad_input_and_auth_failures_answer_with_operation_outcome(
-    service: Service, kwargs: dict[str, Any], status: int, code: str, fragment: str
-) -> None:
-    kwargs = dict(kwargs)
-    response = service.post(kwargs.pop("body"), **kwargs)
-    assert response.status_code == status, response.text
-    issue = outcome(response)
-    assert (issue["severity"], issue["code"]) == ("error", code)
-    assert fragment in issue["diagnostics"]
+BAD_INPUTS: list[tuple[dict[str, Any], int, str, str]] = [
+    ({"body": b'{"resourceType": "Patient", "id": "p1"}', "secret": None}, 401, "login", "X-Smartflow-Secret"),
+    ({"body": b'{"resourceType": "Patient", "id": "p1"}', "secret": "nope"}, 403, "forbidden", "do not match"),
+    (
+        {"body": b'{"resourceType": "Patient", "id": "p1"}', "secret": None, "X-Signature": "00" * 32},
+        403,
+        "forbidden",
+        "do not match",
+    ),
+    ({"body": b"x" * 70_000}, 413, "too-costly", "65536"),
+    ({"body": b"{}", "Content-Type": "text/plain"}, 415, "not-supported", "text/plain"),
+    ({"body": b"{not json"}, 400, "invalid", "not valid JSON"),
+    ({"body": b'{"foo": 1}'}, 400, "invalid", "resourceType"),
+    ({"body": b'{"resourceType": "Patient"}'}, 400, "invalid", "no valid id"),
+    (
+        {"body": backport(1, "p1", "1", 1).replace(b'"valueString": "1"', b'"valueString": "one"')},
+        400,
+        "invalid",
+        "event",
+    ),
+    (
+        {"body": b'{"resourceType": "Patient", "id": "p1"}', "path": "/Patient/other", "method": "PUT"},
+        400,
+        "invalid",
+        "path",
+    ),
+    ({"body": b"", "method": "DELETE"}, 405, "not-supported", "not allowed"),
+    ({"body": b"", "path": "/not/a/resource/path"}, 404, "not-found", "not found"),
+]
+
+
+def test_bad_input_and_auth_failures_answer_with_operation_outcome(service: Service) -> None:
+    """Every bad-input class against one running server: status, OperationOutcome, nothing queued."""
+    for case, status, code, fragment in BAD_INPUTS:
+        kwargs = dict(case)
+        response = service.post(kwargs.pop("body"), **kwargs)
+        assert response.status_code == status, (case, response.text)
+        issue = outcome(response)
+        assert (issue["severity"], issue["code"]) == ("error", code), case
+        assert fragment in issue["diagnostics"], (case, issue)
     assert len(rq.Queue(service.settings.redis.queue, connection=service.conn)) == 0
-    if status in (401, 403):
-        reason = "missing" if status == 401 else "invalid"
-        assert service.metric("auth_failures", reason=reason) == 1
+    assert service.metric("auth_failures", reason="missing") == 1
+    assert service.metric("auth_failures", reason="invalid") == 2
+    assert service.metric("notifications", type="unknown", result="rejected") == 6  # one 415, five 400s
 
 
 def test_redis_down_answers_503_and_nothing_is_lost_when_it_is_back(processes, tmp_path: Path) -> None:
