@@ -4,9 +4,9 @@ Enqueues N distinct ``process_event`` jobs (through `enqueue_events`, with the r
 dedupe claim + gap bookkeeping + one RPUSH per job, so nearly all time is worker overhead), drains
 them with each worker class in burst mode in the same run, and prints jobs/s and the ratio.
 
-    .venv/bin/python benchmarks/worker_fork_overhead.py [--jobs 500] [--redis-url redis://127.0.0.1:6379/15]
+    .venv/bin/python benchmarks/worker_fork_overhead.py [--jobs 500] [--redis-url redis://127.0.0.1:6379/0]
 
-Uses its own queue name and key prefix and deletes them afterwards.
+Uses its own queue name and key prefix (DB 0: the test suite claims and flushes DBs 1-15) and deletes them afterwards.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def run(worker_class: type[rq.Worker], rt: runtime.Runtime, jobs: int, tag: str)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=500)
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     args = parser.parse_args()
     prefix = f"bench-{uuid.uuid4().hex[:8]}:"
     settings = Settings(redis=RedisConfig(url=args.redis_url, key_prefix=prefix, queue=prefix + "q"))
