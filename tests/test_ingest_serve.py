@@ -8,7 +8,6 @@ the real `fhir-smartflow worker --burst` process. Assertions are on what reached
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -377,15 +376,14 @@ def test_real_worker_process_and_no_phi_in_info_logs(service: Service, processes
 
 
 def test_serve_refuses_to_start_without_subscriptions(tmp_path: Path, redis_url: str) -> None:
+    from click.testing import CliRunner
+
+    from fhir_smartflow.cli import main
+
     config = write_config(tmp_path, redis_url, subscriptions="")
-    result = subprocess.run(
-        smartflow_cmd("--config", str(config), "serve", "--port", str(free_port())),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode == 2
-    assert "--insecure-dev" in result.stderr
+    result = CliRunner().invoke(main, ["--config", str(config), "serve", "--port", str(free_port())])
+    assert result.exit_code == 2
+    assert "--insecure-dev" in result.output
 
 
 def test_embedded_serve_processes_in_process(processes, tmp_path: Path) -> None:

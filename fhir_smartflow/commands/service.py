@@ -19,6 +19,7 @@ from fhir_smartflow.cli import CliContext, pass_ctx
 from fhir_smartflow.config import ConfigError, Settings
 from fhir_smartflow.connections import embedded_redis
 from fhir_smartflow.events import ResourceEvent
+from fhir_smartflow.ingest.app import webhook_redis
 from fhir_smartflow.ingest.queueing import PROCESS_EVENT, enqueue_events
 from fhir_smartflow.runtime import Runtime, build_runtime, install
 
@@ -99,7 +100,7 @@ def serve(
         install(rt)
         threading.Thread(target=run_embedded_worker, args=(rt, stop), name="embedded-worker", daemon=True).start()
     else:
-        conn = redis.Redis.from_url(settings.redis.url, socket_connect_timeout=2, socket_timeout=5)
+        conn = webhook_redis(settings.redis.url)
     # Extra WSGI apps served beside the webhook. SANDBOX HOOK (for the lead): when settings.sandbox_fhir,
     # mounts[settings.sandbox.path] = create_sandbox_app(settings) from fhir_smartflow.sandbox.
     mounts: dict[str, object] = {}
