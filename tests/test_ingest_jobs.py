@@ -247,3 +247,31 @@ def test_jump_schedules_a_sweep_that_records_the_gap_without_later_events(rt: ru
     rt.clock.advance(31)  # type: ignore[attr-defined]
     assert sweep_gaps("sub-a") == 1
     assert [(g.first, g.last) for g in tracker(rt).gaps("sub-a")] == [(2, 3)]
+
+
+def test_embedded_worker_thread_runs_jobs_and_due_scheduled_jobs() -> None:
+    import threading
+    import time
+
+    import fakeredis
+
+    from fhir_smartflow.ingest.workers import run_embedded_worker
+
+    conn = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    built = runtime.build_runtime(Settings(redis=RedisConfig(key_prefix=PREFIX)), conn)
+    runtime.install(built)
+    stop = threading.Event()
+    thread = threading.Thread(target=run_embedded_worker, args=(built, stop, 0.02), daemon=True)
+    thread.start()
+    try:
+        enqueue_events(built.queue, [event(1)], metrics=built.metrics)
+        sweep = built.queue.enqueue_in(timedelta(seconds=0), "fhir_smartflow.ingest.jobs.sweep_gaps", "sub-a")
+        deadline = time.monotonic() + 10
+        while not (dispatched(built) and sweep.get_status(refresh=True) == "finished"):
+            assert time.monotonic() < deadline, (dispatched(built), sweep.get_status())
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        runtime.install(None)
+    assert [e.reference for e in dispatched(built)] == ["Patient/p1"]
