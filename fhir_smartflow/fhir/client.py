@@ -201,7 +201,7 @@ class FhirClient:
         idempotent: bool | None = None,
     ) -> requests.Response:
         """One logical request: guarded, authenticated, retried; returns a 2xx response or raises."""
-        self.base.check(url)
+        url = self.base.check(url)
         if idempotent is None:
             idempotent = method in {"GET", "HEAD", "PUT", "DELETE"}
         all_headers = {"Accept": FHIR_JSON}
