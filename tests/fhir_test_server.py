@@ -67,7 +67,7 @@ class FhirTestServer:
         self._server = make_server("127.0.0.1", 0, self.app, threaded=True)
         self.port = self._server.server_port
         self.base_url = f"http://127.0.0.1:{self.port}/fhir"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     # -- lifecycle and test helpers ---------------------------------------------------------------------
     def start(self) -> FhirTestServer:

@@ -277,7 +277,7 @@ class PlanExecutor:
         elif action.patient:
             tasks = self.target.search("Task", {"patient": action.patient, "status": statuses})
             prefixes = tuple(f"{FLOW_URI_PREFIX}{flow}:" for flow in action.flows)
-            tasks = [t for t in tasks if any(u.startswith(prefixes) for u in t.get("instantiatesUri") or [])]
+            tasks = [t for t in tasks if str(t.get("instantiatesUri") or "").startswith(prefixes)]
         else:
             raise LookupError(f"CancelGroup {action.identifier} names neither a group nor a patient")
         for task in tasks:
