@@ -6,6 +6,7 @@ Claims use the real Redis (redis_conn fixture).
 from __future__ import annotations
 
 import copy
+import json
 import itertools
 from datetime import timedelta
 from typing import Any
@@ -98,6 +99,8 @@ def test_created_flag_is_unknown_for_targets_that_do_not_say(target, redis_conn)
     assert [(w.resource_type, w.created) for w in result.written][:2] == [("Task", None), ("Provenance", None)]
     for resource in target.resources.values():
         validate_resource(resource)
+    as_json = json.loads(json.dumps(result.to_dict()))
+    assert as_json["written"][0]["resource_type"] == "Task" and as_json["deliveries"] == [[DELIVERY_ID, "completed"]]
 
 
 def test_not_done_outcome_sets_status_reason(target, redis_conn) -> None:

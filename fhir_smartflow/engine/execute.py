@@ -8,6 +8,7 @@ other actions go on.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -58,6 +59,16 @@ class ExecutionResult:
     @property
     def ok(self) -> bool:
         return not self.errors
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (for run history)."""
+        return {
+            "written": [w._asdict() for w in self.written],
+            "deliveries": [list(d) for d in self.deliveries],
+            "scheduled": list(self.scheduled),
+            "cancelled": list(self.cancelled),
+            "errors": [dataclasses.asdict(e) for e in self.errors],
+        }
 
 
 def _is_transient(exc: Exception) -> bool:
@@ -154,7 +165,7 @@ class PlanExecutor:
         validate_resource(action.resource)
         stored, created = self._create(action.resource, action.identifier)
         rtype = action.resource["resourceType"]
-        self._inc("writes", type=rtype, result="created" if created else "existing")
+        self._inc("writes", type=rtype, result=_write_result(created))
         result.written.append(WrittenResource(rtype, str(stored.get("id")), action.identifier, created))
         if rtype != "Provenance" and stored.get("id"):
             self._write_provenance(plan, run, stored, action.identifier, result)
@@ -181,7 +192,7 @@ class PlanExecutor:
         )
         validate_resource(provenance)
         prov_stored, created = self._create(provenance, prov_id)
-        self._inc("writes", type="Provenance", result="created" if created else "existing")
+        self._inc("writes", type="Provenance", result=_write_result(created))
         result.written.append(WrittenResource("Provenance", str(prov_stored.get("id")), prov_id, created))
 
     # -- deliveries ------------------------------------------------------------------------------------
@@ -211,9 +222,11 @@ class PlanExecutor:
             return
         try:
             outcome = deliverer.deliver(action, recipient, consents, now)
-        except Exception:
+        except Exception as exc:
             # Unknown whether it went out: keep the claim ("sending") so it is never sent twice.
-            log.exception("execute: deliverer raised for %s; not retried automatically", action.identifier)
+            # The exception text may carry an address, so it is only logged at DEBUG.
+            log.error("execute: deliverer raised %s for %s; not retried", type(exc).__name__, action.identifier)
+            log.debug("execute: deliverer failure for %s", action.identifier, exc_info=True)
             result.deliveries.append((action.identifier, "unknown"))
             return
         self.conn.set(claim_key, json.dumps(_claim_from_outcome(outcome)), ex=self.claim_ttl)
@@ -336,6 +349,10 @@ class PlanExecutor:
     def _inc(self, name: str, amount: int = 1, **labels: str) -> None:
         if self.metrics is not None:
             self.metrics.inc(name, amount, **labels)
+
+
+def _write_result(created: bool | None) -> str:
+    return "unknown" if created is None else "created" if created else "existing"
 
 
 def _describe(action: Any) -> str:
