@@ -6,8 +6,8 @@ Claims use the real Redis (redis_conn fixture).
 from __future__ import annotations
 
 import copy
-import json
 import itertools
+import json
 from datetime import timedelta
 from typing import Any
 
