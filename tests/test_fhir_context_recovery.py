@@ -55,9 +55,9 @@ def test_fetch_id_only_reads_the_version_then_marks_gone_as_delete() -> None:
     )
     responses.get(f"{BASE}/Appointment/8", status=410)
     fetcher = ClientResourceFetcher(client(), Settings())
-    [full] = fetcher.fetch(event(version_id="3", payload_content="id-only"))
+    full = fetcher.fetch(event(version_id="3", payload_content="id-only"))
     assert full.resource["id"] == "7" and full.version_id == "3"
-    [gone] = fetcher.fetch(event(resource_id="8", payload_content="id-only"))
+    gone = fetcher.fetch(event(resource_id="8", payload_content="id-only"))
     assert gone.interaction == "delete" and gone.resource is None
 
 
@@ -142,11 +142,37 @@ def test_recover_gap_uses_events_operation() -> None:
         json=_notification_bundle(),
     )
     events = recover_gap(client(), SUB, {"from": 4, "to": 5, "since_timestamp": "2026-01-01T09:00:00Z"})
-    assert len(events) == 1  # the focus outside the base is skipped
-    [ev] = events
+    ev, foreign = events
     assert (ev.resource_type, ev.resource_id, ev.version_id, ev.event_number) == ("Appointment", "7", "2", 4)
     assert ev.source == "recovery" and ev.resource["status"] == "noshow"
-    assert len(responses.calls) == 1
+    # A focus naming another host is only ever read as Type/id under OUR base (never from that host).
+    assert (foreign.resource_id, foreign.resource, foreign.payload_content) == ("9", None, "id-only")
+    responses.get(f"{BASE}/Appointment/9", json={"resourceType": "Appointment", "id": "9"})
+    fetched = ClientResourceFetcher(client(), Settings()).fetch(foreign)
+    assert fetched.resource["id"] == "9"
+    assert [c.request.url.split("?")[0] for c in responses.calls] == [
+        f"{BASE}/Subscription/sub-appt/$events",
+        f"{BASE}/Appointment/9",
+    ]
+
+
+@responses.activate
+def test_gap_recovery_enqueues_events_for_the_server_subscription_id(redis_conn) -> None:
+    from fhir_smartflow.connections import Keys
+    from fhir_smartflow.fhir.recovery import ClientGapRecovery
+    from fhir_smartflow.ingest.gaps import Gap
+    from fhir_smartflow.ingest.queueing import make_queue
+
+    settings = Settings(subscriptions=[SUB])
+    redis_conn.hset(Keys(settings.redis.key_prefix).subscription("sub-appt"), "server_subscription", "Subscription/77")
+    responses.get(f"{BASE}/Subscription/77/$events", json=_notification_bundle())
+    queue = make_queue(redis_conn, "recovery-test", settings.redis.key_prefix)
+    recovery = ClientGapRecovery(client(), settings, redis_conn, queue)
+    recovery.recover("sub-appt", Gap("sub-appt", 4, 5, "2026-01-01T10:30:00Z", "2026-01-01T10:00:00Z"))
+    jobs = queue.get_jobs()
+    assert len(jobs) == 2
+    assert {j.args[0]["resource_id"] for j in jobs} == {"7", "9"}
+    assert all(j.args[0]["source"] == "recovery" for j in jobs)
 
 
 @responses.activate

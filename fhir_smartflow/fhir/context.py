@@ -80,12 +80,14 @@ class ClientResourceFetcher:
         self.keys = keys or Keys(settings.redis.key_prefix)
         self.recent = recent
 
-    def fetch(self, event: ResourceEvent) -> list[ResourceEvent]:
-        """The event(s) with resources filled in; a focus that is gone becomes a delete event."""
+    def fetch(self, event: ResourceEvent) -> ResourceEvent | list[ResourceEvent]:
+        """ResourceFetcher (ingest/seams.py): the event with its resource (a focus that is gone becomes a
+        delete event), or — for an empty payload without a focus — a list, one event per resource found
+        by re-querying the criteria (the ingest dedupes those one by one)."""
         if event.resource is not None or event.interaction == "delete":
-            return [event]
+            return event
         if event.resource_id:
-            return [self._fetch_focus(event)]
+            return self._fetch_focus(event)
         return self._fetch_by_criteria(event)
 
     def _fetch_focus(self, event: ResourceEvent) -> ResourceEvent:

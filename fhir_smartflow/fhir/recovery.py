@@ -5,22 +5,33 @@ returns a notification Bundle, type history, first entry the status), else — w
 support the operation — search the subscription's resource type by ``_lastUpdated=ge<since>``.
 Recovered events are marked ``source="recovery"`` and go through the same dedupe as any other.
 
-The notification-bundle reader here is deliberately small (R4 ``Parameters`` and R4B/R5
-``SubscriptionStatus`` status entries); the ingest's full parser lives in ``ingest/parse.py``.
+The returned notification bundle is read with the ingest's parser (``ingest/parse.py``), so recovered
+events look exactly like delivered ones. ``ClientGapRecovery`` plugs this into the ingest's gap tracker.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from fhir_smartflow.config import SubscriptionConfig
+import redis
+import rq
+
+from fhir_smartflow.config import Settings, SubscriptionConfig
+from fhir_smartflow.connections import Keys
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.fhir.client import FhirClient
 from fhir_smartflow.fhir.context import parse_criteria
-from fhir_smartflow.fhir.errors import FhirError, FhirUrlRejected
-from fhir_smartflow.fhir.urls import split_reference
+from fhir_smartflow.fhir.errors import FhirError
+from fhir_smartflow.fhir.urls import RESOURCE_ID_RE
+from fhir_smartflow.ingest.gaps import Gap
+from fhir_smartflow.ingest.parse import NotificationError, parse_notification, parse_reference
+from fhir_smartflow.ingest.queueing import enqueue_events
+from fhir_smartflow.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +41,20 @@ def recover_gap(
     subscription: SubscriptionConfig,
     gap: dict[str, Any],
     *,
+    server_id: str | None = None,
     now: datetime | None = None,
 ) -> list[ResourceEvent]:
-    """Events numbered ``gap["from"]``..``gap["to"]`` (inclusive), or changes since ``gap["since_timestamp"]``."""
+    """Events numbered ``gap["from"]``..``gap["to"]`` (inclusive), or changes since ``gap["since_timestamp"]``.
+
+    ``server_id`` is the Subscription's logical id on the FHIR server (defaults to the configured id).
+    """
     received = (now or datetime.now(UTC)).isoformat()
+    sub_id = server_id or subscription.id
+    if not RESOURCE_ID_RE.match(sub_id):
+        raise ValueError(f"not a valid Subscription id: {sub_id!r}")
     try:
         bundle = client.operation(
-            f"Subscription/{subscription.id}/$events",
+            f"Subscription/{sub_id}/$events",
             {"eventsSinceNumber": str(gap["from"]), "eventsUntilNumber": str(gap["to"])},
         )
     except FhirError as exc:
@@ -44,7 +62,7 @@ def recover_gap(
             raise
         log.info("recovery: %s has no usable $events (%s); searching by _lastUpdated", subscription.id, exc.status)
     else:
-        events = parse_notification_events(bundle, client, subscription, received)
+        events = parse_notification_events(bundle, subscription, received)
         if events is not None:
             return events
         log.info("recovery: $events for %s did not answer a notification bundle; searching instead", subscription.id)
@@ -80,78 +98,68 @@ def _search_since(
     return events
 
 
-def _value(part: dict[str, Any]) -> Any:
-    return next((v for k, v in part.items() if k.startswith("value")), None)
-
-
-def _status_events(status: dict[str, Any]) -> list[dict[str, Any]]:
-    """notification-event entries as dicts {event_number, timestamp, focus} from either status shape."""
-    found: list[dict[str, Any]] = []
-    if status.get("resourceType") == "Parameters":
-        for param in status.get("parameter") or []:
-            if param.get("name") != "notification-event":
-                continue
-            parts = {p.get("name"): _value(p) for p in param.get("part") or []}
-            focus = parts.get("focus")
-            found.append(
-                {
-                    "event_number": parts.get("event-number"),
-                    "timestamp": parts.get("timestamp"),
-                    "focus": focus.get("reference") if isinstance(focus, dict) else None,
-                }
-            )
-    elif status.get("resourceType") == "SubscriptionStatus":
-        for item in status.get("notificationEvent") or []:
-            found.append(
-                {
-                    "event_number": item.get("eventNumber"),
-                    "timestamp": item.get("timestamp"),
-                    "focus": (item.get("focus") or {}).get("reference"),
-                }
-            )
-    return found
-
-
 def parse_notification_events(
-    bundle: dict[str, Any], client: FhirClient, subscription: SubscriptionConfig, received: str
+    bundle: dict[str, Any], subscription: SubscriptionConfig, received: str
 ) -> list[ResourceEvent] | None:
-    """ResourceEvents of a notification Bundle; None when it is not one."""
-    entries = bundle.get("entry") or []
-    if bundle.get("resourceType") != "Bundle" or not entries:
-        return None
-    status = entries[0].get("resource") or {}
-    if status.get("resourceType") not in {"Parameters", "SubscriptionStatus"}:
-        return None
-    included: dict[str, dict[str, Any]] = {}
-    for entry in entries[1:]:
-        resource = entry.get("resource")
-        if isinstance(resource, dict) and resource.get("id"):
-            included[f"{resource.get('resourceType')}/{resource['id']}"] = resource
-    events: list[ResourceEvent] = []
-    for item in _status_events(status):
-        try:
-            relative = client.base.relative(item["focus"]) if item["focus"] else None
-            rtype, rid, version = split_reference(relative) if relative else (None, None, None)
-        except (FhirUrlRejected, ValueError) as exc:
-            log.warning("recovery: skipping event %s with a focus we will not fetch: %s", item["event_number"], exc)
-            continue
-        if rtype is None:
-            continue
-        resource = included.get(f"{rtype}/{rid}")
-        number = item["event_number"]
-        events.append(
-            ResourceEvent(
-                subscription=subscription.id,
-                resource_type=rtype,
-                resource_id=rid,
-                received_at=received,
-                topic=subscription.topic or None,
-                event_number=int(number) if str(number or "").isdigit() else None,
-                version_id=version or ((resource or {}).get("meta") or {}).get("versionId"),
-                resource=resource,
-                timestamp=item["timestamp"],
-                payload_content="full-resource" if resource else "id-only",
-                source="recovery",
-            )
+    """ResourceEvents of a notification Bundle (the ingest's parser); None when it is not one."""
+    body = json.dumps(bundle).encode()
+    try:
+        note = parse_notification(
+            "POST",
+            None,
+            {"Content-Type": "application/fhir+json"},
+            body,
+            subscription=subscription.id,
+            received_at=received,
         )
-    return events
+    except NotificationError as exc:
+        log.info("recovery: $events answer is not a notification bundle: %s", exc.message)
+        return None
+    if note.style in {"rest-hook", "hapi", "medplum"}:  # a plain Bundle of resources, not a notification
+        return None
+    return [
+        dataclasses.replace(event, source="recovery", topic=event.topic or subscription.topic or None)
+        for event in note.events
+    ]
+
+
+class ClientGapRecovery:
+    """GapRecovery (ingest/seams.py): recover a recorded gap and enqueue its events like any others."""
+
+    def __init__(
+        self,
+        client: FhirClient,
+        settings: Settings,
+        conn: redis.Redis,
+        queue: rq.Queue,
+        *,
+        metrics: Metrics | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.client = client
+        self.subscriptions = {s.id: s for s in settings.subscriptions}
+        self.conn = conn
+        self.keys = Keys(settings.redis.key_prefix)
+        self.queue = queue
+        self.metrics = metrics
+        self.clock = clock
+
+    def server_id(self, subscription: str) -> str | None:
+        """The Subscription's id on the server, as its notifications named it (kept by the webhook)."""
+        raw = self.conn.hget(self.keys.subscription(subscription), "server_subscription")
+        if not raw:
+            return None
+        ref = parse_reference(raw.decode())
+        return ref[1] if ref and ref[0] == "Subscription" else None
+
+    def recover(self, subscription: str, gap: Gap) -> None:
+        config = self.subscriptions.get(subscription) or SubscriptionConfig(id=subscription)
+        events = recover_gap(
+            self.client,
+            config,
+            {"from": gap.first, "to": gap.last, "since_timestamp": gap.after_timestamp},
+            server_id=self.server_id(subscription),
+            now=self.clock(),
+        )
+        enqueue_events(self.queue, events, metrics=self.metrics)
+        log.info("recovery: %s events %s..%s: %d event(s) re-queued", subscription, gap.first, gap.last, len(events))
