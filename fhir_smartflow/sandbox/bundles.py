@@ -38,12 +38,24 @@ class BundleProcessor:
         self.store = interactions.store
 
     def process(self, bundle: Any, base_url: str) -> dict[str, Any]:
-        validate_resource(bundle, "Bundle")
+        if not isinstance(bundle, dict) or not isinstance(bundle.get("entry", []), list):
+            raise BadRequest("the body must be a Bundle with an entry list")
+        # The shell is validated here; each entry's resource when its entry runs, so one bad
+        # resource fails its own entry (batch) with the entry index in the message.
+        shell = {
+            **bundle,
+            "entry": [
+                {k: v for k, v in e.items() if k != "resource"} for e in bundle.get("entry", []) if isinstance(e, dict)
+            ],
+        }
+        validate_resource(shell, "Bundle")
         kind = bundle.get("type")
         if kind not in {"transaction", "batch"}:
             raise BadRequest(f"Bundle.type must be transaction or batch, got {kind!r}", expression="Bundle.type")
         entries = copy.deepcopy(bundle.get("entry") or [])
         for i, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                raise BadRequest(f"Bundle.entry[{i}] must be an object", expression=f"Bundle.entry[{i}]")
             request = entry.get("request") or {}
             if not request.get("method") or not request.get("url"):
                 raise BadRequest(f"Bundle.entry[{i}].request needs method and url", expression=f"Bundle.entry[{i}]")
