@@ -168,7 +168,16 @@ class PlanExecutor:
         self._inc("writes", type=rtype, result=_write_result(created))
         result.written.append(WrittenResource(rtype, str(stored.get("id")), action.identifier, created))
         if rtype != "Provenance" and stored.get("id"):
-            self._write_provenance(plan, run, stored, action.identifier, result)
+            try:
+                self._write_provenance(plan, run, stored, action.identifier, result)
+            except (FhirError, ResourceInvalid) as exc:
+                if _is_transient(exc):
+                    raise
+                # The resource itself is written and usable (its delivery goes ahead); only its
+                # Provenance is missing, which the error says.
+                log.error("execute: Provenance of %s %s failed: %s", rtype, action.identifier, exc)
+                status = exc.status if isinstance(exc, FhirError) else None
+                result.errors.append(ActionError(f"Provenance {action.identifier}/provenance", str(exc), status))
         return stored
 
     def _write_provenance(
