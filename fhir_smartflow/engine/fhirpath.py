@@ -31,7 +31,8 @@ class FhirPathError(ValueError):
 
 class _Raise(ErrorListener):
     def syntaxError(self, recognizer: Any, offending: Any, line: int, column: int, msg: str, e: Any) -> None:
-        raise FhirPathError(f"syntax error at column {column + 1}: {msg}")
+        # antlr lists every token it expected; the first part of the message is what helps a person.
+        raise FhirPathError(f"syntax error at column {column + 1}: {msg.split(' expecting ')[0]}")
 
 
 def check(expression: str) -> None:

@@ -469,6 +469,7 @@ def _parse_action(
                 key="template",
                 **t,
             )
+            template = None
     elif atype in _NEEDS_TEMPLATE:
         check.error(p + "template", f"required for a {atype} action", key="template", **t)
     if atype == "record-prompt" and template is not None and template.prompt is None:
@@ -477,7 +478,7 @@ def _parse_action(
         )
     methods = check.string_list(raw, "methods", field=p + "methods", **t)
     if atype is not None:
-        methods = _check_methods(check, atype, methods, template, "methods" in raw, p, t)
+        methods = _check_methods(check, atype, methods, template, "methods" in raw, p, t, named=template_id is not None)
     due = None
     raw_due = raw.get("due")
     if raw_due is not None:
@@ -496,7 +497,7 @@ def _parse_action(
             p + "weekend", f"must be one of {', '.join(m.WEEKEND_POLICIES)}, got {weekend!r}", key="weekend", **t
         )
     owner = _parse_owner(check, raw.get("owner"), p, settings, t)
-    if atype == "staff-task" and (owner is None or owner.kind == "patient"):
+    if atype == "staff-task" and ("owner" not in raw or owner is not None and owner.kind == "patient"):
         check.error(
             p + "owner",
             "a staff-task needs an owner: { practitioner = ... }, { role = ... } or { group = ... }",
@@ -551,7 +552,14 @@ def _parse_action(
 
 
 def _check_methods(
-    check: Checker, atype: str, methods: tuple[str, ...], template: Template | None, given: bool, p: str, t: dict
+    check: Checker,
+    atype: str,
+    methods: tuple[str, ...],
+    template: Template | None,
+    given: bool,
+    p: str,
+    t: dict,
+    named: bool = False,
 ) -> tuple[str, ...]:
     allowed = ALLOWED_METHODS[atype]
     if not given:
@@ -574,7 +582,7 @@ def _check_methods(
                 key="methods",
                 **t,
             )
-    if methods and template is None and atype not in ("staff-task", "record-prompt"):
+    if methods and template is None and not named and atype not in ("staff-task", "record-prompt"):
         check.error(p + "template", "sending a message needs a template", key="methods", **t)
     if atype == "patient-message" and not methods:
         check.error(p + "methods", "a patient-message needs at least one method", key="methods", **t)
