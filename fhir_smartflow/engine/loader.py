@@ -497,7 +497,7 @@ def _parse_action(
             p + "weekend", f"must be one of {', '.join(m.WEEKEND_POLICIES)}, got {weekend!r}", key="weekend", **t
         )
     owner = _parse_owner(check, raw.get("owner"), p, settings, t)
-    if atype == "staff-task" and ("owner" not in raw or owner is not None and owner.kind == "patient"):
+    if atype == "staff-task" and ("owner" not in raw or (owner is not None and owner.kind == "patient")):
         check.error(
             p + "owner",
             "a staff-task needs an owner: { practitioner = ... }, { role = ... } or { group = ... }",
