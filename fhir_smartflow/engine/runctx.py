@@ -114,7 +114,7 @@ class RunContext:
 
     def appointment(self) -> dict[str, Any] | None:
         if self.trigger.event.resource_type == "Appointment":
-            return self.trigger.event.resource
+            return self._read(self.focus)  # follow-ups carry only the reference: read it
         if "appointment" not in self._cache:
             found: list[dict[str, Any]] = []
             if self.trigger.patient:
@@ -126,8 +126,9 @@ class RunContext:
     def payer(self) -> dict[str, Any] | None:
         if "payer" not in self._cache:
             coverages: list[dict[str, Any]] = []
-            if self.trigger.event.resource_type == "Coverage" and self.trigger.event.resource:
-                coverages.append(self.trigger.event.resource)
+            focus = self._read(self.focus) if self.trigger.event.resource_type == "Coverage" else None
+            if focus:
+                coverages.append(focus)
             elif self.trigger.patient:
                 coverages = self.context.search("Coverage", {"beneficiary": self.trigger.patient, "status": "active"})
             primary = primary_coverage(coverages)
@@ -172,6 +173,8 @@ class RunContext:
             "prompt": template.prompt.text if template.prompt else "",
         }[part]
         used = _roots(source)
+        # Outside send-form, "the form" is the one the trigger is about (form.submitted's questionnaire).
+        form = form or self.trigger.parameters.get("questionnaire", "")
         catalog = build_catalog(
             self.settings,
             patient=self.patient() if "patient" in used else None,
