@@ -7,6 +7,7 @@ must consume the whole expression, and a check of every function name against fh
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -61,8 +62,13 @@ def check(expression: str) -> None:
             raise FhirPathError(f"unknown function {name}()")
 
 
+@functools.lru_cache(maxsize=1024)
 def compile_path(expression: str) -> Compiled:
-    """Check then compile against the R4 model (so choice types like ``value[x]`` resolve)."""
+    """Check then compile against the R4 model (so choice types like ``value[x]`` resolve).
+
+    Memoized: parsing is slow (antlr in pure Python) and a compiled expression is a pure function.
+    Errors are not cached (lru_cache does not keep exceptions), so they are re-raised each time.
+    """
     check(expression)
     return fhirpathpy.compile(expression, models["r4"])
 

@@ -184,6 +184,8 @@ def _compile(
     table: str | None = None,
     index: int | None = None,
 ) -> None:
+    if expression in paths:
+        return
     try:
         paths[expression] = compile_path(expression)
     except FhirPathError as exc:
@@ -422,8 +424,8 @@ def _duration(check: Checker, raw: object, field: str, key: str, index: int, all
         check.error(field, f'expected a table like {{ amount = 1, unit = "days" }}, got {raw!r}', key=key, **t)
         return None
     check.unknown_keys(raw, allowed, field + ".", **t)
-    amount = check.get(raw, "amount", int, field=f"{field}.amount", required=True, **t)
-    unit = check.get(raw, "unit", str, field=f"{field}.unit", required=True, **t)
+    amount = check.get(raw, "amount", int, field=f"{field}.amount", required=True, line_key=key, **t)
+    unit = check.get(raw, "unit", str, field=f"{field}.unit", required=True, line_key=key, **t)
     if amount is not None and amount < 0:
         check.error(f"{field}.amount", f"must be zero or more, got {amount}", key=key, **t)
         amount = None
@@ -516,7 +518,9 @@ def _parse_action(
     raw_overdue = check.get(raw, "overdue", dict, field=p + "overdue", **t)
     if raw_overdue is not None:
         check.unknown_keys(raw_overdue, {"notify_owner"}, p + "overdue.", **t)
-        notify = check.get(raw_overdue, "notify_owner", bool, field=p + "overdue.notify_owner", default=False, **t)
+        notify = check.get(
+            raw_overdue, "notify_owner", bool, field=p + "overdue.notify_owner", default=False, line_key="overdue", **t
+        )
         overdue = m.Overdue(notify)
         if raw_due is None:
             check.error(p + "overdue", "overdue needs a due date: add `due`", key="overdue", **t)
@@ -635,10 +639,10 @@ def _parse_recurring(check: Checker, raw: object, p: str, t: dict) -> m.Recurrin
         return None
     before = len(check.errors)
     check.unknown_keys(raw, {"every", "cron", "count", "until"}, field + ".", **t)
-    every = check.get(raw, "every", str, field=field + ".every", **t)
-    cron = check.get(raw, "cron", str, field=field + ".cron", **t)
-    count = check.get(raw, "count", int, field=field + ".count", **t)
-    until_raw = check.get(raw, "until", (date, str), field=field + ".until", **t)
+    every = check.get(raw, "every", str, field=field + ".every", line_key="recurring", **t)
+    cron = check.get(raw, "cron", str, field=field + ".cron", line_key="recurring", **t)
+    count = check.get(raw, "count", int, field=field + ".count", line_key="recurring", **t)
+    until_raw = check.get(raw, "until", (date, str), field=field + ".until", line_key="recurring", **t)
     if (every is None) == (cron is None):
         check.error(field, "give exactly one of `every` (daily, weekly, monthly) or `cron`", key="recurring", **t)
     if every is not None and every not in m.RECUR_EVERY:
