@@ -63,3 +63,6 @@ main.add_command(_service.replay)
 from fhir_smartflow.commands.sandbox import sandbox_command  # noqa: E402
 
 main.add_command(sandbox_command)
+from fhir_smartflow.commands.flows import validate  # noqa: E402
+
+main.add_command(validate)
