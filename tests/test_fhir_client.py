@@ -318,3 +318,21 @@ def test_metrics_count_requests_by_method_and_status(redis_conn) -> None:
     client.read("Patient/1")
     assert metrics.counter_value("fhir_requests", method="GET", status="503") == 1
     assert metrics.counter_value("fhir_requests", method="GET", status="200") == 1
+
+
+def test_plain_post_is_retried_when_the_connection_was_refused() -> None:
+    from tests.conftest import free_port
+
+    sleeps: list[float] = []
+    client = FhirClient(f"http://127.0.0.1:{free_port()}/fhir", retry=RetryPolicy(max_retries=2), sleep=sleeps.append)
+    with pytest.raises(FhirUnavailable, match="3 attempt"):
+        client.create({"resourceType": "Task", "status": "requested", "intent": "order"})
+    assert len(sleeps) == 2  # nothing reached a server, so resending cannot duplicate
+
+
+@responses.activate
+def test_plain_post_is_not_resent_after_a_connection_reset(client: FhirClient, sleeps: list[float]) -> None:
+    responses.post(f"{BASE}/Task", body=requests.ConnectionError("Connection reset by peer"))
+    with pytest.raises(FhirUnavailable):
+        client.create({"resourceType": "Task", "status": "requested", "intent": "order"})
+    assert len(responses.calls) == 1 and sleeps == []

@@ -223,6 +223,8 @@ class PlanExecutor:
         consents = self.target.search("Consent", {"patient": patient, "status": "active"}) if patient else []
         if communication is None:
             communication = self._find("Communication", action.communication)
+        if communication is None:  # never send what we cannot record
+            raise LookupError(f"Communication {action.communication} not found; message not sent")
         deliverer = self.deliverer
         if deliverer is None:
             raise LookupError("no Deliverer configured; message not sent")
