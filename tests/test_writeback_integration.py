@@ -18,6 +18,7 @@ from fhir_smartflow.fhir.client import FhirClient
 from fhir_smartflow.fhir.errors import FhirUnavailable
 from fhir_smartflow.fhir.validation import validate_resource
 from fhir_smartflow.fhir.writeback import FhirWriteBack
+from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.retry import RetryPolicy
 from tests.fhir_test_server import FhirTestServer
 from tests.writeback_plans import (
@@ -47,7 +48,7 @@ def server() -> Iterator[FhirTestServer]:
     srv.stop()
 
 
-def make_executor(server, redis_conn, *, sleeps=None, deliverer=None, scheduler=None, conditional=True):
+def make_executor(server, redis_conn, *, sleeps=None, deliverer=None, scheduler=None, conditional=True, metrics=None):
     sleeps = sleeps if sleeps is not None else []
     client = FhirClient(server.base_url, retry=RetryPolicy(max_retries=4), sleep=sleeps.append)
     keys = Keys("t:")
@@ -59,6 +60,7 @@ def make_executor(server, redis_conn, *, sleeps=None, deliverer=None, scheduler=
         Settings(),
         deliverer=deliverer or FakeDeliverer(),
         scheduler=scheduler or FakeScheduler(),
+        metrics=metrics,
         clock=lambda: NOW,
     )
     return executor, target
@@ -66,8 +68,10 @@ def make_executor(server, redis_conn, *, sleeps=None, deliverer=None, scheduler=
 
 def test_plan_writes_exactly_once_under_faults_and_redelivery(server, redis_conn) -> None:
     sleeps: list[float] = []
-    deliverer, scheduler = FakeDeliverer(), FakeScheduler()
-    executor, _ = make_executor(server, redis_conn, sleeps=sleeps, deliverer=deliverer, scheduler=scheduler)
+    deliverer, scheduler, metrics = FakeDeliverer(), FakeScheduler(), Metrics(redis_conn, "m:")
+    executor, _ = make_executor(
+        server, redis_conn, sleeps=sleeps, deliverer=deliverer, scheduler=scheduler, metrics=metrics
+    )
     server.fail_next(2, status=503, retry_after="1")
     server.fail_next(1, status=429, retry_after="2")
 
@@ -106,6 +110,9 @@ def test_plan_writes_exactly_once_under_faults_and_redelivery(server, redis_conn
     assert task_prov["policy"] == ["urn:fhir-smartflow:flow:intake-forms:1"]
     assert task_prov["meta"]["tag"][0] == {"system": SYSTEM, "code": TASK_ID + "/provenance"}
     assert [s.kind for s in scheduler.scheduled] == ["reminder"] * 3  # the scheduler dedupes by identifier
+    assert metrics.counter_value("writes", type="Task", result="created") == 1
+    assert metrics.counter_value("writes", type="Task", result="existing") == 1  # the rerun on `executor`
+    assert metrics.counter_value("writes", type="Provenance", result="created") == 2
 
 
 def test_conditional_create_header_is_url_encoded(server, redis_conn) -> None:

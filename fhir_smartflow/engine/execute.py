@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 OPEN_TASK_STATUSES = ("draft", "requested", "received", "accepted", "ready", "in-progress", "on-hold")
 BUSINESS_STATUS_SYSTEM = "urn:fhir-smartflow:task-business-status"
 FLOW_URI_PREFIX = "urn:fhir-smartflow:flow:"
+RECLAIM_EARLY = timedelta(seconds=30)
 
 
 class WrittenResource(NamedTuple):
@@ -146,7 +147,6 @@ class PlanExecutor:
         elif isinstance(action, Schedule):
             self._require_scheduler().schedule(action)
             result.scheduled.append(action.identifier)
-            self._inc("scheduled_jobs", kind=action.kind, result="scheduled")
         elif isinstance(action, CancelGroup):
             self._cancel_group(action, result)
         elif isinstance(action, PatchTask):
@@ -217,6 +217,7 @@ class PlanExecutor:
                 self._record_outcome(action, communication, _outcome_from_claim(previous), now)
             result.deliveries.append((action.identifier, f"already-{previous.get('status', 'claimed')}"))
             return
+        # Metrics: the Deliverer counts deliveries, the Scheduler counts scheduled jobs; we count writes.
         # Everything that can fail transiently happens before the claim, so a retry can still send.
         recipient = self.target.read(action.recipient)
         patient = action.recipient if action.recipient.startswith("Patient/") else plan.trigger.patient
@@ -241,7 +242,6 @@ class PlanExecutor:
             result.deliveries.append((action.identifier, "unknown"))
             return
         self.conn.set(claim_key, json.dumps(_claim_from_outcome(outcome)), ex=self.claim_ttl)
-        self._inc("deliveries", channel=action.channel, status=outcome.status)
         result.deliveries.append((action.identifier, outcome.status))
         if outcome.status in {"deferred", "retry"}:
             at = outcome.retry_at or now + timedelta(minutes=5)
@@ -315,10 +315,8 @@ class PlanExecutor:
             updated["lastModified"] = _instant(self.clock())
             self.target.update(updated)
             result.cancelled.append(f"Task/{task.get('id')}")
-        if self.scheduler is not None:
-            count = self.scheduler.cancel(group=action.group, patient=action.patient, flows=action.flows)
-            if count:
-                self._inc("scheduled_jobs", kind="any", result="cancelled", amount=count)
+        if self.scheduler is not None:  # the scheduler counts what it cancels (scheduled_jobs)
+            self.scheduler.cancel(group=action.group, patient=action.patient, flows=action.flows)
 
     def _patch_task(self, action: PatchTask, result: ExecutionResult) -> None:
         task = self._find("Task", action.identifier)
@@ -392,11 +390,12 @@ def _load_claim(raw: bytes | None) -> dict[str, Any] | None:
 
 
 def _reclaimable(claim: dict[str, Any], now: datetime) -> bool:
-    """A deferred / retry outcome may be sent again once its time has come."""
+    """A deferred / retry outcome may be sent again once its time has come (a scheduled job firing a
+    little early still counts: the claim swap is atomic, so this cannot send twice)."""
     if claim.get("status") not in {"deferred", "retry"}:
         return False
     at = claim.get("retry_at")
-    return at is None or datetime.fromisoformat(at) <= now
+    return at is None or datetime.fromisoformat(at) <= now + RECLAIM_EARLY
 
 
 def _claim_from_outcome(outcome: DeliveryOutcome) -> dict[str, Any]:
