@@ -17,7 +17,7 @@ from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.engine.execute import PlanExecutor
 from fhir_smartflow.engine.interfaces import DeliveryOutcome
-from fhir_smartflow.engine.plan import FlowRun, Plan
+from fhir_smartflow.engine.plan import Deliver, FlowRun, Plan
 from fhir_smartflow.fhir.errors import FhirBadRequest, FhirServerError
 from fhir_smartflow.fhir.validation import validate_resource
 from tests.writeback_plans import (
@@ -184,3 +184,29 @@ def test_runs_that_did_not_run_are_skipped(target, redis_conn) -> None:
     skipped = Plan(trigger=trigger(), runs=(FlowRun("intake-forms", "1", "g", False, "disabled", plan.actions),))
     result = executor(target, redis_conn, FakeDeliverer()).execute(skipped)
     assert result.written == [] and len(target.resources) == 1
+
+
+def test_retry_without_a_time_waits_the_default_delay(target, redis_conn) -> None:
+    deliverer = FakeDeliverer(DeliveryOutcome("retry", reason="provider 503"), DeliveryOutcome("completed"))
+    scheduler = FakeScheduler()
+    executor(target, redis_conn, deliverer, scheduler).execute(intake_plan())
+    [job] = [s for s in scheduler.scheduled if s.kind == "delivery"]
+    assert job.at == NOW + timedelta(minutes=5)
+    again = executor(target, redis_conn, deliverer, scheduler).execute(intake_plan())
+    assert again.deliveries == [(DELIVERY_ID, "already-retry")] and len(deliverer.calls) == 1
+
+
+def test_scheduled_delivery_plan_finds_its_communication_by_identifier(target, redis_conn) -> None:
+    """What the scheduling job does: a plan holding only the Deliver, rebuilt from the Schedule payload."""
+    later = NOW + timedelta(hours=1)
+    deliverer = FakeDeliverer(DeliveryOutcome("deferred", retry_at=later), DeliveryOutcome("completed"))
+    scheduler = FakeScheduler()
+    executor(target, redis_conn, deliverer, scheduler).execute(intake_plan())
+    [job] = [s for s in scheduler.scheduled if s.kind == "delivery"]
+    deliver = Deliver(**{k: job.payload[k] for k in ("channel", "recipient", "body", "identifier", "communication")})
+    only_deliver = Plan(trigger=trigger(), runs=(FlowRun("intake-forms", "1", "g", True, "delivery", (deliver,)),))
+    fired = executor(target, redis_conn, deliverer, scheduler, clock=lambda: later - timedelta(seconds=5))
+    assert fired.execute(only_deliver).deliveries == [(DELIVERY_ID, "completed")]
+    assert communication(target)["status"] == "completed"
+    assert fired.execute(only_deliver).deliveries == [(DELIVERY_ID, "already-completed")]
+    assert len(deliverer.calls) == 2

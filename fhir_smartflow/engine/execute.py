@@ -33,6 +33,7 @@ OPEN_TASK_STATUSES = ("draft", "requested", "received", "accepted", "ready", "in
 BUSINESS_STATUS_SYSTEM = "urn:fhir-smartflow:task-business-status"
 FLOW_URI_PREFIX = "urn:fhir-smartflow:flow:"
 RECLAIM_EARLY = timedelta(seconds=30)
+DEFAULT_RETRY_DELAY = timedelta(minutes=5)  # a deferred / retry outcome that names no time
 
 
 class WrittenResource(NamedTuple):
@@ -214,6 +215,7 @@ class PlanExecutor:
         if previous is not None and not _reclaimable(previous, now):
             # Already sent (or being sent): never send twice; make sure the Communication says so.
             if previous.get("status") in {"completed", "not-done"}:
+                communication = communication or self._find("Communication", action.communication)
                 self._record_outcome(action, communication, _outcome_from_claim(previous), now)
             result.deliveries.append((action.identifier, f"already-{previous.get('status', 'claimed')}"))
             return
@@ -241,10 +243,12 @@ class PlanExecutor:
             log.debug("execute: deliverer failure for %s", action.identifier, exc_info=True)
             result.deliveries.append((action.identifier, "unknown"))
             return
+        if outcome.status in {"deferred", "retry"} and outcome.retry_at is None:
+            outcome = dataclasses.replace(outcome, retry_at=now + DEFAULT_RETRY_DELAY)
         self.conn.set(claim_key, json.dumps(_claim_from_outcome(outcome)), ex=self.claim_ttl)
         result.deliveries.append((action.identifier, outcome.status))
-        if outcome.status in {"deferred", "retry"}:
-            at = outcome.retry_at or now + timedelta(minutes=5)
+        if outcome.status in {"deferred", "retry"} and outcome.retry_at is not None:
+            at = outcome.retry_at
             schedule = Schedule(
                 at=at,
                 kind="delivery",
