@@ -9,7 +9,7 @@ import pytest
 import requests
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.parameters import Parameters
-from sandbox_support import Receiver, Received, bundle_type
+from sandbox_support import Received, Receiver, bundle_type
 
 from fhir_smartflow.retry import RetryPolicy
 from fhir_smartflow.sandbox.subscriptions import (

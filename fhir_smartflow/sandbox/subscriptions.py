@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from fhir_smartflow.sandbox import search
-from fhir_smartflow.sandbox.errors import Unprocessable
+from fhir_smartflow.sandbox.errors import SandboxError, Unprocessable
 from fhir_smartflow.sandbox.store import Change, Store
 from fhir_smartflow.sandbox.validation import model_class
 
@@ -328,8 +328,8 @@ def ensure_self_subscriptions(
             sid, endpoint, f"{secret_header}: {secret}", rtype, style, payload, heartbeat_seconds
         )
         try:
-            current = store.read("Subscription", sid)
-        except Exception:
+            current: dict[str, Any] | None = store.read("Subscription", sid)
+        except SandboxError:  # not there yet, or deleted
             current = None
         if current is None or _differs(current, wanted):
             store.update("Subscription", sid, wanted)
