@@ -181,3 +181,5 @@ def test_capability_statement_validates_and_lists_support(sandbox_server: str) -
     assert task["conditionalCreate"] is True
     assert {i["code"] for i in rest["interaction"]} == {"transaction", "batch"}
     assert statement["implementation"]["url"] == sandbox_server
+    subscription = next(r for r in rest["resource"] if r["type"] == "Subscription")
+    assert {op["name"] for op in subscription["operation"]} == {"status", "events"}

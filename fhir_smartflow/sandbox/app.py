@@ -26,6 +26,7 @@ from fhir_smartflow.sandbox.faults import FaultInjector, FaultPlan
 from fhir_smartflow.sandbox.notifier import Notifier
 from fhir_smartflow.sandbox.operations import Interactions, Result, parse_etag
 from fhir_smartflow.sandbox.store import Store
+from fhir_smartflow.sandbox.topic_operations import TopicOperations, operation_parameters
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ def create_sandbox_app(
     enable_faults = settings.sandbox.faults if faults is None else faults
     state = SandboxState(store, notifier, FaultInjector() if enable_faults else None, fixed_base)
     ops = Interactions(store)
+    topic_operations = TopicOperations(store)
     bundles = BundleProcessor(ops)
 
     app = Flask("fhir_smartflow.sandbox")
@@ -210,6 +212,17 @@ def create_sandbox_app(
     @app.delete("/<rtype>/<rid>")
     def delete(rtype: str, rid: str) -> Response:
         return answer(ops.delete(rtype, rid))
+
+    @app.route("/Subscription/<sid>/$status", methods=["GET", "POST"])
+    def subscription_status(sid: str) -> Response:
+        return _fhir(topic_operations.status(sid, base()))
+
+    @app.route("/Subscription/<sid>/$events", methods=["GET", "POST"])
+    def subscription_events(sid: str) -> Response:
+        args = dict(request.args)
+        if request.method == "POST" and request.content_length:
+            args.update(operation_parameters(_json_body()))
+        return _fhir(topic_operations.events(sid, args, base()))
 
     @app.get("/<rtype>/<rid>/_history")
     def history(rtype: str, rid: str) -> Response:
