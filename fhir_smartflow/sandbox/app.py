@@ -21,7 +21,7 @@ from werkzeug.exceptions import HTTPException
 from fhir_smartflow.config import Settings
 from fhir_smartflow.sandbox.bundles import BundleProcessor
 from fhir_smartflow.sandbox.capability import capability_statement
-from fhir_smartflow.sandbox.errors import BadRequest, SandboxError, error_outcome, outcome
+from fhir_smartflow.sandbox.errors import BadRequest, SandboxError, UnsupportedMediaType, error_outcome, outcome
 from fhir_smartflow.sandbox.faults import FaultInjector, FaultPlan
 from fhir_smartflow.sandbox.notifier import Notifier
 from fhir_smartflow.sandbox.operations import Interactions, Result, parse_etag
@@ -67,18 +67,13 @@ def _fhir(body: dict[str, Any] | None, status: int = 200, headers: dict[str, str
 def _json_body() -> Any:
     mimetype = (request.mimetype or "").lower()
     if mimetype not in JSON_TYPES:
-        raise _Unsupported(
+        raise UnsupportedMediaType(
             f"Content-Type must be application/fhir+json or application/json, got {mimetype or 'none'!r}"
         )
     try:
         return json.loads(request.get_data(cache=False) or b"null")
     except (ValueError, RecursionError) as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
-
-
-class _Unsupported(SandboxError):
-    status = 415
-    code = "not-supported"
 
 
 def _prefer(name: str) -> str | None:
@@ -183,7 +178,7 @@ def create_sandbox_app(
     @app.post("/<rtype>/_search")
     def search_post(rtype: str) -> Response:
         if (request.mimetype or "") != "application/x-www-form-urlencoded":
-            raise _Unsupported("POST _search takes application/x-www-form-urlencoded parameters")
+            raise UnsupportedMediaType("POST _search takes application/x-www-form-urlencoded parameters")
         params = list(request.args.items(multi=True)) + parse_qsl(
             request.get_data(as_text=True), keep_blank_values=True
         )
