@@ -233,3 +233,17 @@ def test_replay_requeues_failed_jobs_with_their_payload(rt: runtime.Runtime, red
     assert [e.reference for e in dispatched(rt)] == ["Patient/p1"]
     received = rt.metrics.read("events_received")
     assert received == {"source=webhook": "1", "source=replay": "1"}
+
+
+def test_jump_schedules_a_sweep_that_records_the_gap_without_later_events(rt: runtime.Runtime) -> None:
+    from fhir_smartflow.ingest.jobs import sweep_gaps
+
+    handle_event(rt, event(1))
+    handle_event(rt, event(4, version="4"))
+    scheduled = rq.registry.ScheduledJobRegistry(queue=rt.queue).get_job_ids()
+    assert len(scheduled) == 1
+    assert rq.job.Job.fetch(scheduled[0], connection=rt.redis).args == ("sub-a",)
+    assert sweep_gaps("sub-a") == 0  # still within the grace period
+    rt.clock.advance(31)  # type: ignore[attr-defined]
+    assert sweep_gaps("sub-a") == 1
+    assert [(g.first, g.last) for g in tracker(rt).gaps("sub-a")] == [(2, 3)]

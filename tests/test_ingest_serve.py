@@ -316,6 +316,14 @@ def test_bad_input_and_auth_failures_answer_with_operation_outcome(service: Serv
         issue = outcome(response)
         assert (issue["severity"], issue["code"]) == ("error", code), case
         assert fragment in issue["diagnostics"], (case, issue)
+    # A chunked body (no Content-Length) over the limit is refused too.
+    chunks = (b"x" * 1000 for _ in range(100))
+    chunked = requests.post(
+        f"{service.url}/fhir/notify",
+        data=chunks,
+        headers={"Content-Type": FHIR, "X-Smartflow-Secret": "backport-secret"},
+    )
+    assert chunked.status_code == 413 and outcome(chunked)["code"] == "too-costly"
     assert len(rq.Queue(service.settings.redis.queue, connection=service.conn)) == 0
     assert service.metric("auth_failures", reason="missing") == 1
     assert service.metric("auth_failures", reason="invalid") == 2

@@ -119,7 +119,12 @@ def serve(
 
 @click.command()
 @click.option("--burst", is_flag=True, help="Process what is queued, then exit.")
-@click.option("--with-scheduler", is_flag=True, help="Also move due retries / scheduled jobs into the queue.")
+@click.option(
+    "--with-scheduler/--without-scheduler",
+    default=True,
+    show_default=True,
+    help="Also move due retries and scheduled jobs (gap sweeps) into the queue; at least one worker needs it.",
+)
 @click.option(
     "--worker-class",
     type=click.Choice(["simple", "fork"]),

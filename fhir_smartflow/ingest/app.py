@@ -106,7 +106,8 @@ def _read_body(limit: int) -> bytes | None:
     """The raw body, or None when it is over ``limit`` (checked before and while reading)."""
     if request.content_length is not None and request.content_length > limit:
         return None
-    body = request.stream.read(limit + 1)
+    # A chunked body over the limit raises RequestEntityTooLarge (app MAX_CONTENT_LENGTH): a 413 too.
+    body = request.get_data(cache=False)
     return None if len(body) > limit else body
 
 
