@@ -104,6 +104,8 @@ class SandboxConfig:
     path: str = defaults.SANDBOX_PATH
     database: str = defaults.SANDBOX_DB
     heartbeat_seconds: int = defaults.SANDBOX_HEARTBEAT_SECONDS
+    # Enables POST/DELETE /$faults (injected 503/429/stalls) for tests and chaos runs; never in production.
+    faults: bool = False
 
 
 @dataclass(frozen=True)
@@ -303,9 +305,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
     for key in raw:
         if key not in allowed:
             raise ConfigError(f"[{key}]", "unknown section")
-    values: dict[str, Any] = {
-        name: _section(cls, raw.get(name, {}), name, env) for name, cls in _SECTIONS.items()
-    }
+    values: dict[str, Any] = {name: _section(cls, raw.get(name, {}), name, env) for name, cls in _SECTIONS.items()}
     if "roles" in raw:
         values["roles"] = _coerce(raw["roles"], dict[str, str], "[roles]", from_env=False)
     if "subscriptions" in raw:

@@ -1,0 +1,105 @@
+"""Load and validate mappings, templates and flows into an Engine — strictly, in stages.
+
+Stage 1 reads and parses each file (TOML errors). Stage 2 checks each file on its own (unknown
+keys, types, required fields, durations, units, FHIRPath syntax). Stage 3 checks references across
+files (triggers, templates, roles), test-renders templates against the sample catalog and looks for
+duplicate automation. Every problem is a LoadError ``file[:line]: field: reason``; nothing partial
+is returned: an engine with errors is None.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fhir_smartflow.config import Settings
+from fhir_smartflow.engine import model as m
+from fhir_smartflow.engine.model import Engine, Flow, MappingRule, Template
+from fhir_smartflow.engine.parse_flows import duplicate_automation, parse_flow
+from fhir_smartflow.engine.parse_mappings import parse_mappings
+from fhir_smartflow.engine.parse_templates import parse_template
+from fhir_smartflow.engine.tomlfiles import EngineLoadError, LoadError, SourceFile, discover, kind_of, read_toml
+
+__all__ = ["EngineLoadError", "LoadError", "load_engine", "load_paths"]
+
+
+def load_engine(settings: Settings) -> Engine:
+    engine, errors = load_paths(settings.engine.mappings, settings.engine.flows, settings.engine.templates, settings)
+    if errors or engine is None:
+        raise EngineLoadError(errors)
+    return engine
+
+
+def load_paths(
+    mappings: Sequence[str], flows: Sequence[str], templates: Sequence[str], settings: Settings
+) -> tuple[Engine | None, list[LoadError]]:
+    """Load everything under the given paths; (engine, []) or (None, errors)."""
+    errors: list[LoadError] = []
+    sources: dict[str, list[SourceFile]] = {"mapping": [], "flow": [], "template": []}
+    for expected, paths in (("mapping", mappings), ("flow", flows), ("template", templates)):
+        files, missing = discover(paths)
+        errors += missing
+        for path in files:
+            source, error = read_toml(path)
+            if error:
+                errors.append(error)
+                continue
+            assert source is not None
+            kind = kind_of(source) or expected
+            sources[kind].append(source)
+    return build_engine(sources["mapping"], sources["flow"], sources["template"], settings, errors)
+
+
+def build_engine(
+    mapping_files: list[SourceFile],
+    flow_files: list[SourceFile],
+    template_files: list[SourceFile],
+    settings: Settings,
+    errors: list[LoadError] | None = None,
+) -> tuple[Engine | None, list[LoadError]]:
+    errors = list(errors or [])
+    paths: dict[str, m.Compiled] = {}
+    mappings: list[MappingRule] = []
+    for source in mapping_files:
+        rules, errs = parse_mappings(source, paths)
+        mappings += rules
+        errors += errs
+    templates: dict[str, Template] = {}
+    renderers: dict[tuple[str, str], object] = {}
+    for source in template_files:
+        template, errs = parse_template(source, settings, renderers)
+        errors += errs
+        if template is None:
+            continue
+        if template.id in templates:
+            errors.append(
+                LoadError(
+                    source.path,
+                    "id",
+                    f"duplicate template id {template.id!r} (also in {templates[template.id].file})",
+                    source.line_of("id"),
+                )
+            )
+            continue
+        templates[template.id] = template
+    known_triggers = {r.trigger for r in mappings}
+    flows: dict[str, Flow] = {}
+    for source in flow_files:
+        flow, errs = parse_flow(source, settings, paths, templates, known_triggers)
+        errors += errs
+        if flow is None:
+            continue
+        if flow.id in flows:
+            errors.append(
+                LoadError(
+                    source.path,
+                    "id",
+                    f"duplicate flow id {flow.id!r} (also in {flows[flow.id].file})",
+                    source.line_of("id"),
+                )
+            )
+            continue
+        flows[flow.id] = flow
+    errors += duplicate_automation(flows, flow_files)
+    if errors:
+        return None, errors
+    return Engine(tuple(mappings), flows, templates, paths, renderers), []
