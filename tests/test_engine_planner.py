@@ -80,6 +80,7 @@ def test_staff_message_and_sms_notify_to_resolved_recipients(tmp_path):
         validate_resource(w.resource)
     task = writes[0].resource
     assert task["restriction"]["period"]["end"] == "2026-03-13T20:00:00Z"  # 4 elapsed hours
+    assert task["performerType"][0]["text"] == "clinician"  # no owner: the recipients' role
     staff = [w.resource for w in writes if w.resource_type == "Communication" and w.action == "tell-the-team"]
     assert [c["recipient"][0]["reference"] for c in staff] == [
         "Practitioner/dr-lee",
