@@ -155,6 +155,12 @@ def test_load_engine_raises_with_all_errors(tmp_path):
             "add `due`",
             12,
         ),
+        (
+            ('methods = ["sms"]', 'methods = ["sms"]\nrecurring = { cron = "every tuesday", count = 3 }'),
+            "actions[1].recurring.cron",
+            "not a valid cron expression",
+            12,
+        ),
         (("enabled = true", ""), None, None, None),
     ],
 )

@@ -163,3 +163,37 @@ def test_recurrence_rules():
     assert occurrence_time(daily, datetime(2026, 3, 7, 14, 0, tzinfo=UTC), 1, ny) == datetime(
         2026, 3, 8, 13, 0, tzinfo=UTC
     )
+
+
+def test_appointment_fields_for_other_triggers_use_the_next_booked_appointment(tmp_path):
+    engine = engine_with(
+        tmp_path,
+        """\
+        id = "f"
+        name = "F"
+        trigger = "patient.registered"
+        [[actions]]
+        name = "Welcome"
+        category = "smartflow"
+        type = "patient-message"
+        item = "t"
+        template = "t"
+        methods = ["portal"]
+    """,
+        """\
+        id = "t"
+        name = "Welcome"
+        methods = ["portal"]
+        body = "See you {{ appointment.start }} at {{ appointment.location }}."
+    """,
+    )
+    past = appointment("old", "booked", "2026-03-01T14:00:00Z", "2026-02-01T10:00:00Z")
+    soon = appointment("next", "booked", "2026-03-10T13:30:00Z", "2026-03-02T10:00:00Z")
+    later = appointment("later", "booked", "2026-04-10T13:30:00Z", "2026-03-02T10:00:00Z")
+    new = patient()
+    (trigger,) = match_triggers(engine, event_for(new, "create"), None)
+    p = plan(engine, trigger, FakeContext([new, past, later, soon]), SETTINGS, NOW)
+    (comm,) = [a.resource for a in p.actions if isinstance(a, WriteResource)]
+    assert comm["payload"][0]["contentString"] == (
+        "See you Tuesday, March 10, 2026 at 9:30 AM EDT at Main Street Clinic."
+    )
