@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from fhir_smartflow.sandbox.errors import BadRequest
@@ -185,7 +185,7 @@ def date_range(value: str) -> tuple[str, str] | None:
         tz = UTC
         if zone and zone != "Z":
             sign = 1 if zone[0] == "+" else -1
-            tz = _offset(sign * (int(zone[1:3]) * 60 + int(zone[4:6])))
+            tz = timezone(timedelta(minutes=sign * (int(zone[1:3]) * 60 + int(zone[4:6]))))
         start = datetime(
             int(year),
             int(month or 1),
@@ -211,12 +211,6 @@ def date_range(value: str) -> tuple[str, str] | None:
     else:
         end = start + timedelta(microseconds=1)
     return instant_key(start), instant_key(end)
-
-
-def _offset(minutes: int) -> Any:
-    from datetime import timezone
-
-    return timezone(timedelta(minutes=minutes))
 
 
 _PREFIXES = ("eq", "ne", "gt", "ge", "lt", "le", "sa", "eb")
