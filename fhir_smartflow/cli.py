@@ -52,3 +52,10 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 
 def run() -> Any:  # pragma: no cover - console entry point
     return main()
+
+
+from fhir_smartflow.commands.openemr import openemr as _openemr_cmd  # noqa: E402
+from fhir_smartflow.commands.poll import poll as _poll_cmd  # noqa: E402
+
+main.add_command(_poll_cmd)
+main.add_command(_openemr_cmd)

@@ -145,3 +145,7 @@ def processes(tmp_path: Path) -> Iterator[callable]:
     yield start
     for p in reversed(started):
         p.stop()
+
+
+# OpenEMR bridge tests import their helpers (emulator, keys) from tests/ by module name.
+sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -44,6 +44,7 @@ LAST_UPDATED = "last-updated"
 DATE_WINDOW = "date-window"
 UNSUPPORTED = "unsupported"
 _BASELINE = "__baseline__"
+LOCK_SECONDS = 120
 
 
 class FhirReader(Protocol):
@@ -227,6 +228,11 @@ class Poller:
         self.clock = clock
         self.rng = rng or random.Random()
         self._plans: list[TypePlan] | None = None
+        self._lock: Any = None
+
+    def _keepalive(self) -> None:
+        if self._lock is not None:
+            self._lock.reacquire()
 
     # -- keys --------------------------------------------------------------------------------------
     def watermark_key(self, resource_type: str) -> str:
@@ -257,10 +263,13 @@ class Poller:
         if plan.strategy == UNSUPPORTED:
             result.note = plan.reason
             return result
-        lock = self.conn.lock(self.keys.lock(f"poll:{plan.resource_type}"), timeout=600, blocking_timeout=0)
+        # Short lock, renewed after every page: a killed poller does not block its successor for long.
+        lock = self.conn.lock(self.keys.lock(f"poll:{plan.resource_type}"), timeout=LOCK_SECONDS)
         if not lock.acquire(blocking=False):
             result.note = "another poller holds this type"
             return result
+        self._lock = lock
+        outcome = "error"
         try:
             if plan.strategy == LAST_UPDATED:
                 self._poll_last_updated(plan, result)
@@ -272,6 +281,7 @@ class Poller:
             outcome = "error"
             raise
         finally:
+            self._lock = None
             lock.release()
             if self.metrics:
                 self.metrics.inc("poll_passes", resource_type=plan.resource_type, result=outcome)
@@ -332,6 +342,7 @@ class Poller:
             self._queue([self._event(plan, r) for r in resources], result)  # durably queued before the mark moves
             result.found += len(resources)
             result.pages += 1
+            self._keepalive()
             if known:
                 newest = max(newest, *known)
             if in_order and newest > mark:
@@ -356,6 +367,7 @@ class Poller:
             resources = _resources(bundle, plan.resource_type)
             result.found += len(resources)
             result.pages += 1
+            self._keepalive()
             prints = {r["id"]: _fingerprint(r) for r in resources}
             stored = dict(zip(prints, self.conn.hmget(skey, list(prints)), strict=True)) if prints else {}
             changed = [r for r in resources if (stored[r["id"]] or b"").decode().rsplit("|", 1)[0] != prints[r["id"]]]
@@ -483,15 +495,14 @@ def build_poller(
         raise ConfigError("[fhir] base_url", "the poller needs a FHIR server to poll")
     conn = conn if conn is not None else connect(settings)
     session = session or requests.Session()
+    metrics = Metrics(conn, settings.redis.key_prefix)
     if enqueue is None:
-        from rq import Queue
+        from fhir_smartflow.ingest.queueing import enqueue_events, make_queue
 
-        from fhir_smartflow.ingest.queueing import enqueue_events  # the ingest helper's contract
-
-        queue = Queue(settings.redis.queue, connection=conn)
+        queue = make_queue(conn, settings.redis.queue, settings.redis.key_prefix)
 
         def enqueue(events: list[ResourceEvent]) -> Any:
-            return enqueue_events(queue, events)
+            return enqueue_events(queue, events, metrics=metrics, job_timeout=settings.redis.job_timeout_seconds)
 
     reader = RequestsFhirReader(
         settings.fhir.base_url, session, reader_auth(settings, session), settings.fhir.timeout_seconds
@@ -503,7 +514,7 @@ def build_poller(
         Keys(settings.redis.key_prefix),
         settings.poll,
         poll_types(settings),
-        Metrics(conn, settings.redis.key_prefix),
+        metrics,
     )
 
 
