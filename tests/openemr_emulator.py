@@ -538,7 +538,7 @@ def running(emulator: OpenEmrEmulator) -> Iterator[OpenEmrEmulator]:
     """Serve the emulator over real HTTP on a free port in a thread."""
     server = make_server("127.0.0.1", 0, emulator.app, threaded=True)
     emulator.base_url = f"http://127.0.0.1:{server.server_port}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield emulator

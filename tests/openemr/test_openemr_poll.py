@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 import redis
 import requests
 from openemr_emulator import OpenEmrEmulator
-from openemr_fixtures import CLIENT_ID, KEY_ID, emulator, jwks_of, key_file, make_settings, private_pem, rsa_pem  # noqa: F401
+from openemr_support import CLIENT_ID, KEY_ID, make_settings, rsa_pem
 from rq import SimpleWorker
 
 from fhir_smartflow.ingest.poll import DATE_WINDOW, LAST_UPDATED, UNSUPPORTED, build_poller
@@ -197,10 +198,9 @@ initial_lookback_hours = 1
 [openemr]
 base_url = "{emulator.base_url}"
 """)
-    from conftest import smartflow_cmd
-
+    cli = str(Path(sys.executable).with_name("fhir-smartflow"))
     proc = processes(
-        smartflow_cmd("--config", str(config), "poll", "--once", "--json"),
+        [cli, "--config", str(config), "poll", "--once", "--json"],
         env={"PATH": os.environ.get("PATH", "")},
         name="poll",
     )

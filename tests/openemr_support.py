@@ -1,4 +1,4 @@
-"""Fixtures shared by the OpenEMR bridge tests: an RSA key + JWKS, the running emulator, settings."""
+"""Helpers of the OpenEMR bridge tests: an RSA key + JWKS, the running emulator, settings."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
+from openemr_emulator import OpenEmrEmulator, running
 
 from fhir_smartflow.config import FhirConfig, OpenEmrConfig, PollConfig, RedisConfig, Settings
-from openemr_emulator import OpenEmrEmulator, running
 
 CLIENT_ID = "smartflow-client"
 KEY_ID = "k1"
