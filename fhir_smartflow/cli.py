@@ -56,6 +56,8 @@ def run() -> Any:  # pragma: no cover - console entry point
 
 from fhir_smartflow.commands.openemr import openemr as _openemr_cmd  # noqa: E402
 from fhir_smartflow.commands.poll import poll as _poll_cmd  # noqa: E402
+from fhir_smartflow.commands.sandbox import sandbox_command  # noqa: E402
 
+main.add_command(sandbox_command)
 main.add_command(_poll_cmd)
 main.add_command(_openemr_cmd)
