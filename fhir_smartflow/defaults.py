@@ -55,7 +55,9 @@ POLL_PAGE_SIZE = 100
 POLL_MAX_PAGES = 50
 
 # OpenEMR write-back target
-OPENEMR_USER_SCOPES = "openid offline_access api:oemr user/patient.rs user/message.c user/document.c"
+OPENEMR_USER_SCOPES = (
+    "openid offline_access api:oemr user/patient.rs user/message.c user/document.c user/document.rs"
+)
 OPENEMR_REDIRECT_URI = "http://127.0.0.1:8765/callback"
 OPENEMR_LOCAL_STORE = "smartflow-local.sqlite3"
 OPENEMR_DOCUMENT_CATEGORY = "Smart Flows"

@@ -29,14 +29,14 @@ class LocalFhirStore:
 
     def __init__(self, settings: Settings, app: Any = None) -> None:
         if app is None:
-            from fhir_smartflow.sandbox import create_sandbox_app  # the sandbox helper's contract
+            from fhir_smartflow.sandbox.app import create_sandbox_app  # the sandbox helper's contract
 
             local = dataclasses.replace(
                 settings, sandbox=dataclasses.replace(settings.sandbox, database=settings.openemr.local_store)
             )
-            app = create_sandbox_app(local)
+            app = create_sandbox_app(local, start_notifier=False, faults=False)
         self.client = app.test_client()
-        self.base = settings.sandbox.path.rstrip("/")
+        self.base = ""  # the sandbox app serves FHIR at its own root
         self.system = settings.fhir.identifier_system
         self._lock = threading.Lock()  # the Flask test client is not meant for concurrent use
 
