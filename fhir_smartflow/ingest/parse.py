@@ -197,9 +197,11 @@ def check_content_type(headers: Mapping[str, str], body: bytes) -> None:
 
 def _load_json(body: bytes) -> Any:
     try:
-        return json.loads(body)
+        text = body.decode("utf-8-sig")  # FHIR JSON is UTF-8; tolerate a byte-order mark
     except UnicodeDecodeError:
         raise NotificationError(400, "body is not UTF-8 text") from None
+    try:
+        return json.loads(text)
     except ValueError as exc:
         raise NotificationError(400, f"body is not valid JSON: {exc}") from None
 
