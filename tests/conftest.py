@@ -193,5 +193,6 @@ class _SandboxURL(str):
         return obj
 
 
-# OpenEMR bridge tests import their helpers (emulator, keys) from tests/ by module name.
+# OpenEMR bridge tests: helpers (emulator, keys) in tests/openemr_support.py, fixtures made visible here.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from openemr_support import emulator, key_file, private_pem  # noqa: E402, F401

@@ -9,7 +9,7 @@ import pytest
 from fhir_smartflow.config import ConfigError, load_settings
 from fhir_smartflow.ingest.poll import DATE_WINDOW, LAST_UPDATED, UNSUPPORTED, plan_strategies
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_example_config_documents_poll_and_openemr() -> None:
