@@ -417,6 +417,22 @@ class OpenEmrEmulator:
                 )
             return jsonify(bundle)
 
+        @app.get(f"/apis/{SITE}/fhir/<rtype>/<rid>")
+        def read(rtype: str, rid: str) -> Response:
+            info = emu._bearer()
+            if info is None:
+                return outcome(401, "token missing or expired")
+            if not scope_allows(info["scopes"], info["kind"], rtype, "r"):
+                return outcome(403, f"scope {info['kind']}/{rtype}.rs required")
+            with emu.lock:
+                found = [emu._patient_fhir(p) for p in emu.patients if rtype == "Patient" and p["uuid"] == rid]
+                found += [
+                    emu._appointment_fhir(a) for a in emu.appointments if rtype == "Appointment" and a["uuid"] == rid
+                ]
+            if not found:
+                return outcome(404, f"{rtype}/{rid} not found")
+            return jsonify(found[0])
+
         def envelope(status: int, data: Any = None, validation: Any = None, internal: Any = None) -> Response:
             resp = jsonify(
                 {

@@ -1,23 +1,32 @@
-"""Errors of the OpenEMR bridge. ``retryable`` tells the job runner whether trying again can help."""
+"""Errors of the OpenEMR bridge.
+
+They are ``FhirError``s so the plan executor treats them like the FHIR target's errors: ``transient`` ones
+are re-raised and rq retries the job (writes stay queued); the others are recorded as the action's error.
+"""
 
 from __future__ import annotations
 
+from fhir_smartflow.fhir.errors import FhirError
 
-class OpenEmrError(Exception):
+
+class OpenEmrError(FhirError):
     """Something went wrong talking to OpenEMR."""
 
-    retryable = False
+    transient = False
 
     def __init__(self, message: str, status: int | None = None, details: list[str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
+        super().__init__(message, status=status)
         self.details = details or []
+
+    @property
+    def retryable(self) -> bool:
+        return self.transient
 
 
 class OpenEmrTransientError(OpenEmrError):
     """5xx, 429, a connection problem, a write already in progress: raise so the job is retried."""
 
-    retryable = True
+    transient = True
 
 
 class OpenEmrAuthUnavailable(OpenEmrTransientError):
