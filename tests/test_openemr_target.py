@@ -108,9 +108,9 @@ def retry_until_done(call, attempts: int = 10):
 def test_staff_task_becomes_one_openemr_message_and_a_canonical_task(setup, emulator: OpenEmrEmulator) -> None:
     settings, target, puuid = setup
     ident = "intake-forms/review/task/abc123"
-    first = target.create(task(puuid, ident), ident)
-    again = target.create(task(puuid, ident), ident)  # a replayed event
-    assert first["id"] == again["id"]
+    first, created = target.create_with_status(task(puuid, ident), ident)
+    again, created_again = target.create_with_status(task(puuid, ident), ident)  # a replayed event
+    assert first["id"] == again["id"] and (created, created_again) == (True, False)
     assert len(target.search("Task", {"identifier": f"{SYSTEM}|{ident}"})) == 1  # canonical, in the local store
     [message] = emulator.messages
     assert message["pid"] == 1 and message["to"] == "drsmith" and message["from"] == "smartflow"

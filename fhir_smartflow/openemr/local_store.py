@@ -57,15 +57,19 @@ class LocalFhirStore:
         return resp.status_code, payload
 
     def create(self, resource: dict[str, Any], identifier: str) -> dict[str, Any]:
+        return self.create_with_status(resource, identifier)[0]
+
+    def create_with_status(self, resource: dict[str, Any], identifier: str) -> tuple[dict[str, Any], bool | None]:
+        """(stored resource, True when created now / False when it already existed)."""
         rtype = resource["resourceType"]
         condition = urlencode({"identifier": f"{self.system}|{identifier}"})
-        _, body = self._call("POST", rtype, resource, {"If-None-Exist": condition})
+        status, body = self._call("POST", rtype, resource, {"If-None-Exist": condition})
         if not isinstance(body, dict) or body.get("resourceType") != rtype:
             found = self.search(rtype, {"identifier": f"{self.system}|{identifier}"})
             if not found:
                 raise LocalStoreError(f"local store did not return the {rtype} {identifier}")
-            return found[0]
-        return body
+            return found[0], status == 201
+        return body, status == 201
 
     def read(self, reference: str) -> dict[str, Any] | None:
         status, body = self._call("GET", reference)

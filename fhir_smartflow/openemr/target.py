@@ -82,9 +82,16 @@ class OpenEmrWriteBack:
 
     # -- WriteBackTarget ---------------------------------------------------------------------------
     def create(self, resource: dict[str, Any], identifier: str) -> dict[str, Any]:
-        stored = self.local.create(resource, identifier)
+        return self.create_with_status(resource, identifier)[0]
+
+    def create_with_status(self, resource: dict[str, Any], identifier: str) -> tuple[dict[str, Any], bool | None]:
+        """(stored, created) — the executor's optional richer create; the mirror runs either way."""
+        with_status = getattr(self.local, "create_with_status", None)
+        stored, created = (
+            with_status(resource, identifier) if with_status else (self.local.create(resource, identifier), None)
+        )
         self.mirror(stored, identifier)
-        return stored
+        return stored, created
 
     def read(self, reference: str) -> dict[str, Any] | None:
         return self.local.read(reference)
