@@ -209,3 +209,36 @@ base_url = "{emulator.base_url}"
     report = json.loads(out[out.index("{") :])
     results = {r["resource_type"]: r for r in report["results"]}
     assert results["Patient"]["queued"] == 1 and results["Appointment"]["strategy"] == "date-window"
+
+
+def test_unsorted_results_move_the_watermark_only_after_a_complete_pass(
+    emulator, redis_url, redis_conn, key_file
+) -> None:
+    settings = make_settings(emulator, redis_url, key_file, types=["Patient"])
+    a = emulator.add_patient("A", "Pat")
+    emulator.advance(10)
+    emulator.add_patient("B", "Pat")
+    emulator.advance(10)
+    c = emulator.add_patient("C", "Pat")
+    emulator.advance(10)
+    emulator.update_patient(a, lname="A2")  # A is now the newest but still first in OpenEMR's (pid) order
+    from fhir_smartflow.ingest.queueing import enqueue_events, make_queue
+
+    queue = make_queue(redis_conn, settings.redis.queue, "t:")
+    pages = []
+
+    def enqueue_second_page_crashes(events):
+        pages.append([e.resource_id for e in events])
+        if len(pages) == 2:
+            raise SystemExit("killed while queueing page 2")
+        return enqueue_events(queue, events)
+
+    with pytest.raises(SystemExit):
+        build_poller(settings, redis_conn, enqueue=enqueue_second_page_crashes).run_once()
+    assert pages[1] == [c]
+    # Page 1 held A (newest) before B: moving the mark to A's time would have skipped C for good.
+    assert build_poller(settings, redis_conn).watermark("Patient") is None
+    [result] = build_poller(settings, redis_conn).run_once()
+    assert result.found == 3
+    newest = max(p["updated"] for p in emulator.patients)
+    assert build_poller(settings, redis_conn).watermark("Patient") == datetime.fromtimestamp(int(newest), UTC)
