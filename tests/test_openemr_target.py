@@ -16,6 +16,7 @@ from fhir.resources.R4B.task import Task
 from openemr_emulator import OpenEmrEmulator
 from openemr_support import TOKEN_KEY, make_settings
 
+from fhir_smartflow.app import create_app
 from fhir_smartflow.config import Settings
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.openemr.errors import (
@@ -222,6 +223,8 @@ def test_refresh_failure_degrades_and_keeps_the_write_queued(
         target.create(task(puuid, ident), ident)
     assert err.value.retryable  # rq retries it: queued, not dropped
     assert redis_conn.get("t:openemr:auth_degraded").startswith(b"invalid_grant")
+    ready = create_app(settings, redis_conn, insecure_dev=True).test_client().get("/readyz")
+    assert ready.status_code == 200 and "DEGRADED: OpenEMR writes are queued" in ready.get_data(as_text=True)
     assert Metrics(redis_conn, "t:").counter_value("openemr_auth_failures", reason="invalid_grant") == 1
     assert redis_conn.get(f"t:openemr:mirror:{ident}") is None  # nothing claimed: the retry will send it
     assert target.search("Task", {"identifier": f"{SYSTEM}|{ident}"})  # canonical Task kept
