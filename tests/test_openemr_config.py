@@ -81,3 +81,17 @@ def test_strategies_for_a_versioned_server_with_subscriptions_missing() -> None:
     assert plans["CarePlan"].strategy == UNSUPPORTED
     no_window = plan_strategies(capability, ["Appointment"], [])
     assert no_window[0].strategy == LAST_UPDATED  # a server whose _lastUpdated follows every change
+
+
+def test_poll_types_default_to_what_the_enabled_flows_need() -> None:
+    from fhir_smartflow.ingest.poll import poll_types
+
+    env = {
+        "SMARTFLOW_ENGINE_MAPPINGS": str(ROOT / "mappings"),
+        "SMARTFLOW_ENGINE_FLOWS": str(ROOT / "flows/examples"),
+        "SMARTFLOW_ENGINE_TEMPLATES": str(ROOT / "templates"),
+    }
+    types = poll_types(load_settings(None, env=env))
+    assert {"Patient", "Appointment", "Encounter", "Task"} <= set(types)
+    explicit = load_settings(None, env={**env, "SMARTFLOW_POLL_TYPES": "Patient"})
+    assert poll_types(explicit) == ["Patient"]

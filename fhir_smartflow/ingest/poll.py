@@ -479,7 +479,9 @@ def poll_types(settings: Any) -> list[str]:
         return list(settings.poll.types)
     from fhir_smartflow.engine.loader import load_engine  # the engine helper's contract
 
-    return sorted(load_engine(settings).resource_types() - {"Task"})  # Task changes are our own writes
+    # Task is kept: on a plain FHIR server staff complete our Tasks there (task.completed); OpenEMR's
+    # CapabilityStatement has no Task, so there it is simply "unsupported".
+    return sorted(load_engine(settings).resource_types())
 
 
 def build_poller(
