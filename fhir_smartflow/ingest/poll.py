@@ -20,6 +20,7 @@ change is never mistaken for a duplicate.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -188,7 +189,9 @@ def _resources(bundle: dict[str, Any], resource_type: str) -> list[dict[str, Any
 
 
 def _fingerprint(resource: dict[str, Any]) -> str:
-    """The fields a flow can react to; other edits (comments, display text) do not fire anything."""
+    """The fields a flow can react to. Other edits (comments, display text) fire nothing on OpenEMR, whose
+    Appointment lastUpdated / versionId never move; on servers where they do, the change is queued and the
+    mappings' ``previous`` conditions decide."""
     meta = resource.get("meta") or {}
     compact = {
         "status": resource.get("status"),
@@ -282,7 +285,8 @@ class Poller:
             raise
         finally:
             self._lock = None
-            lock.release()
+            with contextlib.suppress(redis.exceptions.LockError):  # expired during a very slow page
+                lock.release()
             if self.metrics:
                 self.metrics.inc("poll_passes", resource_type=plan.resource_type, result=outcome)
         return result
