@@ -258,3 +258,53 @@ def test_local_store_is_a_sqlite_file_that_survives_a_restart(setup, emulator: O
     reopened = LocalFhirStore(settings)
     [found] = reopened.search("Task", {"identifier": f"{SYSTEM}|t/persist/task/1"})
     assert reopened.read(f"Task/{found['id']}")["description"] == "Review the intake forms"
+
+
+def test_recipients_follow_roles_audiences_and_skip_task_communications(setup, emulator: OpenEmrEmulator) -> None:
+    """With the engine's own builders: a role-owned Task, a Flag's allowed audience, a staff Communication."""
+    from fhir_smartflow.fhir import resources as fr
+
+    settings, target, puuid = setup
+    users = {**settings.openemr.users, "role:case-manager": "cmsmith", "Practitioner/p9": "drp9"}
+    target.config = dataclasses.replace(settings.openemr, users=users)
+    role = fr.concept(settings.roles["case-manager"], "case-manager")
+    task_res = fr.build_task(
+        identifier_system=SYSTEM,
+        identifier_value="f/r/task/1",
+        group="f/g",
+        instantiates_uri="urn:fhir-smartflow:flow:f:1#r",
+        description="Review",
+        authored_on="2026-11-25T10:00:00Z",
+        requester="Device/fhir-smartflow",
+        for_ref=f"Patient/{puuid}",
+        performer_types=[role],
+        due="2026-11-28T10:00:00Z",
+    )
+    Task.model_validate(task_res)
+    target.create(task_res, "f/r/task/1")
+    flag = fr.build_flag(
+        identifier_system=SYSTEM,
+        identifier_value="f/p/flag/1",
+        text="Check answers",
+        subject=f"Patient/{puuid}",
+        author="Device/fhir-smartflow",
+        start="2026-11-25T10:00:00Z",
+        roles=[role],
+        practitioners=["Practitioner/p9"],
+    )
+    Flag.model_validate(flag)
+    target.create(flag, "f/p/flag/1")
+    staff = fr.build_communication(
+        identifier_system=SYSTEM,
+        identifier_value="f/r/communication/1",
+        method="staff-message",
+        text="Review",
+        sender="Device/fhir-smartflow",
+        status="completed",
+        recipients=["Practitioner/p9"],
+        subject=f"Patient/{puuid}",
+        based_on_task="f/r/task/1",
+    )
+    Communication.model_validate(staff)
+    target.create(staff, "f/r/communication/1")  # the Task's message already carries it
+    assert [m["to"] for m in emulator.messages] == ["cmsmith", "cmsmith", "drp9"]

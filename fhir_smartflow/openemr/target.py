@@ -32,6 +32,7 @@ import redis
 
 from fhir_smartflow.config import OpenEmrConfig
 from fhir_smartflow.engine.interfaces import WriteBackTarget
+from fhir_smartflow.fhir.resources import ALLOWED_AUDIENCE_URL
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.openemr.api import StandardApi
 from fhir_smartflow.openemr.errors import OpenEmrAmbiguousWrite, OpenEmrError, OpenEmrTransientError
@@ -112,13 +113,18 @@ class OpenEmrWriteBack:
             return "flag"
         if rtype == "Task":
             owner = _ref(resource.get("owner"))
-            return "message" if owner and not owner.startswith("Patient/") else None
+            if owner:
+                return None if owner.startswith("Patient/") else "message"
+            return "message" if resource.get("performerType") else None  # owned by a role
         if rtype == "Communication":
             recipients = [_ref(r) for r in resource.get("recipient") or []]
             if any(r.startswith("Patient/") for r in recipients):
                 channel = json.dumps([resource.get("medium"), resource.get("category")]).lower()
                 return "portal" if "portal" in channel and self.config.portal_messages_to else None
-            based_on_task = any(_ref(b).startswith("Task/") for b in resource.get("basedOn") or [])
+            # A Communication about a Task (basedOn, by reference or by identifier): the Task's message says it.
+            based_on_task = any(
+                b.get("type") == "Task" or _ref(b).startswith("Task/") for b in resource.get("basedOn") or []
+            )
             return "message" if recipients and not based_on_task else None
         return None
 
@@ -143,18 +149,30 @@ class OpenEmrWriteBack:
             self._once(key, kind, lambda u=username: self._send_message(puuid, u, resource, identifier))
 
     def _recipients(self, kind: str, resource: dict[str, Any]) -> list[str]:
+        """OpenEMR usernames from [openemr.users]: "Practitioner/<id>" (any reference) or "role:<name>"."""
         users = self.config.users
         if kind == "portal":
             return [self.config.portal_messages_to]
-        if kind == "flag":
-            names = users.get("record-prompt") or self.config.default_user
-            return [n.strip() for n in names.split(",") if n.strip()]
-        owners = [resource.get("owner")] if resource.get("resourceType") == "Task" else resource.get("recipient")
-        for owner in owners or []:
-            for key in (_ref(owner), f"role:{(owner or {}).get('display', '')}"):
-                if key in users:
-                    return [users[key]]
-        return [self.config.default_user]
+        keys: list[str] = []
+        if kind == "flag":  # the prompt's allowed audience: practitioners and roles
+            for ext in resource.get("extension") or []:
+                if ext.get("url") == ALLOWED_AUDIENCE_URL:
+                    keys.append(_ref(ext.get("valueReference")))
+                    keys.append(f"role:{(ext.get('valueCodeableConcept') or {}).get('text', '')}")
+        elif resource.get("resourceType") == "Task":
+            keys.append(_ref(resource.get("owner")))
+            keys += [f"role:{c.get('text', '')}" for c in resource.get("performerType") or []]
+        else:
+            keys += [_ref(r) for r in resource.get("recipient") or []]
+        names: list[str] = []
+        for key in keys:
+            for name in users.get(key, "").split(","):
+                if name.strip() and name.strip() not in names:
+                    names.append(name.strip())
+        if kind != "flag":
+            return names[:1] or [self.config.default_user]
+        fallback = users.get("record-prompt") or self.config.default_user
+        return names or [n.strip() for n in fallback.split(",") if n.strip()]
 
     def _message_text(self, resource: dict[str, Any], identifier: str) -> str:
         rtype = resource["resourceType"]
