@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -278,38 +279,45 @@ class UserTokenStore:
 
     def refresh(self) -> str:
         """Spend the stored refresh token for a new access + refresh token, one process at a time."""
-        with self.conn.lock(self.keys.lock, timeout=self.timeout * 3, blocking_timeout=self.timeout * 3):
-            token = self._valid_access()  # another process may have refreshed while we waited
-            if token:
-                return token
-            stored = self._open(self.conn.get(self.keys.refresh))
-            if not stored:
-                self._degrade(
-                    "no_refresh_token", "no OpenEMR refresh token stored: run `fhir-smartflow openemr authorize`"
-                )
-            form = {
-                "grant_type": "refresh_token",
-                "refresh_token": stored["refresh_token"],
-                "client_id": self.client_id,
-                **self.client_auth(),
-            }
-            try:
-                body = post_token(self.session, self.token_url, form, self.timeout)
-            except TokenError as exc:
-                self._degrade(
-                    exc.error,
-                    f"OpenEMR refused the refresh token ({exc.error}); writes are held in "
-                    "the queue until someone re-runs `fhir-smartflow openemr authorize`",
-                )
-            except OpenEmrTransientError:
-                if self.metrics:
-                    self.metrics.inc("openemr_auth_failures", reason="transient")
-                raise
-            if not body.get("refresh_token"):
-                # Keep the old refresh token: without rotation it stays valid.
-                body = {**body, "refresh_token": stored["refresh_token"]}
-            self.save_grant(body)
-            return str(body["access_token"])
+        lock = self.conn.lock(self.keys.lock, timeout=self.timeout * 3, blocking_timeout=self.timeout * 3)
+        if not lock.acquire():
+            raise OpenEmrTransientError("another process is refreshing the OpenEMR token; retrying later")
+        try:
+            return self._refresh_locked()
+        finally:
+            with contextlib.suppress(redis.exceptions.LockError):
+                lock.release()
+
+    def _refresh_locked(self) -> str:
+        token = self._valid_access()  # another process may have refreshed while we waited
+        if token:
+            return token
+        stored = self._open(self.conn.get(self.keys.refresh))
+        if not stored:
+            self._degrade("no_refresh_token", "no OpenEMR refresh token stored: run `fhir-smartflow openemr authorize`")
+        form = {
+            "grant_type": "refresh_token",
+            "refresh_token": stored["refresh_token"],
+            "client_id": self.client_id,
+            **self.client_auth(),
+        }
+        try:
+            body = post_token(self.session, self.token_url, form, self.timeout)
+        except TokenError as exc:
+            self._degrade(
+                exc.error,
+                f"OpenEMR refused the refresh token ({exc.error}); writes are held in "
+                "the queue until someone re-runs `fhir-smartflow openemr authorize`",
+            )
+        except OpenEmrTransientError:
+            if self.metrics:
+                self.metrics.inc("openemr_auth_failures", reason="transient")
+            raise
+        if not body.get("refresh_token"):
+            # Keep the old refresh token: without rotation it stays valid.
+            body = {**body, "refresh_token": stored["refresh_token"]}
+        self.save_grant(body)
+        return str(body["access_token"])
 
     def _degrade(self, reason: str, message: str) -> Any:
         log.error("OpenEMR write token unavailable: %s", message)
