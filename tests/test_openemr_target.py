@@ -308,3 +308,23 @@ def test_recipients_follow_roles_audiences_and_skip_task_communications(setup, e
     Communication.model_validate(staff)
     target.create(staff, "f/r/communication/1")  # the Task's message already carries it
     assert [m["to"] for m in emulator.messages] == ["cmsmith", "cmsmith", "drp9"]
+
+
+def test_two_workers_refreshing_at_once_spend_the_refresh_token_once(
+    setup, emulator: OpenEmrEmulator, redis_conn: redis.Redis
+) -> None:
+    import threading
+
+    settings, _, _ = setup
+    stores = [user_token_store(settings, redis_conn, env=ENV) for _ in range(4)]  # four worker processes
+    redis_conn.delete("t:openemr:access")
+    before = emulator.requests.count("POST /oauth2/default/token")
+    tokens: list[str] = []
+    threads = [threading.Thread(target=lambda s=s: tokens.append(s.access_token())) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(tokens) == 4 and len(set(tokens)) == 1  # all got the one fresh token
+    assert emulator.requests.count("POST /oauth2/default/token") == before + 1  # rotation-safe: one refresh
+    assert redis_conn.get("t:openemr:auth_degraded") is None
