@@ -209,6 +209,14 @@ base_url = "{emulator.base_url}"
     report = json.loads(out[out.index("{") :])
     results = {r["resource_type"]: r for r in report["results"]}
     assert results["Patient"]["queued"] == 1 and results["Appointment"]["strategy"] == "date-window"
+    from click.testing import CliRunner
+
+    from fhir_smartflow.cli import main
+
+    text = CliRunner().invoke(main, ["--config", str(config), "poll", "--once"])
+    assert text.exit_code == 0, text.output
+    assert "strategy Patient: last-updated" in text.output and "strategy Appointment: date-window" in text.output
+    assert "Patient: found 1, queued 1" in text.output  # the overlap window re-reads it; the worker dedupes
 
 
 def test_unsorted_results_move_the_watermark_only_after_a_complete_pass(
