@@ -56,13 +56,15 @@ def run() -> Any:  # pragma: no cover - console entry point
 
 # Commands live in fhir_smartflow/commands/<area>.py; registered here.
 from fhir_smartflow.commands import service as _service  # noqa: E402
+from fhir_smartflow.commands.flows import validate  # noqa: E402
+from fhir_smartflow.commands.openemr import openemr as _openemr_cmd  # noqa: E402
+from fhir_smartflow.commands.poll import poll as _poll_cmd  # noqa: E402
+from fhir_smartflow.commands.sandbox import sandbox_command  # noqa: E402
 
 main.add_command(_service.serve)
 main.add_command(_service.worker)
 main.add_command(_service.replay)
-from fhir_smartflow.commands.sandbox import sandbox_command  # noqa: E402
-
-main.add_command(sandbox_command)
-from fhir_smartflow.commands.flows import validate  # noqa: E402
-
 main.add_command(validate)
+main.add_command(sandbox_command)
+main.add_command(_poll_cmd)
+main.add_command(_openemr_cmd)

@@ -105,6 +105,10 @@ def worker(cli: CliContext, burst: bool, with_scheduler: bool, worker_class: str
     conn = worker_connection(settings)
     rt = build_runtime(settings, conn)
     install(rt)
+    if settings.poll.enabled:  # servers without subscriptions: poll inside the worker (docs/openemr.md)
+        from fhir_smartflow.ingest.poll import run_poller
+
+        run_poller(settings, threading.Event(), conn)
     cls = rq.SimpleWorker if worker_class == "simple" else rq.Worker
     w = cls([rt.queue], connection=conn)
     log.info("worker %s (%s) on queue %s", w.name, worker_class, rt.queue.name)
