@@ -333,3 +333,10 @@ def test_test_clock_only_when_explicitly_enabled(redis_conn, caplog):
     assert isinstance(clock, RedisClock) and "TEST CLOCK ENABLED" in caplog.text
     clock.set(T0)
     assert RedisClock(redis_conn, keys).now() == T0  # shared across clients / processes
+
+
+def test_memory_per_pending_reminder_is_within_one_kib(redis_conn):
+    from benchmarks.scheduled_memory import measure
+
+    per_reminder = measure(redis_conn, 1000)
+    assert 100 < per_reminder <= 1024, per_reminder

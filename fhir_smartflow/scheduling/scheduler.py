@@ -19,6 +19,7 @@ import os
 import socket
 import threading
 import uuid
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,10 +48,11 @@ class ScheduleKeys:
 
     def __init__(self, keys: Keys) -> None:
         base = f"{keys.prefix}sched:"
-        self.due = base + "due"  # zset identifier -> due epoch seconds
-        self.data = base + "data"  # hash identifier -> compact JSON {k, a, p, n}
-        self.inflight = base + "inflight"  # hash identifier -> claimed epoch (crash recovery)
-        self.fired = base + "fired"  # zset identifier -> fired epoch (no re-scheduling a fired one)
+        # Members are short_id(identifier); the identifier itself is inside the data blob.
+        self.due = base + "due"  # zset sid -> due epoch seconds
+        self.data = base + "data"  # hash sid -> compressed JSON {i, k, a, p, n}
+        self.inflight = base + "inflight"  # hash sid -> claimed epoch (crash recovery)
+        self.fired = base + "fired"  # zset sid -> fired epoch (no re-scheduling a fired one)
         self._base = base
         self.lock = keys.lock("scheduler")
 
@@ -78,17 +80,45 @@ class Pending:
     action: str = ""
 
 
-def _encode(action: Schedule) -> str:
-    return json.dumps(
-        {"k": action.kind, "a": round(_epoch(action.at), 3), "p": action.payload, "n": action.action},
+# Blobs are raw DEFLATE with a preset dictionary of the payload's usual keys and values: a reminder's
+# ~470 bytes of JSON become ~150 (the memory budget is 1 KiB per pending reminder). The first byte is
+# the format version; NEVER edit _ZDICT_V1 (stored blobs need it to decode) — add a version instead.
+_ZDICT_V1 = (
+    b'{"i":"","k":"reminder","a":,"p":{"flow_id":"","flow_version":"1","action":"","action_index":0,'
+    b'"trigger_id":"patient.registered|Patient/|v1","task_identifier":"/task/","group":"",'
+    b'"patient":"Patient/","due":"T00:00:00+00:00","occurrence":,"methods":["sms","email","portal"]},'
+    b'"n":"","i":"/reminder/overdue/recurrence/delivery/"}'
+)
+_BLOB_V1 = b"\x01"
+
+
+def short_id(identifier: str) -> str:
+    """The scheduler's internal member name: 64 bits of sha256 (zset / index members stay small)."""
+    return hashlib.sha256(identifier.encode()).hexdigest()[:16]
+
+
+def _encode(action: Schedule) -> bytes:
+    raw = json.dumps(
+        {
+            "i": action.identifier,
+            "k": action.kind,
+            "a": round(_epoch(action.at), 3),
+            "p": action.payload,
+            "n": action.action,
+        },
         separators=(",", ":"),
         default=str,
-    )
+    ).encode()
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15, zdict=_ZDICT_V1)
+    return _BLOB_V1 + packer.compress(raw) + packer.flush()
 
 
-def _decode(identifier: str, blob: bytes | str) -> Pending:
-    raw = json.loads(blob)
-    return Pending(identifier, raw["k"], datetime.fromtimestamp(raw["a"], UTC), raw.get("p") or {}, raw.get("n", ""))
+def _decode(blob: bytes) -> Pending:
+    if blob[:1] != _BLOB_V1:
+        raise ValueError(f"unknown scheduler blob version {blob[:1]!r}")
+    unpacker = zlib.decompressobj(-15, zdict=_ZDICT_V1)
+    raw = json.loads(unpacker.decompress(blob[1:]) + unpacker.flush())
+    return Pending(raw["i"], raw["k"], datetime.fromtimestamp(raw["a"], UTC), raw.get("p") or {}, raw.get("n", ""))
 
 
 def _epoch(when: datetime) -> float:
@@ -143,21 +173,19 @@ class RqScheduler:
     def cancel(self, group: str | None = None, patient: str | None = None, flows: tuple[str, ...] = ()) -> int:
         """Remove pending follow-ups of a workflow group, or of a patient's ``flows`` (all flows when
         empty). Returns how many were removed. Already-fired ones re-check the Task when they run."""
-        ids: set[str] = set()
+        sids: set[str] = set()
         if group:
-            ids |= {_text(m) for m in self.conn.smembers(self.skeys.group(group))}
+            sids |= {_text(m) for m in self.conn.smembers(self.skeys.group(group))}
         if patient:
             members = [_text(m) for m in self.conn.smembers(self.skeys.patient(patient))]
             if flows:
                 blobs = self.conn.hmget(self.skeys.data, members) if members else []
                 members = [
-                    m
-                    for m, b in zip(members, blobs, strict=True)
-                    if b and _decode(m, b).payload.get("flow_id") in flows
+                    m for m, b in zip(members, blobs, strict=True) if b and _decode(b).payload.get("flow_id") in flows
                 ]
-            ids |= set(members)
+            sids |= set(members)
         removed = 0
-        ordered = sorted(ids)
+        ordered = sorted(sids)
         for start in range(0, len(ordered), self.batch_size):
             removed += self._remove(ordered[start : start + self.batch_size], result="cancelled")
         if removed:
@@ -169,28 +197,28 @@ class RqScheduler:
     def add(self, action: Schedule, force: bool = False) -> bool:
         """Store a pending follow-up. False when it is already pending, or already fired (unless
         ``force`` or a repeatable kind)."""
-        identifier = action.identifier
-        if not force and action.kind not in REPEATABLE_KINDS and self.conn.zscore(self.skeys.fired, identifier):
+        sid = short_id(action.identifier)
+        if not force and action.kind not in REPEATABLE_KINDS and self.conn.zscore(self.skeys.fired, sid):
             self._count(action.kind, "already-fired")
             return False
-        if self.conn.hexists(self.skeys.inflight, identifier):
+        if self.conn.hexists(self.skeys.inflight, sid):
             self._count(action.kind, "duplicate")
             return False
         pipe = self.conn.pipeline(transaction=True)
         if force:
-            pipe.zrem(self.skeys.fired, identifier)
-        pipe.zadd(self.skeys.due, {identifier: _epoch(action.at)}, nx=True)
-        pipe.hsetnx(self.skeys.data, identifier, _encode(action))
+            pipe.zrem(self.skeys.fired, sid)
+        pipe.zadd(self.skeys.due, {sid: _epoch(action.at)}, nx=True)
+        pipe.hsetnx(self.skeys.data, sid, _encode(action))
         group, patient = action.payload.get("group"), action.payload.get("patient")
         if group:
-            pipe.sadd(self.skeys.group(str(group)), identifier)
+            pipe.sadd(self.skeys.group(str(group)), sid)
         if patient:
-            pipe.sadd(self.skeys.patient(str(patient)), identifier)
+            pipe.sadd(self.skeys.patient(str(patient)), sid)
         results = pipe.execute()
         added = bool(results[1 if force else 0])
         self._count(action.kind, "scheduled" if added else "duplicate")
         if added:
-            log.debug("scheduled %s %s at %s", action.kind, identifier, action.at.isoformat())
+            log.debug("scheduled %s %s at %s", action.kind, action.identifier, action.at.isoformat())
         return added
 
     def reschedule(self, action: Schedule) -> bool:
@@ -198,8 +226,8 @@ class RqScheduler:
         return self.add(action, force=True)
 
     def get(self, identifier: str) -> Pending | None:
-        blob = self.conn.hget(self.skeys.data, identifier)
-        return _decode(identifier, blob) if blob else None
+        blob = self.conn.hget(self.skeys.data, short_id(identifier))
+        return _decode(blob) if blob else None
 
     def pending_count(self) -> int:
         return int(self.conn.zcard(self.skeys.due))
@@ -214,8 +242,8 @@ class RqScheduler:
         enqueued = self._recover_inflight(now)
         while True:
             claimed = self._claim(now)
-            for identifier, blob in claimed:
-                enqueued += self._fire(identifier, blob, now)
+            for sid, blob in claimed:
+                enqueued += self._fire(sid, blob, now)
             if len(claimed) < self.batch_size:
                 break
         self.conn.zremrangebyscore(self.skeys.fired, "-inf", _epoch(now) - self.fired_retention_seconds)
@@ -230,16 +258,16 @@ class RqScheduler:
                 try:
                     pipe.watch(self.skeys.due)
                     due = pipe.zrangebyscore(self.skeys.due, "-inf", _epoch(now), 0, self.batch_size)
-                    ids = [_text(m) for m in due]
-                    if not ids:
+                    sids = [_text(m) for m in due]
+                    if not sids:
                         pipe.unwatch()
                         return []
-                    blobs = pipe.hmget(self.skeys.data, ids)
+                    blobs = pipe.hmget(self.skeys.data, sids)
                     pipe.multi()
-                    pipe.zrem(self.skeys.due, *ids)
-                    pipe.hset(self.skeys.inflight, mapping={i: _epoch(now) for i in ids})
+                    pipe.zrem(self.skeys.due, *sids)
+                    pipe.hset(self.skeys.inflight, mapping={i: _epoch(now) for i in sids})
                     pipe.execute()
-                    return list(zip(ids, blobs, strict=True))
+                    return list(zip(sids, blobs, strict=True))
                 except redis.WatchError:
                     continue  # another tick or a schedule() changed the set: read it again
 
@@ -251,27 +279,31 @@ class RqScheduler:
             if _epoch(now) - float(claimed) > self.inflight_timeout_seconds
         ]
         fired = 0
-        for identifier in stale:
-            log.warning("recovering follow-up %s claimed by a scheduler that did not finish", identifier)
-            fired += self._fire(identifier, self.conn.hget(self.skeys.data, identifier), now)
+        for sid in stale:
+            log.warning("recovering follow-up %s claimed by a scheduler that did not finish", sid)
+            fired += self._fire(sid, self.conn.hget(self.skeys.data, sid), now)
         return fired
 
-    def _fire(self, identifier: str, blob: bytes | None, now: datetime) -> int:
+    def _fire(self, sid: str, blob: bytes | None, now: datetime) -> int:
         if blob is None:  # cancelled between claim and fire
-            self.conn.hdel(self.skeys.inflight, identifier)
+            self.conn.hdel(self.skeys.inflight, sid)
             return 0
-        item = _decode(identifier, blob)
+        item = _decode(blob)
         late = max(0.0, (now - item.at).total_seconds())
-        job_id = job_id_for(identifier)
+        job_id = job_id_for(item.identifier)
         enqueued = 0
         existing = Job.fetch(job_id, connection=self.conn) if Job.exists(job_id, connection=self.conn) else None
         if existing is not None and existing.get_status(refresh=False) in _ACTIVE_JOB_STATES:
-            log.info("follow-up %s already queued as %s", identifier, job_id)
+            log.info("follow-up %s already queued as %s", item.identifier, job_id)
         else:
             self.queue.enqueue_call(
                 JOB_FUNC,
                 args=(item.kind, item.payload),
-                kwargs={"identifier": identifier, "scheduled_at": item.at.isoformat(), "late_seconds": round(late, 3)},
+                kwargs={
+                    "identifier": item.identifier,
+                    "scheduled_at": item.at.isoformat(),
+                    "late_seconds": round(late, 3),
+                },
                 job_id=job_id,
                 timeout=self.job_timeout_seconds,
                 result_ttl=self.result_ttl_seconds,
@@ -280,10 +312,10 @@ class RqScheduler:
             )
             enqueued = 1
         pipe = self.conn.pipeline(transaction=True)
-        pipe.hdel(self.skeys.data, identifier)
-        pipe.hdel(self.skeys.inflight, identifier)
-        pipe.zadd(self.skeys.fired, {identifier: _epoch(now)})
-        self._unindex(pipe, identifier, item)
+        pipe.hdel(self.skeys.data, sid)
+        pipe.hdel(self.skeys.inflight, sid)
+        pipe.zadd(self.skeys.fired, {sid: _epoch(now)})
+        self._unindex(pipe, sid, item)
         pipe.execute()
         self._count(item.kind, "enqueued")
         if late > self.late_warning_seconds:
@@ -291,34 +323,34 @@ class RqScheduler:
             log.warning(
                 "follow-up %s %s fired %.0f s late (due %s; catch-up after downtime)",
                 item.kind,
-                identifier,
+                item.identifier,
                 late,
                 item.at.isoformat(),
             )
         return enqueued
 
-    def _remove(self, ids: list[str], result: str) -> int:
-        blobs = self.conn.hmget(self.skeys.data, ids)
+    def _remove(self, sids: list[str], result: str) -> int:
+        blobs = self.conn.hmget(self.skeys.data, sids)
         pipe = self.conn.pipeline(transaction=True)
-        for identifier in ids:
-            pipe.zrem(self.skeys.due, identifier)
-        pipe.hdel(self.skeys.data, *ids)
-        for identifier, blob in zip(ids, blobs, strict=True):
+        for sid in sids:
+            pipe.zrem(self.skeys.due, sid)
+        pipe.hdel(self.skeys.data, *sids)
+        for sid, blob in zip(sids, blobs, strict=True):
             if blob:
-                self._unindex(pipe, identifier, _decode(identifier, blob))
+                self._unindex(pipe, sid, _decode(blob))
         results = pipe.execute()
         removed = 0
-        for identifier, blob, gone in zip(ids, blobs, results[: len(ids)], strict=True):
+        for blob, gone in zip(blobs, results[: len(sids)], strict=True):
             if gone:
                 removed += 1
-                self._count(_decode(identifier, blob).kind if blob else "unknown", result)
+                self._count(_decode(blob).kind if blob else "unknown", result)
         return removed
 
-    def _unindex(self, pipe: Any, identifier: str, item: Pending) -> None:
+    def _unindex(self, pipe: Any, sid: str, item: Pending) -> None:
         if item.payload.get("group"):
-            pipe.srem(self.skeys.group(str(item.payload["group"])), identifier)
+            pipe.srem(self.skeys.group(str(item.payload["group"])), sid)
         if item.payload.get("patient"):
-            pipe.srem(self.skeys.patient(str(item.payload["patient"])), identifier)
+            pipe.srem(self.skeys.patient(str(item.payload["patient"])), sid)
 
     def _count(self, kind: str, result: str) -> None:
         if self.metrics is not None:
@@ -437,7 +469,7 @@ def build_scheduler(settings: Any, conn: redis.Redis, clock: Clock | None = None
 
 def iter_pending(scheduler: RqScheduler, limit: int = 100) -> Iterable[Pending]:
     """The next ``limit`` pending follow-ups, soonest first (for status output)."""
-    ids = [_text(m) for m in scheduler.conn.zrange(scheduler.skeys.due, 0, limit - 1)]
-    for identifier, blob in zip(ids, scheduler.conn.hmget(scheduler.skeys.data, ids) if ids else [], strict=True):
+    sids = [_text(m) for m in scheduler.conn.zrange(scheduler.skeys.due, 0, limit - 1)]
+    for blob in scheduler.conn.hmget(scheduler.skeys.data, sids) if sids else []:
         if blob:
-            yield _decode(identifier, blob)
+            yield _decode(blob)
