@@ -52,3 +52,8 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 
 def run() -> Any:  # pragma: no cover - console entry point
     return main()
+
+
+from fhir_smartflow.commands.scheduling import scheduler_command  # noqa: E402 - registered after main exists
+
+main.add_command(scheduler_command)
