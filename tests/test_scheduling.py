@@ -340,3 +340,21 @@ def test_memory_per_pending_reminder_is_within_one_kib(redis_conn):
 
     per_reminder = measure(redis_conn, 1000)
     assert 100 < per_reminder <= 1024, per_reminder
+
+
+def test_recurrence_series_stops_when_the_workflow_was_completed(rt):
+    rt.engine.flows["checkin"] = SimpleNamespace(
+        not_after=None,
+        actions=(
+            SimpleNamespace(slug="weekly-check-in", completes_workflow=False),
+            SimpleNamespace(slug="final-review", completes_workflow=True),
+        ),
+    )
+    _series(rt, {"every": "weekly", "count": 12})
+    _run_weeks(rt, 1)
+    done = {**task("checkin/final-review/task/x", status="completed", group="checkin/g1"), "id": "final"}
+    done["instantiatesUri"] = "urn:fhir-smartflow:flow:checkin:1#final-review"
+    rt.target.put(done)
+    _run_weeks(rt, 2)
+    assert _created_tasks(rt) == ["checkin/weekly/task/2"]
+    assert rt.metrics.counter_value("scheduled_jobs", kind="recurrence", result="ended-workflow-completed") == 1
