@@ -314,7 +314,7 @@ def test_scheduler_loop_ticks_while_holding_the_lock(rt):
         threading.Event().wait(0.15)
         assert rt.queue.count == 0  # standing by: another scheduler holds the lock
         standby.release()
-        for _ in range(100):
+        for _ in range(250):
             if rt.queue.count:
                 break
             threading.Event().wait(0.02)

@@ -198,7 +198,7 @@ class RqScheduler:
         """Store a pending follow-up. False when it is already pending, or already fired (unless
         ``force`` or a repeatable kind)."""
         sid = short_id(action.identifier)
-        if not force and action.kind not in REPEATABLE_KINDS and self.conn.zscore(self.skeys.fired, sid):
+        if not force and action.kind not in REPEATABLE_KINDS and self.conn.zscore(self.skeys.fired, sid) is not None:
             self._count(action.kind, "already-fired")
             return False
         if self.conn.hexists(self.skeys.inflight, sid):
