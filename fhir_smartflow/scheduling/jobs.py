@@ -145,12 +145,15 @@ def series_end_reason(rt: Any, payload: dict[str, Any], now: datetime, scheduled
 
     end-reached (count / until), task-cancelled (the previous occurrence was cancelled: workflow completed
     or discharge), workflow-completed (a completes_workflow Task of the group is completed), discharged.
+    ``payload["occurrence"]`` is the engine's 0-based number of the occurrence about to be created
+    (0 = the original trigger; ``count`` counts them all), at ``occurrence_at``.
     """
     rule = _recurrence_rule(rt, payload)
     occurrence = int(payload.get("occurrence", 0) or 0)
-    at = datetime.fromisoformat(scheduled_at) if scheduled_at else now
+    when = payload.get("occurrence_at") or scheduled_at
+    at = datetime.fromisoformat(when.replace("Z", "+00:00")) if when else now
     tz = rt.settings.clinic.timezone
-    if rule is not None and occurrence and not rule.within_end(occurrence, at, tz):
+    if rule is not None and occurrence and not rule.within_end(occurrence + 1, at, tz):
         return "end-reached"
     if payload.get("task_identifier"):
         previous = _read_task(rt, payload)
@@ -212,7 +215,11 @@ def _flow_not_after_discharge(rt: Any, payload: dict[str, Any]) -> bool:
 
 
 def _discharged(rt: Any, patient: str) -> bool:
-    """A patient counts as discharged here when the Patient resource is inactive (``active = false``)."""
+    """Discharged: the pipeline's marker ``Keys.discharged(patient)`` is set, or ``Patient.active`` is false."""
+    marker = getattr(rt.keys, "discharged", None)
+    key = marker(patient) if marker else f"{rt.keys.prefix}discharged:{patient}"
+    if rt.redis.exists(key):
+        return True
     resource = rt.target.read(patient)
     return bool(resource) and resource.get("active") is False
 
@@ -231,7 +238,8 @@ def _read_task(rt: Any, payload: dict[str, Any]) -> dict[str, Any] | None:
 
 def _plan_and_execute(rt: Any, kind: str, payload: dict[str, Any], task: dict[str, Any] | None, now: datetime) -> str:
     context = getattr(rt, "context", None) or rt.target
-    plan = _planner().plan_followup(rt.engine, kind, payload, task, context, rt.settings, now)
+    discharged = bool(payload.get("patient")) and _discharged(rt, str(payload["patient"]))
+    plan = _planner().plan_followup(rt.engine, kind, payload, task, context, rt.settings, now, discharged=discharged)
     if not plan.actions:
         return "nothing-to-do"
     rt.executor.execute(plan)
