@@ -286,8 +286,17 @@ def test_deferred_delivery_is_rerun_through_the_executor(rt):
         rt.scheduler.schedule(Schedule(at, "delivery", "intake/send/delivery/abc", {"deliver": deliver}))
         assert rt.scheduler.tick(at) == 1
         work(rt)
+    # The executor's own payload shape: the Deliver fields flat, plus patient and trigger id.
+    flat = {**deliver, "subject": "Forms", "patient": "Patient/1", "trigger_id": "patient.registered|Patient/1|v1"}
+    at = T0 + timedelta(hours=3)
+    rt.scheduler.schedule(Schedule(at, "delivery", "intake/send/delivery/abc@20260302T170000Z", flat))
+    rt.scheduler.tick(at)
+    work(rt)
     delivered = [a for a in rt.executor.actions() if type(a).__name__ == "Deliver"]
-    assert [d.identifier for d in delivered] == ["intake/send/delivery/abc"] * 2
+    assert [d.identifier for d in delivered] == ["intake/send/delivery/abc"] * 3
+    assert delivered[2].subject == "Forms"
+    last = rt.executor.plans[-1].trigger
+    assert (last.patient, last.id) == ("Patient/1", "patient.registered|Patient/1|v1")
 
 
 def test_single_scheduler_lock_and_standby(rt):

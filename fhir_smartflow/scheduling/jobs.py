@@ -255,7 +255,12 @@ def _single_action_plan(payload: dict[str, Any], deliver: Deliver, now: datetime
         received_at=now.astimezone(UTC).isoformat(),
         source="replay",
     )
-    trigger = TriggerEvent(trigger="scheduled.delivery", event=event, id=f"delivery|{deliver.identifier}")
+    trigger = TriggerEvent(
+        trigger="scheduled.delivery",
+        event=event,
+        id=str(payload.get("trigger_id") or f"delivery|{deliver.identifier}"),
+        patient=payload.get("patient"),  # the executor reads this patient's Consents for staff recipients too
+    )
     run = FlowRun(
         flow_id=str(payload.get("flow_id", "")),
         flow_version=str(payload.get("flow_version", "")),
