@@ -392,3 +392,15 @@ def test_discharge_marker_ends_a_not_after_series(rt):
     _run_weeks(rt, 2)
     assert _created_tasks(rt) == []
     assert rt.metrics.counter_value("scheduled_jobs", kind="recurrence", result="ended-discharged") == 1
+
+
+def test_scheduler_and_jobs_accept_a_plain_callable_clock(rt):
+    """The runtime's clock may be a ``Callable[[], datetime]`` rather than a clock object."""
+    rt.target.put(task("intake/send/task/abc"))
+    callable_clock = rt.clock.now  # a bound method: callable, no .now attribute
+    scheduler = RqScheduler(rt.redis, rt.keys, rt.queue, callable_clock)
+    scheduler.schedule(reminder(at=T0))
+    rt.clock = callable_clock
+    assert scheduler.tick() == 1
+    work(rt)
+    assert len(rt.executor.plans) == 1

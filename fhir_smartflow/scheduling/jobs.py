@@ -17,6 +17,7 @@ from typing import Any
 from fhir_smartflow.engine.plan import Deliver, FlowRun, Plan, Schedule, TriggerEvent
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.retry import RetryPolicy
+from fhir_smartflow.scheduling.clock import now_of
 from fhir_smartflow.scheduling.recurrence import Recurrence, RecurrenceError
 from fhir_smartflow.scheduling.scheduler import ScheduleKeys
 
@@ -52,7 +53,7 @@ def fire(
     handler = HANDLERS.get(kind)
     if handler is None:
         raise ValueError(f"unknown follow-up kind {kind!r}")
-    now = rt.clock.now()
+    now = now_of(rt.clock)
     guard = _claim_run(rt, identifier, scheduled_at)
     if guard is False:
         _count(rt, kind, "duplicate")
