@@ -60,6 +60,7 @@ from fhir_smartflow.commands.flows import validate  # noqa: E402
 from fhir_smartflow.commands.openemr import openemr as _openemr_cmd  # noqa: E402
 from fhir_smartflow.commands.poll import poll as _poll_cmd  # noqa: E402
 from fhir_smartflow.commands.sandbox import sandbox_command  # noqa: E402
+from fhir_smartflow.commands.scheduling import scheduler_command  # noqa: E402
 
 main.add_command(_service.serve)
 main.add_command(_service.worker)
@@ -68,3 +69,4 @@ main.add_command(validate)
 main.add_command(sandbox_command)
 main.add_command(_poll_cmd)
 main.add_command(_openemr_cmd)
+main.add_command(scheduler_command)
