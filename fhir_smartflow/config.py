@@ -91,6 +91,9 @@ class EngineConfig:
     mappings: list[str] = field(default_factory=lambda: list(defaults.MAPPINGS_PATHS))
     flows: list[str] = field(default_factory=lambda: list(defaults.FLOWS_PATHS))
     templates: list[str] = field(default_factory=lambda: list(defaults.TEMPLATES_PATHS))
+    # flows: run the flows (production). record: only record each event in Redis (<prefix>dispatched),
+    # for checking the subscription wiring before any flow runs.
+    dispatch: str = "flows"
 
 
 @dataclass(frozen=True)
@@ -401,6 +404,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("[server] notify_path", "must start with /")
     if settings.server.max_body_bytes <= 0:
         raise ConfigError("[server] max_body_bytes", "must be positive")
+    if settings.engine.dispatch not in {"flows", "record"}:
+        raise ConfigError("[engine] dispatch", "must be 'flows' or 'record'")
     if settings.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError("[logging] level", "must be DEBUG, INFO, WARNING or ERROR")
     _validate_poll_openemr(settings)
