@@ -196,7 +196,7 @@ def paced(
     if rate <= 0 or seconds <= 0:
         raise ValueError("rate and seconds must be positive")
     host, port, prefix = _target(base_url)
-    total = int(rate * seconds)
+    total = round(rate * seconds)
     result = LoadResult(label or f"{base_url} @ {rate:g}/s")
     lock = threading.Lock()
     counter = itertools.count()

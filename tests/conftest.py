@@ -145,3 +145,13 @@ def processes(tmp_path: Path) -> Iterator[callable]:
     yield start
     for p in reversed(started):
         p.stop()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # Here, not in tests/chaos/conftest.py: pytest only takes options from the top conftest or plugins.
+    parser.addoption(
+        "--chaos-long",
+        action="store_true",
+        default=False,
+        help="run the chaos tests in their long form (N = 10,000 notifications instead of 500)",
+    )
