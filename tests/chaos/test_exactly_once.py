@@ -1,0 +1,245 @@
+"""The full chaos run: every event acted on exactly once under duplicates, kills, a Redis crash and a flaky EHR.
+
+Real processes: a redis-server of our own (AOF, fsync always), the sandbox FHIR store with fault
+injection (10 % of writes answer 503 or 429 with Retry-After, 1 % stall 2 s), ``serve``, two workers
+(SIGKILLed and restarted every few seconds), a scheduler. N patients are created in the store; their
+R4 Backport notifications are delivered 3 times each, shuffled, from several threads, retried like a
+FHIR server retries (on 503 / connection errors). Redis is kill -9'd once mid-run and restarted on
+the same AOF. After the run settles:
+
+- every patient has exactly one Task and one Communication, and every written resource exactly one
+  Provenance (by business identifier): nothing lost, nothing written twice;
+- no job is left in the failed, started or scheduled registries;
+- the counters add up: events_received = events{processed} + events{deduplicated}, processed = N.
+
+Short form N = 500 (CI, about a minute); ``--chaos-long``: N = 10,000.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from chaos_harness import RedisServer
+
+from benchmarks import _procs
+from benchmarks._stack import Stack, patient_ref, stack_missing
+
+pytestmark = [
+    pytest.mark.chaos,
+    pytest.mark.integration,
+    pytest.mark.skipif(stack_missing() is not None, reason=str(stack_missing())),
+]
+
+# Body of POST {sandbox}/$faults. Faults apply to writes (POST/PUT) only, so the test can still read.
+FAULTS = {
+    "error_rate": 0.10,
+    "error_statuses": [503, 429],
+    "retry_after_seconds": 1,
+    "stall_rate": 0.01,
+    "stall_seconds": 2.0,
+    "methods": ["POST", "PUT"],
+}
+SENDER_THREADS = 6
+WORKER_KILL_INTERVAL = 3.0  # seconds between SIGKILLs of a worker
+SERVICE_CONFIG = {
+    # Abandoned jobs (worker SIGKILLed mid-job) are noticed after the job timeout: keep it short.
+    "redis": {"job_timeout_seconds": 15},
+    # Ride out a 10 % error rate and a Redis restart without exhausting retries.
+    "fhir": {"max_retries": 10, "backoff_base_seconds": 0.05, "backoff_max_seconds": 1.0, "timeout_seconds": 5.0},
+}
+
+
+class Sender:
+    """Delivers notification bodies like a FHIR server: retries on 503 / 429 / connection errors."""
+
+    def __init__(self, url: str, headers: dict[str, str], give_up_after: float) -> None:
+        self.url = url
+        self.headers = headers
+        self.give_up_after = give_up_after
+        self.statuses: Counter[int | str] = Counter()
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    def _session(self) -> requests.Session:
+        if not hasattr(self._local, "session"):
+            self._local.session = requests.Session()
+        return self._local.session
+
+    def deliver(self, body: bytes) -> None:
+        deadline = time.monotonic() + self.give_up_after
+        while True:
+            try:
+                r = self._session().post(self.url, data=body, headers=self.headers, timeout=10)
+                status: int | str = r.status_code
+            except requests.RequestException as exc:
+                r, status = None, type(exc).__name__
+            with self._lock:
+                self.statuses[status] += 1
+            if r is not None and r.status_code < 300:
+                return
+            if r is not None and r.status_code not in (429, 503):
+                raise AssertionError(f"serve answered {r.status_code} to a valid notification: {r.text[:500]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"serve did not accept a notification within {self.give_up_after}s ({status})")
+            retry_after = float(r.headers.get("Retry-After", "0.2")) if r is not None else 0.2
+            time.sleep(min(retry_after, 0.5))
+
+
+def worker_extra_args(first: bool) -> list[str]:
+    """The scheduler runs in its own process when the CLI has one, else inside the first worker."""
+    if first and "scheduler" not in _procs.cli_commands() and "--with-scheduler" in _procs.command_options("worker"):
+        return ["--with-scheduler"]
+    return []
+
+
+def registries(stack: Stack, conn: Any) -> dict[str, list[str]]:
+    from rq import Queue
+    from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+
+    from fhir_smartflow.config import load_settings
+
+    queue = Queue(load_settings(stack.config_path, env={}).redis.queue, connection=conn)
+    return {
+        "queued": queue.job_ids,
+        "started": StartedJobRegistry(queue=queue).get_job_ids(),
+        "scheduled": ScheduledJobRegistry(queue=queue).get_job_ids(),
+        "failed": FailedJobRegistry(queue=queue).get_job_ids(),
+    }
+
+
+def settle(stack: Stack, conn: Any, expected_tasks: int, timeout: float) -> dict[str, list[str]]:
+    """Wait until no job is queued, running or waiting for a retry, and the Task count is stable."""
+    deadline = time.monotonic() + timeout
+    last_count, stable_since = -1, time.monotonic()
+    state: dict[str, list[str]] = {}
+    while time.monotonic() < deadline:
+        for name, proc in list(stack.workers.items()):
+            if not proc.alive():  # a worker that died by itself (e.g. during the Redis outage) comes back
+                stack.restart_worker(name)
+        state = registries(stack, conn)
+        count = len(stack.search_all("Task"))
+        if count != last_count:
+            last_count, stable_since = count, time.monotonic()
+        busy = state["queued"] or state["started"] or state["scheduled"]
+        if not busy and (count >= expected_tasks or time.monotonic() - stable_since > 10):
+            return state
+        time.sleep(0.5)
+    return state
+
+
+def ours(resources: list[dict[str, Any]], system: str) -> dict[str, list[dict[str, Any]]]:
+    """Resources by our business identifier value."""
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for res in resources:
+        for ident in res.get("identifier") or []:
+            if ident.get("system") == system:
+                by_id.setdefault(ident["value"], []).append(res)
+    return by_id
+
+
+def duplicates(by_id: dict[str, list[dict[str, Any]]]) -> dict[str, int]:
+    return {value: len(found) for value, found in by_id.items() if len(found) != 1}
+
+
+def test_every_event_acted_on_exactly_once_under_chaos(
+    tmp_path: Path, chaos_redis: RedisServer, chaos_n: int, repeaters: Any
+) -> None:
+    from fhir_smartflow.config import load_settings
+    from fhir_smartflow.metrics import Metrics
+
+    started = time.monotonic()
+    stack = Stack(tmp_path, chaos_redis.url, log_level="INFO", extra_config=SERVICE_CONFIG)
+    try:
+        stack.start_sandbox()
+        stack.start_serve()
+        for i, name in enumerate(("a", "b")):
+            stack.start_worker(name, "simple", extra=worker_extra_args(first=i == 0))
+        stack.start_scheduler()
+        settings = load_settings(stack.config_path, env={})
+        patients = stack.create_patients(chaos_n)
+        faults = stack.set_faults(**FAULTS)
+        assert faults.ok, f"sandbox refused the fault settings: {faults.status_code} {faults.text[:500]}"
+
+        rng = random.Random(20261125)
+        deliveries = [(i, p) for i, p in enumerate(patients) for _ in range(3)]
+        rng.shuffle(deliveries)
+        bodies = {i: stack.notify_body(p, i + 1) for i, p in enumerate(patients)}
+        sender = Sender(f"{stack.serve_url}/fhir/notify", stack.headers(), give_up_after=120)
+
+        def kill_a_worker(_k: int) -> None:
+            stack.restart_worker(rng.choice(sorted(stack.workers)), kill=True)
+
+        killer = repeaters(kill_a_worker, WORKER_KILL_INTERVAL, max_times=10_000, name="worker-killer")
+        # One Redis crash (about 1 s down), roughly a third of the way into the sends.
+        crash_after = max(2.0, chaos_n / 300)
+        redis_crash = repeaters(lambda _k: chaos_redis.restart(down_seconds=1.0), crash_after, 1, name="redis")
+        with ThreadPoolExecutor(SENDER_THREADS) as pool:
+            list(pool.map(lambda d: sender.deliver(bodies[d[0]]), deliveries))
+        redis_crash.stop()
+        assert redis_crash.done == 1 and chaos_redis.starts == 2, "Redis was not restarted during the run"
+        kills = killer.stop()
+        assert kills >= 1 and not killer.errors, f"worker killer: {kills} kills, errors {killer.errors}"
+
+        conn = chaos_redis.client()
+        state = settle(stack, conn, chaos_n, timeout=60 if chaos_n <= 500 else 1800)
+
+        system = settings.fhir.identifier_system
+        tasks = ours(stack.search_all("Task"), system)
+        comms = ours(stack.search_all("Communication"), system)
+        provs = ours(stack.search_all("Provenance"), system)
+        sent = {f"Patient/{p['id']}" for p in patients}
+
+        # Exactly once, by business identifier.
+        assert not duplicates(tasks), f"Tasks written more than once: {duplicates(tasks)}"
+        assert not duplicates(comms), f"Communications written more than once: {duplicates(comms)}"
+        assert not duplicates(provs), f"Provenances written more than once: {duplicates(provs)}"
+        # Nothing lost: one Task and one (portal) Communication per patient notified.
+        task_patients = Counter(patient_ref(t[0]["for"]["reference"]) for t in tasks.values())
+        comm_patients = Counter(patient_ref(c[0]["subject"]["reference"]) for c in comms.values())
+        assert set(task_patients) == sent, f"patients without a Task: {sorted(sent - set(task_patients))[:20]}"
+        assert set(task_patients.values()) == {1}, "a patient got more than one Task"
+        assert set(comm_patients) == sent and set(comm_patients.values()) == {1}
+        # Every resource we wrote has exactly one Provenance.
+        expected_provs = {f"{value}/provenance" for value in [*tasks, *comms]}
+        assert set(provs) == expected_provs, f"Provenance mismatch: missing {len(expected_provs - set(provs))}"
+
+        # No job stuck or failed.
+        assert not state.get("failed"), f"failed jobs: {failed_reasons(conn, state['failed'])}"
+        assert not (state.get("queued") or state.get("started") or state.get("scheduled")), f"jobs left: {state}"
+
+        # The counters add up across processes (they live in Redis, which survived its crash on the AOF).
+        metrics = Metrics(conn, settings.redis.key_prefix)
+        received = sum(int(v) for v in metrics.read("events_received").values())
+        processed = metrics.counter_value("events", result="processed")
+        deduplicated = metrics.counter_value("events", result="deduplicated")
+        assert received >= 3 * chaos_n, f"only {received} events queued for {3 * chaos_n} accepted deliveries"
+        assert received == processed + deduplicated, (
+            f"received {received} != processed {processed} + deduplicated {deduplicated}"
+        )
+        assert processed == chaos_n
+        assert 500 not in sender.statuses, f"serve answered 500: {sender.statuses}"
+        print(
+            f"\nchaos run N={chaos_n}: {time.monotonic() - started:.1f}s, worker kills {kills}, "
+            f"webhook statuses {dict(sender.statuses)}, received {received}, processed {processed}, "
+            f"deduplicated {deduplicated}"
+        )
+    finally:
+        stack.stop()
+
+
+def failed_reasons(conn: Any, job_ids: list[str]) -> list[str]:
+    from rq.job import Job
+
+    reasons = []
+    for job in Job.fetch_many(job_ids[:10], connection=conn):
+        if job is not None:
+            reasons.append(f"{job.id}: {(job.exc_info or '').strip().splitlines()[-1:]}")
+    return reasons
