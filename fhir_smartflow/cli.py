@@ -52,3 +52,11 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 
 def run() -> Any:  # pragma: no cover - console entry point
     return main()
+
+
+# Commands live in fhir_smartflow/commands/<area>.py; registered here.
+from fhir_smartflow.commands import service as _service  # noqa: E402
+
+main.add_command(_service.serve)
+main.add_command(_service.worker)
+main.add_command(_service.replay)
