@@ -180,34 +180,62 @@ def test_oversized_bodies(webhook: Webhook, extra: int) -> None:
 WRONG_TYPES = st.one_of(st.integers(), st.lists(st.integers(), max_size=3), st.none(), st.booleans(), st.floats())
 
 
-@FUZZ
-@given(where=st.sampled_from(["resourceType", "entry", "entry[]", "top"]), value=WRONG_TYPES)
-def test_wrongly_typed_structure(webhook: Webhook, where: str, value: Any) -> None:
+def _wrongly_typed(where: str, value: Any) -> Any:
     bundle: Any = valid_bundle()
     if where == "top":
-        bundle = value
-    elif where == "entry[]":
+        return value
+    if where == "entry[]":
         bundle["entry"] = [value, value]
     elif where == "entry" and isinstance(value, list):
         bundle["entry"] = {"items": value}  # an object where an array must be
     else:
         bundle[where] = value
-    assert_refused(webhook, json.dumps(bundle).encode(), good_headers(), {400})
+    return bundle
+
+
+@FUZZ
+@given(where=st.sampled_from(["resourceType", "entry", "entry[]", "top"]), value=WRONG_TYPES)
+def test_wrongly_typed_structure(webhook: Webhook, where: str, value: Any) -> None:
+    if where == "entry" and not value and not isinstance(value, list):
+        return  # falsy non-arrays as Bundle.entry: known defect, pinned by the xfail test below
+    assert_refused(webhook, json.dumps(_wrongly_typed(where, value)).encode(), good_headers(), {400})
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ingest defect found by fuzzing: parse._parse_bundle reads `bundle.get('entry') or []`, so a "
+    "Bundle whose entry is null / false / 0 is taken as an empty rest-hook Bundle and answered 200 "
+    "instead of 400 (nothing is queued). Remove this marker when fixed.",
+)
+@pytest.mark.parametrize("value", [None, False, 0])
+def test_falsy_bundle_entry_is_refused(webhook: Webhook, value: Any) -> None:
+    assert_refused(webhook, json.dumps(_wrongly_typed("entry", value)).encode(), good_headers(), {400})
+
+
+def _nested_body(depth: int, shape: str) -> bytes:
+    inner = "[" * depth + "]" * depth if shape == "array" else '{"a":' * depth + "1" + "}" * depth
+    body = ('{"resourceType":"Bundle","type":"history","entry":[{"resource":' + inner + "}]}").encode()
+    assert len(body) < MAX_BODY  # this is about nesting, not size
+    return body
 
 
 @settings(max_examples=8, deadline=None)
-@given(data=st.data(), shape=st.sampled_from(["array", "object"]))
-def test_deeply_nested_bodies(webhook: Webhook, data: st.DataObject, shape: str) -> None:
-    # Depth bounded so the body stays under the size limit: this is about nesting, not size.
-    if shape == "array":
-        depth = data.draw(st.integers(min_value=500, max_value=30_000))
-        inner = "[" * depth + "]" * depth
-    else:
-        depth = data.draw(st.integers(min_value=500, max_value=10_000))
-        inner = '{"a":' * depth + "1" + "}" * depth
-    body = ('{"resourceType":"Bundle","type":"history","entry":[{"resource":' + inner + "}]}").encode()
-    assert len(body) < MAX_BODY
-    assert_refused(webhook, body, good_headers(), {400})
+@given(depth=st.integers(min_value=50, max_value=900), shape=st.sampled_from(["array", "object"]))
+def test_nested_bodies(webhook: Webhook, depth: int, shape: str) -> None:
+    # Depth stops below Python's recursion limit: deeper is the known defect pinned below. When it is
+    # fixed, raise max_value to 10_000 (objects) / 30_000 (arrays), which still fit under MAX_BODY.
+    assert_refused(webhook, _nested_body(depth, shape), good_headers(), {400})
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ingest defect found by fuzzing: parse._load_json catches ValueError but not RecursionError, "
+    "so a body nested ~1,000+ levels deep (well under the size limit) is answered 500. "
+    "Remove this marker when fixed.",
+)
+@pytest.mark.parametrize(("depth", "shape"), [(5_000, "array"), (5_000, "object")])
+def test_deeply_nested_bodies_get_400_not_500(webhook: Webhook, depth: int, shape: str) -> None:
+    assert_refused(webhook, _nested_body(depth, shape), good_headers(), {400})
 
 
 WRONG_AUTH = st.sampled_from(["missing", "empty", "wrong", "prefix", "one-char", "other-header", "case"])
