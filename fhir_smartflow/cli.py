@@ -60,3 +60,6 @@ from fhir_smartflow.commands import service as _service  # noqa: E402
 main.add_command(_service.serve)
 main.add_command(_service.worker)
 main.add_command(_service.replay)
+from fhir_smartflow.commands.flows import validate  # noqa: E402
+
+main.add_command(validate)
