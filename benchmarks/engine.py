@@ -29,6 +29,10 @@ MATCHING_TRIGGER = "bench.registered"
 OTHER_TRIGGERS = 9  # non-matching triggers (mappings on Appointment)
 
 
+def other_trigger(k: int) -> str:
+    return f"bench.other_{chr(ord('a') + k)}"  # trigger names are [a-z_] only
+
+
 def engine_available() -> str | None:
     try:
         from fhir_smartflow.engine import loader, planner, triggers  # noqa: F401
@@ -51,7 +55,7 @@ def write_mappings(directory: Path) -> None:
     for k in range(OTHER_TRIGGERS):
         rules += [
             "[[mapping]]",
-            f'trigger = "bench.other{k}"',
+            f'trigger = "{other_trigger(k)}"',
             'resource = "Appointment"',
             f"when = \"status = 'noshow' and id = 'x{k}'\"",
             "patient = \"participant.actor.reference.where($this.startsWith('Patient/')).first()\"",
@@ -86,7 +90,7 @@ def flow_toml(flow_id: str, trigger: str, condition: str | None = None, enabled:
         'name = "Send intake packet"',
         'category = "smartflow"',
         'type = "send-form"',
-        'item = "http://example.org/Questionnaire/intake"',
+        f'item = "http://example.org/Questionnaire/{flow_id}"',  # distinct: duplicates are load errors
         'template = "bench-form"',
         'methods = ["portal"]',
         'due = { amount = 3, unit = "days", direction = "after", anchor = "event" }',
@@ -105,7 +109,7 @@ def write_flows(directory: Path, count: int) -> None:
     for i, text in enumerate(matching[: min(count, 3)]):
         (directory / f"match-{i}.toml").write_text(text, encoding="utf-8")
     for i in range(max(0, count - 3)):
-        trigger = f"bench.other{i % OTHER_TRIGGERS}"
+        trigger = other_trigger(i % OTHER_TRIGGERS)
         (directory / f"other-{i:05d}.toml").write_text(flow_toml(f"bench-other-{i:05d}", trigger), encoding="utf-8")
 
 
