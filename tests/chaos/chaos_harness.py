@@ -1,4 +1,8 @@
-"""Chaos harness helpers (fixtures in conftest.py): a Redis that survives kill -9, process killers.
+"""Chaos harness: a Redis that survives kill -9, process killers, and the fixtures built on them.
+
+No conftest.py here on purpose: a nested conftest.py replaces ``conftest`` in sys.modules and breaks
+the ``from conftest import ...`` of tests collected after it. Test modules that use the fixtures
+load this module as a plugin: ``pytest_plugins = ["chaos_harness"]``.
 
 - ``chaos_redis``: a dedicated ``redis-server`` on a free port with AOF on and fsync on every write
   (``--appendfsync always``), so SIGKILL + restart on the same directory keeps every acknowledged
@@ -18,9 +22,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
 import redis
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -142,3 +147,35 @@ class Repeater:
 def sigkill(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def chaos_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server binary not installed")
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(directory, free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def chaos_n(request: pytest.FixtureRequest) -> int:
+    return LONG_N if request.config.getoption("--chaos-long") else SHORT_N
+
+
+@pytest.fixture
+def repeaters() -> Iterator[Callable[..., Repeater]]:
+    """Start Repeaters; every one is stopped at the end of the test even when it fails."""
+    started: list[Repeater] = []
+
+    def start(action: Callable[[int], None], interval: float, max_times: int, name: str = "chaos") -> Repeater:
+        rep = Repeater(action, interval, max_times, name).start()
+        started.append(rep)
+        return rep
+
+    yield start
+    for rep in started:
+        rep.stop()

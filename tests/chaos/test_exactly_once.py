@@ -23,14 +23,19 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
-from chaos_harness import RedisServer
 
 from benchmarks import _procs
 from benchmarks._stack import Stack, patient_ref, stack_missing
+
+if TYPE_CHECKING:
+    from chaos_harness import RedisServer
+
+# Fixtures (chaos_redis, chaos_n, repeaters) come from chaos_harness: see its docstring.
+pytest_plugins = ["chaos_harness"]
 
 pytestmark = [
     pytest.mark.chaos,

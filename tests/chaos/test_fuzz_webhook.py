@@ -22,11 +22,12 @@ from typing import Any
 import pytest
 import redis
 import requests
-from chaos_harness import RedisServer, free_port
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from benchmarks import _payloads, _procs
+
+pytest_plugins = ["chaos_harness"]  # imported as a plugin first, so pytest can rewrite its asserts
 
 pytestmark = [
     pytest.mark.chaos,
@@ -60,6 +61,7 @@ class Webhook:
 
 
 def _start_server(app: Any) -> tuple[Any, threading.Thread]:
+    from chaos_harness import free_port
     from werkzeug.serving import make_server
 
     server = make_server("127.0.0.1", free_port(), app, threaded=True)
@@ -70,6 +72,8 @@ def _start_server(app: Any) -> tuple[Any, threading.Thread]:
 
 @pytest.fixture(scope="module")
 def webhook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webhook]:
+    from chaos_harness import RedisServer, free_port
+
     from fhir_smartflow.config import load_settings
 
     create_app = importlib.import_module("fhir_smartflow.app").create_app

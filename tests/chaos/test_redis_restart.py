@@ -9,13 +9,19 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
-from chaos_harness import RedisServer, Repeater, sigkill
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from rq import Queue, SimpleWorker
+
+if TYPE_CHECKING:
+    from chaos_harness import RedisServer
+
+# Fixtures (chaos_redis, chaos_n, repeaters) come from chaos_harness: see its docstring.
+pytest_plugins = ["chaos_harness"]
 
 pytestmark = pytest.mark.chaos
 
@@ -75,6 +81,8 @@ def test_rq_job_queued_before_the_crash_runs_after_restart(chaos_redis: RedisSer
 
 def test_repeater_kills_and_restarts_a_process_bounded(tmp_path) -> None:
     """The helper the full run uses to SIGKILL workers: bounded, and each kill really lands."""
+    from chaos_harness import Repeater, sigkill
+
     procs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])]
     exit_codes: list[int] = []
 
