@@ -67,6 +67,7 @@ class Stack:
         self.worker_args: dict[str, list[str]] = {}
         self.scheduler: _procs.Proc | None = None
         self.fhir_base = ""
+        self.sandbox_root = ""
         self.serve_url = ""
         self.config_path = tmp / "smartflow.toml"
         self.session = requests.Session()
@@ -76,14 +77,15 @@ class Stack:
     def env(self) -> dict[str, str]:
         return {"SMARTFLOW_CONFIG": str(self.config_path), _procs.SECRET_ENV: _procs.SECRET}
 
-    def start_sandbox(self, database: str | None = None) -> str:
+    def start_sandbox(self, database: str | None = None, faults: bool = False) -> str:
         port = _procs.free_port()
         args = _procs.smartflow_cmd("sandbox", "--port", str(port))
-        env = {}
+        if faults and "--faults" in _procs.command_options("sandbox"):
+            args.append("--faults")  # /$faults is off unless asked for
         if database:
-            env["SMARTFLOW_SANDBOX_DATABASE"] = database
-        self.sandbox = _procs.Proc(args, self.tmp / "sandbox.log", env)
-        root = f"http://127.0.0.1:{port}"
+            args += ["--database", database]
+        self.sandbox = _procs.Proc(args, self.tmp / "sandbox.log")
+        root = self.sandbox_root = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if not self.sandbox.alive():
@@ -193,9 +195,13 @@ class Stack:
             first = False
         return found
 
-    def set_faults(self, **faults: Any) -> requests.Response:
-        """Fault injection on the sandbox (``POST {base}/$faults``); see docs/performance.md for the body."""
-        return self.session.post(f"{self.fhir_base}/$faults", json=faults, timeout=5)
+    def set_faults(self, **plan: Any) -> requests.Response:
+        """Fault injection on the sandbox: ``POST /$faults`` with a plan (docs/sandbox.md): status_rate,
+        statuses, retry_after, stall_rate, stall_seconds, fail_first, methods, seed."""
+        return self.session.post(f"{self.sandbox_root}/$faults", json=plan, timeout=5)
+
+    def clear_faults(self) -> requests.Response:
+        return self.session.delete(f"{self.sandbox_root}/$faults", timeout=5)
 
     # -- webhook -----------------------------------------------------------------------------
     def notify_body(

@@ -43,14 +43,16 @@ pytestmark = [
     pytest.mark.skipif(stack_missing() is not None, reason=str(stack_missing())),
 ]
 
-# Body of POST {sandbox}/$faults. Faults apply to writes (POST/PUT) only, so the test can still read.
+# Fault plan for the sandbox's POST /$faults (fhir_smartflow/sandbox/faults.py). Writes only, so the
+# final check can read; seeded so a failing run can be repeated.
 FAULTS = {
-    "error_rate": 0.10,
-    "error_statuses": [503, 429],
-    "retry_after_seconds": 1,
+    "status_rate": 0.10,
+    "statuses": [503, 429],
+    "retry_after": 1,
     "stall_rate": 0.01,
     "stall_seconds": 2.0,
     "methods": ["POST", "PUT"],
+    "seed": 20261125,
 }
 SENDER_THREADS = 6
 WORKER_KILL_INTERVAL = 3.0  # seconds between SIGKILLs of a worker
@@ -163,7 +165,7 @@ def test_every_event_acted_on_exactly_once_under_chaos(
     started = time.monotonic()
     stack = Stack(tmp_path, chaos_redis.url, log_level="INFO", extra_config=SERVICE_CONFIG)
     try:
-        stack.start_sandbox()
+        stack.start_sandbox(faults=True)
         stack.start_serve()
         for i, name in enumerate(("a", "b")):
             stack.start_worker(name, "simple", extra=worker_extra_args(first=i == 0))
@@ -171,7 +173,7 @@ def test_every_event_acted_on_exactly_once_under_chaos(
         settings = load_settings(stack.config_path, env={})
         patients = stack.create_patients(chaos_n)
         faults = stack.set_faults(**FAULTS)
-        assert faults.ok, f"sandbox refused the fault settings: {faults.status_code} {faults.text[:500]}"
+        assert faults.ok, f"sandbox refused the fault plan: {faults.status_code} {faults.text[:500]}"
 
         rng = random.Random(20261125)
         deliveries = [(i, p) for i, p in enumerate(patients) for _ in range(3)]
@@ -196,6 +198,8 @@ def test_every_event_acted_on_exactly_once_under_chaos(
         conn = chaos_redis.client()
         state = settle(stack, conn, chaos_n, timeout=60 if chaos_n <= 500 else 1800)
 
+        injected = stack.session.get(f"{stack.sandbox_root}/$faults", timeout=5).json().get("counters", {})
+        assert injected.get("failed", 0) > 0, f"no fault was injected, the run proves little: {injected}"
         system = settings.fhir.identifier_system
         tasks = ours(stack.search_all("Task"), system)
         comms = ours(stack.search_all("Communication"), system)
