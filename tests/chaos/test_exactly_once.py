@@ -55,7 +55,9 @@ FAULTS = {
     "seed": 20261125,
 }
 SENDER_THREADS = 6
-WORKER_KILL_INTERVAL = 3.0  # seconds between SIGKILLs of a worker
+# Seconds between SIGKILLs, alternating between the two workers: each lives ~2 intervals, longer than a
+# worker's start-up (~2-3 s on a loaded 2-core machine), so they get work done between kills.
+WORKER_KILL_INTERVAL = 4.0
 SERVICE_CONFIG = {
     # Abandoned jobs (worker SIGKILLed mid-job) are noticed after the job timeout: keep it short.
     "redis": {"job_timeout_seconds": 15},
@@ -122,33 +124,35 @@ def registries(stack: Stack, conn: Any) -> dict[str, list[str]]:
     }
 
 
-def settle(stack: Stack, conn: Any, expected_tasks: int, timeout: float) -> dict[str, list[str]]:
-    """Wait until no job is queued, running or waiting for a retry, and the Task count is stable."""
-    deadline = time.monotonic() + timeout
-    last_count, stable_since = -1, time.monotonic()
+def settle(stack: Stack, conn: Any, cap: float, stall: float = 30.0) -> dict[str, list[str]]:
+    """Wait until no job is queued, running or waiting for a retry; give up after ``stall`` seconds
+    without progress (or ``cap`` in all). Dead workers are restarted on the way."""
+    deadline = time.monotonic() + cap
+    last, progress_at = None, time.monotonic()
     state: dict[str, list[str]] = {}
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and time.monotonic() - progress_at < stall:
         for name, proc in list(stack.workers.items()):
             if not proc.alive():  # a worker that died by itself (e.g. during the Redis outage) comes back
                 stack.restart_worker(name)
         state = registries(stack, conn)
-        count = len(stack.search_all("Task"))
-        if count != last_count:
-            last_count, stable_since = count, time.monotonic()
-        busy = state["queued"] or state["started"] or state["scheduled"]
-        if not busy and (count >= expected_tasks or time.monotonic() - stable_since > 10):
+        if not (state["queued"] or state["started"] or state["scheduled"]):
             return state
+        sizes = tuple(len(v) for v in state.values())
+        if sizes != last:
+            last, progress_at = sizes, time.monotonic()
         time.sleep(0.5)
     return state
 
 
 def ours(resources: list[dict[str, Any]], system: str) -> dict[str, list[dict[str, Any]]]:
-    """Resources by our business identifier value."""
+    """Resources by our business identifier value: ``identifier``, or ``meta.tag`` for Provenance
+    (R4 Provenance has no identifier element; see fhir_smartflow/fhir/provenance.py)."""
     by_id: dict[str, list[dict[str, Any]]] = {}
     for res in resources:
-        for ident in res.get("identifier") or []:
-            if ident.get("system") == system:
-                by_id.setdefault(ident["value"], []).append(res)
+        marks = [*(res.get("identifier") or []), *((res.get("meta") or {}).get("tag") or [])]
+        values = {m.get("value") or m.get("code") for m in marks if m.get("system") == system}
+        for value in values - {None}:
+            by_id.setdefault(value, []).append(res)
     return by_id
 
 
@@ -172,6 +176,7 @@ def test_every_event_acted_on_exactly_once_under_chaos(
         stack.start_scheduler()
         settings = load_settings(stack.config_path, env={})
         patients = stack.create_patients(chaos_n)
+        print(f"created {chaos_n} patients at {time.monotonic() - started:.1f}s")
         faults = stack.set_faults(**FAULTS)
         assert faults.ok, f"sandbox refused the fault plan: {faults.status_code} {faults.text[:500]}"
 
@@ -181,8 +186,15 @@ def test_every_event_acted_on_exactly_once_under_chaos(
         bodies = {i: stack.notify_body(p, i + 1) for i, p in enumerate(patients)}
         sender = Sender(f"{stack.serve_url}/fhir/notify", stack.headers(), give_up_after=120)
 
-        def kill_a_worker(_k: int) -> None:
-            stack.restart_worker(rng.choice(sorted(stack.workers)), kill=True)
+        crashed: list[str] = []
+
+        def kill_a_worker(k: int) -> None:
+            for name, proc in list(stack.workers.items()):
+                if not proc.alive():  # died by itself (e.g. rq gives up while Redis is down): supervise it
+                    crashed.append(f"{name}:{proc.proc.returncode}")
+                    stack.restart_worker(name)
+            names = sorted(stack.workers)
+            stack.restart_worker(names[k % len(names)], kill=True)
 
         killer = repeaters(kill_a_worker, WORKER_KILL_INTERVAL, max_times=10_000, name="worker-killer")
         # One Redis crash (about 1 s down), roughly a third of the way into the sends.
@@ -195,9 +207,12 @@ def test_every_event_acted_on_exactly_once_under_chaos(
         kills = killer.stop()
         assert kills >= 1 and not killer.errors, f"worker killer: {kills} kills, errors {killer.errors}"
 
+        elapsed = time.monotonic() - started
+        print(f"delivered at {elapsed:.1f}s: {dict(sender.statuses)}; kills {kills}, crashed {crashed}")
         conn = chaos_redis.client()
-        state = settle(stack, conn, chaos_n, timeout=60 if chaos_n <= 500 else 1800)
+        state = settle(stack, conn, cap=300 if chaos_n <= 500 else 7200)
 
+        print(f"settled at {time.monotonic() - started:.1f}s: { {k: len(v) for k, v in state.items()} }")
         injected = stack.session.get(f"{stack.sandbox_root}/$faults", timeout=5).json().get("counters", {})
         assert injected.get("failed", 0) > 0, f"no fault was injected, the run proves little: {injected}"
         system = settings.fhir.identifier_system
@@ -219,10 +234,14 @@ def test_every_event_acted_on_exactly_once_under_chaos(
         # Every resource we wrote has exactly one Provenance.
         expected_provs = {f"{value}/provenance" for value in [*tasks, *comms]}
         assert set(provs) == expected_provs, f"Provenance mismatch: missing {len(expected_provs - set(provs))}"
+        for value, found in [*tasks.items(), *comms.items()]:
+            target = provs[f"{value}/provenance"][0]["target"][0]["reference"]
+            assert target.startswith(f"{found[0]['resourceType']}/{found[0]['id']}"), (value, target)
 
         # No job stuck or failed.
         assert not state.get("failed"), f"failed jobs: {failed_reasons(conn, state['failed'])}"
-        assert not (state.get("queued") or state.get("started") or state.get("scheduled")), f"jobs left: {state}"
+        left = [*state.get("queued", []), *state.get("started", []), *state.get("scheduled", [])]
+        assert not left, f"jobs left: { {k: len(v) for k, v in state.items()} } {failed_reasons(conn, left)}"
 
         # The counters add up across processes (they live in Redis, which survived its crash on the AOF).
         metrics = Metrics(conn, settings.redis.key_prefix)
@@ -236,7 +255,7 @@ def test_every_event_acted_on_exactly_once_under_chaos(
         assert processed == chaos_n
         assert 500 not in sender.statuses, f"serve answered 500: {sender.statuses}"
         print(
-            f"\nchaos run N={chaos_n}: {time.monotonic() - started:.1f}s, worker kills {kills}, "
+            f"\nchaos run N={chaos_n}: {time.monotonic() - started:.1f}s, worker kills {kills}, crashes {crashed}, "
             f"webhook statuses {dict(sender.statuses)}, received {received}, processed {processed}, "
             f"deduplicated {deduplicated}"
         )
@@ -245,10 +264,13 @@ def test_every_event_acted_on_exactly_once_under_chaos(
 
 
 def failed_reasons(conn: Any, job_ids: list[str]) -> list[str]:
+    """Description and last error of (up to 10 of) the given jobs, for assertion messages."""
     from rq.job import Job
 
     reasons = []
     for job in Job.fetch_many(job_ids[:10], connection=conn):
         if job is not None:
-            reasons.append(f"{job.id}: {(job.exc_info or '').strip().splitlines()[-1:]}")
+            result = job.latest_result()
+            error = (result.exc_string if result is not None else None) or job.exc_info or ""
+            reasons.append(f"{job.description}: {error.strip().splitlines()[-1:] if error.strip() else 'no error'}")
     return reasons

@@ -126,6 +126,7 @@ def test_focus_outside_the_fhir_base_triggers_no_request(
     stack = Stack(tmp_path, redis_url, flows=[DATA / "flows"], templates=[DATA / "templates"])
     stack.fhir_base = f"http://127.0.0.1:{inside.port}/fhir"
     focuses = [
+        f"http://127.0.0.1:{inside.port}/fhir/Patient/control",  # the control: under the base, must be fetched
         f"http://127.0.0.1:{outside.port}/fhir/Patient/evil",  # another port
         f"http://127.0.0.1:{inside.port}/fhir-evil/Patient/evil",  # a prefix of the base, not under it
         f"http://127.0.0.1:{inside.port}/fhir/../admin/Patient/evil",  # climbing out of the base
@@ -144,6 +145,10 @@ def test_focus_outside_the_fhir_base_triggers_no_request(
         worker.proc.wait(timeout=60)
     finally:
         stack.stop()
+    # Without the control the test could pass by never fetching anything at all.
+    assert any(p.startswith("/fhir/Patient/control") for _, p in inside.requests), (
+        f"the id-only focus under the base was never fetched (worker fetch not wired?): {inside.requests}"
+    )
     assert outside.requests == [], f"requests sent outside the FHIR base: {outside.requests}"
     escaped = [(m, p) for m, p in inside.requests if not p.startswith("/fhir/") or ".." in p]
     assert escaped == [], f"requests outside /fhir/ on the base host: {escaped}"
