@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         print("SKIPPED: fhir_smartflow.scheduling.scheduler (RqScheduler) not available yet", file=sys.stderr)
         return 0
     from fhir_smartflow.connections import Keys
-    from fhir_smartflow.scheduling.scheduler import RqScheduler
+
+    RqScheduler = importlib.import_module("fhir_smartflow.scheduling.scheduler").RqScheduler  # noqa: N806
 
     now = datetime.now(UTC)
     with _procs.claimed_redis_db() as redis_url:
