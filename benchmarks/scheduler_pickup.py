@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from fhir_smartflow.connections import Keys
 
-    RqScheduler = importlib.import_module("fhir_smartflow.scheduling.scheduler").RqScheduler  # noqa: N806
+    RqScheduler = importlib.import_module("fhir_smartflow.scheduling.scheduler").RqScheduler
 
     now = datetime.now(UTC)
     with _procs.claimed_redis_db() as redis_url:
