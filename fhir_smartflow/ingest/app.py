@@ -69,6 +69,15 @@ class IngestContext:
     clock: Callable[[], datetime]
 
 
+def webhook_redis(url: str) -> redis.Redis:
+    """The webhook's Redis client: fail fast (the sender retries after our 503), one quick retry
+    so a pooled connection left stale by a Redis restart does not cost a delivery."""
+    from redis.backoff import ConstantBackoff
+    from redis.retry import Retry
+
+    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5, retry=Retry(ConstantBackoff(0.05), 1))
+
+
 def create_ingest_blueprint(ctx: IngestContext) -> Blueprint:
     bp = Blueprint("ingest", __name__)
     path = ctx.settings.server.notify_path.rstrip("/") or "/"
@@ -106,7 +115,8 @@ def _read_body(limit: int) -> bytes | None:
     """The raw body, or None when it is over ``limit`` (checked before and while reading)."""
     if request.content_length is not None and request.content_length > limit:
         return None
-    body = request.stream.read(limit + 1)
+    # A chunked body over the limit raises RequestEntityTooLarge (app MAX_CONTENT_LENGTH): a 413 too.
+    body = request.get_data(cache=False)
     return None if len(body) > limit else body
 
 
@@ -207,4 +217,5 @@ __all__ = [
     "fhir_response",
     "operation_outcome",
     "subscription_record",
+    "webhook_redis",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import redis
@@ -64,7 +65,7 @@ def handle_event(rt: Runtime, event: ResourceEvent) -> str:
         return "deduplicated"
     try:
         if event.event_number is not None:
-            tracker(rt).observe(event.subscription, event.event_number, event.timestamp)
+            _track_number(rt, event)
         resolved, expanded = _complete(rt, event)
         for item in resolved:
             _dispatch_once(rt, item, nested=expanded)
@@ -81,6 +82,17 @@ def handle_event(rt: Runtime, event: ResourceEvent) -> str:
 
 def tracker(rt: Runtime) -> GapTracker:
     return GapTracker(rt.redis, rt.keys, rt.metrics, rt.settings.redis.gap_grace_seconds, rt.gap_recovery, rt.clock)
+
+
+def _track_number(rt: Runtime, event: ResourceEvent) -> None:
+    assert event.event_number is not None
+    if tracker(rt).observe(event.subscription, event.event_number, event.timestamp) == "jump":
+        # Record the gap even if no later event comes to sweep it (needs a worker with the scheduler).
+        delay = timedelta(seconds=rt.settings.redis.gap_grace_seconds + 1)
+        rt.queue.enqueue_in(delay, SWEEP_GAPS, event.subscription, description=f"sweep_gaps {event.subscription}")
+
+
+SWEEP_GAPS = "fhir_smartflow.ingest.jobs.sweep_gaps"
 
 
 def sweep_gaps(subscription: str) -> int:

@@ -197,9 +197,11 @@ def check_content_type(headers: Mapping[str, str], body: bytes) -> None:
 
 def _load_json(body: bytes) -> Any:
     try:
-        return json.loads(body)
+        text = body.decode("utf-8-sig")  # FHIR JSON is UTF-8; tolerate a byte-order mark
     except UnicodeDecodeError:
         raise NotificationError(400, "body is not UTF-8 text") from None
+    try:
+        return json.loads(text)
     except ValueError as exc:
         raise NotificationError(400, f"body is not valid JSON: {exc}") from None
 
@@ -212,7 +214,6 @@ class _Context:
     subscription: str
     received_at: str
     body_hash: str
-    delivery_id: str
 
 
 def parse_notification(
@@ -239,10 +240,10 @@ def parse_notification(
     if not body.strip():
         # Nothing in the body to tell two deliveries apart: the delivery id does.
         marker = f"{method} {path_resource} {delivery_id}".encode()
-        ctx = _Context(subscription, received_at, _body_hash(marker), delivery_id)
+        ctx = _Context(subscription, received_at, _body_hash(marker))
         data: Any = None
     else:
-        ctx = _Context(subscription, received_at, _body_hash(body), delivery_id)
+        ctx = _Context(subscription, received_at, _body_hash(body))
         data = _load_json(body)
         if not isinstance(data, dict):
             raise NotificationError(400, f"body must be a JSON object (a FHIR resource), got {type(data).__name__}")
