@@ -196,3 +196,13 @@ class _SandboxURL(str):
 # OpenEMR bridge tests: helpers (emulator, keys) in tests/openemr_support.py, fixtures made visible here.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from openemr_support import emulator, key_file, private_pem  # noqa: E402, F401
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # Here, not in tests/chaos/conftest.py: pytest only takes options from the top conftest or plugins.
+    parser.addoption(
+        "--chaos-long",
+        action="store_true",
+        default=False,
+        help="run the chaos tests in their long form (N = 10,000 notifications instead of 500)",
+    )

@@ -1,0 +1,124 @@
+"""Worker throughput: events/s through dedupe → mapping → plan → write to the sandbox store.
+
+For each configuration (worker class simple | fork, 1 | 2 processes): ``--events`` notifications
+are queued through ``serve`` with no worker running, then the workers start in ``--burst`` mode and
+drain the queue. Time runs from the first job leaving the queue to the last worker exiting.
+
+Baseline in the same run, same worker command and class: the same number of no-op rq jobs
+(``operator.truth``) — rq's own per-job cost, so the ratio shows what our job adds.
+
+    .venv/bin/python -m benchmarks.worker_throughput                 # 500 events per configuration
+    .venv/bin/python -m benchmarks.worker_throughput --events 2000 --configs simple:1 simple:2 fork:1 fork:2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from benchmarks import _procs, _stack
+
+
+def drain(stack: _stack.Stack, worker_class: str, processes: int, expected: int, timeout: float) -> float:
+    """Start burst workers; seconds from the first dequeue to the last worker's exit."""
+    for w in range(processes):
+        stack.start_worker(f"{worker_class}-{w}", worker_class, burst=True)
+    deadline = time.monotonic() + timeout
+    first = None
+    while time.monotonic() < deadline:
+        if first is None and stack.queue_count() < expected:
+            first = time.perf_counter()
+        if not any(p.alive() for p in stack.workers.values()):
+            break
+        time.sleep(0.005)
+    else:
+        raise RuntimeError(f"workers did not drain {expected} jobs in {timeout}s")
+    end = time.perf_counter()
+    for name in list(stack.workers):
+        if stack.workers[name].proc.returncode not in (0, None):
+            raise RuntimeError(f"worker {name} failed:\n{stack.workers[name].output()[-3000:]}")
+        stack.workers[name].stop()
+        del stack.workers[name]
+    return end - (first or end)
+
+
+def queue_events(stack: _stack.Stack, patients: list[dict[str, Any]], start_number: int) -> None:
+    session = stack.session
+    for i, patient in enumerate(patients):
+        body = stack.notify_body(patient, start_number + i)
+        r = session.post(f"{stack.serve_url}/fhir/notify", data=body, headers=stack.headers(), timeout=10)
+        if r.status_code >= 300:
+            raise RuntimeError(f"serve answered {r.status_code}: {r.text[:500]}")
+
+
+def queue_noops(stack: _stack.Stack, count: int) -> None:
+    from rq import Queue
+
+    from fhir_smartflow.config import load_settings
+
+    settings = load_settings(stack.config_path, env={})
+    queue = Queue(settings.redis.queue, connection=redis.Redis.from_url(stack.redis_url))
+    with queue.connection.pipeline() as pipe:
+        for _ in range(count):
+            queue.enqueue("operator.truth", 1, pipeline=pipe)
+        pipe.execute()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Worker events/s: fork vs non-fork, 1 vs 2 processes")
+    parser.add_argument("--events", type=int, default=500, help="per configuration")
+    parser.add_argument("--configs", nargs="+", default=["simple:1", "simple:2", "fork:1", "fork:2"])
+    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    reason = _stack.stack_missing()
+    if reason:
+        print(f"SKIPPED: {reason}", file=sys.stderr)
+        return 0
+    rows = []
+    with _procs.claimed_redis_db() as redis_url, tempfile.TemporaryDirectory() as tmpdir:
+        stack = _stack.Stack(Path(tmpdir), redis_url, log_level="WARNING")
+        try:
+            stack.start_sandbox()
+            stack.start_serve()
+            patients = stack.create_patients(args.events * len(args.configs))
+            for k, config in enumerate(args.configs):
+                worker_class, processes = config.split(":")[0], int(config.split(":")[1])
+                queue_noops(stack, args.events)
+                noop_s = drain(stack, worker_class, processes, args.events, args.timeout)
+                batch = patients[k * args.events : (k + 1) * args.events]
+                queue_events(stack, batch, k * args.events + 1)
+                event_s = drain(stack, worker_class, processes, args.events, args.timeout)
+                tasks = len(stack.search_all("Task"))
+                row = {
+                    "worker_class": worker_class,
+                    "processes": processes,
+                    "events_per_s": round(args.events / event_s, 1),
+                    "events_per_s_per_process": round(args.events / event_s / processes, 1),
+                    "noop_jobs_per_s": round(args.events / noop_s, 1),
+                    "ratio_to_noop": round(noop_s / event_s, 3),
+                    "tasks_in_store": tasks,
+                }
+                rows.append(row)
+                print(
+                    f"{worker_class:>6} x{processes}: {row['events_per_s']:>7} events/s "
+                    f"({row['events_per_s_per_process']} per process) | no-op jobs {row['noop_jobs_per_s']}/s "
+                    f"| ratio {row['ratio_to_noop']}x | Tasks in store so far {tasks}"
+                )
+        finally:
+            stack.stop()
+    print(f"machine: {_procs.machine()}; {args.events} events per configuration")
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
