@@ -52,3 +52,8 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 
 def run() -> Any:  # pragma: no cover - console entry point
     return main()
+
+
+from fhir_smartflow.commands.history import history_command  # noqa: E402
+
+main.add_command(history_command)
