@@ -1,0 +1,400 @@
+"""``PlanExecutor``: carries out a Plan idempotently (writes + Provenance, deliveries, schedules, cancels).
+
+Error policy: a transient FHIR failure (server error, unavailable, lock busy) is re-raised so rq retries
+the whole plan — every step is idempotent, so a rerun creates nothing twice and sends nothing twice. A
+permanent failure of one action (4xx, invalid resource) is recorded in ``ExecutionResult.errors`` and the
+other actions go on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
+
+import redis
+
+from fhir_smartflow.config import Settings
+from fhir_smartflow.connections import Keys
+from fhir_smartflow.engine.interfaces import Deliverer, DeliveryOutcome, Scheduler, WriteBackTarget
+from fhir_smartflow.engine.plan import CancelGroup, Deliver, FlowRun, PatchTask, Plan, Schedule, WriteResource
+from fhir_smartflow.fhir.errors import FhirError
+from fhir_smartflow.fhir.provenance import build_provenance, provenance_identifier
+from fhir_smartflow.fhir.validation import ResourceInvalid, validate_resource
+from fhir_smartflow.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+OPEN_TASK_STATUSES = ("draft", "requested", "received", "accepted", "ready", "in-progress", "on-hold")
+BUSINESS_STATUS_SYSTEM = "urn:fhir-smartflow:task-business-status"
+FLOW_URI_PREFIX = "urn:fhir-smartflow:flow:"
+
+
+class WrittenResource(NamedTuple):
+    resource_type: str
+    id: str
+    identifier: str
+    created: bool | None  # None: the target does not say whether it created or found it
+
+
+@dataclass(frozen=True)
+class ActionError:
+    action: str  # the plan action's kind and identifier, e.g. "WriteResource Task flow/x/task/abc"
+    message: str
+    status: int | None = None
+
+
+@dataclass
+class ExecutionResult:
+    written: list[WrittenResource] = field(default_factory=list)
+    deliveries: list[tuple[str, str]] = field(default_factory=list)  # (delivery identifier, status)
+    scheduled: list[str] = field(default_factory=list)  # Schedule identifiers
+    cancelled: list[str] = field(default_factory=list)  # Task references
+    errors: list[ActionError] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def _is_transient(exc: Exception) -> bool:
+    return isinstance(exc, FhirError) and exc.transient
+
+
+class PlanExecutor:
+    """Executor (engine/interfaces.py) over a WriteBackTarget, a Deliverer and a Scheduler."""
+
+    def __init__(
+        self,
+        target: WriteBackTarget,
+        conn: redis.Redis,
+        keys: Keys,
+        settings: Settings,
+        *,
+        deliverer: Deliverer | None = None,
+        scheduler: Scheduler | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.target = target
+        self.conn = conn
+        self.keys = keys
+        self.settings = settings
+        self.system = settings.fhir.identifier_system
+        self.device_id = settings.fhir.device_id
+        self.deliverer = deliverer
+        self.scheduler = scheduler
+        self.metrics = metrics
+        self.clock = clock
+        self.claim_ttl = settings.redis.dedupe_ttl_seconds
+
+    # -- entry point ---------------------------------------------------------------------------------
+    def execute(self, plan: Plan) -> ExecutionResult:
+        result = ExecutionResult()
+        written: dict[str, dict[str, Any]] = {}  # identifier -> stored resource, for Deliver
+        failed: set[str] = set()  # identifiers whose write failed: their deliveries are skipped
+        for run in plan.runs:
+            if not run.ran:
+                continue
+            for action in run.actions:
+                try:
+                    self._one(plan, run, action, result, written, failed)
+                except Exception as exc:
+                    if _is_transient(exc):
+                        log.warning(
+                            "execute: transient failure on %s, plan will be retried: %s", _describe(action), exc
+                        )
+                        raise
+                    if not isinstance(exc, FhirError | ResourceInvalid | LookupError):
+                        raise  # a bug, not bad data: let rq record it
+                    status = exc.status if isinstance(exc, FhirError) else None
+                    log.error("execute: %s failed: %s", _describe(action), exc)
+                    result.errors.append(ActionError(_describe(action), str(exc), status))
+                    if isinstance(action, WriteResource):
+                        failed.add(action.identifier)
+        return result
+
+    def _one(
+        self,
+        plan: Plan,
+        run: FlowRun,
+        action: Any,
+        result: ExecutionResult,
+        written: dict[str, dict[str, Any]],
+        failed: set[str],
+    ) -> None:
+        if isinstance(action, WriteResource):
+            written[action.identifier] = self._write(plan, run, action, result)
+        elif isinstance(action, Deliver):
+            if action.communication in failed:
+                raise LookupError(f"Communication {action.communication} was not written; delivery skipped")
+            self._deliver(plan, action, result, written.get(action.communication))
+        elif isinstance(action, Schedule):
+            self._require_scheduler().schedule(action)
+            result.scheduled.append(action.identifier)
+            self._inc("scheduled_jobs", kind=action.kind, result="scheduled")
+        elif isinstance(action, CancelGroup):
+            self._cancel_group(action, result)
+        elif isinstance(action, PatchTask):
+            self._patch_task(action, result)
+        else:  # pragma: no cover - a new plan action type without executor support
+            raise TypeError(f"unknown plan action {type(action).__name__}")
+
+    # -- writes ----------------------------------------------------------------------------------------
+    def _create(self, resource: dict[str, Any], identifier: str) -> tuple[dict[str, Any], bool | None]:
+        with_status = getattr(self.target, "create_with_status", None)
+        if with_status is not None:
+            return with_status(resource, identifier)
+        return self.target.create(resource, identifier), None
+
+    def _write(self, plan: Plan, run: FlowRun, action: WriteResource, result: ExecutionResult) -> dict[str, Any]:
+        validate_resource(action.resource)
+        stored, created = self._create(action.resource, action.identifier)
+        rtype = action.resource["resourceType"]
+        self._inc("writes", type=rtype, result="created" if created else "existing")
+        result.written.append(WrittenResource(rtype, str(stored.get("id")), action.identifier, created))
+        if rtype != "Provenance" and stored.get("id"):
+            self._write_provenance(plan, run, stored, action.identifier, result)
+        return stored
+
+    def _write_provenance(
+        self, plan: Plan, run: FlowRun, stored: dict[str, Any], identifier: str, result: ExecutionResult
+    ) -> None:
+        event = plan.trigger.event
+        source = None
+        if event.reference:
+            source = f"{event.reference}/_history/{event.version_id}" if event.version_id else event.reference
+        prov_id = provenance_identifier(identifier)
+        provenance = build_provenance(
+            stored,
+            identifier_system=self.system,
+            identifier_value=prov_id,
+            flow_id=run.flow_id,
+            flow_version=run.flow_version,
+            trigger=plan.trigger.trigger,
+            source_reference=source,
+            device_id=self.device_id,
+            recorded=self.clock(),
+        )
+        validate_resource(provenance)
+        prov_stored, created = self._create(provenance, prov_id)
+        self._inc("writes", type="Provenance", result="created" if created else "existing")
+        result.written.append(WrittenResource("Provenance", str(prov_stored.get("id")), prov_id, created))
+
+    # -- deliveries ------------------------------------------------------------------------------------
+    def _deliver(
+        self, plan: Plan, action: Deliver, result: ExecutionResult, communication: dict[str, Any] | None
+    ) -> None:
+        now = self.clock()
+        claim_key = self.keys.delivery(action.identifier)
+        previous = _load_claim(self.conn.get(claim_key))
+        if previous is not None and not _reclaimable(previous, now):
+            # Already sent (or being sent): never send twice; make sure the Communication says so.
+            if previous.get("status") in {"completed", "not-done"}:
+                self._record_outcome(action, communication, _outcome_from_claim(previous), now)
+            result.deliveries.append((action.identifier, f"already-{previous.get('status', 'claimed')}"))
+            return
+        # Everything that can fail transiently happens before the claim, so a retry can still send.
+        recipient = self.target.read(action.recipient)
+        patient = action.recipient if action.recipient.startswith("Patient/") else plan.trigger.patient
+        consents = self.target.search("Consent", {"patient": patient, "status": "active"}) if patient else []
+        if communication is None:
+            communication = self._find("Communication", action.communication)
+        deliverer = self.deliverer
+        if deliverer is None:
+            raise LookupError("no Deliverer configured; message not sent")
+        if not self._claim(claim_key, previous, now):
+            result.deliveries.append((action.identifier, "already-claimed"))
+            return
+        try:
+            outcome = deliverer.deliver(action, recipient, consents, now)
+        except Exception:
+            # Unknown whether it went out: keep the claim ("sending") so it is never sent twice.
+            log.exception("execute: deliverer raised for %s; not retried automatically", action.identifier)
+            result.deliveries.append((action.identifier, "unknown"))
+            return
+        self.conn.set(claim_key, json.dumps(_claim_from_outcome(outcome)), ex=self.claim_ttl)
+        self._inc("deliveries", channel=action.channel, status=outcome.status)
+        result.deliveries.append((action.identifier, outcome.status))
+        if outcome.status in {"deferred", "retry"}:
+            at = outcome.retry_at or now + timedelta(minutes=5)
+            schedule = Schedule(
+                at=at,
+                kind="delivery",
+                identifier=f"{action.identifier}@{at.astimezone(UTC).strftime('%Y%m%dT%H%M%SZ')}",
+                payload=_deliver_payload(action, plan),
+                action=action.action,
+            )
+            self._require_scheduler().schedule(schedule)
+            result.scheduled.append(schedule.identifier)
+            return
+        self._record_outcome(action, communication, outcome, now)
+
+    def _claim(self, key: str, previous: dict[str, Any] | None, now: datetime) -> bool:
+        """Take the send claim: absent → set; a due deferred/retry claim → replace it if unchanged."""
+        sending = json.dumps({"status": "sending", "at": now.isoformat()})
+        if previous is None:
+            return bool(self.conn.set(key, sending, nx=True, ex=self.claim_ttl))
+        with self.conn.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                if _load_claim(pipe.get(key)) != previous:
+                    return False
+                pipe.multi()
+                pipe.set(key, sending, ex=self.claim_ttl)
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                return False
+
+    def _record_outcome(
+        self, action: Deliver, communication: dict[str, Any] | None, outcome: DeliveryOutcome, now: datetime
+    ) -> None:
+        if communication is None:
+            raise LookupError(f"Communication {action.communication} not found to record the delivery on")
+        if communication.get("status") in {"completed", "not-done"}:
+            return  # already recorded (a rerun)
+        updated = dict(communication)
+        if outcome.status == "completed":
+            updated["status"] = "completed"
+            updated["sent"] = _instant(now)
+        else:
+            updated["status"] = "not-done"
+            updated["statusReason"] = {"text": outcome.reason or "not delivered"}
+        validate_resource(updated)
+        self.target.update(updated)
+
+    # -- cancellations and patches -------------------------------------------------------------------
+    def _cancel_group(self, action: CancelGroup, result: ExecutionResult) -> None:
+        statuses = ",".join(OPEN_TASK_STATUSES)
+        if action.group:
+            tasks = self.target.search(
+                "Task", {"group-identifier": f"{self.system}|{action.group}", "status": statuses}
+            )
+        elif action.patient:
+            tasks = self.target.search("Task", {"patient": action.patient, "status": statuses})
+            prefixes = tuple(f"{FLOW_URI_PREFIX}{flow}:" for flow in action.flows)
+            tasks = [t for t in tasks if any(u.startswith(prefixes) for u in t.get("instantiatesUri") or [])]
+        else:
+            raise LookupError(f"CancelGroup {action.identifier} names neither a group nor a patient")
+        for task in tasks:
+            if task.get("status") not in OPEN_TASK_STATUSES:
+                continue  # the server ignored the status filter
+            if action.keep and action.keep in _our_identifiers(task, self.system):
+                continue
+            updated = dict(task)
+            updated["status"] = "cancelled"
+            updated["statusReason"] = {"text": action.reason}
+            updated["lastModified"] = _instant(self.clock())
+            self.target.update(updated)
+            result.cancelled.append(f"Task/{task.get('id')}")
+        if self.scheduler is not None:
+            count = self.scheduler.cancel(group=action.group, patient=action.patient, flows=action.flows)
+            if count:
+                self._inc("scheduled_jobs", kind="any", result="cancelled", amount=count)
+
+    def _patch_task(self, action: PatchTask, result: ExecutionResult) -> None:
+        task = self._find("Task", action.identifier)
+        if task is None:
+            raise LookupError(f"Task with identifier {action.identifier} not found")
+        if action.only_if_open and task.get("status") not in OPEN_TASK_STATUSES:
+            return
+        updated = dict(task)
+        if action.status:
+            updated["status"] = action.status
+        if action.business_status:
+            updated["businessStatus"] = {
+                "coding": [{"system": BUSINESS_STATUS_SYSTEM, "code": action.business_status}],
+                "text": action.business_status,
+            }
+        if action.status_reason:
+            updated["statusReason"] = {"text": action.status_reason}
+        if updated == task:
+            return
+        updated["lastModified"] = _instant(self.clock())
+        validate_resource(updated)
+        self.target.update(updated)
+        if action.status == "cancelled":
+            result.cancelled.append(f"Task/{task.get('id')}")
+
+    # -- helpers -------------------------------------------------------------------------------------
+    def _find(self, resource_type: str, identifier: str) -> dict[str, Any] | None:
+        finder = getattr(self.target, "find_by_identifier", None)
+        if finder is not None:
+            return finder(resource_type, identifier)
+        found = self.target.search(resource_type, {"identifier": f"{self.system}|{identifier}"})
+        return found[0] if found else None
+
+    def _require_scheduler(self) -> Scheduler:
+        if self.scheduler is None:
+            raise LookupError("no Scheduler configured; follow-up not scheduled")
+        return self.scheduler
+
+    def _inc(self, name: str, amount: int = 1, **labels: str) -> None:
+        if self.metrics is not None:
+            self.metrics.inc(name, amount, **labels)
+
+
+def _describe(action: Any) -> str:
+    kind = type(action).__name__
+    if isinstance(action, WriteResource):
+        return f"{kind} {action.resource_type} {action.identifier}"
+    return f"{kind} {getattr(action, 'identifier', '')}".strip()
+
+
+def _instant(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _our_identifiers(resource: dict[str, Any], system: str) -> set[str]:
+    return {i.get("value") for i in resource.get("identifier") or [] if i.get("system") == system}
+
+
+def _load_claim(raw: bytes | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {"status": "sending"}
+    return value if isinstance(value, dict) else {"status": "sending"}
+
+
+def _reclaimable(claim: dict[str, Any], now: datetime) -> bool:
+    """A deferred / retry outcome may be sent again once its time has come."""
+    if claim.get("status") not in {"deferred", "retry"}:
+        return False
+    at = claim.get("retry_at")
+    return at is None or datetime.fromisoformat(at) <= now
+
+
+def _claim_from_outcome(outcome: DeliveryOutcome) -> dict[str, Any]:
+    return {
+        "status": outcome.status,
+        "reason": outcome.reason,
+        "provider_id": outcome.provider_id,
+        "retry_at": outcome.retry_at.isoformat() if outcome.retry_at else None,
+    }
+
+
+def _outcome_from_claim(claim: dict[str, Any]) -> DeliveryOutcome:
+    return DeliveryOutcome(
+        status=claim["status"], reason=claim.get("reason") or "", provider_id=claim.get("provider_id")
+    )
+
+
+def _deliver_payload(action: Deliver, plan: Plan) -> dict[str, Any]:
+    """What a scheduled delivery job needs to rebuild the Deliver action."""
+    return {
+        "channel": action.channel,
+        "recipient": action.recipient,
+        "body": action.body,
+        "subject": action.subject,
+        "identifier": action.identifier,
+        "communication": action.communication,
+        "patient": plan.trigger.patient,
+        "trigger_id": plan.trigger.id,
+    }

@@ -1,0 +1,68 @@
+"""The Provenance written next to every resource we create: who (our Device), why (the flow), from what
+(the triggering resource version).
+
+R4 ``Provenance`` has no ``identifier`` element, so its business identifier (the written resource's
+identifier value + ``/provenance``) is carried as a ``meta.tag`` with the identifier system; conditional
+create then matches on ``_tag=system|value``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+PARTICIPANT_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+DATA_OPERATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
+PROVENANCE_SUFFIX = "/provenance"
+
+
+def provenance_identifier(resource_identifier: str) -> str:
+    return resource_identifier + PROVENANCE_SUFFIX
+
+
+def flow_policy(flow_id: str, flow_version: str) -> str:
+    return f"urn:fhir-smartflow:flow:{flow_id}:{flow_version}"
+
+
+def versioned_reference(resource: dict[str, Any]) -> str:
+    """``Type/id/_history/v`` when the server gave a version, else ``Type/id``."""
+    ref = f"{resource['resourceType']}/{resource['id']}"
+    version = (resource.get("meta") or {}).get("versionId")
+    return f"{ref}/_history/{version}" if version else ref
+
+
+def build_provenance(
+    target: dict[str, Any],
+    *,
+    identifier_system: str,
+    identifier_value: str,
+    flow_id: str,
+    flow_version: str,
+    trigger: str,
+    source_reference: str | None,
+    device_id: str,
+    recorded: datetime,
+    activity: str = "CREATE",
+) -> dict[str, Any]:
+    """Provenance for ``target`` (a stored resource with id): identifier value = ``identifier_value``
+    (already ending in /provenance), source entity = the triggering resource version."""
+    if recorded.tzinfo is None:
+        raise ValueError("recorded must be timezone-aware")
+    prov: dict[str, Any] = {
+        "resourceType": "Provenance",
+        "meta": {"tag": [{"system": identifier_system, "code": identifier_value}]},
+        "target": [{"reference": versioned_reference(target)}],
+        "recorded": recorded.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "policy": [flow_policy(flow_id, flow_version)],
+        "reason": [{"text": f"Smart Flow {flow_id} version {flow_version} on {trigger}"}],
+        "activity": {"coding": [{"system": DATA_OPERATION_SYSTEM, "code": activity, "display": activity.lower()}]},
+        "agent": [
+            {
+                "type": {"coding": [{"system": PARTICIPANT_TYPE_SYSTEM, "code": "author", "display": "Author"}]},
+                "who": {"reference": f"Device/{device_id}"},
+            }
+        ],
+    }
+    if source_reference:
+        prov["entity"] = [{"role": "source", "what": {"reference": source_reference}}]
+    return prov
