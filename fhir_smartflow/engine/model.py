@@ -1,0 +1,223 @@
+"""The loaded Smart Flows language: mappings, flows, actions, templates, and the Engine holding them.
+
+All dataclasses are frozen: the engine is loaded once (at start, SIGHUP or an explicit reload) and
+shared read-only by every event. The loader (``loader.py``) is the only place that builds them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+# Triggers whose built-in lifecycle handling runs even when no flow names them.
+LIFECYCLE_TRIGGERS = frozenset({"task.completed", "patient.discharged", "patient.admitted"})
+
+ACTION_TYPES = (
+    "send-form",
+    "patient-message",
+    "staff-message",
+    "staff-task",
+    "patient-note",
+    "record-prompt",
+    "notify",
+)
+METHODS = ("sms", "email", "voice", "portal", "staff-message", "patient-note", "webhook")
+# Methods whose Communication is only written to FHIR (no channel delivery).
+FHIR_ONLY_METHODS = frozenset({"portal", "staff-message", "patient-note"})
+UNITS = ("minutes", "hours", "days", "weeks")
+DIRECTIONS = ("after", "before")
+ANCHORS = (
+    "event",
+    "admission",
+    "discharge",
+    "appointment_start",
+    "first_kept_appointment",
+    "insurance_effective",
+)
+WEEKEND_POLICIES = ("keep", "previous-friday", "next-monday")
+RECUR_EVERY = ("daily", "weekly", "monthly")
+NOTE_TYPES = ("progress-note", "consult-note", "history-and-physical", "discharge-summary", "procedure-note")
+
+
+@dataclass(frozen=True)
+class MappingRule:
+    """One ``[[mapping]]``: when a resource change means ``trigger``."""
+
+    trigger: str
+    resource: str
+    interactions: tuple[str, ...] = ("create", "update")
+    when: str | None = None
+    previous: str | None = None
+    previous_missing: bool = True
+    patient: str | None = None
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    once_per: str | None = None  # "patient": fire once per patient ever
+    search: str | None = None
+    file: str = ""
+
+
+@dataclass(frozen=True)
+class Duration:
+    amount: int
+    unit: str  # minutes | hours | days | weeks
+
+
+@dataclass(frozen=True)
+class Due:
+    amount: int
+    unit: str
+    direction: str = "after"
+    anchor: str = "event"
+
+    @property
+    def duration(self) -> Duration:
+        return Duration(self.amount, self.unit)
+
+
+@dataclass(frozen=True)
+class Owner:
+    kind: str  # patient | practitioner | role | group
+    value: str = ""  # reference (practitioner / group) or role name
+
+
+@dataclass(frozen=True)
+class Recurring:
+    every: str | None = None  # daily | weekly | monthly
+    cron: str | None = None
+    count: int | None = None
+    until: date | None = None
+
+
+@dataclass(frozen=True)
+class Overdue:
+    notify_owner: bool = False
+
+
+@dataclass(frozen=True)
+class Action:
+    index: int
+    name: str
+    slug: str
+    type: str
+    item: str
+    category: str = "smartflow"
+    template: str | None = None
+    methods: tuple[str, ...] = ()
+    due: Due | None = None
+    weekend: str = "keep"
+    owner: Owner | None = None
+    reminder: Duration | None = None
+    recurring: Recurring | None = None
+    completes_workflow: bool = False
+    overdue: Overdue | None = None
+    notify_on_failure: bool = False
+
+
+@dataclass(frozen=True)
+class Flow:
+    id: str
+    name: str
+    trigger: str
+    actions: tuple[Action, ...]
+    version: str = "1"
+    description: str = ""
+    enabled: bool = True
+    condition: str | None = None
+    not_after: str | None = None
+    file: str = ""
+
+    def action(self, slug: str) -> Action | None:
+        return next((a for a in self.actions if a.slug == slug), None)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    text: str
+    roles: tuple[str, ...] = ()
+    practitioners: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Recipients:
+    practitioners: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Template:
+    id: str
+    name: str
+    status: str = "enabled"
+    methods: tuple[str, ...] = ()
+    subject: str = ""
+    body: str = ""
+    note_type: str = "progress-note"
+    prompt: Prompt | None = None
+    recipients: Recipients = field(default_factory=Recipients)
+    file: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return self.status == "enabled"
+
+
+Compiled = Callable[..., list[Any]]
+
+
+@dataclass(frozen=True)
+class Engine:
+    """Everything loaded, indexed for the per-event hot path. Read-only after load."""
+
+    mappings: tuple[MappingRule, ...]
+    flows: Mapping[str, Flow]
+    templates: Mapping[str, Template]
+    # FHIRPath expression -> compiled function (every expression in mappings and flows).
+    paths: Mapping[str, Compiled] = field(default_factory=dict, repr=False, compare=False)
+    # (template id, part) -> compiled Jinja2 template; part: subject | body | prompt
+    renderers: Mapping[tuple[str, str], Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def flows_for(self, trigger: str) -> tuple[Flow, ...]:
+        """Every flow (enabled or not: disabled runs are recorded) on ``trigger``, in id order."""
+        return tuple(f for _, f in sorted(self.flows.items()) if f.trigger == trigger)
+
+    def enabled_triggers(self) -> set[str]:
+        return {f.trigger for f in self.flows.values() if f.enabled}
+
+    def wanted_triggers(self) -> set[str]:
+        """Triggers worth matching: those of enabled flows plus the built-in lifecycle ones."""
+        return self.enabled_triggers() | LIFECYCLE_TRIGGERS
+
+    def resource_types(self) -> set[str]:
+        """Resource types that feed enabled flows (+ Task for lifecycle, + discharge sources)."""
+        wanted = self.enabled_triggers()
+        if any(f.enabled and f.not_after for f in self.flows.values()):
+            wanted |= {"patient.discharged", "patient.admitted"}
+        types = {m.resource for m in self.mappings if m.trigger in wanted}
+        return types | {"Task"}
+
+    def mappings_for(self, resource_type: str) -> tuple[MappingRule, ...]:
+        return tuple(m for m in self.mappings if m.resource == resource_type)
+
+    def triggers(self) -> set[str]:
+        return {m.trigger for m in self.mappings}
+
+    def prior_fields(self) -> set[str]:
+        """Top-level fields the ``previous`` expressions read (what the prior state must keep)."""
+        fields = {"resourceType", "id", "meta", "status", "active", "period"}
+        for m in self.mappings:
+            if m.previous:
+                fields |= _top_level_names(m.previous)
+        return fields
+
+    def path(self, expression: str) -> Compiled:
+        return self.paths[expression]
+
+
+def _top_level_names(expression: str) -> set[str]:
+    import re
+
+    # Identifiers at the start of the expression or after an operator / parenthesis.
+    return {m.group(1) for m in re.finditer(r"(?:^|[\s(=!<>,|])([a-z][A-Za-z0-9]*)(?=[.\s=!<>)]|$)", expression)}

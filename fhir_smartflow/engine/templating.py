@@ -1,0 +1,217 @@
+"""Message templates: sandboxed Jinja2 over a fixed merge-field catalog (docs/merge-fields.md).
+
+``SandboxedEnvironment`` blocks access to Python internals (``{{ ''.__class__ }}`` raises
+SecurityError); ``StrictUndefined`` makes an unknown field an error. Every template is rendered at
+load against ``sample_catalog`` (same keys as a real catalog), so a typo fails at load. A real
+catalog always carries every key: a value missing from the record is an empty string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from jinja2 import StrictUndefined, TemplateError
+from jinja2.sandbox import SandboxedEnvironment
+
+from fhir_smartflow.config import Settings
+
+Catalog = dict[str, dict[str, Any]]
+
+
+class TemplateRenderError(ValueError):
+    """A template that does not compile or render (unknown field, forbidden attribute, syntax)."""
+
+
+def make_environment() -> SandboxedEnvironment:
+    # Plain text messages (SMS, email text part, FHIR strings): no HTML autoescaping.
+    return SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
+
+
+def compile_template(env: SandboxedEnvironment, source: str) -> Any:
+    try:
+        return env.from_string(source)
+    except TemplateError as exc:
+        raise TemplateRenderError(_describe(exc)) from None
+
+
+def render(template: Any, catalog: Mapping[str, Any]) -> str:
+    try:
+        return str(template.render(**catalog)).strip()
+    except TemplateError as exc:
+        raise TemplateRenderError(_describe(exc)) from None
+    except Exception as exc:  # e.g. a filter raising TypeError: still a template problem
+        raise TemplateRenderError(f"{type(exc).__name__}: {exc}") from None
+
+
+def _describe(exc: TemplateError) -> str:
+    line = getattr(exc, "lineno", None)
+    where = f" (template line {line})" if line else ""
+    return f"{exc.message or exc}{where}"
+
+
+# --- the catalog -----------------------------------------------------------------------------------
+
+
+def _human_datetime(instant: datetime, zone: ZoneInfo) -> tuple[str, str, str]:
+    local = instant.astimezone(zone)
+    date_text = f"{local:%A}, {local:%B} {local.day}, {local.year}"
+    hour = local.hour % 12 or 12
+    time_text = f"{hour}:{local:%M} {'AM' if local.hour < 12 else 'PM'} {local.tzname()}"
+    return f"{date_text} at {time_text}", date_text, time_text
+
+
+def parse_instant(value: str | None) -> datetime | None:
+    """FHIR dateTime / instant → aware datetime (a date alone is midnight UTC); None when unparsable."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _official_name(patient: Mapping[str, Any]) -> Mapping[str, Any]:
+    names = patient.get("name") or []
+    for use in ("official", "usual", None):
+        for name in names:
+            if use is None or name.get("use") == use:
+                return name
+    return {}
+
+
+def _display_name(resource: Mapping[str, Any] | None) -> str:
+    if not resource:
+        return ""
+    name = _official_name(resource)
+    if name.get("text"):
+        return str(name["text"])
+    parts = [*(name.get("prefix") or []), *(name.get("given") or []), name.get("family") or ""]
+    return " ".join(p for p in parts if p)
+
+
+def patient_fields(patient: Mapping[str, Any] | None) -> dict[str, str]:
+    patient = patient or {}
+    name = _official_name(patient)
+    first = (name.get("given") or [""])[0]
+    last = name.get("family") or ""
+    preferred = next(
+        (n["given"][0] for n in patient.get("name") or [] if n.get("use") == "nickname" and n.get("given")), first
+    )
+    mrn = next(
+        (
+            i.get("value", "")
+            for i in patient.get("identifier") or []
+            if any(c.get("code") == "MR" for c in (i.get("type") or {}).get("coding") or [])
+        ),
+        "",
+    )
+    telecoms = [t for t in patient.get("telecom") or [] if t.get("system") == "phone" and t.get("value")]
+    mobile = next((t for t in telecoms if t.get("use") == "mobile"), telecoms[0] if telecoms else {})
+    return {
+        "first_name": first,
+        "last_name": last,
+        "full_name": " ".join(p for p in (first, last) if p),
+        "preferred_name": preferred,
+        "birth_date": patient.get("birthDate", ""),
+        "mrn": mrn,
+        "phone": mobile.get("value", ""),
+    }
+
+
+def appointment_fields(appointment: Mapping[str, Any] | None, zone: ZoneInfo) -> dict[str, str]:
+    appointment = appointment or {}
+    fields = {"start": "", "date": "", "time": "", "location": "", "clinician": ""}
+    start = parse_instant(appointment.get("start"))
+    if start:
+        fields["start"], fields["date"], fields["time"] = _human_datetime(start, zone)
+    for participant in appointment.get("participant") or []:
+        actor = participant.get("actor") or {}
+        ref = actor.get("reference") or ""
+        if ref.startswith("Location/") and not fields["location"]:
+            fields["location"] = actor.get("display", "")
+        if ref.startswith(("Practitioner/", "PractitionerRole/")) and not fields["clinician"]:
+            fields["clinician"] = actor.get("display", "")
+    return fields
+
+
+def build_catalog(
+    settings: Settings,
+    *,
+    patient: Mapping[str, Any] | None = None,
+    appointment: Mapping[str, Any] | None = None,
+    payer: Mapping[str, Any] | None = None,
+    practitioner: Mapping[str, Any] | None = None,
+    questionnaire: Mapping[str, Any] | None = None,
+    questionnaire_url: str = "",
+    form_link: str = "",
+    due: datetime | None = None,
+) -> Catalog:
+    """The merge-field values for one message (every key always present)."""
+    zone = ZoneInfo(settings.clinic.timezone)
+    appointment_values = appointment_fields(appointment, zone)
+    clinician = _display_name(practitioner) or appointment_values["clinician"]
+    form_title = (questionnaire or {}).get("title") or (questionnaire or {}).get("name") or ""
+    if not form_title and questionnaire_url:
+        form_title = questionnaire_url.rstrip("/").rsplit("/", 1)[-1].replace("-", " ")
+    return {
+        "patient": patient_fields(patient),
+        "appointment": appointment_values,
+        "insurance": {"name": (payer or {}).get("name", "")},
+        "form": {"title": form_title, "link": form_link},
+        "clinic": {"name": settings.clinic.name, "phone": settings.clinic.phone},
+        "task": {"due": _human_datetime(due, zone)[0] if due else ""},
+        "clinician": {"name": clinician},
+    }
+
+
+def sample_catalog(settings: Settings) -> Catalog:
+    """A realistic catalog used to test-render every template at load."""
+    return build_catalog(
+        settings,
+        patient={
+            "resourceType": "Patient",
+            "name": [{"use": "official", "family": "Rivera", "given": ["Alex"]}],
+            "birthDate": "1990-04-12",
+            "identifier": [{"type": {"coding": [{"code": "MR"}]}, "value": "MRN-0001"}],
+            "telecom": [{"system": "phone", "value": "+15555550100", "use": "mobile"}],
+        },
+        appointment={
+            "resourceType": "Appointment",
+            "start": "2026-03-09T14:30:00Z",
+            "participant": [
+                {"actor": {"reference": "Location/1", "display": "Main Street Clinic"}},
+                {"actor": {"reference": "Practitioner/1", "display": "Dr. Jordan Lee"}},
+            ],
+        },
+        payer={"resourceType": "Organization", "name": "Acme Health Plan"},
+        questionnaire={"resourceType": "Questionnaire", "title": "Intake questionnaire"},
+        form_link="https://portal.example.org/forms/intake",
+        due=datetime(2026, 3, 12, 13, 0, tzinfo=UTC),
+    )
+
+
+CATALOG_FIELDS: Sequence[str] = (
+    "patient.first_name",
+    "patient.last_name",
+    "patient.full_name",
+    "patient.preferred_name",
+    "patient.birth_date",
+    "patient.mrn",
+    "patient.phone",
+    "appointment.start",
+    "appointment.date",
+    "appointment.time",
+    "appointment.location",
+    "appointment.clinician",
+    "insurance.name",
+    "form.title",
+    "form.link",
+    "clinic.name",
+    "clinic.phone",
+    "task.due",
+    "clinician.name",
+)
