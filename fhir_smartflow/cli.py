@@ -57,3 +57,17 @@ def run() -> Any:  # pragma: no cover - console entry point
 from fhir_smartflow.commands.history import history_command  # noqa: E402
 
 main.add_command(history_command)
+
+from fhir_smartflow.commands.flowtools import (  # noqa: E402
+    docs_command,
+    export_group,
+    lint_command,
+    simulate_command,
+)
+from fhir_smartflow.commands.subscriptions import subscriptions_group  # noqa: E402
+
+main.add_command(simulate_command)
+main.add_command(lint_command)
+main.add_command(docs_command)
+main.add_command(export_group)
+main.add_command(subscriptions_group)
