@@ -10,14 +10,15 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from fhir_smartflow.cli import CliContext, pass_ctx
 from fhir_smartflow.config import Settings
-from fhir_smartflow.engine.loader import load_paths
-from fhir_smartflow.engine.model import Engine
+
+if TYPE_CHECKING:  # the engine is imported when a command runs, so `--help` stays fast
+    from fhir_smartflow.engine.model import Engine
 
 
 def engine_path_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -35,6 +36,8 @@ def engine_path_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def load_or_exit(settings: Settings, mappings: Sequence[str], flows: Sequence[str], templates: Sequence[str]) -> Engine:
     """The engine from the given (or configured) paths; load errors are printed and exit with 1."""
+    from fhir_smartflow.engine.loader import load_paths
+
     engine, errors = load_paths(
         list(mappings) or settings.engine.mappings,
         list(flows) or settings.engine.flows,

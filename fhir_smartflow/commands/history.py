@@ -9,8 +9,6 @@ from typing import Any
 import click
 
 from fhir_smartflow.cli import CliContext, pass_ctx
-from fhir_smartflow.connections import Keys, connect
-from fhir_smartflow.history import RunHistory, parse_since
 
 
 def _line(rec: dict[str, Any]) -> str:
@@ -45,6 +43,9 @@ def history_command(
 
     Exit codes: 0 ok (also when no run matches), 2 bad option or no Redis configured.
     """
+    from fhir_smartflow.connections import Keys, connect
+    from fhir_smartflow.history import RunHistory, parse_since
+
     settings = cli.settings
     if not settings.redis.url:
         click.echo(

@@ -10,11 +10,12 @@ error. Checks:
   with the same (or an absent, so overlapping) condition sending the same template or form;
 - ``reminder-not-before-due`` (warning): the reminder falls at or before the event it is anchored on;
 - ``unbounded-recurrence`` (warning): recurring without ``count`` / ``until`` and the flow has no ``not_after``;
-- ``unused-template`` (warning): no flow uses the template.
+- ``unused-template`` (info): no flow uses the template (harmless, so it does not fail the lint).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections.abc import Iterable, Sequence
@@ -92,6 +93,9 @@ class Sources:
     flows: list[SourceFile]
     templates: list[SourceFile]
     errors: list[LoadError]
+    # Templates taken from the config because the paths held none: the flows linted are only some
+    # of the flows, so "unused template" would be noise.
+    borrowed_templates: bool = False
 
 
 def read_sources(paths: Sequence[str], settings: Settings) -> Sources:
@@ -131,10 +135,12 @@ def read_sources(paths: Sequence[str], settings: Settings) -> Sources:
                 found["mapping"].append(source)
             elif error:
                 errors.append(error)
+    borrowed = False
     if not default and not found["template"] and found["flow"]:
         files, _ = discover(settings.engine.templates)
         found["template"] += [s for s in (read_toml(p)[0] for p in files) if s is not None]
-    return Sources(found["mapping"], found["flow"], found["template"], errors)
+        borrowed = True
+    return Sources(found["mapping"], found["flow"], found["template"], errors, borrowed)
 
 
 @functools.cache
@@ -275,15 +281,23 @@ def _norm(condition: Any) -> str:
     return re.sub(r"\s+", " ", condition).strip() if isinstance(condition, str) else ""
 
 
+_MESSAGE_TYPES = {"patient-message", "staff-message", "notify"}
+
+
 def _sends(flow: dict[str, Any]) -> set[str]:
-    """Templates and forms an enabled flow sends (what duplicate automation is about)."""
+    """What an action delivers, for duplicate detection: the template of a message, the form of a
+    send-form, the item of a task / note / prompt."""
     sent: set[str] = set()
     for action in flow.get("actions") or []:
-        if isinstance(action, dict):
-            if action.get("template"):
-                sent.add(f"template {action['template']!r}")
-            if action.get("type") == "send-form" and action.get("item"):
-                sent.add(f"form {action['item']!r}")
+        if not isinstance(action, dict):
+            continue
+        kind = action.get("type")
+        if kind in _MESSAGE_TYPES and action.get("template"):
+            sent.add(f"template {action['template']!r}")
+        elif kind == "send-form" and action.get("item"):
+            sent.add(f"form {action['item']!r}")
+        elif action.get("item"):
+            sent.add(f"{kind} {action['item']!r}")
     return sent
 
 
@@ -326,7 +340,7 @@ def _template_findings(templates: list[SourceFile], flows: list[tuple[SourceFile
                 used |= {str(action[k]) for k in ("template", "item") if action.get(k)}
     return [
         Finding(
-            "warning",
+            "info",
             "unused-template",
             t.path,
             t.line_of("id"),
@@ -374,12 +388,15 @@ def lint(paths: Sequence[str], settings: Settings) -> list[Finding]:
             findings += _condition_findings(source, flow, _resource_types(trigger, mappings), flow_id)
         findings += _action_findings(source, flow, flow_id)
     findings += _overlap_findings(flows)
-    findings += _template_findings(sources.templates, flows)
-    # validate's errors, except those lint already words better (same file and line).
+    if not sources.borrowed_templates:
+        findings += _template_findings(sources.templates, flows)
+    # validate's errors too. Where lint already reports the same line, its wording stays, as an error.
     _, load_errors = build_engine(sources.mappings, sources.flows, sources.templates, settings, sources.errors)
+    rejected = {(e.file, e.line) for e in load_errors if e.line}
+    findings = [dataclasses.replace(f, severity="error") if (f.file, f.line) in rejected else f for f in findings]
     covered = {(f.file, f.line) for f in findings}
     for error in load_errors:
-        if (error.file, error.line) in covered and ("trigger" in error.field or "duplicate" in error.reason):
+        if error.line and (error.file, error.line) in covered:
             continue
         findings.append(Finding("error", "invalid", error.file, error.line, f"{error.field}: {error.reason}"))
     return sorted(findings, key=lambda f: (f.file, f.line or 0, f.code, f.message))

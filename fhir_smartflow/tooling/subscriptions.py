@@ -95,7 +95,8 @@ def _matching_config(wanted: Wanted, topic: str, configs: list[SubscriptionConfi
     for cfg in configs:
         if cfg.criteria and cfg.criteria.split("?")[0] == wanted.resource:
             return cfg
-    return configs[0] if len(configs) == 1 else None
+    # The webhook accepts any configured secret (first match wins), so the first entry covers the rest.
+    return configs[0] if configs else None
 
 
 def topic_for(wanted: Wanted, configs: list[SubscriptionConfig]) -> str:

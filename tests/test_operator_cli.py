@@ -1,0 +1,303 @@
+"""The operator commands, run as the installed console script: simulate, lint, docs, subscriptions, export.
+
+Subprocesses are started together where the test allows it (the machine is shared; each start imports the
+engine), and their output and exit codes are asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fhir.resources.R4B import get_fhir_model_class
+from fhir.resources.R4B.plandefinition import PlanDefinition
+from fhir.resources.R4B.subscription import Subscription
+from flask import Flask, jsonify, request
+from werkzeug.serving import make_server
+
+from tests.conftest import ROOT, free_port, smartflow_cmd
+
+SIM = ROOT / "tests" / "fixtures" / "simulate"
+LINT_BAD = ROOT / "tests" / "fixtures" / "lint" / "bad"
+AT = "2026-03-02T14:05:00Z"
+
+
+def run_all(*commands: list[str], env: dict[str, str] | None = None) -> list[subprocess.CompletedProcess[str]]:
+    """Run the CLI invocations concurrently; results in order."""
+    import os
+
+    full_env = {
+        k: v for k, v in os.environ.items() if not k.startswith("SMARTFLOW_") or k == "SMARTFLOW_ENGINE_MAPPINGS"
+    }
+    full_env.update(env or {})
+    procs = [
+        subprocess.Popen(smartflow_cmd(*c), cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+        for c in commands
+    ]  # fmt: skip
+    results = []
+    for proc, cmd in zip(procs, commands, strict=True):
+        out, err = proc.communicate(timeout=60)
+        results.append(subprocess.CompletedProcess(cmd, proc.returncode, out, err))
+    return results
+
+
+# --- simulate ----------------------------------------------------------------------------------------
+
+# (flow, resource, previous, trigger, resource types written, message channels, follow-up kinds)
+SIMULATIONS = [
+    ("intake-forms", "patient.json", None, "patient.registered",
+     {"Task", "Communication"}, {"sms", "email"}, {"reminder"}),
+    ("missed-appointment", "appointment-noshow.json", "appointment-booked.json", "appointment.no_show",
+     {"Task", "Communication", "DocumentReference"}, {"sms"}, set()),
+    ("previsit-questionnaire", "appointment-booked.json", None, "appointment.booked",
+     {"Task", "Communication"}, {"sms", "email"}, {"overdue"}),
+    ("weekly-checkin", "appointment-arrived.json", "appointment-booked.json", "appointment.first_kept",
+     {"Task", "Communication"}, {"sms"}, {"recurrence"}),
+    ("careplan-updated", "careplan.json", "careplan-previous.json", "careplan.updated",
+     {"Communication"}, set(), set()),
+    ("billing-insurance", "coverage.json", None, "coverage.added", {"Task"}, set(), set()),
+    ("followup-form-submitted", "questionnaireresponse.json", None, "form.submitted",
+     {"Communication", "Flag"}, set(), set()),
+]  # fmt: skip
+
+
+def _simulate_args(resource: str, previous: str | None) -> list[str]:
+    args = ["simulate", "--resource", str(SIM / resource), "--context", str(SIM / "context.json"), "--at", AT]
+    return [*args, "--previous", str(SIM / previous)] if previous else args
+
+
+def test_simulate_every_example_flow() -> None:
+    results = run_all(*[[*_simulate_args(res, prev), "--json"] for _, res, prev, *_ in SIMULATIONS])
+    for (flow_id, _res, _prev, trigger, types, channels, followups), result in zip(SIMULATIONS, results, strict=True):
+        assert result.returncode == 0, f"{flow_id}: {result.stderr}"
+        report = json.loads(result.stdout)
+        fired = {t["trigger"]: t for t in report["triggers"]}
+        assert trigger in fired, f"{flow_id}: triggers {list(fired)}"
+        run = next(f for f in fired[trigger]["flows"] if f["id"] == flow_id)
+        assert run["ran"], f"{flow_id}: {run['reason']}"
+        writes = [a for a in run["actions"] if a["kind"] == "write"]
+        assert {w["resource_type"] for w in writes} == types, flow_id
+        for write in writes:  # valid FHIR, checked here independently of the command's own check
+            get_fhir_model_class(write["resource_type"]).model_validate(write["resource"])
+            assert write["valid"], write["problems"]
+        assert {a["channel"] for a in run["actions"] if a["kind"] == "message"} >= channels, flow_id
+        assert {a["schedule"] for a in run["actions"] if a["kind"] == "schedule"} == followups, flow_id
+        assert report["invalid_resources"] == 0
+
+
+def test_simulate_text_output_and_no_match() -> None:
+    text, nothing, bad = run_all(
+        _simulate_args("appointment-noshow.json", "appointment-booked.json"),
+        # A no-show seen again with the same status: `previous` makes the mapping not fire.
+        _simulate_args("appointment-noshow.json", "appointment-noshow.json"),
+        ["simulate", "--resource", str(SIM / "missing.json")],
+    )
+    assert text.returncode == 0, text.stderr
+    assert "Trigger appointment.no_show" in text.stdout
+    assert "Flow missed-appointment v2: RUNS" in text.stdout
+    assert "message via sms to Patient/p1" in text.stdout
+    assert "| Hi Ana, we missed you" in text.stdout  # the rendered text, merge fields filled
+    assert '"resourceType": "DocumentReference"' in text.stdout
+    assert nothing.returncode == 0 and "No trigger matched" in nothing.stdout
+    assert bad.returncode == 2 and "missing.json: no such file" in bad.stderr
+
+
+# --- lint --------------------------------------------------------------------------------------------
+
+
+def test_lint_finds_each_problem_and_passes_the_examples() -> None:
+    bad, bad_json, examples = run_all(["lint", str(LINT_BAD)], ["lint", "--json", str(LINT_BAD)], ["lint"])
+    assert bad.returncode == 1
+    findings = json.loads(bad_json.stdout)
+    by_code = {(f["code"], Path(f["file"]).name) for f in findings}
+    assert ("unmapped-trigger", "flow-never-fires.toml") in by_code
+    assert ("unknown-path", "flow-bad-path.toml") in by_code
+    assert ("duplicate-automation", "flow-dup-b.toml") in by_code
+    assert ("reminder-not-before-due", "flow-reminder-late.toml") in by_code
+    assert ("unbounded-recurrence", "flow-endless.toml") in by_code
+    assert ("unused-template", "template-unused.toml") in by_code
+    # Nothing else: the well-formed parts of the fixtures raise no finding.
+    assert len(findings) == 6, findings
+    assert "flow-bad-path.toml:5: error: unknown-path" in bad.stdout
+    assert examples.returncode == 0, examples.stdout + examples.stderr
+    assert "error" not in examples.stdout and "warning:" not in examples.stdout
+
+
+# --- docs --------------------------------------------------------------------------------------------
+
+
+def test_docs_are_deterministic_with_a_mermaid_block_per_flow(tmp_path: Path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    r1, r2 = run_all(["docs", "--out", str(first)], ["docs", "--out", str(second)])
+    assert r1.returncode == 0 and r2.returncode == 0, r1.stderr + r2.stderr
+    pages = sorted(p.name for p in first.iterdir())
+    assert pages == sorted(p.name for p in second.iterdir())
+    for name in pages:
+        assert (first / name).read_text() == (second / name).read_text(), name
+    flow_pages = [p for p in pages if p != "index.md"]
+    assert len(flow_pages) >= 7
+    index = (first / "index.md").read_text()
+    for name in flow_pages:
+        text = (first / name).read_text()
+        assert text.count("```mermaid") == 1, name
+        assert f"]({name})" in index
+    intake = (first / "intake-forms.md").read_text()
+    assert "3 days after the trigger event (weekends: next-monday)" in intake
+    assert "Reminder: 1 day before the due date" in intake
+    assert "{{ form.link }}" in intake  # template text
+
+
+# --- subscriptions -----------------------------------------------------------------------------------
+
+CONFIG = """
+[[subscriptions]]
+id = "appointments"
+header = "X-Smartflow-Secret"
+secret_env = "TEST_SUB_SECRET"
+criteria = "Appointment?"
+
+[[subscriptions]]
+id = "everything-else"
+header = "X-Smartflow-Secret"
+secret_env = "TEST_SUB_SECRET"
+criteria = "Patient?"
+"""
+
+
+def test_subscriptions_print_validates_for_both_styles(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(CONFIG)
+    env = {"TEST_SUB_SECRET": "very-secret-value"}
+    base = ["--config", str(cfg), "subscriptions", "print", "--json", "--endpoint", "https://hooks.example.org/n"]
+    classic, backport, shown = run_all(
+        [*base, "--style", "classic"], [*base, "--style", "backport"], [*base, "--show-secrets"], env=env
+    )
+    for result in (classic, backport, shown):
+        assert result.returncode == 0, result.stderr
+    classic_subs, backport_subs = json.loads(classic.stdout), json.loads(backport.stdout)
+    for sub in classic_subs + backport_subs:
+        Subscription.model_validate(sub)
+        assert sub["channel"]["endpoint"] == "https://hooks.example.org/n"
+    assert "very-secret-value" not in classic.stdout + backport.stdout
+    assert "very-secret-value" in shown.stdout
+    criteria = {s["criteria"] for s in classic_subs}
+    assert {"Appointment?status=noshow", "Task?status=completed", "Patient?"} <= criteria
+    noshow = next(s for s in classic_subs if s["criteria"] == "Appointment?status=noshow")
+    assert noshow["channel"]["header"] == ["X-Smartflow-Secret: ********"]
+    assert noshow["channel"]["payload"] == "application/fhir+json"
+    for sub in backport_subs:
+        assert sub["meta"]["profile"] == [
+            "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription"
+        ]
+        assert sub["criteria"].startswith("urn:fhir-smartflow:topic:")
+        urls = {e["url"].rsplit("/", 1)[1] for e in sub["channel"]["extension"]}
+        assert urls == {"backport-heartbeat-period", "backport-timeout"}
+        assert sub["channel"]["_payload"]["extension"][0]["valueCode"] == "full-resource"
+    filtered = [s for s in backport_subs if "_criteria" in s]
+    assert any(e["valueString"] == "Appointment?status=noshow" for s in filtered for e in s["_criteria"]["extension"])
+
+
+class TinyFhirServer:
+    """A minimal FHIR server for Subscription (search by _tag, create, update) on a real socket."""
+
+    def __init__(self) -> None:
+        self.store: dict[str, dict[str, Any]] = {}
+        self.writes = 0
+        app = Flask("tiny-fhir")
+
+        @app.get("/fhir/Subscription")
+        def search() -> Any:
+            system, _, code = request.args.get("_tag", "|").partition("|")
+            hits = [r for r in self.store.values()
+                    if any(t["system"] == system and t["code"] == code for t in r["meta"]["tag"])]  # fmt: skip
+            return jsonify({"resourceType": "Bundle", "type": "searchset", "total": len(hits),
+                            "entry": [{"resource": r, "search": {"mode": "match"}} for r in hits]})  # fmt: skip
+
+        @app.post("/fhir/Subscription")
+        def create() -> Any:
+            body = request.get_json()
+            body["id"] = f"s{len(self.store) + 1}"
+            body["meta"] = {**body["meta"], "versionId": "1"}
+            self.store[body["id"]] = body
+            self.writes += 1
+            return jsonify(body), 201, {"Location": f"/fhir/Subscription/{body['id']}/_history/1"}
+
+        @app.put("/fhir/Subscription/<rid>")
+        def update(rid: str) -> Any:
+            body = request.get_json()
+            version = int(self.store[rid]["meta"]["versionId"]) + 1
+            body["meta"] = {**body["meta"], "versionId": str(version)}
+            self.store[rid] = body
+            self.writes += 1
+            return jsonify(body), 200
+
+        self.port = free_port()
+        self.server = make_server("127.0.0.1", self.port, app, threaded=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/fhir"
+
+
+@pytest.fixture
+def fhir_server() -> Iterator[TinyFhirServer]:
+    server = TinyFhirServer()
+    server.thread.start()
+    yield server
+    server.server.shutdown()
+
+
+def test_subscriptions_sync_is_idempotent(fhir_server: TinyFhirServer, tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[fhir]\nbase_url = "{fhir_server.base}"\nmax_retries = 0\n' + CONFIG)
+    args = ["--config", str(cfg), "subscriptions", "sync", "--json", "--endpoint", "https://hooks.example.org/n"]
+    env = {"TEST_SUB_SECRET": "s3"}
+    (first,) = run_all(args, env=env)
+    assert first.returncode == 0, first.stderr
+    created = json.loads(first.stdout)
+    assert created and {r["action"] for r in created} == {"created"}
+    snapshot = json.loads(json.dumps(fhir_server.store))
+    writes = fhir_server.writes
+    (second,) = run_all(args, env=env)
+    assert second.returncode == 0, second.stderr
+    assert {r["action"] for r in json.loads(second.stdout)} == {"unchanged"}
+    assert fhir_server.store == snapshot and fhir_server.writes == writes
+    for sub in fhir_server.store.values():
+        Subscription.model_validate(sub)
+        assert sub["channel"]["header"] == ["X-Smartflow-Secret: s3"]  # sync sends the real secret
+    # A changed endpoint updates in place: same ids, no new resources.
+    (third,) = run_all([*args[:-1], "https://hooks.example.org/other"], env=env)
+    assert {r["action"] for r in json.loads(third.stdout)} == {"updated"}
+    assert set(fhir_server.store) == set(snapshot)
+    # The secret must be in the environment for sync.
+    (missing,) = run_all(args)
+    assert missing.returncode == 2 and "TEST_SUB_SECRET" in missing.stderr
+
+
+# --- export ------------------------------------------------------------------------------------------
+
+
+def test_export_plandefinition_is_valid_r4b() -> None:
+    good, unknown = run_all(["export", "plandefinition", "intake-forms"], ["export", "plandefinition", "nope"])
+    assert good.returncode == 0, good.stderr
+    resource = json.loads(good.stdout)
+    PlanDefinition.model_validate(resource)
+    first = resource["action"][0]
+    assert first["trigger"] == [{"type": "named-event", "name": "patient.registered"}]
+    assert first["condition"][0]["expression"] == {
+        "language": "text/fhirpath", "expression": "birthDate <= today() - 18 years"
+    }  # fmt: skip
+    assert first["definitionCanonical"] == "http://example.org/fhir/Questionnaire/intake"
+    assert first["timingDuration"] == {"value": 3, "unit": "days", "system": "http://unitsofmeasure.org", "code": "d"}
+    assert first["participant"] == [{"type": "patient"}]
+    assert first["action"][0]["relatedAction"][0]["relationship"] == "before-start"
+    review = resource["action"][1]
+    assert review["participant"][0]["role"]["coding"][0]["code"] == "768730001"
+    assert unknown.returncode == 2 and "unknown flow 'nope'" in unknown.stderr
