@@ -71,3 +71,7 @@ main.add_command(lint_command)
 main.add_command(docs_command)
 main.add_command(export_group)
 main.add_command(subscriptions_group)
+
+from fhir_smartflow.commands.flows import validate  # noqa: E402
+
+main.add_command(validate)

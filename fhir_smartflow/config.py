@@ -303,9 +303,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
     for key in raw:
         if key not in allowed:
             raise ConfigError(f"[{key}]", "unknown section")
-    values: dict[str, Any] = {
-        name: _section(cls, raw.get(name, {}), name, env) for name, cls in _SECTIONS.items()
-    }
+    values: dict[str, Any] = {name: _section(cls, raw.get(name, {}), name, env) for name, cls in _SECTIONS.items()}
     if "roles" in raw:
         values["roles"] = _coerce(raw["roles"], dict[str, str], "[roles]", from_env=False)
     if "subscriptions" in raw:

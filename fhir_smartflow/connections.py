@@ -71,3 +71,11 @@ class Keys:
 
     def counter(self, name: str) -> str:
         return f"{self.prefix}count:{name}"
+
+    def once(self, key: str) -> str:
+        """Claim of a fire-once trigger (appointment.first_kept per patient)."""
+        return f"{self.prefix}once:{key}"
+
+    def discharged(self, patient: str) -> str:
+        """Marker: this patient was discharged (flows with not_after do not start)."""
+        return f"{self.prefix}discharged:{patient}"

@@ -7,6 +7,7 @@ must consume the whole expression, and a check of every function name against fh
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -31,7 +32,8 @@ class FhirPathError(ValueError):
 
 class _Raise(ErrorListener):
     def syntaxError(self, recognizer: Any, offending: Any, line: int, column: int, msg: str, e: Any) -> None:
-        raise FhirPathError(f"syntax error at column {column + 1}: {msg}")
+        # antlr lists every token it expected; the first part of the message is what helps a person.
+        raise FhirPathError(f"syntax error at column {column + 1}: {msg.split(' expecting ')[0]}")
 
 
 def check(expression: str) -> None:
@@ -60,8 +62,13 @@ def check(expression: str) -> None:
             raise FhirPathError(f"unknown function {name}()")
 
 
+@functools.lru_cache(maxsize=1024)
 def compile_path(expression: str) -> Compiled:
-    """Check then compile against the R4 model (so choice types like ``value[x]`` resolve)."""
+    """Check then compile against the R4 model (so choice types like ``value[x]`` resolve).
+
+    Memoized: parsing is slow (antlr in pure Python) and a compiled expression is a pure function.
+    Errors are not cached (lru_cache does not keep exceptions), so they are re-raised each time.
+    """
     check(expression)
     return fhirpathpy.compile(expression, models["r4"])
 

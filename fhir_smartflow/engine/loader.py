@@ -184,6 +184,8 @@ def _compile(
     table: str | None = None,
     index: int | None = None,
 ) -> None:
+    if expression in paths:
+        return
     try:
         paths[expression] = compile_path(expression)
     except FhirPathError as exc:
@@ -422,8 +424,8 @@ def _duration(check: Checker, raw: object, field: str, key: str, index: int, all
         check.error(field, f'expected a table like {{ amount = 1, unit = "days" }}, got {raw!r}', key=key, **t)
         return None
     check.unknown_keys(raw, allowed, field + ".", **t)
-    amount = check.get(raw, "amount", int, field=f"{field}.amount", required=True, **t)
-    unit = check.get(raw, "unit", str, field=f"{field}.unit", required=True, **t)
+    amount = check.get(raw, "amount", int, field=f"{field}.amount", required=True, line_key=key, **t)
+    unit = check.get(raw, "unit", str, field=f"{field}.unit", required=True, line_key=key, **t)
     if amount is not None and amount < 0:
         check.error(f"{field}.amount", f"must be zero or more, got {amount}", key=key, **t)
         amount = None
@@ -469,6 +471,7 @@ def _parse_action(
                 key="template",
                 **t,
             )
+            template = None
     elif atype in _NEEDS_TEMPLATE:
         check.error(p + "template", f"required for a {atype} action", key="template", **t)
     if atype == "record-prompt" and template is not None and template.prompt is None:
@@ -477,7 +480,7 @@ def _parse_action(
         )
     methods = check.string_list(raw, "methods", field=p + "methods", **t)
     if atype is not None:
-        methods = _check_methods(check, atype, methods, template, "methods" in raw, p, t)
+        methods = _check_methods(check, atype, methods, template, "methods" in raw, p, t, named=template_id is not None)
     due = None
     raw_due = raw.get("due")
     if raw_due is not None:
@@ -496,7 +499,7 @@ def _parse_action(
             p + "weekend", f"must be one of {', '.join(m.WEEKEND_POLICIES)}, got {weekend!r}", key="weekend", **t
         )
     owner = _parse_owner(check, raw.get("owner"), p, settings, t)
-    if atype == "staff-task" and (owner is None or owner.kind == "patient"):
+    if atype == "staff-task" and ("owner" not in raw or (owner is not None and owner.kind == "patient")):
         check.error(
             p + "owner",
             "a staff-task needs an owner: { practitioner = ... }, { role = ... } or { group = ... }",
@@ -515,7 +518,9 @@ def _parse_action(
     raw_overdue = check.get(raw, "overdue", dict, field=p + "overdue", **t)
     if raw_overdue is not None:
         check.unknown_keys(raw_overdue, {"notify_owner"}, p + "overdue.", **t)
-        notify = check.get(raw_overdue, "notify_owner", bool, field=p + "overdue.notify_owner", default=False, **t)
+        notify = check.get(
+            raw_overdue, "notify_owner", bool, field=p + "overdue.notify_owner", default=False, line_key="overdue", **t
+        )
         overdue = m.Overdue(notify)
         if raw_due is None:
             check.error(p + "overdue", "overdue needs a due date: add `due`", key="overdue", **t)
@@ -551,7 +556,14 @@ def _parse_action(
 
 
 def _check_methods(
-    check: Checker, atype: str, methods: tuple[str, ...], template: Template | None, given: bool, p: str, t: dict
+    check: Checker,
+    atype: str,
+    methods: tuple[str, ...],
+    template: Template | None,
+    given: bool,
+    p: str,
+    t: dict,
+    named: bool = False,
 ) -> tuple[str, ...]:
     allowed = ALLOWED_METHODS[atype]
     if not given:
@@ -574,7 +586,7 @@ def _check_methods(
                 key="methods",
                 **t,
             )
-    if methods and template is None and atype not in ("staff-task", "record-prompt"):
+    if methods and template is None and not named and atype not in ("staff-task", "record-prompt"):
         check.error(p + "template", "sending a message needs a template", key="methods", **t)
     if atype == "patient-message" and not methods:
         check.error(p + "methods", "a patient-message needs at least one method", key="methods", **t)
@@ -627,10 +639,10 @@ def _parse_recurring(check: Checker, raw: object, p: str, t: dict) -> m.Recurrin
         return None
     before = len(check.errors)
     check.unknown_keys(raw, {"every", "cron", "count", "until"}, field + ".", **t)
-    every = check.get(raw, "every", str, field=field + ".every", **t)
-    cron = check.get(raw, "cron", str, field=field + ".cron", **t)
-    count = check.get(raw, "count", int, field=field + ".count", **t)
-    until_raw = check.get(raw, "until", (date, str), field=field + ".until", **t)
+    every = check.get(raw, "every", str, field=field + ".every", line_key="recurring", **t)
+    cron = check.get(raw, "cron", str, field=field + ".cron", line_key="recurring", **t)
+    count = check.get(raw, "count", int, field=field + ".count", line_key="recurring", **t)
+    until_raw = check.get(raw, "until", (date, str), field=field + ".until", line_key="recurring", **t)
     if (every is None) == (cron is None):
         check.error(field, "give exactly one of `every` (daily, weekly, monthly) or `cron`", key="recurring", **t)
     if every is not None and every not in m.RECUR_EVERY:

@@ -106,9 +106,19 @@ class Checker:
         self.errors: list[LoadError] = []
 
     def error(
-        self, field: str, reason: str, key: str | None = None, table: str | None = None, index: int | None = None
+        self,
+        field: str,
+        reason: str,
+        key: str | None = None,
+        table: str | None = None,
+        index: int | None = None,
+        missing: bool = False,
     ) -> None:
-        line = self.source.line_of(key or field.split(".")[-1].split("[")[0], table, index)
+        """Record a problem; the line is where ``key`` is set (for a missing key: its table's header)."""
+        if missing:
+            line = self.source.line_of("\0", table, index) if table is not None else None
+        else:
+            line = self.source.line_of(key or field.split(".")[-1].split("[")[0], table, index)
         self.errors.append(LoadError(self.source.path, field, reason, line))
 
     def unknown_keys(
@@ -141,20 +151,23 @@ class Checker:
         default: Any = None,
         table: str | None = None,
         index: int | None = None,
+        line_key: str | None = None,
     ) -> Any:
         name = field or key
         if key not in data:
             if required:
-                self.error(name, "required", key=key, table=table, index=index)
+                self.error(name, "required", key=line_key, table=table, index=index, missing=line_key is None)
             return default
         value = data[key]
         expected = types if isinstance(types, tuple) else (types,)
         ok = isinstance(value, expected) and not (isinstance(value, bool) and bool not in expected)
         if not ok:
-            self.error(name, f"expected {_type_names(expected)}, got {value!r}", key=key, table=table, index=index)
+            self.error(
+                name, f"expected {_type_names(expected)}, got {value!r}", key=line_key or key, table=table, index=index
+            )
             return default
         if required and isinstance(value, str) and not value.strip():
-            self.error(name, "must not be empty", key=key, table=table, index=index)
+            self.error(name, "must not be empty", key=line_key or key, table=table, index=index)
             return default
         return value
 

@@ -76,6 +76,14 @@ def coding_from(system_code: str, display: str | None = None) -> dict[str, str]:
     return out
 
 
+def concept(system_code: str, text: str | None = None) -> dict[str, Any]:
+    """``"system|code"`` → CodeableConcept (``text``: our name for it, e.g. the role name)."""
+    out: dict[str, Any] = {"coding": [coding_from(system_code)]}
+    if text:
+        out["text"] = text
+    return out
+
+
 def build_task(
     *,
     identifier_system: str,
@@ -88,7 +96,7 @@ def build_task(
     for_ref: str | None = None,
     focus: str | None = None,
     owner: str | None = None,
-    performer_types: Sequence[dict[str, str]] = (),
+    performer_types: Sequence[dict[str, Any]] = (),
     due: str | None = None,
     questionnaire: str | None = None,
     code_text: str | None = None,
@@ -125,7 +133,7 @@ def build_task(
     if owner:
         task["owner"] = reference(owner)
     if performer_types:
-        task["performerType"] = [{"coding": [dict(c)]} for c in performer_types]
+        task["performerType"] = [dict(c) for c in performer_types]
     if due:
         task["restriction"] = {"period": {"end": due}}
     return task
@@ -227,7 +235,7 @@ def build_flag(
     author: str,
     start: str,
     end: str | None = None,
-    roles: Sequence[dict[str, str]] = (),
+    roles: Sequence[dict[str, Any]] = (),
     practitioners: Sequence[str] = (),
 ) -> dict[str, Any]:
     """An active Flag (record prompt) with its allowed audience in an extension."""
@@ -243,7 +251,7 @@ def build_flag(
         "period": period,
         "author": reference(author),
     }
-    audience = [{"url": ALLOWED_AUDIENCE_URL, "valueCodeableConcept": {"coding": [dict(c)]}} for c in roles]
+    audience = [{"url": ALLOWED_AUDIENCE_URL, "valueCodeableConcept": dict(c)} for c in roles]
     audience += [{"url": ALLOWED_AUDIENCE_URL, "valueReference": reference(p)} for p in practitioners]
     if audience:
         flag["extension"] = audience

@@ -1,0 +1,47 @@
+"""Deterministic identifiers (docs/internals.md): same flow + version + trigger event + action → same value."""
+
+from __future__ import annotations
+
+import hashlib
+
+INSTANTIATES_PREFIX = "urn:fhir-smartflow:flow:"
+
+
+def digest(*parts: object) -> str:
+    """First 20 hex of sha256 over ``|``-joined parts."""
+    return hashlib.sha256("|".join(str(p) for p in parts).encode("utf-8")).hexdigest()[:20]
+
+
+def group_id(flow_id: str, version: str, trigger_id: str) -> str:
+    """Task.groupIdentifier value shared by every task of one flow run."""
+    return f"{flow_id}/{digest(flow_id, version, trigger_id)}"
+
+
+def resource_id(
+    flow_id: str,
+    version: str,
+    trigger_id: str,
+    action_index: int,
+    action_slug: str,
+    kind: str,
+    method: str = "",
+    occurrence: int | str = 0,
+) -> str:
+    """Business identifier value of one resource (or plan action) of one flow run."""
+    hashed = digest(flow_id, version, trigger_id, action_index, kind, method, occurrence)
+    return f"{flow_id}/{action_slug}/{kind}/{hashed}"
+
+
+def instantiates_uri(flow_id: str, version: str, action_slug: str) -> str:
+    return f"{INSTANTIATES_PREFIX}{flow_id}:{version}#{action_slug}"
+
+
+def parse_instantiates_uri(uri: str | None) -> tuple[str, str, str] | None:
+    """(flow_id, version, action_slug) from a Task.instantiatesUri we wrote, else None."""
+    if not uri or not uri.startswith(INSTANTIATES_PREFIX) or "#" not in uri:
+        return None
+    head, slug = uri[len(INSTANTIATES_PREFIX) :].split("#", 1)
+    flow_id, sep, version = head.partition(":")  # flow ids never contain ":"
+    if not sep or not flow_id or not slug:
+        return None
+    return flow_id, version, slug

@@ -1,0 +1,203 @@
+"""One flow run's context: the flow, the trigger, identifiers, and the record fetched lazily.
+
+Context resources (Patient, Appointment, Coverage + payer Organization, Practitioner, Questionnaire)
+are read through the ContextSource only when a template of the run uses them, once per run.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+from jinja2 import meta
+
+from fhir_smartflow.config import Settings
+from fhir_smartflow.engine.anchors import AnchorMissing, primary_coverage, resolve_anchor
+from fhir_smartflow.engine.due import clinic_holidays, compute_due
+from fhir_smartflow.engine.identifiers import group_id, instantiates_uri, resource_id
+from fhir_smartflow.engine.interfaces import ContextSource
+from fhir_smartflow.engine.model import Action, Due, Engine, Flow, Template
+from fhir_smartflow.engine.plan import TriggerEvent
+from fhir_smartflow.engine.templating import build_catalog, make_environment, render
+
+
+class RunProblem(Exception):
+    """The run cannot be planned (no patient, missing anchor, ...): recorded as the run's reason."""
+
+
+@functools.lru_cache(maxsize=512)
+def _roots(source: str) -> frozenset[str]:
+    """Top-level merge-field names a template text uses (patient, insurance, ...)."""
+    return frozenset(meta.find_undeclared_variables(make_environment().parse(source)))
+
+
+@dataclass
+class RunContext:
+    engine: Engine
+    settings: Settings
+    flow: Flow
+    trigger: TriggerEvent
+    context: ContextSource
+    now: datetime
+    occurrence: int = 0
+    _cache: dict[str, Any] = field(default_factory=dict)
+
+    # --- identity ---------------------------------------------------------------------------------
+
+    @property
+    def system(self) -> str:
+        return self.settings.fhir.identifier_system
+
+    @property
+    def device(self) -> str:
+        return f"Device/{self.settings.fhir.device_id}"
+
+    @property
+    def group(self) -> str:
+        return group_id(self.flow.id, self.flow.version, self.trigger.id)
+
+    @property
+    def focus(self) -> str | None:
+        return self.trigger.event.reference
+
+    def rid(self, action: Action, kind: str, method: str = "", occurrence: int | str | None = None) -> str:
+        occ = self.occurrence if occurrence is None else occurrence
+        return resource_id(
+            self.flow.id, self.flow.version, self.trigger.id, action.index, action.slug, kind, method, occ
+        )
+
+    def instantiates(self, action: Action) -> str:
+        return instantiates_uri(self.flow.id, self.flow.version, action.slug)
+
+    def patient_ref(self) -> str:
+        if not self.trigger.patient:
+            raise RunProblem(f"no patient found on {self.trigger.event.reference or 'the trigger resource'}")
+        return self.trigger.patient
+
+    # --- due dates --------------------------------------------------------------------------------
+
+    def due(self, spec: Due | None, action: Action, base: datetime | None = None) -> datetime | None:
+        """The due instant of ``action``; ``base`` replaces the anchor (recurring occurrences)."""
+        if spec is None:
+            return None
+        if base is None:
+            try:
+                base = resolve_anchor(spec.anchor, self.trigger, self.context, self.settings.clinic.timezone)
+            except AnchorMissing as exc:
+                raise RunProblem(f"action {action.name!r}: due anchor {spec.anchor!r} not found: {exc}") from None
+        return compute_due(
+            base, spec.amount, spec.unit, spec.direction, self.settings.clinic.timezone, action.weekend, self.holidays()
+        )
+
+    def holidays(self) -> Any:
+        if "holidays" not in self._cache:
+            clinic = self.settings.clinic
+            self._cache["holidays"] = clinic_holidays(clinic.holidays_country, clinic.holidays_subdivision)
+        return self._cache["holidays"]
+
+    # --- the record -------------------------------------------------------------------------------
+
+    def _read(self, reference: str | None) -> dict[str, Any] | None:
+        if not reference:
+            return None
+        key = f"read:{reference}"
+        if key not in self._cache:
+            resource = self.trigger.event.resource if reference == self.focus else None
+            self._cache[key] = resource or self.context.read(reference)
+        return self._cache[key]
+
+    def patient(self) -> dict[str, Any] | None:
+        return self._read(self.trigger.patient)
+
+    def appointment(self) -> dict[str, Any] | None:
+        if self.trigger.event.resource_type == "Appointment":
+            return self._read(self.focus)  # follow-ups carry only the reference: read it
+        if "appointment" not in self._cache:
+            found: list[dict[str, Any]] = []
+            if self.trigger.patient:
+                found = self.context.search("Appointment", {"patient": self.trigger.patient, "status": "booked"})
+            found = sorted((a for a in found if a.get("start")), key=lambda a: a["start"])
+            self._cache["appointment"] = found[0] if found else None
+        return self._cache["appointment"]
+
+    def payer(self) -> dict[str, Any] | None:
+        if "payer" not in self._cache:
+            coverages: list[dict[str, Any]] = []
+            focus = self._read(self.focus) if self.trigger.event.resource_type == "Coverage" else None
+            if focus:
+                coverages.append(focus)
+            elif self.trigger.patient:
+                coverages = self.context.search("Coverage", {"beneficiary": self.trigger.patient, "status": "active"})
+            primary = primary_coverage(coverages)
+            payor = ((primary or {}).get("payor") or [{}])[0]
+            payer = self._read(payor.get("reference")) if payor.get("reference") else None
+            if payer is None and payor.get("display"):
+                payer = {"name": payor["display"]}
+            self._cache["payer"] = payer
+        return self._cache["payer"]
+
+    def practitioner(self) -> dict[str, Any] | None:
+        for participant in (self.appointment() or {}).get("participant") or []:
+            ref = (participant.get("actor") or {}).get("reference") or ""
+            if ref.startswith("Practitioner/"):
+                return self._read(ref)
+        return None
+
+    def questionnaire(self, canonical: str) -> dict[str, Any] | None:
+        key = f"questionnaire:{canonical}"
+        if key not in self._cache:
+            found = self.context.search("Questionnaire", {"url": canonical.split("|")[0]}) if canonical else []
+            self._cache[key] = found[0] if found else None
+        return self._cache[key]
+
+    def form_link(self, task_identifier: str) -> str:
+        portal = self.settings.clinic.portal_url.rstrip("/")
+        if not portal:
+            return "the patient portal"
+        return f"{portal}/tasks?identifier={quote(task_identifier, safe='')}"
+
+    # --- rendering --------------------------------------------------------------------------------
+
+    def render(
+        self, template: Template, part: str, *, form: str = "", task_identifier: str = "", due: datetime | None = None
+    ) -> str:
+        compiled = self.engine.renderers.get((template.id, part))
+        if compiled is None:
+            return ""
+        source = {
+            "subject": template.subject,
+            "body": template.body,
+            "prompt": template.prompt.text if template.prompt else "",
+        }[part]
+        used = _roots(source)
+        # Outside send-form, "the form" is the one the trigger is about (form.submitted's questionnaire).
+        form = form or self.trigger.parameters.get("questionnaire", "")
+        catalog = build_catalog(
+            self.settings,
+            patient=self.patient() if "patient" in used else None,
+            appointment=self.appointment() if used & {"appointment", "clinician"} else None,
+            payer=self.payer() if "insurance" in used else None,
+            practitioner=self.practitioner() if "clinician" in used else None,
+            questionnaire=self.questionnaire(form) if form and "form" in used else None,
+            questionnaire_url=form,
+            form_link=self.form_link(task_identifier) if task_identifier and "form" in used else "",
+            due=due,
+        )
+        return render(compiled, catalog)
+
+    def role_concept(self, role: str) -> dict[str, Any]:
+        """The role as a CodeableConcept: the PractitionerRole code from [roles], text = role name."""
+        from fhir_smartflow.fhir.resources import concept
+
+        return concept(self.settings.roles[role], role)
+
+    def role_members(self, role: str) -> list[str]:
+        """PractitionerRole references holding ``role`` (for messages addressed to a role)."""
+        key = f"role:{role}"
+        if key not in self._cache:
+            found = self.context.search("PractitionerRole", {"role": self.settings.roles[role], "active": "true"})
+            self._cache[key] = sorted(f"PractitionerRole/{r['id']}" for r in found if r.get("id"))
+        return self._cache[key]

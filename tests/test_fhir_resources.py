@@ -1,0 +1,140 @@
+"""Resource builders: every output validates with fhir.resources R4B and carries the right codes."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from fhir_smartflow.fhir import resources as fr
+
+SYSTEM = "urn:fhir-smartflow:id"
+
+
+def test_sdc_task_validates():
+    task = fr.build_task(
+        identifier_system=SYSTEM,
+        identifier_value="f/a/Task/1",
+        group="f/1",
+        instantiates_uri="urn:fhir-smartflow:flow:f:1#a",
+        description="Complete intake",
+        authored_on="2026-03-05T15:00:00Z",
+        requester="Device/fhir-smartflow",
+        for_ref="Patient/p1",
+        focus="Patient/p1",
+        owner="Patient/p1",
+        due="2026-03-09T14:00:00Z",
+        questionnaire="http://example.org/fhir/Questionnaire/intake",
+        code_text="Intake",
+    )
+    fr.validate_resource(task)
+    assert task["code"]["coding"] == [{"system": fr.SDC_TEMP, "code": "complete-questionnaire"}]
+    assert task["input"][0]["type"]["coding"][0]["code"] == "questionnaire"
+    assert (task["status"], task["intent"]) == ("requested", "order")
+    assert task["restriction"] == {"period": {"end": "2026-03-09T14:00:00Z"}}
+
+
+def test_staff_task_with_performer_type_validates():
+    task = fr.build_task(
+        identifier_system=SYSTEM,
+        identifier_value="f/b/Task/2",
+        group="f/1",
+        instantiates_uri="urn:x",
+        description="d",
+        authored_on="2026-03-05T15:00:00Z",
+        requester="Device/x",
+        for_ref="Patient/p1",
+        performer_types=[fr.concept("http://snomed.info/sct|768730001", "case-manager")],
+    )
+    fr.validate_resource(task)
+    assert "input" not in task and task["performerType"][0]["coding"][0]["code"] == "768730001"
+
+
+@pytest.mark.parametrize(
+    ("method", "code"),
+    [
+        ("sms", "MSGWRIT"),
+        ("email", "EMAILWRIT"),
+        ("voice", "PHONE"),
+        ("portal", "ONLINEWRIT"),
+        ("staff-message", "ONLINEWRIT"),
+        ("webhook", "ELECTRONIC"),
+    ],
+)
+def test_communication_medium_per_method(method, code):
+    comm = fr.build_communication(
+        identifier_system=SYSTEM,
+        identifier_value=f"c/{method}",
+        method=method,
+        text="Hello",
+        sender="Device/x",
+        status="in-progress",
+        recipients=["Patient/p1"],
+        subject="Patient/p1",
+        based_on_task="f/a/Task/1",
+        about="Appointment/a1",
+    )
+    fr.validate_resource(comm)
+    assert comm["medium"][0]["coding"][0] == {
+        "system": fr.PARTICIPATION_MODE,
+        "code": code,
+        "display": fr.MEDIUM[method][1],
+    }
+    assert comm["basedOn"][0] == {"type": "Task", "identifier": {"system": SYSTEM, "value": "f/a/Task/1"}}
+    assert comm["payload"] == [{"contentString": "Hello"}]
+
+
+@pytest.mark.parametrize(
+    ("note_type", "loinc"),
+    [
+        ("progress-note", "11506-3"),
+        ("consult-note", "11488-4"),
+        ("history-and-physical", "34117-2"),
+        ("discharge-summary", "18842-5"),
+        ("procedure-note", "28570-0"),
+    ],
+)
+def test_document_reference_note_types(note_type, loinc):
+    doc = fr.build_document_reference(
+        identifier_system=SYSTEM,
+        identifier_value="d/1",
+        note_type=note_type,
+        text="Note ✓",
+        title="Missed visit",
+        subject="Patient/p1",
+        author="Device/fhir-smartflow",
+        created="2026-03-13T16:00:00Z",
+        encounter="Encounter/e1",
+    )
+    fr.validate_resource(doc)
+    assert doc["type"]["coding"][0]["code"] == loinc
+    attachment = doc["content"][0]["attachment"]
+    assert base64.b64decode(attachment["data"]).decode() == "Note ✓"
+    assert attachment["contentType"].startswith("text/plain")
+    assert doc["context"]["encounter"] == [{"reference": "Encounter/e1"}]
+
+
+def test_flag_with_audience_extension():
+    flag = fr.build_flag(
+        identifier_system=SYSTEM,
+        identifier_value="fl/1",
+        text="Review answers",
+        subject="Patient/p1",
+        author="Device/x",
+        start="2026-03-10T18:30:00Z",
+        end="2026-03-17T18:30:00Z",
+        roles=[fr.concept("http://terminology.hl7.org/CodeSystem/practitioner-role|doctor", "clinician")],
+        practitioners=["Practitioner/dr-lee"],
+    )
+    fr.validate_resource(flag)
+    assert [e["url"] for e in flag["extension"]] == [fr.ALLOWED_AUDIENCE_URL] * 2
+    assert flag["status"] == "active" and flag["code"] == {"text": "Review answers"}
+
+
+def test_validate_resource_names_the_problem():
+    with pytest.raises(fr.ResourceValidationError, match="invalid Task"):
+        fr.validate_resource({"resourceType": "Task", "status": "requested"})
+    with pytest.raises(fr.ResourceValidationError, match="unknown resource type"):
+        fr.validate_resource({"resourceType": "Spaceship"})
+    with pytest.raises(fr.ResourceValidationError, match="no resourceType"):
+        fr.validate_resource({})
