@@ -75,3 +75,7 @@ main.add_command(subscriptions_group)
 from fhir_smartflow.commands.flows import validate  # noqa: E402
 
 main.add_command(validate)
+
+from fhir_smartflow.commands.sandbox import sandbox_command  # noqa: E402
+
+main.add_command(sandbox_command)

@@ -104,6 +104,8 @@ class SandboxConfig:
     path: str = defaults.SANDBOX_PATH
     database: str = defaults.SANDBOX_DB
     heartbeat_seconds: int = defaults.SANDBOX_HEARTBEAT_SECONDS
+    # Enables POST/DELETE /$faults (injected 503/429/stalls) for tests and chaos runs; never in production.
+    faults: bool = False
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,12 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -145,3 +147,47 @@ def processes(tmp_path: Path) -> Iterator[callable]:
     yield start
     for p in reversed(started):
         p.stop()
+
+
+class ThreadedWsgiServer:
+    """A real HTTP server (werkzeug, threaded) for a WSGI app, on a free port, in a daemon thread."""
+
+    def __init__(self, app: Any) -> None:
+        from werkzeug.serving import make_server
+
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def sandbox_server() -> Iterator[str]:
+    """Base URL of a fresh in-memory sandbox FHIR store served over real HTTP (fault injection enabled
+    but idle: POST {base}/$faults to turn it on). The app is reachable as `sandbox_server.app`."""
+    from fhir_smartflow.config import Settings
+    from fhir_smartflow.sandbox.app import create_sandbox_app
+
+    app = create_sandbox_app(Settings(), faults=True)
+    server = ThreadedWsgiServer(app)
+    state = app.extensions["sandbox"]
+    state.base_url = state.notifier.base_url = server.url
+    yield _SandboxURL(server.url, app)
+    server.stop()
+    app.extensions["sandbox"].close()
+
+
+class _SandboxURL(str):
+    """The base URL (a str), carrying the Flask app for tests that need the store or notifier."""
+
+    app: Any
+
+    def __new__(cls, url: str, app: Any) -> _SandboxURL:
+        obj = super().__new__(cls, url)
+        obj.app = app
+        return obj

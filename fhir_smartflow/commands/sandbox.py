@@ -1,0 +1,66 @@
+"""`fhir-smartflow sandbox`: run the sandbox FHIR store on its own (waitress)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from typing import Any
+
+import click
+
+from fhir_smartflow.cli import CliContext, pass_ctx
+
+log = logging.getLogger(__name__)
+
+
+@click.command("sandbox")
+@click.option("--host", default=None, help="Interface to listen on (default: [server] host).")
+@click.option("--port", type=int, default=None, help="Port (default: 8090).")
+@click.option("--database", default=None, help="SQLite file, or :memory: (default: [sandbox] database).")
+@click.option("--faults/--no-faults", default=None, help="Enable /$faults fault injection (default: [sandbox] faults).")
+@click.option("--threads", type=int, default=8, show_default=True, help="waitress worker threads.")
+@pass_ctx
+def sandbox_command(
+    ctx: CliContext, host: str | None, port: int | None, database: str | None, faults: bool | None, threads: int
+) -> None:
+    """Run the sandbox FHIR R4 store alone (for tests and "test your flow before going live").
+
+    Not for production: no authentication, no PHI. The FHIR base is http://HOST:PORT/.
+    """
+    from waitress import create_server
+
+    from fhir_smartflow.sandbox.app import create_sandbox_app
+    from fhir_smartflow.sandbox.store import Store
+
+    settings = ctx.settings
+    host = host or settings.server.host
+    port = 8090 if port is None else port
+    try:
+        store = Store(database or settings.sandbox.database)
+    except Exception as exc:  # sqlite3 errors: bad path, unreadable file
+        click.echo(f"sandbox: cannot open database: {exc}", err=True)
+        sys.exit(2)
+    app = create_sandbox_app(settings, store, base_url=f"http://{host}:{port}", faults=faults)
+    server: Any = create_server(app, host=host, port=port, threads=threads)
+    state = app.extensions["sandbox"]
+    log.warning(
+        "sandbox FHIR store on http://%s:%s (database %s%s) - NOT FOR PRODUCTION",
+        host,
+        server.effective_port,
+        store.database,
+        ", fault injection ON" if state.faults else "",
+    )
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        server.run()
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        state.close()
+        store.close()
+        server.close()

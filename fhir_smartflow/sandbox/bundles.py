@@ -1,0 +1,158 @@
+"""Transaction and batch Bundles: urn:uuid references rewritten, transactions all-or-nothing."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fhir_smartflow.sandbox.errors import BadRequest, SandboxError, error_outcome
+from fhir_smartflow.sandbox.operations import Interactions, Result, parse_etag
+from fhir_smartflow.sandbox.store import new_id
+from fhir_smartflow.sandbox.validation import validate_resource
+
+# FHIR processing order inside a transaction
+_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3, "HEAD": 3}
+_STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
+
+
+def _rewrite(node: Any, mapping: dict[str, str]) -> Any:
+    if isinstance(node, dict):
+        return {
+            k: (mapping.get(v, v) if k == "reference" and isinstance(v, str) else _rewrite(v, mapping))
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_rewrite(v, mapping) for v in node]
+    return node
+
+
+def _split_url(url: str) -> tuple[list[str], str]:
+    path, _, query = url.partition("?")
+    return [p for p in path.strip("/").split("/") if p], query
+
+
+class BundleProcessor:
+    def __init__(self, interactions: Interactions) -> None:
+        self.ops = interactions
+        self.store = interactions.store
+
+    def process(self, bundle: Any, base_url: str) -> dict[str, Any]:
+        if not isinstance(bundle, dict) or not isinstance(bundle.get("entry", []), list):
+            raise BadRequest("the body must be a Bundle with an entry list")
+        # The shell is validated here; each entry's resource when its entry runs, so one bad
+        # resource fails its own entry (batch) with the entry index in the message.
+        shell = {
+            **bundle,
+            "entry": [
+                {k: v for k, v in e.items() if k != "resource"} for e in bundle.get("entry", []) if isinstance(e, dict)
+            ],
+        }
+        validate_resource(shell, "Bundle")
+        kind = bundle.get("type")
+        if kind not in {"transaction", "batch"}:
+            raise BadRequest(f"Bundle.type must be transaction or batch, got {kind!r}", expression="Bundle.type")
+        entries = copy.deepcopy(bundle.get("entry") or [])
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                raise BadRequest(f"Bundle.entry[{i}] must be an object", expression=f"Bundle.entry[{i}]")
+            request = entry.get("request") or {}
+            if not request.get("method") or not request.get("url"):
+                raise BadRequest(f"Bundle.entry[{i}].request needs method and url", expression=f"Bundle.entry[{i}]")
+            if request["method"] not in _ORDER:
+                raise BadRequest(f"Bundle.entry[{i}].request.method {request['method']} is not supported")
+        if kind == "batch":
+            results = [self._safe(i, e, base_url, {}) for i, e in enumerate(entries)]
+        else:
+            with self.store.transaction():
+                mapping = self._assign_ids(entries)
+                results: list[Result] = [Result(0, None)] * len(entries)
+                for i in sorted(range(len(entries)), key=lambda j: _ORDER[entries[j]["request"]["method"]]):
+                    try:
+                        results[i] = self._entry(entries[i], base_url, mapping)
+                    except SandboxError as exc:
+                        exc.message = f"Bundle.entry[{i}]: {exc.message} (transaction rolled back)"
+                        raise
+        return {
+            "resourceType": "Bundle",
+            "type": f"{kind}-response",
+            "entry": [self._response_entry(r) for r in results],
+        }
+
+    def _assign_ids(self, entries: list[dict[str, Any]]) -> dict[str, str]:
+        """urn:uuid fullUrl → Type/id, before anything is written (conditional creates resolve here)."""
+        mapping: dict[str, str] = {}
+        for entry in entries:
+            full_url = entry.get("fullUrl") or ""
+            request = entry["request"]
+            segments, query = _split_url(request["url"])
+            if not full_url.startswith("urn:") or not segments:
+                continue
+            rtype = segments[0]
+            if request["method"] == "POST":
+                condition = request.get("ifNoneExist")
+                target = None
+                if condition:
+                    found = self.ops._conditional_matches(rtype, condition, "ifNoneExist")
+                    target = found[0]["id"] if found else None
+                entry["_assigned"] = target or new_id()
+                entry["_exists"] = target is not None
+                mapping[full_url] = f"{rtype}/{entry['_assigned']}"
+            elif request["method"] == "PUT" and len(segments) == 2 and not query:
+                mapping[full_url] = f"{rtype}/{segments[1]}"
+        return mapping
+
+    def _safe(self, index: int, entry: dict[str, Any], base_url: str, mapping: dict[str, str]) -> Result:
+        try:
+            return self._entry(entry, base_url, mapping)
+        except SandboxError as exc:
+            exc.message = f"Bundle.entry[{index}]: {exc.message}"
+            return Result(exc.status, error_outcome(exc))
+
+    def _entry(self, entry: dict[str, Any], base_url: str, mapping: dict[str, str]) -> Result:
+        request = entry["request"]
+        method = request["method"]
+        segments, query = _split_url(request["url"])
+        if not segments:
+            raise BadRequest(f"request.url {request['url']!r} names no resource type")
+        rtype = segments[0]
+        resource = _rewrite(entry.get("resource"), mapping) if mapping else entry.get("resource")
+        if method == "POST":
+            if entry.get("_exists"):
+                return self.ops.read(rtype, entry["_assigned"], base_url)
+            return self.ops.create(rtype, resource, request.get("ifNoneExist"), base_url, entry.get("_assigned"))
+        if method == "PUT":
+            if len(segments) == 2:
+                return self.ops.update(rtype, segments[1], resource, parse_etag(request.get("ifMatch")), base_url)
+            if query:
+                return self.ops.conditional_update(rtype, query, resource, base_url)
+            raise BadRequest("PUT needs Type/id or Type?search")
+        if method == "DELETE":
+            if len(segments) != 2:
+                raise BadRequest("DELETE needs Type/id (conditional delete is not supported)")
+            return self.ops.delete(rtype, segments[1])
+        # GET / HEAD
+        if len(segments) == 1:
+            return self.ops.search(rtype, parse_qsl(query, keep_blank_values=True), base_url, strict=False)
+        if len(segments) == 2:
+            return self.ops.read(rtype, segments[1], base_url)
+        if len(segments) == 4 and segments[2] == "_history":
+            return self.ops.vread(rtype, segments[1], segments[3], base_url)
+        raise BadRequest(f"request.url {request['url']!r} is not supported")
+
+    @staticmethod
+    def _response_entry(result: Result) -> dict[str, Any]:
+        response: dict[str, Any] = {"status": _STATUS_TEXT.get(result.status, str(result.status))}
+        if result.stored is not None:
+            response["location"] = result.headers["Location"]
+            response["etag"] = result.headers["ETag"]
+            response["lastModified"] = result.headers["Last-Modified"]
+        entry: dict[str, Any] = {"response": response}
+        if result.body is not None:
+            if result.body.get("resourceType") == "OperationOutcome" and result.status >= 400:
+                response["outcome"] = result.body
+            else:
+                entry["resource"] = result.body
+        if result.stored is not None:
+            entry["fullUrl"] = result.headers["Location"].rsplit("/_history/", 1)[0]
+        return entry

@@ -1,0 +1,197 @@
+"""The FHIR interactions of the sandbox, independent of HTTP (used by the routes and by Bundles)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from fhir_smartflow.sandbox import search
+from fhir_smartflow.sandbox.errors import BadRequest, PreconditionFailed, outcome
+from fhir_smartflow.sandbox.store import SearchPage, Store
+from fhir_smartflow.sandbox.subscriptions import parse_subscription
+from fhir_smartflow.sandbox.validation import check_type, validate_resource
+
+
+@dataclass
+class Result:
+    """One interaction's answer: HTTP status, body (resource / Bundle / OperationOutcome) and the stored version."""
+
+    status: int
+    body: dict[str, Any] | None
+    stored: dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def version_headers(base_url: str, resource: dict[str, Any]) -> dict[str, str]:
+    meta = resource.get("meta") or {}
+    version = meta.get("versionId", "1")
+    return {
+        "Location": f"{base_url}/{resource['resourceType']}/{resource['id']}/_history/{version}",
+        "ETag": f'W/"{version}"',
+        "Last-Modified": meta.get("lastUpdated", ""),
+    }
+
+
+def parse_etag(value: str | None) -> int | None:
+    if not value:
+        return None
+    text = value.strip().removeprefix("W/").strip('"')
+    if not text.isdigit():
+        raise BadRequest(f'If-Match must be a version ETag like W/"3", got {value!r}')
+    return int(text)
+
+
+def prepare_write(resource: Any, resource_type: str | None = None) -> dict[str, Any]:
+    """Validate a client's resource. Subscriptions are also checked for what the sandbox can serve, and a
+    client-written Subscription (unless turned off) starts as ``requested``: the notifier activates it."""
+    validate_resource(resource, resource_type)
+    assert isinstance(resource, dict)
+    if resource["resourceType"] == "Subscription":
+        parse_subscription({**resource, "id": resource.get("id") or "new"})
+        if resource.get("status") != "off":
+            resource = {**resource, "status": "requested"}
+            resource.pop("error", None)
+    return resource
+
+
+class Interactions:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    # ---- writes --------------------------------------------------------------------------------
+
+    def create(
+        self,
+        resource_type: str,
+        resource: Any,
+        if_none_exist: str | None,
+        base_url: str,
+        resource_id: str | None = None,
+    ) -> Result:
+        check_type(resource_type)
+        resource = prepare_write(resource, resource_type)
+        with self.store.transaction():  # the lock is held: two conditional creates cannot both create
+            if if_none_exist:
+                existing = self._conditional_matches(resource_type, if_none_exist, "If-None-Exist")
+                if len(existing) == 1:
+                    found = existing[0]
+                    return Result(200, found, found, version_headers(base_url, found))
+            stored = self.store.create(resource, resource_id=resource_id)
+        return Result(201, stored, stored, version_headers(base_url, stored))
+
+    def update(
+        self, resource_type: str, resource_id: str, resource: Any, if_match: int | None, base_url: str
+    ) -> Result:
+        check_type(resource_type)
+        resource = prepare_write(resource, resource_type)
+        stored, created = self.store.update(resource_type, resource_id, resource, if_match=if_match)
+        return Result(201 if created else 200, stored, stored, version_headers(base_url, stored))
+
+    def conditional_update(self, resource_type: str, query: str, resource: Any, base_url: str) -> Result:
+        check_type(resource_type)
+        resource = prepare_write(resource, resource_type)
+        with self.store.transaction():
+            existing = self._conditional_matches(resource_type, query, "conditional update")
+            body_id = resource.get("id")
+            if existing:
+                target = existing[0]["id"]
+                if body_id and body_id != target:
+                    raise BadRequest(f"resource id {body_id!r} does not match the matched {resource_type}/{target}")
+                stored, created = self.store.update(resource_type, target, {**resource, "id": target})
+            elif body_id:
+                stored, created = self.store.update(resource_type, body_id, resource)
+            else:
+                stored, created = self.store.create(resource), True
+        return Result(201 if created else 200, stored, stored, version_headers(base_url, stored))
+
+    def delete(self, resource_type: str, resource_id: str) -> Result:
+        deleted = self.store.delete(resource_type, resource_id)
+        text = f"{resource_type}/{resource_id} deleted" if deleted else f"{resource_type}/{resource_id} was not live"
+        return Result(200, outcome("information", "informational", text))
+
+    def _conditional_matches(self, resource_type: str, query: str, what: str) -> list[dict[str, Any]]:
+        params = parse_qsl(query.split("?", 1)[-1] if "?" in query else query, keep_blank_values=True)
+        if not params:
+            raise BadRequest(f"{what}: no search parameters given")
+        page = self.store.search(resource_type, [*params, ("_count", "2")])
+        if page.query.ignored:
+            # never treat a condition we cannot evaluate as "matches everything"
+            raise BadRequest(f"{what}: unsupported search parameters: {', '.join(page.query.ignored)}")
+        if (page.total or 0) > 1:
+            raise PreconditionFailed(f"{what}: {page.total} {resource_type} resources match {query!r}")
+        return page.resources
+
+    # ---- reads ---------------------------------------------------------------------------------
+
+    def read(self, resource_type: str, resource_id: str, base_url: str) -> Result:
+        resource = self.store.read(resource_type, resource_id)
+        return Result(200, resource, resource, version_headers(base_url, resource))
+
+    def vread(self, resource_type: str, resource_id: str, version: str, base_url: str) -> Result:
+        if not version.isdigit():
+            raise BadRequest(f"version must be a number, got {version!r}")
+        resource = self.store.vread(resource_type, resource_id, int(version))
+        return Result(200, resource, resource, version_headers(base_url, resource))
+
+    def history(self, resource_type: str, resource_id: str, base_url: str) -> Result:
+        entries = []
+        for version, last_updated, interaction, body in self.store.history(resource_type, resource_id):
+            method = {"create": "POST", "update": "PUT", "delete": "DELETE"}[interaction]
+            entry: dict[str, Any] = {
+                "fullUrl": f"{base_url}/{resource_type}/{resource_id}",
+                "request": {
+                    "method": method,
+                    "url": resource_type if method == "POST" else f"{resource_type}/{resource_id}",
+                },
+                "response": {
+                    "status": {"POST": "201", "PUT": "200", "DELETE": "204"}[method],
+                    "lastModified": last_updated,
+                    "etag": f'W/"{version}"',
+                },
+            }
+            if body is not None:
+                entry["resource"] = body
+            entries.append(entry)
+        bundle = {"resourceType": "Bundle", "type": "history", "total": len(entries), "entry": entries}
+        return Result(200, bundle)
+
+    def search(self, resource_type: str, params: list[tuple[str, str]], base_url: str, strict: bool) -> Result:
+        page = self.store.search(resource_type, params)
+        if page.query.ignored and strict:
+            raise BadRequest(f"unknown or unsupported search parameters: {', '.join(page.query.ignored)}")
+        return Result(200, searchset(resource_type, params, page, base_url))
+
+
+def searchset(resource_type: str, params: list[tuple[str, str]], page: SearchPage, base_url: str) -> dict[str, Any]:
+    query = page.query
+    kept = [(k, v) for k, v in params if k != "_page"]
+    self_url = f"{base_url}/{resource_type}" + (f"?{urlencode(kept)}" if kept else "")
+    links = [{"relation": "self", "url": self_url}]
+    more = (
+        page.total is not None and query.offset + len(page.resources) < page.total
+        if page.total is not None
+        else len(page.resources) == query.count
+    )
+    if more and not query.summary_count and query.count > 0:
+        token = search.encode_page(query.offset + query.count)
+        links.append({"relation": "next", "url": f"{base_url}/{resource_type}?{urlencode([*kept, ('_page', token)])}"})
+    entries: list[dict[str, Any]] = [
+        {"fullUrl": f"{base_url}/{resource_type}/{r['id']}", "resource": r, "search": {"mode": "match"}}
+        for r in page.resources
+    ]
+    if query.ignored:
+        entries.append(
+            {
+                "resource": outcome(
+                    "warning", "not-supported", f"search parameters ignored: {', '.join(query.ignored)}"
+                ),
+                "search": {"mode": "outcome"},
+            }
+        )
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "link": links}
+    if page.total is not None:
+        bundle["total"] = page.total
+    if entries:
+        bundle["entry"] = entries
+    return bundle
