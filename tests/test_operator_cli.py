@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.plandefinition import PlanDefinition
 from fhir.resources.R4B.subscription import Subscription
-from flask import Flask, jsonify, request
-from werkzeug.serving import make_server
+from flask import Flask
 
-from tests.conftest import ROOT, free_port, smartflow_cmd
+from tests.conftest import ROOT, ThreadedWsgiServer, smartflow_cmd
 
 SIM = ROOT / "tests" / "fixtures" / "simulate"
 LINT_BAD = ROOT / "tests" / "fixtures" / "lint" / "bad"
@@ -195,7 +194,7 @@ def test_subscriptions_print_validates_for_both_styles(tmp_path: Path) -> None:
         assert sub["meta"]["profile"] == [
             "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription"
         ]
-        assert sub["criteria"].startswith("urn:fhir-smartflow:topic:")
+        assert sub["criteria"].startswith("http://fhir-smartflow.example/SubscriptionTopic/")
         urls = {e["url"].rsplit("/", 1)[1] for e in sub["channel"]["extension"]}
         assert urls == {"backport-heartbeat-period", "backport-timeout"}
         assert sub["channel"]["_payload"]["extension"][0]["valueCode"] == "full-resource"
@@ -203,81 +202,64 @@ def test_subscriptions_print_validates_for_both_styles(tmp_path: Path) -> None:
     assert any(e["valueString"] == "Appointment?status=noshow" for s in filtered for e in s["_criteria"]["extension"])
 
 
-class TinyFhirServer:
-    """A minimal FHIR server for Subscription (search by _tag, create, update) on a real socket."""
-
-    def __init__(self) -> None:
-        self.store: dict[str, dict[str, Any]] = {}
-        self.writes = 0
-        app = Flask("tiny-fhir")
-
-        @app.get("/fhir/Subscription")
-        def search() -> Any:
-            system, _, code = request.args.get("_tag", "|").partition("|")
-            hits = [r for r in self.store.values()
-                    if any(t["system"] == system and t["code"] == code for t in r["meta"]["tag"])]  # fmt: skip
-            return jsonify({"resourceType": "Bundle", "type": "searchset", "total": len(hits),
-                            "entry": [{"resource": r, "search": {"mode": "match"}} for r in hits]})  # fmt: skip
-
-        @app.post("/fhir/Subscription")
-        def create() -> Any:
-            body = request.get_json()
-            body["id"] = f"s{len(self.store) + 1}"
-            body["meta"] = {**body["meta"], "versionId": "1"}
-            self.store[body["id"]] = body
-            self.writes += 1
-            return jsonify(body), 201, {"Location": f"/fhir/Subscription/{body['id']}/_history/1"}
-
-        @app.put("/fhir/Subscription/<rid>")
-        def update(rid: str) -> Any:
-            body = request.get_json()
-            version = int(self.store[rid]["meta"]["versionId"]) + 1
-            body["meta"] = {**body["meta"], "versionId": str(version)}
-            self.store[rid] = body
-            self.writes += 1
-            return jsonify(body), 200
-
-        self.port = free_port()
-        self.server = make_server("127.0.0.1", self.port, app, threaded=True)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}/fhir"
-
-
 @pytest.fixture
-def fhir_server() -> Iterator[TinyFhirServer]:
-    server = TinyFhirServer()
-    server.thread.start()
-    yield server
-    server.server.shutdown()
+def webhook() -> Iterator[str]:
+    """A real listener that accepts every notification (so backport handshakes succeed)."""
+    app = Flask("hook")
+    app.add_url_rule("/<path:_p>", "any", lambda _p: ("", 200), methods=["POST", "PUT"])
+    server = ThreadedWsgiServer(app)
+    yield server.url
+    server.stop()
 
 
-def test_subscriptions_sync_is_idempotent(fhir_server: TinyFhirServer, tmp_path: Path) -> None:
+def _sandbox_subscriptions(base: str) -> dict[str, dict[str, Any]]:
+    bundle = requests.get(f"{base}/Subscription", params={"_count": "1000"}, timeout=10).json()
+    return {e["resource"]["id"]: e["resource"] for e in bundle.get("entry") or []}
+
+
+def _ours(resource: dict[str, Any]) -> dict[str, Any]:
+    """What sync owns (the server manages status, error and meta.versionId / lastUpdated)."""
+    return {k: v for k, v in resource.items() if k not in {"status", "error", "meta"}} | {
+        "tag": resource["meta"]["tag"]
+    }
+
+
+@pytest.mark.parametrize("style", ["classic", "backport"])
+def test_subscriptions_sync_against_the_sandbox_is_idempotent(
+    sandbox_server: str, webhook: str, tmp_path: Path, style: str
+) -> None:
     cfg = tmp_path / "c.toml"
-    cfg.write_text(f'[fhir]\nbase_url = "{fhir_server.base}"\nmax_retries = 0\n' + CONFIG)
-    args = ["--config", str(cfg), "subscriptions", "sync", "--json", "--endpoint", "https://hooks.example.org/n"]
+    cfg.write_text(f'[fhir]\nbase_url = "{sandbox_server}"\nmax_retries = 0\n' + CONFIG)
+    hook = f"{webhook}/fhir/notify"
+    args = ["--config", str(cfg), "subscriptions", "sync", "--style", style, "--json", "--endpoint", hook]
     env = {"TEST_SUB_SECRET": "s3"}
     (first,) = run_all(args, env=env)
     assert first.returncode == 0, first.stderr
     created = json.loads(first.stdout)
     assert created and {r["action"] for r in created} == {"created"}
-    snapshot = json.loads(json.dumps(fhir_server.store))
-    writes = fhir_server.writes
+    stored = _sandbox_subscriptions(sandbox_server)
+    assert set(stored) == {r["id"] for r in created}
     (second,) = run_all(args, env=env)
     assert second.returncode == 0, second.stderr
     assert {r["action"] for r in json.loads(second.stdout)} == {"unchanged"}
-    assert fhir_server.store == snapshot and fhir_server.writes == writes
-    for sub in fhir_server.store.values():
+    again = _sandbox_subscriptions(sandbox_server)
+    assert {k: _ours(v) for k, v in again.items()} == {k: _ours(v) for k, v in stored.items()}
+    for sub in again.values():
         Subscription.model_validate(sub)
         assert sub["channel"]["header"] == ["X-Smartflow-Secret: s3"]  # sync sends the real secret
-    # A changed endpoint updates in place: same ids, no new resources.
-    (third,) = run_all([*args[:-1], "https://hooks.example.org/other"], env=env)
+    # A changed endpoint updates in place: same ids, nothing new.
+    (third,) = run_all([*args[:-1], hook + "/v2"], env=env)
+    assert third.returncode == 0, third.stderr
     assert {r["action"] for r in json.loads(third.stdout)} == {"updated"}
-    assert set(fhir_server.store) == set(snapshot)
-    # The secret must be in the environment for sync.
-    (missing,) = run_all(args)
+    latest = _sandbox_subscriptions(sandbox_server)
+    assert set(latest) == set(stored)
+    assert {s["channel"]["endpoint"] for s in latest.values()} == {hook + "/v2"}
+
+
+def test_sync_needs_the_secrets(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(CONFIG)
+    (missing,) = run_all(["--config", str(cfg), "subscriptions", "sync"])
     assert missing.returncode == 2 and "TEST_SUB_SECRET" in missing.stderr
 
 

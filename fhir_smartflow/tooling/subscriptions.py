@@ -34,9 +34,20 @@ PAYLOAD_CONTENT = BACKPORT + "backport-payload-content"
 HEARTBEAT_PERIOD = BACKPORT + "backport-heartbeat-period"
 TIMEOUT = BACKPORT + "backport-timeout"
 R5_IDENTIFIER = "http://hl7.org/fhir/5.0/StructureDefinition/extension-Subscription.identifier"
-TOPIC_BASE = "urn:fhir-smartflow:topic:"
+# The project's SubscriptionTopic canonicals (defined with the sandbox store, which serves them).
+TOPIC_BASE = "http://fhir-smartflow.example/SubscriptionTopic/"
+GENERIC_TOPIC = TOPIC_BASE + "resource-changes"  # any resource type; the filter names it
+TOPIC_FOR_TYPE = {
+    "Patient": TOPIC_BASE + "patient-changes",
+    "Appointment": TOPIC_BASE + "appointment-changes",
+    "QuestionnaireResponse": TOPIC_BASE + "questionnaire-response-changes",
+    "Encounter": TOPIC_BASE + "encounter-changes",
+    "Task": TOPIC_BASE + "task-changes",
+    "CarePlan": TOPIC_BASE + "careplan-changes",
+}
 LIFECYCLE_TRIGGERS = ("task.completed",)
 STYLES = ("classic", "backport")
+INACTIVE = {"error", "off"}
 MASK = "********"
 
 
@@ -100,11 +111,12 @@ def _matching_config(wanted: Wanted, topic: str, configs: list[SubscriptionConfi
 
 
 def topic_for(wanted: Wanted, configs: list[SubscriptionConfig]) -> str:
-    """A configured topic canonical for this resource type, else ``urn:fhir-smartflow:topic:<type>``."""
+    """A configured topic canonical for this resource type, else the project's own SubscriptionTopic for
+    the type (the ones the sandbox store serves), else its generic ``resource-changes`` topic."""
     for cfg in configs:
         if cfg.topic and (cfg.criteria.split("?")[0] == wanted.resource or cfg.criteria == wanted.search):
             return cfg.topic
-    return f"{TOPIC_BASE}{wanted.resource.lower()}"
+    return TOPIC_FOR_TYPE.get(wanted.resource, GENERIC_TOPIC)
 
 
 def build_subscriptions(
@@ -152,7 +164,7 @@ def build_subscriptions(
                 }
             ]
             sub["criteria"] = topic
-            if not wanted.search.endswith("?"):
+            if not wanted.search.endswith("?") or topic == GENERIC_TOPIC:
                 sub["_criteria"] = {"extension": [{"url": FILTER_CRITERIA, "valueString": wanted.search}]}
             channel["extension"] = [
                 {"url": HEARTBEAT_PERIOD, "valueUnsignedInt": heartbeat_seconds},
@@ -212,7 +224,11 @@ def sync_subscriptions(server: SubscriptionServer, resources: list[dict[str, Any
                 log.warning(
                     "%d Subscriptions carry tag %s; updating Subscription/%s", len(found), code, current.get("id")
                 )
-            if _comparable(current) == _comparable(wanted):
+            if current.get("status") in INACTIVE:
+                # The server gave up on it (failed handshake / deliveries): asking again re-activates it.
+                stored = server.update({**wanted, "id": current["id"]})
+                action = "reactivated"
+            elif _comparable(current) == _comparable(wanted):
                 stored, action = current, "unchanged"
             else:
                 stored = server.update({**wanted, "id": current["id"]})
