@@ -79,3 +79,10 @@ main.add_command(validate)
 from fhir_smartflow.commands.sandbox import sandbox_command  # noqa: E402
 
 main.add_command(sandbox_command)
+
+# Commands live in fhir_smartflow/commands/<area>.py; registered here.
+from fhir_smartflow.commands import service as _service  # noqa: E402
+
+main.add_command(_service.serve)
+main.add_command(_service.worker)
+main.add_command(_service.replay)

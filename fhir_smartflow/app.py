@@ -1,0 +1,82 @@
+"""The WSGI application: the webhook, health endpoints, and any extra WSGI apps mounted beside it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import redis
+from flask import Flask, Response
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+from fhir_smartflow.config import Settings
+from fhir_smartflow.connections import Keys, connect
+from fhir_smartflow.ingest.app import IngestContext, create_ingest_blueprint, fhir_response
+from fhir_smartflow.ingest.auth import Authenticator
+from fhir_smartflow.ingest.queueing import make_queue
+from fhir_smartflow.metrics import Metrics
+from fhir_smartflow.runtime import utc_now
+
+log = logging.getLogger(__name__)
+
+WSGIApp = Callable[..., Any]
+
+
+def create_app(
+    settings: Settings,
+    redis_conn: redis.Redis | None = None,
+    *,
+    insecure_dev: bool = False,
+    extra_wsgi_mounts: dict[str, WSGIApp] | None = None,
+    clock: Callable[[], datetime] = utc_now,
+) -> Flask:
+    """Build the app. Raises `ConfigError` when no subscription is configured and not ``insecure_dev``.
+
+    ``extra_wsgi_mounts`` maps a path prefix to a WSGI app served under it (``serve`` mounts the
+    sandbox FHIR store at ``settings.sandbox.path`` when no FHIR base URL is configured).
+    """
+    conn = redis_conn if redis_conn is not None else connect(settings)
+    prefix = settings.redis.key_prefix
+    ctx = IngestContext(
+        settings=settings,
+        conn=conn,
+        queue=make_queue(conn, settings.redis.queue, prefix),
+        keys=Keys(prefix),
+        metrics=Metrics(conn, prefix),
+        authenticator=Authenticator.from_config(settings.subscriptions, insecure_dev=insecure_dev),
+        clock=clock,
+    )
+    app = Flask("fhir_smartflow")
+    app.config["MAX_CONTENT_LENGTH"] = settings.server.max_body_bytes
+    app.extensions["smartflow"] = ctx
+    app.register_blueprint(create_ingest_blueprint(ctx))
+    _register_error_handlers(app)
+    if extra_wsgi_mounts:
+        app.wsgi_app = DispatcherMiddleware(app.wsgi_app, dict(extra_wsgi_mounts))  # type: ignore[method-assign]
+    return app
+
+
+def _register_error_handlers(app: Flask) -> None:
+    """Every error is FHIR JSON too; anything unexpected is our fault (500), never the client's input."""
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        response = fhir_response(status, exc.description or exc.name)
+        if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
+            response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+        return response
+
+    @app.errorhandler(redis.RedisError)
+    def redis_error(exc: redis.RedisError) -> Response:
+        retry_after = str(app.extensions["smartflow"].settings.server.retry_after_seconds)
+        log.error("Redis unavailable: %s", type(exc).__name__)
+        return fhir_response(503, "queue unavailable; retry later", {"Retry-After": retry_after})
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        log.exception("unexpected error handling a request")
+        return fhir_response(500, "internal error; the delivery was not accepted")

@@ -1,0 +1,133 @@
+"""``serve``, ``worker`` and ``replay``: the long-running processes and the dead-letter replay."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+
+import click
+import rq
+
+from fhir_smartflow.cli import CliContext, pass_ctx
+from fhir_smartflow.config import ConfigError
+from fhir_smartflow.connections import embedded_redis
+from fhir_smartflow.ingest.app import webhook_redis
+from fhir_smartflow.ingest.workers import WORKER_LOG_LEVEL, replay_failed, run_embedded_worker, worker_connection
+from fhir_smartflow.runtime import build_runtime, install
+
+log = logging.getLogger(__name__)
+
+
+@click.command()
+@click.option(
+    "--insecure-dev", is_flag=True, help="Accept unauthenticated deliveries when no subscription is configured."
+)
+@click.option(
+    "--embedded",
+    is_flag=True,
+    help="In-process queue (fakeredis) and worker thread; implies --insecure-dev without subscriptions. "
+    "Also the default when no [redis] url is configured. NOT FOR PRODUCTION.",
+)
+@click.option("--host", default=None, help="Listen address (default: [server] host).")
+@click.option("--port", type=int, default=None, help="Listen port (default: [server] port).")
+@click.option("--threads", type=int, default=8, show_default=True, help="waitress worker threads.")
+@pass_ctx
+def serve(
+    cli: CliContext, insecure_dev: bool, embedded: bool, host: str | None, port: int | None, threads: int
+) -> None:
+    """Run the webhook (waitress): authenticate, parse and queue FHIR subscription notifications."""
+    import waitress
+
+    from fhir_smartflow.app import create_app
+
+    settings = cli.settings
+    embedded = embedded or settings.embedded_queue
+    stop = threading.Event()
+    if embedded:
+        conn = embedded_redis()
+        log.warning(
+            "EMBEDDED MODE: in-process queue and worker thread; queued work is lost when the process "
+            "stops. NOT FOR PRODUCTION."
+        )
+        if not settings.subscriptions and not insecure_dev:
+            insecure_dev = True
+            log.warning("EMBEDDED MODE implies --insecure-dev: webhook deliveries are NOT authenticated.")
+        rt = build_runtime(settings, conn)
+        install(rt)
+        threading.Thread(target=run_embedded_worker, args=(rt, stop), name="embedded-worker", daemon=True).start()
+    else:
+        conn = webhook_redis(settings.redis.url)
+    # Extra WSGI apps served beside the webhook. SANDBOX HOOK (for the lead): when settings.sandbox_fhir,
+    # mounts[settings.sandbox.path] = create_sandbox_app(settings) from fhir_smartflow.sandbox.
+    mounts: dict[str, object] = {}
+    try:
+        app = create_app(settings, conn, insecure_dev=insecure_dev, extra_wsgi_mounts=mounts or None)  # type: ignore[arg-type]
+    except ConfigError as exc:
+        click.echo(f"configuration error: {exc}", err=True)
+        sys.exit(2)
+    host = host or settings.server.host
+    port = port if port is not None else settings.server.port
+    log.info("serving webhook on http://%s:%s%s", host, port, settings.server.notify_path)
+    try:
+        waitress.serve(app, host=host, port=port, threads=threads, ident="fhir-smartflow", _quiet=True)
+    finally:
+        stop.set()
+
+
+@click.command()
+@click.option("--burst", is_flag=True, help="Process what is queued, then exit.")
+@click.option(
+    "--with-scheduler/--without-scheduler",
+    default=True,
+    show_default=True,
+    help="Also move due retries and scheduled jobs (gap sweeps) into the queue; at least one worker needs it.",
+)
+@click.option(
+    "--worker-class",
+    type=click.Choice(["simple", "fork"]),
+    default="simple",
+    show_default=True,
+    help="simple: jobs run in this process (fast); fork: each job in a forked child (isolation).",
+)
+@pass_ctx
+def worker(cli: CliContext, burst: bool, with_scheduler: bool, worker_class: str) -> None:
+    """Run an rq worker on the configured Redis: dedupe, gap checks, fetch, dispatch."""
+    settings = cli.settings
+    if settings.embedded_queue:
+        click.echo(
+            "configuration error: [redis] url: required for a separate worker "
+            "(with the embedded queue, `serve` runs its own worker thread)",
+            err=True,
+        )
+        sys.exit(2)
+    conn = worker_connection(settings)
+    rt = build_runtime(settings, conn)
+    install(rt)
+    cls = rq.SimpleWorker if worker_class == "simple" else rq.Worker
+    w = cls([rt.queue], connection=conn)
+    log.info("worker %s (%s) on queue %s", w.name, worker_class, rt.queue.name)
+    w.work(burst=burst, with_scheduler=with_scheduler, logging_level=WORKER_LOG_LEVEL)
+
+
+@click.command()
+@click.option(
+    "--failed", is_flag=True, default=True, help="Replay rq's failed-job registry (the default and only source)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print what was replayed as JSON.")
+@pass_ctx
+def replay(cli: CliContext, failed: bool, as_json: bool) -> None:
+    """Re-enqueue failed jobs (their payload is kept in rq's failed registry)."""
+    settings = cli.settings
+    if settings.embedded_queue:
+        click.echo("configuration error: [redis] url: replay needs the shared Redis", err=True)
+        sys.exit(2)
+    rt = build_runtime(settings, worker_connection(settings))
+    done = replay_failed(rt)
+    if as_json:
+        click.echo(json.dumps({"replayed": done}, indent=2))
+        return
+    for item in done:
+        click.echo(f"replayed {item['job_id']} -> {item['new_job_id']}: {item['description']} ({item['reason']})")
+    click.echo(f"{len(done)} failed job(s) re-enqueued")

@@ -1,0 +1,221 @@
+"""The webhook: authenticate → parse → record + enqueue (one Redis transaction) → answer.
+
+Every answer is FHIR JSON (an OperationOutcome; informational on success): some servers parse the
+reply and count anything else as a failed delivery. The 200 means "durably queued": events are in
+Redis before we answer, and if Redis is unavailable the answer is 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import redis
+import rq
+from flask import Blueprint, Response, request
+
+from fhir_smartflow import defaults, logs
+from fhir_smartflow.config import Settings
+from fhir_smartflow.connections import Keys
+from fhir_smartflow.ingest.auth import INSECURE_DEV_SUBSCRIPTION, Authenticator, AuthError
+from fhir_smartflow.ingest.gaps import record_status
+from fhir_smartflow.ingest.parse import Notification, NotificationError, parse_notification
+from fhir_smartflow.ingest.queueing import enqueue_events
+from fhir_smartflow.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+_ISSUE_CODES = {
+    400: "invalid",
+    401: "login",
+    403: "forbidden",
+    404: "not-found",
+    405: "not-supported",
+    413: "too-costly",
+    415: "not-supported",
+    503: "transient",
+}
+
+
+def operation_outcome(status: int, diagnostics: str, severity: str | None = None) -> dict[str, Any]:
+    if severity is None:
+        severity = "information" if status < 400 else "error"
+    code = "informational" if status < 400 else _ISSUE_CODES.get(status, "exception")
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": severity, "code": code, "diagnostics": diagnostics}],
+    }
+
+
+def fhir_response(status: int, diagnostics: str, headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps(operation_outcome(status, diagnostics))
+    return Response(body, status=status, mimetype=defaults.FHIR_JSON, headers=headers or {})
+
+
+@dataclasses.dataclass
+class IngestContext:
+    settings: Settings
+    conn: redis.Redis
+    queue: rq.Queue
+    keys: Keys
+    metrics: Metrics
+    authenticator: Authenticator
+    clock: Callable[[], datetime]
+
+
+def webhook_redis(url: str) -> redis.Redis:
+    """The webhook's Redis client: fail fast (the sender retries after our 503), one quick retry
+    so a pooled connection left stale by a Redis restart does not cost a delivery."""
+    from redis.backoff import ConstantBackoff
+    from redis.retry import Retry
+
+    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5, retry=Retry(ConstantBackoff(0.05), 1))
+
+
+def create_ingest_blueprint(ctx: IngestContext) -> Blueprint:
+    bp = Blueprint("ingest", __name__)
+    path = ctx.settings.server.notify_path.rstrip("/") or "/"
+
+    @bp.route(path, methods=["POST"], strict_slashes=False)
+    def notify() -> Response:
+        return _handle(ctx, None)
+
+    @bp.route(f"{path}/<rtype>/<rid>", methods=["POST", "PUT", "DELETE"])
+    def notify_resource(rtype: str, rid: str) -> Response:
+        return _handle(ctx, f"{rtype}/{rid}")
+
+    @bp.get("/healthz")
+    def healthz() -> Response:
+        return fhir_response(200, "process up")
+
+    @bp.get("/readyz")
+    def readyz() -> Response:
+        try:
+            ctx.conn.ping()
+        except redis.RedisError as exc:
+            return fhir_response(503, f"Redis unavailable: {type(exc).__name__}")
+        return fhir_response(200, f"ready: Redis reachable, configuration loaded from {ctx.settings.source}")
+
+    return bp
+
+
+def _count(ctx: IngestContext, name: str, **labels: str) -> None:
+    """Best-effort metric for refused deliveries (Redis may be the reason we refuse)."""
+    with contextlib.suppress(redis.RedisError):
+        ctx.metrics.inc(name, **labels)
+
+
+def _read_body(limit: int) -> bytes | None:
+    """The raw body, or None when it is over ``limit`` (checked before and while reading)."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    # A chunked body over the limit raises RequestEntityTooLarge (app MAX_CONTENT_LENGTH): a 413 too.
+    body = request.get_data(cache=False)
+    return None if len(body) > limit else body
+
+
+def _handle(ctx: IngestContext, path_resource: str | None) -> Response:
+    delivery_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    logs.request_id.set(delivery_id[:64])
+    limit = ctx.settings.server.max_body_bytes
+    body = _read_body(limit)
+    if body is None:
+        _count(ctx, "notifications", type="unknown", result="too-large")
+        return fhir_response(413, f"body is larger than the limit of {limit} bytes")
+    try:
+        subscription = ctx.authenticator.identify(dict(request.headers), body)
+    except AuthError as exc:
+        _count(ctx, "auth_failures", reason=exc.reason)
+        _count(ctx, "notifications", type="unknown", result="unauthorized")
+        log.warning("webhook delivery refused (%s): %s", exc.status, exc.message)
+        return fhir_response(exc.status, exc.message)
+    now = ctx.clock()
+    try:
+        notification = parse_notification(
+            request.method,
+            path_resource,
+            dict(request.headers),
+            body,
+            subscription=subscription,
+            received_at=now.isoformat(),
+            delivery_id=delivery_id,
+        )
+    except NotificationError as exc:
+        _count(ctx, "notifications", type="unknown", result="rejected")
+        log.info("webhook delivery rejected (%s): %s", exc.status, exc.message)
+        return fhir_response(exc.status, exc.message)
+    if ctx.authenticator.insecure_dev and notification.subscription_id:
+        notification = _rename(notification, notification.subscription_id)
+        subscription = notification.subscription_id
+    try:
+        queued = _record_and_enqueue(ctx, subscription, notification, now)
+    except redis.RedisError as exc:
+        retry_after = str(ctx.settings.server.retry_after_seconds)
+        log.error("Redis unavailable, delivery not accepted (%s): answering 503", type(exc).__name__)
+        return fhir_response(
+            503, f"queue unavailable; nothing was accepted, retry in {retry_after} s", {"Retry-After": retry_after}
+        )
+    focus = ", ".join(e.reference or "criteria" for e in notification.events[:5])
+    log.info(
+        "%s for subscription %s: %d event(s) queued%s",
+        notification.kind,
+        subscription,
+        queued,
+        f" ({focus})" if focus else "",
+    )
+    return fhir_response(200, f"{notification.kind} accepted for subscription {subscription}: {queued} event(s) queued")
+
+
+def _rename(notification: Notification, subscription: str) -> Notification:
+    events = tuple(dataclasses.replace(e, subscription=subscription) for e in notification.events)
+    return dataclasses.replace(notification, events=events)
+
+
+def _record_and_enqueue(ctx: IngestContext, subscription: str, notification: Notification, now: datetime) -> int:
+    """One transaction: the per-subscription record, the jobs and the metrics land together or not at all."""
+    key = ctx.keys.subscription(subscription)
+    pipe = ctx.conn.pipeline()
+    pipe.multi()
+    pipe.hset(key, "last_seen", now.isoformat())
+    pipe.hincrby(key, f"count:{notification.kind}", 1)
+    if notification.subscription:
+        pipe.hset(key, "server_subscription", notification.subscription)
+    numbers = [e.event_number for e in notification.events if e.event_number is not None]
+    last_number = max(numbers) if numbers else notification.events_since_start
+    if last_number is not None:
+        pipe.hset(key, "last_event_number", last_number)
+    if notification.kind in {"handshake", "heartbeat"}:
+        record_status(pipe, ctx.keys, subscription, notification.kind, notification.events_since_start, now)
+    events = list(notification.events)
+    enqueue_events(
+        ctx.queue,
+        events,
+        pipeline=pipe,
+        metrics=ctx.metrics,
+        job_timeout=ctx.settings.redis.job_timeout_seconds,
+    )
+    ctx.metrics.inc("notifications", pipe=pipe, type=notification.kind, result="accepted")
+    pipe.execute()
+    return len(events)
+
+
+def subscription_record(conn: redis.Redis, keys: Keys, subscription: str) -> dict[str, str]:
+    """What the webhook (and the gap tracker) recorded for a subscription."""
+    return {k.decode(): v.decode() for k, v in conn.hgetall(keys.subscription(subscription)).items()}
+
+
+__all__ = [
+    "INSECURE_DEV_SUBSCRIPTION",
+    "IngestContext",
+    "create_ingest_blueprint",
+    "fhir_response",
+    "operation_outcome",
+    "subscription_record",
+    "webhook_redis",
+]

@@ -1,0 +1,159 @@
+"""rq job: one queued `ResourceEvent` → deduplicated, gap-checked, completed, dispatched.
+
+Dedupe claims the event in Redis before dispatch (``SET NX``):
+- ``processing:<token>`` with a short TTL (job timeout + margin) while this job works on it;
+- ``done`` with the long dedupe TTL once dispatch returned.
+If dispatch raises, the claim is released and the exception re-raised, so rq's retry processes it again.
+If the worker dies mid-dispatch, the ``processing`` claim expires by itself; until then a second
+delivery of the same event raises `EventInProgress`, which rq retries later: never a silent drop.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import redis
+from rq import get_current_job
+
+from fhir_smartflow import logs
+from fhir_smartflow.events import ResourceEvent
+from fhir_smartflow.ingest.gaps import GapTracker
+from fhir_smartflow.runtime import Runtime, current
+
+log = logging.getLogger(__name__)
+
+PROCESSING_MARGIN_SECONDS = 60
+DONE = b"done"
+
+
+class EventInProgress(Exception):
+    """Another worker holds the claim on this event (or crashed holding it); retried later."""
+
+
+def dedupe_key(event: ResourceEvent) -> str:
+    """`ResourceEvent.dedupe_key`, never keyed on an event number alone.
+
+    When an event has neither versionId nor timestamp, its dedupe key would rest on the event number
+    only, which a restarted server reuses; the notification's body hash is added then.
+    """
+    key = event.dedupe_key()
+    if not event.version_id and event.event_number is not None and not event.timestamp:
+        key += f"|h{event.body_hash}"
+    return key
+
+
+def process_event(event_dict: dict[str, Any]) -> str:
+    """The rq job (``fhir_smartflow.ingest.jobs.process_event``); returns processed | deduplicated."""
+    rt = current()
+    event = ResourceEvent.from_dict(event_dict)
+    token = logs.event_id.set(f"{event.subscription}:{event.reference or 'criteria'}:{event.event_number}")
+    try:
+        return handle_event(rt, event)
+    finally:
+        logs.event_id.reset(token)
+
+
+def handle_event(rt: Runtime, event: ResourceEvent) -> str:
+    key = rt.keys.dedupe(dedupe_key(event))
+    claim = _claim(rt, key)
+    if claim is None:
+        rt.metrics.inc("events", result="deduplicated")
+        log.info("duplicate of an event already processed: %s", event.reference or "criteria event")
+        return "deduplicated"
+    try:
+        if event.event_number is not None:
+            _track_number(rt, event)
+        resolved, expanded = _complete(rt, event)
+        for item in resolved:
+            _dispatch_once(rt, item, nested=expanded)
+    except Exception:
+        _release(rt.redis, key, claim)
+        if _final_attempt():
+            rt.metrics.inc("events", result="failed")
+        log.warning("event %s failed; claim released for the retry", event.reference or "criteria event")
+        raise
+    rt.redis.set(key, DONE, ex=rt.settings.redis.dedupe_ttl_seconds)
+    rt.metrics.inc("events", result="processed")
+    return "processed"
+
+
+def tracker(rt: Runtime) -> GapTracker:
+    return GapTracker(rt.redis, rt.keys, rt.metrics, rt.settings.redis.gap_grace_seconds, rt.gap_recovery, rt.clock)
+
+
+def _track_number(rt: Runtime, event: ResourceEvent) -> None:
+    assert event.event_number is not None
+    if tracker(rt).observe(event.subscription, event.event_number, event.timestamp) == "jump":
+        # Record the gap even if no later event comes to sweep it (needs a worker with the scheduler).
+        delay = timedelta(seconds=rt.settings.redis.gap_grace_seconds + 1)
+        rt.queue.enqueue_in(delay, SWEEP_GAPS, event.subscription, description=f"sweep_gaps {event.subscription}")
+
+
+SWEEP_GAPS = "fhir_smartflow.ingest.jobs.sweep_gaps"
+
+
+def sweep_gaps(subscription: str) -> int:
+    """rq job, scheduled after a jump: record what is still missing once the grace period is over."""
+    return len(tracker(current()).sweep(subscription))
+
+
+def _claim(rt: Runtime, key: str) -> bytes | None:
+    """Our claim token, or None when the event is already done; raises `EventInProgress`."""
+    token = f"processing:{uuid.uuid4().hex}".encode()
+    ttl = rt.settings.redis.job_timeout_seconds + PROCESSING_MARGIN_SECONDS
+    if rt.redis.set(key, token, nx=True, ex=ttl):
+        return token
+    held = rt.redis.get(key)
+    if held == DONE:
+        return None
+    if held is None:  # expired between the two calls: try once more
+        return token if rt.redis.set(key, token, nx=True, ex=ttl) else _claim(rt, key)
+    raise EventInProgress(f"event {key} is being processed by another worker; retrying later")
+
+
+def _release(conn: redis.Redis, key: str, token: bytes) -> None:
+    """Delete the claim only if it is still ours."""
+
+    def release(pipe: redis.client.Pipeline) -> None:
+        held = pipe.get(key)
+        pipe.multi()
+        if held == token:
+            pipe.delete(key)
+
+    try:
+        conn.transaction(release, key)
+    except redis.RedisError:  # the processing TTL frees it anyway
+        log.exception("could not release the claim on %s", key)
+
+
+def _final_attempt() -> bool:
+    job = get_current_job()
+    return job is None or not job.retries_left
+
+
+def _complete(rt: Runtime, event: ResourceEvent) -> tuple[list[ResourceEvent], bool]:
+    """The event with its resource (fetched when not sent); True when the fetcher expanded it to a list."""
+    if event.resource is not None or event.interaction == "delete":
+        return [event], False
+    fetched = rt.fetcher.fetch(event)
+    return (fetched, True) if isinstance(fetched, list) else ([fetched], False)
+
+
+def _dispatch_once(rt: Runtime, event: ResourceEvent, nested: bool) -> None:
+    """Dispatch; events found by re-querying criteria are deduplicated on their own (most are unchanged)."""
+    if not nested:
+        rt.dispatcher.dispatch(event)
+        return
+    key = rt.keys.dedupe(dedupe_key(event))
+    claim = _claim(rt, key)
+    if claim is None:
+        return
+    try:
+        rt.dispatcher.dispatch(event)
+    except Exception:
+        _release(rt.redis, key, claim)
+        raise
+    rt.redis.set(key, DONE, ex=rt.settings.redis.dedupe_ttl_seconds)

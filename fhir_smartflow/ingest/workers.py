@@ -1,0 +1,75 @@
+"""Worker processes and dead letters: rq workers (separate or in-process) and failed-job replay."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import redis
+import rq
+from rq.job import Job
+from rq.registry import FailedJobRegistry
+from rq.scheduler import RQScheduler
+from rq.timeouts import TimerDeathPenalty
+
+from fhir_smartflow.config import Settings
+from fhir_smartflow.events import ResourceEvent
+from fhir_smartflow.ingest.queueing import PROCESS_EVENT, enqueue_events
+from fhir_smartflow.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+WORKER_LOG_LEVEL = "WARNING"  # rq logs job arguments (payloads, PHI) at INFO
+
+
+def worker_connection(settings: Settings) -> redis.Redis:
+    """No socket timeout: rq's blocking dequeue waits longer than the service's usual 10 s."""
+    return redis.Redis.from_url(settings.redis.url, socket_connect_timeout=2)
+
+
+class ThreadWorker(rq.SimpleWorker):
+    """A SimpleWorker that can run outside the main thread (embedded mode inside ``serve``).
+
+    Only the main thread may install signal handlers, and SIGALRM job timeouts need them: use rq's
+    timer-based timeouts and leave signals to the server.
+    """
+
+    death_penalty_class = TimerDeathPenalty
+
+    def _install_signal_handlers(self) -> None:
+        pass
+
+
+def run_embedded_worker(rt: Runtime, stop: threading.Event, idle_sleep: float = 0.1) -> None:
+    """Drain the queue in bursts until ``stop`` is set; also moves due retries into the queue."""
+    worker = ThreadWorker([rt.queue], connection=rt.redis)
+    scheduler = RQScheduler([rt.queue], connection=rt.redis)
+    scheduler.prepare_registries([rt.queue.name])
+    while not stop.is_set():
+        worked = False
+        try:
+            scheduler.enqueue_scheduled_jobs()
+            worked = worker.work(burst=True, logging_level=WORKER_LOG_LEVEL)
+        except Exception:  # keep the embedded worker alive; the job itself is in rq's registries
+            log.exception("embedded worker loop error")
+        if not worked:
+            stop.wait(idle_sleep)
+
+
+def replay_failed(rt: Runtime) -> list[dict[str, str]]:
+    """Event jobs go back through `enqueue_events` (source ``replay``); other jobs are requeued as they are."""
+    registry = FailedJobRegistry(queue=rt.queue)
+    done: list[dict[str, str]] = []
+    for job_id in registry.get_job_ids():
+        job = Job.fetch(job_id, connection=rt.redis)
+        reason = (job.latest_result().exc_string if job.latest_result() else "") or ""
+        reason = reason.strip().splitlines()[-1] if reason.strip() else "unknown"
+        if job.func_name == PROCESS_EVENT and job.args:
+            event = ResourceEvent.from_dict({**job.args[0], "source": "replay"})
+            (new_id,) = enqueue_events(rt.queue, [event], metrics=rt.metrics)
+            registry.remove(job, delete_job=True)
+        else:
+            registry.requeue(job_id)
+            new_id = job_id
+        done.append({"job_id": job_id, "new_job_id": new_id, "description": job.description or "", "reason": reason})
+    return done
