@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import pytest
 import redis
+import requests
 from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 from rq import Queue
@@ -13,6 +15,7 @@ from rq import Queue
 from fhir_smartflow.config import load_settings
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.observability import register_observability
+from tests.conftest import ROOT, ThreadedWsgiServer
 
 
 def scrape(client) -> dict[str, dict[tuple, float]]:
@@ -112,3 +115,43 @@ def test_rq_dashboard_mount(redis_conn: redis.Redis, redis_url: str, monkeypatch
     assert client.get("/rq/").status_code == 401
     resp = client.get("/rq/0/data/queues.json", headers={"Authorization": "Bearer tok"})
     assert resp.status_code == 200 and "queues" in resp.get_json()
+
+
+def test_metrics_move_when_notifications_arrive(
+    redis_conn: redis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The real webhook app + /metrics over real HTTP: an accepted and a refused notification show up."""
+    from fhir_smartflow.app import create_app
+
+    monkeypatch.setenv("TEST_HOOK_SECRET", "hook-secret")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        f'[redis]\nurl = "{redis_url}"\n[[subscriptions]]\nid = "ehr"\nheader = "X-Smartflow-Secret"\n'
+        'secret_env = "TEST_HOOK_SECRET"\n'
+    )
+    settings = load_settings(cfg)
+    app = create_app(settings, redis_conn)
+    register_observability(app, settings, redis_conn)
+    server = ThreadedWsgiServer(app)
+    try:
+        body = (ROOT / "tests" / "fixtures" / "notifications" / "classic-resource.json").read_bytes()
+        url = f"{server.url}{settings.server.notify_path}"
+        headers = {"Content-Type": "application/fhir+json"}
+        ok = requests.post(url, data=body, headers={**headers, "X-Smartflow-Secret": "hook-secret"}, timeout=10)
+        assert ok.status_code < 300, ok.text
+        refused = requests.post(url, data=body, headers={**headers, "X-Smartflow-Secret": "wrong"}, timeout=10)
+        assert refused.status_code == 403
+        text = requests.get(f"{server.url}/metrics", timeout=10).text
+    finally:
+        server.stop()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    accepted = [v for (name, labels), v in samples.items()
+                if name == "smartflow_notifications_total" and ("result", "accepted") in labels]  # fmt: skip
+    assert accepted == [1]
+    assert samples[("smartflow_notifications_total", (("result", "unauthorized"), ("type", "unknown")))] == 1
+    assert sum(v for (name, _), v in samples.items() if name == "smartflow_auth_failures_total") == 1
+    assert samples[("smartflow_queue_jobs", (("state", "queued"),))] >= 1  # the event waits for a worker
