@@ -181,3 +181,31 @@ def test_capability_statement_validates_and_lists_support(sandbox_server: str) -
     assert task["conditionalCreate"] is True
     assert {i["code"] for i in rest["interaction"]} == {"transaction", "batch"}
     assert statement["implementation"]["url"] == sandbox_server
+    subscription = next(r for r in rest["resource"] if r["type"] == "Subscription")
+    assert {op["name"] for op in subscription["operation"]} == {"status", "events"}
+
+
+def test_mounted_under_a_prefix_builds_urls_from_the_script_root() -> None:
+    from conftest import ThreadedWsgiServer
+    from flask import Flask
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    from fhir_smartflow.config import Settings
+    from fhir_smartflow.sandbox.app import create_sandbox_app
+
+    outer = Flask("outer")
+    sandbox = create_sandbox_app(Settings(), start_notifier=False)
+    outer.wsgi_app = DispatcherMiddleware(outer.wsgi_app, {"/sandbox/fhir": sandbox})  # type: ignore[method-assign]
+    server = ThreadedWsgiServer(outer)
+    base = f"{server.url}/sandbox/fhir"
+    try:
+        created = requests.post(f"{base}/Patient", json=patient(), headers=FHIR, timeout=5)
+        assert created.headers["Location"].startswith(f"{base}/Patient/")
+        requests.post(f"{base}/Patient", json=patient(), headers=FHIR, timeout=5)
+        page = requests.get(f"{base}/Patient?_count=1", timeout=5).json()
+        next_url = next(link["url"] for link in page["link"] if link["relation"] == "next")
+        assert next_url.startswith(f"{base}/Patient?")
+        assert requests.get(next_url, timeout=5).json()["entry"][0]["fullUrl"].startswith(f"{base}/Patient/")
+        assert sandbox.extensions["sandbox"].notifier.base_url == base
+    finally:
+        server.stop()

@@ -258,3 +258,40 @@ def test_ensure_self_subscriptions_is_idempotent(sandbox_server: str, receiver: 
     # changing the secret updates the subscriptions (and re-handshakes)
     ensure_self_subscriptions(store, receiver.url + "/fhir/notify", "X-Smartflow-Secret", "k2", ["Patient"])
     assert store.read("Subscription", ids[0])["channel"]["header"] == ["X-Smartflow-Secret: k2"]
+
+
+def test_status_and_events_operations(sandbox_server: str, receiver: Receiver) -> None:
+    sid = subscribe(sandbox_server, backport(receiver.url, "id-only"))
+    wait_status(sandbox_server, sid, "active")
+    made = [
+        requests.post(f"{sandbox_server}/Patient", json={"resourceType": "Patient"}, headers=FHIR, timeout=5).json()
+        for _ in range(3)
+    ]
+    receiver.wait_for(lambda seen: len(events(seen)) >= 3)
+
+    status = requests.get(f"{sandbox_server}/Subscription/{sid}/$status", timeout=5).json()
+    Bundle.model_validate(status)
+    assert status["type"] == "searchset"
+    by_name = {p["name"]: p for p in status["entry"][0]["resource"]["parameter"]}
+    assert by_name["type"]["valueCode"] == "query-status"
+    assert by_name["status"]["valueCode"] == "active"
+    assert by_name["events-since-subscription-start"]["valueString"] == "3"
+
+    url = f"{sandbox_server}/Subscription/{sid}/$events?eventsSinceNumber=2&content=full-resource"
+    replay = requests.get(url, timeout=5).json()
+    Bundle.model_validate(replay)
+    assert replay["type"] == "history"
+    parameters = replay["entry"][0]["resource"]["parameter"]
+    assert {p["name"]: p for p in parameters}["type"]["valueCode"] == "query-event"
+    numbers = [
+        next(part["valueString"] for part in p["part"] if part["name"] == "event-number")
+        for p in parameters
+        if p["name"] == "notification-event"
+    ]
+    assert numbers == ["2", "3"]
+    assert [e["resource"]["id"] for e in replay["entry"][1:]] == [made[1]["id"], made[2]["id"]]
+    body = {"resourceType": "Parameters", "parameter": [{"name": "eventsSinceNumber", "valueString": "1"},
+            {"name": "eventsUntilNumber", "valueString": "1"}]}  # fmt: skip
+    posted = requests.post(f"{sandbox_server}/Subscription/{sid}/$events", json=body, headers=FHIR, timeout=5).json()
+    assert [e["fullUrl"] for e in posted["entry"][1:]] == [f"{sandbox_server}/Patient/{made[0]['id']}"]
+    assert "resource" not in posted["entry"][1]  # the subscription's own content: id-only

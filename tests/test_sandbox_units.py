@@ -97,9 +97,11 @@ def test_store_versions_history_and_listeners(tmp_path: Path) -> None:
         store.create({"resourceType": "Patient"})
         store.create({"resourceType": "Patient", "gender": 5})
     assert store.search("Patient", []).total == 0 and len(seen) == 3
-    assert store.next_event_number("s1") == 1 and store.next_event_number("s1") == 2
+    assert [store.record_event("s1", seen[i]) for i in (0, 1)] == [1, 2]
     store.close()
     reopened = Store(str(tmp_path / "s.db"))
     assert reopened.events_count("s1") == 2
+    logged = reopened.logged_events("s1", 2, 5)
+    assert [(n, c.interaction, c.resource.get("active")) for n, c in logged] == [(2, "update", True)]
     assert [v for v, *_ in reopened.history("Patient", made["id"])] == [3, 2, 1]
     reopened.close()

@@ -8,6 +8,7 @@ other actions go on.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 OPEN_TASK_STATUSES = ("draft", "requested", "received", "accepted", "ready", "in-progress", "on-hold")
 BUSINESS_STATUS_SYSTEM = "urn:fhir-smartflow:task-business-status"
 FLOW_URI_PREFIX = "urn:fhir-smartflow:flow:"
+RECLAIM_EARLY = timedelta(seconds=30)
+DEFAULT_RETRY_DELAY = timedelta(minutes=5)  # a deferred / retry outcome that names no time
 
 
 class WrittenResource(NamedTuple):
@@ -58,6 +61,16 @@ class ExecutionResult:
     @property
     def ok(self) -> bool:
         return not self.errors
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (for run history)."""
+        return {
+            "written": [w._asdict() for w in self.written],
+            "deliveries": [list(d) for d in self.deliveries],
+            "scheduled": list(self.scheduled),
+            "cancelled": list(self.cancelled),
+            "errors": [dataclasses.asdict(e) for e in self.errors],
+        }
 
 
 def _is_transient(exc: Exception) -> bool:
@@ -135,7 +148,6 @@ class PlanExecutor:
         elif isinstance(action, Schedule):
             self._require_scheduler().schedule(action)
             result.scheduled.append(action.identifier)
-            self._inc("scheduled_jobs", kind=action.kind, result="scheduled")
         elif isinstance(action, CancelGroup):
             self._cancel_group(action, result)
         elif isinstance(action, PatchTask):
@@ -154,10 +166,19 @@ class PlanExecutor:
         validate_resource(action.resource)
         stored, created = self._create(action.resource, action.identifier)
         rtype = action.resource["resourceType"]
-        self._inc("writes", type=rtype, result="created" if created else "existing")
+        self._inc("writes", type=rtype, result=_write_result(created))
         result.written.append(WrittenResource(rtype, str(stored.get("id")), action.identifier, created))
         if rtype != "Provenance" and stored.get("id"):
-            self._write_provenance(plan, run, stored, action.identifier, result)
+            try:
+                self._write_provenance(plan, run, stored, action.identifier, result)
+            except (FhirError, ResourceInvalid) as exc:
+                if _is_transient(exc):
+                    raise
+                # The resource itself is written and usable (its delivery goes ahead); only its
+                # Provenance is missing, which the error says.
+                log.error("execute: Provenance of %s %s failed: %s", rtype, action.identifier, exc)
+                status = exc.status if isinstance(exc, FhirError) else None
+                result.errors.append(ActionError(f"Provenance {action.identifier}/provenance", str(exc), status))
         return stored
 
     def _write_provenance(
@@ -181,7 +202,7 @@ class PlanExecutor:
         )
         validate_resource(provenance)
         prov_stored, created = self._create(provenance, prov_id)
-        self._inc("writes", type="Provenance", result="created" if created else "existing")
+        self._inc("writes", type="Provenance", result=_write_result(created))
         result.written.append(WrittenResource("Provenance", str(prov_stored.get("id")), prov_id, created))
 
     # -- deliveries ------------------------------------------------------------------------------------
@@ -194,15 +215,19 @@ class PlanExecutor:
         if previous is not None and not _reclaimable(previous, now):
             # Already sent (or being sent): never send twice; make sure the Communication says so.
             if previous.get("status") in {"completed", "not-done"}:
+                communication = communication or self._find("Communication", action.communication)
                 self._record_outcome(action, communication, _outcome_from_claim(previous), now)
             result.deliveries.append((action.identifier, f"already-{previous.get('status', 'claimed')}"))
             return
+        # Metrics: the Deliverer counts deliveries, the Scheduler counts scheduled jobs; we count writes.
         # Everything that can fail transiently happens before the claim, so a retry can still send.
         recipient = self.target.read(action.recipient)
         patient = action.recipient if action.recipient.startswith("Patient/") else plan.trigger.patient
         consents = self.target.search("Consent", {"patient": patient, "status": "active"}) if patient else []
         if communication is None:
             communication = self._find("Communication", action.communication)
+        if communication is None:  # never send what we cannot record
+            raise LookupError(f"Communication {action.communication} not found; message not sent")
         deliverer = self.deliverer
         if deliverer is None:
             raise LookupError("no Deliverer configured; message not sent")
@@ -211,16 +236,19 @@ class PlanExecutor:
             return
         try:
             outcome = deliverer.deliver(action, recipient, consents, now)
-        except Exception:
+        except Exception as exc:
             # Unknown whether it went out: keep the claim ("sending") so it is never sent twice.
-            log.exception("execute: deliverer raised for %s; not retried automatically", action.identifier)
+            # The exception text may carry an address, so it is only logged at DEBUG.
+            log.error("execute: deliverer raised %s for %s; not retried", type(exc).__name__, action.identifier)
+            log.debug("execute: deliverer failure for %s", action.identifier, exc_info=True)
             result.deliveries.append((action.identifier, "unknown"))
             return
+        if outcome.status in {"deferred", "retry"} and outcome.retry_at is None:
+            outcome = dataclasses.replace(outcome, retry_at=now + DEFAULT_RETRY_DELAY)
         self.conn.set(claim_key, json.dumps(_claim_from_outcome(outcome)), ex=self.claim_ttl)
-        self._inc("deliveries", channel=action.channel, status=outcome.status)
         result.deliveries.append((action.identifier, outcome.status))
-        if outcome.status in {"deferred", "retry"}:
-            at = outcome.retry_at or now + timedelta(minutes=5)
+        if outcome.status in {"deferred", "retry"} and outcome.retry_at is not None:
+            at = outcome.retry_at
             schedule = Schedule(
                 at=at,
                 kind="delivery",
@@ -277,7 +305,7 @@ class PlanExecutor:
         elif action.patient:
             tasks = self.target.search("Task", {"patient": action.patient, "status": statuses})
             prefixes = tuple(f"{FLOW_URI_PREFIX}{flow}:" for flow in action.flows)
-            tasks = [t for t in tasks if any(u.startswith(prefixes) for u in t.get("instantiatesUri") or [])]
+            tasks = [t for t in tasks if str(t.get("instantiatesUri") or "").startswith(prefixes)]
         else:
             raise LookupError(f"CancelGroup {action.identifier} names neither a group nor a patient")
         for task in tasks:
@@ -291,10 +319,8 @@ class PlanExecutor:
             updated["lastModified"] = _instant(self.clock())
             self.target.update(updated)
             result.cancelled.append(f"Task/{task.get('id')}")
-        if self.scheduler is not None:
-            count = self.scheduler.cancel(group=action.group, patient=action.patient, flows=action.flows)
-            if count:
-                self._inc("scheduled_jobs", kind="any", result="cancelled", amount=count)
+        if self.scheduler is not None:  # the scheduler counts what it cancels (scheduled_jobs)
+            self.scheduler.cancel(group=action.group, patient=action.patient, flows=action.flows)
 
     def _patch_task(self, action: PatchTask, result: ExecutionResult) -> None:
         task = self._find("Task", action.identifier)
@@ -338,6 +364,10 @@ class PlanExecutor:
             self.metrics.inc(name, amount, **labels)
 
 
+def _write_result(created: bool | None) -> str:
+    return "unknown" if created is None else "created" if created else "existing"
+
+
 def _describe(action: Any) -> str:
     kind = type(action).__name__
     if isinstance(action, WriteResource):
@@ -364,11 +394,12 @@ def _load_claim(raw: bytes | None) -> dict[str, Any] | None:
 
 
 def _reclaimable(claim: dict[str, Any], now: datetime) -> bool:
-    """A deferred / retry outcome may be sent again once its time has come."""
+    """A deferred / retry outcome may be sent again once its time has come (a scheduled job firing a
+    little early still counts: the claim swap is atomic, so this cannot send twice)."""
     if claim.get("status") not in {"deferred", "retry"}:
         return False
     at = claim.get("retry_at")
-    return at is None or datetime.fromisoformat(at) <= now
+    return at is None or datetime.fromisoformat(at) <= now + RECLAIM_EARLY
 
 
 def _claim_from_outcome(outcome: DeliveryOutcome) -> dict[str, Any]:

@@ -13,13 +13,15 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import parse_qsl, urljoin
 
 import requests
+import urllib3
 
 from fhir_smartflow.config import Settings
 from fhir_smartflow.defaults import FHIR_JSON
 from fhir_smartflow.fhir.errors import FhirError, FhirUnavailable, error_for_status
-from fhir_smartflow.fhir.urls import BaseUrl, split_reference
+from fhir_smartflow.fhir.urls import RESOURCE_TYPE_RE, BaseUrl, split_reference
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.retry import RETRYABLE_STATUS, RetryPolicy
 
@@ -201,7 +203,7 @@ class FhirClient:
         idempotent: bool | None = None,
     ) -> requests.Response:
         """One logical request: guarded, authenticated, retried; returns a 2xx response or raises."""
-        self.base.check(url)
+        url = self.base.check(url)
         if idempotent is None:
             idempotent = method in {"GET", "HEAD", "PUT", "DELETE"}
         all_headers = {"Accept": FHIR_JSON}
@@ -226,8 +228,9 @@ class FhirClient:
                 )
             except requests.RequestException as exc:
                 self._count(method, "error")
-                sent = not isinstance(exc, requests.ConnectTimeout | requests.exceptions.ProxyError)
-                retryable = isinstance(exc, requests.ConnectionError | requests.Timeout) and (idempotent or not sent)
+                retryable = isinstance(exc, requests.ConnectionError | requests.Timeout) and (
+                    idempotent or _never_sent(exc)
+                )
                 if retryable and self.retry.should_retry(attempt):
                     self._wait(attempt, None, f"{method} {url}: {type(exc).__name__}")
                     continue
@@ -242,7 +245,7 @@ class FhirClient:
                 return resp
             if status in _REDIRECTS and redirects < _MAX_REDIRECTS and resp.headers.get("Location"):
                 redirects += 1
-                url = self.base.check(requests.compat.urljoin(url, resp.headers["Location"]))
+                url = self.base.check(urljoin(url, resp.headers["Location"]))
                 params = None  # the Location carries its own query
                 attempt -= 1
                 continue
@@ -294,7 +297,7 @@ class FhirClient:
                 return body
         location = resp.headers.get("Location") or resp.headers.get("Content-Location")
         if location:
-            return self.read(self.base.relative(requests.compat.urljoin(self.base.url + "/", location)))
+            return self.read(self.base.relative(urljoin(self.base.url + "/", location)))
         return None
 
     @staticmethod
@@ -315,6 +318,14 @@ class FhirClient:
         return data
 
 
+def _never_sent(exc: requests.RequestException) -> bool:
+    """True when the request cannot have reached the server (no connection was made)."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, urllib3.exceptions.NewConnectionError)
+
+
 def sandbox_base_url(settings: Settings) -> str:
     """Where ``serve`` mounts the embedded sandbox store when no FHIR base is configured."""
     host = settings.server.host
@@ -324,14 +335,10 @@ def sandbox_base_url(settings: Settings) -> str:
 
 
 def _check_type(resource_type: Any) -> str:
-    from fhir_smartflow.fhir.urls import RESOURCE_TYPE_RE
-
     if not isinstance(resource_type, str) or not RESOURCE_TYPE_RE.match(resource_type):
         raise ValueError(f"not a FHIR resource type: {resource_type!r}")
     return resource_type
 
 
 def _query_dict(query: str) -> dict[str, str]:
-    from urllib.parse import parse_qsl
-
     return dict(parse_qsl(query, keep_blank_values=True))

@@ -44,6 +44,7 @@ class BaseUrl:
         netloc = self.host if default else f"{self.host}:{self.port}"
         if ":" in self.host:  # IPv6 literal
             netloc = f"[{self.host}]" if default else f"[{self.host}]:{self.port}"
+        self.netloc = netloc
         self.url = urlunsplit((scheme, netloc, self.path, "", ""))
 
     def __str__(self) -> str:
@@ -54,7 +55,8 @@ class BaseUrl:
         return self.check(f"{self.url}/{path.lstrip('/')}")
 
     def check(self, url: str) -> str:
-        """Return ``url`` unchanged when it lies under the base; raise FhirUrlRejected otherwise."""
+        """``url`` in canonical form (the base's scheme and host spelling, no fragment) when it lies
+        under the base; raise FhirUrlRejected otherwise."""
         if not isinstance(url, str) or not url:
             raise _reject(str(url), "empty URL")
         if _FORBIDDEN_CHARS.search(url):
@@ -77,7 +79,7 @@ class BaseUrl:
             raise _reject(url, "dot segments in the path")
         if parts.path != self.path and not parts.path.startswith(self.path + "/"):
             raise _reject(url, f"path is not under {self.path or '/'}")
-        return url
+        return urlunsplit((self.scheme, self.netloc, parts.path, parts.query, ""))
 
     def resolve(self, reference: str) -> str:
         """Absolute URL for a FHIR reference: relative ``Patient/1`` resolves under the base;

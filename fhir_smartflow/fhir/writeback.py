@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import redis
 
+from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.fhir.client import FhirClient
 from fhir_smartflow.fhir.errors import FhirUnavailable
@@ -78,6 +79,17 @@ class FhirWriteBack:
         self.lock_wait_seconds = lock_wait_seconds
         self.sleep = sleep
         self._release = conn.register_script(_RELEASE)
+
+    @classmethod
+    def from_settings(cls, client: FhirClient, settings: Settings, conn: redis.Redis) -> FhirWriteBack:
+        """The target for ``[fhir]``: identifier system and conditional-create mode from config."""
+        return cls(
+            client,
+            settings.fhir.identifier_system,
+            conn,
+            Keys(settings.redis.key_prefix),
+            conditional_create=settings.fhir.conditional_create,
+        )
 
     # -- WriteBackTarget ---------------------------------------------------------------------------
     def create(self, resource: dict[str, Any], identifier: str) -> dict[str, Any]:

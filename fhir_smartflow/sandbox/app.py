@@ -21,11 +21,12 @@ from werkzeug.exceptions import HTTPException
 from fhir_smartflow.config import Settings
 from fhir_smartflow.sandbox.bundles import BundleProcessor
 from fhir_smartflow.sandbox.capability import capability_statement
-from fhir_smartflow.sandbox.errors import BadRequest, SandboxError, error_outcome, outcome
+from fhir_smartflow.sandbox.errors import BadRequest, SandboxError, UnsupportedMediaType, error_outcome, outcome
 from fhir_smartflow.sandbox.faults import FaultInjector, FaultPlan
 from fhir_smartflow.sandbox.notifier import Notifier
 from fhir_smartflow.sandbox.operations import Interactions, Result, parse_etag
 from fhir_smartflow.sandbox.store import Store
+from fhir_smartflow.sandbox.topic_operations import TopicOperations, operation_parameters
 
 log = logging.getLogger(__name__)
 
@@ -66,18 +67,13 @@ def _fhir(body: dict[str, Any] | None, status: int = 200, headers: dict[str, str
 def _json_body() -> Any:
     mimetype = (request.mimetype or "").lower()
     if mimetype not in JSON_TYPES:
-        raise _Unsupported(
+        raise UnsupportedMediaType(
             f"Content-Type must be application/fhir+json or application/json, got {mimetype or 'none'!r}"
         )
     try:
         return json.loads(request.get_data(cache=False) or b"null")
     except (ValueError, RecursionError) as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
-
-
-class _Unsupported(SandboxError):
-    status = 415
-    code = "not-supported"
 
 
 def _prefer(name: str) -> str | None:
@@ -105,6 +101,7 @@ def create_sandbox_app(
     enable_faults = settings.sandbox.faults if faults is None else faults
     state = SandboxState(store, notifier, FaultInjector() if enable_faults else None, fixed_base)
     ops = Interactions(store)
+    topic_operations = TopicOperations(store)
     bundles = BundleProcessor(ops)
 
     app = Flask("fhir_smartflow.sandbox")
@@ -181,7 +178,7 @@ def create_sandbox_app(
     @app.post("/<rtype>/_search")
     def search_post(rtype: str) -> Response:
         if (request.mimetype or "") != "application/x-www-form-urlencoded":
-            raise _Unsupported("POST _search takes application/x-www-form-urlencoded parameters")
+            raise UnsupportedMediaType("POST _search takes application/x-www-form-urlencoded parameters")
         params = list(request.args.items(multi=True)) + parse_qsl(
             request.get_data(as_text=True), keep_blank_values=True
         )
@@ -210,6 +207,17 @@ def create_sandbox_app(
     @app.delete("/<rtype>/<rid>")
     def delete(rtype: str, rid: str) -> Response:
         return answer(ops.delete(rtype, rid))
+
+    @app.route("/Subscription/<sid>/$status", methods=["GET", "POST"])
+    def subscription_status(sid: str) -> Response:
+        return _fhir(topic_operations.status(sid, base()))
+
+    @app.route("/Subscription/<sid>/$events", methods=["GET", "POST"])
+    def subscription_events(sid: str) -> Response:
+        args = dict(request.args)
+        if request.method == "POST" and request.content_length:
+            args.update(operation_parameters(_json_body()))
+        return _fhir(topic_operations.events(sid, args, base()))
 
     @app.get("/<rtype>/<rid>/_history")
     def history(rtype: str, rid: str) -> Response:

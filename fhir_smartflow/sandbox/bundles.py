@@ -93,7 +93,7 @@ class BundleProcessor:
                 condition = request.get("ifNoneExist")
                 target = None
                 if condition:
-                    found = self.ops._conditional_matches(rtype, condition, "ifNoneExist")
+                    found = self.ops.conditional_matches(rtype, condition, "ifNoneExist")
                     target = found[0]["id"] if found else None
                 entry["_assigned"] = target or new_id()
                 entry["_exists"] = target is not None

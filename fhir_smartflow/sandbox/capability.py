@@ -16,6 +16,7 @@ LISTED_TYPES = (
     "ServiceRequest", "Subscription", "Task",
 )  # fmt: skip
 _KIND_TYPE = {search.TOKEN: "token", search.REFERENCE: "reference", search.DATE: "date"}
+OPERATION_BASE = "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/"
 TOPIC_CANONICAL_EXT = (
     "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/capabilitystatement-subscriptiontopic-canonical"
 )
@@ -52,6 +53,10 @@ def capability_statement(base_url: str, software_version: str, date: str) -> dic
         }
         if rtype == "Subscription":
             entry["extension"] = [{"url": TOPIC_CANONICAL_EXT, "valueCanonical": url} for url in TOPICS]
+            entry["operation"] = [
+                {"name": "status", "definition": OPERATION_BASE + "backport-subscription-status"},
+                {"name": "events", "definition": OPERATION_BASE + "backport-subscription-events"},
+            ]
         resources.append(entry)
     return {
         "resourceType": "CapabilityStatement",

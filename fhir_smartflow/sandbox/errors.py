@@ -39,6 +39,11 @@ class Unprocessable(SandboxError):
     code = "structure"
 
 
+class UnsupportedMediaType(SandboxError):
+    status = 415
+    code = "not-supported"
+
+
 class PreconditionFailed(SandboxError):
     status = 412
     code = "conflict"

@@ -120,7 +120,7 @@ class Notifier:
         with self._lock:
             targets = [s for s in self._subs.values() if s.status in DELIVERABLE and s.matches(change)]
         for spec in targets:
-            number = self.store.next_event_number(spec.id) if spec.style == "backport" else 0
+            number = self.store.record_event(spec.id, change) if spec.style == "backport" else 0
             self._enqueue(Job("event", spec.id, change, number))
 
     def _register(self, resource: dict[str, Any]) -> None:

@@ -73,7 +73,7 @@ class Interactions:
         resource = prepare_write(resource, resource_type)
         with self.store.transaction():  # the lock is held: two conditional creates cannot both create
             if if_none_exist:
-                existing = self._conditional_matches(resource_type, if_none_exist, "If-None-Exist")
+                existing = self.conditional_matches(resource_type, if_none_exist, "If-None-Exist")
                 if len(existing) == 1:
                     found = existing[0]
                     return Result(200, found, found, version_headers(base_url, found))
@@ -92,7 +92,7 @@ class Interactions:
         check_type(resource_type)
         resource = prepare_write(resource, resource_type)
         with self.store.transaction():
-            existing = self._conditional_matches(resource_type, query, "conditional update")
+            existing = self.conditional_matches(resource_type, query, "conditional update")
             body_id = resource.get("id")
             if existing:
                 target = existing[0]["id"]
@@ -110,7 +110,7 @@ class Interactions:
         text = f"{resource_type}/{resource_id} deleted" if deleted else f"{resource_type}/{resource_id} was not live"
         return Result(200, outcome("information", "informational", text))
 
-    def _conditional_matches(self, resource_type: str, query: str, what: str) -> list[dict[str, Any]]:
+    def conditional_matches(self, resource_type: str, query: str, what: str) -> list[dict[str, Any]]:
         params = parse_qsl(query.split("?", 1)[-1] if "?" in query else query, keep_blank_values=True)
         if not params:
             raise BadRequest(f"{what}: no search parameters given")
@@ -168,11 +168,10 @@ def searchset(resource_type: str, params: list[tuple[str, str]], page: SearchPag
     kept = [(k, v) for k, v in params if k != "_page"]
     self_url = f"{base_url}/{resource_type}" + (f"?{urlencode(kept)}" if kept else "")
     links = [{"relation": "self", "url": self_url}]
-    more = (
-        page.total is not None and query.offset + len(page.resources) < page.total
-        if page.total is not None
-        else len(page.resources) == query.count
-    )
+    if page.total is not None:
+        more = query.offset + len(page.resources) < page.total
+    else:  # no count asked for: a full page may have a successor
+        more = len(page.resources) == query.count
     if more and not query.summary_count and query.count > 0:
         token = search.encode_page(query.offset + query.count)
         links.append({"relation": "next", "url": f"{base_url}/{resource_type}?{urlencode([*kept, ('_page', token)])}"})

@@ -39,9 +39,13 @@ CREATE TABLE IF NOT EXISTS idx (
 CREATE INDEX IF NOT EXISTS idx_lookup ON idx (type, param, value);
 CREATE INDEX IF NOT EXISTS idx_owner ON idx (type, id);
 CREATE TABLE IF NOT EXISTS subscription_events (id TEXT PRIMARY KEY, count INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS subscription_log (
+    id TEXT NOT NULL, number INTEGER NOT NULL, interaction TEXT NOT NULL, type TEXT NOT NULL,
+    rid TEXT NOT NULL, version INTEGER NOT NULL, last_updated TEXT NOT NULL, PRIMARY KEY (id, number));
 """
 
 Listener = Callable[["Change"], None]
+EVENT_LOG_KEEP = 10_000  # events kept per subscription for $events
 
 
 @dataclass(frozen=True)
@@ -270,17 +274,50 @@ class Store:
             ).fetchall()
         return [json.loads(r["body"]) for r in rows]
 
-    # ---- subscription event counters (persist across restarts in file mode) ----------------------
+    # ---- subscription event numbers and log (persist across restarts in file mode) ------------------
 
-    def next_event_number(self, subscription_id: str) -> int:
-        with self._lock:
+    def record_event(self, subscription_id: str, change: Change) -> int:
+        """Give ``change`` the next event number of the subscription and log it (for ``$events``)."""
+        with self.transaction():
             self._conn.execute(
                 "INSERT INTO subscription_events VALUES (?, 1) ON CONFLICT(id) DO UPDATE SET count = count + 1",
                 (subscription_id,),
             )
-            return int(
+            number = int(
                 self._conn.execute("SELECT count FROM subscription_events WHERE id=?", (subscription_id,)).fetchone()[0]
             )
+            self._conn.execute(
+                "INSERT OR REPLACE INTO subscription_log VALUES (?,?,?,?,?,?,?)",
+                (subscription_id, number, change.interaction, change.resource_type, change.id, change.version,
+                 change.last_updated),
+            )  # fmt: skip
+            self._conn.execute(
+                "DELETE FROM subscription_log WHERE id=? AND number <= ?", (subscription_id, number - EVENT_LOG_KEEP)
+            )
+        return number
+
+    def logged_events(self, subscription_id: str, since: int, until: int) -> list[tuple[int, Change]]:
+        """Logged events with since <= number <= until, with the body of each event's version."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT l.*, h.body FROM subscription_log l LEFT JOIN history h ON h.type = l.type AND h.id = l.rid "
+                "AND h.version = l.version WHERE l.id=? AND l.number BETWEEN ? AND ? ORDER BY l.number",
+                (subscription_id, since, until),
+            ).fetchall()
+        return [
+            (
+                int(r["number"]),
+                Change(
+                    r["interaction"],
+                    r["type"],
+                    r["rid"],
+                    int(r["version"]),
+                    r["last_updated"],
+                    json.loads(r["body"]) if r["body"] else {},
+                ),
+            )
+            for r in rows
+        ]
 
     def events_count(self, subscription_id: str) -> int:
         with self._lock:

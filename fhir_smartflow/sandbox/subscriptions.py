@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -240,25 +241,44 @@ def event_bundle(
     spec: SubscriptionSpec, base_url: str, change: Change, event_number: int, timestamp: str
 ) -> dict[str, Any]:
     """An event-notification carrying one event, with the payload content the subscription asked for."""
-    parameters = _status_parameters(spec, base_url, "event-notification", event_number, "active")
-    full_url = f"{base_url}/{change.resource_type}/{change.id}"
-    event: list[dict[str, Any]] = [
-        {"name": "event-number", "valueString": str(event_number)},
-        {"name": "timestamp", "valueInstant": timestamp},
-    ]
-    if spec.content != "empty":
-        event.append({"name": "focus", "valueReference": {"reference": f"{full_url}/_history/{change.version}"}})
-    parameters["parameter"].append({"name": "notification-event", "part": event})
-    bundle = _bundle(spec, base_url, parameters, timestamp)
-    if spec.content != "empty":
+    return events_bundle(spec, base_url, [(event_number, change)], "event-notification", event_number)
+
+
+def events_bundle(
+    spec: SubscriptionSpec,
+    base_url: str,
+    events: list[tuple[int, Change]],
+    kind: str,
+    events_since_start: int,
+    content: str | None = None,
+) -> dict[str, Any]:
+    """A notification Bundle with several events (``event-notification``, or ``query-event`` for $events)."""
+    content = content or spec.content
+    parameters = _status_parameters(spec, base_url, kind, events_since_start, "active")
+    bundle = _bundle(spec, base_url, parameters, events[-1][1].last_updated if events else "")
+    if not events:
+        bundle["timestamp"] = search.instant_key(datetime.now(UTC))
+    for number, change in events:
+        full_url = f"{base_url}/{change.resource_type}/{change.id}"
+        event: list[dict[str, Any]] = [
+            {"name": "event-number", "valueString": str(number)},
+            {"name": "timestamp", "valueInstant": change.last_updated},
+        ]
+        if content != "empty":
+            event.append({"name": "focus", "valueReference": {"reference": f"{full_url}/_history/{change.version}"}})
+        parameters["parameter"].append({"name": "notification-event", "part": event})
+        if content == "empty":
+            continue
         method, status = _METHOD[change.interaction]
-        url = change.resource_type if method == "POST" else f"{change.resource_type}/{change.id}"
         entry: dict[str, Any] = {
             "fullUrl": full_url,
-            "request": {"method": method, "url": url},
+            "request": {
+                "method": method,
+                "url": change.resource_type if method == "POST" else f"{change.resource_type}/{change.id}",
+            },
             "response": {"status": status},
         }
-        if spec.content == "full-resource" and change.interaction != "delete":
+        if content == "full-resource" and change.interaction != "delete" and change.resource:
             entry["resource"] = change.resource
         bundle["entry"].append(entry)
     return bundle

@@ -1,0 +1,82 @@
+"""Parse and check `templates/*.toml`; every part is compiled and test-rendered against the sample catalog."""
+
+from __future__ import annotations
+
+from fhir_smartflow.config import Settings
+from fhir_smartflow.engine import model as m
+from fhir_smartflow.engine.checks import ID, check_refs, known_roles
+from fhir_smartflow.engine.model import Template
+from fhir_smartflow.engine.templating import (
+    TemplateRenderError,
+    compile_template,
+    make_environment,
+    render,
+    sample_catalog,
+)
+from fhir_smartflow.engine.tomlfiles import Checker, LoadError, SourceFile
+
+_TEMPLATE_KEYS = {"id", "name", "status", "methods", "subject", "body", "note_type", "prompt", "recipients"}
+
+
+def parse_template(
+    source: SourceFile, settings: Settings, renderers: dict[tuple[str, str], object]
+) -> tuple[Template | None, list[LoadError]]:
+    check = Checker(source)
+    data = source.data
+    check.unknown_keys(data, _TEMPLATE_KEYS)
+    tid = check.get(data, "id", str, required=True)
+    if tid and not ID.match(tid):
+        check.error("id", f"use lower-case letters, digits and '-' only, got {tid!r}")
+    name = check.get(data, "name", str, required=True)
+    status = check.get(data, "status", str, default="enabled")
+    if status not in ("enabled", "disabled"):
+        check.error("status", f"must be 'enabled' or 'disabled', got {status!r}")
+    methods = check.string_list(data, "methods")
+    for method in methods:
+        if method not in m.METHODS:
+            check.error("methods", f"unknown method {method!r} (allowed: {', '.join(m.METHODS)})")
+    subject = check.get(data, "subject", str, default="")
+    body = check.get(data, "body", str, default="")
+    note_type = check.get(data, "note_type", str, default="progress-note")
+    if note_type not in m.NOTE_TYPES:
+        check.error("note_type", f"unknown note type {note_type!r} (allowed: {', '.join(m.NOTE_TYPES)})")
+    prompt = None
+    raw_prompt = check.get(data, "prompt", dict)
+    if raw_prompt is not None:
+        check.unknown_keys(raw_prompt, {"text", "roles", "practitioners"}, "prompt.")
+        text = check.get(raw_prompt, "text", str, field="prompt.text", required=True, default="")
+        roles = check.string_list(raw_prompt, "roles", field="prompt.roles")
+        known_roles(check, roles, settings, "prompt.roles", "roles")
+        practitioners = check.string_list(raw_prompt, "practitioners", field="prompt.practitioners")
+        check_refs(check, practitioners, "practitioner", "prompt.practitioners", "practitioners")
+        prompt = m.Prompt(text, roles, practitioners)
+    recipients = m.Recipients()
+    raw_recipients = check.get(data, "recipients", dict)
+    if raw_recipients is not None:
+        check.unknown_keys(raw_recipients, {"practitioners", "groups", "roles"}, "recipients.")
+        practitioners = check.string_list(raw_recipients, "practitioners", field="recipients.practitioners")
+        check_refs(check, practitioners, "practitioner", "recipients.practitioners", "practitioners")
+        groups = check.string_list(raw_recipients, "groups", field="recipients.groups")
+        check_refs(check, groups, "group", "recipients.groups", "groups")
+        roles = check.string_list(raw_recipients, "roles", field="recipients.roles")
+        known_roles(check, roles, settings, "recipients.roles", "roles")
+        recipients = m.Recipients(practitioners, groups, roles)
+    if not body and not (prompt and prompt.text):
+        check.error("body", "required (the message text), unless the template is only a record prompt")
+    if tid:
+        env = make_environment()
+        sample = sample_catalog(settings)
+        parts = {"subject": subject, "body": body, "prompt": prompt.text if prompt else ""}
+        for part, text in parts.items():
+            if not text:
+                continue
+            try:
+                compiled = compile_template(env, text)
+                render(compiled, sample)
+                renderers[(tid, part)] = compiled
+            except TemplateRenderError as exc:
+                field = "prompt.text" if part == "prompt" else part
+                check.error(field, f"does not render: {exc}", key="text" if part == "prompt" else part)
+    if check.errors or not tid or not name:
+        return None, check.errors
+    return Template(tid, name, status, methods, subject, body, note_type, prompt, recipients, source.path), []

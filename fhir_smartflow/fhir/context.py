@@ -1,0 +1,143 @@
+"""Reading from the FHIR server for the worker: per-event context (planner) and missing resources (ingest).
+
+``CachingContextSource`` answers the planner's reads and searches, each once per event (build a new one
+per event, so nothing stale crosses events). ``ClientResourceFetcher`` completes notifications that
+did not carry the resource: id-only / full-resource-without-resource → read the focus; empty payload
+with no focus → search the subscription's criteria for what changed since the last time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+from urllib.parse import parse_qsl
+
+import redis
+
+from fhir_smartflow.config import Settings, SubscriptionConfig
+from fhir_smartflow.connections import Keys
+from fhir_smartflow.events import ResourceEvent
+from fhir_smartflow.fhir.client import FhirClient
+from fhir_smartflow.fhir.errors import FhirError
+from fhir_smartflow.fhir.urls import RESOURCE_ID_RE, RESOURCE_TYPE_RE
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RECENT = 20  # empty notifications with no watermark yet: look at the most recent N changes
+
+
+class CachingContextSource:
+    """ContextSource (engine/interfaces.py) over a FhirClient; caches every answer for one event."""
+
+    def __init__(self, client: FhirClient) -> None:
+        self.client = client
+        self._reads: dict[str, dict[str, Any] | None] = {}
+        self._searches: dict[tuple[str, tuple[tuple[str, str], ...]], list[dict[str, Any]]] = {}
+
+    def read(self, reference: str) -> dict[str, Any] | None:
+        if reference not in self._reads:
+            self._reads[reference] = self.client.read(reference)
+        return self._reads[reference]
+
+    def search(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]:
+        key = (resource_type, tuple(sorted((str(k), str(v)) for k, v in params.items())))
+        if key not in self._searches:
+            found = self.client.search(resource_type, params)
+            self._searches[key] = found
+            for resource in found:  # a later read of a searched resource needs no request
+                if resource.get("id"):
+                    self._reads.setdefault(f"{resource.get('resourceType')}/{resource['id']}", resource)
+        return self._searches[key]
+
+
+def parse_criteria(criteria: str) -> tuple[str, dict[str, str]]:
+    """``"Appointment?status=noshow"`` → (``Appointment``, {status: noshow}); ValueError when malformed."""
+    rtype, _, query = criteria.strip().partition("?")
+    if not RESOURCE_TYPE_RE.match(rtype):
+        raise ValueError(f"subscription criteria must start with a resource type: {criteria!r}")
+    return rtype, dict(parse_qsl(query, keep_blank_values=False))
+
+
+def _last_updated(resource: dict[str, Any]) -> str:
+    return str((resource.get("meta") or {}).get("lastUpdated") or "")
+
+
+class ClientResourceFetcher:
+    """Completes ResourceEvents that arrived without their resource (the ingest's ResourceFetcher)."""
+
+    def __init__(
+        self,
+        client: FhirClient,
+        settings: Settings,
+        conn: redis.Redis | None = None,
+        keys: Keys | None = None,
+        recent: int = DEFAULT_RECENT,
+    ) -> None:
+        self.client = client
+        self.subscriptions: dict[str, SubscriptionConfig] = {s.id: s for s in settings.subscriptions}
+        self.conn = conn
+        self.keys = keys or Keys(settings.redis.key_prefix)
+        self.recent = recent
+
+    def fetch(self, event: ResourceEvent) -> ResourceEvent | list[ResourceEvent]:
+        """ResourceFetcher (ingest/seams.py): the event with its resource (a focus that is gone becomes a
+        delete event), or — for an empty payload without a focus — a list, one event per resource found
+        by re-querying the criteria (the ingest dedupes those one by one)."""
+        if event.resource is not None or event.interaction == "delete":
+            return event
+        if event.resource_id:
+            return self._fetch_focus(event)
+        return self._fetch_by_criteria(event)
+
+    def _fetch_focus(self, event: ResourceEvent) -> ResourceEvent:
+        if not RESOURCE_TYPE_RE.match(event.resource_type) or not RESOURCE_ID_RE.match(event.resource_id or ""):
+            raise ValueError(f"event focus is not a valid Type/id: {event.resource_type}/{event.resource_id}")
+        resource = None
+        if event.version_id and RESOURCE_ID_RE.match(event.version_id):
+            try:  # the version the notification is about, when the server keeps history
+                resource = self.client.vread(event.resource_type, event.resource_id or "", event.version_id)
+            except FhirError as exc:
+                if exc.transient:
+                    raise
+                log.debug("fetch: vread of %s unsupported (%s); reading current", event.reference, exc.status)
+        if resource is None:
+            resource = self.client.read(f"{event.resource_type}/{event.resource_id}")
+        if resource is None:
+            log.info("fetch: %s is gone (404/410): treating as a delete", event.reference)
+            return dataclasses.replace(event, interaction="delete")
+        return event.with_resource(resource)
+
+    def _fetch_by_criteria(self, event: ResourceEvent) -> list[ResourceEvent]:
+        sub = self.subscriptions.get(event.subscription)
+        criteria = (sub.criteria if sub else "") or (f"{event.resource_type}?" if event.resource_type else "")
+        if not criteria:
+            log.warning(
+                "fetch: empty notification from %s and no criteria configured: nothing to fetch", event.subscription
+            )
+            return []
+        rtype, params = parse_criteria(criteria)
+        mark_key = self.keys.watermark(f"empty:{event.subscription}:{rtype}")
+        mark = self.conn.get(mark_key) if self.conn is not None else None
+        if mark:
+            params["_lastUpdated"] = f"ge{mark.decode()}"
+            found = self.client.search(rtype, params)
+        else:  # first empty notification: only the most recent changes
+            params.update({"_sort": "-_lastUpdated", "_count": str(self.recent)})
+            found = next(iter(self.client.search_pages(rtype, params)), {})
+            found = [e["resource"] for e in found.get("entry") or [] if isinstance(e.get("resource"), dict)]
+            found = [r for r in found if r.get("resourceType") == rtype]
+        events = [
+            dataclasses.replace(
+                event,
+                resource_type=rtype,
+                resource_id=str(r.get("id")),
+                payload_content="full-resource",
+            ).with_resource(r)
+            for r in found
+            if r.get("id")
+        ]
+        newest = max((_last_updated(r) for r in found), default="")
+        if newest and self.conn is not None and (not mark or newest > mark.decode()):
+            self.conn.set(mark_key, newest)
+        return events

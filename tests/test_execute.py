@@ -1,0 +1,212 @@
+"""PlanExecutor unit tests: delivery outcomes, claims, scheduling; WriteBackTarget / Deliverer / Scheduler fakes.
+
+Claims use the real Redis (redis_conn fixture).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from fhir_smartflow.config import Settings
+from fhir_smartflow.connections import Keys
+from fhir_smartflow.engine.execute import PlanExecutor
+from fhir_smartflow.engine.interfaces import DeliveryOutcome
+from fhir_smartflow.engine.plan import Deliver, FlowRun, Plan
+from fhir_smartflow.fhir.errors import FhirBadRequest, FhirServerError
+from fhir_smartflow.fhir.validation import validate_resource
+from tests.writeback_plans import (
+    DELIVERY_ID,
+    NOW,
+    SYSTEM,
+    FakeDeliverer,
+    FakeScheduler,
+    intake_plan,
+    trigger,
+)
+
+
+class MemoryTarget:
+    """WriteBackTarget protocol fake: idempotent by identifier value, like the contract says."""
+
+    def __init__(self) -> None:
+        self.resources: dict[str, dict[str, Any]] = {}
+        self.ids = itertools.count(1)
+        self.updates: list[dict[str, Any]] = []
+        self.fail_update: Exception | None = None
+
+    def _ident(self, resource: dict[str, Any]) -> str | None:
+        tags = (resource.get("meta") or {}).get("tag") or []
+        idents = resource.get("identifier") or tags
+        return next((i.get("value") or i.get("code") for i in idents if i.get("system") == SYSTEM), None)
+
+    def create(self, resource: dict[str, Any], identifier: str) -> dict[str, Any]:
+        for stored in self.resources.values():
+            if self._ident(stored) == identifier:
+                return copy.deepcopy(stored)
+        stored = {**copy.deepcopy(resource), "id": str(next(self.ids)), "meta": {"versionId": "1"}}
+        self.resources[f"{resource['resourceType']}/{stored['id']}"] = stored
+        return copy.deepcopy(stored)
+
+    def read(self, reference: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.resources.get(reference))
+
+    def update(self, resource: dict[str, Any]) -> dict[str, Any]:
+        if self.fail_update:
+            raise self.fail_update
+        self.updates.append(resource)
+        self.resources[f"{resource['resourceType']}/{resource['id']}"] = copy.deepcopy(resource)
+        return resource
+
+    def search(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]:
+        found = [r for k, r in self.resources.items() if k.startswith(resource_type + "/")]
+        if "identifier" in params:
+            value = params["identifier"].split("|", 1)[1]
+            found = [r for r in found if self._ident(r) == value]
+        return copy.deepcopy(found)
+
+
+@pytest.fixture
+def target() -> MemoryTarget:
+    t = MemoryTarget()
+    t.resources["Patient/p1"] = {"resourceType": "Patient", "id": "p1"}
+    return t
+
+
+def executor(target, redis_conn, deliverer=None, scheduler=None, clock=lambda: NOW) -> PlanExecutor:
+    return PlanExecutor(
+        target,
+        redis_conn,
+        Keys("u:"),
+        Settings(),
+        deliverer=deliverer,
+        scheduler=scheduler or FakeScheduler(),
+        clock=clock,
+    )
+
+
+def communication(target: MemoryTarget) -> dict[str, Any]:
+    return next(r for r in target.resources.values() if r["resourceType"] == "Communication")
+
+
+def test_created_flag_is_unknown_for_targets_that_do_not_say(target, redis_conn) -> None:
+    result = executor(target, redis_conn, FakeDeliverer()).execute(intake_plan())
+    assert [(w.resource_type, w.created) for w in result.written][:2] == [("Task", None), ("Provenance", None)]
+    for resource in target.resources.values():
+        validate_resource(resource)
+    as_json = json.loads(json.dumps(result.to_dict()))
+    assert as_json["written"][0]["resource_type"] == "Task" and as_json["deliveries"] == [[DELIVERY_ID, "completed"]]
+
+
+def test_not_done_outcome_sets_status_reason(target, redis_conn) -> None:
+    deliverer = FakeDeliverer(DeliveryOutcome("not-done", reason="patient opted out of SMS"))
+    result = executor(target, redis_conn, deliverer).execute(intake_plan())
+    comm = communication(target)
+    assert comm["status"] == "not-done" and comm["statusReason"] == {"text": "patient opted out of SMS"}
+    assert "sent" not in comm
+    assert result.deliveries == [(DELIVERY_ID, "not-done")]
+    validate_resource(comm)
+
+
+def test_deferred_delivery_is_scheduled_and_sent_when_due(target, redis_conn) -> None:
+    later = NOW + timedelta(hours=10)
+    deliverer = FakeDeliverer(
+        DeliveryOutcome("deferred", reason="quiet hours", retry_at=later), DeliveryOutcome("completed")
+    )
+    scheduler = FakeScheduler()
+    result = executor(target, redis_conn, deliverer, scheduler).execute(intake_plan())
+    delivery_jobs = [s for s in scheduler.scheduled if s.kind == "delivery"]
+    assert len(delivery_jobs) == 1 and delivery_jobs[0].at == later
+    assert delivery_jobs[0].payload["communication"] and delivery_jobs[0].payload["channel"] == "sms"
+    assert result.deliveries == [(DELIVERY_ID, "deferred")]
+    assert communication(target)["status"] == "in-progress"
+
+    # Redelivered before the deferral ends: nothing is sent.
+    early = executor(target, redis_conn, deliverer, scheduler).execute(intake_plan())
+    assert early.deliveries == [(DELIVERY_ID, "already-deferred")] and len(deliverer.calls) == 1
+    # When it is due, it is sent, once.
+    due = executor(target, redis_conn, deliverer, scheduler, clock=lambda: later)
+    assert due.execute(intake_plan()).deliveries == [(DELIVERY_ID, "completed")]
+    assert due.execute(intake_plan()).deliveries == [(DELIVERY_ID, "already-completed")]
+    assert len(deliverer.calls) == 2 and communication(target)["status"] == "completed"
+
+
+def test_deliverer_crash_is_never_resent(target, redis_conn) -> None:
+    deliverer = FakeDeliverer(raises=RuntimeError("provider timeout after sending?"))
+    first = executor(target, redis_conn, deliverer).execute(intake_plan())
+    second = executor(target, redis_conn, deliverer).execute(intake_plan())
+    assert first.deliveries == [(DELIVERY_ID, "unknown")]
+    assert second.deliveries == [(DELIVERY_ID, "already-sending")]
+    assert len(deliverer.calls) == 1
+
+
+def test_outcome_is_recorded_on_rerun_after_the_update_failed(target, redis_conn) -> None:
+    deliverer = FakeDeliverer()
+    target.fail_update = FhirServerError("503", status=503)
+    with pytest.raises(FhirServerError):
+        executor(target, redis_conn, deliverer).execute(intake_plan())
+    target.fail_update = None
+    result = executor(target, redis_conn, deliverer).execute(intake_plan())
+    assert result.deliveries == [(DELIVERY_ID, "already-completed")]
+    assert communication(target)["status"] == "completed" and len(deliverer.calls) == 1
+
+
+def test_no_deliverer_is_an_error_not_a_silent_drop(target, redis_conn) -> None:
+    result = executor(target, redis_conn, deliverer=None).execute(intake_plan())
+    assert any("no Deliverer" in e.message for e in result.errors)
+    assert communication(target)["status"] == "in-progress"
+
+
+def test_permanent_http_error_on_one_write_skips_its_delivery(target, redis_conn) -> None:
+    deliverer = FakeDeliverer()
+    original = target.create
+
+    def create(resource, identifier):
+        if resource["resourceType"] == "Communication":
+            raise FhirBadRequest("POST Communication answered 400: bad medium", status=400)
+        return original(resource, identifier)
+
+    target.create = create
+    result = executor(target, redis_conn, deliverer).execute(intake_plan())
+    assert [e.status for e in result.errors] == [400, None]
+    assert "was not written" in result.errors[1].message
+    assert deliverer.calls == []
+    assert any(r["resourceType"] == "Task" for r in target.resources.values())
+
+
+def test_runs_that_did_not_run_are_skipped(target, redis_conn) -> None:
+    plan = intake_plan()
+    skipped = Plan(trigger=trigger(), runs=(FlowRun("intake-forms", "1", "g", False, "disabled", plan.actions),))
+    result = executor(target, redis_conn, FakeDeliverer()).execute(skipped)
+    assert result.written == [] and len(target.resources) == 1
+
+
+def test_retry_without_a_time_waits_the_default_delay(target, redis_conn) -> None:
+    deliverer = FakeDeliverer(DeliveryOutcome("retry", reason="provider 503"), DeliveryOutcome("completed"))
+    scheduler = FakeScheduler()
+    executor(target, redis_conn, deliverer, scheduler).execute(intake_plan())
+    [job] = [s for s in scheduler.scheduled if s.kind == "delivery"]
+    assert job.at == NOW + timedelta(minutes=5)
+    again = executor(target, redis_conn, deliverer, scheduler).execute(intake_plan())
+    assert again.deliveries == [(DELIVERY_ID, "already-retry")] and len(deliverer.calls) == 1
+
+
+def test_scheduled_delivery_plan_finds_its_communication_by_identifier(target, redis_conn) -> None:
+    """What the scheduling job does: a plan holding only the Deliver, rebuilt from the Schedule payload."""
+    later = NOW + timedelta(hours=1)
+    deliverer = FakeDeliverer(DeliveryOutcome("deferred", retry_at=later), DeliveryOutcome("completed"))
+    scheduler = FakeScheduler()
+    executor(target, redis_conn, deliverer, scheduler).execute(intake_plan())
+    [job] = [s for s in scheduler.scheduled if s.kind == "delivery"]
+    deliver = Deliver(**{k: job.payload[k] for k in ("channel", "recipient", "body", "identifier", "communication")})
+    only_deliver = Plan(trigger=trigger(), runs=(FlowRun("intake-forms", "1", "g", True, "delivery", (deliver,)),))
+    fired = executor(target, redis_conn, deliverer, scheduler, clock=lambda: later - timedelta(seconds=5))
+    assert fired.execute(only_deliver).deliveries == [(DELIVERY_ID, "completed")]
+    assert communication(target)["status"] == "completed"
+    assert fired.execute(only_deliver).deliveries == [(DELIVERY_ID, "already-completed")]
+    assert len(deliverer.calls) == 2
