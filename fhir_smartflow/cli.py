@@ -86,3 +86,7 @@ from fhir_smartflow.commands import service as _service  # noqa: E402
 main.add_command(_service.serve)
 main.add_command(_service.worker)
 main.add_command(_service.replay)
+
+from fhir_smartflow.commands.scheduling import scheduler_command  # noqa: E402 - registered after main exists
+
+main.add_command(scheduler_command)

@@ -109,6 +109,73 @@ class SandboxConfig:
 
 
 @dataclass(frozen=True)
+class SchedulerConfig:
+    """The follow-up scheduler loop (``fhir-smartflow scheduler`` or ``worker --with-scheduler``)."""
+
+    interval_seconds: float = defaults.SCHEDULER_INTERVAL_SECONDS
+    lock_ttl_seconds: float = defaults.SCHEDULER_LOCK_TTL_SECONDS
+    batch_size: int = defaults.SCHEDULER_BATCH_SIZE
+    late_warning_seconds: float = defaults.SCHEDULER_LATE_WARNING_SECONDS
+    fired_retention_seconds: int = defaults.SCHEDULER_FIRED_RETENTION_SECONDS
+    # Tests only: read "now" from Redis (<prefix>clock:now) so processes share a controlled time.
+    test_clock: bool = False
+
+
+@dataclass(frozen=True)
+class SmsConfig:
+    """SMS and voice calls over a Twilio-compatible REST API (both channels use this account)."""
+
+    base_url: str = defaults.TWILIO_BASE_URL
+    account_sid: str = ""
+    token_env: str = "SMARTFLOW_SMS_TOKEN"
+    from_number: str = ""
+    status_callback: str = ""
+    voice_language: str = "en-US"
+    timeout_seconds: float = defaults.CHANNEL_TIMEOUT_SECONDS
+
+
+@dataclass(frozen=True)
+class EmailConfig:
+    host: str = ""
+    port: int = defaults.SMTP_PORT
+    security: str = "starttls"  # starttls | ssl | none (local test servers only)
+    username: str = ""
+    password_env: str = "SMARTFLOW_SMTP_PASSWORD"
+    from_address: str = ""
+    timeout_seconds: float = defaults.CHANNEL_TIMEOUT_SECONDS
+
+
+@dataclass(frozen=True)
+class WebhookChannelConfig:
+    url: str = ""
+    secret_env: str = "SMARTFLOW_WEBHOOK_CHANNEL_SECRET"
+    timeout_seconds: float = defaults.CHANNEL_TIMEOUT_SECONDS
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    """Quiet hours, rate limits, retries, opt-out and extra channel plugins."""
+
+    quiet_hours_start: str = defaults.QUIET_HOURS_START  # clinic local time, HH:MM
+    quiet_hours_end: str = defaults.QUIET_HOURS_END
+    quiet_hours_channels: list[str] = field(default_factory=lambda: list(defaults.QUIET_HOURS_CHANNELS))
+    sms_per_minute: int = defaults.RATE_SMS_PER_MINUTE  # 0 = unlimited
+    voice_per_minute: int = defaults.RATE_VOICE_PER_MINUTE
+    email_per_minute: int = defaults.RATE_EMAIL_PER_MINUTE
+    webhook_per_minute: int = defaults.RATE_WEBHOOK_PER_MINUTE
+    max_attempts: int = defaults.DELIVERY_MAX_ATTEMPTS
+    inline_retries: int = defaults.DELIVERY_INLINE_RETRIES
+    inline_max_delay_seconds: float = defaults.DELIVERY_INLINE_MAX_DELAY_SECONDS
+    retry_base_seconds: float = defaults.DELIVERY_RETRY_BASE_SECONDS
+    retry_max_seconds: float = defaults.DELIVERY_RETRY_MAX_SECONDS
+    optout_extension: str = ""  # URL of a Patient extension that opts out of channels (see docs/channels.md)
+    plugins: list[str] = field(default_factory=list)  # "name=package.module:Class" extra channels
+
+    def rate_per_minute(self, channel: str) -> int:
+        return int(getattr(self, f"{channel.replace('-', '_')}_per_minute", 0))
+
+
+@dataclass(frozen=True)
 class SubscriptionConfig:
     """One subscription the webhook accepts, and how its deliveries authenticate."""
 
@@ -130,6 +197,11 @@ class Settings:
     engine: EngineConfig = field(default_factory=EngineConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    sms: SmsConfig = field(default_factory=SmsConfig)
+    email: EmailConfig = field(default_factory=EmailConfig)
+    webhook_channel: WebhookChannelConfig = field(default_factory=WebhookChannelConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     # role name -> "system|code" of a PractitionerRole.code
     roles: dict[str, str] = field(
         default_factory=lambda: {
@@ -269,9 +341,31 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("[server] max_body_bytes", "must be positive")
     if settings.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError("[logging] level", "must be DEBUG, INFO, WARNING or ERROR")
+    _validate_delivery(settings)
     for role, coding in settings.roles.items():
         if "|" not in coding:
             raise ConfigError(f"[roles] {role}", "must be 'system|code'")
+
+
+def _validate_delivery(settings: Settings) -> None:
+    import re
+
+    for key in ("quiet_hours_start", "quiet_hours_end"):
+        value = getattr(settings.delivery, key)
+        if value and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
+            raise ConfigError(f"[delivery] {key}", f"must be HH:MM (24-hour clinic time), got {value!r}")
+    for plugin in settings.delivery.plugins:
+        if not re.fullmatch(r"[a-z0-9_-]+=[\w.]+(:\w+)?", plugin):
+            raise ConfigError("[delivery] plugins", f"entries must be 'name=package.module:Class', got {plugin!r}")
+    for key in ("sms_per_minute", "voice_per_minute", "email_per_minute", "webhook_per_minute", "max_attempts"):
+        if getattr(settings.delivery, key) < 0:
+            raise ConfigError(f"[delivery] {key}", "must not be negative")
+    if settings.email.security not in {"starttls", "ssl", "none"}:
+        raise ConfigError("[email] security", "must be starttls, ssl or none")
+    if settings.sms.base_url and not settings.sms.base_url.startswith(("http://", "https://")):
+        raise ConfigError("[sms] base_url", "must be an http(s) URL")
+    if settings.scheduler.lock_ttl_seconds <= settings.scheduler.interval_seconds * 2:
+        raise ConfigError("[scheduler] lock_ttl_seconds", "must be more than twice interval_seconds")
 
 
 _SECTIONS: dict[str, type] = {
@@ -282,6 +376,11 @@ _SECTIONS: dict[str, type] = {
     "engine": EngineConfig,
     "logging": LoggingConfig,
     "sandbox": SandboxConfig,
+    "scheduler": SchedulerConfig,
+    "sms": SmsConfig,
+    "email": EmailConfig,
+    "webhook_channel": WebhookChannelConfig,
+    "delivery": DeliveryConfig,
 }
 
 

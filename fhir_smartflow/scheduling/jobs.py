@@ -1,0 +1,273 @@
+"""rq job functions for follow-ups. Collaborators come from ``fhir_smartflow.runtime.current()``.
+
+``run_followup(kind, payload)`` is what ``RqScheduler.tick`` enqueues. Every fire re-reads the state it
+depends on (the Task, the group, the patient) right then, so a follow-up scheduled weeks ago never acts
+on stale assumptions: a completed Task gets no reminder, a cancelled series stops.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fhir_smartflow.engine.plan import Deliver, FlowRun, Plan, Schedule, TriggerEvent
+from fhir_smartflow.events import ResourceEvent
+from fhir_smartflow.retry import RetryPolicy
+from fhir_smartflow.scheduling.recurrence import Recurrence, RecurrenceError
+from fhir_smartflow.scheduling.scheduler import ScheduleKeys
+
+log = logging.getLogger(__name__)
+
+CLOSED_TASK_STATES = frozenset({"completed", "cancelled", "failed", "entered-in-error", "rejected"})
+ENDING_TASK_STATES = frozenset({"cancelled", "entered-in-error", "rejected"})  # a recurrence stops on these
+MAX_ATTEMPTS = 5
+RETRY_POLICY = RetryPolicy(max_retries=MAX_ATTEMPTS - 1, base_seconds=30.0, max_seconds=3600.0)
+_RAN_TTL_SECONDS = 7 * 24 * 3600
+_INSTANTIATES = re.compile(r"^urn:fhir-smartflow:flow:(?P<flow>[a-z0-9-]+):(?P<version>[^#]*)#(?P<slug>.+)$")
+
+
+def _current_runtime() -> Any:
+    return importlib.import_module("fhir_smartflow.runtime").current()
+
+
+def _planner() -> Any:
+    return importlib.import_module("fhir_smartflow.engine.planner")
+
+
+def run_followup(
+    kind: str, payload: dict[str, Any], identifier: str = "", scheduled_at: str = "", late_seconds: float = 0.0
+) -> str:
+    """The rq job: carry out one due follow-up. Returns what happened (also counted in metrics)."""
+    return fire(_current_runtime(), kind, payload, identifier, scheduled_at, late_seconds)
+
+
+def fire(
+    rt: Any, kind: str, payload: dict[str, Any], identifier: str = "", scheduled_at: str = "", late_seconds: float = 0.0
+) -> str:
+    """``run_followup`` with an explicit runtime (tests, embedded mode)."""
+    handler = HANDLERS.get(kind)
+    if handler is None:
+        raise ValueError(f"unknown follow-up kind {kind!r}")
+    now = rt.clock.now()
+    guard = _claim_run(rt, identifier, scheduled_at)
+    if guard is False:
+        _count(rt, kind, "duplicate")
+        log.info("follow-up %s %s already ran; skipped", kind, identifier)
+        return "duplicate"
+    if late_seconds > 60:
+        log.info("follow-up %s %s runs %.0f s after its due time", kind, identifier, late_seconds)
+    try:
+        result = handler(rt, payload, now, scheduled_at)
+    except Exception as exc:
+        if isinstance(guard, str):
+            rt.redis.delete(guard)
+        attempt = int(payload.get("_attempt", 1))
+        if identifier and attempt < MAX_ATTEMPTS and hasattr(rt.scheduler, "reschedule"):
+            at = now + timedelta(seconds=RETRY_POLICY.delay(attempt))
+            retry_payload = {**payload, "_attempt": attempt + 1}
+            rt.scheduler.reschedule(Schedule(at=at, kind=kind, identifier=identifier, payload=retry_payload))
+            _count(rt, kind, "retry")
+            log.warning(
+                "follow-up %s %s failed (%s), attempt %d; retrying at %s",
+                kind,
+                identifier,
+                type(exc).__name__,
+                attempt,
+                at.isoformat(),
+            )
+            return "retry"
+        _count(rt, kind, "failed")
+        raise
+    _count(rt, kind, result)
+    log.info("follow-up %s %s: %s", kind, identifier or "-", result)
+    return result
+
+
+# -- handlers: (runtime, payload, now, scheduled_at) -> result label ------------------------------------
+
+
+def _reminder(rt: Any, payload: dict[str, Any], now: datetime, scheduled_at: str) -> str:
+    task = _read_task(rt, payload)
+    if task is None:
+        return "task-missing"
+    if task.get("status") in CLOSED_TASK_STATES:
+        return "skipped-closed"
+    return _plan_and_execute(rt, "reminder", payload, task, now)
+
+
+def _overdue(rt: Any, payload: dict[str, Any], now: datetime, scheduled_at: str) -> str:
+    task = _read_task(rt, payload)
+    if task is None:
+        return "task-missing"
+    if task.get("status") in CLOSED_TASK_STATES:
+        return "skipped-closed"
+    return _plan_and_execute(rt, "overdue", payload, task, now)
+
+
+def _recurrence(rt: Any, payload: dict[str, Any], now: datetime, scheduled_at: str) -> str:
+    ended = series_end_reason(rt, payload, now, scheduled_at)
+    if ended:
+        log.info("recurring series of %s ended: %s", payload.get("group", "-"), ended)
+        return f"ended-{ended}"
+    task = _read_task(rt, payload) if payload.get("task_identifier") else None
+    return _plan_and_execute(rt, "recurrence", payload, task, now)
+
+
+def _delivery(rt: Any, payload: dict[str, Any], now: datetime, scheduled_at: str) -> str:
+    """Re-run a deferred Deliver (quiet hours, rate limit, transient failure) through the executor."""
+    raw = payload.get("deliver", payload)
+    fields = {k: raw[k] for k in ("channel", "recipient", "body", "identifier", "communication") if k in raw}
+    missing = {"channel", "recipient", "body", "identifier", "communication"} - set(fields)
+    if missing:
+        raise ValueError(f"delivery follow-up payload lacks {sorted(missing)}")
+    deliver = Deliver(**fields, subject=raw.get("subject"), action=raw.get("action", ""))
+    rt.executor.execute(_single_action_plan(payload, deliver, now))
+    return "executed"
+
+
+HANDLERS: dict[str, Callable[[Any, dict[str, Any], datetime, str], str]] = {
+    "reminder": _reminder,
+    "overdue": _overdue,
+    "recurrence": _recurrence,
+    "delivery": _delivery,
+}
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+
+
+def series_end_reason(rt: Any, payload: dict[str, Any], now: datetime, scheduled_at: str = "") -> str | None:
+    """Why a recurring series must not create its next occurrence, or None to go on.
+
+    end-reached (count / until), task-cancelled (the previous occurrence was cancelled: workflow completed
+    or discharge), workflow-completed (a completes_workflow Task of the group is completed), discharged.
+    """
+    rule = _recurrence_rule(rt, payload)
+    occurrence = int(payload.get("occurrence", 0) or 0)
+    at = datetime.fromisoformat(scheduled_at) if scheduled_at else now
+    tz = rt.settings.clinic.timezone
+    if rule is not None and occurrence and not rule.within_end(occurrence, at, tz):
+        return "end-reached"
+    if payload.get("task_identifier"):
+        previous = _read_task(rt, payload)
+        if previous is not None and previous.get("status") in ENDING_TASK_STATES:
+            return "task-cancelled"
+    if payload.get("group") and _workflow_completed(rt, str(payload["group"])):
+        return "workflow-completed"
+    if payload.get("patient") and _flow_not_after_discharge(rt, payload) and _discharged(rt, str(payload["patient"])):
+        return "discharged"
+    return None
+
+
+def _recurrence_rule(rt: Any, payload: dict[str, Any]) -> Recurrence | None:
+    raw = payload.get("recurring")
+    if raw is None:
+        action = _flow_action(rt, payload.get("flow_id"), payload.get("action"), payload.get("action_index"))
+        raw = getattr(action, "recurring", None)
+        if raw is not None and not isinstance(raw, dict):
+            raw = {k: getattr(raw, k) for k in ("every", "cron", "count", "until") if getattr(raw, k, None)}
+    if not raw:
+        return None
+    try:
+        return Recurrence.from_dict(dict(raw))
+    except RecurrenceError as exc:
+        log.warning("recurrence rule of %s unusable: %s", payload.get("flow_id"), exc)
+        return None
+
+
+def _flow_action(rt: Any, flow_id: Any, slug: Any, index: Any = None) -> Any:
+    flow = getattr(rt.engine, "flows", {}).get(flow_id) if flow_id else None
+    if flow is None:
+        return None
+    actions = list(getattr(flow, "actions", ()) or ())
+    for action in actions:
+        if slug and getattr(action, "slug", None) == slug:
+            return action
+    if isinstance(index, int) and 0 <= index < len(actions):
+        return actions[index]
+    return None
+
+
+def _workflow_completed(rt: Any, group: str) -> bool:
+    system = rt.settings.fhir.identifier_system
+    tasks = rt.target.search("Task", {"group-identifier": f"{system}|{group}", "status": "completed"})
+    for task in tasks:
+        if task.get("status") != "completed":
+            continue
+        match = _INSTANTIATES.match(task.get("instantiatesUri", ""))
+        if match and getattr(_flow_action(rt, match["flow"], match["slug"]), "completes_workflow", False):
+            return True
+    return False
+
+
+def _flow_not_after_discharge(rt: Any, payload: dict[str, Any]) -> bool:
+    if "not_after" in payload:
+        return payload["not_after"] == "patient.discharged"
+    flow = getattr(rt.engine, "flows", {}).get(payload.get("flow_id"))
+    return getattr(flow, "not_after", None) == "patient.discharged"
+
+
+def _discharged(rt: Any, patient: str) -> bool:
+    """A patient counts as discharged here when the Patient resource is inactive (``active = false``)."""
+    resource = rt.target.read(patient)
+    return bool(resource) and resource.get("active") is False
+
+
+def _read_task(rt: Any, payload: dict[str, Any]) -> dict[str, Any] | None:
+    identifier = payload.get("task_identifier")
+    if not identifier:
+        return None
+    finder = getattr(rt.target, "find_by_identifier", None)
+    if finder is not None:
+        return finder("Task", identifier)
+    system = rt.settings.fhir.identifier_system
+    found = rt.target.search("Task", {"identifier": f"{system}|{identifier}"})
+    return found[0] if found else None
+
+
+def _plan_and_execute(rt: Any, kind: str, payload: dict[str, Any], task: dict[str, Any] | None, now: datetime) -> str:
+    context = getattr(rt, "context", None) or rt.target
+    plan = _planner().plan_followup(rt.engine, kind, payload, task, context, rt.settings, now)
+    if not plan.actions:
+        return "nothing-to-do"
+    rt.executor.execute(plan)
+    return "executed"
+
+
+def _single_action_plan(payload: dict[str, Any], deliver: Deliver, now: datetime) -> Plan:
+    """A Plan holding one Deliver, for the executor (a deferred delivery has no new trigger)."""
+    event = ResourceEvent(
+        subscription="scheduler",
+        resource_type="Communication",
+        resource_id=None,
+        received_at=now.astimezone(UTC).isoformat(),
+        source="replay",
+    )
+    trigger = TriggerEvent(trigger="scheduled.delivery", event=event, id=f"delivery|{deliver.identifier}")
+    run = FlowRun(
+        flow_id=str(payload.get("flow_id", "")),
+        flow_version=str(payload.get("flow_version", "")),
+        group=str(payload.get("group", "")),
+        ran=True,
+        reason="deferred delivery due",
+        actions=(deliver,),
+    )
+    return Plan(trigger=trigger, runs=(run,))
+
+
+def _claim_run(rt: Any, identifier: str, scheduled_at: str) -> str | bool | None:
+    """Run-once guard per (identifier, due time): the key when claimed, False when taken, None when unkeyed."""
+    if not identifier:
+        return None
+    key = ScheduleKeys(rt.keys).ran(identifier, scheduled_at)
+    return key if rt.redis.set(key, "1", nx=True, ex=_RAN_TTL_SECONDS) else False
+
+
+def _count(rt: Any, kind: str, result: str) -> None:
+    metrics = getattr(rt, "metrics", None)
+    if metrics is not None:
+        metrics.inc("scheduled_jobs", kind=kind, result=result)

@@ -1,0 +1,61 @@
+"""The real `fhir-smartflow scheduler` command: two processes, one active (Redis lock), a standby that
+takes over, both reading a shared test clock from Redis."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+from rq import Queue
+
+from fhir_smartflow.connections import Keys
+from fhir_smartflow.engine.plan import Schedule
+from fhir_smartflow.scheduling.clock import RedisClock
+from fhir_smartflow.scheduling.scheduler import RqScheduler
+from tests.conftest import smartflow_cmd
+
+T0 = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)
+
+
+def wait_for(check, timeout: float = 15.0, what: str = "condition", proc=None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}" + (f":\n{proc.output()}" if proc else ""))
+
+
+def test_two_scheduler_processes_one_active_standby_takes_over(redis_url, redis_conn, processes):
+    keys = Keys("t:")
+    clock = RedisClock(redis_conn, keys)
+    clock.set(T0)
+    queue = Queue("smartflow", connection=redis_conn)
+    scheduler = RqScheduler(redis_conn, keys, queue, clock)
+    for n in (1, 3):
+        payload = {"task_identifier": f"f/a/task/{n}", "group": "f/g", "patient": "Patient/1"}
+        scheduler.schedule(Schedule(T0 + timedelta(days=n), "reminder", f"f/a/reminder/{n}", payload))
+    env = {
+        "SMARTFLOW_REDIS_URL": redis_url,
+        "SMARTFLOW_REDIS_KEY_PREFIX": "t:",
+        "SMARTFLOW_TEST_CLOCK": "1",
+        "SMARTFLOW_SCHEDULER_INTERVAL_SECONDS": "0.1",
+        "SMARTFLOW_SCHEDULER_LOCK_TTL_SECONDS": "1",
+    }
+    first = processes(smartflow_cmd("scheduler"), env=env, name="scheduler-a")
+    wait_for(lambda: "is active" in first.output(), what="first scheduler active", proc=first)
+    second = processes(smartflow_cmd("scheduler"), env=env, name="scheduler-b")
+    wait_for(lambda: "stands by" in second.output(), what="second scheduler standby", proc=second)
+    assert "TEST CLOCK ENABLED" in first.output()
+
+    time.sleep(0.3)
+    assert queue.count == 0  # nothing due yet by the shared clock
+    clock.set(T0 + timedelta(days=2))  # the first reminder is a day overdue: catch-up
+    wait_for(lambda: queue.count == 1, what="first reminder enqueued", proc=first)
+    assert "fired 86400 s late" in first.output()
+
+    assert first.stop() == 0  # SIGTERM: the loop stops cleanly and releases the lock
+    clock.set(T0 + timedelta(days=3, minutes=1))
+    wait_for(lambda: queue.count == 2, what="standby took over", proc=second)
+    assert "is active" in second.output()
+    assert scheduler.pending_count() == 0

@@ -1,0 +1,342 @@
+"""RqScheduler + follow-up jobs on real Redis and real rq SimpleWorkers, with a Redis-stored clock.
+
+Other helpers' components (planner, executor, write-back target) are small fakes of their Protocols
+here; the lead's end-to-end tests use the real ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+
+import pytest
+from rq import Queue, SimpleWorker
+from rq.job import Job
+
+from fhir_smartflow.config import Settings
+from fhir_smartflow.connections import Keys
+from fhir_smartflow.engine.plan import Schedule, WriteResource
+from fhir_smartflow.metrics import Metrics
+from fhir_smartflow.scheduling import jobs
+from fhir_smartflow.scheduling.clock import RedisClock, make_clock
+from fhir_smartflow.scheduling.scheduler import RqScheduler, SchedulerLock, job_id_for, run_scheduler_loop
+from tests.lifecycle_fakes import FakeExecutor, FakePlanner, FakeTarget, task
+
+T0 = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)  # a Monday, 09:00 in New York
+
+
+@pytest.fixture
+def rt(redis_conn, monkeypatch):
+    keys = Keys("t:")
+    clock = RedisClock(redis_conn, keys)
+    clock.set(T0)
+    queue = Queue("smartflow", connection=redis_conn)
+    metrics = Metrics(redis_conn, "t:")
+    scheduler = RqScheduler(redis_conn, keys, queue, clock, metrics)
+    target = FakeTarget()
+    planner = FakePlanner()
+    runtime = SimpleNamespace(
+        settings=Settings(),
+        redis=redis_conn,
+        keys=keys,
+        metrics=metrics,
+        target=target,
+        engine=SimpleNamespace(flows={}),
+        executor=FakeExecutor(target, scheduler),
+        deliverer=None,
+        scheduler=scheduler,
+        clock=clock,
+        queue=queue,
+        planner=planner,
+    )
+    monkeypatch.setattr(jobs, "_current_runtime", lambda: runtime)
+    monkeypatch.setattr(jobs, "_planner", lambda: planner)
+    return runtime
+
+
+def work(rt) -> None:
+    SimpleWorker([rt.queue], connection=rt.redis).work(burst=True)
+
+
+def reminder(ident: str = "intake/send/reminder/abc", at: datetime = T0 + timedelta(days=2), **extra) -> Schedule:
+    payload = {
+        "flow_id": "intake",
+        "flow_version": "1",
+        "action": "send",
+        "task_identifier": "intake/send/task/abc",
+        "group": "intake/g1",
+        "patient": "Patient/1",
+        **extra,
+    }
+    return Schedule(at=at, kind="reminder", identifier=ident, payload=payload)
+
+
+def test_same_identifier_twice_keeps_one_job(rt):
+    rt.scheduler.schedule(reminder())
+    rt.scheduler.schedule(reminder())
+    assert rt.scheduler.pending_count() == 1
+    assert rt.metrics.counter_value("scheduled_jobs", kind="reminder", result="duplicate") == 1
+    assert rt.scheduler.tick(T0 + timedelta(days=3)) == 1
+    assert rt.queue.count == 1
+    # Replaying the event that planned it after it fired schedules nothing new.
+    rt.scheduler.schedule(reminder())
+    assert rt.scheduler.pending_count() == 0
+
+
+def test_fires_only_when_due_and_once_with_racing_ticks_and_two_workers(rt):
+    rt.target.put(task("intake/send/task/abc"))
+    rt.scheduler.schedule(reminder())
+    assert rt.scheduler.tick(T0 + timedelta(days=2) - timedelta(seconds=1)) == 0
+    assert rt.queue.count == 0
+
+    due = T0 + timedelta(days=2, seconds=1)
+    results: list[int] = []
+    barrier = threading.Barrier(4)
+
+    def racing_tick() -> None:
+        barrier.wait()
+        results.append(rt.scheduler.tick(due))
+
+    threads = [threading.Thread(target=racing_tick) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [0, 0, 0, 1]
+    # Even if the job id ended up on the queue twice, two workers run it once.
+    rt.queue.push_job_id(job_id_for("intake/send/reminder/abc"))
+    assert rt.queue.count == 2
+    work(rt)
+    work(rt)
+    assert [type(a).__name__ for a in rt.executor.actions()] == ["WriteResource"]
+    assert rt.metrics.counter_value("scheduled_jobs", kind="reminder", result="executed") == 1
+    assert rt.metrics.counter_value("scheduled_jobs", kind="reminder", result="duplicate") == 1
+
+
+def test_pending_followups_survive_a_scheduler_restart(rt):
+    rt.scheduler.schedule(reminder())
+    fresh = RqScheduler(rt.redis, rt.keys, Queue("smartflow", connection=rt.redis), rt.clock)
+    assert fresh.pending_count() == 1
+    assert fresh.get("intake/send/reminder/abc").payload["group"] == "intake/g1"
+    assert fresh.tick(T0 + timedelta(days=5)) == 1
+
+
+def test_cancel_by_group_and_by_patient_and_flow(rt):
+    s = rt.scheduler
+    s.schedule(reminder("a/1", group="g-a", patient="Patient/1", flow_id="intake"))
+    s.schedule(reminder("a/2", group="g-a", patient="Patient/1", flow_id="intake"))
+    s.schedule(reminder("b/1", group="g-b", patient="Patient/1", flow_id="checkin"))
+    s.schedule(reminder("c/1", group="g-c", patient="Patient/2", flow_id="checkin"))
+    assert s.cancel(group="g-a") == 2
+    assert s.pending_count() == 2
+    assert s.cancel(patient="Patient/1", flows=("intake",)) == 0
+    assert s.cancel(patient="Patient/1", flows=("checkin",)) == 1
+    assert s.get("c/1") is not None and s.pending_count() == 1
+    assert rt.metrics.counter_value("scheduled_jobs", kind="reminder", result="cancelled") == 3
+    assert s.tick(T0 + timedelta(days=30)) == 1  # only Patient/2's is left to fire
+    assert s.cancel(group="g-c") == 0  # already fired: nothing pending to cancel
+
+
+def test_late_fire_after_downtime_runs_and_logs_lateness(rt, caplog):
+    rt.target.put(task("intake/send/task/abc"))
+    rt.scheduler.schedule(reminder())
+    rt.clock.set(T0 + timedelta(days=2, hours=3))  # the scheduler was down for three hours
+    with caplog.at_level(logging.WARNING, logger="fhir_smartflow.scheduling.scheduler"):
+        assert rt.scheduler.tick() == 1
+    assert "fired 10800 s late" in caplog.text
+    assert rt.metrics.counter_value("scheduled_jobs", kind="reminder", result="late") == 1
+    job = Job.fetch(job_id_for("intake/send/reminder/abc"), connection=rt.redis)
+    assert job.kwargs["late_seconds"] == 10800
+    work(rt)
+    assert len(rt.executor.plans) == 1
+
+
+@pytest.mark.parametrize("status", ["completed", "cancelled", "failed", "entered-in-error", "rejected"])
+def test_reminder_skips_a_closed_task(rt, status):
+    rt.target.put(task("intake/send/task/abc", status=status))
+    rt.scheduler.schedule(reminder())
+    rt.scheduler.tick(T0 + timedelta(days=3))
+    work(rt)
+    assert rt.executor.plans == []
+    assert rt.planner.calls == []
+    assert rt.metrics.counter_value("scheduled_jobs", kind="reminder", result="skipped-closed") == 1
+
+
+def test_reminder_for_open_task_plans_with_the_reread_task(rt):
+    rt.target.put(task("intake/send/task/abc", status="in-progress"))
+    rt.scheduler.schedule(reminder())
+    rt.scheduler.tick(T0 + timedelta(days=3))
+    work(rt)
+    ((kind, payload, seen),) = rt.planner.calls
+    assert (kind, seen["status"], payload["task_identifier"]) == ("reminder", "in-progress", "intake/send/task/abc")
+    assert isinstance(rt.executor.actions()[0], WriteResource)
+
+
+def test_overdue_skips_completed_and_plans_for_open(rt):
+    rt.target.put(task("intake/send/task/abc", status="completed"))
+    rt.scheduler.schedule(Schedule(T0, "overdue", "o/1", {"task_identifier": "intake/send/task/abc"}))
+    rt.target.put(task("intake/send/task/def", status="requested"))
+    rt.scheduler.schedule(Schedule(T0, "overdue", "o/2", {"task_identifier": "intake/send/task/def"}))
+    rt.scheduler.tick(T0 + timedelta(minutes=1))
+    work(rt)
+    assert [c[0] for c in rt.planner.calls] == ["overdue"]
+    assert rt.planner.calls[0][2]["identifier"][0]["value"] == "intake/send/task/def"
+
+
+def _series(rt, recurring: dict, patient: str = "Patient/1") -> None:
+    rt.target.put({"resourceType": "Patient", "id": patient.split("/")[1], "active": True})
+    rt.scheduler.schedule(
+        Schedule(
+            at=T0 + timedelta(weeks=1),
+            kind="recurrence",
+            identifier="checkin/weekly/recurrence/2",
+            payload={
+                "flow_id": "checkin",
+                "group": "checkin/g1",
+                "patient": patient,
+                "occurrence": 2,
+                "start": T0.isoformat(),
+                "recurring": recurring,
+                "not_after": "patient.discharged",
+            },
+        )
+    )
+
+
+def _run_weeks(rt, weeks: int) -> None:
+    for _ in range(weeks):
+        rt.clock.advance(timedelta(weeks=1))
+        rt.scheduler.tick()
+        work(rt)
+
+
+def _created_tasks(rt) -> list[str]:
+    return sorted(
+        a.identifier for a in rt.executor.actions() if isinstance(a, WriteResource) and a.resource_type == "Task"
+    )
+
+
+def test_recurrence_series_stops_at_count(rt):
+    _series(rt, {"every": "weekly", "count": 4})
+    _run_weeks(rt, 8)
+    assert _created_tasks(rt) == ["checkin/weekly/task/2", "checkin/weekly/task/3", "checkin/weekly/task/4"]
+    assert rt.scheduler.pending_count() == 0
+
+
+def test_recurrence_series_stops_at_until(rt):
+    _series(rt, {"every": "weekly", "until": "2026-03-23"})  # occurrences Mar 2, 9, 16, 23
+    _run_weeks(rt, 6)
+    assert _created_tasks(rt) == ["checkin/weekly/task/2", "checkin/weekly/task/3", "checkin/weekly/task/4"]
+
+
+def test_recurrence_series_stops_at_discharge(rt):
+    _series(rt, {"every": "weekly", "count": 12})
+    _run_weeks(rt, 2)
+    rt.target.put({"resourceType": "Patient", "id": "1", "active": False})  # discharged
+    _run_weeks(rt, 3)
+    assert _created_tasks(rt) == ["checkin/weekly/task/2", "checkin/weekly/task/3"]
+    assert rt.metrics.counter_value("scheduled_jobs", kind="recurrence", result="ended-discharged") == 1
+
+
+def test_recurrence_series_stops_when_previous_occurrence_cancelled(rt):
+    _series(rt, {"every": "weekly", "count": 12})
+    _run_weeks(rt, 1)
+    cancelled = rt.target.find_by_identifier("Task", "checkin/weekly/task/2")
+    rt.target.put({**cancelled, "status": "cancelled"})
+    _run_weeks(rt, 2)
+    assert _created_tasks(rt) == ["checkin/weekly/task/2"]
+    assert rt.metrics.counter_value("scheduled_jobs", kind="recurrence", result="ended-task-cancelled") == 1
+
+
+def test_recurrence_cancel_by_patient_and_flow_removes_the_pending_next(rt):
+    _series(rt, {"every": "weekly", "count": 12})
+    _run_weeks(rt, 1)
+    assert rt.scheduler.cancel(patient="Patient/1", flows=("checkin",)) == 1
+    _run_weeks(rt, 2)
+    assert _created_tasks(rt) == ["checkin/weekly/task/2"]
+
+
+def test_failed_followup_is_retried_later_then_runs(rt):
+    rt.target.put(task("intake/send/task/abc"))
+    rt.executor.fail_times = 1
+    rt.scheduler.schedule(reminder())
+    rt.scheduler.tick(T0 + timedelta(days=2))
+    work(rt)
+    assert rt.metrics.counter_value("scheduled_jobs", kind="reminder", result="retry") == 1
+    retry = rt.scheduler.get("intake/send/reminder/abc")
+    assert retry is not None and retry.payload["_attempt"] == 2
+    rt.scheduler.tick(T0 + timedelta(days=2, hours=2))
+    work(rt)
+    assert len(rt.executor.plans) == 1
+
+
+def test_deferred_delivery_is_rerun_through_the_executor(rt):
+    deliver = {
+        "channel": "sms",
+        "recipient": "Patient/1",
+        "body": "hi",
+        "identifier": "intake/send/delivery/abc",
+        "communication": "intake/send/communication/abc",
+    }
+    for n in (1, 2):  # a delivery identifier may be deferred (scheduled) again after it fired
+        at = T0 + timedelta(hours=n)
+        rt.scheduler.schedule(Schedule(at, "delivery", "intake/send/delivery/abc", {"deliver": deliver}))
+        assert rt.scheduler.tick(at) == 1
+        work(rt)
+    delivered = [a for a in rt.executor.actions() if type(a).__name__ == "Deliver"]
+    assert [d.identifier for d in delivered] == ["intake/send/delivery/abc"] * 2
+
+
+def test_single_scheduler_lock_and_standby(rt):
+    first = SchedulerLock(rt.redis, rt.scheduler.skeys.lock, ttl_seconds=5, token="one")
+    second = SchedulerLock(rt.redis, rt.scheduler.skeys.lock, ttl_seconds=5, token="two")
+    assert first.acquire() and first.acquire()  # renewal
+    assert not second.acquire()
+    assert second.holder() == "one"
+    first.release()
+    assert second.acquire()
+    rt.redis.pexpire(rt.scheduler.skeys.lock, 1)  # holder died: its TTL runs out
+    rt.redis.delete(rt.scheduler.skeys.lock)
+    assert first.acquire()
+
+
+def test_scheduler_loop_ticks_while_holding_the_lock(rt):
+    rt.target.put(task("intake/send/task/abc"))
+    rt.scheduler.schedule(reminder(at=T0))
+    standby = SchedulerLock(rt.redis, rt.scheduler.skeys.lock, token="other")
+    assert standby.acquire()
+    stop = threading.Event()
+    loop = threading.Thread(target=run_scheduler_loop, args=(rt.scheduler, stop), kwargs={"interval_seconds": 0.02})
+    loop.start()
+    try:
+        threading.Event().wait(0.15)
+        assert rt.queue.count == 0  # standing by: another scheduler holds the lock
+        standby.release()
+        for _ in range(100):
+            if rt.queue.count:
+                break
+            threading.Event().wait(0.02)
+        assert rt.queue.count == 1
+    finally:
+        stop.set()
+        loop.join(timeout=5)
+    assert rt.redis.get(rt.scheduler.skeys.lock) is None  # released on stop
+
+
+def test_test_clock_only_when_explicitly_enabled(redis_conn, caplog):
+    keys = Keys("t:")
+    assert type(make_clock(redis_conn, keys, env={})).__name__ == "SystemClock"
+    with caplog.at_level(logging.WARNING):
+        clock = make_clock(redis_conn, keys, env={"SMARTFLOW_TEST_CLOCK": "1"})
+    assert isinstance(clock, RedisClock) and "TEST CLOCK ENABLED" in caplog.text
+    clock.set(T0)
+    assert RedisClock(redis_conn, keys).now() == T0  # shared across clients / processes
+
+
+def test_memory_per_pending_reminder_is_within_one_kib(redis_conn):
+    from benchmarks.scheduled_memory import measure
+
+    per_reminder = measure(redis_conn, 1000)
+    assert 100 < per_reminder <= 1024, per_reminder
