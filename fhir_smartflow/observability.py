@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import hmac
-import importlib
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -28,7 +27,9 @@ from prometheus_client.registry import Collector
 from rq import Queue
 
 from fhir_smartflow.config import Settings, secret
+from fhir_smartflow.connections import Keys
 from fhir_smartflow.metrics import LATENCY_BUCKETS, METRICS, Metrics
+from fhir_smartflow.scheduling.scheduler import ScheduleKeys
 
 log = logging.getLogger(__name__)
 
@@ -98,27 +99,16 @@ class RedisMetricsCollector(Collector):
         jobs.add_metric(["failed"], queue.failed_job_registry.count)
         jobs.add_metric(["scheduled"], queue.scheduled_job_registry.count)
         yield jobs
-        pending = _pending_followups(conn, self.key_prefix)
-        if pending is not None:
-            yield GaugeMetricFamily(
-                f"{NAMESPACE}_followups_pending", "Reminders, overdue checks and recurrences waiting", value=pending
-            )
+        yield GaugeMetricFamily(
+            f"{NAMESPACE}_followups_pending",
+            "Reminders, overdue checks, recurrences and deferred deliveries waiting for their time",
+            value=_pending_followups(conn, self.key_prefix),
+        )
 
 
-def _pending_followups(conn: redis.Redis, key_prefix: str) -> int | None:
-    """The scheduler's own count of pending follow-ups, when the scheduler package provides one."""
-    try:
-        module = importlib.import_module("fhir_smartflow.scheduling")
-    except ImportError:  # pragma: no cover - the package ships with the project
-        return None
-    count = getattr(module, "pending_count", None)
-    if count is None:
-        return None
-    try:
-        return int(count(conn, key_prefix))
-    except Exception:  # a broken count must not break the scrape
-        log.exception("scheduler pending_count failed")
-        return None
+def _pending_followups(conn: redis.Redis, key_prefix: str) -> int:
+    """Follow-ups waiting in the scheduler's due set (reminders, overdue checks, recurrences, deferrals)."""
+    return int(conn.zcard(ScheduleKeys(Keys(key_prefix)).due))
 
 
 def metrics_blueprint(conn: redis.Redis, settings: Settings) -> Blueprint:

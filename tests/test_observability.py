@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from rq import Queue
 
 from fhir_smartflow.config import load_settings
+from fhir_smartflow.connections import Keys
+from fhir_smartflow.engine.plan import Schedule
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.observability import register_observability
+from fhir_smartflow.scheduling.scheduler import RqScheduler
 from tests.conftest import ROOT, ThreadedWsgiServer
 
 
@@ -72,9 +76,14 @@ def test_queue_gauges_are_live(app_and_metrics: tuple[Flask, Metrics], redis_con
     q = Queue("smartflow", connection=redis_conn)
     q.enqueue("builtins.print", "x")
     q.enqueue("builtins.print", "y")
+    assert scrape(app.test_client())["smartflow_followups_pending"][()] == 0
+    scheduler = RqScheduler(redis_conn, Keys("m:"), q, clock=lambda: datetime(2026, 3, 2, tzinfo=UTC))
+    for i in range(3):
+        scheduler.schedule(Schedule(datetime(2026, 3, 3, tzinfo=UTC), "reminder", f"flow/a/reminder/{i}"))
     samples = scrape(app.test_client())
     assert samples["smartflow_queue_jobs"][(("state", "queued"),)] == 2
     assert samples["smartflow_queue_jobs"][(("state", "failed"),)] == 0
+    assert samples["smartflow_followups_pending"][()] == 3
 
 
 def test_admin_view_needs_the_token(redis_conn: redis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
