@@ -85,14 +85,18 @@ def _written(item: Any) -> dict[str, Any]:
     }
 
 
-def _delivery(item: Any) -> dict[str, Any]:
-    """channel/status of one delivery: an object with those fields, or an (action, outcome) pair."""
+def _delivery(item: Any, planned: dict[str, Deliver]) -> dict[str, Any]:
+    """channel/status of one delivery: the executor's ``(identifier, status)`` pair (the channel comes
+    from the plan), an ``(action, outcome)`` pair, or an object with those fields."""
     if isinstance(item, tuple) and len(item) == 2:
-        action, outcome = item
+        first, second = item
+        if isinstance(first, str):
+            action = planned.get(first)
+            return {"channel": action.channel if action else None, "status": second, "identifier": first}
         return {
-            "channel": _get(action, "channel"),
-            "status": _get(outcome, "status"),
-            "identifier": _get(action, "identifier"),
+            "channel": _get(first, "channel"),
+            "status": _get(second, "status"),
+            "identifier": _get(first, "identifier"),
         }
     action = _get(item, "action")
     outcome = _get(item, "outcome")
@@ -103,27 +107,34 @@ def _delivery(item: Any) -> dict[str, Any]:
     }
 
 
-def _scheduled(item: Any) -> dict[str, Any]:
+def _scheduled(item: Any, planned: dict[str, Schedule]) -> dict[str, Any]:
+    """kind/at of a follow-up: the executor reports Schedule identifiers; kind and instant come from the plan."""
+    if isinstance(item, str):
+        action = planned.get(item)
+        return {"kind": action.kind if action else None, "at": _iso(action.at) if action else None, "identifier": item}
     return {"kind": _get(item, "kind"), "at": _iso(_get(item, "at")), "identifier": _get(item, "identifier")}
 
 
 def _error(item: Any) -> str:
-    text = (
-        item
-        if isinstance(item, str)
-        else f"{type(item).__name__}: {item}"
-        if isinstance(item, Exception)
-        else str(item)
-    )
+    if isinstance(item, str):
+        text = item
+    elif isinstance(item, Exception):
+        text = f"{type(item).__name__}: {item}"
+    elif _get(item, "message") is not None:  # the executor's ActionError(action, message, status)
+        status = _get(item, "status")
+        text = f"{_get(item, 'action')}: {_get(item, 'message')}" + (f" (HTTP {status})" if status else "")
+    else:
+        text = str(item)
     return text[:_MAX_ERROR_CHARS]
 
 
-def _count(value: Any) -> int:
+def _cancelled(value: Any) -> list[str] | int:
+    """Task references when the executor lists them, else a count."""
     if value is None:
-        return 0
+        return []
     if isinstance(value, int):
         return value
-    return len(value) if hasattr(value, "__len__") else 0
+    return [str(v) for v in value]
 
 
 def plan_summary(plan: Plan) -> dict[str, int]:
@@ -140,6 +151,8 @@ def build_record(run_id: str, at: datetime, plan: Plan, result: Any) -> dict[str
     """The compact, PHI-free run record (references, ids, counts, statuses)."""
     trigger = plan.trigger
     event = trigger.event
+    deliveries = {a.identifier: a for a in plan.actions if isinstance(a, Deliver)}
+    schedules = {a.identifier: a for a in plan.actions if isinstance(a, Schedule)}
     return {
         "id": run_id,
         "at": _iso(at),
@@ -167,9 +180,9 @@ def build_record(run_id: str, at: datetime, plan: Plan, result: Any) -> dict[str
         ],
         "plan": plan_summary(plan),
         "written": [_written(w) for w in _get(result, "written") or []],
-        "deliveries": [_delivery(d) for d in _get(result, "deliveries") or []],
-        "scheduled": [_scheduled(s) for s in _get(result, "scheduled") or []],
-        "cancelled": _count(_get(result, "cancelled")),
+        "deliveries": [_delivery(d, deliveries) for d in _get(result, "deliveries") or []],
+        "scheduled": [_scheduled(s, schedules) for s in _get(result, "scheduled") or []],
+        "cancelled": _cancelled(_get(result, "cancelled")),
         "errors": [_error(e) for e in _get(result, "errors") or []],
     }
 

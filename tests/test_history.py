@@ -115,6 +115,29 @@ def test_record_holds_references_not_phi(store: tuple[RunHistory, Clock]) -> Non
     assert "Jane" not in raw and "555-0100" not in raw and "secret body" not in raw
 
 
+def test_record_from_the_executors_result(store: tuple[RunHistory, Clock]) -> None:
+    """The shapes the real PlanExecutor reports: WrittenResource tuples, (identifier, status) deliveries,
+    Schedule identifiers, Task references, ActionErrors."""
+    from fhir_smartflow.engine.execute import ActionError, ExecutionResult, WrittenResource
+
+    history, _ = store
+    plan = make_plan("Patient/p1", ("f1",))
+    result = ExecutionResult(
+        written=[WrittenResource("Task", "t9", "f/a/task/1", True)],
+        deliveries=[("d1", "completed")],
+        scheduled=["s1"],
+        cancelled=["Task/t3"],
+        errors=[ActionError("WriteResource Task f/a/task/1", "server said no", 422)],
+    )
+    rec = history.get(history.record(plan, result))
+    assert rec is not None
+    assert rec["written"] == [{"type": "Task", "id": "t9", "identifier": "f/a/task/1", "created": True}]
+    assert rec["deliveries"] == [{"channel": "sms", "status": "completed", "identifier": "d1"}]
+    assert rec["scheduled"] == [{"kind": "reminder", "at": "2026-03-03T15:00:00Z", "identifier": "s1"}]
+    assert rec["cancelled"] == ["Task/t3"]
+    assert rec["errors"] == ["WriteResource Task f/a/task/1: server said no (HTTP 422)"]
+
+
 def test_record_without_result(store: tuple[RunHistory, Clock]) -> None:
     history, _ = store
     rec = history.get(history.record(make_plan("Patient/p1", ("f1",)), None))
