@@ -19,6 +19,7 @@ from typing import Any
 
 import redis
 
+from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.engine.plan import CancelGroup, Deliver, PatchTask, Plan, Schedule, WriteResource
 
@@ -205,6 +206,13 @@ class RunHistory:
         self.max_runs = max_runs
         self.ttl = ttl
         self.clock = clock
+
+    @classmethod
+    def from_settings(cls, settings: Settings, conn: redis.Redis) -> RunHistory:
+        """Bounded by ``[redis] history_max_runs`` and ``history_ttl_seconds``."""
+        return cls(
+            conn, Keys(settings.redis.key_prefix), settings.redis.history_max_runs, settings.redis.history_ttl_seconds
+        )
 
     def patient_index(self, patient: str) -> str:
         return f"{self.keys.history()}:patient:{normalize_patient(patient)}"

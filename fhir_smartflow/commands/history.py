@@ -43,7 +43,7 @@ def history_command(
 
     Exit codes: 0 ok (also when no run matches), 2 bad option or no Redis configured.
     """
-    from fhir_smartflow.connections import Keys, connect
+    from fhir_smartflow.connections import connect
     from fhir_smartflow.history import RunHistory, parse_since
 
     settings = cli.settings
@@ -56,10 +56,7 @@ def history_command(
         since_at = parse_since(since) if since else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--since") from None
-    conn = connect(settings)
-    store = RunHistory(
-        conn, Keys(settings.redis.key_prefix), settings.redis.history_max_runs, settings.redis.history_ttl_seconds
-    )
+    store = RunHistory.from_settings(settings, connect(settings))
     runs = store.query(patient=patient, flow=flow_id, since=since_at, limit=limit)
     if as_json:
         click.echo(json.dumps(runs, indent=2))
