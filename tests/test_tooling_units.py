@@ -128,3 +128,31 @@ methods = ["sms"]
     assert [(f.severity, f.code, Path(f.file).name) for f in findings] == [("warning", "overlapping-flows", "b.toml")]
     assert str(findings[0]).startswith(f"{tmp_path / 'b.toml'}:3: warning: overlapping-flows: flows 'a'")
     assert str(Finding("info", "x", "f.toml", None, "m")) == "f.toml: info: x: m"
+
+
+def test_unknown_path_on_multi_type_triggers_and_patient_variable(tmp_path: Path) -> None:
+    (tmp_path / "m.toml").write_text(
+        '[[mapping]]\ntrigger = "patient.discharged"\nresource = "Patient"\nwhen = "active = false"\n'
+        'patient = "\'Patient/\' + id"\n\n'
+        '[[mapping]]\ntrigger = "patient.discharged"\nresource = "Encounter"\nwhen = "status = \'finished\'"\n'
+        "patient = \"subject.reference\"\n"
+    )
+    (tmp_path / "t.toml").write_text('id = "t"\nname = "t"\nbody = "Call {{ patient.full_name }}."\n')
+    flow = """id = "{id}"
+name = "{id}"
+trigger = "patient.discharged"
+condition = "{condition}"
+[[actions]]
+name = "Call"
+category = "smartflow"
+type = "staff-task"
+item = "{id}-call"
+template = "t"
+owner = {{ role = "case-manager" }}
+"""
+    # Encounter has `period` (Patient does not): the condition can be true, no finding.
+    (tmp_path / "ok.toml").write_text(flow.format(id="ok", condition="period.exists()"))
+    (tmp_path / "bad.toml").write_text(flow.format(id="bad", condition="%patient.shoeSize > 40"))
+    findings = lint([str(tmp_path)], load_settings(env={}))
+    assert [(f.code, Path(f.file).name) for f in findings if f.severity != "info"] == [("unknown-path", "bad.toml")]
+    assert "%patient (a Patient)" in findings[0].message

@@ -58,7 +58,7 @@ def describe_recurring(r: Recurring | None) -> str:
 
 def _label(text: str) -> str:
     """Mermaid-safe label text."""
-    return re.sub(r"[\"<>{}|\[\]]", "'", text).replace("\n", " ")
+    return re.sub(r"[\"<>{}|\[\]`]", "'", text).replace("\n", " ")
 
 
 def mermaid(flow: Flow) -> str:

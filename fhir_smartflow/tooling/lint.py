@@ -183,37 +183,34 @@ def _resource_types(trigger: str, mappings: Iterable[dict[str, Any]]) -> set[str
 
 
 def _condition_findings(source: SourceFile, flow: dict[str, Any], types: set[str], flow_id: str) -> list[Finding]:
+    """A path root no resource type of the trigger has (checked against R4B) makes the condition always false.
+    A trigger fed by several types (patient.discharged: Patient, Encounter, EpisodeOfCare) is flagged only
+    when no type has the field."""
     condition = flow.get("condition")
     if not isinstance(condition, str) or not condition.strip():
         return []
     findings = []
-    line = source.line_of("condition")
+    seen: set[tuple[str | None, str]] = set()
     for variable, name in path_roots(condition):
-        if variable is not None:
-            if variable != "patient":
-                continue
-            check_types = {"Patient"}
-        else:
-            check_types = types
-        for rtype in sorted(check_types):
-            fields = model_fields(rtype)
-            if fields is None:
-                continue
-            if variable is None and name == rtype:
-                continue  # "Appointment.status" style: the type name starts the path
-            if not _known_field(name, fields):
-                where = f"%{variable}" if variable else f"the {rtype} that triggers it"
-                findings.append(
-                    Finding(
-                        "error",
-                        "unknown-path",
-                        source.path,
-                        line,
-                        f"condition reads {name!r}, which {where} does not have (FHIR R4B {rtype}): "
-                        "the condition is always false",
-                        flow_id,
-                    )
-                )
+        if (variable, name) in seen or (variable is not None and variable != "patient"):
+            continue
+        seen.add((variable, name))
+        check_types = {"Patient"} if variable else types
+        known = {t: model_fields(t) for t in sorted(check_types)}
+        known = {t: f for t, f in known.items() if f is not None}
+        if not known or name in known or any(_known_field(name, f) for f in known.values()):
+            continue  # unknown types are not ours to judge; "Appointment.status" starts with the type name
+        where = "%patient (a Patient)" if variable else f"the {' / '.join(known)} that triggers it"
+        findings.append(
+            Finding(
+                "error",
+                "unknown-path",
+                source.path,
+                source.line_of("condition"),
+                f"condition reads {name!r}, which {where} does not have in FHIR R4B: the condition is always false",
+                flow_id,
+            )
+        )
     return findings
 
 
