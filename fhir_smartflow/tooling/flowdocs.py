@@ -5,7 +5,6 @@ Output is deterministic (sorted, no timestamps, paths as given) so it can be com
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from fhir_smartflow.engine.model import Action, Due, Duration, Engine, Flow, Owner, Recurring, Template
@@ -58,7 +57,13 @@ def describe_recurring(r: Recurring | None) -> str:
 
 def _label(text: str) -> str:
     """Mermaid-safe label text."""
-    return re.sub(r"[\"<>{}|\[\]`]", "'", text).replace("\n", " ")
+    escaped = text.replace("`", "'").replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;")
+    return " ".join(escaped.split())
+
+
+def _cell(code: str) -> str:
+    """Inline code inside a Markdown table cell: a literal | would end the cell."""
+    return "`" + " ".join(code.split()).replace("|", "\\|") + "`"
 
 
 def mermaid(flow: Flow) -> str:
@@ -67,9 +72,9 @@ def mermaid(flow: Flow) -> str:
     if flow.condition:
         lines.append(f'    C{{"{_label(flow.condition)}"}}')
         lines.append("    T --> C")
-        lines.append("    C -- false --> X([no action])")
+        lines.append('    C -->|"false"| X(["no action"])')
         source = "C"
-    edge = " -- true --> " if flow.condition else " --> "
+    edge = ' -->|"true"| ' if flow.condition else " --> "
     for action in flow.actions:
         node = f"A{action.index + 1}"
         parts = [f"{action.index + 1}. {action.name}", action.type]
@@ -81,9 +86,9 @@ def mermaid(flow: Flow) -> str:
             lines.append(f'    {node}R("reminder {_label(describe_duration(action.reminder, "before due"))}")')
             lines.append(f"    {node} -.-> {node}R")
         if action.recurring:
-            lines.append(f"    {node} -- {_label(describe_recurring(action.recurring))} --> {node}")
+            lines.append(f'    {node} -->|"{_label(describe_recurring(action.recurring))}"| {node}')
     if flow.not_after:
-        lines.append(f'    N(["{_label(flow.not_after)}"]) -. cancels open tasks .-> T')
+        lines.append(f'    N(["{_label(flow.not_after)}"]) -.->|"cancels open tasks"| T')
     return "\n".join(lines)
 
 
@@ -134,7 +139,7 @@ def flow_page(flow: Flow, engine: Engine) -> str:
         "| | |",
         "|---|---|",
         f"| Trigger | `{flow.trigger}` |",
-        f"| Condition | {f'`{flow.condition}`' if flow.condition else 'always'} |",
+        f"| Condition | {_cell(flow.condition) if flow.condition else 'always'} |",
         f"| Stops on | {f'`{flow.not_after}` (open tasks cancelled)' if flow.not_after else '—'} |",
         "",
         "```mermaid",
