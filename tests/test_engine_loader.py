@@ -60,6 +60,9 @@ def test_shipped_files_load_and_index():
     }
     assert {m.trigger for m in engine.mappings_for("Appointment")} >= {"appointment.no_show", "appointment.kept"}
     assert "status" in engine.prior_fields()
+    flow, action = engine.action_for("missed-appointment/case-manager-call-back/Deliver/abc")
+    assert (flow.id, action.notify_on_failure) == ("missed-appointment", True)
+    assert engine.action_for("missed-appointment/nope/Task/x") is None and engine.action_for("x") is None
 
 
 def test_good_flow_loads(tmp_path):
@@ -153,6 +156,12 @@ def test_load_engine_raises_with_all_errors(tmp_path):
             ('methods = ["sms"]', 'methods = ["sms"]\nreminder = { amount = 1, unit = "days" }'),
             "actions[1].reminder",
             "add `due`",
+            12,
+        ),
+        (
+            ('methods = ["sms"]', 'methods = ["sms"]\nrecurring = { cron = "every tuesday", count = 3 }'),
+            "actions[1].recurring.cron",
+            "not a valid cron expression",
             12,
         ),
         (("enabled = true", ""), None, None, None),

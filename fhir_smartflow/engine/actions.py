@@ -66,6 +66,9 @@ def task_write(
 ) -> WriteResource:
     ident = run.rid(action, "Task")
     owner, performer_types = _owner(run, action, default_patient=form is not None)
+    if owner is None and not performer_types and template is not None:
+        # A staff message without an owner lands on the worklists of its recipients' roles.
+        performer_types = [run.role_concept(role) for role in template.recipients.roles]
     description = action.name
     if template is not None and template.body and form is None:
         description = run.render(template, "body", due=due)

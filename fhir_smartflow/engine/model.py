@@ -212,6 +212,13 @@ class Engine:
                 fields |= _top_level_names(m.previous)
         return fields
 
+    def action_for(self, identifier: str) -> tuple[Flow, Action] | None:
+        """The flow action behind a plan identifier ``{flow_id}/{action_slug}/...`` (None if unknown)."""
+        flow_id, _, rest = identifier.partition("/")
+        flow = self.flows.get(flow_id)
+        action = flow.action(rest.split("/", 1)[0]) if flow else None
+        return (flow, action) if flow and action else None
+
     def path(self, expression: str) -> Compiled:
         return self.paths[expression]
 

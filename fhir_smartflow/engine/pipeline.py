@@ -81,6 +81,8 @@ class EnginePipeline:
             self._track_discharge(trigger)
             discharged = self._is_discharged(trigger, context)
             result_plan = plan(self.engine, trigger, context, self.settings, self.clock(), discharged=discharged)
+            if not result_plan.runs:
+                continue  # e.g. an admission with no flow on it: nothing to execute or record
             result = self.executor.execute(result_plan)
             if self.history is not None:
                 self.history.record(result_plan, result)

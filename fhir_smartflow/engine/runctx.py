@@ -11,11 +11,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 from jinja2 import meta
 
 from fhir_smartflow.config import Settings
-from fhir_smartflow.engine.anchors import AnchorMissing, primary_coverage, resolve_anchor
+from fhir_smartflow.engine.anchors import (
+    AnchorMissing,
+    event_time,
+    parse_fhir_instant,
+    primary_coverage,
+    resolve_anchor,
+)
 from fhir_smartflow.engine.due import clinic_holidays, compute_due
 from fhir_smartflow.engine.identifiers import group_id, instantiates_uri, resource_id
 from fhir_smartflow.engine.interfaces import ContextSource
@@ -119,8 +126,12 @@ class RunContext:
             found: list[dict[str, Any]] = []
             if self.trigger.patient:
                 found = self.context.search("Appointment", {"patient": self.trigger.patient, "status": "booked"})
-            found = sorted((a for a in found if a.get("start")), key=lambda a: a["start"])
-            self._cache["appointment"] = found[0] if found else None
+            zone = ZoneInfo(self.settings.clinic.timezone)
+            after = event_time(self.trigger)
+            upcoming = [
+                (start, a) for a in found if (start := parse_fhir_instant(a.get("start"), zone)) and start >= after
+            ]
+            self._cache["appointment"] = min(upcoming, key=lambda pair: pair[0])[1] if upcoming else None
         return self._cache["appointment"]
 
     def payer(self) -> dict[str, Any] | None:
