@@ -27,7 +27,7 @@ class Received:
 class Receiver:
     """A Flask app in a thread; answers `statuses` in order (then 200) and records every request."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.requests: list[Received] = []
         self.statuses: list[tuple[int, dict[str, str]]] = []
         self._lock = threading.Lock()
@@ -41,7 +41,7 @@ class Receiver:
                 status, headers = self.statuses.pop(0) if self.statuses else (200, {})
             return Response("{}", status=status, headers=headers, mimetype="application/json")
 
-        self.server = ThreadedWsgiServer(app)
+        self.server = ThreadedWsgiServer(app, port)
         self.url = self.server.url
 
     def wait_for(self, predicate: Callable[[list[Received]], bool], timeout: float = 10.0) -> list[Received]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
+from conftest import free_port
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.parameters import Parameters
 from sandbox_support import Received, Receiver, bundle_type
@@ -57,8 +59,6 @@ def subscribe(base: str, subscription: dict[str, Any]) -> str:
 
 
 def wait_status(base: str, sid: str, status: str, timeout: float = 10.0) -> dict[str, Any]:
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         current = requests.get(f"{base}/Subscription/{sid}", timeout=5).json()
@@ -135,11 +135,15 @@ def test_backport_filter_criteria_narrow_events(sandbox_server: str, receiver: R
 def test_heartbeats_when_idle(sandbox_server: str, receiver: Receiver) -> None:
     heartbeat = {"extension": [{"url": EXT_HEARTBEAT, "valueUnsignedInt": 1}]}
     sid = subscribe(sandbox_server, backport(receiver.url, "empty", **heartbeat))
-    seen = receiver.wait_for(lambda seen: [bundle_type(r) for r in seen].count("heartbeat") >= 2, timeout=6)
-    kinds = [bundle_type(r) for r in seen]
-    assert kinds[0] == "handshake"
-    hb = next(r for r in seen if bundle_type(r) == "heartbeat")
-    assert params(hb)["subscription"]["valueReference"]["reference"].endswith(f"/Subscription/{sid}")
+    receiver.wait_for(lambda seen: len(seen) >= 1)
+    handshake_at = time.monotonic()
+    seen = receiver.wait_for(lambda seen: "heartbeat" in [bundle_type(r) for r in seen], timeout=5)
+    assert time.monotonic() - handshake_at >= 0.9  # not before a period of silence
+    assert [bundle_type(r) for r in seen] == ["handshake", "heartbeat"]
+    status = params(seen[1])
+    assert status["subscription"]["valueReference"]["reference"].endswith(f"/Subscription/{sid}")
+    assert status["events-since-subscription-start"]["valueString"] == "0"
+    assert "notification-event" not in status
 
 
 def test_classic_rest_hook_resource_and_empty(sandbox_server: str, receiver: Receiver) -> None:
@@ -194,6 +198,7 @@ def test_hapi_style_put_and_delete(sandbox_server: str, receiver: Receiver) -> N
 def test_delivery_retries_then_error(sandbox_server: str, receiver: Receiver) -> None:
     notifier = sandbox_server.app.extensions["sandbox"].notifier  # type: ignore[attr-defined]
     notifier.retry = RetryPolicy(max_retries=2, base_seconds=0.01, max_seconds=0.05, jitter=False)
+    notifier.handshake_retry = notifier.retry
     receiver.statuses = [(503, {"Retry-After": "0"}), (200, {})]  # handshake: one 503, then ok
     sid = subscribe(sandbox_server, backport(receiver.url, "id-only"))
     wait_status(sandbox_server, sid, "active")
@@ -217,7 +222,7 @@ def test_delivery_retries_then_error(sandbox_server: str, receiver: Receiver) ->
 
 def test_handshake_failure_marks_error(sandbox_server: str) -> None:
     notifier = sandbox_server.app.extensions["sandbox"].notifier  # type: ignore[attr-defined]
-    notifier.retry = RetryPolicy(max_retries=1, base_seconds=0.01, max_seconds=0.01, jitter=False)
+    notifier.handshake_retry = RetryPolicy(max_retries=1, base_seconds=0.01, max_seconds=0.01, jitter=False)
     sid = subscribe(sandbox_server, backport("http://127.0.0.1:9/nothing-listens", "empty"))
     assert wait_status(sandbox_server, sid, "error")["error"] == "handshake failed"
 
@@ -295,3 +300,19 @@ def test_status_and_events_operations(sandbox_server: str, receiver: Receiver) -
     posted = requests.post(f"{sandbox_server}/Subscription/{sid}/$events", json=body, headers=FHIR, timeout=5).json()
     assert [e["fullUrl"] for e in posted["entry"][1:]] == [f"{sandbox_server}/Patient/{made[0]['id']}"]
     assert "resource" not in posted["entry"][1]  # the subscription's own content: id-only
+
+
+def test_handshake_waits_for_a_receiver_that_starts_late(sandbox_server: str) -> None:
+    """`serve` subscribes itself before it listens: the handshake must keep trying for a while."""
+    notifier = sandbox_server.app.extensions["sandbox"].notifier  # type: ignore[attr-defined]
+    notifier.handshake_retry = RetryPolicy(max_retries=20, base_seconds=0.05, max_seconds=0.1, jitter=False)
+    port = free_port()
+    sid = subscribe(sandbox_server, backport(f"http://127.0.0.1:{port}/notify", "empty"))
+    time.sleep(0.3)  # a few refused handshakes
+    assert requests.get(f"{sandbox_server}/Subscription/{sid}", timeout=5).json()["status"] == "requested"
+    late = Receiver(port=port)
+    try:
+        late.wait_for(lambda seen: len(seen) >= 1)
+        wait_status(sandbox_server, sid, "active")
+    finally:
+        late.stop()

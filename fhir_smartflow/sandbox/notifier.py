@@ -65,12 +65,15 @@ class Notifier:
         workers: int = 2,
         queue_size: int = 10_000,
         retry: RetryPolicy | None = None,
+        handshake_retry: RetryPolicy | None = None,
         tick_seconds: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.base_url = base_url.rstrip("/")
         self.retry = retry or RetryPolicy(max_retries=3, base_seconds=0.25, max_seconds=5.0)
+        # Longer for handshakes: `serve` subscribes itself before its own listener is up (~20 s of tries).
+        self.handshake_retry = handshake_retry or RetryPolicy(max_retries=8, base_seconds=0.25, max_seconds=4.0)
         self.tick_seconds = tick_seconds
         self.stats = NotifierStats()
         self._clock = clock
@@ -169,7 +172,7 @@ class Notifier:
                 body = status_bundle(
                     spec, self.base_url, "handshake", self.store.events_count(spec.id), now, "requested"
                 )
-                if not self._send(session, spec, "POST", spec.endpoint, body):
+                if not self._send(session, spec, "POST", spec.endpoint, body, self.handshake_retry):
                     self._set_status(spec.id, "error", "handshake failed")
                     return
             self._set_status(spec.id, "active", None)
@@ -192,7 +195,16 @@ class Notifier:
             return ("DELETE" if change.interaction == "delete" else "PUT"), url, resource
         return "POST", spec.endpoint, resource
 
-    def _send(self, session: requests.Session, spec: SubscriptionSpec, method: str, url: str, body: Any) -> bool:
+    def _send(
+        self,
+        session: requests.Session,
+        spec: SubscriptionSpec,
+        method: str,
+        url: str,
+        body: Any,
+        policy: RetryPolicy | None = None,
+    ) -> bool:
+        policy = policy or self.retry
         headers = dict(spec.headers)
         data = None
         if body is not None:
@@ -216,11 +228,11 @@ class Notifier:
                 retryable = response.status_code in RETRYABLE_STATUS
             except requests.RequestException as exc:
                 problem, retryable = type(exc).__name__, True
-            if not retryable or not self.retry.should_retry(attempt) or self._stop.is_set():
+            if not retryable or not policy.should_retry(attempt) or self._stop.is_set():
                 self.stats.failed += 1
                 log.warning("sandbox: notification to Subscription/%s failed: %s", spec.id, problem)
                 return False
-            self._stop.wait(self.retry.delay(attempt, retry_after))
+            self._stop.wait(policy.delay(attempt, retry_after))
 
     def _set_status(self, subscription_id: str, status: str, error: str | None) -> None:
         try:

@@ -77,7 +77,7 @@ class Interactions:
                 if len(existing) == 1:
                     found = existing[0]
                     return Result(200, found, found, version_headers(base_url, found))
-            stored = self.store.create(resource, resource_id=resource_id)
+            stored = self.store.create(resource, resource_id=resource_id, validate=False)
         return Result(201, stored, stored, version_headers(base_url, stored))
 
     def update(
@@ -85,7 +85,7 @@ class Interactions:
     ) -> Result:
         check_type(resource_type)
         resource = prepare_write(resource, resource_type)
-        stored, created = self.store.update(resource_type, resource_id, resource, if_match=if_match)
+        stored, created = self.store.update(resource_type, resource_id, resource, if_match=if_match, validate=False)
         return Result(201 if created else 200, stored, stored, version_headers(base_url, stored))
 
     def conditional_update(self, resource_type: str, query: str, resource: Any, base_url: str) -> Result:
@@ -98,11 +98,11 @@ class Interactions:
                 target = existing[0]["id"]
                 if body_id and body_id != target:
                     raise BadRequest(f"resource id {body_id!r} does not match the matched {resource_type}/{target}")
-                stored, created = self.store.update(resource_type, target, {**resource, "id": target})
+                stored, created = self.store.update(resource_type, target, {**resource, "id": target}, validate=False)
             elif body_id:
-                stored, created = self.store.update(resource_type, body_id, resource)
+                stored, created = self.store.update(resource_type, body_id, resource, validate=False)
             else:
-                stored, created = self.store.create(resource), True
+                stored, created = self.store.create(resource, validate=False), True
         return Result(201 if created else 200, stored, stored, version_headers(base_url, stored))
 
     def delete(self, resource_type: str, resource_id: str) -> Result:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from fhir_smartflow.sandbox.errors import BadRequest
@@ -185,7 +185,7 @@ def date_range(value: str) -> tuple[str, str] | None:
         tz = UTC
         if zone and zone != "Z":
             sign = 1 if zone[0] == "+" else -1
-            tz = _offset(sign * (int(zone[1:3]) * 60 + int(zone[4:6])))
+            tz = timezone(timedelta(minutes=sign * (int(zone[1:3]) * 60 + int(zone[4:6]))))
         start = datetime(
             int(year),
             int(month or 1),
@@ -211,12 +211,6 @@ def date_range(value: str) -> tuple[str, str] | None:
     else:
         end = start + timedelta(microseconds=1)
     return instant_key(start), instant_key(end)
-
-
-def _offset(minutes: int) -> Any:
-    from datetime import timezone
-
-    return timezone(timedelta(minutes=minutes))
 
 
 _PREFIXES = ("eq", "ne", "gt", "ge", "lt", "le", "sa", "eb")
@@ -400,10 +394,16 @@ def _row_matches(c: Criterion, query_value: str, row: IndexRow) -> bool:
     return _date_matches(prefix, start, end, row.value)
 
 
-def where_clause(query: Query) -> tuple[str, list[Any]]:
-    """SQL conditions on ``resources r`` for every criterion, ANDed."""
-    clauses: list[str] = []
-    args: list[Any] = []
+def sql_source(resource_type: str, query: Query) -> tuple[str, list[Any]]:
+    """``FROM ... WHERE ...`` (without the keyword FROM) selecting live ``resources r`` that match.
+
+    Indexed criteria become an INTERSECT of lookups on idx(type, param, value), CROSS JOINed to
+    resources so SQLite drives the search from the index: cost follows the matches, not the table.
+    """
+    lookups: list[str] = []
+    lookup_args: list[Any] = []
+    clauses = ["r.type = ?", "r.deleted = 0"]
+    args: list[Any] = [resource_type]
     for c in query.criteria:
         if c.kind == "id":
             clauses.append(f"r.id IN ({','.join('?' * len(c.values))})")
@@ -416,7 +416,7 @@ def where_clause(query: Query) -> tuple[str, list[Any]]:
                 args.extend(a)
             continue
         ors: list[str] = []
-        value_args: list[Any] = []
+        this_args: list[Any] = [resource_type, c.name]
         for v in c.values:
             if c.kind == TOKEN:
                 sql, a = _token_sql(v)
@@ -426,12 +426,11 @@ def where_clause(query: Query) -> tuple[str, list[Any]]:
             else:
                 sql, a = _date_sql("i.value", *_date_bounds(c.name, v))
             ors.append(sql)
-            value_args.extend(a)
-        clauses.append(
-            "EXISTS (SELECT 1 FROM idx i WHERE i.type = r.type AND i.id = r.id AND i.param = ? AND ("
-            + " OR ".join(ors)
-            + "))"
-        )
-        args.append(c.name)
-        args.extend(value_args)
-    return (" AND ".join(clauses) or "1=1"), args
+            this_args.extend(a)
+        lookups.append("SELECT i.id FROM idx i WHERE i.type = ? AND i.param = ? AND (" + " OR ".join(ors) + ")")
+        lookup_args.extend(this_args)
+    where = " AND ".join(clauses)
+    if not lookups:
+        return f"resources r WHERE {where}", args
+    source = "(" + " INTERSECT ".join(lookups) + ") m CROSS JOIN resources r ON r.id = m.id"
+    return f"{source} WHERE {where}", [*lookup_args, *args]

@@ -141,20 +141,30 @@ class Store:
 
     # ---- writes --------------------------------------------------------------------------------
 
-    def create(self, resource: dict[str, Any], *, resource_id: str | None = None) -> dict[str, Any]:
+    def create(
+        self, resource: dict[str, Any], *, resource_id: str | None = None, validate: bool = True
+    ) -> dict[str, Any]:
         """Store a new resource under a server-assigned id (any id in the body is replaced).
 
-        ``resource_id`` lets a transaction pre-assign the id it already used to rewrite references.
+        ``resource_id`` lets a transaction pre-assign the id it already used to rewrite references;
+        ``validate=False`` only for callers that have just validated it (the HTTP layer).
         """
-        rtype = validate_resource(resource)
+        rtype = validate_resource(resource) if validate else resource["resourceType"]
         with self.transaction():
             return self._write(rtype, resource_id or new_id(), resource, "create", None)
 
     def update(
-        self, resource_type: str, resource_id: str, resource: dict[str, Any], *, if_match: int | None = None
+        self,
+        resource_type: str,
+        resource_id: str,
+        resource: dict[str, Any],
+        *,
+        if_match: int | None = None,
+        validate: bool = True,
     ) -> tuple[dict[str, Any], bool]:
         """Update (or create with this id). Returns (stored resource, created)."""
-        validate_resource(resource, resource_type)
+        if validate:
+            validate_resource(resource, resource_type)
         body_id = resource.get("id")
         if body_id is not None and body_id != resource_id:
             raise BadRequest(f"resource id {body_id!r} does not match the URL id {resource_id!r}", expression="id")
@@ -253,17 +263,17 @@ class Store:
     def search(self, resource_type: str, params: list[tuple[str, str]]) -> SearchPage:
         check_type(resource_type)
         query = search.parse_query(resource_type, params)
-        where, args = search.where_clause(query)
-        base = f"FROM resources r WHERE r.type = ? AND r.deleted = 0 AND {where}"
+        source, args = search.sql_source(resource_type, query)
+        base = f"FROM {source}"
         with self._lock:
             total = None
             if query.total != "none" or query.summary_count:
-                total = int(self._conn.execute(f"SELECT COUNT(*) {base}", [resource_type, *args]).fetchone()[0])
+                total = int(self._conn.execute(f"SELECT COUNT(*) {base}", args).fetchone()[0])
             rows: list[sqlite3.Row] = []
             if not query.summary_count and query.count > 0:
                 rows = self._conn.execute(
                     f"SELECT r.body {base} ORDER BY r.last_updated {query.sort}, r.id LIMIT ? OFFSET ?",
-                    [resource_type, *args, query.count, query.offset],
+                    [*args, query.count, query.offset],
                 ).fetchall()
         return SearchPage([json.loads(r["body"]) for r in rows], total, query)
 
