@@ -35,6 +35,7 @@ def _engine(*rules: MappingRule, flows: dict[str, Any] | None = None) -> Engine:
 
 def test_unfiltered_search_absorbs_filtered_ones_and_task_lifecycle_is_included() -> None:
     rules = (
+        MappingRule("patient.admitted", "Encounter", search="Encounter?status=in-progress"),
         MappingRule("patient.registered", "Patient", search="Patient?"),
         MappingRule("patient.discharged", "Patient", search="Patient?active=false"),
         MappingRule("task.completed", "Task", search="Task?status=completed"),
@@ -45,6 +46,7 @@ def test_unfiltered_search_absorbs_filtered_ones_and_task_lifecycle_is_included(
     engine = _engine(*rules, flows={"f": _Flow("patient.registered", "patient.discharged")})
     wanted = subs.wanted_subscriptions(engine)
     assert [(w.search, w.triggers) for w in wanted] == [
+        ("Encounter?status=in-progress", ("patient.admitted",)),
         ("Patient?", ("patient.discharged", "patient.registered")),
         ("Task?status=completed", ("task.completed",)),
     ]

@@ -65,8 +65,12 @@ class Wanted:
 
 
 def needed_triggers(engine: Engine) -> set[str]:
+    """Triggers of enabled flows, their ``not_after`` triggers, and the lifecycle: task.completed always;
+    with any ``not_after``, patient.admitted too (it clears the discharged marker of a returning patient)."""
     triggers = set(engine.enabled_triggers())
-    triggers |= {f.not_after for f in engine.flows.values() if f.enabled and f.not_after}
+    stops = {f.not_after for f in engine.flows.values() if f.enabled and f.not_after}
+    if stops:
+        triggers |= stops | {"patient.admitted"}
     return triggers | set(LIFECYCLE_TRIGGERS)
 
 
