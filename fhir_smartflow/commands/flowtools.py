@@ -117,9 +117,10 @@ def simulate_command(
         sys.exit(2)
     engine = load_or_exit(settings, mappings_paths, flows_paths, templates_paths)
     report = simulate(engine, settings, resource, previous, context, when, discharged=discharged)
-    click.echo(json.dumps(report, indent=2) if as_json else format_report(report), nl=not as_json)
     if as_json:
-        click.echo("")
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo(format_report(report), nl=False)
     if report["invalid_resources"]:
         click.echo(f"{report['invalid_resources']} planned resource(s) are not valid FHIR R4B", err=True)
         sys.exit(1)
