@@ -54,39 +54,28 @@ def run() -> Any:  # pragma: no cover - console entry point
     return main()
 
 
+# Commands live in fhir_smartflow/commands/<area>.py; registered here.
+from fhir_smartflow.commands import service as _service  # noqa: E402
+from fhir_smartflow.commands.flows import validate  # noqa: E402
+from fhir_smartflow.commands.flowtools import docs_command, export_group, lint_command, simulate_command  # noqa: E402
 from fhir_smartflow.commands.history import history_command  # noqa: E402
-
-main.add_command(history_command)
-
-from fhir_smartflow.commands.flowtools import (  # noqa: E402
-    docs_command,
-    export_group,
-    lint_command,
-    simulate_command,
-)
+from fhir_smartflow.commands.openemr import openemr as _openemr_cmd  # noqa: E402
+from fhir_smartflow.commands.poll import poll as _poll_cmd  # noqa: E402
+from fhir_smartflow.commands.sandbox import sandbox_command  # noqa: E402
+from fhir_smartflow.commands.scheduling import scheduler_command  # noqa: E402
 from fhir_smartflow.commands.subscriptions import subscriptions_group  # noqa: E402
 
+main.add_command(_service.serve)
+main.add_command(_service.worker)
+main.add_command(_service.replay)
+main.add_command(validate)
+main.add_command(sandbox_command)
+main.add_command(_poll_cmd)
+main.add_command(_openemr_cmd)
+main.add_command(scheduler_command)
 main.add_command(simulate_command)
 main.add_command(lint_command)
 main.add_command(docs_command)
 main.add_command(export_group)
 main.add_command(subscriptions_group)
-
-from fhir_smartflow.commands.flows import validate  # noqa: E402
-
-main.add_command(validate)
-
-from fhir_smartflow.commands.sandbox import sandbox_command  # noqa: E402
-
-main.add_command(sandbox_command)
-
-# Commands live in fhir_smartflow/commands/<area>.py; registered here.
-from fhir_smartflow.commands import service as _service  # noqa: E402
-
-main.add_command(_service.serve)
-main.add_command(_service.worker)
-main.add_command(_service.replay)
-
-from fhir_smartflow.commands.scheduling import scheduler_command  # noqa: E402 - registered after main exists
-
-main.add_command(scheduler_command)
+main.add_command(history_command)

@@ -91,6 +91,9 @@ class EngineConfig:
     mappings: list[str] = field(default_factory=lambda: list(defaults.MAPPINGS_PATHS))
     flows: list[str] = field(default_factory=lambda: list(defaults.FLOWS_PATHS))
     templates: list[str] = field(default_factory=lambda: list(defaults.TEMPLATES_PATHS))
+    # flows: run the flows (production). record: only record each event in Redis (<prefix>dispatched),
+    # for checking the subscription wiring before any flow runs.
+    dispatch: str = "flows"
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,66 @@ class SandboxConfig:
     heartbeat_seconds: int = defaults.SANDBOX_HEARTBEAT_SECONDS
     # Enables POST/DELETE /$faults (injected 503/429/stalls) for tests and chaos runs; never in production.
     faults: bool = False
+
+
+@dataclass(frozen=True)
+class PollConfig:
+    """The polling bridge: subscriptions for FHIR servers that have none (docs/openemr.md)."""
+
+    enabled: bool = False  # also run the poller inside `worker`
+    interval_seconds: float = defaults.POLL_INTERVAL_SECONDS
+    # Per resource type interval, e.g. { Appointment = 120 }.
+    intervals: dict[str, float] = field(default_factory=dict)
+    overlap_seconds: float = defaults.POLL_OVERLAP_SECONDS
+    jitter_seconds: float = defaults.POLL_JITTER_SECONDS
+    backoff_max_seconds: float = defaults.POLL_BACKOFF_MAX_SECONDS
+    # Empty: the resource types the enabled flows need (Engine.resource_types()).
+    types: list[str] = field(default_factory=list)
+    # Types watched through a rolling date window instead of _lastUpdated (OpenEMR's Appointment).
+    date_window_types: list[str] = field(default_factory=lambda: list(defaults.POLL_DATE_WINDOW_TYPES))
+    appointment_window_days_back: int = defaults.POLL_WINDOW_DAYS_BACK
+    appointment_window_days_ahead: int = defaults.POLL_WINDOW_DAYS_AHEAD
+    page_size: int = defaults.POLL_PAGE_SIZE
+    max_pages: int = defaults.POLL_MAX_PAGES
+    # 0: the first run only records where things stand (nothing is queued); N: re-read the last N hours.
+    initial_lookback_hours: float = 0.0
+
+
+@dataclass(frozen=True)
+class OpenEmrConfig:
+    """The `openemr` write-back target and its two OAuth2 tokens (docs/openemr.md)."""
+
+    base_url: str = ""  # site root, e.g. https://emr.example.org
+    site: str = "default"
+    client_id: str = ""  # empty: [fhir] client_id
+    private_key_file: str = ""  # empty: [fhir] private_key_file (private_key_jwt client auth)
+    key_id: str = ""  # empty: [fhir] key_id
+    user_scopes: str = defaults.OPENEMR_USER_SCOPES
+    redirect_uri: str = defaults.OPENEMR_REDIRECT_URI
+    token_key_env: str = "SMARTFLOW_OPENEMR_TOKEN_KEY"  # Fernet key encrypting the stored tokens
+    local_store: str = defaults.OPENEMR_LOCAL_STORE  # SQLite file of the canonical resources
+    document_category: str = defaults.OPENEMR_DOCUMENT_CATEGORY
+    message_title: str = defaults.OPENEMR_MESSAGE_TITLE
+    message_group: str = "Default"
+    from_user: str = "admin"  # OpenEMR username the messages are from (the one who ran authorize)
+    default_user: str = "admin"  # recipient when an owner has no entry in [openemr.users]
+    users: dict[str, str] = field(default_factory=dict)  # "Practitioner/<uuid>" | "Group/x" | "role:x" -> username
+    portal_messages_to: str = ""  # username receiving portal Communications as patient messages; empty: off
+    link_base: str = ""  # base URL of links back to our records in message bodies
+    claim_timeout_seconds: int = defaults.OPENEMR_CLAIM_TIMEOUT_SECONDS
+    timeout_seconds: float = defaults.FHIR_TIMEOUT_SECONDS
+
+    @property
+    def api_base(self) -> str:
+        return f"{self.base_url.rstrip('/')}/apis/{self.site}/api"
+
+    @property
+    def fhir_base(self) -> str:
+        return f"{self.base_url.rstrip('/')}/apis/{self.site}/fhir"
+
+    @property
+    def oauth_base(self) -> str:
+        return f"{self.base_url.rstrip('/')}/oauth2/{self.site}"
 
 
 @dataclass(frozen=True)
@@ -197,6 +260,8 @@ class Settings:
     engine: EngineConfig = field(default_factory=EngineConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    poll: PollConfig = field(default_factory=PollConfig)
+    openemr: OpenEmrConfig = field(default_factory=OpenEmrConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     sms: SmsConfig = field(default_factory=SmsConfig)
     email: EmailConfig = field(default_factory=EmailConfig)
@@ -339,14 +404,31 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("[server] notify_path", "must start with /")
     if settings.server.max_body_bytes <= 0:
         raise ConfigError("[server] max_body_bytes", "must be positive")
+    if settings.engine.dispatch not in {"flows", "record"}:
+        raise ConfigError("[engine] dispatch", "must be 'flows' or 'record'")
     if settings.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError("[logging] level", "must be DEBUG, INFO, WARNING or ERROR")
+    _validate_poll_openemr(settings)
     _validate_delivery(settings)
     for role, coding in settings.roles.items():
         if "|" not in coding:
             raise ConfigError(f"[roles] {role}", "must be 'system|code'")
 
 
+def _validate_poll_openemr(settings: Settings) -> None:
+    poll, emr = settings.poll, settings.openemr
+    if poll.interval_seconds <= 0 or any(v <= 0 for v in poll.intervals.values()):
+        raise ConfigError("[poll] interval_seconds", "must be positive")
+    if poll.overlap_seconds < 0 or poll.jitter_seconds < 0:
+        raise ConfigError("[poll] overlap_seconds", "overlap and jitter must not be negative")
+    if not 1 <= poll.page_size <= 1000:
+        raise ConfigError("[poll] page_size", "must be between 1 and 1000")
+    if poll.appointment_window_days_back < 0 or poll.appointment_window_days_ahead < 0:
+        raise ConfigError("[poll] appointment_window_days_back", "window days must not be negative")
+    if emr.base_url and not emr.base_url.startswith(("http://", "https://")):
+        raise ConfigError("[openemr] base_url", "must be an http(s) URL")
+    if settings.fhir.writeback == "openemr" and not emr.base_url:
+        raise ConfigError("[openemr] base_url", "required when [fhir] writeback = 'openemr'")
 def _validate_delivery(settings: Settings) -> None:
     import re
 
@@ -376,6 +458,8 @@ _SECTIONS: dict[str, type] = {
     "engine": EngineConfig,
     "logging": LoggingConfig,
     "sandbox": SandboxConfig,
+    "poll": PollConfig,
+    "openemr": OpenEmrConfig,
     "scheduler": SchedulerConfig,
     "sms": SmsConfig,
     "email": EmailConfig,

@@ -43,6 +43,26 @@ SANDBOX_PATH = "/sandbox/fhir"
 SANDBOX_DB = ":memory:"
 SANDBOX_HEARTBEAT_SECONDS = 60
 
+# Polling bridge (servers without subscriptions)
+POLL_INTERVAL_SECONDS = 60.0
+POLL_OVERLAP_SECONDS = 120.0
+POLL_JITTER_SECONDS = 5.0
+POLL_BACKOFF_MAX_SECONDS = 900.0
+POLL_DATE_WINDOW_TYPES = ["Appointment"]
+POLL_WINDOW_DAYS_BACK = 7
+POLL_WINDOW_DAYS_AHEAD = 30
+POLL_PAGE_SIZE = 100
+POLL_MAX_PAGES = 50
+
+# OpenEMR write-back target
+OPENEMR_USER_SCOPES = (
+    "openid offline_access api:oemr user/patient.rs user/message.c user/document.c user/document.rs"
+)
+OPENEMR_REDIRECT_URI = "http://127.0.0.1:8765/callback"
+OPENEMR_LOCAL_STORE = "smartflow-local.sqlite3"
+OPENEMR_DOCUMENT_CATEGORY = "Smart Flows"
+OPENEMR_MESSAGE_TITLE = "Smart Flow"
+OPENEMR_CLAIM_TIMEOUT_SECONDS = 120
 # Scheduler (follow-ups: reminders, overdue checks, recurrences, deferred deliveries)
 SCHEDULER_INTERVAL_SECONDS = 1.0
 SCHEDULER_LOCK_TTL_SECONDS = 30.0

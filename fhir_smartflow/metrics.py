@@ -41,6 +41,11 @@ METRICS: dict[str, MetricSpec] = {
     "writes": MetricSpec("counter", "Resources written back: created | existing", ("type", "result")),
     "scheduled_jobs": MetricSpec("counter", "Follow-up jobs scheduled / fired / cancelled", ("kind", "result")),
     "poll_lag_seconds": MetricSpec("gauge", "Now minus the poller's watermark, per resource type", ("resource_type",)),
+    "poll_passes": MetricSpec("counter", "Poller passes by resource type and result", ("resource_type", "result")),
+    "openemr_mirrors": MetricSpec(
+        "counter", "Writes mirrored into OpenEMR: created | existing | failed | unknown", ("kind", "result")
+    ),
+    "openemr_auth_failures": MetricSpec("counter", "OpenEMR token refreshes that failed", ("reason",)),
 }
 
 

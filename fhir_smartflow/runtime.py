@@ -1,23 +1,28 @@
-"""The object graph of one process (serve, worker), built from `Settings`.
+"""The object graph of one process (serve, worker, scheduler), built from `Settings`.
 
 rq job functions get their collaborators from `current()`; the worker (or `serve` with its embedded
-worker) calls `install()` once at start. Nothing else is global. The lead adds fields (FHIR client,
-engine, scheduler, ...) as those parts land.
+worker) calls `install()` once at start. Nothing else is global.
+
+`build_runtime` builds the ingest core with stand-ins (recording dispatcher, pass-through fetch);
+`build_service_runtime` builds the whole service: FHIR client, write-back target, engine, executor,
+deliverer, scheduler and run history, with the engine pipeline as the dispatcher.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import redis
 import rq
 
 from fhir_smartflow.config import Settings, load_settings
 from fhir_smartflow.connections import Keys, connect
-from fhir_smartflow.engine.interfaces import Dispatcher
+from fhir_smartflow.engine.interfaces import Deliverer, Dispatcher, PriorState, WriteBackTarget
 from fhir_smartflow.ingest.queueing import make_queue
 from fhir_smartflow.ingest.seams import (
     GapRecovery,
@@ -44,6 +49,22 @@ class Runtime:
     fetcher: ResourceFetcher
     gap_recovery: GapRecovery
     clock: Callable[[], datetime] = utc_now
+    # The full service (build_service_runtime); None in the ingest-only runtime.
+    fhir: Any = None  # FhirClient
+    target: WriteBackTarget | None = None
+    engine: Any = None  # engine.model.Engine
+    prior: PriorState | None = None
+    scheduler: Any = None  # scheduling.scheduler.RqScheduler
+    deliverer: Deliverer | None = None
+    executor: Any = None  # engine.execute.PlanExecutor
+    history: Any = None  # history.RunHistory
+
+    @property
+    def context(self) -> Any:
+        """A fresh per-use caching ContextSource over the FHIR client (reads for planning)."""
+        from fhir_smartflow.fhir.context import CachingContextSource
+
+        return CachingContextSource(self.fhir) if self.fhir is not None else self.target
 
 
 def build_runtime(
@@ -69,6 +90,78 @@ def build_runtime(
         gap_recovery=gap_recovery or LoggingGapRecovery(),
         clock=clock,
     )
+
+
+def build_service_runtime(settings: Settings, redis_conn: redis.Redis | None = None) -> Runtime:
+    """The whole service for one process; ``[engine] dispatch = "record"`` keeps the ingest-only core."""
+    from smartflow_channels.base import load_channels
+
+    from fhir_smartflow.delivery import ChannelDeliverer
+    from fhir_smartflow.engine.execute import PlanExecutor
+    from fhir_smartflow.engine.loader import load_engine
+    from fhir_smartflow.engine.pipeline import EnginePipeline
+    from fhir_smartflow.engine.prior import RedisPriorState
+    from fhir_smartflow.fhir.client import FhirClient
+    from fhir_smartflow.fhir.context import CachingContextSource, ClientResourceFetcher
+    from fhir_smartflow.fhir.recovery import ClientGapRecovery
+    from fhir_smartflow.scheduling.scheduler import build_scheduler
+
+    conn = redis_conn if redis_conn is not None else connect(settings)
+    core = build_runtime(settings, conn)
+    if settings.engine.dispatch == "record":
+        return core
+    scheduler = build_scheduler(settings, conn)
+    clock = scheduler.clock  # the test clock when [scheduler] test_clock is on, else system time
+    client = FhirClient.from_settings(settings, metrics=core.metrics)
+    target = _write_back_target(settings, conn, client, core.metrics)
+    engine = load_engine(settings)
+    prior = RedisPriorState(conn, core.keys, fields=engine.prior_fields())
+    deliverer = ChannelDeliverer(settings, load_channels(settings), conn, core.keys, core.metrics)
+    executor = PlanExecutor(
+        target, conn, core.keys, settings, deliverer=deliverer, scheduler=scheduler, metrics=core.metrics, clock=clock
+    )
+    history = _run_history(settings, conn)
+    pipeline = EnginePipeline(
+        engine,
+        settings,
+        prior,
+        lambda _event: CachingContextSource(client),
+        executor,
+        conn,
+        core.keys,
+        history=history,
+        metrics=core.metrics,
+        clock=clock,
+    )
+    return dataclasses.replace(
+        core,
+        dispatcher=pipeline,
+        fetcher=ClientResourceFetcher(client, settings, conn, core.keys),
+        gap_recovery=ClientGapRecovery(client, settings, conn, core.queue, metrics=core.metrics, clock=clock),
+        clock=clock,
+        fhir=client,
+        target=target,
+        engine=engine,
+        prior=prior,
+        scheduler=scheduler,
+        deliverer=deliverer,
+        executor=executor,
+        history=history,
+    )
+
+
+def _write_back_target(settings: Settings, conn: redis.Redis, client: Any, metrics: Metrics) -> WriteBackTarget:
+    if settings.fhir.writeback == "openemr":
+        from fhir_smartflow.openemr.factory import build_openemr_target
+
+        return build_openemr_target(settings, conn, metrics)
+    from fhir_smartflow.fhir.writeback import FhirWriteBack
+
+    return FhirWriteBack.from_settings(client, settings, conn)
+
+
+def _run_history(settings: Settings, conn: redis.Redis) -> Any:
+    return None
 
 
 _lock = threading.Lock()

@@ -191,3 +191,8 @@ class _SandboxURL(str):
         obj = super().__new__(cls, url)
         obj.app = app
         return obj
+
+
+# OpenEMR bridge tests: helpers (emulator, keys) in tests/openemr_support.py, fixtures made visible here.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from openemr_support import emulator, key_file, private_pem  # noqa: E402, F401

@@ -113,7 +113,7 @@ class FakePlanner:
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any], dict[str, Any] | None]] = []
 
-    def plan_followup(self, engine, kind, payload, task_, context, settings, now) -> Plan:
+    def plan_followup(self, engine, kind, payload, task_, context, settings, now, discharged=False) -> Plan:
         from fhir_smartflow.engine.plan import FlowRun
 
         self.calls.append((kind, payload, task_))
@@ -125,17 +125,18 @@ class FakePlanner:
             occ = int(payload["occurrence"])
             ident = f"checkin/weekly/task/{occ}"
             actions.append(WriteResource("Task", ident, task(ident, group=payload["group"])))
+            # The engine's convention: occurrence k is 0-based (0 = the trigger), count counts them all.
             rule = Recurrence.from_dict(payload["recurring"])
             start = datetime.fromisoformat(payload["start"])
-            nxt = next_occurrence(rule, start, now, occ, settings.clinic.timezone)
+            nxt = next_occurrence(rule, start, now, occ + 1, settings.clinic.timezone)
             if nxt is not None:
-                n, at = nxt
+                n, at = nxt[0] - 1, nxt[1]
                 actions.append(
                     Schedule(
                         at=at,
                         kind="recurrence",
                         identifier=f"checkin/weekly/recurrence/{n}",
-                        payload={**payload, "occurrence": n, "task_identifier": ident},
+                        payload={**payload, "occurrence": n, "occurrence_at": at.isoformat(), "task_identifier": ident},
                     )
                 )
         run = FlowRun(payload.get("flow_id", ""), "1", payload.get("group", ""), True, "followup", tuple(actions))

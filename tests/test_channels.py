@@ -178,3 +178,58 @@ def test_webhook_body_is_signed_and_verifiable(monkeypatch):
     assert not verify(body, "other", headers[SIGNATURE_HEADER])
     assert not verify(body + b" ", "s3cret", headers[SIGNATURE_HEADER])
     assert json.loads(body)["to"] == "Patient/1" and json.loads(body)["idempotency_key"] == "flow/a/webhook/1"
+
+
+def _self_signed(tmp_path):
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+def test_email_starttls_against_a_tls_requiring_server(tmp_path):
+    import ssl
+
+    cert, key = _self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    handler = Collector()
+    controller = Controller(
+        handler, hostname="127.0.0.1", port=free_port(), tls_context=server_ctx, require_starttls=True
+    )
+    controller.start()
+    try:
+        tls = EmailChannel("127.0.0.1", controller.port, "clinic@example.org", "starttls", ssl_context=client_ctx)
+        assert tls.send(msg("email", "pat@example.org", subject="Forms")).status == SENT
+        plain = EmailChannel("127.0.0.1", controller.port, "clinic@example.org", "none")
+        refused = plain.send(msg("email", "pat@example.org", subject="Forms"))
+    finally:
+        controller.stop()
+    assert len(handler.envelopes) == 1
+    assert refused.status == FAILED_PERMANENT and "530" in refused.error

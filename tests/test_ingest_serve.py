@@ -112,7 +112,11 @@ def write_config(tmp_path: Path, redis_url: str, extra: str = "", subscriptions:
     path = tmp_path / "smartflow.toml"
     path.write_text(
         f'[server]\nmax_body_bytes = 65536\nretry_after_seconds = 7\n\n[redis]\nurl = "{redis_url}"\n'
-        f'key_prefix = "{PREFIX}"\n{extra}\n{subscriptions}'
+        f'key_prefix = "{PREFIX}"\n{extra}\n'
+        # These tests look at the ingest path alone: events are recorded, not run through flows, and
+        # a FHIR base is set so `serve` does not mount (and subscribe itself to) the sandbox store.
+        '[engine]\ndispatch = "record"\n\n[fhir]\nbase_url = "http://127.0.0.1:9/fhir"\n\n'
+        f"{subscriptions}"
     )
     return path
 
@@ -396,7 +400,7 @@ def test_embedded_serve_processes_in_process(processes, tmp_path: Path) -> None:
     )
     assert response.status_code == 200, response.text
     deadline = time.monotonic() + 10
-    while "dispatched Patient/p1" not in proc.output():
+    while "trigger patient.registered on Patient/p1" not in proc.output():  # the flows ran in-process
         assert time.monotonic() < deadline, proc.output()
         time.sleep(0.05)
     output = proc.output()

@@ -59,3 +59,30 @@ def test_two_scheduler_processes_one_active_standby_takes_over(redis_url, redis_
     wait_for(lambda: queue.count == 2, what="standby took over", proc=second)
     assert "is active" in second.output()
     assert scheduler.pending_count() == 0
+
+
+def test_scheduler_once_and_status_json(redis_url, redis_conn):
+    import json
+
+    from click.testing import CliRunner
+
+    from fhir_smartflow.cli import main
+
+    keys = Keys("t:")
+    clock = RedisClock(redis_conn, keys)
+    clock.set(T0)
+    scheduler = RqScheduler(redis_conn, keys, Queue("smartflow", connection=redis_conn), clock)
+    scheduler.schedule(Schedule(T0 + timedelta(hours=1), "overdue", "f/a/overdue/1", {"group": "f/g"}))
+    env = {"SMARTFLOW_REDIS_URL": redis_url, "SMARTFLOW_REDIS_KEY_PREFIX": "t:", "SMARTFLOW_TEST_CLOCK": "1"}
+    runner = CliRunner()
+    status = runner.invoke(main, ["scheduler", "--status", "--json"], env=env)
+    assert status.exit_code == 0, status.output
+    info = json.loads(status.output[status.output.index("{") :])
+    assert info["pending"] == 1 and info["soonest"][0]["identifier"] == "f/a/overdue/1"
+    assert json.loads(
+        runner.invoke(main, ["scheduler", "--once", "--json"], env=env).output.strip().splitlines()[-1]
+    ) == {"enqueued": 0}
+    clock.set(T0 + timedelta(hours=2))
+    once = runner.invoke(main, ["scheduler", "--once", "--json"], env=env)
+    assert json.loads(once.output.strip().splitlines()[-1]) == {"enqueued": 1}
+    assert runner.invoke(main, ["scheduler", "--once"], env={"SMARTFLOW_REDIS_URL": ""}).exit_code == 2

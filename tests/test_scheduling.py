@@ -191,12 +191,13 @@ def _series(rt, recurring: dict, patient: str = "Patient/1") -> None:
         Schedule(
             at=T0 + timedelta(weeks=1),
             kind="recurrence",
-            identifier="checkin/weekly/recurrence/2",
+            identifier="checkin/weekly/recurrence/1",
             payload={
                 "flow_id": "checkin",
                 "group": "checkin/g1",
                 "patient": patient,
-                "occurrence": 2,
+                "occurrence": 1,  # 0-based: occurrence 0 was the trigger itself
+                "occurrence_at": (T0 + timedelta(weeks=1)).isoformat(),
                 "start": T0.isoformat(),
                 "recurring": recurring,
                 "not_after": "patient.discharged",
@@ -221,14 +222,14 @@ def _created_tasks(rt) -> list[str]:
 def test_recurrence_series_stops_at_count(rt):
     _series(rt, {"every": "weekly", "count": 4})
     _run_weeks(rt, 8)
-    assert _created_tasks(rt) == ["checkin/weekly/task/2", "checkin/weekly/task/3", "checkin/weekly/task/4"]
+    assert _created_tasks(rt) == ["checkin/weekly/task/1", "checkin/weekly/task/2", "checkin/weekly/task/3"]
     assert rt.scheduler.pending_count() == 0
 
 
 def test_recurrence_series_stops_at_until(rt):
     _series(rt, {"every": "weekly", "until": "2026-03-23"})  # occurrences Mar 2, 9, 16, 23
     _run_weeks(rt, 6)
-    assert _created_tasks(rt) == ["checkin/weekly/task/2", "checkin/weekly/task/3", "checkin/weekly/task/4"]
+    assert _created_tasks(rt) == ["checkin/weekly/task/1", "checkin/weekly/task/2", "checkin/weekly/task/3"]
 
 
 def test_recurrence_series_stops_at_discharge(rt):
@@ -236,17 +237,17 @@ def test_recurrence_series_stops_at_discharge(rt):
     _run_weeks(rt, 2)
     rt.target.put({"resourceType": "Patient", "id": "1", "active": False})  # discharged
     _run_weeks(rt, 3)
-    assert _created_tasks(rt) == ["checkin/weekly/task/2", "checkin/weekly/task/3"]
+    assert _created_tasks(rt) == ["checkin/weekly/task/1", "checkin/weekly/task/2"]
     assert rt.metrics.counter_value("scheduled_jobs", kind="recurrence", result="ended-discharged") == 1
 
 
 def test_recurrence_series_stops_when_previous_occurrence_cancelled(rt):
     _series(rt, {"every": "weekly", "count": 12})
     _run_weeks(rt, 1)
-    cancelled = rt.target.find_by_identifier("Task", "checkin/weekly/task/2")
+    cancelled = rt.target.find_by_identifier("Task", "checkin/weekly/task/1")
     rt.target.put({**cancelled, "status": "cancelled"})
     _run_weeks(rt, 2)
-    assert _created_tasks(rt) == ["checkin/weekly/task/2"]
+    assert _created_tasks(rt) == ["checkin/weekly/task/1"]
     assert rt.metrics.counter_value("scheduled_jobs", kind="recurrence", result="ended-task-cancelled") == 1
 
 
@@ -255,7 +256,7 @@ def test_recurrence_cancel_by_patient_and_flow_removes_the_pending_next(rt):
     _run_weeks(rt, 1)
     assert rt.scheduler.cancel(patient="Patient/1", flows=("checkin",)) == 1
     _run_weeks(rt, 2)
-    assert _created_tasks(rt) == ["checkin/weekly/task/2"]
+    assert _created_tasks(rt) == ["checkin/weekly/task/1"]
 
 
 def test_failed_followup_is_retried_later_then_runs(rt):
@@ -285,8 +286,17 @@ def test_deferred_delivery_is_rerun_through_the_executor(rt):
         rt.scheduler.schedule(Schedule(at, "delivery", "intake/send/delivery/abc", {"deliver": deliver}))
         assert rt.scheduler.tick(at) == 1
         work(rt)
+    # The executor's own payload shape: the Deliver fields flat, plus patient and trigger id.
+    flat = {**deliver, "subject": "Forms", "patient": "Patient/1", "trigger_id": "patient.registered|Patient/1|v1"}
+    at = T0 + timedelta(hours=3)
+    rt.scheduler.schedule(Schedule(at, "delivery", "intake/send/delivery/abc@20260302T170000Z", flat))
+    rt.scheduler.tick(at)
+    work(rt)
     delivered = [a for a in rt.executor.actions() if type(a).__name__ == "Deliver"]
-    assert [d.identifier for d in delivered] == ["intake/send/delivery/abc"] * 2
+    assert [d.identifier for d in delivered] == ["intake/send/delivery/abc"] * 3
+    assert delivered[2].subject == "Forms"
+    last = rt.executor.plans[-1].trigger
+    assert (last.patient, last.id) == ("Patient/1", "patient.registered|Patient/1|v1")
 
 
 def test_single_scheduler_lock_and_standby(rt):
@@ -314,7 +324,7 @@ def test_scheduler_loop_ticks_while_holding_the_lock(rt):
         threading.Event().wait(0.15)
         assert rt.queue.count == 0  # standing by: another scheduler holds the lock
         standby.release()
-        for _ in range(100):
+        for _ in range(250):
             if rt.queue.count:
                 break
             threading.Event().wait(0.02)
@@ -338,5 +348,59 @@ def test_test_clock_only_when_explicitly_enabled(redis_conn, caplog):
 def test_memory_per_pending_reminder_is_within_one_kib(redis_conn):
     from benchmarks.scheduled_memory import measure
 
-    per_reminder = measure(redis_conn, 1000)
+    per_reminder = measure(redis_conn, 400)  # > 128 entries: the big-structure encodings production uses
     assert 100 < per_reminder <= 1024, per_reminder
+
+
+def test_recurrence_series_stops_when_the_workflow_was_completed(rt):
+    rt.engine.flows["checkin"] = SimpleNamespace(
+        not_after=None,
+        actions=(
+            SimpleNamespace(slug="weekly-check-in", completes_workflow=False),
+            SimpleNamespace(slug="final-review", completes_workflow=True),
+        ),
+    )
+    _series(rt, {"every": "weekly", "count": 12})
+    _run_weeks(rt, 1)
+    done = {**task("checkin/final-review/task/x", status="completed", group="checkin/g1"), "id": "final"}
+    done["instantiatesUri"] = "urn:fhir-smartflow:flow:checkin:1#final-review"
+    rt.target.put(done)
+    _run_weeks(rt, 2)
+    assert _created_tasks(rt) == ["checkin/weekly/task/1"]
+    assert rt.metrics.counter_value("scheduled_jobs", kind="recurrence", result="ended-workflow-completed") == 1
+
+
+def test_recurrence_job_itself_refuses_occurrences_past_the_end(rt):
+    payload = {
+        "flow_id": "checkin",
+        "group": "checkin/g1",
+        "occurrence": 4,
+        "recurring": {"every": "weekly", "count": 4},
+    }
+    rt.scheduler.schedule(Schedule(T0, "recurrence", "checkin/weekly/recurrence/4", payload))
+    until = {**payload, "occurrence": 2, "recurring": {"every": "weekly", "until": "2026-03-01"}}
+    rt.scheduler.schedule(Schedule(T0, "recurrence", "checkin/weekly/recurrence/2", until))
+    rt.scheduler.tick(T0)
+    work(rt)
+    assert rt.planner.calls == []
+    assert rt.metrics.counter_value("scheduled_jobs", kind="recurrence", result="ended-end-reached") == 2
+
+
+def test_discharge_marker_ends_a_not_after_series(rt):
+    _series(rt, {"every": "weekly", "count": 12})
+    rt.redis.set("t:discharged:Patient/1", "1")  # Keys.discharged(patient), set by the pipeline on discharge
+    _run_weeks(rt, 2)
+    assert _created_tasks(rt) == []
+    assert rt.metrics.counter_value("scheduled_jobs", kind="recurrence", result="ended-discharged") == 1
+
+
+def test_scheduler_and_jobs_accept_a_plain_callable_clock(rt):
+    """The runtime's clock may be a ``Callable[[], datetime]`` rather than a clock object."""
+    rt.target.put(task("intake/send/task/abc"))
+    callable_clock = rt.clock.now  # a bound method: callable, no .now attribute
+    scheduler = RqScheduler(rt.redis, rt.keys, rt.queue, callable_clock)
+    scheduler.schedule(reminder(at=T0))
+    rt.clock = callable_clock
+    assert scheduler.tick() == 1
+    work(rt)
+    assert len(rt.executor.plans) == 1

@@ -12,6 +12,7 @@ import click
 
 from fhir_smartflow.cli import CliContext, pass_ctx
 from fhir_smartflow.connections import connect
+from fhir_smartflow.scheduling.clock import now_of
 from fhir_smartflow.scheduling.scheduler import SchedulerLock, build_scheduler, iter_pending, run_scheduler_loop
 
 
@@ -39,7 +40,7 @@ def scheduler_command(ctx: CliContext, once: bool, status: bool, as_json: bool) 
             "pending": scheduler.pending_count(),
             "next_due": nxt.isoformat() if nxt else None,
             "active_scheduler": lock.holder(),
-            "now": scheduler.clock.now().isoformat(),
+            "now": now_of(scheduler.clock).isoformat(),
             "soonest": [
                 {"kind": p.kind, "at": p.at.isoformat(), "identifier": p.identifier}
                 for p in iter_pending(scheduler, 10)

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
 import threading
 
 import click
+import redis
 import rq
 
 from fhir_smartflow.cli import CliContext, pass_ctx
-from fhir_smartflow.config import ConfigError
+from fhir_smartflow.config import ConfigError, Settings
 from fhir_smartflow.connections import embedded_redis
 from fhir_smartflow.ingest.app import webhook_redis
 from fhir_smartflow.ingest.workers import WORKER_LOG_LEVEL, replay_failed, run_embedded_worker, worker_connection
-from fhir_smartflow.runtime import build_runtime, install
+from fhir_smartflow.runtime import Runtime, build_runtime, build_service_runtime, install
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,10 @@ def serve(
     from fhir_smartflow.app import create_app
 
     settings = cli.settings
+    host = host or settings.server.host
+    port = port if port is not None else settings.server.port
+    # The embedded worker reaches the sandbox store through this listener: it must know the real address.
+    settings = dataclasses.replace(settings, server=dataclasses.replace(settings.server, host=host, port=port))
     embedded = embedded or settings.embedded_queue
     stop = threading.Event()
     if embedded:
@@ -54,26 +60,60 @@ def serve(
         if not settings.subscriptions and not insecure_dev:
             insecure_dev = True
             log.warning("EMBEDDED MODE implies --insecure-dev: webhook deliveries are NOT authenticated.")
-        rt = build_runtime(settings, conn)
+        rt = _service_runtime(settings, conn)
         install(rt)
         threading.Thread(target=run_embedded_worker, args=(rt, stop), name="embedded-worker", daemon=True).start()
+        _start_scheduler(rt, stop)
     else:
         conn = webhook_redis(settings.redis.url)
-    # Extra WSGI apps served beside the webhook. SANDBOX HOOK (for the lead): when settings.sandbox_fhir,
-    # mounts[settings.sandbox.path] = create_sandbox_app(settings) from fhir_smartflow.sandbox.
     mounts: dict[str, object] = {}
+    sandbox_state = None
+    if settings.sandbox_fhir:  # no [fhir] base_url: serve the sandbox store and subscribe to it
+        from fhir_smartflow.commands.embedded import mount_sandbox
+
+        sandbox_state = mount_sandbox(settings, mounts, host, port, insecure_dev)
     try:
         app = create_app(settings, conn, insecure_dev=insecure_dev, extra_wsgi_mounts=mounts or None)  # type: ignore[arg-type]
     except ConfigError as exc:
         click.echo(f"configuration error: {exc}", err=True)
         sys.exit(2)
-    host = host or settings.server.host
-    port = port if port is not None else settings.server.port
     log.info("serving webhook on http://%s:%s%s", host, port, settings.server.notify_path)
     try:
         waitress.serve(app, host=host, port=port, threads=threads, ident="fhir-smartflow", _quiet=True)
     finally:
         stop.set()
+        if sandbox_state is not None:
+            sandbox_state.close()
+
+
+def _service_runtime(settings: Settings, conn: redis.Redis) -> Runtime:
+    """The full runtime, or exit 2 with the flow files' `file: field: reason` errors."""
+    from fhir_smartflow.engine.loader import EngineLoadError
+
+    try:
+        return build_service_runtime(settings, conn)
+    except EngineLoadError as exc:
+        for error in exc.errors:
+            click.echo(str(error), err=True)
+        click.echo("flows, mappings or templates are invalid (see above); nothing started", err=True)
+        sys.exit(2)
+    except ConfigError as exc:
+        click.echo(f"configuration error: {exc}", err=True)
+        sys.exit(2)
+
+
+def _start_scheduler(rt: Runtime, stop: threading.Event) -> None:
+    """Follow-ups (reminders, overdue checks, recurrences, deferred deliveries) in a thread of this process."""
+    if rt.scheduler is None:
+        return
+    from fhir_smartflow.scheduling.scheduler import start_scheduler_thread
+
+    start_scheduler_thread(
+        rt.scheduler,
+        stop,
+        interval_seconds=rt.settings.scheduler.interval_seconds,
+        lock_ttl_seconds=rt.settings.scheduler.lock_ttl_seconds,
+    )
 
 
 @click.command()
@@ -103,8 +143,14 @@ def worker(cli: CliContext, burst: bool, with_scheduler: bool, worker_class: str
         )
         sys.exit(2)
     conn = worker_connection(settings)
-    rt = build_runtime(settings, conn)
+    rt = _service_runtime(settings, conn)
     install(rt)
+    if with_scheduler:  # rq's scheduler (job retries, gap sweeps) runs inside w.work; ours in a thread
+        _start_scheduler(rt, threading.Event())
+    if settings.poll.enabled:  # servers without subscriptions: poll inside the worker (docs/openemr.md)
+        from fhir_smartflow.ingest.poll import run_poller
+
+        run_poller(settings, threading.Event(), conn)
     cls = rq.SimpleWorker if worker_class == "simple" else rq.Worker
     w = cls([rt.queue], connection=conn)
     log.info("worker %s (%s) on queue %s", w.name, worker_class, rt.queue.name)

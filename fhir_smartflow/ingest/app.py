@@ -100,6 +100,10 @@ def create_ingest_blueprint(ctx: IngestContext) -> Blueprint:
             ctx.conn.ping()
         except redis.RedisError as exc:
             return fhir_response(503, f"Redis unavailable: {type(exc).__name__}")
+        # Writes to OpenEMR held (its refresh token was refused): still ready to receive, but say so loudly.
+        degraded = ctx.conn.get(f"{ctx.keys.prefix}openemr:auth_degraded")
+        if degraded:
+            return fhir_response(200, f"ready, DEGRADED: OpenEMR writes are queued: {degraded.decode()}")
         return fhir_response(200, f"ready: Redis reachable, configuration loaded from {ctx.settings.source}")
 
     return bp

@@ -24,6 +24,7 @@ ANY_TYPE = "*"
 # param -> (kind, resource types it applies to)
 PARAMS: dict[str, tuple[str, frozenset[str] | str]] = {
     "identifier": (TOKEN, ANY_TYPE),
+    "_tag": (TOKEN, ANY_TYPE),  # meta.tag: how Provenance (no identifier element in R4) is found by business id
     "status": (TOKEN, ANY_TYPE),
     "code": (TOKEN, ANY_TYPE),
     "subject": (REFERENCE, ANY_TYPE),
@@ -110,6 +111,12 @@ def _identifiers(value: Any) -> Iterator[tuple[str | None, str]]:
             yield ident.get("system"), ident["value"]
 
 
+def _tags(value: Any) -> Iterator[tuple[str | None, str]]:
+    for coding in _as_list(value):
+        if isinstance(coding, dict) and isinstance(coding.get("code"), str):
+            yield coding.get("system"), coding["code"]
+
+
 def _codings(value: Any) -> Iterator[tuple[str | None, str]]:
     for concept in _as_list(value):
         if isinstance(concept, dict):
@@ -127,6 +134,7 @@ def index_rows(resource: dict[str, Any]) -> list[IndexRow]:
         rows.extend(IndexRow(param, s, v) for s, v in pairs)
 
     add("identifier", _identifiers(resource.get("identifier")))
+    add("_tag", _tags((resource.get("meta") or {}).get("tag")))
     if isinstance(resource.get("status"), str):
         rows.append(IndexRow("status", None, resource["status"]))
     add("code", _codings(resource.get("code")))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -35,6 +35,9 @@ class SystemClock:
     def now(self) -> datetime:
         return datetime.now(UTC)
 
+    def __call__(self) -> datetime:  # usable where a ``Callable[[], datetime]`` clock is expected
+        return self.now()
+
 
 class ManualClock:
     """An in-process clock for pure unit tests: set and advance by hand."""
@@ -44,6 +47,9 @@ class ManualClock:
 
     def now(self) -> datetime:
         return self._now
+
+    def __call__(self) -> datetime:
+        return self.now()
 
     def set(self, when: datetime) -> None:
         self._now = _aware(when)
@@ -69,6 +75,9 @@ class RedisClock:
             return datetime.now(UTC)
         return datetime.fromtimestamp(float(raw), UTC)
 
+    def __call__(self) -> datetime:
+        return self.now()
+
     def set(self, when: datetime) -> None:
         self.conn.set(self.key, repr(_aware(when).timestamp()))
 
@@ -76,6 +85,12 @@ class RedisClock:
         when = self.now() + delta
         self.set(when)
         return when
+
+
+def now_of(clock: Clock | Callable[[], datetime]) -> datetime:
+    """ "Now" from a clock object or a plain ``Callable[[], datetime]`` (the runtime's shape)."""
+    now = getattr(clock, "now", None)
+    return now() if callable(now) else clock()  # type: ignore[operator]
 
 
 def clock_key(keys: Keys) -> str:

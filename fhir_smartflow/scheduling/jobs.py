@@ -17,6 +17,7 @@ from typing import Any
 from fhir_smartflow.engine.plan import Deliver, FlowRun, Plan, Schedule, TriggerEvent
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.retry import RetryPolicy
+from fhir_smartflow.scheduling.clock import now_of
 from fhir_smartflow.scheduling.recurrence import Recurrence, RecurrenceError
 from fhir_smartflow.scheduling.scheduler import ScheduleKeys
 
@@ -52,7 +53,7 @@ def fire(
     handler = HANDLERS.get(kind)
     if handler is None:
         raise ValueError(f"unknown follow-up kind {kind!r}")
-    now = rt.clock.now()
+    now = now_of(rt.clock)
     guard = _claim_run(rt, identifier, scheduled_at)
     if guard is False:
         _count(rt, kind, "duplicate")
@@ -145,12 +146,15 @@ def series_end_reason(rt: Any, payload: dict[str, Any], now: datetime, scheduled
 
     end-reached (count / until), task-cancelled (the previous occurrence was cancelled: workflow completed
     or discharge), workflow-completed (a completes_workflow Task of the group is completed), discharged.
+    ``payload["occurrence"]`` is the engine's 0-based number of the occurrence about to be created
+    (0 = the original trigger; ``count`` counts them all), at ``occurrence_at``.
     """
     rule = _recurrence_rule(rt, payload)
     occurrence = int(payload.get("occurrence", 0) or 0)
-    at = datetime.fromisoformat(scheduled_at) if scheduled_at else now
+    when = payload.get("occurrence_at") or scheduled_at
+    at = datetime.fromisoformat(when.replace("Z", "+00:00")) if when else now
     tz = rt.settings.clinic.timezone
-    if rule is not None and occurrence and not rule.within_end(occurrence, at, tz):
+    if rule is not None and occurrence and not rule.within_end(occurrence + 1, at, tz):
         return "end-reached"
     if payload.get("task_identifier"):
         previous = _read_task(rt, payload)
@@ -212,7 +216,11 @@ def _flow_not_after_discharge(rt: Any, payload: dict[str, Any]) -> bool:
 
 
 def _discharged(rt: Any, patient: str) -> bool:
-    """A patient counts as discharged here when the Patient resource is inactive (``active = false``)."""
+    """Discharged: the pipeline's marker ``Keys.discharged(patient)`` is set, or ``Patient.active`` is false."""
+    marker = getattr(rt.keys, "discharged", None)
+    key = marker(patient) if marker else f"{rt.keys.prefix}discharged:{patient}"
+    if rt.redis.exists(key):
+        return True
     resource = rt.target.read(patient)
     return bool(resource) and resource.get("active") is False
 
@@ -231,7 +239,8 @@ def _read_task(rt: Any, payload: dict[str, Any]) -> dict[str, Any] | None:
 
 def _plan_and_execute(rt: Any, kind: str, payload: dict[str, Any], task: dict[str, Any] | None, now: datetime) -> str:
     context = getattr(rt, "context", None) or rt.target
-    plan = _planner().plan_followup(rt.engine, kind, payload, task, context, rt.settings, now)
+    discharged = bool(payload.get("patient")) and _discharged(rt, str(payload["patient"]))
+    plan = _planner().plan_followup(rt.engine, kind, payload, task, context, rt.settings, now, discharged=discharged)
     if not plan.actions:
         return "nothing-to-do"
     rt.executor.execute(plan)
@@ -247,7 +256,12 @@ def _single_action_plan(payload: dict[str, Any], deliver: Deliver, now: datetime
         received_at=now.astimezone(UTC).isoformat(),
         source="replay",
     )
-    trigger = TriggerEvent(trigger="scheduled.delivery", event=event, id=f"delivery|{deliver.identifier}")
+    trigger = TriggerEvent(
+        trigger="scheduled.delivery",
+        event=event,
+        id=str(payload.get("trigger_id") or f"delivery|{deliver.identifier}"),
+        patient=payload.get("patient"),  # the executor reads this patient's Consents for staff recipients too
+    )
     run = FlowRun(
         flow_id=str(payload.get("flow_id", "")),
         flow_version=str(payload.get("flow_version", "")),

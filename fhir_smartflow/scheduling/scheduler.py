@@ -20,7 +20,7 @@ import socket
 import threading
 import uuid
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,7 +32,7 @@ from rq.job import Job, JobStatus
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.engine.plan import Schedule
 from fhir_smartflow.metrics import Metrics
-from fhir_smartflow.scheduling.clock import Clock
+from fhir_smartflow.scheduling.clock import Clock, now_of
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class RqScheduler:
         conn: redis.Redis,
         keys: Keys,
         queue: Queue,
-        clock: Clock,
+        clock: Clock | Callable[[], datetime],
         metrics: Metrics | None = None,
         *,
         batch_size: int = 500,
@@ -198,7 +198,7 @@ class RqScheduler:
         """Store a pending follow-up. False when it is already pending, or already fired (unless
         ``force`` or a repeatable kind)."""
         sid = short_id(action.identifier)
-        if not force and action.kind not in REPEATABLE_KINDS and self.conn.zscore(self.skeys.fired, sid):
+        if not force and action.kind not in REPEATABLE_KINDS and self.conn.zscore(self.skeys.fired, sid) is not None:
             self._count(action.kind, "already-fired")
             return False
         if self.conn.hexists(self.skeys.inflight, sid):
@@ -238,7 +238,7 @@ class RqScheduler:
 
     def tick(self, now: datetime | None = None) -> int:
         """Move every follow-up due at ``now`` into the rq queue. Returns how many were enqueued."""
-        now = now or self.clock.now()
+        now = now or now_of(self.clock)
         enqueued = self._recover_inflight(now)
         while True:
             claimed = self._claim(now)

@@ -1,0 +1,534 @@
+"""Polling bridge: subscriptions for FHIR servers that have none (OpenEMR, plain FHIR stores).
+
+For each resource type it picks a strategy from the server's CapabilityStatement:
+
+* ``last-updated``: search ``_lastUpdated=gt<watermark - overlap>&_sort=_lastUpdated&_count=N``, follow
+  the ``next`` links, turn each resource into a ``ResourceEvent(source="poll")`` and queue it through the
+  same ``enqueue_events`` as the webhook. The watermark (Redis) moves only after a page's events are
+  durably queued, so a crash re-reads a little and the worker's dedupe absorbs it.
+* ``date-window`` (types in ``[poll] date_window_types``, by default Appointment): OpenEMR's Appointment
+  ``_lastUpdated`` is its creation time (``pc_time``, src/Services/FHIR/FhirAppointmentService.php) and its
+  ``meta.versionId`` is always "1", so a status change (booked → noshow) is invisible to ``_lastUpdated``.
+  Instead, search ``date=ge<now - back>&date=le<now + ahead>`` every pass, compare each appointment with a
+  compact snapshot kept in Redis (status, start, participants, lastUpdated) and queue only the changed ones.
+* ``unsupported``: the type is not searchable on this server (not in the CapabilityStatement): skipped.
+
+Dedupe marker: ``meta.versionId`` when the CapabilityStatement says the type is versioned; otherwise (OpenEMR
+answers versionId "1" forever) ``meta.lastUpdated``, or for the date window the snapshot's hash, so a real
+change is never mistaken for a duplicate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+from urllib.parse import urljoin
+
+import redis
+import requests
+
+from fhir_smartflow.config import PollConfig
+from fhir_smartflow.connections import Keys
+from fhir_smartflow.events import ResourceEvent, content_hash
+from fhir_smartflow.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+LAST_UPDATED = "last-updated"
+DATE_WINDOW = "date-window"
+UNSUPPORTED = "unsupported"
+_BASELINE = "__baseline__"
+LOCK_SECONDS = 120
+
+
+class FhirReader(Protocol):
+    """What the poller needs from a FHIR client."""
+
+    def capability(self) -> dict[str, Any]: ...
+
+    def search_pages(self, resource_type: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]: ...
+
+
+class PollError(RuntimeError):
+    pass
+
+
+class RequestsFhirReader:
+    """A minimal FHIR reader over requests (only URLs under ``base_url`` are ever fetched)."""
+
+    def __init__(
+        self, base_url: str, session: requests.Session | None = None, auth: Any = None, timeout: float = 10.0
+    ) -> None:
+        self.base_url = base_url.rstrip("/") + "/"
+        self.session = session or requests.Session()
+        self.auth = auth
+        self.timeout = timeout
+
+    def _get(self, url: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        if not url.startswith(self.base_url):
+            raise PollError(f"refusing to fetch a URL outside the FHIR base: {url}")
+        try:
+            resp = self.session.get(
+                url, params=params, auth=self.auth, timeout=self.timeout, headers={"Accept": "application/fhir+json"}
+            )
+        except requests.RequestException as exc:
+            raise PollError(f"FHIR server unreachable: {type(exc).__name__}") from exc
+        if resp.status_code == 401 and hasattr(self.auth, "invalidate"):
+            self.auth.invalidate()  # an expired backend-services token: fetch a new one, try once more
+            resp = self.session.get(
+                url, params=params, auth=self.auth, timeout=self.timeout, headers={"Accept": "application/fhir+json"}
+            )
+        if resp.status_code != 200:
+            raise PollError(f"GET {url.split('?')[0]} answered {resp.status_code}")
+        return resp.json()
+
+    def capability(self) -> dict[str, Any]:
+        return self._get(urljoin(self.base_url, "metadata"))
+
+    def search_pages(self, resource_type: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        bundle = self._get(urljoin(self.base_url, resource_type), params)
+        while True:
+            yield bundle
+            nxt = next((link.get("url") for link in bundle.get("link") or [] if link.get("relation") == "next"), None)
+            if not nxt:
+                return
+            bundle = self._get(nxt)
+
+
+@dataclass(frozen=True)
+class TypePlan:
+    resource_type: str
+    strategy: str
+    reason: str
+    versioned: bool = False
+
+
+@dataclass
+class PassResult:
+    resource_type: str
+    strategy: str
+    found: int = 0
+    queued: int = 0
+    pages: int = 0
+    watermark: str | None = None
+    note: str = ""
+    error: str | None = None
+    queued_ids: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "queued_ids"}
+
+
+def plan_strategies(
+    capability: dict[str, Any], types: Iterable[str], date_window_types: Iterable[str]
+) -> list[TypePlan]:
+    """Choose a strategy per type from the CapabilityStatement's search parameters."""
+    resources: dict[str, dict[str, Any]] = {}
+    for rest in capability.get("rest") or []:
+        if rest.get("mode", "server") == "server":
+            for res in rest.get("resource") or []:
+                resources[str(res.get("type"))] = res
+    window = set(date_window_types)
+    plans: list[TypePlan] = []
+    for rtype in sorted(set(types)):
+        res = resources.get(rtype)
+        if res is None:
+            plans.append(TypePlan(rtype, UNSUPPORTED, "not in the server's CapabilityStatement"))
+            continue
+        params = {str(p.get("name")) for p in res.get("searchParam") or []}
+        interactions = {str(i.get("code")) for i in res.get("interaction") or []}
+        versioned = res.get("versioning") in {"versioned", "versioned-update"}
+        if "search-type" not in interactions and interactions:
+            plans.append(TypePlan(rtype, UNSUPPORTED, "the server does not allow searching it"))
+        elif rtype in window and "date" in params:
+            plans.append(
+                TypePlan(
+                    rtype,
+                    DATE_WINDOW,
+                    "configured date window ([poll] date_window_types): "
+                    "its _lastUpdated does not move on status changes",
+                    versioned,
+                )
+            )
+        elif "_lastUpdated" in params:
+            plans.append(TypePlan(rtype, LAST_UPDATED, "_lastUpdated search supported", versioned))
+        else:
+            plans.append(TypePlan(rtype, UNSUPPORTED, "no _lastUpdated search parameter"))
+    return plans
+
+
+def _parse_instant(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _resources(bundle: dict[str, Any], resource_type: str) -> list[dict[str, Any]]:
+    out = []
+    for entry in bundle.get("entry") or []:
+        res = entry.get("resource") or {}
+        mode = (entry.get("search") or {}).get("mode", "match")
+        if res.get("resourceType") == resource_type and res.get("id") and mode == "match":
+            out.append(res)
+    return out
+
+
+def _fingerprint(resource: dict[str, Any]) -> str:
+    """The fields a flow can react to. Other edits (comments, display text) fire nothing on OpenEMR, whose
+    Appointment lastUpdated / versionId never move; on servers where they do, the change is queued and the
+    mappings' ``previous`` conditions decide."""
+    meta = resource.get("meta") or {}
+    compact = {
+        "status": resource.get("status"),
+        "start": resource.get("start"),
+        "end": resource.get("end"),
+        "participants": sorted(
+            f"{(p.get('actor') or {}).get('reference')}:{p.get('status')}" for p in resource.get("participant") or []
+        ),
+        "lastUpdated": meta.get("lastUpdated"),
+        "versionId": meta.get("versionId"),
+    }
+    return f"{resource.get('status')}|{content_hash(compact)}"
+
+
+class Poller:
+    """One poller for a set of resource types. ``run_once()`` for a single pass, ``run(stop)`` to keep going."""
+
+    def __init__(
+        self,
+        reader: FhirReader,
+        enqueue: Callable[[list[ResourceEvent]], Any],
+        conn: redis.Redis,
+        keys: Keys,
+        config: PollConfig,
+        types: Iterable[str],
+        metrics: Metrics | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        rng: random.Random | None = None,
+    ) -> None:
+        self.reader = reader
+        self.enqueue = enqueue
+        self.conn = conn
+        self.keys = keys
+        self.config = config
+        self.types = sorted(set(types))
+        self.metrics = metrics
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self._plans: list[TypePlan] | None = None
+        self._lock: Any = None
+
+    def _keepalive(self) -> None:
+        if self._lock is not None:
+            self._lock.reacquire()
+
+    # -- keys --------------------------------------------------------------------------------------
+    def watermark_key(self, resource_type: str) -> str:
+        return self.keys.watermark(f"poll:{resource_type}")
+
+    def snapshot_key(self, resource_type: str) -> str:
+        return f"{self.keys.prefix}poll:snapshot:{resource_type}"
+
+    def watermark(self, resource_type: str) -> datetime | None:
+        raw = self.conn.hget(self.watermark_key(resource_type), "lastUpdated")
+        return _parse_instant(raw.decode()) if raw else None
+
+    # -- strategies --------------------------------------------------------------------------------
+    def plans(self, refresh: bool = False) -> list[TypePlan]:
+        if self._plans is None or refresh:
+            self._plans = plan_strategies(self.reader.capability(), self.types, self.config.date_window_types)
+        return self._plans
+
+    def describe(self) -> list[str]:
+        return [f"{p.resource_type}: {p.strategy} ({p.reason})" for p in self.plans()]
+
+    def run_once(self) -> list[PassResult]:
+        return [self.poll(plan) for plan in self.plans()]
+
+    def poll(self, plan: TypePlan) -> PassResult:
+        """One pass over one type, under a Redis lock so two pollers never interleave on a watermark."""
+        result = PassResult(plan.resource_type, plan.strategy)
+        if plan.strategy == UNSUPPORTED:
+            result.note = plan.reason
+            return result
+        # Short lock, renewed after every page: a killed poller does not block its successor for long.
+        lock = self.conn.lock(self.keys.lock(f"poll:{plan.resource_type}"), timeout=LOCK_SECONDS)
+        if not lock.acquire(blocking=False):
+            result.note = "another poller holds this type"
+            return result
+        self._lock = lock
+        outcome = "error"
+        try:
+            if plan.strategy == LAST_UPDATED:
+                self._poll_last_updated(plan, result)
+            else:
+                self._poll_date_window(plan, result)
+            outcome = "ok"
+        except Exception as exc:
+            result.error = f"{type(exc).__name__}: {exc}"
+            outcome = "error"
+            raise
+        finally:
+            self._lock = None
+            with contextlib.suppress(redis.exceptions.LockError):  # expired during a very slow page
+                lock.release()
+            if self.metrics:
+                self.metrics.inc("poll_passes", resource_type=plan.resource_type, result=outcome)
+        return result
+
+    def _event(self, plan: TypePlan, resource: dict[str, Any], marker: str | None = None) -> ResourceEvent:
+        meta = resource.get("meta") or {}
+        return ResourceEvent(
+            subscription=f"poll:{plan.resource_type}",
+            resource_type=plan.resource_type,
+            resource_id=str(resource["id"]),
+            received_at=_iso(self.clock()),
+            version_id=str(meta["versionId"]) if plan.versioned and meta.get("versionId") else None,
+            timestamp=None if plan.versioned or marker else meta.get("lastUpdated"),
+            resource=resource,
+            source="poll",
+            body_hash=marker,
+        )
+
+    def _queue(self, events: list[ResourceEvent], result: PassResult) -> None:
+        if events:
+            ids = self.enqueue(events)
+            result.queued += len(events)
+            result.queued_ids += [str(i) for i in ids or []]
+
+    def _set_lag(self, resource_type: str, seen_up_to: datetime) -> None:
+        if self.metrics:
+            lag = max(0.0, (self.clock() - seen_up_to).total_seconds())
+            self.metrics.set("poll_lag_seconds", lag, resource_type=resource_type)
+
+    def _poll_last_updated(self, plan: TypePlan, result: PassResult) -> None:
+        started = self.clock()
+        wkey = self.watermark_key(plan.resource_type)
+        mark = self.watermark(plan.resource_type)
+        if mark is None:
+            if self.config.initial_lookback_hours <= 0:
+                self.conn.hset(wkey, mapping={"lastUpdated": _iso(started), "checked": _iso(started)})
+                result.watermark, result.note = _iso(started), "first run: watermark set to now, nothing queued"
+                self._set_lag(plan.resource_type, started)
+                return
+            mark = started - timedelta(hours=self.config.initial_lookback_hours)
+        since = mark - timedelta(seconds=self.config.overlap_seconds)
+        params = {"_lastUpdated": f"gt{_iso(since)}", "_sort": "_lastUpdated", "_count": str(self.config.page_size)}
+        in_order, newest, complete = True, mark, True
+        previous_page_max: datetime | None = None
+        for bundle in self.reader.search_pages(plan.resource_type, params):
+            resources = _resources(bundle, plan.resource_type)
+            stamps = [_parse_instant((r.get("meta") or {}).get("lastUpdated")) for r in resources]
+            known = [s for s in stamps if s is not None]
+            if (
+                len(known) != len(stamps)
+                or known != sorted(known)
+                or (known and previous_page_max is not None and known[0] < previous_page_max)
+            ):
+                in_order = False  # the server ignored _sort: only a complete pass may move the watermark
+            if known:
+                previous_page_max = known[-1]
+            self._queue([self._event(plan, r) for r in resources], result)  # durably queued before the mark moves
+            result.found += len(resources)
+            result.pages += 1
+            self._keepalive()
+            if known:
+                newest = max(newest, *known)
+            if in_order and newest > mark:
+                self.conn.hset(wkey, "lastUpdated", _iso(newest))
+            if result.pages >= self.config.max_pages:
+                complete = False
+                result.note = f"stopped after {result.pages} pages; the next pass continues"
+                break
+        if complete:
+            self.conn.hset(wkey, mapping={"lastUpdated": _iso(newest), "checked": _iso(started)})
+        result.watermark = self.conn.hget(wkey, "lastUpdated").decode()
+        self._set_lag(plan.resource_type, started if complete else newest)
+
+    def _poll_date_window(self, plan: TypePlan, result: PassResult) -> None:
+        started = self.clock()
+        skey = self.snapshot_key(plan.resource_type)
+        baseline = not self.conn.hexists(skey, _BASELINE) and self.config.initial_lookback_hours <= 0
+        low = (started - timedelta(days=self.config.appointment_window_days_back)).date()
+        high = (started + timedelta(days=self.config.appointment_window_days_ahead)).date()
+        params = {"date": [f"ge{low.isoformat()}", f"le{high.isoformat()}"], "_count": str(self.config.page_size)}
+        for bundle in self.reader.search_pages(plan.resource_type, params):
+            resources = _resources(bundle, plan.resource_type)
+            result.found += len(resources)
+            result.pages += 1
+            self._keepalive()
+            prints = {r["id"]: _fingerprint(r) for r in resources}
+            stored = dict(zip(prints, self.conn.hmget(skey, list(prints)), strict=True)) if prints else {}
+            changed = [r for r in resources if (stored[r["id"]] or b"").decode().rsplit("|", 1)[0] != prints[r["id"]]]
+            if not baseline:
+                self._queue([self._event(plan, r, marker=prints[r["id"]].split("|", 1)[1]) for r in changed], result)
+            if changed:  # remember what was queued only after it is durably queued
+                self.conn.hset(skey, mapping={r["id"]: f"{prints[r['id']]}|{r.get('start') or ''}" for r in changed})
+            if result.pages >= self.config.max_pages:
+                result.note = f"stopped after {result.pages} pages"
+                break
+        self._prune(skey, low.isoformat())
+        self.conn.hset(skey, _BASELINE, _iso(started))
+        self.conn.hset(self.watermark_key(plan.resource_type), "checked", _iso(started))
+        result.watermark = f"window {low.isoformat()}..{high.isoformat()}"
+        if baseline:
+            result.note = f"first run: recorded {result.found} appointments as they stand, nothing queued"
+        self._set_lag(plan.resource_type, started)
+
+    def _prune(self, skey: str, low: str) -> None:
+        """Forget snapshots of appointments that left the window (their start is before it)."""
+        stale = []
+        for name, value in self.conn.hgetall(skey).items():
+            start = value.decode().rsplit("|", 1)[-1][:10]  # "<status>|<hash>|<start>"
+            if name != _BASELINE.encode() and start and start < low:
+                stale.append(name)
+        if stale:
+            self.conn.hdel(skey, *stale)
+
+    # -- loop --------------------------------------------------------------------------------------
+    def interval(self, resource_type: str) -> float:
+        return float(self.config.intervals.get(resource_type, self.config.interval_seconds))
+
+    def run(self, stop: threading.Event, monotonic: Callable[[], float] = time.monotonic) -> None:
+        """Poll every type on its own interval (+ jitter), backing off exponentially on errors, until stopped."""
+        failures: dict[str, int] = {}
+        due: dict[str, float] = {}
+        while not stop.is_set():
+            try:
+                plans = [p for p in self.plans() if p.strategy != UNSUPPORTED]
+            except Exception as exc:  # capability not readable yet: back off and ask again
+                failures["*"] = failures.get("*", 0) + 1
+                log.warning("poller: cannot read the CapabilityStatement (%s); retrying", type(exc).__name__)
+                stop.wait(self._backoff(self.config.interval_seconds, failures["*"]))
+                continue
+            for plan in plans:
+                rtype = plan.resource_type
+                if monotonic() < due.get(rtype, 0.0) or stop.is_set():
+                    continue
+                try:
+                    res = self.poll(plan)
+                    failures[rtype] = 0
+                    if res.queued:
+                        log.info("poll %s: found %d, queued %d", rtype, res.found, res.queued)
+                    delay = self.interval(rtype) + self.rng.uniform(0, self.config.jitter_seconds)
+                except Exception as exc:
+                    failures[rtype] = failures.get(rtype, 0) + 1
+                    delay = self._backoff(self.interval(rtype), failures[rtype])
+                    log.warning("poll %s failed (%s: %s); next try in %.0fs", rtype, type(exc).__name__, exc, delay)
+                due[rtype] = monotonic() + delay
+            wait = min((due.get(p.resource_type, 0.0) for p in plans), default=self.config.interval_seconds)
+            stop.wait(max(0.05, wait - monotonic()))
+
+    def _backoff(self, base: float, failures: int) -> float:
+        ceiling = min(self.config.backoff_max_seconds, base * (2 ** min(failures, 16)))
+        return ceiling / 2 + self.rng.uniform(0, ceiling / 2) + self.rng.uniform(0, self.config.jitter_seconds)
+
+
+# -- wiring from Settings ------------------------------------------------------------------------------
+def reader_auth(settings: Any, session: requests.Session) -> Any:
+    """requests auth for reads: none, a static bearer token, or SMART backend services."""
+    from fhir_smartflow.config import ConfigError, secret
+
+    if settings.fhir.auth == "bearer":
+        token = secret(settings.fhir.token_env)
+        if not token:
+            raise ConfigError("[fhir] token_env", f"environment variable {settings.fhir.token_env} is empty")
+
+        def bearer(r: requests.PreparedRequest) -> requests.PreparedRequest:
+            r.headers["Authorization"] = f"Bearer {token}"
+            return r
+
+        return bearer
+    if settings.fhir.auth == "smart-backend":
+        from fhir_smartflow.openemr.factory import backend_auth, client_id, private_key
+        from fhir_smartflow.openemr.tokens import BackendServicesAuth, discover_token_url
+
+        if settings.openemr.base_url:
+            return backend_auth(settings, session)
+        url = discover_token_url(settings.fhir.base_url, session)
+        key = private_key(settings)
+        if not url or key is None:
+            raise ConfigError("[fhir] auth", "smart-backend needs a private key and a discoverable token endpoint")
+        return BackendServicesAuth(
+            url,
+            client_id(settings),
+            key,
+            settings.fhir.scopes,
+            settings.fhir.key_id,
+            settings.fhir.key_alg,
+            session,
+            settings.fhir.timeout_seconds,
+        )
+    return None
+
+
+def poll_types(settings: Any) -> list[str]:
+    """[poll] types, else the resource types the enabled flows need."""
+    if settings.poll.types:
+        return list(settings.poll.types)
+    from fhir_smartflow.engine.loader import load_engine  # the engine helper's contract
+
+    # Task is kept: on a plain FHIR server staff complete our Tasks there (task.completed); OpenEMR's
+    # CapabilityStatement has no Task, so there it is simply "unsupported".
+    return sorted(load_engine(settings).resource_types())
+
+
+def build_poller(
+    settings: Any,
+    conn: redis.Redis | None = None,
+    enqueue: Callable[[list[ResourceEvent]], Any] | None = None,
+    session: requests.Session | None = None,
+) -> Poller:
+    from fhir_smartflow.config import ConfigError
+    from fhir_smartflow.connections import connect
+
+    if not settings.fhir.base_url:
+        raise ConfigError("[fhir] base_url", "the poller needs a FHIR server to poll")
+    conn = conn if conn is not None else connect(settings)
+    session = session or requests.Session()
+    metrics = Metrics(conn, settings.redis.key_prefix)
+    if enqueue is None:
+        from fhir_smartflow.ingest.queueing import enqueue_events, make_queue
+
+        queue = make_queue(conn, settings.redis.queue, settings.redis.key_prefix)
+
+        def enqueue(events: list[ResourceEvent]) -> Any:
+            return enqueue_events(queue, events, metrics=metrics, job_timeout=settings.redis.job_timeout_seconds)
+
+    reader = RequestsFhirReader(
+        settings.fhir.base_url, session, reader_auth(settings, session), settings.fhir.timeout_seconds
+    )
+    return Poller(
+        reader,
+        enqueue,
+        conn,
+        Keys(settings.redis.key_prefix),
+        settings.poll,
+        poll_types(settings),
+        metrics,
+    )
+
+
+def run_poller(settings: Any, stop: threading.Event, conn: redis.Redis | None = None) -> threading.Thread:
+    """Start the poller in a daemon thread (used by `worker` when [poll] enabled); stop it with ``stop``."""
+    poller = build_poller(settings, conn)
+    for line in poller.describe():
+        log.info("poll strategy: %s", line)
+    thread = threading.Thread(target=poller.run, args=(stop,), name="smartflow-poller", daemon=True)
+    thread.start()
+    return thread

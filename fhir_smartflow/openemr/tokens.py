@@ -1,0 +1,393 @@
+"""The two OpenEMR tokens.
+
+* Reads (FHIR API, poller): SMART backend services — ``client_credentials`` with a ``private_key_jwt``
+  client assertion signed RS384. OpenEMR grants only ``system/*.rs`` read scopes this way and its tokens
+  live 60 s (Documentation/api/AUTHENTICATION.md, "Client Credentials Grant"), so the token is renewed
+  shortly before it expires.
+* Writes (Standard API): a user-context token from the authorization-code grant with PKCE and
+  ``offline_access`` (`fhir-smartflow openemr authorize`, once). The refresh token is stored encrypted
+  (Fernet, key from the environment) in Redis and rotated on every use (OpenEMR issues a new refresh token
+  each time: AUTHENTICATION.md, "Refresh Token Grant"). Several worker processes share it under a Redis
+  lock so two never spend the same refresh token. A failed refresh alerts loudly (ERROR log, metric, the
+  ``openemr:auth_degraded`` flag that `readyz` reports) and raises a retryable error: writes stay queued.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlparse
+
+import jwt
+import redis
+import requests
+from cryptography.fernet import Fernet, InvalidToken
+
+from fhir_smartflow.metrics import Metrics
+from fhir_smartflow.openemr.errors import OpenEmrAuthUnavailable, OpenEmrTransientError, TokenError
+
+log = logging.getLogger(__name__)
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+RENEW_MARGIN_SECONDS = 15.0
+
+
+def client_assertion(
+    client_id: str,
+    token_url: str,
+    private_key_pem: bytes,
+    key_id: str = "",
+    alg: str = "RS384",
+    now: float | None = None,
+) -> str:
+    """A signed client assertion: iss = sub = client_id, aud = token endpoint, exp within 5 minutes, unique jti."""
+    issued = int(now if now is not None else time.time())
+    claims = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": token_url,
+        "iat": issued,
+        "exp": issued + 240,
+        "jti": uuid.uuid4().hex,
+    }
+    headers = {"typ": "JWT", **({"kid": key_id} if key_id else {})}
+    return jwt.encode(claims, private_key_pem, algorithm=alg, headers=headers)
+
+
+def _token_error(resp: requests.Response) -> TokenError:
+    try:
+        body = resp.json()
+    except ValueError:
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    return TokenError(
+        str(body.get("error") or f"http_{resp.status_code}"), str(body.get("error_description") or ""), resp.status_code
+    )
+
+
+def post_token(session: requests.Session, token_url: str, form: dict[str, str], timeout: float) -> dict[str, Any]:
+    """POST to the token endpoint. 5xx / 429 / connection errors are transient; 4xx are the grant's fault."""
+    try:
+        resp = session.post(token_url, data=form, timeout=timeout, headers={"Accept": "application/json"})
+    except requests.RequestException as exc:
+        raise OpenEmrTransientError(f"token endpoint unreachable: {type(exc).__name__}") from exc
+    if resp.status_code == 429 or resp.status_code >= 500:
+        raise OpenEmrTransientError(f"token endpoint answered {resp.status_code}", resp.status_code)
+    if resp.status_code != 200:
+        raise _token_error(resp)
+    body = resp.json()
+    if not isinstance(body, dict) or "access_token" not in body:
+        raise TokenError("invalid_response", "no access_token in the token response", resp.status_code)
+    return body
+
+
+class BackendServicesAuth(requests.auth.AuthBase):
+    """requests auth for SMART backend services; caches the token and renews it before it expires."""
+
+    def __init__(
+        self,
+        token_url: str,
+        client_id: str,
+        private_key_pem: bytes,
+        scopes: str,
+        key_id: str = "",
+        alg: str = "RS384",
+        session: requests.Session | None = None,
+        timeout: float = 10.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.token_url = token_url
+        self.client_id = client_id
+        self.private_key_pem = private_key_pem
+        self.scopes = scopes
+        self.key_id = key_id
+        self.alg = alg
+        self.session = session or requests.Session()
+        self.timeout = timeout
+        self.clock = clock
+        self._token: str | None = None
+        self._expires_at = 0.0
+        self.granted_scopes = ""
+
+    def token(self) -> str:
+        if self._token is None or self.clock() >= self._expires_at - RENEW_MARGIN_SECONDS:
+            form = {
+                "grant_type": "client_credentials",
+                "scope": self.scopes,
+                "client_assertion_type": ASSERTION_TYPE,
+                "client_assertion": client_assertion(
+                    self.client_id, self.token_url, self.private_key_pem, self.key_id, self.alg, self.clock()
+                ),
+            }
+            body = post_token(self.session, self.token_url, form, self.timeout)
+            self._token = str(body["access_token"])
+            self._expires_at = self.clock() + float(body.get("expires_in") or 60)
+            self.granted_scopes = str(body.get("scope") or "")
+        return self._token
+
+    def invalidate(self) -> None:
+        self._token = None
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        r.headers["Authorization"] = f"Bearer {self.token()}"
+        return r
+
+
+def discover_token_url(fhir_base: str, session: requests.Session, timeout: float = 10.0) -> str | None:
+    """token_endpoint from ``<fhir base>/.well-known/smart-configuration`` (SMART App Launch 2.x)."""
+    try:
+        resp = session.get(f"{fhir_base.rstrip('/')}/.well-known/smart-configuration", timeout=timeout)
+        if resp.status_code == 200:
+            return str(resp.json().get("token_endpoint") or "") or None
+    except (requests.RequestException, ValueError):
+        return None
+    return None
+
+
+def make_cipher(key: str | None) -> Fernet:
+    if not key:
+        raise OpenEmrAuthUnavailable(
+            "no token encryption key: set the environment variable named by [openemr] token_key_env "
+            "(generate one with `fhir-smartflow openemr keygen`)"
+        )
+    try:
+        return Fernet(key.encode())
+    except ValueError as exc:
+        raise OpenEmrAuthUnavailable(f"the token encryption key is not a valid Fernet key: {exc}") from None
+
+
+@dataclass(frozen=True)
+class UserTokenKeys:
+    prefix: str
+
+    @property
+    def refresh(self) -> str:
+        return f"{self.prefix}openemr:refresh"
+
+    @property
+    def access(self) -> str:
+        return f"{self.prefix}openemr:access"
+
+    @property
+    def degraded(self) -> str:
+        return f"{self.prefix}openemr:auth_degraded"
+
+    @property
+    def lock(self) -> str:
+        return f"{self.prefix}lock:openemr-refresh"
+
+
+class UserTokenStore:
+    """The user-context (write) token: encrypted in Redis, refreshed under a lock, rotation-safe."""
+
+    def __init__(
+        self,
+        conn: redis.Redis,
+        prefix: str,
+        cipher: Fernet,
+        token_url: str,
+        client_id: str,
+        client_auth: Callable[[], dict[str, str]] | None = None,
+        session: requests.Session | None = None,
+        metrics: Metrics | None = None,
+        timeout: float = 10.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.conn = conn
+        self.keys = UserTokenKeys(prefix)
+        self.cipher = cipher
+        self.token_url = token_url
+        self.client_id = client_id
+        self.client_auth = client_auth or (lambda: {})
+        self.session = session or requests.Session()
+        self.metrics = metrics
+        self.timeout = timeout
+        self.clock = clock
+
+    # -- storage -----------------------------------------------------------------------------------
+    def _seal(self, value: dict[str, Any]) -> bytes:
+        return self.cipher.encrypt(json.dumps(value).encode())
+
+    def _open(self, raw: bytes | None) -> dict[str, Any] | None:
+        if raw is None:
+            return None
+        try:
+            return json.loads(self.cipher.decrypt(raw))
+        except InvalidToken:
+            log.error("stored OpenEMR token cannot be decrypted with the configured key; re-run `openemr authorize`")
+            return None
+
+    def save_grant(self, body: dict[str, Any]) -> None:
+        """Store a token response (authorize or refresh). A new refresh token replaces the old one."""
+        expires_at = self.clock() + float(body.get("expires_in") or 3600)
+        pipe = self.conn.pipeline()
+        if body.get("refresh_token"):
+            pipe.set(
+                self.keys.refresh,
+                self._seal(
+                    {"refresh_token": body["refresh_token"], "scope": body.get("scope", ""), "saved_at": self.clock()}
+                ),
+            )
+        pipe.set(
+            self.keys.access,
+            self._seal(
+                {"access_token": body["access_token"], "expires_at": expires_at, "scope": body.get("scope", "")}
+            ),
+        )
+        pipe.delete(self.keys.degraded)
+        pipe.execute()
+
+    def has_refresh_token(self) -> bool:
+        return self.conn.exists(self.keys.refresh) == 1
+
+    def degraded(self) -> str | None:
+        raw = self.conn.get(self.keys.degraded)
+        return raw.decode() if raw else None
+
+    def granted_scopes(self) -> str:
+        stored = self._open(self.conn.get(self.keys.refresh)) or {}
+        return str(stored.get("scope") or "")
+
+    # -- use ---------------------------------------------------------------------------------------
+    def _valid_access(self) -> str | None:
+        stored = self._open(self.conn.get(self.keys.access))
+        if stored and self.clock() < float(stored.get("expires_at", 0)) - RENEW_MARGIN_SECONDS:
+            return str(stored["access_token"])
+        return None
+
+    def access_token(self) -> str:
+        token = self._valid_access()
+        if token:
+            return token
+        return self.refresh()
+
+    def invalidate(self, token: str) -> None:
+        """OpenEMR answered 401 to ``token``: forget it (only if nobody replaced it meanwhile)."""
+        stored = self._open(self.conn.get(self.keys.access))
+        if stored and stored.get("access_token") == token:
+            self.conn.delete(self.keys.access)
+
+    def refresh(self) -> str:
+        """Spend the stored refresh token for a new access + refresh token, one process at a time."""
+        lock = self.conn.lock(self.keys.lock, timeout=self.timeout * 3, blocking_timeout=self.timeout * 3)
+        if not lock.acquire():
+            raise OpenEmrTransientError("another process is refreshing the OpenEMR token; retrying later")
+        try:
+            return self._refresh_locked()
+        finally:
+            with contextlib.suppress(redis.exceptions.LockError):
+                lock.release()
+
+    def _refresh_locked(self) -> str:
+        token = self._valid_access()  # another process may have refreshed while we waited
+        if token:
+            return token
+        stored = self._open(self.conn.get(self.keys.refresh))
+        if not stored:
+            self._degrade("no_refresh_token", "no OpenEMR refresh token stored: run `fhir-smartflow openemr authorize`")
+        form = {
+            "grant_type": "refresh_token",
+            "refresh_token": stored["refresh_token"],
+            "client_id": self.client_id,
+            **self.client_auth(),
+        }
+        try:
+            body = post_token(self.session, self.token_url, form, self.timeout)
+        except TokenError as exc:
+            self._degrade(
+                exc.error,
+                f"OpenEMR refused the refresh token ({exc.error}); writes are held in "
+                "the queue until someone re-runs `fhir-smartflow openemr authorize`",
+            )
+        except OpenEmrTransientError:
+            if self.metrics:
+                self.metrics.inc("openemr_auth_failures", reason="transient")
+            raise
+        if not body.get("refresh_token"):
+            # Keep the old refresh token: without rotation it stays valid.
+            body = {**body, "refresh_token": stored["refresh_token"]}
+        self.save_grant(body)
+        return str(body["access_token"])
+
+    def _degrade(self, reason: str, message: str) -> Any:
+        log.error("OpenEMR write token unavailable: %s", message)
+        self.conn.set(self.keys.degraded, f"{reason}: {message}")
+        if self.metrics:
+            self.metrics.inc("openemr_auth_failures", reason=reason)
+        raise OpenEmrAuthUnavailable(message)
+
+
+# -- authorization code + PKCE (`openemr authorize`) ---------------------------------------------------
+def make_pkce() -> tuple[str, str]:
+    """(code_verifier, S256 code_challenge), RFC 7636."""
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    return verifier, challenge
+
+
+@dataclass(frozen=True)
+class AuthorizationRequest:
+    url: str
+    state: str
+    verifier: str
+    redirect_uri: str
+
+
+def build_authorization_request(
+    authorize_url: str, client_id: str, redirect_uri: str, scopes: str, aud: str
+) -> AuthorizationRequest:
+    verifier, challenge = make_pkce()
+    state = secrets.token_urlsafe(24)
+    query = urlencode(
+        {
+            "response_type": "code",
+            "client_id": client_id,
+            "redirect_uri": redirect_uri,
+            "scope": scopes,
+            "state": state,
+            "aud": aud,
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+        }
+    )
+    return AuthorizationRequest(f"{authorize_url}?{query}", state, verifier, redirect_uri)
+
+
+def parse_redirect(value: str) -> tuple[str, str | None]:
+    """(code, state) from the redirect URL (or a bare code pasted by the user)."""
+    value = value.strip()
+    if "code=" not in value and "error=" not in value:
+        return value, None
+    query = parse_qs(urlparse(value).query or value.lstrip("?"))
+    if "error" in query:
+        raise TokenError(query["error"][0], query.get("error_description", [""])[0])
+    return query["code"][0], query.get("state", [None])[0]
+
+
+def exchange_code(store: UserTokenStore, request: AuthorizationRequest, code: str, state: str | None) -> dict[str, Any]:
+    """Trade the authorization code (with the PKCE verifier) for tokens and store them."""
+    if state is not None and not secrets.compare_digest(state, request.state):
+        raise TokenError("invalid_state", "the state in the redirect does not match this request")
+    form = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": request.redirect_uri,
+        "client_id": store.client_id,
+        "code_verifier": request.verifier,
+        **store.client_auth(),
+    }
+    body = post_token(store.session, store.token_url, form, store.timeout)
+    if not body.get("refresh_token"):
+        raise TokenError("no_refresh_token", "no refresh token granted: the client needs the offline_access scope")
+    store.save_grant(body)
+    return body

@@ -1,0 +1,330 @@
+"""`openemr` write-back target against the emulator (real HTTP) with real Redis and the real sandbox store."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+from fhir.resources.R4B.communication import Communication
+from fhir.resources.R4B.documentreference import DocumentReference
+from fhir.resources.R4B.flag import Flag
+from fhir.resources.R4B.task import Task
+from openemr_emulator import OpenEmrEmulator
+from openemr_support import TOKEN_KEY, make_settings
+
+from fhir_smartflow.app import create_app
+from fhir_smartflow.config import Settings
+from fhir_smartflow.metrics import Metrics
+from fhir_smartflow.openemr.errors import (
+    OpenEmrAuthUnavailable,
+    OpenEmrScopeError,
+    OpenEmrTransientError,
+    OpenEmrValidationError,
+)
+from fhir_smartflow.openemr.factory import build_openemr_target, user_token_store
+from fhir_smartflow.openemr.local_store import LocalFhirStore
+from fhir_smartflow.openemr.target import OpenEmrWriteBack
+from fhir_smartflow.openemr.tokens import build_authorization_request, exchange_code, parse_redirect
+
+pytestmark = pytest.mark.integration
+SYSTEM = "urn:fhir-smartflow:id"
+ENV = {"T_OPENEMR_KEY": TOKEN_KEY}
+
+
+def authorize(settings: Settings, conn: redis.Redis, scopes: str | None = None) -> None:
+    """`openemr authorize` without the browser: the emulator's /authorize stands in for login + consent."""
+    store = user_token_store(settings, conn, env=ENV)
+    emr = settings.openemr
+    req = build_authorization_request(
+        f"{emr.oauth_base}/authorize",
+        store.client_id,
+        emr.redirect_uri,
+        scopes or emr.user_scopes,
+        settings.fhir.base_url,
+    )
+    resp = requests.get(req.url, allow_redirects=False, timeout=5)
+    assert resp.status_code == 302
+    code, state = parse_redirect(resp.headers["Location"])
+    exchange_code(store, req, code, state)
+
+
+@pytest.fixture
+def setup(emulator: OpenEmrEmulator, redis_url: str, redis_conn: redis.Redis, key_file: Path, tmp_path: Path):
+    settings = make_settings(emulator, redis_url, key_file)
+    settings = dataclasses.replace(
+        settings, openemr=dataclasses.replace(settings.openemr, local_store=str(tmp_path / "local.sqlite3"))
+    )
+    authorize(settings, redis_conn)
+    target = build_openemr_target(settings, redis_conn, Metrics(redis_conn, "t:"), env=ENV)
+    puuid = emulator.add_patient("Doe", "Jane")
+    return settings, target, puuid
+
+
+def task(puuid: str, ident: str, owner: str = "Practitioner/p1") -> dict:
+    resource = {
+        "resourceType": "Task",
+        "status": "requested",
+        "intent": "order",
+        "identifier": [{"system": SYSTEM, "value": ident}],
+        "code": {"text": "Review intake forms"},
+        "description": "Review the intake forms",
+        "for": {"reference": f"Patient/{puuid}"},
+        "owner": {"reference": owner},
+        "restriction": {"period": {"end": "2026-11-28T14:00:00Z"}},
+        "authoredOn": "2026-11-25T10:00:00Z",
+    }
+    Task.model_validate(resource)
+    return resource
+
+
+def note(puuid: str, ident: str) -> dict:
+    resource = {
+        "resourceType": "DocumentReference",
+        "status": "current",
+        "identifier": [{"system": SYSTEM, "value": ident}],
+        "type": {"coding": [{"system": "http://loinc.org", "code": "11506-3", "display": "Progress note"}]},
+        "subject": {"reference": f"Patient/{puuid}"},
+        "content": [
+            {"attachment": {"contentType": "text/plain", "data": base64.b64encode(b"Intake packet sent.").decode()}}
+        ],
+    }
+    DocumentReference.model_validate(resource)
+    return resource
+
+
+def retry_until_done(call, attempts: int = 10):
+    """What rq does with a transient error: run the job again (here without the wait)."""
+    for _ in range(attempts):
+        try:
+            return call()
+        except OpenEmrTransientError:
+            continue
+    raise AssertionError("still failing after retries")
+
+
+def test_staff_task_becomes_one_openemr_message_and_a_canonical_task(setup, emulator: OpenEmrEmulator) -> None:
+    settings, target, puuid = setup
+    ident = "intake-forms/review/task/abc123"
+    first, created = target.create_with_status(task(puuid, ident), ident)
+    again, created_again = target.create_with_status(task(puuid, ident), ident)  # a replayed event
+    assert first["id"] == again["id"] and (created, created_again) == (True, False)
+    assert len(target.search("Task", {"identifier": f"{SYSTEM}|{ident}"})) == 1  # canonical, in the local store
+    [message] = emulator.messages
+    assert message["pid"] == 1 and message["to"] == "drsmith" and message["from"] == "smartflow"
+    assert "Review the intake forms" in message["body"] and "Due: 2026-11-28T14:00:00Z" in message["body"]
+    assert f"Ref: {ident}" in message["body"]
+    assert Path(settings.openemr.local_store).exists()
+
+
+def test_500_and_429_are_retried_and_still_create_one_message(
+    setup, emulator: OpenEmrEmulator, redis_conn: redis.Redis
+) -> None:
+    _, target, puuid = setup
+    emulator.fail_next(2, 500, prefix="/apis/default/api/patient/1/message")
+    emulator.fail_next(2, 429, prefix="/apis/default/api/patient/1/message")
+    ident = "flow/a/task/faults"
+    with pytest.raises(OpenEmrTransientError):
+        target.create(task(puuid, ident), ident)
+    retry_until_done(lambda: target.create(task(puuid, ident), ident))
+    target.create(task(puuid, ident), ident)
+    assert len(emulator.messages) == 1
+    assert redis_conn.get(f"t:openemr:mirror:{ident}") == b"done:message:1"
+    assert Metrics(redis_conn, "t:").counter_value("openemr_mirrors", kind="message", result="failed") == 4
+
+
+def test_patient_note_is_uploaded_once_as_a_document(setup, emulator: OpenEmrEmulator, redis_conn: redis.Redis) -> None:
+    settings, target, puuid = setup
+    ident = "intake-forms/note/document/d1"
+    target.create(note(puuid, ident), ident)
+    target.create(note(puuid, ident), ident)
+    [doc] = emulator.documents
+    assert doc["path"] == settings.openemr.document_category and doc["content"] == b"Intake packet sent."
+    assert doc["mimetype"] == "text/plain" and doc["filename"].startswith("intake-forms_note_document_d1")
+    # An earlier attempt that lost OpenEMR's answer: its stale claim is resolved by listing the category.
+    redis_conn.set(f"t:openemr:mirror:{ident}", "pending:1")
+    target.create(note(puuid, ident), ident)
+    assert len(emulator.documents) == 1
+    assert redis_conn.get(f"t:openemr:mirror:{ident}").startswith(b"done:document:")
+
+
+def test_stale_message_claim_is_never_sent_twice(setup, emulator: OpenEmrEmulator, redis_conn: redis.Redis) -> None:
+    _, target, puuid = setup
+    ident = "flow/a/task/lost-answer"
+    redis_conn.set(f"t:openemr:mirror:{ident}", "pending:1")  # sent, answer lost, worker died
+    target.create(task(puuid, ident), ident)
+    assert emulator.messages == []  # unknown → not re-sent (the Standard API cannot list messages)
+    assert redis_conn.get(f"t:openemr:mirror:{ident}").startswith(b"unknown:")
+    redis_conn.set(f"t:openemr:mirror:{ident}x", f"pending:{__import__('time').time()}")
+    with pytest.raises(OpenEmrTransientError, match="in progress"):  # a live claim: another worker is on it
+        target.create(task(puuid, ident + "x"), ident + "x")
+
+
+def test_record_prompt_and_portal_message(setup, emulator: OpenEmrEmulator) -> None:
+    _, target, puuid = setup
+    flag = {
+        "resourceType": "Flag",
+        "status": "active",
+        "identifier": [{"system": SYSTEM, "value": "f/prompt/flag/1"}],
+        "code": {"text": "Review intake answers"},
+        "subject": {"reference": f"Patient/{puuid}"},
+    }
+    Flag.model_validate(flag)
+    target.create(flag, "f/prompt/flag/1")
+    target.create(flag, "f/prompt/flag/1")
+    assert sorted(m["to"] for m in emulator.messages) == ["drsmith", "nurse1"]
+    portal = {
+        "resourceType": "Communication",
+        "status": "completed",
+        "identifier": [{"system": SYSTEM, "value": "f/msg/communication/1"}],
+        "subject": {"reference": f"Patient/{puuid}"},
+        "recipient": [{"reference": f"Patient/{puuid}"}],
+        "medium": [{"coding": [{"system": "urn:fhir-smartflow:channel", "code": "portal"}]}],
+        "payload": [{"contentString": "Your forms are ready."}],
+    }
+    Communication.model_validate(portal)
+    target.create(portal, "f/msg/communication/1")
+    assert emulator.messages[-1]["to"] == "frontdesk" and "Your forms are ready." in emulator.messages[-1]["body"]
+    sms = {
+        **portal,
+        "identifier": [{"system": SYSTEM, "value": "f/msg/communication/2"}],
+        "medium": [{"coding": [{"system": "urn:fhir-smartflow:channel", "code": "sms"}]}],
+    }
+    target.create(sms, "f/msg/communication/2")
+    assert len(emulator.messages) == 3  # an SMS record is not mirrored
+
+
+def test_expired_access_token_is_refreshed_and_rotated(
+    setup, emulator: OpenEmrEmulator, redis_conn: redis.Redis
+) -> None:
+    _, target, puuid = setup
+    stored_before = redis_conn.get("t:openemr:refresh")
+    first_refresh = next(iter(emulator.refresh))
+    assert first_refresh.encode() not in stored_before  # encrypted at rest
+    emulator.advance(3700)  # the 1-hour user token has expired at OpenEMR; our cache still believes it
+    target.create(task(puuid, "f/a/task/after-expiry"), "f/a/task/after-expiry")
+    assert len(emulator.messages) == 1
+    assert not emulator.refresh[first_refresh]["active"]  # rotated: the old refresh token is spent
+    assert redis_conn.get("t:openemr:refresh") != stored_before  # and the new one stored
+
+
+def test_refresh_failure_degrades_and_keeps_the_write_queued(
+    setup, emulator: OpenEmrEmulator, redis_conn: redis.Redis
+) -> None:
+    settings, target, puuid = setup
+    emulator.revoke_refresh_tokens()
+    emulator.advance(3700)
+    redis_conn.delete("t:openemr:access")
+    ident = "f/a/task/while-degraded"
+    with pytest.raises(OpenEmrAuthUnavailable) as err:
+        target.create(task(puuid, ident), ident)
+    assert err.value.retryable  # rq retries it: queued, not dropped
+    assert redis_conn.get("t:openemr:auth_degraded").startswith(b"invalid_grant")
+    ready = create_app(settings, redis_conn, insecure_dev=True).test_client().get("/readyz")
+    assert ready.status_code == 200 and "DEGRADED: OpenEMR writes are queued" in ready.get_data(as_text=True)
+    assert Metrics(redis_conn, "t:").counter_value("openemr_auth_failures", reason="invalid_grant") == 1
+    assert redis_conn.get(f"t:openemr:mirror:{ident}") is None  # nothing claimed: the retry will send it
+    assert target.search("Task", {"identifier": f"{SYSTEM}|{ident}"})  # canonical Task kept
+    authorize(settings, redis_conn)  # someone re-runs `openemr authorize`
+    assert redis_conn.get("t:openemr:auth_degraded") is None
+    target.create(task(puuid, ident), ident)  # the rq retry
+    assert len(emulator.messages) == 1
+
+
+def test_missing_scope_and_validation_errors_are_permanent_and_clear(
+    setup, emulator: OpenEmrEmulator, redis_conn: redis.Redis
+) -> None:
+    settings, _, puuid = setup
+    authorize(settings, redis_conn, scopes="openid offline_access api:oemr user/patient.rs user/message.c")
+    target = build_openemr_target(settings, redis_conn, env=ENV)
+    with pytest.raises(OpenEmrScopeError, match=r"user/document\.c") as err:
+        target.create(note(puuid, "n/x/document/1"), "n/x/document/1")
+    assert not err.value.retryable
+    assert redis_conn.get("t:openemr:mirror:n/x/document/1") is None
+    bad = OpenEmrWriteBack(
+        target.local, target.api, dataclasses.replace(settings.openemr, message_title="x"), redis_conn, "t:"
+    )
+    with pytest.raises(OpenEmrValidationError, match="title must be between 2 and 255") as err:
+        bad.create(task(puuid, "t/x/task/1"), "t/x/task/1")
+    assert not err.value.retryable and emulator.messages == []
+
+
+def test_local_store_is_a_sqlite_file_that_survives_a_restart(setup, emulator: OpenEmrEmulator) -> None:
+    settings, target, puuid = setup
+    target.create(task(puuid, "t/persist/task/1"), "t/persist/task/1")
+    reopened = LocalFhirStore(settings)
+    [found] = reopened.search("Task", {"identifier": f"{SYSTEM}|t/persist/task/1"})
+    assert reopened.read(f"Task/{found['id']}")["description"] == "Review the intake forms"
+
+
+def test_recipients_follow_roles_audiences_and_skip_task_communications(setup, emulator: OpenEmrEmulator) -> None:
+    """With the engine's own builders: a role-owned Task, a Flag's allowed audience, a staff Communication."""
+    from fhir_smartflow.fhir import resources as fr
+
+    settings, target, puuid = setup
+    users = {**settings.openemr.users, "role:case-manager": "cmsmith", "Practitioner/p9": "drp9"}
+    target.config = dataclasses.replace(settings.openemr, users=users)
+    role = fr.concept(settings.roles["case-manager"], "case-manager")
+    task_res = fr.build_task(
+        identifier_system=SYSTEM,
+        identifier_value="f/r/task/1",
+        group="f/g",
+        instantiates_uri="urn:fhir-smartflow:flow:f:1#r",
+        description="Review",
+        authored_on="2026-11-25T10:00:00Z",
+        requester="Device/fhir-smartflow",
+        for_ref=f"Patient/{puuid}",
+        performer_types=[role],
+        due="2026-11-28T10:00:00Z",
+    )
+    Task.model_validate(task_res)
+    target.create(task_res, "f/r/task/1")
+    flag = fr.build_flag(
+        identifier_system=SYSTEM,
+        identifier_value="f/p/flag/1",
+        text="Check answers",
+        subject=f"Patient/{puuid}",
+        author="Device/fhir-smartflow",
+        start="2026-11-25T10:00:00Z",
+        roles=[role],
+        practitioners=["Practitioner/p9"],
+    )
+    Flag.model_validate(flag)
+    target.create(flag, "f/p/flag/1")
+    staff = fr.build_communication(
+        identifier_system=SYSTEM,
+        identifier_value="f/r/communication/1",
+        method="staff-message",
+        text="Review",
+        sender="Device/fhir-smartflow",
+        status="completed",
+        recipients=["Practitioner/p9"],
+        subject=f"Patient/{puuid}",
+        based_on_task="f/r/task/1",
+    )
+    Communication.model_validate(staff)
+    target.create(staff, "f/r/communication/1")  # the Task's message already carries it
+    assert [m["to"] for m in emulator.messages] == ["cmsmith", "cmsmith", "drp9"]
+
+
+def test_two_workers_refreshing_at_once_spend_the_refresh_token_once(
+    setup, emulator: OpenEmrEmulator, redis_conn: redis.Redis
+) -> None:
+    import threading
+
+    settings, _, _ = setup
+    stores = [user_token_store(settings, redis_conn, env=ENV) for _ in range(4)]  # four worker processes
+    redis_conn.delete("t:openemr:access")
+    before = emulator.requests.count("POST /oauth2/default/token")
+    tokens: list[str] = []
+    threads = [threading.Thread(target=lambda s=s: tokens.append(s.access_token())) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(tokens) == 4 and len(set(tokens)) == 1  # all got the one fresh token
+    assert emulator.requests.count("POST /oauth2/default/token") == before + 1  # rotation-safe: one refresh
+    assert redis_conn.get("t:openemr:auth_degraded") is None
