@@ -210,3 +210,40 @@ def test_history_cli(store: tuple[RunHistory, Clock], redis_url: str, tmp_path: 
         timeout=30,
     )
     assert bad.returncode == 2 and "--since" in bad.stderr
+
+
+def test_the_engine_pipeline_records_each_run(redis_conn: redis.Redis) -> None:
+    """EnginePipeline → RunHistory on real Redis, with an executor returning the real result type."""
+    from engine_fixtures import SETTINGS, FakeContext, appointment, event_for, patient, shipped_engine
+
+    from fhir_smartflow.engine.execute import ExecutionResult, WrittenResource
+    from fhir_smartflow.engine.pipeline import EnginePipeline
+    from fhir_smartflow.engine.prior import RedisPriorState
+
+    class WritingExecutor:
+        def execute(self, plan: Plan) -> ExecutionResult:
+            writes = [a for a in plan.actions if isinstance(a, WriteResource)]
+            return ExecutionResult(
+                written=[WrittenResource(w.resource_type, f"id{i}", w.identifier, True) for i, w in enumerate(writes)],
+                deliveries=[(a.identifier, "completed") for a in plan.actions if isinstance(a, Deliver)],
+            )
+
+    keys = Keys("t:")
+    engine = shipped_engine()
+    history = RunHistory(redis_conn, keys, max_runs=100, ttl=3600, clock=Clock(T0))
+    pipeline = EnginePipeline(
+        engine, SETTINGS, RedisPriorState(redis_conn, keys, fields=engine.prior_fields()),
+        lambda _event: FakeContext([patient()]), WritingExecutor(), redis_conn, keys, history=history,
+        clock=lambda: T0,
+    )  # fmt: skip
+    booked = appointment("a1", "booked", "2026-03-13T14:00:00Z", "2026-03-01T10:00:00Z", version="1")
+    noshow = appointment("a1", "noshow", "2026-03-13T14:00:00Z", "2026-03-13T16:00:00Z", version="2")
+    pipeline.dispatch(event_for(booked, "create"))
+    pipeline.dispatch(event_for(noshow, "update"))
+    runs = history.query(flow="missed-appointment")
+    assert [r["trigger"]["name"] for r in runs] == ["appointment.no_show"]
+    run = runs[0]
+    assert run["flows"][0]["ran"] and run["trigger"]["focus"] == "Appointment/a1"
+    assert {w["type"] for w in run["written"]} >= {"Task", "Communication"}
+    assert [d["channel"] for d in run["deliveries"]] == ["sms"]
+    assert len(history.query(patient=run["trigger"]["patient"])) == 2  # booked and no-show
