@@ -135,9 +135,9 @@ methods = ["sms"]
 def test_unknown_path_on_multi_type_triggers_and_patient_variable(tmp_path: Path) -> None:
     (tmp_path / "m.toml").write_text(
         '[[mapping]]\ntrigger = "patient.discharged"\nresource = "Patient"\nwhen = "active = false"\n'
-        'patient = "\'Patient/\' + id"\n\n'
+        "patient = \"'Patient/' + id\"\n\n"
         '[[mapping]]\ntrigger = "patient.discharged"\nresource = "Encounter"\nwhen = "status = \'finished\'"\n'
-        "patient = \"subject.reference\"\n"
+        'patient = "subject.reference"\n'
     )
     (tmp_path / "t.toml").write_text('id = "t"\nname = "t"\nbody = "Call {{ patient.full_name }}."\n')
     flow = """id = "{id}"
