@@ -14,7 +14,7 @@ from fhir_smartflow.engine.plan import Deliver, WriteResource
 from fhir_smartflow.engine.planner import plan
 from fhir_smartflow.engine.recurrence import next_occurrence, occurrence_time
 from fhir_smartflow.engine.triggers import match_triggers
-from fhir_smartflow.fhir.resources import validate_resource
+from fhir_smartflow.fhir.validation import validate_resource
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 

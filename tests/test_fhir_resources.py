@@ -7,6 +7,7 @@ import base64
 import pytest
 
 from fhir_smartflow.fhir import resources as fr
+from fhir_smartflow.fhir.validation import ResourceInvalid, validate_resource
 
 SYSTEM = "urn:fhir-smartflow:id"
 
@@ -27,7 +28,7 @@ def test_sdc_task_validates():
         questionnaire="http://example.org/fhir/Questionnaire/intake",
         code_text="Intake",
     )
-    fr.validate_resource(task)
+    validate_resource(task)
     assert task["code"]["coding"] == [{"system": fr.SDC_TEMP, "code": "complete-questionnaire"}]
     assert task["input"][0]["type"]["coding"][0]["code"] == "questionnaire"
     assert (task["status"], task["intent"]) == ("requested", "order")
@@ -46,7 +47,7 @@ def test_staff_task_with_performer_type_validates():
         for_ref="Patient/p1",
         performer_types=[fr.concept("http://snomed.info/sct|768730001", "case-manager")],
     )
-    fr.validate_resource(task)
+    validate_resource(task)
     assert "input" not in task and task["performerType"][0]["coding"][0]["code"] == "768730001"
 
 
@@ -74,7 +75,7 @@ def test_communication_medium_per_method(method, code):
         based_on_task="f/a/Task/1",
         about="Appointment/a1",
     )
-    fr.validate_resource(comm)
+    validate_resource(comm)
     assert comm["medium"][0]["coding"][0] == {
         "system": fr.PARTICIPATION_MODE,
         "code": code,
@@ -106,7 +107,7 @@ def test_document_reference_note_types(note_type, loinc):
         created="2026-03-13T16:00:00Z",
         encounter="Encounter/e1",
     )
-    fr.validate_resource(doc)
+    validate_resource(doc)
     assert doc["type"]["coding"][0]["code"] == loinc
     attachment = doc["content"][0]["attachment"]
     assert base64.b64decode(attachment["data"]).decode() == "Note ✓"
@@ -126,15 +127,16 @@ def test_flag_with_audience_extension():
         roles=[fr.concept("http://terminology.hl7.org/CodeSystem/practitioner-role|doctor", "clinician")],
         practitioners=["Practitioner/dr-lee"],
     )
-    fr.validate_resource(flag)
+    validate_resource(flag)
     assert [e["url"] for e in flag["extension"]] == [fr.ALLOWED_AUDIENCE_URL] * 2
     assert flag["status"] == "active" and flag["code"] == {"text": "Review answers"}
 
 
 def test_validate_resource_names_the_problem():
-    with pytest.raises(fr.ResourceValidationError, match="invalid Task"):
-        fr.validate_resource({"resourceType": "Task", "status": "requested"})
-    with pytest.raises(fr.ResourceValidationError, match="unknown resource type"):
-        fr.validate_resource({"resourceType": "Spaceship"})
-    with pytest.raises(fr.ResourceValidationError, match="no resourceType"):
-        fr.validate_resource({})
+    with pytest.raises(ResourceInvalid, match=r"invalid Task: Task\.intent: .*required") as err:
+        validate_resource({"resourceType": "Task", "status": "requested"})
+    assert err.value.location == "Task.intent"
+    with pytest.raises(ResourceInvalid, match="unknown resourceType 'Spaceship'"):
+        validate_resource({"resourceType": "Spaceship"})
+    with pytest.raises(ResourceInvalid, match="resourceType missing"):
+        validate_resource({})

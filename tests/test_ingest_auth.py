@@ -1,4 +1,4 @@
-"""auth.py: header secrets, HMAC-SHA256 signatures, 401 vs 403, insecure-dev."""
+"""auth.py: header secrets, HMAC-SHA256 signatures, missing vs invalid (both 401), insecure-dev."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def test_hmac_identifies_subscription(auth: Authenticator) -> None:
 def test_hmac_of_another_body_is_refused(auth: Authenticator) -> None:
     with pytest.raises(AuthError) as err:
         auth.identify({"X-Signature": hmac_hex(b"hmac-secret", b"{}")}, BODY)
-    assert err.value.status == 403
+    assert err.value.status == 401
 
 
 def test_missing_and_wrong_credentials(auth: Authenticator) -> None:
@@ -43,7 +43,7 @@ def test_missing_and_wrong_credentials(auth: Authenticator) -> None:
     assert "X-Signature" in missing.value.message and "X-Smartflow-Secret" in missing.value.message
     with pytest.raises(AuthError) as wrong:
         auth.identify({"X-Smartflow-Secret": "guess"}, BODY)
-    assert (wrong.value.status, wrong.value.reason) == (403, "invalid")
+    assert (wrong.value.status, wrong.value.reason) == (401, "invalid")
 
 
 def test_missing_secret_env_fails_at_start() -> None:

@@ -281,11 +281,11 @@ def test_duplicates_out_of_order_restart_and_gap(service: Service) -> None:
 
 BAD_INPUTS: list[tuple[dict[str, Any], int, str, str]] = [
     ({"body": b'{"resourceType": "Patient", "id": "p1"}', "secret": None}, 401, "login", "X-Smartflow-Secret"),
-    ({"body": b'{"resourceType": "Patient", "id": "p1"}', "secret": "nope"}, 403, "forbidden", "do not match"),
+    ({"body": b'{"resourceType": "Patient", "id": "p1"}', "secret": "nope"}, 401, "login", "do not match"),
     (
         {"body": b'{"resourceType": "Patient", "id": "p1"}', "secret": None, "X-Signature": "00" * 32},
-        403,
-        "forbidden",
+        401,
+        "login",
         "do not match",
     ),
     ({"body": b"x" * 70_000}, 413, "too-costly", "65536"),
@@ -369,7 +369,7 @@ def test_real_worker_process_and_no_phi_in_info_logs(service: Service, processes
     assert b"Zebulon" in body
     assert service.post(body).status_code == 200
     wrong = service.post(body, secret="wrong-secret")
-    assert wrong.status_code == 403 and outcome(wrong)["code"] == "forbidden"
+    assert wrong.status_code == 401 and outcome(wrong)["code"] == "login"
     worker = processes(smartflow_cmd("--config", str(service.config), "worker", "--burst"), SECRETS, "worker")
     assert worker.proc.wait(timeout=30) == 0, worker.output()
     assert service.dispatched() == [("backport", "Patient/p1", "2", "update")]

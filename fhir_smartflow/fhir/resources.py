@@ -47,10 +47,6 @@ NOTE_TYPES: dict[str, tuple[str, str]] = {
 }
 
 
-class ResourceValidationError(ValueError):
-    """A resource we built does not validate against the FHIR R4B model."""
-
-
 def identifier(system: str, value: str) -> dict[str, str]:
     return {"system": system, "value": value}
 
@@ -256,25 +252,3 @@ def build_flag(
     if audience:
         flag["extension"] = audience
     return flag
-
-
-def _model(resource_type: str) -> Any:
-    import importlib
-
-    module = importlib.import_module(f"fhir.resources.R4B.{resource_type.lower()}")
-    return getattr(module, resource_type)
-
-
-def validate_resource(resource: dict[str, Any]) -> None:
-    """Raise ResourceValidationError (naming the type and the fields) unless ``resource`` is valid R4B."""
-    resource_type = resource.get("resourceType")
-    if not isinstance(resource_type, str):
-        raise ResourceValidationError("resource has no resourceType")
-    try:
-        model = _model(resource_type)
-    except (ImportError, AttributeError):
-        raise ResourceValidationError(f"unknown resource type {resource_type!r}") from None
-    try:
-        model.model_validate(resource)
-    except Exception as exc:  # pydantic.ValidationError; keep the message, drop the traceback noise
-        raise ResourceValidationError(f"invalid {resource_type}: {exc}") from None

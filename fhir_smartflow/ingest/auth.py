@@ -24,7 +24,7 @@ INSECURE_DEV_SUBSCRIPTION = "insecure-dev"
 
 
 class AuthError(Exception):
-    """401 (no credentials for any subscription) or 403 (credentials that match none)."""
+    """401 for missing credentials and for credentials that match no subscription (reason tells which)."""
 
     def __init__(self, status: int, reason: str, message: str) -> None:
         super().__init__(message)
@@ -109,4 +109,4 @@ class Authenticator:
         if not presented:
             headers_wanted = sorted({c.header for c in self._credentials})
             raise AuthError(401, "missing", f"missing credentials: send the {' or '.join(headers_wanted)} header")
-        raise AuthError(403, "invalid", "credentials do not match any configured subscription")
+        raise AuthError(401, "invalid", "credentials do not match any configured subscription")
