@@ -149,7 +149,7 @@ def test_metrics_move_when_notifications_arrive(
         ok = requests.post(url, data=body, headers={**headers, "X-Smartflow-Secret": "hook-secret"}, timeout=10)
         assert ok.status_code < 300, ok.text
         refused = requests.post(url, data=body, headers={**headers, "X-Smartflow-Secret": "wrong"}, timeout=10)
-        assert refused.status_code == 403
+        assert refused.status_code == 401
         text = requests.get(f"{server.url}/metrics", timeout=10).text
     finally:
         server.stop()
