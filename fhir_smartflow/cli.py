@@ -57,10 +57,13 @@ def run() -> Any:  # pragma: no cover - console entry point
 # Commands live in fhir_smartflow/commands/<area>.py; registered here.
 from fhir_smartflow.commands import service as _service  # noqa: E402
 from fhir_smartflow.commands.flows import validate  # noqa: E402
+from fhir_smartflow.commands.flowtools import docs_command, export_group, lint_command, simulate_command  # noqa: E402
+from fhir_smartflow.commands.history import history_command  # noqa: E402
 from fhir_smartflow.commands.openemr import openemr as _openemr_cmd  # noqa: E402
 from fhir_smartflow.commands.poll import poll as _poll_cmd  # noqa: E402
 from fhir_smartflow.commands.sandbox import sandbox_command  # noqa: E402
 from fhir_smartflow.commands.scheduling import scheduler_command  # noqa: E402
+from fhir_smartflow.commands.subscriptions import subscriptions_group  # noqa: E402
 
 main.add_command(_service.serve)
 main.add_command(_service.worker)
@@ -70,3 +73,9 @@ main.add_command(sandbox_command)
 main.add_command(_poll_cmd)
 main.add_command(_openemr_cmd)
 main.add_command(scheduler_command)
+main.add_command(simulate_command)
+main.add_command(lint_command)
+main.add_command(docs_command)
+main.add_command(export_group)
+main.add_command(subscriptions_group)
+main.add_command(history_command)

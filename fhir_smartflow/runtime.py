@@ -161,7 +161,9 @@ def _write_back_target(settings: Settings, conn: redis.Redis, client: Any, metri
 
 
 def _run_history(settings: Settings, conn: redis.Redis) -> Any:
-    return None
+    from fhir_smartflow.history import RunHistory
+
+    return RunHistory.from_settings(settings, conn)
 
 
 _lock = threading.Lock()

@@ -1,0 +1,151 @@
+"""``fhir-smartflow subscriptions print|sync``: the Subscriptions the enabled flows need on the FHIR server."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from fhir_smartflow.cli import CliContext, pass_ctx
+from fhir_smartflow.commands.flowtools import engine_path_options, load_or_exit
+from fhir_smartflow.config import Settings, secret
+
+
+def _common(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(func)
+    func = click.option(
+        "--heartbeat",
+        default=300,
+        show_default=True,
+        type=click.IntRange(0),
+        help="backport: heartbeat period (s); a silent channel is how a missed notification is noticed.",
+    )(func)
+    func = click.option(
+        "--endpoint", help="Where the server should POST notifications. Default: http://<host>:<port><notify_path>."
+    )(func)
+    func = click.option(
+        "--style",
+        type=click.Choice(["classic", "backport"]),
+        default="classic",
+        show_default=True,
+        help="classic R4 criteria, or R4 Backport IG topic-based subscriptions.",
+    )(func)
+    return engine_path_options(func)
+
+
+def _endpoint(settings: Settings, endpoint: str | None) -> str:
+    if endpoint:
+        if not endpoint.startswith(("http://", "https://")):
+            raise click.BadParameter("must be an http(s) URL", param_hint="--endpoint")
+        return endpoint
+    return f"http://{settings.server.host}:{settings.server.port}{settings.server.notify_path}"
+
+
+def _build(
+    cli: CliContext,
+    paths: tuple[tuple[str, ...], ...],
+    style: str,
+    endpoint: str | None,
+    heartbeat: int,
+    show_secrets: bool,
+) -> list[dict[str, Any]]:
+    from fhir_smartflow.tooling.subscriptions import build_subscriptions
+
+    settings = cli.settings
+    engine = load_or_exit(settings, *paths)
+    return build_subscriptions(
+        engine, settings, style, _endpoint(settings, endpoint), show_secrets=show_secrets, heartbeat_seconds=heartbeat
+    )
+
+
+def _warn_unauthenticated(resources: list[dict[str, Any]]) -> None:
+    from fhir_smartflow.tooling.subscriptions import unauthenticated
+
+    uncovered = unauthenticated(resources)
+    if uncovered:
+        click.echo(
+            f"warning: {len(uncovered)} subscription(s) match no [[subscriptions]] header secret in the config, "
+            f"so the webhook cannot authenticate their notifications: {', '.join(uncovered)}",
+            err=True,
+        )
+
+
+@click.group("subscriptions")
+def subscriptions_group() -> None:
+    """The FHIR Subscription resources the enabled flows need: print them or create / update them."""
+
+
+@subscriptions_group.command("print")
+@_common
+@click.option("--show-secrets", is_flag=True, help="Print the shared secrets in channel.header (default: masked).")
+@pass_ctx
+def print_command(
+    cli: CliContext,
+    mappings_paths: tuple[str, ...],
+    flows_paths: tuple[str, ...],
+    templates_paths: tuple[str, ...],
+    style: str,
+    endpoint: str | None,
+    heartbeat: int,
+    as_json: bool,
+    show_secrets: bool,
+) -> None:
+    """Print the Subscriptions (R4 JSON) derived from enabled flows → triggers → mappings, plus the Task
+    subscription the lifecycle needs (task.completed). Secrets are masked unless --show-secrets.
+
+    Exit codes: 0 printed; 1 the flows do not load; 2 usage error.
+    """
+    resources = _build(cli, (mappings_paths, flows_paths, templates_paths), style, endpoint, heartbeat, show_secrets)
+    _warn_unauthenticated(resources)
+    if as_json:
+        click.echo(json.dumps(resources, indent=2))
+        return
+    for resource in resources:
+        click.echo(f"# {resource['reason']}")
+        click.echo(json.dumps(resource, indent=2))
+
+
+@subscriptions_group.command("sync")
+@_common
+@pass_ctx
+def sync_command(
+    cli: CliContext,
+    mappings_paths: tuple[str, ...],
+    flows_paths: tuple[str, ...],
+    templates_paths: tuple[str, ...],
+    style: str,
+    endpoint: str | None,
+    heartbeat: int,
+    as_json: bool,
+) -> None:
+    """Create or update the Subscriptions on the [fhir] server, idempotently: each carries a meta.tag
+    (identifier system + key) and is found by it, so running sync twice changes nothing the second time.
+
+    Exit codes: 0 in sync; 1 the flows do not load or the server refused a write; 2 a secret
+    environment variable named by [[subscriptions]] secret_env is not set, or usage error.
+    """
+    from fhir_smartflow.fhir.client import FhirClient
+    from fhir_smartflow.fhir.errors import FhirError
+    from fhir_smartflow.tooling.subscriptions import sync_subscriptions
+
+    settings = cli.settings
+    missing = [s.secret_env for s in settings.subscriptions if not secret(s.secret_env)]
+    if missing:
+        click.echo(f"error: secret environment variable(s) not set: {', '.join(missing)}", err=True)
+        sys.exit(2)
+    resources = _build(cli, (mappings_paths, flows_paths, templates_paths), style, endpoint, heartbeat, True)
+    _warn_unauthenticated(resources)
+    client = FhirClient.from_settings(settings)
+    try:
+        report = sync_subscriptions(client, resources)
+    except (FhirError, OSError) as exc:
+        click.echo(f"error: the FHIR server refused: {exc}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for row in report:
+        click.echo(f"{row['action']:9}  Subscription/{row['id']}  {row['criteria']}")

@@ -1,0 +1,1 @@
+"""Operator tools behind the CLI: simulate, lint, flow docs, subscriptions, PlanDefinition export."""

@@ -1,0 +1,241 @@
+"""The R4 Subscription resources the enabled flows need, and syncing them onto a FHIR server.
+
+Enabled flows → their triggers (+ ``not_after`` triggers, + ``task.completed`` for the task lifecycle) →
+the mappings producing them → one Subscription per distinct search (a resource type subscribed without
+a filter makes its filtered searches redundant). Two styles:
+
+- ``classic``: R4 ``criteria`` = the mapping's ``search``, rest-hook, ``application/fhir+json``;
+- ``backport``: the R4 Backport IG profile: ``criteria`` = a SubscriptionTopic canonical, the search as a
+  ``backport-filter-criteria`` extension, payload content / heartbeat / timeout as channel extensions.
+
+R4 Subscription has no ``identifier`` element, so each resource is marked with a ``meta.tag``
+(system = ``[fhir] identifier_system``, code = ``subscription/<key>``) and ``sync`` finds it by that tag
+(``_tag`` search, filtered again client-side for servers that ignore the parameter).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from fhir_smartflow.config import Settings, SubscriptionConfig, secret
+from fhir_smartflow.engine.model import Engine, MappingRule
+
+log = logging.getLogger(__name__)
+
+BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
+BACKPORT_PROFILE = BACKPORT + "backport-subscription"
+FILTER_CRITERIA = BACKPORT + "backport-filter-criteria"
+PAYLOAD_CONTENT = BACKPORT + "backport-payload-content"
+HEARTBEAT_PERIOD = BACKPORT + "backport-heartbeat-period"
+TIMEOUT = BACKPORT + "backport-timeout"
+R5_IDENTIFIER = "http://hl7.org/fhir/5.0/StructureDefinition/extension-Subscription.identifier"
+# The project's SubscriptionTopic canonicals (defined with the sandbox store, which serves them).
+TOPIC_BASE = "http://fhir-smartflow.example/SubscriptionTopic/"
+GENERIC_TOPIC = TOPIC_BASE + "resource-changes"  # any resource type; the filter names it
+TOPIC_FOR_TYPE = {
+    "Patient": TOPIC_BASE + "patient-changes",
+    "Appointment": TOPIC_BASE + "appointment-changes",
+    "QuestionnaireResponse": TOPIC_BASE + "questionnaire-response-changes",
+    "Encounter": TOPIC_BASE + "encounter-changes",
+    "Task": TOPIC_BASE + "task-changes",
+    "CarePlan": TOPIC_BASE + "careplan-changes",
+}
+LIFECYCLE_TRIGGERS = ("task.completed",)
+STYLES = ("classic", "backport")
+INACTIVE = {"error", "off"}
+MASK = "********"
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """One subscription to have: a resource type, an optional search filter, the triggers it feeds."""
+
+    resource: str
+    search: str  # "Appointment?status=noshow" or "Appointment?" (every change)
+    triggers: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        return re.sub(r"[^a-z0-9]+", "-", self.search.lower()).strip("-") or self.resource.lower()
+
+
+def needed_triggers(engine: Engine) -> set[str]:
+    """Triggers of enabled flows, their ``not_after`` triggers, and the lifecycle: task.completed always;
+    with any ``not_after``, patient.admitted too (it clears the discharged marker of a returning patient)."""
+    triggers = set(engine.enabled_triggers())
+    stops = {f.not_after for f in engine.flows.values() if f.enabled and f.not_after}
+    if stops:
+        triggers |= stops | {"patient.admitted"}
+    return triggers | set(LIFECYCLE_TRIGGERS)
+
+
+def _search_of(rule: MappingRule) -> str:
+    return rule.search or f"{rule.resource}?"
+
+
+def wanted_subscriptions(engine: Engine) -> list[Wanted]:
+    """Distinct searches of the mappings behind the needed triggers, sorted; unfiltered ones absorb filtered."""
+    needed = needed_triggers(engine)
+    by_search: dict[str, set[str]] = {}
+    resource_of: dict[str, str] = {}
+    for rule in engine.mappings:
+        if rule.trigger in needed:
+            search = _search_of(rule)
+            by_search.setdefault(search, set()).add(rule.trigger)
+            resource_of[search] = rule.resource
+    unfiltered = {resource_of[s] for s in by_search if s.endswith("?")}
+    result: list[Wanted] = []
+    for search in sorted(by_search):
+        resource = resource_of[search]
+        if resource in unfiltered and not search.endswith("?"):
+            by_search[f"{resource}?"] |= by_search[search]
+            continue
+        result.append(Wanted(resource, search, ()))
+    return [Wanted(w.resource, w.search, tuple(sorted(by_search[w.search]))) for w in result]
+
+
+def _matching_config(wanted: Wanted, topic: str, configs: list[SubscriptionConfig]) -> SubscriptionConfig | None:
+    """The [[subscriptions]] entry whose secret this subscription's deliveries carry."""
+    for cfg in configs:
+        if cfg.criteria and cfg.criteria == wanted.search:
+            return cfg
+    for cfg in configs:
+        if cfg.topic and cfg.topic == topic:
+            return cfg
+    for cfg in configs:
+        if cfg.criteria and cfg.criteria.split("?")[0] == wanted.resource:
+            return cfg
+    # The webhook accepts any configured secret (first match wins), so the first entry covers the rest.
+    return configs[0] if configs else None
+
+
+def topic_for(wanted: Wanted, configs: list[SubscriptionConfig]) -> str:
+    """A configured topic canonical for this resource type, else the project's own SubscriptionTopic for
+    the type (the ones the sandbox store serves), else its generic ``resource-changes`` topic."""
+    for cfg in configs:
+        if cfg.topic and (cfg.criteria.split("?")[0] == wanted.resource or cfg.criteria == wanted.search):
+            return cfg.topic
+    return TOPIC_FOR_TYPE.get(wanted.resource, GENERIC_TOPIC)
+
+
+def build_subscriptions(
+    engine: Engine,
+    settings: Settings,
+    style: str,
+    endpoint: str,
+    *,
+    show_secrets: bool = False,
+    heartbeat_seconds: int = 300,
+    timeout_seconds: int = 30,
+    env: Mapping[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """The Subscription resources (R4 JSON). Secrets are masked unless ``show_secrets``."""
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
+    resources = []
+    for wanted in wanted_subscriptions(engine):
+        topic = topic_for(wanted, settings.subscriptions)
+        cfg = _matching_config(wanted, topic, settings.subscriptions)
+        channel: dict[str, Any] = {"type": "rest-hook", "endpoint": endpoint, "payload": "application/fhir+json"}
+        if cfg is not None:
+            value = secret(cfg.secret_env, env) if show_secrets else MASK
+            if cfg.auth == "header":
+                channel["header"] = [f"{cfg.header}: {value or ''}"]
+            # hmac: the server signs the body with the shared secret; nothing to put in a header.
+        sub: dict[str, Any] = {
+            "resourceType": "Subscription",
+            "meta": {"tag": [{"system": settings.fhir.identifier_system, "code": f"subscription/{wanted.key}"}]},
+            "status": "requested",
+            "reason": f"fhir-smartflow: {', '.join(wanted.triggers)}",
+            "channel": channel,
+        }
+        if style == "classic":
+            sub["criteria"] = wanted.search
+        else:
+            sub["meta"]["profile"] = [BACKPORT_PROFILE]
+            sub["extension"] = [
+                {
+                    "url": R5_IDENTIFIER,
+                    "valueIdentifier": {
+                        "system": settings.fhir.identifier_system,
+                        "value": f"subscription/{wanted.key}",
+                    },
+                }
+            ]
+            sub["criteria"] = topic
+            if not wanted.search.endswith("?") or topic == GENERIC_TOPIC:
+                sub["_criteria"] = {"extension": [{"url": FILTER_CRITERIA, "valueString": wanted.search}]}
+            channel["extension"] = [
+                {"url": HEARTBEAT_PERIOD, "valueUnsignedInt": heartbeat_seconds},
+                {"url": TIMEOUT, "valueUnsignedInt": timeout_seconds},
+            ]
+            channel["_payload"] = {"extension": [{"url": PAYLOAD_CONTENT, "valueCode": "full-resource"}]}
+        resources.append(sub)
+    return resources
+
+
+def unauthenticated(resources: list[dict[str, Any]]) -> list[str]:
+    """Keys of subscriptions no [[subscriptions]] header secret covers (their notifications would be refused)."""
+    return [_tag(r)[1] for r in resources if "header" not in r["channel"]]
+
+
+class SubscriptionServer(Protocol):
+    """What ``sync`` needs of a FHIR client (``FhirClient`` has it)."""
+
+    def search(self, resource_type: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]: ...
+
+    def create(self, resource: dict[str, Any], if_none_exist: str | None = None) -> tuple[dict[str, Any], bool]: ...
+
+    def update(self, resource: dict[str, Any], condition: str | None = None) -> dict[str, Any]: ...
+
+
+def _tag(resource: Mapping[str, Any]) -> tuple[str, str]:
+    tag = (resource.get("meta") or {}).get("tag") or [{}]
+    return tag[0].get("system", ""), tag[0].get("code", "")
+
+
+def _has_tag(resource: Mapping[str, Any], system: str, code: str) -> bool:
+    return any(
+        t.get("system") == system and t.get("code") == code for t in (resource.get("meta") or {}).get("tag") or []
+    )
+
+
+def _comparable(resource: Mapping[str, Any]) -> dict[str, Any]:
+    """What we own: the server adds id, meta.versionId / lastUpdated, status (requested → active), error."""
+    data = {k: copy.deepcopy(v) for k, v in resource.items() if k not in {"id", "status", "error", "text"}}
+    meta = data.get("meta") or {}
+    data["meta"] = {k: v for k, v in meta.items() if k in {"tag", "profile"}}
+    return data
+
+
+def sync_subscriptions(server: SubscriptionServer, resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Create or update each Subscription, found by its tag; returns one report row per resource."""
+    report = []
+    for wanted in resources:
+        system, code = _tag(wanted)
+        found = [r for r in server.search("Subscription", {"_tag": f"{system}|{code}"}) if _has_tag(r, system, code)]
+        if not found:
+            stored, _ = server.create(wanted)
+            action = "created"
+        else:
+            current = found[0]
+            if len(found) > 1:
+                log.warning(
+                    "%d Subscriptions carry tag %s; updating Subscription/%s", len(found), code, current.get("id")
+                )
+            if current.get("status") in INACTIVE:
+                # The server gave up on it (failed handshake / deliveries): asking again re-activates it.
+                stored = server.update({**wanted, "id": current["id"]})
+                action = "reactivated"
+            elif _comparable(current) == _comparable(wanted):
+                stored, action = current, "unchanged"
+            else:
+                stored = server.update({**wanted, "id": current["id"]})
+                action = "updated"
+        report.append({"key": code, "criteria": wanted["criteria"], "id": stored.get("id"), "action": action})
+    return report
