@@ -18,6 +18,7 @@ from fhir_smartflow.ingest.app import IngestContext, create_ingest_blueprint, fh
 from fhir_smartflow.ingest.auth import Authenticator
 from fhir_smartflow.ingest.queueing import make_queue
 from fhir_smartflow.metrics import Metrics
+from fhir_smartflow.observability import register_observability
 from fhir_smartflow.runtime import utc_now
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = settings.server.max_body_bytes
     app.extensions["smartflow"] = ctx
     app.register_blueprint(create_ingest_blueprint(ctx))
+    register_observability(app, settings, conn)  # /metrics (and /rq with an admin token)
     _register_error_handlers(app)
     if extra_wsgi_mounts:
         app.wsgi_app = DispatcherMiddleware(app.wsgi_app, dict(extra_wsgi_mounts))  # type: ignore[method-assign]

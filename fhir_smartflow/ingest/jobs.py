@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
@@ -77,7 +77,19 @@ def handle_event(rt: Runtime, event: ResourceEvent) -> str:
         raise
     rt.redis.set(key, DONE, ex=rt.settings.redis.dedupe_ttl_seconds)
     rt.metrics.inc("events", result="processed")
+    _observe_latency(rt, event)
     return "processed"
+
+
+def _observe_latency(rt: Runtime, event: ResourceEvent) -> None:
+    """Received (webhook / poller) to processed, on the wall clock (not the test clock)."""
+    try:
+        received = datetime.fromisoformat(event.received_at)
+    except (TypeError, ValueError):
+        return
+    if received.tzinfo is None:
+        received = received.replace(tzinfo=UTC)
+    rt.metrics.observe("event_latency_seconds", max(0.0, (datetime.now(UTC) - received).total_seconds()))
 
 
 def tracker(rt: Runtime) -> GapTracker:
