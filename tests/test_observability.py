@@ -139,8 +139,7 @@ def test_metrics_move_when_notifications_arrive(
         'secret_env = "TEST_HOOK_SECRET"\n'
     )
     settings = load_settings(cfg)
-    app = create_app(settings, redis_conn)
-    register_observability(app, settings, redis_conn)
+    app = create_app(settings, redis_conn)  # the factory registers /metrics itself
     server = ThreadedWsgiServer(app)
     try:
         body = (ROOT / "tests" / "fixtures" / "notifications" / "classic-resource.json").read_bytes()
