@@ -51,6 +51,22 @@ class StaticTokenProvider:
         """A static token cannot be renewed; the retried request will fail the same way."""
 
 
+def client_assertion(
+    client_id: str, audience: str, private_key: str | bytes, kid: str = "", alg: str = "RS384", now: float | None = None
+) -> str:
+    """SMART client assertion: iss = sub = client_id, aud = the token endpoint, unique jti, exp ≤ 5 minutes."""
+    issued = int(now if now is not None else time.time())
+    claims = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": audience,
+        "jti": uuid.uuid4().hex,
+        "exp": issued + ASSERTION_LIFETIME_SECONDS,
+    }
+    headers = {"typ": "JWT", **({"kid": kid} if kid else {})}
+    return jwt.encode(claims, private_key, algorithm=alg, headers=headers)
+
+
 class SmartBackendTokenProvider:
     """SMART Backend Services: ``client_credentials`` grant authenticated by a signed JWT assertion.
 
@@ -114,18 +130,7 @@ class SmartBackendTokenProvider:
     # -- the client assertion ------------------------------------------------------------------
     def client_assertion(self, audience: str) -> str:
         """A signed JWT: iss = sub = client_id, aud = token endpoint, unique jti, exp within 5 minutes."""
-        now = int(self.clock())
-        claims = {
-            "iss": self.client_id,
-            "sub": self.client_id,
-            "aud": audience,
-            "jti": uuid.uuid4().hex,
-            "exp": now + ASSERTION_LIFETIME_SECONDS,
-        }
-        headers = {"typ": "JWT"}
-        if self.kid:
-            headers["kid"] = self.kid
-        return jwt.encode(claims, self.private_key, algorithm=self.alg, headers=headers)
+        return client_assertion(self.client_id, audience, self.private_key, self.kid, self.alg, self.clock())
 
     # -- tokens ------------------------------------------------------------------------------------
     def token(self) -> str:

@@ -21,17 +21,16 @@ import json
 import logging
 import secrets
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlparse
 
-import jwt
 import redis
 import requests
 from cryptography.fernet import Fernet, InvalidToken
 
+from fhir_smartflow.fhir.auth import client_assertion
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.openemr.errors import OpenEmrAuthUnavailable, OpenEmrTransientError, TokenError
 
@@ -39,28 +38,6 @@ log = logging.getLogger(__name__)
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 RENEW_MARGIN_SECONDS = 15.0
-
-
-def client_assertion(
-    client_id: str,
-    token_url: str,
-    private_key_pem: bytes,
-    key_id: str = "",
-    alg: str = "RS384",
-    now: float | None = None,
-) -> str:
-    """A signed client assertion: iss = sub = client_id, aud = token endpoint, exp within 5 minutes, unique jti."""
-    issued = int(now if now is not None else time.time())
-    claims = {
-        "iss": client_id,
-        "sub": client_id,
-        "aud": token_url,
-        "iat": issued,
-        "exp": issued + 240,
-        "jti": uuid.uuid4().hex,
-    }
-    headers = {"typ": "JWT", **({"kid": key_id} if key_id else {})}
-    return jwt.encode(claims, private_key_pem, algorithm=alg, headers=headers)
 
 
 def _token_error(resp: requests.Response) -> TokenError:
