@@ -150,6 +150,20 @@ def build_service_runtime(settings: Settings, redis_conn: redis.Redis | None = N
     )
 
 
+def reload_engine(rt: Runtime) -> list[Any]:
+    """Load the flow files again (SIGHUP); on any error keep the running flows and return the errors."""
+    from fhir_smartflow.engine.loader import EngineLoadError, load_engine
+
+    try:
+        engine = load_engine(rt.settings)
+    except EngineLoadError as exc:
+        return list(exc.errors)
+    rt.engine = engine
+    if hasattr(rt.dispatcher, "engine"):  # the EnginePipeline
+        rt.dispatcher.engine = engine
+    return []
+
+
 def _write_back_target(settings: Settings, conn: redis.Redis, client: Any, metrics: Metrics) -> WriteBackTarget:
     if settings.fhir.writeback == "openemr":
         from fhir_smartflow.openemr.factory import build_openemr_target

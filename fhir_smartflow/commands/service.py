@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import signal
 import sys
 import threading
 
@@ -17,7 +18,7 @@ from fhir_smartflow.config import ConfigError, Settings
 from fhir_smartflow.connections import embedded_redis
 from fhir_smartflow.ingest.app import webhook_redis
 from fhir_smartflow.ingest.workers import WORKER_LOG_LEVEL, replay_failed, run_embedded_worker, worker_connection
-from fhir_smartflow.runtime import Runtime, build_runtime, build_service_runtime, install
+from fhir_smartflow.runtime import Runtime, build_runtime, build_service_runtime, install, reload_engine
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ def serve(
             log.warning("EMBEDDED MODE implies --insecure-dev: webhook deliveries are NOT authenticated.")
         rt = _service_runtime(settings, conn)
         install(rt)
+        _reload_on_sighup(rt)
         threading.Thread(target=run_embedded_worker, args=(rt, stop), name="embedded-worker", daemon=True).start()
         _start_scheduler(rt, stop)
     else:
@@ -100,6 +102,22 @@ def _service_runtime(settings: Settings, conn: redis.Redis) -> Runtime:
     except ConfigError as exc:
         click.echo(f"configuration error: {exc}", err=True)
         sys.exit(2)
+
+
+def _reload_on_sighup(rt: Runtime) -> None:
+    """`kill -HUP <pid>` reloads flows, mappings and templates; invalid files leave the running ones in place."""
+
+    def reload(_signum: int, _frame: object) -> None:
+        errors = reload_engine(rt)
+        for error in errors:
+            log.error("reload: %s", error)
+        if errors:
+            log.error("reload refused (%d error(s)); the flows loaded before stay active", len(errors))
+        else:
+            log.info("reload: %d flow(s) loaded", len(rt.engine.flows))
+
+    if rt.engine is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, reload)
 
 
 def _start_scheduler(rt: Runtime, stop: threading.Event) -> None:
@@ -145,6 +163,7 @@ def worker(cli: CliContext, burst: bool, with_scheduler: bool, worker_class: str
     conn = worker_connection(settings)
     rt = _service_runtime(settings, conn)
     install(rt)
+    _reload_on_sighup(rt)
     if with_scheduler:  # rq's scheduler (job retries, gap sweeps) runs inside w.work; ours in a thread
         _start_scheduler(rt, threading.Event())
     if settings.poll.enabled:  # servers without subscriptions: poll inside the worker (docs/openemr.md)
