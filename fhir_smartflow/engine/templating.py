@@ -17,6 +17,7 @@ from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
 from fhir_smartflow.config import Settings
+from fhir_smartflow.instants import parse_instant
 
 Catalog = dict[str, dict[str, Any]]
 
@@ -61,17 +62,6 @@ def _human_datetime(instant: datetime, zone: ZoneInfo) -> tuple[str, str, str]:
     hour = local.hour % 12 or 12
     time_text = f"{hour}:{local:%M} {'AM' if local.hour < 12 else 'PM'} {local.tzname()}"
     return f"{date_text} at {time_text}", date_text, time_text
-
-
-def parse_instant(value: str | None) -> datetime | None:
-    """FHIR dateTime / instant → aware datetime (a date alone is midnight UTC); None when unparsable."""
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _official_name(patient: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -21,7 +21,6 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
 from typing import Any
 
 from fhir_smartflow.events import Interaction, PayloadContent, ResourceEvent, content_hash
@@ -103,33 +102,6 @@ def parse_reference(reference: str) -> tuple[str, str, str | None] | None:
     if not _RESOURCE_TYPE.match(rtype) or not _FHIR_ID.match(rid):
         return None
     return rtype, rid, version
-
-
-def parse_instant(value: str | None) -> datetime | None:
-    """A FHIR instant / dateTime / date as an aware UTC datetime; tolerant of what servers send.
-
-    Date-only values mean midnight UTC; fractions longer than 6 digits (.NET sends 7) are truncated;
-    values without an offset are taken as UTC. None when unparseable.
-    """
-    if not isinstance(value, str) or not value.strip():
-        return None
-    text = value.strip()
-    try:
-        if len(text) == 10:
-            d = date.fromisoformat(text)
-            return datetime(d.year, d.month, d.day, tzinfo=UTC)
-        if len(text) in (4, 7):  # FHIR partial dates: YYYY, YYYY-MM
-            year, month = int(text[:4]), int(text[5:7]) if len(text) == 7 else 1
-            return datetime(year, month, 1, tzinfo=UTC)
-        text = text.replace("z", "Z").replace("Z", "+00:00")
-        match = re.match(r"^(.*T\d{2}:\d{2}:\d{2})(\.\d+)?(.*)$", text)
-        if match:
-            head, frac, tail = match.groups()
-            text = head + (frac[:7] if frac else "") + tail  # "." + at most 6 digits
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def _as_counter(value: Any, where: str) -> int | None:

@@ -37,6 +37,7 @@ import requests
 from fhir_smartflow.config import PollConfig
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.events import ResourceEvent, content_hash
+from fhir_smartflow.instants import parse_instant
 from fhir_smartflow.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -164,16 +165,6 @@ def plan_strategies(
     return plans
 
 
-def _parse_instant(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 def _iso(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -246,7 +237,7 @@ class Poller:
 
     def watermark(self, resource_type: str) -> datetime | None:
         raw = self.conn.hget(self.watermark_key(resource_type), "lastUpdated")
-        return _parse_instant(raw.decode()) if raw else None
+        return parse_instant(raw.decode()) if raw else None
 
     # -- strategies --------------------------------------------------------------------------------
     def plans(self, refresh: bool = False) -> list[TypePlan]:
@@ -333,7 +324,7 @@ class Poller:
         previous_page_max: datetime | None = None
         for bundle in self.reader.search_pages(plan.resource_type, params):
             resources = _resources(bundle, plan.resource_type)
-            stamps = [_parse_instant((r.get("meta") or {}).get("lastUpdated")) for r in resources]
+            stamps = [parse_instant((r.get("meta") or {}).get("lastUpdated")) for r in resources]
             known = [s for s in stamps if s is not None]
             if (
                 len(known) != len(stamps)
