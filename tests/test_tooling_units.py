@@ -8,7 +8,6 @@ from typing import Any
 
 from fhir_smartflow.config import load_settings
 from fhir_smartflow.engine.model import Engine, MappingRule
-from fhir_smartflow.sandbox import subscriptions as sandbox_subs
 from fhir_smartflow.tooling import subscriptions as subs
 from fhir_smartflow.tooling.lint import Finding, lint, path_roots
 from fhir_smartflow.tooling.simulate import MemoryContext
@@ -21,12 +20,6 @@ def test_path_roots_skip_functions_keywords_strings_and_variables() -> None:
     assert roots == [("patient", "gender"), (None, "birthDate"), (None, "name")]
     assert path_roots("status in ('arrived' | 'fulfilled')") == [(None, "status")]
     assert path_roots("'Patient/' + id") == [(None, "id")]
-
-
-def test_topics_are_the_ones_the_sandbox_serves() -> None:
-    assert subs.GENERIC_TOPIC in sandbox_subs.TOPICS
-    for rtype, topic in subs.TOPIC_FOR_TYPE.items():
-        assert sandbox_subs.TOPICS[topic] == frozenset({rtype})
 
 
 def _engine(*rules: MappingRule, flows: dict[str, Any] | None = None) -> Engine:

@@ -15,37 +15,35 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
+from fhir_smartflow.fhir.backport import (
+    EXT_FILTER,
+    EXT_HEARTBEAT,
+    EXT_PAYLOAD,
+    EXT_TIMEOUT,
+    GENERIC_TOPIC,
+    PAYLOAD_CONTENTS,
+    PROFILE_NOTIFICATION,
+    PROFILE_STATUS,
+    PROFILE_SUBSCRIPTION,
+    TOPIC_BASE,
+    TOPIC_FOR_TYPE,
+)
 from fhir_smartflow.sandbox import search
 from fhir_smartflow.sandbox.errors import SandboxError, Unprocessable
 from fhir_smartflow.sandbox.store import Change, Store
 from fhir_smartflow.sandbox.validation import model_class
 
-BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
-EXT_FILTER = BACKPORT + "backport-filter-criteria"
-EXT_PAYLOAD = BACKPORT + "backport-payload-content"
-EXT_HEARTBEAT = BACKPORT + "backport-heartbeat-period"
-EXT_TIMEOUT = BACKPORT + "backport-timeout"
-PROFILE_SUBSCRIPTION = BACKPORT + "backport-subscription"
-PROFILE_NOTIFICATION = BACKPORT + "backport-subscription-notification-r4"
-PROFILE_STATUS = BACKPORT + "backport-subscription-status-r4"
 # Sandbox-only option: deliver classic notifications the way HAPI FHIR does (PUT/DELETE <endpoint>/<Type>/<id>).
 EXT_DELIVERY_STYLE = "http://fhir-smartflow.example/StructureDefinition/sandbox-delivery-style"
 HAPI_PUT = "hapi-put"
 
-TOPIC_BASE = "http://fhir-smartflow.example/SubscriptionTopic/"
-# Built-in topics -> the resource types whose changes they announce. `resource-changes` takes its
-# types from the filter criteria.
+# Built-in topics -> the resource types whose changes they announce; the generic one takes its types
+# from the filter criteria.
 TOPICS: dict[str, frozenset[str]] = {
-    TOPIC_BASE + "patient-changes": frozenset({"Patient"}),
-    TOPIC_BASE + "appointment-changes": frozenset({"Appointment"}),
-    TOPIC_BASE + "questionnaire-response-changes": frozenset({"QuestionnaireResponse"}),
-    TOPIC_BASE + "encounter-changes": frozenset({"Encounter"}),
-    TOPIC_BASE + "task-changes": frozenset({"Task"}),
-    TOPIC_BASE + "careplan-changes": frozenset({"CarePlan"}),
-    TOPIC_BASE + "resource-changes": frozenset(),
+    **{url: frozenset({rtype}) for rtype, url in TOPIC_FOR_TYPE.items()},
+    GENERIC_TOPIC: frozenset(),
 }
-TOPIC_FOR_TYPE = {next(iter(types)): url for url, types in TOPICS.items() if types}
-CONTENTS = ("empty", "id-only", "full-resource")
+CONTENTS = PAYLOAD_CONTENTS
 DEFAULT_TIMEOUT_SECONDS = 10.0
 
 

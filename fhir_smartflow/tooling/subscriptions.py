@@ -24,27 +24,19 @@ from typing import Any, Protocol
 
 from fhir_smartflow.config import Settings, SubscriptionConfig, secret
 from fhir_smartflow.engine.model import Engine, MappingRule
+from fhir_smartflow.fhir.backport import (
+    EXT_FILTER,
+    EXT_HEARTBEAT,
+    EXT_PAYLOAD,
+    EXT_TIMEOUT,
+    GENERIC_TOPIC,
+    PROFILE_SUBSCRIPTION,
+    TOPIC_FOR_TYPE,
+)
 
 log = logging.getLogger(__name__)
 
-BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
-BACKPORT_PROFILE = BACKPORT + "backport-subscription"
-FILTER_CRITERIA = BACKPORT + "backport-filter-criteria"
-PAYLOAD_CONTENT = BACKPORT + "backport-payload-content"
-HEARTBEAT_PERIOD = BACKPORT + "backport-heartbeat-period"
-TIMEOUT = BACKPORT + "backport-timeout"
 R5_IDENTIFIER = "http://hl7.org/fhir/5.0/StructureDefinition/extension-Subscription.identifier"
-# The project's SubscriptionTopic canonicals (defined with the sandbox store, which serves them).
-TOPIC_BASE = "http://fhir-smartflow.example/SubscriptionTopic/"
-GENERIC_TOPIC = TOPIC_BASE + "resource-changes"  # any resource type; the filter names it
-TOPIC_FOR_TYPE = {
-    "Patient": TOPIC_BASE + "patient-changes",
-    "Appointment": TOPIC_BASE + "appointment-changes",
-    "QuestionnaireResponse": TOPIC_BASE + "questionnaire-response-changes",
-    "Encounter": TOPIC_BASE + "encounter-changes",
-    "Task": TOPIC_BASE + "task-changes",
-    "CarePlan": TOPIC_BASE + "careplan-changes",
-}
 LIFECYCLE_TRIGGERS = ("task.completed",)
 STYLES = ("classic", "backport")
 INACTIVE = {"error", "off"}
@@ -157,7 +149,7 @@ def build_subscriptions(
         if style == "classic":
             sub["criteria"] = wanted.search
         else:
-            sub["meta"]["profile"] = [BACKPORT_PROFILE]
+            sub["meta"]["profile"] = [PROFILE_SUBSCRIPTION]
             sub["extension"] = [
                 {
                     "url": R5_IDENTIFIER,
@@ -169,12 +161,12 @@ def build_subscriptions(
             ]
             sub["criteria"] = topic
             if not wanted.search.endswith("?") or topic == GENERIC_TOPIC:
-                sub["_criteria"] = {"extension": [{"url": FILTER_CRITERIA, "valueString": wanted.search}]}
+                sub["_criteria"] = {"extension": [{"url": EXT_FILTER, "valueString": wanted.search}]}
             channel["extension"] = [
-                {"url": HEARTBEAT_PERIOD, "valueUnsignedInt": heartbeat_seconds},
-                {"url": TIMEOUT, "valueUnsignedInt": timeout_seconds},
+                {"url": EXT_HEARTBEAT, "valueUnsignedInt": heartbeat_seconds},
+                {"url": EXT_TIMEOUT, "valueUnsignedInt": timeout_seconds},
             ]
-            channel["_payload"] = {"extension": [{"url": PAYLOAD_CONTENT, "valueCode": "full-resource"}]}
+            channel["_payload"] = {"extension": [{"url": EXT_PAYLOAD, "valueCode": "full-resource"}]}
         resources.append(sub)
     return resources
 
