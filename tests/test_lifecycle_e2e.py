@@ -47,7 +47,7 @@ FIXTURE_FLOWS = ROOT / "tests" / "fixtures" / "flows"
 OPEN = {"draft", "requested", "received", "accepted", "ready", "in-progress", "on-hold"}
 
 
-def wait_for(check: Callable[[], Any], what: str, log: Callable[[], str] = lambda: "", timeout: float = 20.0) -> Any:
+def wait_for(check: Callable[[], Any], what: str, log: Callable[[], str] = lambda: "", timeout: float = 30.0) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = check()
@@ -301,3 +301,244 @@ def test_reminder_fires_once_for_open_tasks_only(start_stack) -> None:
     assert stack.jobs("reminder", "executed") == 1
     assert stack.comms(done_patient, "reminder") == []  # completed task: no reminder
     assert stack.read(f"Task/{done_task['id']}")["status"] == "completed"
+
+
+# -- 2. completes_workflow ---------------------------------------------------------------------------------
+
+
+def by_action(tasks: list[dict[str, Any]], slug_part: str) -> dict[str, Any]:
+    return next(t for t in tasks if t["instantiatesUri"].split("#")[1].startswith(slug_part))
+
+
+def group_of(task: dict[str, Any]) -> str:
+    return task["groupIdentifier"]["value"]
+
+
+def test_completing_task_cancels_siblings_and_their_followups(start_stack) -> None:
+    stack = start_stack(flows=("flows/examples", "tests/fixtures/flows"))
+    stack.subscribe("Appointment", "Task")
+    patient = stack.new_patient()
+    stack.appointment(patient, "booked", datetime.now(UTC) + timedelta(days=10))
+    checklist = wait_for(
+        lambda: len(t := stack.tasks(patient, "visit-checklist")) == 2 and t, "checklist tasks", stack.log
+    )
+    previsit = wait_for(lambda: len(t := stack.tasks(patient, "previsit-questionnaire")) == 2 and t, "previsit tasks")
+    completing, sibling = by_action(checklist, "visit-questionnaire"), by_action(checklist, "upload-insurance")
+    group = group_of(completing)
+    assert group_of(sibling) == group
+    stack.wait_settled()  # the run's Schedule actions come after its writes
+    assert sorted(p.kind for p in stack.pending(group=group)) == ["overdue", "reminder"]  # the sibling's
+    assert {p.payload["task_identifier"] for p in stack.pending(group=group)} == {ident(sibling)}
+    previsit_group = group_of(previsit[0])
+    assert [p.kind for p in stack.pending(group=previsit_group)] == ["overdue"]
+
+    stack.set_task_status(completing, "completed")  # the patient finished it; the EHR marks it done
+    cancelled = wait_for(
+        lambda: (t := stack.read(f"Task/{sibling['id']}"))["status"] == "cancelled" and t,
+        "sibling cancelled",
+        stack.log,
+    )
+    Task.model_validate(cancelled)
+    assert ident(completing) in cancelled["statusReason"]["text"]
+    assert stack.pending(group=group) == []  # the sibling's reminder and overdue check are gone
+    assert stack.read(f"Task/{completing['id']}")["status"] == "completed"
+    # Another workflow of the same patient is untouched.
+    assert all(stack.read(f"Task/{t['id']}")["status"] in OPEN for t in previsit)
+    assert [p.kind for p in stack.pending(group=previsit_group)] == ["overdue"]
+    status = stack.cli("scheduler", "--status", "--json")
+    assert status["pending"] == 1 and status["soonest"][0]["kind"] == "overdue"
+
+    # The shipped example: completing the pre-visit questionnaire cancels the front desk's call task.
+    questionnaire, call = by_action(previsit, "pre-visit-questionnaire"), by_action(previsit, "call-about")
+    stack.set_task_status(questionnaire, "completed")
+    wait_for(lambda: stack.read(f"Task/{call['id']}")["status"] == "cancelled", "call task cancelled", stack.log)
+    assert stack.pending(group=previsit_group) == []
+    assert stack.cli("scheduler", "--status", "--json")["pending"] == 0
+
+    # Past every former due time: nothing fires, no reminder is written.
+    stack.move_clock(datetime.now(UTC) + timedelta(days=11))
+    time.sleep(0.5)
+    stack.wait_settled()
+    assert stack.comms(patient, "reminder") == [] and stack.comms(patient, "alert") == []
+
+
+# -- 3. recurring series and discharge ---------------------------------------------------------------------
+
+
+def sms_config(provider: str) -> str:
+    account = f'account_sid = "{SID}"\ntoken_env = "LC_SMS_TOKEN"\nfrom_number = "+15550000000"'
+    return f'[sms]\nbase_url = "{provider}"\n{account}'
+
+
+def test_weekly_series_stops_at_discharge(start_stack) -> None:
+    twilio = TwilioFake()
+    with serve(twilio.app) as provider:
+        stack = start_stack(extra_config=sms_config(provider))
+        _weekly_series_stops_at_discharge(stack, twilio)
+
+
+def _weekly_series_stops_at_discharge(stack: Stack, twilio: TwilioFake) -> None:
+    stack.move_clock(next_local(12))  # daytime: SMS go out at once
+    stack.subscribe("Patient", "Appointment")
+    patient = stack.new_patient(adult=False, phone="+15551230003")  # a minor: the intake flow skips it
+    first_runs = stack.flow_runs("skipped")
+    wait_for(lambda: stack.flow_runs("skipped") > first_runs, "registration seen (prior state recorded)", stack.log)
+    stack.appointment(patient, "arrived", datetime.now(UTC))  # first kept appointment: the series starts
+    first = wait_for(lambda: stack.tasks(patient, "weekly-checkin"), "first check-in", stack.log)[0]
+    group = group_of(first)
+    [recurrence] = wait_for(lambda: stack.pending(group=group), "next occurrence scheduled", stack.log)
+    assert recurrence.kind == "recurrence"
+    start = datetime.fromisoformat(first["authoredOn"].replace("Z", "+00:00"))
+
+    stack.move_clock(next_local(12, after=start + timedelta(weeks=1)))  # week 1, at noon: sent at once
+    wait_for(lambda: len(stack.tasks(patient, "weekly-checkin")) == 2, "week 1", stack.log)
+    stack.wait_settled()  # its SMS goes out at noon, before the clock moves on
+    # Week 2 at 23:00 clinic time: the occurrence is created, its SMS deferred to the morning.
+    stack.move_clock(night := next_local(23, after=start + timedelta(weeks=2)))
+    wait_for(lambda: len(stack.tasks(patient, "weekly-checkin")) == 3, "week 2", stack.log)
+    stack.wait_settled()
+    tasks = stack.tasks(patient, "weekly-checkin")
+    assert len({ident(t) for t in tasks}) == 3 and {group_of(t) for t in tasks} == {group}
+    authored = sorted(datetime.fromisoformat(t["authoredOn"].replace("Z", "+00:00")) for t in tasks)
+    assert [(a - authored[0]).days for a in authored] == [0, 7, 14]
+    for task in tasks:
+        Task.model_validate(task)
+    pending = stack.pending(patient=patient)
+    assert sorted(p.kind for p in pending) == ["delivery", "recurrence"], (pending, stack.comms(patient), night)
+    assert len(twilio.requests) == 2  # the first and week 1's; week 2's waits for 08:00
+
+    # Discharge at night: the Patient record is made inactive (mappings/patient.toml).
+    stack.put({**stack.read(patient), "active": False})
+    wait_for(
+        lambda: all(t["status"] == "cancelled" for t in stack.tasks(patient, "weekly-checkin")),
+        "open check-ins cancelled",
+        stack.log,
+    )
+    for task in stack.tasks(patient, "weekly-checkin"):
+        assert task["statusReason"]["text"] == "patient discharged"
+    stack.wait_settled()
+    assert stack.pending(patient=patient) == []  # the next occurrence and the deferred SMS are gone
+    stack.move_clock(next_local(8, 1, after=night))
+    time.sleep(0.4)
+    stack.wait_settled()
+    assert len(twilio.requests) == 2  # the deferred check-in SMS is not sent to a discharged patient
+    unsent = [c for c in stack.comms(patient, "instruction") if medium(c) == "sms" and c["status"] != "completed"]
+    assert [(c["status"], c["statusReason"]["text"]) for c in unsent] == [("not-done", "patient discharged")]
+    stack.move_clock(start + timedelta(weeks=4, minutes=1))
+    time.sleep(0.4)
+    stack.wait_settled()
+    assert len(stack.tasks(patient, "weekly-checkin")) == 3  # no further occurrences
+
+    # A new trigger for the discharged patient does not start a not_after flow (previsit-questionnaire).
+    skipped = stack.flow_runs("skipped")
+    stack.appointment(patient, "booked", start + timedelta(weeks=6))
+    wait_for(lambda: stack.flow_runs("skipped") > skipped, "booking processed", stack.log)
+    stack.wait_settled()
+    assert stack.tasks(patient, "previsit-questionnaire") == []
+    assert len(twilio.requests) == 2
+
+
+# -- 4. overdue --------------------------------------------------------------------------------------------
+
+
+def test_overdue_marks_the_open_task_and_tells_the_owner(start_stack) -> None:
+    stack = start_stack()
+    stack.subscribe("Appointment")
+    patient = stack.new_patient()
+    stack.appointment(patient, "booked", datetime.now(UTC) + timedelta(days=6))
+    tasks = wait_for(lambda: len(t := stack.tasks(patient, "previsit-questionnaire")) == 2 and t, "tasks", stack.log)
+    questionnaire, call = by_action(tasks, "pre-visit-questionnaire"), by_action(tasks, "call-about")
+    due = due_of(questionnaire)
+
+    stack.move_clock(due - timedelta(minutes=1))
+    time.sleep(0.4)
+    stack.wait_settled()
+    assert "businessStatus" not in stack.read(f"Task/{questionnaire['id']}")
+
+    stack.move_clock(due + timedelta(minutes=1))
+    marked = wait_for(
+        lambda: "businessStatus" in (t := stack.read(f"Task/{questionnaire['id']}")) and t, "overdue", stack.log
+    )
+    Task.model_validate(marked)
+    assert marked["status"] in OPEN and marked["businessStatus"]["coding"][0]["code"] == "overdue"
+    alerts = wait_for(lambda: len(a := stack.comms(patient, "alert")) == 2 and a, "owner told", stack.log)
+    assert sorted(medium(c) for c in alerts) == ["email", "sms"]  # the owner is the patient: the action's methods
+    for comm in alerts:
+        Communication.model_validate(comm)
+        assert based_on(comm) == ident(questionnaire) and comm["topic"]["text"].startswith("Overdue: ")
+    assert "businessStatus" not in stack.read(f"Task/{call['id']}")  # the call task asks for no overdue check
+
+
+# -- 5. quiet hours and opt-out ----------------------------------------------------------------------------
+
+
+def next_local(hour: int, minute: int = 0, after: datetime | None = None) -> datetime:
+    """The next clinic-local hh:mm after ``after`` (default: now), as UTC."""
+    local = (after or datetime.now(UTC)).astimezone(CLINIC_TZ)
+    candidate = local.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    if candidate <= local:
+        candidate = (local + timedelta(days=1)).replace(hour=hour, minute=minute, second=0, microsecond=0)
+    return candidate.astimezone(UTC)
+
+
+def sms_comm(stack: Stack, patient: str) -> dict[str, Any]:
+    return next(c for c in stack.comms(patient, "instruction") if medium(c) == "sms")
+
+
+def opt_out_consent(patient: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Consent",
+        "id": uuid.uuid4().hex[:16],
+        "status": "active",
+        "scope": {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]
+        },
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": patient},
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTOUT"}]},
+        "provision": {
+            "type": "deny",
+            "action": [{"coding": [{"system": "urn:fhir-smartflow:channel", "code": "sms"}]}],
+        },
+    }
+
+
+def test_quiet_hours_defer_sms_and_opt_out_blocks_it(start_stack) -> None:
+    twilio = TwilioFake()
+    with serve(twilio.app) as provider:
+        stack = start_stack(extra_config=sms_config(provider))
+        night = next_local(23)  # 23:00 clinic time: inside the default quiet hours 21:00-08:00
+        stack.move_clock(night)
+        stack.subscribe("Patient")
+        patient = stack.new_patient(phone="+15551230001")
+        opted_out_id = uuid.uuid4().hex[:16]
+        consent = stack.put(opt_out_consent(f"Patient/{opted_out_id}"))
+        opted_out = stack.new_patient(phone="+15551230002", pid=opted_out_id)
+        intake_task(stack, patient), intake_task(stack, opted_out)
+        stack.wait_settled()
+
+        deferred = sms_comm(stack, patient)
+        assert deferred["status"] == "in-progress" and twilio.requests == []
+        [pending] = [p for p in stack.pending(patient=patient) if p.kind == "delivery"]
+        morning = next_local(8, after=night)
+        assert pending.at == morning  # deferred to the end of quiet hours, 08:00 clinic time
+
+        blocked = sms_comm(stack, opted_out)  # opt-out: not-done at once, with the reason, never sent
+        Communication.model_validate(blocked)
+        assert blocked["status"] == "not-done"
+        assert blocked["statusReason"]["text"] == f"patient opted out of sms (Consent/{consent['id']})"
+        assert [p for p in stack.pending(patient=opted_out) if p.kind == "delivery"] == []
+
+        stack.move_clock(morning - timedelta(minutes=1))
+        time.sleep(0.4)
+        stack.wait_settled()
+        assert twilio.requests == [] and sms_comm(stack, patient)["status"] == "in-progress"
+
+        stack.move_clock(morning + timedelta(minutes=1))
+        sent = wait_for(lambda: (c := sms_comm(stack, patient))["status"] == "completed" and c, "SMS sent", stack.log)
+        Communication.model_validate(sent)
+        stack.move_clock(morning + timedelta(minutes=30))  # more ticks: nothing is sent again
+        time.sleep(0.4)
+        stack.wait_settled()
+        assert [(r, f["To"]) for r, f in twilio.requests] == [("Messages", "+15551230001")]
+        assert sent["sent"] == morning.replace(minute=1).strftime("%Y-%m-%dT%H:%M:%SZ")
