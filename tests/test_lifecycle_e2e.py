@@ -514,7 +514,9 @@ def test_quiet_hours_defer_sms_and_opt_out_blocks_it(start_stack) -> None:
         opted_out_id = uuid.uuid4().hex[:16]
         consent = stack.put(opt_out_consent(f"Patient/{opted_out_id}"))
         opted_out = stack.new_patient(phone="+15551230002", pid=opted_out_id)
+        finished = stack.new_patient(phone="+15551230004")  # completes the forms before the morning
         intake_task(stack, patient), intake_task(stack, opted_out)
+        stack.set_task_status(intake_task(stack, finished), "completed")
         stack.wait_settled()
 
         deferred = sms_comm(stack, patient)
@@ -541,4 +543,8 @@ def test_quiet_hours_defer_sms_and_opt_out_blocks_it(start_stack) -> None:
         time.sleep(0.4)
         stack.wait_settled()
         assert [(r, f["To"]) for r, f in twilio.requests] == [("Messages", "+15551230001")]
+        # The deferred "please complete" text of a task completed overnight is not sent, and says why.
+        withdrawn = sms_comm(stack, finished)
+        Communication.model_validate(withdrawn)
+        assert withdrawn["status"] == "not-done" and "was completed" in withdrawn["statusReason"]["text"]
         assert sent["sent"] == morning.replace(minute=1).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -327,23 +327,22 @@ class PlanExecutor:
         pending = lister(group=action.group, patient=action.patient, flows=action.flows) if lister else []
         self.scheduler.cancel(group=action.group, patient=action.patient, flows=action.flows)  # it counts them
         for item in pending:
-            if item.kind == "delivery":
-                self._drop_delivery(item.payload, action.reason, result)
+            if item.kind == "delivery" and self.withdraw_delivery(item.payload, action.reason):
+                result.deliveries.append((str(item.payload.get("identifier")), "cancelled"))
 
-    def _drop_delivery(self, payload: dict[str, Any], reason: str, result: ExecutionResult) -> None:
-        """A cancelled deferred delivery: claim it as not-done (unless a worker took it meanwhile) and record
-        that on its Communication."""
+    def withdraw_delivery(self, payload: dict[str, Any], reason: str) -> bool:
+        """Withdraw a deferred delivery (its workflow ended, its task was closed): claim it as not-done
+        unless a worker took it meanwhile, and record that on its Communication. True when withdrawn."""
         identifier, communication = payload.get("identifier"), payload.get("communication")
         if not identifier or not communication:
-            return
+            return False
         key = self.keys.delivery(identifier)
         previous = _load_claim(self.conn.get(key))
         if previous is None or previous.get("status") not in {"deferred", "retry"}:
-            return  # sent, being sent or already closed: nothing to withdraw
+            return False  # sent, being sent or already closed: nothing to withdraw
         outcome = DeliveryOutcome("not-done", reason)
         if not self._claim(key, previous, self.clock(), json.dumps(_claim_from_outcome(outcome))):
-            return
-        result.deliveries.append((identifier, "cancelled"))
+            return False
         self._record_outcome(
             Deliver(
                 channel=str(payload.get("channel", "")),
@@ -356,6 +355,7 @@ class PlanExecutor:
             outcome,
             self.clock(),
         )
+        return True
 
     def _patch_task(self, action: PatchTask, result: ExecutionResult) -> None:
         task = self._find("Task", action.identifier)
