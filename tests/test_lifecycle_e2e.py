@@ -84,6 +84,8 @@ class Stack:
     config: Path
     env: dict[str, str]
     logs: list[Callable[[], str]] = field(default_factory=list)
+    workers: list[Any] = field(default_factory=list)
+    start_worker: Callable[[], Any] | None = None
 
     # -- store ------------------------------------------------------------------------------------------
     def log(self) -> str:
@@ -236,11 +238,20 @@ criteria = "Patient?"
         env = {"LC_SECRET": SECRET, "SMARTFLOW_CONFIG": str(config), "LC_SMS_TOKEN": TOKEN}
         serve_proc = processes(smartflow_cmd("serve"), env, "serve")
         logs = [serve_proc.output]
-        for n in range(workers):
-            logs.append(processes(smartflow_cmd("worker"), env, f"worker{n}").output)
+        started: list[Any] = []
+
+        def start_worker() -> Any:
+            proc = processes(smartflow_cmd("worker"), env, f"worker{len(started)}")
+            started.append(proc)
+            logs.append(lambda: proc.log_path.read_text(errors="replace"))  # readable after stop()
+            return proc
+
+        for _ in range(workers):
+            start_worker()
         sandbox.wait_http(f"{store}/metadata")
         serve_proc.wait_http(f"http://127.0.0.1:{serve_port}/healthz")
         stack = Stack(store, f"http://127.0.0.1:{serve_port}/fhir/notify", redis_conn, clock, config, env, logs)
+        stack.workers, stack.start_worker = started, start_worker
         stacks.append(stack)
         return stack
 
@@ -449,6 +460,13 @@ def test_overdue_marks_the_open_task_and_tells_the_owner(start_stack) -> None:
     tasks = wait_for(lambda: len(t := stack.tasks(patient, "previsit-questionnaire")) == 2 and t, "tasks", stack.log)
     questionnaire, call = by_action(tasks, "pre-visit-questionnaire"), by_action(tasks, "call-about")
     due = due_of(questionnaire)
+    stack.wait_settled()
+    assert [p.kind for p in stack.pending(group=group_of(questionnaire))] == ["overdue"]
+    # Every worker (and its scheduler thread) is restarted; the pending check lives in Redis and the new
+    # worker picks it up. (SIGTERM: rq finishes the job at hand, a kill would leave it "started" for minutes.)
+    for worker in stack.workers:
+        assert worker.stop() == 0
+    stack.start_worker()
 
     stack.move_clock(due - timedelta(minutes=1))
     time.sleep(0.4)
