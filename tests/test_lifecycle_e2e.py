@@ -524,7 +524,7 @@ def opt_out_consent(patient: str) -> dict[str, Any]:
 def test_quiet_hours_defer_sms_and_opt_out_blocks_it(start_stack) -> None:
     twilio = TwilioFake()
     with serve(twilio.app) as provider:
-        stack = start_stack(extra_config=sms_config(provider))
+        stack = start_stack(workers=2, extra_config=sms_config(provider))  # two workers: one SMS each
         night = next_local(23)  # 23:00 clinic time: inside the default quiet hours 21:00-08:00
         stack.move_clock(night)
         stack.subscribe("Patient")
@@ -566,3 +566,24 @@ def test_quiet_hours_defer_sms_and_opt_out_blocks_it(start_stack) -> None:
         Communication.model_validate(withdrawn)
         assert withdrawn["status"] == "not-done" and "was completed" in withdrawn["statusReason"]["text"]
         assert sent["sent"] == morning.replace(minute=1).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# -- the shipped examples use every lifecycle feature --------------------------------------------------------
+
+
+def test_examples_use_every_lifecycle_feature_and_validate() -> None:
+    from fhir_smartflow.config import Settings
+    from fhir_smartflow.engine.loader import load_paths
+
+    engine, errors = load_paths(
+        [str(ROOT / "mappings")], [str(ROOT / "flows/examples")], [str(ROOT / "templates")], Settings()
+    )
+    assert errors == [] and engine is not None
+    actions = [a for f in engine.flows.values() for a in f.actions]
+    assert any(a.reminder for a in actions)
+    assert any(a.overdue for a in actions)
+    assert any(a.recurring and (a.recurring.count or a.recurring.until) for a in actions)  # a series with an end
+    assert any(a.completes_workflow for a in actions)
+    assert any(f.not_after == "patient.discharged" for f in engine.flows.values())
+    validate = subprocess.run(smartflow_cmd("validate", "flows/examples"), cwd=ROOT, capture_output=True, text=True)
+    assert validate.returncode == 0, validate.stdout + validate.stderr
