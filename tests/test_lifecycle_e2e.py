@@ -296,10 +296,10 @@ def test_reminder_fires_once_for_open_tasks_only(start_stack) -> None:
     sent = wait_for(lambda: stack.comms(open_patient, "reminder"), "reminder Communications", stack.log)
     wait_for(lambda: stack.jobs("reminder", "skipped-closed") == 1, "the completed task's reminder skipped", stack.log)
     stack.wait_settled()
-    # More ticks, another clock move and a one-off `scheduler --once` from a third process: nothing new.
+    # More ticks, another clock move and an extra tick from a third scheduler (this process): nothing new.
     stack.move_clock(remind_at + timedelta(minutes=30))
     time.sleep(0.5)
-    assert stack.cli("scheduler", "--once", "--json") == {"enqueued": 0}
+    assert stack.scheduler().tick() == 0
     stack.wait_settled()
 
     sent = stack.comms(open_patient, "reminder")
@@ -364,7 +364,7 @@ def test_completing_task_cancels_siblings_and_their_followups(start_stack) -> No
     stack.set_task_status(questionnaire, "completed")
     wait_for(lambda: stack.read(f"Task/{call['id']}")["status"] == "cancelled", "call task cancelled", stack.log)
     assert stack.pending(group=previsit_group) == []
-    assert stack.cli("scheduler", "--status", "--json")["pending"] == 0
+    assert stack.scheduler().pending_count() == 0
 
     # Past every former due time: nothing fires, no reminder is written.
     stack.move_clock(datetime.now(UTC) + timedelta(days=11))
