@@ -486,6 +486,37 @@ def test_overdue_marks_the_open_task_and_tells_the_owner(start_stack) -> None:
         assert based_on(comm) == ident(questionnaire) and comm["topic"]["text"].startswith("Overdue: ")
     assert "businessStatus" not in stack.read(f"Task/{call['id']}")  # the call task asks for no overdue check
 
+    # Discharge by a finished Encounter cancels the still-open tasks; a new booking starts nothing until
+    # an admission (Encounter in-progress) clears the discharge.
+    stack.subscribe("Encounter")
+    stack.put(encounter(patient, "finished"))
+    wait_for(
+        lambda: all(t["status"] == "cancelled" for t in stack.tasks(patient, "previsit-questionnaire")),
+        "open tasks cancelled at discharge",
+        stack.log,
+    )
+    skipped = stack.flow_runs("skipped")
+    stack.appointment(patient, "booked", due + timedelta(days=10))
+    wait_for(lambda: stack.flow_runs("skipped") > skipped, "booking while discharged processed", stack.log)
+    stack.wait_settled()
+    assert len(stack.tasks(patient, "previsit-questionnaire")) == 2
+    marker = Keys(PREFIX).discharged(patient)
+    assert stack.conn.exists(marker)
+    stack.put(encounter(patient, "in-progress"))
+    wait_for(lambda: not stack.conn.exists(marker), "admission clears the discharge", stack.log)
+    stack.appointment(patient, "booked", due + timedelta(days=12))
+    wait_for(lambda: len(stack.tasks(patient, "previsit-questionnaire")) == 4, "flow runs after admission", stack.log)
+
+
+def encounter(patient: str, status: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Encounter",
+        "id": uuid.uuid4().hex[:16],
+        "status": status,
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+        "subject": {"reference": patient},
+    }
+
 
 # -- 5. quiet hours and opt-out ----------------------------------------------------------------------------
 
