@@ -192,7 +192,21 @@ class Stack:
 
         queue = Queue("smartflow", connection=self.conn)
         started = StartedJobRegistry(queue=queue)
-        wait_for(lambda: queue.count == 0 and started.count == 0, "queue drained", self.log)
+        for _ in range(2):  # twice, a moment apart: a job between dequeue and "started" is not missed
+            wait_for(lambda: queue.count == 0 and started.count == 0, "queue drained", self.log)
+            time.sleep(0.05)
+
+    def settle(self, pause: float = 0.25) -> None:
+        """After a clock move: let the schedulers tick (``pause`` catches a follow-up fired too early),
+        wait until everything due by the test clock has left the pending set, then until it has run."""
+        time.sleep(pause)
+        sched, now = self.scheduler(), self.clock.now()
+        wait_for(
+            lambda: ((n := sched.next_due()) is None or n > now) and not self.conn.hlen(sched.skeys.inflight),
+            "due follow-ups enqueued",
+            self.log,
+        )
+        self.wait_settled()
 
 
 @pytest.fixture
@@ -288,8 +302,7 @@ def test_reminder_fires_once_for_open_tasks_only(start_stack) -> None:
     stack.set_task_status(done_task, "completed")  # an EHR user completes it before the reminder time
     remind_at = due_of(open_task) - timedelta(days=1)
     stack.move_clock(remind_at - timedelta(minutes=5))
-    time.sleep(0.5)  # several scheduler ticks: nothing is due yet
-    stack.wait_settled()
+    stack.settle()  # several scheduler ticks: nothing is due yet
     assert stack.comms(open_patient, "reminder") == []
 
     stack.move_clock(remind_at + timedelta(minutes=1))
@@ -298,7 +311,7 @@ def test_reminder_fires_once_for_open_tasks_only(start_stack) -> None:
     stack.wait_settled()
     # More ticks, another clock move and an extra tick from a third scheduler (this process): nothing new.
     stack.move_clock(remind_at + timedelta(minutes=30))
-    time.sleep(0.5)
+    stack.settle()
     assert stack.scheduler().tick() == 0
     stack.wait_settled()
 
@@ -368,8 +381,7 @@ def test_completing_task_cancels_siblings_and_their_followups(start_stack) -> No
 
     # Past every former due time: nothing fires, no reminder is written.
     stack.move_clock(datetime.now(UTC) + timedelta(days=11))
-    time.sleep(0.5)
-    stack.wait_settled()
+    stack.settle()
     assert stack.comms(patient, "reminder") == [] and stack.comms(patient, "alert") == []
 
 
@@ -430,14 +442,12 @@ def _weekly_series_stops_at_discharge(stack: Stack, twilio: TwilioFake) -> None:
     stack.wait_settled()
     assert stack.pending(patient=patient) == []  # the next occurrence and the deferred SMS are gone
     stack.move_clock(next_local(8, 1, after=night))
-    time.sleep(0.4)
-    stack.wait_settled()
+    stack.settle()
     assert len(twilio.requests) == 2  # the deferred check-in SMS is not sent to a discharged patient
     unsent = [c for c in stack.comms(patient, "instruction") if medium(c) == "sms" and c["status"] != "completed"]
     assert [(c["status"], c["statusReason"]["text"]) for c in unsent] == [("not-done", "patient discharged")]
     stack.move_clock(start + timedelta(weeks=4, minutes=1))
-    time.sleep(0.4)
-    stack.wait_settled()
+    stack.settle()
     assert len(stack.tasks(patient, "weekly-checkin")) == 3  # no further occurrences
 
     # A new trigger for the discharged patient does not start a not_after flow (previsit-questionnaire).
@@ -469,8 +479,7 @@ def test_overdue_marks_the_open_task_and_tells_the_owner(start_stack) -> None:
     stack.start_worker()
 
     stack.move_clock(due - timedelta(minutes=1))
-    time.sleep(0.4)
-    stack.wait_settled()
+    stack.settle()
     assert "businessStatus" not in stack.read(f"Task/{questionnaire['id']}")
 
     stack.move_clock(due + timedelta(minutes=1))
@@ -581,16 +590,14 @@ def test_quiet_hours_defer_sms_and_opt_out_blocks_it(start_stack) -> None:
         assert [p for p in stack.pending(patient=opted_out) if p.kind == "delivery"] == []
 
         stack.move_clock(morning - timedelta(minutes=1))
-        time.sleep(0.4)
-        stack.wait_settled()
+        stack.settle()
         assert twilio.requests == [] and sms_comm(stack, patient)["status"] == "in-progress"
 
         stack.move_clock(morning + timedelta(minutes=1))
         sent = wait_for(lambda: (c := sms_comm(stack, patient))["status"] == "completed" and c, "SMS sent", stack.log)
         Communication.model_validate(sent)
         stack.move_clock(morning + timedelta(minutes=30))  # more ticks: nothing is sent again
-        time.sleep(0.4)
-        stack.wait_settled()
+        stack.settle()
         assert [(r, f["To"]) for r, f in twilio.requests] == [("Messages", "+15551230001")]
         # The deferred "please complete" text of a task completed overnight is not sent, and says why.
         withdrawn = sms_comm(stack, finished)
