@@ -136,6 +136,35 @@ def test_deferred_delivery_is_scheduled_and_sent_when_due(target, redis_conn) ->
     assert len(deliverer.calls) == 2 and communication(target)["status"] == "completed"
 
 
+def test_cancelling_the_workflow_withdraws_its_deferred_deliveries(target, redis_conn) -> None:
+    """Discharge / workflow completion: a delivery deferred by quiet hours is a pending job of the flow;
+    it is removed with the group's follow-ups, never sent, and its Communication says why."""
+    from rq import Queue
+
+    from fhir_smartflow.engine.plan import CancelGroup
+    from fhir_smartflow.scheduling.scheduler import RqScheduler
+    from tests.writeback_plans import GROUP
+
+    later = NOW + timedelta(hours=10)
+    deliverer = FakeDeliverer(DeliveryOutcome("deferred", retry_at=later), DeliveryOutcome("completed"))
+    scheduler = RqScheduler(redis_conn, Keys("u:"), Queue("u", connection=redis_conn), lambda: NOW)
+    executor(target, redis_conn, deliverer, scheduler).execute(intake_plan())
+    [pending] = scheduler.pending_for(patient="Patient/p1", flows=("intake-forms",))
+    assert pending.kind == "delivery" and pending.payload["group"] == GROUP
+    assert scheduler.pending_for(group=GROUP) == [pending]
+
+    cancel = CancelGroup(reason="patient discharged", identifier="c/1", patient="Patient/p1", flows=("intake-forms",))
+    run = FlowRun("lifecycle-discharge", "1", "d/1", ran=True, reason="discharged", actions=(cancel,))
+    result = executor(target, redis_conn, deliverer, scheduler).execute(Plan(trigger(), (run,)))
+    assert result.deliveries == [(DELIVERY_ID, "cancelled")] and scheduler.pending_for(group=GROUP) == []
+    comm = communication(target)
+    assert comm["status"] == "not-done" and comm["statusReason"] == {"text": "patient discharged"}
+    validate_resource(comm)
+    # A delivery job that had already been enqueued finds the withdrawn claim and sends nothing.
+    late = executor(target, redis_conn, deliverer, scheduler, clock=lambda: later).execute(intake_plan())
+    assert late.deliveries == [(DELIVERY_ID, "already-not-done")] and len(deliverer.calls) == 1
+
+
 def test_deliverer_crash_is_never_resent(target, redis_conn) -> None:
     deliverer = FakeDeliverer(raises=RuntimeError("provider timeout after sending?"))
     first = executor(target, redis_conn, deliverer).execute(intake_plan())

@@ -22,7 +22,7 @@ from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.scheduling import jobs
 from fhir_smartflow.scheduling.clock import RedisClock, make_clock
 from fhir_smartflow.scheduling.scheduler import RqScheduler, SchedulerLock, job_id_for, run_scheduler_loop
-from tests.lifecycle_fakes import FakeExecutor, FakePlanner, FakeTarget, task
+from tests.lifecycle_fakes import SYSTEM, FakeExecutor, FakePlanner, FakeTarget, task
 
 T0 = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)  # a Monday, 09:00 in New York
 
@@ -404,3 +404,33 @@ def test_scheduler_and_jobs_accept_a_plain_callable_clock(rt):
     assert scheduler.tick() == 1
     work(rt)
     assert len(rt.executor.plans) == 1
+
+
+def test_deferred_delivery_about_a_closed_task_is_not_sent(rt):
+    rt.target.put(task("intake/send/task/abc", status="completed"))
+    rt.target.put(
+        {
+            "resourceType": "Communication",
+            "id": "c1",
+            "status": "in-progress",
+            "identifier": [{"system": SYSTEM, "value": "intake/send/communication/abc"}],
+            "basedOn": [{"type": "Task", "identifier": {"system": SYSTEM, "value": "intake/send/task/abc"}}],
+        }
+    )
+    deliver = {
+        "channel": "sms",
+        "recipient": "Patient/1",
+        "body": "please complete your forms",
+        "identifier": "intake/send/delivery/abc",
+        "communication": "intake/send/communication/abc",
+    }
+    rt.scheduler.schedule(Schedule(T0, "delivery", "intake/send/delivery/abc@x", deliver))
+    rt.scheduler.tick(T0)
+    work(rt)
+    assert [a for a in rt.executor.actions() if type(a).__name__ == "Deliver"] == []
+    # An open task's message goes out.
+    rt.target.put(task("intake/send/task/abc", status="requested"))
+    rt.scheduler.schedule(Schedule(T0, "delivery", "intake/send/delivery/abc@y", deliver))
+    rt.scheduler.tick(T0)
+    work(rt)
+    assert [a.identifier for a in rt.executor.actions()] == ["intake/send/delivery/abc"]

@@ -144,7 +144,7 @@ class PlanExecutor:
         elif isinstance(action, Deliver):
             if action.communication in failed:
                 raise LookupError(f"Communication {action.communication} was not written; delivery skipped")
-            self._deliver(plan, action, result, written.get(action.communication))
+            self._deliver(plan, run, action, result, written.get(action.communication))
         elif isinstance(action, Schedule):
             self._require_scheduler().schedule(action)
             result.scheduled.append(action.identifier)
@@ -207,7 +207,7 @@ class PlanExecutor:
 
     # -- deliveries ------------------------------------------------------------------------------------
     def _deliver(
-        self, plan: Plan, action: Deliver, result: ExecutionResult, communication: dict[str, Any] | None
+        self, plan: Plan, run: FlowRun, action: Deliver, result: ExecutionResult, communication: dict[str, Any] | None
     ) -> None:
         now = self.clock()
         claim_key = self.keys.delivery(action.identifier)
@@ -253,7 +253,7 @@ class PlanExecutor:
                 at=at,
                 kind="delivery",
                 identifier=f"{action.identifier}@{at.astimezone(UTC).strftime('%Y%m%dT%H%M%SZ')}",
-                payload=_deliver_payload(action, plan),
+                payload=_deliver_payload(action, plan, run),
                 action=action.action,
             )
             self._require_scheduler().schedule(schedule)
@@ -261,9 +261,9 @@ class PlanExecutor:
             return
         self._record_outcome(action, communication, outcome, now)
 
-    def _claim(self, key: str, previous: dict[str, Any] | None, now: datetime) -> bool:
+    def _claim(self, key: str, previous: dict[str, Any] | None, now: datetime, value: str | None = None) -> bool:
         """Take the send claim: absent → set; a due deferred/retry claim → replace it if unchanged."""
-        sending = json.dumps({"status": "sending", "at": now.isoformat()})
+        sending = value or json.dumps({"status": "sending", "at": now.isoformat()})
         if previous is None:
             return bool(self.conn.set(key, sending, nx=True, ex=self.claim_ttl))
         with self.conn.pipeline() as pipe:
@@ -319,8 +319,43 @@ class PlanExecutor:
             updated["lastModified"] = _instant(self.clock())
             self.target.update(updated)
             result.cancelled.append(f"Task/{task.get('id')}")
-        if self.scheduler is not None:  # the scheduler counts what it cancels (scheduled_jobs)
-            self.scheduler.cancel(group=action.group, patient=action.patient, flows=action.flows)
+        if self.scheduler is None:
+            return
+        # Deferred deliveries (quiet hours, rate limit, retry) of these workflows are pending jobs too:
+        # they must not go out after the cancellation, and their Communications must say why.
+        lister = getattr(self.scheduler, "pending_for", None)
+        pending = lister(group=action.group, patient=action.patient, flows=action.flows) if lister else []
+        self.scheduler.cancel(group=action.group, patient=action.patient, flows=action.flows)  # it counts them
+        for item in pending:
+            if item.kind == "delivery" and self.withdraw_delivery(item.payload, action.reason):
+                result.deliveries.append((str(item.payload.get("identifier")), "cancelled"))
+
+    def withdraw_delivery(self, payload: dict[str, Any], reason: str) -> bool:
+        """Withdraw a deferred delivery (its workflow ended, its task was closed): claim it as not-done
+        unless a worker took it meanwhile, and record that on its Communication. True when withdrawn."""
+        identifier, communication = payload.get("identifier"), payload.get("communication")
+        if not identifier or not communication:
+            return False
+        key = self.keys.delivery(identifier)
+        previous = _load_claim(self.conn.get(key))
+        if previous is None or previous.get("status") not in {"deferred", "retry"}:
+            return False  # sent, being sent or already closed: nothing to withdraw
+        outcome = DeliveryOutcome("not-done", reason)
+        if not self._claim(key, previous, self.clock(), json.dumps(_claim_from_outcome(outcome))):
+            return False
+        self._record_outcome(
+            Deliver(
+                channel=str(payload.get("channel", "")),
+                recipient="",
+                body="",
+                identifier=identifier,
+                communication=communication,
+            ),
+            self._find("Communication", communication),
+            outcome,
+            self.clock(),
+        )
+        return True
 
     def _patch_task(self, action: PatchTask, result: ExecutionResult) -> None:
         task = self._find("Task", action.identifier)
@@ -417,9 +452,13 @@ def _outcome_from_claim(claim: dict[str, Any]) -> DeliveryOutcome:
     )
 
 
-def _deliver_payload(action: Deliver, plan: Plan) -> dict[str, Any]:
-    """What a scheduled delivery job needs to rebuild the Deliver action."""
+def _deliver_payload(action: Deliver, plan: Plan, run: FlowRun) -> dict[str, Any]:
+    """What a scheduled delivery job needs to rebuild the Deliver action; flow and group index it for
+    cancellation (workflow completed, discharge)."""
     return {
+        "flow_id": run.flow_id,
+        "flow_version": run.flow_version,
+        "group": run.group,
         "channel": action.channel,
         "recipient": action.recipient,
         "body": action.body,

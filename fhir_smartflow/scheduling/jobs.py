@@ -126,8 +126,29 @@ def _delivery(rt: Any, payload: dict[str, Any], now: datetime, scheduled_at: str
     if missing:
         raise ValueError(f"delivery follow-up payload lacks {sorted(missing)}")
     deliver = Deliver(**fields, subject=raw.get("subject"), action=raw.get("action", ""))
+    closed = _closed_task_of(rt, deliver.communication)
+    if closed is not None:
+        # The message is about a task that was completed / cancelled while it waited (quiet hours, rate
+        # limit, retry): sending "please complete ..." now would be wrong. Recorded as not-done.
+        withdraw = getattr(rt.executor, "withdraw_delivery", None)
+        if withdraw is not None:
+            withdraw(dict(raw), f"not sent: its task {closed[0]} was {closed[1]} while the message waited")
+        return "skipped-closed"
     rt.executor.execute(_single_action_plan(payload, deliver, now))
     return "executed"
+
+
+def _closed_task_of(rt: Any, communication: str) -> tuple[str, str] | None:
+    """(task identifier, status) when the Communication is basedOn one of our Tasks that is closed."""
+    comm = _find(rt, "Communication", communication)
+    system = rt.settings.fhir.identifier_system
+    for ref in (comm or {}).get("basedOn") or []:
+        ident = ref.get("identifier") or {}
+        if ref.get("type") == "Task" and ident.get("system") == system and ident.get("value"):
+            task = _find(rt, "Task", ident["value"])
+            if task is not None and task.get("status") in CLOSED_TASK_STATES:
+                return ident["value"], str(task["status"])
+    return None
 
 
 HANDLERS: dict[str, Callable[[Any, dict[str, Any], datetime, str], str]] = {
@@ -227,13 +248,15 @@ def _discharged(rt: Any, patient: str) -> bool:
 
 def _read_task(rt: Any, payload: dict[str, Any]) -> dict[str, Any] | None:
     identifier = payload.get("task_identifier")
-    if not identifier:
-        return None
+    return _find(rt, "Task", identifier) if identifier else None
+
+
+def _find(rt: Any, resource_type: str, identifier: str) -> dict[str, Any] | None:
     finder = getattr(rt.target, "find_by_identifier", None)
     if finder is not None:
-        return finder("Task", identifier)
+        return finder(resource_type, identifier)
     system = rt.settings.fhir.identifier_system
-    found = rt.target.search("Task", {"identifier": f"{system}|{identifier}"})
+    found = rt.target.search(resource_type, {"identifier": f"{system}|{identifier}"})
     return found[0] if found else None
 
 

@@ -173,6 +173,23 @@ class RqScheduler:
     def cancel(self, group: str | None = None, patient: str | None = None, flows: tuple[str, ...] = ()) -> int:
         """Remove pending follow-ups of a workflow group, or of a patient's ``flows`` (all flows when
         empty). Returns how many were removed. Already-fired ones re-check the Task when they run."""
+        removed = 0
+        ordered = sorted(self._select(group, patient, flows))
+        for start in range(0, len(ordered), self.batch_size):
+            removed += self._remove(ordered[start : start + self.batch_size], result="cancelled")
+        if removed:
+            log.info("cancelled %d pending follow-up(s) (group=%s patient=%s flows=%s)", removed, group, patient, flows)
+        return removed
+
+    def pending_for(
+        self, group: str | None = None, patient: str | None = None, flows: tuple[str, ...] = ()
+    ) -> list[Pending]:
+        """The pending follow-ups ``cancel`` with the same arguments would remove."""
+        sids = sorted(self._select(group, patient, flows))
+        blobs = self.conn.hmget(self.skeys.data, sids) if sids else []
+        return [_decode(b) for b in blobs if b]
+
+    def _select(self, group: str | None, patient: str | None, flows: tuple[str, ...]) -> set[str]:
         sids: set[str] = set()
         if group:
             sids |= {_text(m) for m in self.conn.smembers(self.skeys.group(group))}
@@ -184,13 +201,7 @@ class RqScheduler:
                     m for m, b in zip(members, blobs, strict=True) if b and _decode(b).payload.get("flow_id") in flows
                 ]
             sids |= set(members)
-        removed = 0
-        ordered = sorted(sids)
-        for start in range(0, len(ordered), self.batch_size):
-            removed += self._remove(ordered[start : start + self.batch_size], result="cancelled")
-        if removed:
-            log.info("cancelled %d pending follow-up(s) (group=%s patient=%s flows=%s)", removed, group, patient, flows)
-        return removed
+        return sids
 
     # -- more API -----------------------------------------------------------------------------------
 
