@@ -9,8 +9,8 @@ from datetime import datetime
 from typing import Any
 
 from fhir_smartflow.engine.plan import Plan, Schedule, TriggerEvent, WriteResource
+from fhir_smartflow.engine.recurrence import next_occurrence, recurring_from_dict
 from fhir_smartflow.events import ResourceEvent
-from fhir_smartflow.scheduling.recurrence import Recurrence, next_occurrence
 
 SYSTEM = "urn:fhir-smartflow:id"
 
@@ -126,11 +126,11 @@ class FakePlanner:
             ident = f"checkin/weekly/task/{occ}"
             actions.append(WriteResource("Task", ident, task(ident, group=payload["group"])))
             # The engine's convention: occurrence k is 0-based (0 = the trigger), count counts them all.
-            rule = Recurrence.from_dict(payload["recurring"])
+            rule = recurring_from_dict(payload["recurring"])
             start = datetime.fromisoformat(payload["start"])
-            nxt = next_occurrence(rule, start, now, occ + 1, settings.clinic.timezone)
-            if nxt is not None:
-                n, at = nxt[0] - 1, nxt[1]
+            at = next_occurrence(rule, start, occ, settings.clinic.timezone)
+            if at is not None:
+                n = occ + 1
                 actions.append(
                     Schedule(
                         at=at,

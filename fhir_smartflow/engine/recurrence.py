@@ -8,7 +8,8 @@ the trigger itself; ``count`` counts all occurrences, ``until`` is the last loca
 from __future__ import annotations
 
 import calendar
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from fhir_smartflow.engine.due import localize
@@ -45,6 +46,22 @@ def next_occurrence(rule: Recurring, start: datetime, current: int, tz: str) -> 
     if rule.count is not None and k >= rule.count:
         return None
     at = occurrence_time(rule, start, k, tz)
-    if rule.until is not None and at.astimezone(ZoneInfo(tz)).date() > rule.until:
-        return None
-    return at
+    return at if within_series(rule, k, at, tz) else None
+
+
+def within_series(rule: Recurring, k: int, at: datetime, tz: str) -> bool:
+    """Is occurrence ``k`` (0 = the trigger), happening at ``at``, still inside the series' end?"""
+    if rule.count is not None and k >= rule.count:
+        return False
+    return rule.until is None or at.astimezone(ZoneInfo(tz)).date() <= rule.until
+
+
+def recurring_from_dict(raw: dict[str, Any]) -> Recurring:
+    """A flow's ``recurring`` table as carried in a Schedule payload (``until`` as an ISO date)."""
+    until = raw.get("until")
+    return Recurring(
+        every=raw.get("every"),
+        cron=raw.get("cron"),
+        count=raw.get("count"),
+        until=date.fromisoformat(until[:10]) if isinstance(until, str) else until,
+    )

@@ -14,11 +14,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from fhir_smartflow.engine.model import Recurring
 from fhir_smartflow.engine.plan import Deliver, FlowRun, Plan, Schedule, TriggerEvent
+from fhir_smartflow.engine.recurrence import recurring_from_dict, within_series
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.retry import RetryPolicy
 from fhir_smartflow.scheduling.clock import now_of
-from fhir_smartflow.scheduling.recurrence import Recurrence, RecurrenceError
 from fhir_smartflow.scheduling.scheduler import ScheduleKeys
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,7 @@ def series_end_reason(rt: Any, payload: dict[str, Any], now: datetime, scheduled
     when = payload.get("occurrence_at") or scheduled_at
     at = datetime.fromisoformat(when.replace("Z", "+00:00")) if when else now
     tz = rt.settings.clinic.timezone
-    if rule is not None and occurrence and not rule.within_end(occurrence + 1, at, tz):
+    if rule is not None and occurrence and not within_series(rule, occurrence, at, tz):
         return "end-reached"
     if payload.get("task_identifier"):
         previous = _read_task(rt, payload)
@@ -188,18 +189,15 @@ def series_end_reason(rt: Any, payload: dict[str, Any], now: datetime, scheduled
     return None
 
 
-def _recurrence_rule(rt: Any, payload: dict[str, Any]) -> Recurrence | None:
+def _recurrence_rule(rt: Any, payload: dict[str, Any]) -> Recurring | None:
+    """The series' rule: carried in the payload, else the flow action's as loaded now."""
     raw = payload.get("recurring")
     if raw is None:
         action = _flow_action(rt, payload.get("flow_id"), payload.get("action"), payload.get("action_index"))
-        raw = getattr(action, "recurring", None)
-        if raw is not None and not isinstance(raw, dict):
-            raw = {k: getattr(raw, k) for k in ("every", "cron", "count", "until") if getattr(raw, k, None)}
-    if not raw:
-        return None
+        return getattr(action, "recurring", None)
     try:
-        return Recurrence.from_dict(dict(raw))
-    except RecurrenceError as exc:
+        return recurring_from_dict(dict(raw))
+    except (TypeError, ValueError) as exc:
         log.warning("recurrence rule of %s unusable: %s", payload.get("flow_id"), exc)
         return None
 
