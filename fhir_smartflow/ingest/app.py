@@ -186,14 +186,15 @@ def _record_and_enqueue(ctx: IngestContext, subscription: str, notification: Not
     key = ctx.keys.subscription(subscription)
     pipe = ctx.conn.pipeline()
     pipe.multi()
-    pipe.hset(key, "last_seen", now.isoformat())
-    pipe.hincrby(key, f"count:{notification.kind}", 1)
+    record: dict[str, str | int] = {"last_seen": now.isoformat()}
     if notification.subscription:
-        pipe.hset(key, "server_subscription", notification.subscription)
+        record["server_subscription"] = notification.subscription
     numbers = [e.event_number for e in notification.events if e.event_number is not None]
     last_number = max(numbers) if numbers else notification.events_since_start
     if last_number is not None:
-        pipe.hset(key, "last_event_number", last_number)
+        record["last_event_number"] = last_number
+    pipe.hset(key, mapping=record)  # one command for the whole record (each one costs on the hot path)
+    pipe.hincrby(key, f"count:{notification.kind}", 1)
     if notification.kind in {"handshake", "heartbeat"}:
         record_status(pipe, ctx.keys, subscription, notification.kind, notification.events_since_start, now)
     events = list(notification.events)
