@@ -132,8 +132,9 @@ def _handle(ctx: IngestContext, path_resource: str | None) -> Response:
     if body is None:
         _count(ctx, "notifications", type="unknown", result="too-large")
         return fhir_response(413, f"body is larger than the limit of {limit} bytes")
+    headers = dict(request.headers)  # once: werkzeug rebuilds it on every conversion
     try:
-        subscription = ctx.authenticator.identify(dict(request.headers), body)
+        subscription = ctx.authenticator.identify(headers, body)
     except AuthError as exc:
         _count(ctx, "auth_failures", reason=exc.reason)
         _count(ctx, "notifications", type="unknown", result="unauthorized")
@@ -144,7 +145,7 @@ def _handle(ctx: IngestContext, path_resource: str | None) -> Response:
         notification = parse_notification(
             request.method,
             path_resource,
-            dict(request.headers),
+            headers,
             body,
             subscription=subscription,
             received_at=now.isoformat(),
