@@ -52,11 +52,16 @@ class ResourceEvent:
         return dataclasses.replace(self, resource=resource, version_id=version)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields as a plain dict. Shallow: ``resource`` is shared, not copied (``asdict`` deep-copied
+        the whole resource on the webhook's hot path; every caller serializes the dict right away)."""
+        return {f.name: getattr(self, f.name) for f in _FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ResourceEvent:
         return cls(**data)
+
+
+_FIELDS = dataclasses.fields(ResourceEvent)
 
 
 def content_hash(value: Any) -> str:

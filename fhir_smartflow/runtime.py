@@ -102,7 +102,7 @@ def build_service_runtime(settings: Settings, redis_conn: redis.Redis | None = N
     from fhir_smartflow.engine.pipeline import EnginePipeline
     from fhir_smartflow.engine.prior import RedisPriorState
     from fhir_smartflow.fhir.client import FhirClient
-    from fhir_smartflow.fhir.context import CachingContextSource, ClientResourceFetcher
+    from fhir_smartflow.fhir.context import CachingContextSource, ClientResourceFetcher, StaticCache
     from fhir_smartflow.fhir.recovery import ClientGapRecovery
     from fhir_smartflow.scheduling.scheduler import build_scheduler
 
@@ -121,11 +121,12 @@ def build_service_runtime(settings: Settings, redis_conn: redis.Redis | None = N
         target, conn, core.keys, settings, deliverer=deliverer, scheduler=scheduler, metrics=core.metrics, clock=clock
     )
     history = _run_history(settings, conn)
+    static = StaticCache()  # Questionnaire titles, Practitioner names: shared by this process's events
     pipeline = EnginePipeline(
         engine,
         settings,
         prior,
-        lambda _event: CachingContextSource(client),
+        lambda _event: CachingContextSource(client, static),
         executor,
         conn,
         core.keys,

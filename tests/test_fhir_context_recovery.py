@@ -8,7 +8,7 @@ from responses import matchers
 from fhir_smartflow.config import Settings, SubscriptionConfig
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.fhir.client import FhirClient
-from fhir_smartflow.fhir.context import CachingContextSource, ClientResourceFetcher
+from fhir_smartflow.fhir.context import CachingContextSource, ClientResourceFetcher, StaticCache
 from fhir_smartflow.fhir.recovery import recover_gap
 from fhir_smartflow.retry import RetryPolicy
 
@@ -46,6 +46,26 @@ def test_context_source_reads_each_reference_once() -> None:
     assert ctx.search("Coverage", {"patient": "Patient/1"}) == ctx.search("Coverage", {"patient": "Patient/1"})
     assert ctx.read("Coverage/c")["id"] == "c"  # served from the search
     assert len(responses.calls) == 2
+
+
+@responses.activate
+def test_static_answers_are_shared_across_events_until_their_ttl() -> None:
+    bundle = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": {"resourceType": "Questionnaire"}}]}
+    responses.get(f"{BASE}/Questionnaire", json=bundle)
+    responses.get(f"{BASE}/Practitioner/7", json={"resourceType": "Practitioner", "id": "7"})
+    responses.get(f"{BASE}/Patient/1", json={"resourceType": "Patient", "id": "1"})
+    now = [0.0]
+    shared = StaticCache(ttl=60, clock=lambda: now[0])
+    for _ in range(3):  # three events, each with its own context source
+        ctx = CachingContextSource(client(), shared)
+        ctx.search("Questionnaire", {"url": "http://x/Q/intake"})
+        ctx.read("Practitioner/7")
+        ctx.read("Patient/1")  # patient data is never shared across events
+    assert [c.request.url.split("/fhir/")[1].split("?")[0] for c in responses.calls].count("Patient/1") == 3
+    assert len(responses.calls) == 5
+    now[0] = 61.0  # expired: asked again
+    CachingContextSource(client(), shared).read("Practitioner/7")
+    assert len(responses.calls) == 6
 
 
 @responses.activate

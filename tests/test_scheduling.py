@@ -434,3 +434,19 @@ def test_deferred_delivery_about_a_closed_task_is_not_sent(rt):
     rt.scheduler.tick(T0)
     work(rt)
     assert [a.identifier for a in rt.executor.actions()] == ["intake/send/delivery/abc"]
+
+
+def test_a_crashed_tick_is_recovered_once_and_a_live_job_is_never_queued_twice(rt):
+    s = rt.scheduler
+    due = T0 + timedelta(days=2)
+    s.schedule(reminder("r/crash", at=due))
+    s.schedule(reminder("r/live", at=due))
+    assert len(s._claim(due)) == 2  # both claimed into inflight, then the "scheduler" dies before enqueueing
+    # One of them was queued before the crash (the enqueue landed, the bookkeeping did not).
+    rt.queue.enqueue_call("operator.truth", args=(1,), job_id=job_id_for("r/live"))
+    assert s.tick(due + timedelta(seconds=10)) == 0  # still inside the inflight timeout: left alone
+    later = due + timedelta(seconds=s.inflight_timeout_seconds + 5)
+    assert s.tick(later) == 1  # r/crash re-fired; r/live already queued, not again
+    assert sorted(rt.queue.job_ids) == sorted([job_id_for("r/live"), job_id_for("r/crash")])
+    assert s.pending_count() == 0 and s.tick(later + timedelta(minutes=5)) == 0
+    assert rt.metrics.counter_value("scheduled_jobs", kind="reminder", result="enqueued") == 2

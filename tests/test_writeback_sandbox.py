@@ -86,3 +86,51 @@ def test_cancel_group_on_the_sandbox(sandbox_server: str, redis_conn) -> None:
     statuses = {t["identifier"][0]["value"]: t["status"] for t in _all(client, "Task")}
     assert statuses == {TASK_ID: "requested", "intake-forms/other/task/dddddddddddddddddddd": "cancelled"}
     assert len(result.cancelled) == 1
+
+
+def test_plan_writes_go_in_one_transaction_with_their_provenance(sandbox_server: str, redis_conn) -> None:
+    requests.put(f"{sandbox_server}/Patient/p1", json={"resourceType": "Patient", "id": "p1"}, headers=FHIR, timeout=5)
+    executor, client = _executor(sandbox_server, redis_conn, [], FakeDeliverer())
+    sent: list[tuple[str, str]] = []
+    original = client.session.request
+
+    def recording(method: str, url: str, *args, **kwargs):
+        sent.append((method, url.removeprefix(sandbox_server)))
+        return original(method, url, *args, **kwargs)
+
+    client.session.request = recording  # type: ignore[method-assign]
+    first = executor.execute(intake_plan())
+    writes = [(m, u) for m, u in sent if m in {"POST", "PUT"}]
+    assert writes[0] == ("POST", "")  # Task + Communication + both Provenances: one transaction Bundle
+    assert not any(u.startswith(("/Task", "/Provenance")) for m, u in writes)
+    kinds = [(w.resource_type, w.created) for w in first.written]
+    assert kinds == [("Task", True), ("Provenance", True), ("Communication", True), ("Provenance", True)]
+
+    again = executor.execute(intake_plan())  # a rerun: every conditional create finds its match
+    assert [w.created for w in again.written] == [False] * 4
+    assert [w.id for w in again.written] == [w.id for w in first.written]
+    provs = _all(client, "Provenance")
+    assert len(provs) == 2
+    stored = {f"{w.resource_type}/{w.id}" for w in first.written if w.resource_type != "Provenance"}
+    assert {p["target"][0]["reference"] for p in provs} == stored  # the urn:uuid targets were rewritten
+    for p in provs:
+        validate_resource(p)
+
+
+def test_without_conditional_create_writes_fall_back_to_one_by_one(sandbox_server: str, redis_conn) -> None:
+    requests.put(f"{sandbox_server}/Patient/p1", json={"resourceType": "Patient", "id": "p1"}, headers=FHIR, timeout=5)
+    client = FhirClient(sandbox_server, retry=RetryPolicy(max_retries=1))
+    target = FhirWriteBack(client, SYSTEM, redis_conn, Keys("s:"), conditional_create=False)
+    assert not target.supports_transactions()
+    executor = PlanExecutor(
+        target,
+        redis_conn,
+        Keys("s:"),
+        Settings(),
+        deliverer=FakeDeliverer(),
+        scheduler=FakeScheduler(),
+        clock=lambda: NOW,
+    )
+    result = executor.execute(intake_plan())
+    assert result.ok, result.errors
+    assert len(_all(client, "Task")) == 1 and len(_all(client, "Provenance")) == 2

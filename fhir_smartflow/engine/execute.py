@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -109,26 +110,49 @@ class PlanExecutor:
         result = ExecutionResult()
         written: dict[str, dict[str, Any]] = {}  # identifier -> stored resource, for Deliver
         failed: set[str] = set()  # identifiers whose write failed: their deliveries are skipped
+        batch = self._batch_writes()
         for run in plan.runs:
             if not run.ran:
                 continue
-            for action in run.actions:
-                try:
-                    self._one(plan, run, action, result, written, failed)
-                except Exception as exc:
-                    if _is_transient(exc):
-                        log.warning(
-                            "execute: transient failure on %s, plan will be retried: %s", _describe(action), exc
-                        )
-                        raise
-                    if not isinstance(exc, FhirError | ResourceInvalid | LookupError):
-                        raise  # a bug, not bad data: let rq record it
-                    status = exc.status if isinstance(exc, FhirError) else None
-                    log.error("execute: %s failed: %s", _describe(action), exc)
-                    result.errors.append(ActionError(_describe(action), str(exc), status))
-                    if isinstance(action, WriteResource):
-                        failed.add(action.identifier)
+            actions = run.actions
+            i = 0
+            while i < len(actions):
+                if batch and isinstance(actions[i], WriteResource):
+                    # A run of consecutive writes (+ their Provenances) goes in one transaction; whatever
+                    # it could not take is written one by one below, at the same place in the order.
+                    j = i
+                    while j < len(actions) and isinstance(actions[j], WriteResource):
+                        j += 1
+                    for action in self._write_batch(plan, run, actions[i:j], result, written):
+                        self._guarded(plan, run, action, result, written, failed)
+                    i = j
+                    continue
+                self._guarded(plan, run, actions[i], result, written, failed)
+                i += 1
         return result
+
+    def _guarded(
+        self,
+        plan: Plan,
+        run: FlowRun,
+        action: Any,
+        result: ExecutionResult,
+        written: dict[str, dict[str, Any]],
+        failed: set[str],
+    ) -> None:
+        try:
+            self._one(plan, run, action, result, written, failed)
+        except Exception as exc:
+            if _is_transient(exc):
+                log.warning("execute: transient failure on %s, plan will be retried: %s", _describe(action), exc)
+                raise
+            if not isinstance(exc, FhirError | ResourceInvalid | LookupError):
+                raise  # a bug, not bad data: let rq record it
+            status = exc.status if isinstance(exc, FhirError) else None
+            log.error("execute: %s failed: %s", _describe(action), exc)
+            result.errors.append(ActionError(_describe(action), str(exc), status))
+            if isinstance(action, WriteResource):
+                failed.add(action.identifier)
 
     def _one(
         self,
@@ -184,13 +208,20 @@ class PlanExecutor:
     def _write_provenance(
         self, plan: Plan, run: FlowRun, stored: dict[str, Any], identifier: str, result: ExecutionResult
     ) -> None:
+        prov_id = provenance_identifier(identifier)
+        provenance = self._provenance(plan, run, stored, prov_id)
+        validate_resource(provenance)
+        prov_stored, created = self._create(provenance, prov_id)
+        self._inc("writes", type="Provenance", result=_write_result(created))
+        result.written.append(WrittenResource("Provenance", str(prov_stored.get("id")), prov_id, created))
+
+    def _provenance(self, plan: Plan, run: FlowRun, target: dict[str, Any], prov_id: str) -> dict[str, Any]:
         event = plan.trigger.event
         source = None
         if event.reference:
             source = f"{event.reference}/_history/{event.version_id}" if event.version_id else event.reference
-        prov_id = provenance_identifier(identifier)
-        provenance = build_provenance(
-            stored,
+        return build_provenance(
+            target,
             identifier_system=self.system,
             identifier_value=prov_id,
             flow_id=run.flow_id,
@@ -200,10 +231,72 @@ class PlanExecutor:
             device_id=self.device_id,
             recorded=self.clock(),
         )
-        validate_resource(provenance)
-        prov_stored, created = self._create(provenance, prov_id)
-        self._inc("writes", type="Provenance", result=_write_result(created))
-        result.written.append(WrittenResource("Provenance", str(prov_stored.get("id")), prov_id, created))
+
+    # -- batched writes (one transaction per run of consecutive writes) ------------------------------
+    def _batch_writes(self) -> bool:
+        supports = getattr(self.target, "supports_transactions", None)
+        return bool(supports is not None and supports())
+
+    def _write_batch(
+        self,
+        plan: Plan,
+        run: FlowRun,
+        actions: list[WriteResource] | tuple[WriteResource, ...],
+        result: ExecutionResult,
+        written: dict[str, dict[str, Any]],
+    ) -> list[WriteResource]:
+        """Write ``actions`` and a Provenance for each in one transaction Bundle (every entry a
+        conditional create on its business identifier, so the whole plan stays idempotent). Returns
+        the actions left for the one-by-one path: those that fail validation (it records why), or all
+        of them when the server refuses the Bundle (so each error names its own resource).
+        Transient failures are re-raised: rq retries the whole plan."""
+        leftover: list[WriteResource] = []
+        items: list[tuple[dict[str, Any], str, str]] = []
+        batched: list[tuple[WriteResource, bool]] = []  # (action, has a Provenance entry)
+        for action in actions:
+            rtype = action.resource["resourceType"]
+            full_url = f"urn:uuid:{uuid.uuid4()}"
+            try:
+                validate_resource(action.resource)
+                entries = [(action.resource, action.identifier, full_url)]
+                if rtype != "Provenance":
+                    prov_id = provenance_identifier(action.identifier)
+                    # The target is the entry's fullUrl; the server rewrites it to the stored Type/id.
+                    provenance = self._provenance(plan, run, {"resourceType": rtype, "id": "pending"}, prov_id)
+                    provenance["target"] = [{"reference": full_url}]
+                    validate_resource(provenance)
+                    entries.append((provenance, prov_id, f"urn:uuid:{uuid.uuid4()}"))
+            except ResourceInvalid:
+                leftover.append(action)
+                continue
+            items.extend(entries)
+            batched.append((action, len(entries) == 2))
+        if not batched:
+            return leftover
+        try:
+            answers = iter(self.target.create_all(items))  # type: ignore[attr-defined]
+        except FhirError as exc:
+            if exc.transient:
+                log.warning(
+                    "execute: transient failure on a transaction of %d writes, plan will be retried: %s",
+                    len(batched),
+                    exc,
+                )
+                raise
+            log.warning("execute: transaction of %d writes refused (%s); writing them one by one", len(batched), exc)
+            return [action for action, _ in batched] + leftover
+        for action, with_provenance in batched:
+            stored, created = next(answers)
+            rtype = action.resource["resourceType"]
+            self._inc("writes", type=rtype, result=_write_result(created))
+            result.written.append(WrittenResource(rtype, str(stored.get("id")), action.identifier, created))
+            written[action.identifier] = stored
+            if with_provenance:
+                prov_stored, prov_created = next(answers)
+                self._inc("writes", type="Provenance", result=_write_result(prov_created))
+                prov_id = provenance_identifier(action.identifier)
+                result.written.append(WrittenResource("Provenance", str(prov_stored.get("id")), prov_id, prov_created))
+        return leftover
 
     # -- deliveries ------------------------------------------------------------------------------------
     def _deliver(

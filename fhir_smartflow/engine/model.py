@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
+from functools import cached_property
 from typing import Any
 
 # Triggers whose built-in lifecycle handling runs even when no flow names them.
@@ -179,16 +180,41 @@ class Engine:
     # (template id, part) -> compiled Jinja2 template; part: subject | body | prompt
     renderers: Mapping[tuple[str, str], Any] = field(default_factory=dict, repr=False, compare=False)
 
+    # The per-event lookups below are indexed once (cached_property writes the instance __dict__, which a
+    # frozen dataclass allows): the engine is immutable after load, and a per-event scan over every flow
+    # made planning grow linearly with flows that cannot match.
+    @cached_property
+    def _flows_by_trigger(self) -> Mapping[str, tuple[Flow, ...]]:
+        index: dict[str, list[Flow]] = {}
+        for _, flow in sorted(self.flows.items()):
+            index.setdefault(flow.trigger, []).append(flow)
+        return {trigger: tuple(flows) for trigger, flows in index.items()}
+
+    @cached_property
+    def _enabled_triggers(self) -> frozenset[str]:
+        return frozenset(f.trigger for f in self.flows.values() if f.enabled)
+
+    @cached_property
+    def _wanted_triggers(self) -> frozenset[str]:
+        return self._enabled_triggers | LIFECYCLE_TRIGGERS
+
+    @cached_property
+    def _mappings_by_resource(self) -> Mapping[str, tuple[MappingRule, ...]]:
+        index: dict[str, list[MappingRule]] = {}
+        for rule in self.mappings:
+            index.setdefault(rule.resource, []).append(rule)
+        return {resource: tuple(rules) for resource, rules in index.items()}
+
     def flows_for(self, trigger: str) -> tuple[Flow, ...]:
         """Every flow (enabled or not: disabled runs are recorded) on ``trigger``, in id order."""
-        return tuple(f for _, f in sorted(self.flows.items()) if f.trigger == trigger)
+        return self._flows_by_trigger.get(trigger, ())
 
     def enabled_triggers(self) -> set[str]:
-        return {f.trigger for f in self.flows.values() if f.enabled}
+        return set(self._enabled_triggers)
 
-    def wanted_triggers(self) -> set[str]:
+    def wanted_triggers(self) -> frozenset[str]:
         """Triggers worth matching: those of enabled flows plus the built-in lifecycle ones."""
-        return self.enabled_triggers() | LIFECYCLE_TRIGGERS
+        return self._wanted_triggers
 
     def resource_types(self) -> set[str]:
         """Resource types that feed enabled flows (+ Task for lifecycle, + discharge sources)."""
@@ -199,7 +225,7 @@ class Engine:
         return types | {"Task"}
 
     def mappings_for(self, resource_type: str) -> tuple[MappingRule, ...]:
-        return tuple(m for m in self.mappings if m.resource == resource_type)
+        return self._mappings_by_resource.get(resource_type, ())
 
     def triggers(self) -> set[str]:
         return {m.trigger for m in self.mappings}

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -27,23 +30,61 @@ log = logging.getLogger(__name__)
 DEFAULT_RECENT = 20  # empty notifications with no watermark yet: look at the most recent N changes
 
 
-class CachingContextSource:
-    """ContextSource (engine/interfaces.py) over a FhirClient; caches every answer for one event."""
+# Definitional / directory resources that change rarely: shared by every event of a process for a short
+# while (a Questionnaire's title, a Practitioner's name), so each event does not pay a request for them.
+STATIC_TYPES = frozenset({"Questionnaire", "Practitioner", "PractitionerRole", "Organization"})
+STATIC_TTL_SECONDS = 60.0
 
-    def __init__(self, client: FhirClient) -> None:
+
+class StaticCache:
+    """Process-wide TTL cache of answers about ``STATIC_TYPES`` (thread-safe; the worst case is one
+    extra request when two threads miss together)."""
+
+    def __init__(self, ttl: float = STATIC_TTL_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.clock = clock
+        self._items: dict[Any, tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Any, load: Callable[[], Any]) -> Any:
+        now = self.clock()
+        with self._lock:
+            hit = self._items.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        value = load()
+        with self._lock:
+            if len(self._items) > 10_000:  # bounded: drop everything rather than grow without limit
+                self._items.clear()
+            self._items[key] = (now + self.ttl, value)
+        return value
+
+
+class CachingContextSource:
+    """ContextSource (engine/interfaces.py) over a FhirClient; caches every answer for one event, and
+    answers about ``STATIC_TYPES`` for ``StaticCache.ttl`` seconds across events when given ``shared``."""
+
+    def __init__(self, client: FhirClient, shared: StaticCache | None = None) -> None:
         self.client = client
+        self.shared = shared
         self._reads: dict[str, dict[str, Any] | None] = {}
         self._searches: dict[tuple[str, tuple[tuple[str, str], ...]], list[dict[str, Any]]] = {}
 
     def read(self, reference: str) -> dict[str, Any] | None:
         if reference not in self._reads:
-            self._reads[reference] = self.client.read(reference)
+            if self.shared is not None and reference.split("/", 1)[0] in STATIC_TYPES:
+                self._reads[reference] = self.shared.get(("read", reference), lambda: self.client.read(reference))
+            else:
+                self._reads[reference] = self.client.read(reference)
         return self._reads[reference]
 
     def search(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]:
         key = (resource_type, tuple(sorted((str(k), str(v)) for k, v in params.items())))
         if key not in self._searches:
-            found = self.client.search(resource_type, params)
+            if self.shared is not None and resource_type in STATIC_TYPES:
+                found = self.shared.get(("search", key), lambda: self.client.search(resource_type, params))
+            else:
+                found = self.client.search(resource_type, params)
             self._searches[key] = found
             for resource in found:  # a later read of a searched resource needs no request
                 if resource.get("id"):

@@ -20,7 +20,7 @@ import redis
 from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.fhir.client import FhirClient
-from fhir_smartflow.fhir.errors import FhirUnavailable
+from fhir_smartflow.fhir.errors import FhirError, FhirUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,75 @@ class FhirWriteBack:
         self.lock_wait_seconds = lock_wait_seconds
         self.sleep = sleep
         self._release = conn.register_script(_RELEASE)
+        self._transactions: bool | None = None  # from the CapabilityStatement, asked once
+
+    def supports_transactions(self) -> bool:
+        """True when a plan's writes can go in one transaction Bundle: conditional create is on and the
+        server's CapabilityStatement lists the ``transaction`` interaction (asked once per process)."""
+        if not self.conditional_create:
+            return False
+        if self._transactions is None:
+            try:
+                statement = self.client.capabilities()
+            except FhirError as exc:
+                log.warning("fhir: CapabilityStatement not available (%s); writing resource by resource", exc)
+                if not exc.transient:
+                    self._transactions = False  # the server has none: do not ask on every plan
+                return False
+            self._transactions = any(
+                i.get("code") == "transaction"
+                for rest in statement.get("rest") or []
+                if rest.get("mode", "server") == "server"
+                for i in rest.get("interaction") or []
+            )
+        return self._transactions
+
+    def create_all(self, items: list[tuple[dict[str, Any], str, str]]) -> list[tuple[dict[str, Any], bool]]:
+        """Conditionally create every ``(resource, identifier, fullUrl)`` in ONE transaction Bundle:
+        each entry ``POST`` with ``ifNoneExist`` on its business identifier, so a rerun creates nothing
+        twice. References to an entry's ``urn:uuid`` fullUrl (a Provenance's target) are rewritten by
+        the server. Returns ``(stored, created?)`` per item, in order; all or nothing."""
+        entries = []
+        for resource, identifier, full_url in items:
+            rtype = resource["resourceType"]
+            name = "_tag" if rtype in TAG_IDENTIFIED else "identifier"
+            entries.append(
+                {
+                    "fullUrl": full_url,
+                    "resource": resource,
+                    "request": {
+                        "method": "POST",
+                        "url": rtype,
+                        "ifNoneExist": f"{name}={token_param(self.system, identifier)}",
+                    },
+                }
+            )
+        response = self.client.transaction({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+        answers = response.get("entry") or []
+        if len(answers) != len(items):
+            raise FhirError(f"transaction answered {len(answers)} entries for {len(items)}", status=None)
+        results: list[tuple[dict[str, Any], bool]] = []
+        for (resource, identifier, _), answer in zip(items, answers, strict=True):
+            rtype = resource["resourceType"]
+            status = str((answer.get("response") or {}).get("status") or "")
+            created = status.startswith("201")
+            stored = answer.get("resource")
+            if not isinstance(stored, dict) or stored.get("resourceType") != rtype:
+                location = (answer.get("response") or {}).get("location") or answer.get("fullUrl")
+                stored = (
+                    self.client.read(self.client.base.relative(location).split("/_history/")[0]) if location else None
+                )
+            if stored is None:
+                raise FhirError(f"transaction entry for {rtype} {identifier} answered {status!r} without a resource")
+            log.info(
+                "fhir: %s %s/%s (identifier %s)",
+                "created" if created else "found existing",
+                rtype,
+                stored.get("id"),
+                identifier,
+            )
+            results.append((stored, created))
+        return results
 
     @classmethod
     def from_settings(cls, client: FhirClient, settings: Settings, conn: redis.Redis) -> FhirWriteBack:

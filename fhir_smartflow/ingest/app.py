@@ -132,8 +132,9 @@ def _handle(ctx: IngestContext, path_resource: str | None) -> Response:
     if body is None:
         _count(ctx, "notifications", type="unknown", result="too-large")
         return fhir_response(413, f"body is larger than the limit of {limit} bytes")
+    headers = dict(request.headers)  # once: werkzeug rebuilds it on every conversion
     try:
-        subscription = ctx.authenticator.identify(dict(request.headers), body)
+        subscription = ctx.authenticator.identify(headers, body)
     except AuthError as exc:
         _count(ctx, "auth_failures", reason=exc.reason)
         _count(ctx, "notifications", type="unknown", result="unauthorized")
@@ -144,7 +145,7 @@ def _handle(ctx: IngestContext, path_resource: str | None) -> Response:
         notification = parse_notification(
             request.method,
             path_resource,
-            dict(request.headers),
+            headers,
             body,
             subscription=subscription,
             received_at=now.isoformat(),
@@ -186,14 +187,15 @@ def _record_and_enqueue(ctx: IngestContext, subscription: str, notification: Not
     key = ctx.keys.subscription(subscription)
     pipe = ctx.conn.pipeline()
     pipe.multi()
-    pipe.hset(key, "last_seen", now.isoformat())
-    pipe.hincrby(key, f"count:{notification.kind}", 1)
+    record: dict[str, str | int] = {"last_seen": now.isoformat()}
     if notification.subscription:
-        pipe.hset(key, "server_subscription", notification.subscription)
+        record["server_subscription"] = notification.subscription
     numbers = [e.event_number for e in notification.events if e.event_number is not None]
     last_number = max(numbers) if numbers else notification.events_since_start
     if last_number is not None:
-        pipe.hset(key, "last_event_number", last_number)
+        record["last_event_number"] = last_number
+    pipe.hset(key, mapping=record)  # one command for the whole record (each one costs on the hot path)
+    pipe.hincrby(key, f"count:{notification.kind}", 1)
     if notification.kind in {"handshake", "heartbeat"}:
         record_status(pipe, ctx.keys, subscription, notification.kind, notification.events_since_start, now)
     events = list(notification.events)

@@ -51,7 +51,8 @@ def process_event(event_dict: dict[str, Any]) -> str:
     event = ResourceEvent.from_dict(event_dict)
     token = logs.event_id.set(f"{event.subscription}:{event.reference or 'criteria'}:{event.event_number}")
     try:
-        return handle_event(rt, event)
+        with rt.metrics.batch():  # every counter of this event in one round trip at the end
+            return handle_event(rt, event)
     finally:
         logs.event_id.reset(token)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+import json
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -52,7 +52,7 @@ class BundleProcessor:
         kind = bundle.get("type")
         if kind not in {"transaction", "batch"}:
             raise BadRequest(f"Bundle.type must be transaction or batch, got {kind!r}", expression="Bundle.type")
-        entries = copy.deepcopy(bundle.get("entry") or [])
+        entries = json.loads(json.dumps(bundle.get("entry") or []))  # our own copy (cheaper than deepcopy)
         for i, entry in enumerate(entries):
             if not isinstance(entry, dict):
                 raise BadRequest(f"Bundle.entry[{i}] must be an object", expression=f"Bundle.entry[{i}]")
@@ -120,7 +120,9 @@ class BundleProcessor:
         if method == "POST":
             if entry.get("_exists"):
                 return self.ops.read(rtype, entry["_assigned"], base_url)
-            return self.ops.create(rtype, resource, request.get("ifNoneExist"), base_url, entry.get("_assigned"))
+            # A transaction resolved ifNoneExist in _assign_ids under the same lock: no second search.
+            condition = None if "_exists" in entry else request.get("ifNoneExist")
+            return self.ops.create(rtype, resource, condition, base_url, entry.get("_assigned"))
         if method == "PUT":
             if len(segments) == 2:
                 return self.ops.update(rtype, segments[1], resource, parse_etag(request.get("ifMatch")), base_url)

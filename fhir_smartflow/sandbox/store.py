@@ -8,7 +8,6 @@ Listeners are told about every committed change (the subscription notifier is on
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import sqlite3
@@ -205,13 +204,15 @@ class Store:
     ) -> dict[str, Any]:
         version = (current or 0) + 1
         key = self._now_key()
-        body = copy.deepcopy(resource)
-        body["id"] = rid
+        body = {**resource, "id": rid}  # shallow: the JSON text below is the copy that is stored
         meta = dict(body.get("meta") or {})
         meta["versionId"] = str(version)
         meta["lastUpdated"] = key
         body["meta"] = meta
         text = json.dumps(body, separators=(",", ":"))
+        # Independent copies for the notifier and the caller: json.loads of the text we just made is
+        # several times cheaper than copy.deepcopy (which dominated a transaction's CPU time).
+        body = json.loads(text)
         self._conn.execute("INSERT OR REPLACE INTO resources VALUES (?,?,?,?,0,?)", (rtype, rid, version, key, text))
         self._conn.execute("INSERT INTO history VALUES (?,?,?,?,?,?)", (rtype, rid, version, key, interaction, text))
         self._conn.execute("DELETE FROM idx WHERE type=? AND id=?", (rtype, rid))
@@ -220,7 +221,7 @@ class Store:
             [(rtype, rid, r.param, r.system, r.value) for r in search.index_rows(body)],
         )
         self._pending.append(Change(interaction, rtype, rid, version, key, body))
-        return copy.deepcopy(body)
+        return json.loads(text)
 
     # ---- reads ---------------------------------------------------------------------------------
 

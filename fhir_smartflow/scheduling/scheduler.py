@@ -41,6 +41,7 @@ JOB_ID_PREFIX = "smartflow-followup-"
 # Kinds whose identifier may be scheduled again after it fired (each deferral of a delivery is a new fire).
 REPEATABLE_KINDS = frozenset({"delivery"})
 _ACTIVE_JOB_STATES = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
+_ACTIVE_STATUS_VALUES = frozenset(s.value for s in _ACTIVE_JOB_STATES)  # as stored in the job hash
 
 
 class ScheduleKeys:
@@ -253,8 +254,7 @@ class RqScheduler:
         enqueued = self._recover_inflight(now)
         while True:
             claimed = self._claim(now)
-            for sid, blob in claimed:
-                enqueued += self._fire(sid, blob, now)
+            enqueued += self._fire_batch(claimed, now)
             if len(claimed) < self.batch_size:
                 break
         self.conn.zremrangebyscore(self.skeys.fired, "-inf", _epoch(now) - self.fired_retention_seconds)
@@ -289,55 +289,72 @@ class RqScheduler:
             for i, claimed in self.conn.hgetall(self.skeys.inflight).items()
             if _epoch(now) - float(claimed) > self.inflight_timeout_seconds
         ]
-        fired = 0
         for sid in stale:
             log.warning("recovering follow-up %s claimed by a scheduler that did not finish", sid)
-            fired += self._fire(sid, self.conn.hget(self.skeys.data, sid), now)
-        return fired
+        blobs = self.conn.hmget(self.skeys.data, stale) if stale else []
+        return self._fire_batch(list(zip(stale, blobs, strict=True)), now)
 
-    def _fire(self, sid: str, blob: bytes | None, now: datetime) -> int:
-        if blob is None:  # cancelled between claim and fire
-            self.conn.hdel(self.skeys.inflight, sid)
+    def _fire_batch(self, claimed: list[tuple[str, bytes | None]], now: datetime) -> int:
+        """Turn claimed follow-ups into rq jobs: one read of the existing jobs' status, then ONE
+        transaction with every job, the bookkeeping (data, inflight, fired, indexes) and the counters.
+        A crash before it commits leaves them in ``inflight`` for `_recover_inflight`; deterministic job
+        ids and the status check keep a re-fire from queueing a job twice."""
+        if not claimed:
             return 0
-        item = _decode(blob)
-        late = max(0.0, (now - item.at).total_seconds())
-        job_id = job_id_for(item.identifier)
-        enqueued = 0
-        existing = Job.fetch(job_id, connection=self.conn) if Job.exists(job_id, connection=self.conn) else None
-        if existing is not None and existing.get_status(refresh=False) in _ACTIVE_JOB_STATES:
-            log.info("follow-up %s already queued as %s", item.identifier, job_id)
-        else:
-            self.queue.enqueue_call(
-                JOB_FUNC,
-                args=(item.kind, item.payload),
-                kwargs={
-                    "identifier": item.identifier,
-                    "scheduled_at": item.at.isoformat(),
-                    "late_seconds": round(late, 3),
-                },
-                job_id=job_id,
-                timeout=self.job_timeout_seconds,
-                result_ttl=self.result_ttl_seconds,
-                failure_ttl=self.failure_ttl_seconds,
-                description=f"follow-up {item.kind} {job_id}",  # no payload (PHI) in the description
-            )
-            enqueued = 1
+        items = [(sid, _decode(blob) if blob is not None else None) for sid, blob in claimed]
+        live = [(sid, item) for sid, item in items if item is not None]
+        read = self.conn.pipeline(transaction=False)
+        for _, item in live:
+            read.hget(Job.key_for(job_id_for(item.identifier)), "status")
+        statuses = dict(zip((sid for sid, _ in live), read.execute(), strict=True)) if live else {}
         pipe = self.conn.pipeline(transaction=True)
-        pipe.hdel(self.skeys.data, sid)
-        pipe.hdel(self.skeys.inflight, sid)
-        pipe.zadd(self.skeys.fired, {sid: _epoch(now)})
-        self._unindex(pipe, sid, item)
+        pipe.multi()  # rq needs the pipeline in MULTI mode before anything is queued on it
+        enqueued = 0
+        counts: dict[tuple[str, str], int] = {}
+        for sid, item in items:
+            if item is None:  # cancelled between claim and fire
+                pipe.hdel(self.skeys.inflight, sid)
+                continue
+            late = max(0.0, (now - item.at).total_seconds())
+            job_id = job_id_for(item.identifier)
+            status = statuses.get(sid)
+            if status is not None and _text(status) in _ACTIVE_STATUS_VALUES:
+                log.info("follow-up %s already queued as %s", item.identifier, job_id)
+            else:
+                self.queue.enqueue_call(
+                    JOB_FUNC,
+                    args=(item.kind, item.payload),
+                    kwargs={
+                        "identifier": item.identifier,
+                        "scheduled_at": item.at.isoformat(),
+                        "late_seconds": round(late, 3),
+                    },
+                    job_id=job_id,
+                    timeout=self.job_timeout_seconds,
+                    result_ttl=self.result_ttl_seconds,
+                    failure_ttl=self.failure_ttl_seconds,
+                    description=f"follow-up {item.kind} {job_id}",  # no payload (PHI) in the description
+                    pipeline=pipe,
+                )
+                enqueued += 1
+            pipe.hdel(self.skeys.data, sid)
+            pipe.hdel(self.skeys.inflight, sid)
+            pipe.zadd(self.skeys.fired, {sid: _epoch(now)})
+            self._unindex(pipe, sid, item)
+            counts[(item.kind, "enqueued")] = counts.get((item.kind, "enqueued"), 0) + 1
+            if late > self.late_warning_seconds:
+                counts[(item.kind, "late")] = counts.get((item.kind, "late"), 0) + 1
+                log.warning(
+                    "follow-up %s %s fired %.0f s late (due %s; catch-up after downtime)",
+                    item.kind,
+                    item.identifier,
+                    late,
+                    item.at.isoformat(),
+                )
+        if self.metrics is not None:
+            for (kind, result), amount in counts.items():
+                self.metrics.inc("scheduled_jobs", amount, pipe=pipe, kind=kind, result=result)
         pipe.execute()
-        self._count(item.kind, "enqueued")
-        if late > self.late_warning_seconds:
-            self._count(item.kind, "late")
-            log.warning(
-                "follow-up %s %s fired %.0f s late (due %s; catch-up after downtime)",
-                item.kind,
-                item.identifier,
-                late,
-                item.at.isoformat(),
-            )
         return enqueued
 
     def _remove(self, sids: list[str], result: str) -> int:

@@ -1,0 +1,37 @@
+"""Metrics.batch(): one round trip for a job's counters, still written when the job raises."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from fhir_smartflow.metrics import Metrics
+
+
+def test_batched_counters_land_together_at_the_end(redis_conn) -> None:
+    metrics = Metrics(redis_conn, "t:")
+    with metrics.batch():
+        metrics.inc("events", result="processed")
+        metrics.inc("writes", 2, type="Task", result="created")
+        metrics.observe("event_latency_seconds", 0.02)
+        with metrics.batch():  # nested: joins the outer batch
+            metrics.inc("events", result="processed")
+        assert metrics.counter_value("events", result="processed") == 0  # not sent yet
+        other = threading.Thread(target=lambda: metrics.inc("events", result="deduplicated"))
+        other.start()
+        other.join()
+        assert metrics.counter_value("events", result="deduplicated") == 1  # other threads are not batched
+    assert metrics.counter_value("events", result="processed") == 2
+    assert metrics.counter_value("writes", type="Task", result="created") == 2
+    assert metrics.read("event_latency_seconds")["#count"] == "1"
+
+
+def test_batched_counters_are_written_when_the_block_raises(redis_conn) -> None:
+    metrics = Metrics(redis_conn, "t:")
+    with pytest.raises(RuntimeError), metrics.batch():
+        metrics.inc("events", result="failed")
+        raise RuntimeError("job failed")
+    assert metrics.counter_value("events", result="failed") == 1
+    metrics.inc("events", result="failed")  # after the block: immediate again
+    assert metrics.counter_value("events", result="failed") == 2
