@@ -27,6 +27,7 @@ from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 from rq.scheduler import RQScheduler
+from rq.utils import now
 
 from fhir_smartflow.connections import Keys
 
@@ -127,7 +128,7 @@ def requeue_orphans(conn: redis.Redis, keys: Keys, queue: rq.Queue) -> int:
             conn.zadd(registry.key, {entry: 0 for entry in expired}, xx=True)
             registry.cleanup()
             log.warning("requeued %d job(s) abandoned by dead workers", len(expired))
-        return len(expired)
+        return len(expired) + _requeue_stranded(conn, queue)
     finally:
         conn.delete(lock)
 
@@ -148,6 +149,35 @@ class SupervisedSimpleWorker(_StopAware, rq.SimpleWorker):
 
 class SupervisedForkWorker(_StopAware, rq.Worker):
     pass
+
+
+STRANDED_SECONDS = 3.0
+
+
+def _requeue_stranded(conn: redis.Redis, queue: rq.Queue) -> int:
+    """Jobs a worker took off the queue (into rq's intermediate list) but died before starting.
+
+    rq notices them only after a minute, in its 10-minute maintenance. Here: seen twice, 3 s apart,
+    still not started, back to the front of the queue. A live but slow worker may then run the job
+    twice; the dedupe claim and the per-job outcome marker make that harmless.
+    """
+    iq = queue.intermediate_queue
+    moved = 0
+    for job_id in iq.get_job_ids():
+        if job_id in queue.started_job_registry or iq.set_first_seen(job_id):
+            continue
+        first_seen = iq.get_first_seen(job_id)
+        if first_seen is None or (now() - first_seen).total_seconds() < STRANDED_SECONDS:
+            continue
+        with conn.pipeline() as pipe:
+            pipe.lrem(iq.key, 1, job_id)
+            if conn.exists(Job.key_for(job_id)):
+                queue.push_job_id(job_id, pipeline=pipe, at_front=True)
+            pipe.execute()
+        moved += 1
+    if moved:
+        log.warning("requeued %d job(s) stranded between dequeue and start by dead workers", moved)
+    return moved
 
 
 def run_supervised(
