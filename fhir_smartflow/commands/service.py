@@ -16,7 +16,13 @@ from fhir_smartflow.cli import CliContext, pass_ctx
 from fhir_smartflow.config import ConfigError, Settings
 from fhir_smartflow.connections import embedded_redis
 from fhir_smartflow.ingest.app import webhook_redis
-from fhir_smartflow.ingest.supervise import Liveness, SupervisedForkWorker, SupervisedSimpleWorker, run_supervised
+from fhir_smartflow.ingest.supervise import (
+    Liveness,
+    SupervisedForkWorker,
+    SupervisedSimpleWorker,
+    run_supervised,
+    wait_for_redis,
+)
 from fhir_smartflow.ingest.workers import WORKER_LOG_LEVEL, replay_failed, run_embedded_worker, worker_connection
 from fhir_smartflow.runtime import Runtime, build_runtime, build_service_runtime, install
 
@@ -144,6 +150,7 @@ def worker(cli: CliContext, burst: bool, with_scheduler: bool, worker_class: str
         )
         sys.exit(2)
     conn = worker_connection(settings)
+    wait_for_redis(conn)  # a worker (re)started while Redis restarts waits for it instead of exiting
     rt = _service_runtime(settings, conn)
     install(rt)
     if with_scheduler:  # due rq jobs (retries, gap sweeps) move in Liveness; our follow-ups in a thread

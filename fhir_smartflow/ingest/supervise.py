@@ -34,7 +34,7 @@ from fhir_smartflow.connections import Keys
 log = logging.getLogger(__name__)
 
 WORKER_NAME_PREFIX = "smartflow-"
-ALIVE_TTL_SECONDS = 10
+ALIVE_TTL_SECONDS = 6
 BEAT_SECONDS = 1.0
 ORPHAN_SWEEP_SECONDS = 3.0
 BACKOFF_START_SECONDS = 0.5
@@ -192,11 +192,12 @@ def run_supervised(
     replaced by a fresh one after a backoff (0.5 s doubling to 15 s, reset after a healthy run)."""
     backoff = BACKOFF_START_SECONDS
     while True:
-        w = make_worker(new_worker_name())
-        liveness.name = w.name
+        w: rq.Worker | None = None
         began = time.monotonic()
         failure: BaseException | None = None
         try:
+            w = make_worker(new_worker_name())  # talks to Redis already (CLIENT SETNAME)
+            liveness.name = w.name
             liveness.beat()
             liveness.move_due_jobs()  # a --burst run ends before the thread's first tick
             work(w)
@@ -204,25 +205,29 @@ def run_supervised(
             return
         except (redis.RedisError, OSError) as exc:
             failure = exc
-        if burst or getattr(w, "stop_signalled", False) or getattr(w, "_stop_requested", False):
+        if w is None:
+            log.error("WORKER COULD NOT START (%s: %s); retrying in %.1f s", type(failure).__name__, failure, backoff)
+        elif burst or getattr(w, "stop_signalled", False) or getattr(w, "_stop_requested", False):
             return
         if time.monotonic() - began > 60:
             backoff = BACKOFF_START_SECONDS
-        log.error(
-            "WORKER %s STOPPED WITHOUT A STOP SIGNAL (%s); Redis unreachable? starting a new worker in %.1f s",
-            w.name,
-            f"{type(failure).__name__}: {failure}" if failure else "rq quit after an unhandled exception",
-            backoff,
-        )
+        else:
+            log.error(
+                "WORKER %s STOPPED WITHOUT A STOP SIGNAL (%s); Redis unreachable? starting a new worker in %.1f s",
+                w.name,
+                f"{type(failure).__name__}: {failure}" if failure else "rq quit after an unhandled exception",
+                backoff,
+            )
         try:
             sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
-            _wait_for_redis(w.connection, sleep)
+            wait_for_redis(liveness.conn, sleep)
         except StopRequested:  # rq's signal handlers stay installed between workers
             return
 
 
-def _wait_for_redis(conn: redis.Redis, sleep: Callable[[float], object]) -> None:
+def wait_for_redis(conn: redis.Redis, sleep: Callable[[float], object] = time.sleep) -> None:
+    """Block until Redis answers (and has loaded its AOF), retrying with backoff and logging loudly."""
     delay = BACKOFF_START_SECONDS
     while True:
         try:

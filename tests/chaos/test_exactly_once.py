@@ -56,8 +56,8 @@ FAULTS = {
 }
 SENDER_THREADS = 6
 # Seconds between SIGKILLs, alternating between the two workers: each lives ~2 intervals, longer than a
-# worker's start-up (~2-3 s on a loaded 2-core machine), so they get work done between kills.
-WORKER_KILL_INTERVAL = 4.0
+# worker's start-up (~3-5 s of imports on a loaded 2-core machine), so they get work done between kills.
+WORKER_KILL_INTERVAL = 5.0
 SERVICE_CONFIG = {
     # Abandoned jobs (worker SIGKILLed mid-job) are noticed after the job timeout: keep it short.
     "redis": {"job_timeout_seconds": 15},
@@ -119,7 +119,8 @@ def registries(stack: Stack, conn: Any) -> dict[str, list[str]]:
 
     queue = Queue(load_settings(stack.config_path, env={}).redis.queue, connection=conn)
     return {
-        "queued": queue.job_ids,
+        # Taken off the queue by a worker that has not started it yet (or was killed right then).
+        "queued": [*queue.job_ids, *queue.intermediate_queue.get_job_ids()],
         "started": StartedJobRegistry(queue=queue).get_job_ids(),
         "scheduled": ScheduledJobRegistry(queue=queue).get_job_ids(),
         "failed": FailedJobRegistry(queue=queue).get_job_ids(),
