@@ -7,6 +7,7 @@ processes (kill -9 of Redis, SIGKILLed workers) is tests/chaos/test_exactly_once
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import redis
@@ -74,3 +75,20 @@ def test_liveness_marks_our_worker_alive_and_its_expiry_dead(redis_conn: redis.R
     redis_conn.delete(supervise.worker_alive_key(keys, live.name))
     assert is_dead_worker(redis_conn, keys, live.name)
     assert not is_dead_worker(redis_conn, keys, "someone-elses-rq-worker"), "only our workers are judged"
+
+
+def test_a_job_stranded_between_dequeue_and_start_goes_back_to_the_queue(
+    redis_conn: redis.Redis, queue: rq.Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(supervise, "STRANDED_SECONDS", 0.2)
+    job = queue.enqueue("operator.truth", 1)
+    # What a worker's dequeue does before it is SIGKILLed: the id moves to rq's intermediate list.
+    redis_conn.lmove(queue.key, queue.intermediate_queue.key, "LEFT", "RIGHT")
+    assert queue.job_ids == [] and queue.intermediate_queue.get_job_ids() == [job.id]
+    seen: dict[str, float] = {}
+    keys = Keys("t:")
+    assert supervise.requeue_orphans(redis_conn, keys, queue, seen) == 0, "first sighting: maybe just slow"
+    time.sleep(0.3)
+    assert supervise.requeue_orphans(redis_conn, keys, queue, seen) == 1
+    assert queue.job_ids == [job.id] and queue.intermediate_queue.get_job_ids() == []
+    assert seen == {}

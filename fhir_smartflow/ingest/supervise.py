@@ -27,7 +27,6 @@ from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 from rq.scheduler import RQScheduler
-from rq.utils import now
 
 from fhir_smartflow.connections import Keys
 
@@ -68,6 +67,7 @@ class Liveness:
         self.queue = queue
         self.stop = stop
         self.name = ""  # the current rq worker's name; changes when the supervisor starts a new one
+        self.stranded_seen: dict[str, float] = {}  # job id -> first seen in rq's intermediate list
         # rq's own scheduler holds a 61 s lock that a SIGKILLed worker never releases, and the others
         # retry it only every 10 minutes: due retries would wait that long. Ours runs every second.
         self.rq_scheduler: RQScheduler | None = None
@@ -103,7 +103,7 @@ class Liveness:
                 self.move_due_jobs()
                 if time.monotonic() - last_sweep >= ORPHAN_SWEEP_SECONDS:
                     last_sweep = time.monotonic()
-                    requeue_orphans(self.conn, self.keys, self.queue)
+                    requeue_orphans(self.conn, self.keys, self.queue, self.stranded_seen)
             except redis.RedisError as exc:  # Redis restarting: the supervisor logs the outage
                 log.debug("liveness beat failed: %s", exc)
             except Exception:
@@ -111,7 +111,7 @@ class Liveness:
             self.stop.wait(BEAT_SECONDS)
 
 
-def requeue_orphans(conn: redis.Redis, keys: Keys, queue: rq.Queue) -> int:
+def requeue_orphans(conn: redis.Redis, keys: Keys, queue: rq.Queue, seen: dict[str, float] | None = None) -> int:
     """Expire the StartedJobRegistry entries of dead workers of ours and let rq's cleanup retry them."""
     lock = keys.lock("orphan-sweep")
     if not conn.set(lock, 1, nx=True, ex=10):  # one sweeper at a time: cleanup must not retry a job twice
@@ -128,7 +128,7 @@ def requeue_orphans(conn: redis.Redis, keys: Keys, queue: rq.Queue) -> int:
             conn.zadd(registry.key, {entry: 0 for entry in expired}, xx=True)
             registry.cleanup()
             log.warning("requeued %d job(s) abandoned by dead workers", len(expired))
-        return len(expired) + _requeue_stranded(conn, queue)
+        return len(expired) + _requeue_stranded(conn, queue, {} if seen is None else seen)
     finally:
         conn.delete(lock)
 
@@ -154,21 +154,26 @@ class SupervisedForkWorker(_StopAware, rq.Worker):
 STRANDED_SECONDS = 3.0
 
 
-def _requeue_stranded(conn: redis.Redis, queue: rq.Queue) -> int:
+def _requeue_stranded(conn: redis.Redis, queue: rq.Queue, seen: dict[str, float]) -> int:
     """Jobs a worker took off the queue (into rq's intermediate list) but died before starting.
 
-    rq notices them only after a minute, in its 10-minute maintenance. Here: seen twice, 3 s apart,
-    still not started, back to the front of the queue. A live but slow worker may then run the job
-    twice; the dedupe claim and the per-job outcome marker make that harmless.
+    rq notices them only after a minute, in its 10-minute maintenance. Here: seen by this sweeper at
+    least 3 s ago and still not started, back to the front of the queue. ``seen`` (job id → first
+    sighting, monotonic) belongs to the caller. A live but very slow worker may then run the job twice;
+    the dedupe claim and the per-job outcome marker make that harmless.
     """
     iq = queue.intermediate_queue
     moved = 0
-    for job_id in iq.get_job_ids():
-        if job_id in queue.started_job_registry or iq.set_first_seen(job_id):
+    waiting = set(iq.get_job_ids())
+    for job_id in list(seen):
+        if job_id not in waiting:
+            del seen[job_id]
+    for job_id in waiting:
+        if job_id in queue.started_job_registry:
             continue
-        first_seen = iq.get_first_seen(job_id)
-        if first_seen is None or (now() - first_seen).total_seconds() < STRANDED_SECONDS:
+        if time.monotonic() - seen.setdefault(job_id, time.monotonic()) < STRANDED_SECONDS:
             continue
+        del seen[job_id]
         with conn.pipeline() as pipe:
             pipe.lrem(iq.key, 1, job_id)
             if conn.exists(Job.key_for(job_id)):
