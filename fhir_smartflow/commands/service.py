@@ -17,6 +17,13 @@ from fhir_smartflow.cli import CliContext, pass_ctx
 from fhir_smartflow.config import ConfigError, Settings
 from fhir_smartflow.connections import embedded_redis
 from fhir_smartflow.ingest.app import webhook_redis
+from fhir_smartflow.ingest.supervise import (
+    Liveness,
+    SupervisedForkWorker,
+    SupervisedSimpleWorker,
+    run_supervised,
+    wait_for_redis,
+)
 from fhir_smartflow.ingest.workers import WORKER_LOG_LEVEL, replay_failed, run_embedded_worker, worker_connection
 from fhir_smartflow.runtime import Runtime, build_runtime, build_service_runtime, install, reload_engine
 
@@ -161,19 +168,33 @@ def worker(cli: CliContext, burst: bool, with_scheduler: bool, worker_class: str
         )
         sys.exit(2)
     conn = worker_connection(settings)
+    wait_for_redis(conn)  # a worker (re)started while Redis restarts waits for it instead of exiting
     rt = _service_runtime(settings, conn)
     install(rt)
     _reload_on_sighup(rt)
-    if with_scheduler:  # rq's scheduler (job retries, gap sweeps) runs inside w.work; ours in a thread
+    if with_scheduler:  # due rq jobs (retries, gap sweeps) move in Liveness; our follow-ups in a thread
         _start_scheduler(rt, threading.Event())
     if settings.poll.enabled:  # servers without subscriptions: poll inside the worker (docs/openemr.md)
         from fhir_smartflow.ingest.poll import run_poller
 
         run_poller(settings, threading.Event(), conn)
-    cls = rq.SimpleWorker if worker_class == "simple" else rq.Worker
-    w = cls([rt.queue], connection=conn)
-    log.info("worker %s (%s) on queue %s", w.name, worker_class, rt.queue.name)
-    w.work(burst=burst, with_scheduler=with_scheduler, logging_level=WORKER_LOG_LEVEL)
+    cls = SupervisedSimpleWorker if worker_class == "simple" else SupervisedForkWorker
+    liveness = Liveness(conn, rt.keys, rt.queue, threading.Event(), move_scheduled=with_scheduler)
+    liveness.start()  # also in --burst: a long job must not look abandoned to the other workers
+
+    def make_worker(name: str) -> rq.Worker:
+        w = cls([rt.queue], connection=conn, name=name)
+        log.info("worker %s (%s) on queue %s", w.name, worker_class, rt.queue.name)
+        return w
+
+    # Survives Redis restarts (a fresh rq worker after a backoff); ends on SIGTERM / SIGINT.
+    run_supervised(
+        make_worker,
+        liveness,
+        burst=burst,
+        # rq's scheduler stays off: Liveness moves due jobs (see there why).
+        work=lambda w: w.work(burst=burst, with_scheduler=False, logging_level=WORKER_LOG_LEVEL),
+    )
 
 
 @click.command()

@@ -4,14 +4,24 @@ Dedupe claims the event in Redis before dispatch (``SET NX``):
 - ``processing:<token>`` with a short TTL (job timeout + margin) while this job works on it;
 - ``done`` with the long dedupe TTL once dispatch returned.
 If dispatch raises, the claim is released and the exception re-raised, so rq's retry processes it again.
-If the worker dies mid-dispatch, the ``processing`` claim expires by itself; until then a second
-delivery of the same event raises `EventInProgress`, which rq retries later: never a silent drop.
+If the worker dies mid-dispatch, the ``processing`` claim (it names the worker) is taken over by the
+next attempt as soon as that worker is known dead (`supervise.is_dead_worker`), else it expires by
+itself; until then a second delivery of the same event raises `EventInProgress`, which rq retries
+later: never a silent drop.
+
+Counting: ``events_received`` counts every job enqueued (each accepted delivery, poll, gap recovery,
+replay). Each job's terminal outcome is counted once under ``events{result}``: processed,
+deduplicated, or failed (last attempt raised; `replay` enqueues a new job, received again). A per-job
+marker makes the count exactly-once when a worker is killed after counting but before rq recorded
+the job as finished (the re-run finds the marker). So, once the queue is drained:
+``events_received`` = processed + deduplicated + failed.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,6 +31,7 @@ from rq import get_current_job
 from fhir_smartflow import logs
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.ingest.gaps import GapTracker
+from fhir_smartflow.ingest.supervise import is_dead_worker
 from fhir_smartflow.runtime import Runtime, current
 
 log = logging.getLogger(__name__)
@@ -61,7 +72,7 @@ def handle_event(rt: Runtime, event: ResourceEvent) -> str:
     key = rt.keys.dedupe(dedupe_key(event))
     claim = _claim(rt, key)
     if claim is None:
-        rt.metrics.inc("events", result="deduplicated")
+        _count_outcome(rt, "deduplicated")
         log.info("duplicate of an event already processed: %s", event.reference or "criteria event")
         return "deduplicated"
     try:
@@ -73,13 +84,34 @@ def handle_event(rt: Runtime, event: ResourceEvent) -> str:
     except Exception:
         _release(rt.redis, key, claim)
         if _final_attempt():
-            rt.metrics.inc("events", result="failed")
+            _count_outcome(rt, "failed")
         log.warning("event %s failed; claim released for the retry", event.reference or "criteria event")
         raise
-    rt.redis.set(key, DONE, ex=rt.settings.redis.dedupe_ttl_seconds)
-    rt.metrics.inc("events", result="processed")
+    ttl = rt.settings.redis.dedupe_ttl_seconds
+    _count_outcome(rt, "processed", also=lambda pipe: pipe.set(key, DONE, ex=ttl))
     _observe_latency(rt, event)
     return "processed"
+
+
+def _count_outcome(rt: Runtime, result: str, also: Callable[[Any], object] | None = None) -> None:
+    """Count this job's outcome once (per rq job id), atomically with ``also`` (the DONE mark)."""
+    job = get_current_job()
+    marker = f"{rt.keys.prefix}outcome:{job.id}" if job is not None else None
+
+    def count(pipe: redis.client.Pipeline) -> None:
+        counted = marker is not None and pipe.exists(marker)
+        pipe.multi()
+        if also is not None:
+            also(pipe)
+        if not counted:
+            rt.metrics.inc("events", pipe=pipe, result=result)
+            if marker is not None:
+                pipe.set(marker, result, ex=rt.settings.redis.dedupe_ttl_seconds)
+
+    if marker is None:
+        rt.redis.transaction(count)
+    else:
+        rt.redis.transaction(count, marker)
 
 
 def _observe_latency(rt: Runtime, event: ResourceEvent) -> None:
@@ -115,7 +147,9 @@ def sweep_gaps(subscription: str) -> int:
 
 def _claim(rt: Runtime, key: str) -> bytes | None:
     """Our claim token, or None when the event is already done; raises `EventInProgress`."""
-    token = f"processing:{uuid.uuid4().hex}".encode()
+    job = get_current_job()
+    worker = (job.worker_name if job is not None else None) or "-"
+    token = f"processing:{worker}:{uuid.uuid4().hex}".encode()
     ttl = rt.settings.redis.job_timeout_seconds + PROCESSING_MARGIN_SECONDS
     if rt.redis.set(key, token, nx=True, ex=ttl):
         return token
@@ -124,7 +158,27 @@ def _claim(rt: Runtime, key: str) -> bytes | None:
         return None
     if held is None:  # expired between the two calls: try once more
         return token if rt.redis.set(key, token, nx=True, ex=ttl) else _claim(rt, key)
+    holder = held.split(b":")[1].decode() if held.count(b":") >= 2 else None
+    if holder and is_dead_worker(rt.redis, rt.keys, holder) and _take_over(rt.redis, key, held, token, ttl):
+        log.warning("took over the claim of dead worker %s on %s", holder, key)
+        return token
     raise EventInProgress(f"event {key} is being processed by another worker; retrying later")
+
+
+def _take_over(conn: redis.Redis, key: str, held: bytes, token: bytes, ttl: int) -> bool:
+    """Replace ``held`` by ``token`` only if nobody changed the claim meanwhile."""
+
+    def swap(pipe: redis.client.Pipeline) -> bool:
+        if pipe.get(key) != held:
+            return False
+        pipe.multi()
+        pipe.set(key, token, ex=ttl)
+        return True
+
+    try:
+        return bool(conn.transaction(swap, key, value_from_callable=True))
+    except redis.WatchError:
+        return False
 
 
 def _release(conn: redis.Redis, key: str, token: bytes) -> None:

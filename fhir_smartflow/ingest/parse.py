@@ -176,6 +176,8 @@ def _load_json(body: bytes) -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise NotificationError(400, f"body is not valid JSON: {exc}") from None
+    except RecursionError:  # a small body can nest deeper than the parser's stack: bad input, not a 500
+        raise NotificationError(400, "body is nested too deeply to be a FHIR resource") from None
 
 
 # --------------------------------------------------------------------------------------------- parsing
@@ -362,7 +364,7 @@ class _StatusEvent:
 
 
 def _parse_bundle(bundle: dict[str, Any], ctx: _Context) -> Notification:
-    entries = bundle.get("entry") or []
+    entries = bundle.get("entry", [])  # absent = empty; null / false / 0 are not a list
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise NotificationError(400, "Bundle.entry must be a list of objects")
     first = entries[0].get("resource") if entries else None

@@ -1,0 +1,94 @@
+"""The worker supervisor: a worker lost to a Redis outage is replaced; a stop signal ends the loop.
+
+Unit tests of `fhir_smartflow.ingest.supervise` on the real Redis (own DB). The full proof with real
+processes (kill -9 of Redis, SIGKILLed workers) is tests/chaos/test_exactly_once.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import redis
+import rq
+from rq.exceptions import StopRequested
+
+from fhir_smartflow.connections import Keys
+from fhir_smartflow.ingest import supervise
+from fhir_smartflow.ingest.supervise import Liveness, SupervisedSimpleWorker, is_dead_worker, run_supervised
+
+
+@pytest.fixture
+def queue(redis_conn: redis.Redis) -> rq.Queue:
+    return rq.Queue("supervise-test", connection=redis_conn)
+
+
+def liveness_for(redis_conn: redis.Redis, queue: rq.Queue) -> Liveness:
+    return Liveness(redis_conn, Keys("t:"), queue, threading.Event())
+
+
+def test_a_worker_that_quits_on_a_redis_error_is_replaced_until_a_stop_signal(
+    redis_conn: redis.Redis, queue: rq.Queue
+) -> None:
+    made: list[str] = []
+    runs = iter(["redis-error", "quits", "stop"])
+    sleeps: list[float] = []
+
+    def make_worker(name: str) -> rq.Worker:
+        made.append(name)
+        return SupervisedSimpleWorker([queue], connection=redis_conn, name=name)
+
+    def work(w: rq.Worker) -> None:
+        what = next(runs)
+        if what == "redis-error":
+            raise redis.ConnectionError("Connection refused")
+        if what == "stop":
+            w.stop_signalled = True  # what SIGTERM does through rq's request_stop
+
+    run_supervised(make_worker, liveness_for(redis_conn, queue), burst=False, work=work, sleep=sleeps.append)
+    assert len(made) == 3 and len(set(made)) == 3, "each restart is a fresh worker with a new name"
+    assert all(name.startswith(supervise.WORKER_NAME_PREFIX) for name in made)
+    assert sleeps[:2] == [supervise.BACKOFF_START_SECONDS, supervise.BACKOFF_START_SECONDS * 2], "backoff doubles"
+
+
+def test_stop_requested_while_idle_ends_the_loop(redis_conn: redis.Redis, queue: rq.Queue) -> None:
+    def work(_w: rq.Worker) -> None:
+        raise StopRequested()
+
+    made: list[str] = []
+    run_supervised(
+        lambda name: made.append(name) or SupervisedSimpleWorker([queue], connection=redis_conn, name=name),
+        liveness_for(redis_conn, queue),
+        burst=False,
+        work=work,
+    )
+    assert len(made) == 1
+
+
+def test_liveness_marks_our_worker_alive_and_its_expiry_dead(redis_conn: redis.Redis, queue: rq.Queue) -> None:
+    keys = Keys("t:")
+    live = Liveness(redis_conn, keys, queue, threading.Event())
+    live.name = supervise.new_worker_name()
+    live.beat()
+    assert not is_dead_worker(redis_conn, keys, live.name)
+    redis_conn.delete(supervise.worker_alive_key(keys, live.name))
+    assert is_dead_worker(redis_conn, keys, live.name)
+    assert not is_dead_worker(redis_conn, keys, "someone-elses-rq-worker"), "only our workers are judged"
+
+
+def test_a_job_stranded_between_dequeue_and_start_goes_back_to_the_queue(
+    redis_conn: redis.Redis, queue: rq.Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(supervise, "STRANDED_SECONDS", 0.2)
+    job = queue.enqueue("operator.truth", 1)
+    # What a worker's dequeue does before it is SIGKILLed: the id moves to rq's intermediate list.
+    redis_conn.lmove(queue.key, queue.intermediate_queue.key, "LEFT", "RIGHT")
+    assert queue.job_ids == [] and queue.intermediate_queue.get_job_ids() == [job.id]
+    seen: dict[str, float] = {}
+    keys = Keys("t:")
+    assert supervise.requeue_orphans(redis_conn, keys, queue, seen) == 0, "first sighting: maybe just slow"
+    time.sleep(0.3)
+    assert supervise.requeue_orphans(redis_conn, keys, queue, seen) == 1
+    assert queue.job_ids == [job.id] and queue.intermediate_queue.get_job_ids() == []
+    assert seen == {}
