@@ -26,6 +26,7 @@ from typing import Any
 from fhir_smartflow.config import Settings
 from fhir_smartflow.engine.loader import build_engine
 from fhir_smartflow.engine.tomlfiles import LoadError, SourceFile, discover, kind_of, read_toml
+from fhir_smartflow.fhir.validation import model_class
 
 SEVERITIES = ("error", "warning", "info")
 _UNIT_MINUTES = {"minutes": 1, "hours": 60, "days": 1440, "weeks": 10080}
@@ -146,13 +147,8 @@ def read_sources(paths: Sequence[str], settings: Settings) -> Sources:
 @functools.cache
 def model_fields(resource_type: str) -> frozenset[str] | None:
     """JSON element names of an R4B resource type (None when the type is unknown)."""
-    from fhir.resources.R4B import get_fhir_model_class
-
-    try:
-        model = get_fhir_model_class(resource_type)
-    except (KeyError, ValueError):
-        return None
-    return frozenset(model.elements_sequence())
+    model = model_class(resource_type)
+    return None if model is None else frozenset(model.elements_sequence())
 
 
 def _known_field(name: str, fields: frozenset[str]) -> bool:
