@@ -51,8 +51,27 @@ def token_param(system: str, value: str) -> str:
 
 def identifier_search(resource_type: str, system: str, value: str) -> tuple[str, str]:
     """The search parameter (``identifier``, or ``_tag`` for Provenance) and its raw token value."""
-    name = "_tag" if resource_type in TAG_IDENTIFIED else "identifier"
-    return name, f"{fhir_escape(system)}|{fhir_escape(value)}"
+    return _identifier_param(resource_type), f"{fhir_escape(system)}|{fhir_escape(value)}"
+
+
+def if_none_exist(resource_type: str, system: str, value: str) -> str:
+    """The conditional-create query (``If-None-Exist`` / ``ifNoneExist``) for a business identifier."""
+    return f"{_identifier_param(resource_type)}={token_param(system, value)}"
+
+
+def _identifier_param(resource_type: str) -> str:
+    # R4 Provenance has no identifier element: its business id is a meta.tag.
+    return "_tag" if resource_type in TAG_IDENTIFIED else "identifier"
+
+
+def _log_write(resource_type: str, stored: dict[str, Any], created: bool, identifier: str) -> None:
+    log.info(
+        "fhir: %s %s/%s (identifier %s)",
+        "created" if created else "found existing",
+        resource_type,
+        stored.get("id"),
+        identifier,
+    )
 
 
 class FhirWriteBack:
@@ -110,7 +129,6 @@ class FhirWriteBack:
         entries = []
         for resource, identifier, full_url in items:
             rtype = resource["resourceType"]
-            name = "_tag" if rtype in TAG_IDENTIFIED else "identifier"
             entries.append(
                 {
                     "fullUrl": full_url,
@@ -118,7 +136,7 @@ class FhirWriteBack:
                     "request": {
                         "method": "POST",
                         "url": rtype,
-                        "ifNoneExist": f"{name}={token_param(self.system, identifier)}",
+                        "ifNoneExist": if_none_exist(rtype, self.system, identifier),
                     },
                 }
             )
@@ -139,13 +157,7 @@ class FhirWriteBack:
                 )
             if stored is None:
                 raise FhirError(f"transaction entry for {rtype} {identifier} answered {status!r} without a resource")
-            log.info(
-                "fhir: %s %s/%s (identifier %s)",
-                "created" if created else "found existing",
-                rtype,
-                stored.get("id"),
-                identifier,
-            )
+            _log_write(rtype, stored, created, identifier)
             results.append((stored, created))
         return results
 
@@ -168,19 +180,10 @@ class FhirWriteBack:
         """Create unless a resource with this business identifier exists; (stored, created?)."""
         rtype = resource["resourceType"]
         if self.conditional_create:
-            name = "_tag" if rtype in TAG_IDENTIFIED else "identifier"
-            stored, created = self.client.create(
-                resource, if_none_exist=f"{name}={token_param(self.system, identifier)}"
-            )
+            stored, created = self.client.create(resource, if_none_exist=if_none_exist(rtype, self.system, identifier))
         else:
             stored, created = self._create_under_lock(resource, identifier)
-        log.info(
-            "fhir: %s %s/%s (identifier %s)",
-            "created" if created else "found existing",
-            rtype,
-            stored.get("id"),
-            identifier,
-        )
+        _log_write(rtype, stored, created, identifier)
         return stored, created
 
     def read(self, reference: str) -> dict[str, Any] | None:
