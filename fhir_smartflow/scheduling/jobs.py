@@ -92,22 +92,18 @@ def fire(
 # -- handlers: (runtime, payload, now, scheduled_at) -> result label ------------------------------------
 
 
-def _reminder(rt: Any, payload: dict[str, Any], now: datetime, scheduled_at: str) -> str:
-    task = _read_task(rt, payload)
-    if task is None:
-        return "task-missing"
-    if task.get("status") in CLOSED_TASK_STATES:
-        return "skipped-closed"
-    return _plan_and_execute(rt, "reminder", payload, task, now)
+def _while_task_open(kind: str) -> Callable[[Any, dict[str, Any], datetime, str], str]:
+    """Reminder and overdue: re-read the Task and act only while it is still open."""
 
+    def handle(rt: Any, payload: dict[str, Any], now: datetime, scheduled_at: str) -> str:
+        task = _read_task(rt, payload)
+        if task is None:
+            return "task-missing"
+        if task.get("status") in CLOSED_TASK_STATES:
+            return "skipped-closed"
+        return _plan_and_execute(rt, kind, payload, task, now)
 
-def _overdue(rt: Any, payload: dict[str, Any], now: datetime, scheduled_at: str) -> str:
-    task = _read_task(rt, payload)
-    if task is None:
-        return "task-missing"
-    if task.get("status") in CLOSED_TASK_STATES:
-        return "skipped-closed"
-    return _plan_and_execute(rt, "overdue", payload, task, now)
+    return handle
 
 
 def _recurrence(rt: Any, payload: dict[str, Any], now: datetime, scheduled_at: str) -> str:
@@ -153,8 +149,8 @@ def _closed_task_of(rt: Any, communication: str) -> tuple[str, str] | None:
 
 
 HANDLERS: dict[str, Callable[[Any, dict[str, Any], datetime, str], str]] = {
-    "reminder": _reminder,
-    "overdue": _overdue,
+    "reminder": _while_task_open("reminder"),
+    "overdue": _while_task_open("overdue"),
     "recurrence": _recurrence,
     "delivery": _delivery,
 }
