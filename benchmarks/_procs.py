@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +19,6 @@ import redis
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
-REDIS_HOST = os.environ.get("SMARTFLOW_TEST_REDIS_HOST", "127.0.0.1")
-REDIS_PORT = int(os.environ.get("SMARTFLOW_TEST_REDIS_PORT", "6379"))
 SECRET_ENV = "SMARTFLOW_BENCH_SECRET"
 SECRET = "bench-secret-0123456789abcdef"
 SECRET_HEADER = "X-Smartflow-Secret"
@@ -31,26 +31,104 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class RedisServer:
+    """A ``redis-server`` of our own on a free loopback port, its files in ``directory``.
+
+    ``durable``: AOF with fsync on every write, so SIGKILL + restart on the same directory keeps every
+    acknowledged write (the chaos runs); otherwise nothing is persisted (the test suite, benchmarks).
+    Tests and benchmarks only ever talk to a Redis they started.
+    """
+
+    def __init__(self, directory: Path, port: int | None = None, *, durable: bool = False, databases: int = 16) -> None:
+        self.directory = directory
+        self.port = port or free_port()
+        self.durable = durable
+        self.databases = databases
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self.log_path = directory / "redis.log"
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def url_for(self, db: int) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, **kwargs)
+
+    def start(self, timeout: float = 15.0) -> RedisServer:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server; .ci/run does it)")
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else ["--appendonly", "no"]
+        args = [
+            binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.directory),
+            "--save", "",
+            *persistence,
+            "--databases", str(self.databases),
+            "--daemonize", "no",
+            "--logfile", str(self.log_path),
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.starts += 1
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        conn = self.client(socket_connect_timeout=0.5)
+        try:
+            while time.monotonic() < deadline:
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise RuntimeError(f"redis-server exited {self.proc.returncode}: {self.log()}")
+                try:
+                    if conn.ping():  # raises BusyLoadingError while the AOF is replayed
+                        return
+                except (redis.ConnectionError, redis.BusyLoadingError):
+                    time.sleep(0.05)
+            raise RuntimeError(f"redis-server on {self.port} not ready in {timeout}s: {self.log()}")
+        finally:
+            conn.close()
+
+    def kill9(self) -> None:
+        """SIGKILL: no shutdown save, no AOF rewrite; what is on disk is what survives."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def restart(self, down_seconds: float = 0.0) -> None:
+        self.kill9()
+        if down_seconds:
+            time.sleep(down_seconds)
+        self.start()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""
+
+
 @contextlib.contextmanager
-def claimed_redis_db() -> Iterator[str]:
-    """An empty DB on the real Redis, claimed like the test fixtures do (so runs never collide)."""
-    admin = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0)
-    admin.ping()
-    databases = int(admin.config_get("databases").get("databases", 16))
-    token = uuid.uuid4().hex
-    for db in range(databases - 1, 0, -1):  # from the top: the test fixtures claim from the bottom
-        if admin.set(f"smartflow-test-claim:{db}", token, nx=True, ex=3600):
-            break
-    else:
-        raise RuntimeError("no free Redis DB to benchmark in")
-    conn = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
-    conn.flushdb()
-    try:
-        yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
-    finally:
-        conn.flushdb()
-        if admin.get(f"smartflow-test-claim:{db}") == token.encode():
-            admin.delete(f"smartflow-test-claim:{db}")
+def private_redis() -> Iterator[str]:
+    """The URL of a fresh ``redis-server`` started for this benchmark run, stopped at the end."""
+    with tempfile.TemporaryDirectory(prefix="smartflow-redis-") as directory:
+        server = RedisServer(Path(directory)).start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
 
 
 def smartflow_cmd(*args: str) -> list[str]:

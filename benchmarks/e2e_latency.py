@@ -1,6 +1,6 @@
 """End-to-end latency: notification in → Task visible in the sandbox FHIR store, at a fixed rate.
 
-Real processes: the sandbox store, ``serve`` and worker(s) on the real Redis (a claimed DB). Patients
+Real processes: the sandbox store, ``serve`` and worker(s) on a private redis-server started for the run. Patients
 are created in the sandbox first; then R4 Backport full-resource notifications for them are posted
 to ``serve`` at ``--rate`` events/s for ``--seconds`` s. A poller thread searches the store for new
 Tasks and records when each patient's Task first becomes visible. Latency = visible - sent.
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"SKIPPED: {reason}", file=sys.stderr)
         return 0
     n_service, n_base = int(args.rate * args.seconds), int(args.rate * args.baseline_seconds)
-    with _procs.claimed_redis_db() as redis_url, tempfile.TemporaryDirectory() as tmpdir:
+    with _procs.private_redis() as redis_url, tempfile.TemporaryDirectory() as tmpdir:
         stack = _stack.Stack(Path(tmpdir), redis_url, log_level="WARNING")
         try:
             stack.start_sandbox()

@@ -1,7 +1,7 @@
 """Ingest throughput and latency: ``serve`` vs. a bare Flask + one Redis LPUSH, same server, same run.
 
 Both apps run under waitress (pure Python, threaded, no fork: the server fhir-smartflow ships with)
-with the same thread count, against the real Redis (a claimed DB). A closed-loop load generator on
+with the same thread count, against a private redis-server started for the run. A closed-loop load generator on
 loopback posts R4 Backport event-notification Bundles (full-resource and id-only). Rounds alternate
 baseline / service so drift on the shared machine hits both; the ratio is the median of the
 per-round ratios, the latencies are those of the median round.
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     contents: list[_payloads.Content] = ["full-resource", "id-only"] if args.content == "both" else [args.content]
     skip_reason = service_available()
     report: dict[str, Any] = {"machine": _procs.machine(), "threads": args.threads, "results": {}}
-    with _procs.claimed_redis_db() as redis_url, tempfile.TemporaryDirectory() as tmpdir:
+    with _procs.private_redis() as redis_url, tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         conn = redis.Redis.from_url(redis_url)
         baseline, base_url = start_baseline(tmp, redis_url, args.threads)

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     RqScheduler = importlib.import_module("fhir_smartflow.scheduling.scheduler").RqScheduler
 
     now = datetime.now(UTC)
-    with _procs.claimed_redis_db() as redis_url:
+    with _procs.private_redis() as redis_url:
         conn = redis.Redis.from_url(redis_url)
         queue = Queue("bench-followups", connection=conn)
         scheduler = RqScheduler(conn, Keys("bench:"), queue, lambda: now, batch_size=args.batch_size)

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"SKIPPED: {reason}", file=sys.stderr)
         return 0
     rows = []
-    with _procs.claimed_redis_db() as redis_url, tempfile.TemporaryDirectory() as tmpdir:
+    with _procs.private_redis() as redis_url, tempfile.TemporaryDirectory() as tmpdir:
         stack = _stack.Stack(Path(tmpdir), redis_url, log_level="WARNING")
         try:
             stack.start_sandbox()

@@ -1,19 +1,19 @@
 """Shared fixtures.
 
-Each test that touches Redis gets its own empty DB on the real Redis at 127.0.0.1:6379 (or
-$SMARTFLOW_TEST_REDIS), claimed with a lock key in DB 0 so parallel test runs never share one, and
-flushed before and after (the shape of rq's tests/__init__.py). Connections are passed explicitly.
+The suite starts its own ``redis-server`` on a free port (session fixture) and never touches a Redis it
+did not start. Each test that touches Redis gets a DB of that server no other test uses, flushed after
+it (the shape of rq's tests/__init__.py). Connections are passed explicitly.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,51 +23,43 @@ import redis
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
-REDIS_HOST = os.environ.get("SMARTFLOW_TEST_REDIS_HOST", "127.0.0.1")
-REDIS_PORT = int(os.environ.get("SMARTFLOW_TEST_REDIS_PORT", "6379"))
-_CLAIM_TTL = 900
+if str(ROOT) not in sys.path:  # the benchmarks package holds the process helpers tests share
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks._procs import RedisServer  # noqa: E402
+
+# Databases of the suite's own redis-server: each test takes the next unused one, so none is reused.
+_DATABASES = 1024
 
 
-def _claim_db() -> tuple[int, str]:
-    admin = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0)
-    databases = int(admin.config_get("databases").get("databases", 16))
-    token = uuid.uuid4().hex
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        for db in range(1, databases):
-            if admin.set(f"smartflow-test-claim:{db}", token, nx=True, ex=_CLAIM_TTL):
-                return db, token
-        time.sleep(0.2)
-    raise RuntimeError("no free Redis DB for the test (all claimed for 120 s)")
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """The suite's own ``redis-server`` on a free port (never a Redis the suite did not start)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"), databases=_DATABASES).start()
+    yield server
+    server.stop()
 
 
-def _release_db(db: int, token: str) -> None:
-    admin = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0)
-    if admin.get(f"smartflow-test-claim:{db}") == token.encode():
-        admin.delete(f"smartflow-test-claim:{db}")
+_next_db = itertools.count(1)
 
 
 @pytest.fixture
-def redis_db() -> Iterator[int]:
-    """A claimed, empty Redis DB number; flushed before and after the test."""
-    try:
-        redis.Redis(host=REDIS_HOST, port=REDIS_PORT, socket_connect_timeout=1).ping()
-    except redis.ConnectionError:
-        pytest.fail(f"integration tests need Redis on {REDIS_HOST}:{REDIS_PORT} (see README)")
-    db, token = _claim_db()
-    conn = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
-    conn.flushdb()
+def redis_db(redis_server: RedisServer) -> Iterator[int]:
+    """An empty Redis DB number of the suite's own server, used by this test only; flushed after it."""
+    db = next(_next_db)
+    if db >= _DATABASES:
+        pytest.fail(f"the suite's redis-server has only {_DATABASES} databases")
+    conn = redis_server.client(db=db)
     try:
         yield db
     finally:
         conn.flushdb()
         conn.close()
-        _release_db(db, token)
 
 
 @pytest.fixture
-def redis_url(redis_db: int) -> str:
-    return f"redis://{REDIS_HOST}:{REDIS_PORT}/{redis_db}"
+def redis_url(redis_server: RedisServer, redis_db: int) -> str:
+    return redis_server.url_for(redis_db)
 
 
 @pytest.fixture

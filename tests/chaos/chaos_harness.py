@@ -18,100 +18,23 @@ import contextlib
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # the benchmarks package holds the process stack the chaos tests share
     sys.path.insert(0, str(ROOT))
 
-from benchmarks._procs import free_port  # noqa: E402
+from benchmarks._procs import RedisServer, free_port  # noqa: E402
 
-__all__ = ["free_port"]
+__all__ = ["RedisServer", "free_port"]
 
 SHORT_N = 500
 LONG_N = 10_000
-
-
-class RedisServer:
-    """One redis-server process with durable AOF in ``directory``; survives kill9() + restart()."""
-
-    def __init__(self, directory: Path, port: int) -> None:
-        self.directory = directory
-        self.port = port
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-        self.log_path = directory / "redis.log"
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def client(self, **kwargs: object) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, **kwargs)  # type: ignore[arg-type]
-
-    def start(self, timeout: float = 15.0) -> None:
-        args = [
-            shutil.which("redis-server") or "redis-server",
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.directory),
-            "--appendonly", "yes",
-            "--appendfsync", "always",
-            "--save", "",
-            "--daemonize", "no",
-            "--logfile", str(self.log_path),
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        self.starts += 1
-        self.wait_ready(timeout)
-
-    def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        conn = self.client(socket_connect_timeout=0.5)
-        try:
-            while time.monotonic() < deadline:
-                if self.proc is not None and self.proc.poll() is not None:
-                    raise RuntimeError(f"redis-server exited {self.proc.returncode}: {self.log()}")
-                try:
-                    if conn.ping():  # raises BusyLoadingError while the AOF is replayed
-                        return
-                except (redis.ConnectionError, redis.BusyLoadingError):
-                    time.sleep(0.05)
-            raise RuntimeError(f"redis-server on {self.port} not ready in {timeout}s: {self.log()}")
-        finally:
-            conn.close()
-
-    def kill9(self) -> None:
-        """SIGKILL: no shutdown save, no AOF rewrite; what is on disk is what survives."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def restart(self, down_seconds: float = 0.0) -> None:
-        self.kill9()
-        if down_seconds:
-            time.sleep(down_seconds)
-        self.start()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""
 
 
 class Repeater:
@@ -155,7 +78,7 @@ def chaos_redis(tmp_path: Path) -> Iterator[RedisServer]:
         pytest.skip("redis-server binary not installed")
     directory = tmp_path / "redis"
     directory.mkdir()
-    server = RedisServer(directory, free_port())
+    server = RedisServer(directory, free_port(), durable=True)
     server.start()
     yield server
     server.stop()
