@@ -1,7 +1,7 @@
 #!/usr/bin/env sh
 # The two quick-start commands. Each creates ./.venv and installs the project (with test extras) first.
 #   ./dev.sh serve   run the service on its embedded defaults (embedded queue + sandbox FHIR store)
-#   ./dev.sh test    run the test suite (needs a Redis on 127.0.0.1:6379)
+#   ./dev.sh test    lint (ruff, import layers) and run the test suite (it starts its own redis-server)
 set -eu
 cd "$(dirname "$0")"
 VENV=${SMARTFLOW_VENV:-.venv}
@@ -29,6 +29,7 @@ case "$cmd" in
     test)
         install
         "$VENV/bin/ruff" check fhir_smartflow plugins tests benchmarks
+        "$VENV/bin/lint-imports" --no-cache --config .importlinter
         exec "$VENV/bin/python" -m pytest -q "$@"
         ;;
     *)

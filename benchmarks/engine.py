@@ -149,7 +149,8 @@ def make_events(count: int) -> list[Any]:
 
 
 def measure(flow_count: int, events: list[Any], settings: Any) -> dict[str, Any]:
-    from fhir_smartflow.engine import loader, planner, triggers
+    from fhir_smartflow import flowfiles
+    from fhir_smartflow.engine import planner, triggers
 
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
@@ -159,7 +160,7 @@ def measure(flow_count: int, events: list[Any], settings: Any) -> dict[str, Any]
         write_templates(tmp / "templates")
         write_flows(tmp / "flows", flow_count)
         t0 = time.perf_counter()
-        engine, errors = loader.load_paths(
+        engine, errors = flowfiles.load_paths(
             [str(tmp / "mappings")], [str(tmp / "flows")], [str(tmp / "templates")], settings
         )
         load_s = time.perf_counter() - t0

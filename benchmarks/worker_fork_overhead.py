@@ -18,10 +18,10 @@ import uuid
 import redis
 import rq
 
-from fhir_smartflow import runtime
 from fhir_smartflow.config import RedisConfig, Settings
 from fhir_smartflow.events import ResourceEvent
-from fhir_smartflow.ingest.queueing import enqueue_events
+from fhir_smartflow.queueing import enqueue_events
+from fhir_smartflow.worker import runtime
 
 
 def run(worker_class: type[rq.Worker], rt: runtime.Runtime, jobs: int, tag: str) -> float:

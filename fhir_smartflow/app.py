@@ -16,10 +16,10 @@ from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys, connect
 from fhir_smartflow.ingest.app import IngestContext, create_ingest_blueprint, fhir_response
 from fhir_smartflow.ingest.auth import Authenticator
-from fhir_smartflow.ingest.queueing import make_queue
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.observability import register_observability
-from fhir_smartflow.runtime import utc_now
+from fhir_smartflow.queueing import make_queue
+from fhir_smartflow.worker.runtime import utc_now
 
 log = logging.getLogger(__name__)
 

@@ -6,33 +6,20 @@ Exit codes: 0 success; 1 the command ran and found problems (invalid flows, fail
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
 
-from fhir_smartflow import logs
-from fhir_smartflow.config import ConfigError, Settings, load_settings
-
-
-class CliContext:
-    def __init__(self, config_path: str | None) -> None:
-        self.config_path = config_path
-        self._settings: Settings | None = None
-
-    @property
-    def settings(self) -> Settings:
-        if self._settings is None:
-            try:
-                self._settings = load_settings(self.config_path)
-            except ConfigError as exc:
-                click.echo(f"configuration error: {exc}", err=True)
-                sys.exit(2)
-            logs.configure(self._settings.logging.level, self._settings.logging.json)
-        return self._settings
-
-
-pass_ctx = click.make_pass_decorator(CliContext)
+from fhir_smartflow.commands import service as _service
+from fhir_smartflow.commands.context import CliContext
+from fhir_smartflow.commands.flows import validate
+from fhir_smartflow.commands.flowtools import docs_command, export_group, lint_command, simulate_command
+from fhir_smartflow.commands.history import history_command
+from fhir_smartflow.commands.openemr import openemr as _openemr_cmd
+from fhir_smartflow.commands.poll import poll as _poll_cmd
+from fhir_smartflow.commands.sandbox import sandbox_command
+from fhir_smartflow.commands.scheduling import scheduler_command
+from fhir_smartflow.commands.subscriptions import subscriptions_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -55,16 +42,6 @@ def run() -> Any:  # pragma: no cover - console entry point
 
 
 # Commands live in fhir_smartflow/commands/<area>.py; registered here.
-from fhir_smartflow.commands import service as _service  # noqa: E402
-from fhir_smartflow.commands.flows import validate  # noqa: E402
-from fhir_smartflow.commands.flowtools import docs_command, export_group, lint_command, simulate_command  # noqa: E402
-from fhir_smartflow.commands.history import history_command  # noqa: E402
-from fhir_smartflow.commands.openemr import openemr as _openemr_cmd  # noqa: E402
-from fhir_smartflow.commands.poll import poll as _poll_cmd  # noqa: E402
-from fhir_smartflow.commands.sandbox import sandbox_command  # noqa: E402
-from fhir_smartflow.commands.scheduling import scheduler_command  # noqa: E402
-from fhir_smartflow.commands.subscriptions import subscriptions_group  # noqa: E402
-
 main.add_command(_service.serve)
 main.add_command(_service.worker)
 main.add_command(_service.replay)

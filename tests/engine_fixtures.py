@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from fhir_smartflow.config import ClinicConfig, Settings
-from fhir_smartflow.engine.loader import load_paths
 from fhir_smartflow.engine.model import Engine
 from fhir_smartflow.events import ResourceEvent
+from fhir_smartflow.flowfiles import load_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = dataclasses.replace(

@@ -15,7 +15,7 @@ from smartflow_channels.base import load_channels
 
 from fhir_smartflow.config import DeliveryConfig, Settings, SmsConfig
 from fhir_smartflow.connections import Keys
-from fhir_smartflow.delivery import CHANNEL_CODE_SYSTEM, ChannelDeliverer, resolve_address
+from fhir_smartflow.delivery.deliverer import CHANNEL_CODE_SYSTEM, ChannelDeliverer, resolve_address
 from fhir_smartflow.engine.plan import Deliver
 from fhir_smartflow.metrics import Metrics
 from tests.channel_servers import SID, TOKEN, TwilioFake, serve
@@ -234,7 +234,7 @@ def test_permanent_failure_is_not_done_with_the_provider_error(env):
 def test_no_phi_in_info_logs(env, caplog):
     import logging
 
-    with caplog.at_level(logging.INFO, logger="fhir_smartflow.delivery"):
+    with caplog.at_level(logging.INFO, logger="fhir_smartflow.delivery.deliverer"):
         env.make().deliver(deliver(), PATIENT, [], DAY)
     info = " ".join(r.getMessage() for r in caplog.records if r.levelno >= logging.INFO)
     assert "intake/send/delivery/sms1" in info

@@ -22,7 +22,7 @@ from fhir_smartflow.engine.followups import plan_followup
 from fhir_smartflow.engine.plan import CancelGroup, Deliver, PatchTask, Plan, Schedule, WriteResource
 from fhir_smartflow.engine.planner import plan
 from fhir_smartflow.engine.triggers import match_triggers
-from fhir_smartflow.fhir.validation import validate_resource
+from fhir_smartflow.engine.validation import validate_resource
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SYSTEM = SETTINGS.fhir.identifier_system

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from engine_fixtures import ROOT, SETTINGS, shipped_engine
 
-from fhir_smartflow.engine.loader import EngineLoadError, LoadError, load_engine, load_paths
+from fhir_smartflow.flowfiles import EngineLoadError, LoadError, load_engine, load_paths
 
 MAPPINGS = [str(ROOT / "mappings")]
 TEMPLATES = [str(ROOT / "templates")]

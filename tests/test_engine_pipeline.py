@@ -10,10 +10,10 @@ import pytest
 from engine_fixtures import SETTINGS, FakeContext, appointment, event_for, patient, shipped_engine
 
 from fhir_smartflow.connections import Keys
-from fhir_smartflow.engine.pipeline import EnginePipeline
 from fhir_smartflow.engine.plan import CancelGroup, Plan
-from fhir_smartflow.engine.prior import RedisPriorState
 from fhir_smartflow.metrics import Metrics
+from fhir_smartflow.worker.pipeline import EnginePipeline
+from fhir_smartflow.worker.prior import RedisPriorState
 
 KEYS = Keys("smartflow-test:")
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -15,11 +15,11 @@ import pytest
 
 from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
-from fhir_smartflow.engine.execute import PlanExecutor
 from fhir_smartflow.engine.interfaces import DeliveryOutcome
 from fhir_smartflow.engine.plan import Deliver, FlowRun, Plan
+from fhir_smartflow.engine.validation import validate_resource
 from fhir_smartflow.fhir.errors import FhirBadRequest, FhirServerError
-from fhir_smartflow.fhir.validation import validate_resource
+from fhir_smartflow.worker.execute import PlanExecutor
 from tests.writeback_plans import (
     DELIVERY_ID,
     NOW,

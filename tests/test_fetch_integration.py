@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from fhir_smartflow import runtime
 from fhir_smartflow.config import Settings, SubscriptionConfig
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.fhir.client import FhirClient
-from fhir_smartflow.fhir.context import ClientResourceFetcher
-from fhir_smartflow.ingest.jobs import handle_event
-from fhir_smartflow.ingest.seams import RecordingDispatcher
 from fhir_smartflow.retry import RetryPolicy
+from fhir_smartflow.worker import runtime
+from fhir_smartflow.worker.context import ClientResourceFetcher
+from fhir_smartflow.worker.jobs import handle_event
+from fhir_smartflow.worker.seams import RecordingDispatcher
 from tests.fhir_test_server import running_fhir_server
 
 pytestmark = pytest.mark.integration

@@ -8,9 +8,9 @@ from responses import matchers
 from fhir_smartflow.config import Settings, SubscriptionConfig
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.fhir.client import FhirClient
-from fhir_smartflow.fhir.context import CachingContextSource, ClientResourceFetcher, StaticCache
-from fhir_smartflow.fhir.recovery import recover_gap
 from fhir_smartflow.retry import RetryPolicy
+from fhir_smartflow.worker.context import CachingContextSource, ClientResourceFetcher, StaticCache
+from fhir_smartflow.worker.recovery import recover_gap
 
 BASE = "https://ehr.example.org/fhir"
 SUB = SubscriptionConfig(id="sub-appt", secret_env="X", criteria="Appointment?status=noshow", topic="urn:t")
@@ -179,9 +179,9 @@ def test_recover_gap_uses_events_operation() -> None:
 @responses.activate
 def test_gap_recovery_enqueues_events_for_the_server_subscription_id(redis_conn) -> None:
     from fhir_smartflow.connections import Keys
-    from fhir_smartflow.fhir.recovery import ClientGapRecovery
-    from fhir_smartflow.ingest.gaps import Gap
-    from fhir_smartflow.ingest.queueing import make_queue
+    from fhir_smartflow.queueing import make_queue
+    from fhir_smartflow.worker.gaps import Gap
+    from fhir_smartflow.worker.recovery import ClientGapRecovery
 
     settings = Settings(subscriptions=[SUB])
     redis_conn.hset(Keys(settings.redis.key_prefix).subscription("sub-appt"), "server_subscription", "Subscription/77")

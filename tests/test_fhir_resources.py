@@ -6,8 +6,8 @@ import base64
 
 import pytest
 
-from fhir_smartflow.fhir import resources as fr
-from fhir_smartflow.fhir.validation import ResourceInvalid, validate_resource
+from fhir_smartflow.engine import resources as fr
+from fhir_smartflow.engine.validation import ResourceInvalid, validate_resource
 
 SYSTEM = "urn:fhir-smartflow:id"
 

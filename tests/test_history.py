@@ -14,7 +14,7 @@ import redis
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.engine.plan import Deliver, FlowRun, Plan, Schedule, TriggerEvent, WriteResource
 from fhir_smartflow.events import ResourceEvent
-from fhir_smartflow.history import RunHistory
+from fhir_smartflow.worker.history import RunHistory
 from tests.conftest import smartflow_cmd
 
 T0 = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
@@ -118,7 +118,7 @@ def test_record_holds_references_not_phi(store: tuple[RunHistory, Clock]) -> Non
 def test_record_from_the_executors_result(store: tuple[RunHistory, Clock]) -> None:
     """The shapes the real PlanExecutor reports: WrittenResource tuples, (identifier, status) deliveries,
     Schedule identifiers, Task references, ActionErrors."""
-    from fhir_smartflow.engine.execute import ActionError, ExecutionResult, WrittenResource
+    from fhir_smartflow.worker.execute import ActionError, ExecutionResult, WrittenResource
 
     history, _ = store
     plan = make_plan("Patient/p1", ("f1",))
@@ -216,9 +216,9 @@ def test_the_engine_pipeline_records_each_run(redis_conn: redis.Redis) -> None:
     """EnginePipeline → RunHistory on real Redis, with an executor returning the real result type."""
     from engine_fixtures import SETTINGS, FakeContext, appointment, event_for, patient, shipped_engine
 
-    from fhir_smartflow.engine.execute import ExecutionResult, WrittenResource
-    from fhir_smartflow.engine.pipeline import EnginePipeline
-    from fhir_smartflow.engine.prior import RedisPriorState
+    from fhir_smartflow.worker.execute import ExecutionResult, WrittenResource
+    from fhir_smartflow.worker.pipeline import EnginePipeline
+    from fhir_smartflow.worker.prior import RedisPriorState
 
     class WritingExecutor:
         def execute(self, plan: Plan) -> ExecutionResult:

@@ -11,13 +11,13 @@ import redis
 import rq
 from click.testing import CliRunner
 
-from fhir_smartflow import runtime
 from fhir_smartflow.config import RedisConfig, Settings
 from fhir_smartflow.events import ResourceEvent
-from fhir_smartflow.ingest.gaps import Gap, GapTracker, record_status
-from fhir_smartflow.ingest.jobs import EventInProgress, dedupe_key, handle_event
-from fhir_smartflow.ingest.queueing import enqueue_events
-from fhir_smartflow.ingest.seams import RecordingDispatcher
+from fhir_smartflow.queueing import enqueue_events
+from fhir_smartflow.worker import runtime
+from fhir_smartflow.worker.gaps import Gap, GapTracker, record_status
+from fhir_smartflow.worker.jobs import EventInProgress, dedupe_key, handle_event
+from fhir_smartflow.worker.seams import RecordingDispatcher
 
 PREFIX = "t:"
 
@@ -236,7 +236,7 @@ def test_replay_requeues_failed_jobs_with_their_payload(rt: runtime.Runtime, red
 
 
 def test_jump_schedules_a_sweep_that_records_the_gap_without_later_events(rt: runtime.Runtime) -> None:
-    from fhir_smartflow.ingest.jobs import sweep_gaps
+    from fhir_smartflow.worker.jobs import sweep_gaps
 
     handle_event(rt, event(1))
     handle_event(rt, event(4, version="4"))
@@ -255,7 +255,7 @@ def test_embedded_worker_thread_runs_jobs_and_due_scheduled_jobs() -> None:
 
     import fakeredis
 
-    from fhir_smartflow.ingest.workers import run_embedded_worker
+    from fhir_smartflow.worker.embedded import run_embedded_worker
 
     conn = fakeredis.FakeRedis(server=fakeredis.FakeServer())
     built = runtime.build_runtime(Settings(redis=RedisConfig(key_prefix=PREFIX)), conn)
@@ -265,7 +265,7 @@ def test_embedded_worker_thread_runs_jobs_and_due_scheduled_jobs() -> None:
     thread.start()
     try:
         enqueue_events(built.queue, [event(1)], metrics=built.metrics)
-        sweep = built.queue.enqueue_in(timedelta(seconds=0), "fhir_smartflow.ingest.jobs.sweep_gaps", "sub-a")
+        sweep = built.queue.enqueue_in(timedelta(seconds=0), "fhir_smartflow.worker.jobs.sweep_gaps", "sub-a")
         deadline = time.monotonic() + 10
         while not (dispatched(built) and sweep.get_status(refresh=True) == "finished"):
             assert time.monotonic() < deadline, (dispatched(built), sweep.get_status())

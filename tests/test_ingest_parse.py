@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fhir_smartflow.ingest.parse import NotificationError, parse_notification, parse_reference
+from fhir_smartflow.fhir.notifications import NotificationError, parse_notification, parse_reference
 from fhir_smartflow.instants import parse_instant
 
 FIXTURES = Path(__file__).parent / "fixtures" / "notifications"

@@ -21,11 +21,11 @@ import requests
 import rq
 from conftest import free_port, smartflow_cmd
 
-from fhir_smartflow import runtime
 from fhir_smartflow.config import Settings, load_settings
 from fhir_smartflow.ingest.auth import hmac_hex
-from fhir_smartflow.ingest.gaps import GapTracker
-from fhir_smartflow.ingest.seams import RecordingDispatcher
+from fhir_smartflow.worker import runtime
+from fhir_smartflow.worker.gaps import GapTracker
+from fhir_smartflow.worker.seams import RecordingDispatcher
 
 FIXTURES = Path(__file__).parent / "fixtures" / "notifications"
 PREFIX = "it:"

@@ -611,7 +611,7 @@ def test_quiet_hours_defer_sms_and_opt_out_blocks_it(start_stack) -> None:
 
 def test_examples_use_every_lifecycle_feature_and_validate() -> None:
     from fhir_smartflow.config import Settings
-    from fhir_smartflow.engine.loader import load_paths
+    from fhir_smartflow.flowfiles import load_paths
 
     engine, errors = load_paths(
         [str(ROOT / "mappings")], [str(ROOT / "flows/examples")], [str(ROOT / "templates")], Settings()

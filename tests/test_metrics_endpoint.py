@@ -11,9 +11,9 @@ import rq
 from conftest import ThreadedWsgiServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from fhir_smartflow import runtime
 from fhir_smartflow.app import create_app
 from fhir_smartflow.config import EngineConfig, RedisConfig, Settings, SubscriptionConfig
+from fhir_smartflow.worker import runtime
 
 pytestmark = pytest.mark.integration
 

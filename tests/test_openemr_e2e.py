@@ -20,12 +20,8 @@ from rq.job import Job
 
 from fhir_smartflow.config import EngineConfig, Settings
 from fhir_smartflow.connections import Keys
-from fhir_smartflow.engine.execute import PlanExecutor
-from fhir_smartflow.engine.loader import load_engine
-from fhir_smartflow.engine.pipeline import EnginePipeline
-from fhir_smartflow.engine.prior import RedisPriorState
 from fhir_smartflow.fhir.client import FhirClient
-from fhir_smartflow.fhir.context import CachingContextSource
+from fhir_smartflow.flowfiles import load_engine
 from fhir_smartflow.ingest.poll import build_poller
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.openemr.factory import build_openemr_target, user_token_store
@@ -35,7 +31,11 @@ from fhir_smartflow.openemr.tokens import (
     exchange_code,
     parse_redirect,
 )
-from fhir_smartflow.runtime import build_runtime, install
+from fhir_smartflow.worker.context import CachingContextSource
+from fhir_smartflow.worker.execute import PlanExecutor
+from fhir_smartflow.worker.pipeline import EnginePipeline
+from fhir_smartflow.worker.prior import RedisPriorState
+from fhir_smartflow.worker.runtime import build_runtime, install
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,7 +105,7 @@ def authorize(settings: Settings, conn: redis.Redis) -> None:
 
 
 def worker_runtime(settings: Settings, conn: redis.Redis, emulator: OpenEmrEmulator):
-    """What `worker` builds with [fhir] writeback = "openemr" (the lead wires this into runtime.py)."""
+    """What `worker` builds with [fhir] writeback = "openemr" (the lead wires this into worker/runtime.py)."""
     keys, metrics = Keys("t:"), Metrics(conn, "t:")
     reads = FhirClient(
         settings.fhir.base_url,

@@ -16,12 +16,12 @@ from openemr_support import CLIENT_ID, KEY_ID, make_settings, rsa_pem
 from rq import SimpleWorker
 
 from fhir_smartflow.ingest.poll import DATE_WINDOW, LAST_UPDATED, UNSUPPORTED, build_poller
-from fhir_smartflow.ingest.queueing import make_queue
-from fhir_smartflow.ingest.seams import RecordingDispatcher
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.openemr.errors import TokenError
 from fhir_smartflow.openemr.tokens import ASSERTION_TYPE, BackendServicesAuth, client_assertion, post_token
-from fhir_smartflow.runtime import build_runtime, install
+from fhir_smartflow.queueing import make_queue
+from fhir_smartflow.worker.runtime import build_runtime, install
+from fhir_smartflow.worker.seams import RecordingDispatcher
 
 pytestmark = pytest.mark.integration
 
@@ -106,7 +106,7 @@ def test_crash_between_enqueue_and_watermark_rereads_and_dedupe_absorbs(
     settings = make_settings(emulator, redis_url, key_file, types=["Patient"])
     ids = [emulator.add_patient(f"Family{i}", "Pat") for i in range(3)]
     queue = make_queue(redis_conn, settings.redis.queue, "t:")
-    from fhir_smartflow.ingest.queueing import enqueue_events
+    from fhir_smartflow.queueing import enqueue_events
 
     def enqueue_then_crash(events):
         enqueue_events(queue, events)  # durably queued ...
@@ -230,7 +230,7 @@ def test_unsorted_results_move_the_watermark_only_after_a_complete_pass(
     c = emulator.add_patient("C", "Pat")
     emulator.advance(10)
     emulator.update_patient(a, lname="A2")  # A is now the newest but still first in OpenEMR's (pid) order
-    from fhir_smartflow.ingest.queueing import enqueue_events, make_queue
+    from fhir_smartflow.queueing import enqueue_events, make_queue
 
     queue = make_queue(redis_conn, settings.redis.queue, "t:")
     pages = []

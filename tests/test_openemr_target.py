@@ -262,7 +262,7 @@ def test_local_store_is_a_sqlite_file_that_survives_a_restart(setup, emulator: O
 
 def test_recipients_follow_roles_audiences_and_skip_task_communications(setup, emulator: OpenEmrEmulator) -> None:
     """With the engine's own builders: a role-owned Task, a Flag's allowed audience, a staff Communication."""
-    from fhir_smartflow.fhir import resources as fr
+    from fhir_smartflow.engine import resources as fr
 
     settings, target, puuid = setup
     users = {**settings.openemr.users, "role:case-manager": "cmsmith", "Practitioner/p9": "drp9"}

@@ -19,9 +19,9 @@ from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.engine.plan import Schedule, WriteResource
 from fhir_smartflow.metrics import Metrics
-from fhir_smartflow.scheduling import jobs
 from fhir_smartflow.scheduling.clock import RedisClock, make_clock
 from fhir_smartflow.scheduling.scheduler import RqScheduler, SchedulerLock, job_id_for, run_scheduler_loop
+from fhir_smartflow.worker import followup_jobs as jobs
 from tests.lifecycle_fakes import SYSTEM, FakeExecutor, FakePlanner, FakeTarget, task
 
 T0 = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)  # a Monday, 09:00 in New York

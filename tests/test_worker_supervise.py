@@ -1,6 +1,6 @@
 """The worker supervisor: a worker lost to a Redis outage is replaced; a stop signal ends the loop.
 
-Unit tests of `fhir_smartflow.ingest.supervise` on the real Redis (own DB). The full proof with real
+Unit tests of `fhir_smartflow.worker.supervise` on the real Redis (own DB). The full proof with real
 processes (kill -9 of Redis, SIGKILLed workers) is tests/chaos/test_exactly_once.py.
 """
 
@@ -15,8 +15,8 @@ import rq
 from rq.exceptions import StopRequested
 
 from fhir_smartflow.connections import Keys
-from fhir_smartflow.ingest import supervise
-from fhir_smartflow.ingest.supervise import Liveness, SupervisedSimpleWorker, is_dead_worker, run_supervised
+from fhir_smartflow.worker import supervise
+from fhir_smartflow.worker.supervise import Liveness, SupervisedSimpleWorker, is_dead_worker, run_supervised
 
 
 @pytest.fixture

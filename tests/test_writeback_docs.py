@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fhir_smartflow.fhir.validation import ResourceInvalid, validate_resource
+from fhir_smartflow.engine.validation import ResourceInvalid, validate_resource
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "writeback.md"
 EXAMPLES = re.findall(r"```json\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.S)

@@ -12,14 +12,14 @@ import pytest
 
 from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
-from fhir_smartflow.engine.execute import PlanExecutor
 from fhir_smartflow.engine.plan import CancelGroup, FlowRun, PatchTask, Plan, WriteResource
+from fhir_smartflow.engine.validation import validate_resource
 from fhir_smartflow.fhir.client import FhirClient
 from fhir_smartflow.fhir.errors import FhirUnavailable
-from fhir_smartflow.fhir.validation import validate_resource
 from fhir_smartflow.fhir.writeback import FhirWriteBack
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.retry import RetryPolicy
+from fhir_smartflow.worker.execute import PlanExecutor
 from tests.fhir_test_server import FhirTestServer
 from tests.writeback_plans import (
     DELIVERY_ID,

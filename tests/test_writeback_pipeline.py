@@ -9,16 +9,16 @@ import requests
 
 from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
-from fhir_smartflow.engine.execute import PlanExecutor
-from fhir_smartflow.engine.loader import load_engine
-from fhir_smartflow.engine.pipeline import EnginePipeline
-from fhir_smartflow.engine.prior import RedisPriorState
+from fhir_smartflow.engine.validation import validate_resource
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.fhir.client import FhirClient
-from fhir_smartflow.fhir.context import CachingContextSource
-from fhir_smartflow.fhir.validation import validate_resource
 from fhir_smartflow.fhir.writeback import FhirWriteBack
+from fhir_smartflow.flowfiles import load_engine
 from fhir_smartflow.retry import RetryPolicy
+from fhir_smartflow.worker.context import CachingContextSource
+from fhir_smartflow.worker.execute import PlanExecutor
+from fhir_smartflow.worker.pipeline import EnginePipeline
+from fhir_smartflow.worker.prior import RedisPriorState
 from tests.writeback_plans import NOW, FakeDeliverer, FakeScheduler
 
 pytestmark = pytest.mark.integration

@@ -8,12 +8,12 @@ import requests
 
 from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
-from fhir_smartflow.engine.execute import PlanExecutor
 from fhir_smartflow.engine.plan import CancelGroup, FlowRun, Plan, WriteResource
+from fhir_smartflow.engine.validation import validate_resource
 from fhir_smartflow.fhir.client import FhirClient
-from fhir_smartflow.fhir.validation import validate_resource
 from fhir_smartflow.fhir.writeback import FhirWriteBack
 from fhir_smartflow.retry import RetryPolicy
+from fhir_smartflow.worker.execute import PlanExecutor
 from tests.writeback_plans import GROUP, NOW, SYSTEM, TASK_ID, FakeDeliverer, FakeScheduler, intake_plan, trigger
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from fhir_smartflow.config import Settings, secret
-from fhir_smartflow.engine.loader import load_engine
+from fhir_smartflow.flowfiles import load_engine
 from fhir_smartflow.sandbox.app import SandboxState, create_sandbox_app
 from fhir_smartflow.sandbox.subscriptions import ensure_self_subscriptions
 

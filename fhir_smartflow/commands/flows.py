@@ -7,9 +7,9 @@ import sys
 
 import click
 
-from fhir_smartflow.cli import CliContext, pass_ctx
-from fhir_smartflow.engine.loader import load_paths
-from fhir_smartflow.engine.tomlfiles import discover, kind_of, read_toml
+from fhir_smartflow.commands.context import CliContext, pass_ctx
+from fhir_smartflow.engine.tomlfiles import kind_of
+from fhir_smartflow.flowfiles import discover, load_paths, read_toml
 
 
 def _split_paths(paths: tuple[str, ...], ctx: CliContext) -> tuple[list[str], list[str], list[str]]:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from fhir_smartflow.cli import CliContext, pass_ctx
+from fhir_smartflow.commands.context import CliContext, pass_ctx
 from fhir_smartflow.config import Settings
 
 if TYPE_CHECKING:  # the engine is imported when a command runs, so `--help` stays fast
@@ -36,7 +36,7 @@ def engine_path_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def load_or_exit(settings: Settings, mappings: Sequence[str], flows: Sequence[str], templates: Sequence[str]) -> Engine:
     """The engine from the given (or configured) paths; load errors are printed and exit with 1."""
-    from fhir_smartflow.engine.loader import load_paths
+    from fhir_smartflow.flowfiles import load_paths
 
     engine, errors = load_paths(
         list(mappings) or settings.engine.mappings,

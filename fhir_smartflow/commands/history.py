@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from fhir_smartflow.cli import CliContext, pass_ctx
+from fhir_smartflow.commands.context import CliContext, pass_ctx
 
 
 def _line(rec: dict[str, Any]) -> str:
@@ -44,7 +44,7 @@ def history_command(
     Exit codes: 0 ok (also when no run matches), 2 bad option or no Redis configured.
     """
     from fhir_smartflow.connections import connect
-    from fhir_smartflow.history import RunHistory, parse_since
+    from fhir_smartflow.worker.history import RunHistory, parse_since
 
     settings = cli.settings
     if not settings.redis.url:

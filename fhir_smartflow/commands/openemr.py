@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 
 import click
 
-from fhir_smartflow.cli import CliContext, pass_ctx
+from fhir_smartflow.commands.context import CliContext, pass_ctx
 from fhir_smartflow.config import ConfigError
 
 

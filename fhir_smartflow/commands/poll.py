@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from fhir_smartflow.cli import CliContext, pass_ctx
+from fhir_smartflow.commands.context import CliContext, pass_ctx
 from fhir_smartflow.config import ConfigError
 
 

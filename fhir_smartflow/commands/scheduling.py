@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from fhir_smartflow.cli import CliContext, pass_ctx
+from fhir_smartflow.commands.context import CliContext, pass_ctx
 from fhir_smartflow.connections import connect
 from fhir_smartflow.scheduling.clock import now_of
 from fhir_smartflow.scheduling.scheduler import SchedulerLock, build_scheduler, iter_pending, run_scheduler_loop

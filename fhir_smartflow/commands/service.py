@@ -13,19 +13,19 @@ import click
 import redis
 import rq
 
-from fhir_smartflow.cli import CliContext, pass_ctx
+from fhir_smartflow.commands.context import CliContext, pass_ctx
 from fhir_smartflow.config import ConfigError, Settings
 from fhir_smartflow.connections import embedded_redis
 from fhir_smartflow.ingest.app import webhook_redis
-from fhir_smartflow.ingest.supervise import (
+from fhir_smartflow.worker.embedded import WORKER_LOG_LEVEL, replay_failed, run_embedded_worker, worker_connection
+from fhir_smartflow.worker.runtime import Runtime, build_runtime, build_service_runtime, install, reload_engine
+from fhir_smartflow.worker.supervise import (
     Liveness,
     SupervisedForkWorker,
     SupervisedSimpleWorker,
     run_supervised,
     wait_for_redis,
 )
-from fhir_smartflow.ingest.workers import WORKER_LOG_LEVEL, replay_failed, run_embedded_worker, worker_connection
-from fhir_smartflow.runtime import Runtime, build_runtime, build_service_runtime, install, reload_engine
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from fhir_smartflow.cli import CliContext, pass_ctx
+from fhir_smartflow.commands.context import CliContext, pass_ctx
 from fhir_smartflow.commands.flowtools import engine_path_options, load_or_exit
 from fhir_smartflow.config import Settings, secret
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from fhir_smartflow.engine import resources as fr
 from fhir_smartflow.engine.model import FHIR_ONLY_METHODS, Action, Template
 from fhir_smartflow.engine.plan import Deliver, PlanAction, Schedule, WriteResource
 from fhir_smartflow.engine.runctx import RunContext, RunProblem
-from fhir_smartflow.fhir import resources as fr
 
 
 def iso(instant: datetime | None) -> str | None:

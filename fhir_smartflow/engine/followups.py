@@ -18,6 +18,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from fhir_smartflow.config import Settings
+from fhir_smartflow.engine import resources as fr
 from fhir_smartflow.engine.actions import communications, plan_action, staff_recipients
 from fhir_smartflow.engine.anchors import parse_fhir_instant
 from fhir_smartflow.engine.identifiers import group_id
@@ -27,7 +28,6 @@ from fhir_smartflow.engine.plan import FlowRun, PatchTask, Plan, PlanAction, Tri
 from fhir_smartflow.engine.runctx import RunContext, RunProblem
 from fhir_smartflow.engine.templating import TemplateRenderError
 from fhir_smartflow.events import ResourceEvent
-from fhir_smartflow.fhir import resources as fr
 
 OPEN_TASK_STATUSES = frozenset({"draft", "requested", "received", "accepted", "ready", "in-progress", "on-hold"})
 _UTC = ZoneInfo("UTC")

@@ -1,15 +1,13 @@
 """Load and validate mappings, templates and flows into an Engine — strictly, in stages.
 
-Stage 1 reads and parses each file (TOML errors). Stage 2 checks each file on its own (unknown
-keys, types, required fields, durations, units, FHIRPath syntax). Stage 3 checks references across
-files (triggers, templates, roles), test-renders templates against the sample catalog and looks for
-duplicate automation. Every problem is a LoadError ``file[:line]: field: reason``; nothing partial
-is returned: an engine with errors is None.
+Stage 1 parses each file (TOML errors; ``fhir_smartflow.flowfiles`` reads them). Stage 2 checks
+each file on its own (unknown keys, types, required fields, durations, units, FHIRPath syntax).
+Stage 3 checks references across files (triggers, templates, roles), test-renders templates against
+the sample catalog and looks for duplicate automation. Every problem is a LoadError
+``file[:line]: field: reason``; nothing partial is returned: an engine with errors is None.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 from fhir_smartflow.config import Settings
 from fhir_smartflow.engine import model as m
@@ -17,36 +15,9 @@ from fhir_smartflow.engine.model import Engine, Flow, MappingRule, Template
 from fhir_smartflow.engine.parse_flows import duplicate_automation, parse_flow
 from fhir_smartflow.engine.parse_mappings import parse_mappings
 from fhir_smartflow.engine.parse_templates import parse_template
-from fhir_smartflow.engine.tomlfiles import EngineLoadError, LoadError, SourceFile, discover, kind_of, read_toml
+from fhir_smartflow.engine.tomlfiles import EngineLoadError, LoadError, SourceFile
 
-__all__ = ["EngineLoadError", "LoadError", "load_engine", "load_paths"]
-
-
-def load_engine(settings: Settings) -> Engine:
-    engine, errors = load_paths(settings.engine.mappings, settings.engine.flows, settings.engine.templates, settings)
-    if errors or engine is None:
-        raise EngineLoadError(errors)
-    return engine
-
-
-def load_paths(
-    mappings: Sequence[str], flows: Sequence[str], templates: Sequence[str], settings: Settings
-) -> tuple[Engine | None, list[LoadError]]:
-    """Load everything under the given paths; (engine, []) or (None, errors)."""
-    errors: list[LoadError] = []
-    sources: dict[str, list[SourceFile]] = {"mapping": [], "flow": [], "template": []}
-    for expected, paths in (("mapping", mappings), ("flow", flows), ("template", templates)):
-        files, missing = discover(paths)
-        errors += missing
-        for path in files:
-            source, error = read_toml(path)
-            if error:
-                errors.append(error)
-                continue
-            assert source is not None
-            kind = kind_of(source) or expected
-            sources[kind].append(source)
-    return build_engine(sources["mapping"], sources["flow"], sources["template"], settings, errors)
+__all__ = ["EngineLoadError", "LoadError", "build_engine"]
 
 
 def build_engine(

@@ -201,7 +201,7 @@ class RunContext:
 
     def role_concept(self, role: str) -> dict[str, Any]:
         """The role as a CodeableConcept: the PractitionerRole code from [roles], text = role name."""
-        from fhir_smartflow.fhir.resources import concept
+        from fhir_smartflow.engine.resources import concept
 
         return concept(self.settings.roles[role], role)
 

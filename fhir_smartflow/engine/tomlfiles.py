@@ -1,4 +1,4 @@
-"""Reading the TOML files of mappings, flows and templates: discovery, parsing, line lookup, errors."""
+"""The TOML sources of mappings, flows and templates: parsing, line lookup, errors (files are read elsewhere)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import re
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 
@@ -28,22 +27,6 @@ class EngineLoadError(Exception):
     def __init__(self, errors: list[LoadError]) -> None:
         self.errors = errors
         super().__init__("\n".join(str(e) for e in errors))
-
-
-def discover(paths: Iterable[str]) -> tuple[list[Path], list[LoadError]]:
-    """Every ``*.toml`` under the given files / directories (sorted, deduplicated)."""
-    found: list[Path] = []
-    errors: list[LoadError] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*.toml") if p.is_file()))
-        elif path.is_file():
-            found.append(path)
-        else:
-            errors.append(LoadError(str(path), "path", "no such file or directory"))
-    unique = list(dict.fromkeys(found))
-    return unique, errors
 
 
 @dataclass(frozen=True)
@@ -73,17 +56,14 @@ class SourceFile:
         return start + 1 if table is not None else None
 
 
-def read_toml(path: Path) -> tuple[SourceFile | None, LoadError | None]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        return None, LoadError(str(path), "file", f"cannot read: {exc}")
+def parse_source(path: str, text: str) -> tuple[SourceFile | None, LoadError | None]:
+    """The TOML text of ``path`` parsed (``path`` only names the file in errors)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         match = re.search(r"line (\d+)", str(exc))
-        return None, LoadError(str(path), "file", f"not valid TOML: {exc}", int(match.group(1)) if match else None)
-    return SourceFile(str(path), text, data), None
+        return None, LoadError(path, "file", f"not valid TOML: {exc}", int(match.group(1)) if match else None)
+    return SourceFile(path, text, data), None
 
 
 def kind_of(source: SourceFile) -> str | None:

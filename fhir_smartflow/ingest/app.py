@@ -23,11 +23,11 @@ from flask import Blueprint, Response, request
 from fhir_smartflow import defaults, logs
 from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
+from fhir_smartflow.fhir.notifications import Notification, NotificationError, parse_notification
 from fhir_smartflow.ingest.auth import INSECURE_DEV_SUBSCRIPTION, Authenticator, AuthError
-from fhir_smartflow.ingest.gaps import record_status
-from fhir_smartflow.ingest.parse import Notification, NotificationError, parse_notification
-from fhir_smartflow.ingest.queueing import enqueue_events
 from fhir_smartflow.metrics import Metrics
+from fhir_smartflow.queueing import enqueue_events
+from fhir_smartflow.worker.gaps import record_status
 
 log = logging.getLogger(__name__)
 

@@ -472,7 +472,7 @@ def poll_types(settings: Any) -> list[str]:
     """[poll] types, else the resource types the enabled flows need."""
     if settings.poll.types:
         return list(settings.poll.types)
-    from fhir_smartflow.engine.loader import load_engine  # the engine helper's contract
+    from fhir_smartflow.flowfiles import load_engine  # the engine helper's contract
 
     # Task is kept: on a plain FHIR server staff complete our Tasks there (task.completed); OpenEMR's
     # CapabilityStatement has no Task, so there it is simply "unsupported".
@@ -494,7 +494,7 @@ def build_poller(
     session = session or requests.Session()
     metrics = Metrics(conn, settings.redis.key_prefix)
     if enqueue is None:
-        from fhir_smartflow.ingest.queueing import enqueue_events, make_queue
+        from fhir_smartflow.queueing import enqueue_events, make_queue
 
         queue = make_queue(conn, settings.redis.queue, settings.redis.key_prefix)
 

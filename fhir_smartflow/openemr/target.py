@@ -32,7 +32,7 @@ import redis
 
 from fhir_smartflow.config import OpenEmrConfig
 from fhir_smartflow.engine.interfaces import WriteBackTarget
-from fhir_smartflow.fhir.resources import ALLOWED_AUDIENCE_URL
+from fhir_smartflow.engine.resources import ALLOWED_AUDIENCE_URL
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.openemr.api import StandardApi
 from fhir_smartflow.openemr.errors import OpenEmrAmbiguousWrite, OpenEmrError, OpenEmrTransientError

@@ -1,11 +1,11 @@
-"""Validation of every resource written to the sandbox (fhir_smartflow/fhir/validation.py), as HTTP errors."""
+"""Validation of every resource written to the sandbox (fhir_smartflow/engine/validation.py), as HTTP errors."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fhir_smartflow.fhir.validation import ResourceInvalid, model_class
-from fhir_smartflow.fhir.validation import validate_resource as _validate
+from fhir_smartflow.engine.validation import ResourceInvalid, model_class
+from fhir_smartflow.engine.validation import validate_resource as _validate
 from fhir_smartflow.sandbox.errors import BadRequest, NotFound, Unprocessable
 
 _MAX_ISSUES = 5

@@ -36,7 +36,7 @@ from fhir_smartflow.scheduling.clock import Clock, now_of
 
 log = logging.getLogger(__name__)
 
-JOB_FUNC = "fhir_smartflow.scheduling.jobs.run_followup"
+JOB_FUNC = "fhir_smartflow.worker.followup_jobs.run_followup"
 JOB_ID_PREFIX = "smartflow-followup-"
 # Kinds whose identifier may be scheduled again after it fired (each deferral of a delivery is a new fire).
 REPEATABLE_KINDS = frozenset({"delivery"})

@@ -25,8 +25,9 @@ from typing import Any
 
 from fhir_smartflow.config import Settings
 from fhir_smartflow.engine.loader import build_engine
-from fhir_smartflow.engine.tomlfiles import LoadError, SourceFile, discover, kind_of, read_toml
-from fhir_smartflow.fhir.validation import model_class
+from fhir_smartflow.engine.tomlfiles import LoadError, SourceFile, kind_of
+from fhir_smartflow.engine.validation import model_class
+from fhir_smartflow.flowfiles import discover, read_toml
 
 SEVERITIES = ("error", "warning", "info")
 _UNIT_MINUTES = {"minutes": 1, "hours": 60, "days": 1440, "weeks": 10080}

@@ -19,8 +19,8 @@ from fhir_smartflow.engine.model import Engine
 from fhir_smartflow.engine.plan import CancelGroup, Deliver, PatchTask, Plan, PlanAction, Schedule, WriteResource
 from fhir_smartflow.engine.planner import plan as make_plan
 from fhir_smartflow.engine.triggers import match_triggers
+from fhir_smartflow.engine.validation import ResourceInvalid, validate_resource
 from fhir_smartflow.events import ResourceEvent
-from fhir_smartflow.fhir.validation import ResourceInvalid, validate_resource
 
 
 class InputError(ValueError):

@@ -2,7 +2,7 @@
 resolver that also accepts a dotted path, and here entry points in the group ``smartflow.channels``).
 
 A channel turns one ``OutboundMessage`` into one provider call and reports a ``DeliveryResult``. It does
-not retry, defer, or decide whether to send: ``fhir_smartflow.delivery.ChannelDeliverer`` does that.
+not retry, defer, or decide whether to send: ``fhir_smartflow.delivery.deliverer.ChannelDeliverer`` does that.
 """
 
 from __future__ import annotations

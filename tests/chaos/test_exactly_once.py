@@ -146,7 +146,7 @@ def settle(stack: Stack, conn: Any, cap: float, stall: float = 30.0) -> dict[str
 
 def ours(resources: list[dict[str, Any]], system: str) -> dict[str, list[dict[str, Any]]]:
     """Resources by our business identifier value: ``identifier``, or ``meta.tag`` for Provenance
-    (R4 Provenance has no identifier element; see fhir_smartflow/fhir/provenance.py)."""
+    (R4 Provenance has no identifier element; see fhir_smartflow/engine/provenance.py)."""
     by_id: dict[str, list[dict[str, Any]]] = {}
     for res in resources:
         marks = [*(res.get("identifier") or []), *((res.get("meta") or {}).get("tag") or [])]
@@ -253,7 +253,7 @@ def test_every_event_acted_on_exactly_once_under_chaos(
         deduplicated = metrics.counter_value("events", result="deduplicated")
         assert received >= 3 * chaos_n, f"only {received} events queued for {3 * chaos_n} accepted deliveries"
         failed = metrics.counter_value("events", result="failed")
-        # Every job enqueued ends in exactly one counted outcome (fhir_smartflow/ingest/jobs.py).
+        # Every job enqueued ends in exactly one counted outcome (fhir_smartflow/worker/jobs.py).
         assert failed == 0, f"{failed} event jobs failed for good"
         assert received == processed + deduplicated, (
             f"received {received} != processed {processed} + deduplicated {deduplicated}"

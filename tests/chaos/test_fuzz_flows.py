@@ -97,7 +97,7 @@ def _is_table_array(value: Any) -> bool:
 
 def load(tmp: Path, flow_text: str | None = None, template_text: str | None = None) -> tuple[Any, list[Any]]:
     from fhir_smartflow.config import load_settings
-    from fhir_smartflow.engine.loader import load_paths
+    from fhir_smartflow.flowfiles import load_paths
 
     flows, templates = tmp / "flows", tmp / "templates"
     flows.mkdir(exist_ok=True)

@@ -84,7 +84,7 @@ SSTI = [
 @pytest.mark.parametrize("body", SSTI)
 def test_templates_cannot_reach_python_internals(tmp_path: Path, body: str) -> None:
     from fhir_smartflow.config import load_settings
-    from fhir_smartflow.engine.loader import load_paths
+    from fhir_smartflow.flowfiles import load_paths
 
     templates = tmp_path / "templates"
     templates.mkdir()

@@ -5,7 +5,7 @@ returns a notification Bundle, type history, first entry the status), else — w
 support the operation — search the subscription's resource type by ``_lastUpdated=ge<since>``.
 Recovered events are marked ``source="recovery"`` and go through the same dedupe as any other.
 
-The returned notification bundle is read with the ingest's parser (``ingest/parse.py``), so recovered
+The returned notification bundle is read with the ingest's parser (``fhir/notifications.py``), so recovered
 events look exactly like delivered ones. ``ClientGapRecovery`` plugs this into the ingest's gap tracker.
 """
 
@@ -25,13 +25,13 @@ from fhir_smartflow.config import Settings, SubscriptionConfig
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.fhir.client import FhirClient
-from fhir_smartflow.fhir.context import parse_criteria
 from fhir_smartflow.fhir.errors import FhirError
+from fhir_smartflow.fhir.notifications import NotificationError, parse_notification, parse_reference
 from fhir_smartflow.fhir.urls import RESOURCE_ID_RE
-from fhir_smartflow.ingest.gaps import Gap
-from fhir_smartflow.ingest.parse import NotificationError, parse_notification, parse_reference
-from fhir_smartflow.ingest.queueing import enqueue_events
 from fhir_smartflow.metrics import Metrics
+from fhir_smartflow.queueing import enqueue_events
+from fhir_smartflow.worker.context import parse_criteria
+from fhir_smartflow.worker.gaps import Gap
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def parse_notification_events(
 
 
 class ClientGapRecovery:
-    """GapRecovery (ingest/seams.py): recover a recorded gap and enqueue its events like any others."""
+    """GapRecovery (worker/seams.py): recover a recorded gap and enqueue its events like any others."""
 
     def __init__(
         self,

@@ -11,7 +11,7 @@ from fhir_smartflow import defaults
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.metrics import Metrics
 
-PROCESS_EVENT = "fhir_smartflow.ingest.jobs.process_event"
+PROCESS_EVENT = "fhir_smartflow.worker.jobs.process_event"
 
 
 def job_description(event: ResourceEvent) -> str:

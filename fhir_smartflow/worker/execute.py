@@ -23,9 +23,9 @@ from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.engine.interfaces import Deliverer, DeliveryOutcome, Scheduler, WriteBackTarget
 from fhir_smartflow.engine.plan import CancelGroup, Deliver, FlowRun, PatchTask, Plan, Schedule, WriteResource
+from fhir_smartflow.engine.provenance import build_provenance, provenance_identifier
+from fhir_smartflow.engine.validation import ResourceInvalid, validate_resource
 from fhir_smartflow.fhir.errors import FhirError
-from fhir_smartflow.fhir.provenance import build_provenance, provenance_identifier
-from fhir_smartflow.fhir.validation import ResourceInvalid, validate_resource
 from fhir_smartflow.metrics import Metrics
 
 log = logging.getLogger(__name__)

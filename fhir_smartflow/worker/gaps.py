@@ -28,8 +28,8 @@ from typing import Any
 import redis
 
 from fhir_smartflow.connections import Keys
-from fhir_smartflow.ingest.seams import GapRecovery
 from fhir_smartflow.metrics import Metrics
+from fhir_smartflow.worker.seams import GapRecovery
 
 log = logging.getLogger(__name__)
 

@@ -23,15 +23,15 @@ import rq
 from fhir_smartflow.config import Settings, load_settings
 from fhir_smartflow.connections import Keys, connect
 from fhir_smartflow.engine.interfaces import Deliverer, Dispatcher, PriorState, WriteBackTarget
-from fhir_smartflow.ingest.queueing import make_queue
-from fhir_smartflow.ingest.seams import (
+from fhir_smartflow.metrics import Metrics
+from fhir_smartflow.queueing import make_queue
+from fhir_smartflow.worker.seams import (
     GapRecovery,
     LoggingGapRecovery,
     PassThroughFetcher,
     RecordingDispatcher,
     ResourceFetcher,
 )
-from fhir_smartflow.metrics import Metrics
 
 
 def utc_now() -> datetime:
@@ -62,7 +62,7 @@ class Runtime:
     @property
     def context(self) -> Any:
         """A fresh per-use caching ContextSource over the FHIR client (reads for planning)."""
-        from fhir_smartflow.fhir.context import CachingContextSource
+        from fhir_smartflow.worker.context import CachingContextSource
 
         return CachingContextSource(self.fhir) if self.fhir is not None else self.target
 
@@ -96,15 +96,15 @@ def build_service_runtime(settings: Settings, redis_conn: redis.Redis | None = N
     """The whole service for one process; ``[engine] dispatch = "record"`` keeps the ingest-only core."""
     from smartflow_channels.base import load_channels
 
-    from fhir_smartflow.delivery import ChannelDeliverer
-    from fhir_smartflow.engine.execute import PlanExecutor
-    from fhir_smartflow.engine.loader import load_engine
-    from fhir_smartflow.engine.pipeline import EnginePipeline
-    from fhir_smartflow.engine.prior import RedisPriorState
+    from fhir_smartflow.delivery.deliverer import ChannelDeliverer
     from fhir_smartflow.fhir.client import FhirClient
-    from fhir_smartflow.fhir.context import CachingContextSource, ClientResourceFetcher, StaticCache
-    from fhir_smartflow.fhir.recovery import ClientGapRecovery
+    from fhir_smartflow.flowfiles import load_engine
     from fhir_smartflow.scheduling.scheduler import build_scheduler
+    from fhir_smartflow.worker.context import CachingContextSource, ClientResourceFetcher, StaticCache
+    from fhir_smartflow.worker.execute import PlanExecutor
+    from fhir_smartflow.worker.pipeline import EnginePipeline
+    from fhir_smartflow.worker.prior import RedisPriorState
+    from fhir_smartflow.worker.recovery import ClientGapRecovery
 
     conn = redis_conn if redis_conn is not None else connect(settings)
     core = build_runtime(settings, conn)
@@ -153,7 +153,7 @@ def build_service_runtime(settings: Settings, redis_conn: redis.Redis | None = N
 
 def reload_engine(rt: Runtime) -> list[Any]:
     """Load the flow files again (SIGHUP); on any error keep the running flows and return the errors."""
-    from fhir_smartflow.engine.loader import EngineLoadError, load_engine
+    from fhir_smartflow.flowfiles import EngineLoadError, load_engine
 
     try:
         engine = load_engine(rt.settings)
@@ -176,7 +176,7 @@ def _write_back_target(settings: Settings, conn: redis.Redis, client: Any, metri
 
 
 def _run_history(settings: Settings, conn: redis.Redis) -> Any:
-    from fhir_smartflow.history import RunHistory
+    from fhir_smartflow.worker.history import RunHistory
 
     return RunHistory.from_settings(settings, conn)
 

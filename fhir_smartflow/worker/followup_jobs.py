@@ -1,4 +1,4 @@
-"""rq job functions for follow-ups. Collaborators come from ``fhir_smartflow.runtime.current()``.
+"""rq job functions for follow-ups. Collaborators come from ``fhir_smartflow.worker.runtime.current()``.
 
 ``run_followup(kind, payload)`` is what ``RqScheduler.tick`` enqueues. Every fire re-reads the state it
 depends on (the Task, the group, the patient) right then, so a follow-up scheduled weeks ago never acts
@@ -33,7 +33,7 @@ _INSTANTIATES = re.compile(r"^urn:fhir-smartflow:flow:(?P<flow>[a-z0-9-]+):(?P<v
 
 
 def _current_runtime() -> Any:
-    return importlib.import_module("fhir_smartflow.runtime").current()
+    return importlib.import_module("fhir_smartflow.worker.runtime").current()
 
 
 def _planner() -> Any:

@@ -30,9 +30,9 @@ from rq import get_current_job
 
 from fhir_smartflow import logs
 from fhir_smartflow.events import ResourceEvent
-from fhir_smartflow.ingest.gaps import GapTracker
-from fhir_smartflow.ingest.supervise import is_dead_worker
-from fhir_smartflow.runtime import Runtime, current
+from fhir_smartflow.worker.gaps import GapTracker
+from fhir_smartflow.worker.runtime import Runtime, current
+from fhir_smartflow.worker.supervise import is_dead_worker
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def dedupe_key(event: ResourceEvent) -> str:
 
 
 def process_event(event_dict: dict[str, Any]) -> str:
-    """The rq job (``fhir_smartflow.ingest.jobs.process_event``); returns processed | deduplicated."""
+    """The rq job (``fhir_smartflow.worker.jobs.process_event``); returns processed | deduplicated."""
     rt = current()
     event = ResourceEvent.from_dict(event_dict)
     token = logs.event_id.set(f"{event.subscription}:{event.reference or 'criteria'}:{event.event_number}")
@@ -137,7 +137,7 @@ def _track_number(rt: Runtime, event: ResourceEvent) -> None:
         rt.queue.enqueue_in(delay, SWEEP_GAPS, event.subscription, description=f"sweep_gaps {event.subscription}")
 
 
-SWEEP_GAPS = "fhir_smartflow.ingest.jobs.sweep_gaps"
+SWEEP_GAPS = "fhir_smartflow.worker.jobs.sweep_gaps"
 
 
 def sweep_gaps(subscription: str) -> int:

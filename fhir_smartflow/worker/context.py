@@ -122,7 +122,7 @@ class ClientResourceFetcher:
         self.recent = recent
 
     def fetch(self, event: ResourceEvent) -> ResourceEvent | list[ResourceEvent]:
-        """ResourceFetcher (ingest/seams.py): the event with its resource (a focus that is gone becomes a
+        """ResourceFetcher (worker/seams.py): the event with its resource (a focus that is gone becomes a
         delete event), or — for an empty payload without a focus — a list, one event per resource found
         by re-querying the criteria (the ingest dedupes those one by one)."""
         if event.resource is not None or event.interaction == "delete":

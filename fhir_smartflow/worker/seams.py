@@ -19,7 +19,7 @@ import redis
 from fhir_smartflow.events import ResourceEvent
 
 if TYPE_CHECKING:
-    from fhir_smartflow.ingest.gaps import Gap
+    from fhir_smartflow.worker.gaps import Gap
 
 log = logging.getLogger(__name__)
 

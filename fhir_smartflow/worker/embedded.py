@@ -14,8 +14,8 @@ from rq.timeouts import TimerDeathPenalty
 
 from fhir_smartflow.config import Settings
 from fhir_smartflow.events import ResourceEvent
-from fhir_smartflow.ingest.queueing import PROCESS_EVENT, enqueue_events
-from fhir_smartflow.runtime import Runtime
+from fhir_smartflow.queueing import PROCESS_EVENT, enqueue_events
+from fhir_smartflow.worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

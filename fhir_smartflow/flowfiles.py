@@ -1,0 +1,68 @@
+"""Reading flow, template and mapping files from disk into the pure engine loader.
+
+The engine (``engine/``) does no I/O: it takes parsed ``SourceFile``s. This module finds the files
+(files or directories, ``*.toml``), reads them and hands them to ``engine.loader.build_engine``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from fhir_smartflow.config import Settings
+from fhir_smartflow.engine.loader import build_engine
+from fhir_smartflow.engine.model import Engine
+from fhir_smartflow.engine.tomlfiles import EngineLoadError, LoadError, SourceFile, kind_of, parse_source
+
+__all__ = ["EngineLoadError", "LoadError", "discover", "load_engine", "load_paths", "read_toml"]
+
+
+def discover(paths: Iterable[str]) -> tuple[list[Path], list[LoadError]]:
+    """Every ``*.toml`` under the given files / directories (sorted, deduplicated)."""
+    found: list[Path] = []
+    errors: list[LoadError] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*.toml") if p.is_file()))
+        elif path.is_file():
+            found.append(path)
+        else:
+            errors.append(LoadError(str(path), "path", "no such file or directory"))
+    unique = list(dict.fromkeys(found))
+    return unique, errors
+
+
+def read_toml(path: Path) -> tuple[SourceFile | None, LoadError | None]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, LoadError(str(path), "file", f"cannot read: {exc}")
+    return parse_source(str(path), text)
+
+
+def load_engine(settings: Settings) -> Engine:
+    engine, errors = load_paths(settings.engine.mappings, settings.engine.flows, settings.engine.templates, settings)
+    if errors or engine is None:
+        raise EngineLoadError(errors)
+    return engine
+
+
+def load_paths(
+    mappings: Sequence[str], flows: Sequence[str], templates: Sequence[str], settings: Settings
+) -> tuple[Engine | None, list[LoadError]]:
+    """Load everything under the given paths; (engine, []) or (None, errors)."""
+    errors: list[LoadError] = []
+    sources: dict[str, list[SourceFile]] = {"mapping": [], "flow": [], "template": []}
+    for expected, paths in (("mapping", mappings), ("flow", flows), ("template", templates)):
+        files, missing = discover(paths)
+        errors += missing
+        for path in files:
+            source, error = read_toml(path)
+            if error:
+                errors.append(error)
+                continue
+            assert source is not None
+            kind = kind_of(source) or expected
+            sources[kind].append(source)
+    return build_engine(sources["mapping"], sources["flow"], sources["template"], settings, errors)

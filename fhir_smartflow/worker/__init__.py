@@ -1,0 +1,1 @@
+"""Run a queued event: claim, fetch, prior state, gaps and recovery, pipeline, executor, run history."""
