@@ -503,3 +503,11 @@ def secret(name: str, env: Mapping[str, str] | None = None) -> str | None:
     env = os.environ if env is None else env
     value = env.get(name, "")
     return value or None
+
+
+def read_secret_file(path: str, key: str) -> bytes:
+    """The bytes of a secret file named by the config key ``key`` (a private key); ConfigError if unreadable."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from None

@@ -30,7 +30,7 @@ import redis
 import requests
 from cryptography.fernet import Fernet, InvalidToken
 
-from fhir_smartflow.fhir.auth import client_assertion
+from fhir_smartflow.fhir.smart import client_assertion
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.openemr.errors import OpenEmrAuthUnavailable, OpenEmrTransientError, TokenError
 
