@@ -320,7 +320,7 @@ def test_two_workers_refreshing_at_once_spend_the_refresh_token_once(
     redis_conn.delete("t:openemr:access")
     before = emulator.requests.count("POST /oauth2/default/token")
     tokens: list[str] = []
-    threads = [threading.Thread(target=lambda s=s: tokens.append(s.access_token())) for s in stores]
+    threads = [threading.Thread(target=lambda s=s: tokens.append(s.token())) for s in stores]
     for t in threads:
         t.start()
     for t in threads:

@@ -159,6 +159,10 @@ class PrivateKeyJwt:
         request.form["client_assertion"] = self.assertion(request.url)
 
 
+def _discovered_token_endpoint(http: Transport) -> Callable[[], str]:
+    return lambda: discover_smart_configuration(http).token_endpoint
+
+
 def smart_backend_services(
     fhir_base: str,
     client: PrivateKeyJwt,
@@ -173,14 +177,15 @@ def smart_backend_services(
     """SMART Backend Services for the server at ``fhir_base``: the token endpoint is discovered (once, when
     the first token is needed) unless given."""
     session = session or requests.Session()
-    discovery = Transport(fhir_base, timeout=timeout, retry=retry, session=session, media_type="application/json")
-
-    def discovered() -> str:
-        return discover_smart_configuration(discovery).token_endpoint
-
+    endpoint: str | Callable[[], str]
+    if token_endpoint:
+        endpoint = token_endpoint
+    else:
+        discovery = Transport(fhir_base, timeout=timeout, retry=retry, session=session, media_type="application/json")
+        endpoint = _discovered_token_endpoint(discovery)
     return ClientCredentialsTokenProvider(
         client,
-        token_endpoint or discovered,
+        endpoint,
         scopes=scopes,
         session=session,
         timeout=timeout,
