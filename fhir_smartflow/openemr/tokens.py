@@ -1,15 +1,15 @@
 """OpenEMR's user-context (write) token, and the one-time authorization that obtains it.
 
-Reads (FHIR API, poller) use the service's FHIR client with SMART backend services (fhir/auth.py,
-fhir/smart.py): OpenEMR grants only ``system/*.rs`` read scopes that way and its tokens live 60 s
-(Documentation/api/AUTHENTICATION.md, "Client Credentials Grant"), so they are renewed a quarter of their
-life early. Writes (Standard API) need a user-context token from the authorization-code grant with PKCE and
-  ``offline_access`` (`fhir-smartflow openemr authorize`, once). The refresh token is stored encrypted
-  (Fernet, key from the environment) in Redis and rotated on every use (OpenEMR issues a new refresh token
-  each time: AUTHENTICATION.md, "Refresh Token Grant"). Several worker processes share it under a Redis
-  lock so two never spend the same refresh token. A failed refresh alerts loudly (ERROR log, metric, the
-  ``openemr:auth_degraded`` flag that `readyz` reports) and raises a retryable error: writes stay queued.
-"""
+Reads (FHIR API, poller) do not use it: they use the service's FHIR client with SMART backend services
+(fhir/auth.py, fhir/smart.py); OpenEMR grants only ``system/*.rs`` read scopes that way.
+
+Writes (Standard API) need a user-context token from the authorization-code grant with PKCE and
+``offline_access`` (`fhir-smartflow openemr authorize`, once). The refresh token is stored encrypted
+(Fernet, key from the environment) in Redis and rotated on every use (OpenEMR issues a new refresh token
+each time: Documentation/api/AUTHENTICATION.md, "Refresh Token Grant"). Several worker processes share it
+under a Redis lock so two never spend the same refresh token. A failed refresh alerts loudly (ERROR log,
+metric, the ``openemr:auth_degraded`` flag that `readyz` reports) and raises a retryable error: writes stay
+queued. Token requests go through the FHIR stack's ``post_token`` and ``ClientAuth`` (fhir/oauth.py)."""
 
 from __future__ import annotations
 
