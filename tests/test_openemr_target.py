@@ -320,7 +320,7 @@ def test_two_workers_refreshing_at_once_spend_the_refresh_token_once(
     redis_conn.delete("t:openemr:access")
     before = emulator.requests.count("POST /oauth2/default/token")
     tokens: list[str] = []
-    threads = [threading.Thread(target=lambda s=s: tokens.append(s.access_token())) for s in stores]
+    threads = [threading.Thread(target=lambda s=s: tokens.append(s.token())) for s in stores]
     for t in threads:
         t.start()
     for t in threads:
@@ -328,3 +328,19 @@ def test_two_workers_refreshing_at_once_spend_the_refresh_token_once(
     assert len(tokens) == 4 and len(set(tokens)) == 1  # all got the one fresh token
     assert emulator.requests.count("POST /oauth2/default/token") == before + 1  # rotation-safe: one refresh
     assert redis_conn.get("t:openemr:auth_degraded") is None
+
+
+def test_standard_api_calls_go_through_the_guarded_counted_transport(
+    setup, emulator: OpenEmrEmulator, redis_conn: redis.Redis
+) -> None:
+    from fhir_smartflow.fhir.errors import FhirUrlRejected
+
+    _, target, puuid = setup
+    target.create(task(puuid, "f/t/task/counted"), "f/t/task/counted")
+    metrics = Metrics(redis_conn, "t:")
+    assert metrics.counter_value("openemr_requests", method="GET", status="200") == 1  # the pid lookup
+    assert metrics.counter_value("openemr_requests", method="POST", status="201") == 1  # the message
+    before = len(emulator.requests)
+    with pytest.raises(FhirUrlRejected):  # nothing outside /apis/<site>/api is ever requested
+        target.api.request("GET", "/../../../oauth2/default/token", scope="-")
+    assert len(emulator.requests) == before

@@ -169,7 +169,7 @@ def _write_back_target(settings: Settings, conn: redis.Redis, client: Any, metri
     if settings.fhir.writeback == "openemr":
         from fhir_smartflow.openemr.factory import build_openemr_target
 
-        return build_openemr_target(settings, conn, metrics)
+        return build_openemr_target(settings, conn, metrics, session=client.session)  # one connection pool
     from fhir_smartflow.fhir.writeback import FhirWriteBack
 
     return FhirWriteBack.from_settings(client, settings, conn)
