@@ -2,8 +2,9 @@
 
 Error policy: a transient FHIR failure (server error, unavailable, lock busy) is re-raised so rq retries
 the whole plan — every step is idempotent, so a rerun creates nothing twice and sends nothing twice. A
-permanent failure of one action (4xx, invalid resource) is recorded in ``ExecutionResult.errors`` and the
-other actions go on.
+permanent failure of one action (4xx, invalid resource, `PlanDataError`) is recorded in
+``ExecutionResult.errors`` and the other actions go on. Any other exception (a ``KeyError`` in our own
+code, say) is a bug, not bad data: it propagates, and rq records the job as failed.
 """
 
 from __future__ import annotations
@@ -71,6 +72,12 @@ class ExecutionResult:
             "cancelled": list(self.cancelled),
             "errors": [dataclasses.asdict(e) for e in self.errors],
         }
+
+
+class PlanDataError(Exception):
+    """An action cannot be carried out with what there is: a resource it needs is missing (its
+    Communication, its Task), the plan names nothing to act on, or a collaborator it needs (Deliverer,
+    Scheduler) is not configured. Recorded as that action's error; the other actions go on."""
 
 
 def _is_transient(exc: Exception) -> bool:
@@ -145,7 +152,7 @@ class PlanExecutor:
             if _is_transient(exc):
                 log.warning("execute: transient failure on %s, plan will be retried: %s", _describe(action), exc)
                 raise
-            if not isinstance(exc, FhirError | ResourceInvalid | LookupError):
+            if not isinstance(exc, FhirError | ResourceInvalid | PlanDataError):
                 raise  # a bug, not bad data: let rq record it
             status = exc.status if isinstance(exc, FhirError) else None
             log.error("execute: %s failed: %s", _describe(action), exc)
@@ -166,7 +173,7 @@ class PlanExecutor:
             written[action.identifier] = self._write(plan, run, action, result)
         elif isinstance(action, Deliver):
             if action.communication in failed:
-                raise LookupError(f"Communication {action.communication} was not written; delivery skipped")
+                raise PlanDataError(f"Communication {action.communication} was not written; delivery skipped")
             self._deliver(plan, run, action, result, written.get(action.communication))
         elif isinstance(action, Schedule):
             self._require_scheduler().schedule(action)
@@ -318,10 +325,10 @@ class PlanExecutor:
         if communication is None:
             communication = self._find("Communication", action.communication)
         if communication is None:  # never send what we cannot record
-            raise LookupError(f"Communication {action.communication} not found; message not sent")
+            raise PlanDataError(f"Communication {action.communication} not found; message not sent")
         deliverer = self.deliverer
         if deliverer is None:
-            raise LookupError("no Deliverer configured; message not sent")
+            raise PlanDataError("no Deliverer configured; message not sent")
         if not self.claims.take(action.identifier, previous, now):
             result.deliveries.append((action.identifier, "already-claimed"))
             return
@@ -347,7 +354,7 @@ class PlanExecutor:
         self, action: Deliver, communication: dict[str, Any] | None, outcome: DeliveryOutcome, now: datetime
     ) -> None:
         if communication is None:
-            raise LookupError(f"Communication {action.communication} not found to record the delivery on")
+            raise PlanDataError(f"Communication {action.communication} not found to record the delivery on")
         if communication.get("status") in {"completed", "not-done"}:
             return  # already recorded (a rerun)
         updated = dict(communication)
@@ -372,7 +379,7 @@ class PlanExecutor:
             prefixes = tuple(f"{FLOW_URI_PREFIX}{flow}:" for flow in action.flows)
             tasks = [t for t in tasks if str(t.get("instantiatesUri") or "").startswith(prefixes)]
         else:
-            raise LookupError(f"CancelGroup {action.identifier} names neither a group nor a patient")
+            raise PlanDataError(f"CancelGroup {action.identifier} names neither a group nor a patient")
         for task in tasks:
             if task.get("status") not in OPEN_TASK_STATUSES:
                 continue  # the server ignored the status filter
@@ -421,7 +428,7 @@ class PlanExecutor:
     def _patch_task(self, action: PatchTask, result: ExecutionResult) -> None:
         task = self._find("Task", action.identifier)
         if task is None:
-            raise LookupError(f"Task with identifier {action.identifier} not found")
+            raise PlanDataError(f"Task with identifier {action.identifier} not found")
         if action.only_if_open and task.get("status") not in OPEN_TASK_STATUSES:
             return
         updated = dict(task)
@@ -452,7 +459,7 @@ class PlanExecutor:
 
     def _require_scheduler(self) -> Scheduler:
         if self.scheduler is None:
-            raise LookupError("no Scheduler configured; follow-up not scheduled")
+            raise PlanDataError("no Scheduler configured; follow-up not scheduled")
         return self.scheduler
 
     def _inc(self, name: str, amount: int = 1, **labels: str) -> None:
