@@ -494,12 +494,12 @@ def build_poller(
     session = session or requests.Session()
     metrics = Metrics(conn, settings.redis.key_prefix)
     if enqueue is None:
-        from fhir_smartflow.queueing import enqueue_events, make_queue
+        from fhir_smartflow.queueing import enqueue_events, queue_for
 
-        queue = make_queue(conn, settings.redis.queue, settings.redis.key_prefix)
+        queue = queue_for(conn, settings.redis)
 
         def enqueue(events: list[ResourceEvent]) -> Any:
-            return enqueue_events(queue, events, metrics=metrics, job_timeout=settings.redis.job_timeout_seconds)
+            return enqueue_events(queue, events, metrics=metrics)
 
     reader = RequestsFhirReader(
         settings.fhir.base_url, session, reader_auth(settings, session), settings.fhir.timeout_seconds

@@ -24,7 +24,7 @@ from fhir_smartflow.config import Settings, load_settings
 from fhir_smartflow.connections import Keys, connect
 from fhir_smartflow.engine.interfaces import Deliverer, Dispatcher, PriorState, WriteBackTarget
 from fhir_smartflow.metrics import Metrics
-from fhir_smartflow.queueing import make_queue
+from fhir_smartflow.queueing import queue_for
 from fhir_smartflow.worker.seams import (
     GapRecovery,
     LoggingGapRecovery,
@@ -84,7 +84,7 @@ def build_runtime(
         redis=conn,
         keys=Keys(prefix),
         metrics=Metrics(conn, prefix),
-        queue=make_queue(conn, settings.redis.queue, prefix),
+        queue=queue_for(conn, settings.redis),
         dispatcher=dispatcher or RecordingDispatcher(conn, prefix),
         fetcher=fetcher or PassThroughFetcher(),
         gap_recovery=gap_recovery or LoggingGapRecovery(),
