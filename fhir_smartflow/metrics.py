@@ -40,6 +40,11 @@ METRICS: dict[str, MetricSpec] = {
     "event_latency_seconds": MetricSpec("histogram", "Notification received to plan executed", ()),
     "fhir_requests": MetricSpec("counter", "Requests to the FHIR server by method and status", ("method", "status")),
     "deliveries": MetricSpec("counter", "Channel deliveries by channel and status", ("channel", "status")),
+    "failure_notices": MetricSpec(
+        "counter",
+        "In-EHR messages telling an action's owner that a delivery failed (notify_on_failure): created | existing",
+        ("channel", "result"),
+    ),
     "flow_runs": MetricSpec("counter", "Flows considered for a trigger event, by result", ("result",)),
     "writes": MetricSpec("counter", "Resources written back: created | existing", ("type", "result")),
     "scheduled_jobs": MetricSpec("counter", "Follow-up jobs scheduled / fired / cancelled", ("kind", "result")),

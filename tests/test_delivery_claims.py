@@ -64,3 +64,29 @@ def test_an_unreadable_claim_counts_as_sending(redis_conn) -> None:
     redis_conn.set("t:delivery:" + ID, b"\xff not json")
     assert claims(redis_conn).get(ID) == Claim("sending")
     assert claims(redis_conn).take(ID, None, NOW) is False
+
+
+def test_a_deferred_delivery_keeps_who_to_tell_when_it_fails() -> None:
+    """The delivery follow-up's payload rebuilds the same Deliver, owner to notify included."""
+    from fhir_smartflow.delivery.deferral import deliver_from_payload, rearm_schedule
+    from fhir_smartflow.engine.plan import Deliver, FlowRun, Plan, TriggerEvent
+    from fhir_smartflow.events import ResourceEvent
+
+    deliver = Deliver(
+        "sms", "Patient/p1", "hi", ID, "flow/act/Communication/sms", notify_on_failure=True, owner=("Group/cm",)
+    )
+    event = ResourceEvent(subscription="s", resource_type="Appointment", resource_id="a1", received_at="")
+    plan = Plan(TriggerEvent("appointment.no_show", event, "t1", patient="Patient/p1"))
+    at = NOW + timedelta(hours=9)
+    schedule = rearm_schedule(
+        deliver, DeliveryOutcome("deferred", "quiet hours", retry_at=at), plan, FlowRun("flow", "1", "g", True, "")
+    )
+    assert (schedule.kind, schedule.at, schedule.identifier) == ("delivery", at, f"{ID}@20260303T000000Z")
+    assert deliver_from_payload(schedule.payload) == deliver
+    plain = Deliver("sms", "Patient/p1", "hi", ID, "flow/act/Communication/sms")
+    assert (
+        "owner"
+        not in rearm_schedule(
+            plain, DeliveryOutcome("retry", retry_at=at), plan, FlowRun("flow", "1", "g", True, "")
+        ).payload
+    )

@@ -27,7 +27,7 @@ def rearm_schedule(action: Deliver, outcome: DeliveryOutcome, plan: Plan, run: F
 def deliver_payload(action: Deliver, plan: Plan, run: FlowRun) -> dict[str, Any]:
     """What a scheduled delivery job needs to rebuild the Deliver action; flow and group index it for
     cancellation (workflow completed, discharge)."""
-    return {
+    payload: dict[str, Any] = {
         "flow_id": run.flow_id,
         "flow_version": run.flow_version,
         "group": run.group,
@@ -40,6 +40,10 @@ def deliver_payload(action: Deliver, plan: Plan, run: FlowRun) -> dict[str, Any]
         "patient": plan.trigger.patient,
         "trigger_id": plan.trigger.id,
     }
+    if action.notify_on_failure:
+        payload["notify_on_failure"] = True
+        payload["owner"] = list(action.owner)
+    return payload
 
 
 def deliver_from_payload(payload: dict[str, Any]) -> Deliver:
@@ -52,4 +56,6 @@ def deliver_from_payload(payload: dict[str, Any]) -> Deliver:
         **{k: raw[k] for k in _REQUIRED},
         subject=raw.get("subject"),
         action=raw.get("action", ""),
+        notify_on_failure=bool(raw.get("notify_on_failure", False)),
+        owner=tuple(raw.get("owner") or ()),
     )

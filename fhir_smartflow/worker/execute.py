@@ -23,6 +23,7 @@ from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.delivery.claims import REARMED, DeliveryClaims
 from fhir_smartflow.delivery.deferral import rearm_schedule
+from fhir_smartflow.delivery.notice import failure_notice
 from fhir_smartflow.engine.interfaces import Deliverer, DeliveryOutcome, Scheduler, WriteBackTarget
 from fhir_smartflow.engine.plan import CancelGroup, Deliver, FlowRun, PatchTask, Plan, Schedule, WriteResource
 from fhir_smartflow.engine.provenance import build_provenance, provenance_identifier
@@ -314,7 +315,7 @@ class PlanExecutor:
             # Already sent (or being sent): never send twice; make sure the Communication says so.
             if previous.final:
                 communication = communication or self._find("Communication", action.communication)
-                self._record_outcome(action, communication, previous.outcome(), now)
+                self._record(plan, run, action, communication, previous.outcome(), now, result)
             result.deliveries.append((action.identifier, f"already-{previous.status}"))
             return
         # Metrics: the Deliverer counts deliveries, the Scheduler counts scheduled jobs; we count writes.
@@ -348,7 +349,51 @@ class PlanExecutor:
             self._require_scheduler().schedule(schedule)
             result.scheduled.append(schedule.identifier)
             return
+        self._record(plan, run, action, communication, outcome, now, result)
+
+    def _record(
+        self,
+        plan: Plan,
+        run: FlowRun,
+        action: Deliver,
+        communication: dict[str, Any] | None,
+        outcome: DeliveryOutcome,
+        now: datetime,
+        result: ExecutionResult,
+    ) -> None:
+        """The final outcome onto the Communication; a failure of a ``notify_on_failure`` action is also
+        told to its owner (after the outcome, so a rerun that finds the claim writes what is missing)."""
         self._record_outcome(action, communication, outcome, now)
+        if outcome.failed and action.notify_on_failure:
+            self._notify_owner(plan, run, action, communication, outcome, now, result)
+
+    def _notify_owner(
+        self,
+        plan: Plan,
+        run: FlowRun,
+        action: Deliver,
+        communication: dict[str, Any] | None,
+        outcome: DeliveryOutcome,
+        now: datetime,
+        result: ExecutionResult,
+    ) -> None:
+        notice = failure_notice(
+            action,
+            outcome,
+            communication,
+            identifier_system=self.system,
+            device_id=self.device_id,
+            patient=plan.trigger.patient,
+            flow_id=run.flow_id,
+            now=now,
+        )
+        self._write(plan, run, notice, result)
+        created = next(w.created for w in reversed(result.written) if w.identifier == notice.identifier)
+        self._inc("failure_notices", channel=action.channel, result=_write_result(created))
+        if not action.owner:
+            log.warning("execute: %s failed; its owner resolved to nobody: notice unaddressed", action.identifier)
+        else:
+            log.info("execute: %s failed; owner told (%s)", action.identifier, _write_result(created))
 
     def _record_outcome(
         self, action: Deliver, communication: dict[str, Any] | None, outcome: DeliveryOutcome, now: datetime

@@ -1,0 +1,68 @@
+"""The in-EHR staff message that tells an action's owner one of its deliveries failed (``notify_on_failure``).
+
+A pure builder: the executor writes the result like any other resource (conditional create on the
+deterministic identifier ``<delivery identifier>/failure-notice``, with its Provenance), so a rerun, a
+redelivered notification or a replayed job finds the notice instead of writing a second one.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fhir_smartflow.engine.interfaces import DeliveryOutcome
+from fhir_smartflow.engine.plan import Deliver, WriteResource
+from fhir_smartflow.engine.resources import build_communication
+
+NOTICE_SUFFIX = "/failure-notice"
+TOPIC = "Message not delivered"
+
+
+def notice_identifier(delivery_identifier: str) -> str:
+    return delivery_identifier + NOTICE_SUFFIX
+
+
+def failure_notice(
+    deliver: Deliver,
+    outcome: DeliveryOutcome,
+    communication: dict[str, Any] | None,
+    *,
+    identifier_system: str,
+    device_id: str,
+    patient: str | None,
+    flow_id: str,
+    now: datetime,
+) -> WriteResource:
+    """A completed ``staff-message`` Communication to ``deliver.owner`` about the failed delivery: it is
+    ``about`` the undelivered Communication and ``basedOn`` the same Task, so it lands on that worklist."""
+    ident = notice_identifier(deliver.identifier)
+    failed_ref = f"Communication/{communication['id']}" if communication and communication.get("id") else None
+    text = (
+        f"A {deliver.channel} message to {deliver.recipient} could not be delivered: "
+        f"{outcome.reason or 'not delivered'}. Flow {flow_id}, delivery {deliver.identifier}."
+    )
+    resource = build_communication(
+        identifier_system=identifier_system,
+        identifier_value=ident,
+        method="staff-message",
+        text=text,
+        sender=f"Device/{device_id}",
+        status="completed",
+        category="alert",
+        recipients=deliver.owner,
+        subject=patient,
+        based_on_task=_task_of(communication, identifier_system),
+        about=failed_ref,
+        sent=now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        topic=TOPIC,
+    )
+    return WriteResource("Communication", ident, resource, deliver.action)
+
+
+def _task_of(communication: dict[str, Any] | None, system: str) -> str | None:
+    """The business identifier of our Task the failed Communication is ``basedOn``, if any."""
+    for ref in (communication or {}).get("basedOn") or []:
+        ident = ref.get("identifier") or {}
+        if ref.get("type") == "Task" and ident.get("system") == system and ident.get("value"):
+            return str(ident["value"])
+    return None
