@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from fhir_smartflow.engine.actions import iso
 from fhir_smartflow.engine.interfaces import DeliveryOutcome
 from fhir_smartflow.engine.plan import Deliver, WriteResource
 from fhir_smartflow.engine.resources import build_communication
@@ -53,7 +54,7 @@ def failure_notice(
         subject=patient,
         based_on_task=_task_of(communication, identifier_system),
         about=failed_ref,
-        sent=now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        sent=iso(now.astimezone(UTC)),
         topic=TOPIC,
     )
     return WriteResource("Communication", ident, resource, deliver.action)

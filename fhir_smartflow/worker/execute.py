@@ -147,8 +147,23 @@ class PlanExecutor:
         written: dict[str, dict[str, Any]],
         failed: set[str],
     ) -> None:
+        """Carry out one action under the error policy (module docstring)."""
         try:
-            self._one(plan, run, action, result, written, failed)
+            if isinstance(action, WriteResource):
+                written[action.identifier] = self._write(plan, run, action, result)
+            elif isinstance(action, Deliver):
+                if action.communication in failed:
+                    raise PlanDataError(f"Communication {action.communication} was not written; delivery skipped")
+                self._deliver(plan, run, action, result, written.get(action.communication))
+            elif isinstance(action, Schedule):
+                self._require_scheduler().schedule(action)
+                result.scheduled.append(action.identifier)
+            elif isinstance(action, CancelGroup):
+                self._cancel_group(action, result)
+            elif isinstance(action, PatchTask):
+                self._patch_task(action, result)
+            else:  # pragma: no cover - a new plan action type without executor support
+                raise TypeError(f"unknown plan action {type(action).__name__}")
         except Exception as exc:
             if _is_transient(exc):
                 log.warning("execute: transient failure on %s, plan will be retried: %s", _describe(action), exc)
@@ -160,31 +175,6 @@ class PlanExecutor:
             result.errors.append(ActionError(_describe(action), str(exc), status))
             if isinstance(action, WriteResource):
                 failed.add(action.identifier)
-
-    def _one(
-        self,
-        plan: Plan,
-        run: FlowRun,
-        action: Any,
-        result: ExecutionResult,
-        written: dict[str, dict[str, Any]],
-        failed: set[str],
-    ) -> None:
-        if isinstance(action, WriteResource):
-            written[action.identifier] = self._write(plan, run, action, result)
-        elif isinstance(action, Deliver):
-            if action.communication in failed:
-                raise PlanDataError(f"Communication {action.communication} was not written; delivery skipped")
-            self._deliver(plan, run, action, result, written.get(action.communication))
-        elif isinstance(action, Schedule):
-            self._require_scheduler().schedule(action)
-            result.scheduled.append(action.identifier)
-        elif isinstance(action, CancelGroup):
-            self._cancel_group(action, result)
-        elif isinstance(action, PatchTask):
-            self._patch_task(action, result)
-        else:  # pragma: no cover - a new plan action type without executor support
-            raise TypeError(f"unknown plan action {type(action).__name__}")
 
     # -- writes ----------------------------------------------------------------------------------------
     def _create(self, resource: dict[str, Any], identifier: str) -> tuple[dict[str, Any], bool | None]:
@@ -364,19 +354,8 @@ class PlanExecutor:
         """The final outcome onto the Communication; a failure of a ``notify_on_failure`` action is also
         told to its owner (after the outcome, so a rerun that finds the claim writes what is missing)."""
         self._record_outcome(action, communication, outcome, now)
-        if outcome.failed and action.notify_on_failure:
-            self._notify_owner(plan, run, action, communication, outcome, now, result)
-
-    def _notify_owner(
-        self,
-        plan: Plan,
-        run: FlowRun,
-        action: Deliver,
-        communication: dict[str, Any] | None,
-        outcome: DeliveryOutcome,
-        now: datetime,
-        result: ExecutionResult,
-    ) -> None:
+        if not (outcome.failed and action.notify_on_failure):
+            return
         notice = failure_notice(
             action,
             outcome,
