@@ -6,13 +6,13 @@ is dispatched; a patient's opt-out is not a failure."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 from channel_servers import SID, TOKEN, TwilioFake, serve
 from fhir.resources.R4B.communication import Communication
+from service_config import write_service_config
 
 from fhir_smartflow.config import load_settings
 from fhir_smartflow.events import ResourceEvent
@@ -21,7 +21,6 @@ from fhir_smartflow.worker.runtime import Runtime, build_service_runtime
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parent.parent
 FHIR = {"Content-Type": "application/fhir+json"}
 SYSTEM = "urn:fhir-smartflow:id"
 SNOMED = "http://snomed.info/sct"
@@ -40,18 +39,7 @@ def twilio() -> Iterator[tuple[TwilioFake, str]]:
 @pytest.fixture
 def rt(sandbox_server: str, redis_conn, redis_url, twilio, tmp_path, monkeypatch) -> Runtime:
     monkeypatch.setenv("NF_SMS_TOKEN", TOKEN)
-    config = tmp_path / "smartflow.toml"
-    config.write_text(
-        f"""
-[redis]
-url = "{redis_url}"
-key_prefix = "nf:"
-[fhir]
-base_url = "{sandbox_server}"
-[engine]
-flows = ["{ROOT / "flows/examples"}"]
-mappings = ["{ROOT / "mappings"}"]
-templates = ["{ROOT / "templates"}"]
+    extra = f"""
 [delivery]
 quiet_hours_start = ""
 quiet_hours_end = ""
@@ -61,7 +49,7 @@ account_sid = "{SID}"
 token_env = "NF_SMS_TOKEN"
 from_number = "+15550000000"
 """
-    )
+    config = write_service_config(tmp_path, prefix="nf:", redis_url=redis_url, fhir_base=sandbox_server, extra=extra)
     return build_service_runtime(load_settings(config), redis_conn)
 
 

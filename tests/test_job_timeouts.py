@@ -16,6 +16,7 @@ import requests
 from conftest import smartflow_cmd
 from rq.job import Job
 from rq.registry import FailedJobRegistry
+from service_config import ROOT, write_service_config
 
 from fhir_smartflow.config import load_settings
 from fhir_smartflow.engine.plan import Schedule
@@ -27,32 +28,21 @@ from fhir_smartflow.worker.runtime import build_service_runtime
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 77  # neither rq's default (180) nor ours (300)
 PREFIX = "jt:"
 
 
 def write_config(tmp_path: Path, redis_url: str, fhir_base: str = "") -> Path:
-    config = tmp_path / "smartflow.toml"
-    fhir = f'[fhir]\nbase_url = "{fhir_base}"\n' if fhir_base else ""
-    config.write_text(
-        f"""
-[redis]
-url = "{redis_url}"
-key_prefix = "{PREFIX}"
-job_timeout_seconds = {TIMEOUT}
-{fhir}
-[engine]
-flows = ["{ROOT / "flows/examples"}"]
-mappings = ["{ROOT / "mappings"}"]
-templates = ["{ROOT / "templates"}"]
+    subscription = """
 [[subscriptions]]
 id = "appointments"
 header = "X-Smartflow-Secret"
 secret_env = "JT_SECRET"
 criteria = "Appointment?"
 """
-    )
+    extra = f"job_timeout_seconds = {TIMEOUT}"
+    config = write_service_config(tmp_path, prefix=PREFIX, redis_url=redis_url, fhir_base=fhir_base, extra=extra)
+    config.write_text(config.read_text() + subscription)
     return config
 
 

@@ -13,6 +13,7 @@ import pytest
 import redis
 import requests
 from rq.job import Job
+from service_config import write_service_config
 
 from fhir_smartflow.config import load_settings
 from fhir_smartflow.events import ResourceEvent
@@ -21,27 +22,12 @@ from fhir_smartflow.queueing import enqueue_events, queue_for
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parent.parent
 FHIR = {"Content-Type": "application/fhir+json"}
 PREFIX = "plainrq:"
 
 
 def config(tmp_path: Path, fhir_base: str, redis_url: str = "") -> Path:
-    path = tmp_path / "smartflow.toml"
-    url = f'url = "{redis_url}"\n' if redis_url else ""
-    path.write_text(
-        f"""
-[redis]
-{url}key_prefix = "{PREFIX}"
-[fhir]
-base_url = "{fhir_base}"
-[engine]
-flows = ["{ROOT / "flows/examples"}"]
-mappings = ["{ROOT / "mappings"}"]
-templates = ["{ROOT / "templates"}"]
-"""
-    )
-    return path
+    return write_service_config(tmp_path, prefix=PREFIX, redis_url=redis_url, fhir_base=fhir_base)
 
 
 def registered_patient(store: str) -> ResourceEvent:
