@@ -34,8 +34,9 @@ def failure_notice(
     flow_id: str,
     now: datetime,
 ) -> WriteResource:
-    """A completed ``staff-message`` Communication to ``deliver.owner`` about the failed delivery: it is
-    ``about`` the undelivered Communication and ``basedOn`` the same Task, so it lands on that worklist."""
+    """A completed ``staff-message`` Communication to ``deliver.owner``, ``about`` the undelivered
+    Communication. Not ``basedOn`` that one's Task: write-back targets that show a Task's messages through
+    the Task alone (OpenEMR's) would then never show this one, and the Task does not say the message failed."""
     ident = notice_identifier(deliver.identifier)
     failed_ref = f"Communication/{communication['id']}" if communication and communication.get("id") else None
     text = (
@@ -52,18 +53,9 @@ def failure_notice(
         category="alert",
         recipients=deliver.owner,
         subject=patient,
-        based_on_task=_task_of(communication, identifier_system),
         about=failed_ref,
         sent=iso(now.astimezone(UTC)),
         topic=TOPIC,
     )
     return WriteResource("Communication", ident, resource, deliver.action)
 
-
-def _task_of(communication: dict[str, Any] | None, system: str) -> str | None:
-    """The business identifier of our Task the failed Communication is ``basedOn``, if any."""
-    for ref in (communication or {}).get("basedOn") or []:
-        ident = ref.get("identifier") or {}
-        if ref.get("type") == "Task" and ident.get("system") == system and ident.get("value"):
-            return str(ident["value"])
-    return None
