@@ -43,6 +43,11 @@ METRICS: dict[str, MetricSpec] = {
         "counter", "Requests to OpenEMR's Standard API by method and status", ("method", "status")
     ),
     "deliveries": MetricSpec("counter", "Channel deliveries by channel and status", ("channel", "status")),
+    "failure_notices": MetricSpec(
+        "counter",
+        "In-EHR messages telling an action's owner that a delivery failed (notify_on_failure): created | existing",
+        ("channel", "result"),
+    ),
     "flow_runs": MetricSpec("counter", "Flows considered for a trigger event, by result", ("result",)),
     "writes": MetricSpec("counter", "Resources written back: created | existing", ("type", "result")),
     "scheduled_jobs": MetricSpec("counter", "Follow-up jobs scheduled / fired / cancelled", ("kind", "result")),

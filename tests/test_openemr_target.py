@@ -344,3 +344,44 @@ def test_standard_api_calls_go_through_the_guarded_counted_transport(
     with pytest.raises(FhirUrlRejected):  # nothing outside /apis/<site>/api is ever requested
         target.api.request("GET", "/../../../oauth2/default/token", scope="-")
     assert len(emulator.requests) == before
+
+
+def test_a_failure_notice_about_a_task_message_still_reaches_the_owner(setup, emulator: OpenEmrEmulator) -> None:
+    """The undelivered SMS is basedOn its Task (so it is never mirrored); the notice about it is a message."""
+    from datetime import UTC, datetime
+
+    from fhir_smartflow.delivery.notice import failure_notice
+    from fhir_smartflow.engine import resources as fr
+    from fhir_smartflow.engine.interfaces import DeliveryOutcome
+    from fhir_smartflow.engine.plan import Deliver
+
+    settings, target, puuid = setup
+    target.config = dataclasses.replace(settings.openemr, users={**settings.openemr.users, "Practitioner/p9": "drp9"})
+    sms = fr.build_communication(
+        identifier_system=SYSTEM,
+        identifier_value="f/r/Communication/sms",
+        method="sms",
+        text="Please complete your forms",
+        sender="Device/fhir-smartflow",
+        status="not-done",
+        recipients=[f"Patient/{puuid}"],
+        subject=f"Patient/{puuid}",
+        based_on_task="f/r/Task/1",
+    )
+    stored = target.create(sms, "f/r/Communication/sms")
+    deliver = Deliver(
+        "sms", f"Patient/{puuid}", "hi", "f/r/Deliver/sms", "f/r/Communication/sms", owner=("Practitioner/p9",)
+    )
+    notice = failure_notice(
+        deliver,
+        DeliveryOutcome("not-done", "sms delivery failed: provider HTTP 400", failed=True),
+        stored,
+        identifier_system=SYSTEM,
+        device_id="fhir-smartflow",
+        patient=f"Patient/{puuid}",
+        flow_id="f",
+        now=datetime(2026, 11, 25, 10, tzinfo=UTC),
+    )
+    Communication.model_validate(notice.resource)
+    target.create(notice.resource, notice.identifier)
+    assert [m["to"] for m in emulator.messages] == ["drp9"]

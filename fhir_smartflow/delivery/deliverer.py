@@ -4,7 +4,9 @@ For one Deliver action it decides whether, where and when to send: FHIR-only cha
 a patient's opt-out (Consent or configured extension) makes it not-done; the address comes from
 ``telecom``; patient-facing SMS / voice wait out quiet hours; a per-channel rate limit spreads bursts;
 transient provider failures are retried with backoff (briefly inline, then as a scheduled retry),
-permanent ones become not-done with the provider's error. Logs carry identifiers only (no PHI at INFO).
+permanent ones become not-done with the provider's error. A not-done outcome is ``failed`` when the
+message could not be delivered (no usable address, channel not configured, provider rejection, retries
+exhausted) and not when it was declined (opt-out). Logs carry identifiers only (no PHI at INFO).
 """
 
 from __future__ import annotations
@@ -92,7 +94,8 @@ class ChannelDeliverer:
     ) -> tuple[DeliveryOutcome, str]:
         channel = self.channels.get(action.channel)
         if channel is None:
-            return DeliveryOutcome("not-done", f"channel {action.channel!r} is not configured"), "unconfigured"
+            unconfigured = f"channel {action.channel!r} is not configured"
+            return DeliveryOutcome("not-done", unconfigured, failed=True), "unconfigured"
         message = self._message(action, "")
         if action.channel in FHIR_ONLY:
             return self._send(channel, message, action, now)
@@ -105,7 +108,7 @@ class ChannelDeliverer:
         if address is None:
             kind = TELECOM_SYSTEM.get(action.channel, action.channel)
             where = (recipient or {}).get("resourceType", "recipient")
-            return DeliveryOutcome("not-done", f"no usable {kind} in {where}.telecom"), "no-address"
+            return DeliveryOutcome("not-done", f"no usable {kind} in {where}.telecom", failed=True), "no-address"
         if is_patient and action.channel in self.cfg.quiet_hours_channels:
             resume = quiet_hours_resume(now, self.tz, self.cfg.quiet_hours_start, self.cfg.quiet_hours_end)
             if resume is not None:
@@ -143,7 +146,7 @@ class ChannelDeliverer:
                 return DeliveryOutcome("completed", provider_id=result.provider_id), SENT
             if result.status == FAILED_PERMANENT:
                 return DeliveryOutcome(
-                    "not-done", f"{action.channel} delivery failed: {result.error}"
+                    "not-done", f"{action.channel} delivery failed: {result.error}", failed=True
                 ), FAILED_PERMANENT
             self._count(action.channel, "failed-transient")
             attempt += 1
@@ -157,7 +160,7 @@ class ChannelDeliverer:
             if rounds >= self.cfg.max_attempts:
                 self.conn.delete(self._attempts_key(action.identifier))
                 reason = f"{action.channel} delivery failed after {rounds} attempts: {result.error}"
-                return DeliveryOutcome("not-done", reason), "gave-up"
+                return DeliveryOutcome("not-done", reason, failed=True), "gave-up"
             retry_at = now + timedelta(seconds=self.policy.delay(rounds, hint))
             return DeliveryOutcome("retry", result.error, retry_at=retry_at), "retry"
 

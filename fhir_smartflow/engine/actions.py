@@ -155,17 +155,19 @@ def _messages(
     return communications(run, action, template, due, event_at, recipients, category=category)
 
 
+def owner_staff(run: RunContext, action: Action) -> list[str]:
+    """The action's staff owner as recipients: the Practitioner / PractitionerRole / Group it names, or
+    the PractitionerRoles holding its role; none for a patient owner or no owner."""
+    owner = action.owner
+    if owner is None or owner.kind == "patient":
+        return []
+    return list(run.role_members(owner.value)) if owner.kind == "role" else [owner.value]  # a copy: it is cached
+
+
 def staff_recipients(run: RunContext, action: Action, template: Template) -> list[str]:
     """Owner + template recipients; roles resolve to the PractitionerRoles that hold them."""
-    refs: list[str] = []
     owner = action.owner
-    if owner is not None:
-        if owner.kind == "patient":
-            refs.append(run.patient_ref())
-        elif owner.kind == "role":
-            refs += run.role_members(owner.value)
-        else:
-            refs.append(owner.value)
+    refs = [run.patient_ref()] if owner is not None and owner.kind == "patient" else owner_staff(run, action)
     refs += [*template.recipients.practitioners, *template.recipients.groups]
     for role in template.recipients.roles:
         refs += run.role_members(role)
@@ -191,6 +193,7 @@ def communications(
     body = run.render(template, "body", form=form, task_identifier=task_identifier, due=due)
     subject = run.render(template, "subject", form=form, task_identifier=task_identifier, due=due)
     subject = f"{subject_prefix}{subject}" if subject else subject_prefix.rstrip(": ")
+    told_on_failure = tuple(owner_staff(run, action)) if action.notify_on_failure else ()
     for method in action.methods:
         fhir_only = method in FHIR_ONLY_METHODS
         targets = recipients if recipients else ([""] if fhir_only else [])
@@ -225,6 +228,8 @@ def communications(
                         communication=ident,
                         subject=subject or None,
                         action=action.slug,
+                        notify_on_failure=action.notify_on_failure,
+                        owner=told_on_failure,
                     )
                 )
     return out

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 from fhir_smartflow.config import Settings
 from fhir_smartflow.engine import resources as fr
-from fhir_smartflow.engine.actions import communications, plan_action, staff_recipients
+from fhir_smartflow.engine.actions import communications, owner_staff, plan_action, staff_recipients
 from fhir_smartflow.engine.anchors import parse_fhir_instant
 from fhir_smartflow.engine.identifiers import group_id
 from fhir_smartflow.engine.interfaces import ContextSource
@@ -166,12 +166,7 @@ def _staff_overdue_message(
     from fhir_smartflow.engine.actions import iso
     from fhir_smartflow.engine.plan import WriteResource
 
-    owner = action.owner
-    recipients: list[str] = []
-    if owner is not None and owner.kind == "role":
-        recipients = run.role_members(owner.value)
-    elif owner is not None and owner.kind != "patient":
-        recipients = [owner.value]
+    recipients = owner_staff(run, action)
     ident = run.rid(action, "Communication", "overdue:staff-message")
     text = f"Task overdue: {action.name} (flow {run.flow.id}), due {iso(due) or 'unknown'}."
     resource = fr.build_communication(

@@ -65,6 +65,9 @@ class DeliveryOutcome:
     reason: str = ""  # statusReason text for not-done, why deferred / retried
     provider_id: str | None = None  # the channel provider's message id
     retry_at: datetime | None = None  # for deferred (quiet hours, rate limit) and retry
+    # not-done because delivery failed (provider rejection, no usable address, retries exhausted, channel
+    # not configured), as opposed to declined (patient opt-out, withdrawn): the owner may need to know.
+    failed: bool = False
 
 
 class Deliverer(Protocol):

@@ -219,6 +219,14 @@ def _parse_action(
             **t,
         )
     notify_on_failure = check.get(raw, "notify_on_failure", bool, field=p + "notify_on_failure", default=False, **t)
+    if notify_on_failure and ("owner" not in raw or (owner is not None and owner.kind == "patient")):
+        check.error(
+            p + "notify_on_failure",
+            "a failed delivery is told to the action's staff owner: add owner = { practitioner = ... }, "
+            "{ role = ... } or { group = ... }",
+            key="notify_on_failure",
+            **t,
+        )
     if len(check.errors) > before or not (name and atype and item):
         return None
     return m.Action(

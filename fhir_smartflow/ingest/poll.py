@@ -42,7 +42,7 @@ from fhir_smartflow.events import ResourceEvent, content_hash
 from fhir_smartflow.fhir.client import FhirClient
 from fhir_smartflow.instants import parse_instant
 from fhir_smartflow.metrics import Metrics
-from fhir_smartflow.queueing import enqueue_events, make_queue
+from fhir_smartflow.queueing import enqueue_events, queue_for
 
 log = logging.getLogger(__name__)
 
@@ -405,10 +405,10 @@ def build_poller(
     conn = conn if conn is not None else connect(settings)
     metrics = Metrics(conn, settings.redis.key_prefix)
     if enqueue is None:
-        queue = make_queue(conn, settings.redis.queue, settings.redis.key_prefix)
+        queue = queue_for(conn, settings.redis)
 
         def enqueue(events: list[ResourceEvent]) -> Any:
-            return enqueue_events(queue, events, metrics=metrics, job_timeout=settings.redis.job_timeout_seconds)
+            return enqueue_events(queue, events, metrics=metrics)
 
     return Poller(
         FhirClient.from_settings(settings, metrics=metrics, session=session),

@@ -39,6 +39,8 @@ PARAMS: dict[str, tuple[str, frozenset[str] | str]] = {
     "date": (DATE, frozenset({"Appointment", "Encounter"})),
     "actor": (REFERENCE, frozenset({"Appointment"})),
     "url": (TOKEN, frozenset({"Questionnaire", "SubscriptionTopic"})),
+    "role": (TOKEN, frozenset({"PractitionerRole"})),  # PractitionerRole.code: who holds a role
+    "active": (TOKEN, frozenset({"PractitionerRole", "Practitioner", "Patient", "Organization"})),
 }
 # Result-control parameters understood by every search.
 CONTROL = frozenset({"_count", "_sort", "_total", "_summary", "_page", "_format", "_pretty"})
@@ -161,6 +163,10 @@ def index_rows(resource: dict[str, Any]) -> list[IndexRow]:
         add("recipient", _refs(resource, "recipient"))
     if isinstance(resource.get("url"), str):
         rows.append(IndexRow("url", None, resource["url"]))
+    if rtype == "PractitionerRole":
+        add("role", _codings(resource.get("code")))
+    if isinstance(resource.get("active"), bool):
+        rows.append(IndexRow("active", None, "true" if resource["active"] else "false"))
     return list(dict.fromkeys(rows))
 
 

@@ -32,6 +32,7 @@ from rq.job import Job, JobStatus
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.engine.plan import Schedule
 from fhir_smartflow.metrics import Metrics
+from fhir_smartflow.queueing import queue_for
 from fhir_smartflow.scheduling.clock import Clock, now_of
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,6 @@ class RqScheduler:
         late_warning_seconds: float = 60.0,
         inflight_timeout_seconds: float = 60.0,
         fired_retention_seconds: int = 30 * 24 * 3600,
-        job_timeout_seconds: int | None = None,
         result_ttl_seconds: int = 3600,
         failure_ttl_seconds: int | None = None,
     ) -> None:
@@ -161,7 +161,6 @@ class RqScheduler:
         self.late_warning_seconds = late_warning_seconds
         self.inflight_timeout_seconds = inflight_timeout_seconds
         self.fired_retention_seconds = fired_retention_seconds
-        self.job_timeout_seconds = job_timeout_seconds
         self.result_ttl_seconds = result_ttl_seconds
         self.failure_ttl_seconds = failure_ttl_seconds
 
@@ -330,7 +329,6 @@ class RqScheduler:
                         "late_seconds": round(late, 3),
                     },
                     job_id=job_id,
-                    timeout=self.job_timeout_seconds,
                     result_ttl=self.result_ttl_seconds,
                     failure_ttl=self.failure_ttl_seconds,
                     description=f"follow-up {item.kind} {job_id}",  # no payload (PHI) in the description
@@ -484,13 +482,12 @@ def build_scheduler(settings: Any, conn: redis.Redis, clock: Clock | None = None
     return RqScheduler(
         conn,
         keys,
-        Queue(settings.redis.queue, connection=conn),
+        queue_for(conn, settings.redis),  # its jobs get the configured job timeout
         clock or make_clock(conn, keys, test_clock=bool(getattr(cfg, "test_clock", False))),
         Metrics(conn, settings.redis.key_prefix),
         batch_size=getattr(cfg, "batch_size", 500),
         late_warning_seconds=getattr(cfg, "late_warning_seconds", 60.0),
         fired_retention_seconds=getattr(cfg, "fired_retention_seconds", 30 * 24 * 3600),
-        job_timeout_seconds=settings.redis.job_timeout_seconds,
         failure_ttl_seconds=defaults.FAILED_JOB_TTL_SECONDS,
     )
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from fhir_smartflow.delivery.deferral import deliver_from_payload
 from fhir_smartflow.engine.model import Recurring
 from fhir_smartflow.engine.plan import Deliver, FlowRun, Plan, Schedule, TriggerEvent
 from fhir_smartflow.engine.recurrence import recurring_from_dict, within_series
@@ -118,11 +119,7 @@ def _recurrence(rt: Any, payload: dict[str, Any], now: datetime, scheduled_at: s
 def _delivery(rt: Any, payload: dict[str, Any], now: datetime, scheduled_at: str) -> str:
     """Re-run a deferred Deliver (quiet hours, rate limit, transient failure) through the executor."""
     raw = payload.get("deliver", payload)
-    fields = {k: raw[k] for k in ("channel", "recipient", "body", "identifier", "communication") if k in raw}
-    missing = {"channel", "recipient", "body", "identifier", "communication"} - set(fields)
-    if missing:
-        raise ValueError(f"delivery follow-up payload lacks {sorted(missing)}")
-    deliver = Deliver(**fields, subject=raw.get("subject"), action=raw.get("action", ""))
+    deliver = deliver_from_payload(payload)
     closed = _closed_task_of(rt, deliver.communication)
     if closed is not None:
         # The message is about a task that was completed / cancelled while it waited (quiet hours, rate

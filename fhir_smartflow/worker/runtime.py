@@ -1,7 +1,8 @@
 """The object graph of one process (serve, worker, scheduler), built from `Settings`.
 
 rq job functions get their collaborators from `current()`; the worker (or `serve` with its embedded
-worker) calls `install()` once at start. Nothing else is global.
+worker) calls `install()` once at start; in a plain `rq worker` the first job builds the service runtime
+from the config. Nothing else is global.
 
 `build_runtime` builds the ingest core with stand-ins (recording dispatcher, pass-through fetch);
 `build_service_runtime` builds the whole service: FHIR client, write-back target, engine, executor,
@@ -11,6 +12,7 @@ deliverer, scheduler and run history, with the engine pipeline as the dispatcher
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,11 +22,11 @@ from typing import Any
 import redis
 import rq
 
-from fhir_smartflow.config import Settings, load_settings
+from fhir_smartflow.config import ConfigError, Settings, load_settings
 from fhir_smartflow.connections import Keys, connect
 from fhir_smartflow.engine.interfaces import Deliverer, Dispatcher, PriorState, WriteBackTarget
 from fhir_smartflow.metrics import Metrics
-from fhir_smartflow.queueing import make_queue
+from fhir_smartflow.queueing import queue_for
 from fhir_smartflow.worker.seams import (
     GapRecovery,
     LoggingGapRecovery,
@@ -32,6 +34,8 @@ from fhir_smartflow.worker.seams import (
     RecordingDispatcher,
     ResourceFetcher,
 )
+
+log = logging.getLogger(__name__)
 
 
 def utc_now() -> datetime:
@@ -84,7 +88,7 @@ def build_runtime(
         redis=conn,
         keys=Keys(prefix),
         metrics=Metrics(conn, prefix),
-        queue=make_queue(conn, settings.redis.queue, prefix),
+        queue=queue_for(conn, settings.redis),
         dispatcher=dispatcher or RecordingDispatcher(conn, prefix),
         fetcher=fetcher or PassThroughFetcher(),
         gap_recovery=gap_recovery or LoggingGapRecovery(),
@@ -193,9 +197,26 @@ def install(rt: Runtime | None) -> None:
 
 
 def current() -> Runtime:
-    """The installed runtime; a plain `rq worker` without our command builds one from the config."""
+    """The installed runtime. A plain `rq worker` pointed at our queue has none (our `worker` and `serve`
+    install one): its first job builds the whole service from the config (``$SMARTFLOW_CONFIG``), so it
+    runs the flows like ours. Raises `ConfigError` when that config has no ``[redis] url`` (the runtime
+    would talk to an in-process queue, not the worker's Redis); the job then fails, saying so."""
     global _installed
     with _lock:
         if _installed is None:
-            _installed = build_runtime(load_settings())
+            _installed = _runtime_for_plain_rq_worker(load_settings())
         return _installed
+
+
+def _runtime_for_plain_rq_worker(settings: Settings) -> Runtime:
+    if settings.embedded_queue:
+        raise ConfigError(
+            "[redis] url",
+            "a plain `rq worker` runs our jobs only with SMARTFLOW_CONFIG naming a config whose [redis] url is "
+            "the worker's Redis (or run `fhir-smartflow worker`)",
+        )
+    log.warning(
+        "no runtime installed (a plain `rq worker`?): building the service from the config; follow-ups fire "
+        "only where `fhir-smartflow worker` or `fhir-smartflow scheduler` runs"
+    )
+    return build_service_runtime(settings)
