@@ -28,6 +28,7 @@ from fhir_smartflow.engine.plan import FlowRun, PatchTask, Plan, PlanAction, Tri
 from fhir_smartflow.engine.runctx import RunContext, RunProblem
 from fhir_smartflow.engine.templating import TemplateRenderError
 from fhir_smartflow.events import ResourceEvent
+from fhir_smartflow.refs import parse_reference
 
 OPEN_TASK_STATUSES = frozenset({"draft", "requested", "received", "accepted", "ready", "in-progress", "on-hold"})
 _UTC = ZoneInfo("UTC")
@@ -35,12 +36,11 @@ _UTC = ZoneInfo("UTC")
 
 def followup_trigger(payload: dict[str, Any]) -> TriggerEvent:
     """The original trigger event, rebuilt from the payload (same id → same identifiers)."""
-    focus = payload.get("focus") or ""
-    rtype, _, rid = focus.partition("/")
+    focus = parse_reference(payload.get("focus"))
     event = ResourceEvent(
         subscription="followup",
-        resource_type=rtype or "Patient",
-        resource_id=rid or None,
+        resource_type=focus.resource_type if focus else "Patient",
+        resource_id=focus.id if focus else None,
         received_at=payload.get("event_time") or "",
         timestamp=payload.get("event_time"),
         source="replay",

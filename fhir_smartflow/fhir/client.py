@@ -21,8 +21,9 @@ import urllib3
 from fhir_smartflow.config import Settings
 from fhir_smartflow.defaults import FHIR_JSON
 from fhir_smartflow.fhir.errors import FhirError, FhirUnavailable, error_for_status
-from fhir_smartflow.fhir.urls import RESOURCE_TYPE_RE, BaseUrl, split_reference
+from fhir_smartflow.fhir.urls import BaseUrl
 from fhir_smartflow.metrics import Metrics
+from fhir_smartflow.refs import RESOURCE_TYPE_RE, split_reference
 from fhir_smartflow.retry import RETRYABLE_STATUS, RetryPolicy
 
 log = logging.getLogger(__name__)

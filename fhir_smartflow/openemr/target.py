@@ -36,6 +36,7 @@ from fhir_smartflow.engine.resources import ALLOWED_AUDIENCE_URL
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.openemr.api import StandardApi
 from fhir_smartflow.openemr.errors import OpenEmrAmbiguousWrite, OpenEmrError, OpenEmrTransientError
+from fhir_smartflow.refs import parse_reference
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,9 @@ def _ref(value: Any) -> str:
 
 def _patient_uuid(resource: dict[str, Any]) -> str | None:
     for key in ("for", "subject"):
-        ref = _ref(resource.get(key))
-        if ref.startswith("Patient/"):
-            return ref.split("/", 1)[1]
+        ref = parse_reference(_ref(resource.get(key)))
+        if ref is not None and ref.resource_type == "Patient":
+            return ref.id
     return None
 
 

@@ -21,6 +21,7 @@ from fhir_smartflow.engine.planner import plan as make_plan
 from fhir_smartflow.engine.triggers import match_triggers
 from fhir_smartflow.engine.validation import ResourceInvalid, validate_resource
 from fhir_smartflow.events import ResourceEvent
+from fhir_smartflow.refs import parse_reference
 
 
 class InputError(ValueError):
@@ -82,8 +83,8 @@ class MemoryContext:
                     self.resources[f"{item['resourceType']}/{item['id']}"] = item
 
     def read(self, reference: str) -> dict[str, Any] | None:
-        parts = reference.split("/_history/")[0].rstrip("/").split("/")
-        return self.resources.get("/".join(parts[-2:])) if len(parts) >= 2 else None
+        parsed = parse_reference(reference)
+        return self.resources.get(f"{parsed.resource_type}/{parsed.id}") if parsed else None
 
     def search(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]:
         found = [r for key, r in sorted(self.resources.items()) if key.startswith(f"{resource_type}/")]
