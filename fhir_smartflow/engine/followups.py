@@ -15,12 +15,10 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from fhir_smartflow.config import Settings
 from fhir_smartflow.engine import resources as fr
 from fhir_smartflow.engine.actions import communications, plan_action, staff_recipients
-from fhir_smartflow.engine.anchors import parse_fhir_instant
 from fhir_smartflow.engine.identifiers import group_id
 from fhir_smartflow.engine.interfaces import ContextSource
 from fhir_smartflow.engine.model import Action, Engine, Template
@@ -28,10 +26,10 @@ from fhir_smartflow.engine.plan import FlowRun, PatchTask, Plan, PlanAction, Tri
 from fhir_smartflow.engine.runctx import RunContext, RunProblem
 from fhir_smartflow.engine.templating import TemplateRenderError
 from fhir_smartflow.events import ResourceEvent
+from fhir_smartflow.instants import format_instant, parse_instant
 from fhir_smartflow.refs import parse_reference
 
 OPEN_TASK_STATUSES = frozenset({"draft", "requested", "received", "accepted", "ready", "in-progress", "on-hold"})
-_UTC = ZoneInfo("UTC")
 
 
 def followup_trigger(payload: dict[str, Any]) -> TriggerEvent:
@@ -78,8 +76,8 @@ def plan_followup(
     # Identifiers of the original run: keep its version even when the flow file changed since.
     flow = dataclasses.replace(flow, version=version)
     run = RunContext(engine, settings, flow, trigger, context, now, occurrence=int(payload.get("occurrence", 0)))
-    event_at = parse_fhir_instant(payload.get("event_time"), _UTC) or now
-    due = parse_fhir_instant(payload.get("due"), _UTC)
+    event_at = parse_instant(payload.get("event_time")) or now
+    due = parse_instant(payload.get("due"))
     task_open = task is not None and task.get("status") in OPEN_TASK_STATUSES
     try:
         if kind == "reminder":
@@ -93,7 +91,7 @@ def plan_followup(
         elif kind == "recurrence":
             if discharged and flow.not_after == "patient.discharged":
                 return skipped("patient discharged: the series stops")
-            base = parse_fhir_instant(payload.get("occurrence_at"), _UTC)
+            base = parse_instant(payload.get("occurrence_at"))
             if base is None:
                 return skipped("the payload has no occurrence_at")
             actions = plan_action(run, action, event_at, base=base)
@@ -163,7 +161,6 @@ def _overdue(run: RunContext, action: Action, due: datetime | None, event_at: da
 def _staff_overdue_message(
     run: RunContext, action: Action, task_identifier: str, due: datetime | None, event_at: datetime
 ) -> PlanAction:
-    from fhir_smartflow.engine.actions import iso
     from fhir_smartflow.engine.plan import WriteResource
 
     owner = action.owner
@@ -173,7 +170,7 @@ def _staff_overdue_message(
     elif owner is not None and owner.kind != "patient":
         recipients = [owner.value]
     ident = run.rid(action, "Communication", "overdue:staff-message")
-    text = f"Task overdue: {action.name} (flow {run.flow.id}), due {iso(due) or 'unknown'}."
+    text = f"Task overdue: {action.name} (flow {run.flow.id}), due {format_instant(due) or 'unknown'}."
     resource = fr.build_communication(
         identifier_system=run.system,
         identifier_value=ident,
@@ -185,7 +182,7 @@ def _staff_overdue_message(
         recipients=recipients,
         subject=run.trigger.patient,
         based_on_task=task_identifier,
-        sent=iso(due or event_at),
+        sent=format_instant(due or event_at),
         topic="Task overdue",
     )
     return WriteResource("Communication", ident, resource, action.slug)

@@ -8,8 +8,10 @@ create then matches on ``_tag=system|value``.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
+
+from fhir_smartflow.instants import format_instant
 
 PARTICIPANT_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 DATA_OPERATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
@@ -52,7 +54,7 @@ def build_provenance(
         "resourceType": "Provenance",
         "meta": {"tag": [{"system": identifier_system, "code": identifier_value}]},
         "target": [{"reference": versioned_reference(target)}],
-        "recorded": recorded.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "recorded": format_instant(recorded, "milliseconds"),
         "policy": [flow_policy(flow_id, flow_version)],
         "reason": [{"text": f"Smart Flow {flow_id} version {flow_version} on {trigger}"}],
         "activity": {"coding": [{"system": DATA_OPERATION_SYSTEM, "code": activity, "display": activity.lower()}]},

@@ -26,6 +26,7 @@ from fhir_smartflow.engine.plan import CancelGroup, Deliver, FlowRun, PatchTask,
 from fhir_smartflow.engine.provenance import build_provenance, provenance_identifier
 from fhir_smartflow.engine.validation import ResourceInvalid, validate_resource
 from fhir_smartflow.fhir.errors import FhirError
+from fhir_smartflow.instants import format_instant
 from fhir_smartflow.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -381,7 +382,7 @@ class PlanExecutor:
         updated = dict(communication)
         if outcome.status == "completed":
             updated["status"] = "completed"
-            updated["sent"] = _instant(now)
+            updated["sent"] = format_instant(now)
         else:
             updated["status"] = "not-done"
             updated["statusReason"] = {"text": outcome.reason or "not delivered"}
@@ -409,7 +410,7 @@ class PlanExecutor:
             updated = dict(task)
             updated["status"] = "cancelled"
             updated["statusReason"] = {"text": action.reason}
-            updated["lastModified"] = _instant(self.clock())
+            updated["lastModified"] = format_instant(self.clock())
             self.target.update(updated)
             result.cancelled.append(f"Task/{task.get('id')}")
         if self.scheduler is None:
@@ -468,7 +469,7 @@ class PlanExecutor:
             updated["statusReason"] = {"text": action.status_reason}
         if updated == task:
             return
-        updated["lastModified"] = _instant(self.clock())
+        updated["lastModified"] = format_instant(self.clock())
         validate_resource(updated)
         self.target.update(updated)
         if action.status == "cancelled":
@@ -501,10 +502,6 @@ def _describe(action: Any) -> str:
     if isinstance(action, WriteResource):
         return f"{kind} {action.resource_type} {action.identifier}"
     return f"{kind} {getattr(action, 'identifier', '')}".strip()
-
-
-def _instant(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _our_identifiers(resource: dict[str, Any], system: str) -> set[str]:

@@ -18,6 +18,7 @@ from fhir_smartflow.engine.model import Recurring
 from fhir_smartflow.engine.plan import Deliver, FlowRun, Plan, Schedule, TriggerEvent
 from fhir_smartflow.engine.recurrence import recurring_from_dict, within_series
 from fhir_smartflow.events import ResourceEvent
+from fhir_smartflow.instants import parse_instant
 from fhir_smartflow.retry import RetryPolicy
 from fhir_smartflow.scheduling.clock import now_of
 from fhir_smartflow.scheduling.scheduler import ScheduleKeys
@@ -170,7 +171,7 @@ def series_end_reason(rt: Any, payload: dict[str, Any], now: datetime, scheduled
     rule = _recurrence_rule(rt, payload)
     occurrence = int(payload.get("occurrence", 0) or 0)
     when = payload.get("occurrence_at") or scheduled_at
-    at = datetime.fromisoformat(when.replace("Z", "+00:00")) if when else now
+    at = parse_instant(when) or now
     tz = rt.settings.clinic.timezone
     if rule is not None and occurrence and not within_series(rule, occurrence, at, tz):
         return "end-reached"

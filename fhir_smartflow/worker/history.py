@@ -22,6 +22,7 @@ import redis
 from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.engine.plan import CancelGroup, Deliver, PatchTask, Plan, Schedule, WriteResource
+from fhir_smartflow.instants import format_instant, parse_instant
 
 _ACTION_NAMES: tuple[tuple[type, str], ...] = (
     (WriteResource, "write"),
@@ -49,7 +50,7 @@ def _iso(value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return format_instant(value, "auto")
     return str(value)
 
 
@@ -60,11 +61,10 @@ def normalize_patient(patient: str) -> str:
 
 def parse_since(value: str) -> datetime:
     """An ISO date or instant (naive means UTC); raises ValueError naming the value."""
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"not an ISO date or instant: {value!r}") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    parsed = parse_instant(value)
+    if parsed is None:
+        raise ValueError(f"not an ISO date or instant: {value!r}")
+    return parsed
 
 
 def _written(item: Any) -> dict[str, Any]:
