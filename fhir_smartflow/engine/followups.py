@@ -24,12 +24,11 @@ from fhir_smartflow.engine.interfaces import ContextSource
 from fhir_smartflow.engine.model import Action, Engine, Template
 from fhir_smartflow.engine.plan import FlowRun, PatchTask, Plan, PlanAction, TriggerEvent
 from fhir_smartflow.engine.runctx import RunContext, RunProblem
+from fhir_smartflow.engine.task_status import OPEN_TASK_STATUSES
 from fhir_smartflow.engine.templating import TemplateRenderError
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.instants import format_instant, parse_instant
 from fhir_smartflow.refs import parse_reference
-
-OPEN_TASK_STATUSES = frozenset({"draft", "requested", "received", "accepted", "ready", "in-progress", "on-hold"})
 
 
 def followup_trigger(payload: dict[str, Any]) -> TriggerEvent:
@@ -89,7 +88,7 @@ def plan_followup(
                 return skipped("the task is no longer open")
             actions = _overdue(run, action, due, event_at)
         elif kind == "recurrence":
-            if discharged and flow.not_after == "patient.discharged":
+            if discharged and flow.stops_at_discharge:
                 return skipped("patient discharged: the series stops")
             base = parse_instant(payload.get("occurrence_at"))
             if base is None:

@@ -129,6 +129,12 @@ class Flow:
     not_after: str | None = None
     file: str = ""
 
+    @property
+    def stops_at_discharge(self) -> bool:
+        """``not_after = "patient.discharged"``: never starts for a discharged patient, and a discharge
+        cancels its open tasks and pending follow-ups."""
+        return self.not_after == "patient.discharged"
+
     def action(self, slug: str) -> Action | None:
         return next((a for a in self.actions if a.slug == slug), None)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from fhir_smartflow.engine.identifiers import flow_urn
 from fhir_smartflow.instants import format_instant
 
 PARTICIPANT_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
@@ -20,10 +21,6 @@ PROVENANCE_SUFFIX = "/provenance"
 
 def provenance_identifier(resource_identifier: str) -> str:
     return resource_identifier + PROVENANCE_SUFFIX
-
-
-def flow_policy(flow_id: str, flow_version: str) -> str:
-    return f"urn:fhir-smartflow:flow:{flow_id}:{flow_version}"
 
 
 def versioned_reference(resource: dict[str, Any]) -> str:
@@ -55,7 +52,7 @@ def build_provenance(
         "meta": {"tag": [{"system": identifier_system, "code": identifier_value}]},
         "target": [{"reference": versioned_reference(target)}],
         "recorded": format_instant(recorded, "milliseconds"),
-        "policy": [flow_policy(flow_id, flow_version)],
+        "policy": [flow_urn(flow_id, flow_version)],
         "reason": [{"text": f"Smart Flow {flow_id} version {flow_version} on {trigger}"}],
         "activity": {"coding": [{"system": DATA_OPERATION_SYSTEM, "code": activity, "display": activity.lower()}]},
         "agent": [

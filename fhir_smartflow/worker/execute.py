@@ -21,9 +21,11 @@ import redis
 
 from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
+from fhir_smartflow.engine.identifiers import parse_instantiates_uri
 from fhir_smartflow.engine.interfaces import Deliverer, DeliveryOutcome, Scheduler, WriteBackTarget
 from fhir_smartflow.engine.plan import CancelGroup, Deliver, FlowRun, PatchTask, Plan, Schedule, WriteResource
 from fhir_smartflow.engine.provenance import build_provenance, provenance_identifier
+from fhir_smartflow.engine.task_status import OPEN_TASK_STATUSES
 from fhir_smartflow.engine.validation import ResourceInvalid, validate_resource
 from fhir_smartflow.fhir.errors import FhirError
 from fhir_smartflow.instants import format_instant
@@ -31,9 +33,7 @@ from fhir_smartflow.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-OPEN_TASK_STATUSES = ("draft", "requested", "received", "accepted", "ready", "in-progress", "on-hold")
 BUSINESS_STATUS_SYSTEM = "urn:fhir-smartflow:task-business-status"
-FLOW_URI_PREFIX = "urn:fhir-smartflow:flow:"
 RECLAIM_EARLY = timedelta(seconds=30)
 DEFAULT_RETRY_DELAY = timedelta(minutes=5)  # a deferred / retry outcome that names no time
 
@@ -398,8 +398,7 @@ class PlanExecutor:
             )
         elif action.patient:
             tasks = self.target.search("Task", {"patient": action.patient, "status": statuses})
-            prefixes = tuple(f"{FLOW_URI_PREFIX}{flow}:" for flow in action.flows)
-            tasks = [t for t in tasks if str(t.get("instantiatesUri") or "").startswith(prefixes)]
+            tasks = [t for t in tasks if _made_by_one_of(t, action.flows)]
         else:
             raise LookupError(f"CancelGroup {action.identifier} names neither a group nor a patient")
         for task in tasks:
@@ -502,6 +501,11 @@ def _describe(action: Any) -> str:
     if isinstance(action, WriteResource):
         return f"{kind} {action.resource_type} {action.identifier}"
     return f"{kind} {getattr(action, 'identifier', '')}".strip()
+
+
+def _made_by_one_of(task: dict[str, Any], flows: tuple[str, ...]) -> bool:
+    made_by = parse_instantiates_uri(task.get("instantiatesUri"))
+    return made_by is not None and made_by.flow_id in flows
 
 
 def _our_identifiers(resource: dict[str, Any], system: str) -> set[str]:

@@ -9,28 +9,27 @@ from __future__ import annotations
 
 import importlib
 import logging
-import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from fhir_smartflow.engine.identifiers import parse_instantiates_uri
 from fhir_smartflow.engine.model import Recurring
 from fhir_smartflow.engine.plan import Deliver, FlowRun, Plan, Schedule, TriggerEvent
 from fhir_smartflow.engine.recurrence import recurring_from_dict, within_series
+from fhir_smartflow.engine.task_status import CLOSED_TASK_STATUSES, SERIES_ENDING_STATUSES
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.instants import parse_instant
 from fhir_smartflow.retry import RetryPolicy
 from fhir_smartflow.scheduling.clock import now_of
 from fhir_smartflow.scheduling.scheduler import ScheduleKeys
+from fhir_smartflow.worker.discharge import DischargeMarkers
 
 log = logging.getLogger(__name__)
 
-CLOSED_TASK_STATES = frozenset({"completed", "cancelled", "failed", "entered-in-error", "rejected"})
-ENDING_TASK_STATES = frozenset({"cancelled", "entered-in-error", "rejected"})  # a recurrence stops on these
 MAX_ATTEMPTS = 5
 RETRY_POLICY = RetryPolicy(max_retries=MAX_ATTEMPTS - 1, base_seconds=30.0, max_seconds=3600.0)
 _RAN_TTL_SECONDS = 7 * 24 * 3600
-_INSTANTIATES = re.compile(r"^urn:fhir-smartflow:flow:(?P<flow>[a-z0-9-]+):(?P<version>[^#]*)#(?P<slug>.+)$")
 
 
 def _current_runtime() -> Any:
@@ -100,7 +99,7 @@ def _while_task_open(kind: str) -> Callable[[Any, dict[str, Any], datetime, str]
         task = _read_task(rt, payload)
         if task is None:
             return "task-missing"
-        if task.get("status") in CLOSED_TASK_STATES:
+        if task.get("status") in CLOSED_TASK_STATUSES:
             return "skipped-closed"
         return _plan_and_execute(rt, kind, payload, task, now)
 
@@ -144,7 +143,7 @@ def _closed_task_of(rt: Any, communication: str) -> tuple[str, str] | None:
         ident = ref.get("identifier") or {}
         if ref.get("type") == "Task" and ident.get("system") == system and ident.get("value"):
             task = _find(rt, "Task", ident["value"])
-            if task is not None and task.get("status") in CLOSED_TASK_STATES:
+            if task is not None and task.get("status") in CLOSED_TASK_STATUSES:
                 return ident["value"], str(task["status"])
     return None
 
@@ -177,7 +176,7 @@ def series_end_reason(rt: Any, payload: dict[str, Any], now: datetime, scheduled
         return "end-reached"
     if payload.get("task_identifier"):
         previous = _read_task(rt, payload)
-        if previous is not None and previous.get("status") in ENDING_TASK_STATES:
+        if previous is not None and previous.get("status") in SERIES_ENDING_STATUSES:
             return "task-cancelled"
     if payload.get("group") and _workflow_completed(rt, str(payload["group"])):
         return "workflow-completed"
@@ -218,8 +217,8 @@ def _workflow_completed(rt: Any, group: str) -> bool:
     for task in tasks:
         if task.get("status") != "completed":
             continue
-        match = _INSTANTIATES.match(task.get("instantiatesUri", ""))
-        if match and getattr(_flow_action(rt, match["flow"], match["slug"]), "completes_workflow", False):
+        made_by = parse_instantiates_uri(task.get("instantiatesUri"))
+        if made_by and getattr(_flow_action(rt, made_by.flow_id, made_by.action_slug), "completes_workflow", False):
             return True
     return False
 
@@ -232,13 +231,7 @@ def _flow_not_after_discharge(rt: Any, payload: dict[str, Any]) -> bool:
 
 
 def _discharged(rt: Any, patient: str) -> bool:
-    """Discharged: the pipeline's marker ``Keys.discharged(patient)`` is set, or ``Patient.active`` is false."""
-    marker = getattr(rt.keys, "discharged", None)
-    key = marker(patient) if marker else f"{rt.keys.prefix}discharged:{patient}"
-    if rt.redis.exists(key):
-        return True
-    resource = rt.target.read(patient)
-    return bool(resource) and resource.get("active") is False
+    return DischargeMarkers(rt.redis, rt.keys).is_discharged(patient, rt.target.read)
 
 
 def _read_task(rt: Any, payload: dict[str, Any]) -> dict[str, Any] | None:
