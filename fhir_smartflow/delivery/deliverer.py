@@ -22,7 +22,7 @@ from smartflow_channels.base import FAILED_PERMANENT, SENT, Channel, DeliveryRes
 
 from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
-from fhir_smartflow.engine.interfaces import DeliveryOutcome
+from fhir_smartflow.delivery.outcome import DeliveryOutcome
 from fhir_smartflow.engine.plan import Deliver
 from fhir_smartflow.instants import parse_instant
 from fhir_smartflow.metrics import Metrics
@@ -40,7 +40,7 @@ _ATTEMPTS_TTL_SECONDS = 7 * 24 * 3600
 
 
 class ChannelDeliverer:
-    """Implements ``Deliverer`` (engine/interfaces.py)."""
+    """Implements ``Deliverer`` (delivery/outcome.py)."""
 
     def __init__(
         self,

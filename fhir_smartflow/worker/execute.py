@@ -15,21 +15,23 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import redis
 
 from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
+from fhir_smartflow.delivery.outcome import Deliverer, DeliveryOutcome
 from fhir_smartflow.engine.identifiers import parse_instantiates_uri
-from fhir_smartflow.engine.interfaces import Deliverer, DeliveryOutcome, Scheduler, WriteBackTarget
 from fhir_smartflow.engine.plan import CancelGroup, Deliver, FlowRun, PatchTask, Plan, Schedule, WriteResource
 from fhir_smartflow.engine.provenance import build_provenance, provenance_identifier
 from fhir_smartflow.engine.task_status import OPEN_TASK_STATUSES
 from fhir_smartflow.engine.validation import ResourceInvalid, validate_resource
 from fhir_smartflow.fhir.errors import FhirError
+from fhir_smartflow.fhir.target import BatchItem, WriteBackTarget
 from fhir_smartflow.instants import format_instant
 from fhir_smartflow.metrics import Metrics
+from fhir_smartflow.scheduling.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +77,18 @@ class ExecutionResult:
         }
 
 
+class Executor(Protocol):
+    """Carries out a plan: writes, deliveries, scheduled jobs, cancellations. Idempotent."""
+
+    def execute(self, plan: Plan) -> ExecutionResult: ...
+
+
 def _is_transient(exc: Exception) -> bool:
     return isinstance(exc, FhirError) and exc.transient
 
 
 class PlanExecutor:
-    """Executor (engine/interfaces.py) over a WriteBackTarget, a Deliverer and a Scheduler."""
+    """Executor over a WriteBackTarget, a Deliverer and a Scheduler."""
 
     def __init__(
         self,
@@ -111,7 +119,7 @@ class PlanExecutor:
         result = ExecutionResult()
         written: dict[str, dict[str, Any]] = {}  # identifier -> stored resource, for Deliver
         failed: set[str] = set()  # identifiers whose write failed: their deliveries are skipped
-        batch = self._batch_writes()
+        batch = self.target.supports_transactions()
         for run in plan.runs:
             if not run.ran:
                 continue
@@ -181,15 +189,9 @@ class PlanExecutor:
             raise TypeError(f"unknown plan action {type(action).__name__}")
 
     # -- writes ----------------------------------------------------------------------------------------
-    def _create(self, resource: dict[str, Any], identifier: str) -> tuple[dict[str, Any], bool | None]:
-        with_status = getattr(self.target, "create_with_status", None)
-        if with_status is not None:
-            return with_status(resource, identifier)
-        return self.target.create(resource, identifier), None
-
     def _write(self, plan: Plan, run: FlowRun, action: WriteResource, result: ExecutionResult) -> dict[str, Any]:
         validate_resource(action.resource)
-        stored, created = self._create(action.resource, action.identifier)
+        stored, created = self.target.create_with_status(action.resource, action.identifier)
         rtype = action.resource["resourceType"]
         self._inc("writes", type=rtype, result=_write_result(created))
         result.written.append(WrittenResource(rtype, str(stored.get("id")), action.identifier, created))
@@ -212,7 +214,7 @@ class PlanExecutor:
         prov_id = provenance_identifier(identifier)
         provenance = self._provenance(plan, run, stored, prov_id)
         validate_resource(provenance)
-        prov_stored, created = self._create(provenance, prov_id)
+        prov_stored, created = self.target.create_with_status(provenance, prov_id)
         self._inc("writes", type="Provenance", result=_write_result(created))
         result.written.append(WrittenResource("Provenance", str(prov_stored.get("id")), prov_id, created))
 
@@ -234,10 +236,6 @@ class PlanExecutor:
         )
 
     # -- batched writes (one transaction per run of consecutive writes) ------------------------------
-    def _batch_writes(self) -> bool:
-        supports = getattr(self.target, "supports_transactions", None)
-        return bool(supports is not None and supports())
-
     def _write_batch(
         self,
         plan: Plan,
@@ -252,7 +250,7 @@ class PlanExecutor:
         of them when the server refuses the Bundle (so each error names its own resource).
         Transient failures are re-raised: rq retries the whole plan."""
         leftover: list[WriteResource] = []
-        items: list[tuple[dict[str, Any], str, str]] = []
+        items: list[BatchItem] = []
         batched: list[tuple[WriteResource, bool]] = []  # (action, has a Provenance entry)
         for action in actions:
             rtype = action.resource["resourceType"]
@@ -275,7 +273,7 @@ class PlanExecutor:
         if not batched:
             return leftover
         try:
-            answers = iter(self.target.create_all(items))  # type: ignore[attr-defined]
+            answers = iter(self.target.create_all(items))
         except FhirError as exc:
             if exc.transient:
                 log.warning(
@@ -309,7 +307,7 @@ class PlanExecutor:
         if previous is not None and not _reclaimable(previous, now):
             # Already sent (or being sent): never send twice; make sure the Communication says so.
             if previous.get("status") in {"completed", "not-done"}:
-                communication = communication or self._find("Communication", action.communication)
+                communication = communication or self.target.find_by_identifier("Communication", action.communication)
                 self._record_outcome(action, communication, _outcome_from_claim(previous), now)
             result.deliveries.append((action.identifier, f"already-{previous.get('status', 'claimed')}"))
             return
@@ -319,7 +317,7 @@ class PlanExecutor:
         patient = action.recipient if action.recipient.startswith("Patient/") else plan.trigger.patient
         consents = self.target.search("Consent", {"patient": patient, "status": "active"}) if patient else []
         if communication is None:
-            communication = self._find("Communication", action.communication)
+            communication = self.target.find_by_identifier("Communication", action.communication)
         if communication is None:  # never send what we cannot record
             raise LookupError(f"Communication {action.communication} not found; message not sent")
         deliverer = self.deliverer
@@ -416,8 +414,7 @@ class PlanExecutor:
             return
         # Deferred deliveries (quiet hours, rate limit, retry) of these workflows are pending jobs too:
         # they must not go out after the cancellation, and their Communications must say why.
-        lister = getattr(self.scheduler, "pending_for", None)
-        pending = lister(group=action.group, patient=action.patient, flows=action.flows) if lister else []
+        pending = self.scheduler.pending_for(group=action.group, patient=action.patient, flows=action.flows)
         self.scheduler.cancel(group=action.group, patient=action.patient, flows=action.flows)  # it counts them
         for item in pending:
             if item.kind == "delivery" and self.withdraw_delivery(item.payload, action.reason):
@@ -444,14 +441,14 @@ class PlanExecutor:
                 identifier=identifier,
                 communication=communication,
             ),
-            self._find("Communication", communication),
+            self.target.find_by_identifier("Communication", communication),
             outcome,
             self.clock(),
         )
         return True
 
     def _patch_task(self, action: PatchTask, result: ExecutionResult) -> None:
-        task = self._find("Task", action.identifier)
+        task = self.target.find_by_identifier("Task", action.identifier)
         if task is None:
             raise LookupError(f"Task with identifier {action.identifier} not found")
         if action.only_if_open and task.get("status") not in OPEN_TASK_STATUSES:
@@ -475,13 +472,6 @@ class PlanExecutor:
             result.cancelled.append(f"Task/{task.get('id')}")
 
     # -- helpers -------------------------------------------------------------------------------------
-    def _find(self, resource_type: str, identifier: str) -> dict[str, Any] | None:
-        finder = getattr(self.target, "find_by_identifier", None)
-        if finder is not None:
-            return finder(resource_type, identifier)
-        found = self.target.search(resource_type, {"identifier": f"{self.system}|{identifier}"})
-        return found[0] if found else None
-
     def _require_scheduler(self) -> Scheduler:
         if self.scheduler is None:
             raise LookupError("no Scheduler configured; follow-up not scheduled")

@@ -18,13 +18,16 @@ import redis
 
 from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
-from fhir_smartflow.engine.interfaces import ContextSource, Executor, PriorState
+from fhir_smartflow.engine.interfaces import ContextSource
 from fhir_smartflow.engine.model import Engine
 from fhir_smartflow.engine.plan import Plan, TriggerEvent
 from fhir_smartflow.engine.planner import plan
 from fhir_smartflow.engine.triggers import match_triggers
 from fhir_smartflow.events import ResourceEvent
+from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.worker.discharge import DischargeMarkers
+from fhir_smartflow.worker.execute import ExecutionResult, Executor
+from fhir_smartflow.worker.prior import PriorState
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,7 @@ ONCE_TTL_SECONDS = 10 * 365 * 24 * 3600  # "once per patient, ever" — ten year
 
 
 class History(Protocol):
-    def record(self, plan: Plan, result: Any) -> None: ...
+    def record(self, plan: Plan, result: ExecutionResult | None = None) -> str: ...
 
 
 def utc_now() -> datetime:
@@ -40,7 +43,7 @@ def utc_now() -> datetime:
 
 
 class EnginePipeline:
-    """Implements the Dispatcher protocol (engine/interfaces.py)."""
+    """Implements the Dispatcher protocol (worker/seams.py)."""
 
     def __init__(
         self,
@@ -52,7 +55,7 @@ class EnginePipeline:
         redis: redis.Redis,
         keys: Keys,
         history: History | None = None,
-        metrics: Any = None,
+        metrics: Metrics | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.engine = engine

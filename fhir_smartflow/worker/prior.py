@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
@@ -50,8 +50,16 @@ def is_older(new: dict[str, Any], stored: dict[str, Any]) -> bool:
     return False
 
 
+class PriorState(Protocol):
+    """The fields mappings care about from the last version of a resource we saw."""
+
+    def get(self, resource_type: str, resource_id: str) -> dict[str, Any] | None: ...
+
+    def put(self, resource_type: str, resource_id: str, resource: dict[str, Any]) -> None: ...
+
+
 class RedisPriorState:
-    """PriorState on Redis (see engine/interfaces.py)."""
+    """PriorState on Redis."""
 
     def __init__(
         self, conn: redis.Redis, keys: Keys, ttl: int = DEFAULT_TTL_SECONDS, fields: Iterable[str] = DEFAULT_FIELDS
