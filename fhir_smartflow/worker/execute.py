@@ -23,7 +23,16 @@ from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.delivery.outcome import Deliverer, DeliveryOutcome
 from fhir_smartflow.engine.identifiers import parse_instantiates_uri
-from fhir_smartflow.engine.plan import CancelGroup, Deliver, FlowRun, PatchTask, Plan, Schedule, WriteResource
+from fhir_smartflow.engine.plan import (
+    CancelGroup,
+    Deliver,
+    FlowRun,
+    PatchTask,
+    Plan,
+    PlanAction,
+    Schedule,
+    WriteResource,
+)
 from fhir_smartflow.engine.provenance import build_provenance, provenance_identifier
 from fhir_smartflow.engine.task_status import OPEN_TASK_STATUSES
 from fhir_smartflow.engine.validation import ResourceInvalid, validate_resource
@@ -144,7 +153,7 @@ class PlanExecutor:
         self,
         plan: Plan,
         run: FlowRun,
-        action: Any,
+        action: PlanAction,
         result: ExecutionResult,
         written: dict[str, dict[str, Any]],
         failed: set[str],
@@ -167,7 +176,7 @@ class PlanExecutor:
         self,
         plan: Plan,
         run: FlowRun,
-        action: Any,
+        action: PlanAction,
         result: ExecutionResult,
         written: dict[str, dict[str, Any]],
         failed: set[str],
@@ -486,11 +495,11 @@ def _write_result(created: bool | None) -> str:
     return "unknown" if created is None else "created" if created else "existing"
 
 
-def _describe(action: Any) -> str:
+def _describe(action: PlanAction) -> str:
     kind = type(action).__name__
     if isinstance(action, WriteResource):
         return f"{kind} {action.resource_type} {action.identifier}"
-    return f"{kind} {getattr(action, 'identifier', '')}".strip()
+    return f"{kind} {action.identifier}"
 
 
 def _made_by_one_of(task: dict[str, Any], flows: tuple[str, ...]) -> bool:
