@@ -11,12 +11,15 @@ from typing import Any
 from fhir_smartflow.engine.plan import Plan, Schedule, TriggerEvent, WriteResource
 from fhir_smartflow.engine.recurrence import next_occurrence, recurring_from_dict
 from fhir_smartflow.events import ResourceEvent
+from fhir_smartflow.fhir.target import WriteBackTarget
 
 SYSTEM = "urn:fhir-smartflow:id"
 
 
-class FakeTarget:
-    """WriteBackTarget in memory; ``find_by_identifier`` as the real one offers."""
+class FakeTarget(WriteBackTarget):
+    """WriteBackTarget in memory (``find_by_identifier``: the base class's, a search by identifier)."""
+
+    identifier_system = SYSTEM
 
     def __init__(self) -> None:
         self.store: dict[str, dict[str, Any]] = {}
@@ -60,10 +63,6 @@ class FakeTarget:
             out.append(copy.deepcopy(res))
         return out
 
-    def find_by_identifier(self, resource_type: str, identifier: str) -> dict[str, Any] | None:
-        found = self.search(resource_type, {"identifier": f"{SYSTEM}|{identifier}"})
-        return found[0] if found else None
-
 
 @dataclass
 class FakeExecutor:
@@ -72,6 +71,7 @@ class FakeExecutor:
     target: Any = None
     scheduler: Any = None
     plans: list[Plan] = field(default_factory=list)
+    withdrawn: list[tuple[dict[str, Any], str]] = field(default_factory=list)
     fail_times: int = 0
 
     def execute(self, plan: Plan) -> None:
@@ -84,6 +84,10 @@ class FakeExecutor:
                 self.target.create(action.resource, action.identifier)
             elif isinstance(action, Schedule) and self.scheduler is not None:
                 self.scheduler.schedule(action)
+
+    def withdraw_delivery(self, payload: dict[str, Any], reason: str) -> bool:
+        self.withdrawn.append((payload, reason))
+        return True
 
     def actions(self) -> list[Any]:
         return [a for p in self.plans for a in p.actions]

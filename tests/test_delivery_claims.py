@@ -8,7 +8,7 @@ import redis
 
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.delivery.claims import DEFAULT_RETRY_DELAY, RECLAIM_EARLY, Claim, DeliveryClaims
-from fhir_smartflow.engine.interfaces import DeliveryOutcome
+from fhir_smartflow.delivery.outcome import DeliveryOutcome
 
 NOW = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
 ID = "flow/act/Deliver/sms"

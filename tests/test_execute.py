@@ -15,10 +15,11 @@ import pytest
 
 from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
-from fhir_smartflow.engine.interfaces import DeliveryOutcome
+from fhir_smartflow.delivery.outcome import DeliveryOutcome
 from fhir_smartflow.engine.plan import Deliver, FlowRun, Plan
 from fhir_smartflow.engine.validation import validate_resource
 from fhir_smartflow.fhir.errors import FhirBadRequest, FhirServerError
+from fhir_smartflow.fhir.target import WriteBackTarget
 from fhir_smartflow.worker.execute import PlanExecutor
 from tests.writeback_plans import (
     DELIVERY_ID,
@@ -31,8 +32,11 @@ from tests.writeback_plans import (
 )
 
 
-class MemoryTarget:
-    """WriteBackTarget protocol fake: idempotent by identifier value, like the contract says."""
+class MemoryTarget(WriteBackTarget):
+    """A WriteBackTarget in memory with only the four basic operations: idempotent by identifier value,
+    like the contract says; the optional ones are the base class's defaults."""
+
+    identifier_system = SYSTEM
 
     def __init__(self) -> None:
         self.resources: dict[str, dict[str, Any]] = {}

@@ -351,8 +351,8 @@ def test_a_failure_notice_about_a_task_message_still_reaches_the_owner(setup, em
     from datetime import UTC, datetime
 
     from fhir_smartflow.delivery.notice import failure_notice
+    from fhir_smartflow.delivery.outcome import DeliveryOutcome
     from fhir_smartflow.engine import resources as fr
-    from fhir_smartflow.engine.interfaces import DeliveryOutcome
     from fhir_smartflow.engine.plan import Deliver
 
     settings, target, puuid = setup

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fhir_smartflow.engine.interfaces import DeliveryOutcome
+from fhir_smartflow.delivery.outcome import DeliveryOutcome
 from fhir_smartflow.engine.plan import Deliver, FlowRun, Plan, Schedule, TriggerEvent, WriteResource
 from fhir_smartflow.events import ResourceEvent
+from fhir_smartflow.scheduling.scheduler import Pending
 
 SYSTEM = "urn:fhir-smartflow:id"
 NOW = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
@@ -125,6 +126,13 @@ class FakeScheduler:
     def schedule(self, action: Schedule) -> None:
         self.scheduled.append(action)
 
+    def reschedule(self, action: Schedule) -> bool:
+        self.scheduled.append(action)
+        return True
+
     def cancel(self, group=None, patient=None, flows=()) -> int:
         self.cancels.append({"group": group, "patient": patient, "flows": flows})
         return 0
+
+    def pending_for(self, group=None, patient=None, flows=()) -> list[Pending]:
+        return []

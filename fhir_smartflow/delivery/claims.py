@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 import redis
 
 from fhir_smartflow.connections import Keys
-from fhir_smartflow.engine.interfaces import DeliveryOutcome
+from fhir_smartflow.delivery.outcome import DeliveryOutcome
 
 RECLAIM_EARLY = timedelta(seconds=30)
 DEFAULT_RETRY_DELAY = timedelta(minutes=5)  # a deferred / retry outcome that names no time

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from fhir_smartflow.delivery.claims import rearmed_identifier
-from fhir_smartflow.engine.interfaces import DeliveryOutcome
+from fhir_smartflow.delivery.outcome import DeliveryOutcome
 from fhir_smartflow.engine.plan import Deliver, FlowRun, Plan, Schedule
 
 _REQUIRED = ("channel", "recipient", "body", "identifier", "communication")

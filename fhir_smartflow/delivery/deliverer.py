@@ -24,8 +24,9 @@ from smartflow_channels.base import FAILED_PERMANENT, SENT, Channel, DeliveryRes
 
 from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
-from fhir_smartflow.engine.interfaces import DeliveryOutcome
+from fhir_smartflow.delivery.outcome import DeliveryOutcome
 from fhir_smartflow.engine.plan import Deliver
+from fhir_smartflow.instants import parse_instant
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.retry import RetryPolicy
 
@@ -41,7 +42,7 @@ _ATTEMPTS_TTL_SECONDS = 7 * 24 * 3600
 
 
 class ChannelDeliverer:
-    """Implements ``Deliverer`` (engine/interfaces.py)."""
+    """Implements ``Deliverer`` (delivery/outcome.py)."""
 
     def __init__(
         self,
@@ -263,19 +264,10 @@ def _provision_denies(provision: dict[str, Any], channel: str, now: datetime) ->
 def _period_current(period: dict[str, Any] | None, now: datetime) -> bool:
     if not period:
         return True
-    start, end = _instant(period.get("start"), False), _instant(period.get("end"), True)
+    # A bare end date covers its whole day.
+    start = parse_instant(period.get("start"))
+    end = parse_instant(period.get("end"), date_only="end-of-day")
     return (start is None or start <= now) and (end is None or now <= end)
-
-
-def _instant(value: str | None, end_of_day: bool) -> datetime | None:
-    """FHIR dateTime (date, date-time) as an aware instant; a bare date covers its whole day (UTC)."""
-    if not value:
-        return None
-    if len(value) == 10:
-        day = datetime.fromisoformat(value).replace(tzinfo=UTC)
-        return day + timedelta(days=1) - timedelta(microseconds=1) if end_of_day else day
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def quiet_hours_resume(now: datetime, tz: ZoneInfo, start: str, end: str) -> datetime | None:

@@ -7,13 +7,13 @@ redelivered notification or a replayed job finds the notice instead of writing a
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from fhir_smartflow.engine.actions import iso
-from fhir_smartflow.engine.interfaces import DeliveryOutcome
+from fhir_smartflow.delivery.outcome import DeliveryOutcome
 from fhir_smartflow.engine.plan import Deliver, WriteResource
 from fhir_smartflow.engine.resources import build_communication
+from fhir_smartflow.instants import format_instant
 
 NOTICE_SUFFIX = "/failure-notice"
 TOPIC = "Message not delivered"
@@ -54,7 +54,7 @@ def failure_notice(
         recipients=deliver.owner,
         subject=patient,
         about=failed_ref,
-        sent=iso(now.astimezone(UTC)),
+        sent=format_instant(now),
         topic=TOPIC,
     )
     return WriteResource("Communication", ident, resource, deliver.action)

@@ -17,10 +17,7 @@ from fhir_smartflow.engine import resources as fr
 from fhir_smartflow.engine.model import FHIR_ONLY_METHODS, Action, Template
 from fhir_smartflow.engine.plan import Deliver, PlanAction, Schedule, WriteResource
 from fhir_smartflow.engine.runctx import RunContext, RunProblem
-
-
-def iso(instant: datetime | None) -> str | None:
-    return instant.strftime("%Y-%m-%dT%H:%M:%SZ") if instant else None
+from fhir_smartflow.instants import format_instant
 
 
 def plan_action(run: RunContext, action: Action, event_at: datetime, base: datetime | None = None) -> list[PlanAction]:
@@ -82,13 +79,13 @@ def task_write(
         group=run.group,
         instantiates_uri=run.instantiates(action),
         description=description,
-        authored_on=iso(event_at) or "",
+        authored_on=format_instant(event_at) or "",
         requester=run.device,
         for_ref=run.trigger.patient,
         focus=run.focus,
         owner=owner,
         performer_types=performer_types,
-        due=iso(due),
+        due=format_instant(due),
         questionnaire=form,
         code_text=title or action.name,
     )
@@ -214,7 +211,7 @@ def communications(
                 subject=run.trigger.patient,
                 based_on_task=task_identifier or None,
                 about=run.focus,
-                sent=iso(event_at) if fhir_only else None,
+                sent=format_instant(event_at) if fhir_only else None,
                 topic=subject or None,
             )
             out.append(WriteResource("Communication", ident, resource, action.slug))
@@ -252,7 +249,7 @@ def _patient_note(
         title=run.render(template, "subject", due=due) or template.name,
         subject=run.patient_ref(),
         author=run.device,
-        created=iso(event_at) or "",
+        created=format_instant(event_at) or "",
         encounter=encounter,
         related=None if encounter else run.focus,
     )
@@ -270,8 +267,8 @@ def _record_prompt(
         text=run.render(template, "prompt", due=due),
         subject=run.patient_ref(),
         author=run.device,
-        start=iso(event_at) or "",
-        end=iso(due),
+        start=format_instant(event_at) or "",
+        end=format_instant(due),
         roles=[run.role_concept(r) for r in template.prompt.roles],
         practitioners=template.prompt.practitioners,
     )
@@ -293,8 +290,8 @@ def followup_payload(run: RunContext, action: Action, due: datetime | None, even
         "group": run.group,
         "patient": run.trigger.patient,
         "focus": run.focus,
-        "event_time": iso(event_at),
-        "due": iso(due),
+        "event_time": format_instant(event_at),
+        "due": format_instant(due),
         "occurrence": run.occurrence,
     }
 
@@ -318,6 +315,6 @@ def follow_ups(
     if action.recurring is not None:
         following = next_occurrence(action.recurring, event_at, run.occurrence, run.settings.clinic.timezone)
         if following is not None:
-            nxt = {**payload, "occurrence": run.occurrence + 1, "occurrence_at": iso(following)}
+            nxt = {**payload, "occurrence": run.occurrence + 1, "occurrence_at": format_instant(following)}
             out.append(Schedule(following, "recurrence", run.rid(action, "Schedule", "recurrence"), nxt, action.slug))
     return out

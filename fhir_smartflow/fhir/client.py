@@ -24,8 +24,9 @@ from fhir_smartflow.fhir.auth import build_auth, retry_policy
 from fhir_smartflow.fhir.errors import FhirError, FhirUnavailable, error_for_status
 from fhir_smartflow.fhir.tokens import TokenProvider
 from fhir_smartflow.fhir.transport import Transport, idempotent_method
-from fhir_smartflow.fhir.urls import RESOURCE_TYPE_RE, BaseUrl, split_reference
+from fhir_smartflow.fhir.urls import BaseUrl
 from fhir_smartflow.metrics import Metrics
+from fhir_smartflow.refs import RESOURCE_TYPE_RE, split_reference
 from fhir_smartflow.retry import RetryPolicy
 
 log = logging.getLogger(__name__)

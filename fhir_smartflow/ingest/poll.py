@@ -40,6 +40,7 @@ from fhir_smartflow.config import ConfigError, PollConfig, Settings
 from fhir_smartflow.connections import Keys, connect
 from fhir_smartflow.events import ResourceEvent, content_hash
 from fhir_smartflow.fhir.client import FhirClient
+from fhir_smartflow.instants import format_instant as _iso  # every watermark and query instant
 from fhir_smartflow.instants import parse_instant
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.queueing import enqueue_events, queue_for
@@ -113,10 +114,6 @@ def plan_strategies(
         else:
             plans.append(TypePlan(rtype, UNSUPPORTED, "no _lastUpdated search parameter"))
     return plans
-
-
-def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _resources(bundle: dict[str, Any], resource_type: str) -> list[dict[str, Any]]:

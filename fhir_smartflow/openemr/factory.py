@@ -13,9 +13,9 @@ import redis
 import requests
 
 from fhir_smartflow.config import ConfigError, Settings, secret
-from fhir_smartflow.engine.interfaces import WriteBackTarget
 from fhir_smartflow.fhir.auth import private_key_jwt
 from fhir_smartflow.fhir.smart import PrivateKeyJwt
+from fhir_smartflow.fhir.target import WriteBackTarget
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.openemr.api import StandardApi
 from fhir_smartflow.openemr.target import OpenEmrWriteBack

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import redis
 
@@ -24,18 +24,30 @@ from fhir_smartflow.connections import Keys
 from fhir_smartflow.delivery.claims import REARMED, DeliveryClaims
 from fhir_smartflow.delivery.deferral import rearm_schedule
 from fhir_smartflow.delivery.notice import failure_notice
-from fhir_smartflow.engine.interfaces import Deliverer, DeliveryOutcome, Scheduler, WriteBackTarget
-from fhir_smartflow.engine.plan import CancelGroup, Deliver, FlowRun, PatchTask, Plan, Schedule, WriteResource
+from fhir_smartflow.delivery.outcome import Deliverer, DeliveryOutcome
+from fhir_smartflow.engine.identifiers import parse_instantiates_uri
+from fhir_smartflow.engine.plan import (
+    CancelGroup,
+    Deliver,
+    FlowRun,
+    PatchTask,
+    Plan,
+    PlanAction,
+    Schedule,
+    WriteResource,
+)
 from fhir_smartflow.engine.provenance import build_provenance, provenance_identifier
+from fhir_smartflow.engine.task_status import OPEN_TASK_STATUSES
 from fhir_smartflow.engine.validation import ResourceInvalid, validate_resource
 from fhir_smartflow.fhir.errors import FhirError
+from fhir_smartflow.fhir.target import BatchItem, WriteBackTarget
+from fhir_smartflow.instants import format_instant
 from fhir_smartflow.metrics import Metrics
+from fhir_smartflow.scheduling.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
-OPEN_TASK_STATUSES = ("draft", "requested", "received", "accepted", "ready", "in-progress", "on-hold")
 BUSINESS_STATUS_SYSTEM = "urn:fhir-smartflow:task-business-status"
-FLOW_URI_PREFIX = "urn:fhir-smartflow:flow:"
 
 
 class WrittenResource(NamedTuple):
@@ -81,12 +93,18 @@ class PlanDataError(Exception):
     Scheduler) is not configured. Recorded as that action's error; the other actions go on."""
 
 
+class Executor(Protocol):
+    """Carries out a plan: writes, deliveries, scheduled jobs, cancellations. Idempotent."""
+
+    def execute(self, plan: Plan) -> ExecutionResult: ...
+
+
 def _is_transient(exc: Exception) -> bool:
     return isinstance(exc, FhirError) and exc.transient
 
 
 class PlanExecutor:
-    """Executor (engine/interfaces.py) over a WriteBackTarget, a Deliverer and a Scheduler."""
+    """Executor over a WriteBackTarget, a Deliverer and a Scheduler."""
 
     def __init__(
         self,
@@ -117,7 +135,7 @@ class PlanExecutor:
         result = ExecutionResult()
         written: dict[str, dict[str, Any]] = {}  # identifier -> stored resource, for Deliver
         failed: set[str] = set()  # identifiers whose write failed: their deliveries are skipped
-        batch = self._batch_writes()
+        batch = self.target.supports_transactions()
         for run in plan.runs:
             if not run.ran:
                 continue
@@ -142,7 +160,7 @@ class PlanExecutor:
         self,
         plan: Plan,
         run: FlowRun,
-        action: Any,
+        action: PlanAction,
         result: ExecutionResult,
         written: dict[str, dict[str, Any]],
         failed: set[str],
@@ -177,15 +195,9 @@ class PlanExecutor:
                 failed.add(action.identifier)
 
     # -- writes ----------------------------------------------------------------------------------------
-    def _create(self, resource: dict[str, Any], identifier: str) -> tuple[dict[str, Any], bool | None]:
-        with_status = getattr(self.target, "create_with_status", None)
-        if with_status is not None:
-            return with_status(resource, identifier)
-        return self.target.create(resource, identifier), None
-
     def _write(self, plan: Plan, run: FlowRun, action: WriteResource, result: ExecutionResult) -> dict[str, Any]:
         validate_resource(action.resource)
-        stored, created = self._create(action.resource, action.identifier)
+        stored, created = self.target.create_with_status(action.resource, action.identifier)
         rtype = action.resource["resourceType"]
         self._inc("writes", type=rtype, result=_write_result(created))
         result.written.append(WrittenResource(rtype, str(stored.get("id")), action.identifier, created))
@@ -208,7 +220,7 @@ class PlanExecutor:
         prov_id = provenance_identifier(identifier)
         provenance = self._provenance(plan, run, stored, prov_id)
         validate_resource(provenance)
-        prov_stored, created = self._create(provenance, prov_id)
+        prov_stored, created = self.target.create_with_status(provenance, prov_id)
         self._inc("writes", type="Provenance", result=_write_result(created))
         result.written.append(WrittenResource("Provenance", str(prov_stored.get("id")), prov_id, created))
 
@@ -230,10 +242,6 @@ class PlanExecutor:
         )
 
     # -- batched writes (one transaction per run of consecutive writes) ------------------------------
-    def _batch_writes(self) -> bool:
-        supports = getattr(self.target, "supports_transactions", None)
-        return bool(supports is not None and supports())
-
     def _write_batch(
         self,
         plan: Plan,
@@ -248,7 +256,7 @@ class PlanExecutor:
         of them when the server refuses the Bundle (so each error names its own resource).
         Transient failures are re-raised: rq retries the whole plan."""
         leftover: list[WriteResource] = []
-        items: list[tuple[dict[str, Any], str, str]] = []
+        items: list[BatchItem] = []
         batched: list[tuple[WriteResource, bool]] = []  # (action, has a Provenance entry)
         for action in actions:
             rtype = action.resource["resourceType"]
@@ -271,7 +279,7 @@ class PlanExecutor:
         if not batched:
             return leftover
         try:
-            answers = iter(self.target.create_all(items))  # type: ignore[attr-defined]
+            answers = iter(self.target.create_all(items))
         except FhirError as exc:
             if exc.transient:
                 log.warning(
@@ -304,7 +312,7 @@ class PlanExecutor:
         if previous is not None and not previous.reclaimable(now):
             # Already sent (or being sent): never send twice; make sure the Communication says so.
             if previous.final:
-                communication = communication or self._find("Communication", action.communication)
+                communication = communication or self.target.find_by_identifier("Communication", action.communication)
                 self._record(plan, run, action, communication, previous.outcome(), now, result)
             result.deliveries.append((action.identifier, f"already-{previous.status}"))
             return
@@ -314,7 +322,7 @@ class PlanExecutor:
         patient = action.recipient if action.recipient.startswith("Patient/") else plan.trigger.patient
         consents = self.target.search("Consent", {"patient": patient, "status": "active"}) if patient else []
         if communication is None:
-            communication = self._find("Communication", action.communication)
+            communication = self.target.find_by_identifier("Communication", action.communication)
         if communication is None:  # never send what we cannot record
             raise PlanDataError(f"Communication {action.communication} not found; message not sent")
         deliverer = self.deliverer
@@ -384,7 +392,7 @@ class PlanExecutor:
         updated = dict(communication)
         if outcome.status == "completed":
             updated["status"] = "completed"
-            updated["sent"] = _instant(now)
+            updated["sent"] = format_instant(now)
         else:
             updated["status"] = "not-done"
             updated["statusReason"] = {"text": outcome.reason or "not delivered"}
@@ -400,8 +408,7 @@ class PlanExecutor:
             )
         elif action.patient:
             tasks = self.target.search("Task", {"patient": action.patient, "status": statuses})
-            prefixes = tuple(f"{FLOW_URI_PREFIX}{flow}:" for flow in action.flows)
-            tasks = [t for t in tasks if str(t.get("instantiatesUri") or "").startswith(prefixes)]
+            tasks = [t for t in tasks if _made_by_one_of(t, action.flows)]
         else:
             raise PlanDataError(f"CancelGroup {action.identifier} names neither a group nor a patient")
         for task in tasks:
@@ -412,15 +419,14 @@ class PlanExecutor:
             updated = dict(task)
             updated["status"] = "cancelled"
             updated["statusReason"] = {"text": action.reason}
-            updated["lastModified"] = _instant(self.clock())
+            updated["lastModified"] = format_instant(self.clock())
             self.target.update(updated)
             result.cancelled.append(f"Task/{task.get('id')}")
         if self.scheduler is None:
             return
         # Deferred deliveries (quiet hours, rate limit, retry) of these workflows are pending jobs too:
         # they must not go out after the cancellation, and their Communications must say why.
-        lister = getattr(self.scheduler, "pending_for", None)
-        pending = lister(group=action.group, patient=action.patient, flows=action.flows) if lister else []
+        pending = self.scheduler.pending_for(group=action.group, patient=action.patient, flows=action.flows)
         self.scheduler.cancel(group=action.group, patient=action.patient, flows=action.flows)  # it counts them
         for item in pending:
             if item.kind == "delivery" and self.withdraw_delivery(item.payload, action.reason):
@@ -443,14 +449,14 @@ class PlanExecutor:
                 identifier=identifier,
                 communication=communication,
             ),
-            self._find("Communication", communication),
+            self.target.find_by_identifier("Communication", communication),
             outcome,
             self.clock(),
         )
         return True
 
     def _patch_task(self, action: PatchTask, result: ExecutionResult) -> None:
-        task = self._find("Task", action.identifier)
+        task = self.target.find_by_identifier("Task", action.identifier)
         if task is None:
             raise PlanDataError(f"Task with identifier {action.identifier} not found")
         if action.only_if_open and task.get("status") not in OPEN_TASK_STATUSES:
@@ -467,20 +473,13 @@ class PlanExecutor:
             updated["statusReason"] = {"text": action.status_reason}
         if updated == task:
             return
-        updated["lastModified"] = _instant(self.clock())
+        updated["lastModified"] = format_instant(self.clock())
         validate_resource(updated)
         self.target.update(updated)
         if action.status == "cancelled":
             result.cancelled.append(f"Task/{task.get('id')}")
 
     # -- helpers -------------------------------------------------------------------------------------
-    def _find(self, resource_type: str, identifier: str) -> dict[str, Any] | None:
-        finder = getattr(self.target, "find_by_identifier", None)
-        if finder is not None:
-            return finder(resource_type, identifier)
-        found = self.target.search(resource_type, {"identifier": f"{self.system}|{identifier}"})
-        return found[0] if found else None
-
     def _require_scheduler(self) -> Scheduler:
         if self.scheduler is None:
             raise PlanDataError("no Scheduler configured; follow-up not scheduled")
@@ -495,15 +494,16 @@ def _write_result(created: bool | None) -> str:
     return "unknown" if created is None else "created" if created else "existing"
 
 
-def _describe(action: Any) -> str:
+def _describe(action: PlanAction) -> str:
     kind = type(action).__name__
     if isinstance(action, WriteResource):
         return f"{kind} {action.resource_type} {action.identifier}"
-    return f"{kind} {getattr(action, 'identifier', '')}".strip()
+    return f"{kind} {action.identifier}"
 
 
-def _instant(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+def _made_by_one_of(task: dict[str, Any], flows: tuple[str, ...]) -> bool:
+    made_by = parse_instantiates_uri(task.get("instantiatesUri"))
+    return made_by is not None and made_by.flow_id in flows
 
 
 def _our_identifiers(resource: dict[str, Any], system: str) -> set[str]:
