@@ -19,7 +19,9 @@ def doctor(config: Path, *args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def test_doctor_passes_against_a_reachable_server_and_redis(tmp_path: Path, sandbox_server: str, redis_url: str) -> None:
+def test_doctor_passes_against_a_reachable_server_and_redis(
+    tmp_path: Path, sandbox_server: str, redis_url: str
+) -> None:
     config = write_config(tmp_path / "c.toml", {"redis": {"url": redis_url}, "fhir": {"base_url": sandbox_server}})
     code, out = doctor(config, "--check", "redis", "--check", "fhir-base")
     assert code == 0, out
