@@ -10,8 +10,10 @@ the sample catalog and looks for duplicate automation. Every problem is a LoadEr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from fhir_smartflow.channels import ChannelSpec
 from fhir_smartflow.config import Settings
 from fhir_smartflow.engine import model as m
 from fhir_smartflow.engine.duplicates import duplicate_automation
@@ -42,11 +44,16 @@ def build_engine(
     template_files: list[SourceFile],
     settings: Settings,
     errors: list[LoadError] | None = None,
+    *,
+    channels: Mapping[str, ChannelSpec],
 ) -> tuple[Engine | None, list[LoadError]]:
-    parsed = parse_sources(mapping_files, flow_files, template_files, settings, errors)
+    """The Engine, or None and every problem. ``channels`` (name -> spec, from the channel registry) are
+    what the templates' and actions' methods are checked against."""
+    parsed = parse_sources(mapping_files, flow_files, template_files, settings, errors, channels=channels)
     if parsed.errors:
         return None, parsed.errors
-    return Engine(parsed.mappings, parsed.flows, parsed.templates, parsed.paths, parsed.renderers), []
+    engine = Engine(parsed.mappings, parsed.flows, parsed.templates, parsed.paths, parsed.renderers, channels)
+    return engine, []
 
 
 def parse_sources(
@@ -55,6 +62,8 @@ def parse_sources(
     template_files: list[SourceFile],
     settings: Settings,
     errors: list[LoadError] | None = None,
+    *,
+    channels: Mapping[str, ChannelSpec],
 ) -> Parsed:
     """All three stages; what parsed is kept even when something else did not (lint reads it)."""
     errors = list(errors or [])
@@ -67,7 +76,7 @@ def parse_sources(
     templates: dict[str, Template] = {}
     renderers: dict[tuple[str, str], object] = {}
     for source in template_files:
-        template, errs = parse_template(source, settings, renderers)
+        template, errs = parse_template(source, settings, renderers, channels)
         errors += errs
         if template is None:
             continue
@@ -85,7 +94,7 @@ def parse_sources(
     known_triggers = {r.trigger for r in mappings}
     flows: dict[str, Flow] = {}
     for source in flow_files:
-        flow, errs = parse_flow(source, settings, paths, templates, known_triggers)
+        flow, errs = parse_flow(source, settings, paths, templates, known_triggers, channels)
         errors += errs
         if flow is None:
             continue
