@@ -1,4 +1,8 @@
-"""Parse and check `flows/**/*.toml`: flows, actions, owners, durations, recurrences."""
+"""Parse and check `flows/**/*.toml`: flows, actions, owners, durations, recurrences.
+
+An action is read by one parser per key (``_FIELDS``), then checked by its type's spec (action_types.py):
+what a type requires, allows or defaults is asked of the spec, never written here per type name.
+"""
 
 from __future__ import annotations
 
@@ -16,22 +20,6 @@ from fhir_smartflow.engine.model import Flow, Template
 from fhir_smartflow.engine.tomlfiles import Checker, LoadError, SourceFile, slugify
 
 _FLOW_KEYS = {"id", "name", "description", "enabled", "version", "trigger", "condition", "not_after", "actions"}
-_ACTION_KEYS = {
-    "name",
-    "category",
-    "type",
-    "item",
-    "template",
-    "methods",
-    "due",
-    "weekend",
-    "owner",
-    "reminder",
-    "recurring",
-    "completes_workflow",
-    "overdue",
-    "notify_on_failure",
-}
 _RESERVED_FLOW_PREFIX = "lifecycle-"
 
 
@@ -278,23 +266,23 @@ def _notify_on_failure(c: _Context, e: _Entry) -> None:
         )
 
 
-# The fields every action has, read in this order (later parsers see what earlier ones found).
-_FIELDS: tuple[Callable[[_Context, _Entry], None], ...] = (
-    _name,
-    _category,
-    _type,
-    _item,
-    _template,
-    _methods,
-    _due,
-    _weekend,
-    _owner,
-    _reminder,
-    _recurring,
-    _completes,
-    _overdue,
-    _notify_on_failure,
-)
+# The keys of an action and their parsers, run in this order (later parsers see what earlier ones found).
+_FIELDS: dict[str, Callable[[_Context, _Entry], None]] = {
+    "name": _name,
+    "category": _category,
+    "type": _type,
+    "item": _item,
+    "template": _template,
+    "methods": _methods,
+    "due": _due,
+    "weekend": _weekend,
+    "owner": _owner,
+    "reminder": _reminder,
+    "recurring": _recurring,
+    "completes_workflow": _completes,
+    "overdue": _overdue,
+    "notify_on_failure": _notify_on_failure,
+}
 
 
 def _parse_action(
@@ -310,9 +298,9 @@ def _parse_action(
         check.error(f"actions[{i + 1}]", "expected a table", table="actions", index=i)
         return None
     entry = _Entry(raw, i)
-    check.unknown_keys(raw, _ACTION_KEYS, entry.p, **entry.t)
+    check.unknown_keys(raw, _FIELDS, entry.p, **entry.t)
     context = _Context(check, settings, templates, channels)
-    for parse in _FIELDS:
+    for parse in _FIELDS.values():
         parse(context, entry)
     if entry.spec is not None:
         _check_type(context, entry, entry.spec)
