@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from fhir_smartflow.channels import BUILTIN_CHANNELS, channel_classes, channel_options, channel_specs
+from fhir_smartflow.channels import (
+    BUILTIN_CHANNELS,
+    channel_classes,
+    channel_options,
+    channel_specs,
+    resolve_channel_class,
+)
 from fhir_smartflow.config import ConfigError, DeliveryConfig, Settings, load_settings
 from fhir_smartflow.engine.action_types import ACTION_TYPES, task_types
 from fhir_smartflow.flowfiles import load_paths
@@ -100,8 +106,7 @@ def test_config_file_channels_tables_and_rate_limits(tmp_path: Path) -> None:
         load_settings(config, env={})
 
 
-def flow_with(methods: str) -> str:
-    return f"""
+FLOW = """
 id = "fax-test"
 name = "Fax test"
 trigger = "patient.registered"
@@ -111,15 +116,15 @@ category = "smartflow"
 type = "patient-message"
 item = "welcome-fax"
 template = "welcome-fax"
-methods = {methods}
+methods = ["fax"]
 """
 
 
 TEMPLATE = 'id = "welcome-fax"\nname = "Welcome fax"\nmethods = ["fax"]\nbody = "Welcome, {{ patient.first_name }}."\n'
 
 
-def load_fax_flow(tmp_path: Path, settings: Settings, methods: str = '["fax"]') -> list[str]:
-    (tmp_path / "flow.toml").write_text(flow_with(methods))
+def load_fax_flow(tmp_path: Path, settings: Settings) -> list[str]:
+    (tmp_path / "flow.toml").write_text(FLOW)
     (tmp_path / "template.toml").write_text(TEMPLATE)
     flow, template = str(tmp_path / "flow.toml"), str(tmp_path / "template.toml")
     engine, errors = load_paths([str(ROOT / "mappings")], [flow], [template], settings)
@@ -144,3 +149,15 @@ def test_a_registry_problem_is_a_load_error_on_the_config(tmp_path: Path) -> Non
         "smartflow.toml: [channels.pager]: no channel named 'pager' (known: "
         "sms, email, voice, portal, staff-message, patient-note, webhook, fax)"
     ]
+
+
+def test_an_installed_package_registers_a_channel_by_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # What `pip install clinic-fax` leaves on sys.path: a dist-info with the entry point.
+    dist = tmp_path / "clinic_fax-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: clinic-fax\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[smartflow.channels]\nfax = tests.fax_channel:FaxChannel\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert channel_specs(Settings())["fax"].address == "fax"
+    assert resolve_channel_class("fax").name == "fax"
+    assert load_fax_flow(tmp_path, Settings()) == []
