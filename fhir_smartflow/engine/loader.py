@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from fhir_smartflow.channels import ChannelSpec
 from fhir_smartflow.config import Settings
@@ -24,6 +25,8 @@ from fhir_smartflow.engine.parse_templates import parse_template
 from fhir_smartflow.engine.tomlfiles import EngineLoadError, LoadError, SourceFile
 
 __all__ = ["EngineLoadError", "LoadError", "Parsed", "build_engine", "parse_sources"]
+
+_Named = TypeVar("_Named", Template, Flow)
 
 
 @dataclass(frozen=True)
@@ -78,36 +81,23 @@ def parse_sources(
     for source in template_files:
         template, errs = parse_template(source, settings, renderers, channels)
         errors += errs
-        if template is None:
-            continue
-        if template.id in templates:
-            errors.append(
-                LoadError(
-                    source.path,
-                    "id",
-                    f"duplicate template id {template.id!r} (also in {templates[template.id].file})",
-                    source.line_of("id"),
-                )
-            )
-            continue
-        templates[template.id] = template
+        if template is not None:
+            errors += _keep_unique(templates, template, "template", source)
     known_triggers = {r.trigger for r in mappings}
     flows: dict[str, Flow] = {}
     for source in flow_files:
         flow, errs = parse_flow(source, settings, paths, templates, known_triggers, channels)
         errors += errs
-        if flow is None:
-            continue
-        if flow.id in flows:
-            errors.append(
-                LoadError(
-                    source.path,
-                    "id",
-                    f"duplicate flow id {flow.id!r} (also in {flows[flow.id].file})",
-                    source.line_of("id"),
-                )
-            )
-            continue
-        flows[flow.id] = flow
+        if flow is not None:
+            errors += _keep_unique(flows, flow, "flow", source)
     errors += duplicate_automation(flows.values(), flow_files)
     return Parsed(tuple(mappings), flows, templates, paths, renderers, errors)
+
+
+def _keep_unique(found: dict[str, _Named], item: _Named, kind: str, source: SourceFile) -> list[LoadError]:
+    """Add ``item`` under its id, or the error naming the file that has the id already."""
+    if item.id not in found:
+        found[item.id] = item
+        return []
+    reason = f"duplicate {kind} id {item.id!r} (also in {found[item.id].file})"
+    return [LoadError(source.path, "id", reason, source.line_of("id"))]

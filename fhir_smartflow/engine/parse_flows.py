@@ -15,7 +15,7 @@ from fhir_smartflow.channels import ChannelSpec
 from fhir_smartflow.config import Settings
 from fhir_smartflow.engine import model as m
 from fhir_smartflow.engine.action_types import ACTION_TYPES, ActionType, task_types
-from fhir_smartflow.engine.checks import EXAMPLE_REF, ID, REF, compile_into
+from fhir_smartflow.engine.checks import EXAMPLE_REF, REF, checked_id, compile_into
 from fhir_smartflow.engine.model import Flow, Template
 from fhir_smartflow.engine.tomlfiles import Checker, LoadError, SourceFile, slugify
 
@@ -34,9 +34,7 @@ def parse_flow(
     check = Checker(source)
     data = source.data
     check.unknown_keys(data, _FLOW_KEYS)
-    fid = check.get(data, "id", str, required=True)
-    if fid and not ID.match(fid):
-        check.error("id", f"use lower-case letters, digits and '-' only, got {fid!r}")
+    fid = checked_id(check, data)
     if fid and fid.startswith(_RESERVED_FLOW_PREFIX):
         check.error("id", f"ids starting with {_RESERVED_FLOW_PREFIX!r} are reserved for built-in lifecycle runs")
     name = check.get(data, "name", str, required=True)

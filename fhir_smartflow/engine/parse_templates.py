@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from fhir_smartflow.channels import ChannelSpec
 from fhir_smartflow.config import Settings
 from fhir_smartflow.engine import model as m
-from fhir_smartflow.engine.checks import ID, check_refs, known_roles
+from fhir_smartflow.engine.checks import check_refs, checked_id, known_roles
 from fhir_smartflow.engine.model import Template
 from fhir_smartflow.engine.templating import (
     TemplateRenderError,
@@ -30,9 +30,7 @@ def parse_template(
     check = Checker(source)
     data = source.data
     check.unknown_keys(data, _TEMPLATE_KEYS)
-    tid = check.get(data, "id", str, required=True)
-    if tid and not ID.match(tid):
-        check.error("id", f"use lower-case letters, digits and '-' only, got {tid!r}")
+    tid = checked_id(check, data)
     name = check.get(data, "name", str, required=True)
     status = check.get(data, "status", str, default="enabled")
     if status not in ("enabled", "disabled"):
