@@ -12,7 +12,7 @@ difference / ratio, so the service's own share is visible.
     .venv/bin/python -m benchmarks.e2e_latency                     # 100 ev/s for 30 s, 1 worker
     .venv/bin/python -m benchmarks.e2e_latency --rate 100 --seconds 30 --workers 2 --worker-class fork
 
-Targets (issue 9): p50 <= 50 ms, p99 <= 250 ms.
+Targets: p50 <= 50 ms, p99 <= 250 ms.
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ from fhir_smartflow.worker.gaps import Gap, GapTracker, record_status
 from fhir_smartflow.worker.jobs import EventInProgress, dedupe_key, handle_event
 from fhir_smartflow.worker.seams import RecordingDispatcher
 
+pytestmark = pytest.mark.integration
+
 PREFIX = "t:"
 
 

@@ -1,4 +1,4 @@
-"""Workflow lifecycle end to end (issue 6) with the real parts: the `sandbox` FHIR store process, `serve`,
+"""Workflow lifecycle end to end with the real parts: the `sandbox` FHIR store process, `serve`,
 `worker` processes (each running the follow-up scheduler thread) on the real Redis, and a test clock
 shared through Redis (`[scheduler] test_clock = true`): the test moves "now" by writing
 `<prefix>clock:now`, never by sleeping.
@@ -10,9 +10,7 @@ real "now" and is moved forward from there.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,8 +22,6 @@ from zoneinfo import ZoneInfo
 import pytest
 import redis
 import requests
-from channel_servers import SID, TOKEN, TwilioFake, serve
-from conftest import free_port, smartflow_cmd
 from fhir.resources.R4B.communication import Communication
 from fhir.resources.R4B.task import Task
 
@@ -34,6 +30,11 @@ from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.sandbox.subscriptions import self_subscription
 from fhir_smartflow.scheduling.clock import RedisClock
 from fhir_smartflow.scheduling.scheduler import RqScheduler, iter_pending
+from tests.support.channels import SID, TOKEN, TwilioFake
+from tests.support.fhir import search_all, subscription_events, wait_subscription
+from tests.support.net import free_port, wait_for
+from tests.support.procs import ROOT, smartflow_cmd
+from tests.support.settle import event_state, scheduler_rounds, wait_settled
 
 pytestmark = pytest.mark.integration
 
@@ -42,20 +43,8 @@ SECRET = "lifecycle-e2e-secret"
 PREFIX = "lc:"
 SYSTEM = "urn:fhir-smartflow:id"
 CLINIC_TZ = ZoneInfo("America/New_York")
-ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_FLOWS = ROOT / "tests" / "fixtures" / "flows"
 OPEN = {"draft", "requested", "received", "accepted", "ready", "in-progress", "on-hold"}
-
-
-def wait_for(check: Callable[[], Any], what: str, log: Callable[[], str] = lambda: "", timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{log()[-6000:]}")
-        time.sleep(0.1)
 
 
 def ident(resource: dict[str, Any]) -> str:
@@ -83,6 +72,7 @@ class Stack:
     clock: RedisClock
     config: Path
     env: dict[str, str]
+    run_cli: Callable[..., subprocess.CompletedProcess[str]]
     logs: list[Callable[[], str]] = field(default_factory=list)
     workers: list[Any] = field(default_factory=list)
     start_worker: Callable[[], Any] | None = None
@@ -99,12 +89,7 @@ class Stack:
             )
             put = requests.put(f"{self.store}/Subscription/{sid}", json=sub, headers=FHIR, timeout=10)
             assert put.status_code < 300, put.text
-            wait_for(
-                lambda sid=sid: (
-                    requests.get(f"{self.store}/Subscription/{sid}", timeout=10).json()["status"] == "active"
-                ),
-                f"Subscription/{sid} active",
-            )
+            wait_subscription(self.store, sid)
 
     def put(self, resource: dict[str, Any]) -> dict[str, Any]:
         url = f"{self.store}/{resource['resourceType']}/{resource['id']}"
@@ -116,8 +101,7 @@ class Stack:
         return requests.get(f"{self.store}/{reference}", timeout=10).json()
 
     def search(self, rtype: str, **params: str) -> list[dict[str, Any]]:
-        bundle = requests.get(f"{self.store}/{rtype}", params={"_count": "500", **params}, timeout=10).json()
-        return [e["resource"] for e in bundle.get("entry", [])]
+        return search_all(self.store, rtype, params)
 
     def tasks(self, patient: str, flow: str) -> list[dict[str, Any]]:
         prefix = f"urn:fhir-smartflow:flow:{flow}:"
@@ -161,8 +145,7 @@ class Stack:
 
     def cli(self, *args: str) -> Any:
         """Run a `fhir-smartflow` command with the stack's config; its last output line as JSON."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTFLOW_")} | self.env
-        done = subprocess.run(smartflow_cmd(*args), env=env, capture_output=True, text=True, timeout=30)
+        done = self.run_cli(*args, env=self.env, timeout=30)
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout[done.stdout.index("{") :])
 
@@ -186,20 +169,16 @@ class Stack:
         return Metrics(self.conn, PREFIX).counter_value("flow_runs", result=result)
 
     def wait_settled(self) -> None:
-        """Wait until the queue is empty and no job is running (every fired follow-up has run)."""
-        from rq import Queue
-        from rq.registry import StartedJobRegistry
+        """Until every notification the store sent has been received and every job has run (the
+        queue, rq's dequeued list, the started and retry registries are empty: fired follow-ups too)."""
+        wait_settled(lambda: event_state(self.conn, "smartflow", PREFIX),
+                     webhook_deliveries=lambda: subscription_events(self.store), log=self.log)  # fmt: skip
 
-        queue = Queue("smartflow", connection=self.conn)
-        started = StartedJobRegistry(queue=queue)
-        for _ in range(2):  # twice, a moment apart: a job between dequeue and "started" is not missed
-            wait_for(lambda: queue.count == 0 and started.count == 0, "queue drained", self.log)
-            time.sleep(0.05)
-
-    def settle(self, pause: float = 0.25) -> None:
-        """After a clock move: let the schedulers tick (``pause`` catches a follow-up fired too early),
-        wait until everything due by the test clock has left the pending set, then until it has run."""
-        time.sleep(pause)
+    def settle(self) -> None:
+        """After a clock move: let the scheduler tick on the new time (a follow-up fired too early would
+        be fired then), wait until everything due by the test clock has left the pending set, then
+        until it has run."""
+        scheduler_rounds(self.conn, self.scheduler().skeys.lock, log=self.log)
         sched, now = self.scheduler(), self.clock.now()
         wait_for(
             lambda: ((n := sched.next_due()) is None or n > now) and not self.conn.hlen(sched.skeys.inflight),
@@ -210,7 +189,9 @@ class Stack:
 
 
 @pytest.fixture
-def start_stack(processes, redis_url: str, redis_conn: redis.Redis, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
+def start_stack(
+    processes, run_cli, redis_url: str, redis_conn: redis.Redis, tmp_path: Path
+) -> Iterator[Callable[..., Stack]]:
     """Start the sandbox store, `serve` and N `worker` processes; the test clock starts at real now."""
     stacks: list[Stack] = []
 
@@ -264,7 +245,9 @@ criteria = "Patient?"
             start_worker()
         sandbox.wait_http(f"{store}/metadata")
         serve_proc.wait_http(f"http://127.0.0.1:{serve_port}/healthz")
-        stack = Stack(store, f"http://127.0.0.1:{serve_port}/fhir/notify", redis_conn, clock, config, env, logs)
+        stack = Stack(
+            store, f"http://127.0.0.1:{serve_port}/fhir/notify", redis_conn, clock, config, env, run_cli, logs
+        )
         stack.workers, stack.start_worker = started, start_worker
         stacks.append(stack)
         return stack
@@ -393,11 +376,11 @@ def sms_config(provider: str) -> str:
     return f'[sms]\nbase_url = "{provider}"\n{account}'
 
 
-def test_weekly_series_stops_at_discharge(start_stack) -> None:
+def test_weekly_series_stops_at_discharge(start_stack, serve_app) -> None:
     twilio = TwilioFake()
-    with serve(twilio.app) as provider:
-        stack = start_stack(extra_config=sms_config(provider))
-        _weekly_series_stops_at_discharge(stack, twilio)
+    provider = serve_app(twilio.app).url
+    stack = start_stack(extra_config=sms_config(provider))
+    _weekly_series_stops_at_discharge(stack, twilio)
 
 
 def _weekly_series_stops_at_discharge(stack: Stack, twilio: TwilioFake) -> None:
@@ -561,55 +544,55 @@ def opt_out_consent(patient: str) -> dict[str, Any]:
     }
 
 
-def test_quiet_hours_defer_sms_and_opt_out_blocks_it(start_stack) -> None:
+def test_quiet_hours_defer_sms_and_opt_out_blocks_it(start_stack, serve_app) -> None:
     twilio = TwilioFake()
-    with serve(twilio.app) as provider:
-        stack = start_stack(workers=2, extra_config=sms_config(provider))  # two workers: one SMS each
-        night = next_local(23)  # 23:00 clinic time: inside the default quiet hours 21:00-08:00
-        stack.move_clock(night)
-        stack.subscribe("Patient")
-        patient = stack.new_patient(phone="+15551230001")
-        opted_out_id = uuid.uuid4().hex[:16]
-        consent = stack.put(opt_out_consent(f"Patient/{opted_out_id}"))
-        opted_out = stack.new_patient(phone="+15551230002", pid=opted_out_id)
-        finished = stack.new_patient(phone="+15551230004")  # completes the forms before the morning
-        intake_task(stack, patient), intake_task(stack, opted_out)
-        stack.set_task_status(intake_task(stack, finished), "completed")
-        stack.wait_settled()
+    provider = serve_app(twilio.app).url
+    stack = start_stack(workers=2, extra_config=sms_config(provider))  # two workers: one SMS each
+    night = next_local(23)  # 23:00 clinic time: inside the default quiet hours 21:00-08:00
+    stack.move_clock(night)
+    stack.subscribe("Patient")
+    patient = stack.new_patient(phone="+15551230001")
+    opted_out_id = uuid.uuid4().hex[:16]
+    consent = stack.put(opt_out_consent(f"Patient/{opted_out_id}"))
+    opted_out = stack.new_patient(phone="+15551230002", pid=opted_out_id)
+    finished = stack.new_patient(phone="+15551230004")  # completes the forms before the morning
+    intake_task(stack, patient), intake_task(stack, opted_out)
+    stack.set_task_status(intake_task(stack, finished), "completed")
+    stack.wait_settled()
 
-        deferred = sms_comm(stack, patient)
-        assert deferred["status"] == "in-progress" and twilio.requests == []
-        [pending] = [p for p in stack.pending(patient=patient) if p.kind == "delivery"]
-        morning = next_local(8, after=night)
-        assert pending.at == morning  # deferred to the end of quiet hours, 08:00 clinic time
+    deferred = sms_comm(stack, patient)
+    assert deferred["status"] == "in-progress" and twilio.requests == []
+    [pending] = [p for p in stack.pending(patient=patient) if p.kind == "delivery"]
+    morning = next_local(8, after=night)
+    assert pending.at == morning  # deferred to the end of quiet hours, 08:00 clinic time
 
-        blocked = sms_comm(stack, opted_out)  # opt-out: not-done at once, with the reason, never sent
-        Communication.model_validate(blocked)
-        assert blocked["status"] == "not-done"
-        assert blocked["statusReason"]["text"] == f"patient opted out of sms (Consent/{consent['id']})"
-        assert [p for p in stack.pending(patient=opted_out) if p.kind == "delivery"] == []
+    blocked = sms_comm(stack, opted_out)  # opt-out: not-done at once, with the reason, never sent
+    Communication.model_validate(blocked)
+    assert blocked["status"] == "not-done"
+    assert blocked["statusReason"]["text"] == f"patient opted out of sms (Consent/{consent['id']})"
+    assert [p for p in stack.pending(patient=opted_out) if p.kind == "delivery"] == []
 
-        stack.move_clock(morning - timedelta(minutes=1))
-        stack.settle()
-        assert twilio.requests == [] and sms_comm(stack, patient)["status"] == "in-progress"
+    stack.move_clock(morning - timedelta(minutes=1))
+    stack.settle()
+    assert twilio.requests == [] and sms_comm(stack, patient)["status"] == "in-progress"
 
-        stack.move_clock(morning + timedelta(minutes=1))
-        sent = wait_for(lambda: (c := sms_comm(stack, patient))["status"] == "completed" and c, "SMS sent", stack.log)
-        Communication.model_validate(sent)
-        stack.move_clock(morning + timedelta(minutes=30))  # more ticks: nothing is sent again
-        stack.settle()
-        assert [(r, f["To"]) for r, f in twilio.requests] == [("Messages", "+15551230001")]
-        # The deferred "please complete" text of a task completed overnight is not sent, and says why.
-        withdrawn = sms_comm(stack, finished)
-        Communication.model_validate(withdrawn)
-        assert withdrawn["status"] == "not-done" and "was completed" in withdrawn["statusReason"]["text"]
-        assert sent["sent"] == morning.replace(minute=1).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stack.move_clock(morning + timedelta(minutes=1))
+    sent = wait_for(lambda: (c := sms_comm(stack, patient))["status"] == "completed" and c, "SMS sent", stack.log)
+    Communication.model_validate(sent)
+    stack.move_clock(morning + timedelta(minutes=30))  # more ticks: nothing is sent again
+    stack.settle()
+    assert [(r, f["To"]) for r, f in twilio.requests] == [("Messages", "+15551230001")]
+    # The deferred "please complete" text of a task completed overnight is not sent, and says why.
+    withdrawn = sms_comm(stack, finished)
+    Communication.model_validate(withdrawn)
+    assert withdrawn["status"] == "not-done" and "was completed" in withdrawn["statusReason"]["text"]
+    assert sent["sent"] == morning.replace(minute=1).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # -- the shipped examples use every lifecycle feature --------------------------------------------------------
 
 
-def test_examples_use_every_lifecycle_feature_and_validate() -> None:
+def test_examples_use_every_lifecycle_feature_and_validate(run_cli) -> None:
     from fhir_smartflow.config import Settings
     from fhir_smartflow.flowfiles import load_paths
 
@@ -623,5 +606,5 @@ def test_examples_use_every_lifecycle_feature_and_validate() -> None:
     assert any(a.recurring and (a.recurring.count or a.recurring.until) for a in actions)  # a series with an end
     assert any(a.completes_workflow for a in actions)
     assert any(f.not_after == "patient.discharged" for f in engine.flows.values())
-    validate = subprocess.run(smartflow_cmd("validate", "flows/examples"), cwd=ROOT, capture_output=True, text=True)
+    validate = run_cli("validate", "flows/examples")
     assert validate.returncode == 0, validate.stdout + validate.stderr

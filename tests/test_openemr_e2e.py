@@ -13,8 +13,6 @@ from pathlib import Path
 import pytest
 import redis
 import requests
-from openemr_emulator import OpenEmrEmulator
-from openemr_support import CLIENT_ID, KEY_ID, TOKEN_KEY, make_settings
 from rq import SimpleWorker
 from rq.job import Job
 
@@ -36,6 +34,8 @@ from fhir_smartflow.worker.execute import PlanExecutor
 from fhir_smartflow.worker.pipeline import EnginePipeline
 from fhir_smartflow.worker.prior import RedisPriorState
 from fhir_smartflow.worker.runtime import build_runtime, install
+from tests.support.openemr import CLIENT_ID, KEY_ID, TOKEN_KEY, make_settings
+from tests.support.openemr_emulator import OpenEmrEmulator
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent

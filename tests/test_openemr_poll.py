@@ -11,8 +11,6 @@ from pathlib import Path
 import pytest
 import redis
 import requests
-from openemr_emulator import OpenEmrEmulator
-from openemr_support import CLIENT_ID, KEY_ID, make_settings, rsa_pem
 from rq import SimpleWorker
 
 from fhir_smartflow.ingest.poll import DATE_WINDOW, LAST_UPDATED, UNSUPPORTED, build_poller
@@ -22,6 +20,8 @@ from fhir_smartflow.openemr.tokens import ASSERTION_TYPE, BackendServicesAuth, c
 from fhir_smartflow.queueing import make_queue
 from fhir_smartflow.worker.runtime import build_runtime, install
 from fhir_smartflow.worker.seams import RecordingDispatcher
+from tests.support.openemr import CLIENT_ID, KEY_ID, make_settings, rsa_pem
+from tests.support.openemr_emulator import OpenEmrEmulator
 
 pytestmark = pytest.mark.integration
 

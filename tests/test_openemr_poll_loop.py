@@ -6,11 +6,14 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import redis
 
 from fhir_smartflow.config import PollConfig
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.ingest.poll import Poller
+
+pytestmark = pytest.mark.integration
 
 CAPABILITY = {
     "rest": [

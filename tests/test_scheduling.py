@@ -1,7 +1,7 @@
 """RqScheduler + follow-up jobs on real Redis and real rq SimpleWorkers, with a Redis-stored clock.
 
-Other helpers' components (planner, executor, write-back target) are small fakes of their Protocols
-here; the lead's end-to-end tests use the real ones.
+The planner, executor and write-back target are in-memory fakes of their Protocols here (the jobs are
+under test, not them); tests/test_lifecycle_e2e.py runs the real ones.
 """
 
 from __future__ import annotations
@@ -22,7 +22,10 @@ from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.scheduling.clock import RedisClock, make_clock
 from fhir_smartflow.scheduling.scheduler import RqScheduler, SchedulerLock, job_id_for, run_scheduler_loop
 from fhir_smartflow.worker import followup_jobs as jobs
-from tests.lifecycle_fakes import SYSTEM, FakeExecutor, FakePlanner, FakeTarget, task
+from tests.support.fakes import FakeExecutor, FakePlanner, MemoryTarget
+from tests.support.plans import SYSTEM, task
+
+pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)  # a Monday, 09:00 in New York
 
@@ -35,7 +38,7 @@ def rt(redis_conn, monkeypatch):
     queue = Queue("smartflow", connection=redis_conn)
     metrics = Metrics(redis_conn, "t:")
     scheduler = RqScheduler(redis_conn, keys, queue, clock, metrics)
-    target = FakeTarget()
+    target = MemoryTarget()
     planner = FakePlanner()
     runtime = SimpleNamespace(
         settings=Settings(),
