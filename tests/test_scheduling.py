@@ -23,6 +23,7 @@ from fhir_smartflow.scheduling.clock import RedisClock, make_clock
 from fhir_smartflow.scheduling.scheduler import RqScheduler, SchedulerLock, job_id_for, run_scheduler_loop
 from fhir_smartflow.worker import followup_jobs as jobs
 from tests.support.fakes import FakeExecutor, FakePlanner, MemoryTarget
+from tests.support.net import wait_for
 from tests.support.plans import SYSTEM, task
 
 pytestmark = pytest.mark.integration
@@ -315,22 +316,29 @@ def test_single_scheduler_lock_and_standby(rt):
     assert first.acquire()
 
 
+class CountingStop(threading.Event):
+    """The loop's stop event: it waits on it once per round, so the rounds can be counted."""
+
+    rounds = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.rounds += 1
+        return super().wait(timeout)
+
+
 def test_scheduler_loop_ticks_while_holding_the_lock(rt):
     rt.target.put(task("intake/send/task/abc"))
     rt.scheduler.schedule(reminder(at=T0))
     standby = SchedulerLock(rt.redis, rt.scheduler.skeys.lock, token="other")
     assert standby.acquire()
-    stop = threading.Event()
+    stop = CountingStop()
     loop = threading.Thread(target=run_scheduler_loop, args=(rt.scheduler, stop), kwargs={"interval_seconds": 0.02})
     loop.start()
     try:
-        threading.Event().wait(0.15)
+        wait_for(lambda: stop.rounds >= 3, "three rounds of the loop", timeout=10)
         assert rt.queue.count == 0  # standing by: another scheduler holds the lock
         standby.release()
-        for _ in range(250):
-            if rt.queue.count:
-                break
-            threading.Event().wait(0.02)
+        wait_for(lambda: rt.queue.count, "the reminder enqueued once the lock is free", timeout=5)
         assert rt.queue.count == 1
     finally:
         stop.set()
