@@ -105,7 +105,8 @@ def authorize(settings: Settings, conn: redis.Redis) -> None:
 
 
 def worker_runtime(settings: Settings, conn: redis.Redis, emulator: OpenEmrEmulator):
-    """What `worker` builds with [fhir] writeback = "openemr" (the lead wires this into worker/runtime.py)."""
+    """What `worker` builds with [fhir] writeback = "openemr" (worker/runtime.py), built here so the token
+    key comes from the test's environment (ENV)."""
     keys, metrics = Keys("t:"), Metrics(conn, "t:")
     reads = FhirClient(
         settings.fhir.base_url,
