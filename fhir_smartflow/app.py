@@ -18,7 +18,7 @@ from fhir_smartflow.ingest.app import IngestContext, create_ingest_blueprint, fh
 from fhir_smartflow.ingest.auth import Authenticator
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.observability import register_observability
-from fhir_smartflow.queueing import make_queue
+from fhir_smartflow.queueing import queue_for
 from fhir_smartflow.worker.runtime import utc_now
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def create_app(
     ctx = IngestContext(
         settings=settings,
         conn=conn,
-        queue=make_queue(conn, settings.redis.queue, prefix),
+        queue=queue_for(conn, settings.redis),
         keys=Keys(prefix),
         metrics=Metrics(conn, prefix),
         authenticator=Authenticator.from_config(settings.subscriptions, insecure_dev=insecure_dev),

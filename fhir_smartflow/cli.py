@@ -12,6 +12,7 @@ import click
 
 from fhir_smartflow.commands import service as _service
 from fhir_smartflow.commands.context import CliContext
+from fhir_smartflow.commands.doctor import doctor_command
 from fhir_smartflow.commands.flows import validate
 from fhir_smartflow.commands.flowtools import docs_command, export_group, lint_command, simulate_command
 from fhir_smartflow.commands.history import history_command
@@ -56,3 +57,4 @@ main.add_command(docs_command)
 main.add_command(export_group)
 main.add_command(subscriptions_group)
 main.add_command(history_command)
+main.add_command(doctor_command)

@@ -136,11 +136,11 @@ class PollConfig:
 
 @dataclass(frozen=True)
 class OpenEmrConfig:
-    """The `openemr` write-back target and its two OAuth2 tokens (docs/openemr.md)."""
+    """The `openemr` write-back target and its user-context token (docs/openemr.md); reads use ``[fhir]``."""
 
     base_url: str = ""  # site root, e.g. https://emr.example.org
     site: str = "default"
-    client_id: str = ""  # empty: [fhir] client_id
+    client_id: str = ""  # the client of the user-context token; empty: [fhir] client_id
     private_key_file: str = ""  # empty: [fhir] private_key_file (private_key_jwt client auth)
     key_id: str = ""  # empty: [fhir] key_id
     user_scopes: str = defaults.OPENEMR_USER_SCOPES
@@ -503,3 +503,11 @@ def secret(name: str, env: Mapping[str, str] | None = None) -> str | None:
     env = os.environ if env is None else env
     value = env.get(name, "")
     return value or None
+
+
+def read_secret_file(path: str, key: str) -> bytes:
+    """The bytes of a secret file named by the config key ``key`` (a private key); ConfigError if unreadable."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from None

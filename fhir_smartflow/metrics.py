@@ -39,7 +39,15 @@ METRICS: dict[str, MetricSpec] = {
     "server_restarts": MetricSpec("counter", "Event numbers fell back: server restarted", ("subscription",)),
     "event_latency_seconds": MetricSpec("histogram", "Notification received to plan executed", ()),
     "fhir_requests": MetricSpec("counter", "Requests to the FHIR server by method and status", ("method", "status")),
+    "openemr_requests": MetricSpec(
+        "counter", "Requests to OpenEMR's Standard API by method and status", ("method", "status")
+    ),
     "deliveries": MetricSpec("counter", "Channel deliveries by channel and status", ("channel", "status")),
+    "failure_notices": MetricSpec(
+        "counter",
+        "In-EHR messages telling an action's owner that a delivery failed (notify_on_failure): created | existing",
+        ("channel", "result"),
+    ),
     "flow_runs": MetricSpec("counter", "Flows considered for a trigger event, by result", ("result",)),
     "writes": MetricSpec("counter", "Resources written back: created | existing", ("type", "result")),
     "scheduled_jobs": MetricSpec("counter", "Follow-up jobs scheduled / fired / cancelled", ("kind", "result")),

@@ -1,4 +1,9 @@
-"""The one way events enter the queue: the webhook, the poller, gap recovery and replay all call this."""
+"""The one way events enter the queue: the webhook, the poller, gap recovery and replay all call this.
+
+The queue carries the configured job timeout (``[redis] job_timeout_seconds``) as its default, so every
+job enqueued on it — events from any source, gap sweeps, follow-ups — gets it without each caller
+passing it.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import rq
 from rq import Retry
 
 from fhir_smartflow import defaults
+from fhir_smartflow.config import RedisConfig
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.metrics import Metrics
 
@@ -27,7 +33,6 @@ def enqueue_events(
     pipeline: Any = None,
     *,
     metrics: Metrics | None = None,
-    job_timeout: int | None = None,
 ) -> list[str]:
     """Enqueue one ``process_event`` job per event; returns the job ids.
 
@@ -51,7 +56,6 @@ def enqueue_events(
             event.to_dict(),
             retry=Retry(max=defaults.JOB_RETRIES, interval=list(defaults.JOB_RETRY_INTERVALS)),
             failure_ttl=defaults.FAILED_JOB_TTL_SECONDS,
-            job_timeout=job_timeout or defaults.JOB_TIMEOUT_SECONDS,
             description=job_description(event),
             pipeline=pipe,
         )
@@ -68,8 +72,14 @@ def _metrics_prefix(queue: rq.Queue) -> str:
     return getattr(queue, "smartflow_prefix", defaults.KEY_PREFIX)
 
 
-def make_queue(conn: Any, name: str, key_prefix: str) -> rq.Queue:
-    """The events queue, tagged with the key prefix our metrics use."""
-    queue = rq.Queue(name, connection=conn)
+def make_queue(conn: Any, name: str, key_prefix: str, job_timeout: int = defaults.JOB_TIMEOUT_SECONDS) -> rq.Queue:
+    """The events queue, tagged with the key prefix our metrics use; ``job_timeout`` is the timeout of
+    every job enqueued on it."""
+    queue = rq.Queue(name, connection=conn, default_timeout=job_timeout)
     queue.smartflow_prefix = key_prefix  # type: ignore[attr-defined]
     return queue
+
+
+def queue_for(conn: Any, config: RedisConfig) -> rq.Queue:
+    """The events queue as configured: ``[redis] queue``, ``key_prefix`` and ``job_timeout_seconds``."""
+    return make_queue(conn, config.queue, config.key_prefix, config.job_timeout_seconds)

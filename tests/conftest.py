@@ -22,6 +22,7 @@ import redis
 
 from tests.support import procs
 from tests.support.fhir import Sandbox, serve_sandbox
+from tests.support.lifecycle import start_stack  # noqa: F401 - fixture
 from tests.support.net import Receiver, ThreadedWsgiServer
 from tests.support.openemr import emulator, key_file, private_pem  # noqa: F401 - fixtures
 from tests.support.procs import Process, RedisServer

@@ -191,6 +191,14 @@ def test_staff_task_needs_owner(tmp_path):
     assert error.field == "actions[1].owner" and "needs an owner" in error.reason
 
 
+def test_notify_on_failure_needs_a_staff_owner_to_tell(tmp_path):
+    (error,) = load_flow(tmp_path, GOOD_FLOW + "notify_on_failure = true\n")
+    assert error.field == "actions[1].notify_on_failure" and "staff owner" in error.reason
+    patient_owner = GOOD_FLOW + 'owner = "patient"\nnotify_on_failure = true\n'
+    assert [e.field for e in load_flow(tmp_path, patient_owner)] == ["actions[1].notify_on_failure"]
+    assert load_flow(tmp_path, GOOD_FLOW + 'owner = { role = "case-manager" }\nnotify_on_failure = true\n') == []
+
+
 def test_duplicate_automation_names_both_files(tmp_path):
     (tmp_path / "a.toml").write_text(GOOD_FLOW)
     errors = load_flow(tmp_path, GOOD_FLOW.replace('id = "test-flow"', 'id = "test-flow-2"'), "b.toml")

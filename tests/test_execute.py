@@ -14,7 +14,7 @@ import pytest
 
 from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
-from fhir_smartflow.engine.interfaces import DeliveryOutcome
+from fhir_smartflow.delivery.outcome import DeliveryOutcome
 from fhir_smartflow.engine.plan import Deliver, FlowRun, Plan
 from fhir_smartflow.engine.validation import validate_resource
 from fhir_smartflow.fhir.errors import FhirBadRequest, FhirServerError
@@ -193,3 +193,26 @@ def test_scheduled_delivery_plan_finds_its_communication_by_identifier(target, r
     assert communication(target)["status"] == "completed"
     assert fired.execute(only_deliver).deliveries == [(DELIVERY_ID, "already-completed")]
     assert len(deliverer.calls) == 2
+
+
+def test_a_key_error_in_a_write_is_a_bug_not_bad_data(target, redis_conn) -> None:
+    """Our own KeyError / IndexError propagates (rq records the job as failed); only PlanDataError,
+    FhirError and ResourceInvalid are recorded as an action's error."""
+    original = target.create
+
+    def create(resource, identifier):
+        if resource["resourceType"] == "Communication":
+            return original(resource, identifier)["no-such-field"]  # a bug in code the executor calls
+        return original(resource, identifier)
+
+    target.create = create
+    with pytest.raises(KeyError, match="no-such-field"):
+        executor(target, redis_conn, FakeDeliverer()).execute(intake_plan())
+
+
+def test_a_missing_resource_is_recorded_as_a_data_problem(target, redis_conn) -> None:
+    from fhir_smartflow.engine.plan import PatchTask
+
+    plan = Plan(trigger=trigger(), runs=(FlowRun("intake-forms", "1", "g", True, "r", (PatchTask("no-such-task"),)),))
+    result = executor(target, redis_conn).execute(plan)
+    assert [e.message for e in result.errors] == ["Task with identifier no-such-task not found"]

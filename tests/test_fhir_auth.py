@@ -7,19 +7,24 @@ from urllib.parse import parse_qs
 
 import jwt
 import pytest
+import requests
 import responses
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from fhir_smartflow.config import ConfigError, load_settings
-from fhir_smartflow.fhir.auth import (
-    CLIENT_ASSERTION_TYPE,
-    BearerAuth,
-    SmartBackendTokenProvider,
-    build_auth,
-)
+from fhir_smartflow.fhir.auth import build_auth
 from fhir_smartflow.fhir.client import FhirClient
-from fhir_smartflow.fhir.errors import FhirUnauthorized
+from fhir_smartflow.fhir.errors import FhirUnauthorized, FhirUnavailable, TokenRefused
+from fhir_smartflow.fhir.oauth import ClientCredentialsTokenProvider, TokenRequest, post_token
+from fhir_smartflow.fhir.smart import (
+    CLIENT_ASSERTION_TYPE,
+    OAUTH_URIS,
+    PrivateKeyJwt,
+    discover_smart_configuration,
+    smart_backend_services,
+)
+from fhir_smartflow.fhir.transport import Transport
 from fhir_smartflow.retry import RetryPolicy
 
 BASE = "https://ehr.example.org/fhir"
@@ -45,6 +50,25 @@ class Clock:
         return self.now
 
 
+def backend_services(
+    base: str,
+    client_id: str,
+    key: bytes,
+    *,
+    alg: str = "RS384",
+    kid: str = "",
+    scopes: str = "",
+    clock=None,
+    token_endpoint: str | None = None,
+    refresh_margin: float = 60.0,
+) -> ClientCredentialsTokenProvider:
+    """SMART backend services as build_auth makes it: private_key_jwt client auth, discovered endpoint."""
+    client = PrivateKeyJwt(client_id, key, kid=kid, alg=alg, **({"clock": clock} if clock else {}))
+    return smart_backend_services(
+        base, client, scopes=scopes, token_endpoint=token_endpoint, refresh_margin=refresh_margin
+    )
+
+
 def _register_smart(token_responses: list[dict]) -> None:
     responses.get(f"{BASE}/.well-known/smart-configuration", json={"token_endpoint": TOKEN_URL})
     for body in token_responses:
@@ -60,7 +84,7 @@ def _assertion_of(call) -> tuple[dict, dict]:
 def test_smart_backend_assertion_is_signed_with_the_key_and_has_the_right_claims(rsa_key) -> None:
     clock = Clock()
     _register_smart([{"access_token": "tok-1", "expires_in": 300, "token_type": "bearer"}])
-    provider = SmartBackendTokenProvider(
+    provider = backend_services(
         BASE, "client-123", _pem(rsa_key), alg="RS384", kid="key-1", scopes="system/Task.cu", clock=clock
     )
     assert provider.token() == "tok-1"
@@ -89,8 +113,8 @@ def test_smart_backend_assertion_is_signed_with_the_key_and_has_the_right_claims
 @responses.activate
 def test_es384_keys_work_and_jti_is_unique() -> None:
     key = ec.generate_private_key(ec.SECP384R1())
-    provider = SmartBackendTokenProvider(BASE, "c", _pem(key), alg="ES384", token_endpoint=TOKEN_URL)
-    a, b = provider.client_assertion(TOKEN_URL), provider.client_assertion(TOKEN_URL)
+    provider = backend_services(BASE, "c", _pem(key), alg="ES384", token_endpoint=TOKEN_URL)
+    a, b = provider.client.assertion(TOKEN_URL), provider.client.assertion(TOKEN_URL)
     ca = jwt.decode(a, key.public_key(), algorithms=["ES384"], audience=TOKEN_URL)
     cb = jwt.decode(b, key.public_key(), algorithms=["ES384"], audience=TOKEN_URL)
     assert ca["jti"] != cb["jti"]
@@ -100,7 +124,7 @@ def test_es384_keys_work_and_jti_is_unique() -> None:
 def test_token_is_cached_until_shortly_before_expiry(rsa_key) -> None:
     clock = Clock()
     _register_smart([{"access_token": "tok-1", "expires_in": 300}, {"access_token": "tok-2", "expires_in": 300}])
-    provider = SmartBackendTokenProvider(BASE, "c", _pem(rsa_key), clock=clock, refresh_margin=60)
+    provider = backend_services(BASE, "c", _pem(rsa_key), clock=clock, refresh_margin=60)
     assert provider.token() == "tok-1"
     clock.now += 200
     assert provider.token() == "tok-1"  # still 100 s left, more than the margin
@@ -113,7 +137,7 @@ def test_token_is_cached_until_shortly_before_expiry(rsa_key) -> None:
 @responses.activate
 def test_client_refetches_token_once_on_401(rsa_key) -> None:
     _register_smart([{"access_token": "old", "expires_in": 3600}, {"access_token": "new", "expires_in": 3600}])
-    auth = BearerAuth(SmartBackendTokenProvider(BASE, "c", _pem(rsa_key)))
+    auth = backend_services(BASE, "c", _pem(rsa_key))
     client = FhirClient(BASE, auth=auth, retry=RetryPolicy(max_retries=0), sleep=lambda s: None)
     responses.get(f"{BASE}/Patient/1", status=401, json={"resourceType": "OperationOutcome", "issue": []})
     responses.get(f"{BASE}/Patient/1", json={"resourceType": "Patient", "id": "1"})
@@ -125,7 +149,7 @@ def test_client_refetches_token_once_on_401(rsa_key) -> None:
 @responses.activate
 def test_token_refusal_is_a_clear_error(rsa_key) -> None:
     responses.post(TOKEN_URL, status=401, json={"error": "invalid_client", "error_description": "unknown kid"})
-    provider = SmartBackendTokenProvider(BASE, "c", _pem(rsa_key), token_endpoint=TOKEN_URL)
+    provider = backend_services(BASE, "c", _pem(rsa_key), token_endpoint=TOKEN_URL)
     with pytest.raises(FhirUnauthorized, match="unknown kid"):
         provider.token()
 
@@ -133,7 +157,7 @@ def test_token_refusal_is_a_clear_error(rsa_key) -> None:
 @responses.activate
 def test_plain_http_token_endpoint_is_refused(rsa_key) -> None:
     responses.get(f"{BASE}/.well-known/smart-configuration", json={"token_endpoint": "http://auth.example.org/t"})
-    provider = SmartBackendTokenProvider(BASE, "c", _pem(rsa_key))
+    provider = backend_services(BASE, "c", _pem(rsa_key))
     with pytest.raises(FhirUnauthorized, match="not https"):
         provider.token()
     assert len(responses.calls) == 1
@@ -144,7 +168,7 @@ def test_build_auth_modes(tmp_path: Path, rsa_key) -> None:
     cfg.write_text('[fhir]\nauth = "bearer"\ntoken_env = "MY_TOKEN"\n')
     settings = load_settings(cfg, env={})
     auth = build_auth(settings, BASE, env={"MY_TOKEN": "s3cret"})
-    assert auth is not None and auth.provider.token() == "s3cret"
+    assert auth is not None and auth.token() == "s3cret"
     with pytest.raises(ConfigError, match="MY_TOKEN"):
         build_auth(settings, BASE, env={})
 
@@ -154,8 +178,86 @@ def test_build_auth_modes(tmp_path: Path, rsa_key) -> None:
         f'[fhir]\nauth = "smart-backend"\nclient_id = "abc"\nprivate_key_file = "{key_file}"\nkey_id = "k1"\n'
     )
     auth = build_auth(load_settings(cfg, env={}), BASE)
-    assert isinstance(auth.provider, SmartBackendTokenProvider) and auth.provider.kid == "k1"
+    assert isinstance(auth, ClientCredentialsTokenProvider) and auth.client.kid == "k1"
     cfg.write_text('[fhir]\nauth = "smart-backend"\nclient_id = "abc"\nprivate_key_file = "/nonexistent.pem"\n')
     with pytest.raises(ConfigError, match="private_key_file"):
         build_auth(load_settings(cfg, env={}), BASE)
     assert build_auth(load_settings(None, env={}), BASE) is None
+
+
+@responses.activate
+def test_token_endpoint_from_the_capability_statement_when_there_is_no_smart_configuration(rsa_key) -> None:
+    responses.get(f"{BASE}/.well-known/smart-configuration", status=404)
+    oauth_uris = {
+        "url": OAUTH_URIS,
+        "extension": [{"url": "token", "valueUri": TOKEN_URL}, {"url": "authorize", "valueUri": f"{TOKEN_URL}/a"}],
+    }
+    statement = {
+        "resourceType": "CapabilityStatement",
+        "rest": [{"mode": "server", "security": {"extension": [oauth_uris]}}],
+    }
+    responses.get(f"{BASE}/metadata", json=statement)
+    responses.post(TOKEN_URL, json={"access_token": "tok", "expires_in": 300})
+    assert backend_services(BASE, "c", _pem(rsa_key)).token() == "tok"
+    config = discover_smart_configuration(Transport(BASE, media_type="application/json"))
+    assert (config.token_endpoint, config.authorization_endpoint) == (TOKEN_URL, f"{TOKEN_URL}/a")
+    assert config.source == f"{BASE}/metadata"
+
+
+@responses.activate
+def test_smart_configuration_fields_are_read_and_nested_scope_lists_flattened() -> None:
+    responses.get(
+        f"{BASE}/.well-known/smart-configuration",
+        json={
+            "token_endpoint": TOKEN_URL,
+            "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic"],
+            "scopes_supported": [["system/Patient.rs", "system/Task.cu"], "openid"],
+            "capabilities": ["permission-v2", "client-confidential-asymmetric"],
+        },
+    )
+    config = discover_smart_configuration(Transport(BASE, media_type="application/json"))
+    assert config.scopes_supported == ("system/Patient.rs", "system/Task.cu", "openid")
+    assert config.token_endpoint_auth_methods == ("private_key_jwt", "client_secret_basic")
+    assert "permission-v2" in config.capabilities
+
+
+@responses.activate
+def test_short_lived_tokens_are_renewed_a_quarter_of_their_life_early(rsa_key) -> None:
+    clock = Clock()
+    _register_smart([{"access_token": "a", "expires_in": 60}, {"access_token": "b", "expires_in": 60}])
+    provider = backend_services(BASE, "c", _pem(rsa_key), clock=clock, refresh_margin=60)
+    assert provider.token() == "a"
+    clock.now += 44
+    assert provider.token() == "a"  # 16 s left: a 60 s margin would fetch a token on every request
+    clock.now += 2
+    assert provider.token() == "b"
+
+
+@responses.activate
+def test_invalidating_a_token_that_was_already_replaced_keeps_the_new_one(rsa_key) -> None:
+    _register_smart([{"access_token": "old", "expires_in": 3600}, {"access_token": "new", "expires_in": 3600}])
+    provider = backend_services(BASE, "c", _pem(rsa_key))
+    assert provider.token() == "old"
+    provider.invalidate("old")  # first thread saw a 401
+    assert provider.token() == "new"
+    provider.invalidate("old")  # a second thread saw a 401 with the same old token
+    assert provider.token() == "new"
+    assert sum(1 for c in responses.calls if c.request.url == TOKEN_URL) == 2
+
+
+@responses.activate
+def test_token_endpoint_overload_is_transient_and_a_refusal_keeps_the_oauth_error() -> None:
+    session = requests.Session()
+    responses.post(TOKEN_URL, status=429)
+    with pytest.raises(FhirUnavailable) as busy:
+        post_token(session, TokenRequest(TOKEN_URL, {"grant_type": "client_credentials"}), 5)
+    assert busy.value.transient and busy.value.status == 429
+    responses.post(TOKEN_URL, status=400, json={"error": "invalid_scope", "error_description": "system/Task.cu"})
+    with pytest.raises(TokenRefused) as refused:
+        post_token(session, TokenRequest(TOKEN_URL, {"grant_type": "client_credentials"}), 5)
+    assert (refused.value.error, refused.value.description, refused.value.status) == (
+        "invalid_scope",
+        "system/Task.cu",
+        400,
+    )
+    assert not refused.value.transient

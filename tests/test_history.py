@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,6 +12,7 @@ import redis
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.engine.plan import Deliver, FlowRun, Plan, Schedule, TriggerEvent, WriteResource
 from fhir_smartflow.events import ResourceEvent
+from fhir_smartflow.worker.execute import ActionError, ExecutionResult, WrittenResource
 from fhir_smartflow.worker.history import RunHistory
 
 pytestmark = pytest.mark.integration
@@ -26,15 +26,6 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.at
-
-
-@dataclass
-class Result:
-    written: list[Any] = field(default_factory=list)
-    deliveries: list[Any] = field(default_factory=list)
-    scheduled: list[Any] = field(default_factory=list)
-    cancelled: int = 0
-    errors: list[Any] = field(default_factory=list)
 
 
 def make_plan(patient: str, flows: tuple[str, ...], appt: str = "a1") -> Plan:
@@ -83,12 +74,11 @@ def store(redis_conn: redis.Redis) -> tuple[RunHistory, Clock]:
 def test_record_holds_references_not_phi(store: tuple[RunHistory, Clock]) -> None:
     history, _ = store
     plan = make_plan("Patient/p1", ("no-show-followup",))
-    task = plan.runs[0].actions[0].resource
-    result = Result(
-        written=[{"resource": task, "created": True}],
-        deliveries=[(plan.runs[0].actions[1], {"status": "completed"})],
-        scheduled=[plan.runs[0].actions[2]],
-        errors=[RuntimeError("boom")],
+    result = ExecutionResult(
+        written=[WrittenResource("Task", "t1", "f/a/task/1", True)],
+        deliveries=[("d1", "completed")],
+        scheduled=["s1"],
+        errors=[ActionError("Deliver d1", "boom")],
     )
     run_id = history.record(plan, result)
     rec = history.get(run_id)
@@ -110,7 +100,7 @@ def test_record_holds_references_not_phi(store: tuple[RunHistory, Clock]) -> Non
     assert rec["written"] == [{"type": "Task", "id": "t1", "identifier": "f/a/task/1", "created": True}]
     assert rec["deliveries"] == [{"channel": "sms", "status": "completed", "identifier": "d1"}]
     assert rec["scheduled"] == [{"kind": "reminder", "at": "2026-03-03T15:00:00Z", "identifier": "s1"}]
-    assert rec["errors"] == ["RuntimeError: boom"]
+    assert rec["errors"] == ["Deliver d1: boom"]
     raw = json.dumps(rec)
     assert "Jane" not in raw and "555-0100" not in raw and "secret body" not in raw
 
@@ -118,8 +108,6 @@ def test_record_holds_references_not_phi(store: tuple[RunHistory, Clock]) -> Non
 def test_record_from_the_executors_result(store: tuple[RunHistory, Clock]) -> None:
     """The shapes the real PlanExecutor reports: WrittenResource tuples, (identifier, status) deliveries,
     Schedule identifiers, Task references, ActionErrors."""
-    from fhir_smartflow.worker.execute import ActionError, ExecutionResult, WrittenResource
-
     history, _ = store
     plan = make_plan("Patient/p1", ("f1",))
     result = ExecutionResult(
@@ -199,7 +187,6 @@ def test_history_cli(store: tuple[RunHistory, Clock], redis_url: str, tmp_path: 
 
 def test_the_engine_pipeline_records_each_run(redis_conn: redis.Redis) -> None:
     """EnginePipeline → RunHistory on real Redis, with an executor returning the real result type."""
-    from fhir_smartflow.worker.execute import ExecutionResult, WrittenResource
     from fhir_smartflow.worker.pipeline import EnginePipeline
     from fhir_smartflow.worker.prior import RedisPriorState
     from tests.support.engine import SETTINGS, appointment, event_for, patient, shipped_engine

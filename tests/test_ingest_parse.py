@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from fhir_smartflow.fhir.notifications import NotificationError, parse_notification, parse_reference
+from fhir_smartflow.fhir.notifications import NotificationError, parse_notification
 from fhir_smartflow.instants import parse_instant
+from fhir_smartflow.refs import parse_reference
 
 FIXTURES = Path(__file__).parent / "fixtures" / "notifications"
 FHIR_JSON = {"Content-Type": "application/fhir+json"}

@@ -23,18 +23,13 @@ from fhir_smartflow.flowfiles import load_engine
 from fhir_smartflow.ingest.poll import build_poller
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.openemr.factory import build_openemr_target, user_token_store
-from fhir_smartflow.openemr.tokens import (
-    BackendServicesAuth,
-    build_authorization_request,
-    exchange_code,
-    parse_redirect,
-)
+from fhir_smartflow.openemr.tokens import build_authorization_request, exchange_code, parse_redirect
 from fhir_smartflow.worker.context import CachingContextSource
 from fhir_smartflow.worker.execute import PlanExecutor
 from fhir_smartflow.worker.pipeline import EnginePipeline
 from fhir_smartflow.worker.prior import RedisPriorState
 from fhir_smartflow.worker.runtime import build_runtime, install
-from tests.support.openemr import CLIENT_ID, KEY_ID, TOKEN_KEY, make_settings
+from tests.support.openemr import TOKEN_KEY, make_settings
 from tests.support.openemr_emulator import OpenEmrEmulator
 
 pytestmark = pytest.mark.integration
@@ -108,16 +103,7 @@ def worker_runtime(settings: Settings, conn: redis.Redis, emulator: OpenEmrEmula
     """What `worker` builds with [fhir] writeback = "openemr" (worker/runtime.py), built here so the token
     key comes from the test's environment (ENV)."""
     keys, metrics = Keys("t:"), Metrics(conn, "t:")
-    reads = FhirClient(
-        settings.fhir.base_url,
-        auth=BackendServicesAuth(
-            emulator.token_url,
-            CLIENT_ID,
-            Path(settings.fhir.private_key_file).read_bytes(),
-            settings.fhir.scopes,
-            key_id=KEY_ID,
-        ),
-    )
+    reads = FhirClient.from_settings(settings, metrics)  # [fhir] auth = "smart-backend", as `worker` builds it
     target = build_openemr_target(settings, conn, metrics, env=ENV)
     executor = PlanExecutor(target, conn, keys, settings, metrics=metrics)
     pipeline = EnginePipeline(

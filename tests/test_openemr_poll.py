@@ -13,10 +13,11 @@ import redis
 import requests
 from rq import SimpleWorker
 
+from fhir_smartflow.fhir.errors import TokenRefused
+from fhir_smartflow.fhir.oauth import ClientCredentialsTokenProvider, TokenRequest, post_token
+from fhir_smartflow.fhir.smart import CLIENT_ASSERTION_TYPE, PrivateKeyJwt, client_assertion, smart_backend_services
 from fhir_smartflow.ingest.poll import DATE_WINDOW, LAST_UPDATED, UNSUPPORTED, build_poller
 from fhir_smartflow.metrics import Metrics
-from fhir_smartflow.openemr.errors import TokenError
-from fhir_smartflow.openemr.tokens import ASSERTION_TYPE, BackendServicesAuth, client_assertion, post_token
 from fhir_smartflow.queueing import make_queue
 from fhir_smartflow.worker.runtime import build_runtime, install
 from fhir_smartflow.worker.seams import RecordingDispatcher
@@ -24,6 +25,11 @@ from tests.support.openemr import CLIENT_ID, KEY_ID, make_settings, rsa_pem
 from tests.support.openemr_emulator import OpenEmrEmulator
 
 pytestmark = pytest.mark.integration
+
+
+def backend_services(emulator: OpenEmrEmulator, pem: bytes, scopes: str) -> ClientCredentialsTokenProvider:
+    """The read token as `[fhir] auth = "smart-backend"` builds it (endpoint discovered from the FHIR base)."""
+    return smart_backend_services(emulator.fhir_base, PrivateKeyJwt(CLIENT_ID, pem, kid=KEY_ID), scopes=scopes)
 
 
 def run_worker(settings, conn: redis.Redis) -> RecordingDispatcher:
@@ -40,28 +46,26 @@ def run_worker(settings, conn: redis.Redis) -> RecordingDispatcher:
 def test_client_credentials_assertion_is_verified_and_only_reads_granted(
     emulator: OpenEmrEmulator, private_pem: bytes
 ) -> None:
-    auth = BackendServicesAuth(
-        emulator.token_url, CLIENT_ID, private_pem, "system/Patient.rs system/Task.cu", key_id=KEY_ID
-    )
+    auth = backend_services(emulator, private_pem, "system/Patient.rs system/Task.cu")
     assert auth.token()
     assert auth.granted_scopes == "system/Patient.rs"  # OpenEMR grants no system write scope
     session = requests.Session()
     form = {
         "grant_type": "client_credentials",
         "scope": "system/Patient.rs",
-        "client_assertion_type": ASSERTION_TYPE,
+        "client_assertion_type": CLIENT_ASSERTION_TYPE,
         "client_assertion": client_assertion(CLIENT_ID, emulator.token_url, private_pem, KEY_ID),
     }
-    post_token(session, emulator.token_url, form, 5)
-    with pytest.raises(TokenError) as replay:
-        post_token(session, emulator.token_url, form, 5)  # same jti again
+    post_token(session, TokenRequest(emulator.token_url, form), 5)
+    with pytest.raises(TokenRefused) as replay:
+        post_token(session, TokenRequest(emulator.token_url, form), 5)  # same jti again
     assert replay.value.error == "invalid_client"
     stranger = {**form, "client_assertion": client_assertion(CLIENT_ID, emulator.token_url, rsa_pem(), KEY_ID)}
-    with pytest.raises(TokenError, match="invalid_client"):
-        post_token(session, emulator.token_url, stranger, 5)
+    with pytest.raises(TokenRefused, match="invalid_client"):
+        post_token(session, TokenRequest(emulator.token_url, stranger), 5)
     wrong_aud = {**form, "client_assertion": client_assertion(CLIENT_ID, emulator.fhir_base, private_pem, KEY_ID)}
-    with pytest.raises(TokenError, match="invalid_client"):
-        post_token(session, emulator.token_url, wrong_aud, 5)
+    with pytest.raises(TokenRefused, match="invalid_client"):
+        post_token(session, TokenRequest(emulator.token_url, wrong_aud), 5)
 
 
 def test_strategies_come_from_the_capability_statement(emulator, redis_url, redis_conn, key_file) -> None:
@@ -142,9 +146,7 @@ def test_appointment_status_change_fires_once_through_the_date_window(
     emulator.advance(3600)
     emulator.set_appointment_status(appt, "?")  # OpenEMR "no show"
     # The change is invisible to _lastUpdated (it follows pc_time, the creation time) ...
-    token = BackendServicesAuth(
-        emulator.token_url, CLIENT_ID, key_file.read_bytes(), "system/Appointment.rs", key_id=KEY_ID
-    ).token()
+    token = backend_services(emulator, key_file.read_bytes(), "system/Appointment.rs").token()
     since = (datetime.now(UTC) + timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
     found = requests.get(
         f"{emulator.fhir_base}/Appointment",

@@ -1,48 +1,22 @@
-"""Poller.run: per-type interval + jitter, exponential backoff on errors, stops on request (real Redis)."""
+"""Poller.run: per-type interval + jitter, exponential backoff on errors, stops on request (real Redis, the real
+FhirClient against the sandbox served over HTTP, its fault injection standing in for a server that is down)."""
 
 from __future__ import annotations
 
+import itertools
 import threading
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import redis
+import requests
 
 from fhir_smartflow.config import PollConfig
 from fhir_smartflow.connections import Keys
+from fhir_smartflow.fhir.client import FhirClient
 from fhir_smartflow.ingest.poll import Poller
+from fhir_smartflow.retry import RetryPolicy
 
 pytestmark = pytest.mark.integration
-
-CAPABILITY = {
-    "rest": [
-        {
-            "mode": "server",
-            "resource": [
-                {"type": "Patient", "interaction": [{"code": "search-type"}], "searchParam": [{"name": "_lastUpdated"}]}
-            ],
-        }
-    ]
-}
-
-
-class FlakyReader:
-    """A FhirReader (the poller's Protocol) whose searches fail ``failures`` times, then find nothing."""
-
-    def __init__(self, failures: int, clock: list[float]) -> None:
-        self.failures = failures
-        self.clock = clock
-        self.calls: list[float] = []
-
-    def capability(self) -> dict[str, Any]:
-        return CAPABILITY
-
-    def search_pages(self, resource_type: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        self.calls.append(self.clock[0])
-        if len(self.calls) <= self.failures:
-            raise RuntimeError("server down")
-        yield {"resourceType": "Bundle", "entry": []}
 
 
 class FakeStop(threading.Event):
@@ -60,13 +34,19 @@ class FakeStop(threading.Event):
         return self.is_set()
 
 
-def test_backoff_grows_on_errors_then_the_interval_resumes(redis_conn: redis.Redis) -> None:
+def test_backoff_grows_on_errors_then_the_interval_resumes(redis_conn: redis.Redis, sandbox_server: str) -> None:
     clock = [0.0]
-    reader = FlakyReader(failures=3, clock=clock)
+    client = FhirClient(sandbox_server, retry=RetryPolicy(max_retries=0))  # each search is one request
+    calls: list[float] = []  # the fake time of every Patient search the server answered
+    client.session.hooks["response"].append(
+        lambda r, *a, **k: calls.append(clock[0]) if "/Patient" in r.request.url else None
+    )
     config = PollConfig(interval_seconds=10, jitter_seconds=0, backoff_max_seconds=60, initial_lookback_hours=1)
-    poller = Poller(reader, lambda events: [], redis_conn, Keys("t:"), config, ["Patient"])
+    poller = Poller(client, lambda events: [], redis_conn, Keys("t:"), config, ["Patient"])
+    poller.plans()  # the CapabilityStatement, read once and kept by the client
+    requests.post(f"{sandbox_server}/$faults", json={"fail_first": 3, "methods": ["GET"]}, timeout=5)  # then down
     poller.run(FakeStop(clock, limit=6), monotonic=lambda: clock[0])
-    gaps = [b - a for a, b in zip(reader.calls, reader.calls[1:], strict=False)]
-    assert len(reader.calls) >= 5
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
+    assert len(calls) >= 5
     assert 10 <= gaps[0] <= 20 and 20 <= gaps[1] <= 40 and 30 <= gaps[2] <= 60  # backoff, capped at 60
     assert gaps[3] == 10  # healthy again: the plain interval

@@ -320,7 +320,7 @@ def test_two_workers_refreshing_at_once_spend_the_refresh_token_once(
     redis_conn.delete("t:openemr:access")
     before = emulator.requests.count("POST /oauth2/default/token")
     tokens: list[str] = []
-    threads = [threading.Thread(target=lambda s=s: tokens.append(s.access_token())) for s in stores]
+    threads = [threading.Thread(target=lambda s=s: tokens.append(s.token())) for s in stores]
     for t in threads:
         t.start()
     for t in threads:
@@ -328,3 +328,60 @@ def test_two_workers_refreshing_at_once_spend_the_refresh_token_once(
     assert len(tokens) == 4 and len(set(tokens)) == 1  # all got the one fresh token
     assert emulator.requests.count("POST /oauth2/default/token") == before + 1  # rotation-safe: one refresh
     assert redis_conn.get("t:openemr:auth_degraded") is None
+
+
+def test_standard_api_calls_go_through_the_guarded_counted_transport(
+    setup, emulator: OpenEmrEmulator, redis_conn: redis.Redis
+) -> None:
+    from fhir_smartflow.fhir.errors import FhirUrlRejected
+
+    _, target, puuid = setup
+    target.create(task(puuid, "f/t/task/counted"), "f/t/task/counted")
+    metrics = Metrics(redis_conn, "t:")
+    assert metrics.counter_value("openemr_requests", method="GET", status="200") == 1  # the pid lookup
+    assert metrics.counter_value("openemr_requests", method="POST", status="201") == 1  # the message
+    before = len(emulator.requests)
+    with pytest.raises(FhirUrlRejected):  # nothing outside /apis/<site>/api is ever requested
+        target.api.request("GET", "/../../../oauth2/default/token", scope="-")
+    assert len(emulator.requests) == before
+
+
+def test_a_failure_notice_about_a_task_message_still_reaches_the_owner(setup, emulator: OpenEmrEmulator) -> None:
+    """The undelivered SMS is basedOn its Task (so it is never mirrored); the notice about it is a message."""
+    from datetime import UTC, datetime
+
+    from fhir_smartflow.delivery.notice import failure_notice
+    from fhir_smartflow.delivery.outcome import DeliveryOutcome
+    from fhir_smartflow.engine import resources as fr
+    from fhir_smartflow.engine.plan import Deliver
+
+    settings, target, puuid = setup
+    target.config = dataclasses.replace(settings.openemr, users={**settings.openemr.users, "Practitioner/p9": "drp9"})
+    sms = fr.build_communication(
+        identifier_system=SYSTEM,
+        identifier_value="f/r/Communication/sms",
+        method="sms",
+        text="Please complete your forms",
+        sender="Device/fhir-smartflow",
+        status="not-done",
+        recipients=[f"Patient/{puuid}"],
+        subject=f"Patient/{puuid}",
+        based_on_task="f/r/Task/1",
+    )
+    stored = target.create(sms, "f/r/Communication/sms")
+    deliver = Deliver(
+        "sms", f"Patient/{puuid}", "hi", "f/r/Deliver/sms", "f/r/Communication/sms", owner=("Practitioner/p9",)
+    )
+    notice = failure_notice(
+        deliver,
+        DeliveryOutcome("not-done", "sms delivery failed: provider HTTP 400", failed=True),
+        stored,
+        identifier_system=SYSTEM,
+        device_id="fhir-smartflow",
+        patient=f"Patient/{puuid}",
+        flow_id="f",
+        now=datetime(2026, 11, 25, 10, tzinfo=UTC),
+    )
+    Communication.model_validate(notice.resource)
+    target.create(notice.resource, notice.identifier)
+    assert [m["to"] for m in emulator.messages] == ["drp9"]

@@ -153,3 +153,18 @@ def test_date_params_on_appointment(sandbox_server: str) -> None:
     assert ids(sandbox_server, "Appointment?date=gt2026-03-08T14:30:00Z") == []
     assert ids(sandbox_server, "Appointment?patient=Patient/p9&status=booked") == [made["id"]]
     assert ids(sandbox_server, "Appointment?actor=p9") == [made["id"]]
+
+
+def test_practitioner_roles_by_role_code_and_active(sandbox_server: str) -> None:
+    """What a message to a role resolves through (`RunContext.role_members`)."""
+    base = sandbox_server
+    snomed = "http://snomed.info/sct"
+
+    def role(code: str, active: bool) -> dict[str, Any]:
+        concept = {"coding": [{"system": snomed, "code": code}]}
+        return post(base, {"resourceType": "PractitionerRole", "active": active, "code": [concept]})
+
+    manager, retired, nurse = role("768730001", True), role("768730001", False), role("224535009", True)
+    assert ids(base, f"PractitionerRole?role={snomed}|768730001&active=true") == [manager["id"]]
+    assert sorted(ids(base, "PractitionerRole?role=768730001")) == sorted([manager["id"], retired["id"]])
+    assert sorted(ids(base, "PractitionerRole?active=true")) == sorted([manager["id"], nurse["id"]])

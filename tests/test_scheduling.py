@@ -1,15 +1,17 @@
 """RqScheduler + follow-up jobs on real Redis and real rq SimpleWorkers, with a Redis-stored clock.
 
-The planner, executor and write-back target are in-memory fakes of their Protocols here (the jobs are
-under test, not them); tests/test_lifecycle_e2e.py runs the real ones.
+The planner, executor and write-back target are in-memory fakes here (tests/support/fakes.py; the jobs
+are under test, not them), handed to a real ServiceRuntime that the jobs find through ``runtime.install``;
+tests/test_lifecycle_e2e.py runs the real ones.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
 
 import pytest
 from rq import Queue, SimpleWorker
@@ -17,11 +19,15 @@ from rq.job import Job
 
 from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
+from fhir_smartflow.engine.model import Action, Engine, Flow
 from fhir_smartflow.engine.plan import Schedule, WriteResource
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.scheduling.clock import RedisClock, make_clock
 from fhir_smartflow.scheduling.scheduler import RqScheduler, SchedulerLock, job_id_for, run_scheduler_loop
-from fhir_smartflow.worker import followup_jobs as jobs
+from fhir_smartflow.worker.pipeline import EnginePipeline
+from fhir_smartflow.worker.prior import RedisPriorState
+from fhir_smartflow.worker.runtime import ServiceRuntime, install
+from fhir_smartflow.worker.seams import LoggingGapRecovery, PassThroughFetcher
 from tests.support.fakes import FakeExecutor, FakePlanner, MemoryTarget
 from tests.support.net import wait_for
 from tests.support.plans import SYSTEM, task
@@ -31,33 +37,49 @@ pytestmark = pytest.mark.integration
 T0 = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)  # a Monday, 09:00 in New York
 
 
+@dataclass(kw_only=True)
+class FollowupRuntime(ServiceRuntime):
+    """The runtime the jobs see, plus the fake planner whose calls the tests read."""
+
+    planner: FakePlanner
+
+
 @pytest.fixture
-def rt(redis_conn, monkeypatch):
+def rt(redis_conn) -> Iterator[FollowupRuntime]:
     keys = Keys("t:")
     clock = RedisClock(redis_conn, keys)
     clock.set(T0)
     queue = Queue("smartflow", connection=redis_conn)
     metrics = Metrics(redis_conn, "t:")
     scheduler = RqScheduler(redis_conn, keys, queue, clock, metrics)
+    settings = Settings()
     target = MemoryTarget()
     planner = FakePlanner()
-    runtime = SimpleNamespace(
-        settings=Settings(),
+    executor = FakeExecutor(target, scheduler)
+    engine = Engine(mappings=(), flows={}, templates={})
+    pipeline = EnginePipeline(
+        engine, settings, RedisPriorState(redis_conn, keys), lambda _event: target, executor, redis_conn, keys
+    )
+    runtime = FollowupRuntime(
+        settings=settings,
         redis=redis_conn,
         keys=keys,
         metrics=metrics,
-        target=target,
-        engine=SimpleNamespace(flows={}),
-        executor=FakeExecutor(target, scheduler),
-        deliverer=None,
-        scheduler=scheduler,
-        clock=clock,
         queue=queue,
+        dispatcher=pipeline,
+        fetcher=PassThroughFetcher(),
+        gap_recovery=LoggingGapRecovery(),
+        clock=clock,
+        target=target,
+        executor=executor,
+        scheduler=scheduler,
+        context=lambda: target,
+        plan_followup=planner.plan_followup,
         planner=planner,
     )
-    monkeypatch.setattr(jobs, "_current_runtime", lambda: runtime)
-    monkeypatch.setattr(jobs, "_planner", lambda: planner)
-    return runtime
+    install(runtime)
+    yield runtime
+    install(None)
 
 
 def work(rt) -> None:
@@ -364,11 +386,13 @@ def test_memory_per_pending_reminder_is_within_one_kib(redis_conn):
 
 
 def test_recurrence_series_stops_when_the_workflow_was_completed(rt):
-    rt.engine.flows["checkin"] = SimpleNamespace(
-        not_after=None,
+    rt.engine.flows["checkin"] = Flow(
+        "checkin",
+        "Check-in",
+        "appointment.first_kept",
         actions=(
-            SimpleNamespace(slug="weekly-check-in", completes_workflow=False),
-            SimpleNamespace(slug="final-review", completes_workflow=True),
+            Action(0, "Weekly check-in", "weekly-check-in", "send-form", "urn:q"),
+            Action(1, "Final review", "final-review", "staff-task", "review", completes_workflow=True),
         ),
     )
     _series(rt, {"every": "weekly", "count": 12})

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fhir_smartflow.config import load_settings
-from fhir_smartflow.engine.model import Engine, MappingRule
+from fhir_smartflow.engine.model import Engine, Flow, MappingRule
 from fhir_smartflow.tooling import subscriptions as subs
 from fhir_smartflow.tooling.lint import Finding, lint, path_roots
 from fhir_smartflow.tooling.simulate import MemoryContext
@@ -36,21 +36,13 @@ def test_unfiltered_search_absorbs_filtered_ones_and_task_lifecycle_is_included(
     )
     # No enabled flow: only the lifecycle subscription (task.completed) is needed.
     assert [w.search for w in subs.wanted_subscriptions(_engine(*rules))] == ["Task?status=completed"]
-    engine = _engine(*rules, flows={"f": _Flow("patient.registered", "patient.discharged")})
+    engine = _engine(*rules, flows={"f": Flow("f", "F", "patient.registered", (), not_after="patient.discharged")})
     wanted = subs.wanted_subscriptions(engine)
     assert [(w.search, w.triggers) for w in wanted] == [
         ("Encounter?status=in-progress", ("patient.admitted",)),
         ("Patient?", ("patient.discharged", "patient.registered")),
         ("Task?status=completed", ("task.completed",)),
     ]
-
-
-class _Flow:
-    enabled = True
-
-    def __init__(self, trigger: str, not_after: str | None = None) -> None:
-        self.trigger = trigger
-        self.not_after = not_after
 
 
 class FakeServer:

@@ -16,6 +16,7 @@ import click
 
 from fhir_smartflow.commands.context import CliContext, pass_ctx
 from fhir_smartflow.config import Settings
+from fhir_smartflow.instants import parse_instant
 
 if TYPE_CHECKING:  # the engine is imported when a command runs, so `--help` stays fast
     from fhir_smartflow.engine.model import Engine
@@ -55,13 +56,12 @@ def load_or_exit(settings: Settings, mappings: Sequence[str], flows: Sequence[st
 def _instant(value: str | None) -> datetime:
     if value is None:
         return datetime.now(UTC)
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter(f"not an ISO-8601 instant: {value!r}", param_hint="--at") from None
-    if parsed.tzinfo is None:
+    parsed = parse_instant(value, zone=None)
+    if parsed is not None:
+        return parsed
+    if parse_instant(value) is not None:  # a date, or a date-time without its offset
         raise click.BadParameter("give an offset or Z (e.g. 2026-03-02T15:00:00Z)", param_hint="--at")
-    return parsed.astimezone(UTC)
+    raise click.BadParameter(f"not an ISO-8601 instant: {value!r}", param_hint="--at")
 
 
 @click.command("simulate")

@@ -62,6 +62,7 @@ def authorize(ctx: CliContext, paste: bool, timeout: float) -> None:
     Exit codes: 0 stored; 1 OpenEMR refused; 2 configuration error.
     """
     from fhir_smartflow.connections import connect
+    from fhir_smartflow.fhir.errors import FhirError
     from fhir_smartflow.metrics import Metrics
     from fhir_smartflow.openemr.errors import OpenEmrError
     from fhir_smartflow.openemr.factory import user_token_store
@@ -90,7 +91,7 @@ def authorize(ctx: CliContext, paste: bool, timeout: float) -> None:
     try:
         code, state = parse_redirect(redirected)
         body = exchange_code(store, request, code, state)
-    except OpenEmrError as exc:
+    except FhirError as exc:  # the token endpoint refused (TokenRefused) or was unreachable
         click.echo(f"authorization failed: {exc}", err=True)
         sys.exit(1)
     click.echo(f"stored the OpenEMR refresh token (encrypted); scopes granted: {body.get('scope', '')}")

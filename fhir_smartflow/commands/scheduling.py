@@ -12,7 +12,6 @@ import click
 
 from fhir_smartflow.commands.context import CliContext, pass_ctx
 from fhir_smartflow.connections import connect
-from fhir_smartflow.scheduling.clock import now_of
 from fhir_smartflow.scheduling.scheduler import SchedulerLock, build_scheduler, iter_pending, run_scheduler_loop
 
 
@@ -40,7 +39,7 @@ def scheduler_command(ctx: CliContext, once: bool, status: bool, as_json: bool) 
             "pending": scheduler.pending_count(),
             "next_due": nxt.isoformat() if nxt else None,
             "active_scheduler": lock.holder(),
-            "now": now_of(scheduler.clock).isoformat(),
+            "now": scheduler.clock().isoformat(),
             "soonest": [
                 {"kind": p.kind, "at": p.at.isoformat(), "identifier": p.identifier}
                 for p in iter_pending(scheduler, 10)

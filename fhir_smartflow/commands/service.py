@@ -18,7 +18,14 @@ from fhir_smartflow.config import ConfigError, Settings
 from fhir_smartflow.connections import embedded_redis
 from fhir_smartflow.ingest.app import webhook_redis
 from fhir_smartflow.worker.embedded import WORKER_LOG_LEVEL, replay_failed, run_embedded_worker, worker_connection
-from fhir_smartflow.worker.runtime import Runtime, build_runtime, build_service_runtime, install, reload_engine
+from fhir_smartflow.worker.runtime import (
+    Runtime,
+    ServiceRuntime,
+    build_runtime,
+    build_service_runtime,
+    install,
+    reload_engine,
+)
 from fhir_smartflow.worker.supervise import (
     Liveness,
     SupervisedForkWorker,
@@ -113,6 +120,8 @@ def _service_runtime(settings: Settings, conn: redis.Redis) -> Runtime:
 
 def _reload_on_sighup(rt: Runtime) -> None:
     """`kill -HUP <pid>` reloads flows, mappings and templates; invalid files leave the running ones in place."""
+    if not isinstance(rt, ServiceRuntime):
+        return  # the ingest-only runtime has no flows to reload
 
     def reload(_signum: int, _frame: object) -> None:
         errors = reload_engine(rt)
@@ -123,14 +132,14 @@ def _reload_on_sighup(rt: Runtime) -> None:
         else:
             log.info("reload: %d flow(s) loaded", len(rt.engine.flows))
 
-    if rt.engine is not None and threading.current_thread() is threading.main_thread():
+    if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGHUP, reload)
 
 
 def _start_scheduler(rt: Runtime, stop: threading.Event) -> None:
     """Follow-ups (reminders, overdue checks, recurrences, deferred deliveries) in a thread of this process."""
-    if rt.scheduler is None:
-        return
+    if not isinstance(rt, ServiceRuntime):
+        return  # nothing schedules follow-ups without the engine
     from fhir_smartflow.scheduling.scheduler import start_scheduler_thread
 
     start_scheduler_thread(

@@ -4,7 +4,9 @@ For one Deliver action it decides whether, where and when to send: FHIR-only cha
 a patient's opt-out (Consent or configured extension) makes it not-done; the address comes from
 ``telecom``; patient-facing SMS / voice wait out quiet hours; a per-channel rate limit spreads bursts;
 transient provider failures are retried with backoff (briefly inline, then as a scheduled retry),
-permanent ones become not-done with the provider's error. Logs carry identifiers only (no PHI at INFO).
+permanent ones become not-done with the provider's error. A not-done outcome is ``failed`` when the
+message could not be delivered (no usable address, channel not configured, provider rejection, retries
+exhausted) and not when it was declined (opt-out). Logs carry identifiers only (no PHI at INFO).
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from smartflow_channels.base import FAILED_PERMANENT, SENT, Channel, DeliveryRes
 
 from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
-from fhir_smartflow.engine.interfaces import DeliveryOutcome
+from fhir_smartflow.delivery.outcome import DeliveryOutcome
 from fhir_smartflow.engine.plan import Deliver
+from fhir_smartflow.instants import parse_instant
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.retry import RetryPolicy
 
@@ -39,7 +42,7 @@ _ATTEMPTS_TTL_SECONDS = 7 * 24 * 3600
 
 
 class ChannelDeliverer:
-    """Implements ``Deliverer`` (engine/interfaces.py)."""
+    """Implements ``Deliverer`` (delivery/outcome.py)."""
 
     def __init__(
         self,
@@ -92,7 +95,8 @@ class ChannelDeliverer:
     ) -> tuple[DeliveryOutcome, str]:
         channel = self.channels.get(action.channel)
         if channel is None:
-            return DeliveryOutcome("not-done", f"channel {action.channel!r} is not configured"), "unconfigured"
+            unconfigured = f"channel {action.channel!r} is not configured"
+            return DeliveryOutcome("not-done", unconfigured, failed=True), "unconfigured"
         message = self._message(action, "")
         if action.channel in FHIR_ONLY:
             return self._send(channel, message, action, now)
@@ -105,7 +109,7 @@ class ChannelDeliverer:
         if address is None:
             kind = TELECOM_SYSTEM.get(action.channel, action.channel)
             where = (recipient or {}).get("resourceType", "recipient")
-            return DeliveryOutcome("not-done", f"no usable {kind} in {where}.telecom"), "no-address"
+            return DeliveryOutcome("not-done", f"no usable {kind} in {where}.telecom", failed=True), "no-address"
         if is_patient and action.channel in self.cfg.quiet_hours_channels:
             resume = quiet_hours_resume(now, self.tz, self.cfg.quiet_hours_start, self.cfg.quiet_hours_end)
             if resume is not None:
@@ -143,7 +147,7 @@ class ChannelDeliverer:
                 return DeliveryOutcome("completed", provider_id=result.provider_id), SENT
             if result.status == FAILED_PERMANENT:
                 return DeliveryOutcome(
-                    "not-done", f"{action.channel} delivery failed: {result.error}"
+                    "not-done", f"{action.channel} delivery failed: {result.error}", failed=True
                 ), FAILED_PERMANENT
             self._count(action.channel, "failed-transient")
             attempt += 1
@@ -157,7 +161,7 @@ class ChannelDeliverer:
             if rounds >= self.cfg.max_attempts:
                 self.conn.delete(self._attempts_key(action.identifier))
                 reason = f"{action.channel} delivery failed after {rounds} attempts: {result.error}"
-                return DeliveryOutcome("not-done", reason), "gave-up"
+                return DeliveryOutcome("not-done", reason, failed=True), "gave-up"
             retry_at = now + timedelta(seconds=self.policy.delay(rounds, hint))
             return DeliveryOutcome("retry", result.error, retry_at=retry_at), "retry"
 
@@ -260,19 +264,10 @@ def _provision_denies(provision: dict[str, Any], channel: str, now: datetime) ->
 def _period_current(period: dict[str, Any] | None, now: datetime) -> bool:
     if not period:
         return True
-    start, end = _instant(period.get("start"), False), _instant(period.get("end"), True)
+    # A bare end date covers its whole day.
+    start = parse_instant(period.get("start"))
+    end = parse_instant(period.get("end"), date_only="end-of-day")
     return (start is None or start <= now) and (end is None or now <= end)
-
-
-def _instant(value: str | None, end_of_day: bool) -> datetime | None:
-    """FHIR dateTime (date, date-time) as an aware instant; a bare date covers its whole day (UTC)."""
-    if not value:
-        return None
-    if len(value) == 10:
-        day = datetime.fromisoformat(value).replace(tzinfo=UTC)
-        return day + timedelta(days=1) - timedelta(microseconds=1) if end_of_day else day
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def quiet_hours_resume(now: datetime, tz: ZoneInfo, start: str, end: str) -> datetime | None:

@@ -17,10 +17,7 @@ from fhir_smartflow.engine import resources as fr
 from fhir_smartflow.engine.model import FHIR_ONLY_METHODS, Action, Template
 from fhir_smartflow.engine.plan import Deliver, PlanAction, Schedule, WriteResource
 from fhir_smartflow.engine.runctx import RunContext, RunProblem
-
-
-def iso(instant: datetime | None) -> str | None:
-    return instant.strftime("%Y-%m-%dT%H:%M:%SZ") if instant else None
+from fhir_smartflow.instants import format_instant
 
 
 def plan_action(run: RunContext, action: Action, event_at: datetime, base: datetime | None = None) -> list[PlanAction]:
@@ -82,13 +79,13 @@ def task_write(
         group=run.group,
         instantiates_uri=run.instantiates(action),
         description=description,
-        authored_on=iso(event_at) or "",
+        authored_on=format_instant(event_at) or "",
         requester=run.device,
         for_ref=run.trigger.patient,
         focus=run.focus,
         owner=owner,
         performer_types=performer_types,
-        due=iso(due),
+        due=format_instant(due),
         questionnaire=form,
         code_text=title or action.name,
     )
@@ -155,17 +152,19 @@ def _messages(
     return communications(run, action, template, due, event_at, recipients, category=category)
 
 
+def owner_staff(run: RunContext, action: Action) -> list[str]:
+    """The action's staff owner as recipients: the Practitioner / PractitionerRole / Group it names, or
+    the PractitionerRoles holding its role; none for a patient owner or no owner."""
+    owner = action.owner
+    if owner is None or owner.kind == "patient":
+        return []
+    return list(run.role_members(owner.value)) if owner.kind == "role" else [owner.value]  # a copy: it is cached
+
+
 def staff_recipients(run: RunContext, action: Action, template: Template) -> list[str]:
     """Owner + template recipients; roles resolve to the PractitionerRoles that hold them."""
-    refs: list[str] = []
     owner = action.owner
-    if owner is not None:
-        if owner.kind == "patient":
-            refs.append(run.patient_ref())
-        elif owner.kind == "role":
-            refs += run.role_members(owner.value)
-        else:
-            refs.append(owner.value)
+    refs = [run.patient_ref()] if owner is not None and owner.kind == "patient" else owner_staff(run, action)
     refs += [*template.recipients.practitioners, *template.recipients.groups]
     for role in template.recipients.roles:
         refs += run.role_members(role)
@@ -191,6 +190,7 @@ def communications(
     body = run.render(template, "body", form=form, task_identifier=task_identifier, due=due)
     subject = run.render(template, "subject", form=form, task_identifier=task_identifier, due=due)
     subject = f"{subject_prefix}{subject}" if subject else subject_prefix.rstrip(": ")
+    told_on_failure = tuple(owner_staff(run, action)) if action.notify_on_failure else ()
     for method in action.methods:
         fhir_only = method in FHIR_ONLY_METHODS
         targets = recipients if recipients else ([""] if fhir_only else [])
@@ -211,7 +211,7 @@ def communications(
                 subject=run.trigger.patient,
                 based_on_task=task_identifier or None,
                 about=run.focus,
-                sent=iso(event_at) if fhir_only else None,
+                sent=format_instant(event_at) if fhir_only else None,
                 topic=subject or None,
             )
             out.append(WriteResource("Communication", ident, resource, action.slug))
@@ -225,6 +225,8 @@ def communications(
                         communication=ident,
                         subject=subject or None,
                         action=action.slug,
+                        notify_on_failure=action.notify_on_failure,
+                        owner=told_on_failure,
                     )
                 )
     return out
@@ -247,7 +249,7 @@ def _patient_note(
         title=run.render(template, "subject", due=due) or template.name,
         subject=run.patient_ref(),
         author=run.device,
-        created=iso(event_at) or "",
+        created=format_instant(event_at) or "",
         encounter=encounter,
         related=None if encounter else run.focus,
     )
@@ -265,8 +267,8 @@ def _record_prompt(
         text=run.render(template, "prompt", due=due),
         subject=run.patient_ref(),
         author=run.device,
-        start=iso(event_at) or "",
-        end=iso(due),
+        start=format_instant(event_at) or "",
+        end=format_instant(due),
         roles=[run.role_concept(r) for r in template.prompt.roles],
         practitioners=template.prompt.practitioners,
     )
@@ -288,8 +290,8 @@ def followup_payload(run: RunContext, action: Action, due: datetime | None, even
         "group": run.group,
         "patient": run.trigger.patient,
         "focus": run.focus,
-        "event_time": iso(event_at),
-        "due": iso(due),
+        "event_time": format_instant(event_at),
+        "due": format_instant(due),
         "occurrence": run.occurrence,
     }
 
@@ -313,6 +315,6 @@ def follow_ups(
     if action.recurring is not None:
         following = next_occurrence(action.recurring, event_at, run.occurrence, run.settings.clinic.timezone)
         if following is not None:
-            nxt = {**payload, "occurrence": run.occurrence + 1, "occurrence_at": iso(following)}
+            nxt = {**payload, "occurrence": run.occurrence + 1, "occurrence_at": format_instant(following)}
             out.append(Schedule(following, "recurrence", run.rid(action, "Schedule", "recurrence"), nxt, action.slug))
     return out

@@ -8,12 +8,13 @@ means the start of that day in the clinic's time zone.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, date, datetime
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from fhir_smartflow.engine.interfaces import ContextSource
 from fhir_smartflow.engine.plan import TriggerEvent
+from fhir_smartflow.instants import parse_instant
 
 KEPT_STATUSES = ("arrived", "fulfilled", "checked-in")
 
@@ -22,25 +23,12 @@ class AnchorMissing(LookupError):
     """The record has no date for this anchor (no admission, no primary coverage, ...)."""
 
 
-def parse_fhir_instant(value: Any, zone: ZoneInfo) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        if len(value) == 10:
-            day = date.fromisoformat(value)
-            return datetime(day.year, day.month, day.day, tzinfo=zone).astimezone(UTC)
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=zone)).astimezone(UTC)
-
-
 def event_time(trigger: TriggerEvent) -> datetime:
     """When the trigger happened: the resource's meta.lastUpdated (stable across redeliveries),
     else the server's event timestamp, else when we received it."""
     resource = trigger.event.resource or {}
     for value in ((resource.get("meta") or {}).get("lastUpdated"), trigger.event.timestamp, trigger.event.received_at):
-        parsed = parse_fhir_instant(value, ZoneInfo("UTC"))
+        parsed = parse_instant(value)
         if parsed is not None:
             return parsed
     raise AnchorMissing("the event has no time")
@@ -56,7 +44,7 @@ def resolve_anchor(anchor: str, trigger: TriggerEvent, context: ContextSource, t
     patient = trigger.patient
     if anchor == "appointment_start":
         if rtype == "Appointment":
-            return _required(parse_fhir_instant(resource.get("start"), zone), "the appointment has no start")
+            return _required(parse_instant(resource.get("start"), zone=zone), "the appointment has no start")
         after = event_time(trigger)
         starts = [
             s for s in _starts(_search(context, "Appointment", patient, {"status": "booked"}), zone) if s >= after
@@ -71,7 +59,7 @@ def resolve_anchor(anchor: str, trigger: TriggerEvent, context: ContextSource, t
     if anchor in ("admission", "discharge"):
         encounters = [resource] if rtype == "Encounter" else _search(context, "Encounter", patient, {})
         key = "start" if anchor == "admission" else "end"
-        instants = [parse_fhir_instant((e.get("period") or {}).get(key), zone) for e in encounters]
+        instants = [parse_instant((e.get("period") or {}).get(key), zone=zone) for e in encounters]
         found_instants = [i for i in instants if i is not None]
         what = "admission (Encounter.period.start)" if anchor == "admission" else "discharge (Encounter.period.end)"
         return _required(max(found_instants, default=None), f"no {what} on the record")
@@ -82,7 +70,7 @@ def resolve_anchor(anchor: str, trigger: TriggerEvent, context: ContextSource, t
         primary = primary_coverage(coverages)
         if primary is None:
             raise AnchorMissing("the patient has no active coverage")
-        start = parse_fhir_instant((primary.get("period") or {}).get("start"), zone)
+        start = parse_instant((primary.get("period") or {}).get("start"), zone=zone)
         return _required(start, f"the primary coverage Coverage/{primary.get('id')} has no period.start")
     raise AnchorMissing(f"unknown anchor {anchor!r}")
 
@@ -103,7 +91,7 @@ def _required(value: datetime | None, reason: str) -> datetime:
 
 
 def _starts(appointments: list[Mapping[str, Any]], zone: ZoneInfo) -> list[datetime]:
-    return [s for s in (parse_fhir_instant(a.get("start"), zone) for a in appointments) if s is not None]
+    return [s for s in (parse_instant(a.get("start"), zone=zone) for a in appointments) if s is not None]
 
 
 def _search(

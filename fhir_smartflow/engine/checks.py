@@ -9,11 +9,12 @@ from fhir_smartflow.config import Settings
 from fhir_smartflow.engine import model as m
 from fhir_smartflow.engine.fhirpath import FhirPathError, compile_path
 from fhir_smartflow.engine.tomlfiles import Checker
+from fhir_smartflow.refs import ID_PATTERN
 
 ID = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 REF = {
-    "practitioner": re.compile(r"^(Practitioner|PractitionerRole)/[A-Za-z0-9\-.]{1,64}$"),
-    "group": re.compile(r"^(Group|CareTeam)/[A-Za-z0-9\-.]{1,64}$"),
+    "practitioner": re.compile(rf"^(Practitioner|PractitionerRole)/{ID_PATTERN}$"),
+    "group": re.compile(rf"^(Group|CareTeam)/{ID_PATTERN}$"),
 }
 EXAMPLE_REF = {"practitioner": "Practitioner/123", "group": "Group/intake-team"}
 

@@ -15,32 +15,29 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from fhir_smartflow.config import Settings
 from fhir_smartflow.engine import resources as fr
-from fhir_smartflow.engine.actions import communications, plan_action, staff_recipients
-from fhir_smartflow.engine.anchors import parse_fhir_instant
+from fhir_smartflow.engine.actions import communications, owner_staff, plan_action, staff_recipients
 from fhir_smartflow.engine.identifiers import group_id
 from fhir_smartflow.engine.interfaces import ContextSource
 from fhir_smartflow.engine.model import Action, Engine, Template
 from fhir_smartflow.engine.plan import FlowRun, PatchTask, Plan, PlanAction, TriggerEvent
 from fhir_smartflow.engine.runctx import RunContext, RunProblem
+from fhir_smartflow.engine.task_status import OPEN_TASK_STATUSES
 from fhir_smartflow.engine.templating import TemplateRenderError
 from fhir_smartflow.events import ResourceEvent
-
-OPEN_TASK_STATUSES = frozenset({"draft", "requested", "received", "accepted", "ready", "in-progress", "on-hold"})
-_UTC = ZoneInfo("UTC")
+from fhir_smartflow.instants import format_instant, parse_instant
+from fhir_smartflow.refs import parse_reference
 
 
 def followup_trigger(payload: dict[str, Any]) -> TriggerEvent:
     """The original trigger event, rebuilt from the payload (same id → same identifiers)."""
-    focus = payload.get("focus") or ""
-    rtype, _, rid = focus.partition("/")
+    focus = parse_reference(payload.get("focus"))
     event = ResourceEvent(
         subscription="followup",
-        resource_type=rtype or "Patient",
-        resource_id=rid or None,
+        resource_type=focus.resource_type if focus else "Patient",
+        resource_id=focus.id if focus else None,
         received_at=payload.get("event_time") or "",
         timestamp=payload.get("event_time"),
         source="replay",
@@ -78,8 +75,8 @@ def plan_followup(
     # Identifiers of the original run: keep its version even when the flow file changed since.
     flow = dataclasses.replace(flow, version=version)
     run = RunContext(engine, settings, flow, trigger, context, now, occurrence=int(payload.get("occurrence", 0)))
-    event_at = parse_fhir_instant(payload.get("event_time"), _UTC) or now
-    due = parse_fhir_instant(payload.get("due"), _UTC)
+    event_at = parse_instant(payload.get("event_time")) or now
+    due = parse_instant(payload.get("due"))
     task_open = task is not None and task.get("status") in OPEN_TASK_STATUSES
     try:
         if kind == "reminder":
@@ -91,9 +88,9 @@ def plan_followup(
                 return skipped("the task is no longer open")
             actions = _overdue(run, action, due, event_at)
         elif kind == "recurrence":
-            if discharged and flow.not_after == "patient.discharged":
+            if discharged and flow.stops_at_discharge:
                 return skipped("patient discharged: the series stops")
-            base = parse_fhir_instant(payload.get("occurrence_at"), _UTC)
+            base = parse_instant(payload.get("occurrence_at"))
             if base is None:
                 return skipped("the payload has no occurrence_at")
             actions = plan_action(run, action, event_at, base=base)
@@ -163,17 +160,11 @@ def _overdue(run: RunContext, action: Action, due: datetime | None, event_at: da
 def _staff_overdue_message(
     run: RunContext, action: Action, task_identifier: str, due: datetime | None, event_at: datetime
 ) -> PlanAction:
-    from fhir_smartflow.engine.actions import iso
     from fhir_smartflow.engine.plan import WriteResource
 
-    owner = action.owner
-    recipients: list[str] = []
-    if owner is not None and owner.kind == "role":
-        recipients = run.role_members(owner.value)
-    elif owner is not None and owner.kind != "patient":
-        recipients = [owner.value]
+    recipients = owner_staff(run, action)
     ident = run.rid(action, "Communication", "overdue:staff-message")
-    text = f"Task overdue: {action.name} (flow {run.flow.id}), due {iso(due) or 'unknown'}."
+    text = f"Task overdue: {action.name} (flow {run.flow.id}), due {format_instant(due) or 'unknown'}."
     resource = fr.build_communication(
         identifier_system=run.system,
         identifier_value=ident,
@@ -185,7 +176,7 @@ def _staff_overdue_message(
         recipients=recipients,
         subject=run.trigger.patient,
         based_on_task=task_identifier,
-        sent=iso(due or event_at),
+        sent=format_instant(due or event_at),
         topic="Task overdue",
     )
     return WriteResource("Communication", ident, resource, action.slug)

@@ -1,10 +1,16 @@
-"""Deterministic identifiers (docs/internals.md): same flow + version + trigger event + action → same value."""
+"""Deterministic identifiers (docs/internals.md): same flow + version + trigger event + action → same value.
+
+Also the flow URNs: ``urn:fhir-smartflow:flow:<id>`` names a flow (PlanDefinition.url),
+``...:<id>:<version>`` one version of it (Provenance.policy), and Task.instantiatesUri
+``...:<id>:<version>#<action-slug>`` the action a Task was made by. Flow ids never contain ":".
+"""
 
 from __future__ import annotations
 
 import hashlib
+from typing import NamedTuple
 
-INSTANTIATES_PREFIX = "urn:fhir-smartflow:flow:"
+FLOW_URN_PREFIX = "urn:fhir-smartflow:flow:"
 
 
 def digest(*parts: object) -> str:
@@ -32,16 +38,27 @@ def resource_id(
     return f"{flow_id}/{action_slug}/{kind}/{hashed}"
 
 
+def flow_urn(flow_id: str, version: str | None = None) -> str:
+    """The flow (``version`` None) or one version of it."""
+    return f"{FLOW_URN_PREFIX}{flow_id}" if version is None else f"{FLOW_URN_PREFIX}{flow_id}:{version}"
+
+
 def instantiates_uri(flow_id: str, version: str, action_slug: str) -> str:
-    return f"{INSTANTIATES_PREFIX}{flow_id}:{version}#{action_slug}"
+    return f"{flow_urn(flow_id, version)}#{action_slug}"
 
 
-def parse_instantiates_uri(uri: str | None) -> tuple[str, str, str] | None:
+class FlowAction(NamedTuple):
+    flow_id: str
+    version: str
+    action_slug: str
+
+
+def parse_instantiates_uri(uri: object) -> FlowAction | None:
     """(flow_id, version, action_slug) from a Task.instantiatesUri we wrote, else None."""
-    if not uri or not uri.startswith(INSTANTIATES_PREFIX) or "#" not in uri:
+    if not isinstance(uri, str) or not uri.startswith(FLOW_URN_PREFIX) or "#" not in uri:
         return None
-    head, slug = uri[len(INSTANTIATES_PREFIX) :].split("#", 1)
-    flow_id, sep, version = head.partition(":")  # flow ids never contain ":"
+    head, slug = uri[len(FLOW_URN_PREFIX) :].split("#", 1)
+    flow_id, sep, version = head.partition(":")
     if not sep or not flow_id or not slug:
         return None
-    return flow_id, version, slug
+    return FlowAction(flow_id, version, slug)

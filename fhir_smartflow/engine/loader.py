@@ -4,20 +4,36 @@ Stage 1 parses each file (TOML errors; ``fhir_smartflow.flowfiles`` reads them).
 each file on its own (unknown keys, types, required fields, durations, units, FHIRPath syntax).
 Stage 3 checks references across files (triggers, templates, roles), test-renders templates against
 the sample catalog and looks for duplicate automation. Every problem is a LoadError
-``file[:line]: field: reason``; nothing partial is returned: an engine with errors is None.
+``file[:line]: field: reason``; nothing partial is returned: an engine with errors is None
+(``parse_sources`` keeps the parts that did parse, for ``lint``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from fhir_smartflow.config import Settings
 from fhir_smartflow.engine import model as m
+from fhir_smartflow.engine.duplicates import duplicate_automation
 from fhir_smartflow.engine.model import Engine, Flow, MappingRule, Template
-from fhir_smartflow.engine.parse_flows import duplicate_automation, parse_flow
+from fhir_smartflow.engine.parse_flows import parse_flow
 from fhir_smartflow.engine.parse_mappings import parse_mappings
 from fhir_smartflow.engine.parse_templates import parse_template
 from fhir_smartflow.engine.tomlfiles import EngineLoadError, LoadError, SourceFile
 
-__all__ = ["EngineLoadError", "LoadError", "build_engine"]
+__all__ = ["EngineLoadError", "LoadError", "Parsed", "build_engine", "parse_sources"]
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """Everything that parsed, and every problem found (an Engine needs ``errors`` empty)."""
+
+    mappings: tuple[MappingRule, ...]
+    flows: dict[str, Flow]
+    templates: dict[str, Template]
+    paths: dict[str, m.Compiled]
+    renderers: dict[tuple[str, str], object]
+    errors: list[LoadError]
 
 
 def build_engine(
@@ -27,6 +43,20 @@ def build_engine(
     settings: Settings,
     errors: list[LoadError] | None = None,
 ) -> tuple[Engine | None, list[LoadError]]:
+    parsed = parse_sources(mapping_files, flow_files, template_files, settings, errors)
+    if parsed.errors:
+        return None, parsed.errors
+    return Engine(parsed.mappings, parsed.flows, parsed.templates, parsed.paths, parsed.renderers), []
+
+
+def parse_sources(
+    mapping_files: list[SourceFile],
+    flow_files: list[SourceFile],
+    template_files: list[SourceFile],
+    settings: Settings,
+    errors: list[LoadError] | None = None,
+) -> Parsed:
+    """All three stages; what parsed is kept even when something else did not (lint reads it)."""
     errors = list(errors or [])
     paths: dict[str, m.Compiled] = {}
     mappings: list[MappingRule] = []
@@ -70,7 +100,5 @@ def build_engine(
             )
             continue
         flows[flow.id] = flow
-    errors += duplicate_automation(flows, flow_files)
-    if errors:
-        return None, errors
-    return Engine(tuple(mappings), flows, templates, paths, renderers), []
+    errors += duplicate_automation(flows.values(), flow_files)
+    return Parsed(tuple(mappings), flows, templates, paths, renderers, errors)

@@ -12,8 +12,11 @@ from datetime import date
 from functools import cached_property
 from typing import Any
 
-# Triggers whose built-in lifecycle handling runs even when no flow names them.
-LIFECYCLE_TRIGGERS = frozenset({"task.completed", "patient.discharged", "patient.admitted"})
+# Triggers the built-in lifecycle acts on even when no flow names them (planner.py): task.completed ends
+# a workflow; patient.discharged / patient.admitted set and clear the discharge marker and cancel.
+TASK_LIFECYCLE_TRIGGER = "task.completed"
+DISCHARGE_TRIGGERS = frozenset({"patient.discharged", "patient.admitted"})
+LIFECYCLE_TRIGGERS = frozenset({TASK_LIFECYCLE_TRIGGER}) | DISCHARGE_TRIGGERS
 
 ACTION_TYPES = (
     "send-form",
@@ -129,6 +132,12 @@ class Flow:
     not_after: str | None = None
     file: str = ""
 
+    @property
+    def stops_at_discharge(self) -> bool:
+        """``not_after = "patient.discharged"``: never starts for a discharged patient, and a discharge
+        cancels its open tasks and pending follow-ups."""
+        return self.not_after == "patient.discharged"
+
     def action(self, slug: str) -> Action | None:
         return next((a for a in self.actions if a.slug == slug), None)
 
@@ -199,6 +208,13 @@ class Engine:
         return self._enabled_triggers | LIFECYCLE_TRIGGERS
 
     @cached_property
+    def _needed_triggers(self) -> frozenset[str]:
+        needed = self._enabled_triggers | {TASK_LIFECYCLE_TRIGGER}
+        if any(f.enabled and f.stops_at_discharge for f in self.flows.values()):
+            needed |= DISCHARGE_TRIGGERS
+        return needed
+
+    @cached_property
     def _mappings_by_resource(self) -> Mapping[str, tuple[MappingRule, ...]]:
         index: dict[str, list[MappingRule]] = {}
         for rule in self.mappings:
@@ -213,15 +229,19 @@ class Engine:
         return set(self._enabled_triggers)
 
     def wanted_triggers(self) -> frozenset[str]:
-        """Triggers worth matching: those of enabled flows plus the built-in lifecycle ones."""
+        """Triggers worth matching when an event arrives: those of enabled flows plus every lifecycle one
+        (a discharge is tracked even while no flow stops at it, so the marker is right after a reload)."""
         return self._wanted_triggers
 
+    def needed_triggers(self) -> frozenset[str]:
+        """Triggers that must reach us (subscriptions, polling): those of enabled flows, task.completed,
+        and — when a flow stops at discharge — patient.discharged and patient.admitted (the admission
+        clears the marker of a returning patient)."""
+        return self._needed_triggers
+
     def resource_types(self) -> set[str]:
-        """Resource types that feed enabled flows (+ Task for lifecycle, + discharge sources)."""
-        wanted = self.enabled_triggers()
-        if any(f.enabled and f.not_after for f in self.flows.values()):
-            wanted |= {"patient.discharged", "patient.admitted"}
-        types = {m.resource for m in self.mappings if m.trigger in wanted}
+        """Resource types whose mappings produce the needed triggers (+ Task, for the task lifecycle)."""
+        types = {m.resource for m in self.mappings if m.trigger in self._needed_triggers}
         return types | {"Task"}
 
     def mappings_for(self, resource_type: str) -> tuple[MappingRule, ...]:

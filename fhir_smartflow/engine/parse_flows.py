@@ -1,4 +1,4 @@
-"""Parse and check `flows/**/*.toml`: flows, actions, owners, durations, recurrences, duplicate automation."""
+"""Parse and check `flows/**/*.toml`: flows, actions, owners, durations, recurrences."""
 
 from __future__ import annotations
 
@@ -219,6 +219,14 @@ def _parse_action(
             **t,
         )
     notify_on_failure = check.get(raw, "notify_on_failure", bool, field=p + "notify_on_failure", default=False, **t)
+    if notify_on_failure and ("owner" not in raw or (owner is not None and owner.kind == "patient")):
+        check.error(
+            p + "notify_on_failure",
+            "a failed delivery is told to the action's staff owner: add owner = { practitioner = ... }, "
+            "{ role = ... } or { group = ... }",
+            key="notify_on_failure",
+            **t,
+        )
     if len(check.errors) > before or not (name and atype and item):
         return None
     return m.Action(
@@ -354,30 +362,3 @@ def _parse_recurring(check: Checker, raw: object, p: str, t: dict) -> m.Recurrin
         return None
     return m.Recurring(every, cron, count, until)
 
-
-def duplicate_automation(flows: dict[str, Flow], sources: list[SourceFile]) -> list[LoadError]:
-    """Two enabled flows doing the same item on the same trigger under the same condition."""
-    errors: list[LoadError] = []
-    seen: dict[tuple[str, str, str, str], Flow] = {}
-    by_path = {s.path: s for s in sources}
-    for flow in sorted(flows.values(), key=lambda f: (f.file, f.id)):
-        if not flow.enabled:
-            continue
-        for action in flow.actions:
-            key = (flow.trigger, (flow.condition or "").strip(), action.type, action.item)
-            other = seen.get(key)
-            if other is not None and other.id != flow.id:
-                source = by_path.get(flow.file)
-                line = source.line_of("item", "actions", action.index) if source else None
-                errors.append(
-                    LoadError(
-                        flow.file,
-                        f"actions[{action.index + 1}].item",
-                        f"duplicate automation: flow {other.id!r} ({other.file}) already does {action.type} "
-                        f"{action.item!r} on {flow.trigger!r} with the same condition; disable one of them",
-                        line,
-                    )
-                )
-            else:
-                seen.setdefault(key, flow)
-    return errors

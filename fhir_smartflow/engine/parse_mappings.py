@@ -8,6 +8,7 @@ from fhir_smartflow.engine import model as m
 from fhir_smartflow.engine.checks import compile_into
 from fhir_smartflow.engine.model import MappingRule
 from fhir_smartflow.engine.tomlfiles import Checker, LoadError, SourceFile
+from fhir_smartflow.refs import RESOURCE_TYPE_RE
 
 _MAPPING_KEYS = {
     "trigger",
@@ -22,7 +23,6 @@ _MAPPING_KEYS = {
     "parameters",
 }
 _TRIGGER = re.compile(r"^[a-z][a-z_]*\.[a-z][a-z_]*$")
-_RESOURCE = re.compile(r"^[A-Z][A-Za-z]+$")
 
 
 def parse_mappings(source: SourceFile, paths: dict[str, m.Compiled]) -> tuple[list[MappingRule], list[LoadError]]:
@@ -43,7 +43,7 @@ def parse_mappings(source: SourceFile, paths: dict[str, m.Compiled]) -> tuple[li
                 prefix + "trigger", f"must look like 'area.event' (lower case), got {trigger!r}", key="trigger", **t
             )
         resource = check.get(item, "resource", str, field=prefix + "resource", required=True, **t)
-        if resource and not _RESOURCE.match(resource):
+        if resource and not RESOURCE_TYPE_RE.match(resource):
             check.error(
                 prefix + "resource",
                 f"must be a FHIR resource type like 'Appointment', got {resource!r}",

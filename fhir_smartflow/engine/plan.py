@@ -48,6 +48,10 @@ class Deliver:
     communication: str  # identifier of the Communication this delivery reports on
     subject: str | None = None
     action: str = ""
+    # The action's `notify_on_failure`: when this delivery fails, `owner` (the action's staff owner:
+    # Practitioner / PractitionerRole / Group references, a role's members) is told in the EHR.
+    notify_on_failure: bool = False
+    owner: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

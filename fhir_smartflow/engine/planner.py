@@ -70,7 +70,7 @@ def plan_flow(
 
     if not flow.enabled:
         return skipped("flow disabled")
-    if flow.not_after == "patient.discharged" and discharged:
+    if flow.stops_at_discharge and discharged:
         return skipped("patient discharged: the flow has not_after = patient.discharged")
     run = RunContext(engine, settings, flow, trigger, context, now)
     if flow.condition:
@@ -120,7 +120,7 @@ def _completion_runs(engine: Engine, trigger: TriggerEvent, settings: Settings) 
 
 
 def _discharge_runs(engine: Engine, trigger: TriggerEvent) -> list[FlowRun]:
-    flows = tuple(sorted(f.id for f in engine.flows.values() if f.not_after == "patient.discharged"))
+    flows = tuple(sorted(f.id for f in engine.flows.values() if f.stops_at_discharge))
     group = group_id(DISCHARGE_RUN, "1", trigger.id)
     if not flows or not trigger.patient:
         return []

@@ -8,8 +8,11 @@ create then matches on ``_tag=system|value``.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
+
+from fhir_smartflow.engine.identifiers import flow_urn
+from fhir_smartflow.instants import format_instant
 
 PARTICIPANT_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 DATA_OPERATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
@@ -18,10 +21,6 @@ PROVENANCE_SUFFIX = "/provenance"
 
 def provenance_identifier(resource_identifier: str) -> str:
     return resource_identifier + PROVENANCE_SUFFIX
-
-
-def flow_policy(flow_id: str, flow_version: str) -> str:
-    return f"urn:fhir-smartflow:flow:{flow_id}:{flow_version}"
 
 
 def versioned_reference(resource: dict[str, Any]) -> str:
@@ -52,8 +51,8 @@ def build_provenance(
         "resourceType": "Provenance",
         "meta": {"tag": [{"system": identifier_system, "code": identifier_value}]},
         "target": [{"reference": versioned_reference(target)}],
-        "recorded": recorded.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "policy": [flow_policy(flow_id, flow_version)],
+        "recorded": format_instant(recorded, "milliseconds"),
+        "policy": [flow_urn(flow_id, flow_version)],
         "reason": [{"text": f"Smart Flow {flow_id} version {flow_version} on {trigger}"}],
         "activity": {"coding": [{"system": DATA_OPERATION_SYSTEM, "code": activity, "display": activity.lower()}]},
         "agent": [

@@ -19,7 +19,6 @@ from fhir_smartflow.config import Settings
 from fhir_smartflow.engine.anchors import (
     AnchorMissing,
     event_time,
-    parse_fhir_instant,
     primary_coverage,
     resolve_anchor,
 )
@@ -29,6 +28,7 @@ from fhir_smartflow.engine.interfaces import ContextSource
 from fhir_smartflow.engine.model import Action, Due, Engine, Flow, Template
 from fhir_smartflow.engine.plan import TriggerEvent
 from fhir_smartflow.engine.templating import build_catalog, make_environment, render
+from fhir_smartflow.instants import parse_instant
 
 
 class RunProblem(Exception):
@@ -129,7 +129,7 @@ class RunContext:
             zone = ZoneInfo(self.settings.clinic.timezone)
             after = event_time(self.trigger)
             upcoming = [
-                (start, a) for a in found if (start := parse_fhir_instant(a.get("start"), zone)) and start >= after
+                (start, a) for a in found if (start := parse_instant(a.get("start"), zone=zone)) and start >= after
             ]
             self._cache["appointment"] = min(upcoming, key=lambda pair: pair[0])[1] if upcoming else None
         return self._cache["appointment"]

@@ -1,9 +1,11 @@
-"""The one FHIR REST client: base URL, auth, timeouts, retries, paging, conditional writes, SSRF guard.
+"""The one FHIR REST client: reads, searches with paging, conditional writes, transactions, operations.
 
-Every URL goes through ``BaseUrl`` (fhir/urls.py) before a request is made. Retries follow
-``RetryPolicy`` on connection errors, timeouts, 429 and 5xx (Retry-After honoured); other 4xx raise the
-typed error from fhir/errors.py at once. A POST that is not idempotent (no ``If-None-Exist``) is only
-retried when the server cannot have acted on it (connect failures, 429, 503).
+Every request goes through one ``Transport`` (fhir/transport.py): the URL guard of fhir/urls.py (so a
+``next`` link or ``Location`` outside the base is refused), the bearer token of the configured
+``TokenProvider`` (fhir/auth.py builds it from ``[fhir] auth``), timeouts, retries with backoff on
+connection errors, 429 and 5xx (Retry-After honoured; a POST without ``If-None-Exist`` only when the
+server cannot have acted on it) and the ``fhir_requests`` metric. Other 4xx raise the typed error of
+fhir/errors.py at once. The CapabilityStatement is read once per client and kept.
 """
 
 from __future__ import annotations
@@ -16,22 +18,20 @@ from typing import Any
 from urllib.parse import parse_qsl, urljoin
 
 import requests
-import urllib3
 
 from fhir_smartflow.config import Settings
-from fhir_smartflow.defaults import FHIR_JSON
+from fhir_smartflow.fhir.auth import build_auth, retry_policy
 from fhir_smartflow.fhir.errors import FhirError, FhirUnavailable, error_for_status
-from fhir_smartflow.fhir.urls import RESOURCE_TYPE_RE, BaseUrl, split_reference
+from fhir_smartflow.fhir.tokens import TokenProvider
+from fhir_smartflow.fhir.transport import Transport, idempotent_method
+from fhir_smartflow.fhir.urls import BaseUrl
 from fhir_smartflow.metrics import Metrics
-from fhir_smartflow.retry import RETRYABLE_STATUS, RetryPolicy
+from fhir_smartflow.refs import RESOURCE_TYPE_RE, split_reference
+from fhir_smartflow.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
-_REDIRECTS = {301, 302, 303, 307, 308}
-_MAX_REDIRECTS = 3
 _MAX_PAGES = 1000
-# Statuses that tell us a non-idempotent request was not carried out, so sending it again is safe.
-_NOT_PROCESSED = {429, 503}
 
 
 class FhirClient:
@@ -39,7 +39,7 @@ class FhirClient:
         self,
         base_url: str,
         *,
-        auth: requests.auth.AuthBase | None = None,
+        auth: TokenProvider | None = None,
         timeout: float = 10.0,
         retry: RetryPolicy | None = None,
         session: requests.Session | None = None,
@@ -47,34 +47,38 @@ class FhirClient:
         metrics: Metrics | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        self.base = BaseUrl(base_url)
-        self.auth = auth
-        self.timeout = timeout
-        self.retry = retry or RetryPolicy()
-        self.session = session or requests.Session()
-        self.sleep = sleep
-        self.metrics = metrics
-        self.rng = rng
+        self.http = Transport(
+            base_url, auth=auth, timeout=timeout, retry=retry, session=session, sleep=sleep, metrics=metrics, rng=rng
+        )
+        self._capabilities: dict[str, Any] | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, metrics: Metrics | None = None) -> FhirClient:
+    def from_settings(
+        cls, settings: Settings, metrics: Metrics | None = None, session: requests.Session | None = None
+    ) -> FhirClient:
         """The client for ``[fhir]``; an empty base_url means the embedded sandbox store."""
-        from fhir_smartflow.fhir.auth import build_auth
-
         base = settings.fhir.base_url or sandbox_base_url(settings)
-        session = requests.Session()
+        session = session or requests.Session()
         return cls(
             base,
             auth=build_auth(settings, base, session=session),
             timeout=settings.fhir.timeout_seconds,
-            retry=RetryPolicy(
-                max_retries=settings.fhir.max_retries,
-                base_seconds=settings.fhir.backoff_base_seconds,
-                max_seconds=settings.fhir.backoff_max_seconds,
-            ),
+            retry=retry_policy(settings.fhir),
             session=session,
             metrics=metrics,
         )
+
+    @property
+    def base(self) -> BaseUrl:
+        return self.http.base
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return self.http.retry
+
+    @property
+    def session(self) -> requests.Session:
+        return self.http.session
 
     @property
     def base_url(self) -> str:
@@ -118,8 +122,11 @@ class FhirClient:
                     found.append(entry["resource"])
         return found
 
-    def capabilities(self) -> dict[str, Any]:
-        return self._json(self.request("GET", self.base.join("metadata")))
+    def capabilities(self, refresh: bool = False) -> dict[str, Any]:
+        """The server's CapabilityStatement, read once and kept (``refresh`` reads it again)."""
+        if self._capabilities is None or refresh:
+            self._capabilities = self._json(self.request("GET", self.base.join("metadata")))
+        return self._capabilities
 
     # -- writes -----------------------------------------------------------------------------------
     def create(self, resource: dict[str, Any], if_none_exist: str | None = None) -> tuple[dict[str, Any], bool]:
@@ -191,7 +198,7 @@ class FhirClient:
             return self._json(self.request("GET", url, params=params or {}))
         return self._json(self.request(method, url, params=params or {}, json=body, idempotent=False))
 
-    # -- the request loop -------------------------------------------------------------------------
+    # -- the request ----------------------------------------------------------------------------------
     def request(
         self,
         method: str,
@@ -202,84 +209,23 @@ class FhirClient:
         headers: dict[str, str] | None = None,
         idempotent: bool | None = None,
     ) -> requests.Response:
-        """One logical request: guarded, authenticated, retried; returns a 2xx response or raises."""
-        url = self.base.check(url)
+        """One logical request (guarded, authenticated, retried); a 2xx response or a typed FhirError."""
         if idempotent is None:
-            idempotent = method in {"GET", "HEAD", "PUT", "DELETE"}
-        all_headers = {"Accept": FHIR_JSON}
-        if json is not None:
-            all_headers["Content-Type"] = FHIR_JSON
-        all_headers.update(headers or {})
-        attempt = 0
-        reauthed = False
-        redirects = 0
-        while True:
-            attempt += 1
-            try:
-                resp = self.session.request(
-                    method,
-                    url,
-                    params=params,
-                    json=json,
-                    headers=all_headers,
-                    auth=self.auth,
-                    timeout=self.timeout,
-                    allow_redirects=False,
-                )
-            except requests.RequestException as exc:
-                self._count(method, "error")
-                retryable = isinstance(exc, requests.ConnectionError | requests.Timeout) and (
-                    idempotent or _never_sent(exc)
-                )
-                if retryable and self.retry.should_retry(attempt):
-                    self._wait(attempt, None, f"{method} {url}: {type(exc).__name__}")
-                    continue
-                raise FhirUnavailable(
-                    f"{method} {url} failed after {attempt} attempt(s): {type(exc).__name__}: {exc}",
-                    url=url,
-                    method=method,
-                ) from exc
-            self._count(method, str(resp.status_code))
-            status = resp.status_code
-            if status < 300:
-                return resp
-            if status in _REDIRECTS and redirects < _MAX_REDIRECTS and resp.headers.get("Location"):
-                redirects += 1
-                url = self.base.check(urljoin(url, resp.headers["Location"]))
-                params = None  # the Location carries its own query
-                attempt -= 1
-                continue
-            if status == 401 and not reauthed and hasattr(self.auth, "invalidate"):
-                reauthed = True
-                self.auth.invalidate()  # type: ignore[union-attr]
-                attempt -= 1
-                continue
-            retryable = status in RETRYABLE_STATUS and (idempotent or status in _NOT_PROCESSED)
-            if retryable and self.retry.should_retry(attempt):
-                self._wait(attempt, resp.headers.get("Retry-After"), f"{method} {url}: {status}")
-                continue
-            err = error_for_status(status, resp.content, url=url, method=method, headers=dict(resp.headers))
-            if retryable:
-                raise FhirUnavailable(
-                    f"{err.message} (gave up after {attempt} attempts)",
-                    status=status,
-                    outcome=err.outcome,
-                    url=url,
-                    method=method,
-                )
-            raise err
-
-    def _wait(self, attempt: int, retry_after: str | None, why: str) -> None:
-        delay = self.retry.delay(attempt, retry_after, rng=self.rng)
-        log.info("fhir: retry %d in %.2fs (%s)", attempt, delay, why)
-        self.sleep(delay)
-
-    def _count(self, method: str, status: str) -> None:
-        if self.metrics is not None:
-            try:
-                self.metrics.inc("fhir_requests", method=method, status=status)
-            except Exception:  # metrics must never break a FHIR call
-                log.debug("fhir: could not record metric", exc_info=True)
+            idempotent = idempotent_method(method)
+        resp = self.http.send(method, url, params=params, json=json, headers=headers, idempotent=idempotent)
+        status = resp.status_code
+        if status < 300:
+            return resp
+        err = error_for_status(status, resp.content, url=url, method=method, headers=dict(resp.headers))
+        if self.http.retryable(status, idempotent):
+            raise FhirUnavailable(
+                f"{err.message} (gave up after {self.retry.max_retries + 1} attempts)",
+                status=status,
+                outcome=err.outcome,
+                url=url,
+                method=method,
+            )
+        raise err
 
     def _get_or_none(self, url: str) -> dict[str, Any] | None:
         try:
@@ -316,14 +262,6 @@ class FhirClient:
                 f"{resp.url} answered a JSON {type(data).__name__}, not a resource", status=resp.status_code
             )
         return data
-
-
-def _never_sent(exc: requests.RequestException) -> bool:
-    """True when the request cannot have reached the server (no connection was made)."""
-    if isinstance(exc, requests.ConnectTimeout):
-        return True
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None
-    return isinstance(reason, urllib3.exceptions.NewConnectionError)
 
 
 def sandbox_base_url(settings: Settings) -> str:

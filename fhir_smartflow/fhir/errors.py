@@ -65,6 +65,26 @@ class FhirUnavailable(FhirError):
     transient = True
 
 
+class FhirTimeout(FhirUnavailable):
+    """The server took the request but sent no answer in time: a write may or may not have been carried out."""
+
+
+class TokenRefused(FhirUnauthorized):
+    """A token endpoint (or the authorization redirect) refused the grant. ``error`` and ``description`` are
+    its OAuth2 error (RFC 6749 section 5.2), e.g. ``invalid_client``, ``invalid_grant``, ``invalid_scope``."""
+
+    def __init__(self, error: str, description: str = "", *, status: int | None = None, url: str | None = None) -> None:
+        where = f" at {url}" if url else ""
+        super().__init__(
+            f"token endpoint{where} refused the grant: {error}: {description}".rstrip(": "),
+            status=status,
+            url=url,
+            method="POST",
+        )
+        self.error = error
+        self.description = description
+
+
 class FhirUrlRejected(FhirError):
     """The SSRF guard refused a URL outside the configured FHIR base; no request was made."""
 

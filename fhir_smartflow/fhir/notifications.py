@@ -24,14 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fhir_smartflow.events import Interaction, PayloadContent, ResourceEvent, content_hash
+from fhir_smartflow.refs import RESOURCE_ID_RE, RESOURCE_TYPE_RE, parse_reference
 
 NOTIFICATION_TYPES = ("handshake", "heartbeat", "event-notification", "query-status", "query-event")
 # Notification kinds: the five status types above, plus classic rest-hook deliveries.
 REST_HOOK = "rest-hook"
 ACCEPTED_CONTENT_TYPES = ("application/fhir+json", "application/json")
 
-_RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _METHOD_INTERACTION: dict[str, Interaction] = {
     "POST": "create",
     "PUT": "update",
@@ -85,23 +84,6 @@ class Notification:
 
 
 # --------------------------------------------------------------------------------------------- helpers
-
-
-def parse_reference(reference: str) -> tuple[str, str, str | None] | None:
-    """``[base/]Type/id[/_history/vid]`` → (Type, id, vid); None for anything else (urn:uuid, #contained)."""
-    if not isinstance(reference, str) or not reference or reference.startswith(("urn:", "#")):
-        return None
-    parts = reference.split("?", 1)[0].rstrip("/").split("/")
-    version: str | None = None
-    if len(parts) >= 4 and parts[-2] == "_history":
-        version = parts[-1] or None
-        parts = parts[:-2]
-    if len(parts) < 2:
-        return None
-    rtype, rid = parts[-2], parts[-1]
-    if not _RESOURCE_TYPE.match(rtype) or not _FHIR_ID.match(rid):
-        return None
-    return rtype, rid, version
 
 
 def _as_counter(value: Any, where: str) -> int | None:
@@ -281,9 +263,9 @@ def _resource_event(
     ctx: _Context, resource: dict[str, Any], where: str, interaction: Interaction | None
 ) -> ResourceEvent:
     rtype, rid = resource.get("resourceType"), resource.get("id")
-    if not isinstance(rtype, str) or not _RESOURCE_TYPE.match(rtype):
+    if not isinstance(rtype, str) or not RESOURCE_TYPE_RE.match(rtype):
         raise NotificationError(400, f"{where}: resourceType {rtype!r} is not a FHIR resource type")
-    if not isinstance(rid, str) or not _FHIR_ID.match(rid):
+    if not isinstance(rid, str) or not RESOURCE_ID_RE.match(rid):
         raise NotificationError(400, f"{where}: {rtype} has no valid id (got {rid!r})")
     return _event(ctx, rtype, rid, resource=resource, interaction=interaction, body_hash=content_hash(resource))
 

@@ -13,9 +13,6 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from fhir_smartflow.fhir.errors import FhirUrlRejected
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-# FHIR ids: [A-Za-z0-9\-\.]{1,64}; resource types: a capitalized word.
-RESOURCE_TYPE_RE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
-RESOURCE_ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _FORBIDDEN_CHARS = re.compile(r"[\x00-\x20\x7f\\]")
 
 
@@ -99,18 +96,3 @@ class BaseUrl:
         rest = urlsplit(absolute).path[len(self.path) :].strip("/")
         return rest
 
-
-def split_reference(reference: str) -> tuple[str, str, str | None]:
-    """``(type, id, version)`` of a relative ``Type/id[/_history/v]``; ValueError when malformed."""
-    parts = reference.strip("/").split("/")
-    if len(parts) == 2:
-        rtype, rid, version = parts[0], parts[1], None
-    elif len(parts) == 4 and parts[2] == "_history":
-        rtype, rid, version = parts[0], parts[1], parts[3]
-    else:
-        raise ValueError(f"not a FHIR reference Type/id[/_history/version]: {reference!r}")
-    if not RESOURCE_TYPE_RE.match(rtype) or not RESOURCE_ID_RE.match(rid):
-        raise ValueError(f"not a valid resource type and id: {reference!r}")
-    if version is not None and not RESOURCE_ID_RE.match(version):
-        raise ValueError(f"not a valid version id: {reference!r}")
-    return rtype, rid, version

@@ -21,6 +21,7 @@ from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.fhir.client import FhirClient
 from fhir_smartflow.fhir.errors import FhirError, FhirUnavailable
+from fhir_smartflow.fhir.target import BatchItem, WriteBackTarget
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,8 @@ def _log_write(resource_type: str, stored: dict[str, Any], created: bool, identi
     )
 
 
-class FhirWriteBack:
-    """WriteBackTarget on a FHIR server."""
+class FhirWriteBack(WriteBackTarget):
+    """WriteBackTarget on a FHIR server: conditional creates, transactions when the server has them."""
 
     def __init__(
         self,
@@ -90,7 +91,7 @@ class FhirWriteBack:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.client = client
-        self.system = identifier_system
+        self.identifier_system = identifier_system
         self.conn = conn
         self.keys = keys
         self.conditional_create = conditional_create
@@ -121,7 +122,7 @@ class FhirWriteBack:
             )
         return self._transactions
 
-    def create_all(self, items: list[tuple[dict[str, Any], str, str]]) -> list[tuple[dict[str, Any], bool]]:
+    def create_all(self, items: list[BatchItem]) -> list[tuple[dict[str, Any], bool]]:
         """Conditionally create every ``(resource, identifier, fullUrl)`` in ONE transaction Bundle:
         each entry ``POST`` with ``ifNoneExist`` on its business identifier, so a rerun creates nothing
         twice. References to an entry's ``urn:uuid`` fullUrl (a Provenance's target) are rewritten by
@@ -136,7 +137,7 @@ class FhirWriteBack:
                     "request": {
                         "method": "POST",
                         "url": rtype,
-                        "ifNoneExist": if_none_exist(rtype, self.system, identifier),
+                        "ifNoneExist": if_none_exist(rtype, self.identifier_system, identifier),
                     },
                 }
             )
@@ -180,7 +181,8 @@ class FhirWriteBack:
         """Create unless a resource with this business identifier exists; (stored, created?)."""
         rtype = resource["resourceType"]
         if self.conditional_create:
-            stored, created = self.client.create(resource, if_none_exist=if_none_exist(rtype, self.system, identifier))
+            condition = if_none_exist(rtype, self.identifier_system, identifier)
+            stored, created = self.client.create(resource, if_none_exist=condition)
         else:
             stored, created = self._create_under_lock(resource, identifier)
         _log_write(rtype, stored, created, identifier)
@@ -196,7 +198,7 @@ class FhirWriteBack:
         return self.client.search(resource_type, params)
 
     def find_by_identifier(self, resource_type: str, identifier: str) -> dict[str, Any] | None:
-        name, raw = identifier_search(resource_type, self.system, identifier)
+        name, raw = identifier_search(resource_type, self.identifier_system, identifier)
         matches = self.client.search(resource_type, {name: raw})
         if len(matches) > 1:
             log.warning(
@@ -210,7 +212,7 @@ class FhirWriteBack:
         existing = self.find_by_identifier(rtype, identifier)  # cheap path: no lock when it exists
         if existing is not None:
             return existing, False
-        key = self.keys.lock(f"writeback:{rtype}:{self.system}|{identifier}")
+        key = self.keys.lock(f"writeback:{rtype}:{self.identifier_system}|{identifier}")
         token = uuid.uuid4().hex
         deadline = time.monotonic() + self.lock_wait_seconds
         while not self.conn.set(key, token, nx=True, px=self.lock_ttl_ms):

@@ -199,13 +199,7 @@ def _record_and_enqueue(ctx: IngestContext, subscription: str, notification: Not
     if notification.kind in {"handshake", "heartbeat"}:
         record_status(pipe, ctx.keys, subscription, notification.kind, notification.events_since_start, now)
     events = list(notification.events)
-    enqueue_events(
-        ctx.queue,
-        events,
-        pipeline=pipe,
-        metrics=ctx.metrics,
-        job_timeout=ctx.settings.redis.job_timeout_seconds,
-    )
+    enqueue_events(ctx.queue, events, pipeline=pipe, metrics=ctx.metrics)
     ctx.metrics.inc("notifications", pipe=pipe, type=notification.kind, result="accepted")
     pipe.execute()
     return len(events)

@@ -16,6 +16,9 @@ For each resource type it picks a strategy from the server's CapabilityStatement
 Dedupe marker: ``meta.versionId`` when the CapabilityStatement says the type is versioned; otherwise (OpenEMR
 answers versionId "1" forever) ``meta.lastUpdated``, or for the date window the snapshot's hash, so a real
 change is never mistaken for a duplicate.
+
+Reads go through the service's one ``FhirClient`` (auth from ``[fhir] auth``, the URL guard on every ``next``
+link, retries, ``fhir_requests`` metrics); the CapabilityStatement is the client's cached one.
 """
 
 from __future__ import annotations
@@ -25,20 +28,22 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
-from urllib.parse import urljoin
+from typing import Any
 
 import redis
 import requests
 
-from fhir_smartflow.config import PollConfig
-from fhir_smartflow.connections import Keys
+from fhir_smartflow.config import ConfigError, PollConfig, Settings
+from fhir_smartflow.connections import Keys, connect
 from fhir_smartflow.events import ResourceEvent, content_hash
+from fhir_smartflow.fhir.client import FhirClient
+from fhir_smartflow.instants import format_instant as _iso  # every watermark and query instant
 from fhir_smartflow.instants import parse_instant
 from fhir_smartflow.metrics import Metrics
+from fhir_smartflow.queueing import enqueue_events, queue_for
 
 log = logging.getLogger(__name__)
 
@@ -47,60 +52,6 @@ DATE_WINDOW = "date-window"
 UNSUPPORTED = "unsupported"
 _BASELINE = "__baseline__"
 LOCK_SECONDS = 120
-
-
-class FhirReader(Protocol):
-    """What the poller needs from a FHIR client."""
-
-    def capability(self) -> dict[str, Any]: ...
-
-    def search_pages(self, resource_type: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]: ...
-
-
-class PollError(RuntimeError):
-    pass
-
-
-class RequestsFhirReader:
-    """A minimal FHIR reader over requests (only URLs under ``base_url`` are ever fetched)."""
-
-    def __init__(
-        self, base_url: str, session: requests.Session | None = None, auth: Any = None, timeout: float = 10.0
-    ) -> None:
-        self.base_url = base_url.rstrip("/") + "/"
-        self.session = session or requests.Session()
-        self.auth = auth
-        self.timeout = timeout
-
-    def _get(self, url: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        if not url.startswith(self.base_url):
-            raise PollError(f"refusing to fetch a URL outside the FHIR base: {url}")
-        try:
-            resp = self.session.get(
-                url, params=params, auth=self.auth, timeout=self.timeout, headers={"Accept": "application/fhir+json"}
-            )
-        except requests.RequestException as exc:
-            raise PollError(f"FHIR server unreachable: {type(exc).__name__}") from exc
-        if resp.status_code == 401 and hasattr(self.auth, "invalidate"):
-            self.auth.invalidate()  # an expired backend-services token: fetch a new one, try once more
-            resp = self.session.get(
-                url, params=params, auth=self.auth, timeout=self.timeout, headers={"Accept": "application/fhir+json"}
-            )
-        if resp.status_code != 200:
-            raise PollError(f"GET {url.split('?')[0]} answered {resp.status_code}")
-        return resp.json()
-
-    def capability(self) -> dict[str, Any]:
-        return self._get(urljoin(self.base_url, "metadata"))
-
-    def search_pages(self, resource_type: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        bundle = self._get(urljoin(self.base_url, resource_type), params)
-        while True:
-            yield bundle
-            nxt = next((link.get("url") for link in bundle.get("link") or [] if link.get("relation") == "next"), None)
-            if not nxt:
-                return
-            bundle = self._get(nxt)
 
 
 @dataclass(frozen=True)
@@ -165,10 +116,6 @@ def plan_strategies(
     return plans
 
 
-def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _resources(bundle: dict[str, Any], resource_type: str) -> list[dict[str, Any]]:
     out = []
     for entry in bundle.get("entry") or []:
@@ -202,7 +149,7 @@ class Poller:
 
     def __init__(
         self,
-        reader: FhirReader,
+        client: FhirClient,
         enqueue: Callable[[list[ResourceEvent]], Any],
         conn: redis.Redis,
         keys: Keys,
@@ -212,7 +159,7 @@ class Poller:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         rng: random.Random | None = None,
     ) -> None:
-        self.reader = reader
+        self.client = client
         self.enqueue = enqueue
         self.conn = conn
         self.keys = keys
@@ -242,7 +189,8 @@ class Poller:
     # -- strategies --------------------------------------------------------------------------------
     def plans(self, refresh: bool = False) -> list[TypePlan]:
         if self._plans is None or refresh:
-            self._plans = plan_strategies(self.reader.capability(), self.types, self.config.date_window_types)
+            capability = self.client.capabilities(refresh=refresh)
+            self._plans = plan_strategies(capability, self.types, self.config.date_window_types)
         return self._plans
 
     def describe(self) -> list[str]:
@@ -322,7 +270,7 @@ class Poller:
         params = {"_lastUpdated": f"gt{_iso(since)}", "_sort": "_lastUpdated", "_count": str(self.config.page_size)}
         in_order, newest, complete = True, mark, True
         previous_page_max: datetime | None = None
-        for bundle in self.reader.search_pages(plan.resource_type, params):
+        for bundle in self.client.search_pages(plan.resource_type, params):
             resources = _resources(bundle, plan.resource_type)
             stamps = [parse_instant((r.get("meta") or {}).get("lastUpdated")) for r in resources]
             known = [s for s in stamps if s is not None]
@@ -358,7 +306,7 @@ class Poller:
         low = (started - timedelta(days=self.config.appointment_window_days_back)).date()
         high = (started + timedelta(days=self.config.appointment_window_days_ahead)).date()
         params = {"date": [f"ge{low.isoformat()}", f"le{high.isoformat()}"], "_count": str(self.config.page_size)}
-        for bundle in self.reader.search_pages(plan.resource_type, params):
+        for bundle in self.client.search_pages(plan.resource_type, params):
             resources = _resources(bundle, plan.resource_type)
             result.found += len(resources)
             result.pages += 1
@@ -431,44 +379,7 @@ class Poller:
 
 
 # -- wiring from Settings ------------------------------------------------------------------------------
-def reader_auth(settings: Any, session: requests.Session) -> Any:
-    """requests auth for reads: none, a static bearer token, or SMART backend services."""
-    from fhir_smartflow.config import ConfigError, secret
-
-    if settings.fhir.auth == "bearer":
-        token = secret(settings.fhir.token_env)
-        if not token:
-            raise ConfigError("[fhir] token_env", f"environment variable {settings.fhir.token_env} is empty")
-
-        def bearer(r: requests.PreparedRequest) -> requests.PreparedRequest:
-            r.headers["Authorization"] = f"Bearer {token}"
-            return r
-
-        return bearer
-    if settings.fhir.auth == "smart-backend":
-        from fhir_smartflow.openemr.factory import backend_auth, client_id, private_key
-        from fhir_smartflow.openemr.tokens import BackendServicesAuth, discover_token_url
-
-        if settings.openemr.base_url:
-            return backend_auth(settings, session)
-        url = discover_token_url(settings.fhir.base_url, session)
-        key = private_key(settings)
-        if not url or key is None:
-            raise ConfigError("[fhir] auth", "smart-backend needs a private key and a discoverable token endpoint")
-        return BackendServicesAuth(
-            url,
-            client_id(settings),
-            key,
-            settings.fhir.scopes,
-            settings.fhir.key_id,
-            settings.fhir.key_alg,
-            session,
-            settings.fhir.timeout_seconds,
-        )
-    return None
-
-
-def poll_types(settings: Any) -> list[str]:
+def poll_types(settings: Settings) -> list[str]:
     """[poll] types, else the resource types the enabled flows need."""
     if settings.poll.types:
         return list(settings.poll.types)
@@ -480,32 +391,24 @@ def poll_types(settings: Any) -> list[str]:
 
 
 def build_poller(
-    settings: Any,
+    settings: Settings,
     conn: redis.Redis | None = None,
     enqueue: Callable[[list[ResourceEvent]], Any] | None = None,
     session: requests.Session | None = None,
 ) -> Poller:
-    from fhir_smartflow.config import ConfigError
-    from fhir_smartflow.connections import connect
-
+    """The poller for ``[poll]`` over the client of ``[fhir]`` (``session``: the HTTP session it uses)."""
     if not settings.fhir.base_url:
         raise ConfigError("[fhir] base_url", "the poller needs a FHIR server to poll")
     conn = conn if conn is not None else connect(settings)
-    session = session or requests.Session()
     metrics = Metrics(conn, settings.redis.key_prefix)
     if enqueue is None:
-        from fhir_smartflow.queueing import enqueue_events, make_queue
-
-        queue = make_queue(conn, settings.redis.queue, settings.redis.key_prefix)
+        queue = queue_for(conn, settings.redis)
 
         def enqueue(events: list[ResourceEvent]) -> Any:
-            return enqueue_events(queue, events, metrics=metrics, job_timeout=settings.redis.job_timeout_seconds)
+            return enqueue_events(queue, events, metrics=metrics)
 
-    reader = RequestsFhirReader(
-        settings.fhir.base_url, session, reader_auth(settings, session), settings.fhir.timeout_seconds
-    )
     return Poller(
-        reader,
+        FhirClient.from_settings(settings, metrics=metrics, session=session),
         enqueue,
         conn,
         Keys(settings.redis.key_prefix),
@@ -515,7 +418,7 @@ def build_poller(
     )
 
 
-def run_poller(settings: Any, stop: threading.Event, conn: redis.Redis | None = None) -> threading.Thread:
+def run_poller(settings: Settings, stop: threading.Event, conn: redis.Redis | None = None) -> threading.Thread:
     """Start the poller in a daemon thread (used by `worker` when [poll] enabled); stop it with ``stop``."""
     poller = build_poller(settings, conn)
     for line in poller.describe():

@@ -10,17 +10,26 @@ What it relies on (docs/openemr.md lists the sources with versions):
   once with ``GET /api/patient/:puuid`` (scope ``user/patient.rs``) and cached.
 * 401: token missing / expired → refresh once and retry; 403: scope missing (the error names it);
   400 / 422: validation (permanent); 429 / 5xx: transient.
+
+Requests go through the FHIR stack's ``Transport`` (fhir/transport.py): the URL guard (every path under
+``/apis/<site>/api``), the user-context ``TokenProvider`` with its refresh-once-on-401, guarded redirects and
+the ``openemr_requests`` metric. It retries nothing inline (``NO_INLINE_RETRY``): a mirror write holds a claim
+while it is in flight, and rq's job retry is where a failed OpenEMR call is tried again.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Protocol
+from typing import Any
 
 import redis
 import requests
 
+from fhir_smartflow.fhir.errors import FhirTimeout, FhirUnavailable
+from fhir_smartflow.fhir.tokens import TokenProvider
+from fhir_smartflow.fhir.transport import Transport
+from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.openemr.errors import (
     OpenEmrAmbiguousWrite,
     OpenEmrError,
@@ -28,17 +37,13 @@ from fhir_smartflow.openemr.errors import (
     OpenEmrTransientError,
     OpenEmrValidationError,
 )
+from fhir_smartflow.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
 _UUID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
 PID_CACHE_SECONDS = 24 * 3600
-
-
-class AccessTokens(Protocol):
-    def access_token(self) -> str: ...
-
-    def invalidate(self, token: str) -> None: ...
+NO_INLINE_RETRY = RetryPolicy(max_retries=0)
 
 
 def _strings(value: Any) -> list[str]:
@@ -65,45 +70,47 @@ class StandardApi:
     def __init__(
         self,
         api_base: str,
-        tokens: AccessTokens,
+        tokens: TokenProvider,
         session: requests.Session | None = None,
         timeout: float = 10.0,
         conn: redis.Redis | None = None,
         prefix: str = "",
+        metrics: Metrics | None = None,
     ) -> None:
-        self.api_base = api_base.rstrip("/")
-        self.tokens = tokens
-        self.session = session or requests.Session()
-        self.timeout = timeout
+        self.http = Transport(
+            api_base,
+            auth=tokens,
+            timeout=timeout,
+            retry=NO_INLINE_RETRY,
+            session=session,
+            metrics=metrics,
+            media_type="application/json",
+            metric="openemr_requests",
+        )
         self.conn = conn
         self.prefix = prefix
 
-    def _send(self, method: str, path: str, token: str, **kwargs: Any) -> requests.Response:
-        url = f"{self.api_base}{path}"
+    def request(
+        self,
+        method: str,
+        path: str,
+        scope: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json: dict[str, Any] | None = None,
+        files: dict[str, Any] | None = None,
+    ) -> tuple[int, Any]:
+        """One call, with the 401 → refresh → retry-once rule and status → error mapping."""
         try:
-            return self.session.request(
-                method,
-                url,
-                headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
-                timeout=self.timeout,
-                **kwargs,
-            )
-        except requests.ConnectionError as exc:  # nothing reached OpenEMR
-            raise OpenEmrTransientError(f"OpenEMR unreachable: {type(exc).__name__}") from exc
-        except requests.Timeout as exc:
+            resp = self.http.send(method, self.http.base.join(path), params=params, json=json, files=files)
+        except FhirTimeout as exc:
             if method == "GET":
                 raise OpenEmrTransientError("OpenEMR did not answer in time") from exc
-            raise OpenEmrAmbiguousWrite(f"{method} {path}: no answer within {self.timeout}s") from exc
-
-    def request(self, method: str, path: str, scope: str, **kwargs: Any) -> tuple[int, Any]:
-        """One call, with the 401 → refresh → retry-once rule and status → error mapping."""
-        token = self.tokens.access_token()
-        resp = self._send(method, path, token, **kwargs)
+            raise OpenEmrAmbiguousWrite(f"{method} {path}: no answer within {self.http.timeout}s") from exc
+        except FhirUnavailable as exc:  # nothing reached OpenEMR
+            raise OpenEmrTransientError(f"OpenEMR unreachable: {type(exc.__cause__).__name__}") from exc
         if resp.status_code == 401:
-            self.tokens.invalidate(token)
-            resp = self._send(method, path, self.tokens.access_token(), **kwargs)
-            if resp.status_code == 401:
-                raise OpenEmrTransientError(f"{method} {path}: OpenEMR refused a freshly refreshed token (401)", 401)
+            raise OpenEmrTransientError(f"{method} {path}: OpenEMR refused a freshly refreshed token (401)", 401)
         try:
             body: Any = resp.json() if resp.content else None
         except ValueError:

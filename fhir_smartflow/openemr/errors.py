@@ -2,6 +2,8 @@
 
 They are ``FhirError``s so the plan executor treats them like the FHIR target's errors: ``transient`` ones
 are re-raised and rq retries the job (writes stay queued); the others are recorded as the action's error.
+A token endpoint's refusal is the FHIR stack's ``TokenRefused`` (fhir/errors.py), which the user token
+store turns into ``OpenEmrAuthUnavailable``.
 """
 
 from __future__ import annotations
@@ -39,15 +41,6 @@ class OpenEmrScopeError(OpenEmrError):
 
 class OpenEmrValidationError(OpenEmrError):
     """400 / 422: OpenEMR refused the content. Retrying the same request cannot help."""
-
-
-class TokenError(OpenEmrError):
-    """The token endpoint refused a grant (``error`` / ``error_description`` from its answer)."""
-
-    def __init__(self, error: str, description: str = "", status: int | None = None) -> None:
-        super().__init__(f"token endpoint refused the grant: {error}: {description}".rstrip(": "), status)
-        self.error = error
-        self.description = description
 
 
 class OpenEmrAmbiguousWrite(OpenEmrTransientError):

@@ -1,25 +1,25 @@
-"""Build the OpenEMR pieces from Settings (tokens, Standard API client, write-back target)."""
+"""Build the OpenEMR pieces from Settings (the user-context token, Standard API client, write-back target).
+
+The read token (FHIR API, poller) is not built here: it is ``[fhir] auth`` (fhir/auth.py), like for any
+FHIR server. ``[openemr] client_id`` / ``private_key_file`` / ``key_id`` are the client of the user-context
+token, each falling back to its ``[fhir]`` key.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 
 import redis
 import requests
 
 from fhir_smartflow.config import ConfigError, Settings, secret
-from fhir_smartflow.engine.interfaces import WriteBackTarget
+from fhir_smartflow.fhir.auth import private_key_jwt
+from fhir_smartflow.fhir.smart import PrivateKeyJwt
+from fhir_smartflow.fhir.target import WriteBackTarget
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.openemr.api import StandardApi
 from fhir_smartflow.openemr.target import OpenEmrWriteBack
-from fhir_smartflow.openemr.tokens import (
-    ASSERTION_TYPE,
-    BackendServicesAuth,
-    UserTokenStore,
-    client_assertion,
-    make_cipher,
-)
+from fhir_smartflow.openemr.tokens import UserTokenStore, make_cipher
 
 
 def client_id(settings: Settings) -> str:
@@ -29,14 +29,13 @@ def client_id(settings: Settings) -> str:
     return value
 
 
-def private_key(settings: Settings) -> bytes | None:
-    path = settings.openemr.private_key_file or settings.fhir.private_key_file
-    if not path:
+def client_auth(settings: Settings) -> PrivateKeyJwt | None:
+    """``private_key_jwt`` when a key is configured (a confidential client), else None (a public client)."""
+    key_file = settings.openemr.private_key_file or settings.fhir.private_key_file
+    if not key_file:
         return None
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError("[openemr] private_key_file", f"cannot read {path}: {exc.strerror}") from None
+    kid = settings.openemr.key_id or settings.fhir.key_id
+    return private_key_jwt(client_id(settings), key_file, kid, settings.fhir.key_alg, section="[openemr]")
 
 
 def token_url(settings: Settings) -> str:
@@ -52,47 +51,16 @@ def user_token_store(
     session: requests.Session | None = None,
     env: Mapping[str, str] | None = None,
 ) -> UserTokenStore:
-    url = token_url(settings)
-    cid = client_id(settings)
-    key = private_key(settings)
-    kid = settings.openemr.key_id or settings.fhir.key_id
-
-    def client_auth() -> dict[str, str]:
-        # Confidential clients registered with private_key_jwt authenticate every token request.
-        if key is None:
-            return {}
-        return {
-            "client_assertion_type": ASSERTION_TYPE,
-            "client_assertion": client_assertion(cid, url, key, kid, settings.fhir.key_alg),
-        }
-
     return UserTokenStore(
         conn,
         settings.redis.key_prefix,
         make_cipher(secret(settings.openemr.token_key_env, env)),
-        url,
-        cid,
-        client_auth=client_auth,
+        token_url(settings),
+        client_id(settings),
+        client=client_auth(settings),
         session=session,
         metrics=metrics,
         timeout=settings.openemr.timeout_seconds,
-    )
-
-
-def backend_auth(settings: Settings, session: requests.Session | None = None) -> BackendServicesAuth:
-    """Read token (SMART backend services) for the FHIR API and the poller."""
-    key = private_key(settings)
-    if key is None:
-        raise ConfigError("[fhir] private_key_file", "required for SMART backend services (private_key_jwt)")
-    return BackendServicesAuth(
-        token_url(settings),
-        client_id(settings),
-        key,
-        settings.fhir.scopes,
-        key_id=settings.openemr.key_id or settings.fhir.key_id,
-        alg=settings.fhir.key_alg,
-        session=session,
-        timeout=settings.fhir.timeout_seconds,
     )
 
 
@@ -116,5 +84,6 @@ def build_openemr_target(
         timeout=settings.openemr.timeout_seconds,
         conn=conn,
         prefix=settings.redis.key_prefix,
+        metrics=metrics,
     )
     return OpenEmrWriteBack(local, api, settings.openemr, conn, settings.redis.key_prefix, metrics)

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from fhir_smartflow.config import Settings
+from fhir_smartflow.fhir.target import WriteBackTarget
 
 FHIR_JSON = "application/fhir+json"
 
@@ -24,7 +25,7 @@ class LocalStoreError(RuntimeError):
     pass
 
 
-class LocalFhirStore:
+class LocalFhirStore(WriteBackTarget):
     """WriteBackTarget over the in-process sandbox store (one SQLite file, config [openemr] local_store)."""
 
     def __init__(self, settings: Settings, app: Any = None) -> None:
@@ -37,7 +38,7 @@ class LocalFhirStore:
             app = create_sandbox_app(local, start_notifier=False, faults=False)
         self.client = app.test_client()
         self.base = ""  # the sandbox app serves FHIR at its own root
-        self.system = settings.fhir.identifier_system
+        self.identifier_system = settings.fhir.identifier_system
         self._lock = threading.Lock()  # the Flask test client is not meant for concurrent use
 
     def _call(
@@ -62,10 +63,10 @@ class LocalFhirStore:
     def create_with_status(self, resource: dict[str, Any], identifier: str) -> tuple[dict[str, Any], bool | None]:
         """(stored resource, True when created now / False when it already existed)."""
         rtype = resource["resourceType"]
-        condition = urlencode({"identifier": f"{self.system}|{identifier}"})
+        condition = urlencode({"identifier": f"{self.identifier_system}|{identifier}"})
         status, body = self._call("POST", rtype, resource, {"If-None-Exist": condition})
         if not isinstance(body, dict) or body.get("resourceType") != rtype:
-            found = self.search(rtype, {"identifier": f"{self.system}|{identifier}"})
+            found = self.search(rtype, {"identifier": f"{self.identifier_system}|{identifier}"})
             if not found:
                 raise LocalStoreError(f"local store did not return the {rtype} {identifier}")
             return found[0], status == 201

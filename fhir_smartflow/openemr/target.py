@@ -31,11 +31,12 @@ from typing import Any
 import redis
 
 from fhir_smartflow.config import OpenEmrConfig
-from fhir_smartflow.engine.interfaces import WriteBackTarget
 from fhir_smartflow.engine.resources import ALLOWED_AUDIENCE_URL
+from fhir_smartflow.fhir.target import WriteBackTarget
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.openemr.api import StandardApi
 from fhir_smartflow.openemr.errors import OpenEmrAmbiguousWrite, OpenEmrError, OpenEmrTransientError
+from fhir_smartflow.refs import parse_reference
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,9 @@ def _ref(value: Any) -> str:
 
 def _patient_uuid(resource: dict[str, Any]) -> str | None:
     for key in ("for", "subject"):
-        ref = _ref(resource.get(key))
-        if ref.startswith("Patient/"):
-            return ref.split("/", 1)[1]
+        ref = parse_reference(_ref(resource.get(key)))
+        if ref is not None and ref.resource_type == "Patient":
+            return ref.id
     return None
 
 
@@ -60,7 +61,7 @@ def _texts(items: Any, key: str = "text") -> list[str]:
     return [str(i[key]) for i in (items or []) if isinstance(i, dict) and i.get(key)]
 
 
-class OpenEmrWriteBack:
+class OpenEmrWriteBack(WriteBackTarget):
     """WriteBackTarget: local store first (canonical), then the idempotent OpenEMR mirror."""
 
     def __init__(
@@ -74,6 +75,7 @@ class OpenEmrWriteBack:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.local = local
+        self.identifier_system = local.identifier_system
         self.api = api
         self.config = config
         self.conn = conn
@@ -86,11 +88,8 @@ class OpenEmrWriteBack:
         return self.create_with_status(resource, identifier)[0]
 
     def create_with_status(self, resource: dict[str, Any], identifier: str) -> tuple[dict[str, Any], bool | None]:
-        """(stored, created) — the executor's optional richer create; the mirror runs either way."""
-        with_status = getattr(self.local, "create_with_status", None)
-        stored, created = (
-            with_status(resource, identifier) if with_status else (self.local.create(resource, identifier), None)
-        )
+        """(stored, created?) from the local store; the mirror runs either way."""
+        stored, created = self.local.create_with_status(resource, identifier)
         self.mirror(stored, identifier)
         return stored, created
 
@@ -103,6 +102,9 @@ class OpenEmrWriteBack:
 
     def search(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]:
         return self.local.search(resource_type, params)
+
+    def find_by_identifier(self, resource_type: str, identifier: str) -> dict[str, Any] | None:
+        return self.local.find_by_identifier(resource_type, identifier)
 
     # -- mirror ------------------------------------------------------------------------------------
     def mirror_kind(self, resource: dict[str, Any]) -> str | None:

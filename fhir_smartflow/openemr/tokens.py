@@ -1,16 +1,15 @@
-"""The two OpenEMR tokens.
+"""OpenEMR's user-context (write) token, and the one-time authorization that obtains it.
 
-* Reads (FHIR API, poller): SMART backend services — ``client_credentials`` with a ``private_key_jwt``
-  client assertion signed RS384. OpenEMR grants only ``system/*.rs`` read scopes this way and its tokens
-  live 60 s (Documentation/api/AUTHENTICATION.md, "Client Credentials Grant"), so the token is renewed
-  shortly before it expires.
-* Writes (Standard API): a user-context token from the authorization-code grant with PKCE and
-  ``offline_access`` (`fhir-smartflow openemr authorize`, once). The refresh token is stored encrypted
-  (Fernet, key from the environment) in Redis and rotated on every use (OpenEMR issues a new refresh token
-  each time: AUTHENTICATION.md, "Refresh Token Grant"). Several worker processes share it under a Redis
-  lock so two never spend the same refresh token. A failed refresh alerts loudly (ERROR log, metric, the
-  ``openemr:auth_degraded`` flag that `readyz` reports) and raises a retryable error: writes stay queued.
-"""
+Reads (FHIR API, poller) do not use it: they use the service's FHIR client with SMART backend services
+(fhir/auth.py, fhir/smart.py); OpenEMR grants only ``system/*.rs`` read scopes that way.
+
+Writes (Standard API) need a user-context token from the authorization-code grant with PKCE and
+``offline_access`` (`fhir-smartflow openemr authorize`, once). The refresh token is stored encrypted
+(Fernet, key from the environment) in Redis and rotated on every use (OpenEMR issues a new refresh token
+each time: Documentation/api/AUTHENTICATION.md, "Refresh Token Grant"). Several worker processes share it
+under a Redis lock so two never spend the same refresh token. A failed refresh alerts loudly (ERROR log,
+metric, the ``openemr:auth_degraded`` flag that `readyz` reports) and raises a retryable error: writes stay
+queued. Token requests go through the FHIR stack's ``post_token`` and ``ClientAuth`` (fhir/oauth.py)."""
 
 from __future__ import annotations
 
@@ -30,105 +29,14 @@ import redis
 import requests
 from cryptography.fernet import Fernet, InvalidToken
 
-from fhir_smartflow.fhir.auth import client_assertion
+from fhir_smartflow.fhir.errors import FhirUnavailable, TokenRefused
+from fhir_smartflow.fhir.oauth import ClientAuth, TokenRequest, post_token
 from fhir_smartflow.metrics import Metrics
-from fhir_smartflow.openemr.errors import OpenEmrAuthUnavailable, OpenEmrTransientError, TokenError
+from fhir_smartflow.openemr.errors import OpenEmrAuthUnavailable, OpenEmrTransientError
 
 log = logging.getLogger(__name__)
 
-ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 RENEW_MARGIN_SECONDS = 15.0
-
-
-def _token_error(resp: requests.Response) -> TokenError:
-    try:
-        body = resp.json()
-    except ValueError:
-        body = {}
-    if not isinstance(body, dict):
-        body = {}
-    return TokenError(
-        str(body.get("error") or f"http_{resp.status_code}"), str(body.get("error_description") or ""), resp.status_code
-    )
-
-
-def post_token(session: requests.Session, token_url: str, form: dict[str, str], timeout: float) -> dict[str, Any]:
-    """POST to the token endpoint. 5xx / 429 / connection errors are transient; 4xx are the grant's fault."""
-    try:
-        resp = session.post(token_url, data=form, timeout=timeout, headers={"Accept": "application/json"})
-    except requests.RequestException as exc:
-        raise OpenEmrTransientError(f"token endpoint unreachable: {type(exc).__name__}") from exc
-    if resp.status_code == 429 or resp.status_code >= 500:
-        raise OpenEmrTransientError(f"token endpoint answered {resp.status_code}", resp.status_code)
-    if resp.status_code != 200:
-        raise _token_error(resp)
-    body = resp.json()
-    if not isinstance(body, dict) or "access_token" not in body:
-        raise TokenError("invalid_response", "no access_token in the token response", resp.status_code)
-    return body
-
-
-class BackendServicesAuth(requests.auth.AuthBase):
-    """requests auth for SMART backend services; caches the token and renews it before it expires."""
-
-    def __init__(
-        self,
-        token_url: str,
-        client_id: str,
-        private_key_pem: bytes,
-        scopes: str,
-        key_id: str = "",
-        alg: str = "RS384",
-        session: requests.Session | None = None,
-        timeout: float = 10.0,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.token_url = token_url
-        self.client_id = client_id
-        self.private_key_pem = private_key_pem
-        self.scopes = scopes
-        self.key_id = key_id
-        self.alg = alg
-        self.session = session or requests.Session()
-        self.timeout = timeout
-        self.clock = clock
-        self._token: str | None = None
-        self._expires_at = 0.0
-        self.granted_scopes = ""
-
-    def token(self) -> str:
-        if self._token is None or self.clock() >= self._expires_at - RENEW_MARGIN_SECONDS:
-            form = {
-                "grant_type": "client_credentials",
-                "scope": self.scopes,
-                "client_assertion_type": ASSERTION_TYPE,
-                "client_assertion": client_assertion(
-                    self.client_id, self.token_url, self.private_key_pem, self.key_id, self.alg, self.clock()
-                ),
-            }
-            body = post_token(self.session, self.token_url, form, self.timeout)
-            self._token = str(body["access_token"])
-            self._expires_at = self.clock() + float(body.get("expires_in") or 60)
-            self.granted_scopes = str(body.get("scope") or "")
-        return self._token
-
-    def invalidate(self) -> None:
-        self._token = None
-
-    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
-        r.headers["Authorization"] = f"Bearer {self.token()}"
-        return r
-
-
-def discover_token_url(fhir_base: str, session: requests.Session, timeout: float = 10.0) -> str | None:
-    """token_endpoint from ``<fhir base>/.well-known/smart-configuration`` (SMART App Launch 2.x)."""
-    try:
-        resp = session.get(f"{fhir_base.rstrip('/')}/.well-known/smart-configuration", timeout=timeout)
-        if resp.status_code == 200:
-            return str(resp.json().get("token_endpoint") or "") or None
-    except (requests.RequestException, ValueError):
-        return None
-    return None
 
 
 def make_cipher(key: str | None) -> Fernet:
@@ -165,7 +73,9 @@ class UserTokenKeys:
 
 
 class UserTokenStore:
-    """The user-context (write) token: encrypted in Redis, refreshed under a lock, rotation-safe."""
+    """TokenProvider of the user-context (write) token: encrypted in Redis, refreshed under a lock,
+    rotation-safe. ``client``: how the registered client authenticates at the token endpoint (None for a
+    public client)."""
 
     def __init__(
         self,
@@ -174,7 +84,7 @@ class UserTokenStore:
         cipher: Fernet,
         token_url: str,
         client_id: str,
-        client_auth: Callable[[], dict[str, str]] | None = None,
+        client: ClientAuth | None = None,
         session: requests.Session | None = None,
         metrics: Metrics | None = None,
         timeout: float = 10.0,
@@ -185,7 +95,7 @@ class UserTokenStore:
         self.cipher = cipher
         self.token_url = token_url
         self.client_id = client_id
-        self.client_auth = client_auth or (lambda: {})
+        self.client = client
         self.session = session or requests.Session()
         self.metrics = metrics
         self.timeout = timeout
@@ -242,7 +152,7 @@ class UserTokenStore:
             return str(stored["access_token"])
         return None
 
-    def access_token(self) -> str:
+    def token(self) -> str:
         token = self._valid_access()
         if token:
             return token
@@ -272,29 +182,31 @@ class UserTokenStore:
         stored = self._open(self.conn.get(self.keys.refresh))
         if not stored:
             self._degrade("no_refresh_token", "no OpenEMR refresh token stored: run `fhir-smartflow openemr authorize`")
-        form = {
-            "grant_type": "refresh_token",
-            "refresh_token": stored["refresh_token"],
-            "client_id": self.client_id,
-            **self.client_auth(),
-        }
+        form = {"grant_type": "refresh_token", "refresh_token": stored["refresh_token"], "client_id": self.client_id}
         try:
-            body = post_token(self.session, self.token_url, form, self.timeout)
-        except TokenError as exc:
+            body = self.post_grant(form)
+        except TokenRefused as exc:
             self._degrade(
                 exc.error,
                 f"OpenEMR refused the refresh token ({exc.error}); writes are held in "
                 "the queue until someone re-runs `fhir-smartflow openemr authorize`",
             )
-        except OpenEmrTransientError:
+        except FhirUnavailable as exc:
             if self.metrics:
                 self.metrics.inc("openemr_auth_failures", reason="transient")
-            raise
+            raise OpenEmrTransientError(f"OpenEMR token refresh failed: {exc.message}", exc.status) from exc
         if not body.get("refresh_token"):
             # Keep the old refresh token: without rotation it stays valid.
             body = {**body, "refresh_token": stored["refresh_token"]}
         self.save_grant(body)
         return str(body["access_token"])
+
+    def post_grant(self, form: dict[str, str]) -> dict[str, Any]:
+        """POST a grant to OpenEMR's token endpoint, authenticated as the registered client."""
+        request = TokenRequest(self.token_url, form)
+        if self.client is not None:
+            self.client.authenticate(request)
+        return post_token(self.session, request, self.timeout)
 
     def _degrade(self, reason: str, message: str) -> Any:
         log.error("OpenEMR write token unavailable: %s", message)
@@ -347,24 +259,23 @@ def parse_redirect(value: str) -> tuple[str, str | None]:
         return value, None
     query = parse_qs(urlparse(value).query or value.lstrip("?"))
     if "error" in query:
-        raise TokenError(query["error"][0], query.get("error_description", [""])[0])
+        raise TokenRefused(query["error"][0], query.get("error_description", [""])[0])
     return query["code"][0], query.get("state", [None])[0]
 
 
 def exchange_code(store: UserTokenStore, request: AuthorizationRequest, code: str, state: str | None) -> dict[str, Any]:
     """Trade the authorization code (with the PKCE verifier) for tokens and store them."""
     if state is not None and not secrets.compare_digest(state, request.state):
-        raise TokenError("invalid_state", "the state in the redirect does not match this request")
+        raise TokenRefused("invalid_state", "the state in the redirect does not match this request")
     form = {
         "grant_type": "authorization_code",
         "code": code,
         "redirect_uri": request.redirect_uri,
         "client_id": store.client_id,
         "code_verifier": request.verifier,
-        **store.client_auth(),
     }
-    body = post_token(store.session, store.token_url, form, store.timeout)
+    body = store.post_grant(form)
     if not body.get("refresh_token"):
-        raise TokenError("no_refresh_token", "no refresh token granted: the client needs the offline_access scope")
+        raise TokenRefused("no_refresh_token", "no refresh token granted: the client needs the offline_access scope")
     store.save_grant(body)
     return body

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+from fhir_smartflow.refs import RESOURCE_ID_RE, parse_reference
 from fhir_smartflow.sandbox.errors import BadRequest
 
 TOKEN = "token"
@@ -39,6 +40,8 @@ PARAMS: dict[str, tuple[str, frozenset[str] | str]] = {
     "date": (DATE, frozenset({"Appointment", "Encounter"})),
     "actor": (REFERENCE, frozenset({"Appointment"})),
     "url": (TOKEN, frozenset({"Questionnaire", "SubscriptionTopic"})),
+    "role": (TOKEN, frozenset({"PractitionerRole"})),  # PractitionerRole.code: who holds a role
+    "active": (TOKEN, frozenset({"PractitionerRole", "Practitioner", "Patient", "Organization"})),
 }
 # Result-control parameters understood by every search.
 CONTROL = frozenset({"_count", "_sort", "_total", "_summary", "_page", "_format", "_pretty"})
@@ -78,15 +81,12 @@ class Query:
 
 # ---- indexing -----------------------------------------------------------------------------------
 
-_REF_RE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
-
-
 def split_reference(reference: str) -> tuple[str | None, str] | None:
     """``Patient/1``, ``http://x/fhir/Patient/1/_history/2`` → (Patient, 1); a bare id → (None, id)."""
-    m = _REF_RE.search(reference)
-    if m:
-        return m.group(1), m.group(2)
-    if re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", reference):
+    parsed = parse_reference(reference)
+    if parsed:
+        return parsed.resource_type, parsed.id
+    if RESOURCE_ID_RE.match(reference):
         return None, reference
     return None
 
@@ -161,6 +161,10 @@ def index_rows(resource: dict[str, Any]) -> list[IndexRow]:
         add("recipient", _refs(resource, "recipient"))
     if isinstance(resource.get("url"), str):
         rows.append(IndexRow("url", None, resource["url"]))
+    if rtype == "PractitionerRole":
+        add("role", _codings(resource.get("code")))
+    if isinstance(resource.get("active"), bool):
+        rows.append(IndexRow("active", None, "true" if resource["active"] else "false"))
     return list(dict.fromkeys(rows))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -24,9 +24,14 @@ TEST_CLOCK_ENV = "SMARTFLOW_TEST_CLOCK"
 
 
 class Clock(Protocol):
+    """A clock object; calling it is the same as ``now()``, so it serves wherever a plain
+    ``Callable[[], datetime]`` clock is expected (the runtime, the scheduler, the executor)."""
+
     def now(self) -> datetime:
         """The current instant, timezone-aware UTC."""
         ...
+
+    def __call__(self) -> datetime: ...
 
 
 class SystemClock:
@@ -35,7 +40,7 @@ class SystemClock:
     def now(self) -> datetime:
         return datetime.now(UTC)
 
-    def __call__(self) -> datetime:  # usable where a ``Callable[[], datetime]`` clock is expected
+    def __call__(self) -> datetime:
         return self.now()
 
 
@@ -85,12 +90,6 @@ class RedisClock:
         when = self.now() + delta
         self.set(when)
         return when
-
-
-def now_of(clock: Clock | Callable[[], datetime]) -> datetime:
-    """ "Now" from a clock object or a plain ``Callable[[], datetime]`` (the runtime's shape)."""
-    now = getattr(clock, "now", None)
-    return now() if callable(now) else clock()  # type: ignore[operator]
 
 
 def clock_key(keys: Keys) -> str:

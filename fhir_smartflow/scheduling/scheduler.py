@@ -23,16 +23,19 @@ import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from rq import Queue
 from rq.job import Job, JobStatus
 
+from fhir_smartflow import defaults
+from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.engine.plan import Schedule
 from fhir_smartflow.metrics import Metrics
-from fhir_smartflow.scheduling.clock import Clock, now_of
+from fhir_smartflow.queueing import queue_for
+from fhir_smartflow.scheduling.clock import Clock, make_clock
 
 log = logging.getLogger(__name__)
 
@@ -132,22 +135,45 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-class RqScheduler:
-    """Implements the ``Scheduler`` protocol (engine/interfaces.py) on Redis + rq."""
+class Scheduler(Protocol):
+    """Runs Schedule actions later (reminders, overdue checks, recurrences, deferred deliveries).
+
+    What the executor and the follow-up jobs use; ``RqScheduler`` is the implementation."""
+
+    def schedule(self, action: Schedule) -> None:
+        """Fire ``action`` once at ``action.at``; the same identifier scheduled twice stays one job."""
+        ...
+
+    def reschedule(self, action: Schedule) -> bool:
+        """Schedule an identifier again although it fired (a failed follow-up's retry)."""
+        ...
+
+    def cancel(self, group: str | None = None, patient: str | None = None, flows: tuple[str, ...] = ()) -> int:
+        """Remove a workflow group's, or a patient's ``flows``' pending jobs; how many were removed."""
+        ...
+
+    def pending_for(
+        self, group: str | None = None, patient: str | None = None, flows: tuple[str, ...] = ()
+    ) -> list[Pending]:
+        """The pending jobs ``cancel`` with the same arguments would remove."""
+        ...
+
+
+class RqScheduler(Scheduler):
+    """The ``Scheduler`` on Redis + rq."""
 
     def __init__(
         self,
         conn: redis.Redis,
         keys: Keys,
         queue: Queue,
-        clock: Clock | Callable[[], datetime],
+        clock: Callable[[], datetime],  # a Clock, or any callable giving "now"
         metrics: Metrics | None = None,
         *,
         batch_size: int = 500,
         late_warning_seconds: float = 60.0,
         inflight_timeout_seconds: float = 60.0,
         fired_retention_seconds: int = 30 * 24 * 3600,
-        job_timeout_seconds: int | None = None,
         result_ttl_seconds: int = 3600,
         failure_ttl_seconds: int | None = None,
     ) -> None:
@@ -161,7 +187,6 @@ class RqScheduler:
         self.late_warning_seconds = late_warning_seconds
         self.inflight_timeout_seconds = inflight_timeout_seconds
         self.fired_retention_seconds = fired_retention_seconds
-        self.job_timeout_seconds = job_timeout_seconds
         self.result_ttl_seconds = result_ttl_seconds
         self.failure_ttl_seconds = failure_ttl_seconds
 
@@ -250,7 +275,7 @@ class RqScheduler:
 
     def tick(self, now: datetime | None = None) -> int:
         """Move every follow-up due at ``now`` into the rq queue. Returns how many were enqueued."""
-        now = now or now_of(self.clock)
+        now = now or self.clock()
         enqueued = self._recover_inflight(now)
         while True:
             claimed = self._claim(now)
@@ -330,7 +355,6 @@ class RqScheduler:
                         "late_seconds": round(late, 3),
                     },
                     job_id=job_id,
-                    timeout=self.job_timeout_seconds,
                     result_ttl=self.result_ttl_seconds,
                     failure_ttl=self.failure_ttl_seconds,
                     description=f"follow-up {item.kind} {job_id}",  # no payload (PHI) in the description
@@ -374,7 +398,7 @@ class RqScheduler:
                 self._count(_decode(blob).kind if blob else "unknown", result)
         return removed
 
-    def _unindex(self, pipe: Any, sid: str, item: Pending) -> None:
+    def _unindex(self, pipe: redis.client.Pipeline, sid: str, item: Pending) -> None:
         if item.payload.get("group"):
             pipe.srem(self.skeys.group(str(item.payload["group"])), sid)
         if item.payload.get("patient"):
@@ -407,7 +431,7 @@ class SchedulerLock:
         value = self.conn.get(self.key)
         return _text(value) if value is not None else None
 
-    def _if_mine(self, op: Any) -> bool:
+    def _if_mine(self, op: Callable[[redis.client.Pipeline], object]) -> bool:
         with self.conn.pipeline(transaction=True) as pipe:
             try:
                 pipe.watch(self.key)
@@ -474,23 +498,19 @@ def start_scheduler_thread(
     return thread
 
 
-def build_scheduler(settings: Any, conn: redis.Redis, clock: Clock | None = None) -> RqScheduler:
+def build_scheduler(settings: Settings, conn: redis.Redis, clock: Clock | None = None) -> RqScheduler:
     """The scheduler for a process, from settings (used by the runtime and the scheduler command)."""
-    from fhir_smartflow import defaults
-    from fhir_smartflow.scheduling.clock import make_clock
-
     keys = Keys(settings.redis.key_prefix)
-    cfg = getattr(settings, "scheduler", None)
+    cfg = settings.scheduler
     return RqScheduler(
         conn,
         keys,
-        Queue(settings.redis.queue, connection=conn),
-        clock or make_clock(conn, keys, test_clock=bool(getattr(cfg, "test_clock", False))),
+        queue_for(conn, settings.redis),  # its jobs get the configured job timeout
+        clock or make_clock(conn, keys, test_clock=cfg.test_clock),
         Metrics(conn, settings.redis.key_prefix),
-        batch_size=getattr(cfg, "batch_size", 500),
-        late_warning_seconds=getattr(cfg, "late_warning_seconds", 60.0),
-        fired_retention_seconds=getattr(cfg, "fired_retention_seconds", 30 * 24 * 3600),
-        job_timeout_seconds=settings.redis.job_timeout_seconds,
+        batch_size=cfg.batch_size,
+        late_warning_seconds=cfg.late_warning_seconds,
+        fired_retention_seconds=cfg.fired_retention_seconds,
         failure_ttl_seconds=defaults.FAILED_JOB_TTL_SECONDS,
     )
 

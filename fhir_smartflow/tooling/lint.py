@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from fhir_smartflow.config import Settings
-from fhir_smartflow.engine.loader import build_engine
+from fhir_smartflow.engine.duplicates import overlapping_flows
+from fhir_smartflow.engine.loader import parse_sources
+from fhir_smartflow.engine.model import Flow
 from fhir_smartflow.engine.tomlfiles import LoadError, SourceFile, kind_of
 from fhir_smartflow.engine.validation import model_class
 from fhir_smartflow.flowfiles import discover, read_toml
@@ -271,58 +273,31 @@ def _action_findings(source: SourceFile, flow: dict[str, Any], flow_id: str) -> 
     return findings
 
 
-def _norm(condition: Any) -> str:
-    return re.sub(r"\s+", " ", condition).strip() if isinstance(condition, str) else ""
-
-
-_MESSAGE_TYPES = {"patient-message", "staff-message", "notify"}
-
-
-def _sends(flow: dict[str, Any]) -> set[str]:
-    """What an action delivers, for duplicate detection: the template of a message, the form of a
-    send-form, the item of a task / note / prompt."""
-    sent: set[str] = set()
-    for action in flow.get("actions") or []:
-        if not isinstance(action, dict):
-            continue
-        kind = action.get("type")
-        if kind in _MESSAGE_TYPES and action.get("template"):
-            sent.add(f"template {action['template']!r}")
-        elif kind == "send-form" and action.get("item"):
-            sent.add(f"form {action['item']!r}")
-        elif action.get("item"):
-            sent.add(f"{kind} {action['item']!r}")
-    return sent
-
-
-def _overlap_findings(flows: list[tuple[SourceFile, dict[str, Any]]]) -> list[Finding]:
+def _overlap_findings(flows: Iterable[Flow], sources: list[SourceFile]) -> list[Finding]:
+    """From the rule ``validate`` applies (engine/duplicates.py): the same condition is the load error
+    (reported on its line, so it folds into this finding); a one-sided condition is a warning."""
+    by_path = {s.path: s for s in sources}
     findings = []
-    enabled = [(s, f) for s, f in flows if f.get("enabled", True) is not False]
-    for i, (src_a, a) in enumerate(enabled):
-        for src_b, b in enabled[i + 1 :]:
-            if a.get("trigger") != b.get("trigger") or a.get("id") == b.get("id"):
-                continue
-            shared = sorted(_sends(a) & _sends(b))
-            if not shared:
-                continue
-            cond_a, cond_b = _norm(a.get("condition")), _norm(b.get("condition"))
-            if cond_a == cond_b:
-                severity, code, how = "error", "duplicate-automation", "the same condition"
-            elif not cond_a or not cond_b:
-                severity, code, how = "warning", "overlapping-flows", "overlapping conditions (one has none)"
-            else:
-                continue
-            findings.append(
-                Finding(
-                    severity,
-                    code,
-                    src_b.path,
-                    src_b.line_of("trigger"),
-                    f"flows {a.get('id')!r} ({src_a.path}) and {b.get('id')!r} both send {', '.join(shared)} on "
-                    f"{b.get('trigger')!r} with {how}: a patient would get it twice",
-                    str(b.get("id")),
-                )
+    for overlap in overlapping_flows(flows):
+        a, b = overlap.earlier, overlap.later
+        source = by_path[b.file]
+        if overlap.same_condition:
+            severity, code, how = "error", "duplicate-automation", "the same condition"
+            line = source.line_of("item", "actions", overlap.action.index)
+        else:
+            severity, code, how = "warning", "overlapping-flows", "overlapping conditions (one has none)"
+            line = source.line_of("trigger")
+        findings.append(
+            Finding(
+                severity,
+                code,
+                b.file,
+                line,
+                f"flows {a.id!r} ({a.file}) and {b.id!r} both send {', '.join(overlap.shared)} on "
+                f"{b.trigger!r} with {how}: a patient would get it twice",
+                b.id,
             )
+        )
     return findings
 
 
@@ -381,11 +356,12 @@ def lint(paths: Sequence[str], settings: Settings) -> list[Finding]:
         if isinstance(trigger, str):
             findings += _condition_findings(source, flow, _resource_types(trigger, mappings), flow_id)
         findings += _action_findings(source, flow, flow_id)
-    findings += _overlap_findings(flows)
+    parsed = parse_sources(sources.mappings, sources.flows, sources.templates, settings, sources.errors)
+    findings += _overlap_findings(parsed.flows.values(), sources.flows)
     if not sources.borrowed_templates:
         findings += _template_findings(sources.templates, flows)
     # validate's errors too. Where lint already reports the same line, its wording stays, as an error.
-    _, load_errors = build_engine(sources.mappings, sources.flows, sources.templates, settings, sources.errors)
+    load_errors = parsed.errors
     rejected = {(e.file, e.line) for e in load_errors if e.line}
     findings = [dataclasses.replace(f, severity="error") if (f.file, f.line) in rejected else f for f in findings]
     covered = {(f.file, f.line) for f in findings}

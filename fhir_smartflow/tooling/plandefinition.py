@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from fhir_smartflow.config import Settings
+from fhir_smartflow.engine.identifiers import flow_urn
 from fhir_smartflow.engine.model import Action, Duration, Flow, Owner
 from fhir_smartflow.tooling.flowdocs import describe_due
 
@@ -96,7 +97,7 @@ def plan_definition(flow: Flow, settings: Settings) -> dict[str, Any]:
     resource: dict[str, Any] = {
         "resourceType": "PlanDefinition",
         "id": flow.id,
-        "url": f"urn:fhir-smartflow:flow:{flow.id}",
+        "url": flow_urn(flow.id),
         "identifier": [{"system": settings.fhir.identifier_system, "value": f"flow/{flow.id}"}],
         "version": flow.version,
         "name": _computer_name(flow.id),

@@ -21,6 +21,8 @@ from fhir_smartflow.engine.planner import plan as make_plan
 from fhir_smartflow.engine.triggers import match_triggers
 from fhir_smartflow.engine.validation import ResourceInvalid, validate_resource
 from fhir_smartflow.events import ResourceEvent
+from fhir_smartflow.instants import format_instant
+from fhir_smartflow.refs import parse_reference
 
 
 class InputError(ValueError):
@@ -82,8 +84,8 @@ class MemoryContext:
                     self.resources[f"{item['resourceType']}/{item['id']}"] = item
 
     def read(self, reference: str) -> dict[str, Any] | None:
-        parts = reference.split("/_history/")[0].rstrip("/").split("/")
-        return self.resources.get("/".join(parts[-2:])) if len(parts) >= 2 else None
+        parsed = parse_reference(reference)
+        return self.resources.get(f"{parsed.resource_type}/{parsed.id}") if parsed else None
 
     def search(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]:
         found = [r for key, r in sorted(self.resources.items()) if key.startswith(f"{resource_type}/")]
@@ -112,16 +114,12 @@ def _event(resource: dict[str, Any], previous: dict[str, Any] | None, at: dateti
         subscription="simulate",
         resource_type=resource["resourceType"],
         resource_id=resource.get("id"),
-        received_at=at.isoformat().replace("+00:00", "Z"),
+        received_at=format_instant(at, "auto"),
         version_id=(resource.get("meta") or {}).get("versionId"),
         interaction="update" if previous is not None else None,
         resource=resource,
         source="simulate",
     )
-
-
-def _iso(at: datetime) -> str:
-    return at.isoformat().replace("+00:00", "Z")
 
 
 def describe_action(action: PlanAction) -> dict[str, Any]:
@@ -155,7 +153,7 @@ def describe_action(action: PlanAction) -> dict[str, Any]:
             "kind": "schedule",
             "action": action.action,
             "schedule": action.kind,
-            "at": _iso(action.at),
+            "at": format_instant(action.at, "auto"),
             "identifier": action.identifier,
         }
     if isinstance(action, CancelGroup):
@@ -221,7 +219,7 @@ def simulate(
     return {
         "resource": event.reference or event.resource_type,
         "previous": previous is not None,
-        "at": _iso(at),
+        "at": format_instant(at, "auto"),
         "triggers": described,
         "invalid_resources": invalid,
     }

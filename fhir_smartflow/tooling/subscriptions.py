@@ -1,6 +1,7 @@
 """The R4 Subscription resources the enabled flows need, and syncing them onto a FHIR server.
 
-Enabled flows → their triggers (+ ``not_after`` triggers, + ``task.completed`` for the task lifecycle) →
+Enabled flows → the triggers they need (``Engine.needed_triggers``: theirs, ``task.completed``, and the
+discharge triggers when a flow stops at discharge) →
 the mappings producing them → one Subscription per distinct search (a resource type subscribed without
 a filter makes its filtered searches redundant). Two styles:
 
@@ -37,7 +38,6 @@ from fhir_smartflow.fhir.backport import (
 log = logging.getLogger(__name__)
 
 R5_IDENTIFIER = "http://hl7.org/fhir/5.0/StructureDefinition/extension-Subscription.identifier"
-LIFECYCLE_TRIGGERS = ("task.completed",)
 STYLES = ("classic", "backport")
 INACTIVE = {"error", "off"}
 MASK = "********"
@@ -56,23 +56,13 @@ class Wanted:
         return re.sub(r"[^a-z0-9]+", "-", self.search.lower()).strip("-") or self.resource.lower()
 
 
-def needed_triggers(engine: Engine) -> set[str]:
-    """Triggers of enabled flows, their ``not_after`` triggers, and the lifecycle: task.completed always;
-    with any ``not_after``, patient.admitted too (it clears the discharged marker of a returning patient)."""
-    triggers = set(engine.enabled_triggers())
-    stops = {f.not_after for f in engine.flows.values() if f.enabled and f.not_after}
-    if stops:
-        triggers |= stops | {"patient.admitted"}
-    return triggers | set(LIFECYCLE_TRIGGERS)
-
-
 def _search_of(rule: MappingRule) -> str:
     return rule.search or f"{rule.resource}?"
 
 
 def wanted_subscriptions(engine: Engine) -> list[Wanted]:
     """Distinct searches of the mappings behind the needed triggers, sorted; unfiltered ones absorb filtered."""
-    needed = needed_triggers(engine)
+    needed = engine.needed_triggers()
     by_search: dict[str, set[str]] = {}
     resource_of: dict[str, str] = {}
     for rule in engine.mappings:

@@ -23,7 +23,7 @@ from fhir_smartflow.connections import Keys
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.fhir.client import FhirClient
 from fhir_smartflow.fhir.errors import FhirError
-from fhir_smartflow.fhir.urls import RESOURCE_ID_RE, RESOURCE_TYPE_RE
+from fhir_smartflow.refs import RESOURCE_ID_RE, RESOURCE_TYPE_RE
 
 log = logging.getLogger(__name__)
 

@@ -2,39 +2,52 @@
 
 Error policy: a transient FHIR failure (server error, unavailable, lock busy) is re-raised so rq retries
 the whole plan — every step is idempotent, so a rerun creates nothing twice and sends nothing twice. A
-permanent failure of one action (4xx, invalid resource) is recorded in ``ExecutionResult.errors`` and the
-other actions go on.
+permanent failure of one action (4xx, invalid resource, `PlanDataError`) is recorded in
+``ExecutionResult.errors`` and the other actions go on. Any other exception (a ``KeyError`` in our own
+code, say) is a bug, not bad data: it propagates, and rq records the job as failed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from datetime import UTC, datetime
+from typing import Any, NamedTuple, Protocol
 
 import redis
 
 from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
-from fhir_smartflow.engine.interfaces import Deliverer, DeliveryOutcome, Scheduler, WriteBackTarget
-from fhir_smartflow.engine.plan import CancelGroup, Deliver, FlowRun, PatchTask, Plan, Schedule, WriteResource
+from fhir_smartflow.delivery.claims import REARMED, DeliveryClaims
+from fhir_smartflow.delivery.deferral import rearm_schedule
+from fhir_smartflow.delivery.notice import failure_notice
+from fhir_smartflow.delivery.outcome import Deliverer, DeliveryOutcome
+from fhir_smartflow.engine.identifiers import parse_instantiates_uri
+from fhir_smartflow.engine.plan import (
+    CancelGroup,
+    Deliver,
+    FlowRun,
+    PatchTask,
+    Plan,
+    PlanAction,
+    Schedule,
+    WriteResource,
+)
 from fhir_smartflow.engine.provenance import build_provenance, provenance_identifier
+from fhir_smartflow.engine.task_status import OPEN_TASK_STATUSES
 from fhir_smartflow.engine.validation import ResourceInvalid, validate_resource
 from fhir_smartflow.fhir.errors import FhirError
+from fhir_smartflow.fhir.target import BatchItem, WriteBackTarget
+from fhir_smartflow.instants import format_instant
 from fhir_smartflow.metrics import Metrics
+from fhir_smartflow.scheduling.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
-OPEN_TASK_STATUSES = ("draft", "requested", "received", "accepted", "ready", "in-progress", "on-hold")
 BUSINESS_STATUS_SYSTEM = "urn:fhir-smartflow:task-business-status"
-FLOW_URI_PREFIX = "urn:fhir-smartflow:flow:"
-RECLAIM_EARLY = timedelta(seconds=30)
-DEFAULT_RETRY_DELAY = timedelta(minutes=5)  # a deferred / retry outcome that names no time
 
 
 class WrittenResource(NamedTuple):
@@ -74,12 +87,24 @@ class ExecutionResult:
         }
 
 
+class PlanDataError(Exception):
+    """An action cannot be carried out with what there is: a resource it needs is missing (its
+    Communication, its Task), the plan names nothing to act on, or a collaborator it needs (Deliverer,
+    Scheduler) is not configured. Recorded as that action's error; the other actions go on."""
+
+
+class Executor(Protocol):
+    """Carries out a plan: writes, deliveries, scheduled jobs, cancellations. Idempotent."""
+
+    def execute(self, plan: Plan) -> ExecutionResult: ...
+
+
 def _is_transient(exc: Exception) -> bool:
     return isinstance(exc, FhirError) and exc.transient
 
 
 class PlanExecutor:
-    """Executor (engine/interfaces.py) over a WriteBackTarget, a Deliverer and a Scheduler."""
+    """Executor over a WriteBackTarget, a Deliverer and a Scheduler."""
 
     def __init__(
         self,
@@ -103,14 +128,14 @@ class PlanExecutor:
         self.scheduler = scheduler
         self.metrics = metrics
         self.clock = clock
-        self.claim_ttl = settings.redis.dedupe_ttl_seconds
+        self.claims = DeliveryClaims(conn, keys, settings.redis.dedupe_ttl_seconds)
 
     # -- entry point ---------------------------------------------------------------------------------
     def execute(self, plan: Plan) -> ExecutionResult:
         result = ExecutionResult()
         written: dict[str, dict[str, Any]] = {}  # identifier -> stored resource, for Deliver
         failed: set[str] = set()  # identifiers whose write failed: their deliveries are skipped
-        batch = self._batch_writes()
+        batch = self.target.supports_transactions()
         for run in plan.runs:
             if not run.ran:
                 continue
@@ -135,18 +160,33 @@ class PlanExecutor:
         self,
         plan: Plan,
         run: FlowRun,
-        action: Any,
+        action: PlanAction,
         result: ExecutionResult,
         written: dict[str, dict[str, Any]],
         failed: set[str],
     ) -> None:
+        """Carry out one action under the error policy (module docstring)."""
         try:
-            self._one(plan, run, action, result, written, failed)
+            if isinstance(action, WriteResource):
+                written[action.identifier] = self._write(plan, run, action, result)
+            elif isinstance(action, Deliver):
+                if action.communication in failed:
+                    raise PlanDataError(f"Communication {action.communication} was not written; delivery skipped")
+                self._deliver(plan, run, action, result, written.get(action.communication))
+            elif isinstance(action, Schedule):
+                self._require_scheduler().schedule(action)
+                result.scheduled.append(action.identifier)
+            elif isinstance(action, CancelGroup):
+                self._cancel_group(action, result)
+            elif isinstance(action, PatchTask):
+                self._patch_task(action, result)
+            else:  # pragma: no cover - a new plan action type without executor support
+                raise TypeError(f"unknown plan action {type(action).__name__}")
         except Exception as exc:
             if _is_transient(exc):
                 log.warning("execute: transient failure on %s, plan will be retried: %s", _describe(action), exc)
                 raise
-            if not isinstance(exc, FhirError | ResourceInvalid | LookupError):
+            if not isinstance(exc, FhirError | ResourceInvalid | PlanDataError):
                 raise  # a bug, not bad data: let rq record it
             status = exc.status if isinstance(exc, FhirError) else None
             log.error("execute: %s failed: %s", _describe(action), exc)
@@ -154,41 +194,10 @@ class PlanExecutor:
             if isinstance(action, WriteResource):
                 failed.add(action.identifier)
 
-    def _one(
-        self,
-        plan: Plan,
-        run: FlowRun,
-        action: Any,
-        result: ExecutionResult,
-        written: dict[str, dict[str, Any]],
-        failed: set[str],
-    ) -> None:
-        if isinstance(action, WriteResource):
-            written[action.identifier] = self._write(plan, run, action, result)
-        elif isinstance(action, Deliver):
-            if action.communication in failed:
-                raise LookupError(f"Communication {action.communication} was not written; delivery skipped")
-            self._deliver(plan, run, action, result, written.get(action.communication))
-        elif isinstance(action, Schedule):
-            self._require_scheduler().schedule(action)
-            result.scheduled.append(action.identifier)
-        elif isinstance(action, CancelGroup):
-            self._cancel_group(action, result)
-        elif isinstance(action, PatchTask):
-            self._patch_task(action, result)
-        else:  # pragma: no cover - a new plan action type without executor support
-            raise TypeError(f"unknown plan action {type(action).__name__}")
-
     # -- writes ----------------------------------------------------------------------------------------
-    def _create(self, resource: dict[str, Any], identifier: str) -> tuple[dict[str, Any], bool | None]:
-        with_status = getattr(self.target, "create_with_status", None)
-        if with_status is not None:
-            return with_status(resource, identifier)
-        return self.target.create(resource, identifier), None
-
     def _write(self, plan: Plan, run: FlowRun, action: WriteResource, result: ExecutionResult) -> dict[str, Any]:
         validate_resource(action.resource)
-        stored, created = self._create(action.resource, action.identifier)
+        stored, created = self.target.create_with_status(action.resource, action.identifier)
         rtype = action.resource["resourceType"]
         self._inc("writes", type=rtype, result=_write_result(created))
         result.written.append(WrittenResource(rtype, str(stored.get("id")), action.identifier, created))
@@ -211,7 +220,7 @@ class PlanExecutor:
         prov_id = provenance_identifier(identifier)
         provenance = self._provenance(plan, run, stored, prov_id)
         validate_resource(provenance)
-        prov_stored, created = self._create(provenance, prov_id)
+        prov_stored, created = self.target.create_with_status(provenance, prov_id)
         self._inc("writes", type="Provenance", result=_write_result(created))
         result.written.append(WrittenResource("Provenance", str(prov_stored.get("id")), prov_id, created))
 
@@ -233,10 +242,6 @@ class PlanExecutor:
         )
 
     # -- batched writes (one transaction per run of consecutive writes) ------------------------------
-    def _batch_writes(self) -> bool:
-        supports = getattr(self.target, "supports_transactions", None)
-        return bool(supports is not None and supports())
-
     def _write_batch(
         self,
         plan: Plan,
@@ -251,7 +256,7 @@ class PlanExecutor:
         of them when the server refuses the Bundle (so each error names its own resource).
         Transient failures are re-raised: rq retries the whole plan."""
         leftover: list[WriteResource] = []
-        items: list[tuple[dict[str, Any], str, str]] = []
+        items: list[BatchItem] = []
         batched: list[tuple[WriteResource, bool]] = []  # (action, has a Provenance entry)
         for action in actions:
             rtype = action.resource["resourceType"]
@@ -274,7 +279,7 @@ class PlanExecutor:
         if not batched:
             return leftover
         try:
-            answers = iter(self.target.create_all(items))  # type: ignore[attr-defined]
+            answers = iter(self.target.create_all(items))
         except FhirError as exc:
             if exc.transient:
                 log.warning(
@@ -303,14 +308,13 @@ class PlanExecutor:
         self, plan: Plan, run: FlowRun, action: Deliver, result: ExecutionResult, communication: dict[str, Any] | None
     ) -> None:
         now = self.clock()
-        claim_key = self.keys.delivery(action.identifier)
-        previous = _load_claim(self.conn.get(claim_key))
-        if previous is not None and not _reclaimable(previous, now):
+        previous = self.claims.get(action.identifier)
+        if previous is not None and not previous.reclaimable(now):
             # Already sent (or being sent): never send twice; make sure the Communication says so.
-            if previous.get("status") in {"completed", "not-done"}:
-                communication = communication or self._find("Communication", action.communication)
-                self._record_outcome(action, communication, _outcome_from_claim(previous), now)
-            result.deliveries.append((action.identifier, f"already-{previous.get('status', 'claimed')}"))
+            if previous.final:
+                communication = communication or self.target.find_by_identifier("Communication", action.communication)
+                self._record(plan, run, action, communication, previous.outcome(), now, result)
+            result.deliveries.append((action.identifier, f"already-{previous.status}"))
             return
         # Metrics: the Deliverer counts deliveries, the Scheduler counts scheduled jobs; we count writes.
         # Everything that can fail transiently happens before the claim, so a retry can still send.
@@ -318,13 +322,13 @@ class PlanExecutor:
         patient = action.recipient if action.recipient.startswith("Patient/") else plan.trigger.patient
         consents = self.target.search("Consent", {"patient": patient, "status": "active"}) if patient else []
         if communication is None:
-            communication = self._find("Communication", action.communication)
+            communication = self.target.find_by_identifier("Communication", action.communication)
         if communication is None:  # never send what we cannot record
-            raise LookupError(f"Communication {action.communication} not found; message not sent")
+            raise PlanDataError(f"Communication {action.communication} not found; message not sent")
         deliverer = self.deliverer
         if deliverer is None:
-            raise LookupError("no Deliverer configured; message not sent")
-        if not self._claim(claim_key, previous, now):
+            raise PlanDataError("no Deliverer configured; message not sent")
+        if not self.claims.take(action.identifier, previous, now):
             result.deliveries.append((action.identifier, "already-claimed"))
             return
         try:
@@ -336,52 +340,59 @@ class PlanExecutor:
             log.debug("execute: deliverer failure for %s", action.identifier, exc_info=True)
             result.deliveries.append((action.identifier, "unknown"))
             return
-        if outcome.status in {"deferred", "retry"} and outcome.retry_at is None:
-            outcome = dataclasses.replace(outcome, retry_at=now + DEFAULT_RETRY_DELAY)
-        self.conn.set(claim_key, json.dumps(_claim_from_outcome(outcome)), ex=self.claim_ttl)
+        outcome = self.claims.settle(action.identifier, outcome, now)
         result.deliveries.append((action.identifier, outcome.status))
-        if outcome.status in {"deferred", "retry"} and outcome.retry_at is not None:
-            at = outcome.retry_at
-            schedule = Schedule(
-                at=at,
-                kind="delivery",
-                identifier=f"{action.identifier}@{at.astimezone(UTC).strftime('%Y%m%dT%H%M%SZ')}",
-                payload=_deliver_payload(action, plan, run),
-                action=action.action,
-            )
+        if outcome.status in REARMED:
+            schedule = rearm_schedule(action, outcome, plan, run)
             self._require_scheduler().schedule(schedule)
             result.scheduled.append(schedule.identifier)
             return
-        self._record_outcome(action, communication, outcome, now)
+        self._record(plan, run, action, communication, outcome, now, result)
 
-    def _claim(self, key: str, previous: dict[str, Any] | None, now: datetime, value: str | None = None) -> bool:
-        """Take the send claim: absent → set; a due deferred/retry claim → replace it if unchanged."""
-        sending = value or json.dumps({"status": "sending", "at": now.isoformat()})
-        if previous is None:
-            return bool(self.conn.set(key, sending, nx=True, ex=self.claim_ttl))
-        with self.conn.pipeline() as pipe:
-            try:
-                pipe.watch(key)
-                if _load_claim(pipe.get(key)) != previous:
-                    return False
-                pipe.multi()
-                pipe.set(key, sending, ex=self.claim_ttl)
-                pipe.execute()
-                return True
-            except redis.WatchError:
-                return False
+    def _record(
+        self,
+        plan: Plan,
+        run: FlowRun,
+        action: Deliver,
+        communication: dict[str, Any] | None,
+        outcome: DeliveryOutcome,
+        now: datetime,
+        result: ExecutionResult,
+    ) -> None:
+        """The final outcome onto the Communication; a failure of a ``notify_on_failure`` action is also
+        told to its owner (after the outcome, so a rerun that finds the claim writes what is missing)."""
+        self._record_outcome(action, communication, outcome, now)
+        if not (outcome.failed and action.notify_on_failure):
+            return
+        notice = failure_notice(
+            action,
+            outcome,
+            communication,
+            identifier_system=self.system,
+            device_id=self.device_id,
+            patient=plan.trigger.patient,
+            flow_id=run.flow_id,
+            now=now,
+        )
+        self._write(plan, run, notice, result)
+        created = next(w.created for w in reversed(result.written) if w.identifier == notice.identifier)
+        self._inc("failure_notices", channel=action.channel, result=_write_result(created))
+        if not action.owner:
+            log.warning("execute: %s failed; its owner resolved to nobody: notice unaddressed", action.identifier)
+        else:
+            log.info("execute: %s failed; owner told (%s)", action.identifier, _write_result(created))
 
     def _record_outcome(
         self, action: Deliver, communication: dict[str, Any] | None, outcome: DeliveryOutcome, now: datetime
     ) -> None:
         if communication is None:
-            raise LookupError(f"Communication {action.communication} not found to record the delivery on")
+            raise PlanDataError(f"Communication {action.communication} not found to record the delivery on")
         if communication.get("status") in {"completed", "not-done"}:
             return  # already recorded (a rerun)
         updated = dict(communication)
         if outcome.status == "completed":
             updated["status"] = "completed"
-            updated["sent"] = _instant(now)
+            updated["sent"] = format_instant(now)
         else:
             updated["status"] = "not-done"
             updated["statusReason"] = {"text": outcome.reason or "not delivered"}
@@ -397,10 +408,9 @@ class PlanExecutor:
             )
         elif action.patient:
             tasks = self.target.search("Task", {"patient": action.patient, "status": statuses})
-            prefixes = tuple(f"{FLOW_URI_PREFIX}{flow}:" for flow in action.flows)
-            tasks = [t for t in tasks if str(t.get("instantiatesUri") or "").startswith(prefixes)]
+            tasks = [t for t in tasks if _made_by_one_of(t, action.flows)]
         else:
-            raise LookupError(f"CancelGroup {action.identifier} names neither a group nor a patient")
+            raise PlanDataError(f"CancelGroup {action.identifier} names neither a group nor a patient")
         for task in tasks:
             if task.get("status") not in OPEN_TASK_STATUSES:
                 continue  # the server ignored the status filter
@@ -409,15 +419,14 @@ class PlanExecutor:
             updated = dict(task)
             updated["status"] = "cancelled"
             updated["statusReason"] = {"text": action.reason}
-            updated["lastModified"] = _instant(self.clock())
+            updated["lastModified"] = format_instant(self.clock())
             self.target.update(updated)
             result.cancelled.append(f"Task/{task.get('id')}")
         if self.scheduler is None:
             return
         # Deferred deliveries (quiet hours, rate limit, retry) of these workflows are pending jobs too:
         # they must not go out after the cancellation, and their Communications must say why.
-        lister = getattr(self.scheduler, "pending_for", None)
-        pending = lister(group=action.group, patient=action.patient, flows=action.flows) if lister else []
+        pending = self.scheduler.pending_for(group=action.group, patient=action.patient, flows=action.flows)
         self.scheduler.cancel(group=action.group, patient=action.patient, flows=action.flows)  # it counts them
         for item in pending:
             if item.kind == "delivery" and self.withdraw_delivery(item.payload, action.reason):
@@ -429,12 +438,8 @@ class PlanExecutor:
         identifier, communication = payload.get("identifier"), payload.get("communication")
         if not identifier or not communication:
             return False
-        key = self.keys.delivery(identifier)
-        previous = _load_claim(self.conn.get(key))
-        if previous is None or previous.get("status") not in {"deferred", "retry"}:
-            return False  # sent, being sent or already closed: nothing to withdraw
-        outcome = DeliveryOutcome("not-done", reason)
-        if not self._claim(key, previous, self.clock(), json.dumps(_claim_from_outcome(outcome))):
+        outcome = self.claims.withdraw(identifier, reason)
+        if outcome is None:
             return False
         self._record_outcome(
             Deliver(
@@ -444,16 +449,16 @@ class PlanExecutor:
                 identifier=identifier,
                 communication=communication,
             ),
-            self._find("Communication", communication),
+            self.target.find_by_identifier("Communication", communication),
             outcome,
             self.clock(),
         )
         return True
 
     def _patch_task(self, action: PatchTask, result: ExecutionResult) -> None:
-        task = self._find("Task", action.identifier)
+        task = self.target.find_by_identifier("Task", action.identifier)
         if task is None:
-            raise LookupError(f"Task with identifier {action.identifier} not found")
+            raise PlanDataError(f"Task with identifier {action.identifier} not found")
         if action.only_if_open and task.get("status") not in OPEN_TASK_STATUSES:
             return
         updated = dict(task)
@@ -468,23 +473,16 @@ class PlanExecutor:
             updated["statusReason"] = {"text": action.status_reason}
         if updated == task:
             return
-        updated["lastModified"] = _instant(self.clock())
+        updated["lastModified"] = format_instant(self.clock())
         validate_resource(updated)
         self.target.update(updated)
         if action.status == "cancelled":
             result.cancelled.append(f"Task/{task.get('id')}")
 
     # -- helpers -------------------------------------------------------------------------------------
-    def _find(self, resource_type: str, identifier: str) -> dict[str, Any] | None:
-        finder = getattr(self.target, "find_by_identifier", None)
-        if finder is not None:
-            return finder(resource_type, identifier)
-        found = self.target.search(resource_type, {"identifier": f"{self.system}|{identifier}"})
-        return found[0] if found else None
-
     def _require_scheduler(self) -> Scheduler:
         if self.scheduler is None:
-            raise LookupError("no Scheduler configured; follow-up not scheduled")
+            raise PlanDataError("no Scheduler configured; follow-up not scheduled")
         return self.scheduler
 
     def _inc(self, name: str, amount: int = 1, **labels: str) -> None:
@@ -496,68 +494,17 @@ def _write_result(created: bool | None) -> str:
     return "unknown" if created is None else "created" if created else "existing"
 
 
-def _describe(action: Any) -> str:
+def _describe(action: PlanAction) -> str:
     kind = type(action).__name__
     if isinstance(action, WriteResource):
         return f"{kind} {action.resource_type} {action.identifier}"
-    return f"{kind} {getattr(action, 'identifier', '')}".strip()
+    return f"{kind} {action.identifier}"
 
 
-def _instant(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+def _made_by_one_of(task: dict[str, Any], flows: tuple[str, ...]) -> bool:
+    made_by = parse_instantiates_uri(task.get("instantiatesUri"))
+    return made_by is not None and made_by.flow_id in flows
 
 
 def _our_identifiers(resource: dict[str, Any], system: str) -> set[str]:
     return {i.get("value") for i in resource.get("identifier") or [] if i.get("system") == system}
-
-
-def _load_claim(raw: bytes | None) -> dict[str, Any] | None:
-    if raw is None:
-        return None
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return {"status": "sending"}
-    return value if isinstance(value, dict) else {"status": "sending"}
-
-
-def _reclaimable(claim: dict[str, Any], now: datetime) -> bool:
-    """A deferred / retry outcome may be sent again once its time has come (a scheduled job firing a
-    little early still counts: the claim swap is atomic, so this cannot send twice)."""
-    if claim.get("status") not in {"deferred", "retry"}:
-        return False
-    at = claim.get("retry_at")
-    return at is None or datetime.fromisoformat(at) <= now + RECLAIM_EARLY
-
-
-def _claim_from_outcome(outcome: DeliveryOutcome) -> dict[str, Any]:
-    return {
-        "status": outcome.status,
-        "reason": outcome.reason,
-        "provider_id": outcome.provider_id,
-        "retry_at": outcome.retry_at.isoformat() if outcome.retry_at else None,
-    }
-
-
-def _outcome_from_claim(claim: dict[str, Any]) -> DeliveryOutcome:
-    return DeliveryOutcome(
-        status=claim["status"], reason=claim.get("reason") or "", provider_id=claim.get("provider_id")
-    )
-
-
-def _deliver_payload(action: Deliver, plan: Plan, run: FlowRun) -> dict[str, Any]:
-    """What a scheduled delivery job needs to rebuild the Deliver action; flow and group index it for
-    cancellation (workflow completed, discharge)."""
-    return {
-        "flow_id": run.flow_id,
-        "flow_version": run.flow_version,
-        "group": run.group,
-        "channel": action.channel,
-        "recipient": action.recipient,
-        "body": action.body,
-        "subject": action.subject,
-        "identifier": action.identifier,
-        "communication": action.communication,
-        "patient": plan.trigger.patient,
-        "trigger_id": plan.trigger.id,
-    }

@@ -22,6 +22,8 @@ import redis
 from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.engine.plan import CancelGroup, Deliver, PatchTask, Plan, Schedule, WriteResource
+from fhir_smartflow.instants import format_instant, parse_instant
+from fhir_smartflow.worker.execute import ActionError, ExecutionResult, WrittenResource
 
 _ACTION_NAMES: tuple[tuple[type, str], ...] = (
     (WriteResource, "write"),
@@ -38,21 +40,6 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _get(item: Any, name: str, default: Any = None) -> Any:
-    """A field of a dict or an attribute of an object (executor results come in both shapes)."""
-    if isinstance(item, dict):
-        return item.get(name, default)
-    return getattr(item, name, default)
-
-
-def _iso(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    return str(value)
-
-
 def normalize_patient(patient: str) -> str:
     """``123`` and ``Patient/123`` name the same patient."""
     return patient if "/" in patient else f"Patient/{patient}"
@@ -60,82 +47,34 @@ def normalize_patient(patient: str) -> str:
 
 def parse_since(value: str) -> datetime:
     """An ISO date or instant (naive means UTC); raises ValueError naming the value."""
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"not an ISO date or instant: {value!r}") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    parsed = parse_instant(value)
+    if parsed is None:
+        raise ValueError(f"not an ISO date or instant: {value!r}")
+    return parsed
 
 
-def _written(item: Any) -> dict[str, Any]:
-    """type/id/identifier/created of one written resource: a FHIR dict or an object describing one."""
-    resource = _get(item, "resource") if not (isinstance(item, dict) and "resourceType" in item) else item
-    if isinstance(resource, dict):
-        identifier = next((i.get("value") for i in resource.get("identifier") or [] if isinstance(i, dict)), None)
-        return {
-            "type": resource.get("resourceType"),
-            "id": resource.get("id"),
-            "identifier": _get(item, "identifier") or identifier,
-            "created": _get(item, "created"),
-        }
-    return {
-        "type": _get(item, "resource_type") or _get(item, "type"),
-        "id": _get(item, "id"),
-        "identifier": _get(item, "identifier"),
-        "created": _get(item, "created"),
-    }
+def _written(item: WrittenResource) -> dict[str, Any]:
+    return {"type": item.resource_type, "id": item.id, "identifier": item.identifier, "created": item.created}
 
 
-def _delivery(item: Any, planned: dict[str, Deliver]) -> dict[str, Any]:
-    """channel/status of one delivery: the executor's ``(identifier, status)`` pair (the channel comes
-    from the plan), an ``(action, outcome)`` pair, or an object with those fields."""
-    if isinstance(item, tuple) and len(item) == 2:
-        first, second = item
-        if isinstance(first, str):
-            action = planned.get(first)
-            return {"channel": action.channel if action else None, "status": second, "identifier": first}
-        return {
-            "channel": _get(first, "channel"),
-            "status": _get(second, "status"),
-            "identifier": _get(first, "identifier"),
-        }
-    action = _get(item, "action")
-    outcome = _get(item, "outcome")
-    return {
-        "channel": _get(item, "channel") or _get(action, "channel"),
-        "status": _get(item, "status") or _get(outcome, "status"),
-        "identifier": _get(item, "identifier") or _get(action, "identifier"),
-    }
+def _delivery(identifier: str, status: str, planned: dict[str, Deliver]) -> dict[str, Any]:
+    """channel/status of one delivery: the executor reports (identifier, status); the channel is the plan's."""
+    action = planned.get(identifier)
+    return {"channel": action.channel if action else None, "status": status, "identifier": identifier}
 
 
-def _scheduled(item: Any, planned: dict[str, Schedule]) -> dict[str, Any]:
-    """kind/at of a follow-up: the executor reports Schedule identifiers; kind and instant come from the plan."""
-    if isinstance(item, str):
-        action = planned.get(item)
-        return {"kind": action.kind if action else None, "at": _iso(action.at) if action else None, "identifier": item}
-    return {"kind": _get(item, "kind"), "at": _iso(_get(item, "at")), "identifier": _get(item, "identifier")}
+def _scheduled(identifier: str, planned: dict[str, Schedule]) -> dict[str, Any]:
+    """kind/at of a follow-up: the executor reports Schedule identifiers; kind and instant are the plan's
+    (a deferred delivery's retry is scheduled by the executor itself: not in the plan)."""
+    action = planned.get(identifier)
+    if action is None:
+        return {"kind": None, "at": None, "identifier": identifier}
+    return {"kind": action.kind, "at": format_instant(action.at, "auto"), "identifier": identifier}
 
 
-def _error(item: Any) -> str:
-    if isinstance(item, str):
-        text = item
-    elif isinstance(item, Exception):
-        text = f"{type(item).__name__}: {item}"
-    elif _get(item, "message") is not None:  # the executor's ActionError(action, message, status)
-        status = _get(item, "status")
-        text = f"{_get(item, 'action')}: {_get(item, 'message')}" + (f" (HTTP {status})" if status else "")
-    else:
-        text = str(item)
-    return text[:_MAX_ERROR_CHARS]
-
-
-def _cancelled(value: Any) -> list[str] | int:
-    """Task references when the executor lists them, else a count."""
-    if value is None:
-        return []
-    if isinstance(value, int):
-        return value
-    return [str(v) for v in value]
+def _error(error: ActionError) -> str:
+    status = f" (HTTP {error.status})" if error.status else ""
+    return f"{error.action}: {error.message}{status}"[:_MAX_ERROR_CHARS]
 
 
 def plan_summary(plan: Plan) -> dict[str, int]:
@@ -148,15 +87,16 @@ def plan_summary(plan: Plan) -> dict[str, int]:
     return counts
 
 
-def build_record(run_id: str, at: datetime, plan: Plan, result: Any) -> dict[str, Any]:
+def build_record(run_id: str, at: datetime, plan: Plan, result: ExecutionResult | None) -> dict[str, Any]:
     """The compact, PHI-free run record (references, ids, counts, statuses)."""
+    result = result or ExecutionResult()
     trigger = plan.trigger
     event = trigger.event
     deliveries = {a.identifier: a for a in plan.actions if isinstance(a, Deliver)}
     schedules = {a.identifier: a for a in plan.actions if isinstance(a, Schedule)}
     return {
         "id": run_id,
-        "at": _iso(at),
+        "at": format_instant(at, "auto"),
         "trigger": {
             "name": trigger.trigger,
             "id": trigger.id,
@@ -180,11 +120,11 @@ def build_record(run_id: str, at: datetime, plan: Plan, result: Any) -> dict[str
             for r in plan.runs
         ],
         "plan": plan_summary(plan),
-        "written": [_written(w) for w in _get(result, "written") or []],
-        "deliveries": [_delivery(d, deliveries) for d in _get(result, "deliveries") or []],
-        "scheduled": [_scheduled(s, schedules) for s in _get(result, "scheduled") or []],
-        "cancelled": _cancelled(_get(result, "cancelled")),
-        "errors": [_error(e) for e in _get(result, "errors") or []],
+        "written": [_written(w) for w in result.written],
+        "deliveries": [_delivery(identifier, status, deliveries) for identifier, status in result.deliveries],
+        "scheduled": [_scheduled(s, schedules) for s in result.scheduled],
+        "cancelled": list(result.cancelled),
+        "errors": [_error(e) for e in result.errors],
     }
 
 
@@ -220,7 +160,7 @@ class RunHistory:
     def flow_index(self, flow_id: str) -> str:
         return f"{self.keys.history()}:flow:{flow_id}"
 
-    def record(self, plan: Plan, result: Any = None) -> str:
+    def record(self, plan: Plan, result: ExecutionResult | None = None) -> str:
         """Store one run; returns its id (time-ordered: ``<epoch ms>-<random>``)."""
         at = self.clock()
         score = at.timestamp()

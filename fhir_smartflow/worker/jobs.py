@@ -30,6 +30,7 @@ from rq import get_current_job
 
 from fhir_smartflow import logs
 from fhir_smartflow.events import ResourceEvent
+from fhir_smartflow.instants import parse_instant
 from fhir_smartflow.worker.gaps import GapTracker
 from fhir_smartflow.worker.runtime import Runtime, current
 from fhir_smartflow.worker.supervise import is_dead_worker
@@ -116,12 +117,9 @@ def _count_outcome(rt: Runtime, result: str, also: Callable[[Any], object] | Non
 
 def _observe_latency(rt: Runtime, event: ResourceEvent) -> None:
     """Received (webhook / poller) to processed, on the wall clock (not the test clock)."""
-    try:
-        received = datetime.fromisoformat(event.received_at)
-    except (TypeError, ValueError):
+    received = parse_instant(event.received_at)
+    if received is None:
         return
-    if received.tzinfo is None:
-        received = received.replace(tzinfo=UTC)
     rt.metrics.observe("event_latency_seconds", max(0.0, (datetime.now(UTC) - received).total_seconds()))
 
 

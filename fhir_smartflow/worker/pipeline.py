@@ -18,12 +18,16 @@ import redis
 
 from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
-from fhir_smartflow.engine.interfaces import ContextSource, Executor, PriorState
+from fhir_smartflow.engine.interfaces import ContextSource
 from fhir_smartflow.engine.model import Engine
 from fhir_smartflow.engine.plan import Plan, TriggerEvent
 from fhir_smartflow.engine.planner import plan
 from fhir_smartflow.engine.triggers import match_triggers
 from fhir_smartflow.events import ResourceEvent
+from fhir_smartflow.metrics import Metrics
+from fhir_smartflow.worker.discharge import DischargeMarkers
+from fhir_smartflow.worker.execute import ExecutionResult, Executor
+from fhir_smartflow.worker.prior import PriorState
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +35,7 @@ ONCE_TTL_SECONDS = 10 * 365 * 24 * 3600  # "once per patient, ever" — ten year
 
 
 class History(Protocol):
-    def record(self, plan: Plan, result: Any) -> None: ...
+    def record(self, plan: Plan, result: ExecutionResult | None = None) -> str: ...
 
 
 def utc_now() -> datetime:
@@ -39,7 +43,7 @@ def utc_now() -> datetime:
 
 
 class EnginePipeline:
-    """Implements the Dispatcher protocol (engine/interfaces.py)."""
+    """Implements the Dispatcher protocol (worker/seams.py)."""
 
     def __init__(
         self,
@@ -51,7 +55,7 @@ class EnginePipeline:
         redis: redis.Redis,
         keys: Keys,
         history: History | None = None,
-        metrics: Any = None,
+        metrics: Metrics | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.engine = engine
@@ -64,6 +68,7 @@ class EnginePipeline:
         self.history = history
         self.metrics = metrics
         self.clock = clock
+        self.discharges = DischargeMarkers(redis, keys)
 
     def dispatch(self, event: ResourceEvent) -> list[Plan]:
         """Run every flow this event triggers; returns the executed plans (for callers and tests)."""
@@ -78,7 +83,7 @@ class EnginePipeline:
                 log.info("trigger %s already fired once for %s: skipped", trigger.trigger, trigger.once_key)
                 continue
             context = context or self.context_factory(event)
-            self._track_discharge(trigger)
+            self.discharges.track(trigger)
             discharged = self._is_discharged(trigger, context)
             result_plan = plan(self.engine, trigger, context, self.settings, self.clock(), discharged=discharged)
             if not result_plan.runs:
@@ -107,25 +112,17 @@ class EnginePipeline:
         # The same trigger event retried (the job failed after claiming): go on, execution is idempotent.
         return owner is not None and owner.decode() == trigger.id
 
-    def _track_discharge(self, trigger: TriggerEvent) -> None:
-        if not trigger.patient:
-            return
-        if trigger.trigger == "patient.discharged":
-            self.redis.set(self.keys.discharged(trigger.patient), trigger.id)
-        elif trigger.trigger == "patient.admitted":
-            self.redis.delete(self.keys.discharged(trigger.patient))
-
     def _is_discharged(self, trigger: TriggerEvent, context: ContextSource) -> bool:
         if not trigger.patient:
             return False
-        flows = self.engine.flows_for(trigger.trigger)
-        if not any(f.enabled and f.not_after for f in flows):
+        if not any(f.enabled and f.stops_at_discharge for f in self.engine.flows_for(trigger.trigger)):
             return False  # nobody asks: save the reads
-        if self.redis.exists(self.keys.discharged(trigger.patient)):
-            return True
         event = trigger.event
-        patient = event.resource if event.reference == trigger.patient else context.read(trigger.patient)
-        return bool(patient) and patient.get("active") is False
+
+        def read_patient(reference: str) -> dict[str, Any] | None:
+            return event.resource if event.reference == reference else context.read(reference)
+
+        return self.discharges.is_discharged(trigger.patient, read_patient)
 
     def _count(self, result_plan: Plan) -> None:
         if self.metrics is None:

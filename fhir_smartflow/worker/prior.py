@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
 from fhir_smartflow.connections import Keys
+from fhir_smartflow.instants import parse_instant
 
 DEFAULT_FIELDS = frozenset({"resourceType", "id", "meta", "status", "active", "period"})
 DEFAULT_TTL_SECONDS = 90 * 24 * 3600
@@ -42,24 +42,24 @@ def is_older(new: dict[str, Any], stored: dict[str, Any]) -> bool:
     new_v, old_v = str(new_meta.get("versionId", "")), str(old_meta.get("versionId", ""))
     if new_v.isdigit() and old_v.isdigit():
         return int(new_v) < int(old_v)
-    new_t, old_t = _instant(new_meta.get("lastUpdated")), _instant(old_meta.get("lastUpdated"))
+    # meta.lastUpdated is an instant: without its offset it is not comparable, so it does not count.
+    new_t = parse_instant(new_meta.get("lastUpdated"), zone=None)
+    old_t = parse_instant(old_meta.get("lastUpdated"), zone=None)
     if new_t is not None and old_t is not None:
         return new_t < old_t
     return False
 
 
-def _instant(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else None
+class PriorState(Protocol):
+    """The fields mappings care about from the last version of a resource we saw."""
+
+    def get(self, resource_type: str, resource_id: str) -> dict[str, Any] | None: ...
+
+    def put(self, resource_type: str, resource_id: str, resource: dict[str, Any]) -> None: ...
 
 
 class RedisPriorState:
-    """PriorState on Redis (see engine/interfaces.py)."""
+    """PriorState on Redis."""
 
     def __init__(
         self, conn: redis.Redis, keys: Keys, ttl: int = DEFAULT_TTL_SECONDS, fields: Iterable[str] = DEFAULT_FIELDS

@@ -26,10 +26,10 @@ from fhir_smartflow.connections import Keys
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.fhir.client import FhirClient
 from fhir_smartflow.fhir.errors import FhirError
-from fhir_smartflow.fhir.notifications import NotificationError, parse_notification, parse_reference
-from fhir_smartflow.fhir.urls import RESOURCE_ID_RE
+from fhir_smartflow.fhir.notifications import NotificationError, parse_notification
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.queueing import enqueue_events
+from fhir_smartflow.refs import RESOURCE_ID_RE, parse_reference
 from fhir_smartflow.worker.context import parse_criteria
 from fhir_smartflow.worker.gaps import Gap
 

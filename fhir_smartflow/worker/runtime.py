@@ -1,37 +1,54 @@
 """The object graph of one process (serve, worker, scheduler), built from `Settings`.
 
 rq job functions get their collaborators from `current()`; the worker (or `serve` with its embedded
-worker) calls `install()` once at start. Nothing else is global.
+worker) calls `install()` once at start; in a plain `rq worker` the first job builds the service runtime
+from the config. Nothing else is global.
 
-`build_runtime` builds the ingest core with stand-ins (recording dispatcher, pass-through fetch);
-`build_service_runtime` builds the whole service: FHIR client, write-back target, engine, executor,
-deliverer, scheduler and run history, with the engine pipeline as the dispatcher.
+Two shapes, told apart by their type:
+
+- `Runtime` (`build_runtime`): the ingest core — queue, dedupe, gap tracking, dispatch — with stand-ins
+  (recording dispatcher, pass-through fetch) for what is not given;
+- `ServiceRuntime` (`build_service_runtime`): the whole service. The engine pipeline dispatches, and the
+  write-back target, executor, scheduler and follow-up planner are there for the follow-up jobs.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
 import rq
 
-from fhir_smartflow.config import Settings, load_settings
+from fhir_smartflow.config import ConfigError, Settings, load_settings
 from fhir_smartflow.connections import Keys, connect
-from fhir_smartflow.engine.interfaces import Deliverer, Dispatcher, PriorState, WriteBackTarget
 from fhir_smartflow.metrics import Metrics
-from fhir_smartflow.queueing import make_queue
+from fhir_smartflow.queueing import queue_for
 from fhir_smartflow.worker.seams import (
+    Dispatcher,
     GapRecovery,
     LoggingGapRecovery,
     PassThroughFetcher,
     RecordingDispatcher,
     ResourceFetcher,
 )
+
+if TYPE_CHECKING:  # the ingest-only runtime (and the webhook importing utc_now) loads none of these
+    from fhir_smartflow.engine.interfaces import ContextSource
+    from fhir_smartflow.engine.loader import LoadError
+    from fhir_smartflow.engine.model import Engine
+    from fhir_smartflow.engine.plan import Plan
+    from fhir_smartflow.fhir.client import FhirClient
+    from fhir_smartflow.fhir.target import WriteBackTarget
+    from fhir_smartflow.scheduling.scheduler import RqScheduler
+    from fhir_smartflow.worker.execute import PlanExecutor
+    from fhir_smartflow.worker.pipeline import EnginePipeline
+
+log = logging.getLogger(__name__)
 
 
 def utc_now() -> datetime:
@@ -40,6 +57,8 @@ def utc_now() -> datetime:
 
 @dataclass
 class Runtime:
+    """The ingest core every process has."""
+
     settings: Settings
     redis: redis.Redis
     keys: Keys
@@ -49,22 +68,39 @@ class Runtime:
     fetcher: ResourceFetcher
     gap_recovery: GapRecovery
     clock: Callable[[], datetime] = utc_now
-    # The full service (build_service_runtime); None in the ingest-only runtime.
-    fhir: Any = None  # FhirClient
-    target: WriteBackTarget | None = None
-    engine: Any = None  # engine.model.Engine
-    prior: PriorState | None = None
-    scheduler: Any = None  # scheduling.scheduler.RqScheduler
-    deliverer: Deliverer | None = None
-    executor: Any = None  # engine.execute.PlanExecutor
-    history: Any = None  # history.RunHistory
+
+
+class PlanFollowup(Protocol):
+    """What plans a due follow-up: ``engine.followups.plan_followup``."""
+
+    def __call__(
+        self,
+        engine: Engine,
+        kind: str,
+        payload: dict[str, Any],
+        task: dict[str, Any] | None,
+        context: ContextSource,
+        settings: Settings,
+        now: datetime,
+        discharged: bool = False,
+    ) -> Plan: ...
+
+
+@dataclass(kw_only=True)
+class ServiceRuntime(Runtime):
+    """The whole service: the engine pipeline dispatches; the follow-up jobs use the rest."""
+
+    dispatcher: EnginePipeline
+    target: WriteBackTarget
+    executor: PlanExecutor
+    scheduler: RqScheduler
+    context: Callable[[], ContextSource]  # a fresh caching ContextSource per use (reads for planning)
+    plan_followup: PlanFollowup
 
     @property
-    def context(self) -> Any:
-        """A fresh per-use caching ContextSource over the FHIR client (reads for planning)."""
-        from fhir_smartflow.worker.context import CachingContextSource
-
-        return CachingContextSource(self.fhir) if self.fhir is not None else self.target
+    def engine(self) -> Engine:
+        """The loaded flows (the pipeline's: a reload replaces them there)."""
+        return self.dispatcher.engine
 
 
 def build_runtime(
@@ -84,7 +120,7 @@ def build_runtime(
         redis=conn,
         keys=Keys(prefix),
         metrics=Metrics(conn, prefix),
-        queue=make_queue(conn, settings.redis.queue, prefix),
+        queue=queue_for(conn, settings.redis),
         dispatcher=dispatcher or RecordingDispatcher(conn, prefix),
         fetcher=fetcher or PassThroughFetcher(),
         gap_recovery=gap_recovery or LoggingGapRecovery(),
@@ -97,11 +133,13 @@ def build_service_runtime(settings: Settings, redis_conn: redis.Redis | None = N
     from smartflow_channels.base import load_channels
 
     from fhir_smartflow.delivery.deliverer import ChannelDeliverer
+    from fhir_smartflow.engine.followups import plan_followup
     from fhir_smartflow.fhir.client import FhirClient
     from fhir_smartflow.flowfiles import load_engine
     from fhir_smartflow.scheduling.scheduler import build_scheduler
     from fhir_smartflow.worker.context import CachingContextSource, ClientResourceFetcher, StaticCache
     from fhir_smartflow.worker.execute import PlanExecutor
+    from fhir_smartflow.worker.history import RunHistory
     from fhir_smartflow.worker.pipeline import EnginePipeline
     from fhir_smartflow.worker.prior import RedisPriorState
     from fhir_smartflow.worker.recovery import ClientGapRecovery
@@ -115,43 +153,46 @@ def build_service_runtime(settings: Settings, redis_conn: redis.Redis | None = N
     client = FhirClient.from_settings(settings, metrics=core.metrics)
     target = _write_back_target(settings, conn, client, core.metrics)
     engine = load_engine(settings)
-    prior = RedisPriorState(conn, core.keys, fields=engine.prior_fields())
     deliverer = ChannelDeliverer(settings, load_channels(settings), conn, core.keys, core.metrics)
     executor = PlanExecutor(
         target, conn, core.keys, settings, deliverer=deliverer, scheduler=scheduler, metrics=core.metrics, clock=clock
     )
-    history = _run_history(settings, conn)
     static = StaticCache()  # Questionnaire titles, Practitioner names: shared by this process's events
+
+    def context() -> ContextSource:
+        return CachingContextSource(client, static)
+
     pipeline = EnginePipeline(
         engine,
         settings,
-        prior,
-        lambda _event: CachingContextSource(client, static),
+        RedisPriorState(conn, core.keys, fields=engine.prior_fields()),
+        lambda _event: context(),
         executor,
         conn,
         core.keys,
-        history=history,
+        history=RunHistory.from_settings(settings, conn),
         metrics=core.metrics,
         clock=clock,
     )
-    return dataclasses.replace(
-        core,
+    return ServiceRuntime(
+        settings=settings,
+        redis=conn,
+        keys=core.keys,
+        metrics=core.metrics,
+        queue=core.queue,
         dispatcher=pipeline,
         fetcher=ClientResourceFetcher(client, settings, conn, core.keys),
         gap_recovery=ClientGapRecovery(client, settings, conn, core.queue, metrics=core.metrics, clock=clock),
         clock=clock,
-        fhir=client,
         target=target,
-        engine=engine,
-        prior=prior,
-        scheduler=scheduler,
-        deliverer=deliverer,
         executor=executor,
-        history=history,
+        scheduler=scheduler,
+        context=context,
+        plan_followup=plan_followup,
     )
 
 
-def reload_engine(rt: Runtime) -> list[Any]:
+def reload_engine(rt: ServiceRuntime) -> list[LoadError]:
     """Load the flow files again (SIGHUP); on any error keep the running flows and return the errors."""
     from fhir_smartflow.flowfiles import EngineLoadError, load_engine
 
@@ -159,26 +200,29 @@ def reload_engine(rt: Runtime) -> list[Any]:
         engine = load_engine(rt.settings)
     except EngineLoadError as exc:
         return list(exc.errors)
-    rt.engine = engine
-    if hasattr(rt.dispatcher, "engine"):  # the EnginePipeline
-        rt.dispatcher.engine = engine
+    rt.dispatcher.engine = engine
     return []
 
 
-def _write_back_target(settings: Settings, conn: redis.Redis, client: Any, metrics: Metrics) -> WriteBackTarget:
+def _write_back_target(settings: Settings, conn: redis.Redis, client: FhirClient, metrics: Metrics) -> WriteBackTarget:
     if settings.fhir.writeback == "openemr":
         from fhir_smartflow.openemr.factory import build_openemr_target
 
-        return build_openemr_target(settings, conn, metrics)
+        return build_openemr_target(settings, conn, metrics, session=client.session)  # one connection pool
     from fhir_smartflow.fhir.writeback import FhirWriteBack
 
     return FhirWriteBack.from_settings(client, settings, conn)
 
 
-def _run_history(settings: Settings, conn: redis.Redis) -> Any:
-    from fhir_smartflow.worker.history import RunHistory
-
-    return RunHistory.from_settings(settings, conn)
+def current_service() -> ServiceRuntime:
+    """The installed runtime when it is the whole service (what the follow-up jobs need)."""
+    rt = current()
+    if not isinstance(rt, ServiceRuntime):
+        raise RuntimeError(
+            "this job needs the whole service runtime (flows, write-back, scheduler), but the process runs "
+            'the ingest-only one ([engine] dispatch = "record", or a worker not started by `fhir-smartflow worker`)'
+        )
+    return rt
 
 
 _lock = threading.Lock()
@@ -193,9 +237,26 @@ def install(rt: Runtime | None) -> None:
 
 
 def current() -> Runtime:
-    """The installed runtime; a plain `rq worker` without our command builds one from the config."""
+    """The installed runtime. A plain `rq worker` pointed at our queue has none (our `worker` and `serve`
+    install one): its first job builds the whole service from the config (``$SMARTFLOW_CONFIG``), so it
+    runs the flows like ours. Raises `ConfigError` when that config has no ``[redis] url`` (the runtime
+    would talk to an in-process queue, not the worker's Redis); the job then fails, saying so."""
     global _installed
     with _lock:
         if _installed is None:
-            _installed = build_runtime(load_settings())
+            _installed = _runtime_for_plain_rq_worker(load_settings())
         return _installed
+
+
+def _runtime_for_plain_rq_worker(settings: Settings) -> Runtime:
+    if settings.embedded_queue:
+        raise ConfigError(
+            "[redis] url",
+            "a plain `rq worker` runs our jobs only with SMARTFLOW_CONFIG naming a config whose [redis] url is "
+            "the worker's Redis (or run `fhir-smartflow worker`)",
+        )
+    log.warning(
+        "no runtime installed (a plain `rq worker`?): building the service from the config; follow-ups fire "
+        "only where `fhir-smartflow worker` or `fhir-smartflow scheduler` runs"
+    )
+    return build_service_runtime(settings)

@@ -4,7 +4,8 @@
   the resource). The FHIR client implements it; until it is wired, `PassThroughFetcher` hands the event on
   as it is.
 - `GapRecovery`: asked to recover missed events (``$events`` or a ``_lastUpdated`` search).
-- `RecordingDispatcher`: the default `Dispatcher` (engine/interfaces.py) until the engine is wired: it
+- `Dispatcher`: receives every deduplicated event; the engine pipeline (worker/pipeline.py) is the real one.
+- `RecordingDispatcher`: the default `Dispatcher` until the engine is wired: it
   appends every event it receives to a Redis list, so tests and operators see exactly what reached it.
 """
 
@@ -22,6 +23,12 @@ if TYPE_CHECKING:
     from fhir_smartflow.worker.gaps import Gap
 
 log = logging.getLogger(__name__)
+
+
+class Dispatcher(Protocol):
+    """Receives every deduplicated ResourceEvent from the worker."""
+
+    def dispatch(self, event: ResourceEvent) -> object: ...
 
 
 class ResourceFetcher(Protocol):

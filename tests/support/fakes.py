@@ -13,17 +13,22 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from fhir_smartflow.engine.interfaces import DeliveryOutcome
+from fhir_smartflow.delivery.outcome import DeliveryOutcome
 from fhir_smartflow.engine.plan import Deliver, FlowRun, Plan, Schedule, TriggerEvent, WriteResource
 from fhir_smartflow.engine.recurrence import next_occurrence, recurring_from_dict
 from fhir_smartflow.events import ResourceEvent
+from fhir_smartflow.fhir.target import WriteBackTarget
+from fhir_smartflow.scheduling.scheduler import Pending
 from tests.support.plans import SYSTEM, task
 
 
-class MemoryTarget:
-    """WriteBackTarget in memory, idempotent by business identifier (``identifier``, or ``meta.tag`` for
-    Provenance) as the Protocol asks. Searches by identifier, status (comma = OR) and group-identifier;
-    other parameters are ignored. Set ``fail_update`` to make updates raise."""
+class MemoryTarget(WriteBackTarget):
+    """A WriteBackTarget in memory with only the four basic operations (the optional ones are the base
+    class's defaults): idempotent by business identifier (``identifier``, or ``meta.tag`` for Provenance)
+    as the contract says. Searches by identifier, status (comma = OR) and group-identifier; other
+    parameters are ignored. Set ``fail_update`` to make updates raise; ``put`` stores as given (setup)."""
+
+    identifier_system = SYSTEM
 
     def __init__(self) -> None:
         self.resources: dict[str, dict[str, Any]] = {}
@@ -58,10 +63,6 @@ class MemoryTarget:
             if ref.startswith(resource_type + "/") and self._matches(r, params)
         ]
 
-    def find_by_identifier(self, resource_type: str, identifier: str) -> dict[str, Any] | None:
-        found = self.search(resource_type, {"identifier": f"{SYSTEM}|{identifier}"})
-        return found[0] if found else None
-
     def create(self, resource: dict[str, Any], identifier: str) -> dict[str, Any]:
         found = self.find_by_identifier(resource["resourceType"], identifier)
         if found is not None:
@@ -94,6 +95,7 @@ class FakeExecutor:
     target: Any = None
     scheduler: Any = None
     plans: list[Plan] = field(default_factory=list)
+    withdrawn: list[tuple[dict[str, Any], str]] = field(default_factory=list)
     fail_times: int = 0
 
     def execute(self, plan: Plan) -> None:
@@ -106,6 +108,10 @@ class FakeExecutor:
                 self.target.create(action.resource, action.identifier)
             elif isinstance(action, Schedule) and self.scheduler is not None:
                 self.scheduler.schedule(action)
+
+    def withdraw_delivery(self, payload: dict[str, Any], reason: str) -> bool:
+        self.withdrawn.append((payload, reason))
+        return True
 
     def actions(self) -> list[Any]:
         return [a for p in self.plans for a in p.actions]
@@ -175,9 +181,16 @@ class FakeScheduler:
     def schedule(self, action: Schedule) -> None:
         self.scheduled.append(action)
 
+    def reschedule(self, action: Schedule) -> bool:
+        self.scheduled.append(action)
+        return True
+
     def cancel(self, group=None, patient=None, flows=()) -> int:
         self.cancels.append({"group": group, "patient": patient, "flows": flows})
         return 0
+
+    def pending_for(self, group=None, patient=None, flows=()) -> list[Pending]:
+        return []
 
 
 class FakeContext:

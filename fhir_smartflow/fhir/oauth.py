@@ -1,0 +1,131 @@
+"""The OAuth2 token endpoint, as every token provider uses it.
+
+* ``TokenRequest`` + ``post_token``: one POST to a token endpoint with typed errors: no answer, 429 or 5xx
+  → ``FhirUnavailable`` (transient); any other refusal → ``TokenRefused`` carrying the OAuth2 ``error``.
+* ``ClientAuth``: how the client proves who it is at the endpoint (RFC 6749 section 2.3). Today
+  ``PrivateKeyJwt`` (fhir/smart.py, a signed assertion); ``client_secret_basic`` / ``client_secret_post``
+  are further implementations of the same Protocol.
+* ``ClientCredentialsTokenProvider``: the ``client_credentials`` grant (a token for the service itself),
+  cached and renewed shortly before it expires. With ``PrivateKeyJwt`` it is SMART Backend Services.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import requests
+
+from fhir_smartflow.fhir.errors import FhirUnavailable, TokenRefused
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXPIRES_IN = 300.0  # when a token answer has no expires_in
+
+
+@dataclass
+class TokenRequest:
+    url: str
+    form: dict[str, str]
+    headers: dict[str, str] = field(default_factory=lambda: {"Accept": "application/json"})
+
+
+class ClientAuth(Protocol):
+    client_id: str
+
+    def authenticate(self, request: TokenRequest) -> None:
+        """Add this client's credentials (form fields and/or headers) to a token request."""
+        ...
+
+
+def post_token(session: requests.Session, request: TokenRequest, timeout: float) -> dict[str, Any]:
+    """POST the grant; the token answer (it has an ``access_token``) or a typed error."""
+    url = request.url
+    try:
+        resp = session.post(url, data=request.form, headers=request.headers, timeout=timeout)
+    except requests.RequestException as exc:
+        raise FhirUnavailable(
+            f"token endpoint {url} unreachable: {type(exc).__name__}", url=url, method="POST"
+        ) from exc
+    status = resp.status_code
+    if status == 429 or status >= 500:
+        raise FhirUnavailable(f"token endpoint {url} answered {status}", status=status, url=url, method="POST")
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        body = {}
+    if status != 200:
+        error = str(body.get("error") or f"http_{status}")
+        raise TokenRefused(error, str(body.get("error_description") or ""), status=status, url=url)
+    if not body.get("access_token"):
+        raise TokenRefused("invalid_response", "no access_token in the token response", status=status, url=url)
+    return body
+
+
+def renewal_margin(lifetime: float, margin: float) -> float:
+    """Seconds before expiry to renew: ``margin``, but at most a quarter of a short lifetime (OpenEMR's
+    system tokens live 60 s, so they are renewed 15 s early, not at once)."""
+    return min(margin, lifetime / 4)
+
+
+class ClientCredentialsTokenProvider:
+    """TokenProvider for the ``client_credentials`` grant. Thread-safe.
+
+    ``token_endpoint`` is the URL, or a function that finds it (SMART discovery), called when the first
+    token is needed; its answer is kept.
+    """
+
+    def __init__(
+        self,
+        client: ClientAuth,
+        token_endpoint: str | Callable[[], str],
+        *,
+        scopes: str = "",
+        session: requests.Session | None = None,
+        timeout: float = 10.0,
+        refresh_margin: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self._endpoint = token_endpoint
+        self.scopes = scopes
+        self.session = session or requests.Session()
+        self.timeout = timeout
+        self.refresh_margin = refresh_margin
+        self.clock = clock
+        self.granted_scopes = ""
+        self._token: str | None = None
+        self._renew_at = 0.0
+        self._lock = threading.Lock()
+
+    def token_endpoint(self) -> str:
+        if callable(self._endpoint):
+            self._endpoint = self._endpoint()
+        return self._endpoint
+
+    def token(self) -> str:
+        with self._lock:
+            if self._token is None or self.clock() >= self._renew_at:
+                self._token = self._fetch()
+            return self._token
+
+    def invalidate(self, token: str) -> None:
+        with self._lock:
+            if self._token == token:
+                self._token = None
+
+    def _fetch(self) -> str:
+        request = TokenRequest(self.token_endpoint(), {"grant_type": "client_credentials", "scope": self.scopes})
+        self.client.authenticate(request)
+        body = post_token(self.session, request, self.timeout)
+        lifetime = float(body.get("expires_in") or DEFAULT_EXPIRES_IN)
+        self._renew_at = self.clock() + lifetime - renewal_margin(lifetime, self.refresh_margin)
+        self.granted_scopes = str(body.get("scope") or "")
+        log.info("obtained a client-credentials token (expires in %ss, scope %s)", int(lifetime), self.granted_scopes)
+        return str(body["access_token"])

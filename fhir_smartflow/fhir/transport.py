@@ -1,0 +1,175 @@
+"""One HTTP path to one configured server: URL guard, bearer token, timeouts, retries, redirects, metrics.
+
+``FhirClient`` (FHIR semantics, typed errors) and OpenEMR's ``StandardApi`` (its own envelope and errors)
+both send through a ``Transport``; so does SMART discovery (without a token). What it does per request:
+
+* every URL, and every redirect ``Location``, goes through ``BaseUrl.check`` (fhir/urls.py) first;
+* ``Authorization: Bearer <token>`` from the ``TokenProvider``; a 401 invalidates that token and the
+  request is sent once more with a fresh one;
+* connection errors, timeouts, 429 and 5xx are retried as ``RetryPolicy`` says (Retry-After honoured); a
+  request that is not idempotent is only resent when the server cannot have acted on it (no connection
+  was made, 429, 503);
+* each answer is counted in the ``metric`` counter by method and status.
+
+``send`` returns the final response whatever its status (callers map statuses to their own errors) and
+raises ``FhirUnavailable`` / ``FhirTimeout`` when no answer came.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urljoin
+
+import requests
+import urllib3
+
+from fhir_smartflow.defaults import FHIR_JSON
+from fhir_smartflow.fhir.errors import FhirTimeout, FhirUnavailable
+from fhir_smartflow.fhir.tokens import TokenProvider
+from fhir_smartflow.fhir.urls import BaseUrl
+from fhir_smartflow.metrics import Metrics
+from fhir_smartflow.retry import RETRYABLE_STATUS, RetryPolicy
+
+log = logging.getLogger(__name__)
+
+_REDIRECTS = {301, 302, 303, 307, 308}
+_MAX_REDIRECTS = 3
+# Statuses that tell us a non-idempotent request was not carried out, so sending it again is safe.
+_NOT_PROCESSED = {429, 503}
+_IDEMPOTENT_METHODS = {"GET", "HEAD", "PUT", "DELETE"}
+
+
+def idempotent_method(method: str) -> bool:
+    return method in _IDEMPOTENT_METHODS
+
+
+class Transport:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        auth: TokenProvider | None = None,
+        timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        metrics: Metrics | None = None,
+        rng: random.Random | None = None,
+        media_type: str = FHIR_JSON,
+        metric: str = "fhir_requests",
+    ) -> None:
+        self.base = BaseUrl(base_url)
+        self.auth = auth
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.session = session or requests.Session()
+        self.sleep = sleep
+        self.metrics = metrics
+        self.rng = rng
+        self.media_type = media_type
+        self.metric = metric
+
+    def retryable(self, status: int, idempotent: bool) -> bool:
+        """Whether an answer with ``status`` is retried (so, when it is final, retries ran out)."""
+        return status in RETRYABLE_STATUS and (idempotent or status in _NOT_PROCESSED)
+
+    def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json: dict[str, Any] | None = None,
+        files: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        idempotent: bool | None = None,
+    ) -> requests.Response:
+        """One logical request: guarded, authenticated, retried; the final response, whatever its status."""
+        url = self.base.check(url)
+        if idempotent is None:
+            idempotent = idempotent_method(method)
+        all_headers = {"Accept": self.media_type}
+        if json is not None:
+            all_headers["Content-Type"] = self.media_type
+        all_headers.update(headers or {})
+        attempt = 0
+        reauthed = False
+        redirects = 0
+        while True:
+            attempt += 1
+            token = self.auth.token() if self.auth is not None else None
+            if token is not None:
+                all_headers["Authorization"] = f"Bearer {token}"
+            try:
+                resp = self.session.request(
+                    method,
+                    url,
+                    params=params,
+                    json=json,
+                    files=files,
+                    headers=all_headers,
+                    timeout=self.timeout,
+                    allow_redirects=False,
+                )
+            except requests.RequestException as exc:
+                self._count(method, "error")
+                retryable = isinstance(exc, requests.ConnectionError | requests.Timeout) and (
+                    idempotent or _never_sent(exc)
+                )
+                if retryable and self.retry.should_retry(attempt):
+                    self._wait(attempt, None, f"{method} {url}: {type(exc).__name__}")
+                    continue
+                unanswered = FhirTimeout if _no_answer(exc) else FhirUnavailable
+                raise unanswered(
+                    f"{method} {url} failed after {attempt} attempt(s): {type(exc).__name__}: {exc}",
+                    url=url,
+                    method=method,
+                ) from exc
+            self._count(method, str(resp.status_code))
+            status = resp.status_code
+            if status in _REDIRECTS and redirects < _MAX_REDIRECTS and resp.headers.get("Location"):
+                redirects += 1
+                url = self.base.check(urljoin(url, resp.headers["Location"]))
+                params = None  # the Location carries its own query
+                attempt -= 1
+                continue
+            if status == 401 and token is not None and self.auth is not None and not reauthed:
+                reauthed = True
+                self.auth.invalidate(token)
+                attempt -= 1
+                continue
+            if self.retryable(status, idempotent) and self.retry.should_retry(attempt):
+                self._wait(attempt, resp.headers.get("Retry-After"), f"{method} {url}: {status}")
+                continue
+            return resp
+
+    def _wait(self, attempt: int, retry_after: str | None, why: str) -> None:
+        delay = self.retry.delay(attempt, retry_after, rng=self.rng)
+        log.info("%s: retry %d in %.2fs (%s)", self.base.netloc, attempt, delay, why)
+        self.sleep(delay)
+
+    def _count(self, method: str, status: str) -> None:
+        if self.metrics is not None:
+            try:
+                self.metrics.inc(self.metric, method=method, status=status)
+            except Exception:  # metrics must never break a request
+                log.debug("could not record metric %s", self.metric, exc_info=True)
+
+
+def _never_sent(exc: requests.RequestException) -> bool:
+    """True when the request cannot have reached the server (no connection was made)."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    cause = exc.args[0] if exc.args else None
+    return isinstance(cause, urllib3.exceptions.MaxRetryError) and isinstance(
+        cause.reason, urllib3.exceptions.NewConnectionError
+    )
+
+
+def _no_answer(exc: requests.RequestException) -> bool:
+    """A read timeout: the request went out and no answer came (a connect timeout is a connection error)."""
+    return isinstance(exc, requests.Timeout) and not isinstance(exc, requests.ConnectionError)
