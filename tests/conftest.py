@@ -15,7 +15,7 @@ import itertools
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -73,19 +73,31 @@ def redis_conn(redis_url: str) -> Iterator[redis.Redis]:
     conn.close()
 
 
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Callable[..., Process]]:
-    """Start real processes (logs under tmp_path); all are stopped at the end of the test."""
-    started: list[Process] = []
+T = TypeVar("T", Process, ThreadedWsgiServer)
 
-    def start(args: list[str], env: dict[str, str] | None = None, name: str = "proc") -> Process:
-        proc = Process(args, tmp_path / f"{name}-{len(started)}.log", env)
-        started.append(proc)
-        return proc
+
+def _stopped_at_the_end(make: Callable[..., T]) -> Iterator[Callable[..., T]]:
+    """A fixture's factory: what ``make`` starts is stopped at the end of the test, last first."""
+    started: list[T] = []
+
+    def start(*args: Any, **kwargs: Any) -> T:
+        started.append(make(*args, **kwargs))
+        return started[-1]
 
     yield start
-    for proc in reversed(started):
-        proc.stop()
+    for thing in reversed(started):
+        thing.stop()
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Callable[..., Process]]:
+    """Start real processes: ``processes(args, env=None, name="proc")``, logs under tmp_path."""
+    numbers = itertools.count()
+
+    def process(args: list[str], env: dict[str, str] | None = None, name: str = "proc") -> Process:
+        return Process(args, tmp_path / f"{name}-{next(numbers)}.log", env)
+
+    yield from _stopped_at_the_end(process)
 
 
 @pytest.fixture
@@ -96,17 +108,8 @@ def run_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
 
 @pytest.fixture
 def serve_app() -> Iterator[Callable[..., ThreadedWsgiServer]]:
-    """Serve WSGI apps over real HTTP on free ports; all are stopped at the end of the test."""
-    started: list[ThreadedWsgiServer] = []
-
-    def serve(app: Any, port: int = 0) -> ThreadedWsgiServer:
-        server = ThreadedWsgiServer(app, port)
-        started.append(server)
-        return server
-
-    yield serve
-    for server in reversed(started):
-        server.stop()
+    """Serve WSGI apps over real HTTP: ``serve_app(app, port=0)`` (a free port by default)."""
+    yield from _stopped_at_the_end(ThreadedWsgiServer)
 
 
 @pytest.fixture

@@ -98,7 +98,7 @@ def notices(stack: Stack, patient: str) -> list[dict[str, Any]]:
 def test_a_rejected_text_reaches_the_case_manager_once(start_stack, serve_app) -> None:
     twilio = TwilioFake()
     twilio.script = [REJECTED]
-    stack = start_stack(extra_config=sms_config(serve_app(twilio.app).url))
+    stack = start_stack(sections=sms_config(serve_app(twilio.app).url))
     _rejected_text_reaches_the_case_manager_once(stack, Relay(stack.notify, serve_app), twilio)
 
 

@@ -23,8 +23,8 @@ from fhir.resources.R4B.task import Task
 from fhir_smartflow import defaults
 from fhir_smartflow.sandbox.subscriptions import self_subscription
 from tests.support.fhir import search_all, wait_subscription
-from tests.support.net import free_port, wait_for
-from tests.support.procs import smartflow_cmd
+from tests.support.net import wait_for
+from tests.support.service import start_service
 from tests.support.settle import event_state, wait_settled
 
 pytestmark = pytest.mark.integration
@@ -112,38 +112,17 @@ class Stack:
 
 @pytest.fixture
 def stack(processes, redis_url: str, redis_conn: redis.Redis, tmp_path: Path) -> Iterator[Stack]:
-    store_port, serve_port = free_port(), free_port()
-    store = f"http://127.0.0.1:{store_port}"
-    sandbox = processes(smartflow_cmd("sandbox", "--port", str(store_port), "--faults"), name="sandbox")
-    config = tmp_path / "smartflow.toml"
-    config.write_text(
-        f"""
-[server]
-port = {serve_port}
-[redis]
-url = "{redis_url}"
-key_prefix = "{PREFIX}"
-[fhir]
-base_url = "{store}"
-max_retries = 8
-backoff_base_seconds = 0.05
-backoff_max_seconds = 1.0
-[scheduler]
-interval_seconds = 0.2
-[[subscriptions]]
-id = "sandbox"
-header = "X-Smartflow-Secret"
-secret_env = "E2E_SECRET"
-criteria = "Patient?"
-"""
-    )
-    env = {"E2E_SECRET": SECRET, "SMARTFLOW_CONFIG": str(config)}
-    serve = processes(smartflow_cmd("serve"), env, "serve")
-    worker = processes(smartflow_cmd("worker"), env, "worker")
-    sandbox.wait_http(f"{store}/metadata")
-    serve.wait_http(f"http://127.0.0.1:{serve_port}/healthz")
-    yield Stack(store, f"http://127.0.0.1:{serve_port}/fhir/notify", redis_conn, worker.output)
-    assert "Testperson" not in serve.output() + worker.output()  # no patient names in INFO logs
+    sections = {
+        "fhir": {"max_retries": 8, "backoff_base_seconds": 0.05, "backoff_max_seconds": 1.0},
+        "scheduler": {"interval_seconds": 0.2},
+    }
+    service = start_service(
+        processes, tmp_path, redis_url=redis_url, prefix=PREFIX, secret=("E2E_SECRET", SECRET), sections=sections,
+        faults=True,
+    )  # fmt: skip
+    worker = service.workers[0]
+    yield Stack(service.store, service.notify, redis_conn, worker.output)
+    assert "Testperson" not in service.logs()  # no patient names in INFO logs
 
 
 def test_backport_payloads_triple_delivery_and_store_faults(stack: Stack) -> None:

@@ -147,7 +147,7 @@ def test_completing_task_cancels_siblings_and_their_followups(start_stack) -> No
 def test_weekly_series_stops_at_discharge(start_stack, serve_app) -> None:
     twilio = TwilioFake()
     provider = serve_app(twilio.app).url
-    stack = start_stack(extra_config=sms_config(provider))
+    stack = start_stack(sections=sms_config(provider))
     _weekly_series_stops_at_discharge(stack, twilio)
 
 
@@ -306,7 +306,7 @@ def opt_out_consent(patient: str) -> dict[str, Any]:
 def test_quiet_hours_defer_sms_and_opt_out_blocks_it(start_stack, serve_app) -> None:
     twilio = TwilioFake()
     provider = serve_app(twilio.app).url
-    stack = start_stack(workers=2, extra_config=sms_config(provider))  # two workers: one SMS each
+    stack = start_stack(workers=2, sections=sms_config(provider))  # two workers: one SMS each
     night = next_local(23)  # 23:00 clinic time: inside the default quiet hours 21:00-08:00
     stack.move_clock(night)
     stack.subscribe("Patient")

@@ -13,7 +13,7 @@ import json
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,9 @@ from fhir_smartflow.scheduling.clock import RedisClock
 from fhir_smartflow.scheduling.scheduler import RqScheduler, iter_pending
 from tests.support.channels import SID, TOKEN
 from tests.support.fhir import search_all, subscription_events, wait_subscription
-from tests.support.net import free_port, wait_for
-from tests.support.procs import ROOT, smartflow_cmd
+from tests.support.net import wait_for
+from tests.support.procs import ROOT, Process
+from tests.support.service import Service, merged, start_service
 from tests.support.settle import event_state, scheduler_rounds, wait_settled
 
 FHIR = {"Content-Type": "application/fhir+json"}
@@ -62,20 +63,33 @@ def based_on(comm: dict[str, Any]) -> str | None:
 
 @dataclass
 class Stack:
-    store: str
-    notify: str
+    service: Service
     conn: redis.Redis
     clock: RedisClock
-    config: Path
-    env: dict[str, str]
     run_cli: Callable[..., subprocess.CompletedProcess[str]]
-    logs: list[Callable[[], str]] = field(default_factory=list)
-    workers: list[Any] = field(default_factory=list)
-    start_worker: Callable[[], Any] | None = None
+
+    @property
+    def store(self) -> str:
+        return self.service.store
+
+    @property
+    def notify(self) -> str:
+        return self.service.notify
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.service.env
+
+    @property
+    def workers(self) -> list[Process]:
+        return self.service.workers
+
+    def start_worker(self) -> Process:
+        return self.service.start_worker()
 
     # -- store ------------------------------------------------------------------------------------------
     def log(self) -> str:
-        return "\n".join(f() for f in self.logs)
+        return self.service.logs()
 
     def subscribe(self, *types: str) -> None:
         for rtype in types:
@@ -191,60 +205,28 @@ def start_stack(
     """Start the sandbox store, `serve` and N `worker` processes; the test clock starts at real now."""
     stacks: list[Stack] = []
 
-    def start(*, workers: int = 1, extra_config: str = "", flows: tuple[str, ...] = ("flows/examples",)) -> Stack:
-        store_port, serve_port = free_port(), free_port()
-        store = f"http://127.0.0.1:{store_port}"
-        sandbox = processes(smartflow_cmd("sandbox", "--port", str(store_port)), name="sandbox")
+    def start(
+        *,
+        workers: int = 1,
+        sections: dict[str, dict[str, Any]] | None = None,
+        flows: tuple[str, ...] = ("flows/examples",),
+    ) -> Stack:
         clock = RedisClock(redis_conn, Keys(PREFIX))
         clock.set(datetime.now(UTC).replace(microsecond=0))
-        config = tmp_path / "smartflow.toml"
-        config.write_text(
-            f"""
-[server]
-port = {serve_port}
-[redis]
-url = "{redis_url}"
-key_prefix = "{PREFIX}"
-[fhir]
-base_url = "{store}"
-max_retries = 4
-backoff_base_seconds = 0.05
-backoff_max_seconds = 0.5
-[engine]
-flows = {json.dumps([str(ROOT / f) for f in flows])}
-mappings = ["{ROOT / "mappings"}"]
-templates = ["{ROOT / "templates"}"]
-[scheduler]
-interval_seconds = 0.1
-lock_ttl_seconds = 2.0
-test_clock = true
-{extra_config}
-[[subscriptions]]
-id = "sandbox"
-header = "X-Smartflow-Secret"
-secret_env = "LC_SECRET"
-criteria = "Patient?"
-"""
-        )
-        env = {"LC_SECRET": SECRET, "SMARTFLOW_CONFIG": str(config), "LC_SMS_TOKEN": TOKEN}
-        serve_proc = processes(smartflow_cmd("serve"), env, "serve")
-        logs = [serve_proc.output]
-        started: list[Any] = []
-
-        def start_worker() -> Any:
-            proc = processes(smartflow_cmd("worker"), env, f"worker{len(started)}")
-            started.append(proc)
-            logs.append(lambda: proc.log_path.read_text(errors="replace"))  # readable after stop()
-            return proc
-
-        for _ in range(workers):
-            start_worker()
-        sandbox.wait_http(f"{store}/metadata")
-        serve_proc.wait_http(f"http://127.0.0.1:{serve_port}/healthz")
-        stack = Stack(
-            store, f"http://127.0.0.1:{serve_port}/fhir/notify", redis_conn, clock, config, env, run_cli, logs
-        )
-        stack.workers, stack.start_worker = started, start_worker
+        lifecycle = {
+            "fhir": {"max_retries": 4, "backoff_base_seconds": 0.05, "backoff_max_seconds": 0.5},
+            "engine": {
+                "flows": [str(ROOT / f) for f in flows],
+                "mappings": [str(ROOT / "mappings")],
+                "templates": [str(ROOT / "templates")],
+            },
+            "scheduler": {"interval_seconds": 0.1, "lock_ttl_seconds": 2.0, "test_clock": True},
+        }
+        service = start_service(
+            processes, tmp_path, redis_url=redis_url, prefix=PREFIX, secret=("LC_SECRET", SECRET),
+            sections=merged(lifecycle, sections or {}), workers=workers, env={"LC_SMS_TOKEN": TOKEN},
+        )  # fmt: skip
+        stack = Stack(service, redis_conn, clock, run_cli)
         stacks.append(stack)
         return stack
 
@@ -254,9 +236,11 @@ criteria = "Patient?"
         assert "Lifey" not in out and "+1555" not in out  # no names / numbers in INFO logs
 
 
-def sms_config(provider: str) -> str:
-    account = f'account_sid = "{SID}"\ntoken_env = "LC_SMS_TOKEN"\nfrom_number = "+15550000000"'
-    return f'[sms]\nbase_url = "{provider}"\n{account}'
+def sms_config(provider: str) -> dict[str, dict[str, Any]]:
+    """The ``[sms]`` section for a Twilio-shaped provider at ``provider``."""
+    return {
+        "sms": {"base_url": provider, "account_sid": SID, "token_env": "LC_SMS_TOKEN", "from_number": "+15550000000"}
+    }
 
 
 def next_local(hour: int, minute: int = 0, after: datetime | None = None) -> datetime:

@@ -60,12 +60,6 @@ class ThreadedWsgiServer:
         self.server.server_close()
         self.thread.join(5)
 
-    def __enter__(self) -> ThreadedWsgiServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
 
 @dataclass(frozen=True)
 class Received:

@@ -45,6 +45,21 @@ def run_cli(
     )
 
 
+def terminate(proc: subprocess.Popen[Any], kill: bool = False) -> int:
+    """SIGTERM (SIGKILL with ``kill``) unless it has exited, wait (SIGKILL after 10 s), the exit code."""
+    if proc.poll() is None:
+        if kill:
+            proc.kill()
+        else:
+            proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+    return proc.returncode
+
+
 class Process:
     """A real child process (serve, worker, sandbox, ...) with its output in a log file, shown when it fails."""
 
@@ -98,19 +113,10 @@ class Process:
 
     def stop(self, kill: bool = False) -> int:
         """SIGTERM (SIGKILL with ``kill``), wait, and return the exit code."""
-        if self.proc.poll() is None:
-            if kill:
-                self.proc.kill()
-            else:
-                self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        code = terminate(self.proc, kill)
         if not self._log.closed:
             self._log.close()
-        return self.proc.returncode
+        return code
 
 
 class RedisServer:
@@ -191,13 +197,8 @@ class RedisServer:
         self.start()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        if self.proc is not None:
+            terminate(self.proc)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""
