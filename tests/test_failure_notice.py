@@ -16,7 +16,7 @@ from fhir_smartflow.fhir.client import FhirClient
 from fhir_smartflow.worker.runtime import Runtime, build_service_runtime
 from tests.support.channels import SID, TOKEN, TwilioFake
 from tests.support.fhir import seed
-from tests.support.service_config import write_service_config
+from tests.support.service import write_service_config
 
 pytestmark = pytest.mark.integration
 

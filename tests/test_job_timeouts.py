@@ -22,7 +22,7 @@ from fhir_smartflow.scheduling.scheduler import build_scheduler
 from fhir_smartflow.worker.gaps import Gap
 from fhir_smartflow.worker.runtime import build_service_runtime
 from tests.support.procs import ROOT
-from tests.support.service_config import write_service_config
+from tests.support.service import write_service_config
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.fhir.client import FhirClient
 from fhir_smartflow.queueing import enqueue_events, queue_for
 from tests.support.procs import child_env
-from tests.support.service_config import write_service_config
+from tests.support.service import write_service_config
 
 pytestmark = pytest.mark.integration
 

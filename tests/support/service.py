@@ -1,4 +1,5 @@
-"""The service as real processes on the test's Redis: the `sandbox` FHIR store, `serve` notified by it and
+"""The whole service in tests: its config file (the shipped flows, mappings and templates on the test's Redis
+and FHIR store), and the service as real processes: the `sandbox` FHIR store, `serve` notified by it and
 `worker` processes, all through the CLI as an operator runs them (logs under the test's tmp_path)."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.net import free_port
-from tests.support.procs import Process, smartflow_cmd
+from tests.support.procs import ROOT, Process, smartflow_cmd
 from tests.support.toml import write_config
 
 SECRET_HEADER = "X-Smartflow-Secret"
@@ -77,3 +78,26 @@ def start_service(
     sandbox.wait_http(f"{store}/metadata")
     serve.wait_http(f"{service.serve_url}/healthz")
     return service
+
+
+def write_service_config(
+    tmp_path: Path, *, prefix: str, redis_url: str = "", fhir_base: str = "", extra: str = ""
+) -> Path:
+    """``smartflow.toml`` in ``tmp_path``; no ``redis_url`` leaves ``[redis] url`` unset (embedded queue).
+    ``extra`` follows the ``[redis]`` keys: more of them, then any other tables."""
+    url = f'url = "{redis_url}"\n' if redis_url else ""
+    fhir = f'[fhir]\nbase_url = "{fhir_base}"\n' if fhir_base else ""
+    path = tmp_path / "smartflow.toml"
+    path.write_text(
+        f"""
+[redis]
+{url}key_prefix = "{prefix}"
+{extra}
+{fhir}
+[engine]
+flows = ["{ROOT / "flows/examples"}"]
+mappings = ["{ROOT / "mappings"}"]
+templates = ["{ROOT / "templates"}"]
+"""
+    )
+    return path
