@@ -114,7 +114,6 @@ def test_no_token_no_admin_view(app_and_metrics: tuple[Flask, Metrics]) -> None:
 
 
 def test_rq_dashboard_mount(redis_conn: redis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("rq_dashboard")
     monkeypatch.setenv("TEST_ADMIN_TOKEN", "tok")
     settings = load_settings(
         env={
