@@ -8,7 +8,6 @@ and HTTP, so it exercises exactly what an operator runs.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,19 +16,12 @@ from typing import Any
 import requests
 
 from benchmarks import _payloads, _procs
+from tests.support import fhir
+from tests.support.net import free_port
+from tests.support.procs import ROOT, Process, smartflow_cmd
+from tests.support.toml import write_config
 
 DATA = Path(__file__).resolve().parent / "data"
-SANDBOX_BASE_CANDIDATES = ("/sandbox/fhir", "/fhir", "")
-FHIR_JSON = "application/fhir+json"
-
-
-def stack_missing() -> str | None:
-    """None when sandbox, serve and worker commands exist; else what is missing."""
-    commands = _procs.cli_commands()
-    missing = [c for c in ("sandbox", "serve", "worker") if c not in commands]
-    if missing:
-        return f"fhir-smartflow commands not available yet: {', '.join(missing)} (integrated main needed)"
-    return None
 
 
 def patient_ref(reference: str | None) -> str | None:
@@ -50,7 +42,7 @@ class Stack:
         *,
         flows: Iterable[str | Path] = (DATA / "flows",),
         templates: Iterable[str | Path] = (DATA / "templates",),
-        mappings: Iterable[str | Path] = (_procs.ROOT / "mappings",),
+        mappings: Iterable[str | Path] = (ROOT / "mappings",),
         log_level: str = "INFO",
         extra_config: dict[str, dict[str, Any]] | None = None,
     ) -> None:
@@ -61,13 +53,12 @@ class Stack:
         self.mappings = [str(p) for p in mappings]
         self.log_level = log_level
         self.extra_config = extra_config or {}
-        self.sandbox: _procs.Proc | None = None
-        self.serve: _procs.Proc | None = None
-        self.workers: dict[str, _procs.Proc] = {}
+        self.sandbox: Process | None = None
+        self.serve: Process | None = None
+        self.workers: dict[str, Process] = {}
         self.worker_args: dict[str, list[str]] = {}
-        self.scheduler: _procs.Proc | None = None
+        self.scheduler: Process | None = None
         self.fhir_base = ""
-        self.sandbox_root = ""
         self.serve_url = ""
         self.config_path = tmp / "smartflow.toml"
         self.session = requests.Session()
@@ -78,30 +69,16 @@ class Stack:
         return {"SMARTFLOW_CONFIG": str(self.config_path), _procs.SECRET_ENV: _procs.SECRET}
 
     def start_sandbox(self, database: str | None = None, faults: bool = False) -> str:
-        port = _procs.free_port()
-        args = _procs.smartflow_cmd("sandbox", "--port", str(port))
-        if faults and "--faults" in _procs.command_options("sandbox"):
+        port = free_port()
+        args = smartflow_cmd("sandbox", "--port", str(port))
+        if faults:
             args.append("--faults")  # /$faults is off unless asked for
         if database:
             args += ["--database", database]
-        self.sandbox = _procs.Proc(args, self.tmp / "sandbox.log")
-        root = self.sandbox_root = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if not self.sandbox.alive():
-                raise RuntimeError(f"sandbox exited:\n{self.sandbox.output()[-4000:]}")
-            for path in SANDBOX_BASE_CANDIDATES:
-                try:
-                    r = self.session.get(f"{root}{path}/metadata", timeout=1)
-                except requests.ConnectionError:
-                    break
-                if r.ok and r.headers.get("content-type", "").startswith(("application/fhir+json", "application/json")):
-                    self.fhir_base = f"{root}{path}"
-                    return self.fhir_base
-            time.sleep(0.1)
-        raise RuntimeError(
-            f"sandbox has no /metadata under {SANDBOX_BASE_CANDIDATES}:\n{self.sandbox.output()[-4000:]}"
-        )
+        self.sandbox = Process(args, self.tmp / "sandbox.log")
+        self.fhir_base = f"http://127.0.0.1:{port}"
+        self.sandbox.wait_http(f"{self.fhir_base}/metadata")
+        return self.fhir_base
 
     def write_config(self) -> Path:
         sections: dict[str, dict[str, Any]] = {
@@ -112,37 +89,34 @@ class Stack:
         }
         for name, values in self.extra_config.items():
             sections.setdefault(name, {}).update(values)
-        return _procs.write_config(self.config_path, sections, [_procs.bench_subscription()])
+        return write_config(self.config_path, sections, [_procs.bench_subscription()])
 
     def start_serve(self) -> str:
         self.write_config()
-        port = _procs.free_port()
-        self.serve = _procs.Proc(_procs.smartflow_cmd("serve", "--port", str(port)), self.tmp / "serve.log", self.env())
+        port = free_port()
+        self.serve = Process(smartflow_cmd("serve", "--port", str(port)), self.tmp / "serve.log", self.env())
         self.serve_url = f"http://127.0.0.1:{port}"
         self.serve.wait_http(self.serve_url + "/healthz")
         return self.serve_url
 
     def start_worker(
         self, name: str, worker_class: str = "simple", burst: bool = False, extra: Iterable[str] = ()
-    ) -> _procs.Proc:
-        args = _procs.smartflow_cmd("worker", "--worker-class", worker_class, *(["--burst"] if burst else []), *extra)
+    ) -> Process:
+        args = smartflow_cmd("worker", "--worker-class", worker_class, *(["--burst"] if burst else []), *extra)
         self.worker_args[name] = args
-        proc = _procs.Proc(args, self.tmp / f"worker-{name}.log", self.env())
+        proc = Process(args, self.tmp / f"worker-{name}.log", self.env())
         self.workers[name] = proc
         return proc
 
-    def restart_worker(self, name: str, kill: bool = True) -> _procs.Proc:
+    def restart_worker(self, name: str, kill: bool = True) -> Process:
         old = self.workers[name]
         old.stop(kill=kill)
-        proc = _procs.Proc(self.worker_args[name], self.tmp / f"worker-{name}.log", self.env())
+        proc = Process(self.worker_args[name], self.tmp / f"worker-{name}.log", self.env())
         self.workers[name] = proc
         return proc
 
-    def start_scheduler(self) -> _procs.Proc | None:
-        """A separate scheduler process when the CLI has one (else workers run it: --with-scheduler)."""
-        if "scheduler" not in _procs.cli_commands():
-            return None
-        self.scheduler = _procs.Proc(_procs.smartflow_cmd("scheduler"), self.tmp / "scheduler.log", self.env())
+    def start_scheduler(self) -> Process:
+        self.scheduler = Process(smartflow_cmd("scheduler"), self.tmp / "scheduler.log", self.env())
         return self.scheduler
 
     def service_logs(self) -> str:
@@ -167,7 +141,7 @@ class Stack:
             local.session = session
             body = _payloads.patient("tmp", first_index + i, **kwargs)
             del body["id"], body["meta"]
-            r = session.post(f"{self.fhir_base}/Patient", json=body, headers={"Content-Type": FHIR_JSON}, timeout=10)
+            r = session.post(f"{self.fhir_base}/Patient", json=body, headers=fhir.FHIR, timeout=10)
             r.raise_for_status()
             if r.content and "id" in r.json():
                 return r.json()
@@ -178,30 +152,13 @@ class Stack:
         with ThreadPoolExecutor(threads) as pool:
             return list(pool.map(create, range(count)))
 
-    def search_all(
-        self, resource_type: str, params: dict[str, str] | None = None, page_size: int = 500
-    ) -> list[dict[str, Any]]:
+    def search_all(self, resource_type: str, params: dict[str, str] | None = None) -> list[dict[str, Any]]:
         """Every match, following Bundle.link[next]."""
-        query = {"_count": str(page_size), **(params or {})}
-        url: str | None = f"{self.fhir_base}/{resource_type}"
-        found: list[dict[str, Any]] = []
-        first = True
-        while url:
-            r = self.session.get(url, params=query if first else None, timeout=30)
-            r.raise_for_status()
-            bundle = r.json()
-            found.extend(e["resource"] for e in bundle.get("entry", []) if "resource" in e)
-            url = next((link["url"] for link in bundle.get("link", []) if link.get("relation") == "next"), None)
-            first = False
-        return found
+        return fhir.search_all(self.fhir_base, resource_type, params, session=self.session)
 
-    def set_faults(self, **plan: Any) -> requests.Response:
-        """Fault injection on the sandbox: ``POST /$faults`` with a plan (docs/sandbox.md): status_rate,
-        statuses, retry_after, stall_rate, stall_seconds, fail_first, methods, seed."""
-        return self.session.post(f"{self.sandbox_root}/$faults", json=plan, timeout=5)
-
-    def clear_faults(self) -> requests.Response:
-        return self.session.delete(f"{self.sandbox_root}/$faults", timeout=5)
+    def set_faults(self, **plan: Any) -> dict[str, Any]:
+        """Fault injection on the sandbox (`tests.support.fhir.set_faults`)."""
+        return fhir.set_faults(self.fhir_base, **plan)
 
     # -- webhook -----------------------------------------------------------------------------
     def notify_body(

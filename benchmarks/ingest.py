@@ -9,7 +9,7 @@ per-round ratios, the latencies are those of the median round.
     .venv/bin/python -m benchmarks.ingest                 # defaults: 3 rounds x 3,000 requests per side
     .venv/bin/python -m benchmarks.ingest --requests 10000 --concurrency 16 --threads 8 --json
 
-Target (issue 9): service >= 0.8x baseline requests/s.
+Target: service >= 0.8x baseline requests/s.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ from typing import Any
 import redis
 
 from benchmarks import _loadgen, _payloads, _procs
+from tests.support.net import free_port
+from tests.support.procs import Process, smartflow_cmd
+from tests.support.toml import write_config
 
 FHIR_BASE = "http://127.0.0.1:9/fhir"  # never contacted: the webhook makes no FHIR calls
 
@@ -41,28 +44,17 @@ def build_requests(content: _payloads.Content, count: int, path: str, secret: bo
     return reqs
 
 
-def start_baseline(tmp: Path, redis_url: str, threads: int) -> tuple[_procs.Proc, str]:
-    port = _procs.free_port()
+def start_baseline(tmp: Path, redis_url: str, threads: int) -> tuple[Process, str]:
+    port = free_port()
     cmd = [sys.executable, "-m", "benchmarks.baseline_app", "--port", str(port), "--redis-url", redis_url]
-    proc = _procs.Proc([*cmd, "--threads", str(threads)], tmp / "baseline.log")
+    proc = Process([*cmd, "--threads", str(threads)], tmp / "baseline.log")
     base = f"http://127.0.0.1:{port}"
     proc.wait_http(base + "/healthz")
     return proc, base
 
 
-def service_available() -> str | None:
-    """None when `serve` can run; else why not (the benchmark then skips the service side)."""
-    if "serve" not in _procs.cli_commands():
-        return "`fhir-smartflow serve` is not registered yet (h/ingest not merged)"
-    try:
-        import fhir_smartflow.app  # noqa: F401
-    except ImportError as exc:
-        return f"fhir_smartflow.app does not import yet: {exc}"
-    return None
-
-
-def start_service(tmp: Path, redis_url: str, threads: int, log_level: str) -> tuple[_procs.Proc, str, str]:
-    config = _procs.write_config(
+def start_service(tmp: Path, redis_url: str, threads: int, log_level: str) -> tuple[Process, str]:
+    config = write_config(
         tmp / "smartflow.toml",
         {
             "redis": {"url": redis_url},
@@ -71,20 +63,12 @@ def start_service(tmp: Path, redis_url: str, threads: int, log_level: str) -> tu
         },
         [_procs.bench_subscription()],
     )
-    port = _procs.free_port()
+    port = free_port()
     env = {"SMARTFLOW_CONFIG": str(config), _procs.SECRET_ENV: _procs.SECRET}
-    if "--threads" in _procs.command_options("serve"):
-        args, how = (
-            _procs.smartflow_cmd("serve", "--port", str(port), "--threads", str(threads)),
-            "fhir-smartflow serve",
-        )
-    else:  # same factory `serve` uses, under waitress with an explicit thread count
-        args = [sys.executable, "-m", "benchmarks._wsgi_host", "--port", str(port), "--threads", str(threads)]
-        how = "create_app under waitress (serve has no --threads)"
-    proc = _procs.Proc(args, tmp / "serve.log", env)
+    proc = Process(smartflow_cmd("serve", "--port", str(port), "--threads", str(threads)), tmp / "serve.log", env)
     base = f"http://127.0.0.1:{port}"
     proc.wait_http(base + "/healthz")
-    return proc, base, how
+    return proc, base
 
 
 def queued_jobs(redis_url: str) -> int:
@@ -98,27 +82,19 @@ def queued_jobs(redis_url: str) -> int:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     contents: list[_payloads.Content] = ["full-resource", "id-only"] if args.content == "both" else [args.content]
-    skip_reason = service_available()
     report: dict[str, Any] = {"machine": _procs.machine(), "threads": args.threads, "results": {}}
     with _procs.private_redis() as redis_url, tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         conn = redis.Redis.from_url(redis_url)
         baseline, base_url = start_baseline(tmp, redis_url, args.threads)
-        service = service_url = None
-        if skip_reason is None:
-            service, service_url, how = start_service(tmp, redis_url, args.threads, args.log_level)
-            report["service_host"] = how
-        else:
-            print(f"SKIPPED service side: {skip_reason}. Baseline only.", file=sys.stderr)
+        service, service_url = start_service(tmp, redis_url, args.threads, args.log_level)
         try:
             for content in contents:
                 reqs_base = build_requests(content, args.distinct, "/fhir/notify", secret=False)
                 reqs_svc = build_requests(content, args.distinct, "/fhir/notify", secret=True)
                 rounds: dict[str, list[_loadgen.LoadResult]] = {"baseline": [], "service": []}
                 for r in range(args.rounds):
-                    targets = [("baseline", base_url, reqs_base)]
-                    if service_url:
-                        targets.append(("service", service_url, reqs_svc))
+                    targets = [("baseline", base_url, reqs_base), ("service", service_url, reqs_svc)]
                     for name, url, reqs in targets:
                         kwargs = dict(concurrency=args.concurrency, timeout=10.0)
                         _loadgen.closed_loop(url, reqs, max_requests=args.warmup, max_seconds=10, **kwargs)
@@ -140,8 +116,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 report["results"][content] = _summarize(rounds)
         finally:
             baseline.stop()
-            if service:
-                service.stop()
+            service.stop()
     return report
 
 

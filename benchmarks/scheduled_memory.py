@@ -1,4 +1,4 @@
-"""Redis memory per pending follow-up (the load issue wants <= 1 KiB per pending reminder).
+"""Redis memory per pending follow-up (the budget: <= 1 KiB per pending reminder).
 
 Schedules N realistic reminders (payload as the planner writes it) under a fresh key prefix, sums
 ``MEMORY USAGE <key> SAMPLES 0`` over every key the scheduler wrote, divides by N, then deletes them.

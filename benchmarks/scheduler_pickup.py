@@ -12,7 +12,6 @@ floor for creating that many jobs. Memory per pending reminder: ``benchmarks/sch
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -49,12 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", type=int, default=10_000)
     parser.add_argument("--batch-size", type=int, default=500, help="scheduler tick batch (and baseline pipeline)")
     args = parser.parse_args(argv)
-    if importlib.util.find_spec("fhir_smartflow.scheduling.scheduler") is None:
-        print("SKIPPED: fhir_smartflow.scheduling.scheduler (RqScheduler) not available yet", file=sys.stderr)
-        return 0
     from fhir_smartflow.connections import Keys
-
-    RqScheduler = importlib.import_module("fhir_smartflow.scheduling.scheduler").RqScheduler
+    from fhir_smartflow.scheduling.scheduler import RqScheduler
 
     now = datetime.now(UTC)
     with _procs.private_redis() as redis_url:

@@ -1,35 +1,39 @@
-"""Shared fixtures.
+"""Shared fixtures (the helpers they use are in tests/support/).
 
 The suite starts its own ``redis-server`` on a free port (session fixture) and never touches a Redis it
 did not start. Each test that touches Redis gets a DB of that server no other test uses, flushed after
 it (the shape of rq's tests/__init__.py). Connections are passed explicitly.
+
+Tests that use a real Redis, real child processes or real servers carry the ``integration`` marker
+(module-level ``pytestmark``) and get them from the fixtures listed in REAL_FIXTURES; a test using one of
+those without the marker fails.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
-import socket
 import subprocess
-import sys
-import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import redis
-import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # the benchmarks package holds the process helpers tests share
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks._procs import RedisServer  # noqa: E402
+from tests.support import procs
+from tests.support.fhir import Sandbox, serve_sandbox
+from tests.support.lifecycle import start_stack  # noqa: F401 - fixture
+from tests.support.net import Receiver, ThreadedWsgiServer
+from tests.support.openemr import emulator, key_file, private_pem  # noqa: F401 - fixtures
+from tests.support.procs import Process, RedisServer
 
 # Databases of the suite's own redis-server: each test takes the next unused one, so none is reused.
 _DATABASES = 1024
+
+# Fixtures that start or reach something outside the test process; using one needs the marker.
+REAL_FIXTURES = frozenset(
+    {"redis_server", "processes", "run_cli", "serve_app", "receiver", "sandbox_server", "emulator", "chaos_redis"}
+)
 
 
 @pytest.fixture(scope="session")
@@ -69,125 +73,58 @@ def redis_conn(redis_url: str) -> Iterator[redis.Redis]:
     conn.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+T = TypeVar("T", Process, ThreadedWsgiServer)
 
 
-def smartflow_cmd(*args: str) -> list[str]:
-    """The installed console script (falls back to the module when run from a bare checkout)."""
-    exe = Path(sys.executable).with_name("fhir-smartflow")
-    if exe.exists():
-        return [str(exe), *args]
-    return [sys.executable, "-c", "from fhir_smartflow.cli import main; main()", *args]
+def _stopped_at_the_end(make: Callable[..., T]) -> Iterator[Callable[..., T]]:
+    """A fixture's factory: what ``make`` starts is stopped at the end of the test, last first."""
+    started: list[T] = []
 
-
-class Process:
-    """A real child process (serve, worker, sandbox, ...) with its output kept for failure messages."""
-
-    def __init__(self, args: list[str], env: dict[str, str], cwd: Path, log_path: Path) -> None:
-        self.args = args
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT)
-
-    def output(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def wait_http(self, url: str, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.args} exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                requests.get(url, timeout=0.5)
-                return
-            except requests.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError(f"{url} did not answer within {timeout}s:\n{self.output()}")
-
-    def stop(self, sig_kill: bool = False) -> int:
-        if self.proc.poll() is None:
-            if sig_kill:
-                self.proc.kill()
-            else:
-                self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self._log.close()
-        return self.proc.returncode
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[callable]:
-    """Start real processes; all are stopped at the end of the test."""
-    started: list[Process] = []
-
-    def start(args: list[str], env: dict[str, str] | None = None, name: str = "proc") -> Process:
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTFLOW_")}
-        full_env.update(env or {})
-        full_env.setdefault("PYTHONUNBUFFERED", "1")
-        p = Process(args, full_env, ROOT, tmp_path / f"{name}-{len(started)}.log")
-        started.append(p)
-        return p
+    def start(*args: Any, **kwargs: Any) -> T:
+        started.append(make(*args, **kwargs))
+        return started[-1]
 
     yield start
-    for p in reversed(started):
-        p.stop()
-
-
-class ThreadedWsgiServer:
-    """A real HTTP server (werkzeug, threaded) for a WSGI app, on a free port, in a daemon thread."""
-
-    def __init__(self, app: Any, port: int = 0) -> None:
-        from werkzeug.serving import make_server
-
-        self.server = make_server("127.0.0.1", port, app, threaded=True)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
+    for thing in reversed(started):
+        thing.stop()
 
 
 @pytest.fixture
-def sandbox_server() -> Iterator[str]:
+def processes(tmp_path: Path) -> Iterator[Callable[..., Process]]:
+    """Start real processes: ``processes(args, env=None, name="proc")``, logs under tmp_path."""
+    numbers = itertools.count()
+
+    def process(args: list[str], env: dict[str, str] | None = None, name: str = "proc") -> Process:
+        return Process(args, tmp_path / f"{name}-{next(numbers)}.log", env)
+
+    yield from _stopped_at_the_end(process)
+
+
+@pytest.fixture
+def run_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run one ``fhir-smartflow`` command to completion in a child process (`tests.support.procs.run_cli`)."""
+    return procs.run_cli
+
+
+@pytest.fixture
+def serve_app() -> Iterator[Callable[..., ThreadedWsgiServer]]:
+    """Serve WSGI apps over real HTTP: ``serve_app(app, port=0)`` (a free port by default)."""
+    yield from _stopped_at_the_end(ThreadedWsgiServer)
+
+
+@pytest.fixture
+def receiver(serve_app: Callable[..., ThreadedWsgiServer]) -> Receiver:
+    """A real HTTP server that records every request and answers 200 (see `Receiver`)."""
+    return Receiver().listen(serve_app)
+
+
+@pytest.fixture
+def sandbox_server(serve_app: Callable[..., ThreadedWsgiServer]) -> Iterator[Sandbox]:
     """Base URL of a fresh in-memory sandbox FHIR store served over real HTTP (fault injection enabled
-    but idle: POST {base}/$faults to turn it on). The app is reachable as `sandbox_server.app`."""
-    from fhir_smartflow.config import Settings
-    from fhir_smartflow.sandbox.app import create_sandbox_app
-
-    app = create_sandbox_app(Settings(), faults=True)
-    server = ThreadedWsgiServer(app)
-    state = app.extensions["sandbox"]
-    state.base_url = state.notifier.base_url = server.url
-    yield _SandboxURL(server.url, app)
-    server.stop()
-    app.extensions["sandbox"].close()
-
-
-class _SandboxURL(str):
-    """The base URL (a str), carrying the Flask app for tests that need the store or notifier."""
-
-    app: Any
-
-    def __new__(cls, url: str, app: Any) -> _SandboxURL:
-        obj = super().__new__(cls, url)
-        obj.app = app
-        return obj
-
-
-# OpenEMR bridge tests: helpers (emulator, keys) in tests/openemr_support.py, fixtures made visible here.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from openemr_support import emulator, key_file, private_pem  # noqa: E402, F401
+    but idle: POST {base}/$faults to turn it on). ``.app`` is the Flask app, ``.log`` the requests it got."""
+    sandbox = serve_sandbox(serve_app)
+    yield sandbox
+    sandbox.close()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -198,3 +135,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="run the chaos tests in their long form (N = 10,000 notifications instead of 500)",
     )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test reaching real services without the ``integration`` marker fails (so the rule stays true)."""
+    used = sorted(REAL_FIXTURES & set(getattr(item, "fixturenames", ())))
+    if used and item.get_closest_marker("integration") is None:
+        pytest.fail(
+            f"uses {', '.join(used)} (a real Redis / process / server) without the integration marker: "
+            "add `pytestmark = pytest.mark.integration` to its module",
+            pytrace=False,
+        )

@@ -26,8 +26,10 @@ from smartflow_channels.voice import twiml_say
 from smartflow_channels.webhook import SIGNATURE_HEADER, verify
 
 from fhir_smartflow.config import EmailConfig, Settings, SmsConfig, WebhookChannelConfig
-from tests.channel_servers import SID, TOKEN, TwilioFake, WebhookReceiver, serve
-from tests.conftest import free_port
+from tests.support.channels import SID, TOKEN, TwilioFake
+from tests.support.net import Receiver, free_port
+
+pytestmark = pytest.mark.integration
 
 NOW = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
 
@@ -37,15 +39,15 @@ def msg(channel: str, to: str, body: str = "Your forms are ready", subject: str 
 
 
 @pytest.fixture
-def twilio(monkeypatch):
+def twilio(monkeypatch, serve_app):
     fake = TwilioFake()
     monkeypatch.setenv("TEST_SMS_TOKEN", TOKEN)
-    with serve(fake.app) as base:
-        settings = Settings(
-            sms=SmsConfig(base_url=base, account_sid=SID, from_number="+15550000000", token_env="TEST_SMS_TOKEN")
-        )
-        fake.channels = load_channels(settings)
-        yield fake
+    base = serve_app(fake.app).url
+    settings = Settings(
+        sms=SmsConfig(base_url=base, account_sid=SID, from_number="+15550000000", token_env="TEST_SMS_TOKEN")
+    )
+    fake.channels = load_channels(settings)
+    return fake
 
 
 def test_registry_builds_only_configured_channels(twilio):
@@ -170,14 +172,12 @@ def test_email_server_down_is_transient():
     assert channel.send(msg("email", "pat@example.org")).status == FAILED_TRANSIENT
 
 
-def test_webhook_body_is_signed_and_verifiable(monkeypatch):
-    receiver = WebhookReceiver()
+def test_webhook_body_is_signed_and_verifiable(monkeypatch, receiver: Receiver):
     monkeypatch.setenv("TEST_HOOK_SECRET", "s3cret")
-    with serve(receiver.app) as base:
-        settings = Settings(webhook_channel=WebhookChannelConfig(url=f"{base}/hook", secret_env="TEST_HOOK_SECRET"))
-        result = load_channels(settings)["webhook"].send(msg("webhook", "Patient/1"))
+    settings = Settings(webhook_channel=WebhookChannelConfig(url=f"{receiver.url}/hook", secret_env="TEST_HOOK_SECRET"))
+    result = load_channels(settings)["webhook"].send(msg("webhook", "Patient/1"))
     assert result.status == SENT and result.provider_id == "req-1"
-    body, headers = receiver.received[0]
+    body, headers = receiver.requests[0].body, receiver.requests[0].headers
     assert verify(body, "s3cret", headers[SIGNATURE_HEADER])
     assert not verify(body, "other", headers[SIGNATURE_HEADER])
     assert not verify(body + b" ", "s3cret", headers[SIGNATURE_HEADER])

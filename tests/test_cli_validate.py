@@ -3,28 +3,30 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-from pathlib import Path
+from collections.abc import Callable
 
-from conftest import ROOT, smartflow_cmd
+import pytest
 
+from tests.support.procs import ROOT
 
-def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTFLOW_")}
-    return subprocess.run(
-        smartflow_cmd("validate", *args), cwd=cwd, env=env, capture_output=True, text=True, timeout=60
-    )
+pytestmark = pytest.mark.integration
 
 
-def test_examples_are_valid():
+@pytest.fixture
+def run(run_cli) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """`fhir-smartflow validate` with these arguments, in a child process."""
+    return lambda *args, cwd=ROOT: run_cli("validate", *args, cwd=cwd)
+
+
+def test_examples_are_valid(run):
     result = run("flows/examples")
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("OK: ") and "7 flows" in result.stdout
 
 
-def test_broken_copy_reports_file_field_reason(tmp_path):
+def test_broken_copy_reports_file_field_reason(tmp_path, run):
     broken = tmp_path / "flows"
     shutil.copytree(ROOT / "flows" / "examples", broken)
     intake = broken / "intake-forms.toml"
@@ -46,7 +48,7 @@ def test_broken_copy_reports_file_field_reason(tmp_path):
     assert {"file", "line", "field", "reason"} == set(as_json["errors"][0])
 
 
-def test_usage_errors_exit_2(tmp_path):
+def test_usage_errors_exit_2(tmp_path, run):
     result = run(str(tmp_path / "missing"))
     assert result.returncode == 2 and "no such file or directory" in result.stderr
     help_text = run("--help")

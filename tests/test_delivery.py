@@ -19,7 +19,9 @@ from fhir_smartflow.connections import Keys
 from fhir_smartflow.delivery.deliverer import CHANNEL_CODE_SYSTEM, ChannelDeliverer, resolve_address
 from fhir_smartflow.engine.plan import Deliver
 from fhir_smartflow.metrics import Metrics
-from tests.channel_servers import SID, TOKEN, TwilioFake, serve
+from tests.support.channels import SID, TOKEN, TwilioFake
+
+pytestmark = pytest.mark.integration
 
 DAY = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)  # Monday 10:00 in New York
 
@@ -72,28 +74,28 @@ def deliver(channel: str = "sms", recipient: str = "Patient/1", n: int = 1) -> D
 
 
 @pytest.fixture
-def env(redis_conn, monkeypatch):
+def env(redis_conn, monkeypatch, serve_app):
     fake = TwilioFake()
     monkeypatch.setenv("TEST_SMS_TOKEN", TOKEN)
     sleeps: list[float] = []
-    with serve(fake.app) as base:
+    base = serve_app(fake.app).url
 
-        def make(**delivery) -> ChannelDeliverer:
-            settings = Settings(
-                sms=SmsConfig(base_url=base, account_sid=SID, from_number="+15550000000", token_env="TEST_SMS_TOKEN"),
-                delivery=dataclasses.replace(DeliveryConfig(), **delivery),
-            )
-            return ChannelDeliverer(
-                settings,
-                load_channels(settings),
-                redis_conn,
-                Keys("t:"),
-                Metrics(redis_conn, "t:"),
-                sleep=sleeps.append,
-            )
+    def make(**delivery) -> ChannelDeliverer:
+        settings = Settings(
+            sms=SmsConfig(base_url=base, account_sid=SID, from_number="+15550000000", token_env="TEST_SMS_TOKEN"),
+            delivery=dataclasses.replace(DeliveryConfig(), **delivery),
+        )
+        return ChannelDeliverer(
+            settings,
+            load_channels(settings),
+            redis_conn,
+            Keys("t:"),
+            Metrics(redis_conn, "t:"),
+            sleep=sleeps.append,
+        )
 
-        fake.make, fake.sleeps, fake.metrics = make, sleeps, Metrics(redis_conn, "t:")
-        yield fake
+    fake.make, fake.sleeps, fake.metrics = make, sleeps, Metrics(redis_conn, "t:")
+    return fake
 
 
 def test_patient_fixture_is_valid_fhir():

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import redis
 
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.delivery.claims import DEFAULT_RETRY_DELAY, RECLAIM_EARLY, Claim, DeliveryClaims
 from fhir_smartflow.delivery.outcome import DeliveryOutcome
+
+pytestmark = pytest.mark.integration
 
 NOW = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
 ID = "flow/act/Deliver/sms"

@@ -11,25 +11,15 @@ from typing import Any
 
 import pytest
 import requests
-from channel_servers import TwilioFake, serve
-from conftest import ThreadedWsgiServer
 from fhir.resources.R4B.communication import Communication
 from flask import Flask, Response, request
-from test_lifecycle_e2e import (  # noqa: F401 - start_stack is the fixture
-    PREFIX,
-    SECRET,
-    SYSTEM,
-    Stack,
-    category,
-    medium,
-    next_local,
-    sms_config,
-    start_stack,
-    wait_for,
-)
 
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.sandbox.subscriptions import self_subscription
+from tests.support.channels import TwilioFake
+from tests.support.fhir import wait_subscription
+from tests.support.lifecycle import PREFIX, SECRET, SYSTEM, Stack, category, medium, next_local, sms_config
+from tests.support.net import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -40,13 +30,12 @@ FORWARDED = ("Content-Type", "X-Smartflow-Secret")
 class Relay:
     """Between the store and `serve`: forwards each notification and keeps it, to deliver it again."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, serve: Any) -> None:
         self.target = target
         self.received: list[tuple[bytes, dict[str, str]]] = []
         app = Flask("relay")
         app.add_url_rule("/", "relay", self._relay, methods=["POST"])
-        self.server = ThreadedWsgiServer(app)
-        self.url = self.server.url + "/"
+        self.url = serve(app).url + "/"
 
     def _relay(self) -> Response:
         body, headers = request.get_data(), {k: v for k, v in request.headers.items() if k in FORWARDED}
@@ -66,7 +55,7 @@ def subscribe_through(stack: Stack, relay: Relay, rtype: str) -> None:
     sub = self_subscription(sid, relay.url, f"X-Smartflow-Secret: {SECRET}", rtype, "backport", "full-resource", 0)
     put = requests.put(f"{stack.store}/Subscription/{sid}", json=sub, headers={"Content-Type": "application/fhir+json"})
     assert put.status_code < 300, put.text
-    wait_for(lambda: stack.read(f"Subscription/{sid}")["status"] == "active", f"Subscription/{sid} active")
+    wait_subscription(stack.store, sid)
 
 
 def case_managers(stack: Stack) -> str:
@@ -106,16 +95,11 @@ def notices(stack: Stack, patient: str) -> list[dict[str, Any]]:
     return [c for c in stack.comms(patient, "alert") if (c.get("topic") or {}).get("text") == "Message not delivered"]
 
 
-def test_a_rejected_text_reaches_the_case_manager_once(start_stack) -> None:  # noqa: F811
+def test_a_rejected_text_reaches_the_case_manager_once(start_stack, serve_app) -> None:
     twilio = TwilioFake()
     twilio.script = [REJECTED]
-    with serve(twilio.app) as provider:
-        stack = start_stack(extra_config=sms_config(provider))
-        relay = Relay(stack.notify)
-        try:
-            _rejected_text_reaches_the_case_manager_once(stack, relay, twilio)
-        finally:
-            relay.server.stop()
+    stack = start_stack(sections=sms_config(serve_app(twilio.app).url))
+    _rejected_text_reaches_the_case_manager_once(stack, Relay(stack.notify, serve_app), twilio)
 
 
 def _rejected_text_reaches_the_case_manager_once(stack: Stack, relay: Relay, twilio: TwilioFake) -> None:

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from benchmarks._procs import write_config
 from fhir_smartflow.cli import main
+from tests.support.net import free_port
+from tests.support.toml import write_config
 
 pytestmark = pytest.mark.integration
 
@@ -31,8 +32,6 @@ def test_doctor_passes_against_a_reachable_server_and_redis(
 
 
 def test_doctor_names_the_broken_piece_and_exits_1(tmp_path: Path, redis_url: str) -> None:
-    from benchmarks._procs import free_port
-
     dead = f"http://127.0.0.1:{free_port()}/fhir"
     config = write_config(
         tmp_path / "c.toml",

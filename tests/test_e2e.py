@@ -8,25 +8,30 @@ notification arrives three times and when the store answers 503 / 429 to the fir
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import redis
 import requests
-from conftest import free_port, smartflow_cmd
 from fhir.resources.R4B.communication import Communication
 from fhir.resources.R4B.provenance import Provenance
 from fhir.resources.R4B.task import Task
 
+from fhir_smartflow import defaults
 from fhir_smartflow.sandbox.subscriptions import self_subscription
+from tests.support.fhir import search_all, wait_subscription
+from tests.support.net import wait_for
+from tests.support.service import start_service
+from tests.support.settle import event_state, wait_settled
 
 pytestmark = pytest.mark.integration
 
 FHIR = {"Content-Type": "application/fhir+json"}
 SECRET = "e2e-secret-value"
+PREFIX = "e2e:"
 MODELS = {"Task": Task, "Communication": Communication, "Provenance": Provenance}
 INTAKE_TASKS = 2  # send-form Task + the case manager's review Task (flows/examples/intake-forms.toml)
 INTAKE_COMMUNICATIONS = 3  # sms, email, portal
@@ -36,44 +41,45 @@ INTAKE_COMMUNICATIONS = 3  # sms, email, portal
 class Stack:
     store: str  # sandbox FHIR base
     notify: str  # webhook endpoint
+    conn: redis.Redis
     worker_log: Callable[[], str]
+    subscribed: set[str] = field(default_factory=set)
+    notifications: int = 0  # sent by the store so far: one per subscription per Patient change
 
     def subscribe(self, sid: str, style: str, payload: str) -> None:
         sub = self_subscription(sid, self.notify, f"X-Smartflow-Secret: {SECRET}", "Patient", style, payload, 0)
         assert requests.put(f"{self.store}/Subscription/{sid}", json=sub, headers=FHIR, timeout=10).status_code < 300
-        deadline = time.monotonic() + 15
-        while requests.get(f"{self.store}/Subscription/{sid}", timeout=10).json()["status"] != "active":
-            assert time.monotonic() < deadline, f"Subscription/{sid} never became active"
-            time.sleep(0.05)
+        wait_subscription(self.store, sid)
+        self.subscribed.add(sid)
 
     def unsubscribe(self, *sids: str) -> None:
         for sid in sids:
             requests.delete(f"{self.store}/Subscription/{sid}", timeout=10)
+            self.subscribed.discard(sid)
 
     def new_patient(self) -> str:
         pid = uuid.uuid4().hex[:16]
         body = {"resourceType": "Patient", "id": pid, "name": [{"family": "Testperson"}], "birthDate": "1970-05-06"}
         # PUT (update-as-create): the injected faults below only hit POSTs, i.e. the worker's writes.
         assert requests.put(f"{self.store}/Patient/{pid}", json=body, headers=FHIR, timeout=10).status_code == 201
+        self.notifications += len(self.subscribed)
         return f"Patient/{pid}"
 
     def search(self, rtype: str, **params: str) -> list[dict]:
-        bundle = requests.get(f"{self.store}/{rtype}", params={"_count": "500", **params}, timeout=10).json()
-        return [e["resource"] for e in bundle.get("entry", [])]
+        return search_all(self.store, rtype, params)
 
     def written_for(self, patient: str) -> list[dict]:
         return self.search("Task", patient=patient) + self.search("Communication", subject=patient)
 
     def assert_intake_once(self, patient: str) -> None:
-        deadline = time.monotonic() + 30
-        while True:
+        def complete() -> bool:
             written = self.written_for(patient)
-            complete = len(written) >= INTAKE_TASKS + INTAKE_COMMUNICATIONS and self._provenance_for(written)
-            if complete:
-                break
-            assert time.monotonic() < deadline, f"intake flow did not complete for {patient}:\n{self.worker_log()}"
-            time.sleep(0.1)
-        time.sleep(1.0)  # a duplicate would arrive now
+            return len(written) >= INTAKE_TASKS + INTAKE_COMMUNICATIONS and bool(self._provenance_for(written))
+
+        wait_for(complete, f"the intake flow for {patient}", log=self.worker_log)
+        # Every notification the store sent is received and finished: any duplicate would be written now.
+        wait_settled(lambda: event_state(self.conn, defaults.QUEUE_NAME, PREFIX),
+                     webhook_deliveries=self.notifications, log=self.worker_log)  # fmt: skip
         written = self.written_for(patient)
         tasks = [r for r in written if r["resourceType"] == "Task"]
         assert len(tasks) == INTAKE_TASKS and len(written) == INTAKE_TASKS + INTAKE_COMMUNICATIONS
@@ -105,39 +111,18 @@ class Stack:
 
 
 @pytest.fixture
-def stack(processes, redis_url: str, tmp_path: Path) -> Iterator[Stack]:
-    store_port, serve_port = free_port(), free_port()
-    store = f"http://127.0.0.1:{store_port}"
-    sandbox = processes(smartflow_cmd("sandbox", "--port", str(store_port), "--faults"), name="sandbox")
-    config = tmp_path / "smartflow.toml"
-    config.write_text(
-        f"""
-[server]
-port = {serve_port}
-[redis]
-url = "{redis_url}"
-key_prefix = "e2e:"
-[fhir]
-base_url = "{store}"
-max_retries = 8
-backoff_base_seconds = 0.05
-backoff_max_seconds = 1.0
-[scheduler]
-interval_seconds = 0.2
-[[subscriptions]]
-id = "sandbox"
-header = "X-Smartflow-Secret"
-secret_env = "E2E_SECRET"
-criteria = "Patient?"
-"""
-    )
-    env = {"E2E_SECRET": SECRET, "SMARTFLOW_CONFIG": str(config)}
-    serve = processes(smartflow_cmd("serve"), env, "serve")
-    worker = processes(smartflow_cmd("worker"), env, "worker")
-    sandbox.wait_http(f"{store}/metadata")
-    serve.wait_http(f"http://127.0.0.1:{serve_port}/healthz")
-    yield Stack(store, f"http://127.0.0.1:{serve_port}/fhir/notify", worker.output)
-    assert "Testperson" not in serve.output() + worker.output()  # no patient names in INFO logs
+def stack(processes, redis_url: str, redis_conn: redis.Redis, tmp_path: Path) -> Iterator[Stack]:
+    sections = {
+        "fhir": {"max_retries": 8, "backoff_base_seconds": 0.05, "backoff_max_seconds": 1.0},
+        "scheduler": {"interval_seconds": 0.2},
+    }
+    service = start_service(
+        processes, tmp_path, redis_url=redis_url, prefix=PREFIX, secret=("E2E_SECRET", SECRET), sections=sections,
+        faults=True,
+    )  # fmt: skip
+    worker = service.workers[0]
+    yield Stack(service.store, service.notify, redis_conn, worker.output)
+    assert "Testperson" not in service.logs()  # no patient names in INFO logs
 
 
 def test_backport_payloads_triple_delivery_and_store_faults(stack: Stack) -> None:

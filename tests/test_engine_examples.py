@@ -6,23 +6,23 @@ import base64
 from datetime import UTC, datetime
 
 import pytest
-from engine_fixtures import (
-    PRACTITIONER,
-    PRACTITIONER_ROLE,
-    SETTINGS,
-    FakeContext,
-    appointment,
-    event_for,
-    patient,
-    sha20,
-    shipped_engine,
-)
 
 from fhir_smartflow.engine.followups import plan_followup
 from fhir_smartflow.engine.plan import CancelGroup, Deliver, PatchTask, Plan, Schedule, WriteResource
 from fhir_smartflow.engine.planner import plan
 from fhir_smartflow.engine.triggers import match_triggers
 from fhir_smartflow.engine.validation import validate_resource
+from tests.support.engine import (
+    PRACTITIONER,
+    PRACTITIONER_ROLE,
+    SETTINGS,
+    appointment,
+    event_for,
+    patient,
+    sha20,
+    shipped_engine,
+)
+from tests.support.fakes import FakeContext
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SYSTEM = SETTINGS.fhir.identifier_system

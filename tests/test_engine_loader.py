@@ -6,9 +6,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from engine_fixtures import ROOT, SETTINGS, shipped_engine
 
 from fhir_smartflow.flowfiles import EngineLoadError, LoadError, load_engine, load_paths
+from tests.support.engine import ROOT, SETTINGS, shipped_engine
 
 MAPPINGS = [str(ROOT / "mappings")]
 TEMPLATES = [str(ROOT / "templates")]

@@ -7,13 +7,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from engine_fixtures import SETTINGS, FakeContext, appointment, event_for, patient, shipped_engine
 
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.engine.plan import CancelGroup, Plan
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.worker.pipeline import EnginePipeline
 from fhir_smartflow.worker.prior import RedisPriorState
+from tests.support.engine import SETTINGS, appointment, event_for, patient, shipped_engine
+from tests.support.fakes import FakeContext
+
+pytestmark = pytest.mark.integration
 
 KEYS = Keys("smartflow-test:")
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -6,8 +6,6 @@ import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
 
-from engine_fixtures import PRACTITIONER_ROLE, ROOT, SETTINGS, FakeContext, appointment, event_for, patient
-
 from fhir_smartflow.engine.model import Recurring
 from fhir_smartflow.engine.plan import Deliver, WriteResource
 from fhir_smartflow.engine.planner import plan
@@ -15,6 +13,8 @@ from fhir_smartflow.engine.recurrence import next_occurrence, occurrence_time
 from fhir_smartflow.engine.triggers import match_triggers
 from fhir_smartflow.engine.validation import validate_resource
 from fhir_smartflow.flowfiles import load_paths
+from tests.support.engine import PRACTITIONER_ROLE, ROOT, SETTINGS, appointment, event_for, patient
+from tests.support.fakes import FakeContext
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from engine_fixtures import SETTINGS, appointment, patient
 from jinja2.exceptions import SecurityError
 
 from fhir_smartflow.engine.templating import (
@@ -15,6 +14,7 @@ from fhir_smartflow.engine.templating import (
     render,
     sample_catalog,
 )
+from tests.support.engine import SETTINGS, appointment, patient
 
 ROOT_DOC = __import__("pathlib").Path(__file__).resolve().parent.parent / "docs" / "merge-fields.md"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from engine_fixtures import appointment, event_for, patient, shipped_engine
 
 from fhir_smartflow.engine.triggers import infer_interaction, match_triggers
+from tests.support.engine import appointment, event_for, patient, shipped_engine
 
 
 @pytest.fixture(scope="module")

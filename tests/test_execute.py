@@ -1,12 +1,11 @@
-"""PlanExecutor unit tests: delivery outcomes, claims, scheduling; WriteBackTarget / Deliverer / Scheduler fakes.
+"""PlanExecutor unit tests: delivery outcomes, claims, scheduling; in-memory WriteBackTarget / Deliverer /
+Scheduler (tests/support/fakes.py).
 
 Claims use the real Redis (redis_conn fixture).
 """
 
 from __future__ import annotations
 
-import copy
-import itertools
 import json
 from datetime import timedelta
 from typing import Any
@@ -19,60 +18,11 @@ from fhir_smartflow.delivery.outcome import DeliveryOutcome
 from fhir_smartflow.engine.plan import Deliver, FlowRun, Plan
 from fhir_smartflow.engine.validation import validate_resource
 from fhir_smartflow.fhir.errors import FhirBadRequest, FhirServerError
-from fhir_smartflow.fhir.target import WriteBackTarget
 from fhir_smartflow.worker.execute import PlanExecutor
-from tests.writeback_plans import (
-    DELIVERY_ID,
-    NOW,
-    SYSTEM,
-    FakeDeliverer,
-    FakeScheduler,
-    intake_plan,
-    trigger,
-)
+from tests.support.fakes import FakeDeliverer, FakeScheduler, MemoryTarget
+from tests.support.plans import DELIVERY_ID, NOW, intake_plan, trigger
 
-
-class MemoryTarget(WriteBackTarget):
-    """A WriteBackTarget in memory with only the four basic operations: idempotent by identifier value,
-    like the contract says; the optional ones are the base class's defaults."""
-
-    identifier_system = SYSTEM
-
-    def __init__(self) -> None:
-        self.resources: dict[str, dict[str, Any]] = {}
-        self.ids = itertools.count(1)
-        self.updates: list[dict[str, Any]] = []
-        self.fail_update: Exception | None = None
-
-    def _ident(self, resource: dict[str, Any]) -> str | None:
-        tags = (resource.get("meta") or {}).get("tag") or []
-        idents = resource.get("identifier") or tags
-        return next((i.get("value") or i.get("code") for i in idents if i.get("system") == SYSTEM), None)
-
-    def create(self, resource: dict[str, Any], identifier: str) -> dict[str, Any]:
-        for stored in self.resources.values():
-            if self._ident(stored) == identifier:
-                return copy.deepcopy(stored)
-        stored = {**copy.deepcopy(resource), "id": str(next(self.ids)), "meta": {"versionId": "1"}}
-        self.resources[f"{resource['resourceType']}/{stored['id']}"] = stored
-        return copy.deepcopy(stored)
-
-    def read(self, reference: str) -> dict[str, Any] | None:
-        return copy.deepcopy(self.resources.get(reference))
-
-    def update(self, resource: dict[str, Any]) -> dict[str, Any]:
-        if self.fail_update:
-            raise self.fail_update
-        self.updates.append(resource)
-        self.resources[f"{resource['resourceType']}/{resource['id']}"] = copy.deepcopy(resource)
-        return resource
-
-    def search(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]:
-        found = [r for k, r in self.resources.items() if k.startswith(resource_type + "/")]
-        if "identifier" in params:
-            value = params["identifier"].split("|", 1)[1]
-            found = [r for r in found if self._ident(r) == value]
-        return copy.deepcopy(found)
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
@@ -147,7 +97,7 @@ def test_cancelling_the_workflow_withdraws_its_deferred_deliveries(target, redis
 
     from fhir_smartflow.engine.plan import CancelGroup
     from fhir_smartflow.scheduling.scheduler import RqScheduler
-    from tests.writeback_plans import GROUP
+    from tests.support.plans import GROUP
 
     later = NOW + timedelta(hours=10)
     deliverer = FakeDeliverer(DeliveryOutcome("deferred", retry_at=later), DeliveryOutcome("completed"))

@@ -5,19 +5,18 @@ is dispatched; a patient's opt-out is not a failure."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import requests
-from channel_servers import SID, TOKEN, TwilioFake, serve
 from fhir.resources.R4B.communication import Communication
-from service_config import write_service_config
 
 from fhir_smartflow.config import load_settings
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.fhir.client import FhirClient
 from fhir_smartflow.worker.runtime import Runtime, build_service_runtime
+from tests.support.channels import SID, TOKEN, TwilioFake
+from tests.support.fhir import seed
+from tests.support.service import write_service_config
 
 pytestmark = pytest.mark.integration
 
@@ -30,10 +29,9 @@ REJECTED = (400, {}, {"code": 21211, "message": "The 'To' number is not a valid 
 
 
 @pytest.fixture
-def twilio() -> Iterator[tuple[TwilioFake, str]]:
+def twilio(serve_app) -> tuple[TwilioFake, str]:
     fake = TwilioFake()
-    with serve(fake.app) as url:
-        yield fake, url
+    return fake, serve_app(fake.app).url
 
 
 @pytest.fixture
@@ -53,29 +51,22 @@ from_number = "+15550000000"
     return build_service_runtime(load_settings(config), redis_conn)
 
 
-def put(store: str, resource: dict[str, Any]) -> dict[str, Any]:
-    url = f"{store}/{resource['resourceType']}/{resource['id']}"
-    answer = requests.put(url, json=resource, headers=FHIR, timeout=10)
-    assert answer.status_code in (200, 201), answer.text
-    return answer.json()
-
-
 def staff(store: str) -> None:
     """Two case managers (one retired) and a nurse: the notice goes to the active case manager only."""
-    put(store, {"resourceType": "Practitioner", "id": "cm"})
+    seed(store, {"resourceType": "Practitioner", "id": "cm"})
     roles = (("cm-role", "768730001", True), ("old-cm", "768730001", False), ("rn", "224535009", True))
     for rid, code, active in roles:
         coding = {"system": SNOMED, "code": code}
         role = {"resourceType": "PractitionerRole", "id": rid, "active": active, "code": [{"coding": [coding]}]}
-        put(store, {**role, "practitioner": {"reference": "Practitioner/cm"}})
+        seed(store, {**role, "practitioner": {"reference": "Practitioner/cm"}})
 
 
 def no_show(store: str, pid: str, phone: str = "") -> ResourceEvent:
     patient: dict[str, Any] = {"resourceType": "Patient", "id": pid, "name": [{"given": ["Nora"], "family": "Fail"}]}
     if phone:
         patient["telecom"] = [{"system": "phone", "value": phone, "use": "mobile"}]
-    put(store, patient)
-    appointment = put(
+    seed(store, patient)
+    appointment = seed(
         store,
         {
             "resourceType": "Appointment",
@@ -152,7 +143,7 @@ def test_no_usable_number_is_a_failure_but_an_opt_out_is_not(rt: Runtime, sandbo
         "provision": {"type": "deny", "action": [{"coding": [{"system": CHANNEL_CODES, "code": "sms"}]}]},
     }
     event = no_show(sandbox_server, "nf3", phone="+15550003333")
-    put(sandbox_server, consent)
+    seed(sandbox_server, consent)
     rt.dispatcher.dispatch(event)
     [text] = [c for c in communications(sandbox_server, "nf3") if c["medium"][0]["text"] == "sms"]
     assert text["status"] == "not-done" and "opted out" in text["statusReason"]["text"]

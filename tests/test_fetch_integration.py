@@ -1,4 +1,4 @@
-"""ClientResourceFetcher inside the ingest's real event job, against a real HTTP FHIR server and Redis."""
+"""ClientResourceFetcher inside the real event job, against the sandbox FHIR store over HTTP and real Redis."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from fhir_smartflow.worker import runtime
 from fhir_smartflow.worker.context import ClientResourceFetcher
 from fhir_smartflow.worker.jobs import handle_event
 from fhir_smartflow.worker.seams import RecordingDispatcher
-from tests.fhir_test_server import running_fhir_server
+from tests.support.fhir import Sandbox, seed, set_faults
 
 pytestmark = pytest.mark.integration
 
@@ -22,31 +22,31 @@ def _event(**kw) -> ResourceEvent:
     return ResourceEvent(**{**base, **kw})
 
 
-def test_id_only_and_empty_notifications_are_completed_by_the_fetcher(redis_conn) -> None:
+def test_id_only_and_empty_notifications_are_completed_by_the_fetcher(redis_conn, sandbox_server: Sandbox) -> None:
     settings = Settings(subscriptions=[SubscriptionConfig(id="smartflow-patient", secret_env="X", criteria="Patient?")])
-    with running_fhir_server() as server:
-        p1 = server.put_resource({"resourceType": "Patient", "id": "p1", "active": True})
-        server.put_resource({"resourceType": "Patient", "id": "p2"})
-        client = FhirClient(server.base_url, retry=RetryPolicy(max_retries=3), sleep=lambda s: None)
-        fetcher = ClientResourceFetcher(client, settings, conn=redis_conn)
-        rt = runtime.build_runtime(settings, redis_conn, fetcher=fetcher)
-        dispatcher = rt.dispatcher
-        assert isinstance(dispatcher, RecordingDispatcher)
+    server = sandbox_server
+    p1 = seed(server, {"resourceType": "Patient", "id": "p1", "active": True})
+    seed(server, {"resourceType": "Patient", "id": "p2"})
+    client = FhirClient(server, retry=RetryPolicy(max_retries=3), sleep=lambda s: None)
+    fetcher = ClientResourceFetcher(client, settings, conn=redis_conn)
+    rt = runtime.build_runtime(settings, redis_conn, fetcher=fetcher)
+    dispatcher = rt.dispatcher
+    assert isinstance(dispatcher, RecordingDispatcher)
 
-        server.fail_next(1, status=503)
-        id_only = _event(resource_id="p1", version_id="1", event_number=1, payload_content="id-only")
-        assert handle_event(rt, id_only) == "processed"
-        assert handle_event(rt, _event(resource_id="gone", event_number=2, payload_content="id-only")) == "processed"
-        assert handle_event(rt, _event(resource_id=None, payload_content="empty", body_hash="b1")) == "processed"
+    set_faults(server, fail_first=1, statuses=[503], retry_after=0)
+    id_only = _event(resource_id="p1", version_id="1", event_number=1, payload_content="id-only")
+    assert handle_event(rt, id_only) == "processed"
+    assert handle_event(rt, _event(resource_id="gone", event_number=2, payload_content="id-only")) == "processed"
+    assert handle_event(rt, _event(resource_id=None, payload_content="empty", body_hash="b1")) == "processed"
 
-        seen = [(e.reference, e.interaction, e.resource is not None) for e in dispatcher.dispatched()]
-        assert seen[0] == ("Patient/p1", None, True)
-        assert seen[1] == ("Patient/gone", "delete", False)
-        # The empty notification re-queried the criteria: p1 v1 was already dispatched (same dedupe key
-        # as the id-only event), so only p2 is new; a second empty notification dispatches nothing.
-        assert seen[2:] == [("Patient/p2", None, True)]
-        assert dispatcher.dispatched()[0].resource == p1
-        handle_event(rt, _event(resource_id=None, payload_content="empty", body_hash="b2"))
-        assert len(dispatcher.dispatched()) == 3
-        # The focus read survived the injected 503 (one retry), and nothing was fetched off-base.
-        assert server.count("GET", "/fhir/Patient/p1") == 2
+    seen = [(e.reference, e.interaction, e.resource is not None) for e in dispatcher.dispatched()]
+    assert seen[0] == ("Patient/p1", None, True)
+    assert seen[1] == ("Patient/gone", "delete", False)
+    # The empty notification re-queried the criteria: p1 v1 was already dispatched (same dedupe key
+    # as the id-only event), so only p2 is new; a second empty notification dispatches nothing.
+    assert seen[2:] == [("Patient/p2", None, True)]
+    assert dispatcher.dispatched()[0].resource == p1
+    handle_event(rt, _event(resource_id=None, payload_content="empty", body_hash="b2"))
+    assert len(dispatcher.dispatched()) == 3
+    # The focus read survived the injected 503 (one retry), and nothing was fetched off-base.
+    assert server.log.count("GET", "/Patient/p1") == 2

@@ -24,7 +24,6 @@ from fhir_smartflow.fhir.smart import (
     discover_smart_configuration,
     smart_backend_services,
 )
-from fhir_smartflow.fhir.tokens import StaticTokenProvider
 from fhir_smartflow.fhir.transport import Transport
 from fhir_smartflow.retry import RetryPolicy
 
@@ -262,11 +261,3 @@ def test_token_endpoint_overload_is_transient_and_a_refusal_keeps_the_oauth_erro
         400,
     )
     assert not refused.value.transient
-
-
-def test_static_bearer_token_goes_out_as_is(sandbox_server: str) -> None:
-    client = FhirClient(sandbox_server, auth=StaticTokenProvider("s3cret"), retry=RetryPolicy(max_retries=0))
-    seen: list[str] = []
-    client.http.session.hooks["response"].append(lambda r, *a, **k: seen.append(r.request.headers["Authorization"]))
-    assert client.capabilities()["resourceType"] == "CapabilityStatement"
-    assert seen == ["Bearer s3cret"]

@@ -307,21 +307,8 @@ def test_from_settings_defaults_to_sandbox(tmp_path) -> None:
     assert client.base_url == "https://ehr.example.org/r4" and client.retry.max_retries == 2
 
 
-@responses.activate
-def test_metrics_count_requests_by_method_and_status(redis_conn) -> None:
-    from fhir_smartflow.metrics import Metrics
-
-    metrics = Metrics(redis_conn, "t:")
-    client = FhirClient(BASE, retry=RetryPolicy(max_retries=1), sleep=lambda s: None, metrics=metrics)
-    responses.get(f"{BASE}/Patient/1", status=503)
-    responses.get(f"{BASE}/Patient/1", json={"resourceType": "Patient", "id": "1"})
-    client.read("Patient/1")
-    assert metrics.counter_value("fhir_requests", method="GET", status="503") == 1
-    assert metrics.counter_value("fhir_requests", method="GET", status="200") == 1
-
-
 def test_plain_post_is_retried_when_the_connection_was_refused() -> None:
-    from tests.conftest import free_port
+    from tests.support.net import free_port
 
     sleeps: list[float] = []
     client = FhirClient(f"http://127.0.0.1:{free_port()}/fhir", retry=RetryPolicy(max_retries=2), sleep=sleeps.append)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import responses
 from responses import matchers
 
@@ -11,6 +12,8 @@ from fhir_smartflow.fhir.client import FhirClient
 from fhir_smartflow.retry import RetryPolicy
 from fhir_smartflow.worker.context import CachingContextSource, ClientResourceFetcher, StaticCache
 from fhir_smartflow.worker.recovery import recover_gap
+
+pytestmark = pytest.mark.integration
 
 BASE = "https://ehr.example.org/fhir"
 SUB = SubscriptionConfig(id="sub-appt", secret_env="X", criteria="Appointment?status=noshow", topic="urn:t")
@@ -83,8 +86,6 @@ def test_fetch_id_only_reads_the_version_then_marks_gone_as_delete() -> None:
 
 @responses.activate
 def test_fetch_with_hostile_focus_id_makes_no_request() -> None:
-    import pytest
-
     fetcher = ClientResourceFetcher(client(), Settings())
     with pytest.raises(ValueError):
         fetcher.fetch(event(resource_id="../../admin", payload_content="id-only"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,7 +14,8 @@ from fhir_smartflow.engine.plan import Deliver, FlowRun, Plan, Schedule, Trigger
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.worker.execute import ActionError, ExecutionResult, WrittenResource
 from fhir_smartflow.worker.history import RunHistory
-from tests.conftest import smartflow_cmd
+
+pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
 
@@ -167,45 +167,30 @@ def test_trim_to_max_runs_and_ttl(store: tuple[RunHistory, Clock], redis_conn: r
     assert redis_conn.zcard(Keys("t:").history()) == 1
 
 
-def test_history_cli(store: tuple[RunHistory, Clock], redis_url: str, tmp_path: Any) -> None:
+def test_history_cli(store: tuple[RunHistory, Clock], redis_url: str, tmp_path: Any, run_cli) -> None:
     history, clock = store
     history.record(make_plan("Patient/p1", ("f1",)))
     clock.at = T0 + timedelta(minutes=5)
     history.record(make_plan("Patient/p2", ("f2",)))
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[redis]\nurl = "{redis_url}"\nkey_prefix = "t:"\n')
-    out = subprocess.run(
-        smartflow_cmd("--config", str(cfg), "history", "--patient", "p2", "--json"),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    out = run_cli("--config", str(cfg), "history", "--patient", "p2", "--json", timeout=30)
     assert out.returncode == 0, out.stderr
     runs = json.loads(out.stdout)
     assert [r["trigger"]["patient"] for r in runs] == ["Patient/p2"]
-    out = subprocess.run(
-        smartflow_cmd("--config", str(cfg), "history", "--since", "2026-03-02T15:01:00Z"),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    out = run_cli("--config", str(cfg), "history", "--since", "2026-03-02T15:01:00Z", timeout=30)
     assert out.returncode == 0 and "appointment.no_show" in out.stdout and "f2" in out.stdout
     assert "Patient/p1" not in out.stdout
-    bad = subprocess.run(
-        smartflow_cmd("--config", str(cfg), "history", "--since", "yesterday"),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    bad = run_cli("--config", str(cfg), "history", "--since", "yesterday", timeout=30)
     assert bad.returncode == 2 and "--since" in bad.stderr
 
 
 def test_the_engine_pipeline_records_each_run(redis_conn: redis.Redis) -> None:
     """EnginePipeline → RunHistory on real Redis, with an executor returning the real result type."""
-    from engine_fixtures import SETTINGS, FakeContext, appointment, event_for, patient, shipped_engine
-
     from fhir_smartflow.worker.pipeline import EnginePipeline
     from fhir_smartflow.worker.prior import RedisPriorState
+    from tests.support.engine import SETTINGS, appointment, event_for, patient, shipped_engine
+    from tests.support.fakes import FakeContext
 
     class WritingExecutor:
         def execute(self, plan: Plan) -> ExecutionResult:

@@ -11,6 +11,8 @@ from fhir_smartflow.app import create_app
 from fhir_smartflow.config import ConfigError, RedisConfig, Settings
 from fhir_smartflow.ingest.app import webhook_redis
 
+pytestmark = pytest.mark.integration
+
 FHIR = "application/fhir+json"
 
 

@@ -18,6 +18,9 @@ from fhir_smartflow.worker import runtime
 from fhir_smartflow.worker.gaps import Gap, GapTracker, record_status
 from fhir_smartflow.worker.jobs import EventInProgress, dedupe_key, handle_event
 from fhir_smartflow.worker.seams import RecordingDispatcher
+from tests.support.net import wait_for
+
+pytestmark = pytest.mark.integration
 
 PREFIX = "t:"
 
@@ -251,7 +254,6 @@ def test_jump_schedules_a_sweep_that_records_the_gap_without_later_events(rt: ru
 
 def test_embedded_worker_thread_runs_jobs_and_due_scheduled_jobs() -> None:
     import threading
-    import time
 
     import fakeredis
 
@@ -266,10 +268,12 @@ def test_embedded_worker_thread_runs_jobs_and_due_scheduled_jobs() -> None:
     try:
         enqueue_events(built.queue, [event(1)], metrics=built.metrics)
         sweep = built.queue.enqueue_in(timedelta(seconds=0), "fhir_smartflow.worker.jobs.sweep_gaps", "sub-a")
-        deadline = time.monotonic() + 10
-        while not (dispatched(built) and sweep.get_status(refresh=True) == "finished"):
-            assert time.monotonic() < deadline, (dispatched(built), sweep.get_status())
-            time.sleep(0.02)
+        wait_for(
+            lambda: dispatched(built) and sweep.get_status(refresh=True) == "finished",
+            "the event dispatched and the sweep finished",
+            lambda: str((dispatched(built), sweep.get_status())),
+            timeout=10,
+        )
     finally:
         stop.set()
         thread.join(timeout=5)

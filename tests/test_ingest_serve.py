@@ -8,7 +8,6 @@ the real `fhir-smartflow worker --burst` process. Assertions are on what reached
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,13 +18,16 @@ import pytest
 import redis
 import requests
 import rq
-from conftest import free_port, smartflow_cmd
 
 from fhir_smartflow.config import Settings, load_settings
 from fhir_smartflow.ingest.auth import hmac_hex
 from fhir_smartflow.worker import runtime
 from fhir_smartflow.worker.gaps import GapTracker
 from fhir_smartflow.worker.seams import RecordingDispatcher
+from tests.support.net import free_port
+from tests.support.procs import RedisServer, smartflow_cmd
+
+pytestmark = pytest.mark.integration
 
 FIXTURES = Path(__file__).parent / "fixtures" / "notifications"
 PREFIX = "it:"
@@ -333,9 +335,19 @@ def test_bad_input_and_auth_failures_answer_with_operation_outcome(service: Serv
     assert service.metric("notifications", type="unknown", result="rejected") == 6  # one 415, five 400s
 
 
-def test_redis_down_answers_503_and_nothing_is_lost_when_it_is_back(processes, tmp_path: Path) -> None:
-    port = free_port()
-    redis_url = f"redis://127.0.0.1:{port}/0"
+@pytest.fixture
+def redis_started_later(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of its own, not started yet (the test starts it); stopped at the end."""
+    (tmp_path / "redis").mkdir()
+    server = RedisServer(tmp_path / "redis")
+    yield server
+    server.stop()
+
+
+def test_redis_down_answers_503_and_nothing_is_lost_when_it_is_back(
+    processes, tmp_path: Path, redis_started_later: RedisServer
+) -> None:
+    redis_url = redis_started_later.url
     config = write_config(tmp_path, redis_url)
     url, _ = start_serve(processes, config)
     body = fixture("backport-r4-event-full-resource.json")
@@ -345,17 +357,8 @@ def test_redis_down_answers_503_and_nothing_is_lost_when_it_is_back(processes, t
     assert outcome(down)["code"] == "transient"
     assert requests.get(f"{url}/readyz", timeout=10).status_code == 503
 
-    processes(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"], name="redis")
+    redis_started_later.start()  # returns once it answers
     conn = redis.Redis.from_url(redis_url)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            conn.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
     assert requests.get(f"{url}/readyz", timeout=10).status_code == 200
     # The server retries the delivery it was refused: now it is kept and processed.
     assert requests.post(f"{url}/fhir/notify", data=body, headers=headers, timeout=10).status_code == 200
@@ -399,9 +402,6 @@ def test_embedded_serve_processes_in_process(processes, tmp_path: Path) -> None:
         f"{url}/fhir/notify", data=fixture("r4b-event-full-resource.json"), headers={"Content-Type": FHIR}, timeout=10
     )
     assert response.status_code == 200, response.text
-    deadline = time.monotonic() + 10
-    while "trigger patient.registered on Patient/p1" not in proc.output():  # the flows ran in-process
-        assert time.monotonic() < deadline, proc.output()
-        time.sleep(0.05)
+    proc.wait_output("trigger patient.registered on Patient/p1", timeout=10)  # the flows ran in-process
     output = proc.output()
     assert "NOT FOR PRODUCTION" in output and "insecure-dev" in output

@@ -5,18 +5,14 @@ follow-up scheduler and the webhook. Real Redis throughout."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import redis
 import requests
-from conftest import smartflow_cmd
 from rq.job import Job
 from rq.registry import FailedJobRegistry
-from service_config import ROOT, write_service_config
 
 from fhir_smartflow.config import load_settings
 from fhir_smartflow.engine.plan import Schedule
@@ -25,6 +21,8 @@ from fhir_smartflow.queueing import enqueue_events, make_queue
 from fhir_smartflow.scheduling.scheduler import build_scheduler
 from fhir_smartflow.worker.gaps import Gap
 from fhir_smartflow.worker.runtime import build_service_runtime
+from tests.support.procs import ROOT
+from tests.support.service import write_service_config
 
 pytestmark = pytest.mark.integration
 
@@ -69,7 +67,7 @@ def test_recovered_jobs_carry_the_configured_timeout(sandbox_server: str, redis_
     assert [j.timeout for j in jobs] == [TIMEOUT]
 
 
-def test_replayed_jobs_carry_the_configured_timeout(redis_conn: redis.Redis, redis_url: str, tmp_path) -> None:
+def test_replayed_jobs_carry_the_configured_timeout(redis_conn: redis.Redis, redis_url: str, tmp_path, run_cli) -> None:
     config = write_config(tmp_path, redis_url)
     # A job enqueued by a process with another timeout, that then failed for good.
     old_queue = make_queue(redis_conn, "smartflow", PREFIX)  # the default, 300 s
@@ -78,9 +76,7 @@ def test_replayed_jobs_carry_the_configured_timeout(redis_conn: redis.Redis, red
     assert job.timeout == 300
     FailedJobRegistry(queue=old_queue).add(job, exc_string="Traceback ...\nFhirUnavailable: down")
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTFLOW_")}
-    env |= {"SMARTFLOW_CONFIG": str(config), "JT_SECRET": "s"}
-    done = subprocess.run(smartflow_cmd("replay", "--json"), env=env, capture_output=True, text=True, timeout=60)
+    done = run_cli("replay", "--json", env={"SMARTFLOW_CONFIG": str(config), "JT_SECRET": "s"})
     assert done.returncode == 0, done.stderr
     [replayed] = json.loads(done.stdout)["replayed"]
     new = Job.fetch(replayed["new_job_id"], connection=redis_conn)

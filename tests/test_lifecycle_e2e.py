@@ -1,278 +1,34 @@
-"""Workflow lifecycle end to end (issue 6) with the real parts: the `sandbox` FHIR store process, `serve`,
-`worker` processes (each running the follow-up scheduler thread) on the real Redis, and a test clock
-shared through Redis (`[scheduler] test_clock = true`): the test moves "now" by writing
-`<prefix>clock:now`, never by sleeping.
-
-Resource times come from the store (real wall-clock `meta.lastUpdated`), so the test clock starts at the
-real "now" and is moved forward from there.
-"""
+"""Workflow lifecycle end to end with the real parts (tests/support/lifecycle.py starts them): reminders,
+cancellation, recurring series, overdue marks, quiet hours and opt-outs, on a test clock shared through
+Redis that the tests move instead of sleeping."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import pytest
-import redis
-import requests
-from channel_servers import SID, TOKEN, TwilioFake, serve
-from conftest import free_port, smartflow_cmd
 from fhir.resources.R4B.communication import Communication
 from fhir.resources.R4B.task import Task
 
 from fhir_smartflow.connections import Keys
-from fhir_smartflow.metrics import Metrics
-from fhir_smartflow.sandbox.subscriptions import self_subscription
-from fhir_smartflow.scheduling.clock import RedisClock
-from fhir_smartflow.scheduling.scheduler import RqScheduler, iter_pending
+from fhir_smartflow.scheduling.scheduler import iter_pending
+from tests.support.channels import TwilioFake
+from tests.support.lifecycle import (
+    OPEN,
+    PREFIX,
+    Stack,
+    based_on,
+    ident,
+    medium,
+    next_local,
+    sms_config,
+)
+from tests.support.net import wait_for
+from tests.support.procs import ROOT
 
 pytestmark = pytest.mark.integration
-
-FHIR = {"Content-Type": "application/fhir+json"}
-SECRET = "lifecycle-e2e-secret"
-PREFIX = "lc:"
-SYSTEM = "urn:fhir-smartflow:id"
-CLINIC_TZ = ZoneInfo("America/New_York")
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURE_FLOWS = ROOT / "tests" / "fixtures" / "flows"
-OPEN = {"draft", "requested", "received", "accepted", "ready", "in-progress", "on-hold"}
-
-
-def wait_for(check: Callable[[], Any], what: str, log: Callable[[], str] = lambda: "", timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{log()[-6000:]}")
-        time.sleep(0.1)
-
-
-def ident(resource: dict[str, Any]) -> str:
-    return next(i["value"] for i in resource["identifier"] if i["system"] == SYSTEM)
-
-
-def category(comm: dict[str, Any]) -> str:
-    return comm["category"][0]["coding"][0]["code"]
-
-
-def medium(comm: dict[str, Any]) -> str:
-    return comm["medium"][0]["text"]
-
-
-def based_on(comm: dict[str, Any]) -> str | None:
-    refs = comm.get("basedOn") or []
-    return refs[0]["identifier"]["value"] if refs else None
-
-
-@dataclass
-class Stack:
-    store: str
-    notify: str
-    conn: redis.Redis
-    clock: RedisClock
-    config: Path
-    env: dict[str, str]
-    logs: list[Callable[[], str]] = field(default_factory=list)
-    workers: list[Any] = field(default_factory=list)
-    start_worker: Callable[[], Any] | None = None
-
-    # -- store ------------------------------------------------------------------------------------------
-    def log(self) -> str:
-        return "\n".join(f() for f in self.logs)
-
-    def subscribe(self, *types: str) -> None:
-        for rtype in types:
-            sid = f"lc-{rtype.lower()}"
-            sub = self_subscription(
-                sid, self.notify, f"X-Smartflow-Secret: {SECRET}", rtype, "backport", "full-resource", 0
-            )
-            put = requests.put(f"{self.store}/Subscription/{sid}", json=sub, headers=FHIR, timeout=10)
-            assert put.status_code < 300, put.text
-            wait_for(
-                lambda sid=sid: (
-                    requests.get(f"{self.store}/Subscription/{sid}", timeout=10).json()["status"] == "active"
-                ),
-                f"Subscription/{sid} active",
-            )
-
-    def put(self, resource: dict[str, Any]) -> dict[str, Any]:
-        url = f"{self.store}/{resource['resourceType']}/{resource['id']}"
-        answer = requests.put(url, json=resource, headers=FHIR, timeout=10)
-        assert answer.status_code in (200, 201), answer.text
-        return answer.json()
-
-    def read(self, reference: str) -> dict[str, Any]:
-        return requests.get(f"{self.store}/{reference}", timeout=10).json()
-
-    def search(self, rtype: str, **params: str) -> list[dict[str, Any]]:
-        bundle = requests.get(f"{self.store}/{rtype}", params={"_count": "500", **params}, timeout=10).json()
-        return [e["resource"] for e in bundle.get("entry", [])]
-
-    def tasks(self, patient: str, flow: str) -> list[dict[str, Any]]:
-        prefix = f"urn:fhir-smartflow:flow:{flow}:"
-        return [t for t in self.search("Task", patient=patient) if t.get("instantiatesUri", "").startswith(prefix)]
-
-    def comms(self, patient: str, cat: str | None = None) -> list[dict[str, Any]]:
-        found = self.search("Communication", subject=patient)
-        return [c for c in found if cat is None or category(c) == cat]
-
-    def new_patient(self, *, adult: bool = True, phone: str = "", active: bool = True, pid: str = "") -> str:
-        pid = pid or uuid.uuid4().hex[:16]
-        body: dict[str, Any] = {
-            "resourceType": "Patient",
-            "id": pid,
-            "active": active,
-            "name": [{"given": ["Lifey"], "family": "Testperson"}],
-            "birthDate": "1970-05-06" if adult else "2020-05-06",
-        }
-        if phone:
-            body["telecom"] = [{"system": "phone", "value": phone, "use": "mobile"}]
-        self.put(body)
-        return f"Patient/{pid}"
-
-    def appointment(self, patient: str, status: str, start: datetime) -> str:
-        aid = uuid.uuid4().hex[:16]
-        self.put(
-            {
-                "resourceType": "Appointment",
-                "id": aid,
-                "status": status,
-                "start": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "end": (start + timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "participant": [{"actor": {"reference": patient}, "status": "accepted"}],
-            }
-        )
-        return f"Appointment/{aid}"
-
-    def set_task_status(self, task: dict[str, Any], status: str) -> None:
-        current = self.read(f"Task/{task['id']}")
-        self.put({**current, "status": status})
-
-    def cli(self, *args: str) -> Any:
-        """Run a `fhir-smartflow` command with the stack's config; its last output line as JSON."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTFLOW_")} | self.env
-        done = subprocess.run(smartflow_cmd(*args), env=env, capture_output=True, text=True, timeout=30)
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout[done.stdout.index("{") :])
-
-    # -- time and follow-ups ------------------------------------------------------------------------------
-    def move_clock(self, when: datetime) -> None:
-        self.clock.set(when)
-
-    def scheduler(self) -> RqScheduler:
-        from rq import Queue
-
-        return RqScheduler(self.conn, Keys(PREFIX), Queue("smartflow", connection=self.conn), self.clock)
-
-    def pending(self, **match: str) -> list[Any]:
-        items = iter_pending(self.scheduler(), 10_000)
-        return [p for p in items if all(p.payload.get(k) == v for k, v in match.items())]
-
-    def jobs(self, kind: str, result: str) -> int:
-        return Metrics(self.conn, PREFIX).counter_value("scheduled_jobs", kind=kind, result=result)
-
-    def flow_runs(self, result: str) -> int:
-        return Metrics(self.conn, PREFIX).counter_value("flow_runs", result=result)
-
-    def wait_settled(self) -> None:
-        """Wait until the queue is empty and no job is running (every fired follow-up has run)."""
-        from rq import Queue
-        from rq.registry import StartedJobRegistry
-
-        queue = Queue("smartflow", connection=self.conn)
-        started = StartedJobRegistry(queue=queue)
-        for _ in range(2):  # twice, a moment apart: a job between dequeue and "started" is not missed
-            wait_for(lambda: queue.count == 0 and started.count == 0, "queue drained", self.log)
-            time.sleep(0.05)
-
-    def settle(self, pause: float = 0.25) -> None:
-        """After a clock move: let the schedulers tick (``pause`` catches a follow-up fired too early),
-        wait until everything due by the test clock has left the pending set, then until it has run."""
-        time.sleep(pause)
-        sched, now = self.scheduler(), self.clock.now()
-        wait_for(
-            lambda: ((n := sched.next_due()) is None or n > now) and not self.conn.hlen(sched.skeys.inflight),
-            "due follow-ups enqueued",
-            self.log,
-        )
-        self.wait_settled()
-
-
-@pytest.fixture
-def start_stack(processes, redis_url: str, redis_conn: redis.Redis, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
-    """Start the sandbox store, `serve` and N `worker` processes; the test clock starts at real now."""
-    stacks: list[Stack] = []
-
-    def start(*, workers: int = 1, extra_config: str = "", flows: tuple[str, ...] = ("flows/examples",)) -> Stack:
-        store_port, serve_port = free_port(), free_port()
-        store = f"http://127.0.0.1:{store_port}"
-        sandbox = processes(smartflow_cmd("sandbox", "--port", str(store_port)), name="sandbox")
-        clock = RedisClock(redis_conn, Keys(PREFIX))
-        clock.set(datetime.now(UTC).replace(microsecond=0))
-        config = tmp_path / "smartflow.toml"
-        config.write_text(
-            f"""
-[server]
-port = {serve_port}
-[redis]
-url = "{redis_url}"
-key_prefix = "{PREFIX}"
-[fhir]
-base_url = "{store}"
-max_retries = 4
-backoff_base_seconds = 0.05
-backoff_max_seconds = 0.5
-[engine]
-flows = {json.dumps([str(ROOT / f) for f in flows])}
-mappings = ["{ROOT / "mappings"}"]
-templates = ["{ROOT / "templates"}"]
-[scheduler]
-interval_seconds = 0.1
-lock_ttl_seconds = 2.0
-test_clock = true
-{extra_config}
-[[subscriptions]]
-id = "sandbox"
-header = "X-Smartflow-Secret"
-secret_env = "LC_SECRET"
-criteria = "Patient?"
-"""
-        )
-        env = {"LC_SECRET": SECRET, "SMARTFLOW_CONFIG": str(config), "LC_SMS_TOKEN": TOKEN}
-        serve_proc = processes(smartflow_cmd("serve"), env, "serve")
-        logs = [serve_proc.output]
-        started: list[Any] = []
-
-        def start_worker() -> Any:
-            proc = processes(smartflow_cmd("worker"), env, f"worker{len(started)}")
-            started.append(proc)
-            logs.append(lambda: proc.log_path.read_text(errors="replace"))  # readable after stop()
-            return proc
-
-        for _ in range(workers):
-            start_worker()
-        sandbox.wait_http(f"{store}/metadata")
-        serve_proc.wait_http(f"http://127.0.0.1:{serve_port}/healthz")
-        stack = Stack(store, f"http://127.0.0.1:{serve_port}/fhir/notify", redis_conn, clock, config, env, logs)
-        stack.workers, stack.start_worker = started, start_worker
-        stacks.append(stack)
-        return stack
-
-    yield start
-    for stack in stacks:
-        out = stack.log()
-        assert "Lifey" not in out and "+1555" not in out  # no names / numbers in INFO logs
 
 
 def intake_task(stack: Stack, patient: str) -> dict[str, Any]:
@@ -388,16 +144,11 @@ def test_completing_task_cancels_siblings_and_their_followups(start_stack) -> No
 # -- 3. recurring series and discharge ---------------------------------------------------------------------
 
 
-def sms_config(provider: str) -> str:
-    account = f'account_sid = "{SID}"\ntoken_env = "LC_SMS_TOKEN"\nfrom_number = "+15550000000"'
-    return f'[sms]\nbase_url = "{provider}"\n{account}'
-
-
-def test_weekly_series_stops_at_discharge(start_stack) -> None:
+def test_weekly_series_stops_at_discharge(start_stack, serve_app) -> None:
     twilio = TwilioFake()
-    with serve(twilio.app) as provider:
-        stack = start_stack(extra_config=sms_config(provider))
-        _weekly_series_stops_at_discharge(stack, twilio)
+    provider = serve_app(twilio.app).url
+    stack = start_stack(sections=sms_config(provider))
+    _weekly_series_stops_at_discharge(stack, twilio)
 
 
 def _weekly_series_stops_at_discharge(stack: Stack, twilio: TwilioFake) -> None:
@@ -530,15 +281,6 @@ def encounter(patient: str, status: str) -> dict[str, Any]:
 # -- 5. quiet hours and opt-out ----------------------------------------------------------------------------
 
 
-def next_local(hour: int, minute: int = 0, after: datetime | None = None) -> datetime:
-    """The next clinic-local hh:mm after ``after`` (default: now), as UTC."""
-    local = (after or datetime.now(UTC)).astimezone(CLINIC_TZ)
-    candidate = local.replace(hour=hour, minute=minute, second=0, microsecond=0)
-    if candidate <= local:
-        candidate = (local + timedelta(days=1)).replace(hour=hour, minute=minute, second=0, microsecond=0)
-    return candidate.astimezone(UTC)
-
-
 def sms_comm(stack: Stack, patient: str) -> dict[str, Any]:
     return next(c for c in stack.comms(patient, "instruction") if medium(c) == "sms")
 
@@ -561,55 +303,55 @@ def opt_out_consent(patient: str) -> dict[str, Any]:
     }
 
 
-def test_quiet_hours_defer_sms_and_opt_out_blocks_it(start_stack) -> None:
+def test_quiet_hours_defer_sms_and_opt_out_blocks_it(start_stack, serve_app) -> None:
     twilio = TwilioFake()
-    with serve(twilio.app) as provider:
-        stack = start_stack(workers=2, extra_config=sms_config(provider))  # two workers: one SMS each
-        night = next_local(23)  # 23:00 clinic time: inside the default quiet hours 21:00-08:00
-        stack.move_clock(night)
-        stack.subscribe("Patient")
-        patient = stack.new_patient(phone="+15551230001")
-        opted_out_id = uuid.uuid4().hex[:16]
-        consent = stack.put(opt_out_consent(f"Patient/{opted_out_id}"))
-        opted_out = stack.new_patient(phone="+15551230002", pid=opted_out_id)
-        finished = stack.new_patient(phone="+15551230004")  # completes the forms before the morning
-        intake_task(stack, patient), intake_task(stack, opted_out)
-        stack.set_task_status(intake_task(stack, finished), "completed")
-        stack.wait_settled()
+    provider = serve_app(twilio.app).url
+    stack = start_stack(workers=2, sections=sms_config(provider))  # two workers: one SMS each
+    night = next_local(23)  # 23:00 clinic time: inside the default quiet hours 21:00-08:00
+    stack.move_clock(night)
+    stack.subscribe("Patient")
+    patient = stack.new_patient(phone="+15551230001")
+    opted_out_id = uuid.uuid4().hex[:16]
+    consent = stack.put(opt_out_consent(f"Patient/{opted_out_id}"))
+    opted_out = stack.new_patient(phone="+15551230002", pid=opted_out_id)
+    finished = stack.new_patient(phone="+15551230004")  # completes the forms before the morning
+    intake_task(stack, patient), intake_task(stack, opted_out)
+    stack.set_task_status(intake_task(stack, finished), "completed")
+    stack.wait_settled()
 
-        deferred = sms_comm(stack, patient)
-        assert deferred["status"] == "in-progress" and twilio.requests == []
-        [pending] = [p for p in stack.pending(patient=patient) if p.kind == "delivery"]
-        morning = next_local(8, after=night)
-        assert pending.at == morning  # deferred to the end of quiet hours, 08:00 clinic time
+    deferred = sms_comm(stack, patient)
+    assert deferred["status"] == "in-progress" and twilio.requests == []
+    [pending] = [p for p in stack.pending(patient=patient) if p.kind == "delivery"]
+    morning = next_local(8, after=night)
+    assert pending.at == morning  # deferred to the end of quiet hours, 08:00 clinic time
 
-        blocked = sms_comm(stack, opted_out)  # opt-out: not-done at once, with the reason, never sent
-        Communication.model_validate(blocked)
-        assert blocked["status"] == "not-done"
-        assert blocked["statusReason"]["text"] == f"patient opted out of sms (Consent/{consent['id']})"
-        assert [p for p in stack.pending(patient=opted_out) if p.kind == "delivery"] == []
+    blocked = sms_comm(stack, opted_out)  # opt-out: not-done at once, with the reason, never sent
+    Communication.model_validate(blocked)
+    assert blocked["status"] == "not-done"
+    assert blocked["statusReason"]["text"] == f"patient opted out of sms (Consent/{consent['id']})"
+    assert [p for p in stack.pending(patient=opted_out) if p.kind == "delivery"] == []
 
-        stack.move_clock(morning - timedelta(minutes=1))
-        stack.settle()
-        assert twilio.requests == [] and sms_comm(stack, patient)["status"] == "in-progress"
+    stack.move_clock(morning - timedelta(minutes=1))
+    stack.settle()
+    assert twilio.requests == [] and sms_comm(stack, patient)["status"] == "in-progress"
 
-        stack.move_clock(morning + timedelta(minutes=1))
-        sent = wait_for(lambda: (c := sms_comm(stack, patient))["status"] == "completed" and c, "SMS sent", stack.log)
-        Communication.model_validate(sent)
-        stack.move_clock(morning + timedelta(minutes=30))  # more ticks: nothing is sent again
-        stack.settle()
-        assert [(r, f["To"]) for r, f in twilio.requests] == [("Messages", "+15551230001")]
-        # The deferred "please complete" text of a task completed overnight is not sent, and says why.
-        withdrawn = sms_comm(stack, finished)
-        Communication.model_validate(withdrawn)
-        assert withdrawn["status"] == "not-done" and "was completed" in withdrawn["statusReason"]["text"]
-        assert sent["sent"] == morning.replace(minute=1).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stack.move_clock(morning + timedelta(minutes=1))
+    sent = wait_for(lambda: (c := sms_comm(stack, patient))["status"] == "completed" and c, "SMS sent", stack.log)
+    Communication.model_validate(sent)
+    stack.move_clock(morning + timedelta(minutes=30))  # more ticks: nothing is sent again
+    stack.settle()
+    assert [(r, f["To"]) for r, f in twilio.requests] == [("Messages", "+15551230001")]
+    # The deferred "please complete" text of a task completed overnight is not sent, and says why.
+    withdrawn = sms_comm(stack, finished)
+    Communication.model_validate(withdrawn)
+    assert withdrawn["status"] == "not-done" and "was completed" in withdrawn["statusReason"]["text"]
+    assert sent["sent"] == morning.replace(minute=1).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # -- the shipped examples use every lifecycle feature --------------------------------------------------------
 
 
-def test_examples_use_every_lifecycle_feature_and_validate() -> None:
+def test_examples_use_every_lifecycle_feature_and_validate(run_cli) -> None:
     from fhir_smartflow.config import Settings
     from fhir_smartflow.flowfiles import load_paths
 
@@ -623,5 +365,5 @@ def test_examples_use_every_lifecycle_feature_and_validate() -> None:
     assert any(a.recurring and (a.recurring.count or a.recurring.until) for a in actions)  # a series with an end
     assert any(a.completes_workflow for a in actions)
     assert any(f.not_after == "patient.discharged" for f in engine.flows.values())
-    validate = subprocess.run(smartflow_cmd("validate", "flows/examples"), cwd=ROOT, capture_output=True, text=True)
+    validate = run_cli("validate", "flows/examples")
     assert validate.returncode == 0, validate.stdout + validate.stderr

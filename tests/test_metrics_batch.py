@@ -8,6 +8,8 @@ import pytest
 
 from fhir_smartflow.metrics import Metrics
 
+pytestmark = pytest.mark.integration
+
 
 def test_batched_counters_land_together_at_the_end(redis_conn) -> None:
     metrics = Metrics(redis_conn, "t:")

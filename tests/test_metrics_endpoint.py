@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import requests
 import rq
-from conftest import ThreadedWsgiServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from fhir_smartflow.app import create_app
@@ -29,30 +28,27 @@ def _samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-def test_metrics_count_notifications_events_and_latency(redis_conn, monkeypatch) -> None:
+def test_metrics_count_notifications_events_and_latency(redis_conn, monkeypatch, serve_app) -> None:
     monkeypatch.setenv("METRICS_TEST_SECRET", "s3cret")
     settings = Settings(
         redis=RedisConfig(key_prefix="mt:"),
         engine=EngineConfig(dispatch="record"),
         subscriptions=[SubscriptionConfig(id="sub", secret_env="METRICS_TEST_SECRET")],
     )
-    server = ThreadedWsgiServer(create_app(settings, redis_conn))
+    server = serve_app(create_app(settings, redis_conn))
+    before = _samples(server.url)
+    body = (FIXTURES / "backport-r4-event-full-resource.json").read_bytes()
+    headers = {"Content-Type": "application/fhir+json"}
+    ok = requests.post(f"{server.url}/fhir/notify", data=body, headers={**headers, "X-Smartflow-Secret": "s3cret"})
+    bad = requests.post(f"{server.url}/fhir/notify", data=body, headers={**headers, "X-Smartflow-Secret": "no"})
+    assert (ok.status_code, bad.status_code) == (200, 401), (ok.text, bad.text)
+    rt = runtime.build_runtime(settings, redis_conn)
+    runtime.install(rt)
     try:
-        before = _samples(server.url)
-        body = (FIXTURES / "backport-r4-event-full-resource.json").read_bytes()
-        headers = {"Content-Type": "application/fhir+json"}
-        ok = requests.post(f"{server.url}/fhir/notify", data=body, headers={**headers, "X-Smartflow-Secret": "s3cret"})
-        bad = requests.post(f"{server.url}/fhir/notify", data=body, headers={**headers, "X-Smartflow-Secret": "no"})
-        assert (ok.status_code, bad.status_code) == (200, 401), (ok.text, bad.text)
-        rt = runtime.build_runtime(settings, redis_conn)
-        runtime.install(rt)
-        try:
-            rq.SimpleWorker([rt.queue], connection=redis_conn).work(burst=True)
-        finally:
-            runtime.install(None)
-        after = _samples(server.url)
+        rq.SimpleWorker([rt.queue], connection=redis_conn).work(burst=True)
     finally:
-        server.stop()
+        runtime.install(None)
+    after = _samples(server.url)
 
     def moved(name: str, **labels: str) -> float:
         key = (name, tuple(sorted(labels.items())))

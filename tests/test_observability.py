@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 import requests
+import responses
 from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 from rq import Queue
@@ -16,10 +17,14 @@ from rq import Queue
 from fhir_smartflow.config import load_settings
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.engine.plan import Schedule
+from fhir_smartflow.fhir.client import FhirClient
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.observability import register_observability
+from fhir_smartflow.retry import RetryPolicy
 from fhir_smartflow.scheduling.scheduler import RqScheduler
-from tests.conftest import ROOT, ThreadedWsgiServer
+from tests.support.procs import ROOT
+
+pytestmark = pytest.mark.integration
 
 
 def scrape(client) -> dict[str, dict[tuple, float]]:
@@ -109,7 +114,6 @@ def test_no_token_no_admin_view(app_and_metrics: tuple[Flask, Metrics]) -> None:
 
 
 def test_rq_dashboard_mount(redis_conn: redis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("rq_dashboard")
     monkeypatch.setenv("TEST_ADMIN_TOKEN", "tok")
     settings = load_settings(
         env={
@@ -127,7 +131,7 @@ def test_rq_dashboard_mount(redis_conn: redis.Redis, redis_url: str, monkeypatch
 
 
 def test_metrics_move_when_notifications_arrive(
-    redis_conn: redis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    redis_conn: redis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, serve_app
 ) -> None:
     """The real webhook app + /metrics over real HTTP: an accepted and a refused notification show up."""
     from fhir_smartflow.app import create_app
@@ -140,18 +144,15 @@ def test_metrics_move_when_notifications_arrive(
     )
     settings = load_settings(cfg)
     app = create_app(settings, redis_conn)  # the factory registers /metrics itself
-    server = ThreadedWsgiServer(app)
-    try:
-        body = (ROOT / "tests" / "fixtures" / "notifications" / "classic-resource.json").read_bytes()
-        url = f"{server.url}{settings.server.notify_path}"
-        headers = {"Content-Type": "application/fhir+json"}
-        ok = requests.post(url, data=body, headers={**headers, "X-Smartflow-Secret": "hook-secret"}, timeout=10)
-        assert ok.status_code < 300, ok.text
-        refused = requests.post(url, data=body, headers={**headers, "X-Smartflow-Secret": "wrong"}, timeout=10)
-        assert refused.status_code == 401
-        text = requests.get(f"{server.url}/metrics", timeout=10).text
-    finally:
-        server.stop()
+    server = serve_app(app)
+    body = (ROOT / "tests" / "fixtures" / "notifications" / "classic-resource.json").read_bytes()
+    url = f"{server.url}{settings.server.notify_path}"
+    headers = {"Content-Type": "application/fhir+json"}
+    ok = requests.post(url, data=body, headers={**headers, "X-Smartflow-Secret": "hook-secret"}, timeout=10)
+    assert ok.status_code < 300, ok.text
+    refused = requests.post(url, data=body, headers={**headers, "X-Smartflow-Secret": "wrong"}, timeout=10)
+    assert refused.status_code == 401
+    text = requests.get(f"{server.url}/metrics", timeout=10).text
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)
@@ -163,3 +164,15 @@ def test_metrics_move_when_notifications_arrive(
     assert samples[("smartflow_notifications_total", (("result", "unauthorized"), ("type", "unknown")))] == 1
     assert sum(v for (name, _), v in samples.items() if name == "smartflow_auth_failures_total") == 1
     assert samples[("smartflow_queue_jobs", (("state", "queued"),))] >= 1  # the event waits for a worker
+
+
+@responses.activate
+def test_fhir_client_counts_requests_by_method_and_status(redis_conn) -> None:
+    metrics = Metrics(redis_conn, "t:")
+    base = "https://ehr.example.org/fhir"
+    client = FhirClient(base, retry=RetryPolicy(max_retries=1), sleep=lambda s: None, metrics=metrics)
+    responses.get(f"{base}/Patient/1", status=503)
+    responses.get(f"{base}/Patient/1", json={"resourceType": "Patient", "id": "1"})
+    client.read("Patient/1")
+    assert metrics.counter_value("fhir_requests", method="GET", status="503") == 1
+    assert metrics.counter_value("fhir_requests", method="GET", status="200") == 1

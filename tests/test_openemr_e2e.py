@@ -13,8 +13,6 @@ from pathlib import Path
 import pytest
 import redis
 import requests
-from openemr_emulator import OpenEmrEmulator
-from openemr_support import TOKEN_KEY, make_settings
 from rq import SimpleWorker
 from rq.job import Job
 
@@ -31,6 +29,8 @@ from fhir_smartflow.worker.execute import PlanExecutor
 from fhir_smartflow.worker.pipeline import EnginePipeline
 from fhir_smartflow.worker.prior import RedisPriorState
 from fhir_smartflow.worker.runtime import build_runtime, install
+from tests.support.openemr import TOKEN_KEY, make_settings
+from tests.support.openemr_emulator import OpenEmrEmulator
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,7 +100,8 @@ def authorize(settings: Settings, conn: redis.Redis) -> None:
 
 
 def worker_runtime(settings: Settings, conn: redis.Redis, emulator: OpenEmrEmulator):
-    """What `worker` builds with [fhir] writeback = "openemr" (the lead wires this into worker/runtime.py)."""
+    """What `worker` builds with [fhir] writeback = "openemr" (worker/runtime.py), built here so the token
+    key comes from the test's environment (ENV)."""
     keys, metrics = Keys("t:"), Metrics(conn, "t:")
     reads = FhirClient.from_settings(settings, metrics)  # [fhir] auth = "smart-backend", as `worker` builds it
     target = build_openemr_target(settings, conn, metrics, env=ENV)

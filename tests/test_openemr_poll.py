@@ -11,8 +11,6 @@ from pathlib import Path
 import pytest
 import redis
 import requests
-from openemr_emulator import OpenEmrEmulator
-from openemr_support import CLIENT_ID, KEY_ID, make_settings, rsa_pem
 from rq import SimpleWorker
 
 from fhir_smartflow.fhir.errors import TokenRefused
@@ -23,6 +21,8 @@ from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.queueing import make_queue
 from fhir_smartflow.worker.runtime import build_runtime, install
 from fhir_smartflow.worker.seams import RecordingDispatcher
+from tests.support.openemr import CLIENT_ID, KEY_ID, make_settings, rsa_pem
+from tests.support.openemr_emulator import OpenEmrEmulator
 
 pytestmark = pytest.mark.integration
 

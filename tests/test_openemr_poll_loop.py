@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import threading
 
+import pytest
 import redis
 import requests
 
@@ -14,6 +15,8 @@ from fhir_smartflow.connections import Keys
 from fhir_smartflow.fhir.client import FhirClient
 from fhir_smartflow.ingest.poll import Poller
 from fhir_smartflow.retry import RetryPolicy
+
+pytestmark = pytest.mark.integration
 
 
 class FakeStop(threading.Event):

@@ -13,8 +13,6 @@ from fhir.resources.R4B.communication import Communication
 from fhir.resources.R4B.documentreference import DocumentReference
 from fhir.resources.R4B.flag import Flag
 from fhir.resources.R4B.task import Task
-from openemr_emulator import OpenEmrEmulator
-from openemr_support import TOKEN_KEY, make_settings
 
 from fhir_smartflow.app import create_app
 from fhir_smartflow.channels import channel_spec
@@ -30,6 +28,8 @@ from fhir_smartflow.openemr.factory import build_openemr_target, user_token_stor
 from fhir_smartflow.openemr.local_store import LocalFhirStore
 from fhir_smartflow.openemr.target import OpenEmrWriteBack
 from fhir_smartflow.openemr.tokens import build_authorization_request, exchange_code, parse_redirect
+from tests.support.openemr import TOKEN_KEY, make_settings
+from tests.support.openemr_emulator import OpenEmrEmulator
 
 pytestmark = pytest.mark.integration
 SYSTEM = "urn:fhir-smartflow:id"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,11 @@ import requests
 from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.plandefinition import PlanDefinition
 from fhir.resources.R4B.subscription import Subscription
-from flask import Flask
 
-from tests.conftest import ROOT, ThreadedWsgiServer, smartflow_cmd
+from tests.support.net import Receiver
+from tests.support.procs import ROOT, child_env, smartflow_cmd
+
+pytestmark = pytest.mark.integration
 
 SIM = ROOT / "tests" / "fixtures" / "simulate"
 LINT_BAD = ROOT / "tests" / "fixtures" / "lint" / "bad"
@@ -28,12 +29,7 @@ AT = "2026-03-02T14:05:00Z"
 
 def run_all(*commands: list[str], env: dict[str, str] | None = None) -> list[subprocess.CompletedProcess[str]]:
     """Run the CLI invocations concurrently; results in order."""
-    import os
-
-    full_env = {
-        k: v for k, v in os.environ.items() if not k.startswith("SMARTFLOW_") or k == "SMARTFLOW_ENGINE_MAPPINGS"
-    }
-    full_env.update(env or {})
+    full_env = child_env(env)
     procs = [
         subprocess.Popen(smartflow_cmd(*c), cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
@@ -226,13 +222,9 @@ def test_subscriptions_print_validates_for_both_styles(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def webhook() -> Iterator[str]:
+def webhook(receiver: Receiver) -> str:
     """A real listener that accepts every notification (so backport handshakes succeed)."""
-    app = Flask("hook")
-    app.add_url_rule("/<path:_p>", "any", lambda _p: ("", 200), methods=["POST", "PUT"])
-    server = ThreadedWsgiServer(app)
-    yield server.url
-    server.stop()
+    return receiver.url
 
 
 def _sandbox_subscriptions(base: str) -> dict[str, dict[str, Any]]:

@@ -4,7 +4,6 @@ saying why, instead of marking the event done. Real Redis, real sandbox store ov
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,12 +12,13 @@ import pytest
 import redis
 import requests
 from rq.job import Job
-from service_config import write_service_config
 
 from fhir_smartflow.config import load_settings
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.fhir.client import FhirClient
 from fhir_smartflow.queueing import enqueue_events, queue_for
+from tests.support.procs import child_env
+from tests.support.service import write_service_config
 
 pytestmark = pytest.mark.integration
 
@@ -52,8 +52,7 @@ def registered_patient(store: str) -> ResourceEvent:
 
 def rq_worker_burst(redis_url: str, config_path: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     """rq's own `rq worker --burst` (the default, forking worker class) on our queue."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTFLOW_")}
-    env["SMARTFLOW_CONFIG"] = str(config_path)
+    env = child_env({"SMARTFLOW_CONFIG": str(config_path)})
     rq_cli = [str(Path(sys.executable).with_name("rq"))]
     done = subprocess.run(
         [*rq_cli, "worker", "--burst", "--url", redis_url, "smartflow"],

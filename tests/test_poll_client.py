@@ -15,6 +15,8 @@ from fhir_smartflow.ingest.poll import LAST_UPDATED, Poller
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.retry import RetryPolicy
 
+pytestmark = pytest.mark.integration
+
 FHIR = {"Content-Type": "application/fhir+json"}
 CONFIG = PollConfig(page_size=2, overlap_seconds=0, jitter_seconds=0, initial_lookback_hours=1)
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import time
-
+import pytest
 import requests
-from conftest import free_port, smartflow_cmd
 from fhir.resources.R4B.communication import Communication
 from fhir.resources.R4B.provenance import Provenance
 from fhir.resources.R4B.task import Task
+
+from tests.support.fhir import search_all, subscription_events
+from tests.support.net import free_port, wait_for
+from tests.support.procs import smartflow_cmd
+from tests.support.settle import event_state_from_metrics, wait_settled
+
+pytestmark = pytest.mark.integration
 
 FHIR = {"Content-Type": "application/fhir+json"}
 PATIENT = {
@@ -21,8 +26,7 @@ MODELS = {"Task": Task, "Communication": Communication, "Provenance": Provenance
 
 
 def _search(base: str, rtype: str, **params: str) -> list[dict]:
-    bundle = requests.get(f"{base}/{rtype}", params={"_count": "200", **params}, timeout=10).json()
-    return [e["resource"] for e in bundle.get("entry", [])]
+    return search_all(base, rtype, params)
 
 
 def test_embedded_quick_start_creates_the_intake_task_once(processes) -> None:
@@ -34,11 +38,12 @@ def test_embedded_quick_start_creates_the_intake_task_once(processes) -> None:
     assert created.status_code == 201, created.text
     patient = f"Patient/{created.json()['id']}"
 
-    deadline = time.monotonic() + 20
-    while len(_search(base, "Task", patient=patient)) < 2:
-        assert time.monotonic() < deadline, proc.output()
-        time.sleep(0.1)
-    time.sleep(1.0)  # let anything that would be written twice arrive
+    wait_for(lambda: len(_search(base, "Task", patient=patient)) >= 2, "the intake Tasks", log=proc.output)
+    # Settled: every notification the store sent (one per event of its subscriptions) was received and
+    # has finished; anything written twice would be there now.
+    metrics = f"http://127.0.0.1:{port}/metrics"
+    wait_settled(lambda: event_state_from_metrics(requests.get(metrics, timeout=10).text),
+                 webhook_deliveries=lambda: subscription_events(base), log=proc.output)  # fmt: skip
 
     tasks = _search(base, "Task", patient=patient)
     codes = sorted(t.get("code", {}).get("coding", [{}])[0].get("code", "") for t in tasks)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import requests
 from fhir.resources.R4B.bundle import Bundle
+
+pytestmark = pytest.mark.integration
 
 FHIR = {"Content-Type": "application/fhir+json"}
 

@@ -9,6 +9,8 @@ import requests
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 
+pytestmark = pytest.mark.integration
+
 FHIR = {"Content-Type": "application/fhir+json"}
 
 
@@ -185,8 +187,7 @@ def test_capability_statement_validates_and_lists_support(sandbox_server: str) -
     assert {op["name"] for op in subscription["operation"]} == {"status", "events"}
 
 
-def test_mounted_under_a_prefix_builds_urls_from_the_script_root() -> None:
-    from conftest import ThreadedWsgiServer
+def test_mounted_under_a_prefix_builds_urls_from_the_script_root(serve_app) -> None:
     from flask import Flask
     from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
@@ -196,16 +197,12 @@ def test_mounted_under_a_prefix_builds_urls_from_the_script_root() -> None:
     outer = Flask("outer")
     sandbox = create_sandbox_app(Settings(), start_notifier=False)
     outer.wsgi_app = DispatcherMiddleware(outer.wsgi_app, {"/sandbox/fhir": sandbox})  # type: ignore[method-assign]
-    server = ThreadedWsgiServer(outer)
-    base = f"{server.url}/sandbox/fhir"
-    try:
-        created = requests.post(f"{base}/Patient", json=patient(), headers=FHIR, timeout=5)
-        assert created.headers["Location"].startswith(f"{base}/Patient/")
-        requests.post(f"{base}/Patient", json=patient(), headers=FHIR, timeout=5)
-        page = requests.get(f"{base}/Patient?_count=1", timeout=5).json()
-        next_url = next(link["url"] for link in page["link"] if link["relation"] == "next")
-        assert next_url.startswith(f"{base}/Patient?")
-        assert requests.get(next_url, timeout=5).json()["entry"][0]["fullUrl"].startswith(f"{base}/Patient/")
-        assert sandbox.extensions["sandbox"].notifier.base_url == base
-    finally:
-        server.stop()
+    base = f"{serve_app(outer).url}/sandbox/fhir"
+    created = requests.post(f"{base}/Patient", json=patient(), headers=FHIR, timeout=5)
+    assert created.headers["Location"].startswith(f"{base}/Patient/")
+    requests.post(f"{base}/Patient", json=patient(), headers=FHIR, timeout=5)
+    page = requests.get(f"{base}/Patient?_count=1", timeout=5).json()
+    next_url = next(link["url"] for link in page["link"] if link["relation"] == "next")
+    assert next_url.startswith(f"{base}/Patient?")
+    assert requests.get(next_url, timeout=5).json()["entry"][0]["fullUrl"].startswith(f"{base}/Patient/")
+    assert sandbox.extensions["sandbox"].notifier.base_url == base

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import requests
-from conftest import ThreadedWsgiServer
 
 from fhir_smartflow.config import Settings
 from fhir_smartflow.sandbox.app import create_sandbox_app
 from fhir_smartflow.sandbox.faults import FaultInjector, FaultPlan
+
+pytestmark = pytest.mark.integration
 
 FHIR = {"Content-Type": "application/fhir+json"}
 PATIENT = {"resourceType": "Patient"}
@@ -59,15 +61,12 @@ def test_bad_plans_are_refused(sandbox_server: str) -> None:
         assert response.status_code == 400 and text in response.json()["issue"][0]["diagnostics"], plan
 
 
-def test_faults_are_off_unless_enabled() -> None:
+def test_faults_are_off_unless_enabled(serve_app) -> None:
     app = create_sandbox_app(Settings(), start_notifier=False)
-    server = ThreadedWsgiServer(app)
-    try:
-        response = requests.post(f"{server.url}/$faults", json={"fail_first": 1}, timeout=5)
-        assert response.status_code == 403 and "--faults" in response.json()["issue"][0]["diagnostics"]
-        assert requests.post(f"{server.url}/Patient", json=PATIENT, headers=FHIR, timeout=5).status_code == 201
-    finally:
-        server.stop()
+    server = serve_app(app)
+    response = requests.post(f"{server.url}/$faults", json={"fail_first": 1}, timeout=5)
+    assert response.status_code == 403 and "--faults" in response.json()["issue"][0]["diagnostics"]
+    assert requests.post(f"{server.url}/Patient", json=PATIENT, headers=FHIR, timeout=5).status_code == 201
 
 
 def test_injector_stalls_through_the_injected_sleep() -> None:

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import free_port, smartflow_cmd
+
+from tests.support.net import free_port
+from tests.support.procs import smartflow_cmd
 
 FHIR = {"Content-Type": "application/fhir+json"}
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
 import requests
+
+pytestmark = pytest.mark.integration
 
 FHIR = {"Content-Type": "application/fhir+json"}
 

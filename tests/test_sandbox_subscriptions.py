@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
-from conftest import free_port
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.parameters import Parameters
-from sandbox_support import Received, Receiver, bundle_type
 
 from fhir_smartflow.retry import RetryPolicy
 from fhir_smartflow.sandbox.subscriptions import (
@@ -23,15 +20,12 @@ from fhir_smartflow.sandbox.subscriptions import (
     TOPIC_BASE,
     ensure_self_subscriptions,
 )
+from tests.support.fhir import wait_subscription
+from tests.support.net import Received, Receiver, free_port, wait_for
+
+pytestmark = pytest.mark.integration
 
 FHIR = {"Content-Type": "application/fhir+json"}
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.stop()
 
 
 def backport(endpoint: str, content: str, criteria: str = "Patient?", **channel_extra: Any) -> dict[str, Any]:
@@ -58,14 +52,10 @@ def subscribe(base: str, subscription: dict[str, Any]) -> str:
     return response.json()["id"]
 
 
-def wait_status(base: str, sid: str, status: str, timeout: float = 10.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        current = requests.get(f"{base}/Subscription/{sid}", timeout=5).json()
-        if current["status"] == status:
-            return current
-        time.sleep(0.02)
-    raise AssertionError(f"Subscription/{sid} is {current['status']}, not {status}")
+def bundle_type(received: Received) -> str | None:
+    """The Backport notification type of a received Bundle (handshake / heartbeat / event-notification)."""
+    params = received.json()["entry"][0]["resource"]["parameter"]
+    return next(p["valueCode"] for p in params if p["name"] == "type")
 
 
 def params(received: Received) -> dict[str, Any]:
@@ -88,7 +78,7 @@ def test_backport_handshake_then_numbered_events(sandbox_server: str, receiver: 
     assert handshake.headers["X-Secret"] == "s3cret"
     assert handshake.headers["Content-Type"] == "application/fhir+json"
     assert params(handshake)["events-since-subscription-start"]["valueString"] == "0"
-    wait_status(sandbox_server, sid, "active")
+    wait_subscription(sandbox_server, sid, "active")
 
     p = requests.post(f"{sandbox_server}/Patient", json={"resourceType": "Patient"}, headers=FHIR, timeout=5).json()
     requests.put(f"{sandbox_server}/Patient/{p['id']}", json={"resourceType": "Patient", "id": p["id"],
@@ -122,7 +112,7 @@ def test_backport_handshake_then_numbered_events(sandbox_server: str, receiver: 
 
 def test_backport_filter_criteria_narrow_events(sandbox_server: str, receiver: Receiver) -> None:
     sid = subscribe(sandbox_server, backport(receiver.url, "id-only", "Patient?identifier=urn:mrn|watch"))
-    wait_status(sandbox_server, sid, "active")
+    wait_subscription(sandbox_server, sid, "active")
     requests.post(f"{sandbox_server}/Patient", json={"resourceType": "Patient"}, headers=FHIR, timeout=5)
     watched = {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "watch"}]}
     made = requests.post(f"{sandbox_server}/Patient", json=watched, headers=FHIR, timeout=5).json()
@@ -160,8 +150,8 @@ def test_classic_rest_hook_resource_and_empty(sandbox_server: str, receiver: Rec
 
     full_id = subscribe(sandbox_server, classic("/full", True))
     empty_id = subscribe(sandbox_server, classic("/empty", False))
-    wait_status(sandbox_server, full_id, "active")
-    wait_status(sandbox_server, empty_id, "active")
+    wait_subscription(sandbox_server, full_id, "active")
+    wait_subscription(sandbox_server, empty_id, "active")
     appt = {"resourceType": "Appointment", "status": "booked", "participant": [{"status": "accepted"}]}
     made = requests.post(f"{sandbox_server}/Appointment", json=appt, headers=FHIR, timeout=5).json()
     noshow = {**made, "status": "noshow"}
@@ -184,7 +174,7 @@ def test_hapi_style_put_and_delete(sandbox_server: str, receiver: Receiver) -> N
         "extension": [{"url": EXT_DELIVERY_STYLE, "valueCode": HAPI_PUT}],
         "channel": {"type": "rest-hook", "endpoint": receiver.url + "/fhir/notify", "payload": "application/fhir+json"},
     }
-    wait_status(sandbox_server, subscribe(sandbox_server, sub), "active")
+    wait_subscription(sandbox_server, subscribe(sandbox_server, sub), "active")
     made = requests.post(f"{sandbox_server}/Patient", json={"resourceType": "Patient"}, headers=FHIR, timeout=5).json()
     requests.delete(f"{sandbox_server}/Patient/{made['id']}", timeout=5)
     seen = receiver.wait_for(lambda seen: len(seen) >= 2)
@@ -201,11 +191,11 @@ def test_delivery_retries_then_error(sandbox_server: str, receiver: Receiver) ->
     notifier.handshake_retry = notifier.retry
     receiver.statuses = [(503, {"Retry-After": "0"}), (200, {})]  # handshake: one 503, then ok
     sid = subscribe(sandbox_server, backport(receiver.url, "id-only"))
-    wait_status(sandbox_server, sid, "active")
+    wait_subscription(sandbox_server, sid, "active")
     assert [bundle_type(r) for r in receiver.requests] == ["handshake", "handshake"]
     receiver.statuses = [(500, {})] * 3  # first try + 2 retries, all fail
     requests.post(f"{sandbox_server}/Patient", json={"resourceType": "Patient"}, headers=FHIR, timeout=5)
-    failed = wait_status(sandbox_server, sid, "error")
+    failed = wait_subscription(sandbox_server, sid, "error")
     assert "delivery of event 1 failed" in failed["error"]
     assert len(events(receiver.requests)) == 3
     # an errored subscription gets nothing more; re-requesting it handshakes again and resumes numbering
@@ -213,7 +203,7 @@ def test_delivery_retries_then_error(sandbox_server: str, receiver: Receiver) ->
     requests.put(
         f"{sandbox_server}/Subscription/{sid}", json={**failed, "status": "requested"}, headers=FHIR, timeout=5
     )
-    wait_status(sandbox_server, sid, "active")
+    wait_subscription(sandbox_server, sid, "active")
     requests.post(f"{sandbox_server}/Patient", json={"resourceType": "Patient"}, headers=FHIR, timeout=5)
     last = events(receiver.wait_for(lambda seen: len(events(seen)) >= 4))[-1]
     event = {p["name"]: p for p in params(last)["notification-event"]["part"]}
@@ -224,7 +214,7 @@ def test_handshake_failure_marks_error(sandbox_server: str) -> None:
     notifier = sandbox_server.app.extensions["sandbox"].notifier  # type: ignore[attr-defined]
     notifier.handshake_retry = RetryPolicy(max_retries=1, base_seconds=0.01, max_seconds=0.01, jitter=False)
     sid = subscribe(sandbox_server, backport("http://127.0.0.1:9/nothing-listens", "empty"))
-    assert wait_status(sandbox_server, sid, "error")["error"] == "handshake failed"
+    assert wait_subscription(sandbox_server, sid, "error")["error"] == "handshake failed"
 
 
 def test_unservable_subscriptions_are_refused(sandbox_server: str, receiver: Receiver) -> None:
@@ -251,7 +241,7 @@ def test_ensure_self_subscriptions_is_idempotent(sandbox_server: str, receiver: 
     )
     assert ids == ["smartflow-self-patient", "smartflow-self-flag"]
     for sid in ids:
-        wait_status(sandbox_server, sid, "active")
+        wait_subscription(sandbox_server, sid, "active")
     versions = {sid: store.read("Subscription", sid)["meta"]["versionId"] for sid in ids}
     ensure_self_subscriptions(store, receiver.url + "/fhir/notify", "X-Smartflow-Secret", "k", ["Patient", "Flag"])
     assert {sid: store.read("Subscription", sid)["meta"]["versionId"] for sid in ids} == versions
@@ -267,7 +257,7 @@ def test_ensure_self_subscriptions_is_idempotent(sandbox_server: str, receiver: 
 
 def test_status_and_events_operations(sandbox_server: str, receiver: Receiver) -> None:
     sid = subscribe(sandbox_server, backport(receiver.url, "id-only"))
-    wait_status(sandbox_server, sid, "active")
+    wait_subscription(sandbox_server, sid, "active")
     made = [
         requests.post(f"{sandbox_server}/Patient", json={"resourceType": "Patient"}, headers=FHIR, timeout=5).json()
         for _ in range(3)
@@ -302,17 +292,14 @@ def test_status_and_events_operations(sandbox_server: str, receiver: Receiver) -
     assert "resource" not in posted["entry"][1]  # the subscription's own content: id-only
 
 
-def test_handshake_waits_for_a_receiver_that_starts_late(sandbox_server: str) -> None:
+def test_handshake_waits_for_a_receiver_that_starts_late(sandbox_server: str, serve_app) -> None:
     """`serve` subscribes itself before it listens: the handshake must keep trying for a while."""
     notifier = sandbox_server.app.extensions["sandbox"].notifier  # type: ignore[attr-defined]
     notifier.handshake_retry = RetryPolicy(max_retries=20, base_seconds=0.05, max_seconds=0.1, jitter=False)
     port = free_port()
     sid = subscribe(sandbox_server, backport(f"http://127.0.0.1:{port}/notify", "empty"))
-    time.sleep(0.3)  # a few refused handshakes
+    wait_for(lambda: notifier.stats.attempts >= 3, "a few refused handshakes", timeout=10)
     assert requests.get(f"{sandbox_server}/Subscription/{sid}", timeout=5).json()["status"] == "requested"
-    late = Receiver(port=port)
-    try:
-        late.wait_for(lambda seen: len(seen) >= 1)
-        wait_status(sandbox_server, sid, "active")
-    finally:
-        late.stop()
+    late = Receiver().listen(serve_app, port)
+    late.wait_for(lambda seen: len(seen) >= 1)
+    wait_subscription(sandbox_server, sid, "active")

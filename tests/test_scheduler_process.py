@@ -3,27 +3,22 @@ takes over, both reading a shared test clock from Redis."""
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from rq import Queue
 
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.engine.plan import Schedule
 from fhir_smartflow.scheduling.clock import RedisClock
 from fhir_smartflow.scheduling.scheduler import RqScheduler
-from tests.conftest import smartflow_cmd
+from tests.support.net import wait_for
+from tests.support.procs import smartflow_cmd
+from tests.support.settle import scheduler_rounds
+
+pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)
-
-
-def wait_for(check, timeout: float = 15.0, what: str = "condition", proc=None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}" + (f":\n{proc.output()}" if proc else ""))
 
 
 def test_two_scheduler_processes_one_active_standby_takes_over(redis_url, redis_conn, processes):
@@ -43,21 +38,21 @@ def test_two_scheduler_processes_one_active_standby_takes_over(redis_url, redis_
         "SMARTFLOW_SCHEDULER_LOCK_TTL_SECONDS": "1",
     }
     first = processes(smartflow_cmd("scheduler"), env=env, name="scheduler-a")
-    wait_for(lambda: "is active" in first.output(), what="first scheduler active", proc=first)
+    first.wait_output("is active")
     second = processes(smartflow_cmd("scheduler"), env=env, name="scheduler-b")
-    wait_for(lambda: "stands by" in second.output(), what="second scheduler standby", proc=second)
+    second.wait_output("stands by")
     assert "TEST CLOCK ENABLED" in first.output()
 
-    time.sleep(0.3)
+    scheduler_rounds(redis_conn, scheduler.skeys.lock, log=first.output)  # it has ticked on the clock as it is
     assert queue.count == 0  # nothing due yet by the shared clock
     clock.set(T0 + timedelta(days=2))  # the first reminder is a day overdue: catch-up
-    wait_for(lambda: queue.count == 1, what="first reminder enqueued", proc=first)
+    wait_for(lambda: queue.count == 1, "first reminder enqueued", first.output, timeout=15)
     # The warning is logged just after the enqueue: wait for it rather than race it.
-    wait_for(lambda: "fired 86400 s late" in first.output(), what="late warning", proc=first)
+    first.wait_output("fired 86400 s late")
 
     assert first.stop() == 0  # SIGTERM: the loop stops cleanly and releases the lock
     clock.set(T0 + timedelta(days=3, minutes=1))
-    wait_for(lambda: queue.count == 2, what="standby took over", proc=second)
+    wait_for(lambda: queue.count == 2, "standby took over", second.output, timeout=15)
     assert "is active" in second.output()
     assert scheduler.pending_count() == 0
 

@@ -1,7 +1,8 @@
 """RqScheduler + follow-up jobs on real Redis and real rq SimpleWorkers, with a Redis-stored clock.
 
-The planner, executor and write-back target are small fakes here (tests/lifecycle_fakes.py), handed to
-a real ServiceRuntime that the jobs find through ``runtime.install``; the end-to-end tests use the real ones.
+The planner, executor and write-back target are in-memory fakes here (tests/support/fakes.py; the jobs
+are under test, not them), handed to a real ServiceRuntime that the jobs find through ``runtime.install``;
+tests/test_lifecycle_e2e.py runs the real ones.
 """
 
 from __future__ import annotations
@@ -27,7 +28,11 @@ from fhir_smartflow.worker.pipeline import EnginePipeline
 from fhir_smartflow.worker.prior import RedisPriorState
 from fhir_smartflow.worker.runtime import ServiceRuntime, install
 from fhir_smartflow.worker.seams import LoggingGapRecovery, PassThroughFetcher
-from tests.lifecycle_fakes import SYSTEM, FakeExecutor, FakePlanner, FakeTarget, task
+from tests.support.fakes import FakeExecutor, FakePlanner, MemoryTarget
+from tests.support.net import wait_for
+from tests.support.plans import SYSTEM, task
+
+pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)  # a Monday, 09:00 in New York
 
@@ -48,7 +53,7 @@ def rt(redis_conn) -> Iterator[FollowupRuntime]:
     metrics = Metrics(redis_conn, "t:")
     scheduler = RqScheduler(redis_conn, keys, queue, clock, metrics)
     settings = Settings()
-    target = FakeTarget()
+    target = MemoryTarget()
     planner = FakePlanner()
     executor = FakeExecutor(target, scheduler)
     engine = Engine(mappings=(), flows={}, templates={})
@@ -333,22 +338,29 @@ def test_single_scheduler_lock_and_standby(rt):
     assert first.acquire()
 
 
+class CountingStop(threading.Event):
+    """The loop's stop event: it waits on it once per round, so the rounds can be counted."""
+
+    rounds = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.rounds += 1
+        return super().wait(timeout)
+
+
 def test_scheduler_loop_ticks_while_holding_the_lock(rt):
     rt.target.put(task("intake/send/task/abc"))
     rt.scheduler.schedule(reminder(at=T0))
     standby = SchedulerLock(rt.redis, rt.scheduler.skeys.lock, token="other")
     assert standby.acquire()
-    stop = threading.Event()
+    stop = CountingStop()
     loop = threading.Thread(target=run_scheduler_loop, args=(rt.scheduler, stop), kwargs={"interval_seconds": 0.02})
     loop.start()
     try:
-        threading.Event().wait(0.15)
+        wait_for(lambda: stop.rounds >= 3, "three rounds of the loop", timeout=10)
         assert rt.queue.count == 0  # standing by: another scheduler holds the lock
         standby.release()
-        for _ in range(250):
-            if rt.queue.count:
-                break
-            threading.Event().wait(0.02)
+        wait_for(lambda: rt.queue.count, "the reminder enqueued once the lock is free", timeout=5)
         assert rt.queue.count == 1
     finally:
         stop.set()

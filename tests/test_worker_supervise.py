@@ -18,6 +18,8 @@ from fhir_smartflow.connections import Keys
 from fhir_smartflow.worker import supervise
 from fhir_smartflow.worker.supervise import Liveness, SupervisedSimpleWorker, is_dead_worker, run_supervised
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def queue(redis_conn: redis.Redis) -> rq.Queue:

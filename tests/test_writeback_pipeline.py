@@ -19,7 +19,8 @@ from fhir_smartflow.worker.context import CachingContextSource
 from fhir_smartflow.worker.execute import PlanExecutor
 from fhir_smartflow.worker.pipeline import EnginePipeline
 from fhir_smartflow.worker.prior import RedisPriorState
-from tests.writeback_plans import NOW, FakeDeliverer, FakeScheduler
+from tests.support.fakes import FakeDeliverer, FakeScheduler
+from tests.support.plans import NOW
 
 pytestmark = pytest.mark.integration
 FHIR = {"Content-Type": "application/fhir+json"}

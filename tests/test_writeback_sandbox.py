@@ -14,7 +14,8 @@ from fhir_smartflow.fhir.client import FhirClient
 from fhir_smartflow.fhir.writeback import FhirWriteBack
 from fhir_smartflow.retry import RetryPolicy
 from fhir_smartflow.worker.execute import PlanExecutor
-from tests.writeback_plans import GROUP, NOW, SYSTEM, TASK_ID, FakeDeliverer, FakeScheduler, intake_plan, trigger
+from tests.support.fakes import FakeDeliverer, FakeScheduler
+from tests.support.plans import GROUP, NOW, SYSTEM, TASK_ID, intake_plan, trigger
 
 pytestmark = pytest.mark.integration
 FHIR = {"Content-Type": "application/fhir+json"}

@@ -383,7 +383,7 @@ def poll_types(settings: Settings) -> list[str]:
     """[poll] types, else the resource types the enabled flows need."""
     if settings.poll.types:
         return list(settings.poll.types)
-    from fhir_smartflow.flowfiles import load_engine  # the engine helper's contract
+    from fhir_smartflow.flowfiles import load_engine  # only when the types come from the flows
 
     # Task is kept: on a plain FHIR server staff complete our Tasks there (task.completed); OpenEMR's
     # CapabilityStatement has no Task, so there it is simply "unsupported".

@@ -30,7 +30,7 @@ class LocalFhirStore(WriteBackTarget):
 
     def __init__(self, settings: Settings, app: Any = None) -> None:
         if app is None:
-            from fhir_smartflow.sandbox.app import create_sandbox_app  # the sandbox helper's contract
+            from fhir_smartflow.sandbox.app import create_sandbox_app  # only a store of our own needs it
 
             local = dataclasses.replace(
                 settings, sandbox=dataclasses.replace(settings.sandbox, database=settings.openemr.local_store)

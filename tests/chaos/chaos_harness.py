@@ -1,8 +1,7 @@
 """Chaos harness: a Redis that survives kill -9, process killers, and the fixtures built on them.
 
-No conftest.py here on purpose: a nested conftest.py replaces ``conftest`` in sys.modules and breaks
-the ``from conftest import ...`` of tests collected after it. Test modules that use the fixtures
-load this module as a plugin: ``pytest_plugins = ["chaos_harness"]``.
+Test modules that use the fixtures load this module as a plugin: ``pytest_plugins = ["chaos_harness"]``
+(a plugin, not a tests/chaos/conftest.py, so the fixtures are only there where a module asks).
 
 - ``chaos_redis``: a dedicated ``redis-server`` on a free port with AOF on and fsync on every write
   (``--appendfsync always``), so SIGKILL + restart on the same directory keeps every acknowledged
@@ -16,22 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # the benchmarks package holds the process stack the chaos tests share
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks._procs import RedisServer, free_port  # noqa: E402
-
-__all__ = ["RedisServer", "free_port"]
+from tests.support.procs import RedisServer
 
 SHORT_N = 500
 LONG_N = 10_000
@@ -74,11 +65,9 @@ def sigkill(pid: int) -> None:
 
 @pytest.fixture
 def chaos_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server binary not installed")
     directory = tmp_path / "redis"
     directory.mkdir()
-    server = RedisServer(directory, free_port(), durable=True)
+    server = RedisServer(directory, durable=True)
     server.start()
     yield server
     server.stop()

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import requests
 
-from benchmarks import _procs
-from benchmarks._stack import Stack, patient_ref, stack_missing
+from benchmarks._stack import Stack, patient_ref
+from tests.support import fhir
 
 if TYPE_CHECKING:
     from chaos_harness import RedisServer
@@ -37,11 +37,7 @@ if TYPE_CHECKING:
 # Fixtures (chaos_redis, chaos_n, repeaters) come from chaos_harness: see its docstring.
 pytest_plugins = ["chaos_harness"]
 
-pytestmark = [
-    pytest.mark.chaos,
-    pytest.mark.integration,
-    pytest.mark.skipif(stack_missing() is not None, reason=str(stack_missing())),
-]
+pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
 # Fault plan for the sandbox's POST /$faults (fhir_smartflow/sandbox/faults.py). Writes only, so the
 # final check can read; seeded so a failing run can be repeated.
@@ -104,13 +100,6 @@ class Sender:
             time.sleep(min(retry_after, 0.5))
 
 
-def worker_extra_args(first: bool) -> list[str]:
-    """The scheduler runs in its own process when the CLI has one, else inside the first worker."""
-    if first and "scheduler" not in _procs.cli_commands() and "--with-scheduler" in _procs.command_options("worker"):
-        return ["--with-scheduler"]
-    return []
-
-
 def registries(stack: Stack, conn: Any) -> dict[str, list[str]]:
     from rq import Queue
     from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
@@ -171,14 +160,13 @@ def test_every_event_acted_on_exactly_once_under_chaos(
     try:
         stack.start_sandbox(faults=True)
         stack.start_serve()
-        for i, name in enumerate(("a", "b")):
-            stack.start_worker(name, "simple", extra=worker_extra_args(first=i == 0))
+        for name in ("a", "b"):
+            stack.start_worker(name, "simple")
         stack.start_scheduler()
         settings = load_settings(stack.config_path, env={})
         patients = stack.create_patients(chaos_n)
         print(f"created {chaos_n} patients at {time.monotonic() - started:.1f}s")
-        faults = stack.set_faults(**FAULTS)
-        assert faults.ok, f"sandbox refused the fault plan: {faults.status_code} {faults.text[:500]}"
+        stack.set_faults(**FAULTS)  # fails the test if the sandbox refuses the plan
 
         rng = random.Random(20261125)
         deliveries = [(i, p) for i, p in enumerate(patients) for _ in range(3)]
@@ -216,7 +204,7 @@ def test_every_event_acted_on_exactly_once_under_chaos(
 
         crashed += [f"{name}:{proc.proc.returncode}" for name, proc in stack.workers.items() if not proc.alive()]
         print(f"settled at {time.monotonic() - started:.1f}s: { {k: len(v) for k, v in state.items()} }")
-        injected = stack.session.get(f"{stack.sandbox_root}/$faults", timeout=5).json().get("counters", {})
+        injected = fhir.fault_state(stack.fhir_base).get("counters", {})
         assert injected.get("failed", 0) > 0, f"no fault was injected, the run proves little: {injected}"
         system = settings.fhir.identifier_system
         tasks = ours(stack.search_all("Task"), system)

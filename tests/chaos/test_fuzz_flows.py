@@ -7,9 +7,7 @@ many examples), plus one real ``validate`` subprocess (exit 1, no traceback, one
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from benchmarks._procs import ROOT, smartflow_cmd
+from tests.support.procs import ROOT
+from tests.support.toml import to_toml
 
-pytestmark = [
-    pytest.mark.chaos,
-    pytest.mark.skipif(
-        importlib.util.find_spec("fhir_smartflow.engine.loader") is None,
-        reason="the flow loader (fhir_smartflow.engine.loader) is not available yet: needs h/engine",
-    ),
-]
+pytestmark = [pytest.mark.chaos, pytest.mark.integration]  # integration: one test runs `validate` for real
 
 FUZZ = settings(
     max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
@@ -60,39 +53,6 @@ VALID_TEMPLATE: dict[str, Any] = {
     "subject": "Forms from {{ clinic.name }}",
     "body": "Hi {{ patient.first_name }}, please complete {{ form.title }} by {{ task.due }}: {{ form.link }}",
 }
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value) if value == value and value not in (float("inf"), float("-inf")) else "nan"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
-    raise TypeError(type(value))
-
-
-def toml_key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else toml_value(key)
-
-
-def to_toml(doc: dict[str, Any]) -> str:
-    """Top-level keys, then arrays of tables (enough for flow and template files)."""
-    lines = [f"{toml_key(k)} = {toml_value(v)}" for k, v in doc.items() if not _is_table_array(v)]
-    for key, value in doc.items():
-        if _is_table_array(value):
-            for table in value:
-                lines += ["", f"[[{toml_key(key)}]]"]
-                lines += [f"{toml_key(k)} = {toml_value(v)}" for k, v in table.items()]
-    return "\n".join(lines) + "\n"
-
-
-def _is_table_array(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
 
 
 def load(tmp: Path, flow_text: str | None = None, template_text: str | None = None) -> tuple[Any, list[Any]]:
@@ -194,7 +154,7 @@ def test_broken_templates_are_load_errors(tmp_path: Path, body: str) -> None:
     assert_well_reported(errors, must_fail=True, file_hint="fuzz-template.toml")
 
 
-def test_validate_command_reports_without_traceback(tmp_path: Path) -> None:
+def test_validate_command_reports_without_traceback(tmp_path: Path, run_cli) -> None:
     flows = tmp_path / "flows"
     flows.mkdir()
     (flows / "not-toml.toml").write_text("id = \n[[actions]\n", encoding="utf-8")
@@ -209,7 +169,7 @@ def test_validate_command_reports_without_traceback(tmp_path: Path) -> None:
         "SMARTFLOW_ENGINE_TEMPLATES": str(templates),
         "PATH": "/usr/bin:/bin",
     }
-    result = subprocess.run(smartflow_cmd("validate"), env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = run_cli("validate", env=env)
     out = result.stdout + result.stderr
     assert result.returncode == 1, out
     assert "Traceback" not in out

@@ -9,11 +9,8 @@ unchanged; after the run ``/healthz`` still answers.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import os
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,17 +23,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from benchmarks import _payloads, _procs
+from fhir_smartflow.app import create_app
+from fhir_smartflow.config import load_settings
+from tests.support.net import ThreadedWsgiServer
+from tests.support.procs import RedisServer
+from tests.support.toml import write_config
 
-pytest_plugins = ["chaos_harness"]  # imported as a plugin first, so pytest can rewrite its asserts
-
-pytestmark = [
-    pytest.mark.chaos,
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        importlib.util.find_spec("fhir_smartflow.app") is None,
-        reason="fhir_smartflow.app (create_app) not available yet: needs h/ingest",
-    ),
-]
+pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
 MAX_BODY = 64 * 1024
 FHIR_BASE = "http://127.0.0.1:9/fhir"
@@ -60,29 +53,12 @@ class Webhook:
         return self.session.post(self.url, data=body, headers=headers, timeout=10)
 
 
-def _start_server(app: Any) -> tuple[Any, threading.Thread]:
-    from chaos_harness import free_port
-    from werkzeug.serving import make_server
-
-    server = make_server("127.0.0.1", free_port(), app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    return server, thread
-
-
 @pytest.fixture(scope="module")
 def webhook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webhook]:
-    from chaos_harness import RedisServer, free_port
-
-    from fhir_smartflow.config import load_settings
-
-    create_app = importlib.import_module("fhir_smartflow.app").create_app
-
     tmp: Path = tmp_path_factory.mktemp("fuzz-webhook")
     (tmp / "redis").mkdir()
-    rs = RedisServer(tmp / "redis", free_port())
-    rs.start()
-    config = _procs.write_config(
+    rs = RedisServer(tmp / "redis").start()
+    config = write_config(
         tmp / "smartflow.toml",
         {"redis": {"url": rs.url}, "fhir": {"base_url": FHIR_BASE}, "server": {"max_body_bytes": MAX_BODY}},
         [_procs.bench_subscription()],
@@ -92,16 +68,16 @@ def webhook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webhook]:
     server = None
     try:
         app_settings = load_settings(config, env={_procs.SECRET_ENV: _procs.SECRET})
-        server, _thread = _start_server(create_app(app_settings))
-        url = f"http://127.0.0.1:{server.server_port}{app_settings.server.notify_path}"
+        server = ThreadedWsgiServer(create_app(app_settings))
         session = requests.Session()
-        yield Webhook(url, rs.client(), app_settings.redis.queue, app_settings.redis.key_prefix, session)
-        health = session.get(f"http://127.0.0.1:{server.server_port}/healthz", timeout=5)
+        yield Webhook(f"{server.url}{app_settings.server.notify_path}", rs.client(), app_settings.redis.queue,
+                      app_settings.redis.key_prefix, session)  # fmt: skip
+        health = session.get(f"{server.url}/healthz", timeout=5)
         assert health.status_code == 200, "the webhook stopped answering after the fuzzing"
         session.close()
     finally:
         if server is not None:
-            server.shutdown()
+            server.stop()
         rs.stop()
         if old is None:
             os.environ.pop(_procs.SECRET_ENV, None)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -17,13 +16,15 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from rq import Queue, SimpleWorker
 
+from tests.support.net import wait_for
+
 if TYPE_CHECKING:
     from chaos_harness import RedisServer
 
 # Fixtures (chaos_redis, chaos_n, repeaters) come from chaos_harness: see its docstring.
 pytest_plugins = ["chaos_harness"]
 
-pytestmark = pytest.mark.chaos
+pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
 
 def test_keys_survive_kill9_and_restart(chaos_redis: RedisServer) -> None:
@@ -80,7 +81,7 @@ def test_rq_job_queued_before_the_crash_runs_after_restart(chaos_redis: RedisSer
 
 
 def test_repeater_kills_and_restarts_a_process_bounded(tmp_path) -> None:
-    """The helper the full run uses to SIGKILL workers: bounded, and each kill really lands."""
+    """The Repeater the full run uses to SIGKILL workers: bounded, and each kill really lands."""
     from chaos_harness import Repeater, sigkill
 
     procs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])]
@@ -92,9 +93,7 @@ def test_repeater_kills_and_restarts_a_process_bounded(tmp_path) -> None:
         procs.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]))
 
     rep = Repeater(kill_and_restart, interval=0.05, max_times=3).start()
-    deadline = time.monotonic() + 10
-    while rep.done < 3 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for(lambda: rep.done >= 3, "three kills", timeout=10)
     assert rep.stop() == 3
     assert not rep.errors
     assert exit_codes == [-9, -9, -9]

@@ -2,68 +2,27 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import threading
-import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
 
 from benchmarks import _payloads, _procs
-from benchmarks._stack import DATA, Stack, patient_ref, stack_missing
+from benchmarks._stack import DATA, Stack, patient_ref
+from tests.support.net import Receiver, wait_for
+from tests.support.procs import ROOT
 
-pytestmark = pytest.mark.chaos
+pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
-HAS_LOADER = importlib.util.find_spec("fhir_smartflow.engine.loader") is not None
-HAS_FHIR_CLIENT = importlib.util.find_spec("fhir_smartflow.fhir.client") is not None
-HAS_WORKER = {"serve", "worker"} <= _procs.cli_commands()
-
-
-class Recorder:
-    """A listener that records every request it gets and answers 404 with an OperationOutcome."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, str]] = []
-        recorder = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _any(self) -> None:
-                recorder.requests.append((self.command, self.path))
-                body = json.dumps(
-                    {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "not-found"}]}
-                )
-                self.send_response(404)
-                self.send_header("Content-Type", "application/fhir+json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body.encode())
-
-            do_GET = do_POST = do_PUT = do_DELETE = _any
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+NOT_FOUND = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "not-found"}]}
 
 
 @pytest.fixture
-def recorders() -> Iterator[tuple[Recorder, Recorder]]:
-    inside, outside = Recorder(), Recorder()
-    yield inside, outside
-    inside.stop()
-    outside.stop()
+def recorders(serve_app) -> tuple[Receiver, Receiver]:
+    """Two listeners that record every request and answer 404 with an OperationOutcome."""
+    inside, outside = Receiver(status=404, body=NOT_FOUND), Receiver(status=404, body=NOT_FOUND)
+    return inside.listen(serve_app), outside.listen(serve_app)
 
 
 # ------------------------------------------------------------------------------------------ templates
@@ -80,7 +39,6 @@ SSTI = [
 ]
 
 
-@pytest.mark.skipif(not HAS_LOADER, reason="the template loader is not available yet: needs h/engine")
 @pytest.mark.parametrize("body", SSTI)
 def test_templates_cannot_reach_python_internals(tmp_path: Path, body: str) -> None:
     from fhir_smartflow.config import load_settings
@@ -93,7 +51,7 @@ def test_templates_cannot_reach_python_internals(tmp_path: Path, body: str) -> N
     end = text.index('"""', start + 10) + 3
     (templates / "bench-intake.toml").write_text(text[:start] + f"body = {json.dumps(body)}" + text[end:], "utf-8")
     engine, errors = load_paths(
-        [str(_procs.ROOT / "mappings" / "patient.toml")], [str(DATA / "flows")], [str(templates)], load_settings(env={})
+        [str(ROOT / "mappings" / "patient.toml")], [str(DATA / "flows")], [str(templates)], load_settings(env={})
     )
     assert engine is None, f"a template reaching Python internals loaded: {body}"
     assert any("bench-intake.toml" in e.file and e.field for e in errors), [str(e) for e in errors]
@@ -101,7 +59,6 @@ def test_templates_cannot_reach_python_internals(tmp_path: Path, body: str) -> N
     assert "<class" not in leaked, f"the error message leaks internals: {leaked}"
 
 
-@pytest.mark.skipif(not HAS_LOADER, reason="templating is not available yet: needs h/engine")
 @pytest.mark.parametrize("body", SSTI)
 def test_rendering_internals_raises_in_the_sandbox(body: str) -> None:
     from fhir_smartflow.engine import templating
@@ -115,12 +72,8 @@ def test_rendering_internals_raises_in_the_sandbox(body: str) -> None:
 # ------------------------------------------------------------------------------------------ SSRF
 
 
-@pytest.mark.integration
-@pytest.mark.skipif(
-    not (HAS_WORKER and HAS_FHIR_CLIENT), reason="needs serve + worker + the FHIR client (h/ingest + h/fhirclient)"
-)
 def test_focus_outside_the_fhir_base_triggers_no_request(
-    tmp_path: Path, redis_url: str, recorders: tuple[Recorder, Recorder]
+    tmp_path: Path, redis_url: str, recorders: tuple[Receiver, Receiver]
 ) -> None:
     inside, outside = recorders
     stack = Stack(tmp_path, redis_url, flows=[DATA / "flows"], templates=[DATA / "templates"])
@@ -146,11 +99,11 @@ def test_focus_outside_the_fhir_base_triggers_no_request(
     finally:
         stack.stop()
     # Without the control the test could pass by never fetching anything at all.
-    assert any(p.startswith("/fhir/Patient/control") for _, p in inside.requests), (
-        f"the id-only focus under the base was never fetched (worker fetch not wired?): {inside.requests}"
+    assert any(p.startswith("/fhir/Patient/control") for _, p in inside.calls()), (
+        f"the id-only focus under the base was never fetched (worker fetch not wired?): {inside.calls()}"
     )
-    assert outside.requests == [], f"requests sent outside the FHIR base: {outside.requests}"
-    escaped = [(m, p) for m, p in inside.requests if not p.startswith("/fhir/") or ".." in p]
+    assert outside.calls() == [], f"requests sent outside the FHIR base: {outside.calls()}"
+    escaped = [(m, p) for m, p in inside.calls() if not p.startswith("/fhir/") or ".." in p]
     assert escaped == [], f"requests outside /fhir/ on the base host: {escaped}"
 
 
@@ -160,8 +113,6 @@ FAMILY, GIVEN, PHONE, EMAIL = "Quixotewhistle", "Zebulonia", "+15550198877", "ze
 BODY_MARKER = "Kumquatrhapsody"
 
 
-@pytest.mark.integration
-@pytest.mark.skipif(stack_missing() is not None, reason=str(stack_missing()))
 def test_info_logs_of_a_full_run_carry_no_phi(tmp_path: Path, redis_url: str) -> None:
     templates = tmp_path / "templates"
     templates.mkdir()
@@ -179,13 +130,14 @@ def test_info_logs_of_a_full_run_carry_no_phi(tmp_path: Path, redis_url: str) ->
         )
         assert r.status_code == 200, r.text
         ref = f"Patient/{patient['id']}"
-        deadline = time.monotonic() + 60
-        comms: list[dict[str, Any]] = []
-        while time.monotonic() < deadline and not comms:
-            comms = [c for c in stack.search_all("Communication") if patient_ref(c["subject"]["reference"]) == ref]
-            time.sleep(0.2)
         # The control: PHI really went through serve and the worker (the message holds name + marker).
-        assert comms, f"the flow did not run:\n{stack.service_logs()[-3000:]}"
+        comms = wait_for(
+            lambda: [c for c in stack.search_all("Communication") if patient_ref(c["subject"]["reference"]) == ref],
+            "the flow's Communication (PHI through serve and the worker)",
+            timeout=60,
+            interval=0.2,
+            log=stack.service_logs,
+        )
         assert BODY_MARKER in json.dumps(comms) and GIVEN in json.dumps(comms)
         logs = stack.service_logs()
     finally:

@@ -1,18 +1,17 @@
-"""Shared test data for the engine tests: settings, a fake ContextSource, realistic FHIR resources."""
+"""Test data of the engine tests: settings, the shipped engine, realistic FHIR resources."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-from pathlib import Path
 from typing import Any
 
 from fhir_smartflow.config import ClinicConfig, Settings
 from fhir_smartflow.engine.model import Engine
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.flowfiles import load_paths
+from tests.support.procs import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = dataclasses.replace(
     Settings(),
     clinic=ClinicConfig(
@@ -35,46 +34,6 @@ def shipped_engine(settings: Settings = SETTINGS) -> Engine:
 
 def sha20(*parts: object) -> str:
     return hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()[:20]
-
-
-class FakeContext:
-    """A ContextSource over a dict of resources; searches answer from ``searches[type]`` filtered by params."""
-
-    def __init__(self, resources: list[dict[str, Any]] | None = None) -> None:
-        self.resources = {f"{r['resourceType']}/{r['id']}": r for r in resources or []}
-        self.reads: list[str] = []
-        self.searched: list[tuple[str, dict[str, str]]] = []
-
-    def read(self, reference: str) -> dict[str, Any] | None:
-        self.reads.append(reference)
-        return self.resources.get(reference)
-
-    def search(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]:
-        self.searched.append((resource_type, dict(params)))
-        out = []
-        for ref, resource in sorted(self.resources.items()):
-            if not ref.startswith(resource_type + "/"):
-                continue
-            if "status" in params and resource.get("status") not in params["status"].split(","):
-                continue
-            if "url" in params and resource.get("url") != params["url"]:
-                continue
-            if "role" in params and not _has_role(resource, params["role"]):
-                continue
-            patient = params.get("patient") or params.get("beneficiary")
-            if patient and patient not in str(resource):
-                continue
-            out.append(resource)
-        return out
-
-
-def _has_role(resource: dict[str, Any], system_code: str) -> bool:
-    system, _, code = system_code.partition("|")
-    return any(
-        c.get("system") == system and c.get("code") == code
-        for concept in resource.get("code") or []
-        for c in concept.get("coding") or []
-    )
 
 
 def event_for(resource: dict[str, Any], interaction: str | None = None, sub: str = "sub-1") -> ResourceEvent:

@@ -1,14 +1,13 @@
-"""Hand-built plans (the planner is another helper's) and Protocol fakes for executor tests."""
+"""Hand-built plans and the FHIR resources in them, for the executor and scheduling tests (which test
+the executor, not the planner)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fhir_smartflow.delivery.outcome import DeliveryOutcome
 from fhir_smartflow.engine.plan import Deliver, FlowRun, Plan, Schedule, TriggerEvent, WriteResource
 from fhir_smartflow.events import ResourceEvent
-from fhir_smartflow.scheduling.scheduler import Pending
 
 SYSTEM = "urn:fhir-smartflow:id"
 NOW = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
@@ -101,38 +100,15 @@ def intake_plan(patient_id: str = "p1", extra: tuple = ()) -> Plan:
     return Plan(trigger=trigger(patient_id), runs=(run,))
 
 
-class FakeDeliverer:
-    """Deliverer protocol fake: answers a scripted outcome and records every call."""
-
-    def __init__(self, *outcomes: DeliveryOutcome, raises: Exception | None = None) -> None:
-        self.outcomes = list(outcomes) or [DeliveryOutcome("completed", provider_id="SM1")]
-        self.calls: list[tuple[Deliver, dict | None, list[dict]]] = []
-        self.raises = raises
-
-    def deliver(self, action, recipient, consents, now):
-        self.calls.append((action, recipient, consents))
-        if self.raises:
-            raise self.raises
-        return self.outcomes[min(len(self.calls), len(self.outcomes)) - 1]
-
-
-class FakeScheduler:
-    """Scheduler protocol fake."""
-
-    def __init__(self) -> None:
-        self.scheduled: list[Schedule] = []
-        self.cancels: list[dict[str, Any]] = []
-
-    def schedule(self, action: Schedule) -> None:
-        self.scheduled.append(action)
-
-    def reschedule(self, action: Schedule) -> bool:
-        self.scheduled.append(action)
-        return True
-
-    def cancel(self, group=None, patient=None, flows=()) -> int:
-        self.cancels.append({"group": group, "patient": patient, "flows": flows})
-        return 0
-
-    def pending_for(self, group=None, patient=None, flows=()) -> list[Pending]:
-        return []
+def task(identifier: str, status: str = "requested", group: str = "g1", patient: str = "Patient/1") -> dict[str, Any]:
+    """A Task of the weekly check-in flow, as the EHR holds it (has an id)."""
+    return {
+        "resourceType": "Task",
+        "id": identifier.replace("/", "-"),
+        "status": status,
+        "intent": "order",
+        "identifier": [{"system": SYSTEM, "value": identifier}],
+        "groupIdentifier": {"system": SYSTEM, "value": group},
+        "for": {"reference": patient},
+        "instantiatesUri": "urn:fhir-smartflow:flow:checkin:1#weekly-check-in",
+    }

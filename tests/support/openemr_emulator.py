@@ -19,15 +19,12 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
 import jwt
 from flask import Flask, Response, jsonify, redirect, request
-from werkzeug.serving import make_server
 
 SITE = "default"
 # [APPT] OpenEMR appointment status codes -> FHIR Appointment.status.
@@ -547,17 +544,3 @@ class OpenEmrEmulator:
             )
 
         return app
-
-
-@contextmanager
-def running(emulator: OpenEmrEmulator) -> Iterator[OpenEmrEmulator]:
-    """Serve the emulator over real HTTP on a free port in a thread."""
-    server = make_server("127.0.0.1", 0, emulator.app, threaded=True)
-    emulator.base_url = f"http://127.0.0.1:{server.server_port}"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield emulator
-    finally:
-        server.shutdown()
-        thread.join(5)

@@ -1,10 +1,10 @@
-"""Helpers of the OpenEMR bridge tests: an RSA key + JWKS, the running emulator, settings."""
+"""The OpenEMR bridge tests' setup: an RSA key + JWKS, the emulator served over HTTP, settings."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +13,10 @@ from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
-from openemr_emulator import OpenEmrEmulator, running
 
 from fhir_smartflow.config import FhirConfig, OpenEmrConfig, PollConfig, RedisConfig, Settings
+from tests.support.net import ThreadedWsgiServer
+from tests.support.openemr_emulator import OpenEmrEmulator
 
 CLIENT_ID = "smartflow-client"
 KEY_ID = "k1"
@@ -49,10 +50,18 @@ def key_file(tmp_path: Path, private_pem: bytes) -> Path:
     return path
 
 
+def serve_emulator(
+    serve: Callable[[Any], ThreadedWsgiServer], private_pem: bytes, redirect_uri: str = REDIRECT_URI
+) -> OpenEmrEmulator:
+    """The emulator over real HTTP (``serve``: the ``serve_app`` fixture, which stops it)."""
+    emu = OpenEmrEmulator(CLIENT_ID, jwks_of(private_pem), redirect_uri)
+    emu.base_url = serve(emu.app).url
+    return emu
+
+
 @pytest.fixture
-def emulator(private_pem: bytes) -> Iterator[OpenEmrEmulator]:
-    with running(OpenEmrEmulator(CLIENT_ID, jwks_of(private_pem), REDIRECT_URI)) as emu:
-        yield emu
+def emulator(serve_app: Callable[[Any], ThreadedWsgiServer], private_pem: bytes) -> OpenEmrEmulator:
+    return serve_emulator(serve_app, private_pem)
 
 
 def make_settings(emu: OpenEmrEmulator, redis_url: str, key_file: Path, **poll: Any) -> Settings:

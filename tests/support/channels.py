@@ -1,31 +1,15 @@
-"""Real local servers the channel tests talk to: a Twilio-REST-shaped Flask app and a webhook receiver,
-each served by werkzeug in a thread on a free port."""
+"""A Twilio-REST-shaped provider for the channel tests (serve its ``app`` with the ``serve_app`` fixture;
+a webhook receiver is `tests.support.net.Receiver`)."""
 
 from __future__ import annotations
 
 import itertools
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from flask import Flask, jsonify, request
-from werkzeug.serving import make_server
 
 SID = "AC0123456789abcdef0123456789abcdef"
 TOKEN = "test-auth-token"
-
-
-@contextmanager
-def serve(app: Flask) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(timeout=5)
 
 
 class TwilioFake:
@@ -48,14 +32,3 @@ class TwilioFake:
             return jsonify(body), status, headers
         prefix = "SM" if resource == "Messages" else "CA"
         return jsonify({"sid": f"{prefix}{next(self._ids):032d}", "status": "queued"}), 201
-
-
-class WebhookReceiver:
-    def __init__(self) -> None:
-        self.received: list[tuple[bytes, dict[str, str]]] = []
-        self.app = Flask("webhook-receiver")
-        self.app.add_url_rule("/hook", "hook", self._hook, methods=["POST"])
-
-    def _hook(self) -> Any:
-        self.received.append((request.get_data(), dict(request.headers)))
-        return jsonify({"ok": True}), 200, {"X-Request-Id": f"req-{len(self.received)}"}

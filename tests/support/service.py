@@ -1,0 +1,103 @@
+"""The whole service in tests: its config file (the shipped flows, mappings and templates on the test's Redis
+and FHIR store), and the service as real processes: the `sandbox` FHIR store, `serve` notified by it and
+`worker` processes, all through the CLI as an operator runs them (logs under the test's tmp_path)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.support.net import free_port
+from tests.support.procs import ROOT, Process, smartflow_cmd
+from tests.support.toml import write_config
+
+SECRET_HEADER = "X-Smartflow-Secret"
+
+
+@dataclass
+class Service:
+    store: str  # the sandbox's FHIR base
+    serve_url: str
+    config: Path
+    env: dict[str, str]  # what each process of the service gets (config path, secrets)
+    serve: Process
+    start: Callable[..., Process] = field(repr=False)  # the `processes` fixture
+    workers: list[Process] = field(default_factory=list)
+
+    @property
+    def notify(self) -> str:
+        return f"{self.serve_url}/fhir/notify"
+
+    def start_worker(self) -> Process:
+        worker = self.start(smartflow_cmd("worker"), self.env, f"worker{len(self.workers)}")
+        self.workers.append(worker)
+        return worker
+
+    def logs(self) -> str:
+        return "\n".join(p.output() for p in [self.serve, *self.workers])
+
+
+def merged(base: dict[str, dict[str, Any]], more: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Config sections: ``more``'s keys added to (or replacing) ``base``'s, table by table."""
+    return {name: {**base.get(name, {}), **more.get(name, {})} for name in {**base, **more}}
+
+
+def start_service(
+    processes: Callable[..., Process],
+    tmp_path: Path,
+    *,
+    redis_url: str,
+    prefix: str,
+    secret: tuple[str, str],
+    sections: dict[str, dict[str, Any]] | None = None,
+    workers: int = 1,
+    faults: bool = False,
+    env: dict[str, str] | None = None,
+) -> Service:
+    """Start the sandbox (``faults``: with ``/$faults``), `serve` subscribed for Patients with the secret
+    (``secret``: environment variable, value) and ``workers`` workers; return once the store and `serve`
+    answer. ``sections`` adds to the config (``[fhir]`` retries, ``[scheduler]``, ``[sms]``, ...)."""
+    store_port, serve_port = free_port(), free_port()
+    store = f"http://127.0.0.1:{store_port}"
+    sandbox_args = ["--port", str(store_port), *(["--faults"] if faults else [])]
+    sandbox = processes(smartflow_cmd("sandbox", *sandbox_args), name="sandbox")
+    base = {
+        "server": {"port": serve_port},
+        "redis": {"url": redis_url, "key_prefix": prefix},
+        "fhir": {"base_url": store},
+    }
+    subscription = {"id": "sandbox", "header": SECRET_HEADER, "secret_env": secret[0], "criteria": "Patient?"}
+    config = write_config(tmp_path / "smartflow.toml", merged(base, sections or {}), [subscription])
+    service_env = {secret[0]: secret[1], "SMARTFLOW_CONFIG": str(config), **(env or {})}
+    serve = processes(smartflow_cmd("serve"), service_env, "serve")
+    service = Service(store, f"http://127.0.0.1:{serve_port}", config, service_env, serve, processes)
+    for _ in range(workers):
+        service.start_worker()
+    sandbox.wait_http(f"{store}/metadata")
+    serve.wait_http(f"{service.serve_url}/healthz")
+    return service
+
+
+def write_service_config(
+    tmp_path: Path, *, prefix: str, redis_url: str = "", fhir_base: str = "", extra: str = ""
+) -> Path:
+    """``smartflow.toml`` in ``tmp_path``; no ``redis_url`` leaves ``[redis] url`` unset (embedded queue).
+    ``extra`` follows the ``[redis]`` keys: more of them, then any other tables."""
+    url = f'url = "{redis_url}"\n' if redis_url else ""
+    fhir = f'[fhir]\nbase_url = "{fhir_base}"\n' if fhir_base else ""
+    path = tmp_path / "smartflow.toml"
+    path.write_text(
+        f"""
+[redis]
+{url}key_prefix = "{prefix}"
+{extra}
+{fhir}
+[engine]
+flows = ["{ROOT / "flows/examples"}"]
+mappings = ["{ROOT / "mappings"}"]
+templates = ["{ROOT / "templates"}"]
+"""
+    )
+    return path
