@@ -10,44 +10,21 @@ import uuid
 from typing import Any
 
 import pytest
-from conftest import ThreadedWsgiServer
 from fhir.resources.R4B.communication import Communication
-from flask import Flask, jsonify, request
-from test_lifecycle_e2e import (  # noqa: F401 - start_stack is the fixture
-    PREFIX,
-    ROOT,
-    Stack,
-    category,
-    medium,
-    start_stack,
-    wait_for,
-)
 
 from fhir_smartflow.channels import PARTICIPATION_MODE
 from fhir_smartflow.metrics import Metrics
+from tests.support.lifecycle import PREFIX, Stack, category, medium
+from tests.support.net import Receiver, wait_for
+from tests.support.procs import ROOT
 
 pytestmark = pytest.mark.integration
 
 FAX_NUMBER = "+15557654321"
 
 
-class FaxReceiver:
-    """The fax gateway: keeps every page it is sent."""
-
-    def __init__(self) -> None:
-        self.pages: list[dict[str, Any]] = []
-        app = Flask("fax-gateway")
-        app.add_url_rule("/fax", "fax", self._fax, methods=["POST"])
-        self.server = ThreadedWsgiServer(app)
-        self.url = self.server.url + "/fax"
-
-    def _fax(self) -> Any:
-        self.pages.append(request.get_json())
-        return jsonify({"id": f"FX{len(self.pages)}"}), 201
-
-
-def fax_config(url: str) -> str:
-    return f'[delivery]\nplugins = ["fax=tests.fax_channel:FaxChannel"]\n[channels.fax]\nurl = "{url}"\n'
+def fax_sections(url: str) -> dict[str, dict[str, Any]]:
+    return {"delivery": {"plugins": ["fax=tests.fax_channel:FaxChannel"]}, "channels": {"fax": {"url": url}}}
 
 
 def new_fax_patient(stack: Stack) -> str:
@@ -64,28 +41,26 @@ def new_fax_patient(stack: Stack) -> str:
     return f"Patient/{pid}"
 
 
-def test_a_plugin_channel_is_used_by_a_flow(start_stack, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+def test_a_plugin_channel_is_used_by_a_flow(start_stack, serve_app, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONPATH", str(ROOT))  # where the clinic's module (tests/fax_channel.py) is found
-    receiver = FaxReceiver()
-    try:
-        stack = start_stack(flows=("tests/fixtures/fax",), extra_config=fax_config(receiver.url))
-        stack.subscribe("Patient")
-        patient = new_fax_patient(stack)
+    gateway = Receiver(status=201, body={"id": "FX1"}).listen(serve_app)
+    stack = start_stack(flows=("tests/fixtures/fax",), sections=fax_sections(gateway.url + "/fax"))
+    stack.subscribe("Patient")
+    patient = new_fax_patient(stack)
 
-        def faxed() -> list[dict[str, Any]]:
-            return [c for c in stack.comms(patient) if medium(c) == "fax" and c["status"] == "completed"]
+    def faxed() -> list[dict[str, Any]]:
+        return [c for c in stack.comms(patient) if medium(c) == "fax" and c["status"] == "completed"]
 
-        [comm] = wait_for(faxed, "the fax Communication completed", stack.log)
-        Communication.model_validate(comm)
-        [coding] = comm["medium"][0]["coding"]
-        assert coding == {"system": PARTICIPATION_MODE, "code": "FAXWRIT", "display": "telefax"}  # the plugin's
-        assert category(comm) == "notification" and comm["recipient"] == [{"reference": patient}]
-        [page] = receiver.pages
-        assert page["to"] == FAX_NUMBER  # the telecom entry of the channel's system, not the phone
-        assert page["body"].startswith("Dear Faxy, welcome to ") and page["subject"].startswith("Welcome to ")
-        assert page["idempotency_key"].startswith("welcome-fax/")
-        stack.wait_settled()
-        assert len(receiver.pages) == 1
-        assert Metrics(stack.conn, PREFIX).counter_value("deliveries", channel="fax", status="sent") == 1
-    finally:
-        receiver.server.stop()
+    [comm] = wait_for(faxed, "the fax Communication completed", stack.log)
+    Communication.model_validate(comm)
+    [coding] = comm["medium"][0]["coding"]
+    assert coding == {"system": PARTICIPATION_MODE, "code": "FAXWRIT", "display": "telefax"}  # the plugin's
+    assert category(comm) == "notification" and comm["recipient"] == [{"reference": patient}]
+    stack.wait_settled()
+    [page] = gateway.seen()
+    assert (page.method, page.path) == ("POST", "/fax")
+    sent = page.json()
+    assert sent["to"] == FAX_NUMBER  # the telecom entry of the channel's system, not the phone
+    assert sent["body"].startswith("Dear Faxy, welcome to ") and sent["subject"].startswith("Welcome to ")
+    assert sent["idempotency_key"].startswith("welcome-fax/")
+    assert Metrics(stack.conn, PREFIX).counter_value("deliveries", channel="fax", status="sent") == 1
