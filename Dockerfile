@@ -9,17 +9,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # Install dependencies first so code changes do not invalidate this layer.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY fhir_smartflow/__init__.py fhir_smartflow/__init__.py
 COPY plugins/smartflow_channels/__init__.py plugins/smartflow_channels/__init__.py
 RUN pip install . && pip uninstall -y fhir-smartflow
 
+# The shipped flows, mappings, templates and example config are package data (fhir_smartflow/data).
 COPY fhir_smartflow fhir_smartflow
 COPY plugins plugins
-COPY mappings mappings
-COPY flows flows
-COPY templates templates
-COPY config.example.toml ./
 RUN pip install --no-deps . \
     && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin smartflow \
     && chown -R smartflow /app
