@@ -1,6 +1,7 @@
 """Every default in one place (the shape of rq/defaults.py)."""
 
 SERVICE_NAME = "fhir-smartflow"
+CONFIG_FILE = "smartflow.toml"  # read from the working directory when neither --config nor $SMARTFLOW_CONFIG
 
 # Webhook
 HOST = "127.0.0.1"

@@ -3,6 +3,7 @@ the config file, and the defaults work from any directory."""
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from fhir_smartflow import shipped
 from fhir_smartflow.config import Settings, load_settings
 from fhir_smartflow.flowfiles import load_engine
+from tests.support.procs import run_cli
 
 
 @pytest.fixture
@@ -50,3 +52,31 @@ def test_engine_paths_in_a_config_file_resolve_against_its_directory(tmp_path: P
     shipped_rest = {"SMARTFLOW_ENGINE_TEMPLATES": "shipped:templates", "SMARTFLOW_ENGINE_MAPPINGS": "shipped:mappings"}
     engine = load_engine(load_settings(config, env=shipped_rest))
     assert list(engine.flows) == ["intake-forms"]
+
+
+@pytest.mark.integration
+def test_init_makes_a_site_that_validates_from_its_own_directory(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    made = run_cli("init", str(site), cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    for name in ("smartflow.toml", "README.md", "flows/intake-forms.toml", "templates/intake-forms.toml",
+                 "mappings/patient.toml", "samples/appointment-noshow.json"):  # fmt: skip
+        assert (site / name).is_file(), name
+    example = tomllib.loads(shipped.read_text(shipped.EXAMPLE_CONFIG))
+    config = tomllib.loads((site / "smartflow.toml").read_text())
+    # Every key of the example config, documented (its comments kept); the subscriptions wait for going live.
+    assert {k: v for k, v in example.items() if k not in ("engine", "subscriptions")} == {
+        k: v for k, v in config.items() if k != "engine"
+    }
+    assert "# [[subscriptions]]" in (site / "smartflow.toml").read_text()
+    settings = load_settings(site / "smartflow.toml", env={})
+    assert settings.engine.flows == [str(site / "flows")] and not settings.subscriptions
+
+    ok = run_cli("validate", cwd=site)  # no --config: the site's smartflow.toml
+    assert ok.returncode == 0 and ok.stdout.startswith("OK: ") and "7 flows" in ok.stdout, ok.stdout + ok.stderr
+    flow = site / "flows" / "intake-forms.toml"
+    flow.write_text(flow.read_text().replace('unit = "days"', 'unit = "fortnights"', 1))
+    broken = run_cli("validate", cwd=site)  # the site's copies are what is checked
+    assert broken.returncode == 1 and "flows/intake-forms.toml" in broken.stdout, broken.stdout
+    again = run_cli("init", str(site), cwd=tmp_path)
+    assert again.returncode == 2 and again.stderr.count("\n") == 1 and "not an empty directory" in again.stderr
