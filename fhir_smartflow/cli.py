@@ -26,7 +26,26 @@ from fhir_smartflow.commands.site import init_command
 from fhir_smartflow.commands.subscriptions import subscriptions_group
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class SmartflowGroup(click.Group):
+    """Turns the ordinary failures a command lets through (commands/failures.py) into one line on stderr
+    and the documented exit code, instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            from fhir_smartflow.commands.failures import explain
+
+            cli = ctx.find_object(CliContext)
+            answer = explain(exc, cli.loaded_settings if cli is not None else None)
+            if answer is None:
+                raise
+            line, code = answer
+            click.echo(line, err=True)
+            ctx.exit(code)
+
+
+@click.group(cls=SmartflowGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "config_path",

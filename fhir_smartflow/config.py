@@ -95,6 +95,10 @@ class EngineConfig:
     # for checking the subscription wiring before any flow runs.
     dispatch: str = "flows"
 
+    def paths(self) -> dict[str, list[str]]:
+        """The configured files / directories of each kind, by key (``mappings``, ``flows``, ``templates``)."""
+        return {"mappings": self.mappings, "flows": self.flows, "templates": self.templates}
+
 
 @dataclass(frozen=True)
 class LoggingConfig:

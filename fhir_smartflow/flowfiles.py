@@ -19,7 +19,16 @@ from fhir_smartflow.engine.loader import build_engine
 from fhir_smartflow.engine.model import Engine
 from fhir_smartflow.engine.tomlfiles import EngineLoadError, LoadError, SourceFile, kind_of, parse_source
 
-__all__ = ["EngineLoadError", "LoadError", "discover", "load_engine", "load_paths", "read_toml", "registry_channels"]
+__all__ = [
+    "EngineLoadError",
+    "LoadError",
+    "discover",
+    "load_engine",
+    "load_paths",
+    "read_toml",
+    "registry_channels",
+    "require_configured_paths",
+]
 
 
 def discover(paths: Iterable[str]) -> tuple[list[Traversable], list[LoadError]]:
@@ -38,6 +47,17 @@ def discover(paths: Iterable[str]) -> tuple[list[Traversable], list[LoadError]]:
             errors.append(LoadError(raw if shipped.is_shipped(raw) else str(path), "path", "no such file or directory"))
     unique = list(dict.fromkeys(found))
     return unique, errors
+
+
+def require_configured_paths(settings: Settings, kinds: Iterable[str] = ("mappings", "flows", "templates")) -> None:
+    """ConfigError naming the ``[engine]`` key of the first configured path (of ``kinds``) that does not exist:
+    a configuration error (exit 2), not a problem in the files."""
+    configured = settings.engine.paths()
+    for kind in kinds:
+        for raw in configured[kind]:
+            _, missing = discover([raw])
+            if missing:
+                raise ConfigError(f"[engine] {kind}", f"no such file or directory: {raw}")
 
 
 def read_toml(path: Traversable) -> tuple[SourceFile | None, LoadError | None]:
