@@ -17,6 +17,7 @@ from fhir_smartflow.commands.context import CliContext
 from fhir_smartflow.commands.doctor import doctor_command
 from fhir_smartflow.commands.flows import validate
 from fhir_smartflow.commands.flowtools import docs_command, export_group, lint_command, simulate_command
+from fhir_smartflow.commands.health import health_command
 from fhir_smartflow.commands.history import history_command
 from fhir_smartflow.commands.openemr import openemr as _openemr_cmd
 from fhir_smartflow.commands.poll import poll as _poll_cmd
@@ -84,3 +85,4 @@ main.add_command(subscriptions_group)
 main.add_command(history_command)
 main.add_command(doctor_command)
 main.add_command(init_command)
+main.add_command(health_command)

@@ -18,6 +18,7 @@ from fhir_smartflow.commands.context import CliContext, pass_ctx
 from fhir_smartflow.config import ConfigError, Settings
 from fhir_smartflow.connections import embedded_redis
 from fhir_smartflow.ingest.app import webhook_redis
+from fhir_smartflow.liveness import POLLER, SCHEDULER, Heartbeat
 from fhir_smartflow.worker.embedded import WORKER_LOG_LEVEL, replay_failed, run_embedded_worker, worker_connection
 from fhir_smartflow.worker.runtime import (
     Runtime,
@@ -163,6 +164,7 @@ def _start_scheduler(rt: Runtime, stop: threading.Event) -> None:
         return  # nothing schedules follow-ups without the engine
     from fhir_smartflow.scheduling.scheduler import start_scheduler_thread
 
+    Heartbeat(rt.redis, rt.keys, SCHEDULER).start()  # `health scheduler` on this host
     start_scheduler_thread(
         rt.scheduler,
         stop,
@@ -202,6 +204,7 @@ def worker(cli: CliContext, burst: bool, with_scheduler: bool, worker_class: str
         from fhir_smartflow.ingest.poll import run_poller
 
         run_poller(settings, threading.Event(), conn)
+        Heartbeat(conn, rt.keys, POLLER).start()
     cls = SupervisedSimpleWorker if worker_class == "simple" else SupervisedForkWorker
     liveness = Liveness(conn, rt.keys, rt.queue, threading.Event(), move_scheduled=with_scheduler)
     liveness.start()  # also in --burst: a long job must not look abandoned to the other workers
