@@ -50,6 +50,13 @@ NEEDS: dict[str, tuple[Callable[[Settings], bool], str]] = {
 TRY_OUT = "for a local try-out without them: `serve --embedded` (in-process queue, worker and sandbox FHIR store)"
 
 
+_MODE = {True: "EMBEDDED MODE", False: "--insecure-dev"}
+
+
+def _loopback(host: str) -> bool:
+    return host == "localhost" or host == "::1" or host.startswith("127.")
+
+
 def require_settings(settings: Settings, command: str, keys: Sequence[str]) -> None:
     """ConfigError naming every one of ``keys`` (NEEDS) the settings lack, and the local alternative."""
     missing = [key for key in keys if not NEEDS[key][0](settings)]
@@ -90,6 +97,11 @@ def serve(
     if not embedded:
         auth = [] if insecure_dev else ["[[subscriptions]]"]
         require_settings(settings, "serve", ["[redis] url", "[fhir] base_url", *auth])
+    # The embedded sandbox store and unauthenticated deliveries are for this machine only, unless --host says so.
+    open_door = embedded or (insecure_dev and not settings.subscriptions)
+    if open_door and host is None and not _loopback(settings.server.host):
+        log.warning("%s: listening on 127.0.0.1, not %r (give --host to change)", _MODE[embedded], settings.server.host)
+        host = "127.0.0.1"
     host = host or settings.server.host
     port = port if port is not None else settings.server.port
     # The embedded worker reaches the sandbox store through this listener: it must know the real address.
