@@ -7,11 +7,13 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fhir_smartflow import shipped
 from fhir_smartflow.config import Settings, load_settings
 from fhir_smartflow.flowfiles import load_engine
-from tests.support.procs import run_cli
+from fhir_smartflow.tooling.site import schema_text
+from tests.support.procs import ROOT, run_cli
 
 
 @pytest.fixture
@@ -72,8 +74,23 @@ def test_init_makes_a_site_that_validates_from_its_own_directory(tmp_path: Path)
     settings = load_settings(site / "smartflow.toml", env={})
     assert settings.engine.flows == [str(site / "flows")] and not settings.subscriptions
 
+    for kind in ("flow", "template", "mapping"):  # editors: the schemas and their taplo association
+        assert (site / "schema" / f"{kind}.schema.json").read_text() == schema_text(kind)
+    rules = tomllib.loads((site / ".taplo.toml").read_text())["rule"]
+    assert {r["include"][0]: r["schema"]["path"] for r in rules} == {
+        "flows/**/*.toml": "schema/flow.schema.json",
+        "templates/**/*.toml": "schema/template.schema.json",
+        "mappings/**/*.toml": "schema/mapping.schema.json",
+    }
+
     ok = run_cli("validate", cwd=site)  # no --config: the site's smartflow.toml
     assert ok.returncode == 0 and ok.stdout.startswith("OK: ") and "7 flows" in ok.stdout, ok.stdout + ok.stderr
+    for hook in yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text()):  # what pre-commit runs there
+        assert hook["language"] == "python" and hook["pass_filenames"] is False and hook["files"] == r"\.toml$"
+        exe, *args = hook["entry"].split()
+        assert exe == "fhir-smartflow" and args[0] in ("validate", "lint")
+        result = run_cli(*args, cwd=site)
+        assert result.returncode == 0, (hook["id"], result.stdout, result.stderr)
     flow = site / "flows" / "intake-forms.toml"
     flow.write_text(flow.read_text().replace('unit = "days"', 'unit = "fortnights"', 1))
     broken = run_cli("validate", cwd=site)  # the site's copies are what is checked

@@ -8,11 +8,12 @@ Schemas with a ``.taplo.toml`` associating them, and a README of the next steps.
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 from fhir_smartflow import defaults, shipped
+from fhir_smartflow.engine.schema import KINDS, schema
 
 CONFIG_NAME = defaults.CONFIG_FILE
 
@@ -67,9 +68,41 @@ def site_config(example: str) -> str:
     return "".join(out)
 
 
-def create_site(dest: Path, extra: Callable[[Path], list[Path]] | None = None) -> list[Path]:
-    """Make the site in ``dest`` (created; it must be empty or absent); the files written. ``extra``
-    writes more files into it (the schemas) and returns them."""
+SCHEMA_DIR = "schema"
+# Which files each schema is for, by the site's directory of them (a taplo rule each).
+SCHEMA_FOR = {"flow": "flows", "template": "templates", "mapping": "mappings"}
+
+
+def schema_text(kind: str) -> str:
+    """The JSON Schema of ``kind`` as written to ``<kind>.schema.json`` (docs/schema/, a site's schema/)."""
+    return json.dumps(schema(kind), indent=2) + "\n"
+
+
+def write_schemas(directory: Path) -> list[Path]:
+    """``<kind>.schema.json`` for every kind into ``directory`` (created); the files written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for kind in KINDS:
+        path = directory / f"{kind}.schema.json"
+        path.write_text(schema_text(kind), encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def taplo_config(schema_dir: str, file_dirs: dict[str, str]) -> str:
+    """A ``.taplo.toml`` giving each kind's files (``file_dirs[kind]/**/*.toml``) its schema."""
+    out = [
+        "# taplo / Even Better TOML (VS Code): check and complete fhir-smartflow files against their JSON Schemas",
+        "# (`fhir-smartflow schema`). `fhir-smartflow validate` stays the authority.",
+    ]
+    for kind in KINDS:
+        out += ["", "[[rule]]", f'include = ["{file_dirs[kind]}/**/*.toml"]', "[rule.schema]"]
+        out.append(f'path = "{schema_dir}/{kind}.schema.json"')
+    return "\n".join(out) + "\n"
+
+
+def create_site(dest: Path) -> list[Path]:
+    """Make the site in ``dest`` (created; it must be empty or absent); the files written."""
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise SiteError(f"{dest} exists and is not an empty directory; choose a new one")
     dest.mkdir(parents=True, exist_ok=True)
@@ -81,6 +114,8 @@ def create_site(dest: Path, extra: Callable[[Path], list[Path]] | None = None) -
     readme = dest / "README.md"
     readme.write_text(shipped.read_text(shipped.SITE_README), encoding="utf-8")
     written.append(readme)
-    if extra is not None:
-        written += extra(dest)
+    written += write_schemas(dest / SCHEMA_DIR)
+    taplo = dest / ".taplo.toml"
+    taplo.write_text(taplo_config(SCHEMA_DIR, SCHEMA_FOR), encoding="utf-8")
+    written.append(taplo)
     return written
