@@ -17,8 +17,11 @@ from jwt.algorithms import RSAAlgorithm
 from fhir_smartflow.config import FhirConfig, OpenEmrConfig, PollConfig, RedisConfig, Settings
 from tests.support.net import ThreadedWsgiServer
 from tests.support.openemr_emulator import OpenEmrEmulator
+from tests.support.openemr_emulator_scopes import DEV, MODES
 
 CLIENT_ID = "smartflow-client"
+CLIENT_SECRET = "s3cret+with:odd/chars"  # what registration returns for a private app
+SECRET_ENV = "T_OPENEMR_CLIENT_SECRET"
 KEY_ID = "k1"
 REDIRECT_URI = "http://127.0.0.1:8765/callback"
 READ_SCOPES = "system/Patient.rs system/Appointment.rs system/Encounter.rs system/QuestionnaireResponse.rs"
@@ -50,17 +53,54 @@ def key_file(tmp_path: Path, private_pem: bytes) -> Path:
     return path
 
 
+# Every scope the bridge may ask for, in both syntaxes: a pre-registered client (the registration itself is
+# tested on its own) is granted whatever of these a token request names.
+REGISTERED_SCOPES = " ".join(
+    [
+        "openid offline_access api:oemr api:fhir",
+        *(
+            f"system/{t}.read system/{t}.rs"
+            for t in (
+                "Patient",
+                "Appointment",
+                "Encounter",
+                "QuestionnaireResponse",
+                "Questionnaire",
+                "Practitioner",
+                "Organization",
+                "Coverage",
+            )
+        ),
+        "user/patient.read user/patient.rs user/message.write user/message.c user/document.read user/document.write",
+        "user/document.crs user/appointment.read user/appointment.rs",
+    ]
+)
+
+
 def serve_emulator(
-    serve: Callable[[Any], ThreadedWsgiServer], private_pem: bytes, redirect_uri: str = REDIRECT_URI
+    serve: Callable[[Any], ThreadedWsgiServer],
+    private_pem: bytes,
+    redirect_uri: str = REDIRECT_URI,
+    mode: str = DEV,
 ) -> OpenEmrEmulator:
-    """The emulator over real HTTP (``serve``: the ``serve_app`` fixture, which stops it)."""
-    emu = OpenEmrEmulator(CLIENT_ID, jwks_of(private_pem), redirect_uri)
+    """The emulator over real HTTP (``serve``: the ``serve_app`` fixture, which stops it), with the client
+    registered and enabled."""
+    emu = OpenEmrEmulator(mode)
+    emu.preregister(CLIENT_ID, CLIENT_SECRET, jwks_of(private_pem), redirect_uri, REGISTERED_SCOPES)
+    emu.add_category("Smart Flows")
     emu.base_url = serve(emu.app).url
     return emu
 
 
+@pytest.fixture(params=MODES)
+def any_emulator(request, serve_app: Callable[[Any], ThreadedWsgiServer], private_pem: bytes) -> OpenEmrEmulator:
+    """The emulator in each modelled OpenEMR version."""
+    return serve_emulator(serve_app, private_pem, mode=request.param)
+
+
 @pytest.fixture
 def emulator(serve_app: Callable[[Any], ThreadedWsgiServer], private_pem: bytes) -> OpenEmrEmulator:
+    """The emulator as the 7.0.0 development build (the stricter of the two)."""
     return serve_emulator(serve_app, private_pem)
 
 
