@@ -126,7 +126,7 @@ def test_500_and_429_are_retried_and_still_create_one_message(
 
 
 def test_patient_note_is_uploaded_once_as_a_document(setup, emulator: OpenEmrEmulator, redis_conn: redis.Redis) -> None:
-    settings, target, puuid = setup
+    _, target, puuid = setup
     ident = "intake-forms/note/document/d1"
     target.create(note(puuid, ident), ident)
     target.create(note(puuid, ident), ident)
@@ -278,7 +278,7 @@ def test_a_uuid_is_never_sent_where_the_pid_belongs(setup, emulator: OpenEmrEmul
     _, target, puuid = setup
     with pytest.raises(OpenEmrValidationError, match="not an OpenEMR pid"):
         target.api.post_message(puuid, {"body": "x"})
-    with pytest.raises(OpenEmrValidationError, match="uuid: .*UUID Not Found"):  # 400 validationErrors.uuid
+    with pytest.raises(OpenEmrValidationError, match=r"uuid: .*UUID Not Found"):  # 400 validationErrors.uuid
         target.api.patient_pid("00000000-0000-0000-0000-000000000000")
     assert emulator.messages == []
 
