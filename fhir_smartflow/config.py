@@ -458,6 +458,8 @@ def _validate_poll_openemr(settings: Settings) -> None:
         raise ConfigError("[poll] full_scan_max", "must be 0 (no full scans) or more")
     if settings.fhir.writeback == "openemr" and not emr.base_url:
         raise ConfigError("[openemr] base_url", "required when [fhir] writeback = 'openemr'")
+
+
 def _validate_delivery(settings: Settings) -> None:
     import re
 

@@ -468,4 +468,3 @@ def _parse_recurring(check: Checker, raw: object, p: str, t: dict) -> m.Recurrin
     if len(check.errors) > before:
         return None
     return m.Recurring(every, cron, count, until)
-

@@ -9,7 +9,9 @@ first use, from the FHIR base.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
 
 import redis
 import requests
@@ -98,6 +100,52 @@ def user_token_store(
     )
 
 
+def standard_api(
+    settings: Settings,
+    conn: redis.Redis,
+    metrics: Metrics | None = None,
+    session: requests.Session | None = None,
+    env: Mapping[str, str] | None = None,
+) -> StandardApi:
+    """The Standard API client with the user-context token."""
+    tokens = user_token_store(settings, conn, metrics, session, env)
+    return StandardApi(
+        settings.openemr.api_base,
+        tokens,
+        session=session,
+        timeout=settings.openemr.timeout_seconds,
+        conn=conn,
+        prefix=settings.redis.key_prefix,
+        metrics=metrics,
+        granted=tokens.granted_scopes,
+    )
+
+
+def appointment_sources(
+    settings: Settings, conn: redis.Redis, metrics: Metrics | None = None, env: Mapping[str, str] | None = None
+) -> dict[str, Callable[[datetime], list[dict[str, Any]]]]:
+    """The poller's own-API sources for an OpenEMR write-back: Appointment from the Standard API (used only
+    where the FHIR API does not serve Appointment). The API client is built on first use."""
+    if settings.fhir.writeback != "openemr" or not settings.openemr.base_url:
+        return {}
+    from fhir_smartflow.openemr.appointments import appointment_source
+
+    built: list[Callable[[datetime], list[dict[str, Any]]]] = []
+
+    def read(now: datetime) -> list[dict[str, Any]]:
+        if not built:
+            poll = settings.poll
+            api = standard_api(settings, conn, metrics, env=env)
+            built.append(
+                appointment_source(
+                    api, settings.clinic.timezone, poll.appointment_window_days_back, poll.appointment_window_days_ahead
+                )
+            )
+        return built[0](now)
+
+    return {"Appointment": read}
+
+
 def build_openemr_target(
     settings: Settings,
     conn: redis.Redis,
@@ -110,17 +158,7 @@ def build_openemr_target(
         from fhir_smartflow.openemr.local_store import LocalFhirStore
 
         local = LocalFhirStore(settings)
-    tokens = user_token_store(settings, conn, metrics, session, env)
-    api = StandardApi(
-        settings.openemr.api_base,
-        tokens,
-        session=session,
-        timeout=settings.openemr.timeout_seconds,
-        conn=conn,
-        prefix=settings.redis.key_prefix,
-        metrics=metrics,
-        granted=tokens.granted_scopes,
-    )
+    api = standard_api(settings, conn, metrics, session, env)
     return OpenEmrWriteBack(local, api, settings.openemr, conn, settings.redis.key_prefix, metrics)
 
 
