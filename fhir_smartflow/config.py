@@ -84,6 +84,8 @@ class ClinicConfig:
     holidays_country: str = ""
     holidays_subdivision: str = ""
     portal_url: str = ""
+    # The link sent with a form; {task} is the form Task's identifier. Empty: <portal_url>/tasks?identifier={task}.
+    form_link: str = ""
 
 
 @dataclass(frozen=True)
