@@ -20,6 +20,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+# Servers known to answer an undeclared parameter with an empty result instead of ignoring it: only what they
+# declare is sent to them. Others get the result parameters _count / _sort (which FHIR servers seldom list among
+# their search parameters) as well.
+STRICT_SOFTWARE = frozenset({"OpenEMR"})
+RESULT_PARAMS = frozenset({"_count", "_sort"})
 LAST_UPDATED = "last-updated"
 DATE_WINDOW = "date-window"
 FULL_SCAN = "full-scan"
@@ -61,6 +66,9 @@ def plan_strategies(
             for res in rest.get("resource") or []:
                 resources[str(res.get("type"))] = res
     window, own = set(date_window_types), set(sources)
+    software = str((capability.get("software") or {}).get("name") or "")
+    if software not in STRICT_SOFTWARE:
+        common |= RESULT_PARAMS
     plans: list[TypePlan] = []
     for rtype in sorted(set(types)):
         res = resources.get(rtype)

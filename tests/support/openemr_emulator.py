@@ -301,6 +301,7 @@ class OpenEmrEmulator:
             "fhirVersion": "4.0.1",
             "format": ["json"],
             "date": "2022-04-30",
+            "software": {"name": "OpenEMR", "version": "7.0.0" if self.mode == DEV else "7.0.3"},
             "rest": [{"mode": "server", "resource": resources}],
         }
 
