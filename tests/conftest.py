@@ -24,7 +24,7 @@ from tests.support import procs
 from tests.support.fhir import Sandbox, serve_sandbox
 from tests.support.lifecycle import start_stack  # noqa: F401 - fixture
 from tests.support.net import Receiver, ThreadedWsgiServer
-from tests.support.openemr import emulator, key_file, private_pem  # noqa: F401 - fixtures
+from tests.support.openemr import any_emulator, emulator, key_file, private_pem  # noqa: F401 - fixtures
 from tests.support.procs import Process, RedisServer
 
 # Databases of the suite's own redis-server: each test takes the next unused one, so none is reused.
