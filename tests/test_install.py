@@ -97,3 +97,25 @@ def test_init_makes_a_site_that_validates_from_its_own_directory(tmp_path: Path)
     assert broken.returncode == 1 and "flows/intake-forms.toml" in broken.stdout, broken.stdout
     again = run_cli("init", str(site), cwd=tmp_path)
     assert again.returncode == 2 and again.stderr.count("\n") == 1 and "not an empty directory" in again.stderr
+
+
+def test_version_and_license_metadata() -> None:
+    from importlib.metadata import version
+
+    from click.testing import CliRunner
+
+    import fhir_smartflow
+    from fhir_smartflow.cli import main
+
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0 and fhir_smartflow.__version__ in result.output
+    assert version("fhir-smartflow") == fhir_smartflow.__version__  # one source: pyproject reads __version__
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    # An SPDX expression and the license file (not the deprecated `license = { text = ... }` table).
+    assert project["project"]["license"] == "Apache-2.0"
+    assert all((ROOT / f).is_file() for f in project["project"]["license-files"])
+    assert "Apache License" in (ROOT / "LICENSE").read_text()
+    assert any(r.startswith("setuptools>=77") for r in project["build-system"]["requires"])
+    assert project["project"]["dynamic"] == ["version"]
+    data = project["tool"]["setuptools"]["package-data"]["fhir_smartflow"]
+    assert {"data/**/*.toml", "data/**/*.json", "data/**/*.md"} <= set(data)

@@ -71,7 +71,8 @@ def _table(properties: Mapping[str, Schema], keys: Iterable[str], where: str, **
     if loader != described:
         raise ValueError(
             f"{where}: the loader reads {sorted(loader - described)} without a schema, "
-            f"the schema describes {sorted(described - loader)} the loader does not read"
+            f"the schema describes {sorted(described - loader)} the loader does not read: describe each key in "
+            "engine/schema.py, then `fhir-smartflow schema --out docs/schema`"
         )
     return {"type": "object", "additionalProperties": False, "properties": dict(properties), **more}
 
@@ -135,6 +136,7 @@ def _action() -> Schema:
         "category": {"const": "smartflow", "description": 'always "smartflow"'},
         "type": _enum(ACTION_TYPES, "what the action does"),
         "item": _required_text("what it is about: a Questionnaire canonical for send-form, else a short code"),
+        "form_title": _text("send-form: the form's title in messages (then no Questionnaire is read)"),
         "template": _text("the id of the template it sends"),
         "methods": _channels("the channels it uses (default: the template's, else the type's)."),
         "due": _duration(
