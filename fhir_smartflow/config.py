@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fhir_smartflow import defaults
+from fhir_smartflow import defaults, shipped
 
 ENV_PREFIX = "SMARTFLOW_"
 
@@ -96,6 +96,10 @@ class EngineConfig:
     # flows: run the flows (production). record: only record each event in Redis (<prefix>dispatched),
     # for checking the subscription wiring before any flow runs.
     dispatch: str = "flows"
+
+    def paths(self) -> dict[str, list[str]]:
+        """The configured files / directories of each kind, by key (``mappings``, ``flows``, ``templates``)."""
+        return {"mappings": self.mappings, "flows": self.flows, "templates": self.templates}
 
 
 @dataclass(frozen=True)
@@ -504,6 +508,27 @@ _SECTIONS: dict[str, type] = {
 }
 
 
+ENGINE_PATH_KEYS = ("mappings", "flows", "templates")
+
+
+def _engine_paths_relative_to(engine: dict[str, Any], base: Path) -> dict[str, Any]:
+    """The ``[engine]`` table with its relative file paths made relative to ``base`` (the config file's
+    directory), so the config works from any working directory. ``shipped:`` values and absolute paths
+    stay as they are; so do values of the wrong type (parse_section reports them)."""
+    resolved = dict(engine)
+    for key in ENGINE_PATH_KEYS:
+        values = engine.get(key)
+        if isinstance(values, list):
+            resolved[key] = [_relative_to(v, base) if isinstance(v, str) else v for v in values]
+    return resolved
+
+
+def _relative_to(value: str, base: Path) -> str:
+    if shipped.is_shipped(value) or Path(value).is_absolute() or not value:
+        return value
+    return os.path.normpath(base / value)
+
+
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Load settings from ``path`` (or $SMARTFLOW_CONFIG, or nothing) plus environment overrides."""
     env = os.environ if env is None else env
@@ -520,6 +545,8 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(str(p), f"not valid TOML: {exc}") from None
         source = str(p)
+    if path is not None and isinstance(raw.get("engine"), dict):
+        raw["engine"] = _engine_paths_relative_to(raw["engine"], Path(path).parent)
     allowed = set(_SECTIONS) | {"roles", "subscriptions", "channels"}
     for key in raw:
         if key not in allowed:

@@ -1,6 +1,7 @@
 """Every default in one place (the shape of rq/defaults.py)."""
 
 SERVICE_NAME = "fhir-smartflow"
+CONFIG_FILE = "smartflow.toml"  # read from the working directory when neither --config nor $SMARTFLOW_CONFIG
 
 # Webhook
 HOST = "127.0.0.1"
@@ -33,10 +34,11 @@ DEVICE_ID = "fhir-smartflow"
 # Clinic
 TIMEZONE = "America/New_York"
 
-# Data locations (relative to the working directory)
-MAPPINGS_PATHS = ["mappings"]
-FLOWS_PATHS = ["flows/examples"]
-TEMPLATES_PATHS = ["templates"]
+# Data locations: "shipped:<path>" is data inside the installed package (fhir_smartflow/shipped.py); other
+# relative paths in a config file are relative to that file's directory.
+MAPPINGS_PATHS = ["shipped:mappings"]
+FLOWS_PATHS = ["shipped:flows/examples"]
+TEMPLATES_PATHS = ["shipped:templates"]
 
 # Sandbox FHIR store
 SANDBOX_PATH = "/sandbox/fhir"

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from fhir_smartflow.config import Settings, secret
+from fhir_smartflow.connections import connect_host
 from fhir_smartflow.flowfiles import load_engine
 from fhir_smartflow.sandbox.app import SandboxState, create_sandbox_app
 from fhir_smartflow.sandbox.subscriptions import ensure_self_subscriptions
@@ -17,7 +18,7 @@ DEV_HEADER = "X-Smartflow-Secret"
 
 def mount_sandbox(settings: Settings, mounts: dict[str, Any], host: str, port: int, insecure_dev: bool) -> SandboxState:
     """Add the sandbox store to ``mounts`` and subscribe ``serve``'s own webhook to the types the flows need."""
-    base = f"http://{_connect_host(host)}:{port}{settings.sandbox.path}"
+    base = f"http://{connect_host(host)}:{port}{settings.sandbox.path}"
     app = create_sandbox_app(settings, base_url=base)
     mounts[settings.sandbox.path] = app
     state: SandboxState = app.extensions["sandbox"]
@@ -34,7 +35,7 @@ def mount_sandbox(settings: Settings, mounts: dict[str, Any], host: str, port: i
         )
         return state
     types = sorted(load_engine(settings).resource_types())
-    endpoint = f"http://{_connect_host(host)}:{port}{settings.server.notify_path}"
+    endpoint = f"http://{connect_host(host)}:{port}{settings.server.notify_path}"
     ids = ensure_self_subscriptions(
         state.store, endpoint, header, value, types, heartbeat_seconds=settings.sandbox.heartbeat_seconds
     )
@@ -50,7 +51,3 @@ def _self_credentials(settings: Settings, insecure_dev: bool) -> tuple[str | Non
     if insecure_dev and not settings.subscriptions:
         return DEV_HEADER, "insecure-dev"
     return None, ""
-
-
-def _connect_host(host: str) -> str:
-    return "127.0.0.1" if host in {"0.0.0.0", "", "::"} else host

@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, urljoin
 import requests
 
 from fhir_smartflow.config import Settings
+from fhir_smartflow.connections import connect_host
 from fhir_smartflow.fhir.auth import build_auth, retry_policy
 from fhir_smartflow.fhir.errors import FhirError, FhirUnavailable, error_for_status
 from fhir_smartflow.fhir.tokens import TokenProvider
@@ -266,10 +267,7 @@ class FhirClient:
 
 def sandbox_base_url(settings: Settings) -> str:
     """Where ``serve`` mounts the embedded sandbox store when no FHIR base is configured."""
-    host = settings.server.host
-    if host in {"0.0.0.0", "::", ""}:  # listening on all interfaces: talk to ourselves on loopback
-        host = "127.0.0.1"
-    return f"http://{host}:{settings.server.port}{settings.sandbox.path}"
+    return f"http://{connect_host(settings.server.host)}:{settings.server.port}{settings.sandbox.path}"
 
 
 def _check_type(resource_type: Any) -> str:
