@@ -242,7 +242,12 @@ def test_references() -> None:
             400,
             "'party'",
         ),
-        (b'{"resourceType": "Bundle", "entry": [{"fullUrl": "urn:uuid:1"}]}', FHIR_JSON, 400, "entry[0]"),
+        (
+            b'{"resourceType": "Bundle", "type": "collection", "entry": [{"fullUrl": "urn:uuid:1"}]}',
+            FHIR_JSON,
+            400,
+            "entry[0]",
+        ),
     ],
 )
 def test_malformed_inputs(body: bytes, headers: dict[str, str], status: int, fragment: str) -> None:
