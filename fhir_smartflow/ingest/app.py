@@ -117,17 +117,47 @@ READY_PROBE_MS = 10_000
 
 
 def _queue_refuses_writes(ctx: IngestContext) -> str | None:
-    """Why an enqueue would fail now, else None: a real write (a short-lived key), so a full Redis (OOM
-    under noeviction), a read-only replica or one refusing writes after a failed save (MISCONF) answer
-    not-ready, as a PING would not. Only the Redis error code is shown: no hosts, paths or messages."""
+    """Why an enqueue would fail now, else None (only Redis error codes are shown: no hosts, paths, messages).
+
+    A real write (a short-lived key) catches a read-only replica (READONLY), a Redis refusing writes
+    after a failed save (MISCONF) or without enough replicas (NOREPLICAS), and one already over its
+    memory limit (OOM), none of which a PING notices. A Redis whose maxmemory policy refuses writes
+    rather than evicting is also not ready when less than one delivery (``[server] max_body_bytes``)
+    fits under the limit: tiny probes still pass there while every real enqueue fails."""
     try:
         ctx.conn.set(f"{ctx.keys.prefix}readyz", ctx.clock().isoformat(), px=READY_PROBE_MS)
+        memory = ctx.conn.info("memory")
     except redis.ResponseError as exc:
-        code = str(exc).split(" ", 1)[0].strip().upper() or "ERROR"
-        return f"not ready: Redis refuses writes ({code}); an enqueue would fail"
+        return f"not ready: Redis refuses writes ({_redis_error_code(exc)}); an enqueue would fail"
     except redis.RedisError as exc:
         return f"not ready: Redis unavailable ({type(exc).__name__})"
+    limit = int(memory.get("maxmemory") or 0)
+    policy = str(memory.get("maxmemory_policy") or "")
+    if limit and (policy == "noeviction" or policy.startswith("volatile-")):
+        free = limit - int(memory.get("used_memory") or 0)
+        if free < ctx.settings.server.max_body_bytes:
+            return (
+                f"not ready: Redis is nearly full (OOM): {max(free, 0)} bytes free under maxmemory with {policy}, "
+                f"less than one delivery of up to {ctx.settings.server.max_body_bytes} bytes"
+            )
     return None
+
+
+# redis-py turns these error codes into classes and drops the code from the message.
+_ERROR_CODES: dict[type[redis.ResponseError], str] = {
+    redis.exceptions.OutOfMemoryError: "OOM",
+    redis.exceptions.ReadOnlyError: "READONLY",
+    redis.exceptions.NoPermissionError: "NOPERM",
+}
+
+
+def _redis_error_code(exc: redis.ResponseError) -> str:
+    """``OOM`` / ``READONLY`` / ``MISCONF`` / ``NOREPLICAS``...: the code, never the message."""
+    for cls, code in _ERROR_CODES.items():
+        if isinstance(exc, cls):
+            return code
+    first = str(exc).split(" ", 1)[0]
+    return first if first.isalpha() and first.isupper() else "ERROR"
 
 
 def _count(ctx: IngestContext, name: str, **labels: str) -> None:
