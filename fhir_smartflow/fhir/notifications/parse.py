@@ -100,7 +100,7 @@ def _parse_bundle(bundle: dict[str, Any], ctx: ParseContext) -> Notification:
             400, "Bundle.entry[0]: a subscription-notification must start with a SubscriptionStatus"
         )
     allowed = STATUS_BUNDLE_TYPES if is_status else RESOURCE_BUNDLE_TYPES
-    if btype not in allowed:
+    if not isinstance(btype, str) or btype not in allowed:
         what = "a notification with a status" if is_status else "a rest-hook Bundle of resources"
         raise NotificationError(
             400, f"Bundle.type {shown(btype)} is not {what}: expected {' or '.join(sorted(allowed))}"
