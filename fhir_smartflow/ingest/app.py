@@ -106,8 +106,9 @@ def create_ingest_blueprint(ctx: IngestContext) -> Blueprint:
             return fhir_response(503, problem, {"Retry-After": str(ctx.settings.server.retry_after_seconds)})
         # Writes to OpenEMR held (its refresh token was refused): still ready to receive, but say so loudly.
         degraded = ctx.conn.get(f"{ctx.keys.prefix}openemr:auth_degraded")
-        if degraded:
-            return fhir_response(200, f"ready, DEGRADED: OpenEMR writes are queued: {degraded.decode()}")
+        if degraded:  # "<reason>: <message>": only the reason (the message may name hosts)
+            reason = degraded.decode(errors="replace").split(":", 1)[0][:60]
+            return fhir_response(200, f"ready, DEGRADED: OpenEMR writes are queued ({reason}); see the logs")
         return fhir_response(200, "ready: the queue accepts writes")
 
     return bp
