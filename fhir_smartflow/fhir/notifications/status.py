@@ -105,6 +105,15 @@ def _object(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
+def _named(value: Any, where: str) -> tuple[dict[str, Any], str]:
+    """A Parameters parameter or part: the object and its ``name`` (a string)."""
+    param = _object(value, where)
+    name = param.get("name")
+    if not isinstance(name, str):
+        raise NotificationError(400, f"{where}.name must be a string, got {shown(name)}")
+    return param, name
+
+
 def _parse_subscription_status(resource: dict[str, Any], where: str, ctx: ParseContext) -> Status:
     kind = _check_kind(resource.get("type"), f"{where}: SubscriptionStatus.type")
     raw_events = _list(resource.get("notificationEvent"), f"{where}: SubscriptionStatus.notificationEvent")
@@ -145,10 +154,7 @@ def _parse_parameters_status(resource: dict[str, Any], where: str, ctx: ParseCon
     events: list[StatusEvent] = []
     for i, raw in enumerate(params):
         at = f"{where}: parameter[{i}]"
-        param = _object(raw, at)
-        name = param.get("name")
-        if not isinstance(name, str):
-            raise NotificationError(400, f"{at}.name must be a string, got {shown(name)}")
+        param, name = _named(raw, at)
         if name == "notification-event":
             ctx.check_event_count(len(events) + 1)
             events.append(_parse_event_parts(param.get("part"), at, ctx))
@@ -176,10 +182,7 @@ def _parse_event_parts(parts: Any, where: str, ctx: ParseContext) -> StatusEvent
     context: list[str] = []
     for j, raw in enumerate(_list(parts, f"{where}: notification-event part")):
         at = f"{where}.part[{j}]"
-        part = _object(raw, at)
-        name = part.get("name")
-        if not isinstance(name, str):
-            raise NotificationError(400, f"{at}.name must be a string, got {shown(name)}")
+        part, name = _named(raw, at)
         if name == "event-number":
             number = as_counter(param_value(part, *_COUNTER_KEYS), f"{where}: event-number")
         elif name == "timestamp":
