@@ -21,6 +21,7 @@ ACCEPTED_CONTENT_TYPES = ("application/fhir+json", "application/json")
 # for the queue hits Python's recursion limit.
 MAX_JSON_DEPTH = 100
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def check_content_type(headers: Mapping[str, str], body: bytes) -> None:
@@ -50,32 +51,47 @@ def load_json(body: bytes) -> Any:
         raise NotificationError(400, f"body is not valid JSON: {exc}") from None
     except RecursionError:  # a small body can nest deeper than the parser's stack: bad input, not a 500
         raise NotificationError(400, f"body is nested deeper than {MAX_JSON_DEPTH} levels") from None
-    check_structure(data)
+    check_structure(text, data)
     return data
 
 
-def check_structure(data: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
-    """400 for nesting deeper than ``max_depth`` or a lone surrogate in any key or string (iterative walk)."""
+def check_structure(text: str, data: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """400 for nesting deeper than ``max_depth`` or a lone surrogate in any key or string. Both walks
+    run only when the text could hold the problem: more brackets than ``max_depth`` (brackets inside
+    strings count too: an upper bound), a ``\\uD8xx``-``\\uDFxx`` escape (valid UTF-8 has no surrogates;
+    only escapes make them, and escaped pairs are joined by the JSON parser)."""
+    if text.count("{") + text.count("[") > max_depth:
+        _check_depth(data, max_depth)
+    if _ESCAPED_SURROGATE.search(text):
+        _check_surrogates(data)
+
+
+def _containers(value: Any) -> Any:
+    return value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+
+
+def _check_depth(data: Any, max_depth: int) -> None:
     stack: list[tuple[Any, int]] = [(data, 1)]
     while stack:
         value, depth = stack.pop()
-        if isinstance(value, dict):
-            items: Any = value.items()
-        elif isinstance(value, list):
-            items = enumerate(value)
-        else:
-            _check_text(value)
-            continue
         if depth > max_depth:
             raise NotificationError(400, f"body is nested deeper than {max_depth} levels")
-        for key, item in items:
-            _check_text(key)
-            if isinstance(item, dict | list):
-                stack.append((item, depth + 1))
-            else:
-                _check_text(item)
+        stack.extend((child, depth + 1) for child in _containers(value) if isinstance(child, dict | list))
 
 
-def _check_text(value: Any) -> None:
-    if isinstance(value, str) and _SURROGATE.search(value):
-        raise NotificationError(400, "body contains a lone UTF-16 surrogate escape (\\ud800-\\udfff): not valid text")
+def _check_surrogates(data: Any) -> None:
+    stack: list[Any] = [data]
+    while stack:
+        value = stack.pop()
+        texts = list(value) if isinstance(value, dict) else []  # keys
+        for child in _containers(value):
+            if isinstance(child, dict | list):
+                stack.append(child)
+            elif isinstance(child, str):
+                texts.append(child)
+        if isinstance(value, str):
+            texts.append(value)
+        if any(_SURROGATE.search(t) for t in texts):
+            raise NotificationError(
+                400, "body contains a lone UTF-16 surrogate escape (\\ud800-\\udfff): not valid text"
+            )
