@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fhir_smartflow import defaults, shipped
+from fhir_smartflow.refs import RESOURCE_ID_RE, RESOURCE_TYPE_RE
 
 ENV_PREFIX = "SMARTFLOW_"
 
@@ -36,6 +37,7 @@ class ServerConfig:
     port: int = defaults.PORT
     notify_path: str = defaults.NOTIFY_PATH
     max_body_bytes: int = defaults.MAX_BODY_BYTES
+    max_events_per_notification: int = defaults.MAX_EVENTS_PER_NOTIFICATION
     retry_after_seconds: int = defaults.RETRY_AFTER_SECONDS
     # Admin token for /rq and other admin endpoints; empty disables them.
     admin_token_env: str = "SMARTFLOW_ADMIN_TOKEN"
@@ -271,6 +273,17 @@ class SubscriptionConfig:
     # For notifications that carry no focus (classic empty rest-hook): what to re-query.
     criteria: str = ""
     topic: str = ""
+    # The resource types this subscription may deliver (others: 403). Empty: the type of `criteria`, else
+    # the type of a shipped per-type `topic`; when neither says, `serve` refuses to start (docs/security.md).
+    resource_types: list[str] = field(default_factory=list)
+    # Accept deliveries that name their resource only in the path or headers (HAPI's DELETE
+    # <endpoint>/<Type>/<id>, Medplum's X-Medplum-Deleted-Resource), as claims the worker re-reads.
+    allow_path_addressed: bool = False
+    # The worker confirms the focus exists on the FHIR server at the notified version before acting.
+    verify: bool = True
+    # Logical ids of the Subscription resources on the FHIR server that deliver with this secret; when
+    # set, a notification naming another is refused (403). Empty: the first one seen is recorded.
+    server_ids: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -409,6 +422,12 @@ def _subscriptions(raw: Any) -> list[SubscriptionConfig]:
             raise ConfigError(f"{where} auth", f"must be 'header' or 'hmac', got {sub.auth!r}")
         if not sub.secret_env:
             raise ConfigError(f"{where} secret_env", "required: the environment variable holding the secret")
+        for rtype in sub.resource_types:
+            if not RESOURCE_TYPE_RE.match(rtype):
+                raise ConfigError(f"{where} resource_types", f"{rtype!r} is not a FHIR resource type name")
+        for server_id in sub.server_ids:
+            if not RESOURCE_ID_RE.match(server_id):
+                raise ConfigError(f"{where} server_ids", f"{server_id!r} is not a Subscription's logical id")
         if sub.id in seen:
             raise ConfigError(f"{where} id", f"duplicate subscription id {sub.id!r}")
         seen.add(sub.id)
@@ -433,6 +452,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("[server] notify_path", "must start with /")
     if settings.server.max_body_bytes <= 0:
         raise ConfigError("[server] max_body_bytes", "must be positive")
+    if settings.server.max_events_per_notification <= 0:
+        raise ConfigError("[server] max_events_per_notification", "must be positive")
     if settings.engine.dispatch not in {"flows", "record"}:
         raise ConfigError("[engine] dispatch", "must be 'flows' or 'record'")
     if settings.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:

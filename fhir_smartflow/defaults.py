@@ -8,6 +8,8 @@ HOST = "127.0.0.1"
 PORT = 8080
 NOTIFY_PATH = "/fhir/notify"
 MAX_BODY_BYTES = 1024 * 1024
+# Events one notification may carry (413 beyond): real servers batch a few; a 1 MB body can name 50,000.
+MAX_EVENTS_PER_NOTIFICATION = 1000
 RETRY_AFTER_SECONDS = 5
 FHIR_JSON = "application/fhir+json"
 
