@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote_plus
 
 import jwt
 import pytest
@@ -16,7 +17,14 @@ from fhir_smartflow.config import ConfigError, load_settings
 from fhir_smartflow.fhir.auth import build_auth
 from fhir_smartflow.fhir.client import FhirClient
 from fhir_smartflow.fhir.errors import FhirUnauthorized, FhirUnavailable, TokenRefused
-from fhir_smartflow.fhir.oauth import ClientCredentialsTokenProvider, TokenRequest, post_token
+from fhir_smartflow.fhir.oauth import (
+    CLIENT_SECRET_METHODS,
+    ClientCredentialsTokenProvider,
+    ClientSecretBasic,
+    ClientSecretPost,
+    TokenRequest,
+    post_token,
+)
 from fhir_smartflow.fhir.smart import (
     CLIENT_ASSERTION_TYPE,
     OAUTH_URIS,
@@ -261,3 +269,34 @@ def test_token_endpoint_overload_is_transient_and_a_refusal_keeps_the_oauth_erro
         400,
     )
     assert not refused.value.transient
+
+
+@responses.activate
+def test_client_secret_basic_form_urlencodes_id_and_secret_before_base64() -> None:
+    responses.post(TOKEN_URL, json={"access_token": "tok", "expires_in": 3600})
+    client = ClientSecretBasic("app id", "s3:cr+t%")
+    provider = ClientCredentialsTokenProvider(client, TOKEN_URL, scopes="system/Task.cu")
+    assert provider.token() == "tok"
+    request = responses.calls[0].request
+    scheme, encoded = request.headers["Authorization"].split(" ")
+    assert scheme == "Basic"
+    user, password = base64.b64decode(encoded).decode().split(":")
+    assert (unquote_plus(user), unquote_plus(password)) == ("app id", "s3:cr+t%")  # RFC 6749 2.3.1
+    form = parse_qs(request.body)
+    assert form == {"grant_type": ["client_credentials"], "scope": ["system/Task.cu"]}  # no secret in the body
+    assert "s3:cr" not in repr(client)
+
+
+@responses.activate
+def test_client_secret_post_sends_id_and_secret_in_the_form() -> None:
+    responses.post(TOKEN_URL, json={"access_token": "tok", "expires_in": 3600})
+    client = CLIENT_SECRET_METHODS["client_secret_post"]("app", "s3cret")
+    assert isinstance(client, ClientSecretPost)
+    assert ClientCredentialsTokenProvider(client, TOKEN_URL).token() == "tok"
+    request = responses.calls[0].request
+    assert "Authorization" not in request.headers
+    form = {k: v[0] for k, v in parse_qs(request.body).items()}
+    assert (form["client_id"], form["client_secret"]) == ("app", "s3cret")
+    assert "s3cret" not in repr(client)
+    with pytest.raises(ValueError, match="client secret"):
+        ClientSecretPost("app", "")

@@ -2,21 +2,24 @@
 
 * ``TokenRequest`` + ``post_token``: one POST to a token endpoint with typed errors: no answer, 429 or 5xx
   → ``FhirUnavailable`` (transient); any other refusal → ``TokenRefused`` carrying the OAuth2 ``error``.
-* ``ClientAuth``: how the client proves who it is at the endpoint (RFC 6749 section 2.3). Today
-  ``PrivateKeyJwt`` (fhir/smart.py, a signed assertion); ``client_secret_basic`` / ``client_secret_post``
-  are further implementations of the same Protocol.
+* ``ClientAuth``: how the client proves who it is at the endpoint (RFC 6749 section 2.3):
+  ``ClientSecretBasic`` (HTTP Basic with the client id and secret, RFC 6749 section 2.3.1),
+  ``ClientSecretPost`` (the same two in the form body), and ``PrivateKeyJwt`` (fhir/smart.py, a signed
+  assertion). ``CLIENT_SECRET_METHODS`` names the secret ones as ``token_endpoint_auth_method`` spells them.
 * ``ClientCredentialsTokenProvider``: the ``client_credentials`` grant (a token for the service itself),
   cached and renewed shortly before it expires. With ``PrivateKeyJwt`` it is SMART Backend Services.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import quote_plus
 
 import requests
 
@@ -40,6 +43,58 @@ class ClientAuth(Protocol):
     def authenticate(self, request: TokenRequest) -> None:
         """Add this client's credentials (form fields and/or headers) to a token request."""
         ...
+
+
+class ClientSecretBasic:
+    """ClientAuth ``client_secret_basic``: ``Authorization: Basic base64(id:secret)``, each part first
+    form-urlencoded (RFC 6749 section 2.3.1 and Appendix B), so a ``:`` or ``+`` in a secret survives."""
+
+    method = "client_secret_basic"
+
+    def __init__(self, client_id: str, client_secret: str) -> None:
+        _require_credentials(self.method, client_id, client_secret)
+        self.client_id = client_id
+        self._secret = client_secret
+
+    def authenticate(self, request: TokenRequest) -> None:
+        pair = f"{quote_plus(self.client_id)}:{quote_plus(self._secret)}"
+        request.headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+
+    def __repr__(self) -> str:
+        return f"ClientSecretBasic(client_id={self.client_id!r}, client_secret=***)"
+
+
+class ClientSecretPost:
+    """ClientAuth ``client_secret_post``: ``client_id`` and ``client_secret`` in the form body (RFC 6749
+    section 2.3.1; what OpenEMR's registration documents by default)."""
+
+    method = "client_secret_post"
+
+    def __init__(self, client_id: str, client_secret: str) -> None:
+        _require_credentials(self.method, client_id, client_secret)
+        self.client_id = client_id
+        self._secret = client_secret
+
+    def authenticate(self, request: TokenRequest) -> None:
+        request.form["client_id"] = self.client_id
+        request.form["client_secret"] = self._secret
+
+    def __repr__(self) -> str:
+        return f"ClientSecretPost(client_id={self.client_id!r}, client_secret=***)"
+
+
+def _require_credentials(method: str, client_id: str, client_secret: str) -> None:
+    if not client_id:
+        raise ValueError(f"{method} needs a client_id")
+    if not client_secret:
+        raise ValueError(f"{method} needs a client secret")
+
+
+# token_endpoint_auth_method (RFC 7591) -> the ClientAuth for a client with a secret
+CLIENT_SECRET_METHODS: dict[str, type[ClientSecretBasic] | type[ClientSecretPost]] = {
+    ClientSecretBasic.method: ClientSecretBasic,
+    ClientSecretPost.method: ClientSecretPost,
+}
 
 
 def post_token(session: requests.Session, request: TokenRequest, timeout: float) -> dict[str, Any]:
