@@ -1,0 +1,190 @@
+"""SMART scopes: parsed, compared, and written in the syntax the server knows.
+
+SMART App Launch 2 writes a resource scope as ``context/Type.letters``, the letters an in-order subset of
+``cruds`` (create, read, update, delete, search), optionally narrowed by ``?param=value``. SMART 1 had
+``.read``, ``.write`` and ``.*``; version 2 reads them as ``.rs``, ``.cud`` and ``.cruds``
+(scopes-and-launch-context, "Scopes for requesting clinical data"). Servers differ: Medplum and current
+OpenEMR accept version 2, OpenEMR 7.0.0 development builds only ``.read`` / ``.write``.
+
+* ``ResourceScope`` / ``Scopes``: a scope string parsed (either syntax); other scopes (``openid``,
+  ``offline_access``, ``api:fhir``, ``launch/patient``, ``system/*.$export``) are kept verbatim.
+* ``Scopes.render(syntax)``: the string in SMART v2 or v1 form. v1 has no letter for create alone, so
+  ``.cu`` becomes ``.write`` (which also allows delete) — the narrowest v1 can say.
+* ``Scopes.missing(needed)``: what of ``needed`` a granted set does not cover (a 403's likely cause,
+  doctor's granted-vs-needed comparison).
+* ``choose_scope_syntax(configuration, override)``: v2 when the server advertises it, v1 when it shows
+  only v1 forms, the override (``[fhir] scope_syntax``) when set.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from fhir_smartflow.fhir.smart import SmartConfiguration
+
+INTERACTIONS = "cruds"  # SMART v2 letters, in their required order
+V1_INTERACTIONS: dict[str, frozenset[str]] = {
+    "read": frozenset("rs"),
+    "write": frozenset("cud"),
+    "*": frozenset(INTERACTIONS),
+}
+CONTEXTS = ("patient", "user", "system")
+
+_RESOURCE_SCOPE = re.compile(
+    r"^(?P<context>patient|user|system)/(?P<type>\*|[A-Za-z][A-Za-z0-9_]*)\.(?P<perm>[a-z*]+)(?:\?(?P<query>.+))?$"
+)
+_V2_LETTERS = re.compile(r"^c?r?u?d?s?$")
+
+
+class ScopeSyntax(StrEnum):
+    V1 = "v1"
+    V2 = "v2"
+
+
+SCOPE_SYNTAX_SETTINGS = ("auto", ScopeSyntax.V2.value, ScopeSyntax.V1.value)
+
+
+@dataclass(frozen=True)
+class ResourceScope:
+    """One resource scope: ``context/resource_type`` with a set of ``cruds`` letters (and a v2 query)."""
+
+    context: str
+    resource_type: str  # a type name, or "*"
+    interactions: frozenset[str]
+    query: str = ""
+    syntax: ScopeSyntax = field(default=ScopeSyntax.V2, compare=False)  # how it was written
+
+    @property
+    def letters(self) -> str:
+        return "".join(ch for ch in INTERACTIONS if ch in self.interactions)
+
+    def v2(self) -> str:
+        return f"{self.context}/{self.resource_type}.{self.letters}" + (f"?{self.query}" if self.query else "")
+
+    def v1(self) -> tuple[str, ...]:
+        """The v1 scopes allowing at least these interactions: ``.read`` for r/s, ``.write`` for c/u/d."""
+        if self.query:
+            raise ValueError(f"{self.v2()}: SMART v1 has no search-parameter constraints")
+        base = f"{self.context}/{self.resource_type}"
+        found = []
+        if self.interactions & V1_INTERACTIONS["read"]:
+            found.append(f"{base}.read")
+        if self.interactions & V1_INTERACTIONS["write"]:
+            found.append(f"{base}.write")
+        return tuple(found)
+
+    def render(self, syntax: ScopeSyntax) -> tuple[str, ...]:
+        return self.v1() if syntax is ScopeSyntax.V1 else (self.v2(),)
+
+    def applies_to(self, context: str, resource_type: str) -> bool:
+        """Whether this grant speaks for ``context/resource_type`` (a query-narrowed grant never does:
+        it covers only some resources of the type)."""
+        return not self.query and self.context == context and self.resource_type in ("*", resource_type)
+
+
+def parse_scope(text: str) -> ResourceScope | None:
+    """A resource scope in either syntax; None for any other scope (``openid``, ``api:fhir``, an
+    operation scope such as ``system/*.$export``, or letters out of ``cruds`` order)."""
+    match = _RESOURCE_SCOPE.match(text)
+    if match is None:
+        return None
+    perm = match["perm"]
+    if perm in V1_INTERACTIONS:
+        interactions, syntax = V1_INTERACTIONS[perm], ScopeSyntax.V1
+    elif _V2_LETTERS.match(perm):
+        interactions, syntax = frozenset(perm), ScopeSyntax.V2
+    else:
+        return None
+    return ResourceScope(match["context"], match["type"], interactions, match["query"] or "", syntax)
+
+
+@dataclass(frozen=True)
+class Scopes:
+    """A set of scopes: resource scopes (parsed) and every other scope, verbatim, in the order given."""
+
+    resources: tuple[ResourceScope, ...] = ()
+    other: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> Scopes:
+        resources: list[ResourceScope] = []
+        other: list[str] = []
+        for token in text.split():
+            scope = parse_scope(token)
+            if scope is not None:
+                resources.append(scope)
+            elif token not in other:
+                other.append(token)
+        return cls(tuple(resources), tuple(other))
+
+    @classmethod
+    def of(cls, wanted: Iterable[tuple[str, str, str]]) -> Scopes:
+        """From ``(context, resource_type, letters)`` triples, merged per type."""
+        return cls(tuple(ResourceScope(c, t, frozenset(letters)) for c, t, letters in wanted)).merged()
+
+    def merged(self) -> Scopes:
+        """One scope per (context, type, query), letters united; sorted by context and type."""
+        united: dict[tuple[str, str, str], set[str]] = {}
+        for scope in self.resources:
+            united.setdefault((scope.context, scope.resource_type, scope.query), set()).update(scope.interactions)
+        resources = tuple(
+            ResourceScope(context, rtype, frozenset(letters), query)
+            for (context, rtype, query), letters in sorted(united.items(), key=_order)
+            if letters
+        )
+        return Scopes(resources, self.other)
+
+    def render(self, syntax: ScopeSyntax) -> str:
+        """The scope string in ``syntax`` (resource scopes first, then the others as given)."""
+        parts: list[str] = []
+        for scope in self.merged().resources:
+            parts.extend(s for s in scope.render(syntax) if s not in parts)
+        parts.extend(self.other)
+        return " ".join(parts)
+
+    def allows(self, context: str, resource_type: str, interaction: str) -> bool:
+        return any(s.applies_to(context, resource_type) and interaction in s.interactions for s in self.resources)
+
+    def missing(self, needed: Scopes) -> Scopes:
+        """The part of ``needed`` these (granted) scopes do not cover, interaction by interaction; other
+        scopes (``openid``, ...) are compared verbatim."""
+        lacking = [
+            ResourceScope(scope.context, scope.resource_type, frozenset(absent))
+            for scope in needed.merged().resources
+            if (absent := {i for i in scope.interactions if not self.allows(scope.context, scope.resource_type, i)})
+        ]
+        return Scopes(tuple(lacking), tuple(s for s in needed.other if s not in self.other)).merged()
+
+    def syntaxes(self) -> set[ScopeSyntax]:
+        """The syntaxes these scopes are written in (a server's ``scopes_supported`` tells which it knows)."""
+        return {s.syntax for s in self.resources}
+
+    def __bool__(self) -> bool:
+        return bool(self.resources or self.other)
+
+
+def _order(item: tuple[tuple[str, str, str], set[str]]) -> tuple[int, str, str]:
+    (context, rtype, query), _ = item
+    return (CONTEXTS.index(context), rtype if rtype != "*" else "", query)
+
+
+def choose_scope_syntax(configuration: SmartConfiguration | None, override: str = "auto") -> ScopeSyntax:
+    """The scope syntax to request from a server: ``override`` unless "auto"; else v2 when the server
+    advertises the ``permission-v2`` capability or lists a v2 scope, v1 when it lists only v1 scopes (or
+    advertises only ``permission-v1``), and v2 when it says nothing either way (the current standard)."""
+    if override != "auto":
+        return ScopeSyntax(override)
+    if configuration is None:
+        return ScopeSyntax.V2
+    capabilities = set(configuration.capabilities)
+    if "permission-v2" in capabilities:
+        return ScopeSyntax.V2
+    listed = Scopes.parse(" ".join(configuration.scopes_supported)).syntaxes()
+    if ScopeSyntax.V2 in listed:
+        return ScopeSyntax.V2
+    if ScopeSyntax.V1 in listed or "permission-v1" in capabilities:
+        return ScopeSyntax.V1
+    return ScopeSyntax.V2

@@ -1,0 +1,72 @@
+"""SMART scopes: parsing both syntaxes, writing v2 or v1, what a grant lacks, and which syntax a server knows."""
+
+from __future__ import annotations
+
+import pytest
+
+from fhir_smartflow.fhir.scopes import ResourceScope, Scopes, ScopeSyntax, choose_scope_syntax, parse_scope
+from fhir_smartflow.fhir.smart import SmartConfiguration
+
+TOKEN_URL = "https://ehr.example.org/oauth2/token"
+
+
+def test_v2_and_v1_scopes_parse_to_the_same_interactions() -> None:
+    assert parse_scope("system/Task.cu") == ResourceScope("system", "Task", frozenset("cu"))
+    assert parse_scope("system/*.rs") == parse_scope("system/*.read")
+    assert parse_scope("user/Patient.write").interactions == frozenset("cud")  # v1 write = v2 cud
+    assert parse_scope("patient/Observation.*").interactions == frozenset("cruds")
+    assert parse_scope("system/Observation.rs?category=laboratory").query == "category=laboratory"
+    assert parse_scope("system/Task.cu").syntax is ScopeSyntax.V2
+    assert parse_scope("system/Task.write").syntax is ScopeSyntax.V1
+    # Not resource scopes: identity, OpenEMR's API scopes, operations, letters out of order.
+    for other in ("openid", "offline_access", "api:fhir", "launch/patient", "system/*.$export", "user/Task.dus"):
+        assert parse_scope(other) is None, other
+
+
+def test_rendering_in_v2_and_v1() -> None:
+    scopes = Scopes.parse("system/Task.cu system/Task.rs system/Patient.rs system/Provenance.c openid")
+    assert scopes.render(ScopeSyntax.V2) == "system/Patient.rs system/Provenance.c system/Task.crus openid"
+    assert scopes.render(ScopeSyntax.V1) == (
+        "system/Patient.read system/Provenance.write system/Task.read system/Task.write openid"
+    )
+    # v1 scopes given come out as v2 and back.
+    assert Scopes.parse("user/Patient.read user/Task.write").render(ScopeSyntax.V2) == "user/Patient.rs user/Task.cud"
+    with pytest.raises(ValueError, match="no search-parameter constraints"):
+        Scopes.parse("system/Observation.rs?category=laboratory").render(ScopeSyntax.V1)
+
+
+def test_missing_compares_interaction_by_interaction_across_syntaxes_and_wildcards() -> None:
+    needed = Scopes.parse("system/Task.crus system/Provenance.c system/Patient.rs system/Flag.c")
+    granted = Scopes.parse("system/*.rs system/Task.cu")
+    assert granted.missing(needed).render(ScopeSyntax.V2) == "system/Flag.c system/Provenance.c"
+    v1_granted = Scopes.parse("system/*.read system/Task.write system/Provenance.write")
+    assert v1_granted.missing(needed).render(ScopeSyntax.V2) == "system/Flag.c"
+    # Another context does not count; a query-narrowed grant does not cover the whole type.
+    assert Scopes.parse("user/*.cruds").missing(Scopes.parse("system/Flag.c")).render(ScopeSyntax.V2) == (
+        "system/Flag.c"
+    )
+    narrowed = Scopes.parse("system/Flag.c?status=active")
+    assert narrowed.missing(Scopes.parse("system/Flag.c")).render(ScopeSyntax.V2) == "system/Flag.c"
+    assert not Scopes.parse("system/*.cruds").missing(needed)
+
+
+def _config(scopes: object = (), capabilities: tuple[str, ...] = ()) -> SmartConfiguration:
+    return SmartConfiguration(TOKEN_URL, scopes_supported=tuple(scopes), capabilities=capabilities)
+
+
+def test_scope_syntax_follows_what_the_server_advertises() -> None:
+    # Medplum: permission-v1 and permission-v2 capabilities, v2 scopes listed.
+    medplum = _config(("patient/*.rs", "user/*.cruds", "openid"), ("permission-v1", "permission-v2"))
+    assert choose_scope_syntax(medplum) is ScopeSyntax.V2
+    # OpenEMR 7.0.0-dev: only .read / .write scopes in scopes_supported, no permission capability.
+    openemr_dev = _config(("openid", "api:fhir", "system/Patient.read", "user/Appointment.write"))
+    assert choose_scope_syntax(openemr_dev) is ScopeSyntax.V1
+    assert choose_scope_syntax(_config(capabilities=("permission-v1",))) is ScopeSyntax.V1
+    assert choose_scope_syntax(_config(("system/Patient.read", "system/Patient.rs"))) is ScopeSyntax.V2
+    assert choose_scope_syntax(_config(capabilities=("permission-v2",))) is ScopeSyntax.V2
+    # Nothing said either way, or no configuration at all: the current standard.
+    assert choose_scope_syntax(_config(("openid",))) is ScopeSyntax.V2
+    assert choose_scope_syntax(None) is ScopeSyntax.V2
+    # The override wins.
+    assert choose_scope_syntax(medplum, "v1") is ScopeSyntax.V1
+    assert choose_scope_syntax(openemr_dev, "v2") is ScopeSyntax.V2
