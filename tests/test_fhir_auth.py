@@ -13,8 +13,8 @@ import responses
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from fhir_smartflow.config import ConfigError, load_settings
-from fhir_smartflow.fhir.auth import build_auth
+from fhir_smartflow.config import FHIR_AUTH_MODES, ConfigError, load_settings
+from fhir_smartflow.fhir.auth import AUTH_MODES, build_auth
 from fhir_smartflow.fhir.client import FhirClient
 from fhir_smartflow.fhir.errors import FhirUnauthorized, FhirUnavailable, TokenRefused
 from fhir_smartflow.fhir.oauth import (
@@ -300,3 +300,23 @@ def test_client_secret_post_sends_id_and_secret_in_the_form() -> None:
     assert "s3cret" not in repr(client)
     with pytest.raises(ValueError, match="client secret"):
         ClientSecretPost("app", "")
+
+
+def test_client_credentials_config_is_checked_and_every_mode_has_a_builder(tmp_path: Path) -> None:
+    assert set(AUTH_MODES) == set(FHIR_AUTH_MODES)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[fhir]\nauth = "client-credentials"\nclient_id = "app"\nclient_secret_env = "APP_SECRET"\n')
+    settings = load_settings(cfg, env={})
+    with pytest.raises(ConfigError, match="APP_SECRET"):
+        build_auth(settings, BASE, env={})
+    auth = build_auth(settings, BASE, env={"APP_SECRET": "pw"})
+    assert isinstance(auth, ClientCredentialsTokenProvider) and isinstance(auth.client, ClientSecretBasic)
+    cfg.write_text('[fhir]\nauth = "client-credentials"\nclient_auth = "client_secret_jwt"\n')
+    with pytest.raises(ConfigError, match=r"client_auth.*client_secret_basic, client_secret_post"):
+        load_settings(cfg, env={})
+    cfg.write_text('[fhir]\nscope_syntax = "v3"\n')
+    with pytest.raises(ConfigError, match="scope_syntax"):
+        load_settings(cfg, env={})
+    cfg.write_text('[fhir]\nauth = "client-credentials"\nclient_secret_env = "APP_SECRET"\n')
+    with pytest.raises(ConfigError, match="client_id"):
+        build_auth(load_settings(cfg, env={}), BASE, env={"APP_SECRET": "pw"})

@@ -48,7 +48,7 @@ def test_client_credentials_assertion_is_verified_and_only_reads_granted(
 ) -> None:
     auth = backend_services(emulator, private_pem, "system/Patient.rs system/Task.cu")
     assert auth.token()
-    assert auth.granted_scopes == "system/Patient.rs"  # OpenEMR grants no system write scope
+    assert auth.granted_scopes() == "system/Patient.rs"  # OpenEMR grants no system write scope
     session = requests.Session()
     form = {
         "grant_type": "client_credentials",

@@ -132,8 +132,10 @@ def renewal_margin(lifetime: float, margin: float) -> float:
 class ClientCredentialsTokenProvider:
     """TokenProvider for the ``client_credentials`` grant. Thread-safe.
 
-    ``token_endpoint`` is the URL, or a function that finds it (SMART discovery), called when the first
-    token is needed; its answer is kept.
+    ``token_endpoint`` is the URL, or a function that finds it (SMART discovery), and ``scopes`` the scope
+    string or a function that makes it (the scopes the service needs, in the server's syntax); each
+    function is called when the first token is needed, and its answer kept. ``granted_scopes()`` is what
+    the server granted (RFC 6749 section 5.1: an answer without ``scope`` granted what was asked).
     """
 
     def __init__(
@@ -141,7 +143,7 @@ class ClientCredentialsTokenProvider:
         client: ClientAuth,
         token_endpoint: str | Callable[[], str],
         *,
-        scopes: str = "",
+        scopes: str | Callable[[], str] = "",
         session: requests.Session | None = None,
         timeout: float = 10.0,
         refresh_margin: float = 60.0,
@@ -149,12 +151,12 @@ class ClientCredentialsTokenProvider:
     ) -> None:
         self.client = client
         self._endpoint = token_endpoint
-        self.scopes = scopes
+        self._scopes = scopes
         self.session = session or requests.Session()
         self.timeout = timeout
         self.refresh_margin = refresh_margin
         self.clock = clock
-        self.granted_scopes = ""
+        self._granted = ""
         self._token: str | None = None
         self._renew_at = 0.0
         self._lock = threading.Lock()
@@ -163,6 +165,16 @@ class ClientCredentialsTokenProvider:
         if callable(self._endpoint):
             self._endpoint = self._endpoint()
         return self._endpoint
+
+    def scopes(self) -> str:
+        """The scope string asked for (worked out on first use)."""
+        if callable(self._scopes):
+            self._scopes = self._scopes()
+        return self._scopes
+
+    def granted_scopes(self) -> str:
+        """The scopes of the current token ("" before the first one)."""
+        return self._granted
 
     def token(self) -> str:
         with self._lock:
@@ -176,11 +188,14 @@ class ClientCredentialsTokenProvider:
                 self._token = None
 
     def _fetch(self) -> str:
-        request = TokenRequest(self.token_endpoint(), {"grant_type": "client_credentials", "scope": self.scopes})
+        form = {"grant_type": "client_credentials"}
+        if scopes := self.scopes():
+            form["scope"] = scopes
+        request = TokenRequest(self.token_endpoint(), form)
         self.client.authenticate(request)
         body = post_token(self.session, request, self.timeout)
         lifetime = float(body.get("expires_in") or DEFAULT_EXPIRES_IN)
         self._renew_at = self.clock() + lifetime - renewal_margin(lifetime, self.refresh_margin)
-        self.granted_scopes = str(body.get("scope") or "")
-        log.info("obtained a client-credentials token (expires in %ss, scope %s)", int(lifetime), self.granted_scopes)
+        self._granted = str(body.get("scope") or scopes)
+        log.info("obtained a client-credentials token (expires in %ss, scope %s)", int(lifetime), self._granted)
         return str(body["access_token"])

@@ -12,6 +12,7 @@ OpenEMR accept version 2, OpenEMR 7.0.0 development builds only ``.read`` / ``.w
   ``.cu`` becomes ``.write`` (which also allows delete) — the narrowest v1 can say.
 * ``Scopes.missing(needed)``: what of ``needed`` a granted set does not cover (a 403's likely cause,
   doctor's granted-vs-needed comparison).
+* ``request_scopes`` / ``forbidden_hint``: the scopes a REST request needs, and what a 403 probably lacks.
 * ``choose_scope_syntax(configuration, override)``: v2 when the server advertises it, v1 when it shows
   only v1 forms, the override (``[fhir] scope_syntax``) when set.
 """
@@ -19,11 +20,13 @@ OpenEMR accept version 2, OpenEMR 7.0.0 development builds only ``.read`` / ``.w
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from fhir_smartflow.fhir.smart import SmartConfiguration
+from fhir_smartflow.refs import RESOURCE_TYPE_RE
 
 INTERACTIONS = "cruds"  # SMART v2 letters, in their required order
 V1_INTERACTIONS: dict[str, frozenset[str]] = {
@@ -42,9 +45,6 @@ _V2_LETTERS = re.compile(r"^c?r?u?d?s?$")
 class ScopeSyntax(StrEnum):
     V1 = "v1"
     V2 = "v2"
-
-
-SCOPE_SYNTAX_SETTINGS = ("auto", ScopeSyntax.V2.value, ScopeSyntax.V1.value)
 
 
 @dataclass(frozen=True)
@@ -188,3 +188,62 @@ def choose_scope_syntax(configuration: SmartConfiguration | None, override: str 
     if ScopeSyntax.V1 in listed or "permission-v1" in capabilities:
         return ScopeSyntax.V1
     return ScopeSyntax.V2
+
+
+def request_scopes(method: str, path: str, body: Mapping[str, Any] | None = None, context: str = "system") -> Scopes:
+    """The scopes a REST request needs (SMART's letter per interaction): ``path`` is relative to the base
+    (``Task``, ``Task/1``, ``Task/1/_history/2``, ``Task/_search``, "" for a transaction, whose entries
+    count one by one). Requests SMART gives no letter (operations, ``metadata``) need nothing here."""
+    if not path:
+        if method != "POST" or not body:
+            return Scopes()
+        entries = [e.get("request") or {} for e in body.get("entry") or [] if isinstance(e, Mapping)]
+        found = [
+            request_scopes(str(r.get("method") or ""), str(r.get("url") or "").split("?")[0].strip("/"), None, context)
+            for r in entries
+        ]
+        return Scopes(tuple(s for scopes in found for s in scopes.resources)).merged()
+    parts = path.split("/")
+    rtype = parts[0]
+    if not RESOURCE_TYPE_RE.match(rtype) or any(p.startswith("$") for p in parts):
+        return Scopes()
+    letter = _interaction(method, parts)
+    return Scopes((ResourceScope(context, rtype, frozenset(letter)),)) if letter else Scopes()
+
+
+def _interaction(method: str, parts: list[str]) -> str:
+    instance = len(parts) >= 2 and parts[1] not in ("_search", "_history")
+    if method in ("GET", "HEAD"):
+        return "r" if instance else "s"
+    if method == "POST":
+        return "s" if parts[1:2] == ["_search"] else ("" if instance else "c")
+    if method in ("PUT", "PATCH"):
+        return "u"
+    if method == "DELETE":
+        return "d"
+    return ""
+
+
+def grant_context(granted: str) -> str:
+    """The context (``system``, ``user``, ``patient``) of a grant's resource scopes when they share one;
+    ``system`` otherwise (the service's own tokens)."""
+    contexts = {s.context for s in Scopes.parse(granted).resources}
+    return contexts.pop() if len(contexts) == 1 else "system"
+
+
+def forbidden_hint(granted: str, needed: Scopes) -> str:
+    """What to say about a 403: which of ``needed`` the ``granted`` scope string probably lacks (in the
+    syntax of the grant), or that the scopes allow the request and the server's own policy refused it."""
+    if not needed:
+        return ""
+    if not granted:
+        return f"; the token's scopes are not known here — this request needs {needed.render(ScopeSyntax.V2)}"
+    grant = Scopes.parse(granted)
+    syntax = ScopeSyntax.V1 if grant.syntaxes() == {ScopeSyntax.V1} else ScopeSyntax.V2
+    lacking = grant.missing(needed)
+    if lacking:
+        return f'; the token was granted "{granted}" — probably missing {lacking.render(syntax)}'
+    return (
+        f'; the token was granted "{granted}", which covers {needed.render(syntax)}: the server\'s own access '
+        "rules (its policy for this client) refused it"
+    )
