@@ -20,6 +20,7 @@ from fhir_smartflow.commands.openemr import openemr as _openemr_cmd
 from fhir_smartflow.commands.poll import poll as _poll_cmd
 from fhir_smartflow.commands.sandbox import sandbox_command
 from fhir_smartflow.commands.scheduling import scheduler_command
+from fhir_smartflow.commands.scopes import scopes_command
 from fhir_smartflow.commands.subscriptions import subscriptions_group
 
 
@@ -58,3 +59,4 @@ main.add_command(export_group)
 main.add_command(subscriptions_group)
 main.add_command(history_command)
 main.add_command(doctor_command)
+main.add_command(scopes_command)

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from fhir_smartflow.fhir.scopes import ResourceScope, Scopes, ScopeSyntax, choose_scope_syntax, parse_scope
+from fhir_smartflow.fhir.scopes import (
+    ResourceScope,
+    Scopes,
+    ScopeSyntax,
+    choose_scope_syntax,
+    forbidden_hint,
+    grant_context,
+    parse_scope,
+    request_scopes,
+)
 from fhir_smartflow.fhir.smart import SmartConfiguration
 
 TOKEN_URL = "https://ehr.example.org/oauth2/token"
@@ -70,3 +79,44 @@ def test_scope_syntax_follows_what_the_server_advertises() -> None:
     # The override wins.
     assert choose_scope_syntax(medplum, "v1") is ScopeSyntax.V1
     assert choose_scope_syntax(openemr_dev, "v2") is ScopeSyntax.V2
+
+
+def test_the_scopes_a_request_needs() -> None:
+    def needs(method: str, path: str, body: dict | None = None, context: str = "system") -> str:
+        return request_scopes(method, path, body, context).render(ScopeSyntax.V2)
+
+    assert needs("GET", "Patient/1") == "system/Patient.r"
+    assert needs("GET", "Patient/1/_history/2") == "system/Patient.r"
+    assert needs("GET", "Task") == "system/Task.s"
+    assert needs("POST", "Task/_search") == "system/Task.s"
+    assert needs("POST", "Provenance") == "system/Provenance.c"
+    assert needs("PUT", "Subscription/s1") == "system/Subscription.u"
+    assert needs("DELETE", "Task/1", context="user") == "user/Task.d"
+    assert needs("GET", "metadata") == needs("POST", "Subscription/s1/$events") == ""
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"request": {"method": "POST", "url": "Task", "ifNoneExist": "identifier=x|y"}},
+            {"request": {"method": "POST", "url": "Provenance"}},
+            {"request": {"method": "PUT", "url": "Task/1"}},
+        ],
+    }
+    assert needs("POST", "", bundle) == "system/Provenance.c system/Task.cu"
+
+
+def test_what_a_403_says_about_scopes() -> None:
+    needed = Scopes.parse("system/Provenance.c")
+    hint = forbidden_hint("system/*.rs system/Task.cu", needed)
+    assert hint == '; the token was granted "system/*.rs system/Task.cu" — probably missing system/Provenance.c'
+    # A v1 grant gets the answer in v1.
+    assert forbidden_hint("system/*.read", needed).endswith("probably missing system/Provenance.write")
+    # The scopes allow it: the server's own policy refused (Medplum AccessPolicy, OpenEMR ACL).
+    assert "access rules" in forbidden_hint("system/*.cruds", needed)
+    # A static token: the scopes are not known here, say what the request needs.
+    assert (
+        forbidden_hint("", needed) == "; the token's scopes are not known here — this request needs system/Provenance.c"
+    )
+    assert forbidden_hint("system/*.rs", Scopes()) == ""
+    assert grant_context("user/Patient.rs user/Task.cu openid") == "user"
+    assert grant_context("") == grant_context("user/Patient.rs system/Task.cu") == "system"

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
+from click.testing import CliRunner, Result
+
+from fhir_smartflow.cli import main
 from fhir_smartflow.config import FhirConfig, PollConfig, Settings, SubscriptionConfig
 from fhir_smartflow.engine.model import Recipients
 from fhir_smartflow.fhir.scopes import Scopes, ScopeSyntax
 from fhir_smartflow.fhir.service_scopes import needed_scopes, service_uses
 from tests.support.engine import shipped_engine
+from tests.support.procs import ROOT
+from tests.support.toml import write_config
 
 WITH_SUBSCRIPTIONS = dataclasses.replace(Settings(), subscriptions=[SubscriptionConfig(id="sub-1")])
 
@@ -71,3 +78,31 @@ def test_settings_change_what_is_needed() -> None:
     openemr = dataclasses.replace(Settings(), fhir=FhirConfig(writeback="openemr"))
     scopes = needed_scopes(engine, openemr)
     assert scopes.resources and all(s.interactions <= frozenset("rs") for s in scopes.resources)
+
+
+def _scopes_cli(tmp_path: Path, *args: str, **fhir: object) -> Result:
+    engine = {"mappings": [str(ROOT / "mappings")], "flows": [str(ROOT / "flows/examples")]}
+    engine["templates"] = [str(ROOT / "templates")]
+    config = write_config(tmp_path / "c.toml", {"fhir": fhir, "engine": engine}, [{"id": "s", "secret_env": "S"}])
+    return CliRunner().invoke(main, ["--config", str(config), "scopes", *args])
+
+
+def test_the_scopes_command_prints_what_to_register(tmp_path: Path) -> None:
+    result = _scopes_cli(tmp_path)
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == needed_scopes(shipped_engine(), WITH_SUBSCRIPTIONS).render(ScopeSyntax.V2)
+    v1 = _scopes_cli(tmp_path, "--syntax", "v1", "--json", scope_syntax="v2")
+    doc = json.loads(v1.stdout)
+    assert doc["syntax"] == "v1" and "system/Provenance.write" in doc["scopes"].split()
+    assert {"resource_type": "Flag", "letters": "c", "why": "record-prompt actions"} in doc["uses"]
+    why = _scopes_cli(tmp_path, "--why").output.splitlines()
+    assert any(line.startswith("system/Subscription.crus") and "subscriptions sync" in line for line in why)
+
+
+def test_the_scopes_command_refuses_flows_that_do_not_load(tmp_path: Path) -> None:
+    bad = tmp_path / "flows"
+    bad.mkdir()
+    (bad / "broken.toml").write_text('id = "x"\n[[actions]]\ntype = "nonsense"\n')
+    config = write_config(tmp_path / "c.toml", {"engine": {"flows": [str(bad)], "mappings": [str(ROOT / "mappings")]}})
+    result = CliRunner().invoke(main, ["--config", str(config), "scopes"])
+    assert result.exit_code == 2 and "run `fhir-smartflow validate`" in result.output
