@@ -36,7 +36,7 @@ def test_rendering_in_v2_and_v1() -> None:
     scopes = Scopes.parse("system/Task.cu system/Task.rs system/Patient.rs system/Provenance.c openid")
     assert scopes.render(ScopeSyntax.V2) == "system/Patient.rs system/Provenance.c system/Task.crus openid"
     assert scopes.render(ScopeSyntax.V1) == (
-        "system/Patient.read system/Provenance.write system/Task.read system/Task.write openid"
+        "system/Patient.read system/Provenance.write system/Task.write system/Task.read openid"
     )
     # v1 scopes given come out as v2 and back.
     assert Scopes.parse("user/Patient.read user/Task.write").render(ScopeSyntax.V2) == "user/Patient.rs user/Task.cud"
@@ -113,6 +113,9 @@ def test_what_a_403_says_about_scopes() -> None:
     assert forbidden_hint("system/*.read", needed).endswith("probably missing system/Provenance.write")
     # The scopes allow it: the server's own policy refused (Medplum AccessPolicy, OpenEMR ACL).
     assert "access rules" in forbidden_hint("system/*.cruds", needed)
+    # Medplum applies only the first scope naming a type: a read-only one first makes the type read-only.
+    split = forbidden_hint("system/Task.rs system/Task.cu", Scopes.parse("system/Task.c"))
+    assert "names Task in more than one scope" in split
     # A static token: the scopes are not known here, say what the request needs.
     assert (
         forbidden_hint("", needed) == "; the token's scopes are not known here — this request needs system/Provenance.c"

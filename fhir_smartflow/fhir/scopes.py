@@ -65,15 +65,17 @@ class ResourceScope:
         return f"{self.context}/{self.resource_type}.{self.letters}" + (f"?{self.query}" if self.query else "")
 
     def v1(self) -> tuple[str, ...]:
-        """The v1 scopes allowing at least these interactions: ``.read`` for r/s, ``.write`` for c/u/d."""
+        """The v1 scopes allowing at least these interactions: ``.write`` for c/u/d, ``.read`` for r/s.
+        ``.write`` comes first: Medplum applies only the first scope naming a type, and a read-only one
+        first would make the type read-only there."""
         if self.query:
             raise ValueError(f"{self.v2()}: SMART v1 has no search-parameter constraints")
         base = f"{self.context}/{self.resource_type}"
         found = []
-        if self.interactions & V1_INTERACTIONS["read"]:
-            found.append(f"{base}.read")
         if self.interactions & V1_INTERACTIONS["write"]:
             found.append(f"{base}.write")
+        if self.interactions & V1_INTERACTIONS["read"]:
+            found.append(f"{base}.read")
         return tuple(found)
 
     def render(self, syntax: ScopeSyntax) -> tuple[str, ...]:
@@ -243,7 +245,18 @@ def forbidden_hint(granted: str, needed: Scopes) -> str:
     lacking = grant.missing(needed)
     if lacking:
         return f'; the token was granted "{granted}" — probably missing {lacking.render(syntax)}'
+    split = sorted({s.resource_type for s in needed.resources if _named_twice(grant, s.context, s.resource_type)})
+    note = (
+        f"; the grant names {', '.join(split)} in more than one scope, and some servers (Medplum) apply only "
+        "the first: ask for one scope per type"
+        if split
+        else ""
+    )
     return (
         f'; the token was granted "{granted}", which covers {needed.render(syntax)}: the server\'s own access '
-        "rules (its policy for this client) refused it"
+        f"rules (its policy for this client) refused it{note}"
     )
+
+
+def _named_twice(grant: Scopes, context: str, resource_type: str) -> bool:
+    return sum(1 for s in grant.resources if s.context == context and s.resource_type == resource_type) > 1
