@@ -95,3 +95,4 @@ class BaseUrl:
         absolute = self.resolve(url_or_reference)
         rest = urlsplit(absolute).path[len(self.path) :].strip("/")
         return rest
+
