@@ -245,9 +245,18 @@ class DeliveryConfig:
     retry_max_seconds: float = defaults.DELIVERY_RETRY_MAX_SECONDS
     optout_extension: str = ""  # URL of a Patient extension that opts out of channels (see docs/channels.md)
     plugins: list[str] = field(default_factory=list)  # "name=package.module:Class" extra channels
+    # Any channel's limit, e.g. { fax = 10 }; an entry wins over the built-ins' <channel>_per_minute keys.
+    per_minute: dict[str, int] = field(default_factory=dict)
 
     def rate_per_minute(self, channel: str) -> int:
-        return int(getattr(self, f"{channel.replace('-', '_')}_per_minute", 0))
+        """Deliveries per minute over ``channel`` (0 = unlimited)."""
+        builtin = {
+            "sms": self.sms_per_minute,
+            "voice": self.voice_per_minute,
+            "email": self.email_per_minute,
+            "webhook": self.webhook_per_minute,
+        }
+        return self.per_minute.get(channel, builtin.get(channel, 0))
 
 
 @dataclass(frozen=True)
@@ -279,6 +288,9 @@ class Settings:
     email: EmailConfig = field(default_factory=EmailConfig)
     webhook_channel: WebhookChannelConfig = field(default_factory=WebhookChannelConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    # [channels.<name>] tables: each channel plugin's own settings, parsed by the channel registry
+    # (fhir_smartflow/channels.py) into the plugin's options dataclass.
+    channels: dict[str, dict[str, Any]] = field(default_factory=dict)
     # role name -> "system|code" of a PractitionerRole.code
     roles: dict[str, str] = field(
         default_factory=lambda: {
@@ -307,6 +319,8 @@ _FALSE = {"0", "false", "no", "off"}
 
 def _coerce(value: Any, typ: Any, key: str, from_env: bool) -> Any:
     origin = typing.get_origin(typ)
+    if typ is Any:  # a plugin's table, checked by the plugin's own dataclass later (channels.py)
+        return value
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -354,7 +368,9 @@ def _coerce(value: Any, typ: Any, key: str, from_env: bool) -> Any:
     raise ConfigError(key, f"unsupported type {typ!r}")
 
 
-def _section(cls: type, raw: Mapping[str, Any], name: str, env: Mapping[str, str]) -> Any:
+def parse_section(cls: type, raw: Mapping[str, Any], name: str, env: Mapping[str, str]) -> Any:
+    """The ``[name]`` table as a ``cls`` dataclass: unknown keys and wrong types are ConfigErrors, and
+    ``SMARTFLOW_<NAME>_<KEY>`` overrides a key (dots and dashes of the name as underscores)."""
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
@@ -362,7 +378,7 @@ def _section(cls: type, raw: Mapping[str, Any], name: str, env: Mapping[str, str
             raise ConfigError(f"[{name}] {key}", "unknown key")
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
-        env_name = f"{ENV_PREFIX}{name.upper()}_{f.name.upper()}"
+        env_name = f"{ENV_PREFIX}{name.upper().replace('.', '_').replace('-', '_')}_{f.name.upper()}"
         if env_name in env:
             values[f.name] = _coerce(env[env_name], hints[f.name], env_name, from_env=True)
         elif f.name in raw:
@@ -463,6 +479,9 @@ def _validate_delivery(settings: Settings) -> None:
     for key in ("sms_per_minute", "voice_per_minute", "email_per_minute", "webhook_per_minute", "max_attempts"):
         if getattr(settings.delivery, key) < 0:
             raise ConfigError(f"[delivery] {key}", "must not be negative")
+    for channel, limit in settings.delivery.per_minute.items():
+        if limit < 0:
+            raise ConfigError(f"[delivery] per_minute.{channel}", "must not be negative")
     if settings.email.security not in {"starttls", "ssl", "none"}:
         raise ConfigError("[email] security", "must be starttls, ssl or none")
     if settings.sms.base_url and not settings.sms.base_url.startswith(("http://", "https://")):
@@ -505,15 +524,17 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(str(p), f"not valid TOML: {exc}") from None
         source = str(p)
-    allowed = set(_SECTIONS) | {"roles", "subscriptions"}
+    allowed = set(_SECTIONS) | {"roles", "subscriptions", "channels"}
     for key in raw:
         if key not in allowed:
             raise ConfigError(f"[{key}]", "unknown section")
-    values: dict[str, Any] = {name: _section(cls, raw.get(name, {}), name, env) for name, cls in _SECTIONS.items()}
+    values: dict[str, Any] = {name: parse_section(cls, raw.get(name, {}), name, env) for name, cls in _SECTIONS.items()}
     if "roles" in raw:
         values["roles"] = _coerce(raw["roles"], dict[str, str], "[roles]", from_env=False)
     if "subscriptions" in raw:
         values["subscriptions"] = _subscriptions(raw["subscriptions"])
+    if "channels" in raw:
+        values["channels"] = _coerce(raw["channels"], dict[str, dict[str, Any]], "[channels]", from_env=False)
     settings = Settings(**values, source=source)
     _validate(settings)
     return settings

@@ -1,20 +1,22 @@
 """Reading flow, template and mapping files from disk into the pure engine loader.
 
-The engine (``engine/``) does no I/O: it takes parsed ``SourceFile``s. This module finds the files
-(files or directories, ``*.toml``), reads them and hands them to ``engine.loader.build_engine``.
+The engine (``engine/``) does no I/O: it takes parsed ``SourceFile``s and the channel specs as data. This
+module finds the files (files or directories, ``*.toml``), reads them, gets the specs from the channel
+registry (``fhir_smartflow.channels``) unless given, and hands everything to ``engine.loader.build_engine``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from fhir_smartflow.config import Settings
+from fhir_smartflow.channels import ChannelSpec, channel_specs
+from fhir_smartflow.config import ConfigError, Settings
 from fhir_smartflow.engine.loader import build_engine
 from fhir_smartflow.engine.model import Engine
 from fhir_smartflow.engine.tomlfiles import EngineLoadError, LoadError, SourceFile, kind_of, parse_source
 
-__all__ = ["EngineLoadError", "LoadError", "discover", "load_engine", "load_paths", "read_toml"]
+__all__ = ["EngineLoadError", "LoadError", "discover", "load_engine", "load_paths", "read_toml", "registry_channels"]
 
 
 def discover(paths: Iterable[str]) -> tuple[list[Path], list[LoadError]]:
@@ -41,6 +43,15 @@ def read_toml(path: Path) -> tuple[SourceFile | None, LoadError | None]:
     return parse_source(str(path), text)
 
 
+def registry_channels(settings: Settings) -> tuple[dict[str, ChannelSpec], list[LoadError]]:
+    """The channel registry's specs for ``settings``, or a load error naming the config key at fault (a
+    plugin that cannot be imported, a ``[channels.<name>]`` table no channel takes or with a bad key)."""
+    try:
+        return channel_specs(settings), []
+    except ConfigError as exc:
+        return {}, [LoadError(settings.source, exc.key, exc.reason)]
+
+
 def load_engine(settings: Settings) -> Engine:
     engine, errors = load_paths(settings.engine.mappings, settings.engine.flows, settings.engine.templates, settings)
     if errors or engine is None:
@@ -49,10 +60,19 @@ def load_engine(settings: Settings) -> Engine:
 
 
 def load_paths(
-    mappings: Sequence[str], flows: Sequence[str], templates: Sequence[str], settings: Settings
+    mappings: Sequence[str],
+    flows: Sequence[str],
+    templates: Sequence[str],
+    settings: Settings,
+    channels: Mapping[str, ChannelSpec] | None = None,
 ) -> tuple[Engine | None, list[LoadError]]:
-    """Load everything under the given paths; (engine, []) or (None, errors)."""
+    """Load everything under the given paths; (engine, []) or (None, errors). ``channels``: the channel
+    registry's specs for ``settings`` unless given (a channel plugin or table problem is a load error)."""
     errors: list[LoadError] = []
+    if channels is None:
+        channels, problems = registry_channels(settings)
+        if problems:
+            return None, problems
     sources: dict[str, list[SourceFile]] = {"mapping": [], "flow": [], "template": []}
     for expected, paths in (("mapping", mappings), ("flow", flows), ("template", templates)):
         files, missing = discover(paths)
@@ -65,4 +85,6 @@ def load_paths(
             assert source is not None
             kind = kind_of(source) or expected
             sources[kind].append(source)
-    return build_engine(sources["mapping"], sources["flow"], sources["template"], settings, errors)
+    return build_engine(
+        sources["mapping"], sources["flow"], sources["template"], settings, errors, channels=channels
+    )

@@ -12,8 +12,11 @@ from aiosmtpd.controller import Controller
 from smartflow_channels.base import (
     FAILED_PERMANENT,
     FAILED_TRANSIENT,
+    PATIENT,
     SENT,
+    ChannelSpec,
     DeliveryResult,
+    Medium,
     OutboundMessage,
     load_channels,
     resolve_channel_class,
@@ -54,9 +57,10 @@ def test_registry_builds_only_configured_channels(twilio):
 
 class EchoChannel:
     name = "echo"
+    spec = ChannelSpec(reaches=frozenset({PATIENT}), medium=Medium("ELECTRONIC", "electronic data"), address="email")
 
     @classmethod
-    def from_settings(cls, settings):
+    def from_settings(cls, settings, options):
         return cls()
 
     def send(self, message):

@@ -13,6 +13,7 @@ from fhir.resources.R4B.consent import Consent
 from fhir.resources.R4B.patient import Patient
 from smartflow_channels.base import load_channels
 
+from fhir_smartflow.channels import channel_spec
 from fhir_smartflow.config import DeliveryConfig, Settings, SmsConfig
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.delivery.deliverer import CHANNEL_CODE_SYSTEM, ChannelDeliverer, resolve_address
@@ -109,14 +110,13 @@ def test_sms_goes_to_the_mobile_number_and_is_counted(env):
 
 
 def test_address_selection_rank_period_and_practitioner():
-    assert (
-        resolve_address("voice", "Patient/1", PATIENT, DAY) == "+15551110000"
-    )  # lowest rank; mobile only wins for sms
-    assert resolve_address("email", "Patient/1", PATIENT, DAY) == "first@example.org"  # rank 1 expired
+    voice, email, sms, webhook = (channel_spec(name) for name in ("voice", "email", "sms", "webhook"))
+    assert resolve_address(voice, "Patient/1", PATIENT, DAY) == "+15551110000"  # lowest rank; mobile only wins for sms
+    assert resolve_address(email, "Patient/1", PATIENT, DAY) == "first@example.org"  # rank 1 expired
     staff = {"resourceType": "Practitioner", "id": "7", "telecom": [{"system": "email", "value": "dr@example.org"}]}
-    assert resolve_address("email", "Practitioner/7", staff, DAY) == "dr@example.org"
-    assert resolve_address("sms", "Practitioner/7", staff, DAY) is None
-    assert resolve_address("webhook", "Patient/1", PATIENT, DAY) == "Patient/1"
+    assert resolve_address(email, "Practitioner/7", staff, DAY) == "dr@example.org"
+    assert resolve_address(sms, "Practitioner/7", staff, DAY) is None
+    assert resolve_address(webhook, "Patient/1", PATIENT, DAY) == "Patient/1"
 
 
 def test_no_address_is_not_done(env):

@@ -249,7 +249,7 @@ def test_template_other_errors(tmp_path):
         id = "t"
         name = "T"
         status = "paused"
-        methods = ["fax"]
+        methods = ["pigeon"]
         note_type = "poem"
         body = "{% if %}"
         [prompt]
@@ -259,7 +259,7 @@ def test_template_other_errors(tmp_path):
     )
     fields = {(e.field, e.reason.split(" (")[0].split(":")[0]) for e in errors}
     assert ("status", "must be 'enabled' or 'disabled', got 'paused'") in fields
-    assert ("methods", "unknown method 'fax'") in fields
+    assert ("methods", "unknown method 'pigeon'") in fields
     assert ("note_type", "unknown note type 'poem'") in fields
     assert ("prompt.roles", "unknown role 'wizard'") in fields
     assert ("body", "does not render") in fields

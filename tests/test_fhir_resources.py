@@ -6,6 +6,7 @@ import base64
 
 import pytest
 
+from fhir_smartflow.channels import channel_spec
 from fhir_smartflow.engine import resources as fr
 from fhir_smartflow.engine.validation import ResourceInvalid, validate_resource
 
@@ -63,10 +64,12 @@ def test_staff_task_with_performer_type_validates():
     ],
 )
 def test_communication_medium_per_method(method, code):
+    medium = channel_spec(method).medium  # the built-in channel's declared medium
     comm = fr.build_communication(
         identifier_system=SYSTEM,
         identifier_value=f"c/{method}",
         method=method,
+        medium=medium,
         text="Hello",
         sender="Device/x",
         status="in-progress",
@@ -79,7 +82,7 @@ def test_communication_medium_per_method(method, code):
     assert comm["medium"][0]["coding"][0] == {
         "system": fr.PARTICIPATION_MODE,
         "code": code,
-        "display": fr.MEDIUM[method][1],
+        "display": medium.display,
     }
     assert comm["basedOn"][0] == {"type": "Task", "identifier": {"system": SYSTEM, "value": "f/a/Task/1"}}
     assert comm["payload"] == [{"contentString": "Hello"}]

@@ -15,6 +15,7 @@ from fhir.resources.R4B.flag import Flag
 from fhir.resources.R4B.task import Task
 
 from fhir_smartflow.app import create_app
+from fhir_smartflow.channels import channel_spec
 from fhir_smartflow.config import Settings
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.openemr.errors import (
@@ -298,6 +299,7 @@ def test_recipients_follow_roles_audiences_and_skip_task_communications(setup, e
         identifier_system=SYSTEM,
         identifier_value="f/r/communication/1",
         method="staff-message",
+        medium=channel_spec("staff-message").medium,
         text="Review",
         sender="Device/fhir-smartflow",
         status="completed",
@@ -361,6 +363,7 @@ def test_a_failure_notice_about_a_task_message_still_reaches_the_owner(setup, em
         identifier_system=SYSTEM,
         identifier_value="f/r/Communication/sms",
         method="sms",
+        medium=channel_spec("sms").medium,
         text="Please complete your forms",
         sender="Device/fhir-smartflow",
         status="not-done",

@@ -20,8 +20,16 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import redis
-from smartflow_channels.base import FAILED_PERMANENT, SENT, Channel, DeliveryResult, OutboundMessage
 
+from fhir_smartflow.channels import (
+    FAILED_PERMANENT,
+    REFERENCE,
+    SENT,
+    Channel,
+    ChannelSpec,
+    DeliveryResult,
+    OutboundMessage,
+)
 from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.delivery.outcome import DeliveryOutcome
@@ -32,9 +40,6 @@ from fhir_smartflow.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
-# Channels recorded only as a FHIR Communication (no external call, no address, no opt-out).
-FHIR_ONLY = frozenset({"portal", "staff-message", "patient-note"})
-TELECOM_SYSTEM = {"sms": "phone", "voice": "phone", "email": "email"}
 # Codes of this system in a deny provision of an active Consent name the channel opted out of.
 CHANNEL_CODE_SYSTEM = "urn:fhir-smartflow:channel"
 ALL_CHANNELS_CODE = "all"
@@ -98,18 +103,19 @@ class ChannelDeliverer:
             unconfigured = f"channel {action.channel!r} is not configured"
             return DeliveryOutcome("not-done", unconfigured, failed=True), "unconfigured"
         message = self._message(action, "")
-        if action.channel in FHIR_ONLY:
+        spec = channel.spec
+        if spec.fhir_only:  # the Communication is the message: no address, no opt-out
             return self._send(channel, message, action, now)
         is_patient = bool(recipient) and recipient.get("resourceType") == "Patient"
         if is_patient:
             reason = opt_out_reason(recipient, consents, action.channel, now, self.cfg.optout_extension)
             if reason:
                 return DeliveryOutcome("not-done", reason), "opted-out"
-        address = resolve_address(action.channel, action.recipient, recipient, now)
+        address = resolve_address(spec, action.recipient, recipient, now)
         if address is None:
-            kind = TELECOM_SYSTEM.get(action.channel, action.channel)
             where = (recipient or {}).get("resourceType", "recipient")
-            return DeliveryOutcome("not-done", f"no usable {kind} in {where}.telecom", failed=True), "no-address"
+            reason = f"no usable {spec.address} in {where}.telecom"
+            return DeliveryOutcome("not-done", reason, failed=True), "no-address"
         if is_patient and action.channel in self.cfg.quiet_hours_channels:
             resume = quiet_hours_resume(now, self.tz, self.cfg.quiet_hours_start, self.cfg.quiet_hours_end)
             if resume is not None:
@@ -199,14 +205,17 @@ class ChannelDeliverer:
 # -- pure helpers ------------------------------------------------------------------------------------------
 
 
-def resolve_address(channel: str, reference: str, resource: dict[str, Any] | None, now: datetime) -> str | None:
-    """The address for ``channel`` from ``resource.telecom``: matching system, not ``old``, period current,
-    lowest ``rank`` first (unranked last); for SMS a ``mobile`` number wins over others. Webhooks get the
-    recipient's FHIR reference."""
-    if channel == "webhook":
+def resolve_address(
+    spec: ChannelSpec, reference: str, resource: dict[str, Any] | None, now: datetime
+) -> str | None:
+    """The address for a channel from ``resource.telecom``: the channel's system (``spec.address``), not
+    ``old``, period current, lowest ``rank`` first (unranked last); a number of the channel's preferred
+    ``use`` (sms: mobile) wins over others. A channel addressed by reference (webhook) gets the recipient's
+    FHIR reference."""
+    if spec.address == REFERENCE:
         return reference
-    system = TELECOM_SYSTEM.get(channel)
-    if system is None or not resource:
+    system = spec.address
+    if not resource:
         return None
     candidates = []
     for index, telecom in enumerate(resource.get("telecom") or []):
@@ -214,8 +223,8 @@ def resolve_address(channel: str, reference: str, resource: dict[str, Any] | Non
             continue
         if not _period_current(telecom.get("period"), now):
             continue
-        not_mobile = 1 if channel == "sms" and telecom.get("use") != "mobile" else 0
-        candidates.append((not_mobile, telecom.get("rank", 1 << 30), index, telecom["value"]))
+        not_preferred = 1 if spec.prefer_use and telecom.get("use") != spec.prefer_use else 0
+        candidates.append((not_preferred, telecom.get("rank", 1 << 30), index, telecom["value"]))
     return min(candidates)[3] if candidates else None
 
 

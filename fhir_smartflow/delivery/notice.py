@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from fhir_smartflow.channels import ONLINE_WRITTEN, STAFF_MESSAGE
 from fhir_smartflow.delivery.outcome import DeliveryOutcome
 from fhir_smartflow.engine.plan import Deliver, WriteResource
 from fhir_smartflow.engine.resources import build_communication
@@ -46,7 +47,8 @@ def failure_notice(
     resource = build_communication(
         identifier_system=identifier_system,
         identifier_value=ident,
-        method="staff-message",
+        method=STAFF_MESSAGE,
+        medium=ONLINE_WRITTEN,
         text=text,
         sender=f"Device/{device_id}",
         status="completed",

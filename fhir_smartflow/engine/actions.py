@@ -1,11 +1,6 @@
-"""Plan actions for one flow action: the resources to write, deliveries and follow-up schedules.
-
-send-form      → SDC Task (+ a Communication per method, + Deliver for sms/email/voice/webhook)
-staff-task     → Task with owner (Practitioner / PractitionerRole / Group) or performerType (role)
-staff-message  → Task + a Communication per recipient and method
-patient-message / notify → a Communication per recipient and method
-patient-note   → DocumentReference;  record-prompt → Flag
-Reminders, overdue checks and recurrences become Schedule actions (payload keys: docs/internals.md).
+"""Plan actions for one flow action: its type's resources (engine/action_types.py, builders.py) and, for
+types that make a Task, the follow-up schedules: reminders, overdue checks and recurrences become Schedule
+actions (payload keys: docs/internals.md).
 """
 
 from __future__ import annotations
@@ -13,266 +8,23 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from fhir_smartflow.engine import resources as fr
-from fhir_smartflow.engine.model import FHIR_ONLY_METHODS, Action, Template
-from fhir_smartflow.engine.plan import Deliver, PlanAction, Schedule, WriteResource
-from fhir_smartflow.engine.runctx import RunContext, RunProblem
+from fhir_smartflow.engine.action_types import ACTION_TYPES
+from fhir_smartflow.engine.model import Action
+from fhir_smartflow.engine.plan import PlanAction, Schedule
+from fhir_smartflow.engine.runctx import RunContext
 from fhir_smartflow.instants import format_instant
 
 
 def plan_action(run: RunContext, action: Action, event_at: datetime, base: datetime | None = None) -> list[PlanAction]:
     """Everything one action does for this run (``base``: anchor of a recurring occurrence)."""
+    spec = ACTION_TYPES[action.type]
     template = run.engine.templates.get(action.template) if action.template else None
     due = run.due(action.due, action, base)
-    builders = {
-        "send-form": _send_form,
-        "staff-task": _staff_task,
-        "staff-message": _staff_message,
-        "patient-message": _messages,
-        "notify": _messages,
-        "patient-note": _patient_note,
-        "record-prompt": _record_prompt,
-    }
     # Resources of a recurring occurrence are stamped with the occurrence time, not the first event.
-    out = builders[action.type](run, action, template, due, base or event_at)
-    if action.type in ("send-form", "staff-task", "staff-message"):
+    out = spec.build(run, action, template, due, base or event_at)
+    if spec.makes_task:
         out += follow_ups(run, action, due, event_at, base)
     return out
-
-
-# --- tasks -----------------------------------------------------------------------------------------
-
-
-def _owner(run: RunContext, action: Action, default_patient: bool) -> tuple[str | None, list[dict[str, Any]]]:
-    owner = action.owner
-    if owner is None or owner.kind == "patient":
-        return (run.patient_ref() if default_patient or owner is not None else None), []
-    if owner.kind == "role":
-        return None, [run.role_concept(owner.value)]
-    return owner.value, []
-
-
-def task_write(
-    run: RunContext,
-    action: Action,
-    template: Template | None,
-    due: datetime | None,
-    event_at: datetime,
-    *,
-    form: str | None,
-) -> WriteResource:
-    ident = run.rid(action, "Task")
-    owner, performer_types = _owner(run, action, default_patient=form is not None)
-    if owner is None and not performer_types and template is not None:
-        # A staff message without an owner lands on the worklists of its recipients' roles.
-        performer_types = [run.role_concept(role) for role in template.recipients.roles]
-    description = action.name
-    if template is not None and template.body and form is None:
-        description = run.render(template, "body", due=due)
-    title = None
-    if form:
-        questionnaire = run.questionnaire(form)
-        title = (questionnaire or {}).get("title") or action.name
-    resource = fr.build_task(
-        identifier_system=run.system,
-        identifier_value=ident,
-        group=run.group,
-        instantiates_uri=run.instantiates(action),
-        description=description,
-        authored_on=format_instant(event_at) or "",
-        requester=run.device,
-        for_ref=run.trigger.patient,
-        focus=run.focus,
-        owner=owner,
-        performer_types=performer_types,
-        due=format_instant(due),
-        questionnaire=form,
-        code_text=title or action.name,
-    )
-    return WriteResource("Task", ident, resource, action.slug)
-
-
-def _send_form(
-    run: RunContext, action: Action, template: Template | None, due: datetime | None, event_at: datetime
-) -> list[PlanAction]:
-    run.patient_ref()
-    task = task_write(run, action, template, due, event_at, form=action.item)
-    out: list[PlanAction] = [task]
-    if template is not None:
-        out += communications(
-            run,
-            action,
-            template,
-            due,
-            event_at,
-            [run.patient_ref()],
-            category="instruction",
-            task_identifier=task.identifier,
-            form=action.item,
-        )
-    return out
-
-
-def _staff_task(
-    run: RunContext, action: Action, template: Template | None, due: datetime | None, event_at: datetime
-) -> list[PlanAction]:
-    return [task_write(run, action, template, due, event_at, form=None)]
-
-
-def _staff_message(
-    run: RunContext, action: Action, template: Template | None, due: datetime | None, event_at: datetime
-) -> list[PlanAction]:
-    task = task_write(run, action, template, due, event_at, form=None)
-    assert template is not None  # the loader requires one
-    return [
-        task,
-        *communications(
-            run,
-            action,
-            template,
-            due,
-            event_at,
-            staff_recipients(run, action, template),
-            category="notification",
-            task_identifier=task.identifier,
-        ),
-    ]
-
-
-def _messages(
-    run: RunContext, action: Action, template: Template | None, due: datetime | None, event_at: datetime
-) -> list[PlanAction]:
-    assert template is not None
-    if action.type == "patient-message":
-        recipients = [run.patient_ref()]
-        category = "notification"
-    else:
-        recipients = staff_recipients(run, action, template)
-        category = "alert"
-    return communications(run, action, template, due, event_at, recipients, category=category)
-
-
-def owner_staff(run: RunContext, action: Action) -> list[str]:
-    """The action's staff owner as recipients: the Practitioner / PractitionerRole / Group it names, or
-    the PractitionerRoles holding its role; none for a patient owner or no owner."""
-    owner = action.owner
-    if owner is None or owner.kind == "patient":
-        return []
-    return list(run.role_members(owner.value)) if owner.kind == "role" else [owner.value]  # a copy: it is cached
-
-
-def staff_recipients(run: RunContext, action: Action, template: Template) -> list[str]:
-    """Owner + template recipients; roles resolve to the PractitionerRoles that hold them."""
-    owner = action.owner
-    refs = [run.patient_ref()] if owner is not None and owner.kind == "patient" else owner_staff(run, action)
-    refs += [*template.recipients.practitioners, *template.recipients.groups]
-    for role in template.recipients.roles:
-        refs += run.role_members(role)
-    return list(dict.fromkeys(refs))
-
-
-def communications(
-    run: RunContext,
-    action: Action,
-    template: Template,
-    due: datetime | None,
-    event_at: datetime,
-    recipients: list[str],
-    *,
-    category: str,
-    task_identifier: str = "",
-    form: str = "",
-    kind_prefix: str = "",
-    subject_prefix: str = "",
-) -> list[PlanAction]:
-    """A Communication per (method, recipient); delivered channels also get a Deliver."""
-    out: list[PlanAction] = []
-    body = run.render(template, "body", form=form, task_identifier=task_identifier, due=due)
-    subject = run.render(template, "subject", form=form, task_identifier=task_identifier, due=due)
-    subject = f"{subject_prefix}{subject}" if subject else subject_prefix.rstrip(": ")
-    told_on_failure = tuple(owner_staff(run, action)) if action.notify_on_failure else ()
-    for method in action.methods:
-        fhir_only = method in FHIR_ONLY_METHODS
-        targets = recipients if recipients else ([""] if fhir_only else [])
-        if not targets:
-            raise RunProblem(f"action {action.name!r}: nobody to send {method} to (no recipient resolved)")
-        for recipient in targets:
-            tag = f"{kind_prefix}{method}" + (f":{recipient}" if len(targets) > 1 else "")
-            ident = run.rid(action, "Communication", tag)
-            resource = fr.build_communication(
-                identifier_system=run.system,
-                identifier_value=ident,
-                method=method,
-                text=body,
-                sender=run.device,
-                status="completed" if fhir_only else "in-progress",
-                category=category,
-                recipients=[recipient] if recipient else [],
-                subject=run.trigger.patient,
-                based_on_task=task_identifier or None,
-                about=run.focus,
-                sent=format_instant(event_at) if fhir_only else None,
-                topic=subject or None,
-            )
-            out.append(WriteResource("Communication", ident, resource, action.slug))
-            if not fhir_only:
-                out.append(
-                    Deliver(
-                        channel=method,
-                        recipient=recipient,
-                        body=body,
-                        identifier=run.rid(action, "Deliver", tag),
-                        communication=ident,
-                        subject=subject or None,
-                        action=action.slug,
-                        notify_on_failure=action.notify_on_failure,
-                        owner=told_on_failure,
-                    )
-                )
-    return out
-
-
-# --- notes and prompts -----------------------------------------------------------------------------
-
-
-def _patient_note(
-    run: RunContext, action: Action, template: Template | None, due: datetime | None, event_at: datetime
-) -> list[PlanAction]:
-    assert template is not None
-    ident = run.rid(action, "DocumentReference")
-    encounter = run.focus if run.trigger.event.resource_type == "Encounter" else None
-    resource = fr.build_document_reference(
-        identifier_system=run.system,
-        identifier_value=ident,
-        note_type=template.note_type,
-        text=run.render(template, "body", due=due),
-        title=run.render(template, "subject", due=due) or template.name,
-        subject=run.patient_ref(),
-        author=run.device,
-        created=format_instant(event_at) or "",
-        encounter=encounter,
-        related=None if encounter else run.focus,
-    )
-    return [WriteResource("DocumentReference", ident, resource, action.slug)]
-
-
-def _record_prompt(
-    run: RunContext, action: Action, template: Template | None, due: datetime | None, event_at: datetime
-) -> list[PlanAction]:
-    assert template is not None and template.prompt is not None
-    ident = run.rid(action, "Flag")
-    resource = fr.build_flag(
-        identifier_system=run.system,
-        identifier_value=ident,
-        text=run.render(template, "prompt", due=due),
-        subject=run.patient_ref(),
-        author=run.device,
-        start=format_instant(event_at) or "",
-        end=format_instant(due),
-        roles=[run.role_concept(r) for r in template.prompt.roles],
-        practitioners=template.prompt.practitioners,
-    )
-    return [WriteResource("Flag", ident, resource, action.slug)]
 
 
 # --- follow-ups ------------------------------------------------------------------------------------

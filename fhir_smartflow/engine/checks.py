@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from fhir_smartflow.config import Settings
 from fhir_smartflow.engine import model as m
@@ -17,6 +18,14 @@ REF = {
     "group": re.compile(rf"^(Group|CareTeam)/{ID_PATTERN}$"),
 }
 EXAMPLE_REF = {"practitioner": "Practitioner/123", "group": "Group/intake-team"}
+
+
+def checked_id(check: Checker, data: dict[str, Any]) -> str | None:
+    """The required ``id`` of a flow or template file: lower-case letters, digits and dashes."""
+    value = check.get(data, "id", str, required=True)
+    if value and not ID.match(value):
+        check.error("id", f"use lower-case letters, digits and '-' only, got {value!r}")
+    return value
 
 
 def compile_into(

@@ -13,10 +13,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from fhir_smartflow.engine.action_types import ACTION_TYPES
 from fhir_smartflow.engine.model import Action, Flow
 from fhir_smartflow.engine.tomlfiles import LoadError, SourceFile
-
-MESSAGE_TYPES = frozenset({"patient-message", "staff-message", "notify"})
 
 
 @dataclass(frozen=True)
@@ -34,10 +33,11 @@ class Overlap:
 
 def gives(action: Action) -> set[str]:
     """What an action gives a patient, in words ("template 'x'", "form 'x'", "staff-task 'x'")."""
-    if action.type == "send-form":
+    spec = ACTION_TYPES[action.type]
+    if spec.form:
         return {f"form {action.item!r}"}
     given = {f"{action.type} {action.item!r}"}
-    if action.type in MESSAGE_TYPES and action.template:
+    if spec.sends_messages and action.template:
         given.add(f"template {action.template!r}")
     return given
 

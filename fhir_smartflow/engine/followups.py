@@ -16,9 +16,12 @@ import dataclasses
 from datetime import datetime
 from typing import Any
 
+from fhir_smartflow.channels import ONLINE_WRITTEN, PATIENT, STAFF_MESSAGE
 from fhir_smartflow.config import Settings
 from fhir_smartflow.engine import resources as fr
-from fhir_smartflow.engine.actions import communications, owner_staff, plan_action, staff_recipients
+from fhir_smartflow.engine.action_types import ACTION_TYPES
+from fhir_smartflow.engine.actions import plan_action
+from fhir_smartflow.engine.builders import communications, owner_staff, staff_recipients
 from fhir_smartflow.engine.identifiers import group_id
 from fhir_smartflow.engine.interfaces import ContextSource
 from fhir_smartflow.engine.model import Action, Engine, Template
@@ -111,8 +114,9 @@ def _reminder(run: RunContext, action: Action, due: datetime | None, event_at: d
     template = _template(run, action)
     if template is None or not action.methods:
         return []
-    recipients = [run.patient_ref()] if action.type == "send-form" else staff_recipients(run, action, template)
-    form = action.item if action.type == "send-form" else ""
+    spec = ACTION_TYPES[action.type]
+    recipients = [run.patient_ref()] if spec.audience == PATIENT else staff_recipients(run, action, template)
+    form = action.item if spec.form else ""
     return communications(
         run,
         action,
@@ -140,7 +144,7 @@ def _overdue(run: RunContext, action: Action, due: datetime | None, event_at: da
     template = _template(run, action)
     owner = action.owner
     if (owner is None or owner.kind == "patient") and template is not None and action.methods:
-        form = action.item if action.type == "send-form" else ""
+        form = action.item if ACTION_TYPES[action.type].form else ""
         return out + communications(
             run,
             action,
@@ -163,12 +167,13 @@ def _staff_overdue_message(
     from fhir_smartflow.engine.plan import WriteResource
 
     recipients = owner_staff(run, action)
-    ident = run.rid(action, "Communication", "overdue:staff-message")
+    ident = run.rid(action, "Communication", f"overdue:{STAFF_MESSAGE}")
     text = f"Task overdue: {action.name} (flow {run.flow.id}), due {format_instant(due) or 'unknown'}."
     resource = fr.build_communication(
         identifier_system=run.system,
         identifier_value=ident,
-        method="staff-message",
+        method=STAFF_MESSAGE,
+        medium=ONLINE_WRITTEN,
         text=text,
         sender=run.device,
         status="completed",

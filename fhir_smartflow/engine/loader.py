@@ -10,8 +10,11 @@ the sample catalog and looks for duplicate automation. Every problem is a LoadEr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
+from fhir_smartflow.channels import ChannelSpec
 from fhir_smartflow.config import Settings
 from fhir_smartflow.engine import model as m
 from fhir_smartflow.engine.duplicates import duplicate_automation
@@ -22,6 +25,8 @@ from fhir_smartflow.engine.parse_templates import parse_template
 from fhir_smartflow.engine.tomlfiles import EngineLoadError, LoadError, SourceFile
 
 __all__ = ["EngineLoadError", "LoadError", "Parsed", "build_engine", "parse_sources"]
+
+_Named = TypeVar("_Named", Template, Flow)
 
 
 @dataclass(frozen=True)
@@ -42,11 +47,16 @@ def build_engine(
     template_files: list[SourceFile],
     settings: Settings,
     errors: list[LoadError] | None = None,
+    *,
+    channels: Mapping[str, ChannelSpec],
 ) -> tuple[Engine | None, list[LoadError]]:
-    parsed = parse_sources(mapping_files, flow_files, template_files, settings, errors)
+    """The Engine, or None and every problem. ``channels`` (name -> spec, from the channel registry) are
+    what the templates' and actions' methods are checked against."""
+    parsed = parse_sources(mapping_files, flow_files, template_files, settings, errors, channels=channels)
     if parsed.errors:
         return None, parsed.errors
-    return Engine(parsed.mappings, parsed.flows, parsed.templates, parsed.paths, parsed.renderers), []
+    engine = Engine(parsed.mappings, parsed.flows, parsed.templates, parsed.paths, parsed.renderers, channels)
+    return engine, []
 
 
 def parse_sources(
@@ -55,6 +65,8 @@ def parse_sources(
     template_files: list[SourceFile],
     settings: Settings,
     errors: list[LoadError] | None = None,
+    *,
+    channels: Mapping[str, ChannelSpec],
 ) -> Parsed:
     """All three stages; what parsed is kept even when something else did not (lint reads it)."""
     errors = list(errors or [])
@@ -67,38 +79,25 @@ def parse_sources(
     templates: dict[str, Template] = {}
     renderers: dict[tuple[str, str], object] = {}
     for source in template_files:
-        template, errs = parse_template(source, settings, renderers)
+        template, errs = parse_template(source, settings, renderers, channels)
         errors += errs
-        if template is None:
-            continue
-        if template.id in templates:
-            errors.append(
-                LoadError(
-                    source.path,
-                    "id",
-                    f"duplicate template id {template.id!r} (also in {templates[template.id].file})",
-                    source.line_of("id"),
-                )
-            )
-            continue
-        templates[template.id] = template
+        if template is not None:
+            errors += _keep_unique(templates, template, "template", source)
     known_triggers = {r.trigger for r in mappings}
     flows: dict[str, Flow] = {}
     for source in flow_files:
-        flow, errs = parse_flow(source, settings, paths, templates, known_triggers)
+        flow, errs = parse_flow(source, settings, paths, templates, known_triggers, channels)
         errors += errs
-        if flow is None:
-            continue
-        if flow.id in flows:
-            errors.append(
-                LoadError(
-                    source.path,
-                    "id",
-                    f"duplicate flow id {flow.id!r} (also in {flows[flow.id].file})",
-                    source.line_of("id"),
-                )
-            )
-            continue
-        flows[flow.id] = flow
+        if flow is not None:
+            errors += _keep_unique(flows, flow, "flow", source)
     errors += duplicate_automation(flows.values(), flow_files)
     return Parsed(tuple(mappings), flows, templates, paths, renderers, errors)
+
+
+def _keep_unique(found: dict[str, _Named], item: _Named, kind: str, source: SourceFile) -> list[LoadError]:
+    """Add ``item`` under its id, or the error naming the file that has the id already."""
+    if item.id not in found:
+        found[item.id] = item
+        return []
+    reason = f"duplicate {kind} id {item.id!r} (also in {found[item.id].file})"
+    return [LoadError(source.path, "id", reason, source.line_of("id"))]

@@ -12,24 +12,14 @@ from datetime import date
 from functools import cached_property
 from typing import Any
 
+from fhir_smartflow.channels import ChannelSpec
+
 # Triggers the built-in lifecycle acts on even when no flow names them (planner.py): task.completed ends
 # a workflow; patient.discharged / patient.admitted set and clear the discharge marker and cancel.
 TASK_LIFECYCLE_TRIGGER = "task.completed"
 DISCHARGE_TRIGGERS = frozenset({"patient.discharged", "patient.admitted"})
 LIFECYCLE_TRIGGERS = frozenset({TASK_LIFECYCLE_TRIGGER}) | DISCHARGE_TRIGGERS
 
-ACTION_TYPES = (
-    "send-form",
-    "patient-message",
-    "staff-message",
-    "staff-task",
-    "patient-note",
-    "record-prompt",
-    "notify",
-)
-METHODS = ("sms", "email", "voice", "portal", "staff-message", "patient-note", "webhook")
-# Methods whose Communication is only written to FHIR (no channel delivery).
-FHIR_ONLY_METHODS = frozenset({"portal", "staff-message", "patient-note"})
 UNITS = ("minutes", "hours", "days", "weeks")
 DIRECTIONS = ("after", "before")
 ANCHORS = (
@@ -188,6 +178,8 @@ class Engine:
     paths: Mapping[str, Compiled] = field(default_factory=dict, repr=False, compare=False)
     # (template id, part) -> compiled Jinja2 template; part: subject | body | prompt
     renderers: Mapping[tuple[str, str], Any] = field(default_factory=dict, repr=False, compare=False)
+    # The channels the flows were checked against (channel name -> spec), for the planner's messages.
+    channels: Mapping[str, ChannelSpec] = field(default_factory=dict, repr=False, compare=False)
 
     # The per-event lookups below are indexed once (cached_property writes the instance __dict__, which a
     # frozen dataclass allows): the engine is immutable after load, and a per-event scan over every flow

@@ -1,43 +1,25 @@
-"""Parse and check `flows/**/*.toml`: flows, actions, owners, durations, recurrences."""
+"""Parse and check `flows/**/*.toml`: flows, actions, owners, durations, recurrences.
+
+An action is read by one parser per key (``_FIELDS``), then checked by its type's spec (action_types.py):
+what a type requires, allows or defaults is asked of the spec, never written here per type name.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
+from fhir_smartflow.channels import ChannelSpec
 from fhir_smartflow.config import Settings
 from fhir_smartflow.engine import model as m
-from fhir_smartflow.engine.checks import EXAMPLE_REF, ID, REF, compile_into
+from fhir_smartflow.engine.action_types import ACTION_TYPES, ActionType, task_types
+from fhir_smartflow.engine.checks import EXAMPLE_REF, REF, checked_id, compile_into
 from fhir_smartflow.engine.model import Flow, Template
 from fhir_smartflow.engine.tomlfiles import Checker, LoadError, SourceFile, slugify
 
 _FLOW_KEYS = {"id", "name", "description", "enabled", "version", "trigger", "condition", "not_after", "actions"}
-_ACTION_KEYS = {
-    "name",
-    "category",
-    "type",
-    "item",
-    "template",
-    "methods",
-    "due",
-    "weekend",
-    "owner",
-    "reminder",
-    "recurring",
-    "completes_workflow",
-    "overdue",
-    "notify_on_failure",
-}
-# Which delivery methods each action type may use (the first entry is the default when a type has one).
-ALLOWED_METHODS: dict[str, tuple[str, ...]] = {
-    "send-form": ("sms", "email", "voice", "portal", "webhook"),
-    "patient-message": ("sms", "email", "voice", "portal", "webhook"),
-    "notify": ("staff-message", "sms", "email", "voice", "webhook"),
-    "staff-message": ("staff-message", "sms", "email"),
-    "staff-task": (),
-    "patient-note": ("patient-note",),
-    "record-prompt": (),
-}
-_NEEDS_TEMPLATE = {"patient-message", "staff-message", "notify", "patient-note", "record-prompt"}
 _RESERVED_FLOW_PREFIX = "lifecycle-"
 
 
@@ -47,13 +29,12 @@ def parse_flow(
     paths: dict[str, m.Compiled],
     templates: dict[str, Template],
     known_triggers: set[str],
+    channels: Mapping[str, ChannelSpec],
 ) -> tuple[Flow | None, list[LoadError]]:
     check = Checker(source)
     data = source.data
     check.unknown_keys(data, _FLOW_KEYS)
-    fid = check.get(data, "id", str, required=True)
-    if fid and not ID.match(fid):
-        check.error("id", f"use lower-case letters, digits and '-' only, got {fid!r}")
+    fid = checked_id(check, data)
     if fid and fid.startswith(_RESERVED_FLOW_PREFIX):
         check.error("id", f"ids starting with {_RESERVED_FLOW_PREFIX!r} are reserved for built-in lifecycle runs")
     name = check.get(data, "name", str, required=True)
@@ -75,7 +56,7 @@ def parse_flow(
     actions: list[m.Action] = []
     slugs: set[str] = set()
     for i, raw in enumerate(raw_actions):
-        action = _parse_action(check, raw, i, settings, templates)
+        action = _parse_action(check, raw, i, settings, templates, channels)
         if action is None:
             continue
         if action.slug in slugs:
@@ -123,167 +104,293 @@ def _duration(check: Checker, raw: object, field: str, key: str, index: int, all
     return {**raw, "amount": amount, "unit": unit}
 
 
-def _parse_action(
-    check: Checker, raw: object, i: int, settings: Settings, templates: dict[str, Template]
-) -> m.Action | None:
-    t = {"table": "actions", "index": i}
-    p = f"actions[{i + 1}]."
-    before = len(check.errors)
-    if not isinstance(raw, dict):
-        check.error(f"actions[{i + 1}]", "expected a table", **t)
-        return None
-    check.unknown_keys(raw, _ACTION_KEYS, p, **t)
-    name = check.get(raw, "name", str, field=p + "name", required=True, **t)
-    category = check.get(raw, "category", str, field=p + "category", required=True, **t)
+@dataclass
+class _Entry:
+    """One ``[[actions]]`` table while it is read: the field parsers fill it, then its type's spec checks it."""
+
+    raw: dict[str, Any]
+    index: int
+    name: str | None = None
+    spec: ActionType | None = None
+    item: str | None = None
+    template_id: str | None = None
+    template: Template | None = None
+    methods: tuple[str, ...] = ()
+    due: m.Due | None = None
+    weekend: str = "keep"
+    owner: m.Owner | None = None
+    reminder: m.Duration | None = None
+    recurring: m.Recurring | None = None
+    completes: bool = False
+    overdue: m.Overdue | None = None
+    notify_on_failure: bool = False
+
+    @property
+    def p(self) -> str:  # the field prefix of its errors
+        return f"actions[{self.index + 1}]."
+
+    @property
+    def t(self) -> dict[str, Any]:  # where its lines are looked up
+        return {"table": "actions", "index": self.index}
+
+    @property
+    def staff_owned(self) -> bool:
+        return "owner" in self.raw and not (self.owner is not None and self.owner.kind == "patient")
+
+
+@dataclass(frozen=True)
+class _Context:
+    check: Checker
+    settings: Settings
+    templates: dict[str, Template]
+    channels: Mapping[str, ChannelSpec]
+
+
+def _name(c: _Context, e: _Entry) -> None:
+    e.name = c.check.get(e.raw, "name", str, field=e.p + "name", required=True, **e.t)
+
+
+def _category(c: _Context, e: _Entry) -> None:
+    category = c.check.get(e.raw, "category", str, field=e.p + "category", required=True, **e.t)
     if category is not None and category != "smartflow":
-        check.error(p + "category", f"must be 'smartflow', got {category!r}", key="category", **t)
-    atype = check.get(raw, "type", str, field=p + "type", required=True, **t)
-    if atype is not None and atype not in m.ACTION_TYPES:
-        check.error(p + "type", f"unknown action type {atype!r} (use {', '.join(m.ACTION_TYPES)})", key="type", **t)
-        atype = None
-    item = check.get(raw, "item", str, field=p + "item", required=True, **t)
-    if atype == "send-form" and item and not item.startswith(("http://", "https://", "urn:")):
-        check.error(p + "item", f"a send-form item is the Questionnaire canonical URL, got {item!r}", key="item", **t)
-    template_id = check.get(raw, "template", str, field=p + "template", **t)
-    template = None
-    if template_id is not None:
-        template = templates.get(template_id)
-        if template is None:
-            check.error(p + "template", f"unknown template {template_id!r}", key="template", **t)
-        elif not template.enabled:
-            check.error(
-                p + "template",
-                f"template {template_id!r} is disabled ({template.file}); enable it or choose another",
-                key="template",
-                **t,
-            )
-            template = None
-    elif atype in _NEEDS_TEMPLATE:
-        check.error(p + "template", f"required for a {atype} action", key="template", **t)
-    if atype == "record-prompt" and template is not None and template.prompt is None:
-        check.error(
-            p + "template", f"template {template.id!r} has no [prompt] for a record-prompt", key="template", **t
+        c.check.error(e.p + "category", f"must be 'smartflow', got {category!r}", key="category", **e.t)
+
+
+def _type(c: _Context, e: _Entry) -> None:
+    atype = c.check.get(e.raw, "type", str, field=e.p + "type", required=True, **e.t)
+    if atype is not None and atype not in ACTION_TYPES:
+        known = ", ".join(ACTION_TYPES)
+        c.check.error(e.p + "type", f"unknown action type {atype!r} (use {known})", key="type", **e.t)
+    e.spec = ACTION_TYPES.get(atype) if atype is not None else None
+
+
+def _item(c: _Context, e: _Entry) -> None:
+    e.item = c.check.get(e.raw, "item", str, field=e.p + "item", required=True, **e.t)
+
+
+def _template(c: _Context, e: _Entry) -> None:
+    e.template_id = c.check.get(e.raw, "template", str, field=e.p + "template", **e.t)
+    if e.template_id is None:
+        return
+    template = c.templates.get(e.template_id)
+    if template is None:
+        c.check.error(e.p + "template", f"unknown template {e.template_id!r}", key="template", **e.t)
+    elif not template.enabled:
+        c.check.error(
+            e.p + "template",
+            f"template {e.template_id!r} is disabled ({template.file}); enable it or choose another",
+            key="template",
+            **e.t,
         )
-    methods = check.string_list(raw, "methods", field=p + "methods", **t)
-    if atype is not None:
-        methods = _check_methods(check, atype, methods, template, "methods" in raw, p, t, named=template_id is not None)
-    due = None
-    raw_due = raw.get("due")
-    if raw_due is not None:
-        values = _duration(check, raw_due, p + "due", "due", i, {"amount", "unit", "direction", "anchor"})
-        if values is not None:
-            direction = values.get("direction", "after")
-            anchor = values.get("anchor", "event")
-            if direction not in m.DIRECTIONS:
-                check.error(p + "due.direction", f"must be 'after' or 'before', got {direction!r}", key="due", **t)
-            if anchor not in m.ANCHORS:
-                check.error(p + "due.anchor", f"unknown anchor {anchor!r} (use {', '.join(m.ANCHORS)})", key="due", **t)
-            due = m.Due(values["amount"], values["unit"], str(direction), str(anchor))
-    weekend = check.get(raw, "weekend", str, field=p + "weekend", default="keep", **t)
-    if weekend not in m.WEEKEND_POLICIES:
-        check.error(
-            p + "weekend", f"must be one of {', '.join(m.WEEKEND_POLICIES)}, got {weekend!r}", key="weekend", **t
+    else:
+        e.template = template
+
+
+def _methods(c: _Context, e: _Entry) -> None:
+    e.methods = c.check.string_list(e.raw, "methods", field=e.p + "methods", **e.t)
+
+
+def _due(c: _Context, e: _Entry) -> None:
+    raw_due = e.raw.get("due")
+    if raw_due is None:
+        return
+    values = _duration(c.check, raw_due, e.p + "due", "due", e.index, {"amount", "unit", "direction", "anchor"})
+    if values is None:
+        return
+    direction = values.get("direction", "after")
+    anchor = values.get("anchor", "event")
+    if direction not in m.DIRECTIONS:
+        c.check.error(e.p + "due.direction", f"must be 'after' or 'before', got {direction!r}", key="due", **e.t)
+    if anchor not in m.ANCHORS:
+        c.check.error(e.p + "due.anchor", f"unknown anchor {anchor!r} (use {', '.join(m.ANCHORS)})", key="due", **e.t)
+    e.due = m.Due(values["amount"], values["unit"], str(direction), str(anchor))
+
+
+def _weekend(c: _Context, e: _Entry) -> None:
+    e.weekend = c.check.get(e.raw, "weekend", str, field=e.p + "weekend", default="keep", **e.t)
+    if e.weekend not in m.WEEKEND_POLICIES:
+        c.check.error(
+            e.p + "weekend",
+            f"must be one of {', '.join(m.WEEKEND_POLICIES)}, got {e.weekend!r}",
+            key="weekend",
+            **e.t,
         )
-    owner = _parse_owner(check, raw.get("owner"), p, settings, t)
-    if atype == "staff-task" and ("owner" not in raw or (owner is not None and owner.kind == "patient")):
-        check.error(
-            p + "owner",
-            "a staff-task needs an owner: { practitioner = ... }, { role = ... } or { group = ... }",
-            key="owner" if "owner" in raw else "type",
-            **t,
-        )
-    reminder = None
-    if "reminder" in raw:
-        values = _duration(check, raw["reminder"], p + "reminder", "reminder", i, {"amount", "unit"})
-        reminder = m.Duration(values["amount"], values["unit"]) if values else None
-        if due is None and raw_due is None:
-            check.error(p + "reminder", "a reminder is relative to the due date: add `due`", key="reminder", **t)
-    recurring = _parse_recurring(check, raw.get("recurring"), p, t)
-    completes = check.get(raw, "completes_workflow", bool, field=p + "completes_workflow", default=False, **t)
-    overdue = None
-    raw_overdue = check.get(raw, "overdue", dict, field=p + "overdue", **t)
-    if raw_overdue is not None:
-        check.unknown_keys(raw_overdue, {"notify_owner"}, p + "overdue.", **t)
-        notify = check.get(
-            raw_overdue, "notify_owner", bool, field=p + "overdue.notify_owner", default=False, line_key="overdue", **t
-        )
-        overdue = m.Overdue(notify)
-        if raw_due is None:
-            check.error(p + "overdue", "overdue needs a due date: add `due`", key="overdue", **t)
-    if (completes or recurring or reminder or overdue) and atype not in ("send-form", "staff-task", "staff-message"):
-        check.error(
-            p + "type",
-            "reminders, recurrences, overdue and completes_workflow need a task "
-            "(send-form, staff-task or staff-message)",
-            key="type",
-            **t,
-        )
-    notify_on_failure = check.get(raw, "notify_on_failure", bool, field=p + "notify_on_failure", default=False, **t)
-    if notify_on_failure and ("owner" not in raw or (owner is not None and owner.kind == "patient")):
-        check.error(
-            p + "notify_on_failure",
+
+
+def _owner(c: _Context, e: _Entry) -> None:
+    e.owner = _parse_owner(c.check, e.raw.get("owner"), e.p, c.settings, e.t)
+
+
+def _reminder(c: _Context, e: _Entry) -> None:
+    if "reminder" not in e.raw:
+        return
+    values = _duration(c.check, e.raw["reminder"], e.p + "reminder", "reminder", e.index, {"amount", "unit"})
+    e.reminder = m.Duration(values["amount"], values["unit"]) if values else None
+    if e.due is None and e.raw.get("due") is None:
+        c.check.error(e.p + "reminder", "a reminder is relative to the due date: add `due`", key="reminder", **e.t)
+
+
+def _recurring(c: _Context, e: _Entry) -> None:
+    e.recurring = _parse_recurring(c.check, e.raw.get("recurring"), e.p, e.t)
+
+
+def _completes(c: _Context, e: _Entry) -> None:
+    field = e.p + "completes_workflow"
+    e.completes = c.check.get(e.raw, "completes_workflow", bool, field=field, default=False, **e.t)
+
+
+def _overdue(c: _Context, e: _Entry) -> None:
+    raw_overdue = c.check.get(e.raw, "overdue", dict, field=e.p + "overdue", **e.t)
+    if raw_overdue is None:
+        return
+    c.check.unknown_keys(raw_overdue, {"notify_owner"}, e.p + "overdue.", **e.t)
+    field = e.p + "overdue.notify_owner"
+    notify = c.check.get(raw_overdue, "notify_owner", bool, field=field, default=False, line_key="overdue", **e.t)
+    e.overdue = m.Overdue(notify)
+    if e.raw.get("due") is None:
+        c.check.error(e.p + "overdue", "overdue needs a due date: add `due`", key="overdue", **e.t)
+
+
+def _notify_on_failure(c: _Context, e: _Entry) -> None:
+    field = e.p + "notify_on_failure"
+    e.notify_on_failure = c.check.get(e.raw, "notify_on_failure", bool, field=field, default=False, **e.t)
+    if e.notify_on_failure and not e.staff_owned:
+        c.check.error(
+            field,
             "a failed delivery is told to the action's staff owner: add owner = { practitioner = ... }, "
             "{ role = ... } or { group = ... }",
             key="notify_on_failure",
-            **t,
+            **e.t,
         )
-    if len(check.errors) > before or not (name and atype and item):
+
+
+# The keys of an action and their parsers, run in this order (later parsers see what earlier ones found).
+_FIELDS: dict[str, Callable[[_Context, _Entry], None]] = {
+    "name": _name,
+    "category": _category,
+    "type": _type,
+    "item": _item,
+    "template": _template,
+    "methods": _methods,
+    "due": _due,
+    "weekend": _weekend,
+    "owner": _owner,
+    "reminder": _reminder,
+    "recurring": _recurring,
+    "completes_workflow": _completes,
+    "overdue": _overdue,
+    "notify_on_failure": _notify_on_failure,
+}
+
+
+def _parse_action(
+    check: Checker,
+    raw: object,
+    i: int,
+    settings: Settings,
+    templates: dict[str, Template],
+    channels: Mapping[str, ChannelSpec],
+) -> m.Action | None:
+    before = len(check.errors)
+    if not isinstance(raw, dict):
+        check.error(f"actions[{i + 1}]", "expected a table", table="actions", index=i)
+        return None
+    entry = _Entry(raw, i)
+    check.unknown_keys(raw, _FIELDS, entry.p, **entry.t)
+    context = _Context(check, settings, templates, channels)
+    for parse in _FIELDS.values():
+        parse(context, entry)
+    if entry.spec is not None:
+        _check_type(context, entry, entry.spec)
+    if len(check.errors) > before or not (entry.name and entry.spec and entry.item):
         return None
     return m.Action(
         index=i,
-        name=name,
-        slug=slugify(name),
-        type=atype,
-        item=item,
+        name=entry.name,
+        slug=slugify(entry.name),
+        type=entry.spec.name,
+        item=entry.item,
         category="smartflow",
-        template=template_id,
-        methods=methods,
-        due=due,
-        weekend=weekend,
-        owner=owner,
-        reminder=reminder,
-        recurring=recurring,
-        completes_workflow=completes,
-        overdue=overdue,
-        notify_on_failure=notify_on_failure,
+        template=entry.template_id,
+        methods=entry.methods,
+        due=entry.due,
+        weekend=entry.weekend,
+        owner=entry.owner,
+        reminder=entry.reminder,
+        recurring=entry.recurring,
+        completes_workflow=entry.completes,
+        overdue=entry.overdue,
+        notify_on_failure=entry.notify_on_failure,
     )
 
 
-def _check_methods(
-    check: Checker,
-    atype: str,
-    methods: tuple[str, ...],
-    template: Template | None,
-    given: bool,
-    p: str,
-    t: dict,
-    named: bool = False,
-) -> tuple[str, ...]:
-    allowed = ALLOWED_METHODS[atype]
+def _check_type(c: _Context, e: _Entry, spec: ActionType) -> None:
+    """What the action's type requires of the fields."""
+    problem = spec.item_problem(e.item) if e.item else None
+    if problem:
+        c.check.error(e.p + "item", problem, key="item", **e.t)
+    if spec.needs_template and e.template_id is None:
+        c.check.error(e.p + "template", f"required for a {spec.name} action", key="template", **e.t)
+    problem = spec.template_problem(e.template) if e.template is not None else None
+    if problem:
+        c.check.error(e.p + "template", problem, key="template", **e.t)
+    e.methods = _check_methods(c, e, spec)
+    if spec.needs_staff_owner and not e.staff_owned:
+        c.check.error(
+            e.p + "owner",
+            f"a {spec.name} needs an owner: {{ practitioner = ... }}, {{ role = ... }} or {{ group = ... }}",
+            key="owner" if "owner" in e.raw else "type",
+            **e.t,
+        )
+    if (e.completes or e.recurring or e.reminder or e.overdue) and not spec.makes_task:
+        tasks = task_types()
+        c.check.error(
+            e.p + "type",
+            "reminders, recurrences, overdue and completes_workflow need a task "
+            f"({', '.join(tasks[:-1])} or {tasks[-1]})",
+            key="type",
+            **e.t,
+        )
+
+
+def _check_methods(c: _Context, e: _Entry, spec: ActionType) -> tuple[str, ...]:
+    """The methods named (or, when none are, the template's that the type allows, else its default),
+    each checked against the loaded channels and what the type may use."""
+    allowed = spec.allowed_methods(c.channels)
+    template, methods, given = e.template, e.methods, "methods" in e.raw
+    p, t = e.p, e.t
     if not given:
         if template is not None and template.methods:
             methods = tuple(x for x in template.methods if x in allowed)
-        elif atype in ("staff-message", "patient-note", "notify"):
-            methods = allowed[:1]
+        elif spec.default_method in allowed:
+            methods = (spec.default_method,)
     for method in methods:
-        if method not in allowed:
-            check.error(
+        if method not in c.channels:
+            c.check.error(
                 p + "methods",
-                f"{method!r} cannot be used by a {atype} action (allowed: {', '.join(allowed) or 'none'})",
+                f"{method!r} cannot be used: there is no channel of that name "
+                f"(known channels: {', '.join(c.channels)})",
+                key="methods",
+                **t,
+            )
+        elif method not in allowed:
+            c.check.error(
+                p + "methods",
+                f"{method!r} cannot be used by a {spec.name} action (allowed: {', '.join(allowed) or 'none'})",
                 key="methods",
                 **t,
             )
         elif given and template is not None and template.methods and method not in template.methods:
-            check.error(
+            c.check.error(
                 p + "methods",
                 f"template {template.id!r} is not written for {method!r} (its methods: {', '.join(template.methods)})",
                 key="methods",
                 **t,
             )
-    if methods and template is None and not named and atype not in ("staff-task", "record-prompt"):
-        check.error(p + "template", "sending a message needs a template", key="methods", **t)
-    if atype == "patient-message" and not methods:
-        check.error(p + "methods", "a patient-message needs at least one method", key="methods", **t)
+    if methods and template is None and e.template_id is None and spec.audience is not None:
+        c.check.error(p + "template", "sending a message needs a template", key="methods", **t)
+    if spec.needs_method and not methods:
+        c.check.error(p + "methods", f"a {spec.name} needs at least one method", key="methods", **t)
     return methods
 
 

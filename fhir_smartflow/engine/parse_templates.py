@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from fhir_smartflow.channels import ChannelSpec
 from fhir_smartflow.config import Settings
 from fhir_smartflow.engine import model as m
-from fhir_smartflow.engine.checks import ID, check_refs, known_roles
+from fhir_smartflow.engine.checks import check_refs, checked_id, known_roles
 from fhir_smartflow.engine.model import Template
 from fhir_smartflow.engine.templating import (
     TemplateRenderError,
@@ -19,22 +22,23 @@ _TEMPLATE_KEYS = {"id", "name", "status", "methods", "subject", "body", "note_ty
 
 
 def parse_template(
-    source: SourceFile, settings: Settings, renderers: dict[tuple[str, str], object]
+    source: SourceFile,
+    settings: Settings,
+    renderers: dict[tuple[str, str], object],
+    channels: Mapping[str, ChannelSpec],
 ) -> tuple[Template | None, list[LoadError]]:
     check = Checker(source)
     data = source.data
     check.unknown_keys(data, _TEMPLATE_KEYS)
-    tid = check.get(data, "id", str, required=True)
-    if tid and not ID.match(tid):
-        check.error("id", f"use lower-case letters, digits and '-' only, got {tid!r}")
+    tid = checked_id(check, data)
     name = check.get(data, "name", str, required=True)
     status = check.get(data, "status", str, default="enabled")
     if status not in ("enabled", "disabled"):
         check.error("status", f"must be 'enabled' or 'disabled', got {status!r}")
     methods = check.string_list(data, "methods")
     for method in methods:
-        if method not in m.METHODS:
-            check.error("methods", f"unknown method {method!r} (allowed: {', '.join(m.METHODS)})")
+        if method not in channels:
+            check.error("methods", f"unknown method {method!r} (allowed: {', '.join(channels)})")
     subject = check.get(data, "subject", str, default="")
     body = check.get(data, "body", str, default="")
     note_type = check.get(data, "note_type", str, default="progress-note")

@@ -41,7 +41,7 @@ class WriteResource:
 class Deliver:
     """Send a rendered message over a channel; the result updates the Communication."""
 
-    channel: str  # sms | email | voice | portal | staff-message | webhook
+    channel: str  # a channel of the registry (fhir_smartflow/channels.py): sms, email, voice, webhook, a plugin's
     recipient: str  # FHIR reference of the recipient (Patient/1, Practitioner/2, Group/3)
     body: str
     identifier: str  # idempotency key of this delivery

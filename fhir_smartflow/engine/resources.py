@@ -3,9 +3,10 @@
 Codes (checked against the published code systems):
 - Task.code for forms: SDC ``complete-questionnaire`` in ``http://hl7.org/fhir/uv/sdc/CodeSystem/temp``;
   its input type ``questionnaire`` (same system) with ``valueCanonical``.
-- Communication.medium: ``http://terminology.hl7.org/CodeSystem/v3-ParticipationMode`` —
-  sms → MSGWRIT (messaging from a mobile device), email → EMAILWRIT, voice → PHONE,
-  portal / staff-message → ONLINEWRIT (text submitted over a computer network), webhook → ELECTRONIC.
+- Communication.medium: the channel's ``Medium`` (its ``ChannelSpec``, fhir_smartflow/channels.py), codes
+  of ``http://terminology.hl7.org/CodeSystem/v3-ParticipationMode`` for the built-ins — sms → MSGWRIT
+  (messaging from a mobile device), email → EMAILWRIT, voice → PHONE, portal / staff-message → ONLINEWRIT
+  (text submitted over a computer network), webhook → ELECTRONIC; ``medium.text`` is the channel's name.
 - Communication.category: ``http://terminology.hl7.org/CodeSystem/communication-category``
   (notification, reminder, instruction, alert).
 - DocumentReference.type: LOINC document codes (progress note 11506-3, consult note 11488-4,
@@ -23,20 +24,13 @@ import base64
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from fhir_smartflow.channels import PARTICIPATION_MODE as PARTICIPATION_MODE  # with the other code systems
+from fhir_smartflow.channels import Medium
+
 SDC_TEMP = "http://hl7.org/fhir/uv/sdc/CodeSystem/temp"
-PARTICIPATION_MODE = "http://terminology.hl7.org/CodeSystem/v3-ParticipationMode"
 COMMUNICATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/communication-category"
 LOINC = "http://loinc.org"
 ALLOWED_AUDIENCE_URL = "urn:fhir-smartflow:extension:allowed-audience"
-
-MEDIUM: dict[str, tuple[str, str]] = {
-    "sms": ("MSGWRIT", "messaging"),
-    "email": ("EMAILWRIT", "email"),
-    "voice": ("PHONE", "telephone"),
-    "portal": ("ONLINEWRIT", "online written"),
-    "staff-message": ("ONLINEWRIT", "online written"),
-    "webhook": ("ELECTRONIC", "electronic data"),
-}
 
 NOTE_TYPES: dict[str, tuple[str, str]] = {
     "progress-note": ("11506-3", "Progress note"),
@@ -140,6 +134,7 @@ def build_communication(
     identifier_system: str,
     identifier_value: str,
     method: str,
+    medium: Medium,
     text: str,
     sender: str,
     status: str,
@@ -151,14 +146,16 @@ def build_communication(
     sent: str | None = None,
     topic: str | None = None,
 ) -> dict[str, Any]:
-    """A Communication over ``method``; ``based_on_task`` is the Task's business identifier value."""
-    code, display = MEDIUM[method]
+    """A Communication over channel ``method`` (its ``medium``); ``based_on_task`` is the Task's business
+    identifier value."""
     comm: dict[str, Any] = {
         "resourceType": "Communication",
         "identifier": [identifier(identifier_system, identifier_value)],
         "status": status,
         "category": [{"coding": [{"system": COMMUNICATION_CATEGORY, "code": category}]}],
-        "medium": [{"coding": [{"system": PARTICIPATION_MODE, "code": code, "display": display}], "text": method}],
+        "medium": [
+            {"coding": [{"system": medium.system, "code": medium.code, "display": medium.display}], "text": method}
+        ],
         "sender": reference(sender),
         "payload": [{"contentString": text}],
     }

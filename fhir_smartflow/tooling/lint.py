@@ -29,7 +29,7 @@ from fhir_smartflow.engine.loader import parse_sources
 from fhir_smartflow.engine.model import Flow
 from fhir_smartflow.engine.tomlfiles import LoadError, SourceFile, kind_of
 from fhir_smartflow.engine.validation import model_class
-from fhir_smartflow.flowfiles import discover, read_toml
+from fhir_smartflow.flowfiles import discover, read_toml, registry_channels
 
 SEVERITIES = ("error", "warning", "info")
 _UNIT_MINUTES = {"minutes": 1, "hours": 60, "days": 1440, "weeks": 10080}
@@ -356,7 +356,9 @@ def lint(paths: Sequence[str], settings: Settings) -> list[Finding]:
         if isinstance(trigger, str):
             findings += _condition_findings(source, flow, _resource_types(trigger, mappings), flow_id)
         findings += _action_findings(source, flow, flow_id)
-    parsed = parse_sources(sources.mappings, sources.flows, sources.templates, settings, sources.errors)
+    channels, channel_errors = registry_channels(settings)
+    errors = [*sources.errors, *channel_errors]
+    parsed = parse_sources(sources.mappings, sources.flows, sources.templates, settings, errors, channels=channels)
     findings += _overlap_findings(parsed.flows.values(), sources.flows)
     if not sources.borrowed_templates:
         findings += _template_findings(sources.templates, flows)

@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from fhir_smartflow.config import Settings
+from fhir_smartflow.engine.action_types import ACTION_TYPES
 from fhir_smartflow.engine.identifiers import flow_urn
 from fhir_smartflow.engine.model import Action, Duration, Flow, Owner
 from fhir_smartflow.tooling.flowdocs import describe_due
@@ -68,7 +69,7 @@ def _action(flow: Flow, action: Action, settings: Settings) -> dict[str, Any]:
     participants = _participant(action.owner, settings)
     if participants:
         out["participant"] = participants
-    if action.type == "send-form":
+    if ACTION_TYPES[action.type].form:
         out["definitionCanonical"] = action.item
     if action.reminder:
         out["action"] = [

@@ -130,8 +130,7 @@ def build_runtime(
 
 def build_service_runtime(settings: Settings, redis_conn: redis.Redis | None = None) -> Runtime:
     """The whole service for one process; ``[engine] dispatch = "record"`` keeps the ingest-only core."""
-    from smartflow_channels.base import load_channels
-
+    from fhir_smartflow.channels import load_channels
     from fhir_smartflow.delivery.deliverer import ChannelDeliverer
     from fhir_smartflow.engine.followups import plan_followup
     from fhir_smartflow.fhir.client import FhirClient

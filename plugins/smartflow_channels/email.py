@@ -10,8 +10,16 @@ from email.message import EmailMessage
 from email.utils import formatdate
 from typing import Any
 
-from fhir_smartflow.config import secret
-from smartflow_channels.base import ChannelNotConfigured, DeliveryResult, OutboundMessage
+from fhir_smartflow.channels import (
+    PATIENT,
+    STAFF,
+    ChannelNotConfigured,
+    ChannelSpec,
+    DeliveryResult,
+    Medium,
+    OutboundMessage,
+)
+from fhir_smartflow.config import Settings, secret
 
 
 def text_to_html(text: str) -> str:
@@ -28,6 +36,13 @@ def message_id(idempotency_key: str, from_address: str) -> str:
 
 class EmailChannel:
     name = "email"
+    spec = ChannelSpec(
+        reaches=frozenset({PATIENT, STAFF}),
+        medium=Medium("EMAILWRIT", "email"),
+        address="email",
+        written=True,
+        settings_table="[email]",
+    )
 
     def __init__(
         self,
@@ -46,7 +61,7 @@ class EmailChannel:
         self.ssl_context = ssl_context or ssl.create_default_context()
 
     @classmethod
-    def from_settings(cls, settings: Any) -> EmailChannel:
+    def from_settings(cls, settings: Settings, options: Any) -> EmailChannel:
         cfg = settings.email
         if not cfg.host or not cfg.from_address:
             raise ChannelNotConfigured("[email] needs host and from_address")

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from smartflow_channels.base import DeliveryResult, OutboundMessage
+from fhir_smartflow.channels import PATIENT, STAFF, ChannelSpec, DeliveryResult, Medium, OutboundMessage
+from fhir_smartflow.config import Settings
 from smartflow_channels.twilio_rest import TwilioRest
 
 
 class SmsChannel:
     name = "sms"
+    spec = ChannelSpec(
+        reaches=frozenset({PATIENT, STAFF}),
+        medium=Medium("MSGWRIT", "messaging"),  # messaging from a mobile device
+        address="phone",
+        prefer_use="mobile",
+        written=True,
+        settings_table="[sms]",
+    )
 
     def __init__(self, client: TwilioRest, from_number: str, status_callback: str = "") -> None:
         self.client = client
@@ -17,7 +26,7 @@ class SmsChannel:
         self.status_callback = status_callback
 
     @classmethod
-    def from_settings(cls, settings: Any) -> SmsChannel:
+    def from_settings(cls, settings: Settings, options: Any) -> SmsChannel:
         return cls(TwilioRest.from_settings(settings), settings.sms.from_number, settings.sms.status_callback)
 
     def send(self, message: OutboundMessage) -> DeliveryResult:

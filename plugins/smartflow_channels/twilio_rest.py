@@ -10,9 +10,9 @@ from typing import Any
 
 import requests
 
-from fhir_smartflow.config import secret
+from fhir_smartflow.channels import ChannelNotConfigured, DeliveryResult
+from fhir_smartflow.config import Settings, secret
 from fhir_smartflow.retry import RETRYABLE_STATUS, parse_retry_after
-from smartflow_channels.base import ChannelNotConfigured, DeliveryResult
 
 API_VERSION = "2010-04-01"
 
@@ -33,7 +33,7 @@ class TwilioRest:
         self.session = session or requests.Session()
 
     @classmethod
-    def from_settings(cls, settings: Any) -> TwilioRest:
+    def from_settings(cls, settings: Settings) -> TwilioRest:
         cfg = settings.sms
         token = secret(cfg.token_env)
         missing = [k for k, v in (("account_sid", cfg.account_sid), ("from_number", cfg.from_number)) if not v]

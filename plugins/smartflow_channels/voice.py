@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
-from smartflow_channels.base import DeliveryResult, OutboundMessage
+from fhir_smartflow.channels import PATIENT, STAFF, ChannelSpec, DeliveryResult, Medium, OutboundMessage
+from fhir_smartflow.config import Settings
 from smartflow_channels.twilio_rest import TwilioRest
 
 
@@ -16,6 +17,12 @@ def twiml_say(text: str, language: str = "en-US") -> str:
 
 class VoiceChannel:
     name = "voice"
+    spec = ChannelSpec(
+        reaches=frozenset({PATIENT, STAFF}),
+        medium=Medium("PHONE", "telephone"),
+        address="phone",
+        settings_table="[sms]",
+    )
 
     def __init__(
         self, client: TwilioRest, from_number: str, language: str = "en-US", status_callback: str = ""
@@ -26,7 +33,7 @@ class VoiceChannel:
         self.status_callback = status_callback
 
     @classmethod
-    def from_settings(cls, settings: Any) -> VoiceChannel:
+    def from_settings(cls, settings: Settings, options: Any) -> VoiceChannel:
         cfg = settings.sms
         return cls(TwilioRest.from_settings(settings), cfg.from_number, cfg.voice_language, cfg.status_callback)
 

@@ -10,9 +10,18 @@ from typing import Any
 
 import requests
 
-from fhir_smartflow.config import secret
+from fhir_smartflow.channels import (
+    PATIENT,
+    REFERENCE,
+    STAFF,
+    ChannelNotConfigured,
+    ChannelSpec,
+    DeliveryResult,
+    Medium,
+    OutboundMessage,
+)
+from fhir_smartflow.config import Settings, secret
 from fhir_smartflow.retry import RETRYABLE_STATUS, parse_retry_after
-from smartflow_channels.base import ChannelNotConfigured, DeliveryResult, OutboundMessage
 
 SIGNATURE_HEADER = "X-Smartflow-Signature"
 
@@ -28,13 +37,19 @@ def verify(body: bytes, key: str, signature: str) -> bool:
 
 class WebhookChannel:
     name = "webhook"
+    spec = ChannelSpec(
+        reaches=frozenset({PATIENT, STAFF}),
+        medium=Medium("ELECTRONIC", "electronic data"),
+        address=REFERENCE,  # the receiver looks the recipient up itself
+        settings_table="[webhook_channel]",
+    )
 
     def __init__(self, url: str, key: str, timeout: float = 10.0, session: requests.Session | None = None) -> None:
         self.url, self.key, self.timeout = url, key, timeout
         self.session = session or requests.Session()
 
     @classmethod
-    def from_settings(cls, settings: Any) -> WebhookChannel:
+    def from_settings(cls, settings: Settings, options: Any) -> WebhookChannel:
         cfg = settings.webhook_channel
         key = secret(cfg.secret_env)
         if not cfg.url or key is None:
