@@ -320,3 +320,17 @@ def test_client_credentials_config_is_checked_and_every_mode_has_a_builder(tmp_p
     cfg.write_text('[fhir]\nauth = "client-credentials"\nclient_secret_env = "APP_SECRET"\n')
     with pytest.raises(ConfigError, match="client_id"):
         build_auth(load_settings(cfg, env={}), BASE, env={"APP_SECRET": "pw"})
+
+
+def test_a_configured_token_endpoint_must_be_https_and_credentials_stay_out_of_reprs(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    text = '[fhir]\nauth = "client-credentials"\nclient_id = "app"\ntoken_endpoint = "{}"\n'
+    cfg.write_text(text.format("http://auth.example.org/token"))
+    with pytest.raises(ConfigError, match=r"token_endpoint.*https"):
+        build_auth(load_settings(cfg, env={}), BASE, env={"SMARTFLOW_FHIR_CLIENT_SECRET": "pw"})
+    cfg.write_text(text.format("http://127.0.0.1:8103/oauth2/token"))  # loopback: development
+    auth = build_auth(load_settings(cfg, env={}), BASE, env={"SMARTFLOW_FHIR_CLIENT_SECRET": "pw"})
+    assert isinstance(auth, ClientCredentialsTokenProvider) and auth.token_endpoint().startswith("http://127.0.0.1")
+    request = TokenRequest(TOKEN_URL, {"client_secret": "pw"})
+    ClientSecretBasic("app", "pw").authenticate(request)
+    assert "pw" not in repr(request) and "Basic" not in repr(request)

@@ -36,6 +36,7 @@ from fhir_smartflow.fhir.smart import (
     ScopesFor,
     SmartConfiguration,
     client_credentials_provider,
+    secure_endpoint,
 )
 from fhir_smartflow.fhir.tokens import StaticTokenProvider, TokenProvider
 from fhir_smartflow.flowfiles import load_engine
@@ -115,6 +116,8 @@ def _grant(
     settings: Settings, base_url: str, client: ClientAuth, auth: AuthInputs, **options: Any
 ) -> ClientCredentialsTokenProvider:
     cfg = settings.fhir
+    if cfg.token_endpoint and not secure_endpoint(cfg.token_endpoint):
+        raise ConfigError("[fhir] token_endpoint", "must be https (http only on loopback): it receives credentials")
     return client_credentials_provider(
         base_url,
         client,

@@ -33,8 +33,8 @@ DEFAULT_EXPIRES_IN = 300.0  # when a token answer has no expires_in
 @dataclass
 class TokenRequest:
     url: str
-    form: dict[str, str]
-    headers: dict[str, str] = field(default_factory=lambda: {"Accept": "application/json"})
+    form: dict[str, str] = field(repr=False)  # credentials: never in a repr or a log line
+    headers: dict[str, str] = field(default_factory=lambda: {"Accept": "application/json"}, repr=False)
 
 
 class ClientAuth(Protocol):

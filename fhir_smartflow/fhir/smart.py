@@ -144,12 +144,15 @@ class ServerDiscovery:
         return found.token_endpoint
 
 
-def _require_secure(url: str, source: str) -> None:
-    """Credentials only go to https endpoints (plain http allowed on loopback, for development)."""
+def secure_endpoint(url: str) -> bool:
+    """Whether credentials may go to ``url``: https, or plain http on loopback (development)."""
     parts = urlsplit(url)
-    if parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in _LOOPBACK):
-        return
-    raise FhirUnauthorized(f"token endpoint {url!r} (from {source}) is not https; refusing to send credentials")
+    return parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in _LOOPBACK)
+
+
+def _require_secure(url: str, source: str) -> None:
+    if not secure_endpoint(url):
+        raise FhirUnauthorized(f"token endpoint {url!r} (from {source}) is not https; refusing to send credentials")
 
 
 def client_assertion(
