@@ -13,7 +13,13 @@ import responses
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from fhir_smartflow.config import FHIR_AUTH_MODES, ConfigError, load_settings
+from fhir_smartflow.config import (
+    CLIENT_SECRET_AUTH_METHODS,
+    FHIR_AUTH_MODES,
+    SCOPE_SYNTAXES,
+    ConfigError,
+    load_settings,
+)
 from fhir_smartflow.fhir.auth import AUTH_MODES, build_auth
 from fhir_smartflow.fhir.client import FhirClient
 from fhir_smartflow.fhir.errors import FhirUnauthorized, FhirUnavailable, TokenRefused
@@ -25,6 +31,7 @@ from fhir_smartflow.fhir.oauth import (
     TokenRequest,
     post_token,
 )
+from fhir_smartflow.fhir.scopes import ScopeSyntax
 from fhir_smartflow.fhir.smart import (
     CLIENT_ASSERTION_TYPE,
     OAUTH_URIS,
@@ -303,7 +310,10 @@ def test_client_secret_post_sends_id_and_secret_in_the_form() -> None:
 
 
 def test_client_credentials_config_is_checked_and_every_mode_has_a_builder(tmp_path: Path) -> None:
+    # config.py (below the fhir layer) names the modes, client auth methods and syntaxes it accepts.
     assert set(AUTH_MODES) == set(FHIR_AUTH_MODES)
+    assert set(CLIENT_SECRET_METHODS) == set(CLIENT_SECRET_AUTH_METHODS)
+    assert {s.value for s in ScopeSyntax} | {"auto"} == set(SCOPE_SYNTAXES)
     cfg = tmp_path / "c.toml"
     cfg.write_text('[fhir]\nauth = "client-credentials"\nclient_id = "app"\nclient_secret_env = "APP_SECRET"\n')
     settings = load_settings(cfg, env={})

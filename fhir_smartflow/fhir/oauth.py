@@ -45,53 +45,50 @@ class ClientAuth(Protocol):
         ...
 
 
-class ClientSecretBasic:
-    """ClientAuth ``client_secret_basic``: ``Authorization: Basic base64(id:secret)``, each part first
-    form-urlencoded (RFC 6749 section 2.3.1 and Appendix B), so a ``:`` or ``+`` in a secret survives."""
+class ClientSecret:
+    """A registered client with a secret; the subclasses say how it goes to the token endpoint."""
 
-    method = "client_secret_basic"
+    method: str  # its token_endpoint_auth_method
 
     def __init__(self, client_id: str, client_secret: str) -> None:
-        _require_credentials(self.method, client_id, client_secret)
+        if not client_id:
+            raise ValueError(f"{self.method} needs a client_id")
+        if not client_secret:
+            raise ValueError(f"{self.method} needs a client secret")
         self.client_id = client_id
         self._secret = client_secret
+
+    def authenticate(self, request: TokenRequest) -> None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(client_id={self.client_id!r}, client_secret=***)"
+
+
+class ClientSecretBasic(ClientSecret):
+    """``client_secret_basic``: ``Authorization: Basic base64(id:secret)``, each part first form-urlencoded
+    (RFC 6749 section 2.3.1 and Appendix B), so a ``:`` or ``+`` in a secret survives."""
+
+    method = "client_secret_basic"
 
     def authenticate(self, request: TokenRequest) -> None:
         pair = f"{quote_plus(self.client_id)}:{quote_plus(self._secret)}"
         request.headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
 
-    def __repr__(self) -> str:
-        return f"ClientSecretBasic(client_id={self.client_id!r}, client_secret=***)"
 
-
-class ClientSecretPost:
-    """ClientAuth ``client_secret_post``: ``client_id`` and ``client_secret`` in the form body (RFC 6749
-    section 2.3.1; what OpenEMR's registration documents by default)."""
+class ClientSecretPost(ClientSecret):
+    """``client_secret_post``: ``client_id`` and ``client_secret`` in the form body (RFC 6749 section 2.3.1;
+    what OpenEMR's registration documents by default)."""
 
     method = "client_secret_post"
-
-    def __init__(self, client_id: str, client_secret: str) -> None:
-        _require_credentials(self.method, client_id, client_secret)
-        self.client_id = client_id
-        self._secret = client_secret
 
     def authenticate(self, request: TokenRequest) -> None:
         request.form["client_id"] = self.client_id
         request.form["client_secret"] = self._secret
 
-    def __repr__(self) -> str:
-        return f"ClientSecretPost(client_id={self.client_id!r}, client_secret=***)"
-
-
-def _require_credentials(method: str, client_id: str, client_secret: str) -> None:
-    if not client_id:
-        raise ValueError(f"{method} needs a client_id")
-    if not client_secret:
-        raise ValueError(f"{method} needs a client secret")
-
 
 # token_endpoint_auth_method (RFC 7591) -> the ClientAuth for a client with a secret
-CLIENT_SECRET_METHODS: dict[str, type[ClientSecretBasic] | type[ClientSecretPost]] = {
+CLIENT_SECRET_METHODS: dict[str, type[ClientSecret]] = {
     ClientSecretBasic.method: ClientSecretBasic,
     ClientSecretPost.method: ClientSecretPost,
 }
