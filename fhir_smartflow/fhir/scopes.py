@@ -20,7 +20,7 @@ OpenEMR accept version 2, OpenEMR 7.0.0 development builds only ``.read`` / ``.w
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -121,11 +121,6 @@ class Scopes:
             elif token not in other:
                 other.append(token)
         return cls(tuple(resources), tuple(other))
-
-    @classmethod
-    def of(cls, wanted: Iterable[tuple[str, str, str]]) -> Scopes:
-        """From ``(context, resource_type, letters)`` triples, merged per type."""
-        return cls(tuple(ResourceScope(c, t, frozenset(letters)) for c, t, letters in wanted)).merged()
 
     def merged(self) -> Scopes:
         """One scope per (context, type, query), letters united; sorted by context and type."""

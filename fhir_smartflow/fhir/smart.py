@@ -225,10 +225,10 @@ def client_credentials_provider(
         Transport(fhir_base, timeout=timeout, retry=retry, session=session, media_type="application/json")
     )
     endpoint: str | Callable[[], str] = token_endpoint or discovery.token_endpoint
-    requested: str | Callable[[], str] = scopes
-    if not isinstance(scopes, str):
-        scopes_for = scopes
-        requested = lambda: scopes_for(discovery.configuration())  # noqa: E731
+
+    def requested() -> str:
+        return scopes if isinstance(scopes, str) else scopes(discovery.configuration())
+
     return ClientCredentialsTokenProvider(
         client,
         endpoint,
