@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote_plus
@@ -143,14 +144,17 @@ def test_a_static_bearer_token_that_is_refused_fails_at_once_and_is_not_sent_aga
 
 
 def test_a_403_on_a_write_names_the_scope_the_token_probably_lacks(
-    serve_app: Callable[..., ThreadedWsgiServer],
+    serve_app: Callable[..., ThreadedWsgiServer], caplog: pytest.LogCaptureFixture
 ) -> None:
     gate = OAuthGate({"app": OAuthClient("pw", method="client_secret_post", allowed="system/*.rs system/Task.cu")})
     base = guarded(serve_app, gate)
     asked = "system/*.rs system/Task.cu system/Provenance.c"
     auth = client_credentials_provider(base, ClientSecretPost("app", "pw"), scopes=asked)
     client = FhirClient(base, auth=auth, retry=RetryPolicy(max_retries=0))
-    client.create(TASK)
+    with caplog.at_level(logging.WARNING, logger="fhir_smartflow.fhir.oauth"):
+        client.create(TASK)
+    # Told at the first token, before any write fails: the server granted less than asked.
+    assert "granted less than asked for: without system/Provenance.c" in caplog.text
     provenance = {
         "resourceType": "Provenance",
         "target": [{"reference": "Task/1"}],

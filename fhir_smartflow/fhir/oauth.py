@@ -24,6 +24,7 @@ from urllib.parse import quote_plus
 import requests
 
 from fhir_smartflow.fhir.errors import FhirUnavailable, TokenRefused
+from fhir_smartflow.fhir.scopes import Scopes
 
 log = logging.getLogger(__name__)
 
@@ -195,4 +196,10 @@ class ClientCredentialsTokenProvider:
         self._renew_at = self.clock() + lifetime - renewal_margin(lifetime, self.refresh_margin)
         self._granted = str(body.get("scope") or scopes)
         log.info("obtained a client-credentials token (expires in %ss, scope %s)", int(lifetime), self._granted)
+        asked = Scopes.parse(scopes)
+        if lacking := Scopes.parse(self._granted).missing(asked):
+            log.warning(
+                "the token endpoint granted less than asked for: without %s, requests needing it will be refused",
+                lacking.render(asked.written_in()),
+            )
         return str(body["access_token"])

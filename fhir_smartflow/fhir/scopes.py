@@ -23,10 +23,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fhir_smartflow.fhir.smart import SmartConfiguration
 from fhir_smartflow.refs import RESOURCE_TYPE_RE
+
+if TYPE_CHECKING:  # a type only: smart.py builds on oauth.py, which uses these scopes
+    from fhir_smartflow.fhir.smart import SmartConfiguration
 
 INTERACTIONS = "cruds"  # SMART v2 letters, in their required order
 V1_INTERACTIONS: dict[str, frozenset[str]] = {
@@ -159,6 +161,10 @@ class Scopes:
         """The syntaxes these scopes are written in (a server's ``scopes_supported`` tells which it knows)."""
         return {s.syntax for s in self.resources}
 
+    def written_in(self) -> ScopeSyntax:
+        """v1 when every resource scope here is written in v1, else v2 (to answer in the grant's terms)."""
+        return ScopeSyntax.V1 if self.syntaxes() == {ScopeSyntax.V1} else ScopeSyntax.V2
+
     def __bool__(self) -> bool:
         return bool(self.resources or self.other)
 
@@ -236,7 +242,7 @@ def forbidden_hint(granted: str, needed: Scopes) -> str:
     if not granted:
         return f"; the token's scopes are not known here — this request needs {needed.render(ScopeSyntax.V2)}"
     grant = Scopes.parse(granted)
-    syntax = ScopeSyntax.V1 if grant.syntaxes() == {ScopeSyntax.V1} else ScopeSyntax.V2
+    syntax = grant.written_in()
     lacking = grant.missing(needed)
     if lacking:
         return f'; the token was granted "{granted}" — probably missing {lacking.render(syntax)}'
