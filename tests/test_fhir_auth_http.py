@@ -10,7 +10,9 @@ from pathlib import Path
 from urllib.parse import unquote_plus
 
 import pytest
+from click.testing import CliRunner
 
+from fhir_smartflow.cli import main
 from fhir_smartflow.config import load_settings
 from fhir_smartflow.fhir.client import FhirClient
 from fhir_smartflow.fhir.errors import FhirForbidden, FhirUnauthorized
@@ -74,29 +76,35 @@ def test_client_credentials_with_basic_auth_discovers_the_endpoint_and_asks_for_
     assert (unquote_plus(user), unquote_plus(password)) == ("smartflow", SECRET) and password != SECRET
 
 
-def test_client_secret_post_against_a_server_that_knows_only_v1_scopes(
-    serve_app: Callable[..., ThreadedWsgiServer], tmp_path: Path
+def test_client_secret_post_against_a_server_that_knows_only_v1_scopes_and_lists_each_one(
+    serve_app: Callable[..., ThreadedWsgiServer], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # An OpenEMR 7.0.0 development build: nested scopes_supported, only .read / .write, no permission-v2.
-    v1_scopes = [["openid", "api:fhir"], ["system/Patient.read", "system/Task.read", "system/Task.write"]]
+    # An OpenEMR 7.0.0 development build: scopes_supported nested, only .read / .write, each scope listed
+    # (anything else is invalid_scope), no Appointment or Questionnaire resource, no permission-v2.
+    settings = load_settings(service_config(tmp_path, "http://x", auth="client-credentials"), env={})
+    everything = needed_scopes(shipped_engine(), settings).render(ScopeSyntax.V1).split()
+    absent = ("system/Appointment.read", "system/Questionnaire.read")
+    listed = [["openid", "api:fhir"], [s for s in everything if s not in absent]]
     gate = OAuthGate(
         {"smartflow": OAuthClient("pw", method="client_secret_post", allowed="system/*.read system/*.write")},
         syntax="v1",
-        scopes_supported=v1_scopes,
+        scopes_supported=listed,
+        enumerated=True,
         capabilities=["client-confidential-symmetric"],
         lifetime=300,
     )
     base = guarded(serve_app, gate)
-    settings = load_settings(
-        service_config(tmp_path, base, auth="client-credentials", client_auth="client_secret_post"), env={}
-    )
-    client = FhirClient.from_settings(settings, env={"SMARTFLOW_FHIR_CLIENT_SECRET": "pw"})
-    client.create(TASK)
+    config = service_config(tmp_path, base, auth="client-credentials", client_auth="client_secret_post")
+    client = FhirClient.from_settings(load_settings(config, env={}), env={"SMARTFLOW_FHIR_CLIENT_SECRET": "pw"})
+    with caplog.at_level(logging.WARNING, logger="fhir_smartflow.fhir.auth"):
+        client.create(TASK)
     [request] = gate.token_requests
     assert request["auth"] == "client_secret_post" and request["client_id"] == "smartflow"
     requested = request["scope"].split()
     assert "system/Provenance.write" in requested and "system/Task.read" in requested
-    assert all(s.endswith((".read", ".write")) for s in requested)  # nothing the server would refuse
+    assert all(s.endswith((".read", ".write")) for s in requested)  # v1 only
+    assert not set(absent) & set(requested)  # not offered: not asked for, so the grant is not refused
+    assert "offers no scope for system/Appointment.read system/Questionnaire.read" in caplog.text
 
     # The same server refuses v2 scopes outright, which is why the syntax is chosen from what it advertises.
     forced = load_settings(
@@ -168,3 +176,16 @@ def test_a_403_on_a_write_names_the_scope_the_token_probably_lacks(
     assert "probably missing system/Provenance.c" in message
     assert "Forbidden: c on Provenance" in message  # the server's OperationOutcome text is kept
     assert refused.value.outcome["resourceType"] == "OperationOutcome"
+
+
+def test_the_scopes_command_asks_the_server_for_its_syntax_and_what_it_offers(
+    serve_app: Callable[..., ThreadedWsgiServer], tmp_path: Path
+) -> None:
+    listed = [["openid"], ["system/Patient.read", "system/Task.read", "system/Task.write"]]
+    gate = OAuthGate({}, syntax="v1", scopes_supported=listed, enumerated=True, capabilities=[])
+    base = guarded(serve_app, gate)
+    result = CliRunner().invoke(main, ["--config", str(service_config(tmp_path, base)), "scopes"])
+    assert result.exit_code == 0, result.output
+    printed = result.stdout.split()
+    assert "system/Patient.read" in printed and "system/Provenance.write" in printed  # all that is needed
+    assert "note: the server offers no scope for" in result.stderr and "system/Provenance.write" in result.stderr

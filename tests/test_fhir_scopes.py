@@ -11,6 +11,7 @@ from fhir_smartflow.fhir.scopes import (
     choose_scope_syntax,
     forbidden_hint,
     grant_context,
+    offered,
     parse_scope,
     request_scopes,
 )
@@ -123,3 +124,16 @@ def test_what_a_403_says_about_scopes() -> None:
     assert forbidden_hint("system/*.rs", Scopes()) == ""
     assert grant_context("user/Patient.rs user/Task.cu openid") == "user"
     assert grant_context("") == grant_context("user/Patient.rs system/Task.cu") == "system"
+
+
+def test_what_a_server_that_lists_its_scopes_offers() -> None:
+    needed = Scopes.parse("system/Patient.rs system/Appointment.rs system/Task.crus")
+    # OpenEMR 7.0.0-dev: each scope listed, no Appointment, Task read-only for system clients.
+    openemr = Scopes.parse("openid api:fhir system/Patient.read system/Task.read user/Appointment.read")
+    kept, dropped = offered(needed, openemr)
+    assert kept.render(ScopeSyntax.V1) == "system/Patient.read system/Task.read"
+    assert dropped.render(ScopeSyntax.V2) == "system/Appointment.rs system/Task.cu"
+    # Medplum lists no system/ scopes at all, and grants them: everything is offered.
+    medplum = Scopes.parse("patient/*.rs user/*.cruds openid")
+    assert offered(needed, medplum) == (needed.merged(), Scopes())
+    assert offered(needed, Scopes.parse("system/*.read system/Patient.read"))[1] == Scopes()

@@ -17,7 +17,7 @@ from fhir_smartflow.config import SCOPE_SYNTAXES
 
 if TYPE_CHECKING:
     from fhir_smartflow.config import Settings
-    from fhir_smartflow.fhir.scopes import ScopeSyntax
+    from fhir_smartflow.fhir.smart import SmartConfiguration
 
 
 @click.command("scopes")
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 @pass_ctx
 def scopes_command(cli: CliContext, syntax: str | None, why: bool, as_json: bool) -> None:
     """Print the scopes the service needs on the FHIR server (exit 2 when the flows do not load)."""
-    from fhir_smartflow.fhir.scopes import ScopeSyntax
+    from fhir_smartflow.fhir.scopes import Scopes, ScopeSyntax, choose_scope_syntax, offered
     from fhir_smartflow.fhir.service_scopes import needed_scopes, service_uses
     from fhir_smartflow.flowfiles import EngineLoadError, load_engine
 
@@ -43,7 +43,8 @@ def scopes_command(cli: CliContext, syntax: str | None, why: bool, as_json: bool
         problems = len(exc.errors)
         click.echo(f"scopes: the flows do not load ({problems} problem(s)); run `fhir-smartflow validate`", err=True)
         sys.exit(2)
-    chosen = _syntax(settings, syntax or settings.fhir.scope_syntax)
+    configuration = _configuration(settings) if (syntax or settings.fhir.scope_syntax) == "auto" else None
+    chosen = choose_scope_syntax(configuration, syntax or settings.fhir.scope_syntax)
     uses = service_uses(engine, settings)
     needed = needed_scopes(engine, settings)
     if as_json:
@@ -54,25 +55,29 @@ def scopes_command(cli: CliContext, syntax: str | None, why: bool, as_json: bool
         for scope in needed.resources:
             reasons = "; ".join(dict.fromkeys(u.why for u in uses if u.resource_type == scope.resource_type))
             click.echo(f"{' '.join(scope.render(chosen)):48} {reasons}")
-        return
-    click.echo(needed.render(chosen))
+    else:
+        click.echo(needed.render(chosen))
     if chosen is ScopeSyntax.V1:
-        click.echo("(SMART v1: .write also allows delete; v1 has no narrower form)", err=True)
+        click.echo("note: in SMART v1 .write also allows delete; v1 has no narrower form", err=True)
+    if configuration is not None:
+        _, absent = offered(needed, Scopes.parse(" ".join(configuration.scopes_supported)))
+        if absent:
+            click.echo(f"note: the server offers no scope for {absent.render(chosen)}", err=True)
+    if settings.fhir.scopes:
+        click.echo(f"note: [fhir] scopes is set; the service asks for that instead: {settings.fhir.scopes}", err=True)
 
 
-def _syntax(settings: Settings, wanted: str) -> ScopeSyntax:
-    """``wanted``, or for "auto" what the configured server advertises (v2 when it cannot be asked)."""
+def _configuration(settings: Settings) -> SmartConfiguration | None:
+    """What the configured server advertises; None without a server or when it cannot be read."""
     from fhir_smartflow.fhir.errors import FhirError
-    from fhir_smartflow.fhir.scopes import choose_scope_syntax
     from fhir_smartflow.fhir.smart import read_smart_configuration
     from fhir_smartflow.fhir.transport import Transport
 
-    if wanted != "auto" or not settings.fhir.base_url:
-        return choose_scope_syntax(None, wanted)
+    if not settings.fhir.base_url:
+        return None
     http = Transport(settings.fhir.base_url, timeout=settings.fhir.timeout_seconds, media_type="application/json")
     try:
-        configuration = read_smart_configuration(http)
+        return read_smart_configuration(http)
     except FhirError as exc:
-        click.echo(f"scopes: could not read {settings.fhir.base_url}'s SMART configuration ({exc}); using v2", err=True)
-        configuration = None
-    return choose_scope_syntax(configuration)
+        click.echo(f"note: could not read {settings.fhir.base_url}'s SMART configuration ({exc}); using v2", err=True)
+        return None

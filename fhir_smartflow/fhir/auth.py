@@ -19,6 +19,7 @@ OpenEMR's user-context (write) token is built with the OpenEMR target (openemr/f
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +29,7 @@ import requests
 from fhir_smartflow.config import ConfigError, FhirConfig, Settings, read_secret_file, secret
 from fhir_smartflow.engine.model import Engine
 from fhir_smartflow.fhir.oauth import CLIENT_SECRET_METHODS, ClientAuth, ClientCredentialsTokenProvider
-from fhir_smartflow.fhir.scopes import choose_scope_syntax
+from fhir_smartflow.fhir.scopes import Scopes, choose_scope_syntax, offered
 from fhir_smartflow.fhir.service_scopes import needed_scopes
 from fhir_smartflow.fhir.smart import (
     SUPPORTED_ALGS,
@@ -43,6 +44,8 @@ from fhir_smartflow.flowfiles import load_engine
 from fhir_smartflow.retry import RetryPolicy
 
 EngineSource = Callable[[], Engine]
+
+log = logging.getLogger(__name__)
 
 
 def retry_policy(cfg: FhirConfig) -> RetryPolicy:
@@ -83,7 +86,17 @@ def scopes_to_request(settings: Settings, engine: EngineSource) -> ScopesFor:
     def scopes(configuration: SmartConfiguration | None) -> str:
         if cfg.scopes:
             return cfg.scopes
-        return needed_scopes(engine(), settings).render(choose_scope_syntax(configuration, cfg.scope_syntax))
+        syntax = choose_scope_syntax(configuration, cfg.scope_syntax)
+        needed = needed_scopes(engine(), settings)
+        if configuration is not None:
+            needed, absent = offered(needed, Scopes.parse(" ".join(configuration.scopes_supported)))
+            if absent:
+                log.warning(
+                    "the FHIR server offers no scope for %s (not in its scopes_supported): not asked for; what "
+                    "needs it will be refused (see `fhir-smartflow scopes --why`)",
+                    absent.render(syntax),
+                )
+        return needed.render(syntax)
 
     return scopes
 

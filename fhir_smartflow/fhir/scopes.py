@@ -13,6 +13,7 @@ OpenEMR accept version 2, OpenEMR 7.0.0 development builds only ``.read`` / ``.w
 * ``Scopes.missing(needed)``: what of ``needed`` a granted set does not cover (a 403's likely cause,
   doctor's granted-vs-needed comparison).
 * ``request_scopes`` / ``forbidden_hint``: the scopes a REST request needs, and what a 403 probably lacks.
+* ``offered(needed, supported)``: the needed scopes a server that enumerates its scopes offers, and the rest.
 * ``choose_scope_syntax(configuration, override)``: v2 when the server advertises it, v1 when it shows
   only v1 forms, the override (``[fhir] scope_syntax``) when set.
 """
@@ -191,6 +192,26 @@ def choose_scope_syntax(configuration: SmartConfiguration | None, override: str 
     if ScopeSyntax.V1 in listed or "permission-v1" in capabilities:
         return ScopeSyntax.V1
     return ScopeSyntax.V2
+
+
+def offered(needed: Scopes, supported: Scopes) -> tuple[Scopes, Scopes]:
+    """``needed`` split into (what the server offers, what it does not), when its ``scopes_supported``
+    enumerates resource scopes of that context (OpenEMR lists each one and refuses any other with
+    ``invalid_scope``); a server listing none for the context, or a wildcard, offers everything (Medplum
+    lists only ``patient/*.rs`` and ``user/*.cruds`` and grants ``system/`` scopes)."""
+    kept: list[ResourceScope] = []
+    dropped: list[ResourceScope] = []
+    for scope in needed.merged().resources:
+        listed = [s for s in supported.resources if s.context == scope.context and not s.query]
+        if not listed or any(s.resource_type == "*" for s in listed):
+            kept.append(scope)
+            continue
+        allowed = frozenset(i for i in scope.interactions if supported.allows(scope.context, scope.resource_type, i))
+        if allowed:
+            kept.append(ResourceScope(scope.context, scope.resource_type, allowed))
+        if allowed != scope.interactions:
+            dropped.append(ResourceScope(scope.context, scope.resource_type, scope.interactions - allowed))
+    return Scopes(tuple(kept), needed.other), Scopes(tuple(dropped))
 
 
 def request_scopes(method: str, path: str, body: Mapping[str, Any] | None = None, context: str = "system") -> Scopes:

@@ -8,8 +8,9 @@ It behaves as the servers clinics run do, written from their documentation, not 
   ``permission-v2``; an OpenEMR 7.0.0 development build lists only ``.read`` / ``.write`` scopes, nested);
 * ``POST /oauth2/token``: RFC 6749 section 4.4 with section 2.3.1 client authentication (Basic credentials
   form-urlencoded before Base64, or both in the form); a scope of the syntax the server does not know is
-  ``invalid_scope``; scopes beyond the client's allowance are left out of the grant; the answer says
-  ``expires_in`` (Medplum: 3600) and the granted ``scope``;
+  ``invalid_scope``, and so, with ``enumerated`` (OpenEMR), is one not listed in ``scopes_supported``;
+  scopes beyond the client's allowance are left out of the grant; the answer says ``expires_in``
+  (Medplum: 3600) and the granted ``scope``;
 * every other request needs ``Authorization: Bearer`` with an unexpired token (401 ``invalid_token``
   otherwise) whose scopes allow the interaction (SMART letters: c create, r read, u update, d delete,
   s search; transactions entry by entry), else 403 with an OperationOutcome.
@@ -56,6 +57,7 @@ class OAuthGate:
     syntax: str = "v2"  # the scope syntax the server knows: v2 | v1
     scopes_supported: list[Any] = field(default_factory=lambda: ["system/*.rs", "system/*.cruds", "openid"])
     capabilities: list[str] = field(default_factory=lambda: ["client-confidential-symmetric", "permission-v2"])
+    enumerated: bool = False  # only the scopes in scopes_supported exist (OpenEMR)
     clock: Callable[[], float] = time.time
     grants: dict[str, Grant] = field(default_factory=dict)
     token_requests: list[dict[str, str]] = field(default_factory=list)  # form + auth method, secrets removed
@@ -114,7 +116,12 @@ class OAuthGate:
         if form.get("grant_type") != "client_credentials":
             return _oauth_error(400, "unsupported_grant_type", str(form.get("grant_type")))
         requested = form.get("scope", "").split()
-        unknown = [s for s in requested if "/" in s and _letters(s, self.syntax) is None]
+        listed = set(_flat(self.scopes_supported))
+        unknown = [
+            s
+            for s in requested
+            if "/" in s and (_letters(s, self.syntax) is None or (self.enumerated and s not in listed))
+        ]
         if unknown:
             return _oauth_error(400, "invalid_scope", f"Check the {unknown[0]} scope")
         granted = [s for s in requested if "/" not in s or _covered(s, client.allowed.split(), self.syntax)]
@@ -145,6 +152,10 @@ class OAuthGate:
                 outcome = {"resourceType": "OperationOutcome", "issue": [issue]}
                 return Response(json.dumps(outcome), 403, mimetype="application/fhir+json")
         return None
+
+
+def _flat(value: Any) -> list[str]:
+    return [value] if isinstance(value, str) else [s for item in value for s in _flat(item)]
 
 
 def _client_credentials(request: Request, form: dict[str, str]) -> tuple[str, str, str]:
