@@ -92,7 +92,7 @@ class Process:
                 raise self._exited()
             try:
                 requests.get(url, timeout=0.5)
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # still starting, or busy
                 return False
             return True
 
