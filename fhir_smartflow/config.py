@@ -96,6 +96,8 @@ class ClinicConfig:
     holidays_country: str = ""
     holidays_subdivision: str = ""
     portal_url: str = ""
+    # The link sent with a form; {task} is the form Task's identifier. Empty: <portal_url>/tasks?identifier={task}.
+    form_link: str = ""
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,9 @@ class PollConfig:
     max_pages: int = defaults.POLL_MAX_PAGES
     # 0: the first run only records where things stand (nothing is queued); N: re-read the last N hours.
     initial_lookback_hours: float = 0.0
+    # Types without a _lastUpdated search are read whole each pass and compared by content hash, up to this
+    # many resources (more: the pass fails and says what the server lacks); 0 refuses full scans.
+    full_scan_max: int = defaults.POLL_FULL_SCAN_MAX
 
 
 @dataclass(frozen=True)
@@ -155,6 +160,10 @@ class OpenEmrConfig:
     client_id: str = ""  # the client of the user-context token; empty: [fhir] client_id
     private_key_file: str = ""  # empty: [fhir] private_key_file (private_key_jwt client auth)
     key_id: str = ""  # empty: [fhir] key_id
+    # How the client authenticates for the user-context token: auto picks private_key_jwt when the server
+    # advertises client-confidential-asymmetric and a key is configured, else the client secret.
+    client_auth: str = defaults.OPENEMR_CLIENT_AUTH
+    client_secret_env: str = "SMARTFLOW_OPENEMR_CLIENT_SECRET"  # the secret the registration answered
     user_scopes: str = defaults.OPENEMR_USER_SCOPES
     redirect_uri: str = defaults.OPENEMR_REDIRECT_URI
     token_key_env: str = "SMARTFLOW_OPENEMR_TOKEN_KEY"  # Fernet key encrypting the stored tokens
@@ -464,8 +473,16 @@ def _validate_poll_openemr(settings: Settings) -> None:
         raise ConfigError("[poll] appointment_window_days_back", "window days must not be negative")
     if emr.base_url and not emr.base_url.startswith(("http://", "https://")):
         raise ConfigError("[openemr] base_url", "must be an http(s) URL")
+    if emr.client_auth not in {"auto", "client_secret_post", "client_secret_basic", "private_key_jwt"}:
+        raise ConfigError(
+            "[openemr] client_auth", "must be auto, client_secret_post, client_secret_basic or private_key_jwt"
+        )
+    if poll.full_scan_max < 0:
+        raise ConfigError("[poll] full_scan_max", "must be 0 (no full scans) or more")
     if settings.fhir.writeback == "openemr" and not emr.base_url:
         raise ConfigError("[openemr] base_url", "required when [fhir] writeback = 'openemr'")
+
+
 def _validate_delivery(settings: Settings) -> None:
     import re
 

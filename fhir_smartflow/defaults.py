@@ -55,14 +55,14 @@ POLL_PAGE_SIZE = 100
 POLL_MAX_PAGES = 50
 
 # OpenEMR write-back target
-OPENEMR_USER_SCOPES = (
-    "openid offline_access api:oemr user/patient.rs user/message.c user/document.c user/document.rs"
-)
+OPENEMR_USER_SCOPES = "auto"  # auto: what openemr/scopes.py derives from the server's smart-configuration
+OPENEMR_CLIENT_AUTH = "auto"  # auto | client_secret_post | client_secret_basic | private_key_jwt
 OPENEMR_REDIRECT_URI = "http://127.0.0.1:8765/callback"
 OPENEMR_LOCAL_STORE = "smartflow-local.sqlite3"
 OPENEMR_DOCUMENT_CATEGORY = "Smart Flows"
 OPENEMR_MESSAGE_TITLE = "Smart Flow"
 OPENEMR_CLAIM_TIMEOUT_SECONDS = 120
+POLL_FULL_SCAN_MAX = 2000  # resources one full scan may read before it refuses (servers without _lastUpdated)
 # Scheduler (follow-ups: reminders, overdue checks, recurrences, deferred deliveries)
 SCHEDULER_INTERVAL_SECONDS = 1.0
 SCHEDULER_LOCK_TTL_SECONDS = 30.0

@@ -85,6 +85,4 @@ def load_paths(
             assert source is not None
             kind = kind_of(source) or expected
             sources[kind].append(source)
-    return build_engine(
-        sources["mapping"], sources["flow"], sources["template"], settings, errors, channels=channels
-    )
+    return build_engine(sources["mapping"], sources["flow"], sources["template"], settings, errors, channels=channels)

@@ -40,9 +40,7 @@ _FHIR_DATETIME = re.compile(
 )
 
 
-def parse_instant(
-    value: object, *, date_only: DateOnly = "start-of-day", zone: tzinfo | None = UTC
-) -> datetime | None:
+def parse_instant(value: object, *, date_only: DateOnly = "start-of-day", zone: tzinfo | None = UTC) -> datetime | None:
     """A FHIR date / dateTime / instant as an aware UTC datetime, or None (see the module docstring)."""
     if not isinstance(value, str):
         return None

@@ -24,7 +24,7 @@ from tests.support import procs
 from tests.support.fhir import Sandbox, serve_sandbox
 from tests.support.lifecycle import start_stack  # noqa: F401 - fixture
 from tests.support.net import Receiver, ThreadedWsgiServer
-from tests.support.openemr import emulator, key_file, private_pem  # noqa: F401 - fixtures
+from tests.support.openemr import any_emulator, emulator, key_file, private_pem  # noqa: F401 - fixtures
 from tests.support.procs import Process, RedisServer
 
 # Databases of the suite's own redis-server: each test takes the next unused one, so none is reused.
@@ -32,7 +32,8 @@ _DATABASES = 1024
 
 # Fixtures that start or reach something outside the test process; using one needs the marker.
 REAL_FIXTURES = frozenset(
-    {"redis_server", "processes", "run_cli", "serve_app", "receiver", "sandbox_server", "emulator", "chaos_redis"}
+    {"redis_server", "processes", "run_cli", "serve_app", "receiver", "sandbox_server", "emulator", "chaos_redis",
+     "browser", "page"}
 )
 
 
@@ -146,3 +147,34 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             "add `pytestmark = pytest.mark.integration` to its module",
             pytrace=False,
         )
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Headless Chromium (Debian's package) under Playwright, shared by the session's page tests."""
+    from tests.support.browser import launch_browser
+
+    yield from launch_browser()
+
+
+@pytest.fixture
+def page(browser: Any, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """A fresh browser context and page per test (no cookies or storage shared between tests); when the
+    test fails, its last page is saved as ``<test name>.png`` in the artifacts directory."""
+    from tests.support.browser import artifacts_dir
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    yield page
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        page.screenshot(path=str(artifacts_dir(tmp_path) / f"{request.node.name}.png"), full_page=True)
+    context.close()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call":
+        item.rep_call = report  # type: ignore[attr-defined] - read by the page fixture
+    return report

@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_example_config_documents_poll_and_openemr() -> None:
     s = load_settings(ROOT / "config.example.toml", env={})
     assert s.poll.date_window_types == ["Appointment"] and s.poll.initial_lookback_hours == 0
-    assert "user/message.c" in s.openemr.user_scopes and s.openemr.users["record-prompt"] == "admin"
+    assert s.openemr.user_scopes == "auto" and s.openemr.users["record-prompt"] == "admin"
+    assert s.openemr.client_auth == "auto" and s.poll.full_scan_max == 2000
 
 
 @pytest.mark.parametrize(

@@ -1,13 +1,17 @@
-"""End to end without OpenEMR: emulator (real HTTP) + real Redis + poller + rq worker + engine + openemr target.
+"""End to end without OpenEMR: emulator (real HTTP) + real Redis + poller + rq worker + engine + openemr target,
+in both modelled OpenEMR versions, set up the way docs/openemr.md says.
 
-A new patient appears in the emulator → the poller queues it → the worker runs the intake flow → the OpenEMR
-message (staff task) and document (patient note) are created exactly once, the canonical Task is in the local
-store. A poller restarted mid-run and 500 / 429 answers for a while change nothing of that.
+`openemr register` → the administrator enables the client and creates the category → `openemr authorize` →
+a new patient registered through the Standard API → the poller queues it within one pass → the worker runs
+the intake flow → the OpenEMR message (staff task) and document (patient note, in its category) are created
+exactly once. An appointment set to no-show in the calendar runs the missed-appointment flow. A second poll
+doubles nothing; 500 / 429 answers for a while change nothing of that.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -22,19 +26,41 @@ from fhir_smartflow.fhir.client import FhirClient
 from fhir_smartflow.flowfiles import load_engine
 from fhir_smartflow.ingest.poll import build_poller
 from fhir_smartflow.metrics import Metrics
-from fhir_smartflow.openemr.factory import build_openemr_target, user_token_store
-from fhir_smartflow.openemr.tokens import build_authorization_request, exchange_code, parse_redirect
+from fhir_smartflow.openemr.factory import build_openemr_target
 from fhir_smartflow.worker.context import CachingContextSource
 from fhir_smartflow.worker.execute import PlanExecutor
 from fhir_smartflow.worker.pipeline import EnginePipeline
 from fhir_smartflow.worker.prior import RedisPriorState
 from fhir_smartflow.worker.runtime import build_runtime, install
-from tests.support.openemr import TOKEN_KEY, make_settings
+from tests.support.openemr import SECRET_ENV, TOKEN_KEY, make_settings
 from tests.support.openemr_emulator import OpenEmrEmulator
+from tests.support.openemr_emulator_scopes import DEV, MODES
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {"T_OPENEMR_KEY": TOKEN_KEY}
+MISSED = """
+id = "openemr-missed"
+name = "Missed appointment (OpenEMR)"
+enabled = true
+version = "1"
+trigger = "appointment.no_show"
+
+[[actions]]
+name = "Call back"
+category = "smartflow"
+type = "staff-task"
+item = "e2e-callback"
+template = "e2e-callback"
+due = { amount = 1, unit = "days", anchor = "event" }
+owner = { practitioner = "Practitioner/p1" }
+"""
+CALLBACK = """
+id = "e2e-callback"
+name = "Call back"
+methods = []
+body = "Call {{ patient.full_name }} back about the missed appointment."
+"""
 
 FLOW = """
 id = "openemr-intake"
@@ -76,10 +102,17 @@ body = "Intake flow started for {{ patient.full_name }}."
 
 
 def e2e_settings(emulator: OpenEmrEmulator, redis_url: str, key_file: Path, tmp_path: Path) -> Settings:
-    for name, text in {"flows/intake.toml": FLOW, "templates/review.toml": REVIEW, "templates/note.toml": NOTE}.items():
+    files = {
+        "flows/intake.toml": FLOW,
+        "flows/missed.toml": MISSED,
+        "templates/review.toml": REVIEW,
+        "templates/note.toml": NOTE,
+        "templates/callback.toml": CALLBACK,
+    }
+    for name, text in files.items():
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text(text)
-    settings = make_settings(emulator, redis_url, key_file, types=["Patient"])
+    settings = make_settings(emulator, redis_url, key_file, types=["Patient", "Appointment"])
     return dataclasses.replace(
         settings,
         engine=EngineConfig(
@@ -89,22 +122,52 @@ def e2e_settings(emulator: OpenEmrEmulator, redis_url: str, key_file: Path, tmp_
     )
 
 
-def authorize(settings: Settings, conn: redis.Redis) -> None:
-    store = user_token_store(settings, conn, env=ENV)
-    emr = settings.openemr
-    req = build_authorization_request(
-        f"{emr.oauth_base}/authorize", store.client_id, emr.redirect_uri, emr.user_scopes, settings.fhir.base_url
+def follow_the_guide(emulator: OpenEmrEmulator, settings: Settings, conn: redis.Redis, key_file: Path, tmp_path: Path):
+    """docs/openemr.md steps 2-4: register (with the printed scopes), the administrator enables the client and
+    creates the category, authorize once. Returns the settings with the registered client and the env."""
+    from click.testing import CliRunner
+
+    from fhir_smartflow.cli import main
+    from tests.support.openemr import authorize
+
+    config = tmp_path / "register.toml"
+    config.write_text(f"""
+[fhir]
+base_url = "{emulator.fhir_base}"
+private_key_file = "{key_file}"
+key_id = "k1"
+[openemr]
+base_url = "{emulator.base_url}"
+redirect_uri = "{settings.openemr.redirect_uri}"
+client_secret_env = "{SECRET_ENV}"
+[poll]
+types = ["Patient", "Appointment"]
+""")
+    out = CliRunner().invoke(main, ["--config", str(config), "openemr", "register"])
+    assert out.exit_code == 0, out.output
+    lines = dict(line.split(" = ", 1) if " = " in line else (line, "") for line in out.output.splitlines())
+    client_id = lines["client_id"].strip('"')
+    secret = out.output.split(f"export {SECRET_ENV}='", 1)[1].split("'", 1)[0]
+    read_scopes = lines["[fhir] scopes"].strip('"')
+    assert "Enable" in out.output and client_id in emulator.clients
+    assert not emulator.clients[client_id]["enabled"]  # OpenEMR stores it disabled
+    emulator.enable_client(client_id)  # Administration → System → API Clients → Enable
+    emulator.add_category("Smart Flows")  # the document category the guide says to create
+    settings = dataclasses.replace(
+        settings, fhir=dataclasses.replace(settings.fhir, client_id=client_id, scopes=read_scopes)
     )
-    code, state = parse_redirect(requests.get(req.url, allow_redirects=False, timeout=5).headers["Location"])
-    exchange_code(store, req, code, state)
+    env = {**ENV, SECRET_ENV: secret}
+    granted = authorize(settings, conn, env=env)
+    assert granted["refresh_token"]
+    return settings, env
 
 
-def worker_runtime(settings: Settings, conn: redis.Redis, emulator: OpenEmrEmulator):
+def worker_runtime(settings: Settings, conn: redis.Redis, env: dict[str, str]):
     """What `worker` builds with [fhir] writeback = "openemr" (worker/runtime.py), built here so the token
     key comes from the test's environment (ENV)."""
     keys, metrics = Keys("t:"), Metrics(conn, "t:")
     reads = FhirClient.from_settings(settings, metrics)  # [fhir] auth = "smart-backend", as `worker` builds it
-    target = build_openemr_target(settings, conn, metrics, env=ENV)
+    target = build_openemr_target(settings, conn, metrics, env=env)
     executor = PlanExecutor(target, conn, keys, settings, metrics=metrics)
     pipeline = EnginePipeline(
         load_engine(settings),
@@ -133,37 +196,78 @@ def drain(rt) -> None:
     raise AssertionError("jobs still retrying")
 
 
-def test_new_patient_runs_the_intake_flow_into_openemr_exactly_once(
-    emulator: OpenEmrEmulator, redis_url: str, redis_conn: redis.Redis, key_file: Path, tmp_path: Path
+@pytest.mark.parametrize("mode", MODES)
+def test_following_the_guide_a_new_patient_and_a_no_show_reach_openemr_exactly_once(
+    mode: str, serve_app, redis_url: str, redis_conn: redis.Redis, key_file: Path, tmp_path: Path
 ) -> None:
+    emulator = OpenEmrEmulator(mode)
+    emulator.base_url = serve_app(emulator.app).url
     settings = e2e_settings(emulator, redis_url, key_file, tmp_path)
-    authorize(settings, redis_conn)
-    rt, target = worker_runtime(settings, redis_conn, emulator)
+    settings, env = follow_the_guide(emulator, settings, redis_conn, key_file, tmp_path)
+    rt, target = worker_runtime(settings, redis_conn, env)
     install(rt)
+    front_desk = {
+        "Authorization": "Bearer "
+        + emulator.issue_user_token(
+            "api:oemr user/patient.write user/patient.c user/appointment.write user/appointment.c"
+        )
+    }
     try:
-        first = emulator.add_patient("Doe", "Jane")
-        assert build_poller(settings, redis_conn).run_once()[0].queued == 1
+        poller = build_poller(settings, redis_conn, env=env)
+        assert [r.queued for r in poller.run_once()] == [0, 0]  # nothing yet
+        made = requests.post(
+            f"{emulator.api_base}/patient",
+            headers=front_desk,
+            timeout=5,
+            json={"fname": "Jane", "lname": "Doe", "DOB": "1980-01-01", "sex": "Female"},
+        )
+        assert made.status_code == 201
+        puuid = made.json()["data"]["uuid"]
+        emulator.advance(30)
+        assert {r.resource_type: r.queued for r in poller.run_once()}["Patient"] == 1  # within one pass
         emulator.fail_next(2, 500, prefix="/apis/default/api/patient/")  # OpenEMR struggling for a while
         emulator.fail_next(1, 429, prefix="/apis/default/api/patient/")
         drain(rt)
-        assert len(emulator.messages) == 1 and len(emulator.documents) == 1
+        again = poller.run_once()  # a second poll doubles nothing: the dev build's full scan queues nothing,
+        assert mode != DEV or [r.queued for r in again] == [0, 0]  # a current release's overlap re-read is deduped
+        drain(rt)
         [message] = emulator.messages
         assert message["to"] == "drsmith" and "Review the intake packet of Jane Doe" in message["body"]
-        assert emulator.documents[0]["content"].decode().startswith("Intake flow started for Jane Doe")
-        [task] = target.search("Task", {"patient": f"Patient/{first}"}) or target.search("Task", {})
-        assert task["owner"]["reference"] == "Practitioner/p1"  # canonical Task in the local store
+        assert message["pid"] == 1
+        [doc] = emulator.documents
+        assert doc.content.decode().startswith("Intake flow started for Jane Doe")
+        assert doc.category_id == emulator.categories.last_id_of_path("/Categories/Smart_Flows") is not None
 
-        # The poller restarts mid-run (a new process: nothing in memory), a second patient arrives.
-        emulator.advance(30)
-        second = emulator.add_patient("Roe", "Rick")
-        assert build_poller(settings, redis_conn).run_once()[0].queued >= 1
+        tomorrow = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%d")
+        booked = requests.post(
+            f"{emulator.api_base}/patient/1/appointment",
+            headers=front_desk,
+            timeout=5,
+            json={
+                "pc_catid": "5",
+                "pc_title": "Office Visit",
+                "pc_duration": "900",
+                "pc_hometext": "",
+                "pc_apptstatus": "*",
+                "pc_eventDate": tomorrow,
+                "pc_startTime": "10:00",
+                "pc_facility": "3",
+                "pc_billing_location": "3",
+            },
+        )
+        assert booked.status_code == 200
+        assert {r.resource_type: r.queued for r in poller.run_once()}["Appointment"] == 1  # booked
         drain(rt)
-        assert build_poller(settings, redis_conn).run_once()[0].queued >= 1  # overlap re-reads: dedupe absorbs
+        emulator.set_appointment_status(booked.json()["id"], "?")  # the calendar: no show
+        assert {r.resource_type: r.queued for r in poller.run_once()}["Appointment"] == 1
+        drain(rt)
+        again = poller.run_once()
+        assert mode != DEV or [r.queued for r in again] == [0, 0]
         drain(rt)
     finally:
         install(None)
-    pids = sorted(m["pid"] for m in emulator.messages)
-    assert pids == [1, 2] and sorted(d["pid"] for d in emulator.documents) == [1, 2]  # nothing missed or doubled
+    assert len(emulator.messages) == 2 and len(emulator.documents) == 1  # nothing doubled
+    assert "Call Jane Doe back about the missed appointment" in emulator.messages[1]["body"]
     assert len(target.search("Task", {})) == 2
-    assert Metrics(redis_conn, "t:").counter_value("events", result="processed") == 2
-    assert {first, second} == {p["uuid"] for p in emulator.patients}
+    assert {p.uuid for p in emulator.patients} == {puuid}
+    assert emulator.log == []  # no undeclared search parameter was ever sent

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import time
 from pathlib import Path
 
 import pytest
 import redis
-import requests
 from fhir.resources.R4B.communication import Communication
 from fhir.resources.R4B.documentreference import DocumentReference
 from fhir.resources.R4B.flag import Flag
@@ -16,10 +16,10 @@ from fhir.resources.R4B.task import Task
 
 from fhir_smartflow.app import create_app
 from fhir_smartflow.channels import channel_spec
-from fhir_smartflow.config import Settings
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.openemr.errors import (
     OpenEmrAuthUnavailable,
+    OpenEmrCategoryMissing,
     OpenEmrScopeError,
     OpenEmrTransientError,
     OpenEmrValidationError,
@@ -27,30 +27,18 @@ from fhir_smartflow.openemr.errors import (
 from fhir_smartflow.openemr.factory import build_openemr_target, user_token_store
 from fhir_smartflow.openemr.local_store import LocalFhirStore
 from fhir_smartflow.openemr.target import OpenEmrWriteBack
-from fhir_smartflow.openemr.tokens import build_authorization_request, exchange_code, parse_redirect
-from tests.support.openemr import TOKEN_KEY, make_settings
+from tests.support.openemr import ENV, authorize, make_settings
 from tests.support.openemr_emulator import OpenEmrEmulator
+from tests.support.openemr_emulator_scopes import CURRENT, DEV
 
 pytestmark = pytest.mark.integration
 SYSTEM = "urn:fhir-smartflow:id"
-ENV = {"T_OPENEMR_KEY": TOKEN_KEY}
 
 
-def authorize(settings: Settings, conn: redis.Redis, scopes: str | None = None) -> None:
-    """`openemr authorize` without the browser: the emulator's /authorize stands in for login + consent."""
-    store = user_token_store(settings, conn, env=ENV)
-    emr = settings.openemr
-    req = build_authorization_request(
-        f"{emr.oauth_base}/authorize",
-        store.client_id,
-        emr.redirect_uri,
-        scopes or emr.user_scopes,
-        settings.fhir.base_url,
-    )
-    resp = requests.get(req.url, allow_redirects=False, timeout=5)
-    assert resp.status_code == 302
-    code, state = parse_redirect(resp.headers["Location"])
-    exchange_code(store, req, code, state)
+@pytest.fixture
+def emulator(any_emulator: OpenEmrEmulator) -> OpenEmrEmulator:
+    """Every test here runs against both modelled OpenEMR versions."""
+    return any_emulator
 
 
 @pytest.fixture
@@ -138,18 +126,33 @@ def test_500_and_429_are_retried_and_still_create_one_message(
 
 
 def test_patient_note_is_uploaded_once_as_a_document(setup, emulator: OpenEmrEmulator, redis_conn: redis.Redis) -> None:
-    settings, target, puuid = setup
+    _, target, puuid = setup
     ident = "intake-forms/note/document/d1"
     target.create(note(puuid, ident), ident)
     target.create(note(puuid, ident), ident)
     [doc] = emulator.documents
-    assert doc["path"] == settings.openemr.document_category and doc["content"] == b"Intake packet sent."
-    assert doc["mimetype"] == "text/plain" and doc["filename"].startswith("intake-forms_note_document_d1")
-    # An earlier attempt that lost OpenEMR's answer: its stale claim is resolved by listing the category.
+    category = emulator.categories.last_id_of_path("/Categories/Smart_Flows")
+    assert doc.category_id == category is not None  # filed in the category, not in none
+    assert doc.content == f"Intake packet sent.\n\nRef: {ident}\n".encode()
+    assert doc.mimetype == "text/plain" and doc.uploaded_name.startswith("intake-forms_note_document_d1")
+    # An earlier attempt that lost OpenEMR's answer: its stale claim is resolved by listing the category and
+    # comparing the stored bytes (the listed filename is OpenEMR's stored uuid, not the uploaded name).
     redis_conn.set(f"t:openemr:mirror:{ident}", "pending:1")
     target.create(note(puuid, ident), ident)
     assert len(emulator.documents) == 1
-    assert redis_conn.get(f"t:openemr:mirror:{ident}").startswith(b"done:document:")
+    assert redis_conn.get(f"t:openemr:mirror:{ident}") == f"done:document:{doc.id}".encode()
+    other = "intake-forms/note/document/d2"  # a lost upload that never arrived is sent again
+    redis_conn.set(f"t:openemr:mirror:{other}", "pending:1")
+    target.create(note(puuid, other), other)
+    assert len(emulator.documents) == 2
+
+
+def test_a_missing_category_is_a_clear_permanent_error(setup, emulator: OpenEmrEmulator) -> None:
+    settings, target, puuid = setup
+    target.config = dataclasses.replace(settings.openemr, document_category="No Such Category")
+    with pytest.raises(OpenEmrCategoryMissing, match="/Categories/No_Such_Category") as err:
+        target.create(note(puuid, "n/c/document/1"), "n/c/document/1")
+    assert not err.value.retryable and emulator.documents == []
 
 
 def test_stale_message_claim_is_never_sent_twice(setup, emulator: OpenEmrEmulator, redis_conn: redis.Redis) -> None:
@@ -206,6 +209,7 @@ def test_expired_access_token_is_refreshed_and_rotated(
     first_refresh = next(iter(emulator.refresh))
     assert first_refresh.encode() not in stored_before  # encrypted at rest
     emulator.advance(3700)  # the 1-hour user token has expired at OpenEMR; our cache still believes it
+    target.api.tokens.clock = lambda: time.time() + 600  # (our clock: issued 10 minutes ago, not yet expired)
     target.create(task(puuid, "f/a/task/after-expiry"), "f/a/task/after-expiry")
     assert len(emulator.messages) == 1
     assert not emulator.refresh[first_refresh]["active"]  # rotated: the old refresh token is spent
@@ -223,10 +227,10 @@ def test_refresh_failure_degrades_and_keeps_the_write_queued(
     with pytest.raises(OpenEmrAuthUnavailable) as err:
         target.create(task(puuid, ident), ident)
     assert err.value.retryable  # rq retries it: queued, not dropped
-    assert redis_conn.get("t:openemr:auth_degraded").startswith(b"invalid_grant")
+    assert redis_conn.get("t:openemr:auth_degraded").startswith(b"invalid_request")  # "Token has been revoked"
     ready = create_app(settings, redis_conn, insecure_dev=True).test_client().get("/readyz")
     assert ready.status_code == 200 and "DEGRADED: OpenEMR writes are queued" in ready.get_data(as_text=True)
-    assert Metrics(redis_conn, "t:").counter_value("openemr_auth_failures", reason="invalid_grant") == 1
+    assert Metrics(redis_conn, "t:").counter_value("openemr_auth_failures", reason="invalid_request") == 1
     assert redis_conn.get(f"t:openemr:mirror:{ident}") is None  # nothing claimed: the retry will send it
     assert target.search("Task", {"identifier": f"{SYSTEM}|{ident}"})  # canonical Task kept
     authorize(settings, redis_conn)  # someone re-runs `openemr authorize`
@@ -238,19 +242,45 @@ def test_refresh_failure_degrades_and_keeps_the_write_queued(
 def test_missing_scope_and_validation_errors_are_permanent_and_clear(
     setup, emulator: OpenEmrEmulator, redis_conn: redis.Redis
 ) -> None:
+    """OpenEMR 7.0.0 answers a missing scope with 401 and an empty body (a current release: 403). Either way
+    one clear error names the scope, and no refresh token is spent on it — not per call, not per rq retry."""
     settings, _, puuid = setup
-    authorize(settings, redis_conn, scopes="openid offline_access api:oemr user/patient.rs user/message.c")
+    without_documents = {
+        DEV: ("openid offline_access api:oemr api:fhir user/patient.read user/message.write", r"user/document\.write"),
+        CURRENT: ("openid offline_access api:oemr api:fhir user/patient.rs user/message.c", r"user/document\.c"),
+    }
+    scopes, named = without_documents[emulator.mode]
+    authorize(settings, redis_conn, scopes=scopes)
     target = build_openemr_target(settings, redis_conn, env=ENV)
-    with pytest.raises(OpenEmrScopeError, match=r"user/document\.c") as err:
-        target.create(note(puuid, "n/x/document/1"), "n/x/document/1")
-    assert not err.value.retryable
+    refreshes = emulator.requests.count("POST /oauth2/default/token")
+    for _attempt in range(3):  # the job's first run and two rq retries
+        with pytest.raises(OpenEmrScopeError, match=named) as err:
+            target.create(note(puuid, "n/x/document/1"), "n/x/document/1")
+        assert not err.value.retryable
+    assert emulator.requests.count("POST /oauth2/default/token") == refreshes  # no refresh token spent
     assert redis_conn.get("t:openemr:mirror:n/x/document/1") is None
+    # An older token refused with 401: one refresh (it may have expired), then the fresh one's 401 stops it.
+    target.api.tokens.clock = lambda: time.time() + 400
+    with pytest.raises(OpenEmrScopeError, match=named):
+        target.create(note(puuid, "n/x/document/1"), "n/x/document/1")
+    spent = 1 if emulator.mode == DEV else 0  # a 403 is never a matter of the token's age
+    assert emulator.requests.count("POST /oauth2/default/token") == refreshes + spent
     bad = OpenEmrWriteBack(
         target.local, target.api, dataclasses.replace(settings.openemr, message_title="x"), redis_conn, "t:"
     )
     with pytest.raises(OpenEmrValidationError, match="title must be between 2 and 255") as err:
         bad.create(task(puuid, "t/x/task/1"), "t/x/task/1")
     assert not err.value.retryable and emulator.messages == []
+
+
+def test_a_uuid_is_never_sent_where_the_pid_belongs(setup, emulator: OpenEmrEmulator) -> None:
+    """OpenEMR stores a message sent to /patient/<uuid>/message under pid 0 and answers 201: a silent misfile."""
+    _, target, puuid = setup
+    with pytest.raises(OpenEmrValidationError, match="not an OpenEMR pid"):
+        target.api.post_message(puuid, {"body": "x"})
+    with pytest.raises(OpenEmrValidationError, match=r"uuid: .*UUID Not Found"):  # 400 validationErrors.uuid
+        target.api.patient_pid("00000000-0000-0000-0000-000000000000")
+    assert emulator.messages == []
 
 
 def test_local_store_is_a_sqlite_file_that_survives_a_restart(setup, emulator: OpenEmrEmulator) -> None:

@@ -65,23 +65,23 @@ def authorize(ctx: CliContext, paste: bool, timeout: float) -> None:
     from fhir_smartflow.fhir.errors import FhirError
     from fhir_smartflow.metrics import Metrics
     from fhir_smartflow.openemr.errors import OpenEmrError
-    from fhir_smartflow.openemr.factory import user_token_store
+    from fhir_smartflow.openemr.factory import authorize_scopes, fhir_base, user_token_store
     from fhir_smartflow.openemr.tokens import build_authorization_request, exchange_code, parse_redirect
 
     settings = ctx.settings
     try:
         conn = connect(settings)
         store = user_token_store(settings, conn, Metrics(conn, settings.redis.key_prefix))
+        scopes = authorize_scopes(settings)
     except (ConfigError, OpenEmrError) as exc:
         click.echo(f"configuration error: {exc}", err=True)
         sys.exit(2)
+    except FhirError as exc:
+        click.echo(f"cannot read OpenEMR's smart-configuration: {exc}", err=True)
+        sys.exit(1)
     emr = settings.openemr
     request = build_authorization_request(
-        f"{emr.oauth_base}/authorize",
-        store.client_id,
-        emr.redirect_uri,
-        emr.user_scopes,
-        settings.fhir.base_url or emr.fhir_base,
+        f"{emr.oauth_base}/authorize", store.client_id, emr.redirect_uri, scopes, fhir_base(settings)
     )
     click.echo("Open this URL in a browser, log in to OpenEMR and approve:\n")
     click.echo(request.url + "\n")
@@ -116,3 +116,63 @@ def status(ctx: CliContext) -> None:
     click.echo(f"scopes: {store.granted_scopes() or '-'}")
     click.echo(f"writes: {'DEGRADED: ' + degraded if degraded else 'ok'}")
     sys.exit(1 if degraded or not store.has_refresh_token() else 0)
+
+
+@openemr.command("register")
+@click.option("--print", "print_only", is_flag=True, help="Print the registration request; do not send it.")
+@pass_ctx
+def register(ctx: CliContext, print_only: bool) -> None:
+    """Register the client with OpenEMR (dynamic registration), with the scopes the server knows.
+
+    Prints the client id, the client secret (keep it in the environment variable named by [openemr]
+    client_secret_env) and the [fhir] scopes line. The new client starts disabled: an OpenEMR administrator
+    enables it under Administration → System → API Clients. Exit codes: 0 registered; 1 OpenEMR refused;
+    2 configuration error.
+    """
+    import json
+
+    import requests
+
+    from fhir_smartflow.config import read_secret_file
+    from fhir_smartflow.fhir.errors import FhirError
+    from fhir_smartflow.ingest.poll import poll_types
+    from fhir_smartflow.openemr.factory import fhir_base, smart_configuration
+    from fhir_smartflow.openemr.registration import RegistrationRefused, jwks_of, register, registration_request
+
+    settings = ctx.settings
+    emr = settings.openemr
+    key_file = emr.private_key_file or settings.fhir.private_key_file
+    if not emr.base_url or not key_file:
+        click.echo("configuration error: [openemr] base_url and [fhir] private_key_file are required", err=True)
+        sys.exit(2)
+    try:
+        jwks = jwks_of(read_secret_file(key_file, "[fhir] private_key_file"), emr.key_id or settings.fhir.key_id)
+        configuration = smart_configuration(settings)
+        metadata = requests.get(f"{fhir_base(settings)}/metadata", timeout=emr.timeout_seconds).json()
+    except ConfigError as exc:
+        click.echo(f"configuration error: {exc}", err=True)
+        sys.exit(2)
+    except (FhirError, requests.RequestException, ValueError) as exc:
+        click.echo(f"cannot read OpenEMR's smart-configuration / CapabilityStatement: {exc}", err=True)
+        sys.exit(1)
+    served = {str(r.get("type")) for rest in metadata.get("rest") or [] for r in rest.get("resource") or []}
+    wanted = (set(poll_types(settings)) | {"Patient"}) & served
+    registration = registration_request(configuration, wanted, emr.redirect_uri, jwks)
+    if print_only:
+        click.echo(json.dumps(registration.body, indent=2))
+        return
+    endpoint = f"{emr.oauth_base}/registration"
+    try:
+        answer = register(requests.Session(), endpoint, registration, emr.timeout_seconds)
+    except RegistrationRefused as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    click.echo(f"registered client {answer.get('client_name') or 'fhir-smartflow'} at {endpoint}")
+    click.echo(f'client_id = "{answer["client_id"]}"')
+    click.echo(f"client secret: export {emr.client_secret_env}='{answer.get('client_secret', '')}'")
+    click.echo(f'[fhir] scopes = "{registration.read_scopes}"')
+    click.echo(f"user scopes (openemr authorize): {registration.user_scopes}")
+    click.echo(
+        "next: an OpenEMR administrator enables the client: Administration → System → API Clients → "
+        "fhir-smartflow → Enable"
+    )

@@ -23,12 +23,15 @@ def poll(ctx: CliContext, once: bool, as_json: bool) -> None:
 
     Exit codes: 0 ok; 1 a pass failed (with --once); 2 configuration error.
     """
-    from fhir_smartflow.ingest.poll import build_poller
+    from fhir_smartflow.ingest.poll import NothingToPoll, build_poller
 
     settings = ctx.settings
     try:
         poller = build_poller(settings)
-        strategies = poller.plans()
+        strategies = poller.require_something()
+    except NothingToPoll as exc:
+        click.echo(f"poller: {exc}", err=True)
+        sys.exit(1)
     except ConfigError as exc:
         click.echo(f"configuration error: {exc}", err=True)
         sys.exit(2)
@@ -54,7 +57,7 @@ def poll(ctx: CliContext, once: bool, as_json: bool) -> None:
                     }
                 )
         if as_json:
-            click.echo(json.dumps({"strategies": [p.__dict__ for p in strategies], "results": results}, indent=2))
+            click.echo(json.dumps({"strategies": [p.to_dict() for p in strategies], "results": results}, indent=2))
         else:
             for r in results:
                 if r.get("error"):

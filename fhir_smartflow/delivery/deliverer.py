@@ -205,9 +205,7 @@ class ChannelDeliverer:
 # -- pure helpers ------------------------------------------------------------------------------------------
 
 
-def resolve_address(
-    spec: ChannelSpec, reference: str, resource: dict[str, Any] | None, now: datetime
-) -> str | None:
+def resolve_address(spec: ChannelSpec, reference: str, resource: dict[str, Any] | None, now: datetime) -> str | None:
     """The address for a channel from ``resource.telecom``: the channel's system (``spec.address``), not
     ``old``, period current, lowest ``rank`` first (unranked last); a number of the channel's preferred
     ``use`` (sms: mobile) wins over others. A channel addressed by reference (webhook) gets the recipient's

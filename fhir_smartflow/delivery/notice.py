@@ -60,4 +60,3 @@ def failure_notice(
         topic=TOPIC,
     )
     return WriteResource("Communication", ident, resource, deliver.action)
-

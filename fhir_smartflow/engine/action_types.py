@@ -84,9 +84,7 @@ class RecordPrompt(ActionType):
 
 _TYPES = (
     SendForm("send-form", builders.send_form, audience=PATIENT, makes_task=True, form=True),
-    ActionType(
-        "patient-message", builders.patient_message, audience=PATIENT, needs_template=True, needs_method=True
-    ),
+    ActionType("patient-message", builders.patient_message, audience=PATIENT, needs_template=True, needs_method=True),
     ActionType(
         "staff-message",
         builders.staff_message,

@@ -107,6 +107,7 @@ class Action:
     completes_workflow: bool = False
     overdue: Overdue | None = None
     notify_on_failure: bool = False
+    form_title: str = ""  # send-form: the form's title (else the Questionnaire's, read from the server)
 
 
 @dataclass(frozen=True)
@@ -230,6 +231,10 @@ class Engine:
         and — when a flow stops at discharge — patient.discharged and patient.admitted (the admission
         clears the marker of a returning patient)."""
         return self._needed_triggers
+
+    def form_titles(self) -> dict[str, str]:
+        """Questionnaire canonical → the ``form_title`` a send-form action gives it."""
+        return {a.item: a.form_title for flow in self.flows.values() for a in flow.actions if a.form_title and a.item}
 
     def resource_types(self) -> set[str]:
         """Resource types whose mappings produce the needed triggers (+ Task, for the task lifecycle)."""

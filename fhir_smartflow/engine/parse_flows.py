@@ -124,6 +124,7 @@ class _Entry:
     completes: bool = False
     overdue: m.Overdue | None = None
     notify_on_failure: bool = False
+    form_title: str = ""
 
     @property
     def p(self) -> str:  # the field prefix of its errors
@@ -166,6 +167,15 @@ def _type(c: _Context, e: _Entry) -> None:
 
 def _item(c: _Context, e: _Entry) -> None:
     e.item = c.check.get(e.raw, "item", str, field=e.p + "item", required=True, **e.t)
+
+
+def _form_title(c: _Context, e: _Entry) -> None:
+    """The form's title for the messages, so a server without Questionnaire (OpenEMR 7.0.0) is not asked."""
+    title = c.check.get(e.raw, "form_title", str, field=e.p + "form_title", **e.t)
+    if title is not None:
+        if e.spec is not None and not e.spec.form:
+            c.check.error(e.p + "form_title", "only a send-form action has a form", key="form_title", **e.t)
+        e.form_title = title.strip()
 
 
 def _template(c: _Context, e: _Entry) -> None:
@@ -270,6 +280,7 @@ _FIELDS: dict[str, Callable[[_Context, _Entry], None]] = {
     "category": _category,
     "type": _type,
     "item": _item,
+    "form_title": _form_title,
     "template": _template,
     "methods": _methods,
     "due": _due,
@@ -321,6 +332,7 @@ def _parse_action(
         completes_workflow=entry.completes,
         overdue=entry.overdue,
         notify_on_failure=entry.notify_on_failure,
+        form_title=entry.form_title,
     )
 
 
@@ -468,4 +480,3 @@ def _parse_recurring(check: Checker, raw: object, p: str, t: dict) -> m.Recurrin
     if len(check.errors) > before:
         return None
     return m.Recurring(every, cron, count, until)
-

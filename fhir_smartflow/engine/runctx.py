@@ -159,12 +159,17 @@ class RunContext:
 
     def questionnaire(self, canonical: str) -> dict[str, Any] | None:
         key = f"questionnaire:{canonical}"
+        titled = self.engine.form_titles().get(canonical.split("|")[0]) if canonical else None
+        if titled:  # the flow file names the form: the server need not have Questionnaire
+            return {"resourceType": "Questionnaire", "title": titled}
         if key not in self._cache:
             found = self.context.search("Questionnaire", {"url": canonical.split("|")[0]}) if canonical else []
             self._cache[key] = found[0] if found else None
         return self._cache[key]
 
     def form_link(self, task_identifier: str) -> str:
+        if self.settings.clinic.form_link:
+            return self.settings.clinic.form_link.replace("{task}", quote(task_identifier, safe=""))
         portal = self.settings.clinic.portal_url.rstrip("/")
         if not portal:
             return "the patient portal"

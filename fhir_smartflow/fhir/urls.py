@@ -95,4 +95,3 @@ class BaseUrl:
         absolute = self.resolve(url_or_reference)
         rest = urlsplit(absolute).path[len(self.path) :].strip("/")
         return rest
-

@@ -28,7 +28,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -40,26 +40,32 @@ from fhir_smartflow.config import ConfigError, PollConfig, Settings
 from fhir_smartflow.connections import Keys, connect
 from fhir_smartflow.events import ResourceEvent, content_hash
 from fhir_smartflow.fhir.client import FhirClient
+from fhir_smartflow.ingest.poll_plan import (
+    DATE_WINDOW,
+    FULL_SCAN,
+    LAST_UPDATED,
+    UNSUPPORTED,
+    NothingToPoll,
+    TypePlan,
+    plan_strategies,
+    require_something,
+)
 from fhir_smartflow.instants import format_instant as _iso  # every watermark and query instant
 from fhir_smartflow.instants import parse_instant
 from fhir_smartflow.metrics import Metrics
+from fhir_smartflow.openemr.factory import appointment_sources
 from fhir_smartflow.queueing import enqueue_events, queue_for
 
 log = logging.getLogger(__name__)
 
-LAST_UPDATED = "last-updated"
-DATE_WINDOW = "date-window"
-UNSUPPORTED = "unsupported"
 _BASELINE = "__baseline__"
 LOCK_SECONDS = 120
+__all__ = ["DATE_WINDOW", "FULL_SCAN", "LAST_UPDATED", "UNSUPPORTED", "NothingToPoll", "Poller", "TypePlan"]
+Source = Callable[[datetime], list[dict[str, Any]]]  # resources of a type from an API of its own, at ``now``
 
 
-@dataclass(frozen=True)
-class TypePlan:
-    resource_type: str
-    strategy: str
-    reason: str
-    versioned: bool = False
+class FullScanTooLarge(RuntimeError):
+    """A full scan found more resources than [poll] full_scan_max."""
 
 
 @dataclass
@@ -76,44 +82,6 @@ class PassResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "queued_ids"}
-
-
-def plan_strategies(
-    capability: dict[str, Any], types: Iterable[str], date_window_types: Iterable[str]
-) -> list[TypePlan]:
-    """Choose a strategy per type from the CapabilityStatement's search parameters."""
-    resources: dict[str, dict[str, Any]] = {}
-    for rest in capability.get("rest") or []:
-        if rest.get("mode", "server") == "server":
-            for res in rest.get("resource") or []:
-                resources[str(res.get("type"))] = res
-    window = set(date_window_types)
-    plans: list[TypePlan] = []
-    for rtype in sorted(set(types)):
-        res = resources.get(rtype)
-        if res is None:
-            plans.append(TypePlan(rtype, UNSUPPORTED, "not in the server's CapabilityStatement"))
-            continue
-        params = {str(p.get("name")) for p in res.get("searchParam") or []}
-        interactions = {str(i.get("code")) for i in res.get("interaction") or []}
-        versioned = res.get("versioning") in {"versioned", "versioned-update"}
-        if "search-type" not in interactions and interactions:
-            plans.append(TypePlan(rtype, UNSUPPORTED, "the server does not allow searching it"))
-        elif rtype in window and "date" in params:
-            plans.append(
-                TypePlan(
-                    rtype,
-                    DATE_WINDOW,
-                    "configured date window ([poll] date_window_types): "
-                    "its _lastUpdated does not move on status changes",
-                    versioned,
-                )
-            )
-        elif "_lastUpdated" in params:
-            plans.append(TypePlan(rtype, LAST_UPDATED, "_lastUpdated search supported", versioned))
-        else:
-            plans.append(TypePlan(rtype, UNSUPPORTED, "no _lastUpdated search parameter"))
-    return plans
 
 
 def _resources(bundle: dict[str, Any], resource_type: str) -> list[dict[str, Any]]:
@@ -144,6 +112,12 @@ def _fingerprint(resource: dict[str, Any]) -> str:
     return f"{resource.get('status')}|{content_hash(compact)}"
 
 
+def content_marker(resource: dict[str, Any]) -> str:
+    """The hash of what a resource says, without the server's bookkeeping (``meta``, the narrative): OpenEMR
+    7.0.0 stamps a Patient's ``meta.lastUpdated`` at every read, so that time says nothing about a change."""
+    return content_hash({k: v for k, v in resource.items() if k not in {"meta", "text"}})
+
+
 class Poller:
     """One poller for a set of resource types. ``run_once()`` for a single pass, ``run(stop)`` to keep going."""
 
@@ -158,6 +132,7 @@ class Poller:
         metrics: Metrics | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         rng: random.Random | None = None,
+        sources: dict[str, Source] | None = None,
     ) -> None:
         self.client = client
         self.enqueue = enqueue
@@ -168,6 +143,7 @@ class Poller:
         self.metrics = metrics
         self.clock = clock
         self.rng = rng or random.Random()
+        self.sources = dict(sources or {})
         self._plans: list[TypePlan] | None = None
         self._lock: Any = None
 
@@ -190,8 +166,16 @@ class Poller:
     def plans(self, refresh: bool = False) -> list[TypePlan]:
         if self._plans is None or refresh:
             capability = self.client.capabilities(refresh=refresh)
-            self._plans = plan_strategies(capability, self.types, self.config.date_window_types)
+            self._plans = plan_strategies(
+                capability, self.types, self.config.date_window_types, self.config.full_scan_max, self.sources
+            )
         return self._plans
+
+    def require_something(self) -> list[TypePlan]:
+        """The plans, or NothingToPoll when every type is unsupported (said loudly, never an idle poller)."""
+        plans = self.plans()
+        require_something(plans)
+        return plans
 
     def describe(self) -> list[str]:
         return [f"{p.resource_type}: {p.strategy} ({p.reason})" for p in self.plans()]
@@ -215,8 +199,12 @@ class Poller:
         try:
             if plan.strategy == LAST_UPDATED:
                 self._poll_last_updated(plan, result)
-            else:
+            elif plan.strategy == DATE_WINDOW:
                 self._poll_date_window(plan, result)
+            elif plan.strategy == FULL_SCAN:
+                self._poll_full_scan(plan, result)
+            else:
+                self._poll_source(plan, result)
             outcome = "ok"
         except Exception as exc:
             result.error = f"{type(exc).__name__}: {exc}"
@@ -231,6 +219,8 @@ class Poller:
         return result
 
     def _event(self, plan: TypePlan, resource: dict[str, Any], marker: str | None = None) -> ResourceEvent:
+        """The event of a polled resource. Deduplicated on its versionId where the server versions it, else
+        on a hash of its content (never on meta.lastUpdated, which some servers stamp at every read)."""
         meta = resource.get("meta") or {}
         return ResourceEvent(
             subscription=f"poll:{plan.resource_type}",
@@ -238,10 +228,9 @@ class Poller:
             resource_id=str(resource["id"]),
             received_at=_iso(self.clock()),
             version_id=str(meta["versionId"]) if plan.versioned and meta.get("versionId") else None,
-            timestamp=None if plan.versioned or marker else meta.get("lastUpdated"),
             resource=resource,
             source="poll",
-            body_hash=marker,
+            body_hash=marker or content_marker(resource),
         )
 
     def _queue(self, events: list[ResourceEvent], result: PassResult) -> None:
@@ -267,7 +256,7 @@ class Poller:
                 return
             mark = started - timedelta(hours=self.config.initial_lookback_hours)
         since = mark - timedelta(seconds=self.config.overlap_seconds)
-        params = {"_lastUpdated": f"gt{_iso(since)}", "_sort": "_lastUpdated", "_count": str(self.config.page_size)}
+        params = {"_lastUpdated": f"gt{_iso(since)}", **self._paging(plan, sort="_lastUpdated")}
         in_order, newest, complete = True, mark, True
         previous_page_max: datetime | None = None
         for bundle in self.client.search_pages(plan.resource_type, params):
@@ -305,7 +294,7 @@ class Poller:
         baseline = not self.conn.hexists(skey, _BASELINE) and self.config.initial_lookback_hours <= 0
         low = (started - timedelta(days=self.config.appointment_window_days_back)).date()
         high = (started + timedelta(days=self.config.appointment_window_days_ahead)).date()
-        params = {"date": [f"ge{low.isoformat()}", f"le{high.isoformat()}"], "_count": str(self.config.page_size)}
+        params: dict[str, Any] = {"date": [f"ge{low.isoformat()}", f"le{high.isoformat()}"], **self._paging(plan)}
         for bundle in self.client.search_pages(plan.resource_type, params):
             resources = _resources(bundle, plan.resource_type)
             result.found += len(resources)
@@ -329,6 +318,73 @@ class Poller:
             result.note = f"first run: recorded {result.found} appointments as they stand, nothing queued"
         self._set_lag(plan.resource_type, started)
 
+    def _paging(self, plan: TypePlan, sort: str = "") -> dict[str, str]:
+        """``_count`` / ``_sort`` only where the server declares them (else OpenEMR matches nothing)."""
+        params = {"_count": str(self.config.page_size)} if plan.declares("_count") else {}
+        if sort and plan.declares("_sort"):
+            params["_sort"] = sort
+        return params
+
+    def _compare(self, plan: TypePlan, resources: list[dict[str, Any]], baseline: bool, result: PassResult) -> None:
+        """Queue the resources whose content hash differs from the one stored, then store the new hashes."""
+        skey = self.snapshot_key(plan.resource_type)
+        prints = {str(r["id"]): content_marker(r) for r in resources}
+        stored = dict(zip(prints, self.conn.hmget(skey, list(prints)), strict=True)) if prints else {}
+        changed = [r for r in resources if (stored[str(r["id"])] or b"").decode() != prints[str(r["id"])]]
+        if not baseline:
+            self._queue([self._event(plan, r, prints[str(r["id"])]) for r in changed], result)
+        if changed:  # remembered only after it is durably queued
+            self.conn.hset(skey, mapping={str(r["id"]): prints[str(r["id"])] for r in changed})
+
+    def _finish_snapshot(
+        self, plan: TypePlan, seen: set[str], started: datetime, baseline: bool, result: PassResult
+    ) -> None:
+        skey = self.snapshot_key(plan.resource_type)
+        gone = [k for k in self.conn.hkeys(skey) if k.decode() not in seen and k != _BASELINE.encode()]
+        if gone:
+            self.conn.hdel(skey, *gone)
+        self.conn.hset(skey, _BASELINE, _iso(started))
+        self.conn.hset(self.watermark_key(plan.resource_type), "checked", _iso(started))
+        if baseline:
+            result.note = f"first run: recorded {result.found} as they stand, nothing queued"
+        self._set_lag(plan.resource_type, started)
+
+    def _poll_full_scan(self, plan: TypePlan, result: PassResult) -> None:
+        """Read every resource of the type (no _lastUpdated to search by) and queue those whose content changed.
+        Bounded: more than [poll] full_scan_max resources fail the pass, naming what the server lacks."""
+        started = self.clock()
+        skey = self.snapshot_key(plan.resource_type)
+        baseline = not self.conn.hexists(skey, _BASELINE) and self.config.initial_lookback_hours <= 0
+        seen: set[str] = set()
+        for bundle in self.client.search_pages(plan.resource_type, self._paging(plan)):
+            resources = _resources(bundle, plan.resource_type)
+            result.found += len(resources)
+            result.pages += 1
+            if result.found > self.config.full_scan_max:
+                rtype = plan.resource_type
+                raise FullScanTooLarge(
+                    f"{rtype}: more than {self.config.full_scan_max} resources in a full scan. This server has no "
+                    f"_lastUpdated search for {rtype} (OpenEMR 7.0.0 development builds: upgrade to a release that "
+                    f"has it), so every pass reads them all; raise [poll] full_scan_max if that is acceptable, or "
+                    f"leave {rtype} out of [poll] types"
+                )
+            self._keepalive()
+            self._compare(plan, resources, baseline, result)
+            seen |= {str(r["id"]) for r in resources}
+        self._finish_snapshot(plan, seen, started, baseline, result)
+        result.watermark = f"full scan of {result.found}"
+
+    def _poll_source(self, plan: TypePlan, result: PassResult) -> None:
+        """A type read from an API of its own (``sources``), compared by content hash like a full scan."""
+        started = self.clock()
+        skey = self.snapshot_key(plan.resource_type)
+        baseline = not self.conn.hexists(skey, _BASELINE) and self.config.initial_lookback_hours <= 0
+        resources = self.sources[plan.resource_type](started)
+        result.found, result.pages = len(resources), 1
+        self._compare(plan, resources, baseline, result)
+        self._finish_snapshot(plan, {str(r["id"]) for r in resources}, started, baseline, result)
+        result.watermark = "own API"
+
     def _prune(self, skey: str, low: str) -> None:
         """Forget snapshots of appointments that left the window (their start is before it)."""
         stale = []
@@ -349,7 +405,9 @@ class Poller:
         due: dict[str, float] = {}
         while not stop.is_set():
             try:
-                plans = [p for p in self.plans() if p.strategy != UNSUPPORTED]
+                plans = [p for p in self.require_something() if p.strategy != UNSUPPORTED]
+            except NothingToPoll:
+                raise
             except Exception as exc:  # capability not readable yet: back off and ask again
                 failures["*"] = failures.get("*", 0) + 1
                 log.warning("poller: cannot read the CapabilityStatement (%s); retrying", type(exc).__name__)
@@ -395,8 +453,10 @@ def build_poller(
     conn: redis.Redis | None = None,
     enqueue: Callable[[list[ResourceEvent]], Any] | None = None,
     session: requests.Session | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Poller:
-    """The poller for ``[poll]`` over the client of ``[fhir]`` (``session``: the HTTP session it uses)."""
+    """The poller for ``[poll]`` over the client of ``[fhir]`` (``session``: the HTTP session it uses). With
+    the OpenEMR write-back, types its FHIR API lacks (Appointment on 7.0.0-dev) come from the Standard API."""
     if not settings.fhir.base_url:
         raise ConfigError("[fhir] base_url", "the poller needs a FHIR server to poll")
     conn = conn if conn is not None else connect(settings)
@@ -415,6 +475,7 @@ def build_poller(
         settings.poll,
         poll_types(settings),
         metrics,
+        sources=appointment_sources(settings, conn, metrics, env),
     )
 
 
@@ -423,6 +484,11 @@ def run_poller(settings: Settings, stop: threading.Event, conn: redis.Redis | No
     poller = build_poller(settings, conn)
     for line in poller.describe():
         log.info("poll strategy: %s", line)
+    try:
+        poller.require_something()
+    except NothingToPoll as exc:
+        log.error("poller not started: %s", exc)
+        raise
     thread = threading.Thread(target=poller.run, args=(stop,), name="smartflow-poller", daemon=True)
     thread.start()
     return thread

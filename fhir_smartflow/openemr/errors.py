@@ -45,3 +45,7 @@ class OpenEmrValidationError(OpenEmrError):
 
 class OpenEmrAmbiguousWrite(OpenEmrTransientError):
     """A write was sent but no answer came back (read timeout): OpenEMR may or may not have stored it."""
+
+
+class OpenEmrCategoryMissing(OpenEmrValidationError):
+    """The document category path does not exist in OpenEMR (an upload answered 404)."""

@@ -14,13 +14,16 @@ goes to OpenEMR through the Standard API:
 Each mirror write happens at most once: ``<prefix>openemr:mirror:<identifier>`` is claimed (``pending``)
 before the POST and set to ``done:<openemr id>`` after; a failure that proves nothing was stored releases
 the claim so a retry sends it; an answer lost in flight leaves the claim, and after
-``claim_timeout_seconds`` a document is looked up by its file name, while a message (which the Standard API
-cannot list) is marked ``unknown`` with an ERROR rather than risk a second copy.
+``claim_timeout_seconds`` a document is looked up by its content (OpenEMR keeps the bytes; the name it lists is
+the stored file's uuid, not the uploaded name; a text note ends with its ``Ref:`` line, so its bytes are its
+own), while a message (which the Standard API cannot list) is marked ``unknown`` with an ERROR rather than risk
+a second copy.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import re
@@ -39,6 +42,7 @@ from fhir_smartflow.openemr.errors import OpenEmrAmbiguousWrite, OpenEmrError, O
 from fhir_smartflow.refs import parse_reference
 
 log = logging.getLogger(__name__)
+FIND_RECENT = 20  # documents of the category compared when looking for a lost upload
 
 
 def _ref(value: Any) -> str:
@@ -143,7 +147,7 @@ class OpenEmrWriteBack(WriteBackTarget):
                 identifier,
                 "document",
                 lambda: self._send_document(puuid, resource, identifier),
-                verify=lambda: self._find_document(puuid, identifier),
+                verify=lambda: self._find_document(puuid, resource, identifier),
             )
             return
         for username in self._recipients(kind, resource):
@@ -216,6 +220,8 @@ class OpenEmrWriteBack(WriteBackTarget):
         else:
             content = str(resource.get("description") or "").encode()
             mimetype = "text/plain"
+        if mimetype == "text/plain":  # the reference makes the bytes unique, so a lost upload is found by them
+            content = content.rstrip(b"\n") + f"\n\nRef: {identifier}\n".encode()
         suffix = ".pdf" if mimetype == "application/pdf" else ".txt"
         return _safe_name(identifier) + suffix, content, mimetype
 
@@ -223,15 +229,23 @@ class OpenEmrWriteBack(WriteBackTarget):
         pid = self.api.patient_pid(puuid)
         filename, content, mimetype = self._document_file(resource, identifier)
         self.api.upload_document(pid, self.config.document_category, filename, content, mimetype)
-        return f"document:{filename}"  # OpenEMR answers `true`, no id: the file name identifies it
+        digest = hashlib.sha256(content).hexdigest()
+        # OpenEMR answers `true`, no id. Remember where the last upload went, so `doctor` can see it filed.
+        self.conn.set(f"{self.prefix}openemr:last_document", f"{pid}:{digest}")
+        return f"document:sha256:{digest[:16]}"
 
-    def _find_document(self, puuid: str, identifier: str) -> str | None:
+    def _find_document(self, puuid: str, resource: dict[str, Any], identifier: str) -> str | None:
+        """The document of an earlier attempt whose answer was lost: same bytes, same patient, same category
+        (the newest few only: a lost answer is recent)."""
         pid = self.api.patient_pid(puuid)
-        stem = _safe_name(identifier)
-        for doc in self.api.list_documents(pid, self.config.document_category):
-            name = str(doc.get("filename") or doc.get("name") or "")
-            if name.startswith(stem):
-                return f"document:{name}"
+        _, content, mimetype = self._document_file(resource, identifier)
+        listed = self.api.list_documents(pid, self.config.document_category)
+        recent = sorted(listed, key=lambda d: int(str(d.get("id") or 0)), reverse=True)[:FIND_RECENT]
+        for doc in recent:
+            if str(doc.get("mimetype") or mimetype).split(";")[0] != mimetype:
+                continue
+            if self.api.download_document(pid, str(doc["id"])) == content:
+                return f"document:{doc['id']}"
         return None
 
     def _key(self, identifier: str) -> str:

@@ -37,6 +37,10 @@ from fhir_smartflow.openemr.errors import OpenEmrAuthUnavailable, OpenEmrTransie
 log = logging.getLogger(__name__)
 
 RENEW_MARGIN_SECONDS = 15.0
+# A token refused within this many seconds of being issued was not refused for its age: OpenEMR 7.0.0 answers a
+# missing scope with 401. Such a token is kept, so the call fails with a scope error instead of spending a refresh
+# token per retry.
+FRESH_SECONDS = 300.0
 
 
 def make_cipher(key: str | None) -> Fernet:
@@ -128,7 +132,12 @@ class UserTokenStore:
         pipe.set(
             self.keys.access,
             self._seal(
-                {"access_token": body["access_token"], "expires_at": expires_at, "scope": body.get("scope", "")}
+                {
+                    "access_token": body["access_token"],
+                    "expires_at": expires_at,
+                    "issued_at": self.clock(),
+                    "scope": body.get("scope", ""),
+                }
             ),
         )
         pipe.delete(self.keys.degraded)
@@ -159,10 +168,18 @@ class UserTokenStore:
         return self.refresh()
 
     def invalidate(self, token: str) -> None:
-        """OpenEMR answered 401 to ``token``: forget it (only if nobody replaced it meanwhile)."""
+        """OpenEMR answered 401 to ``token``: forget it (only if nobody replaced it meanwhile), unless it is
+        fresh — then the refusal is not about its age, and refreshing again would only spend refresh tokens."""
         stored = self._open(self.conn.get(self.keys.access))
-        if stored and stored.get("access_token") == token:
-            self.conn.delete(self.keys.access)
+        if not stored or stored.get("access_token") != token:
+            return
+        if self.clock() - float(stored.get("issued_at", 0)) < FRESH_SECONDS:
+            log.warning(
+                "OpenEMR refused a token issued %.0fs ago; keeping it (not a matter of age)",
+                self.clock() - float(stored.get("issued_at", 0)),
+            )
+            return
+        self.conn.delete(self.keys.access)
 
     def refresh(self) -> str:
         """Spend the stored refresh token for a new access + refresh token, one process at a time."""

@@ -81,6 +81,7 @@ class Query:
 
 # ---- indexing -----------------------------------------------------------------------------------
 
+
 def split_reference(reference: str) -> tuple[str | None, str] | None:
     """``Patient/1``, ``http://x/fhir/Patient/1/_history/2`` → (Patient, 1); a bare id → (None, id)."""
     parsed = parse_reference(reference)

@@ -153,9 +153,7 @@ HANDLERS: dict[str, Handler] = {
 # -- helpers ------------------------------------------------------------------------------------------
 
 
-def series_end_reason(
-    rt: ServiceRuntime, payload: dict[str, Any], now: datetime, scheduled_at: str = ""
-) -> str | None:
+def series_end_reason(rt: ServiceRuntime, payload: dict[str, Any], now: datetime, scheduled_at: str = "") -> str | None:
     """Why a recurring series must not create its next occurrence, or None to go on.
 
     end-reached (count / until), task-cancelled (the previous occurrence was cancelled: workflow completed

@@ -5,6 +5,12 @@ from __future__ import annotations
 import redis
 
 from fhir_smartflow.fhir.errors import FhirError
+from fhir_smartflow.tooling.doctor.checks_openemr import (
+    FlowResourceTypes,
+    OpenEmrCategory,
+    OpenEmrReadToken,
+    OpenEmrWriteToken,
+)
 from fhir_smartflow.tooling.doctor.model import Check, DoctorContext, Finding
 
 
@@ -44,6 +50,10 @@ class FhirReachable(Check):
 CHECKS: dict[str, type[Check]] = {
     RedisReachable.name: RedisReachable,
     FhirReachable.name: FhirReachable,
+    OpenEmrReadToken.name: OpenEmrReadToken,
+    OpenEmrWriteToken.name: OpenEmrWriteToken,
+    OpenEmrCategory.name: OpenEmrCategory,
+    FlowResourceTypes.name: FlowResourceTypes,
 }
 
 
