@@ -1,4 +1,8 @@
-# fhir-smartflow: webhook (`serve`, the default), worker, scheduler and poller share this image.
+# fhir-smartflow: one image for every role — `serve` (the default), `worker`, `scheduler`, `poll`.
+# Configuration comes from SMARTFLOW_* variables (secrets from an env file) and a mounted site directory
+# made by `fhir-smartflow init` (SMARTFLOW_CONFIG=/srv/smartflow/smartflow.toml); see deploy/compose.yaml.
+# `serve` refuses to start without [redis] url, [fhir] base_url and [[subscriptions]]: the image never
+# serves unauthenticated by default. `serve --embedded` (a try-out) listens on 127.0.0.1 unless --host is given.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -9,31 +13,29 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # Install dependencies first so code changes do not invalidate this layer.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY fhir_smartflow/__init__.py fhir_smartflow/__init__.py
 COPY plugins/smartflow_channels/__init__.py plugins/smartflow_channels/__init__.py
 RUN pip install . && pip uninstall -y fhir-smartflow
 
+# The shipped flows, mappings, templates and example config are package data (fhir_smartflow/data).
 COPY fhir_smartflow fhir_smartflow
 COPY plugins plugins
-COPY mappings mappings
-COPY flows flows
-COPY templates templates
-COPY config.example.toml ./
 RUN pip install --no-deps . \
-    && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin smartflow \
-    && chown -R smartflow /app
+    && useradd --system --uid 10001 --home-dir /srv/smartflow --create-home --shell /usr/sbin/nologin smartflow
 
 USER smartflow
+WORKDIR /srv/smartflow
 EXPOSE 8080
 
-# Listen on all interfaces inside the container; everything else comes from SMARTFLOW_* variables
-# (SMARTFLOW_REDIS_URL, SMARTFLOW_FHIR_BASE_URL, subscription secrets, ...) or a mounted config file.
+# Inside a container the webhook listens on all interfaces (it only starts with authentication configured);
+# the health check reads the same port from the environment.
 ENV SMARTFLOW_SERVER_HOST=0.0.0.0 \
     SMARTFLOW_SERVER_PORT=8080
 
-HEALTHCHECK --interval=30s --timeout=3s --start-period=10s --retries=3 \
-    CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status == 200 else 1)"
+# Whatever role the container runs: serve by its /healthz, worker / scheduler / poller by their liveness
+# records in Redis (`fhir-smartflow health --help`). Exit 0 healthy, 1 unhealthy.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 CMD ["fhir-smartflow", "health"]
 
 ENTRYPOINT ["fhir-smartflow"]
 CMD ["serve"]

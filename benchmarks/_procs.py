@@ -35,7 +35,13 @@ def private_redis() -> Iterator[str]:
 
 
 def bench_subscription() -> dict[str, Any]:
-    return {"id": SUBSCRIPTION_ID, "auth": "header", "header": SECRET_HEADER, "secret_env": SECRET_ENV}
+    return {
+        "id": SUBSCRIPTION_ID,
+        "auth": "header",
+        "header": SECRET_HEADER,
+        "secret_env": SECRET_ENV,
+        "resource_types": ["Patient"],
+    }
 
 
 def machine() -> str:

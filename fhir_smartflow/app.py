@@ -16,6 +16,7 @@ from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys, connect
 from fhir_smartflow.ingest.app import IngestContext, create_ingest_blueprint, fhir_response
 from fhir_smartflow.ingest.auth import Authenticator
+from fhir_smartflow.ingest.policy import DeliveryPolicy
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.observability import register_observability
 from fhir_smartflow.queueing import queue_for
@@ -34,7 +35,8 @@ def create_app(
     extra_wsgi_mounts: dict[str, WSGIApp] | None = None,
     clock: Callable[[], datetime] = utc_now,
 ) -> Flask:
-    """Build the app. Raises `ConfigError` when no subscription is configured and not ``insecure_dev``.
+    """Build the app. Raises `ConfigError` when no subscription is configured and not ``insecure_dev``, or
+    when a subscription's resource types are neither declared nor derivable (ingest/policy.py).
 
     ``extra_wsgi_mounts`` maps a path prefix to a WSGI app served under it (``serve`` mounts the
     sandbox FHIR store at ``settings.sandbox.path`` when no FHIR base URL is configured).
@@ -49,6 +51,7 @@ def create_app(
         metrics=Metrics(conn, prefix),
         authenticator=Authenticator.from_config(settings.subscriptions, insecure_dev=insecure_dev),
         clock=clock,
+        policy=DeliveryPolicy(settings.subscriptions),
     )
     app = Flask("fhir_smartflow")
     app.config["MAX_CONTENT_LENGTH"] = settings.server.max_body_bytes

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fhir_smartflow import defaults
+from fhir_smartflow import defaults, shipped
+from fhir_smartflow.refs import RESOURCE_ID_RE, RESOURCE_TYPE_RE
 
 ENV_PREFIX = "SMARTFLOW_"
 
@@ -36,6 +37,7 @@ class ServerConfig:
     port: int = defaults.PORT
     notify_path: str = defaults.NOTIFY_PATH
     max_body_bytes: int = defaults.MAX_BODY_BYTES
+    max_events_per_notification: int = defaults.MAX_EVENTS_PER_NOTIFICATION
     retry_after_seconds: int = defaults.RETRY_AFTER_SECONDS
     # Admin token for /rq and other admin endpoints; empty disables them.
     admin_token_env: str = "SMARTFLOW_ADMIN_TOKEN"
@@ -108,6 +110,10 @@ class EngineConfig:
     # flows: run the flows (production). record: only record each event in Redis (<prefix>dispatched),
     # for checking the subscription wiring before any flow runs.
     dispatch: str = "flows"
+
+    def paths(self) -> dict[str, list[str]]:
+        """The configured files / directories of each kind, by key (``mappings``, ``flows``, ``templates``)."""
+        return {"mappings": self.mappings, "flows": self.flows, "templates": self.templates}
 
 
 @dataclass(frozen=True)
@@ -279,6 +285,17 @@ class SubscriptionConfig:
     # For notifications that carry no focus (classic empty rest-hook): what to re-query.
     criteria: str = ""
     topic: str = ""
+    # The resource types this subscription may deliver (others: 403). Empty: the type of `criteria`, else
+    # the type of a shipped per-type `topic`; when neither says, `serve` refuses to start (docs/security.md).
+    resource_types: list[str] = field(default_factory=list)
+    # Accept deliveries that name their resource only in the path or headers (HAPI's DELETE
+    # <endpoint>/<Type>/<id>, Medplum's X-Medplum-Deleted-Resource), as claims the worker re-reads.
+    allow_path_addressed: bool = False
+    # The worker confirms the focus exists on the FHIR server at the notified version before acting.
+    verify: bool = True
+    # Logical ids of the Subscription resources on the FHIR server that deliver with this secret; when
+    # set, a notification naming another is refused (403). Empty: the first one seen is recorded.
+    server_ids: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -417,6 +434,12 @@ def _subscriptions(raw: Any) -> list[SubscriptionConfig]:
             raise ConfigError(f"{where} auth", f"must be 'header' or 'hmac', got {sub.auth!r}")
         if not sub.secret_env:
             raise ConfigError(f"{where} secret_env", "required: the environment variable holding the secret")
+        for rtype in sub.resource_types:
+            if not RESOURCE_TYPE_RE.match(rtype):
+                raise ConfigError(f"{where} resource_types", f"{rtype!r} is not a FHIR resource type name")
+        for server_id in sub.server_ids:
+            if not RESOURCE_ID_RE.match(server_id):
+                raise ConfigError(f"{where} server_ids", f"{server_id!r} is not a Subscription's logical id")
         if sub.id in seen:
             raise ConfigError(f"{where} id", f"duplicate subscription id {sub.id!r}")
         seen.add(sub.id)
@@ -440,6 +463,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("[server] notify_path", "must start with /")
     if settings.server.max_body_bytes <= 0:
         raise ConfigError("[server] max_body_bytes", "must be positive")
+    if settings.server.max_events_per_notification <= 0:
+        raise ConfigError("[server] max_events_per_notification", "must be positive")
     if settings.engine.dispatch not in {"flows", "record"}:
         raise ConfigError("[engine] dispatch", "must be 'flows' or 'record'")
     if settings.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -525,6 +550,27 @@ _SECTIONS: dict[str, type] = {
 }
 
 
+ENGINE_PATH_KEYS = ("mappings", "flows", "templates")
+
+
+def _engine_paths_relative_to(engine: dict[str, Any], base: Path) -> dict[str, Any]:
+    """The ``[engine]`` table with its relative file paths made relative to ``base`` (the config file's
+    directory), so the config works from any working directory. ``shipped:`` values and absolute paths
+    stay as they are; so do values of the wrong type (parse_section reports them)."""
+    resolved = dict(engine)
+    for key in ENGINE_PATH_KEYS:
+        values = engine.get(key)
+        if isinstance(values, list):
+            resolved[key] = [_relative_to(v, base) if isinstance(v, str) else v for v in values]
+    return resolved
+
+
+def _relative_to(value: str, base: Path) -> str:
+    if shipped.is_shipped(value) or Path(value).is_absolute() or not value:
+        return value
+    return os.path.normpath(base / value)
+
+
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Load settings from ``path`` (or $SMARTFLOW_CONFIG, or nothing) plus environment overrides."""
     env = os.environ if env is None else env
@@ -541,6 +587,8 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(str(p), f"not valid TOML: {exc}") from None
         source = str(p)
+    if path is not None and isinstance(raw.get("engine"), dict):
+        raw["engine"] = _engine_paths_relative_to(raw["engine"], Path(path).parent)
     allowed = set(_SECTIONS) | {"roles", "subscriptions", "channels"}
     for key in raw:
         if key not in allowed:

@@ -15,6 +15,11 @@ _embedded_lock = threading.Lock()
 _embedded_server: object | None = None
 
 
+def connect_host(host: str) -> str:
+    """Where this machine reaches a listener bound to ``host`` (loopback for the all-interfaces addresses)."""
+    return "127.0.0.1" if host in {"0.0.0.0", "::", ""} else host
+
+
 def connect(settings: Settings) -> redis.Redis:
     """A Redis client for the configured URL, or the process-wide embedded fakeredis server."""
     if settings.redis.url:
@@ -75,6 +80,10 @@ class Keys:
     def once(self, key: str) -> str:
         """Claim of a fire-once trigger (appointment.first_kept per patient)."""
         return f"{self.prefix}once:{key}"
+
+    def alive(self, role: str, ident: str) -> str:
+        """Liveness record of one process of ``role`` (``host:pid``), for health checks (liveness.py)."""
+        return f"{self.prefix}alive:{role}:{ident}"
 
     def discharged(self, patient: str) -> str:
         """Marker: this patient was discharged (flows with not_after do not start)."""

@@ -1,12 +1,15 @@
 """Every default in one place (the shape of rq/defaults.py)."""
 
 SERVICE_NAME = "fhir-smartflow"
+CONFIG_FILE = "smartflow.toml"  # read from the working directory when neither --config nor $SMARTFLOW_CONFIG
 
 # Webhook
 HOST = "127.0.0.1"
 PORT = 8080
 NOTIFY_PATH = "/fhir/notify"
 MAX_BODY_BYTES = 1024 * 1024
+# Events one notification may carry (413 beyond): real servers batch a few; a 1 MB body can name 50,000.
+MAX_EVENTS_PER_NOTIFICATION = 1000
 RETRY_AFTER_SECONDS = 5
 FHIR_JSON = "application/fhir+json"
 
@@ -33,10 +36,11 @@ DEVICE_ID = "fhir-smartflow"
 # Clinic
 TIMEZONE = "America/New_York"
 
-# Data locations (relative to the working directory)
-MAPPINGS_PATHS = ["mappings"]
-FLOWS_PATHS = ["flows/examples"]
-TEMPLATES_PATHS = ["templates"]
+# Data locations: "shipped:<path>" is data inside the installed package (fhir_smartflow/shipped.py); other
+# relative paths in a config file are relative to that file's directory.
+MAPPINGS_PATHS = ["shipped:mappings"]
+FLOWS_PATHS = ["shipped:flows/examples"]
+TEMPLATES_PATHS = ["shipped:templates"]
 
 # Sandbox FHIR store
 SANDBOX_PATH = "/sandbox/fhir"

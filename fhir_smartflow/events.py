@@ -29,6 +29,14 @@ class ResourceEvent:
     payload_content: PayloadContent = "full-resource"
     source: str = "webhook"  # webhook | poll | recovery | replay
     body_hash: str | None = None
+    # False: the focus / interaction come only from the request path or headers, which the delivery's
+    # authentication does not cover (HAPI's DELETE <endpoint>/<Type>/<id>, Medplum's delete headers).
+    # The worker must not act on the claim: it re-reads the focus from the FHIR server and acts on what
+    # the server has (docs/ingest.md, "Trust of an event").
+    trusted_content: bool = True
+    # The subscription asks the worker to confirm the focus exists on the FHIR server at this version
+    # before acting ([[subscriptions]] verify).
+    verify: bool = False
 
     @property
     def reference(self) -> str | None:

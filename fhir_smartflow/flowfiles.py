@@ -1,41 +1,66 @@
 """Reading flow, template and mapping files from disk into the pure engine loader.
 
 The engine (``engine/``) does no I/O: it takes parsed ``SourceFile``s and the channel specs as data. This
-module finds the files (files or directories, ``*.toml``), reads them, gets the specs from the channel
-registry (``fhir_smartflow.channels``) unless given, and hands everything to ``engine.loader.build_engine``.
+module finds the files (files or directories, ``*.toml``; ``shipped:<path>`` is data inside the package,
+read with ``importlib.resources``), reads them, gets the specs from the channel registry
+(``fhir_smartflow.channels``) unless given, and hands everything to ``engine.loader.build_engine``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
+from fhir_smartflow import shipped
 from fhir_smartflow.channels import ChannelSpec, channel_specs
 from fhir_smartflow.config import ConfigError, Settings
 from fhir_smartflow.engine.loader import build_engine
 from fhir_smartflow.engine.model import Engine
 from fhir_smartflow.engine.tomlfiles import EngineLoadError, LoadError, SourceFile, kind_of, parse_source
 
-__all__ = ["EngineLoadError", "LoadError", "discover", "load_engine", "load_paths", "read_toml", "registry_channels"]
+__all__ = [
+    "EngineLoadError",
+    "LoadError",
+    "discover",
+    "load_engine",
+    "load_paths",
+    "read_toml",
+    "registry_channels",
+    "require_configured_paths",
+]
 
 
-def discover(paths: Iterable[str]) -> tuple[list[Path], list[LoadError]]:
+def discover(paths: Iterable[str]) -> tuple[list[Traversable], list[LoadError]]:
     """Every ``*.toml`` under the given files / directories (sorted, deduplicated)."""
-    found: list[Path] = []
+    found: list[Traversable] = []
     errors: list[LoadError] = []
     for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
+        path: Traversable = shipped.locate(raw) if shipped.is_shipped(raw) else Path(raw)
+        if isinstance(path, Path) and path.is_dir():
             found.extend(sorted(p for p in path.rglob("*.toml") if p.is_file()))
+        elif path.is_dir():  # shipped data not on the file system (a zipped install)
+            found.extend(item for _, item in shipped.walk(path, ".toml"))
         elif path.is_file():
             found.append(path)
         else:
-            errors.append(LoadError(str(path), "path", "no such file or directory"))
+            errors.append(LoadError(raw if shipped.is_shipped(raw) else str(path), "path", "no such file or directory"))
     unique = list(dict.fromkeys(found))
     return unique, errors
 
 
-def read_toml(path: Path) -> tuple[SourceFile | None, LoadError | None]:
+def require_configured_paths(settings: Settings, kinds: Iterable[str] = ("mappings", "flows", "templates")) -> None:
+    """ConfigError naming the ``[engine]`` key of the first configured path (of ``kinds``) that does not exist:
+    a configuration error (exit 2), not a problem in the files."""
+    configured = settings.engine.paths()
+    for kind in kinds:
+        for raw in configured[kind]:
+            _, missing = discover([raw])
+            if missing:
+                raise ConfigError(f"[engine] {kind}", f"no such file or directory: {raw}")
+
+
+def read_toml(path: Traversable) -> tuple[SourceFile | None, LoadError | None]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

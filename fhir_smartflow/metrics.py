@@ -31,6 +31,11 @@ METRICS: dict[str, MetricSpec] = {
         "counter", "Webhook notifications received, by notification type and result", ("type", "result")
     ),
     "auth_failures": MetricSpec("counter", "Webhook deliveries refused for failed authentication", ("reason",)),
+    "subscription_mismatches": MetricSpec(
+        "counter",
+        "Notifications naming a server Subscription other than the one recorded for their subscription",
+        ("subscription",),
+    ),
     "events": MetricSpec(
         "counter", "Resource events by outcome at the worker: processed | deduplicated | failed", ("result",)
     ),

@@ -2,9 +2,10 @@ from pathlib import Path
 
 import pytest
 
+from fhir_smartflow import shipped
 from fhir_smartflow.config import ConfigError, load_settings
 
-ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_CONFIG = Path(str(shipped.locate(shipped.EXAMPLE_CONFIG)))
 
 
 def test_defaults_are_embedded() -> None:
@@ -14,7 +15,7 @@ def test_defaults_are_embedded() -> None:
 
 
 def test_example_config_loads() -> None:
-    s = load_settings(ROOT / "config.example.toml", env={})
+    s = load_settings(EXAMPLE_CONFIG, env={})
     assert s.server.notify_path == "/fhir/notify"
     assert s.subscriptions and s.subscriptions[0].secret_env
 

@@ -125,6 +125,7 @@ def _notification_bundle() -> dict:
                 "resource": {
                     "resourceType": "Parameters",
                     "parameter": [
+                        {"name": "subscription", "valueReference": {"reference": f"{BASE}/Subscription/sub-appt"}},
                         {"name": "type", "valueCode": "query-event"},
                         {
                             "name": "notification-event",

@@ -242,7 +242,12 @@ def test_references() -> None:
             400,
             "'party'",
         ),
-        (b'{"resourceType": "Bundle", "entry": [{"fullUrl": "urn:uuid:1"}]}', FHIR_JSON, 400, "entry[0]"),
+        (
+            b'{"resourceType": "Bundle", "type": "collection", "entry": [{"fullUrl": "urn:uuid:1"}]}',
+            FHIR_JSON,
+            400,
+            "entry[0]",
+        ),
     ],
 )
 def test_malformed_inputs(body: bytes, headers: dict[str, str], status: int, fragment: str) -> None:
@@ -262,3 +267,55 @@ def test_delete_without_path_is_refused() -> None:
     with pytest.raises(NotificationError) as err:
         parse(b"", method="DELETE", headers={})
     assert err.value.status == 400 and "<Type>/<id>" in err.value.message
+
+
+def test_two_versions_of_one_resource_each_get_their_own_entry() -> None:
+    """$events answers can carry several versions of one resource: each focus finds its own version."""
+    base = "https://ehr.example.org/fhir"
+    events = [
+        {"name": "notification-event", "part": [
+            {"name": "event-number", "valueString": str(n)},
+            {"name": "focus", "valueReference": {"reference": f"{base}/Patient/p1/_history/{n}"}},
+        ]}
+        for n in (1, 2)
+    ]  # fmt: skip
+    status = {"resourceType": "Parameters", "parameter": [
+        {"name": "subscription", "valueReference": {"reference": f"{base}/Subscription/s"}},
+        {"name": "type", "valueCode": "query-event"}, *events]}  # fmt: skip
+    entries = [
+        {"fullUrl": f"{base}/Patient/p1", "resource": {"resourceType": "Patient", "id": "p1", "meta": {"versionId": v}}}
+        for v in ("1", "2")
+    ]
+    bundle = {"resourceType": "Bundle", "type": "history", "entry": [{"resource": status}, *entries]}
+    n = parse(json.dumps(bundle).encode())
+    assert [(e.event_number, e.version_id, e.resource["meta"]["versionId"]) for e in n.events] == [
+        (1, "1", "1"),
+        (2, "2", "2"),
+    ]
+
+
+def test_limits_without_a_server() -> None:
+    """The parser's own limits: counters are integer64, the event cap, a base URL for absolute references."""
+    bundle = json.loads(load("backport-r4-query-event.json"))
+    body = json.dumps(bundle).encode()
+    with pytest.raises(NotificationError) as cap:
+        parse_notification("POST", None, FHIR_JSON, body, subscription="s", received_at="t", max_events=1)
+    assert cap.value.status == 413
+    with pytest.raises(NotificationError) as foreign:
+        parse_notification("POST", None, FHIR_JSON, body, subscription="s", received_at="t",
+                           server_base="https://other.example/fhir")  # fmt: skip
+    assert foreign.value.status == 400 and "not on the configured FHIR server" in foreign.value.message
+    ok = parse_notification("POST", None, FHIR_JSON, body, subscription="s", received_at="t",
+                            server_base="https://ehr.example.org/fhir/", max_events=2)  # fmt: skip
+    assert len(ok.events) == 2
+
+
+def test_path_and_header_addressed_events_are_not_trusted() -> None:
+    delete = parse(b"", method="DELETE", path="Appointment/a7", headers={})
+    empty_put = parse(b"", method="PUT", path="Appointment/a7", headers={})
+    deleted = {**FHIR_JSON, "X-Medplum-Subscription": "m", "X-Medplum-Deleted-Resource": "Patient/1"}
+    medplum = parse(b"{}", headers=deleted)
+    put = parse(load("hapi-appointment.json"), method="PUT", path="Appointment/a7")
+    notes = (delete, empty_put, medplum, put)
+    assert [n.path_addressed for n in notes] == [True, True, True, False]
+    assert [e.trusted_content for n in notes for e in n.events] == [False, False, False, True]

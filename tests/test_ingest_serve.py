@@ -42,23 +42,29 @@ SUBSCRIPTIONS = """
 id = "backport"
 header = "X-Smartflow-Secret"
 secret_env = "SMARTFLOW_TEST_SECRET_BACKPORT"
+resource_types = ["Patient", "Appointment"]
 
 [[subscriptions]]
 id = "r5"
 header = "X-Smartflow-Secret"
 secret_env = "SMARTFLOW_TEST_SECRET_R5"
+resource_types = ["Patient", "Appointment"]
 
 [[subscriptions]]
 id = "hapi"
 header = "X-Hapi-Secret"
 secret_env = "SMARTFLOW_TEST_SECRET_HAPI"
 criteria = "Appointment?"
+resource_types = ["Patient", "Appointment"]
+allow_path_addressed = true  # HAPI's DELETE <endpoint>/<Type>/<id> carries no body
 
 [[subscriptions]]
 id = "medplum"
 auth = "hmac"
 header = "X-Signature"
 secret_env = "SMARTFLOW_TEST_SECRET_MEDPLUM"
+criteria = "Patient?"
+allow_path_addressed = true  # Medplum's delete is {} + X-Medplum-Deleted-Resource
 """
 FHIR = "application/fhir+json"
 PHI = ("Zebulon", "Quixote", "555-0100")
@@ -117,7 +123,7 @@ def write_config(tmp_path: Path, redis_url: str, extra: str = "", subscriptions:
         f'key_prefix = "{PREFIX}"\n{extra}\n'
         # These tests look at the ingest path alone: events are recorded, not run through flows, and
         # a FHIR base is set so `serve` does not mount (and subscribe itself to) the sandbox store.
-        '[engine]\ndispatch = "record"\n\n[fhir]\nbase_url = "http://127.0.0.1:9/fhir"\n\n'
+        '[engine]\ndispatch = "record"\n\n[fhir]\nbase_url = "https://ehr.example.org/fhir"\n\n'
         f"{subscriptions}"
     )
     return path

@@ -37,6 +37,7 @@ id = "appointments"
 header = "X-Smartflow-Secret"
 secret_env = "JT_SECRET"
 criteria = "Appointment?"
+resource_types = ["Appointment", "Patient"]
 """
     extra = f"job_timeout_seconds = {TIMEOUT}"
     config = write_service_config(tmp_path, prefix=PREFIX, redis_url=redis_url, fhir_base=fhir_base, extra=extra)

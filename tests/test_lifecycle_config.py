@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from fhir_smartflow import shipped
 from fhir_smartflow.config import ConfigError, load_settings
 
-ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_CONFIG = Path(str(shipped.locate(shipped.EXAMPLE_CONFIG)))
 
 
 def test_example_config_documents_the_defaults():
-    s = load_settings(ROOT / "config.example.toml", env={})
+    s = load_settings(EXAMPLE_CONFIG, env={})
     assert (s.delivery.quiet_hours_start, s.delivery.quiet_hours_end) == ("21:00", "08:00")
     assert s.delivery.rate_per_minute("sms") == 60 and s.delivery.rate_per_minute("portal") == 0
     assert s.scheduler.test_clock is False and s.email.security == "starttls"

@@ -33,7 +33,7 @@ def test_metrics_count_notifications_events_and_latency(redis_conn, monkeypatch,
     settings = Settings(
         redis=RedisConfig(key_prefix="mt:"),
         engine=EngineConfig(dispatch="record"),
-        subscriptions=[SubscriptionConfig(id="sub", secret_env="METRICS_TEST_SECRET")],
+        subscriptions=[SubscriptionConfig(id="sub", secret_env="METRICS_TEST_SECRET", criteria="Patient?")],
     )
     server = serve_app(create_app(settings, redis_conn))
     before = _samples(server.url)

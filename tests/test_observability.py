@@ -140,7 +140,7 @@ def test_metrics_move_when_notifications_arrive(
     cfg = tmp_path / "c.toml"
     cfg.write_text(
         f'[redis]\nurl = "{redis_url}"\n[[subscriptions]]\nid = "ehr"\nheader = "X-Smartflow-Secret"\n'
-        'secret_env = "TEST_HOOK_SECRET"\n'
+        'secret_env = "TEST_HOOK_SECRET"\ncriteria = "Patient?"\n'
     )
     settings = load_settings(cfg)
     app = create_app(settings, redis_conn)  # the factory registers /metrics itself

@@ -6,14 +6,16 @@ from pathlib import Path
 
 import pytest
 
+from fhir_smartflow import shipped
 from fhir_smartflow.config import ConfigError, load_settings
 from fhir_smartflow.ingest.poll import DATE_WINDOW, LAST_UPDATED, UNSUPPORTED, plan_strategies
 
 ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE_CONFIG = Path(str(shipped.locate(shipped.EXAMPLE_CONFIG)))
 
 
 def test_example_config_documents_poll_and_openemr() -> None:
-    s = load_settings(ROOT / "config.example.toml", env={})
+    s = load_settings(EXAMPLE_CONFIG, env={})
     assert s.poll.date_window_types == ["Appointment"] and s.poll.initial_lookback_hours == 0
     assert s.openemr.user_scopes == "auto" and s.openemr.users["record-prompt"] == "admin"
     assert s.openemr.client_auth == "auto" and s.poll.full_scan_max == 2000

@@ -17,12 +17,13 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.plandefinition import PlanDefinition
 from fhir.resources.R4B.subscription import Subscription
 
+from fhir_smartflow import shipped
 from tests.support.net import Receiver
 from tests.support.procs import ROOT, child_env, smartflow_cmd
 
 pytestmark = pytest.mark.integration
 
-SIM = ROOT / "tests" / "fixtures" / "simulate"
+SIM = Path(str(shipped.locate(shipped.SAMPLES)))  # the sample resources shipped for simulate
 LINT_BAD = ROOT / "tests" / "fixtures" / "lint" / "bad"
 AT = "2026-03-02T14:05:00Z"
 

@@ -45,6 +45,21 @@ def test_unfiltered_search_absorbs_filtered_ones_and_task_lifecycle_is_included(
     ]
 
 
+def test_each_subscription_gets_the_secret_of_an_entry_that_may_deliver_its_type(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[[subscriptions]]\nid = "patients"\nsecret_env = "S_P"\nheader = "X-P"\ncriteria = "Patient?"\n'
+        '[[subscriptions]]\nid = "visits"\nsecret_env = "S_V"\nheader = "X-V"\nresource_types = ["Appointment"]\n'
+    )
+    settings = load_settings(config, env={})
+    rules = (MappingRule("appointment.booked", "Appointment", search="Appointment?status=booked"),)
+    engine = _engine(*rules, flows={"f": Flow("f", "F", "appointment.booked", ())})
+    built = subs.build_subscriptions(engine, settings, "classic", "https://h.example/n", show_secrets=True,
+                                     env={"S_P": "p", "S_V": "v"})  # fmt: skip
+    by_criteria = {s["criteria"]: s["channel"]["header"] for s in built}
+    assert by_criteria["Appointment?status=booked"] == ["X-V: v"]  # not the first entry's Patient secret
+
+
 class FakeServer:
     """A SubscriptionServer fake (the protocol is ours; the real one is tested against the sandbox)."""
 

@@ -16,6 +16,11 @@ class CliContext:
         self._settings: Settings | None = None
 
     @property
+    def loaded_settings(self) -> Settings | None:
+        """The settings if a command has loaded them (for error messages), else None."""
+        return self._settings
+
+    @property
     def settings(self) -> Settings:
         if self._settings is None:
             try:

@@ -9,12 +9,18 @@ import click
 
 from fhir_smartflow.commands.context import CliContext, pass_ctx
 from fhir_smartflow.engine.tomlfiles import kind_of
-from fhir_smartflow.flowfiles import discover, load_paths, read_toml
+from fhir_smartflow.flowfiles import discover, load_paths, read_toml, require_configured_paths
+
+KINDS = {"mapping": "mappings", "flow": "flows", "template": "templates"}  # a file's kind -> its [engine] key
 
 
-def _split_paths(paths: tuple[str, ...], ctx: CliContext) -> tuple[list[str], list[str], list[str]]:
-    """Sort the given files by what they contain; kinds not given come from [engine] in the config."""
-    given: dict[str, list[str]] = {"mapping": [], "flow": [], "template": []}
+def _split_paths(paths: tuple[str, ...], ctx: CliContext) -> tuple[dict[str, list[str]], list[str]]:
+    """The given files sorted by what they contain, per ``[engine]`` key, and the keys taken from the config.
+
+    Flows are checked with the mappings and templates they use: the configured ones when none are given.
+    Mappings or templates given without flows are checked alone (no flow refers to them).
+    """
+    given: dict[str, list[str]] = {key: [] for key in KINDS.values()}
     files, missing = discover(paths)
     for problem in missing:
         click.echo(str(problem), err=True)
@@ -23,13 +29,11 @@ def _split_paths(paths: tuple[str, ...], ctx: CliContext) -> tuple[list[str], li
     for path in files:
         source, _ = read_toml(path)
         kind = (kind_of(source) if source else None) or "flow"  # unreadable files report as flows
-        given[kind].append(str(path))
-    engine = ctx.settings.engine
-    return (
-        given["mapping"] or list(engine.mappings),
-        given["flow"] or list(engine.flows),
-        given["template"] or list(engine.templates),
-    )
+        given[KINDS[kind]].append(str(path))
+    borrowed = [key for key in ("mappings", "templates") if given["flows"] and not given[key]]
+    require_configured_paths(ctx.settings, borrowed)
+    configured = ctx.settings.engine.paths()
+    return {key: given[key] or (configured[key] if key in borrowed else []) for key in given}, borrowed
 
 
 @click.command("validate")
@@ -39,15 +43,20 @@ def _split_paths(paths: tuple[str, ...], ctx: CliContext) -> tuple[list[str], li
 def validate(ctx: CliContext, paths: tuple[str, ...], as_json: bool) -> None:
     """Check mappings, templates and flows (files or directories; default: [engine] paths).
 
+    Given flows are checked with the configured mappings and templates unless some are given too; given
+    mappings or templates alone are checked alone.
+
     Exits 0 when everything is valid, 1 with one `file[:line]: field: reason` line per problem,
-    2 on a usage or configuration error.
+    2 on a usage or configuration error (a path that does not exist).
     """
     if paths:
-        mappings, flows, templates = _split_paths(paths, ctx)
+        chosen, borrowed = _split_paths(paths, ctx)
     else:
-        engine_cfg = ctx.settings.engine
-        mappings, flows, templates = list(engine_cfg.mappings), list(engine_cfg.flows), list(engine_cfg.templates)
-    engine, errors = load_paths(mappings, flows, templates, ctx.settings)
+        require_configured_paths(ctx.settings)
+        chosen, borrowed = ctx.settings.engine.paths(), []
+    if borrowed:  # say what the given files were combined with
+        click.echo(f"note: checked with the configured [engine] {' and '.join(borrowed)}", err=True)
+    engine, errors = load_paths(chosen["mappings"], chosen["flows"], chosen["templates"], ctx.settings)
     if as_json:
         click.echo(
             json.dumps(

@@ -36,9 +36,12 @@ def engine_path_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def load_or_exit(settings: Settings, mappings: Sequence[str], flows: Sequence[str], templates: Sequence[str]) -> Engine:
-    """The engine from the given (or configured) paths; load errors are printed and exit with 1."""
-    from fhir_smartflow.flowfiles import load_paths
+    """The engine from the given (or configured) paths; load errors are printed and exit with 1, a configured
+    path that does not exist is a ConfigError (exit 2)."""
+    from fhir_smartflow.flowfiles import load_paths, require_configured_paths
 
+    given = {"mappings": mappings, "flows": flows, "templates": templates}
+    require_configured_paths(settings, [kind for kind, paths in given.items() if not paths])
     engine, errors = load_paths(
         list(mappings) or settings.engine.mappings,
         list(flows) or settings.engine.flows,
@@ -140,8 +143,11 @@ def lint_command(cli: CliContext, paths: tuple[str, ...], as_json: bool) -> None
 
     Exit codes: 0 clean (info findings only); 1 an error or warning was found; 2 usage error.
     """
+    from fhir_smartflow.flowfiles import require_configured_paths
     from fhir_smartflow.tooling.lint import exit_code, lint
 
+    if not paths:
+        require_configured_paths(cli.settings)
     findings = lint(list(paths), cli.settings)
     if as_json:
         click.echo(json.dumps([f.to_dict() for f in findings], indent=2))

@@ -71,5 +71,9 @@ def poll(ctx: CliContext, once: bool, as_json: bool) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    from fhir_smartflow.connections import Keys, connect
+    from fhir_smartflow.liveness import POLLER, Heartbeat
+
     click.echo("polling; stop with Ctrl-C")
-    poller.run(stop)
+    with Heartbeat(connect(settings), Keys(settings.redis.key_prefix), POLLER):  # `health poller`
+        poller.run(stop)

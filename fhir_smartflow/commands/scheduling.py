@@ -11,7 +11,8 @@ from typing import Any
 import click
 
 from fhir_smartflow.commands.context import CliContext, pass_ctx
-from fhir_smartflow.connections import connect
+from fhir_smartflow.connections import Keys, connect
+from fhir_smartflow.liveness import SCHEDULER, Heartbeat
 from fhir_smartflow.scheduling.scheduler import SchedulerLock, build_scheduler, iter_pending, run_scheduler_loop
 
 
@@ -60,9 +61,10 @@ def scheduler_command(ctx: CliContext, once: bool, status: bool, as_json: bool) 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    run_scheduler_loop(
-        scheduler,
-        stop,
-        interval_seconds=settings.scheduler.interval_seconds,
-        lock_ttl_seconds=settings.scheduler.lock_ttl_seconds,
-    )
+    with Heartbeat(conn, Keys(settings.redis.key_prefix), SCHEDULER):  # `health scheduler`, also standing by
+        run_scheduler_loop(
+            scheduler,
+            stop,
+            interval_seconds=settings.scheduler.interval_seconds,
+            lock_ttl_seconds=settings.scheduler.lock_ttl_seconds,
+        )

@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable, Sequence
 
 import click
 import redis
@@ -17,6 +18,7 @@ from fhir_smartflow.commands.context import CliContext, pass_ctx
 from fhir_smartflow.config import ConfigError, Settings
 from fhir_smartflow.connections import embedded_redis
 from fhir_smartflow.ingest.app import webhook_redis
+from fhir_smartflow.liveness import POLLER, SCHEDULER, Heartbeat
 from fhir_smartflow.worker.embedded import WORKER_LOG_LEVEL, replay_failed, run_embedded_worker, worker_connection
 from fhir_smartflow.worker.runtime import (
     Runtime,
@@ -37,6 +39,32 @@ from fhir_smartflow.worker.supervise import (
 log = logging.getLogger(__name__)
 
 
+# What a production process needs, each with what it is for (a missing one is named at start).
+NEEDS: dict[str, tuple[Callable[[Settings], bool], str]] = {
+    "[redis] url": (lambda s: bool(s.redis.url), "the shared queue (SMARTFLOW_REDIS_URL)"),
+    "[fhir] base_url": (lambda s: bool(s.fhir.base_url), "the FHIR server the flows read and write"),
+    "[[subscriptions]]": (lambda s: bool(s.subscriptions), "how webhook deliveries authenticate, or --insecure-dev"),
+}
+
+
+TRY_OUT = "for a local try-out without them: `serve --embedded` (in-process queue, worker and sandbox FHIR store)"
+
+
+_MODE = {True: "EMBEDDED MODE", False: "--insecure-dev"}
+
+
+def _loopback(host: str) -> bool:
+    return host == "localhost" or host == "::1" or host.startswith("127.")
+
+
+def require_settings(settings: Settings, command: str, keys: Sequence[str]) -> None:
+    """ConfigError naming every one of ``keys`` (NEEDS) the settings lack, and the local alternative."""
+    missing = [key for key in keys if not NEEDS[key][0](settings)]
+    if missing:
+        why = "; ".join(NEEDS[key][1] for key in missing)
+        raise ConfigError(", ".join(missing), f"required by `{command}` ({why}); {TRY_OUT}")
+
+
 @click.command()
 @click.option(
     "--insecure-dev", is_flag=True, help="Accept unauthenticated deliveries when no subscription is configured."
@@ -44,8 +72,9 @@ log = logging.getLogger(__name__)
 @click.option(
     "--embedded",
     is_flag=True,
-    help="In-process queue (fakeredis) and worker thread; implies --insecure-dev without subscriptions. "
-    "Also the default when no [redis] url is configured. NOT FOR PRODUCTION.",
+    help="Local try-out: in-process queue (fakeredis) and worker thread, the sandbox FHIR store at "
+    "/sandbox/fhir when no [fhir] base_url; implies --insecure-dev without [[subscriptions]]. "
+    "NOT FOR PRODUCTION. Without it, serve needs [redis] url, [fhir] base_url and [[subscriptions]].",
 )
 @click.option("--host", default=None, help="Listen address (default: [server] host).")
 @click.option("--port", type=int, default=None, help="Listen port (default: [server] port).")
@@ -54,17 +83,29 @@ log = logging.getLogger(__name__)
 def serve(
     cli: CliContext, insecure_dev: bool, embedded: bool, host: str | None, port: int | None, threads: int
 ) -> None:
-    """Run the webhook (waitress): authenticate, parse and queue FHIR subscription notifications."""
+    """Run the webhook (waitress): authenticate, parse and queue FHIR subscription notifications.
+
+    Needs [redis] url, [fhir] base_url and [[subscriptions]] (or --insecure-dev); `--embedded` is the
+    only way to run without them, and the only mode that serves the sandbox FHIR store. Exit 2 when a
+    setting is missing.
+    """
     import waitress
 
     from fhir_smartflow.app import create_app
 
     settings = cli.settings
+    if not embedded:
+        auth = [] if insecure_dev else ["[[subscriptions]]"]
+        require_settings(settings, "serve", ["[redis] url", "[fhir] base_url", *auth])
+    # The embedded sandbox store and unauthenticated deliveries are for this machine only, unless --host says so.
+    open_door = embedded or (insecure_dev and not settings.subscriptions)
+    if open_door and host is None and not _loopback(settings.server.host):
+        log.warning("%s: listening on 127.0.0.1, not %r (give --host to change)", _MODE[embedded], settings.server.host)
+        host = "127.0.0.1"
     host = host or settings.server.host
     port = port if port is not None else settings.server.port
     # The embedded worker reaches the sandbox store through this listener: it must know the real address.
     settings = dataclasses.replace(settings, server=dataclasses.replace(settings.server, host=host, port=port))
-    embedded = embedded or settings.embedded_queue
     stop = threading.Event()
     if embedded:
         conn = embedded_redis()
@@ -84,15 +125,11 @@ def serve(
         conn = webhook_redis(settings.redis.url)
     mounts: dict[str, object] = {}
     sandbox_state = None
-    if settings.sandbox_fhir:  # no [fhir] base_url: serve the sandbox store and subscribe to it
+    if embedded and settings.sandbox_fhir:  # only a try-out serves the sandbox store (and subscribes to it)
         from fhir_smartflow.commands.embedded import mount_sandbox
 
         sandbox_state = mount_sandbox(settings, mounts, host, port, insecure_dev)
-    try:
-        app = create_app(settings, conn, insecure_dev=insecure_dev, extra_wsgi_mounts=mounts or None)  # type: ignore[arg-type]
-    except ConfigError as exc:
-        click.echo(f"configuration error: {exc}", err=True)
-        sys.exit(2)
+    app = create_app(settings, conn, insecure_dev=insecure_dev, extra_wsgi_mounts=mounts or None)  # type: ignore[arg-type]
     log.info("serving webhook on http://%s:%s%s", host, port, settings.server.notify_path)
     try:
         waitress.serve(app, host=host, port=port, threads=threads, ident="fhir-smartflow", _quiet=True)
@@ -112,9 +149,6 @@ def _service_runtime(settings: Settings, conn: redis.Redis) -> Runtime:
         for error in exc.errors:
             click.echo(str(error), err=True)
         click.echo("flows, mappings or templates are invalid (see above); nothing started", err=True)
-        sys.exit(2)
-    except ConfigError as exc:
-        click.echo(f"configuration error: {exc}", err=True)
         sys.exit(2)
 
 
@@ -142,6 +176,7 @@ def _start_scheduler(rt: Runtime, stop: threading.Event) -> None:
         return  # nothing schedules follow-ups without the engine
     from fhir_smartflow.scheduling.scheduler import start_scheduler_thread
 
+    Heartbeat(rt.redis, rt.keys, SCHEDULER).start()  # `health scheduler` on this host
     start_scheduler_thread(
         rt.scheduler,
         stop,
@@ -169,13 +204,7 @@ def _start_scheduler(rt: Runtime, stop: threading.Event) -> None:
 def worker(cli: CliContext, burst: bool, with_scheduler: bool, worker_class: str) -> None:
     """Run an rq worker on the configured Redis: dedupe, gap checks, fetch, dispatch."""
     settings = cli.settings
-    if settings.embedded_queue:
-        click.echo(
-            "configuration error: [redis] url: required for a separate worker "
-            "(with the embedded queue, `serve` runs its own worker thread)",
-            err=True,
-        )
-        sys.exit(2)
+    require_settings(settings, "worker", ["[redis] url", "[fhir] base_url"])
     conn = worker_connection(settings)
     wait_for_redis(conn)  # a worker (re)started while Redis restarts waits for it instead of exiting
     rt = _service_runtime(settings, conn)
@@ -187,6 +216,7 @@ def worker(cli: CliContext, burst: bool, with_scheduler: bool, worker_class: str
         from fhir_smartflow.ingest.poll import run_poller
 
         run_poller(settings, threading.Event(), conn)
+        Heartbeat(conn, rt.keys, POLLER).start()
     cls = SupervisedSimpleWorker if worker_class == "simple" else SupervisedForkWorker
     liveness = Liveness(conn, rt.keys, rt.queue, threading.Event(), move_scheduled=with_scheduler)
     liveness.start()  # also in --burst: a long job must not look abandoned to the other workers

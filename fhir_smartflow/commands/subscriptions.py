@@ -11,7 +11,7 @@ import click
 
 from fhir_smartflow.commands.context import CliContext, pass_ctx
 from fhir_smartflow.commands.flowtools import engine_path_options, load_or_exit
-from fhir_smartflow.config import Settings, secret
+from fhir_smartflow.config import ConfigError, Settings, secret
 
 
 def _common(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -73,6 +73,13 @@ def _warn_unauthenticated(resources: list[dict[str, Any]]) -> None:
         )
 
 
+def _require_secrets(settings: Settings, why: str) -> None:
+    """ConfigError (exit 2) naming every [[subscriptions]] secret_env variable that is not set."""
+    missing = [f"${s.secret_env} ({s.id})" for s in settings.subscriptions if not secret(s.secret_env)]
+    if missing:
+        raise ConfigError("[[subscriptions]] secret_env", f"not set: {', '.join(missing)}; {why}")
+
+
 @click.group("subscriptions")
 def subscriptions_group() -> None:
     """The FHIR Subscription resources the enabled flows need: print them or create / update them."""
@@ -96,8 +103,11 @@ def print_command(
     """Print the Subscriptions (R4 JSON) derived from enabled flows → triggers → mappings, plus the Task
     subscription the lifecycle needs (task.completed). Secrets are masked unless --show-secrets.
 
-    Exit codes: 0 printed; 1 the flows do not load; 2 usage error.
+    Exit codes: 0 printed; 1 the flows do not load; 2 usage error, or --show-secrets with a secret
+    environment variable not set.
     """
+    if show_secrets:
+        _require_secrets(cli.settings, "--show-secrets prints them")
     resources = _build(cli, (mappings_paths, flows_paths, templates_paths), style, endpoint, heartbeat, show_secrets)
     _warn_unauthenticated(resources)
     if as_json:
@@ -132,10 +142,7 @@ def sync_command(
     from fhir_smartflow.tooling.subscriptions import sync_subscriptions
 
     settings = cli.settings
-    missing = [s.secret_env for s in settings.subscriptions if not secret(s.secret_env)]
-    if missing:
-        click.echo(f"error: secret environment variable(s) not set: {', '.join(missing)}", err=True)
-        sys.exit(2)
+    _require_secrets(settings, "sync writes them into the Subscriptions")
     resources = _build(cli, (mappings_paths, flows_paths, templates_paths), style, endpoint, heartbeat, True)
     _warn_unauthenticated(resources)
     client = FhirClient.from_settings(settings)

@@ -1,6 +1,6 @@
 """Parse and check `flows/**/*.toml`: flows, actions, owners, durations, recurrences.
 
-An action is read by one parser per key (``_FIELDS``), then checked by its type's spec (action_types.py):
+An action is read by one parser per key (``ACTION_FIELDS``), then checked by its type's spec (action_types.py):
 what a type requires, allows or defaults is asked of the spec, never written here per type name.
 """
 
@@ -19,7 +19,13 @@ from fhir_smartflow.engine.checks import EXAMPLE_REF, REF, checked_id, compile_i
 from fhir_smartflow.engine.model import Flow, Template
 from fhir_smartflow.engine.tomlfiles import Checker, LoadError, SourceFile, slugify
 
-_FLOW_KEYS = {"id", "name", "description", "enabled", "version", "trigger", "condition", "not_after", "actions"}
+# The keys of each table (the JSON Schema, engine/schema.py, is generated from these too).
+FLOW_KEYS = {"id", "name", "description", "enabled", "version", "trigger", "condition", "not_after", "actions"}
+DUE_KEYS = {"amount", "unit", "direction", "anchor"}
+REMINDER_KEYS = {"amount", "unit"}
+OVERDUE_KEYS = {"notify_owner"}
+RECURRING_KEYS = {"every", "cron", "count", "until"}
+NOT_AFTER = ("patient.discharged",)
 _RESERVED_FLOW_PREFIX = "lifecycle-"
 
 
@@ -33,7 +39,7 @@ def parse_flow(
 ) -> tuple[Flow | None, list[LoadError]]:
     check = Checker(source)
     data = source.data
-    check.unknown_keys(data, _FLOW_KEYS)
+    check.unknown_keys(data, FLOW_KEYS)
     fid = checked_id(check, data)
     if fid and fid.startswith(_RESERVED_FLOW_PREFIX):
         check.error("id", f"ids starting with {_RESERVED_FLOW_PREFIX!r} are reserved for built-in lifecycle runs")
@@ -48,7 +54,7 @@ def parse_flow(
     if condition:
         compile_into(check, paths, condition, "condition", "condition")
     not_after = check.get(data, "not_after", str)
-    if not_after is not None and not_after != "patient.discharged":
+    if not_after is not None and not_after not in NOT_AFTER:
         check.error("not_after", f"only 'patient.discharged' is supported, got {not_after!r}")
     raw_actions = check.get(data, "actions", list, required=True, default=[])
     if "actions" in data and not raw_actions:
@@ -204,7 +210,7 @@ def _due(c: _Context, e: _Entry) -> None:
     raw_due = e.raw.get("due")
     if raw_due is None:
         return
-    values = _duration(c.check, raw_due, e.p + "due", "due", e.index, {"amount", "unit", "direction", "anchor"})
+    values = _duration(c.check, raw_due, e.p + "due", "due", e.index, DUE_KEYS)
     if values is None:
         return
     direction = values.get("direction", "after")
@@ -234,7 +240,7 @@ def _owner(c: _Context, e: _Entry) -> None:
 def _reminder(c: _Context, e: _Entry) -> None:
     if "reminder" not in e.raw:
         return
-    values = _duration(c.check, e.raw["reminder"], e.p + "reminder", "reminder", e.index, {"amount", "unit"})
+    values = _duration(c.check, e.raw["reminder"], e.p + "reminder", "reminder", e.index, REMINDER_KEYS)
     e.reminder = m.Duration(values["amount"], values["unit"]) if values else None
     if e.due is None and e.raw.get("due") is None:
         c.check.error(e.p + "reminder", "a reminder is relative to the due date: add `due`", key="reminder", **e.t)
@@ -253,7 +259,7 @@ def _overdue(c: _Context, e: _Entry) -> None:
     raw_overdue = c.check.get(e.raw, "overdue", dict, field=e.p + "overdue", **e.t)
     if raw_overdue is None:
         return
-    c.check.unknown_keys(raw_overdue, {"notify_owner"}, e.p + "overdue.", **e.t)
+    c.check.unknown_keys(raw_overdue, OVERDUE_KEYS, e.p + "overdue.", **e.t)
     field = e.p + "overdue.notify_owner"
     notify = c.check.get(raw_overdue, "notify_owner", bool, field=field, default=False, line_key="overdue", **e.t)
     e.overdue = m.Overdue(notify)
@@ -275,7 +281,7 @@ def _notify_on_failure(c: _Context, e: _Entry) -> None:
 
 
 # The keys of an action and their parsers, run in this order (later parsers see what earlier ones found).
-_FIELDS: dict[str, Callable[[_Context, _Entry], None]] = {
+ACTION_FIELDS: dict[str, Callable[[_Context, _Entry], None]] = {
     "name": _name,
     "category": _category,
     "type": _type,
@@ -307,9 +313,9 @@ def _parse_action(
         check.error(f"actions[{i + 1}]", "expected a table", table="actions", index=i)
         return None
     entry = _Entry(raw, i)
-    check.unknown_keys(raw, _FIELDS, entry.p, **entry.t)
+    check.unknown_keys(raw, ACTION_FIELDS, entry.p, **entry.t)
     context = _Context(check, settings, templates, channels)
-    for parse in _FIELDS.values():
+    for parse in ACTION_FIELDS.values():
         parse(context, entry)
     if entry.spec is not None:
         _check_type(context, entry, entry.spec)
@@ -451,7 +457,7 @@ def _parse_recurring(check: Checker, raw: object, p: str, t: dict) -> m.Recurrin
         check.error(field, 'expected a table like { every = "weekly", count = 12 }', key="recurring", **t)
         return None
     before = len(check.errors)
-    check.unknown_keys(raw, {"every", "cron", "count", "until"}, field + ".", **t)
+    check.unknown_keys(raw, RECURRING_KEYS, field + ".", **t)
     every = check.get(raw, "every", str, field=field + ".every", line_key="recurring", **t)
     cron = check.get(raw, "cron", str, field=field + ".cron", line_key="recurring", **t)
     count = check.get(raw, "count", int, field=field + ".count", line_key="recurring", **t)

@@ -10,7 +10,8 @@ from fhir_smartflow.engine.model import MappingRule
 from fhir_smartflow.engine.tomlfiles import Checker, LoadError, SourceFile
 from fhir_smartflow.refs import RESOURCE_TYPE_RE
 
-_MAPPING_KEYS = {
+# The keys of a [[mapping]] table (the JSON Schema, engine/schema.py, is generated from these too).
+MAPPING_KEYS = {
     "trigger",
     "resource",
     "interactions",
@@ -22,7 +23,8 @@ _MAPPING_KEYS = {
     "search",
     "parameters",
 }
-_TRIGGER = re.compile(r"^[a-z][a-z_]*\.[a-z][a-z_]*$")
+TRIGGER = re.compile(r"^[a-z][a-z_]*\.[a-z][a-z_]*$")
+INTERACTIONS = ("create", "update")
 
 
 def parse_mappings(source: SourceFile, paths: dict[str, m.Compiled]) -> tuple[list[MappingRule], list[LoadError]]:
@@ -36,9 +38,9 @@ def parse_mappings(source: SourceFile, paths: dict[str, m.Compiled]) -> tuple[li
         if not isinstance(item, dict):
             check.error(f"mapping[{i + 1}]", "expected a table", **t)
             continue
-        check.unknown_keys(item, _MAPPING_KEYS, prefix, **t)
+        check.unknown_keys(item, MAPPING_KEYS, prefix, **t)
         trigger = check.get(item, "trigger", str, field=prefix + "trigger", required=True, **t)
-        if trigger and not _TRIGGER.match(trigger):
+        if trigger and not TRIGGER.match(trigger):
             check.error(
                 prefix + "trigger", f"must look like 'area.event' (lower case), got {trigger!r}", key="trigger", **t
             )
@@ -54,7 +56,7 @@ def parse_mappings(source: SourceFile, paths: dict[str, m.Compiled]) -> tuple[li
             "create",
             "update",
         )
-        bad = [x for x in interactions if x not in ("create", "update")]
+        bad = [x for x in interactions if x not in INTERACTIONS]
         if bad:
             check.error(prefix + "interactions", f"must be create and/or update, got {bad}", key="interactions", **t)
         expressions: dict[str, str] = {}

@@ -18,7 +18,11 @@ from fhir_smartflow.engine.templating import (
 )
 from fhir_smartflow.engine.tomlfiles import Checker, LoadError, SourceFile
 
-_TEMPLATE_KEYS = {"id", "name", "status", "methods", "subject", "body", "note_type", "prompt", "recipients"}
+# The keys of each table (the JSON Schema, engine/schema.py, is generated from these too).
+TEMPLATE_KEYS = {"id", "name", "status", "methods", "subject", "body", "note_type", "prompt", "recipients"}
+PROMPT_KEYS = {"text", "roles", "practitioners"}
+RECIPIENTS_KEYS = {"practitioners", "groups", "roles"}
+STATUSES = ("enabled", "disabled")
 
 
 def parse_template(
@@ -29,11 +33,11 @@ def parse_template(
 ) -> tuple[Template | None, list[LoadError]]:
     check = Checker(source)
     data = source.data
-    check.unknown_keys(data, _TEMPLATE_KEYS)
+    check.unknown_keys(data, TEMPLATE_KEYS)
     tid = checked_id(check, data)
     name = check.get(data, "name", str, required=True)
     status = check.get(data, "status", str, default="enabled")
-    if status not in ("enabled", "disabled"):
+    if status not in STATUSES:
         check.error("status", f"must be 'enabled' or 'disabled', got {status!r}")
     methods = check.string_list(data, "methods")
     for method in methods:
@@ -47,7 +51,7 @@ def parse_template(
     prompt = None
     raw_prompt = check.get(data, "prompt", dict)
     if raw_prompt is not None:
-        check.unknown_keys(raw_prompt, {"text", "roles", "practitioners"}, "prompt.")
+        check.unknown_keys(raw_prompt, PROMPT_KEYS, "prompt.")
         text = check.get(raw_prompt, "text", str, field="prompt.text", required=True, default="")
         roles = check.string_list(raw_prompt, "roles", field="prompt.roles")
         known_roles(check, roles, settings, "prompt.roles", "roles")
@@ -57,7 +61,7 @@ def parse_template(
     recipients = m.Recipients()
     raw_recipients = check.get(data, "recipients", dict)
     if raw_recipients is not None:
-        check.unknown_keys(raw_recipients, {"practitioners", "groups", "roles"}, "recipients.")
+        check.unknown_keys(raw_recipients, RECIPIENTS_KEYS, "recipients.")
         practitioners = check.string_list(raw_recipients, "practitioners", field="recipients.practitioners")
         check_refs(check, practitioners, "practitioner", "recipients.practitioners", "practitioners")
         groups = check.string_list(raw_recipients, "groups", field="recipients.groups")

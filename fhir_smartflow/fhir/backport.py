@@ -25,3 +25,9 @@ TOPIC_FOR_TYPE: dict[str, str] = {
     "Task": TOPIC_BASE + "task-changes",
     "CarePlan": TOPIC_BASE + "careplan-changes",
 }
+TYPE_FOR_TOPIC: dict[str, str] = {topic: rtype for rtype, topic in TOPIC_FOR_TYPE.items()}
+
+
+def canonical_url(canonical: str) -> str:
+    """A canonical without its ``|version`` suffix."""
+    return canonical.split("|", 1)[0]

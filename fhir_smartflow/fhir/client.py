@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, urljoin
 import requests
 
 from fhir_smartflow.config import Settings
+from fhir_smartflow.connections import connect_host
 from fhir_smartflow.fhir.auth import EngineSource, build_auth, retry_policy
 from fhir_smartflow.fhir.errors import FhirError, FhirForbidden, FhirUnavailable, error_for_status
 from fhir_smartflow.fhir.scopes import forbidden_hint, grant_context, request_scopes
@@ -284,10 +285,7 @@ class FhirClient:
 
 def sandbox_base_url(settings: Settings) -> str:
     """Where ``serve`` mounts the embedded sandbox store when no FHIR base is configured."""
-    host = settings.server.host
-    if host in {"0.0.0.0", "::", ""}:  # listening on all interfaces: talk to ourselves on loopback
-        host = "127.0.0.1"
-    return f"http://{host}:{settings.server.port}{settings.sandbox.path}"
+    return f"http://{connect_host(settings.server.host)}:{settings.server.port}{settings.sandbox.path}"
 
 
 def _check_type(resource_type: Any) -> str:

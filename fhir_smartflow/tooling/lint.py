@@ -10,7 +10,8 @@ error. Checks:
   with the same (or an absent, so overlapping) condition sending the same template or form;
 - ``reminder-not-before-due`` (warning): the reminder falls at or before the event it is anchored on;
 - ``unbounded-recurrence`` (warning): recurring without ``count`` / ``until`` and the flow has no ``not_after``;
-- ``unused-template`` (info): no flow uses the template (harmless, so it does not fail the lint).
+- ``unused-template`` (info): no flow uses the template (harmless, so it does not fail the lint); only for
+  templates given as paths (the shipped templates include some no shipped flow uses).
 """
 
 from __future__ import annotations
@@ -97,9 +98,9 @@ class Sources:
     flows: list[SourceFile]
     templates: list[SourceFile]
     errors: list[LoadError]
-    # Templates taken from the config because the paths held none: the flows linted are only some
-    # of the flows, so "unused template" would be noise.
-    borrowed_templates: bool = False
+    # Templates given as PATHs (not the configured ones, nor taken from the config because the paths held
+    # none): only then is "unused template" asked for (docs/cli.md).
+    templates_from_paths: bool = False
 
 
 def read_sources(paths: Sequence[str], settings: Settings) -> Sources:
@@ -139,12 +140,11 @@ def read_sources(paths: Sequence[str], settings: Settings) -> Sources:
                 found["mapping"].append(source)
             elif error:
                 errors.append(error)
-    borrowed = False
+    from_paths = not default and bool(found["template"])
     if not default and not found["template"] and found["flow"]:
         files, _ = discover(settings.engine.templates)
         found["template"] += [s for s in (read_toml(p)[0] for p in files) if s is not None]
-        borrowed = True
-    return Sources(found["mapping"], found["flow"], found["template"], errors, borrowed)
+    return Sources(found["mapping"], found["flow"], found["template"], errors, from_paths)
 
 
 @functools.cache
@@ -360,7 +360,7 @@ def lint(paths: Sequence[str], settings: Settings) -> list[Finding]:
     errors = [*sources.errors, *channel_errors]
     parsed = parse_sources(sources.mappings, sources.flows, sources.templates, settings, errors, channels=channels)
     findings += _overlap_findings(parsed.flows.values(), sources.flows)
-    if not sources.borrowed_templates:
+    if sources.templates_from_paths:
         findings += _template_findings(sources.templates, flows)
     # validate's errors too. Where lint already reports the same line, its wording stays, as an error.
     load_errors = parsed.errors

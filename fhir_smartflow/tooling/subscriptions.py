@@ -34,6 +34,7 @@ from fhir_smartflow.fhir.backport import (
     PROFILE_SUBSCRIPTION,
     TOPIC_FOR_TYPE,
 )
+from fhir_smartflow.ingest.policy import declared_resource_types
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,10 @@ def _matching_config(wanted: Wanted, topic: str, configs: list[SubscriptionConfi
     for cfg in configs:
         if cfg.criteria and cfg.criteria.split("?")[0] == wanted.resource:
             return cfg
-    # The webhook accepts any configured secret (first match wins), so the first entry covers the rest.
+    # The webhook refuses a type the entry does not deliver (ingest/policy.py): an entry that may.
+    for cfg in configs:
+        if wanted.resource in (declared_resource_types(cfg) or ()):
+            return cfg
     return configs[0] if configs else None
 
 

@@ -7,6 +7,7 @@ import threading
 
 import redis
 import rq
+from rq.defaults import DEFAULT_WORKER_TTL
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 from rq.scheduler import RQScheduler
@@ -22,9 +23,18 @@ log = logging.getLogger(__name__)
 WORKER_LOG_LEVEL = "WARNING"  # rq logs job arguments (payloads, PHI) at INFO
 
 
+# rq's blocking dequeue (BLMOVE) waits up to worker_ttl - 15 s. rq raises the pool's read timeout to cover
+# it, but only for connections made after the Worker exists; ours are made before (the ping, the runtime),
+# and redis-py 8 gives them a 5 s default, so an idle worker's dequeue timed out every 5 s ("could not
+# connect to Redis instance: Timeout reading from socket"). An explicit timeout above rq's, for all.
+WORKER_SOCKET_TIMEOUT_SECONDS = DEFAULT_WORKER_TTL + 10
+
+
 def worker_connection(settings: Settings) -> redis.Redis:
-    """No socket timeout: rq's blocking dequeue waits longer than the service's usual 10 s."""
-    return redis.Redis.from_url(settings.redis.url, socket_connect_timeout=2)
+    """A client whose reads outlast rq's blocking dequeue (the service's usual 10 s would not)."""
+    return redis.Redis.from_url(
+        settings.redis.url, socket_connect_timeout=2, socket_timeout=WORKER_SOCKET_TIMEOUT_SECONDS
+    )
 
 
 class ThreadWorker(rq.SimpleWorker):

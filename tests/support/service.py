@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fhir_smartflow.fhir.backport import TOPIC_FOR_TYPE
 from tests.support.net import free_port
 from tests.support.procs import ROOT, Process, smartflow_cmd
 from tests.support.toml import write_config
@@ -68,7 +69,14 @@ def start_service(
         "redis": {"url": redis_url, "key_prefix": prefix},
         "fhir": {"base_url": store},
     }
-    subscription = {"id": "sandbox", "header": SECRET_HEADER, "secret_env": secret[0], "criteria": "Patient?"}
+    # Patient for the empty-payload re-query; the tests subscribe the types of the shipped topics.
+    subscription = {
+        "id": "sandbox",
+        "header": SECRET_HEADER,
+        "secret_env": secret[0],
+        "criteria": "Patient?",
+        "resource_types": sorted(TOPIC_FOR_TYPE),
+    }
     config = write_config(tmp_path / "smartflow.toml", merged(base, sections or {}), [subscription])
     service_env = {secret[0]: secret[1], "SMARTFLOW_CONFIG": str(config), **(env or {})}
     serve = processes(smartflow_cmd("serve"), service_env, "serve")
