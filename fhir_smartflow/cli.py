@@ -24,6 +24,7 @@ from fhir_smartflow.commands.poll import poll as _poll_cmd
 from fhir_smartflow.commands.sandbox import sandbox_command
 from fhir_smartflow.commands.scheduling import scheduler_command
 from fhir_smartflow.commands.schema import schema_command
+from fhir_smartflow.commands.scopes import scopes_command
 from fhir_smartflow.commands.site import init_command
 from fhir_smartflow.commands.subscriptions import subscriptions_group
 
@@ -88,3 +89,4 @@ main.add_command(doctor_command)
 main.add_command(init_command)
 main.add_command(health_command)
 main.add_command(schema_command)
+main.add_command(scopes_command)

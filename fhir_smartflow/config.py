@@ -57,17 +57,29 @@ class RedisConfig:
     history_ttl_seconds: int = defaults.HISTORY_TTL_SECONDS
 
 
+# [fhir] auth modes (fhir/auth.py builds each) and their options (docs/writeback.md "Auth modes").
+FHIR_AUTH_MODES = ("none", "bearer", "client-credentials", "smart-backend")
+CLIENT_SECRET_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+SCOPE_SYNTAXES = ("auto", "v2", "v1")
+
+
 @dataclass(frozen=True)
 class FhirConfig:
     # Empty: the built-in sandbox FHIR store (mounted by `serve` at /sandbox/fhir).
     base_url: str = ""
-    auth: str = "none"  # none | bearer | smart-backend
+    auth: str = "none"  # one of FHIR_AUTH_MODES
     token_env: str = "SMARTFLOW_FHIR_TOKEN"
     client_id: str = ""
+    # client-credentials: the client secret's environment variable, and how it is sent to the token endpoint.
+    client_secret_env: str = "SMARTFLOW_FHIR_CLIENT_SECRET"
+    client_auth: str = "client_secret_basic"  # one of CLIENT_SECRET_AUTH_METHODS
     private_key_file: str = ""
     key_alg: str = "RS384"
     key_id: str = ""
-    scopes: str = "system/*.rs system/Task.cu system/Communication.c system/DocumentReference.c"
+    token_endpoint: str = ""  # empty: discovered from the server (.well-known/smart-configuration)
+    # Empty: exactly what the service uses (fhir/service_scopes.py), in the syntax the server knows.
+    scopes: str = ""
+    scope_syntax: str = "auto"  # one of SCOPE_SYNTAXES: auto (from the server's smart-configuration) | v2 | v1
     timeout_seconds: float = defaults.FHIR_TIMEOUT_SECONDS
     max_retries: int = defaults.FHIR_MAX_RETRIES
     backoff_base_seconds: float = defaults.FHIR_BACKOFF_BASE_SECONDS
@@ -442,8 +454,7 @@ def _validate(settings: Settings) -> None:
         ZoneInfo(settings.clinic.timezone)
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError("[clinic] timezone", f"unknown IANA time zone {settings.clinic.timezone!r}") from None
-    if settings.fhir.auth not in {"none", "bearer", "smart-backend"}:
-        raise ConfigError("[fhir] auth", "must be one of none, bearer, smart-backend")
+    _validate_fhir_auth(settings.fhir)
     if settings.fhir.writeback not in {"fhir", "openemr"}:
         raise ConfigError("[fhir] writeback", "must be 'fhir' or 'openemr'")
     if settings.fhir.base_url and not settings.fhir.base_url.startswith(("http://", "https://")):
@@ -463,6 +474,16 @@ def _validate(settings: Settings) -> None:
     for role, coding in settings.roles.items():
         if "|" not in coding:
             raise ConfigError(f"[roles] {role}", "must be 'system|code'")
+
+
+def _validate_fhir_auth(fhir: FhirConfig) -> None:
+    for key, value, allowed in (
+        ("auth", fhir.auth, FHIR_AUTH_MODES),
+        ("client_auth", fhir.client_auth, CLIENT_SECRET_AUTH_METHODS),
+        ("scope_syntax", fhir.scope_syntax, SCOPE_SYNTAXES),
+    ):
+        if value not in allowed:
+            raise ConfigError(f"[fhir] {key}", f"must be one of {', '.join(allowed)}, got {value!r}")
 
 
 def _validate_poll_openemr(settings: Settings) -> None:

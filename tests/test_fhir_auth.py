@@ -13,8 +13,14 @@ import responses
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from fhir_smartflow.config import ConfigError, load_settings
-from fhir_smartflow.fhir.auth import build_auth
+from fhir_smartflow.config import (
+    CLIENT_SECRET_AUTH_METHODS,
+    FHIR_AUTH_MODES,
+    SCOPE_SYNTAXES,
+    ConfigError,
+    load_settings,
+)
+from fhir_smartflow.fhir.auth import AUTH_MODES, build_auth
 from fhir_smartflow.fhir.client import FhirClient
 from fhir_smartflow.fhir.errors import FhirUnauthorized, FhirUnavailable, TokenRefused
 from fhir_smartflow.fhir.oauth import (
@@ -25,6 +31,7 @@ from fhir_smartflow.fhir.oauth import (
     TokenRequest,
     post_token,
 )
+from fhir_smartflow.fhir.scopes import ScopeSyntax
 from fhir_smartflow.fhir.smart import (
     CLIENT_ASSERTION_TYPE,
     OAUTH_URIS,
@@ -300,3 +307,40 @@ def test_client_secret_post_sends_id_and_secret_in_the_form() -> None:
     assert "s3cret" not in repr(client)
     with pytest.raises(ValueError, match="client secret"):
         ClientSecretPost("app", "")
+
+
+def test_client_credentials_config_is_checked_and_every_mode_has_a_builder(tmp_path: Path) -> None:
+    # config.py (below the fhir layer) names the modes, client auth methods and syntaxes it accepts.
+    assert set(AUTH_MODES) == set(FHIR_AUTH_MODES)
+    assert set(CLIENT_SECRET_METHODS) == set(CLIENT_SECRET_AUTH_METHODS)
+    assert {s.value for s in ScopeSyntax} | {"auto"} == set(SCOPE_SYNTAXES)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[fhir]\nauth = "client-credentials"\nclient_id = "app"\nclient_secret_env = "APP_SECRET"\n')
+    settings = load_settings(cfg, env={})
+    with pytest.raises(ConfigError, match="APP_SECRET"):
+        build_auth(settings, BASE, env={})
+    auth = build_auth(settings, BASE, env={"APP_SECRET": "pw"})
+    assert isinstance(auth, ClientCredentialsTokenProvider) and isinstance(auth.client, ClientSecretBasic)
+    cfg.write_text('[fhir]\nauth = "client-credentials"\nclient_auth = "client_secret_jwt"\n')
+    with pytest.raises(ConfigError, match=r"client_auth.*client_secret_basic, client_secret_post"):
+        load_settings(cfg, env={})
+    cfg.write_text('[fhir]\nscope_syntax = "v3"\n')
+    with pytest.raises(ConfigError, match="scope_syntax"):
+        load_settings(cfg, env={})
+    cfg.write_text('[fhir]\nauth = "client-credentials"\nclient_secret_env = "APP_SECRET"\n')
+    with pytest.raises(ConfigError, match="client_id"):
+        build_auth(load_settings(cfg, env={}), BASE, env={"APP_SECRET": "pw"})
+
+
+def test_a_configured_token_endpoint_must_be_https_and_credentials_stay_out_of_reprs(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    text = '[fhir]\nauth = "client-credentials"\nclient_id = "app"\ntoken_endpoint = "{}"\n'
+    cfg.write_text(text.format("http://auth.example.org/token"))
+    with pytest.raises(ConfigError, match=r"token_endpoint.*https"):
+        build_auth(load_settings(cfg, env={}), BASE, env={"SMARTFLOW_FHIR_CLIENT_SECRET": "pw"})
+    cfg.write_text(text.format("http://127.0.0.1:8103/oauth2/token"))  # loopback: development
+    auth = build_auth(load_settings(cfg, env={}), BASE, env={"SMARTFLOW_FHIR_CLIENT_SECRET": "pw"})
+    assert isinstance(auth, ClientCredentialsTokenProvider) and auth.token_endpoint().startswith("http://127.0.0.1")
+    request = TokenRequest(TOKEN_URL, {"client_secret": "pw"})
+    ClientSecretBasic("app", "pw").authenticate(request)
+    assert "pw" not in repr(request) and "Basic" not in repr(request)

@@ -63,7 +63,7 @@ def test_client_credentials_assertion_is_verified_and_only_reads_granted(
     with pytest.raises(TokenRefused, match="invalid_scope"):  # nor any v2 scope
         v2.token()
     auth = backend_services(emulator, private_pem, "system/Patient.read system/Encounter.read")
-    assert auth.token() and auth.granted_scopes == "system/Patient.read system/Encounter.read"
+    assert auth.token() and auth.granted_scopes() == "system/Patient.read system/Encounter.read"
     session = requests.Session()
     form = {
         "grant_type": "client_credentials",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urljoin
 
@@ -21,8 +21,9 @@ import requests
 
 from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import connect_host
-from fhir_smartflow.fhir.auth import build_auth, retry_policy
-from fhir_smartflow.fhir.errors import FhirError, FhirUnavailable, error_for_status
+from fhir_smartflow.fhir.auth import EngineSource, build_auth, retry_policy
+from fhir_smartflow.fhir.errors import FhirError, FhirForbidden, FhirUnavailable, error_for_status
+from fhir_smartflow.fhir.scopes import forbidden_hint, grant_context, request_scopes
 from fhir_smartflow.fhir.tokens import TokenProvider
 from fhir_smartflow.fhir.transport import Transport, idempotent_method
 from fhir_smartflow.fhir.urls import BaseUrl
@@ -55,14 +56,22 @@ class FhirClient:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, metrics: Metrics | None = None, session: requests.Session | None = None
+        cls,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        session: requests.Session | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        engine: EngineSource | None = None,
     ) -> FhirClient:
-        """The client for ``[fhir]``; an empty base_url means the embedded sandbox store."""
+        """The client for ``[fhir]``; an empty base_url means the embedded sandbox store. ``env``: where
+        secrets are read (default the process environment); ``engine``: the loaded flows, when the token's
+        scopes are computed from them (default: loaded from ``[engine]`` when the first token is needed)."""
         base = settings.fhir.base_url or sandbox_base_url(settings)
         session = session or requests.Session()
         return cls(
             base,
-            auth=build_auth(settings, base, session=session),
+            auth=build_auth(settings, base, session=session, env=env, engine=engine),
             timeout=settings.fhir.timeout_seconds,
             retry=retry_policy(settings.fhir),
             session=session,
@@ -218,6 +227,8 @@ class FhirClient:
         if status < 300:
             return resp
         err = error_for_status(status, resp.content, url=url, method=method, headers=dict(resp.headers))
+        if isinstance(err, FhirForbidden):
+            err = self._forbidden(err, method, url, json)
         if self.http.retryable(status, idempotent):
             raise FhirUnavailable(
                 f"{err.message} (gave up after {self.retry.max_retries + 1} attempts)",
@@ -227,6 +238,13 @@ class FhirClient:
                 method=method,
             )
         raise err
+
+    def _forbidden(self, err: FhirForbidden, method: str, url: str, body: dict[str, Any] | None) -> FhirForbidden:
+        """The 403 with the scope the token probably lacks for this request (the server's text kept)."""
+        granted = self.http.auth.granted_scopes() if self.http.auth is not None else ""
+        needed = request_scopes(method, self.base.relative(url), body, grant_context(granted))
+        hint = forbidden_hint(granted, needed)
+        return FhirForbidden(err.message + hint, status=err.status, outcome=err.outcome, url=url, method=method)
 
     def _get_or_none(self, url: str) -> dict[str, Any] | None:
         try:

@@ -24,6 +24,7 @@ from urllib.parse import quote_plus
 import requests
 
 from fhir_smartflow.fhir.errors import FhirUnavailable, TokenRefused
+from fhir_smartflow.fhir.scopes import Scopes
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,8 @@ DEFAULT_EXPIRES_IN = 300.0  # when a token answer has no expires_in
 @dataclass
 class TokenRequest:
     url: str
-    form: dict[str, str]
-    headers: dict[str, str] = field(default_factory=lambda: {"Accept": "application/json"})
+    form: dict[str, str] = field(repr=False)  # credentials: never in a repr or a log line
+    headers: dict[str, str] = field(default_factory=lambda: {"Accept": "application/json"}, repr=False)
 
 
 class ClientAuth(Protocol):
@@ -45,53 +46,50 @@ class ClientAuth(Protocol):
         ...
 
 
-class ClientSecretBasic:
-    """ClientAuth ``client_secret_basic``: ``Authorization: Basic base64(id:secret)``, each part first
-    form-urlencoded (RFC 6749 section 2.3.1 and Appendix B), so a ``:`` or ``+`` in a secret survives."""
+class ClientSecret:
+    """A registered client with a secret; the subclasses say how it goes to the token endpoint."""
 
-    method = "client_secret_basic"
+    method: str  # its token_endpoint_auth_method
 
     def __init__(self, client_id: str, client_secret: str) -> None:
-        _require_credentials(self.method, client_id, client_secret)
+        if not client_id:
+            raise ValueError(f"{self.method} needs a client_id")
+        if not client_secret:
+            raise ValueError(f"{self.method} needs a client secret")
         self.client_id = client_id
         self._secret = client_secret
+
+    def authenticate(self, request: TokenRequest) -> None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(client_id={self.client_id!r}, client_secret=***)"
+
+
+class ClientSecretBasic(ClientSecret):
+    """``client_secret_basic``: ``Authorization: Basic base64(id:secret)``, each part first form-urlencoded
+    (RFC 6749 section 2.3.1 and Appendix B), so a ``:`` or ``+`` in a secret survives."""
+
+    method = "client_secret_basic"
 
     def authenticate(self, request: TokenRequest) -> None:
         pair = f"{quote_plus(self.client_id)}:{quote_plus(self._secret)}"
         request.headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
 
-    def __repr__(self) -> str:
-        return f"ClientSecretBasic(client_id={self.client_id!r}, client_secret=***)"
 
-
-class ClientSecretPost:
-    """ClientAuth ``client_secret_post``: ``client_id`` and ``client_secret`` in the form body (RFC 6749
-    section 2.3.1; what OpenEMR's registration documents by default)."""
+class ClientSecretPost(ClientSecret):
+    """``client_secret_post``: ``client_id`` and ``client_secret`` in the form body (RFC 6749 section 2.3.1;
+    what OpenEMR's registration documents by default)."""
 
     method = "client_secret_post"
-
-    def __init__(self, client_id: str, client_secret: str) -> None:
-        _require_credentials(self.method, client_id, client_secret)
-        self.client_id = client_id
-        self._secret = client_secret
 
     def authenticate(self, request: TokenRequest) -> None:
         request.form["client_id"] = self.client_id
         request.form["client_secret"] = self._secret
 
-    def __repr__(self) -> str:
-        return f"ClientSecretPost(client_id={self.client_id!r}, client_secret=***)"
-
-
-def _require_credentials(method: str, client_id: str, client_secret: str) -> None:
-    if not client_id:
-        raise ValueError(f"{method} needs a client_id")
-    if not client_secret:
-        raise ValueError(f"{method} needs a client secret")
-
 
 # token_endpoint_auth_method (RFC 7591) -> the ClientAuth for a client with a secret
-CLIENT_SECRET_METHODS: dict[str, type[ClientSecretBasic] | type[ClientSecretPost]] = {
+CLIENT_SECRET_METHODS: dict[str, type[ClientSecret]] = {
     ClientSecretBasic.method: ClientSecretBasic,
     ClientSecretPost.method: ClientSecretPost,
 }
@@ -132,8 +130,10 @@ def renewal_margin(lifetime: float, margin: float) -> float:
 class ClientCredentialsTokenProvider:
     """TokenProvider for the ``client_credentials`` grant. Thread-safe.
 
-    ``token_endpoint`` is the URL, or a function that finds it (SMART discovery), called when the first
-    token is needed; its answer is kept.
+    ``token_endpoint`` is the URL, or a function that finds it (SMART discovery), and ``scopes`` the scope
+    string or a function that makes it (the scopes the service needs, in the server's syntax); each
+    function is called when the first token is needed, and its answer kept. ``granted_scopes()`` is what
+    the server granted (RFC 6749 section 5.1: an answer without ``scope`` granted what was asked).
     """
 
     def __init__(
@@ -141,7 +141,7 @@ class ClientCredentialsTokenProvider:
         client: ClientAuth,
         token_endpoint: str | Callable[[], str],
         *,
-        scopes: str = "",
+        scopes: str | Callable[[], str] = "",
         session: requests.Session | None = None,
         timeout: float = 10.0,
         refresh_margin: float = 60.0,
@@ -149,12 +149,12 @@ class ClientCredentialsTokenProvider:
     ) -> None:
         self.client = client
         self._endpoint = token_endpoint
-        self.scopes = scopes
+        self._scopes = scopes
         self.session = session or requests.Session()
         self.timeout = timeout
         self.refresh_margin = refresh_margin
         self.clock = clock
-        self.granted_scopes = ""
+        self._granted = ""
         self._token: str | None = None
         self._renew_at = 0.0
         self._lock = threading.Lock()
@@ -163,6 +163,16 @@ class ClientCredentialsTokenProvider:
         if callable(self._endpoint):
             self._endpoint = self._endpoint()
         return self._endpoint
+
+    def scopes(self) -> str:
+        """The scope string asked for (worked out on first use)."""
+        if callable(self._scopes):
+            self._scopes = self._scopes()
+        return self._scopes
+
+    def granted_scopes(self) -> str:
+        """The scopes of the current token ("" before the first one)."""
+        return self._granted
 
     def token(self) -> str:
         with self._lock:
@@ -176,11 +186,20 @@ class ClientCredentialsTokenProvider:
                 self._token = None
 
     def _fetch(self) -> str:
-        request = TokenRequest(self.token_endpoint(), {"grant_type": "client_credentials", "scope": self.scopes})
+        form = {"grant_type": "client_credentials"}
+        if scopes := self.scopes():
+            form["scope"] = scopes
+        request = TokenRequest(self.token_endpoint(), form)
         self.client.authenticate(request)
         body = post_token(self.session, request, self.timeout)
         lifetime = float(body.get("expires_in") or DEFAULT_EXPIRES_IN)
         self._renew_at = self.clock() + lifetime - renewal_margin(lifetime, self.refresh_margin)
-        self.granted_scopes = str(body.get("scope") or "")
-        log.info("obtained a client-credentials token (expires in %ss, scope %s)", int(lifetime), self.granted_scopes)
+        self._granted = str(body.get("scope") or scopes)
+        log.info("obtained a client-credentials token (expires in %ss, scope %s)", int(lifetime), self._granted)
+        asked = Scopes.parse(scopes)
+        if lacking := Scopes.parse(self._granted).missing(asked):
+            log.warning(
+                "the token endpoint granted less than asked for: without %s, requests needing it will be refused",
+                lacking.render(asked.written_in()),
+            )
         return str(body["access_token"])

@@ -12,6 +12,8 @@ OpenEMR accept version 2, OpenEMR 7.0.0 development builds only ``.read`` / ``.w
   ``.cu`` becomes ``.write`` (which also allows delete) — the narrowest v1 can say.
 * ``Scopes.missing(needed)``: what of ``needed`` a granted set does not cover (a 403's likely cause,
   doctor's granted-vs-needed comparison).
+* ``request_scopes`` / ``forbidden_hint``: the scopes a REST request needs, and what a 403 probably lacks.
+* ``offered(needed, supported)``: the needed scopes a server that enumerates its scopes offers, and the rest.
 * ``choose_scope_syntax(configuration, override)``: v2 when the server advertises it, v1 when it shows
   only v1 forms, the override (``[fhir] scope_syntax``) when set.
 """
@@ -19,11 +21,15 @@ OpenEMR accept version 2, OpenEMR 7.0.0 development builds only ``.read`` / ``.w
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
-from fhir_smartflow.fhir.smart import SmartConfiguration
+from fhir_smartflow.refs import RESOURCE_TYPE_RE
+
+if TYPE_CHECKING:  # a type only: smart.py builds on oauth.py, which uses these scopes
+    from fhir_smartflow.fhir.smart import SmartConfiguration
 
 INTERACTIONS = "cruds"  # SMART v2 letters, in their required order
 V1_INTERACTIONS: dict[str, frozenset[str]] = {
@@ -44,9 +50,6 @@ class ScopeSyntax(StrEnum):
     V2 = "v2"
 
 
-SCOPE_SYNTAX_SETTINGS = ("auto", ScopeSyntax.V2.value, ScopeSyntax.V1.value)
-
-
 @dataclass(frozen=True)
 class ResourceScope:
     """One resource scope: ``context/resource_type`` with a set of ``cruds`` letters (and a v2 query)."""
@@ -65,15 +68,17 @@ class ResourceScope:
         return f"{self.context}/{self.resource_type}.{self.letters}" + (f"?{self.query}" if self.query else "")
 
     def v1(self) -> tuple[str, ...]:
-        """The v1 scopes allowing at least these interactions: ``.read`` for r/s, ``.write`` for c/u/d."""
+        """The v1 scopes allowing at least these interactions: ``.write`` for c/u/d, ``.read`` for r/s.
+        ``.write`` comes first: Medplum applies only the first scope naming a type, and a read-only one
+        first would make the type read-only there."""
         if self.query:
             raise ValueError(f"{self.v2()}: SMART v1 has no search-parameter constraints")
         base = f"{self.context}/{self.resource_type}"
         found = []
-        if self.interactions & V1_INTERACTIONS["read"]:
-            found.append(f"{base}.read")
         if self.interactions & V1_INTERACTIONS["write"]:
             found.append(f"{base}.write")
+        if self.interactions & V1_INTERACTIONS["read"]:
+            found.append(f"{base}.read")
         return tuple(found)
 
     def render(self, syntax: ScopeSyntax) -> tuple[str, ...]:
@@ -120,11 +125,6 @@ class Scopes:
                 other.append(token)
         return cls(tuple(resources), tuple(other))
 
-    @classmethod
-    def of(cls, wanted: Iterable[tuple[str, str, str]]) -> Scopes:
-        """From ``(context, resource_type, letters)`` triples, merged per type."""
-        return cls(tuple(ResourceScope(c, t, frozenset(letters)) for c, t, letters in wanted)).merged()
-
     def merged(self) -> Scopes:
         """One scope per (context, type, query), letters united; sorted by context and type."""
         united: dict[tuple[str, str, str], set[str]] = {}
@@ -162,6 +162,10 @@ class Scopes:
         """The syntaxes these scopes are written in (a server's ``scopes_supported`` tells which it knows)."""
         return {s.syntax for s in self.resources}
 
+    def written_in(self) -> ScopeSyntax:
+        """v1 when every resource scope here is written in v1, else v2 (to answer in the grant's terms)."""
+        return ScopeSyntax.V1 if self.syntaxes() == {ScopeSyntax.V1} else ScopeSyntax.V2
+
     def __bool__(self) -> bool:
         return bool(self.resources or self.other)
 
@@ -188,3 +192,93 @@ def choose_scope_syntax(configuration: SmartConfiguration | None, override: str 
     if ScopeSyntax.V1 in listed or "permission-v1" in capabilities:
         return ScopeSyntax.V1
     return ScopeSyntax.V2
+
+
+def offered(needed: Scopes, supported: Scopes) -> tuple[Scopes, Scopes]:
+    """``needed`` split into (what the server offers, what it does not), when its ``scopes_supported``
+    enumerates resource scopes of that context (OpenEMR lists each one and refuses any other with
+    ``invalid_scope``); a server listing none for the context, or a wildcard, offers everything (Medplum
+    lists only ``patient/*.rs`` and ``user/*.cruds`` and grants ``system/`` scopes)."""
+    kept: list[ResourceScope] = []
+    dropped: list[ResourceScope] = []
+    for scope in needed.merged().resources:
+        listed = [s for s in supported.resources if s.context == scope.context and not s.query]
+        if not listed or any(s.resource_type == "*" for s in listed):
+            kept.append(scope)
+            continue
+        allowed = frozenset(i for i in scope.interactions if supported.allows(scope.context, scope.resource_type, i))
+        if allowed:
+            kept.append(ResourceScope(scope.context, scope.resource_type, allowed))
+        if allowed != scope.interactions:
+            dropped.append(ResourceScope(scope.context, scope.resource_type, scope.interactions - allowed))
+    return Scopes(tuple(kept), needed.other), Scopes(tuple(dropped))
+
+
+def request_scopes(method: str, path: str, body: Mapping[str, Any] | None = None, context: str = "system") -> Scopes:
+    """The scopes a REST request needs (SMART's letter per interaction): ``path`` is relative to the base
+    (``Task``, ``Task/1``, ``Task/1/_history/2``, ``Task/_search``, "" for a transaction, whose entries
+    count one by one). Requests SMART gives no letter (operations, ``metadata``) need nothing here."""
+    if not path:
+        if method != "POST" or not body:
+            return Scopes()
+        entries = [e.get("request") or {} for e in body.get("entry") or [] if isinstance(e, Mapping)]
+        found = [
+            request_scopes(str(r.get("method") or ""), str(r.get("url") or "").split("?")[0].strip("/"), None, context)
+            for r in entries
+        ]
+        return Scopes(tuple(s for scopes in found for s in scopes.resources)).merged()
+    parts = path.split("/")
+    rtype = parts[0]
+    if not RESOURCE_TYPE_RE.match(rtype) or any(p.startswith("$") for p in parts):
+        return Scopes()
+    letter = _interaction(method, parts)
+    return Scopes((ResourceScope(context, rtype, frozenset(letter)),)) if letter else Scopes()
+
+
+def _interaction(method: str, parts: list[str]) -> str:
+    instance = len(parts) >= 2 and parts[1] not in ("_search", "_history")
+    if method in ("GET", "HEAD"):
+        return "r" if instance else "s"
+    if method == "POST":
+        return "s" if parts[1:2] == ["_search"] else ("" if instance else "c")
+    if method in ("PUT", "PATCH"):
+        return "u"
+    if method == "DELETE":
+        return "d"
+    return ""
+
+
+def grant_context(granted: str) -> str:
+    """The context (``system``, ``user``, ``patient``) of a grant's resource scopes when they share one;
+    ``system`` otherwise (the service's own tokens)."""
+    contexts = {s.context for s in Scopes.parse(granted).resources}
+    return contexts.pop() if len(contexts) == 1 else "system"
+
+
+def forbidden_hint(granted: str, needed: Scopes) -> str:
+    """What to say about a 403: which of ``needed`` the ``granted`` scope string probably lacks (in the
+    syntax of the grant), or that the scopes allow the request and the server's own policy refused it."""
+    if not needed:
+        return ""
+    if not granted:
+        return f"; the token's scopes are not known here — this request needs {needed.render(ScopeSyntax.V2)}"
+    grant = Scopes.parse(granted)
+    syntax = grant.written_in()
+    lacking = grant.missing(needed)
+    if lacking:
+        return f'; the token was granted "{granted}" — probably missing {lacking.render(syntax)}'
+    split = sorted({s.resource_type for s in needed.resources if _named_twice(grant, s.context, s.resource_type)})
+    note = (
+        f"; the grant names {', '.join(split)} in more than one scope, and some servers (Medplum) apply only "
+        "the first: ask for one scope per type"
+        if split
+        else ""
+    )
+    return (
+        f'; the token was granted "{granted}", which covers {needed.render(syntax)}: the server\'s own access '
+        f"rules (its policy for this client) refused it{note}"
+    )
+
+
+def _named_twice(grant: Scopes, context: str, resource_type: str) -> bool:
+    return sum(1 for s in grant.resources if s.context == context and s.resource_type == resource_type) > 1

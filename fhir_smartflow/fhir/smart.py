@@ -4,12 +4,16 @@
   (SMART App Launch 2.x); when the server has none, the CapabilityStatement's ``rest.security`` extension
   ``oauth-uris`` (SMART 1.0). A token endpoint that is not https (except on loopback) is refused, so the
   client assertion is never sent in the clear.
+  ``ServerDiscovery`` reads it once per process, on first use.
 * ``PrivateKeyJwt``: SMART's asymmetric client authentication (``private_key_jwt``, RS384 or ES384).
-* ``smart_backend_services``: the ``client_credentials`` token provider authenticated that way.
+* ``client_credentials_provider``: the ``client_credentials`` token provider for a FHIR server, with any
+  ``ClientAuth`` (a client secret, fhir/oauth.py, or ``PrivateKeyJwt``: then it is SMART Backend
+  Services, ``smart_backend_services``); token endpoint and scopes configured or derived from discovery.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -21,7 +25,7 @@ import jwt
 import requests
 
 from fhir_smartflow.fhir.errors import FhirUnauthorized, error_for_status
-from fhir_smartflow.fhir.oauth import ClientCredentialsTokenProvider, TokenRequest
+from fhir_smartflow.fhir.oauth import ClientAuth, ClientCredentialsTokenProvider, TokenRequest
 from fhir_smartflow.fhir.transport import Transport
 from fhir_smartflow.retry import RetryPolicy
 
@@ -78,13 +82,13 @@ def _from_capability_statement(statement: dict[str, Any], source: str) -> SmartC
     return None
 
 
-def discover_smart_configuration(http: Transport) -> SmartConfiguration:
-    """The SMART configuration of the server at ``http.base`` (unauthenticated GETs under the base)."""
+def read_smart_configuration(http: Transport) -> SmartConfiguration | None:
+    """What the server at ``http.base`` advertises (unauthenticated GETs under the base); None when it
+    advertises no token endpoint. Transient failures raise."""
     well_known = http.base.join(".well-known/smart-configuration")
-    found: SmartConfiguration | None = None
     body = _get_object(http, well_known) or {}
     if body.get("token_endpoint"):
-        found = SmartConfiguration(
+        return SmartConfiguration(
             str(body["token_endpoint"]),
             str(body.get("authorization_endpoint") or ""),
             _strings(body.get("token_endpoint_auth_methods_supported")),
@@ -92,25 +96,63 @@ def discover_smart_configuration(http: Transport) -> SmartConfiguration:
             _strings(body.get("capabilities")),
             source=well_known,
         )
-    else:
-        metadata = http.base.join("metadata")
-        found = _from_capability_statement(_get_object(http, metadata) or {}, metadata)
+    metadata = http.base.join("metadata")
+    return _from_capability_statement(_get_object(http, metadata) or {}, metadata)
+
+
+def discover_smart_configuration(http: Transport) -> SmartConfiguration:
+    """The SMART configuration of the server at ``http.base``; its token endpoint must be https (except
+    on loopback). FhirUnauthorized when the server advertises none."""
+    found = read_smart_configuration(http)
     if found is None:
-        raise FhirUnauthorized(
-            f"{http.base.url} advertises no token endpoint (no .well-known/smart-configuration with a "
-            "token_endpoint, no oauth-uris extension in its CapabilityStatement)",
-            url=well_known,
-        )
+        raise _no_token_endpoint(http)
     _require_secure(found.token_endpoint, found.source)
     return found
 
 
-def _require_secure(url: str, source: str) -> None:
-    """Credentials only go to https endpoints (plain http allowed on loopback, for development)."""
+def _no_token_endpoint(http: Transport) -> FhirUnauthorized:
+    return FhirUnauthorized(
+        f"{http.base.url} advertises no token endpoint (no .well-known/smart-configuration with a "
+        "token_endpoint, no oauth-uris extension in its CapabilityStatement); set [fhir] token_endpoint",
+        url=http.base.join(".well-known/smart-configuration"),
+    )
+
+
+class ServerDiscovery:
+    """The server's SMART configuration, read on first use and kept (thread-safe)."""
+
+    def __init__(self, http: Transport) -> None:
+        self.http = http
+        self._lock = threading.Lock()
+        self._read = False
+        self._configuration: SmartConfiguration | None = None
+
+    def configuration(self) -> SmartConfiguration | None:
+        """What the server advertises, or None (read once; a transient failure is not kept)."""
+        with self._lock:
+            if not self._read:
+                self._configuration = read_smart_configuration(self.http)
+                self._read = True
+            return self._configuration
+
+    def token_endpoint(self) -> str:
+        """The advertised token endpoint (https, except on loopback); FhirUnauthorized when none."""
+        found = self.configuration()
+        if found is None:
+            raise _no_token_endpoint(self.http)
+        _require_secure(found.token_endpoint, found.source)
+        return found.token_endpoint
+
+
+def secure_endpoint(url: str) -> bool:
+    """Whether credentials may go to ``url``: https, or plain http on loopback (development)."""
     parts = urlsplit(url)
-    if parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in _LOOPBACK):
-        return
-    raise FhirUnauthorized(f"token endpoint {url!r} (from {source}) is not https; refusing to send credentials")
+    return parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in _LOOPBACK)
+
+
+def _require_secure(url: str, source: str) -> None:
+    if not secure_endpoint(url):
+        raise FhirUnauthorized(f"token endpoint {url!r} (from {source}) is not https; refusing to send credentials")
 
 
 def client_assertion(
@@ -159,36 +201,45 @@ class PrivateKeyJwt:
         request.form["client_assertion"] = self.assertion(request.url)
 
 
-def _discovered_token_endpoint(http: Transport) -> Callable[[], str]:
-    return lambda: discover_smart_configuration(http).token_endpoint
+# The scopes to ask for, given what the server advertises (None: nothing); called once, at the first token.
+ScopesFor = Callable[[SmartConfiguration | None], str]
 
 
-def smart_backend_services(
+def client_credentials_provider(
     fhir_base: str,
-    client: PrivateKeyJwt,
+    client: ClientAuth,
     *,
-    scopes: str = "",
+    scopes: str | ScopesFor = "",
     token_endpoint: str | None = None,
     session: requests.Session | None = None,
     timeout: float = 10.0,
     retry: RetryPolicy | None = None,
     refresh_margin: float = 60.0,
+    clock: Callable[[], float] = time.time,
 ) -> ClientCredentialsTokenProvider:
-    """SMART Backend Services for the server at ``fhir_base``: the token endpoint is discovered (once, when
-    the first token is needed) unless given."""
+    """The ``client_credentials`` grant for the server at ``fhir_base``. The token endpoint is discovered
+    (once, when the first token is needed) unless given; ``scopes`` is the scope string, or a function of
+    the discovered configuration that makes it (e.g. in the scope syntax the server knows)."""
     session = session or requests.Session()
-    endpoint: str | Callable[[], str]
-    if token_endpoint:
-        endpoint = token_endpoint
-    else:
-        discovery = Transport(fhir_base, timeout=timeout, retry=retry, session=session, media_type="application/json")
-        endpoint = _discovered_token_endpoint(discovery)
+    discovery = ServerDiscovery(
+        Transport(fhir_base, timeout=timeout, retry=retry, session=session, media_type="application/json")
+    )
+    endpoint: str | Callable[[], str] = token_endpoint or discovery.token_endpoint
+
+    def requested() -> str:
+        return scopes if isinstance(scopes, str) else scopes(discovery.configuration())
+
     return ClientCredentialsTokenProvider(
         client,
         endpoint,
-        scopes=scopes,
+        scopes=requested,
         session=session,
         timeout=timeout,
         refresh_margin=refresh_margin,
-        clock=client.clock,
+        clock=clock,
     )
+
+
+def smart_backend_services(fhir_base: str, client: PrivateKeyJwt, **options: Any) -> ClientCredentialsTokenProvider:
+    """SMART Backend Services: ``client_credentials_provider`` with a ``private_key_jwt`` client (on its clock)."""
+    return client_credentials_provider(fhir_base, client, clock=client.clock, **options)

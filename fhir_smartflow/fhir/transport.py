@@ -5,7 +5,8 @@ both send through a ``Transport``; so does SMART discovery (without a token). Wh
 
 * every URL, and every redirect ``Location``, goes through ``BaseUrl.check`` (fhir/urls.py) first;
 * ``Authorization: Bearer <token>`` from the ``TokenProvider``; a 401 invalidates that token and the
-  request is sent once more with a fresh one;
+  request is sent once more with a fresh one (a provider that cannot renew, a static bearer token, raises
+  from ``invalidate`` instead, and nothing is sent again);
 * connection errors, timeouts, 429 and 5xx are retried as ``RetryPolicy`` says (Retry-After honoured); a
   request that is not idempotent is only resent when the server cannot have acted on it (no connection
   was made, 429, 503);
@@ -28,7 +29,7 @@ import requests
 import urllib3
 
 from fhir_smartflow.defaults import FHIR_JSON
-from fhir_smartflow.fhir.errors import FhirTimeout, FhirUnavailable
+from fhir_smartflow.fhir.errors import FhirError, FhirTimeout, FhirUnavailable
 from fhir_smartflow.fhir.tokens import TokenProvider
 from fhir_smartflow.fhir.urls import BaseUrl
 from fhir_smartflow.metrics import Metrics
@@ -139,7 +140,11 @@ class Transport:
                 continue
             if status == 401 and token is not None and self.auth is not None and not reauthed:
                 reauthed = True
-                self.auth.invalidate(token)
+                try:
+                    self.auth.invalidate(token)
+                except FhirError as exc:  # the token cannot be renewed: say which request it failed on
+                    exc.url, exc.method = exc.url or url, exc.method or method
+                    raise
                 attempt -= 1
                 continue
             if self.retryable(status, idempotent) and self.retry.should_retry(attempt):
