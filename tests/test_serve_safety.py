@@ -14,7 +14,10 @@ from tests.support.procs import Process, smartflow_cmd
 pytestmark = pytest.mark.integration
 
 SECRET = {"CLINIC_SECRET": "s3cret-for-tests"}
-SUBSCRIPTION = '[[subscriptions]]\nid = "ehr"\nheader = "X-Smartflow-Secret"\nsecret_env = "CLINIC_SECRET"\nresource_types = ["Patient"]\n'
+SUBSCRIPTION = (
+    '[[subscriptions]]\nid = "ehr"\nheader = "X-Smartflow-Secret"\nsecret_env = "CLINIC_SECRET"\n'
+    'resource_types = ["Patient"]\n'
+)
 
 
 def _config(tmp_path: Path, text: str) -> Path:
