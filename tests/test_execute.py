@@ -58,10 +58,17 @@ def test_created_flag_is_unknown_for_targets_that_do_not_say(target, redis_conn)
 
 
 def test_not_done_outcome_sets_status_reason(target, redis_conn) -> None:
-    deliverer = FakeDeliverer(DeliveryOutcome("not-done", reason="patient opted out of SMS"))
-    result = executor(target, redis_conn, deliverer).execute(intake_plan())
+    outcome = DeliveryOutcome("not-done", reason="patient opted out of SMS", reason_code="patient-objection")
+    result = executor(target, redis_conn, FakeDeliverer(outcome)).execute(intake_plan())
     comm = communication(target)
-    assert comm["status"] == "not-done" and comm["statusReason"] == {"text": "patient opted out of SMS"}
+    assert comm["status"] == "not-done" and comm["statusReason"]["text"] == "patient opted out of SMS"
+    assert comm["statusReason"]["coding"] == [
+        {
+            "system": "http://terminology.hl7.org/CodeSystem/communication-not-done-reason",
+            "code": "patient-objection",
+            "display": "Patient Objection",
+        }
+    ]
     assert "sent" not in comm
     assert result.deliveries == [(DELIVERY_ID, "not-done")]
     validate_resource(comm)
@@ -112,7 +119,7 @@ def test_cancelling_the_workflow_withdraws_its_deferred_deliveries(target, redis
     result = executor(target, redis_conn, deliverer, scheduler).execute(Plan(trigger(), (run,)))
     assert result.deliveries == [(DELIVERY_ID, "cancelled")] and scheduler.pending_for(group=GROUP) == []
     comm = communication(target)
-    assert comm["status"] == "not-done" and comm["statusReason"] == {"text": "patient discharged"}
+    assert comm["status"] == "not-done" and comm["statusReason"]["text"] == "patient discharged"
     validate_resource(comm)
     # A delivery job that had already been enqueued finds the withdrawn claim and sends nothing.
     late = executor(target, redis_conn, deliverer, scheduler, clock=lambda: later).execute(intake_plan())

@@ -20,6 +20,8 @@ class DeliveryOutcome:
     # not-done because delivery failed (provider rejection, no usable address, retries exhausted, channel
     # not configured), as opposed to declined (patient opt-out, withdrawn): the owner may need to know.
     failed: bool = False
+    # the CommunicationNotDoneReason code (engine/not_done.py) for a not-done outcome; empty = "unknown"
+    reason_code: str = ""
 
 
 class Deliverer(Protocol):

@@ -26,6 +26,7 @@ from fhir_smartflow.delivery.deferral import rearm_schedule
 from fhir_smartflow.delivery.notice import failure_notice
 from fhir_smartflow.delivery.outcome import Deliverer, DeliveryOutcome
 from fhir_smartflow.engine.identifiers import parse_instantiates_uri
+from fhir_smartflow.engine.not_done import not_done_status_reason
 from fhir_smartflow.engine.plan import (
     CancelGroup,
     Deliver,
@@ -395,7 +396,9 @@ class PlanExecutor:
             updated["sent"] = format_instant(now)
         else:
             updated["status"] = "not-done"
-            updated["statusReason"] = {"text": outcome.reason or "not delivered"}
+            updated["statusReason"] = not_done_status_reason(
+                outcome.reason_code or "unknown", outcome.reason or "not delivered"
+            )
         validate_resource(updated)
         self.target.update(updated)
 
