@@ -100,6 +100,11 @@ class ClinicConfig:
     portal_url: str = ""
     # The link sent with a form; {task} is the form Task's identifier. Empty: <portal_url>/tasks?identifier={task}.
     form_link: str = ""
+    # patient.mrn: the Patient.identifier with this system; empty: the one typed mrn_type (docs/merge-fields.md).
+    mrn_system: str = ""
+    mrn_type: str = defaults.MRN_TYPE
+    # Local HH:MM of a due measured in days from a date without a time (Coverage.period.start).
+    date_only_due_time: str = defaults.DATE_ONLY_DUE_TIME
 
 
 @dataclass(frozen=True)
@@ -515,6 +520,11 @@ def _validate_delivery(settings: Settings) -> None:
         value = getattr(settings.delivery, key)
         if value and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
             raise ConfigError(f"[delivery] {key}", f"must be HH:MM (24-hour clinic time), got {value!r}")
+    if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", settings.clinic.date_only_due_time):
+        raise ConfigError(
+            "[clinic] date_only_due_time",
+            f"must be HH:MM (24-hour clinic time), got {settings.clinic.date_only_due_time!r}",
+        )
     for plugin in settings.delivery.plugins:
         if not re.fullmatch(r"[a-z0-9_-]+=[\w.]+(:\w+)?", plugin):
             raise ConfigError("[delivery] plugins", f"entries must be 'name=package.module:Class', got {plugin!r}")

@@ -1,7 +1,8 @@
 """One flow run's context: the flow, the trigger, identifiers, and the record fetched lazily.
 
-Context resources (Patient, Appointment, Coverage + payer Organization, Practitioner, Questionnaire)
-are read through the ContextSource only when a template of the run uses them, once per run.
+Context resources (Patient, Appointment, Coverage + payer Organization, the appointment's Practitioner /
+PractitionerRole and Location, Questionnaire) are read through the ContextSource only when a template of
+the run uses them, once per run; an appointment's contained participants (``#id``) need no read.
 """
 
 from __future__ import annotations
@@ -150,12 +151,37 @@ class RunContext:
             self._cache["payer"] = payer
         return self._cache["payer"]
 
-    def practitioner(self) -> dict[str, Any] | None:
-        for participant in (self.appointment() or {}).get("participant") or []:
-            ref = (participant.get("actor") or {}).get("reference") or ""
-            if ref.startswith("Practitioner/"):
-                return self._read(ref)
+    def _participant(self, types: tuple[str, ...]) -> dict[str, Any] | None:
+        """The appointment's first participant actor of these types that resolves (read, or contained)."""
+        appointment = self.appointment() or {}
+        for participant in appointment.get("participant") or []:
+            ref = str((participant.get("actor") or {}).get("reference") or "")
+            if ref.startswith("#") or ref.split("/", 1)[0] in types:
+                found = self._resolve(appointment, ref)
+                if found is not None and found.get("resourceType") in types:
+                    return found
         return None
+
+    def _resolve(self, holder: dict[str, Any], reference: str) -> dict[str, Any] | None:
+        """``reference`` from ``holder``: a contained resource (``#id``) or a read."""
+        if reference.startswith("#"):
+            return next((c for c in holder.get("contained") or [] if c.get("id") == reference[1:]), None)
+        if "/" not in reference:
+            return None
+        return self._read(reference)
+
+    def practitioner(self) -> dict[str, Any] | None:
+        """The appointment's clinician: its Practitioner, or the Practitioner of its PractitionerRole."""
+        found = self._participant(("Practitioner", "PractitionerRole"))
+        if found is not None and found.get("resourceType") == "PractitionerRole":
+            ref = str((found.get("practitioner") or {}).get("reference") or "")
+            person = self._resolve(found, ref) if ref else None
+            display = (found.get("practitioner") or {}).get("display")
+            return person or ({"name": [{"text": display}]} if display else None)
+        return found
+
+    def location(self) -> dict[str, Any] | None:
+        return self._participant(("Location",))
 
     def questionnaire(self, canonical: str) -> dict[str, Any] | None:
         key = f"questionnaire:{canonical}"
@@ -189,14 +215,16 @@ class RunContext:
             "prompt": template.prompt.text if template.prompt else "",
         }[part]
         used = _roots(source)
+        appointment_fields = used & {"appointment", "clinician"}
         # Outside send-form, "the form" is the one the trigger is about (form.submitted's questionnaire).
         form = form or self.trigger.parameters.get("questionnaire", "")
         catalog = build_catalog(
             self.settings,
             patient=self.patient() if "patient" in used else None,
-            appointment=self.appointment() if used & {"appointment", "clinician"} else None,
+            appointment=self.appointment() if appointment_fields else None,
             payer=self.payer() if "insurance" in used else None,
-            practitioner=self.practitioner() if "clinician" in used else None,
+            practitioner=self.practitioner() if appointment_fields else None,
+            location=self.location() if "appointment" in used else None,
             questionnaire=self.questionnaire(form) if form and "form" in used else None,
             questionnaire_url=form,
             form_link=self.form_link(task_identifier) if task_identifier and "form" in used else "",

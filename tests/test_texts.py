@@ -1,0 +1,184 @@
+"""The texts people read: merge fields from the referenced resources, the configured MRN, and every shipped
+flow simulated for the shipped fixtures and for a sparse record reads without an empty field or dangling
+punctuation."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import dataclasses
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from fhir_smartflow.config import ClinicConfig
+from fhir_smartflow.engine.merge_fields import sparse_problems, text_problems, unknown_fields
+from fhir_smartflow.engine.plan import WriteResource
+from fhir_smartflow.engine.planner import plan
+from fhir_smartflow.engine.templating import compile_template, make_environment
+from fhir_smartflow.engine.triggers import match_triggers
+from fhir_smartflow.tooling.simulate import MemoryContext, simulate
+from tests.support.engine import SETTINGS, appointment, event_for, patient, shipped_engine
+from tests.support.procs import ROOT
+
+SAMPLES = ROOT / "fhir_smartflow" / "data" / "samples"
+AT = datetime(2026, 3, 10, 17, 0, tzinfo=UTC)
+
+# (flow, resource, previous): every shipped flow on its shipped fixture
+SHIPPED = [
+    ("intake-forms", "patient.json", None),
+    ("missed-appointment", "appointment-noshow.json", "appointment-booked.json"),
+    ("previsit-questionnaire", "appointment-booked.json", None),
+    ("weekly-checkin", "appointment-arrived.json", "appointment-booked.json"),
+    ("careplan-updated", "careplan.json", "careplan-previous.json"),
+    ("billing-insurance", "coverage.json", None),
+    ("followup-form-submitted", "questionnaireresponse.json", None),
+]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return shipped_engine()
+
+
+def _load(name: str) -> dict[str, Any]:
+    return json.loads((SAMPLES / name).read_text())
+
+
+def _sparse(resource: dict[str, Any]) -> dict[str, Any]:
+    """Only what every record has: no identifier, no telecom, no display names, no payer name."""
+    out = copy.deepcopy(resource)
+    out.pop("identifier", None)
+    out.pop("telecom", None)
+    for participant in out.get("participant") or []:
+        (participant.get("actor") or {}).pop("display", None)
+    for payor in out.get("payor") or []:
+        payor.pop("display", None)
+    return out
+
+
+def _sparse_context() -> MemoryContext:
+    """The shipped patient without identifier or telecom; no Practitioner, Location or Questionnaire."""
+    bundle = _load("context.json")
+    kept = [_sparse(e["resource"]) for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"]
+    return MemoryContext(kept)
+
+
+def _texts(report: dict[str, Any]) -> list[str]:
+    texts: list[str] = []
+    for trigger in report["triggers"]:
+        for flow in trigger["flows"]:
+            for action in flow["actions"]:
+                if action["kind"] == "message":
+                    texts += [action["body"] or "", action.get("subject") or ""]
+                if action["kind"] != "write":
+                    continue
+                resource = action["resource"]
+                texts.append(resource.get("description") or "")
+                texts += [p.get("contentString", "") for p in resource.get("payload") or []]
+                texts.append(resource.get("topic", {}).get("text", ""))
+                texts.append((resource.get("code") or {}).get("text", "") if action["resource_type"] == "Flag" else "")
+                for content in resource.get("content") or []:
+                    texts.append(base64.b64decode(content["attachment"].get("data", "")).decode())
+    return [t for t in texts if t]
+
+
+@pytest.mark.parametrize("record", ["shipped", "sparse"])
+@pytest.mark.parametrize("case", SHIPPED, ids=[c[0] for c in SHIPPED])
+def test_every_shipped_flow_reads_right_for_the_fixtures_and_a_sparse_record(engine, case, record):
+    flow_id, resource_file, previous_file = case
+    resource, previous = _load(resource_file), _load(previous_file) if previous_file else None
+    if record == "sparse":
+        resource, context = _sparse(resource), _sparse_context()
+    else:
+        context = MemoryContext([_load("context.json")])
+    report = simulate(engine, SETTINGS, resource, previous, context, AT)
+    runs = [f for t in report["triggers"] for f in t["flows"] if f["id"] == flow_id]
+    assert runs and all(r["ran"] for r in runs), runs
+    texts = _texts({"triggers": [{"flows": runs}]})
+    assert texts, flow_id
+    for text in texts:
+        assert text_problems(text) == [], text
+        assert "None" not in text and "MRN )" not in text, text
+
+
+def test_clinician_and_location_come_from_the_referenced_resources(engine):
+    # No display on the participants: the names are those of the Practitioner and the Location.
+    noshow = _load("appointment-noshow.json")
+    report = simulate(
+        engine, SETTINGS, noshow, _load("appointment-booked.json"), MemoryContext([_load("context.json")]), AT
+    )
+    texts = _texts(report)
+    assert any("with Dr. Lee Okafor at Main Street Clinic." in t for t in texts), texts
+    assert any("Tuesday, March 10, 2026 at 11:00 AM EDT with Dr. Lee Okafor." in t for t in texts), texts
+
+
+def test_a_practitioner_role_and_a_contained_location_resolve_too(engine):
+    booked = appointment("a9", "noshow", "2026-03-10T15:00:00Z", "2026-03-10T16:00:00Z")
+    booked["contained"] = [{"resourceType": "Location", "id": "room", "name": "Room 4"}]
+    booked["participant"] = [
+        {"actor": {"reference": "Patient/p1"}, "status": "accepted"},
+        {"actor": {"reference": "PractitionerRole/r1"}, "status": "accepted"},
+        {"actor": {"reference": "#room"}, "status": "accepted"},
+    ]
+    role = {"resourceType": "PractitionerRole", "id": "r1", "practitioner": {"reference": "Practitioner/d1"}}
+    doctor = {"resourceType": "Practitioner", "id": "d1", "name": [{"given": ["Maya"], "family": "Chen"}]}
+    previous = {**booked, "status": "booked"}
+    (trigger,) = match_triggers(engine, event_for(booked), previous)
+    p = plan(engine, trigger, MemoryContext([patient(), role, doctor]), SETTINGS, AT)
+    notes = [a.resource for a in p.actions if isinstance(a, WriteResource) and a.resource_type == "DocumentReference"]
+    text = base64.b64decode(notes[0]["content"][0]["attachment"]["data"]).decode()
+    assert "with Maya Chen at Room 4." in text
+
+
+@pytest.mark.parametrize(
+    ("clinic", "identifiers", "mrn"),
+    [
+        ({}, [{"type": {"coding": [{"code": "MR"}]}, "value": "A1"}], "A1"),
+        ({"mrn_system": "urn:example:mrn"}, [{"system": "urn:example:mrn", "value": "MRN-1001"}], "MRN-1001"),
+        ({}, [{"system": "urn:example:mrn", "value": "MRN-1001"}], ""),
+        (
+            {"mrn_type": "urn:x|CHART"},
+            [{"type": {"coding": [{"system": "urn:x", "code": "CHART"}]}, "value": "C7"}],
+            "C7",
+        ),
+    ],
+)
+def test_the_mrn_identifier_is_configurable(clinic, identifiers, mrn):
+    from fhir_smartflow.engine.templating import build_catalog
+
+    settings = dataclasses.replace(SETTINGS, clinic=dataclasses.replace(SETTINGS.clinic, **clinic))
+    catalog = build_catalog(settings, patient=patient(identifier=identifiers))
+    assert catalog["patient"]["mrn"] == mrn
+
+
+def test_the_mrn_keys_load_from_the_config(tmp_path):
+    from fhir_smartflow.config import load_settings
+
+    path = tmp_path / "c.toml"
+    path.write_text('[clinic]\nmrn_system = "urn:oid:1.2.3"\nmrn_type = "urn:x|MR"\n')
+    clinic = load_settings(path, env={}).clinic
+    assert (clinic.mrn_system, clinic.mrn_type) == ("urn:oid:1.2.3", "urn:x|MR")
+    assert ClinicConfig().mrn_type == "MR"
+
+
+def test_the_sparse_render_reports_unguarded_fields_and_dangling_punctuation():
+    env = make_environment()
+    bad = compile_template(env, "Call {{ patient.full_name }} (MRN {{ patient.mrn }}) at {{ patient.phone }}.")
+    problems = sparse_problems(bad, SETTINGS)
+    assert any("prints patient.mrn, patient.phone" in p for p in problems), problems
+    assert any("a space before punctuation" in p for p in problems), problems
+    good = compile_template(
+        env,
+        "Call {{ patient.full_name }}{% if patient.mrn %} (MRN {{ patient.mrn }}){% endif %}"
+        "{{ ' at ' ~ patient.phone if patient.phone else '' }}.",
+    )
+    assert sparse_problems(good, SETTINGS) == []
+
+
+def test_unknown_fields_list_the_close_ones():
+    (unknown,) = unknown_fields("Hi {{ patient.first_nam }}")
+    assert unknown.field == "patient.first_nam" and unknown.close[0] == "patient.first_name"
+    assert unknown_fields("{% for x in [1] %}{{ loop.index }}{{ x }}{% endfor %}{{ clinic.name }}") == []
