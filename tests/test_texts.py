@@ -182,3 +182,39 @@ def test_unknown_fields_list_the_close_ones():
     (unknown,) = unknown_fields("Hi {{ patient.first_nam }}")
     assert unknown.field == "patient.first_nam" and unknown.close[0] == "patient.first_name"
     assert unknown_fields("{% for x in [1] %}{{ loop.index }}{{ x }}{% endfor %}{{ clinic.name }}") == []
+
+
+# --- date-only anchors ------------------------------------------------------------------------------
+
+
+def _billing_task(engine, settings, start: str) -> dict[str, Any]:
+    coverage = {**_load("coverage.json"), "period": {"start": start}}
+    context = MemoryContext([_load("context.json")])
+    (trigger,) = match_triggers(engine, event_for(coverage, "create"), None)
+    p = plan(engine, trigger, context, settings, AT)
+    (task,) = [a.resource for a in p.actions if isinstance(a, WriteResource) and a.resource_type == "Task"]
+    return task
+
+
+def test_a_date_only_anchor_is_due_at_the_clinic_default_time_and_reads_as_a_date(engine):
+    # Coverage effective Thursday 2026-03-05 (no time) + 5 days = Tuesday 03-10 at 17:00 EDT = 21:00Z.
+    task = _billing_task(engine, SETTINGS, "2026-03-05")
+    assert task["restriction"]["period"]["end"] == "2026-03-10T21:00:00Z"
+    assert task["description"].endswith("by Tuesday, March 10, 2026.")
+    later = dataclasses.replace(SETTINGS, clinic=dataclasses.replace(SETTINGS.clinic, date_only_due_time="12:30"))
+    assert _billing_task(engine, later, "2026-03-05")["restriction"]["period"]["end"] == "2026-03-10T16:30:00Z"
+
+
+def test_an_anchor_with_a_time_keeps_it_in_the_text(engine):
+    task = _billing_task(engine, SETTINGS, "2026-03-05T09:15:00-05:00")
+    assert task["restriction"]["period"]["end"] == "2026-03-10T13:15:00Z"
+    assert task["description"].endswith("by Tuesday, March 10, 2026 at 9:15 AM EDT.")
+
+
+def test_date_only_due_time_must_be_hh_mm(tmp_path):
+    from fhir_smartflow.config import ConfigError, load_settings
+
+    path = tmp_path / "c.toml"
+    path.write_text('[clinic]\ndate_only_due_time = "5pm"\n')
+    with pytest.raises(ConfigError, match="date_only_due_time"):
+        load_settings(path, env={})

@@ -20,8 +20,8 @@ from fhir_smartflow.config import Settings
 from fhir_smartflow.engine.anchors import (
     AnchorMissing,
     event_time,
+    find_anchor,
     primary_coverage,
-    resolve_anchor,
 )
 from fhir_smartflow.engine.due import clinic_holidays, compute_due
 from fhir_smartflow.engine.identifiers import group_id, instantiates_uri, resource_id
@@ -91,14 +91,23 @@ class RunContext:
         """The due instant of ``action``; ``base`` replaces the anchor (recurring occurrences)."""
         if spec is None:
             return None
+        date_only = False
         if base is None:
+            clinic = self.settings.clinic
             try:
-                base = resolve_anchor(spec.anchor, self.trigger, self.context, self.settings.clinic.timezone)
+                anchor = find_anchor(
+                    spec.anchor, self.trigger, self.context, clinic.timezone, clinic.date_only_due_time
+                )
             except AnchorMissing as exc:
                 raise RunProblem(f"action {action.name!r}: due anchor {spec.anchor!r} not found: {exc}") from None
-        return compute_due(
+            base, date_only = anchor.at, anchor.date_only
+        due = compute_due(
             base, spec.amount, spec.unit, spec.direction, self.settings.clinic.timezone, action.weekend, self.holidays()
         )
+        if date_only and spec.unit in ("days", "weeks"):
+            # The time of day is the clinic's default, not the record's: texts show the date alone.
+            self._cache.setdefault("date_only_dues", set()).add(due)
+        return due
 
     def holidays(self) -> Any:
         if "holidays" not in self._cache:
@@ -229,6 +238,7 @@ class RunContext:
             questionnaire_url=form,
             form_link=self.form_link(task_identifier) if task_identifier and "form" in used else "",
             due=due,
+            due_date_only=due is not None and due in self._cache.get("date_only_dues", ()),
         )
         return render(compiled, catalog)
 
