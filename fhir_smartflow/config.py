@@ -334,6 +334,9 @@ class Settings:
     )
     subscriptions: list[SubscriptionConfig] = field(default_factory=list)
     source: str = "<defaults>"
+    # [roles] fallback: who gets a staff message whose role no active PractitionerRole holds
+    # (Practitioner/<id>, PractitionerRole/<id>, Group/<id> or CareTeam/<id>); empty: nobody.
+    role_fallback: str = ""
 
     @property
     def embedded_queue(self) -> bool:
@@ -479,6 +482,7 @@ def _validate(settings: Settings) -> None:
     for role, coding in settings.roles.items():
         if "|" not in coding:
             raise ConfigError(f"[roles] {role}", "must be 'system|code'")
+    _validate_role_fallback(settings)
 
 
 def _validate_fhir_auth(fhir: FhirConfig) -> None:
@@ -542,6 +546,19 @@ def _validate_delivery(settings: Settings) -> None:
         raise ConfigError("[scheduler] lock_ttl_seconds", "must be more than twice interval_seconds")
 
 
+def _validate_role_fallback(settings: Settings) -> None:
+    import re
+
+    from fhir_smartflow.refs import ID_PATTERN
+
+    fallback = settings.role_fallback
+    if fallback and not re.fullmatch(rf"(Practitioner|PractitionerRole|Group|CareTeam)/{ID_PATTERN}", fallback):
+        raise ConfigError(
+            f"[roles] {ROLE_FALLBACK_KEY}",
+            f"must be Practitioner/<id>, PractitionerRole/<id>, Group/<id> or CareTeam/<id>, got {fallback!r}",
+        )
+
+
 _SECTIONS: dict[str, type] = {
     "server": ServerConfig,
     "redis": RedisConfig,
@@ -561,6 +578,8 @@ _SECTIONS: dict[str, type] = {
 
 
 ENGINE_PATH_KEYS = ("mappings", "flows", "templates")
+# The one key of [roles] that is not a role: the fallback recipient of messages no role member gets.
+ROLE_FALLBACK_KEY = "fallback"
 
 
 def _engine_paths_relative_to(engine: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -605,7 +624,9 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
             raise ConfigError(f"[{key}]", "unknown section")
     values: dict[str, Any] = {name: parse_section(cls, raw.get(name, {}), name, env) for name, cls in _SECTIONS.items()}
     if "roles" in raw:
-        values["roles"] = _coerce(raw["roles"], dict[str, str], "[roles]", from_env=False)
+        roles = _coerce(raw["roles"], dict[str, str], "[roles]", from_env=False)
+        values["role_fallback"] = roles.pop(ROLE_FALLBACK_KEY, "")
+        values["roles"] = roles
     if "subscriptions" in raw:
         values["subscriptions"] = _subscriptions(raw["subscriptions"])
     if "channels" in raw:

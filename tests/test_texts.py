@@ -218,3 +218,18 @@ def test_date_only_due_time_must_be_hh_mm(tmp_path):
     path.write_text('[clinic]\ndate_only_due_time = "5pm"\n')
     with pytest.raises(ConfigError, match="date_only_due_time"):
         load_settings(path, env={})
+
+
+# --- [roles] fallback -------------------------------------------------------------------------------
+
+
+def test_the_role_fallback_is_read_from_roles_and_is_not_a_role(tmp_path):
+    from fhir_smartflow.config import ConfigError, load_settings
+
+    path = tmp_path / "c.toml"
+    path.write_text('[roles]\nclinician = "urn:x|doc"\nfallback = "Group/on-call"\n')
+    settings = load_settings(path, env={})
+    assert settings.role_fallback == "Group/on-call" and set(settings.roles) == {"clinician"}
+    path.write_text('[roles]\nfallback = "on-call team"\n')
+    with pytest.raises(ConfigError, match=r"\[roles\] fallback"):
+        load_settings(path, env={})

@@ -35,6 +35,9 @@ class WriteResource:
     identifier: str  # business identifier value; system comes from config
     resource: dict[str, Any]  # complete FHIR R4 JSON, already carrying the identifier
     action: str = ""  # the flow action it came from
+    # A staff message (or its fallback notice) for roles no active PractitionerRole holds: the executor
+    # logs it at ERROR and counts it (metric unroutable_messages) when it writes it the first time.
+    unrouted: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
