@@ -122,6 +122,7 @@ def test_address_selection_rank_period_and_practitioner():
 def test_no_address_is_not_done(env):
     outcome = env.make().deliver(deliver(), {"resourceType": "Patient", "id": "1"}, [], DAY)
     assert (outcome.status, outcome.reason) == ("not-done", "no usable phone in Patient.telecom")
+    assert outcome.failed and outcome.reason_code == "invalid-phone-number"
     assert env.requests == []
 
 

@@ -115,7 +115,9 @@ class ChannelDeliverer:
         if address is None:
             where = (recipient or {}).get("resourceType", "recipient")
             reason = f"no usable {spec.address} in {where}.telecom"
-            return DeliveryOutcome("not-done", reason, failed=True), "no-address"
+            # CommunicationNotDoneReason has a code for a phone number; any other address: unreachable.
+            code = "invalid-phone-number" if spec.address == "phone" else "recipient-unavailable"
+            return DeliveryOutcome("not-done", reason, failed=True, reason_code=code), "no-address"
         if is_patient and action.channel in self.cfg.quiet_hours_channels:
             resume = quiet_hours_resume(now, self.tz, self.cfg.quiet_hours_start, self.cfg.quiet_hours_end)
             if resume is not None:
