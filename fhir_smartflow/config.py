@@ -626,7 +626,8 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
     if "roles" in raw:
         roles = _coerce(raw["roles"], dict[str, str], "[roles]", from_env=False)
         values["role_fallback"] = roles.pop(ROLE_FALLBACK_KEY, "")
-        values["roles"] = roles
+        if roles or not values["role_fallback"]:  # a table naming only the fallback keeps the default roles
+            values["roles"] = roles
     if "subscriptions" in raw:
         values["subscriptions"] = _subscriptions(raw["subscriptions"])
     if "channels" in raw:

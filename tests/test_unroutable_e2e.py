@@ -1,0 +1,86 @@
+"""Nobody is silently left out, end to end with the real parts (the `sandbox` store notifying `serve`, a
+`worker` process, Redis): a staff message for a role nobody holds and a text to a patient with no phone
+both end not-done with a coded reason, and `[roles] fallback` gets the notice."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from fhir.resources.R4B.communication import Communication
+
+from fhir_smartflow.metrics import Metrics
+from tests.support.channels import TwilioFake
+from tests.support.lifecycle import PREFIX, Stack, category, medium, next_local, sms_config
+from tests.support.net import wait_for
+
+pytestmark = pytest.mark.integration
+
+FALLBACK = "Group/on-call"
+
+
+def _reason(comm: dict[str, Any]) -> str:
+    return comm["statusReason"]["coding"][0]["code"]
+
+
+def _to_fallback(stack: Stack, patient: str, topic: str) -> list[dict[str, Any]]:
+    return [
+        c
+        for c in stack.comms(patient, "alert")
+        if c.get("recipient") == [{"reference": FALLBACK}] and (c.get("topic") or {}).get("text") == topic
+    ]
+
+
+def test_unroutable_staff_message_and_unreachable_patient_reach_the_fallback(start_stack, serve_app) -> None:
+    twilio = TwilioFake()
+    stack = start_stack(sections={**sms_config(serve_app(twilio.app).url), "roles": {"fallback": FALLBACK}})
+    stack.move_clock(next_local(12))  # daytime: no quiet-hours deferral
+    stack.put({"resourceType": "Group", "id": "on-call", "type": "practitioner", "actual": True})
+    stack.subscribe("Appointment", "QuestionnaireResponse")
+    patient = stack.new_patient()  # no telecom: the text cannot go out
+
+    # A follow-up form submitted: its notify goes to the clinicians, and no PractitionerRole is a clinician.
+    now = datetime.now(UTC)
+    stack.put(
+        {
+            "resourceType": "QuestionnaireResponse",
+            "id": uuid.uuid4().hex[:16],
+            "status": "completed",
+            "questionnaire": "http://example.org/fhir/Questionnaire/follow-up",
+            "subject": {"reference": patient},
+            "authored": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+    )
+    [routed] = wait_for(lambda: _to_fallback(stack, patient, "Message not routed: no clinician"), "fallback told")
+    [message] = [c for c in stack.comms(patient, "alert") if c["status"] == "not-done"]
+    assert (medium(message), _reason(message)) == ("staff-message", "recipient-unavailable")
+    assert "clinician" in message["statusReason"]["text"] and "recipient" not in message
+    assert routed["status"] == "completed" and "submitted" in routed["payload"][0]["contentString"]
+    for comm in (message, routed):
+        Communication.model_validate(comm)
+
+    # A missed appointment: the text has no number, and its owner role (case-manager) has no member either.
+    start = now - timedelta(hours=1)
+    stack.put(
+        {
+            "resourceType": "Appointment",
+            "id": uuid.uuid4().hex[:16],
+            "status": "noshow",
+            "start": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "end": (start + timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "participant": [{"actor": {"reference": patient}, "status": "accepted"}],
+        }
+    )
+    [notice] = wait_for(lambda: _to_fallback(stack, patient, "Message not delivered"), "the failure notice")
+    [text] = [c for c in stack.comms(patient) if medium(c) == "sms"]
+    assert (text["status"], _reason(text)) == ("not-done", "invalid-phone-number")
+    assert notice["about"] == [{"reference": f"Communication/{text['id']}"}] and category(notice) == "alert"
+    assert twilio.requests == []
+    stack.wait_settled()
+
+    metrics = Metrics(stack.conn, PREFIX)
+    assert metrics.counter_value("unroutable_messages", flow="followup-form-submitted", role="clinician") == 1
+    log = stack.log()
+    assert "nobody holds role clinician" in log and "routed to Group/on-call" in log
