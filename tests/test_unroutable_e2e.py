@@ -4,6 +4,7 @@ both end not-done with a coded reason, and `[roles] fallback` gets the notice.""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 from fhir.resources.R4B.communication import Communication
 
+from fhir_smartflow.config import Settings
 from fhir_smartflow.metrics import Metrics
 from tests.support.channels import TwilioFake
 from tests.support.lifecycle import PREFIX, Stack, category, medium, next_local, sms_config
@@ -84,3 +86,27 @@ def test_unroutable_staff_message_and_unreachable_patient_reach_the_fallback(sta
     assert metrics.counter_value("unroutable_messages", flow="followup-form-submitted", role="clinician") == 1
     log = stack.log()
     assert "nobody holds role clinician" in log and "routed to Group/on-call" in log
+
+
+def test_doctor_warns_about_a_role_nobody_holds(tmp_path, sandbox_server: str, redis_url: str) -> None:
+    from click.testing import CliRunner
+
+    from fhir_smartflow.cli import main
+    from tests.support.fhir import seed
+    from tests.support.toml import write_config
+
+    system, _, code = Settings().roles["case-manager"].partition("|")  # whatever code the shipped role has
+    case_manager = {"system": system, "code": code}
+    seed(
+        sandbox_server,
+        {"resourceType": "PractitionerRole", "id": "cm", "active": True, "code": [{"coding": [case_manager]}]},
+    )
+    sections = {"redis": {"url": redis_url}, "fhir": {"base_url": sandbox_server}}
+    config = write_config(tmp_path / "c.toml", {**sections, "roles": {"fallback": "Group/missing"}})
+    result = CliRunner().invoke(main, ["--config", str(config), "doctor", "--check", "role-members", "--json"])
+    findings = {f["detail"].split(" ", 1)[0].rstrip(":"): f for f in json.loads(result.output)}
+    assert findings["case-manager"]["status"] == "ok"
+    clinician = findings["clinician"]
+    assert clinician["status"] == "warn" and "followup-form-submitted" in clinician["detail"]
+    assert "they go to the fallback Group/missing" in clinician["detail"]
+    assert findings["[roles]"]["status"] == "warn"  # the fallback itself does not exist
