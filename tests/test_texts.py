@@ -233,3 +233,32 @@ def test_the_role_fallback_is_read_from_roles_and_is_not_a_role(tmp_path):
     path.write_text('[roles]\nfallback = "on-call team"\n')
     with pytest.raises(ConfigError, match=r"\[roles\] fallback"):
         load_settings(path, env={})
+
+
+# --- simulate ---------------------------------------------------------------------------------------
+
+
+def test_simulate_says_which_event_time_it_used_and_what_it_left_out(engine):
+    from fhir_smartflow.tooling.simulate import format_report
+
+    report = simulate(engine, SETTINGS, _load("patient.json"), None, MemoryContext([_load("context.json")]), AT)
+    (trigger,) = report["triggers"]
+    assert trigger["event_time"] == "2026-03-02T14:00:00Z"
+    assert trigger["event_time_source"] == "meta.lastUpdated of Patient/p1"
+    (run,) = trigger["flows"]
+    assert run["notes"] == [
+        "'Send intake packet': reminder skipped: it would be at 2026-03-04T14:00:00Z, before now (2026-03-10T17:00:00Z)"
+    ]
+    text = format_report(report)
+    assert "event time 2026-03-02T14:00:00Z, from meta.lastUpdated of Patient/p1" in text
+    assert "- left out: 'Send intake packet': reminder skipped" in text
+
+
+def test_simulate_names_a_role_nobody_holds(engine):
+    qr = _load("questionnaireresponse.json")
+    report = simulate(engine, SETTINGS, qr, None, MemoryContext([_load("context.json")]), AT)
+    (run,) = [f for t in report["triggers"] for f in t["flows"] if f["id"] == "followup-form-submitted"]
+    assert run["notes"] == [
+        "'Notify clinician': nobody holds role clinician (no active PractitionerRole): written not-done; "
+        "the message goes to nobody: no [roles] fallback is configured"
+    ]

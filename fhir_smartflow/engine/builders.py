@@ -217,6 +217,12 @@ def communications(
     told_on_failure = tuple(owner_staff(run, action)) if action.notify_on_failure else ()
     if action.notify_on_failure and not told_on_failure and run.settings.role_fallback:
         told_on_failure = (run.settings.role_fallback,)  # an owner role nobody holds: tell the fallback
+    if unrouted:
+        fallback = run.settings.role_fallback or "nobody: no [roles] fallback is configured"
+        run.notes.append(
+            f"{action.name!r}: nobody holds role {', '.join(unrouted)} (no active PractitionerRole): "
+            f"{'written not-done; ' if not recipients else ''}the message goes to {fallback}"
+        )
     if unrouted and not recipients:
         out += _not_routed(run, action, body, subject, unrouted, task_identifier, category, format_instant(event_at))
     for method in action.methods if recipients or not unrouted else ():

@@ -103,7 +103,8 @@ def plan_followup(
         return skipped(str(exc))
     except TemplateRenderError as exc:
         return skipped(f"a template failed to render: {exc}")
-    return Plan(trigger, (FlowRun(flow.id, version, group, ran=True, reason=kind, actions=tuple(actions)),))
+    run_result = FlowRun(flow.id, version, group, ran=True, reason=kind, actions=tuple(actions), notes=tuple(run.notes))
+    return Plan(trigger, (run_result,))
 
 
 def _template(run: RunContext, action: Action) -> Template | None:

@@ -105,6 +105,9 @@ class FlowRun:
     ran: bool
     reason: str  # why it ran, or why not (disabled, condition false, discharged, ...)
     actions: tuple[PlanAction, ...] = ()
+    # What the run left out and why (a reminder already past, a recurrence that ended, a role nobody
+    # holds): what simulate prints besides the actions.
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ class RunContext:
     now: datetime
     occurrence: int = 0
     _cache: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what the run left out and why (FlowRun.notes)
 
     # --- identity ---------------------------------------------------------------------------------
 
