@@ -262,3 +262,24 @@ def test_simulate_names_a_role_nobody_holds(engine):
         "'Notify clinician': nobody holds role clinician (no active PractitionerRole): written not-done; "
         "the message goes to nobody: no [roles] fallback is configured"
     ]
+
+
+def test_simulate_finds_the_role_holders_in_the_context(engine):
+    system, _, code = SETTINGS.roles["clinician"].partition("|")
+    role = {
+        "resourceType": "PractitionerRole",
+        "id": "r1",
+        "active": True,
+        "code": [{"coding": [{"system": system, "code": code}]}],
+    }
+    qr = _load("questionnaireresponse.json")
+    report = simulate(engine, SETTINGS, qr, None, MemoryContext([_load("context.json"), role]), AT)
+    (run,) = [f for t in report["triggers"] for f in t["flows"] if f["id"] == "followup-form-submitted"]
+    assert run["notes"] == []
+    (message,) = [a for a in run["actions"] if a["kind"] == "write" and a["resource_type"] == "Communication"]
+    assert message["resource"]["recipient"] == [{"reference": "PractitionerRole/r1"}]
+    assert message["resource"]["status"] == "completed"
+
+
+def test_every_shipped_template_passes_the_sparse_render(engine):
+    assert {t.id: dict(t.sparse_text) for t in engine.templates.values() if t.sparse_text} == {}

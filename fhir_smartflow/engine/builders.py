@@ -165,7 +165,7 @@ def unrouted_roles(run: RunContext, action: Action, template: Template) -> tuple
 
 
 def fallback_notice(
-    run: RunContext, action: Action, body: str, unrouted: tuple[str, ...], task_identifier: str, sent: str | None
+    run: RunContext, action: Action, body: str, unrouted: tuple[str, ...], sent: str | None
 ) -> WriteResource | None:
     """The message, for the configured fallback recipient, when roles it is addressed to resolve to nobody."""
     fallback = run.settings.role_fallback
@@ -184,7 +184,8 @@ def fallback_notice(
         category="alert",
         recipients=[fallback],
         subject=run.trigger.patient,
-        based_on_task=task_identifier or None,
+        # Not basedOn the Task: targets that show a Task's messages through the Task alone (OpenEMR's)
+        # would never show the fallback its message (as for failure notices, delivery/notice.py).
         about=run.focus,
         sent=sent,
         topic=f"Message not routed: no {who}",
@@ -267,7 +268,7 @@ def communications(
                     )
                 )
     if unrouted and recipients:  # some got it; the fallback stands in for the roles nobody holds
-        notice = fallback_notice(run, action, body, unrouted, task_identifier, format_instant(event_at))
+        notice = fallback_notice(run, action, body, unrouted, format_instant(event_at))
         out += [notice] if notice else []
     return out
 
@@ -307,7 +308,7 @@ def _not_routed(
         )
         resource["statusReason"] = reason
         out.append(WriteResource("Communication", ident, resource, action.slug, unrouted=unrouted))
-    notice = fallback_notice(run, action, body, unrouted, task_identifier, sent)
+    notice = fallback_notice(run, action, body, unrouted, sent)
     # The not-done Communications carry the alarm; the notice is not counted a second time.
     return [*out, dataclasses.replace(notice, unrouted=())] if notice else out
 

@@ -73,6 +73,16 @@ def _scalars(value: Any) -> Iterable[str]:
         yield str(value).lower() if isinstance(value, bool) else str(value)
 
 
+def _has_token(concepts: Any, wanted: list[str]) -> bool:
+    """A CodeableConcept (or a list of them) has one of the ``system|code`` (or bare code) tokens."""
+    codings = [c for concept in concepts or [] for c in (concept or {}).get("coding") or []]
+    for token in wanted:
+        system, _, code = token.rpartition("|")
+        if any(c.get("code") == code and (not system or c.get("system") == system) for c in codings):
+            return True
+    return False
+
+
 class MemoryContext:
     """A ContextSource over resources given up front (files, Bundles). Search matching is lenient: a
     parameter matches when its value (or one of its comma-separated values) is a reference the resource
@@ -102,6 +112,8 @@ class MemoryContext:
         if name.startswith("_"):
             return True
         wanted = value.split(",")
+        if name == "role" and resource.get("resourceType") == "PractitionerRole":
+            return _has_token(resource.get("code"), wanted)  # the `role` search parameter is PractitionerRole.code
         if name == "identifier":
             pairs = {f"{i.get('system', '')}|{i.get('value', '')}" for i in resource.get("identifier") or []}
             values = {i.get("value") for i in resource.get("identifier") or []}
