@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
-from jinja2 import meta
+from jinja2 import meta, nodes
 
 from fhir_smartflow.config import Settings
 from fhir_smartflow.engine.anchors import (
@@ -40,6 +40,13 @@ class RunProblem(Exception):
 def _roots(source: str) -> frozenset[str]:
     """Top-level merge-field names a template text uses (patient, insurance, ...)."""
     return frozenset(meta.find_undeclared_variables(make_environment().parse(source)))
+
+
+@functools.lru_cache(maxsize=512)
+def _fields(source: str) -> frozenset[str]:
+    """``root.field`` names a template text reads (``appointment.location``, ...)."""
+    tree = make_environment().parse(source)
+    return frozenset(f"{n.node.name}.{n.attr}" for n in tree.find_all(nodes.Getattr) if isinstance(n.node, nodes.Name))
 
 
 @dataclass
@@ -226,6 +233,10 @@ class RunContext:
         }[part]
         used = _roots(source)
         appointment_fields = used & {"appointment", "clinician"}
+        # The Practitioner and Location are read only for the fields that name them.
+        fields = _fields(source)
+        wants_clinician = "clinician" in used or "appointment.clinician" in fields
+        wants_location = "appointment.location" in fields
         # Outside send-form, "the form" is the one the trigger is about (form.submitted's questionnaire).
         form = form or self.trigger.parameters.get("questionnaire", "")
         catalog = build_catalog(
@@ -233,8 +244,8 @@ class RunContext:
             patient=self.patient() if "patient" in used else None,
             appointment=self.appointment() if appointment_fields else None,
             payer=self.payer() if "insurance" in used else None,
-            practitioner=self.practitioner() if appointment_fields else None,
-            location=self.location() if "appointment" in used else None,
+            practitioner=self.practitioner() if wants_clinician else None,
+            location=self.location() if wants_location else None,
             questionnaire=self.questionnaire(form) if form and "form" in used else None,
             questionnaire_url=form,
             form_link=self.form_link(task_identifier) if task_identifier and "form" in used else "",
