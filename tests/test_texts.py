@@ -283,3 +283,52 @@ def test_simulate_finds_the_role_holders_in_the_context(engine):
 
 def test_every_shipped_template_passes_the_sparse_render(engine):
     assert {t.id: dict(t.sparse_text) for t in engine.templates.values() if t.sparse_text} == {}
+
+
+# --- follow-ups -------------------------------------------------------------------------------------
+
+
+def _followup_engine(tmp_path):
+    from fhir_smartflow.flowfiles import load_paths
+
+    (tmp_path / "flows").mkdir()
+    (tmp_path / "flows" / "f.toml").write_text(
+        'id = "f"\nname = "F"\ntrigger = "coverage.added"\n[[actions]]\nname = "Verify"\ncategory = "smartflow"\n'
+        'type = "staff-message"\nitem = "billing-insurance"\ntemplate = "billing-insurance"\n'
+        'due = { amount = 5, unit = "days", anchor = "insurance_effective" }\nowner = { role = "billing" }\n'
+        'reminder = { amount = 1, unit = "days" }\noverdue = { notify_owner = true }\n'
+    )
+    engine, errors = load_paths(
+        [str(ROOT / "mappings")], [str(tmp_path / "flows")], [str(ROOT / "templates")], SETTINGS
+    )
+    assert not errors, [str(e) for e in errors]
+    return engine
+
+
+def test_follow_ups_keep_a_date_only_due_and_route_an_overdue_notice_to_the_fallback(tmp_path):
+    from fhir_smartflow.engine.followups import plan_followup
+    from fhir_smartflow.engine.plan import Schedule
+
+    engine = _followup_engine(tmp_path)
+    settings = dataclasses.replace(SETTINGS, role_fallback="Group/on-call")
+    coverage = {**_load("coverage.json"), "period": {"start": "2026-03-05"}}
+    context = MemoryContext([_load("context.json"), coverage])
+    (trigger,) = match_triggers(engine, event_for(coverage, "create"), None)
+    now = datetime(2026, 3, 3, tzinfo=UTC)
+    first = plan(engine, trigger, context, settings, now)
+    schedules = {a.kind: a for a in first.actions if isinstance(a, Schedule)}
+    assert schedules["reminder"].payload["due_date_only"] is True
+    task = {"resourceType": "Task", "status": "requested"}
+
+    reminder = plan_followup(engine, "reminder", schedules["reminder"].payload, task, context, settings, now)
+    not_done, routed = [a.resource for a in reminder.actions if isinstance(a, WriteResource)]
+    assert not_done["status"] == "not-done" and routed["recipient"] == [{"reference": "Group/on-call"}]
+    assert not_done["payload"][0]["contentString"].endswith("by Tuesday, March 10, 2026.")
+
+    overdue = plan_followup(engine, "overdue", schedules["overdue"].payload, task, context, settings, now)
+    (notice,) = [a for a in overdue.actions if isinstance(a, WriteResource)]
+    assert notice.resource["recipient"] == [{"reference": "Group/on-call"}] and notice.unrouted == ("billing",)
+    assert notice.resource["status"] == "completed"
+    alone = plan_followup(engine, "overdue", schedules["overdue"].payload, task, context, SETTINGS, now)
+    (nobody,) = [a.resource for a in alone.actions if isinstance(a, WriteResource)]
+    assert nobody["status"] == "not-done" and nobody["statusReason"]["coding"][0]["code"] == "recipient-unavailable"

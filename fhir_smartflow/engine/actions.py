@@ -44,6 +44,7 @@ def followup_payload(run: RunContext, action: Action, due: datetime | None, even
         "focus": run.focus,
         "event_time": format_instant(event_at),
         "due": format_instant(due),
+        "due_date_only": run.is_date_only(due),
         "occurrence": run.occurrence,
     }
 

@@ -113,9 +113,16 @@ class RunContext:
             base, spec.amount, spec.unit, spec.direction, self.settings.clinic.timezone, action.weekend, self.holidays()
         )
         if date_only and spec.unit in ("days", "weeks"):
-            # The time of day is the clinic's default, not the record's: texts show the date alone.
-            self._cache.setdefault("date_only_dues", set()).add(due)
+            self.mark_date_only(due)
         return due
+
+    def mark_date_only(self, due: datetime) -> None:
+        """``due``'s time of day is the clinic's default for a date without a time, not the record's:
+        texts show the date alone (follow-ups get this from their payload's ``due_date_only``)."""
+        self._cache.setdefault("date_only_dues", set()).add(due)
+
+    def is_date_only(self, due: datetime | None) -> bool:
+        return due is not None and due in self._cache.get("date_only_dues", ())
 
     def holidays(self) -> Any:
         if "holidays" not in self._cache:
@@ -250,7 +257,7 @@ class RunContext:
             questionnaire_url=form,
             form_link=self.form_link(task_identifier) if task_identifier and "form" in used else "",
             due=due,
-            due_date_only=due is not None and due in self._cache.get("date_only_dues", ()),
+            due_date_only=self.is_date_only(due),
         )
         return render(compiled, catalog)
 
