@@ -44,6 +44,17 @@ class RoleMembers(Check):
         if not roles:
             return [self.skip("no enabled flow sends staff messages to a role")]
         fallback = ctx.settings.role_fallback
+        capabilities = ctx.facts.get("capabilities") or ctx.client.capabilities()
+        served = {str(r.get("type")) for rest in capabilities.get("rest") or [] for r in rest.get("resource") or []}
+        if "PractitionerRole" not in served:
+            where = f"go to the fallback {fallback}" if fallback else "are written not-done and reach nobody"
+            return [
+                self.warn(
+                    f"the server offers no PractitionerRole: messages to {', '.join(sorted(roles))} {where}",
+                    "address those messages to practitioners or groups"
+                    + ("" if fallback else ", or set [roles] fallback"),
+                )
+            ]
         findings: list[Finding] = []
         for role in sorted(roles):
             coding = ctx.settings.roles[role]
