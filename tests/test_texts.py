@@ -132,6 +132,17 @@ def test_a_practitioner_role_and_a_contained_location_resolve_too(engine):
     text = base64.b64decode(notes[0]["content"][0]["attachment"]["data"]).decode()
     assert "with Maya Chen at Room 4." in text
 
+    # A contained PractitionerRole whose practitioner is contained too (one list, the container's).
+    booked["contained"] += [
+        {"resourceType": "PractitionerRole", "id": "role", "practitioner": {"reference": "#doc"}},
+        {"resourceType": "Practitioner", "id": "doc", "name": [{"text": "Dr. Sam Ortiz"}]},
+    ]
+    booked["participant"][1] = {"actor": {"reference": "#role"}, "status": "accepted"}
+    (trigger,) = match_triggers(engine, event_for(booked), previous)
+    p = plan(engine, trigger, MemoryContext([patient()]), SETTINGS, AT)
+    notes = [a.resource for a in p.actions if isinstance(a, WriteResource) and a.resource_type == "DocumentReference"]
+    assert "with Dr. Sam Ortiz at Room 4." in base64.b64decode(notes[0]["content"][0]["attachment"]["data"]).decode()
+
 
 @pytest.mark.parametrize(
     ("clinic", "identifiers", "mrn"),

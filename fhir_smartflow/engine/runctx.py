@@ -200,6 +200,8 @@ class RunContext:
         if found is not None and found.get("resourceType") == "PractitionerRole":
             ref = str((found.get("practitioner") or {}).get("reference") or "")
             person = self._resolve(found, ref) if ref else None
+            if person is None and ref.startswith("#"):  # a contained role's practitioner is the container's
+                person = self._resolve(self.appointment() or {}, ref)
             display = (found.get("practitioner") or {}).get("display")
             return person or ({"name": [{"text": display}]} if display else None)
         return found
