@@ -333,6 +333,8 @@ def test_follow_ups_keep_a_date_only_due_and_route_an_overdue_notice_to_the_fall
 
     reminder = plan_followup(engine, "reminder", schedules["reminder"].payload, task, context, settings, now)
     not_done, routed = [a.resource for a in reminder.actions if isinstance(a, WriteResource)]
+    originals = {a.identifier for a in first.actions if isinstance(a, WriteResource)}
+    assert not originals & {a.identifier for a in reminder.actions if isinstance(a, WriteResource)}
     assert not_done["status"] == "not-done" and routed["recipient"] == [{"reference": "Group/on-call"}]
     assert not_done["payload"][0]["contentString"].endswith("by Tuesday, March 10, 2026.")
 

@@ -165,13 +165,13 @@ def unrouted_roles(run: RunContext, action: Action, template: Template) -> tuple
 
 
 def fallback_notice(
-    run: RunContext, action: Action, body: str, unrouted: tuple[str, ...], sent: str | None
+    run: RunContext, action: Action, body: str, unrouted: tuple[str, ...], sent: str | None, kind_prefix: str = ""
 ) -> WriteResource | None:
     """The message, for the configured fallback recipient, when roles it is addressed to resolve to nobody."""
     fallback = run.settings.role_fallback
     if not fallback:
         return None
-    ident = run.rid(action, "Communication", "fallback")
+    ident = run.rid(action, "Communication", f"{kind_prefix}fallback")
     who = ", ".join(unrouted)
     resource = fr.build_communication(
         identifier_system=run.system,
@@ -225,7 +225,8 @@ def communications(
             f"{'written not-done; ' if not recipients else ''}the message goes to {fallback}"
         )
     if unrouted and not recipients:
-        out += _not_routed(run, action, body, subject, unrouted, task_identifier, category, format_instant(event_at))
+        sent = format_instant(event_at)
+        out += _not_routed(run, action, body, subject, unrouted, task_identifier, category, sent, kind_prefix)
     for method in action.methods if recipients or not unrouted else ():
         channel = run.engine.channels[method]  # the loader checked every method against these
         fhir_only = channel.fhir_only
@@ -268,7 +269,7 @@ def communications(
                     )
                 )
     if unrouted and recipients:  # some got it; the fallback stands in for the roles nobody holds
-        notice = fallback_notice(run, action, body, unrouted, format_instant(event_at))
+        notice = fallback_notice(run, action, body, unrouted, format_instant(event_at), kind_prefix)
         out += [notice] if notice else []
     return out
 
@@ -282,6 +283,7 @@ def _not_routed(
     task_identifier: str,
     category: str,
     sent: str | None,
+    kind_prefix: str,
 ) -> list[PlanAction]:
     """Nobody to send to: a not-done Communication per method (never counted as done), and the fallback's."""
     out: list[PlanAction] = []
@@ -291,7 +293,7 @@ def _not_routed(
     for method in action.methods:
         channel = run.engine.channels[method]
         assert channel.medium is not None
-        ident = run.rid(action, "Communication", method)
+        ident = run.rid(action, "Communication", f"{kind_prefix}{method}")
         resource = fr.build_communication(
             identifier_system=run.system,
             identifier_value=ident,
@@ -308,7 +310,7 @@ def _not_routed(
         )
         resource["statusReason"] = reason
         out.append(WriteResource("Communication", ident, resource, action.slug, unrouted=unrouted))
-    notice = fallback_notice(run, action, body, unrouted, sent)
+    notice = fallback_notice(run, action, body, unrouted, sent, kind_prefix)
     # The not-done Communications carry the alarm; the notice is not counted a second time.
     return [*out, dataclasses.replace(notice, unrouted=())] if notice else out
 
