@@ -322,7 +322,7 @@ class Settings:
         default_factory=lambda: {
             "clinician": "http://terminology.hl7.org/CodeSystem/practitioner-role|doctor",
             "nurse": "http://terminology.hl7.org/CodeSystem/practitioner-role|nurse",
-            "case-manager": "http://snomed.info/sct|768730001",
+            "case-manager": "http://snomed.info/sct|768832004",
             "billing": "urn:fhir-smartflow:role|billing",
             "front-desk": "urn:fhir-smartflow:role|front-desk",
         }
