@@ -221,7 +221,7 @@ def export_plandefinition(
     if flow is None:
         click.echo(f"unknown flow {flow_id!r}; flows: {', '.join(sorted(engine.flows)) or 'none'}", err=True)
         sys.exit(2)
-    resource = plan_definition(flow, cli.settings)
+    resource = plan_definition(flow, cli.settings, engine.mappings)
     click.echo(json.dumps(resource, separators=(",", ":")) if as_json else json.dumps(resource, indent=2))
 
 
