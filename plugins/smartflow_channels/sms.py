@@ -13,7 +13,7 @@ class SmsChannel:
     name = "sms"
     spec = ChannelSpec(
         reaches=frozenset({PATIENT, STAFF}),
-        medium=Medium("SMSWRIT", "SMS written"),  # v3-ParticipationMode: the SMS child of MSGWRIT
+        medium=Medium("SMSWRIT", "SMS message"),  # v3-ParticipationMode: the SMS child of MSGWRIT
         address="phone",
         prefer_use="mobile",
         written=True,
