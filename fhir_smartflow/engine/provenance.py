@@ -19,6 +19,9 @@ DATA_OPERATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
 # code -> display as published (v3-DataOperation displays UPDATE as "revise", not "update")
 DATA_OPERATIONS: dict[str, str] = {"CREATE": "create", "UPDATE": "revise"}
 PARTICIPANT_TYPES: dict[str, str] = {"author": "Author"}
+ENTITY_ROLE_SYSTEM = "http://hl7.org/fhir/provenance-entity-role"  # Provenance.entity.role is a code
+SOURCE_ROLE = "source"
+ENTITY_ROLES: dict[str, str] = {SOURCE_ROLE: "Source"}
 PROVENANCE_SUFFIX = "/provenance"
 
 
@@ -72,5 +75,5 @@ def build_provenance(
         ],
     }
     if source_reference:
-        prov["entity"] = [{"role": "source", "what": {"reference": source_reference}}]
+        prov["entity"] = [{"role": SOURCE_ROLE, "what": {"reference": source_reference}}]
     return prov

@@ -33,9 +33,11 @@ from fhir_smartflow.engine.model import Action, Due, Duration, Flow, MappingRule
 from fhir_smartflow.tooling.flowdocs import describe_due, describe_duration, describe_recurring
 
 UCUM = "http://unitsofmeasure.org"
-_UCUM_CODES = {"minutes": "min", "hours": "h", "days": "d", "weeks": "wk"}
+UCUM_CODES = {"minutes": "min", "hours": "h", "days": "d", "weeks": "wk"}
 PLAN_TYPE = "http://terminology.hl7.org/CodeSystem/plan-definition-type"
+WORKFLOW_DEFINITION = ("workflow-definition", "Workflow Definition")
 ACTION_TYPE = "http://terminology.hl7.org/CodeSystem/action-type"
+CREATE = ("create", "Create")
 SMARTFLOW_ACTION_TYPE = "urn:fhir-smartflow:action-type"
 RELATIVE_DATE_TIME = "http://hl7.org/fhir/StructureDefinition/cqf-relativeDateTime"
 R5_PARTICIPANT_TYPE = "http://hl7.org/fhir/5.0/StructureDefinition/extension-PlanDefinition.action.participant.type"
@@ -56,7 +58,7 @@ _EVERY = {"daily": "d", "weekly": "wk", "monthly": "mo"}
 
 
 def _duration(d: Duration) -> dict[str, Any]:
-    return {"value": d.amount, "unit": d.unit, "system": UCUM, "code": _UCUM_CODES[d.unit]}
+    return {"value": d.amount, "unit": d.unit, "system": UCUM, "code": UCUM_CODES[d.unit]}
 
 
 def _relative_due(due: Due, trigger_types: Sequence[str]) -> dict[str, Any]:
@@ -86,7 +88,7 @@ def _timing(recurring: Recurring, due: Due | None) -> dict[str, Any] | None:
         repeat["boundsPeriod"] = {"end": recurring.until.isoformat()}
     if due is not None and (due.anchor, due.direction) == ("event", "after"):  # due after each occurrence
         repeat["duration"] = due.amount
-        repeat["durationUnit"] = _UCUM_CODES[due.unit]
+        repeat["durationUnit"] = UCUM_CODES[due.unit]
     return {"repeat": repeat}
 
 
@@ -135,7 +137,7 @@ def _action(flow: Flow, action: Action, settings: Settings, rules: Sequence[Mapp
         "id": action.slug,
         "title": action.name,
         "code": [{"coding": [{"system": SMARTFLOW_ACTION_TYPE, "code": action.type}]}],
-        "type": {"coding": [{"system": ACTION_TYPE, "code": "create"}]},
+        "type": {"coding": [{"system": ACTION_TYPE, "code": CREATE[0], "display": CREATE[1]}]},
         "trigger": triggers,
     }
     notes = []
@@ -207,7 +209,7 @@ def plan_definition(flow: Flow, settings: Settings, mappings: Sequence[MappingRu
         "version": flow.version,
         "name": _computer_name(flow.id),
         "title": flow.name,
-        "type": {"coding": [{"system": PLAN_TYPE, "code": "workflow-definition", "display": "Workflow Definition"}]},
+        "type": {"coding": [{"system": PLAN_TYPE, "code": WORKFLOW_DEFINITION[0], "display": WORKFLOW_DEFINITION[1]}]},
         "status": "active" if flow.enabled else "draft",
         "action": [_action(flow, a, settings, rules) for a in flow.actions],
     }
