@@ -10,7 +10,7 @@ in docs/terminology.md (tests/test_terminology.py pins that table to these const
 - DocumentReference.type: LOINC document codes (``NOTE_TYPES``); category: US Core ``clinical-note``.
 - Flag.category: flag-category ``clinical`` (a prompt to review the patient's record).
 - Flag: who should see a record prompt is recorded in the extension ``ALLOWED_AUDIENCE_URL`` (its
-  StructureDefinition: ``allowed_audience_structure_definition``): one ``valueCodeableConcept`` per role
+  StructureDefinition: ``definitions.allowed_audience``): one ``valueCodeableConcept`` per role
   (the PractitionerRole code from ``[roles]``) and one ``valueReference`` per practitioner. The extension
   names the audience; servers do not enforce it. A Flag with an audience also carries the confidentiality
   label ``R`` (restricted) in ``meta.security``, which servers with label-based access control do enforce.
