@@ -129,6 +129,10 @@ class SandboxConfig:
     heartbeat_seconds: int = defaults.SANDBOX_HEARTBEAT_SECONDS
     # Enables POST/DELETE /$faults (injected 503/429/stalls) for tests and chaos runs; never in production.
     faults: bool = False
+    # Server behaviours to reproduce: lenient | medplum | hapi (docs/sandbox.md, "Profiles").
+    profile: str = "lenient"
+    # The base URL the sandbox writes into links, when clients reach it under another name.
+    public_base_url: str = ""
 
 
 @dataclass(frozen=True)

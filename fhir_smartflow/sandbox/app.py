@@ -25,6 +25,8 @@ from fhir_smartflow.sandbox.errors import BadRequest, SandboxError, UnsupportedM
 from fhir_smartflow.sandbox.faults import FaultInjector, FaultPlan
 from fhir_smartflow.sandbox.notifier import Notifier
 from fhir_smartflow.sandbox.operations import Interactions, Result, parse_etag
+from fhir_smartflow.sandbox.profiles import DEFAULT_PROFILE, PROFILES, Profile, profile_named
+from fhir_smartflow.sandbox.rules import WriteRules
 from fhir_smartflow.sandbox.store import Store
 from fhir_smartflow.sandbox.topic_operations import TopicOperations, operation_parameters
 
@@ -43,6 +45,7 @@ class SandboxState:
     notifier: Notifier
     faults: FaultInjector | None
     base_url: str | None
+    profile: Profile = PROFILES[DEFAULT_PROFILE]
 
     def close(self) -> None:
         self.notifier.stop()
@@ -91,16 +94,20 @@ def create_sandbox_app(
     base_url: str | None = None,
     faults: bool | None = None,
     start_notifier: bool = True,
+    profile: str | None = None,
 ) -> Flask:
-    """The sandbox app. ``base_url``: the absolute URL clients use (else taken from each request);
-    ``faults``: enable ``/$faults`` (default: ``settings.sandbox.faults``)."""
+    """The sandbox app. ``base_url``: the absolute URL it writes into links (default: ``[sandbox]
+    public_base_url``, else taken from each request); ``faults``: enable ``/$faults`` (default:
+    ``settings.sandbox.faults``); ``profile``: the server behaviours (default: ``[sandbox] profile``)."""
+    chosen = profile_named(profile or settings.sandbox.profile)
     store = store or Store(settings.sandbox.database)
+    base_url = base_url or settings.sandbox.public_base_url
     fixed_base = base_url.rstrip("/") if base_url else None
     initial_base = fixed_base or f"http://{settings.server.host}:{settings.server.port}{settings.sandbox.path}"
-    notifier = Notifier(store, initial_base)
+    notifier = Notifier(store, initial_base, profile=chosen)
     enable_faults = settings.sandbox.faults if faults is None else faults
-    state = SandboxState(store, notifier, FaultInjector() if enable_faults else None, fixed_base)
-    ops = Interactions(store)
+    state = SandboxState(store, notifier, FaultInjector() if enable_faults else None, fixed_base, chosen)
+    ops = Interactions(store, WriteRules(store, chosen, lambda: state.base_url or notifier.base_url))
     topic_operations = TopicOperations(store)
     bundles = BundleProcessor(ops)
 

@@ -30,6 +30,7 @@ from fhir_smartflow.fhir.backport import (
 )
 from fhir_smartflow.sandbox import search
 from fhir_smartflow.sandbox.errors import SandboxError, Unprocessable
+from fhir_smartflow.sandbox.secrets import secret_of
 from fhir_smartflow.sandbox.store import Change, Store
 from fhir_smartflow.sandbox.validation import model_class
 
@@ -68,6 +69,7 @@ class SubscriptionSpec:
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     delivery_style: str = "post"
     version: str = ""
+    secret: str = field(default="", repr=False)  # the subscription-secret extension: notifications are signed
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def matches(self, change: Change) -> bool:
@@ -130,6 +132,7 @@ def parse_subscription(resource: dict[str, Any]) -> SubscriptionSpec:
         "mime": channel.get("payload") or "",
         "version": str((resource.get("meta") or {}).get("versionId", "")),
         "delivery_style": delivery_style,
+        "secret": secret_of(resource),
     }
     if criteria.startswith(("http://", "https://")):
         return _parse_backport(resource, channel, criteria, filter_exts, common)
