@@ -133,6 +133,9 @@ class SandboxConfig:
     profile: str = "lenient"
     # The base URL the sandbox writes into links, when clients reach it under another name.
     public_base_url: str = ""
+    # OAuth clients of the sandbox's token endpoint (client_credentials): client id → {secret_env, scopes}.
+    # With any, a strict profile wants a bearer token whose scopes cover each interaction.
+    clients: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -400,3 +400,93 @@ def test_sqlite_files_are_created_0600(processes: Callable[..., Process], tmp_pa
     local = tmp_path / "local.sqlite"
     Store(str(local)).close()
     assert stat.S_IMODE(local.stat().st_mode) == 0o600
+
+
+# ---- SMART scopes on writes -----------------------------------------------------------------------------
+
+
+def _clients_config(tmp_path: Path) -> Path:
+    config = tmp_path / "sandbox.toml"
+    config.write_text(
+        """
+[sandbox.clients.v2-client]
+secret_env = "SANDBOX_V2_SECRET"
+scopes = "system/*.rs system/Patient.cu"
+
+[sandbox.clients.v1-client]
+secret_env = "SANDBOX_V1_SECRET"
+scopes = "system/*.read system/Task.write"
+"""
+    )
+    return config
+
+
+def _token(base: str, client: str, secret: str, scope: str | None = None, basic: bool = True) -> dict[str, Any]:
+    form = {"grant_type": "client_credentials", **({"scope": scope} if scope else {})}
+    if basic:
+        answer = requests.post(f"{base}/oauth2/token", data=form, auth=(client, secret), timeout=10)
+    else:
+        form |= {"client_id": client, "client_secret": secret}
+        answer = requests.post(f"{base}/oauth2/token", data=form, timeout=10)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def test_strict_profiles_enforce_smart_scopes_with_registered_clients(
+    processes: Callable[..., Process], tmp_path: Path
+) -> None:
+    env = {"SANDBOX_V2_SECRET": "v2-secret", "SANDBOX_V1_SECRET": "v1-secret"}
+    sandbox = start_sandbox(processes, profile="medplum", config=_clients_config(tmp_path), env=env)
+    base = sandbox.base
+    config = requests.get(f"{base}/.well-known/smart-configuration", timeout=10).json()
+    assert config["token_endpoint"].endswith("/oauth2/token")
+    assert requests.get(f"{base}/Patient", timeout=10).status_code == 401
+    assert (
+        requests.post(
+            f"{base}/oauth2/token", data={"grant_type": "client_credentials"}, auth=("v2-client", "no"), timeout=10
+        ).status_code
+        == 401
+    )
+
+    v2 = _token(base, "v2-client", "v2-secret")
+    assert v2["expires_in"] == 3600 and set(v2["scope"].split()) == {"system/*.rs", "system/Patient.cu"}
+    as_v2 = {**FHIR, "Authorization": f"Bearer {v2['access_token']}"}
+    assert requests.get(f"{base}/Patient", headers=as_v2, timeout=10).status_code == 200
+    patient = requests.post(f"{base}/Patient", json={"resourceType": "Patient"}, headers=as_v2, timeout=10)
+    assert patient.status_code == 201
+    pid = patient.json()["id"]
+    task = requests.post(f"{base}/Task", json=_task(f"Patient/{pid}", f"Patient/{pid}"), headers=as_v2, timeout=10)
+    assert task.status_code == 403
+    assert "Task" in _diagnostics(task)
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": _task(f"Patient/{pid}", f"Patient/{pid}"), "request": {"method": "POST", "url": "Task"}}
+        ],
+    }
+    assert requests.post(base, json=bundle, headers=as_v2, timeout=10).status_code == 403
+
+    v1 = _token(base, "v1-client", "v1-secret", basic=False)
+    as_v1 = {**FHIR, "Authorization": f"Bearer {v1['access_token']}"}
+    assert requests.post(base, json=bundle, headers=as_v1, timeout=10).status_code == 200
+    assert (
+        requests.post(f"{base}/Patient", json={"resourceType": "Patient"}, headers=as_v1, timeout=10).status_code == 403
+    )
+
+    # A token asked for less covers less; a scope beyond the allowance is left out of the grant.
+    narrow = _token(base, "v2-client", "v2-secret", scope="system/Patient.rs system/Task.c")
+    assert narrow["scope"] == "system/Patient.rs"
+    as_narrow = {**FHIR, "Authorization": f"Bearer {narrow['access_token']}"}
+    assert (
+        requests.post(f"{base}/Patient", json={"resourceType": "Patient"}, headers=as_narrow, timeout=10).status_code
+        == 403
+    )
+
+
+def test_a_client_whose_secret_is_not_set_stops_the_sandbox(run_cli: Callable[..., Any], tmp_path: Path) -> None:
+    result = run_cli(
+        "sandbox", "--port", "0", "--profile", "hapi", env={"SMARTFLOW_CONFIG": str(_clients_config(tmp_path))}
+    )
+    assert result.returncode == 2
+    assert "secret_env" in result.stderr and "Traceback" not in result.stderr

@@ -70,7 +70,11 @@ def sandbox_command(
     except Exception as exc:  # sqlite3 errors: bad path, unreadable file
         click.echo(f"sandbox: cannot open database: {exc}", err=True)
         sys.exit(2)
-    app = create_sandbox_app(settings, store, base_url=public, faults=faults, profile=chosen.name)
+    try:
+        app = create_sandbox_app(settings, store, base_url=public, faults=faults, profile=chosen.name)
+    except ConfigError as exc:  # [sandbox.clients] without their secrets
+        click.echo(f"sandbox: {exc}", err=True)
+        sys.exit(2)
     server: Any = create_server(app, host=host, port=port, threads=threads)
     state = app.extensions["sandbox"]
     log.warning(
