@@ -17,9 +17,10 @@ import requests
 from fhir_smartflow.fhir.backport import EXT_FILTER, EXT_PAYLOAD, PROFILE_SUBSCRIPTION, TOPIC_FOR_TYPE
 from fhir_smartflow.sandbox.secrets import EXT_SECRET, MASK
 from fhir_smartflow.sandbox.store import Store
-from tests.support.net import Receiver, wait_for
-from tests.support.procs import Process
+from tests.support.net import Receiver, free_port, wait_for
+from tests.support.procs import Process, smartflow_cmd
 from tests.support.service import SandboxProcess, start_sandbox
+from tests.support.settle import event_state_from_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -490,3 +491,25 @@ def test_a_client_whose_secret_is_not_set_stops_the_sandbox(run_cli: Callable[..
     )
     assert result.returncode == 2
     assert "secret_env" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_embedded_serve_subscribes_itself_the_way_the_profile_needs(processes: Callable[..., Process]) -> None:
+    port = free_port()
+    env = {"SMARTFLOW_SANDBOX_PROFILE": "medplum"}
+    proc = processes(smartflow_cmd("serve", "--embedded", "--port", str(port)), env, "embedded-medplum")
+    base = f"http://127.0.0.1:{port}/sandbox/fhir"
+    proc.wait_http(f"http://127.0.0.1:{port}/healthz")
+    subs = requests.get(f"{base}/Subscription", timeout=10).json()["entry"]
+    assert subs
+    for entry in subs:
+        sub = entry["resource"]
+        # Medplum activates nothing and serves no topics: written active and classic, secret masked.
+        assert sub["status"] == "active" and not sub["criteria"].startswith("http")
+        assert all(line.endswith(MASK) for line in sub["channel"]["header"])
+    _created(base, {"resourceType": "Patient"})
+    metrics = f"http://127.0.0.1:{port}/metrics"
+
+    def received() -> int:
+        return sum(event_state_from_metrics(requests.get(metrics, timeout=10).text).received.values())
+
+    wait_for(lambda: received() >= 1, "the Patient notification at the webhook", log=proc.output)

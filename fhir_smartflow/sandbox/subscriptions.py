@@ -30,6 +30,7 @@ from fhir_smartflow.fhir.backport import (
 )
 from fhir_smartflow.sandbox import search
 from fhir_smartflow.sandbox.errors import SandboxError, Unprocessable
+from fhir_smartflow.sandbox.profiles import DEFAULT_PROFILE, PROFILES, Profile
 from fhir_smartflow.sandbox.secrets import secret_of
 from fhir_smartflow.sandbox.store import Change, Store
 from fhir_smartflow.sandbox.validation import model_class
@@ -335,8 +336,12 @@ def ensure_self_subscriptions(
     payload: str = "full-resource",
     *,
     heartbeat_seconds: int = 0,
+    profile: Profile = PROFILES[DEFAULT_PROFILE],
 ) -> list[str]:
     """Create (or bring up to date) one Subscription per resource type pointing at ``endpoint``.
+
+    Under a ``profile`` whose server does not activate Subscriptions they are written ``active``; where it
+    serves no topic-based Subscriptions, classic ones.
 
     Ids are deterministic (``smartflow-self-<type>``), so calling this at every start changes nothing
     when nothing changed. Returns the Subscription ids. The secret ends up in ``channel.header`` (that
@@ -346,8 +351,16 @@ def ensure_self_subscriptions(
     for rtype in resource_types:
         sid = f"smartflow-self-{rtype.lower()}"
         wanted = self_subscription(
-            sid, endpoint, f"{secret_header}: {secret}", rtype, style, payload, heartbeat_seconds
+            sid,
+            endpoint,
+            f"{secret_header}: {secret}",
+            rtype,
+            style if profile.topic_subscriptions else "classic",
+            payload,
+            heartbeat_seconds,
         )
+        if profile.activation == "client":
+            wanted["status"] = "active"
         try:
             current: dict[str, Any] | None = store.read("Subscription", sid)
         except SandboxError:  # not there yet, or deleted
