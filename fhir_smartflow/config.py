@@ -129,6 +129,13 @@ class SandboxConfig:
     heartbeat_seconds: int = defaults.SANDBOX_HEARTBEAT_SECONDS
     # Enables POST/DELETE /$faults (injected 503/429/stalls) for tests and chaos runs; never in production.
     faults: bool = False
+    # Server behaviours to reproduce: lenient | medplum | hapi (docs/sandbox.md, "Profiles").
+    profile: str = "lenient"
+    # The base URL the sandbox writes into links, when clients reach it under another name.
+    public_base_url: str = ""
+    # OAuth clients of the sandbox's token endpoint (client_credentials): client id → {secret_env, scopes}.
+    # With any, a strict profile wants a bearer token whose scopes cover each interaction.
+    clients: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
