@@ -1,0 +1,69 @@
+"""The console in tests: a site of its own (copies of the repository's flows, templates and mappings in
+``tmp_path``, so saves never touch the repository), a logged-in HTTP client, and the app's url_map."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from tests.support.procs import ROOT
+
+CONSOLE_SECRET = "test-console-signing-key-0123456789abcdef"
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+META = re.compile(r'<meta name="csrf-token" content="([^"]+)"')
+
+
+@dataclass(frozen=True)
+class Site:
+    flows: Path
+    templates: Path
+    mappings: Path
+
+    def engine_section(self) -> dict[str, list[str]]:
+        return {"flows": [str(self.flows)], "templates": [str(self.templates)], "mappings": [str(self.mappings)]}
+
+
+def copy_site(tmp_path: Path) -> Site:
+    """The repository's flows, templates and mappings, copied under ``tmp_path/site``."""
+    base = tmp_path / "site"
+    for name, source in (("flows", "flows/examples"), ("templates", "templates"), ("mappings", "mappings")):
+        shutil.copytree(ROOT / source, base / name)
+    return Site(base / "flows", base / "templates", base / "mappings")
+
+
+class ConsoleClient:
+    """A browser-like client of a console at ``base`` (e.g. ``http://127.0.0.1:8080/console``)."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base.rstrip("/")
+        self.http = requests.Session()
+
+    def _plain_http(self) -> None:
+        # The console marks its cookie Secure outside embedded mode; the tests talk plain HTTP to loopback,
+        # where a browser would send it (localhost is a secure context) but requests would not.
+        for cookie in self.http.cookies:
+            cookie.secure = False
+
+    def get(self, path: str, **kwargs: object) -> requests.Response:
+        response = self.http.get(self.base + path, allow_redirects=False, timeout=10, **kwargs)  # type: ignore[arg-type]
+        self._plain_http()
+        return response
+
+    def post(self, path: str, data: dict[str, str] | None = None, **kwargs: object) -> requests.Response:
+        response = self.http.post(self.base + path, data=data, allow_redirects=False, timeout=30, **kwargs)  # type: ignore[arg-type]
+        self._plain_http()
+        return response
+
+    def token(self, path: str = "/login") -> str:
+        """The CSRF token of this session, as the page at ``path`` carries it."""
+        page = self.get(path).text
+        found = CSRF.search(page) or META.search(page)
+        assert found, f"no CSRF token on {path}"
+        return found.group(1)
+
+    def login(self, name: str, password: str) -> requests.Response:
+        return self.post("/login", {"username": name, "password": password, "csrf_token": self.token()})
