@@ -54,7 +54,12 @@ class ConsoleClient:
         return response
 
     def post(self, path: str, data: dict[str, str] | None = None, **kwargs: object) -> requests.Response:
-        response = self.http.post(self.base + path, data=data, allow_redirects=False, timeout=30, **kwargs)  # type: ignore[arg-type]
+        return self.request("POST", path, data, **kwargs)
+
+    def request(
+        self, method: str, path: str, data: dict[str, str] | None = None, **kwargs: object
+    ) -> requests.Response:
+        response = self.http.request(method, self.base + path, data=data, allow_redirects=False, timeout=30, **kwargs)  # type: ignore[arg-type]
         self._plain_http()
         return response
 
@@ -67,3 +72,45 @@ class ConsoleClient:
 
     def login(self, name: str, password: str) -> requests.Response:
         return self.post("/login", {"username": name, "password": password, "csrf_token": self.token()})
+
+
+def console_rules(config: Path) -> list[tuple[str, str, frozenset[str]]]:
+    """(endpoint, path under the mount with placeholder arguments, methods) of every rule of the console
+    app that ``serve`` builds from ``config`` (pages included)."""
+    from fhir_smartflow.config import load_settings
+    from fhir_smartflow.console import create_console_app
+    from fhir_smartflow.console.deps import build_console_deps
+
+    app = create_console_app(build_console_deps(load_settings(config, env={}), None, secret_key=CONSOLE_SECRET))
+    adapter = app.url_map.bind("localhost")
+    found = []
+    for rule in app.url_map.iter_rules():
+        path = adapter.build(rule.endpoint, {arg: "1" for arg in rule.arguments}, append_unknown=False)
+        found.append((rule.endpoint, path, frozenset(rule.methods or ())))
+    return found
+
+
+def start_console_serve(
+    processes: object, tmp_path: Path, *, redis_url: str, prefix: str, extra: dict[str, dict[str, object]] | None = None
+) -> tuple[str, Path, dict[str, str]]:
+    """`serve --insecure-dev` on the test's Redis with the console on a copied site: (console base URL,
+    config path, the environment each CLI call needs)."""
+    from tests.support.net import free_port
+    from tests.support.procs import smartflow_cmd
+    from tests.support.toml import write_config
+
+    site = copy_site(tmp_path)
+    port = free_port()
+    sections: dict[str, dict[str, object]] = {
+        "server": {"port": port},
+        "redis": {"url": redis_url, "key_prefix": prefix},
+        "fhir": {"base_url": "http://127.0.0.1:9/fhir"},  # never called by these tests
+        "engine": dict(site.engine_section()),
+        **(extra or {}),
+    }
+    config = write_config(tmp_path / "smartflow.toml", sections)
+    env = {"SMARTFLOW_CONFIG": str(config), "SMARTFLOW_CONSOLE_SECRET": CONSOLE_SECRET}
+    serve = processes(smartflow_cmd("serve", "--insecure-dev"), env, "serve")  # type: ignore[operator]
+    base = f"http://127.0.0.1:{port}/console"
+    serve.wait_http(f"{base}/login")
+    return base, config, env
