@@ -7,6 +7,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 
@@ -62,6 +63,24 @@ class ConsoleClient:
         response = self.http.request(method, self.base + path, data=data, allow_redirects=False, timeout=30, **kwargs)  # type: ignore[arg-type]
         self._plain_http()
         return response
+
+    def page(self, path: str) -> requests.Response:
+        """GET ``path``, following redirects inside the console (the landing page may send on)."""
+        response = self.get(path)
+        root = urlsplit(self.base).path
+        for _ in range(5):
+            if not response.is_redirect:
+                break
+            location = urlsplit(response.headers["Location"]).path
+            query = urlsplit(response.headers["Location"]).query
+            assert location.startswith(root), response.headers["Location"]
+            response = self.get(location[len(root) :] + (f"?{query}" if query else ""))
+        return response
+
+    def logged_in(self) -> bool:
+        """True when the landing page opens (not the login page)."""
+        page = self.page("/")
+        return page.status_code == 200 and "/login" not in page.url
 
     def token(self, path: str = "/login") -> str:
         """The CSRF token of this session, as the page at ``path`` carries it."""
