@@ -1,9 +1,11 @@
 """Nobody is silently left out, end to end with the real parts (the `sandbox` store notifying `serve`, a
 `worker` process, Redis): a staff message for a role nobody holds and a text to a patient with no phone
-both end not-done with a coded reason, and `[roles] fallback` gets the notice."""
+both end not-done with a coded reason, and `[roles] fallback` gets the notice; the chart note names the
+clinician and location the appointment references (read from the store by the worker)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -64,6 +66,9 @@ def test_unroutable_staff_message_and_unreachable_patient_reach_the_fallback(sta
         Communication.model_validate(comm)
 
     # A missed appointment: the text has no number, and its owner role (case-manager) has no member either.
+    # Its clinician and location are named by reference only: the chart note reads their names.
+    stack.put({"resourceType": "Practitioner", "id": "e2e-dr", "name": [{"prefix": ["Dr."], "family": "Okafor"}]})
+    stack.put({"resourceType": "Location", "id": "e2e-loc", "name": "Main Street Clinic"})
     start = now - timedelta(hours=1)
     stack.put(
         {
@@ -72,7 +77,11 @@ def test_unroutable_staff_message_and_unreachable_patient_reach_the_fallback(sta
             "status": "noshow",
             "start": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "end": (start + timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "participant": [{"actor": {"reference": patient}, "status": "accepted"}],
+            "participant": [
+                {"actor": {"reference": patient}, "status": "accepted"},
+                {"actor": {"reference": "Practitioner/e2e-dr"}, "status": "accepted"},  # no display: read
+                {"actor": {"reference": "Location/e2e-loc"}, "status": "accepted"},
+            ],
         }
     )
     [notice] = wait_for(lambda: _to_fallback(stack, patient, "Message not delivered"), "the failure notice")
@@ -81,6 +90,9 @@ def test_unroutable_staff_message_and_unreachable_patient_reach_the_fallback(sta
     assert notice["about"] == [{"reference": f"Communication/{text['id']}"}] and category(notice) == "alert"
     assert twilio.requests == []
     stack.wait_settled()
+    [note] = stack.search("DocumentReference", subject=patient)
+    text = base64.b64decode(note["content"][0]["attachment"]["data"]).decode()
+    assert " with Dr. Okafor at Main Street Clinic." in text, text
 
     metrics = Metrics(stack.conn, PREFIX)
     assert metrics.counter_value("unroutable_messages", flow="followup-form-submitted", role="clinician") == 1
