@@ -345,3 +345,19 @@ def test_follow_ups_keep_a_date_only_due_and_route_an_overdue_notice_to_the_fall
     alone = plan_followup(engine, "overdue", schedules["overdue"].payload, task, context, SETTINGS, now)
     (nobody,) = [a.resource for a in alone.actions if isinstance(a, WriteResource)]
     assert nobody["status"] == "not-done" and nobody["statusReason"]["coding"][0]["code"] == "recipient-unavailable"
+
+
+@pytest.mark.integration
+def test_the_run_history_keeps_what_a_run_left_out(engine, redis_conn):
+    from fhir_smartflow.connections import Keys
+    from fhir_smartflow.worker.history import RunHistory
+
+    (trigger,) = match_triggers(engine, event_for(_load("patient.json")), None)
+    p = plan(engine, trigger, MemoryContext([_load("context.json")]), SETTINGS, AT)
+    history = RunHistory(redis_conn, Keys("texts:"), max_runs=5, ttl=60)
+    record = history.get(history.record(p))
+    assert record is not None
+    (flow,) = record["flows"]
+    assert flow["notes"] == [
+        "'Send intake packet': reminder skipped: it would be at 2026-03-04T14:00:00Z, before now (2026-03-10T17:00:00Z)"
+    ]
