@@ -440,7 +440,9 @@ def test_strict_profiles_enforce_smart_scopes_with_registered_clients(
     sandbox = start_sandbox(processes, profile="medplum", config=_clients_config(tmp_path), env=env)
     base = sandbox.base
     config = requests.get(f"{base}/.well-known/smart-configuration", timeout=10).json()
-    assert config["token_endpoint"].endswith("/oauth2/token")
+    assert config["token_endpoint"] == f"{base}/oauth2/token"
+    security = requests.get(f"{base}/metadata", timeout=10).json()["rest"][0]["security"]
+    assert security["extension"][0]["extension"][0]["valueUri"] == f"{base}/oauth2/token"
     assert requests.get(f"{base}/Patient", timeout=10).status_code == 401
     assert (
         requests.post(
@@ -513,3 +515,18 @@ def test_embedded_serve_subscribes_itself_the_way_the_profile_needs(processes: C
         return sum(event_state_from_metrics(requests.get(metrics, timeout=10).text).received.values())
 
     wait_for(lambda: received() >= 1, "the Patient notification at the webhook", log=proc.output)
+
+
+def test_the_capability_statement_says_which_subscriptions_the_profile_serves(
+    sandboxes: dict[str, SandboxProcess],
+) -> None:
+    def subscription_entry(profile: str) -> dict[str, Any]:
+        statement = requests.get(f"{sandboxes[profile].base}/metadata", timeout=10).json()
+        assert profile in statement["description"]
+        return next(r for r in statement["rest"][0]["resource"] if r["type"] == "Subscription")
+
+    assert "extension" not in subscription_entry("medplum") and "operation" not in subscription_entry("medplum")
+    assert subscription_entry("hapi")["extension"] and subscription_entry("lenient")["operation"]
+    statement = requests.get(f"{sandboxes['medplum'].base}/metadata", timeout=10).json()
+    assert statement["implementation"]["url"] == sandboxes["medplum"].public
+    assert "security" not in statement["rest"][0]

@@ -180,7 +180,16 @@ def create_sandbox_app(
 
     @app.get("/metadata")
     def metadata() -> Response:
-        return _fhir(capability_statement(base(), _software_version(), datetime.now(UTC).isoformat()))
+        token_url = smart.token_url() if state.auth else None
+        statement = capability_statement(
+            base(),
+            _software_version(),
+            datetime.now(UTC).isoformat(),
+            profile=chosen.name,
+            topics=chosen.topic_subscriptions,
+            token_url=token_url,
+        )
+        return _fhir(statement)
 
     @app.post("/")
     def transaction() -> Response:
