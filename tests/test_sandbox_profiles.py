@@ -330,13 +330,14 @@ def test_hapi_sets_error_with_the_reason_when_it_cannot_serve_a_subscription(
     sandboxes: dict[str, SandboxProcess],
 ) -> None:
     base = sandboxes["hapi"].base
-    bad_criteria = _created(base, {**_classic("http://127.0.0.1:9/x", "requested"), "criteria": "Nonsense?x=1"})
-    assert bad_criteria["status"] == "error"
-    assert "Nonsense" in bad_criteria["error"]
     bad_endpoint = _created(base, _classic("ftp://127.0.0.1/x", "requested"))
     assert bad_endpoint["status"] == "error"
-    assert "endpoint" in bad_endpoint["error"]
+    assert "endpoint" in bad_endpoint["error"] and "endpoint" in bad_endpoint["reason"]
     assert _status(base, bad_endpoint["id"])["status"] == "error"
+    # Criteria it cannot evaluate are refused at write, not stored.
+    bad_criteria = _post(base, {**_classic("http://127.0.0.1:9/x", "requested"), "criteria": "Nonsense?x=1"})
+    assert bad_criteria.status_code == 422
+    assert "Nonsense" in _diagnostics(bad_criteria)
     # The lenient sandbox refuses what it cannot serve.
     lenient = _post(sandboxes["lenient"].base, _classic("ftp://127.0.0.1/x", "requested"))
     assert lenient.status_code == 422

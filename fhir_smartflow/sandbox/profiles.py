@@ -17,7 +17,7 @@ DEFAULT_PROFILE = "lenient"
 #   "sandbox": every client write starts as `requested`; the sandbox activates it; requested and active deliver.
 #   "client":  the status is what the client writes; only `active` delivers; nobody activates `requested`.
 #   "server":  the status is what the client writes; the server activates `requested` (or sets `error` with
-#              the reason when it cannot serve it); only `active` delivers.
+#              the reason when it cannot serve its channel); only `active` delivers.
 ACTIVATIONS = frozenset({"sandbox", "client", "server"})
 
 
