@@ -17,6 +17,7 @@ import requests
 from fhir_smartflow.fhir.backport import EXT_FILTER, EXT_PAYLOAD, PROFILE_SUBSCRIPTION, TOPIC_FOR_TYPE
 from fhir_smartflow.sandbox.secrets import EXT_SECRET, MASK
 from fhir_smartflow.sandbox.store import Store
+from tests.support.fhir import serve_sandbox
 from tests.support.net import Receiver, free_port, wait_for
 from tests.support.procs import Process, smartflow_cmd
 from tests.support.service import SandboxProcess, start_sandbox
@@ -531,3 +532,42 @@ def test_the_capability_statement_says_which_subscriptions_the_profile_serves(
     statement = requests.get(f"{sandboxes['medplum'].base}/metadata", timeout=10).json()
     assert statement["implementation"]["url"] == sandboxes["medplum"].public
     assert "security" not in statement["rest"][0]
+
+
+def _event_numbers(seen: list[Any], path: str) -> list[int]:
+    numbers = []
+    for received in seen:
+        if received.path != path:
+            continue
+        status = received.json()["entry"][0]["resource"]
+        for param in status["parameter"]:
+            if param["name"] == "notification-event":
+                numbers += [int(p["valueString"]) for p in param["part"] if p["name"] == "event-number"]
+    return numbers
+
+
+@pytest.mark.parametrize(("profile", "after_restart"), [("hapi", 1), ("lenient", 2)])
+def test_topic_event_numbers_after_a_restart(
+    processes: Callable[..., Process], tmp_path: Path, receiver: Receiver, profile: str, after_restart: int
+) -> None:
+    database, port = tmp_path / "events.sqlite", free_port()
+    first = start_sandbox(processes, profile=profile, database=database, port=port)
+    path = f"/{profile}-events"
+    _created(first.base, _backport(receiver.url + path))
+    _created(first.base, {"resourceType": "Patient"})
+    receiver.wait_for(lambda got: _event_numbers(got, path) == [1])
+    assert first.process.stop() == 0
+    second = start_sandbox(processes, profile=profile, database=database, port=port)
+    _created(second.base, {"resourceType": "Patient"})
+    # HAPI counts events in memory: after a restart they start again at 1.
+    seen = receiver.wait_for(lambda got: len(_event_numbers(got, path)) == 2)
+    assert _event_numbers(seen, path) == [1, after_restart]
+
+
+def test_an_in_process_sandbox_takes_a_profile(serve_app: Callable[..., Any]) -> None:
+    sandbox = serve_sandbox(serve_app, profile="hapi")
+    try:
+        assert _put(sandbox, {"resourceType": "Device", "id": "42"}).status_code == 400
+        assert _post(sandbox, _task("Device/none", "Patient/none")).status_code == 400
+    finally:
+        sandbox.close()

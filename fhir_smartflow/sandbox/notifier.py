@@ -94,6 +94,8 @@ class Notifier:
 
     def start(self) -> None:
         """Load the stored subscriptions (activating the requested ones) and start the threads."""
+        if not self.profile.event_numbers_survive_restart:
+            self.store.forget_event_numbers()  # a server that counts in memory starts again at 1
         for resource in self.store.all_of_type("Subscription"):
             self._register(resource)
         for i, q in enumerate(self._queues):

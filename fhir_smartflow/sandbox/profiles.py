@@ -48,6 +48,7 @@ class Profile:
     mask_secrets: bool  # reads and searches never return channel.header values or the secret extension
     topic_subscriptions: bool  # R4 Backport topic-based Subscriptions are served (else stored, never notified)
     enforce_scopes: bool  # with registered OAuth clients: writes need a token whose scopes cover them
+    event_numbers_survive_restart: bool  # topic event numbers continue after a restart (else start again at 1)
 
     @property
     def deliverable(self) -> frozenset[str]:
@@ -70,6 +71,7 @@ PROFILES: dict[str, Profile] = {
             mask_secrets=False,
             topic_subscriptions=True,
             enforce_scopes=False,
+            event_numbers_survive_restart=True,
         ),
         Profile(
             name="medplum",
@@ -82,6 +84,7 @@ PROFILES: dict[str, Profile] = {
             mask_secrets=True,
             topic_subscriptions=False,
             enforce_scopes=True,
+            event_numbers_survive_restart=True,
         ),
         Profile(
             name="hapi",
@@ -94,6 +97,7 @@ PROFILES: dict[str, Profile] = {
             mask_secrets=True,
             topic_subscriptions=True,
             enforce_scopes=True,
+            event_numbers_survive_restart=False,
         ),
     )
 }
