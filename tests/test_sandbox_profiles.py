@@ -147,6 +147,9 @@ def test_strict_profiles_refuse_a_reference_to_nothing(sandboxes: dict[str, Sand
     # A deleted resource is not there either.
     requests.delete(f"{base}/Device/{device['id']}", timeout=10)
     assert _post(base, _task(f"Device/{device['id']}", f"Patient/{patient['id']}")).status_code == 400
+    # The references of a resource held inside another (a stored Bundle) are that resource's own.
+    inner = {"fullUrl": "urn:uuid:6a1f4a0e-0000-4000-8000-00000000000a", "resource": _task("Device/x", "Patient/y")}
+    assert _post(base, {"resourceType": "Bundle", "type": "collection", "entry": [inner]}).status_code == 201
 
 
 def test_lenient_does_not_check_references(sandboxes: dict[str, SandboxProcess]) -> None:
