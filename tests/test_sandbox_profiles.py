@@ -17,6 +17,7 @@ import requests
 from fhir_smartflow.fhir.backport import EXT_FILTER, EXT_PAYLOAD, PROFILE_SUBSCRIPTION, TOPIC_FOR_TYPE
 from fhir_smartflow.sandbox.secrets import EXT_SECRET, MASK
 from fhir_smartflow.sandbox.store import Store
+from fhir_smartflow.sandbox.subscriptions import EXT_INTERACTION
 from tests.support.fhir import serve_sandbox
 from tests.support.net import Receiver, free_port, wait_for
 from tests.support.procs import Process, smartflow_cmd
@@ -574,3 +575,27 @@ def test_an_in_process_sandbox_takes_a_profile(serve_app: Callable[..., Any]) ->
         assert _post(sandbox, _task("Device/none", "Patient/none")).status_code == 400
     finally:
         sandbox.close()
+
+
+def test_medplum_notifies_deletes_only_when_asked_and_says_what_happened(
+    sandboxes: dict[str, SandboxProcess], receiver: Receiver
+) -> None:
+    base = sandboxes["medplum"].base
+    default = _created(base, _classic(f"{receiver.url}/default", "active"))
+    asked = _classic(f"{receiver.url}/deletes", "active")
+    asked["extension"] = [{"url": EXT_INTERACTION, "valueCode": "delete"}]
+    asked = _created(base, asked)
+    patient = _created(base, {"resourceType": "Patient"})
+    created = receiver.wait_for(lambda got: any(r.path == "/default" for r in got))
+    first = next(r for r in created if r.path == "/default")
+    assert first.headers["X-Medplum-Interaction"] == "create"
+    assert first.headers["X-Medplum-Subscription"] == default["id"]
+    assert "/deletes" not in {r.path for r in created}  # it names delete only
+    requests.delete(f"{base}/Patient/{patient['id']}", timeout=10)
+    seen = receiver.wait_for(lambda got: any(r.path == "/deletes" for r in got))
+    deleted = next(r for r in seen if r.path == "/deletes")
+    assert deleted.json() == {}
+    assert deleted.headers["X-Medplum-Deleted-Resource"] == f"Patient/{patient['id']}"
+    assert deleted.headers["X-Medplum-Subscription"] == asked["id"]
+    # Judged in the same listener call: the default one (create and update) got no delete.
+    assert [r.headers["X-Medplum-Interaction"] for r in seen if r.path == "/default"] == ["create"]

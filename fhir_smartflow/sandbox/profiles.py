@@ -49,6 +49,12 @@ class Profile:
     topic_subscriptions: bool  # R4 Backport topic-based Subscriptions are served (else stored, never notified)
     enforce_scopes: bool  # with registered OAuth clients: writes need a token whose scopes cover them
     event_numbers_survive_restart: bool  # topic event numbers continue after a restart (else start again at 1)
+    # Interactions a classic Subscription notifies when it names none (Medplum's supported-interaction
+    # extension names them).
+    classic_interactions: frozenset[str] = frozenset({"create", "update", "delete"})
+    # Medplum's delivery headers (X-Medplum-Subscription, X-Medplum-Interaction; on a delete
+    # X-Medplum-Deleted-Resource with the body ``{}``).
+    interaction_headers: bool = False
 
     @property
     def deliverable(self) -> frozenset[str]:
@@ -85,6 +91,8 @@ PROFILES: dict[str, Profile] = {
             topic_subscriptions=False,
             enforce_scopes=True,
             event_numbers_survive_restart=True,
+            classic_interactions=frozenset({"create", "update"}),
+            interaction_headers=True,
         ),
         Profile(
             name="hapi",
