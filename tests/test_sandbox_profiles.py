@@ -493,6 +493,16 @@ def test_strict_profiles_enforce_smart_scopes_with_registered_clients(
     )
 
 
+def test_start_sandbox_registers_clients(processes: Callable[..., Process], tmp_path: Path) -> None:
+    clients = {"smartflow": ("s3cret", "system/*.rs system/Task.cu")}
+    sandbox = start_sandbox(processes, profile="hapi", clients=clients, workdir=tmp_path)
+    token = _token(sandbox.base, "smartflow", "s3cret")["access_token"]
+    as_client = {**FHIR, "Authorization": f"Bearer {token}"}
+    answer = requests.post(f"{sandbox.base}/Patient", json={"resourceType": "Patient"}, headers=as_client, timeout=10)
+    assert answer.status_code == 403
+    assert "system/Patient.c" in _diagnostics(answer)
+
+
 def test_a_client_whose_secret_is_not_set_stops_the_sandbox(run_cli: Callable[..., Any], tmp_path: Path) -> None:
     result = run_cli(
         "sandbox", "--port", "0", "--profile", "hapi", env={"SMARTFLOW_CONFIG": str(_clients_config(tmp_path))}

@@ -61,11 +61,17 @@ def start_sandbox(
     config: Path | None = None,
     env: dict[str, str] | None = None,
     port: int | None = None,
+    clients: dict[str, tuple[str, str]] | None = None,
+    workdir: Path | None = None,
 ) -> SandboxProcess:
     """Start the sandbox with the server behaviours of ``profile`` (lenient | medplum | hapi) and wait until
     it answers. ``public_base_url`` may use ``{port}`` (``"http://localhost:{port}/fhir"``); ``config``: its
-    ``SMARTFLOW_CONFIG`` (registered OAuth clients, ...)."""
+    ``SMARTFLOW_CONFIG``; ``clients``: OAuth clients of its token endpoint, id → (secret, granted scopes),
+    written to a config in ``workdir`` (strict profiles then want tokens)."""
     port = port or free_port()
+    if clients:
+        assert workdir is not None and config is None, "clients are written to a config of their own in workdir"
+        config, env = _clients_config(workdir / f"sandbox-{port}.toml", clients, env)
     base = f"http://127.0.0.1:{port}"
     args = ["--port", str(port), "--profile", profile, *(["--faults"] if faults else [])]
     public = public_base_url.format(port=port) if public_base_url else base
@@ -77,6 +83,19 @@ def start_sandbox(
     process = processes(smartflow_cmd("sandbox", *args), process_env or None, f"sandbox-{profile}")
     process.wait_http(f"{base}/metadata")
     return SandboxProcess(base, public, profile, process)
+
+
+def _clients_config(
+    path: Path, clients: dict[str, tuple[str, str]], env: dict[str, str] | None
+) -> tuple[Path, dict[str, str]]:
+    secrets = dict(env or {})
+    lines = []
+    for n, (client_id, (secret, scopes)) in enumerate(sorted(clients.items())):
+        name = f"SANDBOX_CLIENT_SECRET_{n}"
+        secrets[name] = secret
+        lines += [f'[sandbox.clients."{client_id}"]', f'secret_env = "{name}"', f'scopes = "{scopes}"', ""]
+    path.write_text("\n".join(lines))
+    return path, secrets
 
 
 def merged(base: dict[str, dict[str, Any]], more: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
