@@ -609,3 +609,16 @@ def test_medplum_notifies_deletes_only_when_asked_and_says_what_happened(
     assert deleted.headers["X-Medplum-Subscription"] == asked["id"]
     # Judged in the same listener call: the default one (create and update) got no delete.
     assert [r.headers["X-Medplum-Interaction"] for r in seen if r.path == "/default"] == ["create"]
+
+
+def test_notifications_about_subscriptions_carry_no_secret(
+    sandboxes: dict[str, SandboxProcess], receiver: Receiver
+) -> None:
+    base = sandboxes["hapi"].base
+    watcher = _created(base, {**_classic(f"{receiver.url}/watcher", "requested"), "criteria": "Subscription?"})
+    _wait_status(base, watcher["id"], "active")
+    secret = _created(base, _classic("http://127.0.0.1:9/elsewhere", "requested", header="X-Key: do-not-leak"))
+    seen = receiver.wait_for(lambda got: any(r.path == "/watcher" and secret["id"].encode() in r.body for r in got))
+    about = [r for r in seen if r.path == "/watcher" and secret["id"].encode() in r.body]
+    assert all(b"do-not-leak" not in r.body for r in about)
+    assert about[0].json()["channel"]["header"] == [f"X-Key: {MASK}"]

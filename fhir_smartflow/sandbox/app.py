@@ -114,7 +114,7 @@ def create_sandbox_app(
     enable_faults = settings.sandbox.faults if faults is None else faults
     state = SandboxState(store, notifier, FaultInjector() if enable_faults else None, fixed_base, chosen, auth)
     ops = Interactions(store, WriteRules(store, chosen, lambda: state.base_url or notifier.base_url))
-    topic_operations = TopicOperations(store)
+    topic_operations = TopicOperations(store, chosen)
     bundles = BundleProcessor(ops)
 
     app = Flask("fhir_smartflow.sandbox")

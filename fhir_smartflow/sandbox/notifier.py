@@ -27,6 +27,7 @@ from fhir_smartflow.retry import RETRYABLE_STATUS, RetryPolicy
 from fhir_smartflow.sandbox import search
 from fhir_smartflow.sandbox.errors import SandboxError
 from fhir_smartflow.sandbox.profiles import DEFAULT_PROFILE, PROFILES, Profile
+from fhir_smartflow.sandbox.secrets import without_secrets
 from fhir_smartflow.sandbox.store import Change, Store
 from fhir_smartflow.sandbox.subscriptions import (
     HAPI_PUT,
@@ -129,9 +130,10 @@ class Notifier:
                 self._register(change.resource)
         with self._lock:
             targets = [s for s in self._subs.values() if self._notifies(s, change)]
+        shown = without_secrets(change) if self.profile.mask_secrets else change
         for spec in targets:
             number = self.store.record_event(spec.id, change) if spec.style == "backport" else 0
-            self._enqueue(Job("event", spec.id, change, number))
+            self._enqueue(Job("event", spec.id, shown, number))
 
     def _register(self, resource: dict[str, Any]) -> None:
         try:
