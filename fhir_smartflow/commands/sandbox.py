@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
     "--profile",
     type=click.Choice(sorted(PROFILES)),
     default=None,
-    help="Server behaviours to reproduce (default: [sandbox] profile, lenient).",
+    help="Server behaviours to reproduce (default: [sandbox] profile, lenient): "
+    + "; ".join(f"{p.name}: {p.summary}" for p in PROFILES.values()),
 )
 @click.option(
     "--public-base-url",
@@ -46,7 +47,8 @@ def sandbox_command(
 ) -> None:
     """Run the sandbox FHIR R4 store alone (for tests and "test your flow before going live").
 
-    Not for production: no authentication, no PHI. The FHIR base is http://HOST:PORT/.
+    Not for production: no authentication (unless a strict profile has [sandbox.clients]), no PHI. The FHIR
+    base is http://HOST:PORT/.
     """
     from waitress import create_server
 

@@ -47,7 +47,7 @@ class Profile:
     secret_extension: bool  # sign notifications (X-Signature) with the subscription-secret extension
     mask_secrets: bool  # reads and searches never return channel.header values or the secret extension
     topic_subscriptions: bool  # R4 Backport topic-based Subscriptions are served (else stored, never notified)
-    enforce_scopes: bool  # with registered OAuth clients: writes need a token whose scopes cover them
+    enforce_scopes: bool  # with registered OAuth clients: each interaction needs a token whose scopes cover it
     event_numbers_survive_restart: bool  # topic event numbers continue after a restart (else start again at 1)
     # Interactions a classic Subscription notifies when it names none (Medplum's supported-interaction
     # extension names them).
@@ -55,6 +55,10 @@ class Profile:
     # Medplum's delivery headers (X-Medplum-Subscription, X-Medplum-Interaction; on a delete
     # X-Medplum-Deleted-Resource with the body ``{}``).
     interaction_headers: bool = False
+
+    def __post_init__(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"profile {self.name}: activation must be one of {sorted(ACTIVATIONS)}")
 
     @property
     def deliverable(self) -> frozenset[str]:
@@ -81,7 +85,7 @@ PROFILES: dict[str, Profile] = {
         ),
         Profile(
             name="medplum",
-            summary="Medplum: server-assigned ids, references checked on write, only active Subscriptions notify",
+            summary="server-assigned ids, references checked on write, only active Subscriptions notify",
             client_id=no_client_id,
             check_references=True,
             check_reference_types=True,
