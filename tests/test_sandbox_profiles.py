@@ -21,7 +21,7 @@ from fhir_smartflow.sandbox.subscriptions import EXT_INTERACTION
 from tests.support.fhir import serve_sandbox
 from tests.support.net import Receiver, free_port, wait_for
 from tests.support.procs import Process, smartflow_cmd
-from tests.support.service import SandboxProcess, start_sandbox
+from tests.support.service import SandboxProcess, start_sandbox, start_service
 from tests.support.settle import event_state_from_metrics
 
 pytestmark = pytest.mark.integration
@@ -622,3 +622,22 @@ def test_notifications_about_subscriptions_carry_no_secret(
     about = [r for r in seen if r.path == "/watcher" and secret["id"].encode() in r.body]
     assert all(b"do-not-leak" not in r.body for r in about)
     assert about[0].json()["channel"]["header"] == [f"X-Key: {MASK}"]
+
+
+def test_start_service_runs_the_service_against_a_profile(
+    processes: Callable[..., Process], redis_url: str, tmp_path: Path
+) -> None:
+    clients = {"smartflow": ("svc-secret", "system/*.cruds")}
+    service = start_service(
+        processes,
+        tmp_path,
+        redis_url=redis_url,
+        prefix="sbx-profile",
+        secret=("SBX_PROFILE_SECRET", "s"),
+        workers=0,
+        profile="hapi",
+        sandbox_clients=clients,
+    )
+    assert "profile hapi" in requests.get(f"{service.store}/metadata", timeout=10).json()["description"]
+    assert requests.get(f"{service.store}/Patient", timeout=10).status_code == 401  # its clients want tokens
+    assert _token(service.store, "smartflow", "svc-secret")["scope"] == "system/*.cruds"

@@ -115,13 +115,15 @@ def start_service(
     faults: bool = False,
     env: dict[str, str] | None = None,
     profile: str = "lenient",
+    sandbox_clients: dict[str, tuple[str, str]] | None = None,
 ) -> Service:
     """Start the sandbox (``faults``: with ``/$faults``; ``profile``: the server behaviours it reproduces),
     `serve` subscribed for Patients with the secret (``secret``: environment variable, value) and ``workers``
     workers; return once the store and `serve` answer. ``sections`` adds to the config (``[fhir]`` retries,
-    ``[scheduler]``, ``[sms]``, ...)."""
+    ``[scheduler]``, ``[sms]``, ...); ``sandbox_clients``: OAuth clients of the sandbox (`start_sandbox`),
+    for which ``sections`` then gives ``[fhir]`` its auth."""
     serve_port = free_port()
-    store = start_sandbox(processes, profile=profile, faults=faults).base
+    store = start_sandbox(processes, profile=profile, faults=faults, clients=sandbox_clients, workdir=tmp_path).base
     base = {
         "server": {"port": serve_port},
         "redis": {"url": redis_url, "key_prefix": prefix},
