@@ -44,7 +44,7 @@ def sandboxes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Sa
     try:
         yield {
             "lenient": start_sandbox(process, profile="lenient"),
-            "medplum": start_sandbox(process, profile="medplum", public_base_url="http://localhost:{port}"),
+            "medplum": start_sandbox(process, profile="medplum", public_base_url="http://localhost:{port}/fhir"),
             "hapi": start_sandbox(process, profile="hapi"),
         }
     finally:

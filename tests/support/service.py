@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fhir_smartflow.fhir.backport import TOPIC_FOR_TYPE
 from tests.support.net import free_port
@@ -42,8 +43,8 @@ class Service:
 
 @dataclass
 class SandboxProcess:
-    """A `fhir-smartflow sandbox` process: ``base`` is where clients reach it (127.0.0.1), ``public`` the
-    base URL it writes into links (``public_base_url``, else the same)."""
+    """A `fhir-smartflow sandbox` process: ``base`` is where clients reach it (127.0.0.1, with the path of
+    ``public``), ``public`` the base URL it writes into links (``public_base_url``, else the same)."""
 
     base: str
     public: str
@@ -77,6 +78,7 @@ def start_sandbox(
     public = public_base_url.format(port=port) if public_base_url else base
     if public_base_url:
         args += ["--public-base-url", public]
+        base += urlsplit(public).path.rstrip("/")  # the same path, under the address clients use
     if database is not None:
         args += ["--database", str(database)]
     process_env = {**(env or {}), **({"SMARTFLOW_CONFIG": str(config)} if config else {})}
