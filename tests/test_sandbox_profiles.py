@@ -3,6 +3,7 @@ sandbox processes (one per profile for the module) and a real receiver for notif
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import itertools
@@ -14,9 +15,10 @@ from typing import Any
 import pytest
 import requests
 
+from fhir_smartflow.config import Settings
 from fhir_smartflow.fhir.backport import EXT_FILTER, EXT_PAYLOAD, PROFILE_SUBSCRIPTION, TOPIC_FOR_TYPE
+from fhir_smartflow.openemr.local_store import LocalFhirStore
 from fhir_smartflow.sandbox.secrets import EXT_SECRET, MASK
-from fhir_smartflow.sandbox.store import Store
 from fhir_smartflow.sandbox.subscriptions import EXT_INTERACTION
 from tests.support.fhir import serve_sandbox
 from tests.support.net import Receiver, free_port, wait_for
@@ -405,8 +407,9 @@ def test_sqlite_files_are_created_0600(processes: Callable[..., Process], tmp_pa
     for path in [database, *tmp_path.glob("store.sqlite-*")]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     local = tmp_path / "local.sqlite"
-    Store(str(local)).close()
-    assert stat.S_IMODE(local.stat().st_mode) == 0o600
+    settings = Settings()
+    LocalFhirStore(dataclasses.replace(settings, openemr=dataclasses.replace(settings.openemr, local_store=str(local))))
+    assert stat.S_IMODE(local.stat().st_mode) == 0o600  # the OpenEMR bridge's local store
 
 
 # ---- SMART scopes on writes -----------------------------------------------------------------------------
