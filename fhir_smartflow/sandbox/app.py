@@ -114,7 +114,7 @@ def create_sandbox_app(
     enable_faults = settings.sandbox.faults if faults is None else faults
     state = SandboxState(store, notifier, FaultInjector() if enable_faults else None, fixed_base, chosen, auth)
     ops = Interactions(store, WriteRules(store, chosen, lambda: state.base_url or notifier.base_url))
-    topic_operations = TopicOperations(store)
+    topic_operations = TopicOperations(store, chosen)
     bundles = BundleProcessor(ops)
 
     app = Flask("fhir_smartflow.sandbox")
@@ -180,7 +180,16 @@ def create_sandbox_app(
 
     @app.get("/metadata")
     def metadata() -> Response:
-        return _fhir(capability_statement(base(), _software_version(), datetime.now(UTC).isoformat()))
+        token_url = smart.token_url() if state.auth else None
+        statement = capability_statement(
+            base(),
+            _software_version(),
+            datetime.now(UTC).isoformat(),
+            profile=chosen.name,
+            topics=chosen.topic_subscriptions,
+            token_url=token_url,
+        )
+        return _fhir(statement)
 
     @app.post("/")
     def transaction() -> Response:
