@@ -115,7 +115,7 @@ def create_cds_app(
             raise BadFeedback("the body must be a JSON object")
         return data
 
-    @app.get("/")
+    @app.get("/", strict_slashes=False)  # mounted at /cds-services: that URL itself, without a slash
     def discover() -> Response:
         return _json(discovery())
 
@@ -168,8 +168,8 @@ def create_cds_app(
         )
         missing = f"; not in time or not available: {', '.join(known.missing)}" if known.missing else ""
         log.info(
-            "cds: patient-view for %s from %s: %d of %d prompt(s) shown in %.0f ms%s%s",
-            user_ref,
+            "cds: patient-view for a %s user from %s: %d of %d prompt(s) shown in %.0f ms%s%s",
+            user_ref.split("/", 1)[0],  # the type only: a Patient user's id is the patient's
             claims.get("iss"),
             len(out),
             len(found),
