@@ -125,7 +125,7 @@ def test_cards_follow_the_prompts_audience_and_feedback_reaches_the_history(
     assert record["feedback"]["flag"] == "Flag/only-dr" and record["feedback"]["flow"] == "intake-review"
     assert record["feedback"]["reason"] == {"system": "urn:x", "code": "later"}
     printed = run_cli("history", "--patient", PATIENT, env=stack.env).stdout
-    assert "cds.card.overridden" in printed and "Flag/only-dr" in printed
+    assert "cds.card.overridden  Flag/only-dr" in printed and "card overridden by Practitioner/dr-allowed" in printed
     assert redis.Redis.from_url(redis_url).llen("cdstest:cds:feedback") == 1
 
     logs = stack.serve.output()
