@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -83,7 +84,9 @@ def create_cds_app(
     cfg = settings.cds
     prefix = settings.redis.key_prefix
     service_url = f"{cfg.public_url.rstrip('/')}{CDS_PATH}/{SERVICE_ID}"
-    verifier = ClientVerifier(cfg, conn, prefix, keys or KeySource(cfg))
+    keys = keys or KeySource(cfg)
+    verifier = ClientVerifier(cfg, conn, prefix, keys)
+    threading.Thread(target=keys.warm, name="cds-jwks", daemon=True).start()
     feedback = FeedbackLog(
         conn, prefix, RunHistory.from_settings(settings, conn), cfg.feedback_max, cfg.card_ttl_seconds
     )
@@ -109,11 +112,9 @@ def create_cds_app(
         log.error("cds: Redis unavailable: %s", type(exc).__name__)
         return _error(503, "temporarily unavailable")
 
-    def body() -> dict[str, Any]:
+    def body() -> dict[str, Any] | None:
         data = request.get_json(silent=True)
-        if not isinstance(data, dict):
-            raise BadFeedback("the body must be a JSON object")
-        return data
+        return data if isinstance(data, dict) else None
 
     @app.get("/", strict_slashes=False)  # mounted at /cds-services: that URL itself, without a slash
     def discover() -> Response:
@@ -123,10 +124,9 @@ def create_cds_app(
     def patient_view() -> Response:
         started = time.monotonic()
         claims = verifier.verify(request.headers.get("Authorization"), [service_url])
-        try:
-            call = body()
-        except BadFeedback as exc:
-            return _error(400, str(exc))
+        call = body()
+        if call is None:
+            return _error(400, "the body must be a JSON object")
         context = call.get("context") if isinstance(call.get("context"), dict) else {}
         patient_id, user_ref = context.get("patientId"), _user_ref(context.get("userId"))
         if (

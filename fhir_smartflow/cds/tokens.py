@@ -99,6 +99,12 @@ class KeySource:
         except (requests.RequestException, ValueError) as exc:
             log.warning("cds: could not fetch the JWK Set %s: %s", entry.url, type(exc).__name__)
 
+    def warm(self) -> None:
+        """Fetch every JWK Set once now (called in the background at start), so the first call does not wait."""
+        with self._lock:
+            for entry in self.remote.values():
+                self._fetch(entry, force=False)
+
     def key(self, kid: str, jku: str | None) -> jwt.PyJWK:
         if jku is not None and jku not in self.remote:
             raise TokenRefused("the jku header names a JWK Set that is not trusted")
