@@ -100,6 +100,11 @@ class ClinicConfig:
     portal_url: str = ""
     # The link sent with a form; {task} is the form Task's identifier. Empty: <portal_url>/tasks?identifier={task}.
     form_link: str = ""
+    # patient.mrn: the Patient.identifier with this system; empty: the one typed mrn_type (docs/merge-fields.md).
+    mrn_system: str = ""
+    mrn_type: str = defaults.MRN_TYPE
+    # Local HH:MM of a due measured in days from a date without a time (Coverage.period.start).
+    date_only_due_time: str = defaults.DATE_ONLY_DUE_TIME
 
 
 @dataclass(frozen=True)
@@ -392,6 +397,9 @@ class Settings:
     )
     subscriptions: list[SubscriptionConfig] = field(default_factory=list)
     source: str = "<defaults>"
+    # [roles] fallback: who gets a staff message whose role no active PractitionerRole holds
+    # (Practitioner/<id>, PractitionerRole/<id>, Group/<id> or CareTeam/<id>); empty: nobody.
+    role_fallback: str = ""
 
     @property
     def embedded_queue(self) -> bool:
@@ -538,6 +546,7 @@ def _validate(settings: Settings) -> None:
     for role, coding in settings.roles.items():
         if "|" not in coding:
             raise ConfigError(f"[roles] {role}", "must be 'system|code'")
+    _validate_role_fallback(settings)
 
 
 def _validate_fhir_auth(fhir: FhirConfig) -> None:
@@ -603,6 +612,11 @@ def _validate_delivery(settings: Settings) -> None:
         value = getattr(settings.delivery, key)
         if value and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
             raise ConfigError(f"[delivery] {key}", f"must be HH:MM (24-hour clinic time), got {value!r}")
+    if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", settings.clinic.date_only_due_time):
+        raise ConfigError(
+            "[clinic] date_only_due_time",
+            f"must be HH:MM (24-hour clinic time), got {settings.clinic.date_only_due_time!r}",
+        )
     for plugin in settings.delivery.plugins:
         if not re.fullmatch(r"[a-z0-9_-]+=[\w.]+(:\w+)?", plugin):
             raise ConfigError("[delivery] plugins", f"entries must be 'name=package.module:Class', got {plugin!r}")
@@ -618,6 +632,19 @@ def _validate_delivery(settings: Settings) -> None:
         raise ConfigError("[sms] base_url", "must be an http(s) URL")
     if settings.scheduler.lock_ttl_seconds <= settings.scheduler.interval_seconds * 2:
         raise ConfigError("[scheduler] lock_ttl_seconds", "must be more than twice interval_seconds")
+
+
+def _validate_role_fallback(settings: Settings) -> None:
+    import re
+
+    from fhir_smartflow.refs import ID_PATTERN
+
+    fallback = settings.role_fallback
+    if fallback and not re.fullmatch(rf"(Practitioner|PractitionerRole|Group|CareTeam)/{ID_PATTERN}", fallback):
+        raise ConfigError(
+            f"[roles] {ROLE_FALLBACK_KEY}",
+            f"must be Practitioner/<id>, PractitionerRole/<id>, Group/<id> or CareTeam/<id>, got {fallback!r}",
+        )
 
 
 _SECTIONS: dict[str, type] = {
@@ -641,6 +668,8 @@ _SECTIONS: dict[str, type] = {
 
 
 ENGINE_PATH_KEYS = ("mappings", "flows", "templates")
+# The one key of [roles] that is not a role: the fallback recipient of messages no role member gets.
+ROLE_FALLBACK_KEY = "fallback"
 
 
 def _engine_paths_relative_to(engine: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -685,7 +714,10 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
             raise ConfigError(f"[{key}]", "unknown section")
     values: dict[str, Any] = {name: parse_section(cls, raw.get(name, {}), name, env) for name, cls in _SECTIONS.items()}
     if "roles" in raw:
-        values["roles"] = _coerce(raw["roles"], dict[str, str], "[roles]", from_env=False)
+        roles = _coerce(raw["roles"], dict[str, str], "[roles]", from_env=False)
+        values["role_fallback"] = roles.pop(ROLE_FALLBACK_KEY, "")
+        if roles or not values["role_fallback"]:  # a table naming only the fallback keeps the default roles
+            values["roles"] = roles
     if "subscriptions" in raw:
         values["subscriptions"] = _subscriptions(raw["subscriptions"])
     if "channels" in raw:
