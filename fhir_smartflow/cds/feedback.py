@@ -133,5 +133,12 @@ def _history_record(run_id: str, at: datetime, feedback: dict[str, Any]) -> dict
             "patient": feedback["patient"],
         },
         "flows": [{"id": f, "ran": False, "reason": "feedback"} for f in _flows(feedback)],
+        # the keys of a flow run's record, empty, so readers of the history need no special case
+        "plan": {},
+        "written": [],
+        "deliveries": [],
+        "scheduled": [],
+        "cancelled": [],
+        "errors": [],
         "feedback": feedback,
     }
