@@ -40,7 +40,7 @@ CDS_PATH = "/cds-services"
 SERVICE_ID = "patient-view"
 USER_TYPES = ("Practitioner", "PractitionerRole", "Patient", "RelatedPerson")
 # Of the budget, what the FHIR fetches may use: the rest is for building and sending the answer.
-_FETCH_SHARE = 0.8
+_FETCH_SHARE = 0.6
 
 
 def discovery() -> dict[str, Any]:
