@@ -141,6 +141,39 @@ class SandboxConfig:
     # OAuth clients of the sandbox's token endpoint (client_credentials): client id → {secret_env, scopes}.
     # With any, a strict profile wants a bearer token whose scopes cover each interaction.
     clients: dict[str, dict[str, str]] = field(default_factory=dict)
+    # The sandbox as a CDS Hooks client (docs/cds-hooks.md): the service base URLs it may call, and the PEM
+    # private key it signs its JWTs with (empty: a new key each start; its JWK Set is at /$cds-client/jwks).
+    cds_services: list[str] = field(default_factory=list)
+    cds_key_file: str = ""
+
+
+# JWT algorithms a CDS client may sign with: asymmetric only (CDS Hooks forbids `none` and HMAC).
+CDS_ALGORITHMS = ("ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
+CDS_INDICATORS = ("info", "warning", "critical")
+
+
+@dataclass(frozen=True)
+class CdsConfig:
+    """The CDS Hooks service (docs/cds-hooks.md), mounted by `serve` at /cds-services when enabled."""
+
+    enabled: bool = False
+    # The base URL CDS clients call: a JWT's aud must be <public_url>/cds-services/<service id>.
+    public_url: str = ""
+    issuers: list[str] = field(default_factory=list)  # the JWT `iss` values trusted
+    jwks_file: str = ""  # a JWK Set of the trusted clients' keys, shared out of band
+    # JWK Set URLs of the trusted clients; a JWT's `jku` header is honoured only when it is one of these.
+    jwks_urls: list[str] = field(default_factory=list)
+    algorithms: list[str] = field(default_factory=lambda: list(CDS_ALGORITHMS))
+    max_token_seconds: int = defaults.CDS_MAX_TOKEN_SECONDS  # longest exp - iat accepted
+    leeway_seconds: int = defaults.CDS_LEEWAY_SECONDS  # clock skew allowed on exp / iat
+    budget_ms: int = defaults.CDS_BUDGET_MS  # answer within this, with what is known by then
+    fhir_timeout_seconds: float = defaults.CDS_FHIR_TIMEOUT_SECONDS  # one FHIR request through fhirAuthorization
+    # The staff worklist's SMART launch URL: each card links to it (type smart). Empty: no link.
+    worklist_url: str = ""
+    source_label: str = "fhir-smartflow record prompts"
+    indicator: str = "info"  # a card's indicator when its Flag carries no flag-priority
+    feedback_max: int = defaults.CDS_FEEDBACK_MAX  # feedback records kept (newest)
+    card_ttl_seconds: int = defaults.CDS_CARD_TTL_SECONDS  # how long a card's uuid is known for feedback
 
 
 @dataclass(frozen=True)
@@ -348,6 +381,7 @@ class Settings:
     email: EmailConfig = field(default_factory=EmailConfig)
     webhook_channel: WebhookChannelConfig = field(default_factory=WebhookChannelConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    cds: CdsConfig = field(default_factory=CdsConfig)
     # [channels.<name>] tables: each channel plugin's own settings, parsed by the channel registry
     # (fhir_smartflow/channels.py) into the plugin's options dataclass.
     channels: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -508,6 +542,7 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("[logging] level", "must be DEBUG, INFO, WARNING or ERROR")
     _validate_poll_openemr(settings)
     _validate_delivery(settings)
+    _validate_cds(settings.cds)
     for role, coding in settings.roles.items():
         if "|" not in coding:
             raise ConfigError(f"[roles] {role}", "must be 'system|code'")
@@ -522,6 +557,30 @@ def _validate_fhir_auth(fhir: FhirConfig) -> None:
     ):
         if value not in allowed:
             raise ConfigError(f"[fhir] {key}", f"must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _validate_cds(cds: CdsConfig) -> None:
+    for alg in cds.algorithms:
+        if alg not in CDS_ALGORITHMS:
+            raise ConfigError("[cds] algorithms", f"{alg!r} is not one of {', '.join(CDS_ALGORITHMS)}")
+    if cds.indicator not in CDS_INDICATORS:
+        raise ConfigError("[cds] indicator", f"must be one of {', '.join(CDS_INDICATORS)}")
+    for key in ("max_token_seconds", "budget_ms", "feedback_max", "card_ttl_seconds"):
+        if getattr(cds, key) <= 0:
+            raise ConfigError(f"[cds] {key}", "must be positive")
+    if cds.fhir_timeout_seconds <= 0 or cds.leeway_seconds < 0:
+        raise ConfigError("[cds] fhir_timeout_seconds", "must be positive (and leeway_seconds not negative)")
+    for url in (*cds.jwks_urls, *([cds.public_url] if cds.public_url else [])):
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError("[cds] public_url" if url == cds.public_url else "[cds] jwks_urls", "must be http(s)")
+    if not cds.enabled:
+        return
+    if not cds.public_url:
+        raise ConfigError("[cds] public_url", "required when the CDS Hooks service is enabled (the JWT audience)")
+    if not cds.issuers:
+        raise ConfigError("[cds] issuers", "required when enabled: the JWT issuers (CDS clients) trusted")
+    if not cds.jwks_file and not cds.jwks_urls:
+        raise ConfigError("[cds] jwks_file", "required when enabled (or jwks_urls): where the clients' keys are")
 
 
 def _validate_poll_openemr(settings: Settings) -> None:
@@ -604,6 +663,7 @@ _SECTIONS: dict[str, type] = {
     "email": EmailConfig,
     "webhook_channel": WebhookChannelConfig,
     "delivery": DeliveryConfig,
+    "cds": CdsConfig,
 }
 
 

@@ -19,7 +19,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from fhir_smartflow.config import Settings
-from fhir_smartflow.sandbox import smart
+from fhir_smartflow.sandbox import cds_client, smart
 from fhir_smartflow.sandbox.bundles import BundleProcessor
 from fhir_smartflow.sandbox.capability import capability_statement
 from fhir_smartflow.sandbox.errors import BadRequest, SandboxError, UnsupportedMediaType, error_outcome, outcome
@@ -163,6 +163,7 @@ def create_sandbox_app(
 
     if auth is not None:
         smart.install(app, auth)
+    cds_client.install(app, cds_client.CdsClient(settings, ops), base)  # the sandbox as a CDS Hooks client
 
     # ---- fault control ---------------------------------------------------------------------------
 
