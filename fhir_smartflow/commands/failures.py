@@ -26,9 +26,10 @@ def _config(exc: Exception, _settings: Settings | None) -> str:
 
 def _redis(exc: Exception, settings: Settings | None) -> str:
     where = f" at {redacted_url(settings.redis.url)}" if settings is not None and settings.redis.url else ""
+    if settings is not None and settings.redis.sentinels:
+        where = f" through the sentinels {', '.join(settings.redis.sentinels)}"
     return (
-        f"Redis unreachable{where} ({type(exc).__name__}: {exc}): start Redis, or fix [redis] url "
-        "(SMARTFLOW_REDIS_URL)"
+        f"Redis unreachable{where} ({type(exc).__name__}: {exc}): start Redis, or fix [redis] url (SMARTFLOW_REDIS_URL)"
     )
 
 
