@@ -138,7 +138,8 @@ def test_a_failover_mid_run_loses_no_acknowledged_notification(tmp_path: Path, s
         tmp_path,
         "",  # no url: the sentinels
         extra_config={
-            "redis": {**sentinel_config(group), "job_timeout_seconds": 15},
+            # Short gap grace: the sweep a shuffled run schedules fires soon after the run, not 31 s later.
+            "redis": {**sentinel_config(group), "job_timeout_seconds": 15, "gap_grace_seconds": 2},
             "fhir": {"max_retries": 10, "backoff_base_seconds": 0.05, "backoff_max_seconds": 0.25},
         },
     )
@@ -158,6 +159,9 @@ def test_a_failover_mid_run_loses_no_acknowledged_notification(tmp_path: Path, s
             wait_for(lambda: sender.statuses[200] >= len(deliveries) // 3, "a third of the deliveries", timeout=60)
             old_primary.kill9()
             wait_for(lambda: group.current_primary_port() == group.replica.port, "the replica promoted", timeout=20)
+            # Back as a replica of the new primary at once (the sentinels would convert it too, but only
+            # after seeing it as a primary for ~8 s, while the acknowledgements wait for a replica).
+            old_primary.extra += ["--replicaof", "127.0.0.1", str(group.replica.port)]
             old_primary.start()
 
         crash = threading.Thread(target=fail_over, name="failover")
