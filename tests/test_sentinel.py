@@ -27,7 +27,7 @@ from fhir_smartflow.app import create_app
 from fhir_smartflow.config import ConfigError, load_settings
 from fhir_smartflow.connections import WEBHOOK, connect
 from tests.chaos.test_exactly_once import Sender, duplicates, ours, settle
-from tests.support.net import wait_for
+from tests.support.net import free_port, wait_for
 from tests.support.sentinel import SentinelGroup, start_sentinel_group
 from tests.support.toml import write_config
 
@@ -195,3 +195,15 @@ def test_a_failover_mid_run_loses_no_acknowledged_notification(tmp_path: Path, s
         for worker in stack.workers.values():
             worker.stop(kill=True)  # nothing left for it to finish: no warm shutdown to wait for
         stack.stop()
+
+
+@pytest.mark.integration
+def test_cli_failures_through_sentinels_are_one_line(run_cli) -> None:
+    env = {"SMARTFLOW_REDIS_SENTINELS": f"127.0.0.1:{free_port()}", "SMARTFLOW_FHIR_BASE_URL": "http://127.0.0.1:9"}
+    unreachable = run_cli("history", env=env)
+    assert unreachable.returncode == 2, unreachable.stderr
+    assert unreachable.stderr.strip().splitlines() == [unreachable.stderr.strip()]
+    assert "through the sentinels" in unreachable.stderr and "Traceback" not in unreachable.stderr
+    assert "ConnectionPool" not in unreachable.stderr  # not redis-py's whole client description
+    fork = run_cli("worker", "--worker-class", "fork", env=env)
+    assert fork.returncode == 2 and "--worker-class fork: not with [redis] sentinels" in fork.stderr, fork.stderr
