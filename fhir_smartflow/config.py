@@ -521,6 +521,8 @@ def _validate_redis(config: RedisConfig) -> None:
         raise ConfigError("[redis] wait_replicas", "must be -1 (1 with sentinels, else 0) or a number of replicas")
     if config.wait_timeout_ms <= 0:
         raise ConfigError("[redis] wait_timeout_ms", "must be positive")
+    if config.wait_replicas > 0 and not config.shared:
+        raise ConfigError("[redis] wait_replicas", "needs a Redis with replicas ([redis] url or sentinels)")
 
 
 def _validate_fhir_auth(fhir: FhirConfig) -> None:

@@ -70,6 +70,7 @@ def test_sentinels_come_from_the_file_or_the_environment(tmp_path: Path) -> None
         ({"sentinels": ["h:1"], "sentinel_service": ""}, "[redis] sentinel_service"),
         ({"wait_replicas": -2}, "[redis] wait_replicas"),
         ({"wait_timeout_ms": 0}, "[redis] wait_timeout_ms"),
+        ({"wait_replicas": 1}, "[redis] wait_replicas"),  # the embedded queue has no replica
     ],
 )
 def test_bad_sentinel_settings_name_the_key(tmp_path: Path, redis_section: dict[str, object], key: str) -> None:
