@@ -28,7 +28,7 @@ from fhir_smartflow.config import load_settings
 from fhir_smartflow.worker.supervise import WORKER_NAME_PREFIX
 from tests.chaos.test_exactly_once import Sender, duplicates, failed_reasons, ours, settle
 from tests.support import netns
-from tests.support.net import wait_for
+from tests.support.net import free_port, wait_for
 from tests.support.procs import Process, RedisServer, smartflow_cmd
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
@@ -87,7 +87,7 @@ def run_multihost(tmp_path: Path, network: netns.HostNetwork, n: int) -> None:
     stack = Stack(tmp_path, redis_server.url, extra_config=SERVICE_CONFIG)
     serves: list[Process] = []
     try:
-        fhir_port = 8090
+        fhir_port = free_port()  # on the bridge address, in this (root) namespace where others listen too
         stack.sandbox = Process(
             smartflow_cmd("sandbox", "--host", network.gateway, "--port", str(fhir_port)), tmp_path / "sandbox.log"
         )
