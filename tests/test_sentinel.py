@@ -208,3 +208,26 @@ def test_cli_failures_through_sentinels_are_one_line(run_cli) -> None:
     assert "ConnectionPool" not in unreachable.stderr  # not redis-py's whole client description
     fork = run_cli("worker", "--worker-class", "fork", env=env)
     assert fork.returncode == 2 and "--worker-class fork: not with [redis] sentinels" in fork.stderr, fork.stderr
+
+
+@pytest.mark.integration
+def test_the_poller_and_the_scheduler_reach_redis_through_the_sentinels(
+    tmp_path: Path, sentinel_group: SentinelGroup, sandbox_server, run_cli
+) -> None:
+    created = requests.post(f"{sandbox_server}/Patient", json={"resourceType": "Patient", "active": True}, timeout=10)
+    assert created.status_code == 201, created.text
+    config = write_config(
+        tmp_path / "c.toml",
+        {
+            "redis": sentinel_config(sentinel_group),
+            "fhir": {"base_url": sandbox_server},
+            "poll": {"types": ["Patient"], "initial_lookback_hours": 1},
+        },
+    )
+    polled = run_cli("--config", str(config), "poll", "--once")
+    assert polled.returncode == 0 and "Patient: found 1, queued 1" in polled.stdout, polled.stdout + polled.stderr
+    scheduled = run_cli("--config", str(config), "scheduler", "--once", "--json")
+    assert scheduled.returncode == 0, scheduled.stderr
+    settings = load_settings(config, env={})
+    primary = sentinel_group.primary.client()
+    assert primary.llen(f"rq:queue:{settings.redis.queue}") == 1  # the polled event, on the primary
