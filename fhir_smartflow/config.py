@@ -55,6 +55,28 @@ class RedisConfig:
     job_timeout_seconds: int = defaults.JOB_TIMEOUT_SECONDS
     history_max_runs: int = defaults.HISTORY_MAX_RUNS
     history_ttl_seconds: int = defaults.HISTORY_TTL_SECONDS
+    # High availability (docs/scaling.md): "host:port" of Redis Sentinels instead of a url; every process
+    # asks them for the current primary of ``sentinel_service`` and follows a failover.
+    sentinels: list[str] = field(default_factory=list)
+    sentinel_service: str = defaults.SENTINEL_SERVICE
+    sentinel_db: int = 0
+    # Passwords through sentinels (a url carries its own): of the primary / replicas, and of the sentinels.
+    password_env: str = "SMARTFLOW_REDIS_PASSWORD"
+    sentinel_password_env: str = "SMARTFLOW_REDIS_SENTINEL_PASSWORD"
+    # The webhook acknowledges only after this many replicas have the enqueue (WAIT); -1: 1 with sentinels, else 0.
+    wait_replicas: int = defaults.WAIT_REPLICAS_AUTO
+    wait_timeout_ms: int = defaults.WAIT_TIMEOUT_MS
+
+    @property
+    def shared(self) -> bool:
+        """A real Redis is configured (by url or through sentinels), not the embedded queue."""
+        return bool(self.url or self.sentinels)
+
+    @property
+    def replicas_to_wait(self) -> int:
+        if self.wait_replicas == defaults.WAIT_REPLICAS_AUTO:
+            return 1 if self.sentinels else 0
+        return self.wait_replicas
 
 
 # [fhir] auth modes (fhir/auth.py builds each) and their options (docs/writeback.md "Auth modes").
@@ -403,7 +425,7 @@ class Settings:
 
     @property
     def embedded_queue(self) -> bool:
-        return not self.redis.url
+        return not self.redis.shared
 
     @property
     def sandbox_fhir(self) -> bool:
@@ -526,6 +548,7 @@ def _validate(settings: Settings) -> None:
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError("[clinic] timezone", f"unknown IANA time zone {settings.clinic.timezone!r}") from None
     _validate_fhir_auth(settings.fhir)
+    _validate_redis(settings.redis)
     if settings.fhir.writeback not in {"fhir", "openemr"}:
         raise ConfigError("[fhir] writeback", "must be 'fhir' or 'openemr'")
     if settings.fhir.base_url and not settings.fhir.base_url.startswith(("http://", "https://")):
@@ -547,6 +570,25 @@ def _validate(settings: Settings) -> None:
         if "|" not in coding:
             raise ConfigError(f"[roles] {role}", "must be 'system|code'")
     _validate_role_fallback(settings)
+
+
+def _validate_redis(config: RedisConfig) -> None:
+    if config.url and config.sentinels:
+        raise ConfigError("[redis] sentinels", "give either url or sentinels, not both")
+    for i, address in enumerate(config.sentinels):
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"[redis] sentinels[{i}]", f"must be 'host:port', got {address!r}")
+    if config.sentinels and not config.sentinel_service:
+        raise ConfigError("[redis] sentinel_service", "required with sentinels: the name the sentinels monitor")
+    if config.sentinel_db < 0:
+        raise ConfigError("[redis] sentinel_db", "must not be negative")
+    if config.wait_replicas < defaults.WAIT_REPLICAS_AUTO:
+        raise ConfigError("[redis] wait_replicas", "must be -1 (1 with sentinels, else 0) or a number of replicas")
+    if config.wait_timeout_ms <= 0:
+        raise ConfigError("[redis] wait_timeout_ms", "must be positive")
+    if config.wait_replicas > 0 and not config.shared:
+        raise ConfigError("[redis] wait_replicas", "needs a Redis with replicas ([redis] url or sentinels)")
 
 
 def _validate_fhir_auth(fhir: FhirConfig) -> None:

@@ -24,6 +24,11 @@ JOB_RETRY_INTERVALS = [5, 15, 60, 300, 900, 1800, 3600, 3600]
 FAILED_JOB_TTL_SECONDS = 30 * 24 * 3600
 HISTORY_MAX_RUNS = 10_000
 HISTORY_TTL_SECONDS = 30 * 24 * 3600
+# Redis through Sentinel (docs/scaling.md)
+SENTINEL_SERVICE = "mymaster"
+# [redis] wait_replicas: AUTO is 1 with sentinels (an ack survives a failover), 0 without.
+WAIT_REPLICAS_AUTO = -1
+WAIT_TIMEOUT_MS = 1000
 
 # FHIR client
 FHIR_TIMEOUT_SECONDS = 10.0

@@ -59,7 +59,7 @@ def history_command(
     from fhir_smartflow.worker.history import RunHistory, parse_since
 
     settings = cli.settings
-    if not settings.redis.url:
+    if settings.embedded_queue:
         click.echo(
             "history needs [redis] url: with the embedded queue, runs live inside the serve process only", err=True
         )
