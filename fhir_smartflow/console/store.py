@@ -12,6 +12,7 @@ import difflib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
@@ -24,6 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import redis
 import tomlkit
 
 from fhir_smartflow.config import Settings
@@ -31,6 +33,8 @@ from fhir_smartflow.engine.loader import build_engine
 from fhir_smartflow.engine.model import Engine
 from fhir_smartflow.engine.tomlfiles import LoadError, SourceFile, kind_of, parse_source
 from fhir_smartflow.flowfiles import discover, read_toml, registry_channels
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from fhir_smartflow.console.accounts import ConsoleUser
@@ -60,6 +64,9 @@ class Stored:
     name: str
     text: str
     etag: str  # changes whenever the file's bytes change; give it back to ``save``
+    # False: written, but Redis did not take the audit entry or the reload notice (the processes load it at
+    # the next saved change or SIGHUP); the page should say so.
+    announced: bool = True
 
 
 @dataclass(frozen=True)
@@ -215,10 +222,14 @@ class FileStore:
             _atomic_write(path, text)
             self._keep(name, text, user.name, "save" if current else "create")
         stored = Stored(name, text, etag_of(text))
-        if self.audit is not None:
-            self.audit.record(user.name, f"{self.kind}.{'save' if current else 'create'}", name, stored.etag)
-        if self.bus is not None:
-            self.bus.announce(self.kind, name, user.name)
+        try:
+            if self.audit is not None:
+                self.audit.record(user.name, f"{self.kind}.{'save' if current else 'create'}", name, stored.etag)
+            if self.bus is not None:
+                self.bus.announce(self.kind, name, user.name)
+        except redis.RedisError as exc:
+            log.error("%s %s saved, but Redis did not take the notice (%s)", self.kind, name, type(exc).__name__)
+            return Stored(name, text, stored.etag, announced=False)
         return stored
 
     # history
