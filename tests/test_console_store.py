@@ -157,3 +157,19 @@ def test_a_save_while_redis_is_down_is_written_and_says_it_was_not_announced(sit
     assert not saved.announced
     assert (site.flows / "intake-forms.toml").read_text() == saved.text
     assert [v.user for v in store.history("intake-forms")] == ["", "alice"]
+
+
+def test_delete_keeps_history_and_refuses_a_template_a_flow_uses(flows: FlowStore, site: Site, tmp_path: Path) -> None:
+    templates = TemplateStore(flows.settings, site.templates, tmp_path / "h" / "templates", clock=_clock)
+    used = templates.read("intake-forms")
+    with pytest.raises(InvalidFile) as refused:
+        templates.delete("intake-forms", used.etag, ALICE)
+    assert any("intake-forms" in e.reason or "template" in e.field for e in refused.value.errors), refused.value.errors
+    assert (site.templates / "intake-forms.toml").exists()
+    flow = flows.read("weekly-checkin")
+    with pytest.raises(StaleEdit):
+        flows.delete("weekly-checkin", "not-the-etag", ALICE)
+    flows.delete("weekly-checkin", flow.etag, ALICE)
+    assert "weekly-checkin" not in flows.list()
+    assert [v.action for v in flows.history("weekly-checkin")] == ["found", "delete"]
+    assert flows.version_text("weekly-checkin", 2) == flow.text
