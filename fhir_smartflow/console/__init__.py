@@ -45,7 +45,7 @@ def create_console_app(deps: ConsoleDeps) -> Flask:
     def layout() -> dict[str, object]:
         user = current_user()
         items = [item for item in nav_items(app) if user is not None and user.can(item.role)]
-        return {"user": user, "nav": items, "embedded": deps.embedded}
+        return {"user": user, "nav": items, "embedded": deps.embedded, "oidc_login": deps.oidc is not None}
 
     @app.errorhandler(403)
     def forbidden(_exc: Exception) -> tuple[str, int]:
