@@ -39,7 +39,7 @@ def create_console_app(deps: ConsoleDeps) -> Flask:
     app.extensions["console"] = deps
     install_csrf(app)
     install_headers(app)
-    register_auth(app)
+    register_auth(app, with_oidc=deps.oidc is not None)
 
     @app.context_processor
     def layout() -> dict[str, object]:

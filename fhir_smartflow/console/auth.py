@@ -197,12 +197,12 @@ def _oidc_return() -> str:
 
 
 def _login_error(message: str, status: int) -> Response:
-    response = Response(render_template("login.html", next="", error=message), status=status, mimetype="text/html")
-    return response
+    return Response(render_template("login.html", next="", error=message), status=status, mimetype="text/html")
 
 
-def register_auth(app: Flask) -> None:
-    """The login and logout routes (GET shows the form; POST, with the CSRF token, logs in)."""
+def register_auth(app: Flask, with_oidc: bool) -> None:
+    """The login and logout routes (GET shows the form; POST, with the CSRF token, logs in); with
+    ``with_oidc``, the way through the EHR's login server too."""
 
     @app.route("/login", methods=["GET", "POST"])
     def login() -> Response | str | tuple[str, int, dict[str, str]]:
@@ -240,7 +240,7 @@ def register_auth(app: Flask) -> None:
             deps().audit.record(user.name, "logout")
         return redirect(url_for("login"))
 
-    if app.extensions["console"].oidc is not None:
+    if with_oidc:
         _register_oidc(app)
 
 
