@@ -162,6 +162,9 @@ class ConsoleConfig:
     login_window_seconds: int = 900
     # Seconds between checks for a saved change in every serve / worker process (under 5 s).
     reload_poll_seconds: float = 1.0
+    # Reverse proxies in front of the console whose X-Forwarded-For / -Proto / -Host are trusted (0: none):
+    # the client address login attempts are counted by, and the scheme of the addresses the console builds.
+    proxy_hops: int = 0
     # Login through the EHR's OpenID Connect / SMART authorization server (empty issuer: local accounts only).
     oidc_issuer: str = ""  # discovery at <issuer>/.well-known/openid-configuration
     oidc_client_id: str = ""

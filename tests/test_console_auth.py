@@ -46,7 +46,11 @@ VIEWER_PW = "viewer-password-0123"
 def console(processes, run_cli, tmp_path: Path, redis_url: str) -> ConsoleServe:
     prefix = f"t{uuid.uuid4().hex[:8]}:"
     started = start_console_serve(
-        processes, tmp_path, redis_url=redis_url, prefix=prefix, extra={"console": {"login_attempts": 3}}
+        processes,
+        tmp_path,
+        redis_url=redis_url,
+        prefix=prefix,
+        extra={"console": {"login_attempts": 3, "proxy_hops": 1}},
     )
     env = started.env
     done = run_cli(
@@ -94,11 +98,15 @@ def test_login_sets_a_protected_cookie_and_logout_ends_the_session(console) -> N
 def test_wrong_password_refused_and_logins_rate_limited_per_user(console) -> None:
     base, serve = console.base, console.process
     client = ConsoleClient(base)
+    client.http.headers["X-Forwarded-For"] = "203.0.113.7"  # as the trusted proxy says
     for _ in range(3):
         assert client.login("alice", "not-the-password!").status_code == 401
     limited = client.login("alice", ADMIN_PW)  # even the right password waits now
     assert limited.status_code == 429 and int(limited.headers["Retry-After"]) > 0
     assert client.login("victor", VIEWER_PW).status_code == 302  # another account from the same address
+    elsewhere = ConsoleClient(base)
+    elsewhere.http.headers["X-Forwarded-For"] = "203.0.113.8"
+    assert elsewhere.login("alice", ADMIN_PW).status_code == 302  # the same account from another address
     typo = "my-password-in-the-name-field"
     assert client.login(typo, ADMIN_PW).status_code == 401
     assert typo not in serve.output() and ADMIN_PW not in serve.output() and "not-the-password" not in serve.output()

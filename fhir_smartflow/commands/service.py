@@ -136,7 +136,16 @@ def serve(
     app = create_app(settings, conn, insecure_dev=insecure_dev, extra_wsgi_mounts=mounts or None)  # type: ignore[arg-type]
     log.info("serving webhook on http://%s:%s%s", host, port, settings.server.notify_path)
     try:
-        waitress.serve(app, host=host, port=port, threads=threads, ident="fhir-smartflow", _quiet=True)
+        waitress.serve(
+            app,
+            host=host,
+            port=port,
+            threads=threads,
+            ident="fhir-smartflow",
+            _quiet=True,
+            # waitress drops X-Forwarded-* by default; the console reads those of its configured proxies.
+            clear_untrusted_proxy_headers=not settings.console.proxy_hops,
+        )
     finally:
         stop.set()
         if sandbox_state is not None:

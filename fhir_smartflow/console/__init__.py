@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from flask import Flask, render_template
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from fhir_smartflow.console.auth import current_user, register_auth, require
 from fhir_smartflow.console.csrf import install_csrf
@@ -59,6 +60,9 @@ def create_console_app(deps: ConsoleDeps) -> Flask:
     register_views(app, deps)
     if not any(rule.rule == "/" for rule in app.url_map.iter_rules()):
         _home(app)
+    hops = deps.settings.console.proxy_hops
+    if hops:  # only the configured proxies' headers: a client could forge any others
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
     return app
 
 
