@@ -132,6 +132,27 @@ class SandboxConfig:
 
 
 @dataclass(frozen=True)
+class ConsoleConfig:
+    """The web console (docs/console.md), mounted by `serve` beside the webhook."""
+
+    enabled: bool = True
+    path: str = "/console"
+    # The environment variable holding the key that signs session cookies (the same on every host).
+    # Unset outside embedded mode: the console is not mounted (a warning says so).
+    secret_key_env: str = "SMARTFLOW_CONSOLE_SECRET"
+    # Accounts: empty keeps them in Redis; a path keeps them in that file (mode 0600).
+    users_file: str = ""
+    # Previous versions of saved flows and templates. Empty: `.console-history` beside the flows directory.
+    history_dir: str = ""
+    session_hours: int = 8
+    # Failed logins allowed per account name + client address within login_window_seconds.
+    login_attempts: int = 5
+    login_window_seconds: int = 900
+    # Seconds between checks for a saved change in every serve / worker process (under 5 s).
+    reload_poll_seconds: float = 1.0
+
+
+@dataclass(frozen=True)
 class PollConfig:
     """The polling bridge: subscriptions for FHIR servers that have none (docs/openemr.md)."""
 
@@ -308,6 +329,7 @@ class Settings:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     poll: PollConfig = field(default_factory=PollConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
     openemr: OpenEmrConfig = field(default_factory=OpenEmrConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     sms: SmsConfig = field(default_factory=SmsConfig)
@@ -541,6 +563,7 @@ _SECTIONS: dict[str, type] = {
     "logging": LoggingConfig,
     "sandbox": SandboxConfig,
     "poll": PollConfig,
+    "console": ConsoleConfig,
     "openemr": OpenEmrConfig,
     "scheduler": SchedulerConfig,
     "sms": SmsConfig,
