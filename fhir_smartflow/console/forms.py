@@ -448,3 +448,146 @@ def errors_by_input(errors: list[Any], form: FlowForm | None = None) -> tuple[di
         else:
             found.setdefault(name, []).append(error.reason)
     return found, general
+
+
+# --- templates ------------------------------------------------------------------------------------------------
+
+_TEMPLATE_ORDER = ("id", "name", "status", "methods", "subject", "body", "note_type")
+_TEMPLATE_DEFAULTS: dict[str, Any] = {"status": "enabled"}
+_LISTS = {"prompt": ("roles", "practitioners"), "recipients": ("practitioners", "groups", "roles")}
+
+
+@dataclass
+class TemplateForm:
+    id: str = ""
+    name: str = ""
+    status: str = "enabled"
+    methods: list[str] = field(default_factory=list)
+    subject: str = ""
+    body: str = ""
+    note_type: str = ""
+    prompt_text: str = ""
+    prompt_roles: str = ""  # comma-separated
+    prompt_practitioners: str = ""
+    recipients_practitioners: str = ""
+    recipients_groups: str = ""
+    recipients_roles: str = ""
+
+
+def _joined(value: Any) -> str:
+    return ", ".join(str(x) for x in value) if isinstance(value, list) else _text(value)
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def template_form_from_text(text: str) -> TemplateForm:
+    data = tomllib.loads(text)
+    prompt = data.get("prompt") if isinstance(data.get("prompt"), dict) else {}
+    recipients = data.get("recipients") if isinstance(data.get("recipients"), dict) else {}
+    methods = data.get("methods")
+    return TemplateForm(
+        id=_text(data.get("id")),
+        name=_text(data.get("name")),
+        status=_text(data.get("status", "enabled")),
+        methods=[_text(m) for m in methods] if isinstance(methods, list) else [],
+        subject=_text(data.get("subject")),
+        body=_text(data.get("body")),
+        note_type=_text(data.get("note_type")),
+        prompt_text=_text(prompt.get("text")),
+        prompt_roles=_joined(prompt.get("roles", [])),
+        prompt_practitioners=_joined(prompt.get("practitioners", [])),
+        recipients_practitioners=_joined(recipients.get("practitioners", [])),
+        recipients_groups=_joined(recipients.get("groups", [])),
+        recipients_roles=_joined(recipients.get("roles", [])),
+    )
+
+
+def template_form_from_post(fields: Any) -> TemplateForm:
+    def get(name: str) -> str:
+        return (fields.get(name) or "").replace("\r\n", "\n").strip()
+
+    return TemplateForm(
+        id=get("id"),
+        name=get("name"),
+        status=get("status") or "enabled",
+        methods=[m for m in fields.getlist("methods") if m],
+        subject=get("subject"),
+        body=get("body"),
+        note_type=get("note_type"),
+        prompt_text=get("prompt_text"),
+        prompt_roles=get("prompt_roles"),
+        prompt_practitioners=get("prompt_practitioners"),
+        recipients_practitioners=get("recipients_practitioners"),
+        recipients_groups=get("recipients_groups"),
+        recipients_roles=get("recipients_roles"),
+    )
+
+
+def _body_item(text: str) -> Any:
+    """A body as the shipped templates write it: a multi-line basic string."""
+    if "\n" in text or '"' in text:
+        return tomlkit.string(text, multiline=True)
+    return text
+
+
+def write_template(form: TemplateForm, original: str | None = None) -> str:
+    """The template file for ``form``: only what changed rewritten in ``original``, or a new file."""
+    doc = tomlkit.parse(original) if original else tomlkit.document()
+    current = doc.unwrap()
+    values: dict[str, Any] = {
+        "id": form.id,
+        "name": form.name,
+        "status": form.status,
+        "methods": list(form.methods) or ([] if current.get("methods") == [] else None),
+        "subject": form.subject or None,
+        "body": form.body or None,
+        "note_type": form.note_type or None,
+    }
+    for key in _TEMPLATE_ORDER:
+        new, old = values[key], current.get(key)
+        if _same(key, old, new, _TEMPLATE_DEFAULTS):
+            continue
+        if new is None or (new == _TEMPLATE_DEFAULTS.get(key) and old is None):
+            if key in doc:
+                del doc[key]
+        else:
+            doc[key] = _body_item(new) if key in ("body", "subject") else _item(new)
+    tables = {
+        "prompt": {
+            "text": form.prompt_text or None,
+            **{k: _split(list_field(form, "prompt", k)) for k in _LISTS["prompt"]},
+        },
+        "recipients": {k: _split(list_field(form, "recipients", k)) for k in _LISTS["recipients"]},
+    }
+    for table_name, wanted in tables.items():
+        wanted = {k: v for k, v in wanted.items() if v}
+        old_table = current.get(table_name)
+        if not wanted:
+            if table_name in doc:
+                del doc[table_name]
+            continue
+        if old_table == wanted:
+            continue
+        if table_name not in doc:
+            doc[table_name] = tomlkit.table()
+        table = doc[table_name]
+        for key in list(table.keys()):
+            if key not in wanted:
+                del table[key]
+        for key, value in wanted.items():
+            if (old_table or {}).get(key) != value:
+                table[key] = _item(value)
+    return tomlkit.dumps(doc)
+
+
+def list_field(form: TemplateForm, table: str, key: str) -> str:
+    """The comma-separated field of ``[table] key`` (``prompt_roles``, ``recipients_groups``, ...)."""
+    return {
+        ("prompt", "roles"): form.prompt_roles,
+        ("prompt", "practitioners"): form.prompt_practitioners,
+        ("recipients", "practitioners"): form.recipients_practitioners,
+        ("recipients", "groups"): form.recipients_groups,
+        ("recipients", "roles"): form.recipients_roles,
+    }[(table, key)]
