@@ -16,10 +16,13 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from fhir_smartflow.config import Settings
 from fhir_smartflow.console import create_console_app
+from fhir_smartflow.console.audit import Audit
 from fhir_smartflow.console.auth import require
 from fhir_smartflow.console.csrf import UNSAFE
 from fhir_smartflow.console.deps import build_console_deps
 from fhir_smartflow.console.headers import CSP
+from fhir_smartflow.console.keys import ConsoleKeys
+from fhir_smartflow.worker.runtime import utc_now
 from tests.support.console import (
     CONSOLE_SECRET,
     ConsoleClient,
@@ -38,7 +41,7 @@ VIEWER_PW = "viewer-password-0123"
 
 
 @pytest.fixture
-def console(processes, run_cli, tmp_path: Path, redis_url: str) -> tuple[str, dict[str, str]]:
+def console(processes, run_cli, tmp_path: Path, redis_url: str) -> tuple[str, dict[str, str], str]:
     prefix = f"t{uuid.uuid4().hex[:8]}:"
     base, _, env = start_console_serve(
         processes, tmp_path, redis_url=redis_url, prefix=prefix, extra={"console": {"login_attempts": 3}}
@@ -57,11 +60,15 @@ def console(processes, run_cli, tmp_path: Path, redis_url: str) -> tuple[str, di
         timeout=60,
     )
     assert piped.returncode == 0, piped.stderr
-    return base, env
+    short = run_cli("console", "add-user", "eve", env={**env, "SMARTFLOW_CONSOLE_PASSWORD": "short"})
+    assert short.returncode == 2 and short.stderr.strip().splitlines() == [
+        "console add-user: password: at least 12 characters"
+    ]
+    return base, env, prefix
 
 
 def test_login_sets_a_protected_cookie_and_logout_ends_the_session(console) -> None:
-    base, _ = console
+    base, _, _ = console
     client = ConsoleClient(base)
     page = client.get("/login")
     assert page.headers["Content-Security-Policy"] == CSP
@@ -82,7 +89,7 @@ def test_login_sets_a_protected_cookie_and_logout_ends_the_session(console) -> N
 
 
 def test_wrong_password_refused_and_logins_rate_limited_per_user(console, processes) -> None:
-    base, _ = console
+    base, _, _ = console
     client = ConsoleClient(base)
     for _ in range(3):
         assert client.login("alice", "not-the-password!").status_code == 401
@@ -91,18 +98,21 @@ def test_wrong_password_refused_and_logins_rate_limited_per_user(console, proces
     assert client.login("victor", VIEWER_PW).status_code == 302  # another account from the same address
 
 
-def test_removed_account_loses_its_session_at_once(console, run_cli) -> None:
-    base, env = console
+def test_removed_account_loses_its_session_at_once(console, run_cli, redis_conn: redis.Redis) -> None:
+    base, env, prefix = console
     client = ConsoleClient(base)
     assert client.login("victor", VIEWER_PW).status_code == 302
     assert client.get("/").status_code == 200
     assert run_cli("console", "remove-user", "victor", env=env).returncode == 0
     assert client.get("/").status_code == 302
     assert run_cli("console", "remove-user", "victor", env=env).returncode == 1
+    trail = [(e.user, e.action, e.target) for e in Audit(redis_conn, ConsoleKeys(prefix), utc_now).recent()]
+    assert trail[:2] == [("(command line)", "account.remove", "victor"), ("victor", "login", "")]
+    assert ("(command line)", "account.add", "alice") in trail
 
 
 def test_every_state_changing_rule_refuses_a_request_without_the_csrf_token(console) -> None:
-    base, env = console
+    base, env, _ = console
     client = ConsoleClient(base)
     assert client.login("alice", ADMIN_PW).status_code == 302
     unsafe = [(e, p, m & UNSAFE) for e, p, m in console_rules(Path(env["SMARTFLOW_CONFIG"])) if m & UNSAFE]
@@ -116,7 +126,7 @@ def test_every_state_changing_rule_refuses_a_request_without_the_csrf_token(cons
 
 
 def test_every_page_without_a_session_redirects_to_login(console) -> None:
-    base, env = console
+    base, env, _ = console
     client = ConsoleClient(base)
     pages = [(e, p) for e, p, m in console_rules(Path(env["SMARTFLOW_CONFIG"])) if "GET" in m]
     pages = [(e, p) for e, p in pages if e not in {"login", "static"}]

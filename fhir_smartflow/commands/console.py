@@ -13,7 +13,9 @@ import redis
 from fhir_smartflow.commands.context import CliContext, pass_ctx
 from fhir_smartflow.config import ConfigError, Settings
 from fhir_smartflow.console.accounts import ROLES, AccountError, Accounts, generated_password
+from fhir_smartflow.console.audit import Audit
 from fhir_smartflow.console.keys import ConsoleKeys
+from fhir_smartflow.worker.runtime import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +65,17 @@ def _embedded_admin(accounts: Accounts) -> None:
     log.warning("EMBEDDED MODE: console account %r created with the generated password printed above", EMBEDDED_ADMIN)
 
 
-def _accounts(settings: Settings) -> Accounts:
+def _accounts(settings: Settings) -> tuple[Accounts, Audit]:
+    """The accounts, and the audit trail their changes go to (Redis when configured)."""
     keys = ConsoleKeys(settings.redis.key_prefix)
-    if settings.console.users_file:
-        return Accounts.build(settings.console.users_file, None, keys)
-    if settings.embedded_queue:
-        raise ConfigError("[console] users_file", "accounts live in Redis ([redis] url) or in a users_file; set one")
-    from fhir_smartflow.connections import connect
+    conn = None
+    if not settings.embedded_queue:
+        from fhir_smartflow.connections import connect
 
-    return Accounts.build("", connect(settings), keys)
+        conn = connect(settings)
+    elif not settings.console.users_file:
+        raise ConfigError("[console] users_file", "accounts live in Redis ([redis] url) or in a users_file; set one")
+    return Accounts.build(settings.console.users_file, conn, keys), Audit(conn, keys, utc_now)
 
 
 def _read_password() -> str:
@@ -97,12 +101,13 @@ def add_user(cli: CliContext, name: str, role: str) -> None:
     """Create or replace an account; the password comes from $SMARTFLOW_CONSOLE_PASSWORD or stdin.
 
     Exit 2 for a bad name, role or a password shorter than 12 characters."""
-    accounts = _accounts(cli.settings)
+    accounts, audit = _accounts(cli.settings)
     try:
         user = accounts.add(name, _read_password(), role)
     except AccountError as exc:
         click.echo(f"console add-user: {exc}", err=True)
         sys.exit(2)
+    audit.record("(command line)", "account.add", user.name, user.role)
     click.echo(f"account {user.name} ({user.role}) saved")
 
 
@@ -111,9 +116,11 @@ def add_user(cli: CliContext, name: str, role: str) -> None:
 @pass_ctx
 def remove_user(cli: CliContext, name: str) -> None:
     """Remove an account (its sessions end at once). Exit 1 when there is no such account."""
-    if not _accounts(cli.settings).remove(name):
+    accounts, audit = _accounts(cli.settings)
+    if not accounts.remove(name):
         click.echo(f"console remove-user: no account {name!r}", err=True)
         sys.exit(1)
+    audit.record("(command line)", "account.remove", name)
     click.echo(f"account {name} removed")
 
 
@@ -121,5 +128,5 @@ def remove_user(cli: CliContext, name: str) -> None:
 @pass_ctx
 def list_users(cli: CliContext) -> None:
     """List the accounts and their roles."""
-    for user in _accounts(cli.settings).list():
+    for user in _accounts(cli.settings)[0].list():
         click.echo(f"{user.name}\t{user.role}")
