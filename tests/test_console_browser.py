@@ -6,7 +6,7 @@ An administrator logs in, writes an SMS template with merge fields, builds a flo
 the field, tests the flow on a sandbox patient without writing anything, saves it, and watches a new
 Patient get the Task and the run appear in the history; disabled, the flow does nothing for the next
 Patient; a failed job is replayed from the Operations page. Screenshots of the main pages go to
-docs/console/ (``SMARTFLOW_CONSOLE_SCREENSHOTS=0`` skips them).
+docs/console/ when ``SMARTFLOW_CONSOLE_SCREENSHOTS=1``.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def console(processes, redis_url: str, redis_conn: redis.Redis, tmp_path: Path) 
 
 
 def _shot(page: Any, name: str) -> None:
-    if os.environ.get("SMARTFLOW_CONSOLE_SCREENSHOTS", "1") != "0":
+    if os.environ.get("SMARTFLOW_CONSOLE_SCREENSHOTS") == "1":
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
@@ -273,6 +273,6 @@ def test_pages_are_usable_at_a_narrow_width(console: Console, page: Any) -> None
         )
         assert unlabelled == [], f"{path}: fields without a label: {unlabelled}"
     page.goto(console.base + "/flows/missed-appointment")
-    _shot_narrow = os.environ.get("SMARTFLOW_CONSOLE_SCREENSHOTS", "1") != "0"
+    _shot_narrow = os.environ.get("SMARTFLOW_CONSOLE_SCREENSHOTS") == "1"
     if _shot_narrow:
         page.screenshot(path=str(SCREENSHOTS / "flow-editor-narrow.png"), full_page=False)

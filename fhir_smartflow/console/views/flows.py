@@ -42,6 +42,7 @@ from fhir_smartflow.engine.model import Engine
 from fhir_smartflow.flowfiles import registry_channels
 from fhir_smartflow.tooling.lint import lint
 
+QUESTIONNAIRES_SHOWN = 50
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
 
@@ -80,7 +81,29 @@ def _choices(deps: ConsoleDeps, engine: Engine | None) -> dict[str, Any]:
         "recurring_kinds": RECURRING_KINDS,
         "overdue_choices": OVERDUE_CHOICES,
         "staff": STAFF,
+        "questionnaires": _questionnaires(deps),
     }
+
+
+@dataclass(frozen=True)
+class Questionnaire:
+    url: str
+    title: str
+
+
+def _questionnaires(deps: ConsoleDeps) -> list[Questionnaire]:
+    """The FHIR server's Questionnaires for the send-form item picker (none when it cannot be asked)."""
+    if deps.fhir is None:
+        return []
+    try:
+        found = deps.fhir.search("Questionnaire", {"_count": str(QUESTIONNAIRES_SHOWN), "_elements": "url,title,name"})
+    except Exception:  # a server without Questionnaire (OpenEMR 7.0.0) or unreachable: the field stays free text
+        return []
+    return [
+        Questionnaire(str(q["url"]), str(q.get("title") or q.get("name") or q["url"]))
+        for q in found[:QUESTIONNAIRES_SHOWN]
+        if isinstance(q, dict) and q.get("url")
+    ]
 
 
 def _rows(deps: ConsoleDeps) -> list[Row]:
@@ -149,15 +172,12 @@ def _editor(
 def register(app: Flask, deps: ConsoleDeps) -> None:
     add_nav(app, "Flows", "flows")
 
-    @app.get("/", endpoint="home")
-    @require("viewer")
-    def home() -> Response:
-        return redirect(url_for("flows"))
-
+    @app.get("/", endpoint="home")  # the console opens on the flows
     @app.get("/flows", endpoint="flows")
     @require("viewer")
     def flows() -> str:
-        return render_template("flows.html", rows=_rows(deps))
+        failures = deps.reload_bus.failures() if deps.reload_bus is not None else []
+        return render_template("flows.html", rows=_rows(deps), reload_failures=failures)
 
     @app.post("/flows/<name>/enabled", endpoint="flow_enabled")
     @require("admin")

@@ -83,7 +83,7 @@ def _subscriptions(deps: ConsoleDeps, conn: redis.Redis) -> list[SubscriptionRow
 
 def _reason(job: Job) -> str:
     result = job.latest_result()
-    text = (result.exc_string if result else "") or job.exc_info or ""  # exc_info: a job failed outside a worker
+    text = (result.exc_string if result else "") or ""
     return text.strip().splitlines()[-1] if text.strip() else "unknown"
 
 
