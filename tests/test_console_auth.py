@@ -8,6 +8,7 @@ import re
 import subprocess
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -26,6 +27,7 @@ from fhir_smartflow.worker.runtime import utc_now
 from tests.support.console import (
     CONSOLE_SECRET,
     ConsoleClient,
+    ConsoleServe,
     console_rules,
     copy_site,
     start_console_serve,
@@ -41,11 +43,12 @@ VIEWER_PW = "viewer-password-0123"
 
 
 @pytest.fixture
-def console(processes, run_cli, tmp_path: Path, redis_url: str) -> tuple[str, dict[str, str], str]:
+def console(processes, run_cli, tmp_path: Path, redis_url: str) -> ConsoleServe:
     prefix = f"t{uuid.uuid4().hex[:8]}:"
-    base, _, env = start_console_serve(
+    started = start_console_serve(
         processes, tmp_path, redis_url=redis_url, prefix=prefix, extra={"console": {"login_attempts": 3}}
     )
+    env = started.env
     done = run_cli(
         "console", "add-user", "alice", "--role", "admin", env={**env, "SMARTFLOW_CONSOLE_PASSWORD": ADMIN_PW}
     )
@@ -64,11 +67,11 @@ def console(processes, run_cli, tmp_path: Path, redis_url: str) -> tuple[str, di
     assert short.returncode == 2 and short.stderr.strip().splitlines() == [
         "console add-user: password: at least 12 characters"
     ]
-    return base, env, prefix
+    return started
 
 
 def test_login_sets_a_protected_cookie_and_logout_ends_the_session(console) -> None:
-    base, _, _ = console
+    base = console.base
     client = ConsoleClient(base)
     page = client.get("/login")
     assert page.headers["Content-Security-Policy"] == CSP
@@ -78,33 +81,36 @@ def test_login_sets_a_protected_cookie_and_logout_ends_the_session(console) -> N
     cookie = done.headers["Set-Cookie"]
     for flag in ("HttpOnly", "SameSite=Lax", "Secure", "Path=/console"):
         assert flag in cookie, cookie
-    home = client.get("/")
+    home = client.page("/")
     assert home.status_code == 200 and "alice (admin)" in home.text
     stolen = dict(client.http.cookies)
-    out = client.post("/logout", {"csrf_token": client.token("/")})
+    out = client.post("/logout", {"csrf_token": client.token(urlsplit(home.url).path.removeprefix("/console"))})
     assert out.status_code == 302 and out.headers["Location"].endswith("/console/login")
     replay = ConsoleClient(base)
     replay.http.cookies.update(stolen)  # the cookie from before logout no longer opens anything
-    assert replay.get("/").status_code == 302
+    assert not replay.logged_in()
 
 
-def test_wrong_password_refused_and_logins_rate_limited_per_user(console, processes) -> None:
-    base, _, _ = console
+def test_wrong_password_refused_and_logins_rate_limited_per_user(console) -> None:
+    base, serve = console.base, console.process
     client = ConsoleClient(base)
     for _ in range(3):
         assert client.login("alice", "not-the-password!").status_code == 401
     limited = client.login("alice", ADMIN_PW)  # even the right password waits now
     assert limited.status_code == 429 and int(limited.headers["Retry-After"]) > 0
     assert client.login("victor", VIEWER_PW).status_code == 302  # another account from the same address
+    typo = "my-password-in-the-name-field"
+    assert client.login(typo, ADMIN_PW).status_code == 401
+    assert typo not in serve.output() and ADMIN_PW not in serve.output() and "not-the-password" not in serve.output()
 
 
 def test_removed_account_loses_its_session_at_once(console, run_cli, redis_conn: redis.Redis) -> None:
-    base, env, prefix = console
+    base, env, prefix = console.base, console.env, console.prefix
     client = ConsoleClient(base)
     assert client.login("victor", VIEWER_PW).status_code == 302
-    assert client.get("/").status_code == 200
+    assert client.logged_in()
     assert run_cli("console", "remove-user", "victor", env=env).returncode == 0
-    assert client.get("/").status_code == 302
+    assert not client.logged_in()
     assert run_cli("console", "remove-user", "victor", env=env).returncode == 1
     trail = [(e.user, e.action, e.target) for e in Audit(redis_conn, ConsoleKeys(prefix), utc_now).recent()]
     assert trail[:2] == [("(command line)", "account.remove", "victor"), ("victor", "login", "")]
@@ -112,7 +118,7 @@ def test_removed_account_loses_its_session_at_once(console, run_cli, redis_conn:
 
 
 def test_every_state_changing_rule_refuses_a_request_without_the_csrf_token(console) -> None:
-    base, env, _ = console
+    base, env = console.base, console.env
     client = ConsoleClient(base)
     assert client.login("alice", ADMIN_PW).status_code == 302
     unsafe = [(e, p, m & UNSAFE) for e, p, m in console_rules(Path(env["SMARTFLOW_CONFIG"])) if m & UNSAFE]
@@ -122,11 +128,11 @@ def test_every_state_changing_rule_refuses_a_request_without_the_csrf_token(cons
             for data in ({}, {"csrf_token": "forged"}):
                 answer = client.request(method, path, data)
                 assert answer.status_code == 400, (endpoint, method, path, answer.status_code)
-    assert client.get("/").status_code == 200  # still logged in: the refusals changed nothing
+    assert client.logged_in()  # the refusals changed nothing
 
 
 def test_every_page_without_a_session_redirects_to_login(console) -> None:
-    base, env, _ = console
+    base, env = console.base, console.env
     client = ConsoleClient(base)
     pages = [(e, p) for e, p, m in console_rules(Path(env["SMARTFLOW_CONFIG"])) if "GET" in m]
     pages = [(e, p) for e, p in pages if e not in {"login", "static"}]
@@ -148,7 +154,7 @@ def test_a_viewer_may_read_but_not_use_admin_views(redis_conn: redis.Redis) -> N
     page = web.get("/console/login").text
     token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
     web.post("/console/login", data={"username": "victor", "password": VIEWER_PW, "csrf_token": token})
-    assert web.get("/console/").status_code == 200
+    assert web.get("/console/", follow_redirects=True).status_code == 200
     assert web.get("/console/admin-only").status_code == 403
 
 
@@ -165,5 +171,5 @@ def test_embedded_mode_prints_a_generated_admin_password_once(processes, tmp_pat
     client = ConsoleClient(base)
     done = client.login("admin", password)
     assert done.status_code == 302 and "Secure" not in done.headers["Set-Cookie"]  # plain HTTP on this machine
-    assert "Embedded mode" in client.get("/").text
+    assert "Embedded mode" in client.page("/").text
     assert serve.output().count(password) == 1  # printed once, never logged

@@ -12,10 +12,10 @@ import redis
 from fhir_smartflow.config import load_settings
 from fhir_smartflow.console.accounts import ConsoleUser
 from fhir_smartflow.console.keys import ConsoleKeys
-from fhir_smartflow.console.reload import ProcessStatus, ReloadBus, SavedChangeWatcher
+from fhir_smartflow.console.reload import ProcessStatus, ReloadBus, SavedChangeWatcher, saved_generation
 from fhir_smartflow.console.store import FlowStore
 from fhir_smartflow.worker.runtime import ServiceRuntime, build_service_runtime, utc_now
-from tests.support.console import CONSOLE_SECRET, copy_site
+from tests.support.console import CONSOLE_SECRET, Site, copy_site
 from tests.support.net import wait_for
 from tests.support.service import start_service
 from tests.support.toml import write_config
@@ -32,6 +32,11 @@ def _copy_of_intake(site_flows: Path, flow_id: str) -> str:
     return text.replace('id = "intake-forms"', f'id = "{flow_id}"').replace(
         'trigger = "patient.registered"', 'trigger = "patient.updated"'
     )
+
+
+def _config(tmp_path: Path, redis_url: str, site: Site) -> Path:
+    sections = {"redis": {"url": redis_url, "key_prefix": PREFIX}, "engine": site.engine_section()}
+    return write_config(tmp_path / "smartflow.toml", sections)
 
 
 def _worker(bus: ReloadBus) -> ProcessStatus | None:
@@ -77,10 +82,7 @@ def test_a_change_that_does_not_load_is_reported_and_the_running_flows_stay(
     tmp_path: Path, redis_url: str, redis_conn: redis.Redis
 ) -> None:
     site = copy_site(tmp_path)
-    config = write_config(
-        tmp_path / "smartflow.toml",
-        {"redis": {"url": redis_url, "key_prefix": PREFIX}, "engine": site.engine_section()},
-    )
+    config = _config(tmp_path, redis_url, site)
     rt = build_service_runtime(load_settings(config, env={}), redis_conn)
     assert isinstance(rt, ServiceRuntime)
     bus = ReloadBus(redis_conn, ConsoleKeys(PREFIX), utc_now)
@@ -102,3 +104,19 @@ def test_a_change_that_does_not_load_is_reported_and_the_running_flows_stay(
     bus.announce("flow", "fixed", "alice")
     watcher.step()
     assert bus.failures() == [] and "fixed" in rt.engine.flows
+
+
+def test_a_save_while_the_process_was_loading_is_caught_up_at_the_first_check(
+    tmp_path: Path, redis_url: str, redis_conn: redis.Redis
+) -> None:
+    site = copy_site(tmp_path)
+    config = _config(tmp_path, redis_url, site)
+    settings = load_settings(config, env={})
+    seen = saved_generation(settings, redis_conn)  # as `worker` reads it, before loading the files
+    rt = build_service_runtime(settings, redis_conn)
+    assert isinstance(rt, ServiceRuntime) and "late" not in rt.engine.flows
+    bus = ReloadBus(redis_conn, ConsoleKeys(PREFIX), utc_now)
+    store = FlowStore(settings, site.flows, tmp_path / "history", bus=bus, clock=utc_now)
+    store.save("late", _copy_of_intake(site.flows, "late"), None, ALICE)  # lands after the load
+    SavedChangeWatcher(rt, bus, "worker", interval=0.1, seen=seen).step()
+    assert "late" in rt.engine.flows

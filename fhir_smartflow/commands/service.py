@@ -117,10 +117,11 @@ def serve(
         if not settings.subscriptions and not insecure_dev:
             insecure_dev = True
             log.warning("EMBEDDED MODE implies --insecure-dev: webhook deliveries are NOT authenticated.")
+        seen = _saved_generation(settings, conn)
         rt = _service_runtime(settings, conn)
         install(rt)
         _reload_on_sighup(rt)
-        _watch_saved_changes(rt, conn, "serve")
+        _watch_saved_changes(rt, conn, "serve", seen)
         threading.Thread(target=run_embedded_worker, args=(rt, stop), name="embedded-worker", daemon=True).start()
         _start_scheduler(rt, stop)
     else:
@@ -173,13 +174,20 @@ def _reload_on_sighup(rt: Runtime) -> None:
         signal.signal(signal.SIGHUP, reload)
 
 
-def _watch_saved_changes(rt: Runtime, conn: redis.Redis, role: str) -> None:
-    """Flows saved in the console are loaded within seconds, as on SIGHUP (console/reload.py)."""
+def _saved_generation(settings: Settings, conn: redis.Redis) -> int | None:
+    from fhir_smartflow.console.reload import saved_generation
+
+    return saved_generation(settings, conn)
+
+
+def _watch_saved_changes(rt: Runtime, conn: redis.Redis, role: str, seen: int | None) -> None:
+    """Flows saved in the console are loaded within seconds, as on SIGHUP (console/reload.py); ``seen``:
+    the generation read before the files were loaded."""
     if not isinstance(rt, ServiceRuntime):
         return
     from fhir_smartflow.console.reload import watch_saved_changes
 
-    watch_saved_changes(rt, conn, role)
+    watch_saved_changes(rt, conn, role, seen=seen)
 
 
 def _start_scheduler(rt: Runtime, stop: threading.Event) -> None:
@@ -219,10 +227,11 @@ def worker(cli: CliContext, burst: bool, with_scheduler: bool, worker_class: str
     require_settings(settings, "worker", ["[redis] url", "[fhir] base_url"])
     conn = worker_connection(settings)
     wait_for_redis(conn)  # a worker (re)started while Redis restarts waits for it instead of exiting
+    seen = _saved_generation(settings, conn)
     rt = _service_runtime(settings, conn)
     install(rt)
     _reload_on_sighup(rt)
-    _watch_saved_changes(rt, conn, "worker")
+    _watch_saved_changes(rt, conn, "worker", seen)
     if with_scheduler:  # due rq jobs (retries, gap sweeps) move in Liveness; our follow-ups in a thread
         _start_scheduler(rt, threading.Event())
     if settings.poll.enabled:  # servers without subscriptions: poll inside the worker (docs/openemr.md)

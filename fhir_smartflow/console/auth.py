@@ -173,16 +173,18 @@ def register_auth(app: Flask) -> None:
         password = request.form.get("password", "")
         target = request.form.get("next", "")
         limiter, address = deps().limiter, _client_address()
+        # A name that is no account is not recorded: it may be a password typed in the wrong field.
+        who = name if name and deps().accounts.get(name) else "(unknown account)"
         wait = limiter.retry_after(name, address)
         if wait:
-            deps().audit.record(name or "?", "login.limited")
+            deps().audit.record(who, "login.limited")
             error = f"Too many failed attempts. Try again in {wait} seconds."
             body = render_template("login.html", next=target, error=error)
             return body, 429, {"Retry-After": str(wait)}
         user = deps().accounts.verify(name, password) if name and password else None
         if user is None:
             limiter.failed(name, address)
-            deps().audit.record(name or "?", "login.refused")
+            deps().audit.record(who, "login.refused")
             return render_template("login.html", next=target, error="Wrong user name or password."), 401, {}
         limiter.succeeded(name, address)
         old = session.get("sid")

@@ -21,8 +21,9 @@ from datetime import datetime
 
 import redis
 
+from fhir_smartflow.config import Settings
 from fhir_smartflow.console.keys import ConsoleKeys
-from fhir_smartflow.worker.runtime import ServiceRuntime, reload_engine
+from fhir_smartflow.worker.runtime import ServiceRuntime, reload_engine, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +93,12 @@ def process_name(role: str) -> str:
 class SavedChangeWatcher:
     """Reloads ``rt``'s flows when the bus's generation moves (``run`` is the thread's body)."""
 
-    def __init__(self, rt: ServiceRuntime, bus: ReloadBus, role: str, interval: float) -> None:
+    def __init__(self, rt: ServiceRuntime, bus: ReloadBus, role: str, interval: float, seen: int | None = None) -> None:
+        """``seen``: the generation read before the runtime loaded its files (a save in between is then
+        caught up at the first check); None takes the first check's as loaded."""
         self.rt, self.bus, self.role, self.interval = rt, bus, role, interval
         self.process = process_name(role)
-        self.seen: int | None = None
+        self.seen = seen
         self.last: ProcessStatus | None = None
 
     def step(self) -> None:
@@ -106,6 +109,8 @@ class SavedChangeWatcher:
             self._report(generation, [])
             return
         if generation == self.seen:
+            if self.last is None:
+                self._report(generation, [])
             return
         self.seen = generation
         errors = [str(e) for e in reload_engine(self.rt)]
@@ -148,11 +153,25 @@ class SavedChangeWatcher:
                 failing = True
 
 
+def saved_generation(settings: Settings, conn: redis.Redis) -> int | None:
+    """The current generation, read before a process loads its files (None when Redis does not answer)."""
+    try:
+        return ReloadBus(conn, ConsoleKeys(settings.redis.key_prefix), utc_now).generation()
+    except redis.RedisError:
+        return None
+
+
 def watch_saved_changes(
-    rt: ServiceRuntime, conn: redis.Redis, role: str, stop: threading.Event | None = None
+    rt: ServiceRuntime,
+    conn: redis.Redis,
+    role: str,
+    stop: threading.Event | None = None,
+    *,
+    seen: int | None = None,
 ) -> SavedChangeWatcher:
-    """Start the watching thread for this process (daemon: it ends with the process)."""
+    """Start the watching thread for this process (daemon: it ends with the process); ``seen``: see
+    `SavedChangeWatcher`."""
     bus = ReloadBus(conn, ConsoleKeys(rt.settings.redis.key_prefix), rt.clock)
-    watcher = SavedChangeWatcher(rt, bus, role, rt.settings.console.reload_poll_seconds)
+    watcher = SavedChangeWatcher(rt, bus, role, rt.settings.console.reload_poll_seconds, seen)
     threading.Thread(target=watcher.run, args=(stop or threading.Event(),), name="console-reload", daemon=True).start()
     return watcher

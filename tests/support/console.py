@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 
-from tests.support.procs import ROOT
+from tests.support.procs import ROOT, Process
 
 CONSOLE_SECRET = "test-console-signing-key-0123456789abcdef"
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -63,6 +65,24 @@ class ConsoleClient:
         self._plain_http()
         return response
 
+    def page(self, path: str) -> requests.Response:
+        """GET ``path``, following redirects inside the console (the landing page may send on)."""
+        response = self.get(path)
+        root = urlsplit(self.base).path
+        for _ in range(5):
+            if not response.is_redirect:
+                break
+            location = urlsplit(response.headers["Location"]).path
+            query = urlsplit(response.headers["Location"]).query
+            assert location.startswith(root), response.headers["Location"]
+            response = self.get(location[len(root) :] + (f"?{query}" if query else ""))
+        return response
+
+    def logged_in(self) -> bool:
+        """True when the landing page opens (not the login page)."""
+        page = self.page("/")
+        return page.status_code == 200 and "/login" not in page.url
+
     def token(self, path: str = "/login") -> str:
         """The CSRF token of this session, as the page at ``path`` carries it."""
         page = self.get(path).text
@@ -90,11 +110,24 @@ def console_rules(config: Path) -> list[tuple[str, str, frozenset[str]]]:
     return found
 
 
+@dataclass(frozen=True)
+class ConsoleServe:
+    base: str  # the console's URL
+    config: Path
+    env: dict[str, str]  # what each CLI call needs (config, console key)
+    prefix: str
+    process: Process
+
+
 def start_console_serve(
-    processes: object, tmp_path: Path, *, redis_url: str, prefix: str, extra: dict[str, dict[str, object]] | None = None
-) -> tuple[str, Path, dict[str, str]]:
-    """`serve --insecure-dev` on the test's Redis with the console on a copied site: (console base URL,
-    config path, the environment each CLI call needs)."""
+    processes: Callable[..., Process],
+    tmp_path: Path,
+    *,
+    redis_url: str,
+    prefix: str,
+    extra: dict[str, dict[str, object]] | None = None,
+) -> ConsoleServe:
+    """`serve --insecure-dev` on the test's Redis with the console on a copied site."""
     from tests.support.net import free_port
     from tests.support.procs import smartflow_cmd
     from tests.support.toml import write_config
@@ -110,7 +143,7 @@ def start_console_serve(
     }
     config = write_config(tmp_path / "smartflow.toml", sections)
     env = {"SMARTFLOW_CONFIG": str(config), "SMARTFLOW_CONSOLE_SECRET": CONSOLE_SECRET}
-    serve = processes(smartflow_cmd("serve", "--insecure-dev"), env, "serve")  # type: ignore[operator]
+    serve = processes(smartflow_cmd("serve", "--insecure-dev"), env, "serve")
     base = f"http://127.0.0.1:{port}/console"
     serve.wait_http(f"{base}/login")
-    return base, config, env
+    return ConsoleServe(base, config, env, prefix, serve)
