@@ -262,7 +262,7 @@ def test_pages_are_usable_at_a_narrow_width(console: Console, page: Any) -> None
     page.get_by_label("User").fill(ADMIN)
     page.get_by_label("Password").fill(PASSWORD)
     page.keyboard.press("Enter")  # by keyboard
-    page.wait_for_url("**/flows**")
+    page.get_by_role("heading", name="Flows").wait_for()
     for path in ("/flows", "/flows/missed-appointment", "/templates/intake-forms", "/history", "/operations"):
         page.goto(console.base + path)
         width = page.evaluate("document.documentElement.scrollWidth")
