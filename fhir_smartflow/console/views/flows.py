@@ -43,6 +43,7 @@ from fhir_smartflow.flowfiles import registry_channels
 from fhir_smartflow.tooling.lint import lint
 
 QUESTIONNAIRES_SHOWN = 50
+STAFF_SHOWN = 50
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
 
@@ -82,7 +83,40 @@ def _choices(deps: ConsoleDeps, engine: Engine | None) -> dict[str, Any]:
         "overdue_choices": OVERDUE_CHOICES,
         "staff": STAFF,
         "questionnaires": _questionnaires(deps),
+        "staff_refs": _staff(deps),
     }
+
+
+@dataclass(frozen=True)
+class StaffRef:
+    reference: str
+    label: str
+
+
+def _staff(deps: ConsoleDeps) -> list[StaffRef]:
+    """The FHIR server's Practitioners and PractitionerRoles, offered for "who is responsible"."""
+    if deps.fhir is None:
+        return []
+    found: list[StaffRef] = []
+    for rtype in ("Practitioner", "PractitionerRole"):
+        try:
+            resources = deps.fhir.search(rtype, {"_count": str(STAFF_SHOWN)})[:STAFF_SHOWN]
+        except Exception:  # not offered by this server, or unreachable: the field stays free text
+            continue
+        for r in resources:
+            if isinstance(r, dict) and r.get("id"):
+                found.append(StaffRef(f"{rtype}/{r['id']}", _staff_label(r)))
+    return found
+
+
+def _staff_label(resource: dict[str, Any]) -> str:
+    names = resource.get("name") or []
+    if names and isinstance(names[0], dict):
+        name = names[0]
+        return name.get("text") or " ".join([*(name.get("given") or []), name.get("family", "")]).strip()
+    code = (resource.get("code") or [{}])[0] if isinstance(resource.get("code"), list) else {}
+    practitioner = (resource.get("practitioner") or {}).get("display", "")
+    return " · ".join(x for x in (practitioner, code.get("text", "")) if x) or resource["resourceType"]
 
 
 @dataclass(frozen=True)
