@@ -53,8 +53,10 @@ def site(redis_conn: redis.Redis, tmp_path: Path) -> Iterator[Site]:
     flows = tmp_path / "flows"
     shutil.copytree(ROOT / "flows" / "examples", flows)
     (flows / "intake-forms.toml").unlink()
+    templates = tmp_path / "templates"
+    shutil.copytree(ROOT / "templates", templates)
     engine = dataclasses.replace(
-        SETTINGS.engine, flows=[str(flows)], templates=[str(ROOT / "templates")], mappings=[str(ROOT / "mappings")]
+        SETTINGS.engine, flows=[str(flows)], templates=[str(templates)], mappings=[str(ROOT / "mappings")]
     )
     redis_config = dataclasses.replace(SETTINGS.redis, key_prefix="cp:")
     settings = dataclasses.replace(SETTINGS, engine=engine, redis=redis_config)
@@ -155,3 +157,26 @@ def test_replay_puts_one_failed_job_back_on_the_queue(site: Site):
     (queued,) = queue.get_jobs()
     assert queued.args[0]["source"] == "replay" and queued.args[0]["resource_id"] == "p1"
     assert "job.replay" in site.client.get("/audit").text
+
+
+def test_the_template_preview_renders_the_sample_record_and_names_an_unknown_field(site: Site):
+    fields = {"body": "Hi {{ patient.first_name }}, due {{ task.due }}", "subject": "{{ patient.nickname }}"}
+    shown = site.post("/templates/preview", fields).get_json()
+    assert shown["body"]["text"].startswith("Hi Alex, due ")
+    assert "nickname" in shown["subject"]["error"]
+
+
+def test_a_template_saved_from_the_editor_loads_and_keeps_its_multiline_body(site: Site):
+    fields = {
+        "id": "welcome-sms",
+        "name": "Welcome (SMS)",
+        "status": "enabled",
+        "methods": "sms",
+        "body": 'Hi {{ patient.first_name }},\r\nplease fill in "{{ form.title }}".',
+        "step": "save",
+    }
+    response = site.post("/templates/new", fields)
+    assert response.status_code == 302, response.text
+    text = (site.flows.parent / "templates" / "welcome-sms.toml").read_text()
+    assert 'body = """Hi {{ patient.first_name }},\nplease fill in "{{ form.title }}"."""' in text
+    assert "Saved template welcome-sms." in site.client.get(response.headers["Location"]).text

@@ -23,6 +23,8 @@
       schedule();
     });
   }
+  var chosen = document.getElementById("preview_patient");
+  if (chosen) chosen.addEventListener("change", function () { schedule(); });
   var section = document.querySelector("[data-preview-url]");
   var out = document.getElementById("preview");
   var timer = null;
@@ -34,6 +36,7 @@
     body.set("subject", value("subject"));
     body.set("body", value("body"));
     body.set("prompt", value("prompt_text"));
+    body.set("preview_patient", value("preview_patient"));
     fetch(section.getAttribute("data-preview-url"), {
       method: "POST",
       credentials: "same-origin",

@@ -19,10 +19,12 @@ from fhir_smartflow.console.forms import (
 )
 from fhir_smartflow.console.nav import add_nav
 from fhir_smartflow.console.store import InvalidFile, StaleEdit
+from fhir_smartflow.console.views.simulation import find_patients
 from fhir_smartflow.engine import model as m
 from fhir_smartflow.engine.templating import (
     CATALOG_FIELDS,
     TemplateRenderError,
+    build_catalog,
     compile_template,
     make_environment,
     render,
@@ -44,10 +46,25 @@ def merge_fields(deps: ConsoleDeps) -> list[tuple[str, str]]:
     return [(name, _sample_value(catalog, name)) for name in CATALOG_FIELDS]
 
 
-def preview(deps: ConsoleDeps, parts: dict[str, str]) -> dict[str, Any]:
-    """Each part rendered against the sample record, or its error."""
-    env = make_environment()
+def _catalog(deps: ConsoleDeps, patient_query: str) -> tuple[Any, str]:
+    """The sample record, with the chosen patient of the FHIR server in place of the sample patient."""
     catalog = sample_catalog(deps.settings)
+    if not patient_query:
+        return catalog, "the sample patient"
+    try:
+        found = find_patients(deps, patient_query)
+    except Exception as exc:  # the server's failure is shown, the preview stays on the sample
+        return catalog, f"the sample patient (the FHIR server could not be searched: {type(exc).__name__})"
+    if not found:
+        return catalog, f"the sample patient (no patient found for {patient_query!r})"
+    chosen = build_catalog(deps.settings, patient=found[0])
+    return {**catalog, "patient": chosen["patient"]}, f"Patient/{found[0].get('id')}"
+
+
+def preview(deps: ConsoleDeps, parts: dict[str, str], patient_query: str = "") -> dict[str, Any]:
+    """Each part rendered against the sample record (or a chosen patient), or its error."""
+    env = make_environment()
+    catalog, _ = _catalog(deps, patient_query)
     out: dict[str, Any] = {}
     for part, source in parts.items():
         if not source:
@@ -70,6 +87,7 @@ def _editor(
     notice: str = "",
     status: int = 200,
 ) -> tuple[str, int]:
+    preview_patient = request.form.get("preview_patient", "").strip()
     channels, _ = registry_channels(deps.settings)
     field_errors: dict[str, list[str]] = {}
     general = []
@@ -90,7 +108,11 @@ def _editor(
         methods=list(channels),
         note_types=m.NOTE_TYPES,
         merge_fields=merge_fields(deps),
-        preview=preview(deps, {"subject": form.subject, "body": form.body, "prompt": form.prompt_text}),
+        preview=preview(
+            deps, {"subject": form.subject, "body": form.body, "prompt": form.prompt_text}, preview_patient
+        ),
+        preview_patient=preview_patient,
+        preview_on=_catalog(deps, preview_patient)[1] if preview_patient else "the sample patient",
     )
     return body, status
 
@@ -162,4 +184,5 @@ def register(app: Flask, deps: ConsoleDeps) -> None:
     @require("viewer")
     def template_preview() -> tuple[str, int, dict[str, str]]:
         parts = {k: request.form.get(k, "") for k in ("subject", "body", "prompt")}
-        return json.dumps(preview(deps, parts)), 200, {"Content-Type": "application/json"}
+        patient = request.form.get("preview_patient", "").strip()
+        return json.dumps(preview(deps, parts, patient)), 200, {"Content-Type": "application/json"}
