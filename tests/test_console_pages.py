@@ -180,3 +180,13 @@ def test_a_template_saved_from_the_editor_loads_and_keeps_its_multiline_body(sit
     text = (site.flows.parent / "templates" / "welcome-sms.toml").read_text()
     assert 'body = """Hi {{ patient.first_name }},\nplease fill in "{{ form.title }}"."""' in text
     assert "Saved template welcome-sms." in site.client.get(response.headers["Location"]).text
+
+
+def test_lint_warnings_are_shown_before_saving(site: Site):
+    fields = POSTED.copy()
+    fields["actions-0-reminder_amount"] = "3"  # a reminder as early as the due date is anchored on
+    fields["step"] = "check"
+    response = site.post("/flows/new", fields)
+    assert response.status_code == 200
+    assert "Lint warnings" in response.text and "reminder-not-before-due" in response.text
+    assert not (site.flows / "welcome-forms.toml").exists()

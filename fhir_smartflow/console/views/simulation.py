@@ -12,6 +12,7 @@ from typing import Any
 
 from fhir_smartflow.console.deps import ConsoleDeps
 from fhir_smartflow.console.views.checking import Checked
+from fhir_smartflow.engine.model import Engine
 from fhir_smartflow.tooling.simulate import MemoryContext, simulate
 
 MAX_MATCHES = 10
@@ -57,6 +58,20 @@ def find_patients(deps: ConsoleDeps, query: str) -> list[dict[str, Any]]:
     return [p for p in found if isinstance(p, dict) and p.get("resourceType") == "Patient"]
 
 
+def _trigger_resource(deps: ConsoleDeps, engine: Engine, trigger: str, patient: dict[str, Any]) -> dict[str, Any]:
+    """The patient's latest resource of the type the trigger reads (their newest Appointment for
+    ``appointment.booked``), or the patient when the trigger reads Patients or they have none."""
+    types = sorted({r.resource for r in engine.mappings if r.trigger == trigger})
+    if not types or "Patient" in types or deps.fhir is None:
+        return patient
+    for rtype in types:
+        params = {"patient": f"Patient/{patient.get('id')}", "_sort": "-_lastUpdated", "_count": "1"}
+        found = deps.fhir.search(rtype, params)
+        if found and isinstance(found[0], dict):
+            return found[0]
+    return patient
+
+
 def dry_run(deps: ConsoleDeps, checked: Checked, flow_id: str, fields: Any) -> DryRun:
     run = DryRun()
     if checked.engine is None:
@@ -64,6 +79,7 @@ def dry_run(deps: ConsoleDeps, checked: Checked, flow_id: str, fields: Any) -> D
         return run
     pasted = (fields.get("test_resource") or "").strip()
     resource: dict[str, Any] | None = None
+    context: list[dict[str, Any]] = []
     if pasted:
         try:
             resource = json.loads(pasted)
@@ -83,16 +99,18 @@ def dry_run(deps: ConsoleDeps, checked: Checked, flow_id: str, fields: Any) -> D
             return run
         try:
             patients = find_patients(deps, query)
+            run.matches = [PatientMatch(str(p.get("id")), _label(p)) for p in patients]
+            if not patients:
+                run.error = f"No patient found for {query!r}."
+                return run
+            resource = _trigger_resource(deps, checked.engine, fields.get("trigger", ""), patients[0])
         except Exception as exc:  # the server's failure is shown, not raised: this page only reads
             run.error = f"The FHIR server could not be searched: {type(exc).__name__}"
             return run
-        run.matches = [PatientMatch(str(p.get("id")), _label(p)) for p in patients]
-        if not patients:
-            run.error = f"No patient found for {query!r}."
-            return run
-        resource = patients[0]
+        context.append(patients[0])
     run.chosen = f"{resource['resourceType']}/{resource.get('id', '')}"
-    report = simulate(checked.engine, deps.settings, resource, None, MemoryContext([resource]), deps.clock())
+    memory = MemoryContext([resource, *context])
+    report = simulate(checked.engine, deps.settings, resource, None, memory, deps.clock())
     run.report = report
     for trigger in report["triggers"]:
         for flow in trigger["flows"]:
