@@ -38,6 +38,7 @@ class Site:
     client: Any
     flows: Path
     conn: redis.Redis
+    deps: Any
 
     def post(self, url: str, data: Any, **kw: Any) -> Any:
         page = self.client.get("/flows")
@@ -70,7 +71,7 @@ def site(redis_conn: redis.Redis, tmp_path: Path) -> Iterator[Site]:
     assert token
     done = client.post("/login", data={"username": "ann", "password": PASSWORD, "csrf_token": token.group(1)})
     assert done.status_code == 302
-    yield Site(client, flows, redis_conn)
+    yield Site(client, flows, redis_conn, deps)
 
 
 def _save(site: Site, fields: Any, url: str = "/flows/new") -> Any:
@@ -190,3 +191,39 @@ def test_lint_warnings_are_shown_before_saving(site: Site):
     assert response.status_code == 200
     assert "Lint warnings" in response.text and "reminder-not-before-due" in response.text
     assert not (site.flows / "welcome-forms.toml").exists()
+
+
+def test_a_patient_of_the_fhir_server_is_tested_with_their_latest_resource_of_the_triggers_type(
+    site: Site, sandbox_server: str
+):
+    import requests
+
+    from fhir_smartflow.fhir.client import FhirClient
+
+    fhir = dataclasses.replace(SETTINGS.fhir, base_url=sandbox_server)
+    site.deps.fhir = FhirClient.from_settings(dataclasses.replace(SETTINGS, fhir=fhir))
+    person = patient("p7", name=[{"family": "Tester", "given": ["Quinn"]}])
+    appointment = {
+        "resourceType": "Appointment",
+        "id": "a7",
+        "status": "booked",
+        "start": "2026-12-20T15:00:00Z",
+        "end": "2026-12-20T15:30:00Z",
+        "participant": [{"actor": {"reference": "Patient/p7"}, "status": "accepted"}],
+    }
+    for resource in (person, appointment):
+        url = f"{sandbox_server}/{resource['resourceType']}/{resource['id']}"
+        assert requests.put(url, json=resource, timeout=10).status_code in (200, 201)
+    before = requests.get(f"{sandbox_server}/Task", timeout=10).json().get("total")
+    fields = POSTED.copy()
+    fields["trigger"] = "appointment.booked"
+    fields["actions-0-due_anchor"] = "appointment_start"
+    fields["actions-0-due_direction"] = "before"
+    fields["actions-0-due_amount"] = "2"
+    fields["actions-0-reminder_amount"] = ""
+    fields["step"] = "test"
+    fields["test_patient"] = "Tester"
+    response = site.post("/flows/new", fields)
+    assert "Test result for Appointment/a7" in response.text, response.text
+    assert "this flow RUNS" in response.text and "Hi Quinn" in response.text
+    assert requests.get(f"{sandbox_server}/Task", timeout=10).json().get("total") == before  # nothing written
