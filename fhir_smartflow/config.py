@@ -150,6 +150,16 @@ class ConsoleConfig:
     login_window_seconds: int = 900
     # Seconds between checks for a saved change in every serve / worker process (under 5 s).
     reload_poll_seconds: float = 1.0
+    # Login through the EHR's OpenID Connect / SMART authorization server (empty issuer: local accounts only).
+    oidc_issuer: str = ""  # discovery at <issuer>/.well-known/openid-configuration
+    oidc_client_id: str = ""
+    oidc_client_secret_env: str = ""  # empty: a public client (PKCE only)
+    oidc_scopes: str = "openid fhirUser"
+    oidc_claim: str = "fhirUser"  # the id_token claim naming the user (e.g. Practitioner/123)
+    # The address registered with the server. Empty: built from the request (behind a TLS proxy, set it).
+    oidc_redirect_uri: str = ""
+    # Who may log in this way: claim value -> role (viewer | admin). Nobody else.
+    oidc_users: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

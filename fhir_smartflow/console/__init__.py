@@ -39,13 +39,13 @@ def create_console_app(deps: ConsoleDeps) -> Flask:
     app.extensions["console"] = deps
     install_csrf(app)
     install_headers(app)
-    register_auth(app)
+    register_auth(app, with_oidc=deps.oidc is not None)
 
     @app.context_processor
     def layout() -> dict[str, object]:
         user = current_user()
         items = [item for item in nav_items(app) if user is not None and user.can(item.role)]
-        return {"user": user, "nav": items, "embedded": deps.embedded}
+        return {"user": user, "nav": items, "embedded": deps.embedded, "oidc_login": deps.oidc is not None}
 
     @app.errorhandler(403)
     def forbidden(_exc: Exception) -> tuple[str, int]:

@@ -3,7 +3,7 @@
 A save bumps a generation counter in Redis (``ReloadBus.announce``). Every `serve` (embedded too) and
 `worker` process runs a ``watch_saved_changes`` thread that reads the counter every ``[console]
 reload_poll_seconds``; when it moved, the thread reloads the flow files exactly as SIGHUP does
-(``reload_engine``: on any error the running flows stay) and reports how it went under its own key
+(``reload_engine``: on any error the running flows stay) and reports how it went in one Redis hash
 (``ReloadBus.status()`` lists every live process, so the console can show where a change failed to load).
 Polling a key, not pub/sub: a process that missed a message (Redis restarted, it was busy) still catches up.
 """
@@ -15,8 +15,9 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 
 import redis
@@ -40,6 +41,7 @@ class ProcessStatus:
     at: str  # ISO UTC of the report
     flows: int  # flows running now
     errors: list[str] = field(default_factory=list)  # the loader's `file:line: field: reason` lines
+    expires: float = 0.0  # epoch seconds: a process that stopped reporting is dropped after this
 
 
 @dataclass(frozen=True)
@@ -70,16 +72,18 @@ class ReloadBus:
         return Change(**json.loads(raw)) if raw else None  # type: ignore[arg-type]
 
     def report(self, status: ProcessStatus) -> None:
-        self.conn.set(self.keys.status(status.process), json.dumps(asdict(status)), ex=STATUS_TTL)
+        fresh = replace(status, expires=time.time() + STATUS_TTL)
+        self.conn.hset(self.keys.status(), status.process, json.dumps(asdict(fresh)))
 
     def status(self) -> list[ProcessStatus]:
-        """Every live process's last report, by process name."""
-        found: list[ProcessStatus] = []
-        for key in self.conn.scan_iter(match=self.keys.status_pattern(), count=500):
-            raw = self.conn.get(key)
-            if raw:
-                found.append(ProcessStatus(**json.loads(raw)))  # type: ignore[arg-type]
-        return sorted(found, key=lambda s: s.process)
+        """Every live process's last report, by process name (those that stopped reporting are removed)."""
+        raw = self.conn.hgetall(self.keys.status())
+        found = [ProcessStatus(**json.loads(value)) for value in raw.values()]  # type: ignore[union-attr]
+        now = time.time()
+        gone = [s.process for s in found if s.expires < now]
+        if gone:
+            self.conn.hdel(self.keys.status(), *gone)
+        return sorted((s for s in found if s.expires >= now), key=lambda s: s.process)
 
     def failures(self) -> list[ProcessStatus]:
         """The live processes where the latest change did not load."""

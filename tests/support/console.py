@@ -126,6 +126,7 @@ def start_console_serve(
     redis_url: str,
     prefix: str,
     extra: dict[str, dict[str, object]] | None = None,
+    env: dict[str, str] | None = None,
 ) -> ConsoleServe:
     """`serve --insecure-dev` on the test's Redis with the console on a copied site."""
     from tests.support.net import free_port
@@ -142,7 +143,7 @@ def start_console_serve(
         **(extra or {}),
     }
     config = write_config(tmp_path / "smartflow.toml", sections)
-    env = {"SMARTFLOW_CONFIG": str(config), "SMARTFLOW_CONSOLE_SECRET": CONSOLE_SECRET}
+    env = {"SMARTFLOW_CONFIG": str(config), "SMARTFLOW_CONSOLE_SECRET": CONSOLE_SECRET, **(env or {})}
     serve = processes(smartflow_cmd("serve", "--insecure-dev"), env, "serve")
     base = f"http://127.0.0.1:{port}/console"
     serve.wait_http(f"{base}/login")
