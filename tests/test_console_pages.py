@@ -227,3 +227,14 @@ def test_a_patient_of_the_fhir_server_is_tested_with_their_latest_resource_of_th
     assert "Test result for Appointment/a7" in response.text, response.text
     assert "this flow RUNS" in response.text and "Hi Quinn" in response.text
     assert requests.get(f"{sandbox_server}/Task", timeout=10).json().get("total") == before  # nothing written
+
+
+def test_a_flow_deleted_from_the_editor_is_gone_and_its_versions_stay(site: Site):
+    assert _save(site, POSTED).status_code == 302
+    page = site.client.get("/flows/welcome-forms")
+    etag = re.search(r'name="etag" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+    response = site.post("/flows/welcome-forms/delete", {"etag": etag})
+    assert response.status_code == 302
+    assert not (site.flows / "welcome-forms.toml").exists()
+    assert "Deleted welcome-forms" in site.client.get("/flows").text
+    assert "flow.delete" in site.client.get("/audit").text

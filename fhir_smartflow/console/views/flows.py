@@ -42,6 +42,7 @@ from fhir_smartflow.engine.model import Engine
 from fhir_smartflow.flowfiles import registry_channels
 from fhir_smartflow.tooling.lint import lint
 
+NOT_ANNOUNCED = "Saved, but Redis did not take the notice: running processes pick it up at the next save."
 QUESTIONNAIRES_SHOWN = 50
 STAFF_SHOWN = 50
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
@@ -222,13 +223,15 @@ def register(app: Flask, deps: ConsoleDeps) -> None:
         form = form_from_text(stored.text)
         form.enabled = request.form.get("enabled") == "true"
         try:
-            deps.flow_store.save(name, write_flow(form, stored.text), request.form.get("etag"), current_user())
+            saved = deps.flow_store.save(name, write_flow(form, stored.text), request.form.get("etag"), current_user())
         except StaleEdit:
             flash(f"{name} was changed by someone else meanwhile: look again and retry.", "error")
         except InvalidFile as exc:
             flash(f"{name} cannot be changed: " + "; ".join(f"{e.field}: {e.reason}" for e in exc.errors), "error")
         else:
-            flash(f"{form.name or name} is now {'enabled' if form.enabled else 'disabled'}.", "ok")
+            flash(f"{form.name or name} is now {'enabled' if form.enabled else 'disabled'}.", "info")
+            if not saved.announced:
+                flash(NOT_ANNOUNCED, "error")
         return redirect(url_for("flows"))
 
     @app.get("/flows/new", endpoint="flow_new")
@@ -272,7 +275,7 @@ def register(app: Flask, deps: ConsoleDeps) -> None:
         if name is None and target in deps.flow_store.list():
             return _editor(deps, name, form, etag, checked, status=409, notice=f"A flow file {target} exists already.")
         try:
-            deps.flow_store.save(target, text, etag, current_user())
+            stored = deps.flow_store.save(target, text, etag, current_user())
         except StaleEdit as exc:
             newer = exc.current
             return _editor(
@@ -294,8 +297,26 @@ def register(app: Flask, deps: ConsoleDeps) -> None:
                 status=422,
                 notice="Not saved: fix the marked fields.",
             )
-        flash(f"Saved {form.name or target}.", "ok")
+        flash(f"Saved {form.name or target}.", "info")
+        if not stored.announced:
+            flash(NOT_ANNOUNCED, "error")
         return redirect(url_for("flow_edit", name=target))
+
+    @app.post("/flows/<name>/delete", endpoint="flow_delete")
+    @require("admin")
+    def flow_delete(name: str) -> Response:
+        if name not in deps.flow_store.list():
+            abort(404)
+        try:
+            deps.flow_store.delete(name, request.form.get("etag", ""), current_user())
+        except StaleEdit:
+            flash(f"{name} was changed by someone else meanwhile: look again and retry.", "error")
+            return redirect(url_for("flow_edit", name=name))
+        except InvalidFile as exc:
+            flash(f"{name} cannot be deleted: " + "; ".join(str(e) for e in exc.errors), "error")
+            return redirect(url_for("flow_edit", name=name))
+        flash(f"Deleted {name} (its versions stay in the history).", "info")
+        return redirect(url_for("flows"))
 
     @app.get("/flows/<name>/source", endpoint="flow_source")
     @require("viewer")

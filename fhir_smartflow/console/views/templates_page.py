@@ -19,6 +19,7 @@ from fhir_smartflow.console.forms import (
 )
 from fhir_smartflow.console.nav import add_nav
 from fhir_smartflow.console.store import InvalidFile, StaleEdit
+from fhir_smartflow.console.views.flows import NOT_ANNOUNCED
 from fhir_smartflow.console.views.simulation import find_patients
 from fhir_smartflow.engine import model as m
 from fhir_smartflow.engine.templating import (
@@ -161,7 +162,7 @@ def register(app: Flask, deps: ConsoleDeps) -> None:
             errors = [e for e in store.check(target, text) if e.file == str(store.path(target))]
             return _editor(deps, name, form, etag or "", errors, "" if errors else "The template loads.")
         try:
-            store.save(target, text, etag, current_user())
+            stored = store.save(target, text, etag, current_user())
         except StaleEdit as exc:
             newer = exc.current
             if newer is None:
@@ -178,6 +179,8 @@ def register(app: Flask, deps: ConsoleDeps) -> None:
         except InvalidFile as exc:
             return _editor(deps, name, form, etag or "", exc.errors, "Not saved: fix the marked fields.", 422)
         flash(f"Saved template {target}.", "info")
+        if not stored.announced:
+            flash(NOT_ANNOUNCED, "error")
         return redirect(url_for("template_edit", name=target))
 
     @app.post("/templates/preview", endpoint="template_preview")
