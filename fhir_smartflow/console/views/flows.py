@@ -42,6 +42,7 @@ from fhir_smartflow.engine.model import Engine
 from fhir_smartflow.flowfiles import registry_channels
 from fhir_smartflow.tooling.lint import lint
 
+CONDITION_CHECK = "console-condition-check"  # the file name the condition is checked under (never saved)
 NOT_ANNOUNCED = "Saved, but Redis did not take the notice: running processes pick it up at the next save."
 QUESTIONNAIRES_SHOWN = 50
 STAFF_SHOWN = 50
@@ -336,7 +337,7 @@ def register(app: Flask, deps: ConsoleDeps) -> None:
             condition=request.form.get("condition", ""),
             actions=[ActionForm(name="x", type="staff-task", item="x", owner_kind="patient")],
         )
-        checked = check_flow(deps.flow_store, deps.settings, "condition-check", write_flow(form))
+        checked = check_flow(deps.flow_store, deps.settings, CONDITION_CHECK, write_flow(form))
         problems = [e.reason for e in checked.errors if e.field == "condition"]
         problems += [w.message for w in checked.warnings if w.code == "unknown-path"]
         body = json.dumps({"ok": not problems, "problems": problems})
