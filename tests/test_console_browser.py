@@ -266,7 +266,10 @@ def test_pages_are_usable_at_a_narrow_width(console: Console, page: Any) -> None
     page.get_by_label("Password").fill(PASSWORD)
     page.keyboard.press("Enter")  # by keyboard
     page.get_by_role("heading", name="Flows").wait_for()
-    for path in ("/flows", "/flows/missed-appointment", "/templates/intake-forms", "/history", "/operations"):
+    flow = "/flows/missed-appointment"
+    pages = ("/flows", flow, f"{flow}/doc", f"{flow}/versions", "/templates", "/templates/intake-forms", "/history",
+             "/operations", "/audit")  # fmt: skip
+    for path in pages:
         page.goto(console.base + path)
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= 380 + 1, f"{path} scrolls sideways at 380 px ({width} px)"
