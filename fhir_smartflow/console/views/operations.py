@@ -130,11 +130,14 @@ def _queue(conn: redis.Redis, deps: ConsoleDeps) -> dict[str, int | str]:
     }
 
 
-def _pending(conn: redis.Redis, deps: ConsoleDeps, kind: str, flow: str) -> tuple[int, list[dict[str, Any]]]:
+def _pending(conn: redis.Redis, deps: ConsoleDeps, kind: str, flow: str) -> tuple[int, list[dict[str, Any]], list[str]]:
+    """How many follow-ups are pending, the soonest (filtered by kind and flow), and the kinds among them."""
     scheduler = build_scheduler(deps.settings, conn)
     found = []
+    kinds = {kind} - {""}
     for item in iter_pending(scheduler, PENDING_SHOWN * 3):
         payload = item.payload or {}
+        kinds.add(item.kind)
         if kind and item.kind != kind:
             continue
         if flow and payload.get("flow_id") != flow:
@@ -150,7 +153,7 @@ def _pending(conn: redis.Redis, deps: ConsoleDeps, kind: str, flow: str) -> tupl
         )
         if len(found) >= PENDING_SHOWN:
             break
-    return scheduler.pending_count(), found
+    return scheduler.pending_count(), found, sorted(kinds)
 
 
 def register(app: Flask, deps: ConsoleDeps) -> None:
@@ -167,7 +170,7 @@ def register(app: Flask, deps: ConsoleDeps) -> None:
             context["subscriptions"] = _subscriptions(deps, conn)
             context["queue"] = _queue(conn, deps)
             context["failed_count"], context["failed"] = failed_jobs(conn, deps)
-            context["pending_count"], context["pending"] = _pending(conn, deps, kind, flow)
+            context["pending_count"], context["pending"], context["kinds"] = _pending(conn, deps, kind, flow)
         context["processes"] = deps.reload_bus.status() if deps.reload_bus is not None else []
         return render_template("operations.html", **context)
 
