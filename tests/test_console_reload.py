@@ -8,21 +8,25 @@ from pathlib import Path
 
 import pytest
 import redis
+import requests
 
 from fhir_smartflow.config import load_settings
 from fhir_smartflow.console.accounts import ConsoleUser
 from fhir_smartflow.console.keys import ConsoleKeys
 from fhir_smartflow.console.reload import ProcessStatus, ReloadBus, SavedChangeWatcher, saved_generation
 from fhir_smartflow.console.store import FlowStore
+from fhir_smartflow.sandbox.subscriptions import self_subscription
 from fhir_smartflow.worker.runtime import ServiceRuntime, build_service_runtime, utc_now
 from tests.support.console import CONSOLE_SECRET, Site, copy_site
+from tests.support.fhir import search_all, wait_subscription
 from tests.support.net import wait_for
-from tests.support.service import start_service
+from tests.support.service import SECRET_HEADER, start_service
 from tests.support.toml import write_config
 
 pytestmark = pytest.mark.integration
 
 PREFIX = "reload:"
+FHIR = {"Content-Type": "application/fhir+json"}
 ALICE = ConsoleUser("alice", "admin")
 
 
@@ -76,6 +80,22 @@ def test_a_saved_flow_reaches_a_separate_worker_within_5_seconds(
     assert elapsed < 5, f"the worker loaded the change after {elapsed:.1f} s"
     assert f"saved change {generation} loaded: {loaded.flows} flow(s)" in worker.output()
     assert worker.alive() and "SIGHUP" not in worker.output()
+
+    # What the worker runs is the saved flow: a due date changed in the console gives version 2's Task.
+    current = store.read("intake-forms")
+    store.save("intake-forms", current.text.replace("amount = 3,", "amount = 4,"), current.etag, ALICE)
+    generation = bus.generation()
+    wait_for(lambda: (s := _worker(bus)) is not None and s.generation == generation, "reload", worker.output)
+    sub = self_subscription("reload", service.notify, f"{SECRET_HEADER}: reload-secret", "Patient", "backport",
+                            "full-resource", 0)  # fmt: skip
+    assert requests.put(f"{service.store}/Subscription/reload", json=sub, headers=FHIR, timeout=10).status_code < 300
+    wait_subscription(service.store, "reload")
+    patient = {"resourceType": "Patient", "id": "reloaded", "birthDate": "1970-05-06"}
+    assert requests.put(f"{service.store}/Patient/reloaded", json=patient, headers=FHIR, timeout=10).status_code == 201
+    tasks = wait_for(
+        lambda: search_all(service.store, "Task", {"patient": "Patient/reloaded"}), "the intake Tasks", service.logs
+    )
+    assert {t["instantiatesUri"].split("#")[0] for t in tasks} == {"urn:fhir-smartflow:flow:intake-forms:2"}
 
 
 def test_a_change_that_does_not_load_is_reported_and_the_running_flows_stay(

@@ -39,7 +39,13 @@ def mount_sandbox(settings: Settings, mounts: dict[str, Any], host: str, port: i
         return state
     for (header, value), group in groups.items():
         ids = ensure_self_subscriptions(
-            state.store, endpoint, header, value, group, heartbeat_seconds=settings.sandbox.heartbeat_seconds
+            state.store,
+            endpoint,
+            header,
+            value,
+            group,
+            heartbeat_seconds=settings.sandbox.heartbeat_seconds,
+            profile=state.profile,
         )
         log.info("sandbox: webhook subscribed to %s (%s)", ", ".join(group), ", ".join(ids))
     uncovered = sorted(set(types) - {t for group in groups.values() for t in group})
@@ -48,9 +54,7 @@ def mount_sandbox(settings: Settings, mounts: dict[str, Any], host: str, port: i
     return state
 
 
-def _self_credentials(
-    settings: Settings, insecure_dev: bool, types: list[str]
-) -> dict[tuple[str, str], list[str]]:
+def _self_credentials(settings: Settings, insecure_dev: bool, types: list[str]) -> dict[tuple[str, str], list[str]]:
     """(header, secret) → the types its subscription may deliver (each type under the first that may)."""
     if insecure_dev and not settings.subscriptions:
         return {(DEV_HEADER, "insecure-dev"): types}
@@ -62,4 +66,3 @@ def _self_credentials(
                 groups.setdefault((sub.header, value), []).append(rtype)
                 break
     return groups
-
