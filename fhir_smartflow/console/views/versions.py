@@ -50,7 +50,7 @@ def register(app: Flask, deps: ConsoleDeps) -> None:
         edit = "flow_edit" if kind == "flows" else "template_edit"
         return render_template(
             "versions.html", kind=kind, name=name, versions=list(reversed(kept)), a=a, b=b, diff=diff,
-            problem=problem, edit=edit,
+            problem=problem, edit=edit, changes=deps.audit.recent(AUDIT_SHOWN, target=name),
         )  # fmt: skip
 
     @app.get("/audit", endpoint="audit")
