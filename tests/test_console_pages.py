@@ -228,6 +228,12 @@ def test_a_patient_of_the_fhir_server_is_tested_with_their_latest_resource_of_th
     assert "this flow RUNS" in response.text and "Hi Quinn" in response.text
     assert requests.get(f"{sandbox_server}/Task", timeout=10).json().get("total") == before  # nothing written
 
+    # "Who is responsible" searches the server's Practitioners by name.
+    practitioner = {"resourceType": "Practitioner", "id": "pr1", "name": [{"family": "Lee", "given": ["Jordan"]}]}
+    assert requests.put(f"{sandbox_server}/Practitioner/pr1", json=practitioner, timeout=10).status_code in (200, 201)
+    found = site.client.get("/staff?q=Lee").get_json()
+    assert {"reference": "Practitioner/pr1", "label": "Jordan Lee"} in found
+
 
 def test_a_flow_deleted_from_the_editor_is_gone_and_its_versions_stay(site: Site):
     assert _save(site, POSTED).status_code == 302

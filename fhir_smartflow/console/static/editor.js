@@ -46,6 +46,33 @@
       timer = setTimeout(checkCondition, 400);
     });
   }
+  // "Responsible": names typed are searched among the FHIR server's Practitioners / PractitionerRoles.
+  var list = document.getElementById("roles");
+  var fixed = list ? list.innerHTML : "";
+  var staffTimer = null;
+  function searchStaff(input) {
+    var q = input.value.trim();
+    if (!list || q.length < 2 || q.indexOf("/") >= 0) return;
+    fetch(input.getAttribute("data-search-url") + "?q=" + encodeURIComponent(q), { credentials: "same-origin" })
+      .then(function (r) { return r.json(); })
+      .then(function (found) {
+        list.innerHTML = fixed;
+        found.forEach(function (s) {
+          var option = document.createElement("option");
+          option.value = s.reference;
+          option.textContent = s.label;
+          list.appendChild(option);
+        });
+      }).catch(function () {});
+  }
+  var staff = document.querySelectorAll(".staff-search");
+  for (var i = 0; i < staff.length; i++) {
+    staff[i].addEventListener("input", function (e) {
+      clearTimeout(staffTimer);
+      var input = e.target;
+      staffTimer = setTimeout(function () { searchStaff(input); }, 300);
+    });
+  }
   var summary = document.getElementById("error-summary");
   if (summary) summary.focus();
   var result = document.getElementById("dry-run");

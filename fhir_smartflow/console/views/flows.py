@@ -95,14 +95,17 @@ class StaffRef:
     label: str
 
 
-def _staff(deps: ConsoleDeps) -> list[StaffRef]:
-    """The FHIR server's Practitioners and PractitionerRoles, offered for "who is responsible"."""
+def _staff(deps: ConsoleDeps, query: str = "") -> list[StaffRef]:
+    """The FHIR server's Practitioners and PractitionerRoles (named like ``query`` when given), offered for
+    "who is responsible"."""
     if deps.fhir is None:
         return []
     found: list[StaffRef] = []
+    searches = {"Practitioner": {"name": query}, "PractitionerRole": {"practitioner.name": query}} if query else {}
     for rtype in ("Practitioner", "PractitionerRole"):
+        params = {"_count": str(STAFF_SHOWN), **searches.get(rtype, {})}
         try:
-            resources = deps.fhir.search(rtype, {"_count": str(STAFF_SHOWN)})[:STAFF_SHOWN]
+            resources = deps.fhir.search(rtype, params)[:STAFF_SHOWN]
         except Exception:  # not offered by this server, or unreachable: the field stays free text
             continue
         for r in resources:
@@ -325,6 +328,14 @@ def register(app: Flask, deps: ConsoleDeps) -> None:
         if name not in deps.flow_store.list():
             abort(404)
         return deps.flow_store.read(name).text, 200, {"Content-Type": "text/plain; charset=utf-8"}
+
+    @app.get("/staff", endpoint="staff_search")
+    @require("viewer")
+    def staff_search() -> tuple[str, int, dict[str, str]]:
+        """Practitioners and PractitionerRoles named like ``q`` (the editor's "responsible" field asks)."""
+        found = _staff(deps, request.args.get("q", "").strip())
+        body = json.dumps([{"reference": f.reference, "label": f.label} for f in found])
+        return body, 200, {"Content-Type": "application/json"}
 
     @app.post("/flows/check-condition", endpoint="flow_check_condition")
     @require("viewer")
