@@ -11,7 +11,6 @@ from typing import Any
 from flask import Flask, abort, flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from fhir_smartflow.channels import STAFF
 from fhir_smartflow.console.auth import current_user, require
 from fhir_smartflow.console.deps import ConsoleDeps
 from fhir_smartflow.console.forms import (
@@ -83,7 +82,6 @@ def _choices(deps: ConsoleDeps, engine: Engine | None) -> dict[str, Any]:
         "owner_kinds": OWNER_KINDS,
         "recurring_kinds": RECURRING_KINDS,
         "overdue_choices": OVERDUE_CHOICES,
-        "staff": STAFF,
         "questionnaires": _questionnaires(deps),
         "staff_refs": _staff(deps),
     }
