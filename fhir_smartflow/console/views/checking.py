@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fhir_smartflow.config import Settings
-from fhir_smartflow.console.store import FlowStore
+from fhir_smartflow.console.store import FlowStore, NotEditable
 from fhir_smartflow.engine.model import Engine
 from fhir_smartflow.engine.tomlfiles import LoadError
 from fhir_smartflow.tooling.lint import Finding, lint, read_sources
@@ -34,7 +34,10 @@ class Checked:
 
 def check_flow(store: FlowStore, settings: Settings, name: str, text: str) -> Checked:
     """The candidate ``text`` of flow file ``name`` checked with every configured file, as a save would be."""
-    path = str(store.path(name))
+    try:
+        path = str(store.path(name))
+    except NotEditable as exc:  # no flow directory configured, or a bad name: nothing can be saved
+        return Checked(others=[LoadError(f"{name}.toml", "file", str(exc))])
     engine, errors = store.candidate_engine(name, text)
     mine = [e for e in errors if e.file == path]
     others = [e for e in errors if e.file != path]
