@@ -18,7 +18,7 @@ from fhir_smartflow.console.forms import (
     write_template,
 )
 from fhir_smartflow.console.nav import add_nav
-from fhir_smartflow.console.store import InvalidFile, StaleEdit
+from fhir_smartflow.console.store import InvalidFile, NotEditable, StaleEdit
 from fhir_smartflow.console.views.flows import NOT_ANNOUNCED
 from fhir_smartflow.console.views.simulation import find_patients
 from fhir_smartflow.engine import model as m
@@ -158,11 +158,13 @@ def register(app: Flask, deps: ConsoleDeps) -> None:
             return _editor(deps, name, form, "", [], "Give the template an id.", 422)
         original = store.read(name).text if name else None
         text = write_template(form, original)
-        if request.form.get("step") != "save":
-            errors = [e for e in store.check(target, text) if e.file == str(store.path(target))]
-            return _editor(deps, name, form, etag or "", errors, "" if errors else "The template loads.")
         try:
+            if request.form.get("step") != "save":
+                errors = [e for e in store.check(target, text) if e.file == str(store.path(target))]
+                return _editor(deps, name, form, etag or "", errors, "" if errors else "The template loads.")
             stored = store.save(target, text, etag, current_user())
+        except NotEditable as exc:
+            return _editor(deps, name, form, etag or "", [], f"Not saved: {exc}", 422)
         except StaleEdit as exc:
             newer = exc.current
             if newer is None:
