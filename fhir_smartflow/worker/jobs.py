@@ -70,6 +70,9 @@ def process_event(event_dict: dict[str, Any]) -> str:
 
 
 def handle_event(rt: Runtime, event: ResourceEvent) -> str:
+    if event.event_number is not None:
+        # Every delivery's number counts, a duplicate's too: one dropped untracked could hide a gap.
+        _track_number(rt, event)
     key = rt.keys.dedupe(dedupe_key(event))
     claim = _claim(rt, key)
     if claim is None:
@@ -77,8 +80,6 @@ def handle_event(rt: Runtime, event: ResourceEvent) -> str:
         log.info("duplicate of an event already processed: %s", event.reference or "criteria event")
         return "deduplicated"
     try:
-        if event.event_number is not None:
-            _track_number(rt, event)
         resolved, expanded = _complete(rt, event)
         for item in resolved:
             _dispatch_once(rt, item, nested=expanded)
