@@ -41,6 +41,7 @@ class Claim:
     retry_at: str | None = None  # ISO instant
     failed: bool = False
     at: str | None = None
+    reason_code: str = ""  # the CommunicationNotDoneReason code of a not-done outcome
 
     @property
     def final(self) -> bool:
@@ -54,12 +55,21 @@ class Claim:
         return self.retry_at is None or datetime.fromisoformat(self.retry_at) <= now + RECLAIM_EARLY
 
     def outcome(self) -> DeliveryOutcome:
-        return DeliveryOutcome(self.status, self.reason, self.provider_id, failed=self.failed)
+        return DeliveryOutcome(
+            self.status, self.reason, self.provider_id, failed=self.failed, reason_code=self.reason_code
+        )
 
     @classmethod
     def of(cls, outcome: DeliveryOutcome) -> Claim:
         retry_at = outcome.retry_at.isoformat() if outcome.retry_at else None
-        return cls(outcome.status, outcome.reason, outcome.provider_id, retry_at, outcome.failed)
+        return cls(
+            outcome.status,
+            outcome.reason,
+            outcome.provider_id,
+            retry_at,
+            outcome.failed,
+            reason_code=outcome.reason_code,
+        )
 
     @classmethod
     def load(cls, raw: bytes | None) -> Claim | None:
@@ -78,6 +88,7 @@ class Claim:
             retry_at=value.get("retry_at"),
             failed=bool(value.get("failed", False)),
             at=value.get("at"),
+            reason_code=str(value.get("reason_code") or ""),
         )
 
     def dump(self) -> str:
@@ -113,6 +124,11 @@ class DeliveryClaims:
             outcome = dataclasses.replace(outcome, retry_at=now + DEFAULT_RETRY_DELAY)
         self.conn.set(self.keys.delivery(identifier), Claim.of(outcome).dump(), ex=self.ttl)
         return outcome
+
+    def restore(self, identifier: str, outcome: DeliveryOutcome) -> None:
+        """Put back a final claim found recorded elsewhere (the Communication in the FHIR store) unless a
+        claim appeared meanwhile."""
+        self.conn.set(self.keys.delivery(identifier), Claim.of(outcome).dump(), nx=True, ex=self.ttl)
 
     def withdraw(self, identifier: str, reason: str) -> DeliveryOutcome | None:
         """deferred / retry → not-done (its workflow ended, its task was closed) unless a worker took it

@@ -21,7 +21,7 @@ import redis
 
 from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
-from fhir_smartflow.delivery.claims import REARMED, DeliveryClaims
+from fhir_smartflow.delivery.claims import FINAL, REARMED, DeliveryClaims
 from fhir_smartflow.delivery.deferral import rearm_schedule
 from fhir_smartflow.delivery.notice import failure_notice
 from fhir_smartflow.delivery.outcome import Deliverer, DeliveryOutcome
@@ -326,6 +326,12 @@ class PlanExecutor:
             communication = self.target.find_by_identifier("Communication", action.communication)
         if communication is None:  # never send what we cannot record
             raise PlanDataError(f"Communication {action.communication} not found; message not sent")
+        if previous is None and communication.get("status") in FINAL:
+            # The durable record: the FHIR store says this delivery is over (a replay after the claim's
+            # TTL, Redis lost). Never send again; put the claim back so later copies stop earlier.
+            self.claims.restore(action.identifier, _recorded_outcome(communication))
+            result.deliveries.append((action.identifier, f"already-{communication['status']}"))
+            return
         deliverer = self.deliverer
         if deliverer is None:
             raise PlanDataError("no Deliverer configured; message not sent")
@@ -491,6 +497,14 @@ class PlanExecutor:
     def _inc(self, name: str, amount: int = 1, **labels: str) -> None:
         if self.metrics is not None:
             self.metrics.inc(name, amount, **labels)
+
+
+def _recorded_outcome(communication: dict[str, Any]) -> DeliveryOutcome:
+    """The outcome a final Communication records (its statusReason code, never its text: it is ours)."""
+    if communication.get("status") == "completed":
+        return DeliveryOutcome("completed")
+    codings = (communication.get("statusReason") or {}).get("coding") or [{}]
+    return DeliveryOutcome("not-done", "recorded on the Communication", reason_code=str(codings[0].get("code") or ""))
 
 
 def _write_result(created: bool | None) -> str:
