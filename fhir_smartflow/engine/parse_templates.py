@@ -79,7 +79,7 @@ def parse_template(
             if not text:
                 continue
             try:
-                compiled = compile_template(env, text)
+                compiled = compile_template(env, text, name=f"{tid} {part}")
                 render(compiled, sample)
                 renderers[(tid, part)] = compiled
             except TemplateRenderError as exc:
