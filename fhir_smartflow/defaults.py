@@ -90,3 +90,5 @@ DELIVERY_INLINE_RETRIES = 2
 DELIVERY_INLINE_MAX_DELAY_SECONDS = 2.0
 DELIVERY_RETRY_BASE_SECONDS = 30.0
 DELIVERY_RETRY_MAX_SECONDS = 3600.0
+# A send claim still "sending" this long after it was taken: its worker died mid-send (resolved as unknown).
+DELIVERY_STUCK_AFTER_SECONDS = 1800.0

@@ -14,7 +14,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
 import redis
@@ -335,7 +335,9 @@ class PlanExecutor:
         deliverer = self.deliverer
         if deliverer is None:
             raise PlanDataError("no Deliverer configured; message not sent")
-        if not self.claims.take(action.identifier, previous, now):
+        if not self.claims.take(
+            action.identifier, previous, now, communication=action.communication, channel=action.channel
+        ):
             result.deliveries.append((action.identifier, "already-claimed"))
             return
         try:
@@ -463,6 +465,35 @@ class PlanExecutor:
             self.clock(),
         )
         return True
+
+    def resolve_stuck(self, now: datetime) -> int:
+        """Close the sends whose worker died mid-send (claim still ``sending`` after ``[delivery]
+        stuck_after_seconds``): whether the message went out is unknown, and no channel's API can be
+        asked by our idempotency key, so each becomes not-done with reason code ``unknown`` — never sent
+        again — on its claim and its Communication, and is counted (``stuck_deliveries``). Returns how
+        many were resolved."""
+        cutoff = now - timedelta(seconds=self.settings.delivery.stuck_after_seconds)
+        resolved = 0
+        for identifier, claim in self.claims.stuck(cutoff):
+            reason = f"outcome unknown: the {claim.channel or 'channel'} send was interrupted (worker stopped)"
+            outcome = self.claims.resolve_unknown(identifier, claim, reason)
+            if outcome is None:
+                continue  # settled or resolved by someone else meanwhile
+            resolved += 1
+            self._inc("stuck_deliveries", channel=claim.channel or "unknown")
+            log.warning("execute: delivery %s was stuck sending since %s: marked unknown", identifier, claim.at)
+            if not claim.communication:
+                continue
+            action = Deliver(
+                channel=claim.channel, recipient="", body="", identifier=identifier, communication=claim.communication
+            )
+            communication = self.target.find_by_identifier("Communication", claim.communication)
+            try:
+                self._record_outcome(action, communication, outcome, now)
+            except (FhirError, PlanDataError, ResourceInvalid) as exc:
+                # The claim is closed (never sent again); the Communication stays in-progress for now.
+                log.error("execute: could not record %s as unknown on its Communication: %s", identifier, exc)
+        return resolved
 
     def _patch_task(self, action: PatchTask, result: ExecutionResult) -> None:
         task = self.target.find_by_identifier("Task", action.identifier)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import redis
 
 from fhir_smartflow.fhir.errors import FhirError
+from fhir_smartflow.tooling.doctor.checks_delivery import StuckDeliveries
 from fhir_smartflow.tooling.doctor.checks_openemr import (
     FlowResourceTypes,
     OpenEmrCategory,
@@ -54,6 +55,7 @@ CHECKS: dict[str, type[Check]] = {
     OpenEmrWriteToken.name: OpenEmrWriteToken,
     OpenEmrCategory.name: OpenEmrCategory,
     FlowResourceTypes.name: FlowResourceTypes,
+    StuckDeliveries.name: StuckDeliveries,
 }
 
 
