@@ -122,6 +122,7 @@ def test_address_selection_rank_period_and_practitioner():
 def test_no_address_is_not_done(env):
     outcome = env.make().deliver(deliver(), {"resourceType": "Patient", "id": "1"}, [], DAY)
     assert (outcome.status, outcome.reason) == ("not-done", "no usable phone in Patient.telecom")
+    assert outcome.reason_code == "invalid-phone-number"
     assert env.requests == []
 
 
@@ -135,6 +136,7 @@ def test_opt_out_consent_blocks_the_named_channel_only(env):
     deliverer = env.make()
     blocked = deliverer.deliver(deliver(), PATIENT, [consent("sms")], DAY)
     assert (blocked.status, blocked.reason) == ("not-done", "patient opted out of sms (Consent/c1)")
+    assert blocked.reason_code == "patient-objection"
     assert env.requests == []
     assert deliverer.deliver(deliver("voice"), PATIENT, [consent("sms")], DAY).status == "completed"
     assert deliverer.deliver(deliver("voice", n=2), PATIENT, [consent("all", nested=True)], DAY).status == "not-done"
@@ -226,10 +228,9 @@ def test_long_retry_after_is_not_slept_inline(env):
 def test_permanent_failure_is_not_done_with_the_provider_error(env):
     env.script = [(400, {}, {"code": 21211, "message": "The 'To' number is not a valid phone number."})]
     outcome = env.make().deliver(deliver(), PATIENT, [], DAY)
-    assert outcome.status == "not-done"
-    assert (
-        outcome.reason == "sms delivery failed: provider HTTP 400 21211: The 'To' number is not a valid phone number."
-    )
+    assert (outcome.status, outcome.reason_code) == ("not-done", "system-error")
+    # What the provider quotes is hidden: here a harmless field name, elsewhere the number or the text.
+    assert outcome.reason == "sms delivery failed: provider HTTP 400 21211: The […] number is not a valid phone number."
     assert len(env.requests) == 1
 
 

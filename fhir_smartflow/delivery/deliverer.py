@@ -34,6 +34,7 @@ from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.delivery.outcome import DeliveryOutcome
 from fhir_smartflow.engine.plan import Deliver
+from fhir_smartflow.fhir.scrub import scrub_text
 from fhir_smartflow.instants import parse_instant
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.retry import RetryPolicy
@@ -101,7 +102,7 @@ class ChannelDeliverer:
         channel = self.channels.get(action.channel)
         if channel is None:
             unconfigured = f"channel {action.channel!r} is not configured"
-            return DeliveryOutcome("not-done", unconfigured, failed=True), "unconfigured"
+            return DeliveryOutcome("not-done", unconfigured, failed=True, reason_code="system-error"), "unconfigured"
         message = self._message(action, "")
         spec = channel.spec
         if spec.fhir_only:  # the Communication is the message: no address, no opt-out
@@ -110,12 +111,12 @@ class ChannelDeliverer:
         if is_patient:
             reason = opt_out_reason(recipient, consents, action.channel, now, self.cfg.optout_extension)
             if reason:
-                return DeliveryOutcome("not-done", reason), "opted-out"
+                return DeliveryOutcome("not-done", reason, reason_code="patient-objection"), "opted-out"
         address = resolve_address(spec, action.recipient, recipient, now)
         if address is None:
             where = (recipient or {}).get("resourceType", "recipient")
             reason = f"no usable {spec.address} in {where}.telecom"
-            return DeliveryOutcome("not-done", reason, failed=True), "no-address"
+            return DeliveryOutcome("not-done", reason, failed=True, reason_code=_no_address_code(spec)), "no-address"
         if is_patient and action.channel in self.cfg.quiet_hours_channels:
             resume = quiet_hours_resume(now, self.tz, self.cfg.quiet_hours_start, self.cfg.quiet_hours_end)
             if resume is not None:
@@ -148,12 +149,14 @@ class ChannelDeliverer:
             except Exception as exc:  # a plugin bug or an unexpected client error: treat as transient
                 log.warning("channel %s raised %s for %s", action.channel, type(exc).__name__, action.identifier)
                 result = DeliveryResult.transient(f"channel error: {type(exc).__name__}")
+            # A provider's error may quote the number or the message: never keep those (logs, statusReason).
+            error = scrub_text(result.error or "", known=(message.to, message.body, message.subject or ""))
             if result.status == SENT:
                 self.conn.delete(self._attempts_key(action.identifier))
                 return DeliveryOutcome("completed", provider_id=result.provider_id), SENT
             if result.status == FAILED_PERMANENT:
                 return DeliveryOutcome(
-                    "not-done", f"{action.channel} delivery failed: {result.error}", failed=True
+                    "not-done", f"{action.channel} delivery failed: {error}", failed=True, reason_code="system-error"
                 ), FAILED_PERMANENT
             self._count(action.channel, "failed-transient")
             attempt += 1
@@ -166,10 +169,10 @@ class ChannelDeliverer:
             rounds = self._next_round(action.identifier)
             if rounds >= self.cfg.max_attempts:
                 self.conn.delete(self._attempts_key(action.identifier))
-                reason = f"{action.channel} delivery failed after {rounds} attempts: {result.error}"
-                return DeliveryOutcome("not-done", reason, failed=True), "gave-up"
+                reason = f"{action.channel} delivery failed after {rounds} attempts: {error}"
+                return DeliveryOutcome("not-done", reason, failed=True, reason_code="system-error"), "gave-up"
             retry_at = now + timedelta(seconds=self.policy.delay(rounds, hint))
-            return DeliveryOutcome("retry", result.error, retry_at=retry_at), "retry"
+            return DeliveryOutcome("retry", error, retry_at=retry_at), "retry"
 
     def _rate_limited(self, channel: str, now: datetime) -> datetime | None:
         """Fixed one-minute windows per channel (shared by all workers through Redis). Over the limit,
@@ -203,6 +206,11 @@ class ChannelDeliverer:
 
 
 # -- pure helpers ------------------------------------------------------------------------------------------
+
+
+def _no_address_code(spec: ChannelSpec) -> str:
+    """No usable number for a phone channel is CommunicationNotDoneReason's invalid-phone-number."""
+    return "invalid-phone-number" if spec.address == "phone" else "recipient-unavailable"
 
 
 def resolve_address(spec: ChannelSpec, reference: str, resource: dict[str, Any] | None, now: datetime) -> str | None:

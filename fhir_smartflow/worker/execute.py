@@ -41,6 +41,7 @@ from fhir_smartflow.engine.provenance import build_provenance, provenance_identi
 from fhir_smartflow.engine.task_status import OPEN_TASK_STATUSES
 from fhir_smartflow.engine.validation import ResourceInvalid, validate_resource
 from fhir_smartflow.fhir.errors import FhirError
+from fhir_smartflow.fhir.scrub import scrub_error, scrub_in_place
 from fhir_smartflow.fhir.target import BatchItem, WriteBackTarget
 from fhir_smartflow.instants import format_instant
 from fhir_smartflow.metrics import Metrics
@@ -185,13 +186,18 @@ class PlanExecutor:
                 raise TypeError(f"unknown plan action {type(action).__name__}")
         except Exception as exc:
             if _is_transient(exc):
-                log.warning("execute: transient failure on %s, plan will be retried: %s", _describe(action), exc)
+                log.warning(
+                    "execute: transient failure on %s, plan will be retried: %s", _describe(action), scrub_error(exc)
+                )
+                scrub_in_place(exc)
                 raise
             if not isinstance(exc, FhirError | ResourceInvalid | PlanDataError):
                 raise  # a bug, not bad data: let rq record it
             status = exc.status if isinstance(exc, FhirError) else None
-            log.error("execute: %s failed: %s", _describe(action), exc)
-            result.errors.append(ActionError(_describe(action), str(exc), status))
+            # Server texts quote the resource (names, MRNs, message text): only their structure is kept.
+            message = scrub_error(exc)
+            log.error("execute: %s failed: %s", _describe(action), message)
+            result.errors.append(ActionError(_describe(action), message, status))
             if isinstance(action, WriteResource):
                 failed.add(action.identifier)
 
@@ -210,9 +216,10 @@ class PlanExecutor:
                     raise
                 # The resource itself is written and usable (its delivery goes ahead); only its
                 # Provenance is missing, which the error says.
-                log.error("execute: Provenance of %s %s failed: %s", rtype, action.identifier, exc)
+                message = scrub_error(exc)
+                log.error("execute: Provenance of %s %s failed: %s", rtype, action.identifier, message)
                 status = exc.status if isinstance(exc, FhirError) else None
-                result.errors.append(ActionError(f"Provenance {action.identifier}/provenance", str(exc), status))
+                result.errors.append(ActionError(f"Provenance {action.identifier}/provenance", message, status))
         return stored
 
     def _write_provenance(
@@ -286,10 +293,15 @@ class PlanExecutor:
                 log.warning(
                     "execute: transient failure on a transaction of %d writes, plan will be retried: %s",
                     len(batched),
-                    exc,
+                    scrub_error(exc),
                 )
+                scrub_in_place(exc)
                 raise
-            log.warning("execute: transaction of %d writes refused (%s); writing them one by one", len(batched), exc)
+            log.warning(
+                "execute: transaction of %d writes refused (%s); writing them one by one",
+                len(batched),
+                scrub_error(exc),
+            )
             return [action for action, _ in batched] + leftover
         for action, with_provenance in batched:
             stored, created = next(answers)
@@ -492,7 +504,9 @@ class PlanExecutor:
                 self._record_outcome(action, communication, outcome, now)
             except (FhirError, PlanDataError, ResourceInvalid) as exc:
                 # The claim is closed (never sent again); the Communication stays in-progress for now.
-                log.error("execute: could not record %s as unknown on its Communication: %s", identifier, exc)
+                log.error(
+                    "execute: could not record %s as unknown on its Communication: %s", identifier, scrub_error(exc)
+                )
         return resolved
 
     def _patch_task(self, action: PatchTask, result: ExecutionResult) -> None:

@@ -31,6 +31,8 @@ from rq import get_current_job
 
 from fhir_smartflow import logs
 from fhir_smartflow.events import ResourceEvent
+from fhir_smartflow.fhir.errors import FhirError
+from fhir_smartflow.fhir.scrub import scrub_in_place
 from fhir_smartflow.instants import parse_instant
 from fhir_smartflow.worker.gaps import GapTracker
 from fhir_smartflow.worker.runtime import Runtime, current
@@ -90,11 +92,13 @@ def handle_event(rt: Runtime, event: ResourceEvent) -> str:
         resolved, expanded = _complete(rt, event)
         for item in resolved:
             _dispatch_once(rt, item, nested=expanded)
-    except Exception:
+    except Exception as exc:
         _release(rt.redis, key, claim)
         if _final_attempt():
             _count_outcome(rt, "failed")
         log.warning("event %s failed; claim released for the retry", event.reference or "criteria event")
+        if isinstance(exc, FhirError):  # rq logs and keeps the text: a server's may quote the resource
+            scrub_in_place(exc)
         raise
     ttl = rt.settings.redis.dedupe_ttl_seconds
     _count_outcome(rt, "processed", also=lambda pipe: pipe.set(key, DONE, ex=ttl))
