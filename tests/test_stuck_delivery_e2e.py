@@ -14,6 +14,7 @@ import pytest
 
 from fhir_smartflow.metrics import Metrics
 from tests.support.channels import HangingTwilio
+from tests.support.fhir import clear_faults, fault_state, set_faults
 from tests.support.lifecycle import PREFIX, Stack, medium, next_local, sms_config
 from tests.support.net import wait_for
 from tests.support.service import merged
@@ -74,3 +75,30 @@ def test_a_send_cut_by_sigkill_is_resolved_as_unknown_and_shown(start_stack, ser
     assert received == outcomes == 1
     # The SMS attempted once: no outcome from the provider, one resolved as unknown.
     assert {k: v for k, v in metrics.read("deliveries").items() if "channel=sms" in k} == {}
+
+
+def test_the_counts_add_up_when_a_worker_dies_after_the_text_went_out(start_stack, serve_app) -> None:
+    """The provider accepted the text; the worker is killed while recording it on the Communication
+    (the store holds that write). The re-run does not send again, and the text is counted once."""
+    twilio = HangingTwilio()
+    stack = start_stack(sections=sms_config(serve_app(twilio.app).url), faults=True)
+    stack.move_clock(next_local(12))
+    stack.subscribe("Appointment")
+    patient = stack.new_patient(phone="+15551230014")
+    stack.appointment(patient, "noshow", datetime.now(UTC) - timedelta(hours=1))
+
+    assert twilio.arrived.wait(30), stack.log()
+    set_faults(stack.store, stall_rate=1.0, stall_seconds=5, methods=["PUT"])  # the Communication update
+    twilio.release.set()
+    wait_for(lambda: fault_state(stack.store)["counters"]["stalled"] >= 1, "the record write held", stack.log)
+    stack.workers[0].stop(kill=True)
+    clear_faults(stack.store)
+
+    stack.start_worker()
+    wait_for(lambda: [c for c in texts(stack, patient) if c["status"] == "completed"], "recorded", stack.log)
+    stack.wait_settled()
+    assert len(twilio.requests) == 1
+    metrics = Metrics(stack.conn, PREFIX)
+    assert metrics.counter_value("deliveries", channel="sms", status="sent") == 1
+    received = sum(int(v) for v in metrics.read("events_received").values())
+    assert received == sum(int(v) for v in metrics.read("events").values()) == 1

@@ -201,8 +201,10 @@ class ChannelDeliverer:
         return int(pipe.execute()[0])
 
     def _count(self, channel: str, status: str) -> None:
+        # Written at once, not with the job's batched counters: a worker killed later in the job must
+        # not take the count of a message that went out with it (the re-run finds it sent, not counted).
         if self.metrics is not None:
-            self.metrics.inc("deliveries", channel=channel, status=status)
+            self.metrics.inc("deliveries", pipe=self.conn, channel=channel, status=status)
 
 
 # -- pure helpers ------------------------------------------------------------------------------------------
