@@ -100,6 +100,11 @@ class ClinicConfig:
     portal_url: str = ""
     # The link sent with a form; {task} is the form Task's identifier. Empty: <portal_url>/tasks?identifier={task}.
     form_link: str = ""
+    # patient.mrn: the Patient.identifier with this system; empty: the one typed mrn_type (docs/merge-fields.md).
+    mrn_system: str = ""
+    mrn_type: str = defaults.MRN_TYPE
+    # Local HH:MM of a due measured in days from a date without a time (Coverage.period.start).
+    date_only_due_time: str = defaults.DATE_ONLY_DUE_TIME
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,34 @@ class SandboxConfig:
     heartbeat_seconds: int = defaults.SANDBOX_HEARTBEAT_SECONDS
     # Enables POST/DELETE /$faults (injected 503/429/stalls) for tests and chaos runs; never in production.
     faults: bool = False
+    # Server behaviours to reproduce: lenient | medplum | hapi (docs/sandbox.md, "Profiles").
+    profile: str = "lenient"
+    # The base URL the sandbox writes into links, when clients reach it under another name.
+    public_base_url: str = ""
+    # OAuth clients of the sandbox's token endpoint (client_credentials): client id → {secret_env, scopes}.
+    # With any, a strict profile wants a bearer token whose scopes cover each interaction.
+    clients: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    """The web console (docs/console.md), mounted by `serve` beside the webhook."""
+
+    enabled: bool = True
+    path: str = "/console"
+    # The environment variable holding the key that signs session cookies (the same on every host).
+    # Unset outside embedded mode: the console is not mounted (a warning says so).
+    secret_key_env: str = "SMARTFLOW_CONSOLE_SECRET"
+    # Accounts: empty keeps them in Redis; a path keeps them in that file (mode 0600).
+    users_file: str = ""
+    # Previous versions of saved flows and templates. Empty: `.console-history` beside the flows directory.
+    history_dir: str = ""
+    session_hours: int = 8
+    # Failed logins allowed per account name + client address within login_window_seconds.
+    login_attempts: int = 5
+    login_window_seconds: int = 900
+    # Seconds between checks for a saved change in every serve / worker process (under 5 s).
+    reload_poll_seconds: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -310,6 +343,7 @@ class Settings:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     poll: PollConfig = field(default_factory=PollConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
     openemr: OpenEmrConfig = field(default_factory=OpenEmrConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     sms: SmsConfig = field(default_factory=SmsConfig)
@@ -324,13 +358,16 @@ class Settings:
         default_factory=lambda: {
             "clinician": "http://terminology.hl7.org/CodeSystem/practitioner-role|doctor",
             "nurse": "http://terminology.hl7.org/CodeSystem/practitioner-role|nurse",
-            "case-manager": "http://snomed.info/sct|768730001",
+            "case-manager": "http://snomed.info/sct|768832004",
             "billing": "urn:fhir-smartflow:role|billing",
             "front-desk": "urn:fhir-smartflow:role|front-desk",
         }
     )
     subscriptions: list[SubscriptionConfig] = field(default_factory=list)
     source: str = "<defaults>"
+    # [roles] fallback: who gets a staff message whose role no active PractitionerRole holds
+    # (Practitioner/<id>, PractitionerRole/<id>, Group/<id> or CareTeam/<id>); empty: nobody.
+    role_fallback: str = ""
 
     @property
     def embedded_queue(self) -> bool:
@@ -476,6 +513,7 @@ def _validate(settings: Settings) -> None:
     for role, coding in settings.roles.items():
         if "|" not in coding:
             raise ConfigError(f"[roles] {role}", "must be 'system|code'")
+    _validate_role_fallback(settings)
 
 
 def _validate_fhir_auth(fhir: FhirConfig) -> None:
@@ -517,6 +555,11 @@ def _validate_delivery(settings: Settings) -> None:
         value = getattr(settings.delivery, key)
         if value and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
             raise ConfigError(f"[delivery] {key}", f"must be HH:MM (24-hour clinic time), got {value!r}")
+    if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", settings.clinic.date_only_due_time):
+        raise ConfigError(
+            "[clinic] date_only_due_time",
+            f"must be HH:MM (24-hour clinic time), got {settings.clinic.date_only_due_time!r}",
+        )
     for plugin in settings.delivery.plugins:
         if not re.fullmatch(r"[a-z0-9_-]+=[\w.]+(:\w+)?", plugin):
             raise ConfigError("[delivery] plugins", f"entries must be 'name=package.module:Class', got {plugin!r}")
@@ -534,6 +577,19 @@ def _validate_delivery(settings: Settings) -> None:
         raise ConfigError("[scheduler] lock_ttl_seconds", "must be more than twice interval_seconds")
 
 
+def _validate_role_fallback(settings: Settings) -> None:
+    import re
+
+    from fhir_smartflow.refs import ID_PATTERN
+
+    fallback = settings.role_fallback
+    if fallback and not re.fullmatch(rf"(Practitioner|PractitionerRole|Group|CareTeam)/{ID_PATTERN}", fallback):
+        raise ConfigError(
+            f"[roles] {ROLE_FALLBACK_KEY}",
+            f"must be Practitioner/<id>, PractitionerRole/<id>, Group/<id> or CareTeam/<id>, got {fallback!r}",
+        )
+
+
 _SECTIONS: dict[str, type] = {
     "server": ServerConfig,
     "redis": RedisConfig,
@@ -543,6 +599,7 @@ _SECTIONS: dict[str, type] = {
     "logging": LoggingConfig,
     "sandbox": SandboxConfig,
     "poll": PollConfig,
+    "console": ConsoleConfig,
     "openemr": OpenEmrConfig,
     "scheduler": SchedulerConfig,
     "sms": SmsConfig,
@@ -553,6 +610,8 @@ _SECTIONS: dict[str, type] = {
 
 
 ENGINE_PATH_KEYS = ("mappings", "flows", "templates")
+# The one key of [roles] that is not a role: the fallback recipient of messages no role member gets.
+ROLE_FALLBACK_KEY = "fallback"
 
 
 def _engine_paths_relative_to(engine: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -597,7 +656,10 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
             raise ConfigError(f"[{key}]", "unknown section")
     values: dict[str, Any] = {name: parse_section(cls, raw.get(name, {}), name, env) for name, cls in _SECTIONS.items()}
     if "roles" in raw:
-        values["roles"] = _coerce(raw["roles"], dict[str, str], "[roles]", from_env=False)
+        roles = _coerce(raw["roles"], dict[str, str], "[roles]", from_env=False)
+        values["role_fallback"] = roles.pop(ROLE_FALLBACK_KEY, "")
+        if roles or not values["role_fallback"]:  # a table naming only the fallback keeps the default roles
+            values["roles"] = roles
     if "subscriptions" in raw:
         values["subscriptions"] = _subscriptions(raw["subscriptions"])
     if "channels" in raw:

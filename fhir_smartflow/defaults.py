@@ -35,6 +35,10 @@ DEVICE_ID = "fhir-smartflow"
 
 # Clinic
 TIMEZONE = "America/New_York"
+# The Patient.identifier that is the MRN, by its type (v2-0203 "MR"; "system|code" or a bare code).
+MRN_TYPE = "MR"
+# A due measured from a date without a time (Coverage.period.start) falls at this clinic time: end of business.
+DATE_ONLY_DUE_TIME = "17:00"
 
 # Data locations: "shipped:<path>" is data inside the installed package (fhir_smartflow/shipped.py); other
 # relative paths in a config file are relative to that file's directory.

@@ -122,13 +122,16 @@ def test_address_selection_rank_period_and_practitioner():
 def test_no_address_is_not_done(env):
     outcome = env.make().deliver(deliver(), {"resourceType": "Patient", "id": "1"}, [], DAY)
     assert (outcome.status, outcome.reason) == ("not-done", "no usable phone in Patient.telecom")
-    assert outcome.reason_code == "invalid-phone-number"
+    assert outcome.reason_code == "invalid-phone-number"  # CommunicationNotDoneReason
     assert env.requests == []
+    email = env.make().deliver(deliver("email"), {"resourceType": "Patient", "id": "1"}, [], DAY)
+    assert (email.status, email.reason_code) == ("not-done", "system-error")  # no SMTP host: before the address
 
 
 def test_unconfigured_channel_is_not_done_and_fhir_only_is_completed(env):
     deliverer = env.make()
-    assert deliverer.deliver(deliver("email"), PATIENT, [], DAY).status == "not-done"  # no SMTP host configured
+    unconfigured = deliverer.deliver(deliver("email"), PATIENT, [], DAY)  # no SMTP host configured
+    assert (unconfigured.status, unconfigured.reason_code) == ("not-done", "system-error")
     assert deliverer.deliver(deliver("portal"), PATIENT, [consent("all")], DAY).status == "completed"
 
 
@@ -215,6 +218,7 @@ def test_persistent_transient_failure_becomes_scheduled_retry_then_gives_up(env)
     assert second.status == "retry"
     last = deliverer.deliver(deliver(), PATIENT, [], second.retry_at)
     assert last.status == "not-done" and last.reason.startswith("sms delivery failed after 3 attempts")
+    assert last.reason_code == "system-error"
     assert len(env.requests) == 6
 
 

@@ -26,7 +26,7 @@ REJECTED = (400, {}, {"code": 21211, "message": "The 'To' number is not a valid 
 def case_managers(stack: Stack) -> str:
     """A case manager and a nurse; the notice must reach the case manager's PractitionerRole only."""
     stack.put({"resourceType": "Practitioner", "id": "cm-e2e"})
-    for rid, code in (("cm-e2e-role", "768730001"), ("rn-e2e-role", "224535009")):
+    for rid, code in (("cm-e2e-role", "768832004"), ("rn-e2e-role", "224535009")):
         coding = {"system": "http://snomed.info/sct", "code": code}
         stack.put(
             {

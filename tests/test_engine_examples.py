@@ -76,6 +76,7 @@ def test_intake_forms_on_registration_dst_and_weekend(engine):
     assert form_task["code"]["coding"][0] == {
         "system": "http://hl7.org/fhir/uv/sdc/CodeSystem/temp",
         "code": "complete-questionnaire",
+        "display": "Complete Questionnaire",
     }
     assert form_task["input"][0]["valueCanonical"] == "http://example.org/fhir/Questionnaire/intake"
     assert form_task["for"] == form_task["owner"] == {"reference": "Patient/p1"}
@@ -85,7 +86,7 @@ def test_intake_forms_on_registration_dst_and_weekend(engine):
     assert form_task["instantiatesUri"] == "urn:fhir-smartflow:flow:intake-forms:1#send-intake-packet"
 
     assert review_task["performerType"] == [
-        {"coding": [{"system": "http://snomed.info/sct", "code": "768730001"}], "text": "case-manager"}
+        {"coding": [{"system": "http://snomed.info/sct", "code": "768832004"}], "text": "case-manager"}
     ]
     assert "owner" not in review_task
     assert review_task["restriction"]["period"]["end"] == "2026-03-09T14:00:00Z"
@@ -94,7 +95,7 @@ def test_intake_forms_on_registration_dst_and_weekend(engine):
     )
 
     comms = writes(p, "Communication")
-    assert [c["medium"][0]["coding"][0]["code"] for c in comms] == ["MSGWRIT", "EMAILWRIT", "ONLINEWRIT"]
+    assert [c["medium"][0]["coding"][0]["code"] for c in comms] == ["SMSWRIT", "EMAILWRIT", "ONLINEWRIT"]
     assert [c["status"] for c in comms] == ["in-progress", "in-progress", "completed"]
     link = "https://portal.example.org/tasks?identifier=" + task_id.replace("/", "%2F")
     assert comms[0]["payload"][0]["contentString"] == (
@@ -292,8 +293,9 @@ def test_weekly_checkin_recurs_across_dst_and_stops_at_discharge(engine):
 
 
 def test_billing_task_after_primary_insurance_effective_date(engine):
-    # Primary coverage (order 1) effective Monday 2026-05-04; +5 days = Saturday → previous-friday
-    # → Friday 05-08 00:00 EDT = 04:00Z. The secondary coverage (order 2) is ignored.
+    # Primary coverage (order 1) effective Monday 2026-05-04 (a date without a time: the clinic's end of
+    # business, 17:00); +5 days = Saturday → previous-friday → Friday 05-08 17:00 EDT = 21:00Z, and the
+    # text shows the date alone. The secondary coverage (order 2) is ignored.
     coverage = {
         "resourceType": "Coverage",
         "id": "cov1",
@@ -316,11 +318,10 @@ def test_billing_task_after_primary_insurance_effective_date(engine):
     p = plan(engine, only_trigger(engine, coverage, interaction="create"), ctx, SETTINGS, NOW)
     assert_all_valid(p)
     (task,) = writes(p, "Task")
-    assert task["restriction"]["period"]["end"] == "2026-05-08T04:00:00Z"
+    assert task["restriction"]["period"]["end"] == "2026-05-08T21:00:00Z"
     assert task["performerType"][0]["coding"][0] == {"system": "urn:fhir-smartflow:role", "code": "billing"}
     assert task["description"] == (
-        "Verify Acme Health Plan coverage and benefits for Alex Rivera (MRN MRN-0042) by Friday, May 8, 2026 "
-        "at 12:00 AM EDT."
+        "Verify Acme Health Plan coverage and benefits for Alex Rivera (MRN MRN-0042) by Friday, May 8, 2026."
     )
 
 

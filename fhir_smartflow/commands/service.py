@@ -14,6 +14,7 @@ import click
 import redis
 import rq
 
+from fhir_smartflow.commands.console import mount_console
 from fhir_smartflow.commands.context import CliContext, pass_ctx
 from fhir_smartflow.config import ConfigError, Settings
 from fhir_smartflow.connections import embedded_redis
@@ -120,6 +121,7 @@ def serve(
         rt = _service_runtime(settings, conn)
         install(rt)
         _reload_on_sighup(rt)
+        _watch_saved_changes(rt, conn, "serve")
         threading.Thread(target=run_embedded_worker, args=(rt, stop), name="embedded-worker", daemon=True).start()
         _start_scheduler(rt, stop)
     else:
@@ -130,6 +132,7 @@ def serve(
         from fhir_smartflow.commands.embedded import mount_sandbox
 
         sandbox_state = mount_sandbox(settings, mounts, host, port, insecure_dev)
+    mount_console(settings, conn, mounts, embedded=embedded)
     app = create_app(settings, conn, insecure_dev=insecure_dev, extra_wsgi_mounts=mounts or None)  # type: ignore[arg-type]
     log.info("serving webhook on http://%s:%s%s", host, port, settings.server.notify_path)
     try:
@@ -169,6 +172,15 @@ def _reload_on_sighup(rt: Runtime) -> None:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGHUP, reload)
+
+
+def _watch_saved_changes(rt: Runtime, conn: redis.Redis, role: str) -> None:
+    """Flows saved in the console are loaded within seconds, as on SIGHUP (console/reload.py)."""
+    if not isinstance(rt, ServiceRuntime):
+        return
+    from fhir_smartflow.console.reload import watch_saved_changes
+
+    watch_saved_changes(rt, conn, role)
 
 
 def _start_scheduler(rt: Runtime, stop: threading.Event) -> None:
@@ -211,6 +223,7 @@ def worker(cli: CliContext, burst: bool, with_scheduler: bool, worker_class: str
     rt = _service_runtime(settings, conn)
     install(rt)
     _reload_on_sighup(rt)
+    _watch_saved_changes(rt, conn, "worker")
     if with_scheduler:  # due rq jobs (retries, gap sweeps) move in Liveness; our follow-ups in a thread
         _start_scheduler(rt, threading.Event())
     if settings.poll.enabled:  # servers without subscriptions: poll inside the worker (docs/openemr.md)

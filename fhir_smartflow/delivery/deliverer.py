@@ -116,7 +116,8 @@ class ChannelDeliverer:
         if address is None:
             where = (recipient or {}).get("resourceType", "recipient")
             reason = f"no usable {spec.address} in {where}.telecom"
-            return DeliveryOutcome("not-done", reason, failed=True, reason_code=_no_address_code(spec)), "no-address"
+            code = "invalid-phone-number" if spec.address == "phone" else "recipient-unavailable"
+            return DeliveryOutcome("not-done", reason, failed=True, reason_code=code), "no-address"
         if is_patient and action.channel in self.cfg.quiet_hours_channels:
             resume = quiet_hours_resume(now, self.tz, self.cfg.quiet_hours_start, self.cfg.quiet_hours_end)
             if resume is not None:
@@ -156,7 +157,10 @@ class ChannelDeliverer:
                 return DeliveryOutcome("completed", provider_id=result.provider_id), SENT
             if result.status == FAILED_PERMANENT:
                 return DeliveryOutcome(
-                    "not-done", f"{action.channel} delivery failed: {error}", failed=True, reason_code="system-error"
+                    "not-done",
+                    f"{action.channel} delivery failed: {error}",
+                    failed=True,
+                    reason_code="system-error",
                 ), FAILED_PERMANENT
             self._count(action.channel, "failed-transient")
             attempt += 1
@@ -208,11 +212,6 @@ class ChannelDeliverer:
 
 
 # -- pure helpers ------------------------------------------------------------------------------------------
-
-
-def _no_address_code(spec: ChannelSpec) -> str:
-    """No usable number for a phone channel is CommunicationNotDoneReason's invalid-phone-number."""
-    return "invalid-phone-number" if spec.address == "phone" else "recipient-unavailable"
 
 
 def resolve_address(spec: ChannelSpec, reference: str, resource: dict[str, Any] | None, now: datetime) -> str | None:

@@ -116,6 +116,8 @@ def build_record(run_id: str, at: datetime, plan: Plan, result: ExecutionResult 
                 "ran": r.ran,
                 "reason": r.reason,
                 "actions": len(r.actions),
+                # what the run left out and why (action and role names, instants: no PHI)
+                **({"notes": list(r.notes)} if r.notes else {}),
             }
             for r in plan.runs
         ],

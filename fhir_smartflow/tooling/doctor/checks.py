@@ -12,6 +12,7 @@ from fhir_smartflow.tooling.doctor.checks_openemr import (
     OpenEmrReadToken,
     OpenEmrWriteToken,
 )
+from fhir_smartflow.tooling.doctor.checks_roles import RoleMembers
 from fhir_smartflow.tooling.doctor.model import Check, DoctorContext, Finding
 
 
@@ -55,6 +56,7 @@ CHECKS: dict[str, type[Check]] = {
     OpenEmrWriteToken.name: OpenEmrWriteToken,
     OpenEmrCategory.name: OpenEmrCategory,
     FlowResourceTypes.name: FlowResourceTypes,
+    RoleMembers.name: RoleMembers,
     StuckDeliveries.name: StuckDeliveries,
 }
 
