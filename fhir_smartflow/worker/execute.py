@@ -373,10 +373,11 @@ class PlanExecutor:
         try:
             outcome = deliverer.deliver(action, recipient, consents, now)
         except Exception as exc:
-            # Unknown whether it went out: keep the claim ("sending") so it is never sent twice.
-            # The exception text may carry an address, so it is only logged at DEBUG.
+            # Unknown whether it went out: keep the claim ("sending") so it is never sent twice; it is
+            # resolved as unknown after [delivery] stuck_after_seconds (worker/stuck.py). The exception
+            # text may carry an address: only its scrubbed form is logged, at DEBUG.
             log.error("execute: deliverer raised %s for %s; not retried", type(exc).__name__, action.identifier)
-            log.debug("execute: deliverer failure for %s", action.identifier, exc_info=True)
+            log.debug("execute: deliverer failure for %s: %s", action.identifier, scrub_error(exc))
             result.deliveries.append((action.identifier, "unknown"))
             return
         outcome = self.claims.settle(action.identifier, outcome, now)
