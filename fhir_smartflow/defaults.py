@@ -24,6 +24,11 @@ JOB_RETRY_INTERVALS = [5, 15, 60, 300, 900, 1800, 3600, 3600]
 FAILED_JOB_TTL_SECONDS = 30 * 24 * 3600
 HISTORY_MAX_RUNS = 10_000
 HISTORY_TTL_SECONDS = 30 * 24 * 3600
+# Redis through Sentinel (docs/scaling.md)
+SENTINEL_SERVICE = "mymaster"
+# [redis] wait_replicas: AUTO is 1 with sentinels (an ack survives a failover), 0 without.
+WAIT_REPLICAS_AUTO = -1
+WAIT_TIMEOUT_MS = 1000
 
 # FHIR client
 FHIR_TIMEOUT_SECONDS = 10.0
@@ -96,3 +101,11 @@ DELIVERY_RETRY_BASE_SECONDS = 30.0
 DELIVERY_RETRY_MAX_SECONDS = 3600.0
 # A send claim still "sending" this long after it was taken: its worker died mid-send (resolved as unknown).
 DELIVERY_STUCK_AFTER_SECONDS = 1800.0
+
+# CDS Hooks service ([cds], docs/cds-hooks.md): CDS clients expect an answer within about 500 ms.
+CDS_BUDGET_MS = 500
+CDS_FHIR_TIMEOUT_SECONDS = 0.3
+CDS_MAX_TOKEN_SECONDS = 300
+CDS_LEEWAY_SECONDS = 30
+CDS_FEEDBACK_MAX = 1000
+CDS_CARD_TTL_SECONDS = 24 * 3600

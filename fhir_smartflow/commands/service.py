@@ -17,8 +17,7 @@ import rq
 from fhir_smartflow.commands.console import mount_console
 from fhir_smartflow.commands.context import CliContext, pass_ctx
 from fhir_smartflow.config import ConfigError, Settings
-from fhir_smartflow.connections import embedded_redis
-from fhir_smartflow.ingest.app import webhook_redis
+from fhir_smartflow.connections import WEBHOOK, connect, embedded_redis
 from fhir_smartflow.liveness import POLLER, SCHEDULER, Heartbeat
 from fhir_smartflow.worker.embedded import WORKER_LOG_LEVEL, replay_failed, run_embedded_worker, worker_connection
 from fhir_smartflow.worker.runtime import (
@@ -43,7 +42,7 @@ log = logging.getLogger(__name__)
 
 # What a production process needs, each with what it is for (a missing one is named at start).
 NEEDS: dict[str, tuple[Callable[[Settings], bool], str]] = {
-    "[redis] url": (lambda s: bool(s.redis.url), "the shared queue (SMARTFLOW_REDIS_URL)"),
+    "[redis] url": (lambda s: s.redis.shared, "the shared queue (SMARTFLOW_REDIS_URL, or [redis] sentinels)"),
     "[fhir] base_url": (lambda s: bool(s.fhir.base_url), "the FHIR server the flows read and write"),
     "[[subscriptions]]": (lambda s: bool(s.subscriptions), "how webhook deliveries authenticate, or --insecure-dev"),
 }
@@ -125,7 +124,7 @@ def serve(
         threading.Thread(target=run_embedded_worker, args=(rt, stop), name="embedded-worker", daemon=True).start()
         _start_scheduler(rt, stop)
     else:
-        conn = webhook_redis(settings.redis.url)
+        conn = connect(settings, WEBHOOK)
     mounts: dict[str, object] = {}
     sandbox_state = None
     if embedded and settings.sandbox_fhir:  # only a try-out serves the sandbox store (and subscribes to it)
@@ -218,6 +217,9 @@ def worker(cli: CliContext, burst: bool, with_scheduler: bool, worker_class: str
     """Run an rq worker on the configured Redis: dedupe, gap checks, fetch, dispatch."""
     settings = cli.settings
     require_settings(settings, "worker", ["[redis] url", "[fhir] base_url"])
+    if worker_class == "fork" and settings.redis.sentinels:
+        # rq's work horse rebuilds its client from plain connection arguments: it cannot follow the sentinels.
+        raise ConfigError("--worker-class fork", "not with [redis] sentinels; use --worker-class simple")
     conn = worker_connection(settings)
     wait_for_redis(conn)  # a worker (re)started while Redis restarts waits for it instead of exiting
     rt = _service_runtime(settings, conn)
