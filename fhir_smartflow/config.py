@@ -359,6 +359,8 @@ class DeliveryConfig:
     inline_max_delay_seconds: float = defaults.DELIVERY_INLINE_MAX_DELAY_SECONDS
     retry_base_seconds: float = defaults.DELIVERY_RETRY_BASE_SECONDS
     retry_max_seconds: float = defaults.DELIVERY_RETRY_MAX_SECONDS
+    # A delivery still "sending" after this long is resolved as not-done / unknown (its worker died).
+    stuck_after_seconds: float = defaults.DELIVERY_STUCK_AFTER_SECONDS
     optout_extension: str = ""  # URL of a Patient extension that opts out of channels (see docs/channels.md)
     plugins: list[str] = field(default_factory=list)  # "name=package.module:Class" extra channels
     # Any channel's limit, e.g. { fax = 10 }; an entry wins over the built-ins' <channel>_per_minute keys.

@@ -28,6 +28,7 @@ from fhir_smartflow.worker.runtime import (
     install,
     reload_engine,
 )
+from fhir_smartflow.worker.stuck import enqueue_stuck_sweep
 from fhir_smartflow.worker.supervise import (
     Liveness,
     SupervisedForkWorker,
@@ -251,7 +252,14 @@ def worker(cli: CliContext, burst: bool, with_scheduler: bool, worker_class: str
         run_poller(settings, threading.Event(), conn)
         Heartbeat(conn, rt.keys, POLLER).start()
     cls = SupervisedSimpleWorker if worker_class == "simple" else SupervisedForkWorker
-    liveness = Liveness(conn, rt.keys, rt.queue, threading.Event(), move_scheduled=with_scheduler)
+    liveness = Liveness(
+        conn,
+        rt.keys,
+        rt.queue,
+        threading.Event(),
+        move_scheduled=with_scheduler,
+        periodic=lambda: enqueue_stuck_sweep(rt),
+    )
     liveness.start()  # also in --burst: a long job must not look abandoned to the other workers
 
     def make_worker(name: str) -> rq.Worker:

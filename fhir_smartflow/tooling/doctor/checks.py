@@ -6,6 +6,7 @@ import redis
 
 from fhir_smartflow.fhir.errors import FhirError
 from fhir_smartflow.tooling.doctor.checks_console import ConsoleReady
+from fhir_smartflow.tooling.doctor.checks_delivery import StuckDeliveries
 from fhir_smartflow.tooling.doctor.checks_openemr import (
     FlowResourceTypes,
     OpenEmrCategory,
@@ -58,6 +59,7 @@ CHECKS: dict[str, type[Check]] = {
     FlowResourceTypes.name: FlowResourceTypes,
     RoleMembers.name: RoleMembers,
     ConsoleReady.name: ConsoleReady,
+    StuckDeliveries.name: StuckDeliveries,
 }
 
 
