@@ -142,6 +142,7 @@ def serve(
 def _service_runtime(settings: Settings, conn: redis.Redis) -> Runtime:
     """The full runtime, or exit 2 with the flow files' `file: field: reason` errors."""
     from fhir_smartflow.engine.loader import EngineLoadError
+    from fhir_smartflow.fhir.errors import FhirError
 
     try:
         return build_service_runtime(settings, conn)
@@ -150,6 +151,9 @@ def _service_runtime(settings: Settings, conn: redis.Redis) -> Runtime:
             click.echo(str(error), err=True)
         click.echo("flows, mappings or templates are invalid (see above); nothing started", err=True)
         sys.exit(2)
+    except FhirError as exc:  # the service's Device could not be found or created
+        click.echo(f"error: the FHIR server refused the service's Device: {exc}; nothing started", err=True)
+        sys.exit(1)
 
 
 def _reload_on_sighup(rt: Runtime) -> None:
