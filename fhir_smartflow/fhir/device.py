@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 from fhir_smartflow.config import Settings
 from fhir_smartflow.defaults import SERVICE_NAME
+from fhir_smartflow.fhir.client import FhirClient
+from fhir_smartflow.fhir.errors import FhirError
 from fhir_smartflow.fhir.writeback import fhir_escape, if_none_exist
 
 log = logging.getLogger(__name__)
@@ -57,13 +59,30 @@ def ensure_service_device(server: DeviceServer, settings: Settings) -> tuple[str
     return str(stored["id"]), created
 
 
-def with_service_device(settings: Settings, server: DeviceServer) -> Settings:
+def with_service_device(settings: Settings, server: DeviceServer | None = None) -> Settings:
     """``settings`` with ``[fhir] device_id`` replaced by the id the server gave the service's Device, so
     every reference we write names a Device that exists. The embedded sandbox store (no base_url) and the
-    OpenEMR write-back (its own author) keep the configured id."""
+    OpenEMR write-back (its own author) keep the configured id. A server that cannot be reached now (the
+    service starts anyway, its writes retried) leaves the configured id, with an error saying so; a
+    server that refuses the Device raises its FhirError. ``server``: default a client for ``[fhir]``
+    asking once (a start does not wait through the retry backoff)."""
     if not settings.fhir.base_url or settings.fhir.writeback != "fhir":
         return settings
-    device_id, _ = ensure_service_device(server, settings)
+    if server is None:
+        once = dataclasses.replace(settings, fhir=dataclasses.replace(settings.fhir, max_retries=0))
+        server = FhirClient.from_settings(once)
+    try:
+        device_id, _ = ensure_service_device(server, settings)
+    except FhirError as exc:
+        if not exc.transient:
+            raise
+        log.error(
+            "fhir: the service's Device could not be found or created (%s); references name Device/%s until "
+            "the next start",
+            exc,
+            settings.fhir.device_id,
+        )
+        return settings
     return dataclasses.replace(settings, fhir=dataclasses.replace(settings.fhir, device_id=device_id))
 
 

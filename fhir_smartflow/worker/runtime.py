@@ -151,7 +151,7 @@ def build_service_runtime(settings: Settings, redis_conn: redis.Redis | None = N
     scheduler = build_scheduler(settings, conn)
     clock = scheduler.clock  # the test clock when [scheduler] test_clock is on, else system time
     client = FhirClient.from_settings(settings, metrics=core.metrics)
-    settings = with_service_device(settings, client)  # every reference names the server-assigned Device id
+    settings = with_service_device(settings)  # every reference names the server-assigned Device id
     target = _write_back_target(settings, conn, client, core.metrics)
     engine = load_engine(settings)
     deliverer = ChannelDeliverer(settings, load_channels(settings), conn, core.keys, core.metrics)
