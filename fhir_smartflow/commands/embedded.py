@@ -48,9 +48,7 @@ def mount_sandbox(settings: Settings, mounts: dict[str, Any], host: str, port: i
     return state
 
 
-def _self_credentials(
-    settings: Settings, insecure_dev: bool, types: list[str]
-) -> dict[tuple[str, str], list[str]]:
+def _self_credentials(settings: Settings, insecure_dev: bool, types: list[str]) -> dict[tuple[str, str], list[str]]:
     """(header, secret) → the types its subscription may deliver (each type under the first that may)."""
     if insecure_dev and not settings.subscriptions:
         return {(DEV_HEADER, "insecure-dev"): types}
@@ -62,4 +60,3 @@ def _self_credentials(
                 groups.setdefault((sub.header, value), []).append(rtype)
                 break
     return groups
-

@@ -27,8 +27,7 @@ def _config(exc: Exception, _settings: Settings | None) -> str:
 def _redis(exc: Exception, settings: Settings | None) -> str:
     where = f" at {redacted_url(settings.redis.url)}" if settings is not None and settings.redis.url else ""
     return (
-        f"Redis unreachable{where} ({type(exc).__name__}: {exc}): start Redis, or fix [redis] url "
-        "(SMARTFLOW_REDIS_URL)"
+        f"Redis unreachable{where} ({type(exc).__name__}: {exc}): start Redis, or fix [redis] url (SMARTFLOW_REDIS_URL)"
     )
 
 
