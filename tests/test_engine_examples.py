@@ -349,6 +349,8 @@ def test_previsit_overdue_and_completes_workflow(engine):
     p = plan(engine, trigger, ctx, SETTINGS, NOW)
     assert_all_valid(p)
     form_task, call_task = writes(p, "Task")
+    # SDC sdc-t1: a complete-questionnaire Task has no focus; the booked appointment is its reason.
+    assert "focus" not in form_task and form_task["reasonReference"] == {"reference": "Appointment/a3"}
     assert form_task["restriction"]["period"]["end"] == "2026-03-18T14:00:00Z"
     assert call_task["restriction"]["period"]["end"] == "2026-03-19T14:00:00Z"
     assert call_task["owner"] == {"reference": "CareTeam/front-desk"}
