@@ -187,9 +187,9 @@ def test_base_url_advice_names_what_to_set() -> None:
     caps = {"implementation": {"url": "http://localhost:8103/fhir/R4"}}
     assert self_urls(caps) == ["http://localhost:8103/fhir/R4"]
     advice = base_url_advice("http://127.0.0.1:8103/fhir/R4", caps)
-    assert advice is not None and 'set [fhir] base_url = "http://localhost:8103/fhir/R4"' in advice
+    assert advice is not None and 'set [fhir] base_url = "http://localhost:8103/fhir/R4"' in advice.fix
     assert base_url_advice("http://localhost:8103/fhir/R4", caps) is None
     links = ["http://localhost:8103/fhir/R4/Subscription?_count=1&_offset=1"]
     advice = base_url_advice("http://127.0.0.1:8103/fhir/R4", {}, links)
-    assert advice is not None and "paging links" in advice and '"http://localhost:8103/fhir/R4"' in advice
+    assert advice is not None and "paging links" in advice.problem and '"http://localhost:8103/fhir/R4"' in str(advice)
     assert base_url_advice("http://localhost:8103/fhir/R4", {}, links) is None

@@ -13,6 +13,7 @@ base URL it believes it has.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -65,9 +66,22 @@ def self_urls(capabilities: Mapping[str, Any]) -> list[str]:
     return [str(url).rstrip("/")] if url else []
 
 
-def base_url_advice(base_url: str, capabilities: Mapping[str, Any], link_urls: Iterable[str] = ()) -> str | None:
-    """None when the server's own URLs lie under ``base_url``; else exactly what to set, e.g.
-    ``the server calls itself http://localhost:8103/fhir/R4 (paging link): set [fhir] base_url = "..."``."""
+@dataclass(frozen=True)
+class BaseUrlAdvice:
+    """The server names itself outside ``[fhir] base_url``: what it said, and exactly what to set."""
+
+    problem: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.problem}; {self.fix}"
+
+
+def base_url_advice(
+    base_url: str, capabilities: Mapping[str, Any], link_urls: Iterable[str] = ()
+) -> BaseUrlAdvice | None:
+    """None when the server's own URLs lie under ``base_url``; else what it said and what to set, e.g.
+    ``set [fhir] base_url = "http://localhost:8103/fhir/R4"``."""
     guard = BaseUrl(base_url)
     candidates = [(url, "CapabilityStatement implementation.url") for url in self_urls(capabilities)]
     candidates += [(_base_of(url, guard), "its paging links") for url in link_urls if url]
@@ -75,9 +89,10 @@ def base_url_advice(base_url: str, capabilities: Mapping[str, Any], link_urls: I
         try:
             guard.check(url)
         except FhirUrlRejected:
-            return (
-                f"the server calls itself {url} ({where}), but [fhir] base_url is {guard.url}: links under "
-                f'{url} are refused; set [fhir] base_url = "{url}" (and reach the server by that name)'
+            return BaseUrlAdvice(
+                f"the server calls itself {url} ({where}), but [fhir] base_url is {guard.url}: the URL guard "
+                "refuses its links",
+                f'set [fhir] base_url = "{url}" (and reach the server by that name)',
             )
     return None
 

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from fhir_smartflow.config import FHIR_SERVER_KINDS, Settings, SubscriptionConfig, secret
 from fhir_smartflow.engine.model import Engine, MappingRule
@@ -374,3 +375,26 @@ def _read_back(
 
 def not_active(report: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [row for row in report if row.get("status") != "active"]
+
+
+def stored_problems(current: Mapping[str, Any], wanted: Mapping[str, Any], notify_path: str) -> list[str]:
+    """Why the stored Subscription would not deliver what the webhook expects: not active (with the
+    server's error text), an endpoint outside this webhook's path, a missing or different secret (never
+    printed; a masked one counts as present)."""
+    problems = []
+    if current.get("status") != "active":
+        why = f": {current['error']}" if current.get("error") else ""
+        problems.append(f"is {current.get('status') or 'without status'}{why}")
+    endpoint = str((current.get("channel") or {}).get("endpoint") or "")
+    if urlsplit(endpoint).path.rstrip("/") != notify_path.rstrip("/"):
+        problems.append(f"points at {endpoint or 'no endpoint'}, not this webhook ({notify_path})")
+    if not same_secrets(current, wanted):
+        problems.append("does not carry the secret the webhook expects")
+    return problems
+
+
+def find_stored(server: SubscriptionServer, wanted: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The Subscription on the server carrying ``wanted``'s tag (the first, when several do)."""
+    system, code = _tag(wanted)
+    found = [r for r in server.search("Subscription", {"_tag": f"{system}|{code}"}) if _has_tag(r, system, code)]
+    return found[0] if found else None

@@ -11,6 +11,13 @@ from fhir_smartflow.tooling.doctor.checks_openemr import (
     OpenEmrReadToken,
     OpenEmrWriteToken,
 )
+from fhir_smartflow.tooling.doctor.checks_servers import (
+    AuthScopes,
+    BaseUrlMatches,
+    ServiceDevice,
+    SubscriptionActivity,
+    SubscriptionsActive,
+)
 from fhir_smartflow.tooling.doctor.model import Check, DoctorContext, Finding
 
 
@@ -50,6 +57,11 @@ class FhirReachable(Check):
 CHECKS: dict[str, type[Check]] = {
     RedisReachable.name: RedisReachable,
     FhirReachable.name: FhirReachable,
+    BaseUrlMatches.name: BaseUrlMatches,
+    AuthScopes.name: AuthScopes,
+    ServiceDevice.name: ServiceDevice,
+    SubscriptionsActive.name: SubscriptionsActive,
+    SubscriptionActivity.name: SubscriptionActivity,
     OpenEmrReadToken.name: OpenEmrReadToken,
     OpenEmrWriteToken.name: OpenEmrWriteToken,
     OpenEmrCategory.name: OpenEmrCategory,

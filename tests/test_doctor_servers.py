@@ -1,0 +1,88 @@
+"""``doctor`` against the real sandbox over HTTP after ``subscriptions sync``: passes, then names the broken
+piece (a deleted Subscription, a wrong secret, a missing Device, a base URL the server does not use)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import requests
+from click.testing import CliRunner
+
+from fhir_smartflow.cli import main
+from tests.support.toml import write_config
+
+pytestmark = pytest.mark.integration
+ENV = {"DOC_SECRET": "s3cret-value", "DOC_HMAC": "hmac-value"}
+SUBSCRIPTIONS = [
+    {"id": "appointments", "header": "X-Smartflow-Secret", "secret_env": "DOC_SECRET", "criteria": "Appointment?"},
+    {"id": "everything-else", "auth": "hmac", "secret_env": "DOC_HMAC", "criteria": "Patient?"},
+]
+SERVER_CHECKS = ("fhir-base-url", "fhir-auth", "service-device", "subscriptions")
+
+
+def _run(config: Path, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["--config", str(config), *args], env=ENV)
+    return result.exit_code, result.output
+
+
+def _doctor(config: Path) -> tuple[int, list[dict[str, str]]]:
+    checks = [a for name in SERVER_CHECKS for a in ("--check", name)]
+    code, out = _run(config, "doctor", *checks, "--json")
+    return code, json.loads(out)
+
+
+def _failing(findings: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [f for f in findings if f["status"] == "fail"]
+
+
+def _subscriptions(base: str) -> list[dict]:
+    return [e["resource"] for e in requests.get(f"{base}/Subscription", timeout=5).json().get("entry") or []]
+
+
+def test_doctor_after_sync_passes_and_names_each_broken_piece(
+    tmp_path: Path, sandbox_server: str, redis_url: str
+) -> None:
+    sections = {"redis": {"url": redis_url}, "fhir": {"base_url": sandbox_server, "max_retries": 0}}
+    config = write_config(tmp_path / "c.toml", sections, SUBSCRIPTIONS)
+    code, out = _run(config, "subscriptions", "sync", "--endpoint", "http://127.0.0.1:9/fhir/notify")
+    assert code == 0, out
+    code, findings = _doctor(config)
+    assert code == 0, findings
+    assert {f["check"] for f in findings} == set(SERVER_CHECKS)
+    code, out = _run(config, "subscriptions", "sync", "--endpoint", "http://127.0.0.1:9/fhir/notify")
+    assert code == 0 and out.startswith("nothing changed"), out
+    assert "s3cret-value" not in out and "hmac-value" not in out
+
+    # A wrong secret on the server (its header).
+    subs = _subscriptions(sandbox_server)
+    appointment = next(s for s in subs if s["criteria"] == "Appointment?status=noshow")
+    appointment["channel"]["header"] = ["X-Smartflow-Secret: stale"]
+    requests.put(f"{sandbox_server}/Subscription/{appointment['id']}", json=appointment, timeout=5)
+    code, findings = _doctor(config)
+    (bad,) = _failing(findings)
+    assert code == 1 and bad["check"] == "subscriptions"
+    assert "does not carry the secret the webhook expects" in bad["detail"] and "sync" in bad["fix"]
+    assert "stale" not in json.dumps(findings) and "s3cret-value" not in json.dumps(findings)
+
+    # A deleted Subscription.
+    requests.delete(f"{sandbox_server}/Subscription/{appointment['id']}", timeout=5)
+    code, findings = _doctor(config)
+    (bad,) = _failing(findings)
+    assert code == 1 and "Appointment?status=noshow: no Subscription" in bad["detail"]
+
+    # The Device missing.
+    (device,) = [e["resource"] for e in requests.get(f"{sandbox_server}/Device", timeout=5).json()["entry"]]
+    requests.delete(f"{sandbox_server}/Device/{device['id']}", timeout=5)
+    code, findings = _doctor(config)
+    assert code == 1 and "service-device" in {f["check"] for f in _failing(findings)}
+
+
+def test_doctor_says_which_base_url_to_set(tmp_path: Path, sandbox_server: str, redis_url: str) -> None:
+    # The sandbox names itself on 127.0.0.1; reached as localhost, its links would be refused.
+    elsewhere = sandbox_server.replace("127.0.0.1", "localhost")
+    config = write_config(tmp_path / "c.toml", {"redis": {"url": redis_url}, "fhir": {"base_url": elsewhere}})
+    code, out = _run(config, "doctor", "--check", "fhir-base-url")
+    assert code == 1, out
+    assert f'set [fhir] base_url = "{sandbox_server}"' in out
