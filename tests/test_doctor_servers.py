@@ -4,6 +4,7 @@ piece (a deleted Subscription, a wrong secret, a missing Device, a base URL the 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import requests
 from click.testing import CliRunner
 
 from fhir_smartflow.cli import main
+from tests.support.procs import ROOT, child_env, smartflow_cmd
 from tests.support.toml import write_config
 
 pytestmark = pytest.mark.integration
@@ -86,3 +88,12 @@ def test_doctor_says_which_base_url_to_set(tmp_path: Path, sandbox_server: str, 
     code, out = _run(config, "doctor", "--check", "fhir-base-url")
     assert code == 1, out
     assert f'set [fhir] base_url = "{sandbox_server}"' in out
+
+
+def test_worker_start_says_which_base_url_to_set(tmp_path: Path, sandbox_server: str, redis_url: str) -> None:
+    elsewhere = sandbox_server.replace("127.0.0.1", "localhost")
+    config = write_config(tmp_path / "c.toml", {"redis": {"url": redis_url}, "fhir": {"base_url": elsewhere}})
+    cmd = smartflow_cmd("--config", str(config), "worker", "--burst", "--without-scheduler")
+    done = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert f'set [fhir] base_url = "{sandbox_server}"' in done.stderr, done.stderr

@@ -17,6 +17,7 @@ import rq
 from fhir_smartflow.commands.context import CliContext, pass_ctx
 from fhir_smartflow.config import ConfigError, Settings
 from fhir_smartflow.connections import embedded_redis
+from fhir_smartflow.fhir.server_info import warn_on_base_url
 from fhir_smartflow.ingest.app import webhook_redis
 from fhir_smartflow.liveness import POLLER, SCHEDULER, Heartbeat
 from fhir_smartflow.worker.embedded import WORKER_LOG_LEVEL, replay_failed, run_embedded_worker, worker_connection
@@ -123,6 +124,7 @@ def serve(
         _start_scheduler(rt, stop)
     else:
         conn = webhook_redis(settings.redis.url)
+        warn_on_base_url(settings)  # links the server writes outside base_url are refused: say what to set
     mounts: dict[str, object] = {}
     sandbox_state = None
     if embedded and settings.sandbox_fhir:  # only a try-out serves the sandbox store (and subscribes to it)
@@ -211,6 +213,7 @@ def worker(cli: CliContext, burst: bool, with_scheduler: bool, worker_class: str
     require_settings(settings, "worker", ["[redis] url", "[fhir] base_url"])
     conn = worker_connection(settings)
     wait_for_redis(conn)  # a worker (re)started while Redis restarts waits for it instead of exiting
+    warn_on_base_url(settings)
     rt = _service_runtime(settings, conn)
     install(rt)
     _reload_on_sighup(rt)

@@ -12,15 +12,20 @@ base URL it believes it has.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from fhir_smartflow.config import Settings
 from fhir_smartflow.fhir.backport import PROFILE_SUBSCRIPTION
 from fhir_smartflow.fhir.client import FhirClient
 from fhir_smartflow.fhir.errors import FhirError, FhirUrlRejected
 from fhir_smartflow.fhir.urls import BaseUrl
+
+log = logging.getLogger(__name__)
 
 BACKPORT_IG = "subscriptions-backport"
 TOPIC_CANONICAL_EXT_SUFFIX = "capabilitystatement-subscriptiontopic-canonical"
@@ -127,3 +132,24 @@ def has_subscription_topics(client: FhirClient) -> bool:
     except (FhirError, ValueError):
         return False
     return isinstance(bundle, dict) and bool(bundle.get("entry"))
+
+
+def base_url_at_start(settings: Settings) -> BaseUrlAdvice | None:
+    """``base_url_advice`` for ``[fhir]``, asked once at start (no retries); None when the server agrees,
+    or cannot be asked now (``doctor`` asks again)."""
+    if not settings.fhir.base_url:
+        return None
+    once = dataclasses.replace(settings, fhir=dataclasses.replace(settings.fhir, max_retries=0))
+    client = FhirClient.from_settings(once)
+    try:
+        return base_url_advice(client.base_url, client.capabilities(), first_page_links(client))
+    except (FhirError, ValueError) as exc:
+        log.info("fhir: could not compare [fhir] base_url with the server's own URL now: %s", exc)
+        return None
+
+
+def warn_on_base_url(settings: Settings) -> None:
+    """Log what to set when the server names itself outside ``[fhir] base_url`` (the guard is not widened)."""
+    advice = base_url_at_start(settings)
+    if advice is not None:
+        log.error("fhir: %s; %s", advice.problem, advice.fix)
