@@ -132,7 +132,8 @@ def test_completing_task_cancels_siblings_and_their_followups(start_stack) -> No
     questionnaire, call = by_action(previsit, "pre-visit-questionnaire"), by_action(previsit, "call-about")
     stack.set_task_status(questionnaire, "completed")
     wait_for(lambda: stack.read(f"Task/{call['id']}")["status"] == "cancelled", "call task cancelled", stack.log)
-    assert stack.pending(group=previsit_group) == []
+    # The follow-ups are cancelled after the sibling Tasks: wait for that, not just for the Task.
+    wait_for(lambda: stack.pending(group=previsit_group) == [], "the group's follow-ups cancelled", stack.log)
     assert stack.scheduler().pending_count() == 0
 
     # Past every former due time: nothing fires, no reminder is written.

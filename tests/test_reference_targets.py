@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from fhir_smartflow.connections import Keys
-from fhir_smartflow.engine.references import allowed_target_types, reference_errors
+from fhir_smartflow.engine.references import allowed_reference_types, reference_type_problems
 from fhir_smartflow.fhir.client import FhirClient
 from fhir_smartflow.fhir.errors import FhirBadRequest
 from fhir_smartflow.fhir.writeback import FhirWriteBack
@@ -44,20 +44,20 @@ def _load(tmp_path: Path, owner: str) -> list[str]:
 def test_a_group_task_owner_is_refused_when_the_flow_loads(tmp_path: Path) -> None:
     (error,) = _load(tmp_path, "Group/front-desk")
     assert "Task.owner cannot be a Group" in error
-    for kind in allowed_target_types("Task", "owner") or ():
+    for kind in allowed_reference_types("Task", "owner") or ():
         assert kind in error  # the kinds R4 allows are offered
     assert _load(tmp_path, "CareTeam/front-desk") == []
 
 
 def test_the_shipped_flows_write_only_allowed_reference_types() -> None:
     shipped_engine()  # loads, so no shipped task owner is a Group
-    assert "Group" not in (allowed_target_types("Task", "owner") or ())
+    assert "Group" not in (allowed_reference_types("Task", "owner") or ())
 
 
 def test_a_write_with_a_disallowed_reference_is_refused_before_any_request(sandbox_server: str, redis_conn) -> None:
     target = FhirWriteBack(FhirClient(sandbox_server), SYSTEM, redis_conn, Keys("rt:"))
     task = {**sdc_task(), "owner": {"reference": "Group/front-desk"}}
-    assert reference_errors(task)
+    assert reference_type_problems(task)
     for write in (
         lambda: target.create_with_status(task, "id-1"),
         lambda: target.create_all([(task, "id-1", "urn:uuid:7b7c1f4e-2d5b-4a55-8a55-0c1c2b3d4e5f")]),

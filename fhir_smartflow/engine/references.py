@@ -132,8 +132,3 @@ def target_type_problem(resource_type: str, path: str, reference: str) -> str | 
     if allowed is None or parsed is None or ANY_RESOURCE in allowed or parsed[0] in allowed:
         return None
     return f"{resource_type}.{path} cannot be a {parsed[0]}: R4 allows {', '.join(allowed)} there"
-
-
-# The names the sandbox's strict profiles use for the same two checks.
-allowed_target_types = allowed_reference_types
-reference_errors = reference_type_problems

@@ -21,7 +21,7 @@ import redis
 from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.engine.provenance import versioned_reference
-from fhir_smartflow.engine.references import reference_errors
+from fhir_smartflow.engine.references import reference_type_problems
 from fhir_smartflow.fhir.client import FhirClient
 from fhir_smartflow.fhir.errors import FhirBadRequest, FhirError, FhirUnavailable, error_for_status, outcome_text
 from fhir_smartflow.fhir.target import BatchItem, WriteBackTarget
@@ -71,7 +71,7 @@ def _identifier_param(resource_type: str) -> str:
 def check_reference_targets(resource: dict[str, Any]) -> None:
     """Refuse, before any request, a resource whose references name a type its R4 element does not
     allow (strict servers refuse the write anyway, with a vaguer message): FhirBadRequest, permanent."""
-    problems = reference_errors(resource)
+    problems = reference_type_problems(resource)
     if problems:
         raise FhirBadRequest(f"not written: {'; '.join(problems)}")
 
