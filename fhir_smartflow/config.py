@@ -132,6 +132,13 @@ class SandboxConfig:
     heartbeat_seconds: int = defaults.SANDBOX_HEARTBEAT_SECONDS
     # Enables POST/DELETE /$faults (injected 503/429/stalls) for tests and chaos runs; never in production.
     faults: bool = False
+    # Server behaviours to reproduce: lenient | medplum | hapi (docs/sandbox.md, "Profiles").
+    profile: str = "lenient"
+    # The base URL the sandbox writes into links, when clients reach it under another name.
+    public_base_url: str = ""
+    # OAuth clients of the sandbox's token endpoint (client_credentials): client id → {secret_env, scopes}.
+    # With any, a strict profile wants a bearer token whose scopes cover each interaction.
+    clients: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -325,7 +332,7 @@ class Settings:
         default_factory=lambda: {
             "clinician": "http://terminology.hl7.org/CodeSystem/practitioner-role|doctor",
             "nurse": "http://terminology.hl7.org/CodeSystem/practitioner-role|nurse",
-            "case-manager": "http://snomed.info/sct|768730001",
+            "case-manager": "http://snomed.info/sct|768832004",
             "billing": "urn:fhir-smartflow:role|billing",
             "front-desk": "urn:fhir-smartflow:role|front-desk",
         }

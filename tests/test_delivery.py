@@ -122,12 +122,16 @@ def test_address_selection_rank_period_and_practitioner():
 def test_no_address_is_not_done(env):
     outcome = env.make().deliver(deliver(), {"resourceType": "Patient", "id": "1"}, [], DAY)
     assert (outcome.status, outcome.reason) == ("not-done", "no usable phone in Patient.telecom")
+    assert outcome.reason_code == "invalid-phone-number"  # CommunicationNotDoneReason
     assert env.requests == []
+    email = env.make().deliver(deliver("email"), {"resourceType": "Patient", "id": "1"}, [], DAY)
+    assert (email.status, email.reason_code) == ("not-done", "system-error")  # no SMTP host: before the address
 
 
 def test_unconfigured_channel_is_not_done_and_fhir_only_is_completed(env):
     deliverer = env.make()
-    assert deliverer.deliver(deliver("email"), PATIENT, [], DAY).status == "not-done"  # no SMTP host configured
+    unconfigured = deliverer.deliver(deliver("email"), PATIENT, [], DAY)  # no SMTP host configured
+    assert (unconfigured.status, unconfigured.reason_code) == ("not-done", "system-error")
     assert deliverer.deliver(deliver("portal"), PATIENT, [consent("all")], DAY).status == "completed"
 
 
@@ -135,6 +139,7 @@ def test_opt_out_consent_blocks_the_named_channel_only(env):
     deliverer = env.make()
     blocked = deliverer.deliver(deliver(), PATIENT, [consent("sms")], DAY)
     assert (blocked.status, blocked.reason) == ("not-done", "patient opted out of sms (Consent/c1)")
+    assert blocked.reason_code == "patient-objection"
     assert env.requests == []
     assert deliverer.deliver(deliver("voice"), PATIENT, [consent("sms")], DAY).status == "completed"
     assert deliverer.deliver(deliver("voice", n=2), PATIENT, [consent("all", nested=True)], DAY).status == "not-done"
@@ -213,6 +218,7 @@ def test_persistent_transient_failure_becomes_scheduled_retry_then_gives_up(env)
     assert second.status == "retry"
     last = deliverer.deliver(deliver(), PATIENT, [], second.retry_at)
     assert last.status == "not-done" and last.reason.startswith("sms delivery failed after 3 attempts")
+    assert last.reason_code == "system-error"
     assert len(env.requests) == 6
 
 
@@ -226,7 +232,7 @@ def test_long_retry_after_is_not_slept_inline(env):
 def test_permanent_failure_is_not_done_with_the_provider_error(env):
     env.script = [(400, {}, {"code": 21211, "message": "The 'To' number is not a valid phone number."})]
     outcome = env.make().deliver(deliver(), PATIENT, [], DAY)
-    assert outcome.status == "not-done"
+    assert (outcome.status, outcome.reason_code) == ("not-done", "system-error")
     assert (
         outcome.reason == "sms delivery failed: provider HTTP 400 21211: The 'To' number is not a valid phone number."
     )

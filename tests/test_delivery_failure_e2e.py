@@ -61,7 +61,7 @@ def subscribe_through(stack: Stack, relay: Relay, rtype: str) -> None:
 def case_managers(stack: Stack) -> str:
     """A case manager and a nurse; the notice must reach the case manager's PractitionerRole only."""
     stack.put({"resourceType": "Practitioner", "id": "cm-e2e"})
-    for rid, code in (("cm-e2e-role", "768730001"), ("rn-e2e-role", "224535009")):
+    for rid, code in (("cm-e2e-role", "768832004"), ("rn-e2e-role", "224535009")):
         coding = {"system": "http://snomed.info/sct", "code": code}
         stack.put(
             {

@@ -76,6 +76,7 @@ def test_intake_forms_on_registration_dst_and_weekend(engine):
     assert form_task["code"]["coding"][0] == {
         "system": "http://hl7.org/fhir/uv/sdc/CodeSystem/temp",
         "code": "complete-questionnaire",
+        "display": "Complete Questionnaire",
     }
     assert form_task["input"][0]["valueCanonical"] == "http://example.org/fhir/Questionnaire/intake"
     assert form_task["for"] == form_task["owner"] == {"reference": "Patient/p1"}
@@ -85,7 +86,7 @@ def test_intake_forms_on_registration_dst_and_weekend(engine):
     assert form_task["instantiatesUri"] == "urn:fhir-smartflow:flow:intake-forms:1#send-intake-packet"
 
     assert review_task["performerType"] == [
-        {"coding": [{"system": "http://snomed.info/sct", "code": "768730001"}], "text": "case-manager"}
+        {"coding": [{"system": "http://snomed.info/sct", "code": "768832004"}], "text": "case-manager"}
     ]
     assert "owner" not in review_task
     assert review_task["restriction"]["period"]["end"] == "2026-03-09T14:00:00Z"
@@ -94,7 +95,7 @@ def test_intake_forms_on_registration_dst_and_weekend(engine):
     )
 
     comms = writes(p, "Communication")
-    assert [c["medium"][0]["coding"][0]["code"] for c in comms] == ["MSGWRIT", "EMAILWRIT", "ONLINEWRIT"]
+    assert [c["medium"][0]["coding"][0]["code"] for c in comms] == ["SMSWRIT", "EMAILWRIT", "ONLINEWRIT"]
     assert [c["status"] for c in comms] == ["in-progress", "in-progress", "completed"]
     link = "https://portal.example.org/tasks?identifier=" + task_id.replace("/", "%2F")
     assert comms[0]["payload"][0]["contentString"] == (

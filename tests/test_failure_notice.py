@@ -54,7 +54,7 @@ from_number = "+15550000000"
 def staff(store: str) -> None:
     """Two case managers (one retired) and a nurse: the notice goes to the active case manager only."""
     seed(store, {"resourceType": "Practitioner", "id": "cm"})
-    roles = (("cm-role", "768730001", True), ("old-cm", "768730001", False), ("rn", "224535009", True))
+    roles = (("cm-role", "768832004", True), ("old-cm", "768832004", False), ("rn", "224535009", True))
     for rid, code, active in roles:
         coding = {"system": SNOMED, "code": code}
         role = {"resourceType": "PractitionerRole", "id": rid, "active": active, "code": [{"coding": [coding]}]}
@@ -112,6 +112,7 @@ def test_a_rejected_text_tells_the_owner_once_however_often_it_runs(rt: Runtime,
     assert len(fake.requests) == 1
     [text] = [c for c in communications(sandbox_server, "nf1") if c["medium"][0]["text"] == "sms"]
     assert text["status"] == "not-done" and "21211" in text["statusReason"]["text"]
+    assert text["statusReason"]["coding"][0]["code"] == "system-error"  # CommunicationNotDoneReason
     [notice] = notices(sandbox_server, "nf1")
     Communication.model_validate(notice)
     assert notice["status"] == "completed" and notice["medium"][0]["text"] == "staff-message"
@@ -132,6 +133,8 @@ def test_no_usable_number_is_a_failure_but_an_opt_out_is_not(rt: Runtime, sandbo
     rt.dispatcher.dispatch(no_show(sandbox_server, "nf2"))  # no phone at all
     [notice] = notices(sandbox_server, "nf2")
     assert "no usable phone" in notice["payload"][0]["contentString"]
+    [unsent] = [c for c in communications(sandbox_server, "nf2") if c["medium"][0]["text"] == "sms"]
+    assert unsent["statusReason"]["coding"][0]["code"] == "invalid-phone-number"
 
     consent = {
         "resourceType": "Consent",
@@ -147,5 +150,6 @@ def test_no_usable_number_is_a_failure_but_an_opt_out_is_not(rt: Runtime, sandbo
     rt.dispatcher.dispatch(event)
     [text] = [c for c in communications(sandbox_server, "nf3") if c["medium"][0]["text"] == "sms"]
     assert text["status"] == "not-done" and "opted out" in text["statusReason"]["text"]
+    assert text["statusReason"]["coding"][0]["code"] == "patient-objection"
     assert notices(sandbox_server, "nf3") == []  # the patient's choice, not a failure
     assert fake.requests == [] and notices_counted(rt, "created") == 1

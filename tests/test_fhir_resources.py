@@ -30,7 +30,9 @@ def test_sdc_task_validates():
         code_text="Intake",
     )
     validate_resource(task)
-    assert task["code"]["coding"] == [{"system": fr.SDC_TEMP, "code": "complete-questionnaire"}]
+    assert task["code"]["coding"] == [
+        {"system": fr.SDC_TEMP, "code": "complete-questionnaire", "display": "Complete Questionnaire"}
+    ]
     assert task["input"][0]["type"]["coding"][0]["code"] == "questionnaire"
     assert (task["status"], task["intent"]) == ("requested", "order")
     assert task["restriction"] == {"period": {"end": "2026-03-09T14:00:00Z"}}
@@ -46,16 +48,16 @@ def test_staff_task_with_performer_type_validates():
         authored_on="2026-03-05T15:00:00Z",
         requester="Device/x",
         for_ref="Patient/p1",
-        performer_types=[fr.concept("http://snomed.info/sct|768730001", "case-manager")],
+        performer_types=[fr.concept("http://snomed.info/sct|768832004", "case-manager")],
     )
     validate_resource(task)
-    assert "input" not in task and task["performerType"][0]["coding"][0]["code"] == "768730001"
+    assert "input" not in task and task["performerType"][0]["coding"][0]["code"] == "768832004"
 
 
 @pytest.mark.parametrize(
     ("method", "code"),
     [
-        ("sms", "MSGWRIT"),
+        ("sms", "SMSWRIT"),
         ("email", "EMAILWRIT"),
         ("voice", "PHONE"),
         ("portal", "ONLINEWRIT"),
@@ -86,6 +88,9 @@ def test_communication_medium_per_method(method, code):
     }
     assert comm["basedOn"][0] == {"type": "Task", "identifier": {"system": SYSTEM, "value": "f/a/Task/1"}}
     assert comm["payload"] == [{"contentString": "Hello"}]
+    assert comm["category"] == [
+        {"coding": [{"system": fr.COMMUNICATION_CATEGORY, "code": "notification", "display": "Notification"}]}
+    ]
 
 
 @pytest.mark.parametrize(
@@ -112,6 +117,9 @@ def test_document_reference_note_types(note_type, loinc):
     )
     validate_resource(doc)
     assert doc["type"]["coding"][0]["code"] == loinc
+    assert doc["category"] == [
+        {"coding": [{"system": fr.DOCUMENT_CATEGORY, "code": "clinical-note", "display": "Clinical Note"}]}
+    ]
     attachment = doc["content"][0]["attachment"]
     assert base64.b64decode(attachment["data"]).decode() == "Note ✓"
     assert attachment["contentType"].startswith("text/plain")
@@ -132,7 +140,22 @@ def test_flag_with_audience_extension():
     )
     validate_resource(flag)
     assert [e["url"] for e in flag["extension"]] == [fr.ALLOWED_AUDIENCE_URL] * 2
+    assert fr.ALLOWED_AUDIENCE_URL == "http://fhir-smartflow.example/StructureDefinition/allowed-audience"
     assert flag["status"] == "active" and flag["code"] == {"text": "Review answers"}
+    # label-based access control can restrict it: v3-Confidentiality R
+    assert flag["meta"]["security"] == [
+        {"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R", "display": "restricted"}
+    ]
+    assert flag["category"][0]["coding"][0] == {
+        "system": "http://terminology.hl7.org/CodeSystem/flag-category", "code": "clinical", "display": "Clinical"
+    }  # fmt: skip
+
+
+def test_flag_without_audience_has_no_security_label():
+    flag = fr.build_flag(
+        identifier_system=SYSTEM, identifier_value="fl/2", text="t", subject="Patient/p1", author="Device/x", start="x"
+    )
+    assert "meta" not in flag and "extension" not in flag
 
 
 def test_validate_resource_names_the_problem():

@@ -301,7 +301,7 @@ def test_export_plandefinition_is_valid_r4b() -> None:
     assert first["definitionCanonical"] == "http://example.org/fhir/Questionnaire/intake"
     assert first["timingDuration"] == {"value": 3, "unit": "days", "system": "http://unitsofmeasure.org", "code": "d"}
     assert first["participant"] == [{"type": "patient"}]
-    assert first["action"][0]["relatedAction"][0]["relationship"] == "before-start"
+    assert first["action"][0]["relatedAction"][0]["relationship"] == "before-end"
     review = resource["action"][1]
-    assert review["participant"][0]["role"]["coding"][0]["code"] == "768730001"
+    assert review["participant"][0]["role"]["coding"][0]["code"] == "768832004"
     assert unknown.returncode == 2 and "unknown flow 'nope'" in unknown.stderr

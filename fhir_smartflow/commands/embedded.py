@@ -39,7 +39,13 @@ def mount_sandbox(settings: Settings, mounts: dict[str, Any], host: str, port: i
         return state
     for (header, value), group in groups.items():
         ids = ensure_self_subscriptions(
-            state.store, endpoint, header, value, group, heartbeat_seconds=settings.sandbox.heartbeat_seconds
+            state.store,
+            endpoint,
+            header,
+            value,
+            group,
+            heartbeat_seconds=settings.sandbox.heartbeat_seconds,
+            profile=state.profile,
         )
         log.info("sandbox: webhook subscribed to %s (%s)", ", ".join(group), ", ".join(ids))
     uncovered = sorted(set(types) - {t for group in groups.values() for t in group})

@@ -221,5 +221,27 @@ def export_plandefinition(
     if flow is None:
         click.echo(f"unknown flow {flow_id!r}; flows: {', '.join(sorted(engine.flows)) or 'none'}", err=True)
         sys.exit(2)
-    resource = plan_definition(flow, cli.settings)
+    resource = plan_definition(flow, cli.settings, engine.mappings)
+    click.echo(json.dumps(resource, separators=(",", ":")) if as_json else json.dumps(resource, indent=2))
+
+
+@export_group.command("structuredefinition")
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Compact one-line JSON (default: indented).")
+def export_structuredefinition(name: str | None, as_json: bool) -> None:
+    """Print the FHIR R4 StructureDefinition of an extension the service writes (NAME; the only one, and
+    the default, is allowed-audience: who should see a record prompt Flag). Load it into a FHIR server or
+    validator so it knows the extension.
+
+    Exit codes: 0 printed; 2 unknown name.
+    """
+    from fhir_smartflow.engine.definitions import STRUCTURE_DEFINITIONS
+
+    names = sorted(STRUCTURE_DEFINITIONS)
+    chosen = name or names[0]
+    build = STRUCTURE_DEFINITIONS.get(chosen)
+    if build is None:
+        click.echo(f"unknown StructureDefinition {chosen!r}; known: {', '.join(names)}", err=True)
+        sys.exit(2)
+    resource = build()
     click.echo(json.dumps(resource, separators=(",", ":")) if as_json else json.dumps(resource, indent=2))

@@ -101,7 +101,7 @@ class ChannelDeliverer:
         channel = self.channels.get(action.channel)
         if channel is None:
             unconfigured = f"channel {action.channel!r} is not configured"
-            return DeliveryOutcome("not-done", unconfigured, failed=True), "unconfigured"
+            return DeliveryOutcome("not-done", unconfigured, failed=True, reason_code="system-error"), "unconfigured"
         message = self._message(action, "")
         spec = channel.spec
         if spec.fhir_only:  # the Communication is the message: no address, no opt-out
@@ -110,12 +110,13 @@ class ChannelDeliverer:
         if is_patient:
             reason = opt_out_reason(recipient, consents, action.channel, now, self.cfg.optout_extension)
             if reason:
-                return DeliveryOutcome("not-done", reason), "opted-out"
+                return DeliveryOutcome("not-done", reason, reason_code="patient-objection"), "opted-out"
         address = resolve_address(spec, action.recipient, recipient, now)
         if address is None:
             where = (recipient or {}).get("resourceType", "recipient")
             reason = f"no usable {spec.address} in {where}.telecom"
-            return DeliveryOutcome("not-done", reason, failed=True), "no-address"
+            code = "invalid-phone-number" if spec.address == "phone" else "recipient-unavailable"
+            return DeliveryOutcome("not-done", reason, failed=True, reason_code=code), "no-address"
         if is_patient and action.channel in self.cfg.quiet_hours_channels:
             resume = quiet_hours_resume(now, self.tz, self.cfg.quiet_hours_start, self.cfg.quiet_hours_end)
             if resume is not None:
@@ -153,7 +154,10 @@ class ChannelDeliverer:
                 return DeliveryOutcome("completed", provider_id=result.provider_id), SENT
             if result.status == FAILED_PERMANENT:
                 return DeliveryOutcome(
-                    "not-done", f"{action.channel} delivery failed: {result.error}", failed=True
+                    "not-done",
+                    f"{action.channel} delivery failed: {result.error}",
+                    failed=True,
+                    reason_code="system-error",
                 ), FAILED_PERMANENT
             self._count(action.channel, "failed-transient")
             attempt += 1
@@ -167,7 +171,7 @@ class ChannelDeliverer:
             if rounds >= self.cfg.max_attempts:
                 self.conn.delete(self._attempts_key(action.identifier))
                 reason = f"{action.channel} delivery failed after {rounds} attempts: {result.error}"
-                return DeliveryOutcome("not-done", reason, failed=True), "gave-up"
+                return DeliveryOutcome("not-done", reason, failed=True, reason_code="system-error"), "gave-up"
             retry_at = now + timedelta(seconds=self.policy.delay(rounds, hint))
             return DeliveryOutcome("retry", result.error, retry_at=retry_at), "retry"
 

@@ -16,6 +16,12 @@ from fhir_smartflow.instants import format_instant
 
 PARTICIPANT_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 DATA_OPERATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
+# code -> display as published (v3-DataOperation displays UPDATE as "revise", not "update")
+DATA_OPERATIONS: dict[str, str] = {"CREATE": "create", "UPDATE": "revise"}
+PARTICIPANT_TYPES: dict[str, str] = {"author": "Author"}
+ENTITY_ROLE_SYSTEM = "http://hl7.org/fhir/provenance-entity-role"  # Provenance.entity.role is a code
+SOURCE_ROLE = "source"
+ENTITY_ROLES: dict[str, str] = {SOURCE_ROLE: "Source"}
 PROVENANCE_SUFFIX = "/provenance"
 
 
@@ -54,14 +60,20 @@ def build_provenance(
         "recorded": format_instant(recorded, "milliseconds"),
         "policy": [flow_urn(flow_id, flow_version)],
         "reason": [{"text": f"Smart Flow {flow_id} version {flow_version} on {trigger}"}],
-        "activity": {"coding": [{"system": DATA_OPERATION_SYSTEM, "code": activity, "display": activity.lower()}]},
+        "activity": {
+            "coding": [{"system": DATA_OPERATION_SYSTEM, "code": activity, "display": DATA_OPERATIONS[activity]}]
+        },
         "agent": [
             {
-                "type": {"coding": [{"system": PARTICIPANT_TYPE_SYSTEM, "code": "author", "display": "Author"}]},
+                "type": {
+                    "coding": [
+                        {"system": PARTICIPANT_TYPE_SYSTEM, "code": "author", "display": PARTICIPANT_TYPES["author"]}
+                    ]
+                },
                 "who": {"reference": f"Device/{device_id}"},
             }
         ],
     }
     if source_reference:
-        prov["entity"] = [{"role": "source", "what": {"reference": source_reference}}]
+        prov["entity"] = [{"role": SOURCE_ROLE, "what": {"reference": source_reference}}]
     return prov

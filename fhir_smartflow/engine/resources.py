@@ -1,20 +1,19 @@
 """Pure builders of the FHIR R4 resources the planner writes, and their validation.
 
-Codes (checked against the published code systems):
+Every code written here is listed, with its display and the published content it was checked against,
+in docs/terminology.md (tests/test_terminology.py pins that table to these constants):
 - Task.code for forms: SDC ``complete-questionnaire`` in ``http://hl7.org/fhir/uv/sdc/CodeSystem/temp``;
   its input type ``questionnaire`` (same system) with ``valueCanonical``.
 - Communication.medium: the channel's ``Medium`` (its ``ChannelSpec``, fhir_smartflow/channels.py), codes
-  of ``http://terminology.hl7.org/CodeSystem/v3-ParticipationMode`` for the built-ins — sms → MSGWRIT
-  (messaging from a mobile device), email → EMAILWRIT, voice → PHONE, portal / staff-message → ONLINEWRIT
-  (text submitted over a computer network), webhook → ELECTRONIC; ``medium.text`` is the channel's name.
-- Communication.category: ``http://terminology.hl7.org/CodeSystem/communication-category``
-  (notification, reminder, instruction, alert).
-- DocumentReference.type: LOINC document codes (progress note 11506-3, consult note 11488-4,
-  history and physical 34117-2, discharge summary 18842-5, procedure note 28570-0).
-- Flag: who may see a record prompt is recorded in the extension ``ALLOWED_AUDIENCE_URL``: one
-  ``valueCodeableConcept`` per role (the PractitionerRole code from ``[roles]``) and one
-  ``valueReference`` per practitioner. Security labels were rejected: they are meant for
-  confidentiality / sensitivity classes, not audience lists, and servers enforce them unpredictably.
+  of ``http://terminology.hl7.org/CodeSystem/v3-ParticipationMode``; ``medium.text`` is the channel's name.
+- Communication.category: ``COMMUNICATION_CATEGORIES`` (communication-category).
+- DocumentReference.type: LOINC document codes (``NOTE_TYPES``); category: US Core ``clinical-note``.
+- Flag.category: flag-category ``clinical`` (a prompt to review the patient's record).
+- Flag: who should see a record prompt is recorded in the extension ``ALLOWED_AUDIENCE_URL`` (its
+  StructureDefinition: ``definitions.allowed_audience``): one ``valueCodeableConcept`` per role
+  (the PractitionerRole code from ``[roles]``) and one ``valueReference`` per practitioner. The extension
+  names the audience; servers do not enforce it. A Flag with an audience also carries the confidentiality
+  label ``R`` (restricted) in ``meta.security``, which servers with label-based access control do enforce.
 Every builder returns plain JSON-ready dicts; ``validate_resource`` checks them with fhir.resources R4B.
 """
 
@@ -28,9 +27,27 @@ from fhir_smartflow.channels import PARTICIPATION_MODE as PARTICIPATION_MODE  # 
 from fhir_smartflow.channels import Medium
 
 SDC_TEMP = "http://hl7.org/fhir/uv/sdc/CodeSystem/temp"
+SDC_CODES: dict[str, str] = {"complete-questionnaire": "Complete Questionnaire", "questionnaire": "Questionnaire"}
 COMMUNICATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/communication-category"
+COMMUNICATION_CATEGORIES: dict[str, str] = {
+    "alert": "Alert",
+    "notification": "Notification",
+    "reminder": "Reminder",
+    "instruction": "Instruction",
+}
 LOINC = "http://loinc.org"
-ALLOWED_AUDIENCE_URL = "urn:fhir-smartflow:extension:allowed-audience"
+DOCUMENT_CATEGORY = "http://hl7.org/fhir/us/core/CodeSystem/us-core-documentreference-category"
+DOCUMENT_CATEGORY_CODE = ("clinical-note", "Clinical Note")
+FLAG_CATEGORY = "http://terminology.hl7.org/CodeSystem/flag-category"
+FLAG_CATEGORY_CODE = ("clinical", "Clinical")
+CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
+RESTRICTED = ("R", "restricted")
+# The project's canonical base (also that of its SubscriptionTopics, fhir/backport.py).
+CANONICAL_BASE = "http://fhir-smartflow.example/"
+ALLOWED_AUDIENCE_URL = CANONICAL_BASE + "StructureDefinition/allowed-audience"
+# The URL Flags carried before the extension had a canonical one: still read (openemr/target.py).
+LEGACY_ALLOWED_AUDIENCE_URL = "urn:fhir-smartflow:extension:allowed-audience"
+ALLOWED_AUDIENCE_URLS = (ALLOWED_AUDIENCE_URL, LEGACY_ALLOWED_AUDIENCE_URL)
 
 NOTE_TYPES: dict[str, tuple[str, str]] = {
     "progress-note": ("11506-3", "Progress note"),
@@ -39,6 +56,15 @@ NOTE_TYPES: dict[str, tuple[str, str]] = {
     "discharge-summary": ("18842-5", "Discharge summary"),
     "procedure-note": ("28570-0", "Procedure note"),
 }
+
+
+def _coding(system: str, code: str, displays: dict[str, str]) -> dict[str, str]:
+    """A Coding of one of our fixed codes; an unknown code is a programming error (KeyError)."""
+    return {"system": system, "code": code, "display": displays[code]}
+
+
+def _pair(system: str, code_display: tuple[str, str]) -> dict[str, str]:
+    return {"system": system, "code": code_display[0], "display": code_display[1]}
 
 
 def identifier(system: str, value: str) -> dict[str, str]:
@@ -108,11 +134,11 @@ def build_task(
     }
     if questionnaire:
         task["code"] = {
-            "coding": [{"system": SDC_TEMP, "code": "complete-questionnaire"}],
+            "coding": [_coding(SDC_TEMP, "complete-questionnaire", SDC_CODES)],
             "text": code_text or "Complete questionnaire",
         }
         task["input"] = [
-            {"type": {"coding": [{"system": SDC_TEMP, "code": "questionnaire"}]}, "valueCanonical": questionnaire}
+            {"type": {"coding": [_coding(SDC_TEMP, "questionnaire", SDC_CODES)]}, "valueCanonical": questionnaire}
         ]
     elif code_text:
         task["code"] = {"text": code_text}
@@ -152,7 +178,7 @@ def build_communication(
         "resourceType": "Communication",
         "identifier": [identifier(identifier_system, identifier_value)],
         "status": status,
-        "category": [{"coding": [{"system": COMMUNICATION_CATEGORY, "code": category}]}],
+        "category": [{"coding": [_coding(COMMUNICATION_CATEGORY, category, COMMUNICATION_CATEGORIES)]}],
         "medium": [
             {"coding": [{"system": medium.system, "code": medium.code, "display": medium.display}], "text": method}
         ],
@@ -201,6 +227,7 @@ def build_document_reference(
         "status": "current",
         "docStatus": "preliminary",
         "type": {"coding": [{"system": LOINC, "code": code, "display": display}], "text": display},
+        "category": [{"coding": [_pair(DOCUMENT_CATEGORY, DOCUMENT_CATEGORY_CODE)]}],
         "subject": reference(subject),
         "date": created,
         "author": [reference(author)],
@@ -231,7 +258,8 @@ def build_flag(
     roles: Sequence[dict[str, Any]] = (),
     practitioners: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """An active Flag (record prompt) with its allowed audience in an extension."""
+    """An active Flag (record prompt); with an audience, that audience in extensions and the confidentiality
+    label restricted (only label-based access control keeps others from reading it)."""
     period: dict[str, str] = {"start": start}
     if end:
         period["end"] = end
@@ -239,6 +267,7 @@ def build_flag(
         "resourceType": "Flag",
         "identifier": [identifier(identifier_system, identifier_value)],
         "status": "active",
+        "category": [{"coding": [_pair(FLAG_CATEGORY, FLAG_CATEGORY_CODE)]}],
         "code": {"text": text},
         "subject": reference(subject),
         "period": period,
@@ -248,4 +277,5 @@ def build_flag(
     audience += [{"url": ALLOWED_AUDIENCE_URL, "valueReference": reference(p)} for p in practitioners]
     if audience:
         flag["extension"] = audience
+        flag["meta"] = {"security": [_pair(CONFIDENTIALITY, RESTRICTED)]}
     return flag

@@ -35,7 +35,8 @@ class LocalFhirStore(WriteBackTarget):
             local = dataclasses.replace(
                 settings, sandbox=dataclasses.replace(settings.sandbox, database=settings.openemr.local_store)
             )
-            app = create_sandbox_app(local, start_notifier=False, faults=False)
+            # Our own store: lenient whatever [sandbox] profile says (there is no server to imitate).
+            app = create_sandbox_app(local, start_notifier=False, faults=False, profile="lenient")
         self.client = app.test_client()
         self.base = ""  # the sandbox app serves FHIR at its own root
         self.identifier_system = settings.fhir.identifier_system

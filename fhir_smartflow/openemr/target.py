@@ -34,7 +34,7 @@ from typing import Any
 import redis
 
 from fhir_smartflow.config import OpenEmrConfig
-from fhir_smartflow.engine.resources import ALLOWED_AUDIENCE_URL
+from fhir_smartflow.engine.resources import ALLOWED_AUDIENCE_URLS
 from fhir_smartflow.fhir.target import WriteBackTarget
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.openemr.api import StandardApi
@@ -162,7 +162,7 @@ class OpenEmrWriteBack(WriteBackTarget):
         keys: list[str] = []
         if kind == "flag":  # the prompt's allowed audience: practitioners and roles
             for ext in resource.get("extension") or []:
-                if ext.get("url") == ALLOWED_AUDIENCE_URL:
+                if ext.get("url") in ALLOWED_AUDIENCE_URLS:
                     keys.append(_ref(ext.get("valueReference")))
                     keys.append(f"role:{(ext.get('valueCodeableConcept') or {}).get('text', '')}")
         elif resource.get("resourceType") == "Task":

@@ -19,12 +19,16 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from fhir_smartflow.config import Settings
+from fhir_smartflow.sandbox import smart
 from fhir_smartflow.sandbox.bundles import BundleProcessor
 from fhir_smartflow.sandbox.capability import capability_statement
 from fhir_smartflow.sandbox.errors import BadRequest, SandboxError, UnsupportedMediaType, error_outcome, outcome
 from fhir_smartflow.sandbox.faults import FaultInjector, FaultPlan
 from fhir_smartflow.sandbox.notifier import Notifier
 from fhir_smartflow.sandbox.operations import Interactions, Result, parse_etag
+from fhir_smartflow.sandbox.profiles import DEFAULT_PROFILE, PROFILES, Profile, profile_named
+from fhir_smartflow.sandbox.rules import WriteRules
+from fhir_smartflow.sandbox.smart import SmartAuth
 from fhir_smartflow.sandbox.store import Store
 from fhir_smartflow.sandbox.topic_operations import TopicOperations, operation_parameters
 
@@ -43,6 +47,8 @@ class SandboxState:
     notifier: Notifier
     faults: FaultInjector | None
     base_url: str | None
+    profile: Profile = PROFILES[DEFAULT_PROFILE]
+    auth: SmartAuth | None = None  # the token endpoint and scope checks (strict profiles with clients)
 
     def close(self) -> None:
         self.notifier.stop()
@@ -91,16 +97,23 @@ def create_sandbox_app(
     base_url: str | None = None,
     faults: bool | None = None,
     start_notifier: bool = True,
+    profile: str | None = None,
 ) -> Flask:
-    """The sandbox app. ``base_url``: the absolute URL clients use (else taken from each request);
-    ``faults``: enable ``/$faults`` (default: ``settings.sandbox.faults``)."""
+    """The sandbox app. ``base_url``: the absolute URL it writes into links (default: ``[sandbox]
+    public_base_url``, else taken from each request); ``faults``: enable ``/$faults`` (default:
+    ``settings.sandbox.faults``); ``profile``: the server behaviours (default: ``[sandbox] profile``)."""
+    chosen = profile_named(profile or settings.sandbox.profile)
+    auth = (
+        SmartAuth.from_config(settings.sandbox.clients) if chosen.enforce_scopes and settings.sandbox.clients else None
+    )
     store = store or Store(settings.sandbox.database)
+    base_url = base_url or settings.sandbox.public_base_url
     fixed_base = base_url.rstrip("/") if base_url else None
     initial_base = fixed_base or f"http://{settings.server.host}:{settings.server.port}{settings.sandbox.path}"
-    notifier = Notifier(store, initial_base)
+    notifier = Notifier(store, initial_base, profile=chosen)
     enable_faults = settings.sandbox.faults if faults is None else faults
-    state = SandboxState(store, notifier, FaultInjector() if enable_faults else None, fixed_base)
-    ops = Interactions(store)
+    state = SandboxState(store, notifier, FaultInjector() if enable_faults else None, fixed_base, chosen, auth)
+    ops = Interactions(store, WriteRules(store, chosen, lambda: state.base_url or notifier.base_url))
     topic_operations = TopicOperations(store)
     bundles = BundleProcessor(ops)
 
@@ -147,6 +160,9 @@ def create_sandbox_app(
             return None
         headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
         return _fhir(outcome("error", "transient", f"injected fault: HTTP {fault.status}"), fault.status, headers)
+
+    if auth is not None:
+        smart.install(app, auth)
 
     # ---- fault control ---------------------------------------------------------------------------
 

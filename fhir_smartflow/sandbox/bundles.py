@@ -8,6 +8,7 @@ from urllib.parse import parse_qsl
 
 from fhir_smartflow.sandbox.errors import BadRequest, SandboxError, error_outcome
 from fhir_smartflow.sandbox.operations import Interactions, Result, parse_etag
+from fhir_smartflow.sandbox.rules import Resolver, conditional_resolver
 from fhir_smartflow.sandbox.store import new_id
 from fhir_smartflow.sandbox.validation import validate_resource
 
@@ -25,6 +26,16 @@ def _rewrite(node: Any, mapping: dict[str, str]) -> Any:
     if isinstance(node, list):
         return [_rewrite(v, mapping) for v in node]
     return node
+
+
+def _put_targets(entries: list[dict[str, Any]]) -> frozenset[str]:
+    """``Type/id`` of the entries that PUT a resource by id (they exist once the transaction ran)."""
+    targets = set()
+    for entry in entries:
+        segments, query = _split_url(entry["request"]["url"])
+        if entry["request"]["method"] == "PUT" and len(segments) == 2 and not query:
+            targets.add(f"{segments[0]}/{segments[1]}")
+    return frozenset(targets)
 
 
 def _split_url(url: str) -> tuple[list[str], str]:
@@ -66,10 +77,13 @@ class BundleProcessor:
         else:
             with self.store.transaction():
                 mapping = self._assign_ids(entries)
+                # What this transaction writes counts as existing for the reference checks.
+                known = frozenset(mapping.values()) | _put_targets(entries)
+                resolve = conditional_resolver(lambda t, q: self.ops.conditional_matches(t, q, "conditional reference"))
                 results: list[Result] = [Result(0, None)] * len(entries)
                 for i in sorted(range(len(entries)), key=lambda j: _ORDER[entries[j]["request"]["method"]]):
                     try:
-                        results[i] = self._entry(entries[i], base_url, mapping)
+                        results[i] = self._entry(entries[i], base_url, mapping, known, resolve)
                     except SandboxError as exc:
                         exc.message = f"Bundle.entry[{i}]: {exc.message} (transaction rolled back)"
                         raise
@@ -109,7 +123,14 @@ class BundleProcessor:
             exc.message = f"Bundle.entry[{index}]: {exc.message}"
             return Result(exc.status, error_outcome(exc))
 
-    def _entry(self, entry: dict[str, Any], base_url: str, mapping: dict[str, str]) -> Result:
+    def _entry(
+        self,
+        entry: dict[str, Any],
+        base_url: str,
+        mapping: dict[str, str],
+        known: frozenset[str] = frozenset(),
+        resolve: Resolver | None = None,
+    ) -> Result:
         request = entry["request"]
         method = request["method"]
         segments, query = _split_url(request["url"])
@@ -122,12 +143,15 @@ class BundleProcessor:
                 return self.ops.read(rtype, entry["_assigned"], base_url)
             # A transaction resolved ifNoneExist in _assign_ids under the same lock: no second search.
             condition = None if "_exists" in entry else request.get("ifNoneExist")
-            return self.ops.create(rtype, resource, condition, base_url, entry.get("_assigned"))
+            return self.ops.create(
+                rtype, resource, condition, base_url, entry.get("_assigned"), known=known, resolve=resolve
+            )
         if method == "PUT":
             if len(segments) == 2:
-                return self.ops.update(rtype, segments[1], resource, parse_etag(request.get("ifMatch")), base_url)
+                if_match = parse_etag(request.get("ifMatch"))
+                return self.ops.update(rtype, segments[1], resource, if_match, base_url, known=known, resolve=resolve)
             if query:
-                return self.ops.conditional_update(rtype, query, resource, base_url)
+                return self.ops.conditional_update(rtype, query, resource, base_url, known=known, resolve=resolve)
             raise BadRequest("PUT needs Type/id or Type?search")
         if method == "DELETE":
             if len(segments) != 2:

@@ -8,6 +8,8 @@ gap in event numbers (what a real server does under overload), which it recovers
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import queue
@@ -24,6 +26,7 @@ import requests
 from fhir_smartflow.retry import RETRYABLE_STATUS, RetryPolicy
 from fhir_smartflow.sandbox import search
 from fhir_smartflow.sandbox.errors import SandboxError
+from fhir_smartflow.sandbox.profiles import DEFAULT_PROFILE, PROFILES, Profile
 from fhir_smartflow.sandbox.store import Change, Store
 from fhir_smartflow.sandbox.subscriptions import (
     HAPI_PUT,
@@ -36,7 +39,7 @@ from fhir_smartflow.sandbox.subscriptions import (
 log = logging.getLogger(__name__)
 
 FHIR_JSON = "application/fhir+json"
-DELIVERABLE = frozenset({"requested", "active"})
+SIGNATURE_HEADER = "X-Signature"  # Medplum: hex HMAC-SHA256 of the body, keyed by the subscription-secret
 
 
 @dataclass(frozen=True)
@@ -68,8 +71,10 @@ class Notifier:
         handshake_retry: RetryPolicy | None = None,
         tick_seconds: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
+        profile: Profile = PROFILES[DEFAULT_PROFILE],
     ) -> None:
         self.store = store
+        self.profile = profile
         self.base_url = base_url.rstrip("/")
         self.retry = retry or RetryPolicy(max_retries=3, base_seconds=0.25, max_seconds=5.0)
         # Longer for handshakes: `serve` subscribes itself before its own listener is up (~20 s of tries).
@@ -121,7 +126,7 @@ class Notifier:
             else:
                 self._register(change.resource)
         with self._lock:
-            targets = [s for s in self._subs.values() if s.status in DELIVERABLE and s.matches(change)]
+            targets = [s for s in self._subs.values() if self._deliverable(s) and s.matches(change)]
         for spec in targets:
             number = self.store.record_event(spec.id, change) if spec.style == "backport" else 0
             self._enqueue(Job("event", spec.id, change, number))
@@ -135,8 +140,13 @@ class Notifier:
         with self._lock:
             self._subs[spec.id] = spec
             self._last_activity.setdefault(spec.id, self._clock())
-        if spec.status == "requested":
+        if spec.status == "requested" and self.profile.activation != "client":
             self._enqueue(Job("activate", spec.id))
+
+    def _deliverable(self, spec: SubscriptionSpec) -> bool:
+        # A server without topic-based subscriptions stores a Backport Subscription and never notifies it.
+        served = spec.style != "backport" or self.profile.topic_subscriptions
+        return served and spec.status in self.profile.deliverable
 
     def _enqueue(self, job: Job) -> None:
         q = self._queues[zlib.crc32(job.subscription_id.encode()) % len(self._queues)]
@@ -164,7 +174,10 @@ class Notifier:
 
     def _run(self, session: requests.Session, job: Job) -> None:
         spec = self.subscription(job.subscription_id)
-        if spec is None or spec.status not in DELIVERABLE:
+        if spec is None:
+            return
+        activating = job.kind == "activate" and spec.status == "requested"
+        if not activating and not self._deliverable(spec):
             return
         now = search.instant_key(datetime.now(UTC))
         if job.kind == "activate":
@@ -210,6 +223,8 @@ class Notifier:
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = FHIR_JSON
+        if self.profile.secret_extension and spec.secret:
+            headers[SIGNATURE_HEADER] = hmac.new(spec.secret.encode(), data or b"", hashlib.sha256).hexdigest()
         attempt = 0
         while True:
             attempt += 1
@@ -257,7 +272,9 @@ class Notifier:
             due = []
             with self._lock:
                 for spec in self._subs.values():
-                    if spec.style != "backport" or spec.status != "active" or spec.heartbeat_seconds <= 0:
+                    if not self._deliverable(spec) or spec.style != "backport" or spec.status != "active":
+                        continue
+                    if spec.heartbeat_seconds <= 0:
                         continue
                     if now - self._last_activity.get(spec.id, now) >= spec.heartbeat_seconds:
                         self._last_activity[spec.id] = now

@@ -7,7 +7,10 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from fhir_smartflow.sandbox import search
-from fhir_smartflow.sandbox.errors import BadRequest, PreconditionFailed, outcome
+from fhir_smartflow.sandbox.errors import BadRequest, PreconditionFailed, Unprocessable, outcome
+from fhir_smartflow.sandbox.profiles import DEFAULT_PROFILE, PROFILES, Profile
+from fhir_smartflow.sandbox.rules import Resolver, WriteRules
+from fhir_smartflow.sandbox.secrets import keep_secrets, masked
 from fhir_smartflow.sandbox.store import SearchPage, Store
 from fhir_smartflow.sandbox.subscriptions import parse_subscription
 from fhir_smartflow.sandbox.validation import check_type, validate_resource
@@ -42,22 +45,62 @@ def parse_etag(value: str | None) -> int | None:
     return int(text)
 
 
-def prepare_write(resource: Any, resource_type: str | None = None) -> dict[str, Any]:
-    """Validate a client's resource. Subscriptions are also checked for what the sandbox can serve, and a
-    client-written Subscription (unless turned off) starts as ``requested``: the notifier activates it."""
+def prepare_write(
+    resource: Any, resource_type: str | None = None, profile: Profile = PROFILES[DEFAULT_PROFILE]
+) -> dict[str, Any]:
+    """Validate a client's resource. Subscriptions are also checked for what the sandbox can serve; their
+    status follows the profile (``Profile.activation``)."""
     validate_resource(resource, resource_type)
     assert isinstance(resource, dict)
-    if resource["resourceType"] == "Subscription":
+    if resource["resourceType"] != "Subscription":
+        return resource
+    try:
         parse_subscription({**resource, "id": resource.get("id") or "new"})
-        if resource.get("status") != "off":
-            resource = {**resource, "status": "requested"}
-            resource.pop("error", None)
+    except Unprocessable as exc:
+        if profile.activation != "server" or resource.get("status") not in {"requested", "active"}:
+            raise
+        # A server that activates Subscriptions itself stores one it cannot serve, with the reason.
+        return {**resource, "status": "error", "error": exc.message}
+    if profile.activation == "sandbox" and resource.get("status") != "off":
+        resource = {**resource, "status": "requested"}
+        resource.pop("error", None)
     return resource
 
 
 class Interactions:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, rules: WriteRules | None = None) -> None:
         self.store = store
+        self.rules = rules or WriteRules(store, PROFILES[DEFAULT_PROFILE])
+        self.profile = self.rules.profile
+
+    def _checked(
+        self,
+        resource: dict[str, Any],
+        resource_type: str,
+        known: frozenset[str],
+        resolve: Resolver | None,
+        current_id: str | None = None,
+    ) -> dict[str, Any]:
+        """The profile's write rules, under the store lock (what they look up cannot change meanwhile)."""
+        if current_id is not None and resource_type == "Subscription":
+            resource = self._keep_secrets(resource, current_id)
+        self.rules.check_references(resource, known, resolve)
+        return resource
+
+    def _keep_secrets(self, resource: dict[str, Any], resource_id: str) -> dict[str, Any]:
+        """A client writing back what it read (masked) keeps the stored secrets."""
+        if not self.store.exists("Subscription", resource_id):
+            return resource
+        return keep_secrets(resource, self.store.read("Subscription", resource_id))
+
+    def _shown(self, resource: dict[str, Any]) -> dict[str, Any]:
+        if self.profile.mask_secrets and resource.get("resourceType") == "Subscription":
+            return masked(resource)
+        return resource
+
+    def _stored(self, status: int, stored: dict[str, Any], base_url: str) -> Result:
+        shown = self._shown(stored)
+        return Result(status, shown, shown, version_headers(base_url, stored))
 
     # ---- writes --------------------------------------------------------------------------------
 
@@ -68,42 +111,67 @@ class Interactions:
         if_none_exist: str | None,
         base_url: str,
         resource_id: str | None = None,
+        *,
+        known: frozenset[str] = frozenset(),
+        resolve: Resolver | None = None,
     ) -> Result:
         check_type(resource_type)
-        resource = prepare_write(resource, resource_type)
+        resource = prepare_write(resource, resource_type, self.profile)
         with self.store.transaction():  # the lock is held: two conditional creates cannot both create
+            resource = self._checked(resource, resource_type, known, resolve)
             if if_none_exist:
                 existing = self.conditional_matches(resource_type, if_none_exist, "If-None-Exist")
                 if len(existing) == 1:
-                    found = existing[0]
-                    return Result(200, found, found, version_headers(base_url, found))
+                    return self._stored(200, existing[0], base_url)
             stored = self.store.create(resource, resource_id=resource_id, validate=False)
-        return Result(201, stored, stored, version_headers(base_url, stored))
+        return self._stored(201, stored, base_url)
 
     def update(
-        self, resource_type: str, resource_id: str, resource: Any, if_match: int | None, base_url: str
+        self,
+        resource_type: str,
+        resource_id: str,
+        resource: Any,
+        if_match: int | None,
+        base_url: str,
+        *,
+        known: frozenset[str] = frozenset(),
+        resolve: Resolver | None = None,
     ) -> Result:
         check_type(resource_type)
-        resource = prepare_write(resource, resource_type)
-        stored, created = self.store.update(resource_type, resource_id, resource, if_match=if_match, validate=False)
-        return Result(201 if created else 200, stored, stored, version_headers(base_url, stored))
+        resource = prepare_write(resource, resource_type, self.profile)
+        with self.store.transaction():
+            resource = self._checked(resource, resource_type, known, resolve, resource_id)
+            self.rules.check_new_id(resource_type, resource_id)
+            stored, created = self.store.update(resource_type, resource_id, resource, if_match=if_match, validate=False)
+        return self._stored(201 if created else 200, stored, base_url)
 
-    def conditional_update(self, resource_type: str, query: str, resource: Any, base_url: str) -> Result:
+    def conditional_update(
+        self,
+        resource_type: str,
+        query: str,
+        resource: Any,
+        base_url: str,
+        *,
+        known: frozenset[str] = frozenset(),
+        resolve: Resolver | None = None,
+    ) -> Result:
         check_type(resource_type)
-        resource = prepare_write(resource, resource_type)
+        resource = prepare_write(resource, resource_type, self.profile)
         with self.store.transaction():
             existing = self.conditional_matches(resource_type, query, "conditional update")
+            target = existing[0]["id"] if existing else None
+            resource = self._checked(resource, resource_type, known, resolve, target)
             body_id = resource.get("id")
-            if existing:
-                target = existing[0]["id"]
+            if target is not None:
                 if body_id and body_id != target:
                     raise BadRequest(f"resource id {body_id!r} does not match the matched {resource_type}/{target}")
                 stored, created = self.store.update(resource_type, target, {**resource, "id": target}, validate=False)
             elif body_id:
+                self.rules.check_new_id(resource_type, body_id)
                 stored, created = self.store.update(resource_type, body_id, resource, validate=False)
             else:
                 stored, created = self.store.create(resource, validate=False), True
-        return Result(201 if created else 200, stored, stored, version_headers(base_url, stored))
+        return self._stored(201 if created else 200, stored, base_url)
 
     def delete(self, resource_type: str, resource_id: str) -> Result:
         deleted = self.store.delete(resource_type, resource_id)
@@ -125,14 +193,12 @@ class Interactions:
     # ---- reads ---------------------------------------------------------------------------------
 
     def read(self, resource_type: str, resource_id: str, base_url: str) -> Result:
-        resource = self.store.read(resource_type, resource_id)
-        return Result(200, resource, resource, version_headers(base_url, resource))
+        return self._stored(200, self.store.read(resource_type, resource_id), base_url)
 
     def vread(self, resource_type: str, resource_id: str, version: str, base_url: str) -> Result:
         if not version.isdigit():
             raise BadRequest(f"version must be a number, got {version!r}")
-        resource = self.store.vread(resource_type, resource_id, int(version))
-        return Result(200, resource, resource, version_headers(base_url, resource))
+        return self._stored(200, self.store.vread(resource_type, resource_id, int(version)), base_url)
 
     def history(self, resource_type: str, resource_id: str, base_url: str) -> Result:
         entries = []
@@ -151,7 +217,7 @@ class Interactions:
                 },
             }
             if body is not None:
-                entry["resource"] = body
+                entry["resource"] = self._shown(body)
             entries.append(entry)
         bundle = {"resourceType": "Bundle", "type": "history", "total": len(entries), "entry": entries}
         return Result(200, bundle)
@@ -160,6 +226,8 @@ class Interactions:
         page = self.store.search(resource_type, params)
         if page.query.ignored and strict:
             raise BadRequest(f"unknown or unsupported search parameters: {', '.join(page.query.ignored)}")
+        if self.profile.mask_secrets and resource_type == "Subscription":
+            page = SearchPage([self._shown(r) for r in page.resources], page.total, page.query)
         return Result(200, searchset(resource_type, params, page, base_url))
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -70,6 +71,13 @@ def new_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
+def _create_private(path: str) -> None:
+    """Create the database file readable by its owner only (0600); SQLite gives its -wal and -shm files
+    the same mode. An existing file keeps its mode."""
+    with suppress(FileExistsError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -79,6 +87,8 @@ class Store:
         self.database = database
         self._clock = clock
         self._lock = threading.RLock()
+        if database != ":memory:":
+            _create_private(database)
         self._conn = sqlite3.connect(database, check_same_thread=False, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
         if database != ":memory:":
@@ -227,6 +237,12 @@ class Store:
 
     def _row(self, rtype: str, rid: str) -> sqlite3.Row | None:
         return self._conn.execute("SELECT * FROM resources WHERE type=? AND id=?", (rtype, rid)).fetchone()
+
+    def exists(self, resource_type: str, resource_id: str) -> bool:
+        """A live (not deleted) resource is stored under this type and id."""
+        with self._lock:
+            row = self._row(resource_type, resource_id)
+        return row is not None and not row["deleted"]
 
     def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
         check_type(resource_type)

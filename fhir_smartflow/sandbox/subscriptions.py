@@ -30,6 +30,8 @@ from fhir_smartflow.fhir.backport import (
 )
 from fhir_smartflow.sandbox import search
 from fhir_smartflow.sandbox.errors import SandboxError, Unprocessable
+from fhir_smartflow.sandbox.profiles import DEFAULT_PROFILE, PROFILES, Profile
+from fhir_smartflow.sandbox.secrets import secret_of
 from fhir_smartflow.sandbox.store import Change, Store
 from fhir_smartflow.sandbox.validation import model_class
 
@@ -68,6 +70,7 @@ class SubscriptionSpec:
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     delivery_style: str = "post"
     version: str = ""
+    secret: str = field(default="", repr=False)  # the subscription-secret extension: notifications are signed
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def matches(self, change: Change) -> bool:
@@ -130,6 +133,7 @@ def parse_subscription(resource: dict[str, Any]) -> SubscriptionSpec:
         "mime": channel.get("payload") or "",
         "version": str((resource.get("meta") or {}).get("versionId", "")),
         "delivery_style": delivery_style,
+        "secret": secret_of(resource),
     }
     if criteria.startswith(("http://", "https://")):
         return _parse_backport(resource, channel, criteria, filter_exts, common)
@@ -332,8 +336,12 @@ def ensure_self_subscriptions(
     payload: str = "full-resource",
     *,
     heartbeat_seconds: int = 0,
+    profile: Profile = PROFILES[DEFAULT_PROFILE],
 ) -> list[str]:
     """Create (or bring up to date) one Subscription per resource type pointing at ``endpoint``.
+
+    Under a ``profile`` whose server does not activate Subscriptions they are written ``active``; where it
+    serves no topic-based Subscriptions, classic ones.
 
     Ids are deterministic (``smartflow-self-<type>``), so calling this at every start changes nothing
     when nothing changed. Returns the Subscription ids. The secret ends up in ``channel.header`` (that
@@ -343,8 +351,16 @@ def ensure_self_subscriptions(
     for rtype in resource_types:
         sid = f"smartflow-self-{rtype.lower()}"
         wanted = self_subscription(
-            sid, endpoint, f"{secret_header}: {secret}", rtype, style, payload, heartbeat_seconds
+            sid,
+            endpoint,
+            f"{secret_header}: {secret}",
+            rtype,
+            style if profile.topic_subscriptions else "classic",
+            payload,
+            heartbeat_seconds,
         )
+        if profile.activation == "client":
+            wanted["status"] = "active"
         try:
             current: dict[str, Any] | None = store.read("Subscription", sid)
         except SandboxError:  # not there yet, or deleted

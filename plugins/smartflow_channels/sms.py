@@ -13,7 +13,7 @@ class SmsChannel:
     name = "sms"
     spec = ChannelSpec(
         reaches=frozenset({PATIENT, STAFF}),
-        medium=Medium("MSGWRIT", "messaging"),  # messaging from a mobile device
+        medium=Medium("SMSWRIT", "SMS message"),  # v3-ParticipationMode: the SMS child of MSGWRIT
         address="phone",
         prefer_use="mobile",
         written=True,

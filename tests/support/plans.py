@@ -71,7 +71,7 @@ def sms_communication(identifier: str = COMM_ID, patient: str = "Patient/p1") ->
                     {
                         "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationMode",
                         "code": "SMSWRIT",
-                        "display": "SMS written",
+                        "display": "SMS message",
                     }
                 ]
             }

@@ -40,6 +40,45 @@ class Service:
         return "\n".join(p.output() for p in [self.serve, *self.workers])
 
 
+@dataclass
+class SandboxProcess:
+    """A `fhir-smartflow sandbox` process: ``base`` is where clients reach it (127.0.0.1), ``public`` the
+    base URL it writes into links (``public_base_url``, else the same)."""
+
+    base: str
+    public: str
+    profile: str
+    process: Process
+
+
+def start_sandbox(
+    processes: Callable[..., Process],
+    *,
+    profile: str = "lenient",
+    faults: bool = False,
+    public_base_url: str | None = None,
+    database: Path | None = None,
+    config: Path | None = None,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+) -> SandboxProcess:
+    """Start the sandbox with the server behaviours of ``profile`` (lenient | medplum | hapi) and wait until
+    it answers. ``public_base_url`` may use ``{port}`` (``"http://localhost:{port}/fhir"``); ``config``: its
+    ``SMARTFLOW_CONFIG`` (registered OAuth clients, ...)."""
+    port = port or free_port()
+    base = f"http://127.0.0.1:{port}"
+    args = ["--port", str(port), "--profile", profile, *(["--faults"] if faults else [])]
+    public = public_base_url.format(port=port) if public_base_url else base
+    if public_base_url:
+        args += ["--public-base-url", public]
+    if database is not None:
+        args += ["--database", str(database)]
+    process_env = {**(env or {}), **({"SMARTFLOW_CONFIG": str(config)} if config else {})}
+    process = processes(smartflow_cmd("sandbox", *args), process_env or None, f"sandbox-{profile}")
+    process.wait_http(f"{base}/metadata")
+    return SandboxProcess(base, public, profile, process)
+
+
 def merged(base: dict[str, dict[str, Any]], more: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Config sections: ``more``'s keys added to (or replacing) ``base``'s, table by table."""
     return {name: {**base.get(name, {}), **more.get(name, {})} for name in {**base, **more}}
@@ -56,14 +95,14 @@ def start_service(
     workers: int = 1,
     faults: bool = False,
     env: dict[str, str] | None = None,
+    profile: str = "lenient",
 ) -> Service:
-    """Start the sandbox (``faults``: with ``/$faults``), `serve` subscribed for Patients with the secret
-    (``secret``: environment variable, value) and ``workers`` workers; return once the store and `serve`
-    answer. ``sections`` adds to the config (``[fhir]`` retries, ``[scheduler]``, ``[sms]``, ...)."""
-    store_port, serve_port = free_port(), free_port()
-    store = f"http://127.0.0.1:{store_port}"
-    sandbox_args = ["--port", str(store_port), *(["--faults"] if faults else [])]
-    sandbox = processes(smartflow_cmd("sandbox", *sandbox_args), name="sandbox")
+    """Start the sandbox (``faults``: with ``/$faults``; ``profile``: the server behaviours it reproduces),
+    `serve` subscribed for Patients with the secret (``secret``: environment variable, value) and ``workers``
+    workers; return once the store and `serve` answer. ``sections`` adds to the config (``[fhir]`` retries,
+    ``[scheduler]``, ``[sms]``, ...)."""
+    serve_port = free_port()
+    store = start_sandbox(processes, profile=profile, faults=faults).base
     base = {
         "server": {"port": serve_port},
         "redis": {"url": redis_url, "key_prefix": prefix},
@@ -83,7 +122,6 @@ def start_service(
     service = Service(store, f"http://127.0.0.1:{serve_port}", config, service_env, serve, processes)
     for _ in range(workers):
         service.start_worker()
-    sandbox.wait_http(f"{store}/metadata")
     serve.wait_http(f"{service.serve_url}/healthz")
     return service
 
