@@ -19,7 +19,13 @@ pytestmark = pytest.mark.integration
 ENV = {"DOC_SECRET": "s3cret-value", "DOC_HMAC": "hmac-value"}
 SUBSCRIPTIONS = [
     {"id": "appointments", "header": "X-Smartflow-Secret", "secret_env": "DOC_SECRET", "criteria": "Appointment?"},
-    {"id": "everything-else", "auth": "hmac", "secret_env": "DOC_HMAC", "criteria": "Patient?"},
+    {
+        "id": "everything-else",
+        "auth": "hmac",
+        "header": "X-Signature",
+        "secret_env": "DOC_HMAC",
+        "criteria": "Patient?",
+    },
 ]
 SERVER_CHECKS = ("fhir-base-url", "fhir-auth", "service-device", "subscriptions")
 

@@ -134,6 +134,11 @@ def print_command(
     type=click.FloatRange(0),
     help="Seconds to wait for a server that activates requested Subscriptions itself.",
 )
+@click.option(
+    "--rewrite-secrets",
+    is_flag=True,
+    help="Write the secrets again even where the server shows them masked (doctor's webhook-auth failed).",
+)
 @pass_ctx
 def sync_command(
     cli: CliContext,
@@ -146,6 +151,7 @@ def sync_command(
     as_json: bool,
     server: str | None,
     wait: float,
+    rewrite_secrets: bool,
 ) -> None:
     """Create or update the Subscriptions on the [fhir] server, idempotently: each carries a meta.tag
     (identifier system + key) and is found by it, so running sync twice changes nothing the second time
@@ -186,7 +192,7 @@ def sync_command(
             sys.exit(1)
         if settings.fhir.writeback == "fhir":
             ensure_service_device(client, settings)
-        report = sync_subscriptions(client, resources, kind=kind, wait_seconds=wait)
+        report = sync_subscriptions(client, resources, kind=kind, wait_seconds=wait, rewrite_secrets=rewrite_secrets)
     except (FhirError, OSError) as exc:
         click.echo(f"error: the FHIR server refused: {exc}", err=True)
         sys.exit(1)

@@ -306,11 +306,13 @@ def sync_subscriptions(
     wait_seconds: float = 10.0,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    rewrite_secrets: bool = False,
 ) -> list[dict[str, Any]]:
     """Create or update each Subscription, found by its tag, get it to ``active`` the way a ``kind`` server
     expects (ACTIVATIONS), and read it back; one report row per resource with its action, the status
     the server reports and the server's ``error`` text. An ``active`` one is never written back to
-    ``requested``."""
+    ``requested``. ``rewrite_secrets``: write those carrying a secret again even when they compare equal
+    (a server that masks secrets cannot show that the stored one is wrong)."""
     activation = ACTIVATIONS[kind]
     report = []
     for wanted in resources:
@@ -330,7 +332,7 @@ def sync_subscriptions(
                 # The server gave up on it (failed handshake / deliveries): asking again re-activates it.
                 stored = server.update({**wanted, "id": current["id"], "status": activation.written})
                 action = "reactivated"
-            elif unchanged(current, wanted):
+            elif unchanged(current, wanted) and not (rewrite_secrets and _secrets(wanted)):
                 if status == "requested" and not activation.server_activates:
                     stored = server.update({**current, "status": "active"})
                     action = "activated"

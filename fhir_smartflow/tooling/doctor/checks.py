@@ -17,6 +17,7 @@ from fhir_smartflow.tooling.doctor.checks_servers import (
     ServiceDevice,
     SubscriptionActivity,
     SubscriptionsActive,
+    WebhookAuth,
 )
 from fhir_smartflow.tooling.doctor.model import Check, DoctorContext, Finding
 
@@ -62,6 +63,7 @@ CHECKS: dict[str, type[Check]] = {
     ServiceDevice.name: ServiceDevice,
     SubscriptionsActive.name: SubscriptionsActive,
     SubscriptionActivity.name: SubscriptionActivity,
+    WebhookAuth.name: WebhookAuth,
     OpenEmrReadToken.name: OpenEmrReadToken,
     OpenEmrWriteToken.name: OpenEmrWriteToken,
     OpenEmrCategory.name: OpenEmrCategory,

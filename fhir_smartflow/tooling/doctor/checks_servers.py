@@ -17,6 +17,7 @@ from fhir_smartflow.tooling.doctor.model import Check, DoctorContext, Finding
 from fhir_smartflow.tooling.subscriptions import build_subscriptions, find_stored, stored_problems
 
 SYNC = "run `fhir-smartflow subscriptions sync` (with the --endpoint the server reaches this webhook at)"
+# A secret the server masks on read cannot be compared: deliveries it signs or sends show it (webhook-auth).
 
 
 def _fhir(ctx: DoctorContext) -> bool:
@@ -143,3 +144,28 @@ class SubscriptionActivity(Check):
             else:
                 findings.append(self.ok(f"{sub.id}: {', '.join(parts)}; no gaps"))
         return findings or [self.skip("no [[subscriptions]] configured")]
+
+
+class WebhookAuth(Check):
+    name = "webhook-auth"
+    about = "no delivery was refused for wrong credentials since the last one accepted (a wrong secret)"
+
+    def run(self, ctx: DoctorContext) -> list[Finding]:
+        keys = Keys(ctx.settings.redis.key_prefix)
+        raw = ctx.redis.hgetall(keys.webhook())
+        failure = {k.decode(): v.decode() for k, v in raw.items()}
+        last_failure = failure.get("last_auth_failure")
+        if not last_failure:
+            return [self.ok("no delivery refused for its credentials")]
+        accepted = [ctx.redis.hget(keys.subscription(s.id), "last_seen") for s in ctx.settings.subscriptions]
+        last_accepted = max((a.decode() for a in accepted if a), default="")
+        if last_accepted and datetime.fromisoformat(last_accepted) > datetime.fromisoformat(last_failure):
+            return [self.ok(f"the last refused delivery ({last_failure}) came before the last accepted one")]
+        reason = failure.get("last_auth_failure_reason", "invalid")
+        return [
+            self.fail(
+                f"a delivery was refused at {last_failure} ({reason} credentials) and none accepted since: a "
+                "Subscription on the server carries a wrong or no secret (servers that mask secrets only show it so)",
+                "run `fhir-smartflow subscriptions sync --rewrite-secrets` (with the same --endpoint)",
+            )
+        ]
