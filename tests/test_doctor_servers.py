@@ -31,8 +31,9 @@ SERVER_CHECKS = ("fhir-base-url", "fhir-auth", "service-device", "subscriptions"
 
 
 def _run(config: Path, *args: str) -> tuple[int, str]:
+    """Exit code and stdout (log lines go to stderr, kept apart)."""
     result = CliRunner().invoke(main, ["--config", str(config), *args], env=ENV)
-    return result.exit_code, result.output
+    return result.exit_code, result.stdout
 
 
 def _doctor(config: Path) -> tuple[int, list[dict[str, str]]]:
