@@ -104,3 +104,13 @@ def test_worker_start_says_which_base_url_to_set(tmp_path: Path, sandbox_server:
     done = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert f'set [fhir] base_url = "{sandbox_server}"' in done.stderr, done.stderr
+
+
+def test_backport_is_refused_on_a_server_without_topic_subscriptions(tmp_path: Path, sandbox_server: str) -> None:
+    config = write_config(tmp_path / "c.toml", {"fhir": {"base_url": sandbox_server}}, SUBSCRIPTIONS)
+    result = CliRunner().invoke(
+        main, ["--config", str(config), "subscriptions", "sync", "--style", "backport", "--server", "medplum"], env=ENV
+    )
+    assert result.exit_code == 1
+    assert "does not support topic-based subscriptions" in result.stderr and "--style classic" in result.stderr
+    assert requests.get(f"{sandbox_server}/Subscription", timeout=5).json().get("entry") is None  # nothing written

@@ -136,3 +136,20 @@ def test_sync_doctor_and_intake_against_a_strict_profile(
     requests.delete(f"{store}/Device/{device['id']}", timeout=10)
     code, findings = _doctor(env)
     assert code == 1 and "service-device" in {f["check"] for f in _failing(findings)}, findings
+
+
+def test_doctor_names_the_write_scope_the_token_lacks(processes, redis_url: str, tmp_path: Path) -> None:
+    sandbox_config = tmp_path / "sandbox.toml"
+    sandbox_config.write_text(
+        '[sandbox.clients.smartflow]\nsecret_env = "SANDBOX_CLIENT_SECRET"\nscopes = "system/*.rs system/Patient.cu"\n'
+    )
+    store = start_sandbox(processes, profile="medplum", config=sandbox_config,
+                          env={"SANDBOX_CLIENT_SECRET": "client-secret"}).base  # fmt: skip
+    fhir = {"base_url": store, "server": "medplum", "auth": "client-credentials", "client_id": "smartflow",
+            "max_retries": 0}  # fmt: skip
+    config = write_config(tmp_path / "smartflow.toml", {"redis": {"url": redis_url}, "fhir": fhir})
+    env = {"SMARTFLOW_CONFIG": str(config), "SMARTFLOW_FHIR_CLIENT_SECRET": "client-secret"}
+    done = run_cli("doctor", "--check", "fhir-auth", "--json", env=env, timeout=60)
+    (finding,) = json.loads(done.stdout)
+    assert done.returncode == 1 and finding["status"] == "fail", finding
+    assert "Task" in finding["detail"], finding
