@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from fhir_smartflow.cli import main
 from tests.support.procs import ROOT, child_env, smartflow_cmd
+from tests.support.service import start_sandbox
 from tests.support.toml import write_config
 
 pytestmark = pytest.mark.integration
@@ -114,3 +115,25 @@ def test_backport_is_refused_on_a_server_without_topic_subscriptions(tmp_path: P
     assert result.exit_code == 1
     assert "does not support topic-based subscriptions" in result.stderr and "--style classic" in result.stderr
     assert requests.get(f"{sandbox_server}/Subscription", timeout=5).json().get("entry") is None  # nothing written
+
+
+def test_sync_for_medplum_writes_active_and_warns_of_an_hmac_entry_not_reading_x_signature(
+    tmp_path: Path, processes
+) -> None:
+    sandbox_server = start_sandbox(processes, profile="medplum").base  # only what the client writes is active
+    entries = [{**SUBSCRIPTIONS[0]}, {**SUBSCRIPTIONS[1], "header": "X-Smartflow-Secret"}]
+    config = write_config(tmp_path / "c.toml", {"fhir": {"base_url": sandbox_server}}, entries)
+    args = [
+        "--config",
+        str(config),
+        "subscriptions",
+        "sync",
+        "--server",
+        "medplum",
+        "--endpoint",
+        "http://x/fhir/notify",
+    ]
+    result = CliRunner().invoke(main, args, env=ENV)
+    assert result.exit_code == 0, result.output
+    assert "everything-else: Medplum sends its signature in X-Signature" in result.stderr
+    assert {s["status"] for s in _subscriptions(sandbox_server)} == {"active"}

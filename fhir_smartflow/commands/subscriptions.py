@@ -73,6 +73,17 @@ def _warn_unauthenticated(resources: list[dict[str, Any]]) -> None:
         )
 
 
+def _warn_medplum_signature(settings: Settings) -> None:
+    """Medplum signs in X-Signature: an hmac entry reading another header would refuse every delivery."""
+    for sub in settings.subscriptions:
+        if sub.auth == "hmac" and sub.header.lower() != "x-signature":
+            click.echo(
+                f"warning: [[subscriptions]] {sub.id}: Medplum sends its signature in X-Signature, not {sub.header}; "
+                'set header = "X-Signature"',
+                err=True,
+            )
+
+
 def _require_secrets(settings: Settings, why: str) -> None:
     """ConfigError (exit 2) naming every [[subscriptions]] secret_env variable that is not set."""
     missing = [f"${s.secret_env} ({s.id})" for s in settings.subscriptions if not secret(s.secret_env)]
@@ -190,6 +201,8 @@ def sync_command(
                 err=True,
             )
             sys.exit(1)
+        if kind == "medplum":
+            _warn_medplum_signature(settings)
         if settings.fhir.writeback == "fhir":
             ensure_service_device(client, settings)
         report = sync_subscriptions(client, resources, kind=kind, wait_seconds=wait, rewrite_secrets=rewrite_secrets)
