@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import redis
 import requests
 from click.testing import CliRunner
 
@@ -137,3 +138,19 @@ def test_sync_for_medplum_writes_active_and_warns_of_an_hmac_entry_not_reading_x
     assert result.exit_code == 0, result.output
     assert "everything-else: Medplum sends its signature in X-Signature" in result.stderr
     assert {s["status"] for s in _subscriptions(sandbox_server)} == {"active"}
+
+
+def test_doctor_reports_each_subscriptions_last_activity_and_gaps(tmp_path: Path, redis_url: str) -> None:
+    conn = redis.Redis.from_url(redis_url)
+    prefix = "act:"
+    conn.hset(f"{prefix}sub:appointments", mapping={"last_seen": "2026-03-02T15:00:00+00:00", "status_at": 1772463600,
+                                                     "last_status_type": "heartbeat"})  # fmt: skip
+    conn.rpush(f"{prefix}gaps:appointments", '{"first": 4, "last": 5}')
+    config = write_config(tmp_path / "c.toml", {"redis": {"url": redis_url, "key_prefix": prefix}}, SUBSCRIPTIONS)
+    code, out = _run(config, "doctor", "--check", "subscription-activity", "--json")
+    appointments, other = json.loads(out)
+    assert code == 0  # warnings only
+    assert appointments["status"] == "warn" and "1 gap(s) recorded" in appointments["detail"]
+    assert "last notification 2026-03-02T15:00:00+00:00" in appointments["detail"]
+    assert "last heartbeat 2026-03-02T15:00:00+00:00" in appointments["detail"]
+    assert other["status"] == "warn" and "nothing received yet" in other["detail"]
