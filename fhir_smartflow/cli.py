@@ -13,6 +13,7 @@ import click
 
 from fhir_smartflow import defaults
 from fhir_smartflow.commands import service as _service
+from fhir_smartflow.commands.console import console_group
 from fhir_smartflow.commands.context import CliContext
 from fhir_smartflow.commands.doctor import doctor_command
 from fhir_smartflow.commands.flows import validate
@@ -75,6 +76,7 @@ main.add_command(_service.serve)
 main.add_command(_service.worker)
 main.add_command(_service.replay)
 main.add_command(validate)
+main.add_command(console_group)
 main.add_command(sandbox_command)
 main.add_command(_poll_cmd)
 main.add_command(_openemr_cmd)

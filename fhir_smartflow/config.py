@@ -103,6 +103,11 @@ class ClinicConfig:
     portal_url: str = ""
     # The link sent with a form; {task} is the form Task's identifier. Empty: <portal_url>/tasks?identifier={task}.
     form_link: str = ""
+    # patient.mrn: the Patient.identifier with this system; empty: the one typed mrn_type (docs/merge-fields.md).
+    mrn_system: str = ""
+    mrn_type: str = defaults.MRN_TYPE
+    # Local HH:MM of a due measured in days from a date without a time (Coverage.period.start).
+    date_only_due_time: str = defaults.DATE_ONLY_DUE_TIME
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,60 @@ class SandboxConfig:
     # OAuth clients of the sandbox's token endpoint (client_credentials): client id → {secret_env, scopes}.
     # With any, a strict profile wants a bearer token whose scopes cover each interaction.
     clients: dict[str, dict[str, str]] = field(default_factory=dict)
+    # The sandbox as a CDS Hooks client (docs/cds-hooks.md): the service base URLs it may call, and the PEM
+    # private key it signs its JWTs with (empty: a new key each start; its JWK Set is at /$cds-client/jwks).
+    cds_services: list[str] = field(default_factory=list)
+    cds_key_file: str = ""
+
+
+# JWT algorithms a CDS client may sign with: asymmetric only (CDS Hooks forbids `none` and HMAC).
+CDS_ALGORITHMS = ("ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
+CDS_INDICATORS = ("info", "warning", "critical")
+
+
+@dataclass(frozen=True)
+class CdsConfig:
+    """The CDS Hooks service (docs/cds-hooks.md), mounted by `serve` at /cds-services when enabled."""
+
+    enabled: bool = False
+    # The base URL CDS clients call: a JWT's aud must be <public_url>/cds-services/<service id>.
+    public_url: str = ""
+    issuers: list[str] = field(default_factory=list)  # the JWT `iss` values trusted
+    jwks_file: str = ""  # a JWK Set of the trusted clients' keys, shared out of band
+    # JWK Set URLs of the trusted clients; a JWT's `jku` header is honoured only when it is one of these.
+    jwks_urls: list[str] = field(default_factory=list)
+    algorithms: list[str] = field(default_factory=lambda: list(CDS_ALGORITHMS))
+    max_token_seconds: int = defaults.CDS_MAX_TOKEN_SECONDS  # longest exp - iat accepted
+    leeway_seconds: int = defaults.CDS_LEEWAY_SECONDS  # clock skew allowed on exp / iat
+    budget_ms: int = defaults.CDS_BUDGET_MS  # answer within this, with what is known by then
+    fhir_timeout_seconds: float = defaults.CDS_FHIR_TIMEOUT_SECONDS  # one FHIR request through fhirAuthorization
+    # The staff worklist's SMART launch URL: each card links to it (type smart). Empty: no link.
+    worklist_url: str = ""
+    source_label: str = "fhir-smartflow record prompts"
+    indicator: str = "info"  # a card's indicator when its Flag carries no flag-priority
+    feedback_max: int = defaults.CDS_FEEDBACK_MAX  # feedback records kept (newest)
+    card_ttl_seconds: int = defaults.CDS_CARD_TTL_SECONDS  # how long a card's uuid is known for feedback
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    """The web console (docs/console.md), mounted by `serve` beside the webhook."""
+
+    enabled: bool = True
+    path: str = "/console"
+    # The environment variable holding the key that signs session cookies (the same on every host).
+    # Unset outside embedded mode: the console is not mounted (a warning says so).
+    secret_key_env: str = "SMARTFLOW_CONSOLE_SECRET"
+    # Accounts: empty keeps them in Redis; a path keeps them in that file (mode 0600).
+    users_file: str = ""
+    # Previous versions of saved flows and templates. Empty: `.console-history` beside the flows directory.
+    history_dir: str = ""
+    session_hours: int = 8
+    # Failed logins allowed per account name + client address within login_window_seconds.
+    login_attempts: int = 5
+    login_window_seconds: int = 900
+    # Seconds between checks for a saved change in every serve / worker process (under 5 s).
+    reload_poll_seconds: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -318,12 +377,14 @@ class Settings:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     poll: PollConfig = field(default_factory=PollConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
     openemr: OpenEmrConfig = field(default_factory=OpenEmrConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     sms: SmsConfig = field(default_factory=SmsConfig)
     email: EmailConfig = field(default_factory=EmailConfig)
     webhook_channel: WebhookChannelConfig = field(default_factory=WebhookChannelConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    cds: CdsConfig = field(default_factory=CdsConfig)
     # [channels.<name>] tables: each channel plugin's own settings, parsed by the channel registry
     # (fhir_smartflow/channels.py) into the plugin's options dataclass.
     channels: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -339,6 +400,9 @@ class Settings:
     )
     subscriptions: list[SubscriptionConfig] = field(default_factory=list)
     source: str = "<defaults>"
+    # [roles] fallback: who gets a staff message whose role no active PractitionerRole holds
+    # (Practitioner/<id>, PractitionerRole/<id>, Group/<id> or CareTeam/<id>); empty: nobody.
+    role_fallback: str = ""
 
     @property
     def embedded_queue(self) -> bool:
@@ -481,9 +545,11 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("[logging] level", "must be DEBUG, INFO, WARNING or ERROR")
     _validate_poll_openemr(settings)
     _validate_delivery(settings)
+    _validate_cds(settings.cds)
     for role, coding in settings.roles.items():
         if "|" not in coding:
             raise ConfigError(f"[roles] {role}", "must be 'system|code'")
+    _validate_role_fallback(settings)
 
 
 def _validate_fhir_auth(fhir: FhirConfig) -> None:
@@ -495,6 +561,30 @@ def _validate_fhir_auth(fhir: FhirConfig) -> None:
     ):
         if value not in allowed:
             raise ConfigError(f"[fhir] {key}", f"must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _validate_cds(cds: CdsConfig) -> None:
+    for alg in cds.algorithms:
+        if alg not in CDS_ALGORITHMS:
+            raise ConfigError("[cds] algorithms", f"{alg!r} is not one of {', '.join(CDS_ALGORITHMS)}")
+    if cds.indicator not in CDS_INDICATORS:
+        raise ConfigError("[cds] indicator", f"must be one of {', '.join(CDS_INDICATORS)}")
+    for key in ("max_token_seconds", "budget_ms", "feedback_max", "card_ttl_seconds"):
+        if getattr(cds, key) <= 0:
+            raise ConfigError(f"[cds] {key}", "must be positive")
+    if cds.fhir_timeout_seconds <= 0 or cds.leeway_seconds < 0:
+        raise ConfigError("[cds] fhir_timeout_seconds", "must be positive (and leeway_seconds not negative)")
+    for url in (*cds.jwks_urls, *([cds.public_url] if cds.public_url else [])):
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError("[cds] public_url" if url == cds.public_url else "[cds] jwks_urls", "must be http(s)")
+    if not cds.enabled:
+        return
+    if not cds.public_url:
+        raise ConfigError("[cds] public_url", "required when the CDS Hooks service is enabled (the JWT audience)")
+    if not cds.issuers:
+        raise ConfigError("[cds] issuers", "required when enabled: the JWT issuers (CDS clients) trusted")
+    if not cds.jwks_file and not cds.jwks_urls:
+        raise ConfigError("[cds] jwks_file", "required when enabled (or jwks_urls): where the clients' keys are")
 
 
 def _validate_poll_openemr(settings: Settings) -> None:
@@ -526,6 +616,11 @@ def _validate_delivery(settings: Settings) -> None:
         value = getattr(settings.delivery, key)
         if value and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
             raise ConfigError(f"[delivery] {key}", f"must be HH:MM (24-hour clinic time), got {value!r}")
+    if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", settings.clinic.date_only_due_time):
+        raise ConfigError(
+            "[clinic] date_only_due_time",
+            f"must be HH:MM (24-hour clinic time), got {settings.clinic.date_only_due_time!r}",
+        )
     for plugin in settings.delivery.plugins:
         if not re.fullmatch(r"[a-z0-9_-]+=[\w.]+(:\w+)?", plugin):
             raise ConfigError("[delivery] plugins", f"entries must be 'name=package.module:Class', got {plugin!r}")
@@ -543,6 +638,19 @@ def _validate_delivery(settings: Settings) -> None:
         raise ConfigError("[scheduler] lock_ttl_seconds", "must be more than twice interval_seconds")
 
 
+def _validate_role_fallback(settings: Settings) -> None:
+    import re
+
+    from fhir_smartflow.refs import ID_PATTERN
+
+    fallback = settings.role_fallback
+    if fallback and not re.fullmatch(rf"(Practitioner|PractitionerRole|Group|CareTeam)/{ID_PATTERN}", fallback):
+        raise ConfigError(
+            f"[roles] {ROLE_FALLBACK_KEY}",
+            f"must be Practitioner/<id>, PractitionerRole/<id>, Group/<id> or CareTeam/<id>, got {fallback!r}",
+        )
+
+
 _SECTIONS: dict[str, type] = {
     "server": ServerConfig,
     "redis": RedisConfig,
@@ -552,16 +660,20 @@ _SECTIONS: dict[str, type] = {
     "logging": LoggingConfig,
     "sandbox": SandboxConfig,
     "poll": PollConfig,
+    "console": ConsoleConfig,
     "openemr": OpenEmrConfig,
     "scheduler": SchedulerConfig,
     "sms": SmsConfig,
     "email": EmailConfig,
     "webhook_channel": WebhookChannelConfig,
     "delivery": DeliveryConfig,
+    "cds": CdsConfig,
 }
 
 
 ENGINE_PATH_KEYS = ("mappings", "flows", "templates")
+# The one key of [roles] that is not a role: the fallback recipient of messages no role member gets.
+ROLE_FALLBACK_KEY = "fallback"
 
 
 def _engine_paths_relative_to(engine: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -606,7 +718,10 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
             raise ConfigError(f"[{key}]", "unknown section")
     values: dict[str, Any] = {name: parse_section(cls, raw.get(name, {}), name, env) for name, cls in _SECTIONS.items()}
     if "roles" in raw:
-        values["roles"] = _coerce(raw["roles"], dict[str, str], "[roles]", from_env=False)
+        roles = _coerce(raw["roles"], dict[str, str], "[roles]", from_env=False)
+        values["role_fallback"] = roles.pop(ROLE_FALLBACK_KEY, "")
+        if roles or not values["role_fallback"]:  # a table naming only the fallback keeps the default roles
+            values["roles"] = roles
     if "subscriptions" in raw:
         values["subscriptions"] = _subscriptions(raw["subscriptions"])
     if "channels" in raw:

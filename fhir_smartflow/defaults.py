@@ -35,6 +35,10 @@ DEVICE_ID = "fhir-smartflow"
 
 # Clinic
 TIMEZONE = "America/New_York"
+# The Patient.identifier that is the MRN, by its type (v2-0203 "MR"; "system|code" or a bare code).
+MRN_TYPE = "MR"
+# A due measured from a date without a time (Coverage.period.start) falls at this clinic time: end of business.
+DATE_ONLY_DUE_TIME = "17:00"
 
 # Data locations: "shipped:<path>" is data inside the installed package (fhir_smartflow/shipped.py); other
 # relative paths in a config file are relative to that file's directory.
@@ -90,3 +94,11 @@ DELIVERY_INLINE_RETRIES = 2
 DELIVERY_INLINE_MAX_DELAY_SECONDS = 2.0
 DELIVERY_RETRY_BASE_SECONDS = 30.0
 DELIVERY_RETRY_MAX_SECONDS = 3600.0
+
+# CDS Hooks service ([cds], docs/cds-hooks.md): CDS clients expect an answer within about 500 ms.
+CDS_BUDGET_MS = 500
+CDS_FHIR_TIMEOUT_SECONDS = 0.3
+CDS_MAX_TOKEN_SECONDS = 300
+CDS_LEEWAY_SECONDS = 30
+CDS_FEEDBACK_MAX = 1000
+CDS_CARD_TTL_SECONDS = 24 * 3600

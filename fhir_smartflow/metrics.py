@@ -53,6 +53,11 @@ METRICS: dict[str, MetricSpec] = {
         "In-EHR messages telling an action's owner that a delivery failed (notify_on_failure): created | existing",
         ("channel", "result"),
     ),
+    "unroutable_messages": MetricSpec(
+        "counter",
+        "Staff messages for a role no active PractitionerRole holds (sent to [roles] fallback)",
+        ("flow", "role"),
+    ),
     "flow_runs": MetricSpec("counter", "Flows considered for a trigger event, by result", ("result",)),
     "writes": MetricSpec("counter", "Resources written back: created | existing", ("type", "result")),
     "scheduled_jobs": MetricSpec("counter", "Follow-up jobs scheduled / fired / cancelled", ("kind", "result")),

@@ -293,8 +293,9 @@ def test_weekly_checkin_recurs_across_dst_and_stops_at_discharge(engine):
 
 
 def test_billing_task_after_primary_insurance_effective_date(engine):
-    # Primary coverage (order 1) effective Monday 2026-05-04; +5 days = Saturday → previous-friday
-    # → Friday 05-08 00:00 EDT = 04:00Z. The secondary coverage (order 2) is ignored.
+    # Primary coverage (order 1) effective Monday 2026-05-04 (a date without a time: the clinic's end of
+    # business, 17:00); +5 days = Saturday → previous-friday → Friday 05-08 17:00 EDT = 21:00Z, and the
+    # text shows the date alone. The secondary coverage (order 2) is ignored.
     coverage = {
         "resourceType": "Coverage",
         "id": "cov1",
@@ -317,11 +318,10 @@ def test_billing_task_after_primary_insurance_effective_date(engine):
     p = plan(engine, only_trigger(engine, coverage, interaction="create"), ctx, SETTINGS, NOW)
     assert_all_valid(p)
     (task,) = writes(p, "Task")
-    assert task["restriction"]["period"]["end"] == "2026-05-08T04:00:00Z"
+    assert task["restriction"]["period"]["end"] == "2026-05-08T21:00:00Z"
     assert task["performerType"][0]["coding"][0] == {"system": "urn:fhir-smartflow:role", "code": "billing"}
     assert task["description"] == (
-        "Verify Acme Health Plan coverage and benefits for Alex Rivera (MRN MRN-0042) by Friday, May 8, 2026 "
-        "at 12:00 AM EDT."
+        "Verify Acme Health Plan coverage and benefits for Alex Rivera (MRN MRN-0042) by Friday, May 8, 2026."
     )
 
 

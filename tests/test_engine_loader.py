@@ -234,7 +234,19 @@ def write_template(tmp_path: Path, text: str) -> list[LoadError]:
 def test_template_with_unknown_field_fails_at_load(tmp_path):
     (error,) = write_template(tmp_path, 'id = "t"\nname = "T"\nmethods = ["sms"]\nbody = "Hi {{ patient.nickname }}"\n')
     assert error.field == "body" and error.line == 4
-    assert "does not render" in error.reason and "nickname" in error.reason
+    assert "unknown merge field patient.nickname" in error.reason and "'dict object'" not in error.reason
+
+
+def test_unknown_merge_field_names_the_close_ones_and_its_line(tmp_path):
+    text = (
+        'id = "t"\nname = "T"\nmethods = ["sms"]\n'
+        'body = """Hi {{ patient.first_name }},\nsee you {{ appointmnt.start }}\nMRN {{ patient.first_nam }}"""\n'
+    )
+    first, second = write_template(tmp_path, text)
+    assert (first.line, second.line) == (5, 6)
+    assert first.reason.startswith("unknown merge field appointmnt (did you mean appointment?)")
+    assert second.reason.startswith("unknown merge field patient.first_nam (did you mean patient.first_name")
+    assert str(second).startswith(f"{tmp_path}/templates/t.toml:6: body: unknown merge field patient.first_nam")
 
 
 def test_template_touching_python_internals_fails(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
@@ -98,7 +99,7 @@ def test_staff_message_and_sms_notify_to_resolved_recipients(tmp_path):
     ]
 
 
-def test_no_recipient_for_a_delivered_channel_is_a_recorded_problem(tmp_path):
+def test_a_role_nobody_holds_is_not_done_and_goes_to_the_fallback(tmp_path):
     engine = engine_with(
         tmp_path,
         """\
@@ -121,7 +122,23 @@ def test_no_recipient_for_a_delivered_channel_is_a_recorded_problem(tmp_path):
     noshow = appointment("a1", "noshow", "2026-03-13T14:00:00Z", "2026-03-13T16:00:00Z")
     (trigger,) = match_triggers(engine, event_for(noshow), None)
     (run,) = plan(engine, trigger, FakeContext([patient()]), SETTINGS, NOW).runs
-    assert not run.ran and "nobody to send sms to" in run.reason
+    # Without a fallback: the message is written not-done, never completed, and nothing is sent.
+    (comm,) = [a for a in run.actions if isinstance(a, WriteResource)]
+    assert run.ran and not [a for a in run.actions if isinstance(a, Deliver)]
+    assert comm.resource["status"] == "not-done" and comm.unrouted == ("nurse",)
+    assert comm.resource["statusReason"]["coding"][0]["code"] == "recipient-unavailable"
+    assert "recipient" not in comm.resource
+    # With `[roles] fallback`: the fallback gets the message too, as an in-EHR staff message.
+    settings = dataclasses.replace(SETTINGS, role_fallback="Group/front-desk")
+    (run,) = plan(engine, trigger, FakeContext([patient()]), settings, NOW).runs
+    not_done, notice = [a for a in run.actions if isinstance(a, WriteResource)]
+    assert not_done.resource["status"] == "not-done" and not notice.unrouted
+    assert notice.resource["status"] == "completed" and notice.resource["recipient"] == [
+        {"reference": "Group/front-desk"}
+    ]
+    assert notice.resource["topic"]["text"] == "Message not routed: no nurse"
+    for action in (not_done, notice):
+        validate_resource(action.resource)
 
 
 def test_no_patient_is_a_recorded_problem(tmp_path):

@@ -14,6 +14,7 @@ import click
 import redis
 import rq
 
+from fhir_smartflow.commands.console import mount_console
 from fhir_smartflow.commands.context import CliContext, pass_ctx
 from fhir_smartflow.config import ConfigError, Settings
 from fhir_smartflow.connections import embedded_redis
@@ -120,6 +121,7 @@ def serve(
         rt = _service_runtime(settings, conn)
         install(rt)
         _reload_on_sighup(rt)
+        _watch_saved_changes(rt, conn, "serve")
         threading.Thread(target=run_embedded_worker, args=(rt, stop), name="embedded-worker", daemon=True).start()
         _start_scheduler(rt, stop)
     else:
@@ -131,6 +133,7 @@ def serve(
         from fhir_smartflow.commands.embedded import mount_sandbox
 
         sandbox_state = mount_sandbox(settings, mounts, host, port, insecure_dev)
+    mount_console(settings, conn, mounts, embedded=embedded)
     app = create_app(settings, conn, insecure_dev=insecure_dev, extra_wsgi_mounts=mounts or None)  # type: ignore[arg-type]
     log.info("serving webhook on http://%s:%s%s", host, port, settings.server.notify_path)
     try:
@@ -176,6 +179,15 @@ def _reload_on_sighup(rt: Runtime) -> None:
         signal.signal(signal.SIGHUP, reload)
 
 
+def _watch_saved_changes(rt: Runtime, conn: redis.Redis, role: str) -> None:
+    """Flows saved in the console are loaded within seconds, as on SIGHUP (console/reload.py)."""
+    if not isinstance(rt, ServiceRuntime):
+        return
+    from fhir_smartflow.console.reload import watch_saved_changes
+
+    watch_saved_changes(rt, conn, role)
+
+
 def _start_scheduler(rt: Runtime, stop: threading.Event) -> None:
     """Follow-ups (reminders, overdue checks, recurrences, deferred deliveries) in a thread of this process."""
     if not isinstance(rt, ServiceRuntime):
@@ -217,6 +229,7 @@ def worker(cli: CliContext, burst: bool, with_scheduler: bool, worker_class: str
     rt = _service_runtime(settings, conn)
     install(rt)
     _reload_on_sighup(rt)
+    _watch_saved_changes(rt, conn, "worker")
     if with_scheduler:  # due rq jobs (retries, gap sweeps) move in Liveness; our follow-ups in a thread
         _start_scheduler(rt, threading.Event())
     if settings.poll.enabled:  # servers without subscriptions: poll inside the worker (docs/openemr.md)

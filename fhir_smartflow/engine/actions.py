@@ -44,6 +44,7 @@ def followup_payload(run: RunContext, action: Action, due: datetime | None, even
         "focus": run.focus,
         "event_time": format_instant(event_at),
         "due": format_instant(due),
+        "due_date_only": run.is_date_only(due),
         "occurrence": run.occurrence,
     }
 
@@ -56,17 +57,33 @@ def follow_ups(
 
     out: list[PlanAction] = []
     payload = followup_payload(run, action, due, event_at)
-    if due is not None and action.reminder is not None:
+    if action.reminder is not None:
         from fhir_smartflow.engine.due import compute_due
 
-        at = compute_due(due, action.reminder.amount, action.reminder.unit, "before", run.settings.clinic.timezone)
-        if at > run.now:  # a reminder already in the past would only confuse the patient
-            out.append(Schedule(at, "reminder", run.rid(action, "Schedule", "reminder"), payload, action.slug))
-    if due is not None and action.overdue is not None:
-        out.append(Schedule(due, "overdue", run.rid(action, "Schedule", "overdue"), payload, action.slug))
+        if due is None:
+            run.notes.append(f"{action.name!r}: reminder skipped: the action has no due date")
+        else:
+            tz = run.settings.clinic.timezone
+            at = compute_due(due, action.reminder.amount, action.reminder.unit, "before", tz)
+            if at > run.now:
+                out.append(Schedule(at, "reminder", run.rid(action, "Schedule", "reminder"), payload, action.slug))
+            else:  # a reminder already in the past would only confuse the patient
+                run.notes.append(
+                    f"{action.name!r}: reminder skipped: it would be at {format_instant(at)}, "
+                    f"before now ({format_instant(run.now)})"
+                )
+    if action.overdue is not None:
+        if due is None:
+            run.notes.append(f"{action.name!r}: overdue check skipped: the action has no due date")
+        else:
+            out.append(Schedule(due, "overdue", run.rid(action, "Schedule", "overdue"), payload, action.slug))
     if action.recurring is not None:
         following = next_occurrence(action.recurring, event_at, run.occurrence, run.settings.clinic.timezone)
         if following is not None:
             nxt = {**payload, "occurrence": run.occurrence + 1, "occurrence_at": format_instant(following)}
             out.append(Schedule(following, "recurrence", run.rid(action, "Schedule", "recurrence"), nxt, action.slug))
+        else:
+            run.notes.append(
+                f"{action.name!r}: no next recurrence: occurrence {run.occurrence + 1} is the last (count / until)"
+            )
     return out

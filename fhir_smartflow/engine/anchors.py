@@ -2,16 +2,19 @@
 
 Each anchor is found on the trigger's own resource when it is of the right type, else through the
 ContextSource (searches by patient). A date without a time (Coverage.period.start = "2026-03-02")
-means the start of that day in the clinic's time zone.
+means that day at the clinic's ``date_only_due_time`` (end of business by default), and the anchor says
+it was date-only, so texts can show the due as a date alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from fhir_smartflow.engine.due import localize
 from fhir_smartflow.engine.interfaces import ContextSource
 from fhir_smartflow.engine.plan import TriggerEvent
 from fhir_smartflow.instants import parse_instant
@@ -23,46 +26,81 @@ class AnchorMissing(LookupError):
     """The record has no date for this anchor (no admission, no primary coverage, ...)."""
 
 
-def event_time(trigger: TriggerEvent) -> datetime:
-    """When the trigger happened: the resource's meta.lastUpdated (stable across redeliveries),
-    else the server's event timestamp, else when we received it."""
+@dataclass(frozen=True)
+class AnchorInstant:
+    at: datetime  # UTC
+    date_only: bool = False  # the record gave a date without a time (placed at the clinic's default time)
+
+
+def event_source(trigger: TriggerEvent) -> tuple[datetime, str]:
+    """When the trigger happened and where that time comes from: the resource's meta.lastUpdated
+    (stable across redeliveries), else the server's event timestamp, else when we received it."""
     resource = trigger.event.resource or {}
-    for value in ((resource.get("meta") or {}).get("lastUpdated"), trigger.event.timestamp, trigger.event.received_at):
+    sources = (
+        (
+            (resource.get("meta") or {}).get("lastUpdated"),
+            f"meta.lastUpdated of {trigger.event.reference or 'the resource'}",
+        ),
+        (trigger.event.timestamp, "the notification's event timestamp"),
+        (trigger.event.received_at, "the time the notification was received"),
+    )
+    for value, source in sources:
         parsed = parse_instant(value)
         if parsed is not None:
-            return parsed
+            return parsed, source
     raise AnchorMissing("the event has no time")
 
 
+def event_time(trigger: TriggerEvent) -> datetime:
+    return event_source(trigger)[0]
+
+
 def resolve_anchor(anchor: str, trigger: TriggerEvent, context: ContextSource, tz: str) -> datetime:
-    """The anchor instant (UTC); AnchorMissing with a readable reason when the record has none."""
+    """The anchor instant (UTC), a date-only value at 00:00 local; AnchorMissing when the record has none."""
+    return find_anchor(anchor, trigger, context, tz, "00:00").at
+
+
+def find_anchor(
+    anchor: str, trigger: TriggerEvent, context: ContextSource, tz: str, date_only_time: str
+) -> AnchorInstant:
+    """The anchor; a date without a time is that day at ``date_only_time`` (HH:MM, clinic time)."""
     zone = ZoneInfo(tz)
     if anchor == "event":
-        return event_time(trigger)
+        return AnchorInstant(event_time(trigger))
+    instant = _resolve(anchor, trigger, context, zone)
+    if not instant.date_only:
+        return instant
+    hours, minutes = (int(part) for part in date_only_time.split(":"))
+    day = instant.at.astimezone(zone).date()
+    return AnchorInstant(localize(datetime.combine(day, time(hours, minutes)), zone), date_only=True)
+
+
+def _resolve(anchor: str, trigger: TriggerEvent, context: ContextSource, zone: ZoneInfo) -> AnchorInstant:
+    """The anchor from the record, a date-only value at 00:00 local (``find_anchor`` moves it)."""
     resource = trigger.event.resource or {}
     rtype = trigger.event.resource_type
     patient = trigger.patient
     if anchor == "appointment_start":
         if rtype == "Appointment":
-            return _required(parse_instant(resource.get("start"), zone=zone), "the appointment has no start")
+            return _dated(resource.get("start"), zone, "the appointment has no start")
         after = event_time(trigger)
-        starts = [
-            s for s in _starts(_search(context, "Appointment", patient, {"status": "booked"}), zone) if s >= after
-        ]
-        return _required(min(starts, default=None), "the patient has no upcoming booked appointment")
+        booked = _search(context, "Appointment", patient, {"status": "booked"})
+        starts = [(s, a.get("start")) for a in booked if (s := parse_instant(a.get("start"), zone=zone)) and s >= after]
+        return _dated(min(starts, default=(None, None))[1], zone, "the patient has no upcoming booked appointment")
     if anchor == "first_kept_appointment":
         found = _search(context, "Appointment", patient, {"status": ",".join(KEPT_STATUSES)})
         if rtype == "Appointment" and resource.get("status") in KEPT_STATUSES:
             found = [*found, resource]
         kept = [a for a in found if a.get("status") in KEPT_STATUSES]
-        return _required(min(_starts(kept, zone), default=None), "the patient has no kept appointment")
+        starts = [(s, a.get("start")) for a in kept if (s := parse_instant(a.get("start"), zone=zone))]
+        return _dated(min(starts, default=(None, None))[1], zone, "the patient has no kept appointment")
     if anchor in ("admission", "discharge"):
         encounters = [resource] if rtype == "Encounter" else _search(context, "Encounter", patient, {})
         key = "start" if anchor == "admission" else "end"
-        instants = [parse_instant((e.get("period") or {}).get(key), zone=zone) for e in encounters]
-        found_instants = [i for i in instants if i is not None]
+        values = [(e.get("period") or {}).get(key) for e in encounters]
+        dated = [(i, v) for v in values if (i := parse_instant(v, zone=zone)) is not None]
         what = "admission (Encounter.period.start)" if anchor == "admission" else "discharge (Encounter.period.end)"
-        return _required(max(found_instants, default=None), f"no {what} on the record")
+        return _dated(max(dated, default=(None, None))[1], zone, f"no {what} on the record")
     if anchor == "insurance_effective":
         coverages = _search(context, "Coverage", patient, {"status": "active"}, param="beneficiary")
         if rtype == "Coverage" and resource.get("status") == "active":
@@ -70,8 +108,8 @@ def resolve_anchor(anchor: str, trigger: TriggerEvent, context: ContextSource, t
         primary = primary_coverage(coverages)
         if primary is None:
             raise AnchorMissing("the patient has no active coverage")
-        start = parse_instant((primary.get("period") or {}).get("start"), zone=zone)
-        return _required(start, f"the primary coverage Coverage/{primary.get('id')} has no period.start")
+        start = (primary.get("period") or {}).get("start")
+        return _dated(start, zone, f"the primary coverage Coverage/{primary.get('id')} has no period.start")
     raise AnchorMissing(f"unknown anchor {anchor!r}")
 
 
@@ -84,14 +122,12 @@ def primary_coverage(coverages: list[Mapping[str, Any]]) -> Mapping[str, Any] | 
     )
 
 
-def _required(value: datetime | None, reason: str) -> datetime:
-    if value is None:
+def _dated(value: Any, zone: ZoneInfo, reason: str) -> AnchorInstant:
+    """A FHIR date / dateTime as an anchor (AnchorMissing with ``reason`` when there is none)."""
+    parsed = parse_instant(value, zone=zone)
+    if parsed is None:
         raise AnchorMissing(reason)
-    return value
-
-
-def _starts(appointments: list[Mapping[str, Any]], zone: ZoneInfo) -> list[datetime]:
-    return [s for s in (parse_instant(a.get("start"), zone=zone) for a in appointments) if s is not None]
+    return AnchorInstant(parsed, date_only="T" not in str(value))
 
 
 def _search(

@@ -9,11 +9,14 @@ patient-note   → DocumentReference;  record-prompt → Flag
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 from typing import Any
 
+from fhir_smartflow.channels import ONLINE_WRITTEN, STAFF_MESSAGE
 from fhir_smartflow.engine import resources as fr
 from fhir_smartflow.engine.model import Action, Template
+from fhir_smartflow.engine.not_done import not_done_status_reason
 from fhir_smartflow.engine.plan import Deliver, PlanAction, WriteResource
 from fhir_smartflow.engine.runctx import RunContext, RunProblem
 from fhir_smartflow.instants import format_instant
@@ -116,6 +119,7 @@ def staff_message(
             staff_recipients(run, action, template),
             category="notification",
             task_identifier=task.identifier,
+            unrouted=unrouted_roles(run, action, template),
         ),
     ]
 
@@ -132,7 +136,8 @@ def notify(
 ) -> list[PlanAction]:
     assert template is not None  # the loader requires one
     recipients = staff_recipients(run, action, template)
-    return communications(run, action, template, due, event_at, recipients, category="alert")
+    unrouted = unrouted_roles(run, action, template)
+    return communications(run, action, template, due, event_at, recipients, category="alert", unrouted=unrouted)
 
 
 def owner_staff(run: RunContext, action: Action) -> list[str]:
@@ -154,6 +159,43 @@ def staff_recipients(run: RunContext, action: Action, template: Template) -> lis
     return list(dict.fromkeys(refs))
 
 
+def unrouted_roles(run: RunContext, action: Action, template: Template) -> tuple[str, ...]:
+    """The roles a staff message is addressed to (owner, template recipients) that nobody holds."""
+    owner = action.owner
+    roles = [owner.value] if owner is not None and owner.kind == "role" else []
+    roles += template.recipients.roles
+    return tuple(role for role in dict.fromkeys(roles) if not run.role_members(role))
+
+
+def fallback_notice(
+    run: RunContext, action: Action, body: str, unrouted: tuple[str, ...], sent: str | None, kind_prefix: str = ""
+) -> WriteResource | None:
+    """The message, for the configured fallback recipient, when roles it is addressed to resolve to nobody."""
+    fallback = run.settings.role_fallback
+    if not fallback:
+        return None
+    ident = run.rid(action, "Communication", f"{kind_prefix}fallback")
+    who = ", ".join(unrouted)
+    resource = fr.build_communication(
+        identifier_system=run.system,
+        identifier_value=ident,
+        method=STAFF_MESSAGE,
+        medium=ONLINE_WRITTEN,
+        text=f"Nobody holds the role {who} (no active PractitionerRole), so this message comes to you:\n{body}",
+        sender=run.device,
+        status="completed",
+        category="alert",
+        recipients=[fallback],
+        subject=run.trigger.patient,
+        # Not basedOn the Task: targets that show a Task's messages through the Task alone (OpenEMR's)
+        # would never show the fallback its message (as for failure notices, delivery/notice.py).
+        about=run.focus,
+        sent=sent,
+        topic=f"Message not routed: no {who}",
+    )
+    return WriteResource("Communication", ident, resource, action.slug, unrouted=unrouted)
+
+
 def communications(
     run: RunContext,
     action: Action,
@@ -167,14 +209,28 @@ def communications(
     form: str = "",
     kind_prefix: str = "",
     subject_prefix: str = "",
+    unrouted: tuple[str, ...] = (),
 ) -> list[PlanAction]:
-    """A Communication per (method, recipient); delivered channels also get a Deliver."""
+    """A Communication per (method, recipient); delivered channels also get a Deliver. ``unrouted``: roles
+    of a staff message that nobody holds — with no recipient left, each Communication is written
+    ``not-done`` (recipient-unavailable), and the configured fallback recipient gets the message."""
     out: list[PlanAction] = []
     body = run.render(template, "body", form=form, task_identifier=task_identifier, due=due)
     subject = run.render(template, "subject", form=form, task_identifier=task_identifier, due=due)
     subject = f"{subject_prefix}{subject}" if subject else subject_prefix.rstrip(": ")
     told_on_failure = tuple(owner_staff(run, action)) if action.notify_on_failure else ()
-    for method in action.methods:
+    if action.notify_on_failure and not told_on_failure and run.settings.role_fallback:
+        told_on_failure = (run.settings.role_fallback,)  # an owner role nobody holds: tell the fallback
+    if unrouted:
+        fallback = run.settings.role_fallback or "nobody: no [roles] fallback is configured"
+        run.notes.append(
+            f"{action.name!r}: nobody holds role {', '.join(unrouted)} (no active PractitionerRole): "
+            f"{'written not-done; ' if not recipients else ''}the message goes to {fallback}"
+        )
+    if unrouted and not recipients:
+        sent = format_instant(event_at)
+        out += _not_routed(run, action, body, subject, unrouted, task_identifier, category, sent, kind_prefix)
+    for method in action.methods if recipients or not unrouted else ():
         channel = run.engine.channels[method]  # the loader checked every method against these
         fhir_only = channel.fhir_only
         assert channel.medium is not None  # a channel that reaches people writes a Communication (ChannelSpec)
@@ -215,7 +271,51 @@ def communications(
                         owner=told_on_failure,
                     )
                 )
+    if unrouted and recipients:  # some got it; the fallback stands in for the roles nobody holds
+        notice = fallback_notice(run, action, body, unrouted, format_instant(event_at), kind_prefix)
+        out += [notice] if notice else []
     return out
+
+
+def _not_routed(
+    run: RunContext,
+    action: Action,
+    body: str,
+    subject: str,
+    unrouted: tuple[str, ...],
+    task_identifier: str,
+    category: str,
+    sent: str | None,
+    kind_prefix: str,
+) -> list[PlanAction]:
+    """Nobody to send to: a not-done Communication per method (never counted as done), and the fallback's."""
+    out: list[PlanAction] = []
+    reason = not_done_status_reason(
+        "recipient-unavailable", f"no active PractitionerRole holds the role {', '.join(unrouted)}"
+    )
+    for method in action.methods:
+        channel = run.engine.channels[method]
+        assert channel.medium is not None
+        ident = run.rid(action, "Communication", f"{kind_prefix}{method}")
+        resource = fr.build_communication(
+            identifier_system=run.system,
+            identifier_value=ident,
+            method=method,
+            medium=channel.medium,
+            text=body,
+            sender=run.device,
+            status="not-done",
+            category=category,
+            subject=run.trigger.patient,
+            based_on_task=task_identifier or None,
+            about=run.focus,
+            topic=subject or None,
+        )
+        resource["statusReason"] = reason
+        out.append(WriteResource("Communication", ident, resource, action.slug, unrouted=unrouted))
+    notice = fallback_notice(run, action, body, unrouted, sent, kind_prefix)
+    # The not-done Communications carry the alarm; the notice is not counted a second time.
+    return [*out, dataclasses.replace(notice, unrouted=())] if notice else out
 
 
 # --- notes and prompts -----------------------------------------------------------------------------

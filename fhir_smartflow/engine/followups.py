@@ -21,10 +21,11 @@ from fhir_smartflow.config import Settings
 from fhir_smartflow.engine import resources as fr
 from fhir_smartflow.engine.action_types import ACTION_TYPES
 from fhir_smartflow.engine.actions import plan_action
-from fhir_smartflow.engine.builders import communications, owner_staff, staff_recipients
+from fhir_smartflow.engine.builders import communications, owner_staff, staff_recipients, unrouted_roles
 from fhir_smartflow.engine.identifiers import group_id
 from fhir_smartflow.engine.interfaces import ContextSource
 from fhir_smartflow.engine.model import Action, Engine, Template
+from fhir_smartflow.engine.not_done import not_done_status_reason
 from fhir_smartflow.engine.plan import FlowRun, PatchTask, Plan, PlanAction, TriggerEvent
 from fhir_smartflow.engine.runctx import RunContext, RunProblem
 from fhir_smartflow.engine.task_status import OPEN_TASK_STATUSES
@@ -80,6 +81,8 @@ def plan_followup(
     run = RunContext(engine, settings, flow, trigger, context, now, occurrence=int(payload.get("occurrence", 0)))
     event_at = parse_instant(payload.get("event_time")) or now
     due = parse_instant(payload.get("due"))
+    if due is not None and payload.get("due_date_only"):
+        run.mark_date_only(due)
     task_open = task is not None and task.get("status") in OPEN_TASK_STATUSES
     try:
         if kind == "reminder":
@@ -103,7 +106,8 @@ def plan_followup(
         return skipped(str(exc))
     except TemplateRenderError as exc:
         return skipped(f"a template failed to render: {exc}")
-    return Plan(trigger, (FlowRun(flow.id, version, group, ran=True, reason=kind, actions=tuple(actions)),))
+    run_result = FlowRun(flow.id, version, group, ran=True, reason=kind, actions=tuple(actions), notes=tuple(run.notes))
+    return Plan(trigger, (run_result,))
 
 
 def _template(run: RunContext, action: Action) -> Template | None:
@@ -116,6 +120,7 @@ def _reminder(run: RunContext, action: Action, due: datetime | None, event_at: d
         return []
     spec = ACTION_TYPES[action.type]
     recipients = [run.patient_ref()] if spec.audience == PATIENT else staff_recipients(run, action, template)
+    unrouted = () if spec.audience == PATIENT else unrouted_roles(run, action, template)
     form = action.item if spec.form else ""
     return communications(
         run,
@@ -129,6 +134,7 @@ def _reminder(run: RunContext, action: Action, due: datetime | None, event_at: d
         form=form,
         kind_prefix="reminder:",
         subject_prefix="Reminder: ",
+        unrouted=unrouted,
     )
 
 
@@ -167,6 +173,11 @@ def _staff_overdue_message(
     from fhir_smartflow.engine.plan import WriteResource
 
     recipients = owner_staff(run, action)
+    owner = action.owner
+    # An owner role nobody holds: the fallback is told; with nobody at all, the message is not-done.
+    unrouted = (owner.value,) if owner is not None and owner.kind == "role" and not recipients else ()
+    if not recipients and run.settings.role_fallback:
+        recipients = [run.settings.role_fallback]
     ident = run.rid(action, "Communication", f"overdue:{STAFF_MESSAGE}")
     text = f"Task overdue: {action.name} (flow {run.flow.id}), due {format_instant(due) or 'unknown'}."
     resource = fr.build_communication(
@@ -176,12 +187,19 @@ def _staff_overdue_message(
         medium=ONLINE_WRITTEN,
         text=text,
         sender=run.device,
-        status="completed",
+        status="completed" if recipients else "not-done",
         category="alert",
         recipients=recipients,
         subject=run.trigger.patient,
         based_on_task=task_identifier,
-        sent=format_instant(due or event_at),
+        sent=format_instant(due or event_at) if recipients else None,
         topic="Task overdue",
     )
-    return WriteResource("Communication", ident, resource, action.slug)
+    if not recipients:
+        resource["statusReason"] = not_done_status_reason(
+            "recipient-unavailable", "the task's owner resolves to nobody"
+        )
+    if unrouted:
+        where = recipients[0] if recipients else "nobody: no [roles] fallback is configured"
+        run.notes.append(f"{action.name!r}: overdue notice: nobody holds role {unrouted[0]}; it goes to {where}")
+    return WriteResource("Communication", ident, resource, action.slug, unrouted=unrouted)

@@ -159,6 +159,8 @@ class Template:
     prompt: Prompt | None = None
     recipients: Recipients = field(default_factory=Recipients)
     file: str = ""
+    # What reads wrong for a sparse record (engine/merge_fields.py), by part: lint's warnings.
+    sparse_text: Mapping[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
 
     @property
     def enabled(self) -> bool:

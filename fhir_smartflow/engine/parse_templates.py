@@ -8,6 +8,7 @@ from fhir_smartflow.channels import ChannelSpec
 from fhir_smartflow.config import Settings
 from fhir_smartflow.engine import model as m
 from fhir_smartflow.engine.checks import check_refs, checked_id, known_roles
+from fhir_smartflow.engine.merge_fields import sparse_problems, unknown_fields
 from fhir_smartflow.engine.model import Template
 from fhir_smartflow.engine.templating import (
     TemplateRenderError,
@@ -71,6 +72,7 @@ def parse_template(
         recipients = m.Recipients(practitioners, groups, roles)
     if not body and not (prompt and prompt.text):
         check.error("body", "required (the message text), unless the template is only a record prompt")
+    sparse: dict[str, tuple[str, ...]] = {}
     if tid:
         env = make_environment()
         sample = sample_catalog(settings)
@@ -78,13 +80,35 @@ def parse_template(
         for part, text in parts.items():
             if not text:
                 continue
+            field, key = ("prompt.text", "text") if part == "prompt" else (part, part)
+            unknown = unknown_fields(text)
+            for item in unknown:
+                check.error_at(field, item.describe(), _text_line(source, key, item.line))
+            if unknown:
+                continue
             try:
                 compiled = compile_template(env, text)
                 render(compiled, sample)
                 renderers[(tid, part)] = compiled
             except TemplateRenderError as exc:
-                field = "prompt.text" if part == "prompt" else part
-                check.error(field, f"does not render: {exc}", key="text" if part == "prompt" else part)
+                check.error(field, f"does not render: {exc}", key=key)
+                continue
+            problems = sparse_problems(compiled, settings)
+            if problems:
+                sparse[field] = tuple(problems)
     if check.errors or not tid or not name:
         return None, check.errors
-    return Template(tid, name, status, methods, subject, body, note_type, prompt, recipients, source.path), []
+    return Template(
+        tid, name, status, methods, subject, body, note_type, prompt, recipients, source.path, sparse_text=sparse
+    ), []
+
+
+def _text_line(source: SourceFile, key: str, line: int) -> int | None:
+    """The file line of line ``line`` of the text set by ``key`` (a multi-line string may start on the
+    next line: TOML drops a newline right after the opening quotes)."""
+    start = source.line_of(key)
+    if start is None:
+        return None
+    opening = source.text.splitlines()[start - 1].split("=", 1)[-1].strip()
+    first = start + 1 if opening in ('"""', "'''") else start
+    return first + line - 1

@@ -35,6 +35,9 @@ class WriteResource:
     identifier: str  # business identifier value; system comes from config
     resource: dict[str, Any]  # complete FHIR R4 JSON, already carrying the identifier
     action: str = ""  # the flow action it came from
+    # A staff message (or its fallback notice) for roles no active PractitionerRole holds: the executor
+    # logs it at ERROR and counts it (metric unroutable_messages) when it writes it the first time.
+    unrouted: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,9 @@ class FlowRun:
     ran: bool
     reason: str  # why it ran, or why not (disabled, condition false, discharged, ...)
     actions: tuple[PlanAction, ...] = ()
+    # What the run left out and why (a reminder already past, a recurrence that ended, a role nobody
+    # holds): what simulate prints besides the actions.
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,15 @@ def plan_flow(
         return skipped(str(exc))
     except TemplateRenderError as exc:
         return skipped(f"a template failed to render: {exc}")
-    return FlowRun(flow.id, flow.version, group, ran=True, reason=f"trigger {trigger.trigger}", actions=tuple(actions))
+    return FlowRun(
+        flow.id,
+        flow.version,
+        group,
+        ran=True,
+        reason=f"trigger {trigger.trigger}",
+        actions=tuple(actions),
+        notes=tuple(run.notes),
+    )
 
 
 def _completion_runs(engine: Engine, trigger: TriggerEvent, settings: Settings) -> list[FlowRun]:

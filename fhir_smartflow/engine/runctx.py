@@ -1,7 +1,8 @@
 """One flow run's context: the flow, the trigger, identifiers, and the record fetched lazily.
 
-Context resources (Patient, Appointment, Coverage + payer Organization, Practitioner, Questionnaire)
-are read through the ContextSource only when a template of the run uses them, once per run.
+Context resources (Patient, Appointment, Coverage + payer Organization, the appointment's Practitioner /
+PractitionerRole and Location, Questionnaire) are read through the ContextSource only when a template of
+the run uses them, once per run; an appointment's contained participants (``#id``) need no read.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ from typing import Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
-from jinja2 import meta
+from jinja2 import meta, nodes
 
 from fhir_smartflow.config import Settings
 from fhir_smartflow.engine.anchors import (
     AnchorMissing,
     event_time,
+    find_anchor,
     primary_coverage,
-    resolve_anchor,
 )
 from fhir_smartflow.engine.due import clinic_holidays, compute_due
 from fhir_smartflow.engine.identifiers import group_id, instantiates_uri, resource_id
@@ -41,6 +42,13 @@ def _roots(source: str) -> frozenset[str]:
     return frozenset(meta.find_undeclared_variables(make_environment().parse(source)))
 
 
+@functools.lru_cache(maxsize=512)
+def _fields(source: str) -> frozenset[str]:
+    """``root.field`` names a template text reads (``appointment.location``, ...)."""
+    tree = make_environment().parse(source)
+    return frozenset(f"{n.node.name}.{n.attr}" for n in tree.find_all(nodes.Getattr) if isinstance(n.node, nodes.Name))
+
+
 @dataclass
 class RunContext:
     engine: Engine
@@ -51,6 +59,7 @@ class RunContext:
     now: datetime
     occurrence: int = 0
     _cache: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what the run left out and why (FlowRun.notes)
 
     # --- identity ---------------------------------------------------------------------------------
 
@@ -90,14 +99,30 @@ class RunContext:
         """The due instant of ``action``; ``base`` replaces the anchor (recurring occurrences)."""
         if spec is None:
             return None
+        date_only = False
         if base is None:
+            clinic = self.settings.clinic
             try:
-                base = resolve_anchor(spec.anchor, self.trigger, self.context, self.settings.clinic.timezone)
+                anchor = find_anchor(
+                    spec.anchor, self.trigger, self.context, clinic.timezone, clinic.date_only_due_time
+                )
             except AnchorMissing as exc:
                 raise RunProblem(f"action {action.name!r}: due anchor {spec.anchor!r} not found: {exc}") from None
-        return compute_due(
+            base, date_only = anchor.at, anchor.date_only
+        due = compute_due(
             base, spec.amount, spec.unit, spec.direction, self.settings.clinic.timezone, action.weekend, self.holidays()
         )
+        if date_only and spec.unit in ("days", "weeks"):
+            self.mark_date_only(due)
+        return due
+
+    def mark_date_only(self, due: datetime) -> None:
+        """``due``'s time of day is the clinic's default for a date without a time, not the record's:
+        texts show the date alone (follow-ups get this from their payload's ``due_date_only``)."""
+        self._cache.setdefault("date_only_dues", set()).add(due)
+
+    def is_date_only(self, due: datetime | None) -> bool:
+        return due is not None and due in self._cache.get("date_only_dues", ())
 
     def holidays(self) -> Any:
         if "holidays" not in self._cache:
@@ -150,12 +175,39 @@ class RunContext:
             self._cache["payer"] = payer
         return self._cache["payer"]
 
-    def practitioner(self) -> dict[str, Any] | None:
-        for participant in (self.appointment() or {}).get("participant") or []:
-            ref = (participant.get("actor") or {}).get("reference") or ""
-            if ref.startswith("Practitioner/"):
-                return self._read(ref)
+    def _participant(self, types: tuple[str, ...]) -> dict[str, Any] | None:
+        """The appointment's first participant actor of these types that resolves (read, or contained)."""
+        appointment = self.appointment() or {}
+        for participant in appointment.get("participant") or []:
+            ref = str((participant.get("actor") or {}).get("reference") or "")
+            if ref.startswith("#") or ref.split("/", 1)[0] in types:
+                found = self._resolve(appointment, ref)
+                if found is not None and found.get("resourceType") in types:
+                    return found
         return None
+
+    def _resolve(self, holder: dict[str, Any], reference: str) -> dict[str, Any] | None:
+        """``reference`` from ``holder``: a contained resource (``#id``) or a read."""
+        if reference.startswith("#"):
+            return next((c for c in holder.get("contained") or [] if c.get("id") == reference[1:]), None)
+        if "/" not in reference:
+            return None
+        return self._read(reference)
+
+    def practitioner(self) -> dict[str, Any] | None:
+        """The appointment's clinician: its Practitioner, or the Practitioner of its PractitionerRole."""
+        found = self._participant(("Practitioner", "PractitionerRole"))
+        if found is not None and found.get("resourceType") == "PractitionerRole":
+            ref = str((found.get("practitioner") or {}).get("reference") or "")
+            person = self._resolve(found, ref) if ref else None
+            if person is None and ref.startswith("#"):  # a contained role's practitioner is the container's
+                person = self._resolve(self.appointment() or {}, ref)
+            display = (found.get("practitioner") or {}).get("display")
+            return person or ({"name": [{"text": display}]} if display else None)
+        return found
+
+    def location(self) -> dict[str, Any] | None:
+        return self._participant(("Location",))
 
     def questionnaire(self, canonical: str) -> dict[str, Any] | None:
         key = f"questionnaire:{canonical}"
@@ -189,18 +241,25 @@ class RunContext:
             "prompt": template.prompt.text if template.prompt else "",
         }[part]
         used = _roots(source)
+        appointment_fields = used & {"appointment", "clinician"}
+        # The Practitioner and Location are read only for the fields that name them.
+        fields = _fields(source)
+        wants_clinician = "clinician" in used or "appointment.clinician" in fields
+        wants_location = "appointment.location" in fields
         # Outside send-form, "the form" is the one the trigger is about (form.submitted's questionnaire).
         form = form or self.trigger.parameters.get("questionnaire", "")
         catalog = build_catalog(
             self.settings,
             patient=self.patient() if "patient" in used else None,
-            appointment=self.appointment() if used & {"appointment", "clinician"} else None,
+            appointment=self.appointment() if appointment_fields else None,
             payer=self.payer() if "insurance" in used else None,
-            practitioner=self.practitioner() if "clinician" in used else None,
+            practitioner=self.practitioner() if wants_clinician else None,
+            location=self.location() if wants_location else None,
             questionnaire=self.questionnaire(form) if form and "form" in used else None,
             questionnaire_url=form,
             form_link=self.form_link(task_identifier) if task_identifier and "form" in used else "",
             due=due,
+            due_date_only=self.is_date_only(due),
         )
         return render(compiled, catalog)
 

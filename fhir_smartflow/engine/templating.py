@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
+from fhir_smartflow import defaults
 from fhir_smartflow.config import Settings
 from fhir_smartflow.instants import parse_instant
 
@@ -83,7 +84,21 @@ def _display_name(resource: Mapping[str, Any] | None) -> str:
     return " ".join(p for p in parts if p)
 
 
-def patient_fields(patient: Mapping[str, Any] | None) -> dict[str, str]:
+def _is_mrn(identifier: Mapping[str, Any], system: str, type_code: str) -> bool:
+    """The clinic's MRN: its configured ``Identifier.system`` when set, else an identifier typed
+    ``type_code`` (``code`` or ``system|code``, v2-0203 ``MR`` by default)."""
+    if system:
+        return identifier.get("system") == system
+    want_system, _, want_code = type_code.rpartition("|")
+    return any(
+        c.get("code") == want_code and (not want_system or c.get("system") == want_system)
+        for c in (identifier.get("type") or {}).get("coding") or []
+    )
+
+
+def patient_fields(
+    patient: Mapping[str, Any] | None, mrn_system: str = "", mrn_type: str = defaults.MRN_TYPE
+) -> dict[str, str]:
     patient = patient or {}
     name = _official_name(patient)
     first = (name.get("given") or [""])[0]
@@ -92,12 +107,7 @@ def patient_fields(patient: Mapping[str, Any] | None) -> dict[str, str]:
         (n["given"][0] for n in patient.get("name") or [] if n.get("use") == "nickname" and n.get("given")), first
     )
     mrn = next(
-        (
-            i.get("value", "")
-            for i in patient.get("identifier") or []
-            if any(c.get("code") == "MR" for c in (i.get("type") or {}).get("coding") or [])
-        ),
-        "",
+        (str(i.get("value", "")) for i in patient.get("identifier") or [] if _is_mrn(i, mrn_system, mrn_type)), ""
     )
     telecoms = [t for t in patient.get("telecom") or [] if t.get("system") == "phone" and t.get("value")]
     mobile = next((t for t in telecoms if t.get("use") == "mobile"), telecoms[0] if telecoms else {})
@@ -112,19 +122,32 @@ def patient_fields(patient: Mapping[str, Any] | None) -> dict[str, str]:
     }
 
 
-def appointment_fields(appointment: Mapping[str, Any] | None, zone: ZoneInfo) -> dict[str, str]:
+def _participant_display(appointment: Mapping[str, Any], prefixes: tuple[str, ...]) -> str:
+    for participant in appointment.get("participant") or []:
+        actor = participant.get("actor") or {}
+        if str(actor.get("reference") or "").startswith(prefixes) and actor.get("display"):
+            return str(actor["display"])
+    return ""
+
+
+def appointment_fields(
+    appointment: Mapping[str, Any] | None,
+    zone: ZoneInfo,
+    *,
+    practitioner: Mapping[str, Any] | None = None,
+    location: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
+    """The appointment's fields; clinician and location come from the referenced Practitioner and Location
+    (read or contained) and fall back to the participant's ``display``."""
     appointment = appointment or {}
     fields = {"start": "", "date": "", "time": "", "location": "", "clinician": ""}
     start = parse_instant(appointment.get("start"))
     if start:
         fields["start"], fields["date"], fields["time"] = _human_datetime(start, zone)
-    for participant in appointment.get("participant") or []:
-        actor = participant.get("actor") or {}
-        ref = actor.get("reference") or ""
-        if ref.startswith("Location/") and not fields["location"]:
-            fields["location"] = actor.get("display", "")
-        if ref.startswith(("Practitioner/", "PractitionerRole/")) and not fields["clinician"]:
-            fields["clinician"] = actor.get("display", "")
+    fields["location"] = str((location or {}).get("name") or "") or _participant_display(appointment, ("Location/",))
+    fields["clinician"] = _display_name(practitioner) or _participant_display(
+        appointment, ("Practitioner/", "PractitionerRole/", "#")
+    )
     return fields
 
 
@@ -135,25 +158,29 @@ def build_catalog(
     appointment: Mapping[str, Any] | None = None,
     payer: Mapping[str, Any] | None = None,
     practitioner: Mapping[str, Any] | None = None,
+    location: Mapping[str, Any] | None = None,
     questionnaire: Mapping[str, Any] | None = None,
     questionnaire_url: str = "",
     form_link: str = "",
     due: datetime | None = None,
+    due_date_only: bool = False,
 ) -> Catalog:
-    """The merge-field values for one message (every key always present)."""
+    """The merge-field values for one message (every key always present). ``due_date_only``: the due's
+    time of day is the clinic's default for a date without a time, so texts show the date alone."""
     zone = ZoneInfo(settings.clinic.timezone)
-    appointment_values = appointment_fields(appointment, zone)
-    clinician = _display_name(practitioner) or appointment_values["clinician"]
+    clinic = settings.clinic
+    appointment_values = appointment_fields(appointment, zone, practitioner=practitioner, location=location)
+    clinician = appointment_values["clinician"]
     form_title = (questionnaire or {}).get("title") or (questionnaire or {}).get("name") or ""
     if not form_title and questionnaire_url:
         form_title = questionnaire_url.rstrip("/").rsplit("/", 1)[-1].replace("-", " ")
     return {
-        "patient": patient_fields(patient),
+        "patient": patient_fields(patient, clinic.mrn_system, clinic.mrn_type),
         "appointment": appointment_values,
         "insurance": {"name": (payer or {}).get("name", "")},
         "form": {"title": form_title, "link": form_link},
         "clinic": {"name": settings.clinic.name, "phone": settings.clinic.phone},
-        "task": {"due": _human_datetime(due, zone)[0] if due else ""},
+        "task": {"due": _human_datetime(due, zone)[1 if due_date_only else 0] if due else ""},
         "clinician": {"name": clinician},
     }
 

@@ -101,6 +101,10 @@ class Checker:
             line = self.source.line_of(key or field.split(".")[-1].split("[")[0], table, index)
         self.errors.append(LoadError(self.source.path, field, reason, line))
 
+    def error_at(self, field: str, reason: str, line: int | None) -> None:
+        """Record a problem at a known line (inside a multi-line text)."""
+        self.errors.append(LoadError(self.source.path, field, reason, line))
+
     def unknown_keys(
         self,
         data: dict[str, Any],

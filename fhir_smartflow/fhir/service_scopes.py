@@ -45,6 +45,7 @@ CONTEXT_READS = (
     Use("Coverage", "rs", "the primary coverage (insurance merge fields, coverage anchor)"),
     Use("Organization", "rs", "the payer of the primary coverage"),
     Use("Practitioner", "rs", "the appointment's clinician"),
+    Use("Location", "rs", "the appointment's location (merge fields)"),
     Use("PractitionerRole", "rs", "the staff holding a role (owners and recipients)"),
     Use("Questionnaire", "rs", "the form's title"),
     Use("QuestionnaireResponse", "rs", "submitted forms"),

@@ -19,7 +19,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from fhir_smartflow.config import Settings
-from fhir_smartflow.sandbox import smart
+from fhir_smartflow.sandbox import cds_client, smart
 from fhir_smartflow.sandbox.bundles import BundleProcessor
 from fhir_smartflow.sandbox.capability import capability_statement
 from fhir_smartflow.sandbox.errors import BadRequest, SandboxError, UnsupportedMediaType, error_outcome, outcome
@@ -114,7 +114,7 @@ def create_sandbox_app(
     enable_faults = settings.sandbox.faults if faults is None else faults
     state = SandboxState(store, notifier, FaultInjector() if enable_faults else None, fixed_base, chosen, auth)
     ops = Interactions(store, WriteRules(store, chosen, lambda: state.base_url or notifier.base_url))
-    topic_operations = TopicOperations(store)
+    topic_operations = TopicOperations(store, chosen)
     bundles = BundleProcessor(ops)
 
     app = Flask("fhir_smartflow.sandbox")
@@ -163,6 +163,7 @@ def create_sandbox_app(
 
     if auth is not None:
         smart.install(app, auth)
+    cds_client.install(app, cds_client.CdsClient(settings, ops), base)  # the sandbox as a CDS Hooks client
 
     # ---- fault control ---------------------------------------------------------------------------
 
@@ -180,7 +181,16 @@ def create_sandbox_app(
 
     @app.get("/metadata")
     def metadata() -> Response:
-        return _fhir(capability_statement(base(), _software_version(), datetime.now(UTC).isoformat()))
+        token_url = smart.token_url() if state.auth else None
+        statement = capability_statement(
+            base(),
+            _software_version(),
+            datetime.now(UTC).isoformat(),
+            profile=chosen.name,
+            topics=chosen.topic_subscriptions,
+            token_url=token_url,
+        )
+        return _fhir(statement)
 
     @app.post("/")
     def transaction() -> Response:

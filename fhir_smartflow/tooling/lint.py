@@ -10,6 +10,8 @@ error. Checks:
   with the same (or an absent, so overlapping) condition sending the same template or form;
 - ``reminder-not-before-due`` (warning): the reminder falls at or before the event it is anchored on;
 - ``unbounded-recurrence`` (warning): recurring without ``count`` / ``until`` and the flow has no ``not_after``;
+- ``sparse-text`` (warning): rendered for a sparse record (no identifier, no phone, no display names), the
+  template prints an empty merge field or leaves punctuation dangling ("(MRN )", "with  at .");
 - ``unused-template`` (info): no flow uses the template (harmless, so it does not fail the lint); only for
   templates given as paths (the shipped templates include some no shipped flow uses).
 """
@@ -27,7 +29,7 @@ from typing import Any
 from fhir_smartflow.config import Settings
 from fhir_smartflow.engine.duplicates import overlapping_flows
 from fhir_smartflow.engine.loader import parse_sources
-from fhir_smartflow.engine.model import Flow
+from fhir_smartflow.engine.model import Flow, Template
 from fhir_smartflow.engine.tomlfiles import LoadError, SourceFile, kind_of
 from fhir_smartflow.engine.validation import model_class
 from fhir_smartflow.flowfiles import discover, read_toml, registry_channels
@@ -320,6 +322,24 @@ def _template_findings(templates: list[SourceFile], flows: list[tuple[SourceFile
     ]
 
 
+def _sparse_findings(templates: Iterable[Template], sources: list[SourceFile]) -> list[Finding]:
+    """A text that reads wrong for a sparse record: a warning, not a load error — it is right for every
+    record that has the value, and an upgrade must not stop a running service over wording."""
+    by_path = {s.path: s for s in sources}
+    findings = []
+    for template in templates:
+        source = by_path.get(template.file)
+        for field, problems in template.sparse_text.items():
+            line = source.line_of("text" if field == "prompt.text" else field) if source else None
+            for problem in problems:
+                findings.append(
+                    Finding(
+                        "warning", "sparse-text", template.file, line, f"template {template.id!r} {field}: {problem}"
+                    )
+                )
+    return findings
+
+
 def lint(paths: Sequence[str], settings: Settings) -> list[Finding]:
     """Every finding for the files under ``paths`` (or the configured engine paths), sorted by file and line."""
     sources = read_sources(paths, settings)
@@ -360,6 +380,7 @@ def lint(paths: Sequence[str], settings: Settings) -> list[Finding]:
     errors = [*sources.errors, *channel_errors]
     parsed = parse_sources(sources.mappings, sources.flows, sources.templates, settings, errors, channels=channels)
     findings += _overlap_findings(parsed.flows.values(), sources.flows)
+    findings += _sparse_findings(parsed.templates.values(), sources.templates)
     if sources.templates_from_paths:
         findings += _template_findings(sources.templates, flows)
     # validate's errors too. Where lint already reports the same line, its wording stays, as an error.

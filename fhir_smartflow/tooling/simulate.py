@@ -3,7 +3,9 @@
 Context (Patient, Coverage, Practitioner, ...) comes from files (resources or Bundles) held in a
 ``MemoryContext``. The report lists the triggers matched, each flow's result and reason, and every
 action of the plan: resources that would be written (with their R4B validation result), messages with
-their rendered text, follow-ups with their instants.
+their rendered text, follow-ups with their instants; the event time the `event` anchor uses and where it
+comes from (the resource's meta.lastUpdated, not ``--at``), and what each run left out and why (a reminder
+already past, a role nobody holds).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fhir_smartflow.config import Settings
+from fhir_smartflow.engine.anchors import AnchorMissing, event_source
 from fhir_smartflow.engine.model import Engine
 from fhir_smartflow.engine.plan import CancelGroup, Deliver, PatchTask, Plan, PlanAction, Schedule, WriteResource
 from fhir_smartflow.engine.planner import plan as make_plan
@@ -70,6 +73,16 @@ def _scalars(value: Any) -> Iterable[str]:
         yield str(value).lower() if isinstance(value, bool) else str(value)
 
 
+def _has_token(concepts: Any, wanted: list[str]) -> bool:
+    """A CodeableConcept (or a list of them) has one of the ``system|code`` (or bare code) tokens."""
+    codings = [c for concept in concepts or [] for c in (concept or {}).get("coding") or []]
+    for token in wanted:
+        system, _, code = token.rpartition("|")
+        if any(c.get("code") == code and (not system or c.get("system") == system) for c in codings):
+            return True
+    return False
+
+
 class MemoryContext:
     """A ContextSource over resources given up front (files, Bundles). Search matching is lenient: a
     parameter matches when its value (or one of its comma-separated values) is a reference the resource
@@ -99,6 +112,8 @@ class MemoryContext:
         if name.startswith("_"):
             return True
         wanted = value.split(",")
+        if name == "role" and resource.get("resourceType") == "PractitionerRole":
+            return _has_token(resource.get("code"), wanted)  # the `role` search parameter is PractitionerRole.code
         if name == "identifier":
             pairs = {f"{i.get('system', '')}|{i.get('value', '')}" for i in resource.get("identifier") or []}
             values = {i.get("value") for i in resource.get("identifier") or []}
@@ -177,10 +192,17 @@ def describe_action(action: PlanAction) -> dict[str, Any]:
 
 def _describe_plan(engine: Engine, plan: Plan) -> dict[str, Any]:
     trigger = plan.trigger
+    try:
+        event_at, event_from = event_source(trigger)
+    except AnchorMissing as exc:
+        event_at, event_from = None, str(exc)
     return {
         "trigger": trigger.trigger,
         "id": trigger.id,
         "patient": trigger.patient,
+        # The `event` anchor (and every resource's time) is this, not --at: --at is only "now".
+        "event_time": format_instant(event_at, "auto"),
+        "event_time_source": event_from,
         "parameters": dict(trigger.parameters),
         "once_per": trigger.once_key,
         "flows": [
@@ -191,6 +213,7 @@ def _describe_plan(engine: Engine, plan: Plan) -> dict[str, Any]:
                 "reason": run.reason,
                 "group": run.group,
                 "actions": [describe_action(a) for a in run.actions],
+                "notes": list(run.notes),
             }
             for run in plan.runs
         ],
@@ -236,6 +259,10 @@ def format_report(report: dict[str, Any]) -> str:
     for trig in report["triggers"]:
         out.append("")
         out.append(f"Trigger {trig['trigger']}  (patient {trig['patient'] or '-'}; id {trig['id']})")
+        out.append(
+            f"  event time {trig['event_time'] or '-'}, from {trig['event_time_source']} "
+            "(due dates anchored on the event count from it; --at is only 'now')"
+        )
         if trig["once_per"]:
             out.append("  fires once per patient: only the first time for this patient")
         if not trig["flows"]:
@@ -245,6 +272,7 @@ def format_report(report: dict[str, Any]) -> str:
             out.append(f"  Flow {flow['id']} v{flow['version']}: {state} — {flow['reason']}")
             for action in flow["actions"]:
                 out += ["    " + line for line in _format_action(action)]
+            out += [f"    - left out: {note}" for note in flow.get("notes") or []]
     return "\n".join(out) + "\n"
 
 

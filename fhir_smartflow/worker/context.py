@@ -31,8 +31,9 @@ DEFAULT_RECENT = 20  # empty notifications with no watermark yet: look at the mo
 
 
 # Definitional / directory resources that change rarely: shared by every event of a process for a short
-# while (a Questionnaire's title, a Practitioner's name), so each event does not pay a request for them.
-STATIC_TYPES = frozenset({"Questionnaire", "Practitioner", "PractitionerRole", "Organization"})
+# while (a Questionnaire's title, a Practitioner's name, a Location's name: the appointment's merge fields),
+# so each event does not pay a request for them.
+STATIC_TYPES = frozenset({"Questionnaire", "Practitioner", "PractitionerRole", "Organization", "Location"})
 STATIC_TTL_SECONDS = 60.0
 
 

@@ -155,7 +155,25 @@ class PlanExecutor:
                     continue
                 self._guarded(plan, run, actions[i], result, written, failed)
                 i += 1
+            self._report_unrouted(run, result)
         return result
+
+    def _report_unrouted(self, run: FlowRun, result: ExecutionResult) -> None:
+        """A staff message for a role nobody holds is never silent: ERROR (identifiers and role names only,
+        no PHI) and a count, once — when it is first written (a rerun finds it and says nothing)."""
+        created = {w.identifier for w in result.written if w.created is not False}
+        for action in run.actions:
+            if isinstance(action, WriteResource) and action.unrouted and action.identifier in created:
+                roles = ", ".join(action.unrouted)
+                fallback = self.settings.role_fallback or "no [roles] fallback configured"
+                log.error(
+                    "execute: %s: nobody holds role %s (no active PractitionerRole); routed to %s",
+                    action.identifier,
+                    roles,
+                    fallback,
+                )
+                for role in action.unrouted:
+                    self._inc("unroutable_messages", flow=run.flow_id, role=role)
 
     def _guarded(
         self,

@@ -19,6 +19,7 @@ from fhir_smartflow.tooling.doctor.checks_servers import (
     SubscriptionsActive,
     WebhookAuth,
 )
+from fhir_smartflow.tooling.doctor.checks_roles import RoleMembers
 from fhir_smartflow.tooling.doctor.model import Check, DoctorContext, Finding
 
 
@@ -68,6 +69,7 @@ CHECKS: dict[str, type[Check]] = {
     OpenEmrWriteToken.name: OpenEmrWriteToken,
     OpenEmrCategory.name: OpenEmrCategory,
     FlowResourceTypes.name: FlowResourceTypes,
+    RoleMembers.name: RoleMembers,
 }
 
 
