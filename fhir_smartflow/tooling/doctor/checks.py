@@ -11,6 +11,7 @@ from fhir_smartflow.tooling.doctor.checks_openemr import (
     OpenEmrReadToken,
     OpenEmrWriteToken,
 )
+from fhir_smartflow.tooling.doctor.checks_roles import RoleMembers
 from fhir_smartflow.tooling.doctor.checks_servers import (
     AuthScopes,
     BaseUrlMatches,
@@ -19,7 +20,6 @@ from fhir_smartflow.tooling.doctor.checks_servers import (
     SubscriptionsActive,
     WebhookAuth,
 )
-from fhir_smartflow.tooling.doctor.checks_roles import RoleMembers
 from fhir_smartflow.tooling.doctor.model import Check, DoctorContext, Finding
 
 
