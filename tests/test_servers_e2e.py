@@ -153,3 +153,19 @@ def test_doctor_names_the_write_scope_the_token_lacks(processes, redis_url: str,
     (finding,) = json.loads(done.stdout)
     assert done.returncode == 1 and finding["status"] == "fail", finding
     assert "Task" in finding["detail"], finding
+
+
+def test_embedded_serve_on_a_strict_profile_writes_with_its_device(processes) -> None:
+    port = free_port()
+    env = {"SMARTFLOW_SANDBOX_PROFILE": "medplum"}
+    proc = processes(smartflow_cmd("serve", "--embedded", "--port", str(port)), env, "embedded-medplum")
+    base = f"http://127.0.0.1:{port}/sandbox/fhir"
+    proc.wait_http(f"http://127.0.0.1:{port}/healthz")
+    patient = {"resourceType": "Patient", "birthDate": "1970-05-06",
+               "telecom": [{"system": "phone", "value": "+15555550100", "use": "mobile"}]}  # fmt: skip
+    created = requests.post(f"{base}/Patient", json=patient, headers=FHIR, timeout=10)
+    assert created.status_code == 201, created.text
+    ref = f"Patient/{created.json()['id']}"
+    tasks = wait_for(lambda: search_all(base, "Task", {"patient": ref}), "the intake Tasks", log=proc.output)
+    (device,) = search_all(base, "Device")  # references are checked on write: the Device exists
+    assert {t["requester"]["reference"] for t in tasks} == {f"Device/{device['id']}"}
