@@ -18,6 +18,7 @@ from fhir_smartflow.commands.console import mount_console
 from fhir_smartflow.commands.context import CliContext, pass_ctx
 from fhir_smartflow.config import ConfigError, Settings
 from fhir_smartflow.connections import WEBHOOK, connect, embedded_redis
+from fhir_smartflow.fhir.server_info import warn_on_base_url
 from fhir_smartflow.liveness import POLLER, SCHEDULER, Heartbeat
 from fhir_smartflow.worker.embedded import WORKER_LOG_LEVEL, replay_failed, run_embedded_worker, worker_connection
 from fhir_smartflow.worker.runtime import (
@@ -126,6 +127,7 @@ def serve(
         _start_scheduler(rt, stop)
     else:
         conn = connect(settings, WEBHOOK)
+        warn_on_base_url(settings)  # links the server writes outside base_url are refused: say what to set
     mounts: dict[str, object] = {}
     sandbox_state = None
     if embedded and settings.sandbox_fhir:  # only a try-out serves the sandbox store (and subscribes to it)
@@ -155,6 +157,7 @@ def serve(
 def _service_runtime(settings: Settings, conn: redis.Redis) -> Runtime:
     """The full runtime, or exit 2 with the flow files' `file: field: reason` errors."""
     from fhir_smartflow.engine.loader import EngineLoadError
+    from fhir_smartflow.fhir.errors import FhirError
 
     try:
         return build_service_runtime(settings, conn)
@@ -163,6 +166,9 @@ def _service_runtime(settings: Settings, conn: redis.Redis) -> Runtime:
             click.echo(str(error), err=True)
         click.echo("flows, mappings or templates are invalid (see above); nothing started", err=True)
         sys.exit(2)
+    except FhirError as exc:  # the service's Device could not be found or created
+        click.echo(f"error: the FHIR server refused the service's Device: {exc}; nothing started", err=True)
+        sys.exit(1)
 
 
 def _reload_on_sighup(rt: Runtime) -> None:
@@ -240,6 +246,7 @@ def worker(cli: CliContext, burst: bool, with_scheduler: bool, worker_class: str
     conn = worker_connection(settings)
     wait_for_redis(conn)  # a worker (re)started while Redis restarts waits for it instead of exiting
     seen = _saved_generation(settings, conn)
+    warn_on_base_url(settings)
     rt = _service_runtime(settings, conn)
     install(rt)
     _reload_on_sighup(rt)

@@ -212,6 +212,7 @@ def start_stack(
         sections: dict[str, dict[str, Any]] | None = None,
         flows: tuple[str, ...] = ("flows/examples",),
         faults: bool = False,
+        profile: str = "lenient",
     ) -> Stack:
         clock = RedisClock(redis_conn, Keys(PREFIX))
         clock.set(datetime.now(UTC).replace(microsecond=0))
@@ -227,8 +228,11 @@ def start_stack(
         service = start_service(
             processes, tmp_path, redis_url=redis_url, prefix=PREFIX, secret=("LC_SECRET", SECRET),
             sections=merged(lifecycle, sections or {}), workers=workers, env={"LC_SMS_TOKEN": TOKEN}, faults=faults,
+            profile=profile,  # hapi: client ids, references and their target types checked, the server activates
         )  # fmt: skip
         stack = Stack(service, redis_conn, clock, run_cli)
+        # The example flows' staff owner: a strict server refuses a Task naming a CareTeam it does not have.
+        stack.put({"resourceType": "CareTeam", "id": "front-desk", "status": "active", "name": "Front desk"})
         stacks.append(stack)
         return stack
 

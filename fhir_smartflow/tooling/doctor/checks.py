@@ -14,6 +14,14 @@ from fhir_smartflow.tooling.doctor.checks_openemr import (
     OpenEmrWriteToken,
 )
 from fhir_smartflow.tooling.doctor.checks_roles import RoleMembers
+from fhir_smartflow.tooling.doctor.checks_servers import (
+    AuthScopes,
+    BaseUrlMatches,
+    ServiceDevice,
+    SubscriptionActivity,
+    SubscriptionsActive,
+    WebhookAuth,
+)
 from fhir_smartflow.tooling.doctor.model import Check, DoctorContext, Finding
 
 
@@ -53,6 +61,12 @@ class FhirReachable(Check):
 CHECKS: dict[str, type[Check]] = {
     RedisReachable.name: RedisReachable,
     FhirReachable.name: FhirReachable,
+    BaseUrlMatches.name: BaseUrlMatches,
+    AuthScopes.name: AuthScopes,
+    ServiceDevice.name: ServiceDevice,
+    SubscriptionsActive.name: SubscriptionsActive,
+    SubscriptionActivity.name: SubscriptionActivity,
+    WebhookAuth.name: WebhookAuth,
     OpenEmrReadToken.name: OpenEmrReadToken,
     OpenEmrWriteToken.name: OpenEmrWriteToken,
     OpenEmrCategory.name: OpenEmrCategory,
