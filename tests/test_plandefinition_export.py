@@ -112,13 +112,18 @@ def test_a_weekly_series_of_twelve_is_a_timing() -> None:
     assert "timingTiming" not in out and "cron `0 9 * * 1`" in out["textEquivalent"]
 
 
-def test_a_group_owner_is_not_a_practitioner() -> None:
+def test_a_care_team_or_group_owner_is_not_a_practitioner() -> None:
     call = action("previsit-questionnaire", "call-about-pre-visit-form")
     [participant] = call["participant"]
-    assert "type" not in participant  # R4 ActionParticipantType has no group
-    assert participant["_type"]["extension"] == [{"url": R5_PARTICIPANT_TYPE, "valueCode": "group"}]
-    assert participant["extension"][0]["valueReference"] == {"reference": "Group/front-desk"}
+    assert "type" not in participant  # R4 ActionParticipantType has no careteam
+    assert participant["_type"]["extension"] == [{"url": R5_PARTICIPANT_TYPE, "valueCode": "careteam"}]
+    assert participant["extension"][0]["valueReference"] == {"reference": "CareTeam/front-desk"}
     flow = ENGINE.flows["previsit-questionnaire"]
+    by_group = dataclasses.replace(flow.actions[1], owner=Owner("group", "Group/front-desk"))
+    out = plan_definition(dataclasses.replace(flow, actions=(by_group,)), SETTINGS, ENGINE.mappings)
+    [participant] = out["action"][0]["participant"]
+    assert "type" not in participant
+    assert participant["_type"]["extension"] == [{"url": R5_PARTICIPANT_TYPE, "valueCode": "group"}]
     by_person = dataclasses.replace(flow.actions[1], owner=Owner("practitioner", "Practitioner/dr-lee"))
     out = plan_definition(dataclasses.replace(flow, actions=(by_person,)), SETTINGS, ENGINE.mappings)
     PlanDefinition.model_validate(out)

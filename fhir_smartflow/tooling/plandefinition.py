@@ -15,9 +15,9 @@ Mapping:
   its ``repeat.duration``); a cron recurrence has no Timing form and is only in ``textEquivalent``.
 - reminder → a child action with ``relatedAction`` before-end of its parent (the parent ends at its due).
 - owner → ``participant``: patient; a role as a practitioner with the role's configured code; a
-  practitioner; a Group (R4 ActionParticipantType has no code for it) with the R5 type ``group`` and the
-  reference in cross-version extensions. A send-form is filled in by the patient: it always has the
-  patient participant. ``definitionCanonical`` = the Questionnaire.
+  practitioner; a CareTeam or Group (R4 ActionParticipantType has no code for them) with the R5 type
+  (``careteam``, ``group``) and the reference in cross-version extensions. A send-form is filled in by
+  the patient: it always has the patient participant. ``definitionCanonical`` = the Questionnaire.
 """
 
 from __future__ import annotations
@@ -105,16 +105,27 @@ def _participant(owner: Owner | None, settings: Settings) -> list[dict[str, Any]
             role["coding"] = [{"system": system, "code": code}]
         return [{"type": "practitioner", "role": role}]
     reference = {"url": R5_PARTICIPANT_REFERENCE, "valueReference": {"reference": owner.value}}
-    if owner.kind == "group":
-        # R4 ActionParticipantType has no group: the R5 code, on the primitive, with no R4 value.
-        return [
-            {
-                "extension": [reference],
-                "_type": {"extension": [{"url": R5_PARTICIPANT_TYPE, "valueCode": "group"}]},
-                "role": {"text": owner.value},
-            }
-        ]
-    return [{"extension": [reference], "type": "practitioner", "role": {"text": owner.value}}]
+    target = owner.value.partition("/")[0]
+    if target in _R4_PARTICIPANT_TYPES:
+        return [{"extension": [reference], "type": _R4_PARTICIPANT_TYPES[target], "role": {"text": owner.value}}]
+    # R4 ActionParticipantType has no code for it (a Group, a CareTeam, ...): R5's code, on the primitive.
+    return [
+        {
+            "extension": [reference],
+            "_type": {"extension": [{"url": R5_PARTICIPANT_TYPE, "valueCode": target.lower()}]},
+            "role": {"text": owner.value},
+        }
+    ]
+
+
+# R4 ActionParticipantType by the reference's resource type; R5 adds careteam, group, organization, ...
+_R4_PARTICIPANT_TYPES = {
+    "Patient": "patient",
+    "Practitioner": "practitioner",
+    "PractitionerRole": "practitioner",
+    "RelatedPerson": "related-person",
+    "Device": "device",
+}
 
 
 def _triggers(flow: Flow, rules: Sequence[MappingRule]) -> tuple[list[dict[str, Any]], bool]:

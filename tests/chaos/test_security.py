@@ -21,7 +21,10 @@ NOT_FOUND = {"resourceType": "OperationOutcome", "issue": [{"severity": "error",
 @pytest.fixture
 def recorders(serve_app) -> tuple[Receiver, Receiver]:
     """Two listeners that record every request and answer 404 with an OperationOutcome."""
-    inside, outside = Receiver(status=404, body=NOT_FOUND), Receiver(status=404, body=NOT_FOUND)
+    # The worker creates the service's Device at start: the inside server takes that one write.
+    device = {"resourceType": "Device", "id": "dev-1", "status": "active"}
+    inside = Receiver(status=404, body=NOT_FOUND, routes={("POST", "/fhir/Device"): (201, device)})
+    outside = Receiver(status=404, body=NOT_FOUND)
     return inside.listen(serve_app), outside.listen(serve_app)
 
 

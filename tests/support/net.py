@@ -74,15 +74,19 @@ class Received:
 
 class Receiver:
     """A WSGI app that records every request; ``listen`` serves it. It answers the scripted ``statuses``
-    in order, then ``status`` with ``body`` (JSON); every answer carries ``X-Request-Id: req-<n>``."""
+    in order, then ``status`` with ``body`` (JSON), except the requests ``routes`` answers; every answer
+    carries ``X-Request-Id: req-<n>``."""
 
-    def __init__(self, *, status: int = 200, body: Any = None) -> None:
+    def __init__(
+        self, *, status: int = 200, body: Any = None, routes: dict[tuple[str, str], tuple[int, Any]] | None = None
+    ) -> None:
         self.requests: list[Received] = []
         self.statuses: list[tuple[int, dict[str, str]]] = []
         self.url = ""
         self.port = 0
         self._lock = threading.Lock()
         answer = json.dumps({} if body is None else body)
+        routes_ = routes or {}  # (method, path) → (status, body): fixed answers for those requests
         app = Flask("receiver")
 
         @app.route("/", defaults={"path": ""}, methods=["GET", "POST", "PUT", "DELETE"])
@@ -93,6 +97,9 @@ class Receiver:
                 self.requests.append(Received(request.method, full_path, dict(request.headers), request.get_data()))
                 code, headers = self.statuses.pop(0) if self.statuses else (status, {})
                 headers = {**headers, "X-Request-Id": f"req-{len(self.requests)}"}
+            if (request.method, request.path) in routes_:
+                code, routed = routes_[(request.method, request.path)]
+                return Response(json.dumps(routed), status=code, headers=headers, mimetype="application/json")
             return Response(answer, status=code, headers=headers, mimetype="application/json")
 
         self.app = app
