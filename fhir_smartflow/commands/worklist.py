@@ -1,0 +1,45 @@
+"""Mounting the staff worklist (a SMART on FHIR app) in `serve`, beside the webhook and the console."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+import requests
+
+from fhir_smartflow.config import Settings, secret
+from fhir_smartflow.worker.runtime import utc_now
+from fhir_smartflow.worklist import WorklistDeps, create_worklist_app
+from fhir_smartflow.worklist.sessions import SessionStore
+from fhir_smartflow.worklist.smart_client import Client
+
+log = logging.getLogger(__name__)
+
+
+def mount_worklist(
+    settings: Settings, conn: redis.Redis, mounts: dict[str, Any], *, embedded: bool, sandbox_base: str | None
+) -> None:
+    """Add the worklist to ``mounts`` at ``[worklist] path`` when a client id is configured."""
+    config = settings.worklist
+    if not config.enabled or not config.client_id:
+        return
+    base = config.fhir_base_url or settings.fhir.base_url or sandbox_base or ""
+    if not base:
+        log.warning("worklist not mounted: no FHIR base ([worklist] fhir_base_url or [fhir] base_url)")
+        return
+    client_secret = secret(config.client_secret_env) if config.client_secret_env else None
+    if config.client_secret_env and not client_secret:
+        log.warning("worklist not mounted: $%s (the client secret) is not set", config.client_secret_env)
+        return
+    deps = WorklistDeps(
+        config=config,
+        client=Client(base.rstrip("/"), config.client_id, client_secret, requests.Session()),
+        sessions=SessionStore(conn, settings.redis.key_prefix, config.session_minutes * 60),
+        clock=utc_now,
+        secure_cookie=config.public_url.startswith("https://"),
+    )
+    if not embedded and not deps.secure_cookie:
+        log.warning("worklist: [worklist] public_url is not https; the session cookie is Secure only over HTTPS")
+    mounts[config.path] = create_worklist_app(deps)
+    log.info("worklist at %s (FHIR server %s)", config.path, base)
