@@ -18,6 +18,7 @@ from fhir_smartflow.worklist.sessions import COOKIE
 from tests.support.lifecycle import PREFIX
 from tests.support.worklist import (
     PASSWORDS,
+    ROLE_CODE,
     ROLE_SYSTEM,
     WorklistStack,
     ehr_launch,
@@ -53,7 +54,7 @@ def wl(processes, run_cli, redis_url, redis_conn, tmp_path) -> WorklistStack:
         put(ehr, {"resourceType": "Patient", "id": pid, "active": True, "name": [{"given": [given], "family": "Lo"}]})
     put(ehr, task("t-owner", "p1", now - timedelta(days=1), owner={"reference": "Practitioner/alice"}))
     put(ehr, task("t-role", "p1", now + timedelta(days=2), owner={"reference": "PractitionerRole/alice-cm"}))
-    cm = [{"coding": [{"system": ROLE_SYSTEM, "code": "case-manager"}]}]
+    cm = [{"coding": [{"system": ROLE_SYSTEM, "code": ROLE_CODE}]}]
     put(ehr, task("t-type", "p2", now + timedelta(days=1), performerType=cm))
     put(ehr, task("t-bob", "p1", now, owner={"reference": "Practitioner/bob"}))
     put(ehr, {**task("t-done", "p1", now, owner={"reference": "Practitioner/alice"}), "status": "completed"})

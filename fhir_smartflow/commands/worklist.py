@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import redis
 import requests
@@ -37,6 +38,7 @@ def mount_worklist(
         client=Client(base.rstrip("/"), config.client_id, client_secret, requests.Session()),
         sessions=SessionStore(conn, settings.redis.key_prefix, config.session_minutes * 60),
         clock=utc_now,
+        timezone=ZoneInfo(settings.clinic.timezone),
         secure_cookie=config.public_url.startswith("https://"),
     )
     if not embedded and not deps.secure_cookie:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from datetime import datetime
 from typing import Any
 
 from flask import Flask, Response, abort, g, redirect, render_template, request, url_for
@@ -38,6 +39,10 @@ MAX_REASON = 500
 def create_worklist_app(deps: WorklistDeps) -> Flask:
     app = Flask("fhir_smartflow.worklist")
     app.extensions["worklist"] = deps
+
+    @app.template_filter("local")
+    def local_time(value: datetime) -> str:
+        return value.astimezone(deps.timezone).strftime("%Y-%m-%d %H:%M %Z")
 
     def cookie(response: Response, sid: str) -> Response:
         response.set_cookie(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from fhir_smartflow.config import WorklistConfig
 from fhir_smartflow.worklist.sessions import SessionStore
@@ -17,4 +18,5 @@ class WorklistDeps:
     client: Client
     sessions: SessionStore
     clock: Callable[[], datetime]
+    timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))  # due dates shown in the clinic's time
     secure_cookie: bool = True  # also Secure whenever the request came over HTTPS

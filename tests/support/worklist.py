@@ -34,7 +34,8 @@ FHIR = {"Content-Type": "application/fhir+json"}
 CLIENT_ID = "worklist"
 CLIENT_SECRET = "worklist-client-secret-for-tests"
 PASSWORDS = {"alice": "alice-password-1", "bob": "bob-password-22"}
-ROLE_SYSTEM = "http://terminology.hl7.org/CodeSystem/practitioner-role"
+# The case-manager role of the shipped [roles] (the flows' performerType for `owner = { role = "case-manager" }`).
+ROLE_SYSTEM, ROLE_CODE = "http://snomed.info/sct", "768832004"
 ENV = {
     "WL_CLIENT_SECRET": CLIENT_SECRET,
     "WL_ALICE_PASSWORD": PASSWORDS["alice"],
@@ -94,7 +95,7 @@ def seed_staff(base: str) -> None:
             "id": "alice-cm",
             "active": True,
             "practitioner": {"reference": "Practitioner/alice"},
-            "code": [{"coding": [{"system": ROLE_SYSTEM, "code": "case-manager"}]}],
+            "code": [{"coding": [{"system": ROLE_SYSTEM, "code": ROLE_CODE}]}],
         },
     )
 
