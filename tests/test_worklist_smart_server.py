@@ -141,3 +141,27 @@ def test_user_token_scopes_are_enforced_on_the_fhir_api(ehr: str) -> None:
     )
     assert refused.status_code == 403
     assert requests.get(f"{ehr}/Task/t1", timeout=10).json()["status"] == "requested"
+
+
+def test_a_smart_client_library_completes_an_ehr_launch(ehr: str) -> None:
+    from fhirclient import client as smart_client
+
+    launch = requests.get(
+        f"{ehr}/launch", params={"app": CLIENT_ID, "patient": "p1"}, allow_redirects=False, timeout=10
+    )
+    launched = parse_qs(urlparse(launch.headers["Location"]).query)
+    settings = {
+        "app_id": CLIENT_ID,
+        "app_secret": CLIENT_SECRET,
+        "api_base": launched["iss"][0],
+        "redirect_uri": "http://127.0.0.1:9/worklist/callback",
+        "scope": "openid fhirUser user/Task.rs user/Patient.r",
+        "launch_token": launched["launch"][0],
+    }
+    smart = smart_client.FHIRClient(settings=settings, save_func=lambda state: None)
+    page = requests.get(smart.authorize_url, timeout=10)
+    assert page.status_code == 200, page.text
+    redirect = sign_in(page).headers["Location"]
+    smart.handle_callback(redirect)
+    assert smart.ready and smart.patient_id == "p1"
+    assert smart.server.request_json("Task/t1")["id"] == "t1"

@@ -187,7 +187,10 @@ def create_sandbox_app(
 
     @app.get("/metadata")
     def metadata() -> Response:
-        return _fhir(capability_statement(base(), _software_version(), datetime.now(UTC).isoformat()))
+        statement = capability_statement(base(), _software_version(), datetime.now(UTC).isoformat())
+        if state.authorization is not None:
+            smart_authorize.add_security(statement, base())
+        return _fhir(statement)
 
     @app.post("/")
     def transaction() -> Response:

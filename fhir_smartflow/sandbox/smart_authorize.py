@@ -338,6 +338,29 @@ AUTHORIZE_FIELDS = (
 )
 
 
+OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+SMART_SERVICE = "http://terminology.hl7.org/CodeSystem/restful-security-service"
+
+
+def add_security(statement: dict[str, Any], base: str) -> dict[str, Any]:
+    """The CapabilityStatement's SMART security (the oauth-uris extension clients before discovery read)."""
+    security = {
+        "service": [{"coding": [{"system": SMART_SERVICE, "code": "SMART-on-FHIR"}]}],
+        "extension": [
+            {
+                "url": OAUTH_URIS,
+                "extension": [
+                    {"url": "authorize", "valueUri": base + AUTHORIZE_PATH},
+                    {"url": "token", "valueUri": base + TOKEN_PATH},
+                ],
+            }
+        ],
+    }
+    for rest in statement.get("rest") or []:
+        rest["security"] = security
+    return statement
+
+
 def install(
     app: Flask, server: SmartAuthorization, base: Callable[[], str], backend: smart.SmartAuth | None = None
 ) -> None:
