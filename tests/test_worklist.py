@@ -184,6 +184,21 @@ def test_staff_messages_are_shown_and_marked_read_when_opened(wl: WorklistStack)
     assert launch.http.get(f"{wl.worklist}/messages/c2", timeout=15).status_code == 403
 
 
+def test_public_client_with_v1_scopes(processes, run_cli, redis_url, redis_conn, tmp_path) -> None:
+    public = {"client_id": "worklist-public", "client_secret_env": "", "scope_version": "v1"}
+    stack = start_worklist_stack(processes, run_cli, redis_url, redis_conn, tmp_path, workers=0, worklist=public)
+    owned = task("t-v1", "p1", datetime.now(UTC), owner={"reference": "Practitioner/alice"})
+    put(stack.ehr.base, {"resourceType": "Patient", "id": "p1", "active": True})
+    put(stack.ehr.base, owned)
+    launch = ehr_launch(stack.ehr.base, "p1", "alice", app="worklist-public")
+    assert rows(launch.page) == ["t-v1"]
+    (key,) = redis_conn.keys(f"{PREFIX}worklist:session:*")
+    assert "user/Task.write" in json.loads(redis_conn.get(key))["scope"].split()
+    done = launch.http.post(f"{stack.worklist}/task/t-v1/complete", data={"csrf": csrf(launch.page)}, timeout=15)
+    assert done.status_code == 200
+    assert requests.get(f"{stack.ehr.base}/Task/t-v1", timeout=10).json()["status"] == "completed"
+
+
 def test_scopes_are_exactly_what_the_worklist_uses_in_v2_or_v1() -> None:
     v2 = requested_scopes("v2", ehr_launch=True).split()
     assert v2[:4] == ["launch", "openid", "fhirUser", "online_access"]

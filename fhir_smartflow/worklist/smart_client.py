@@ -28,6 +28,7 @@ class Endpoints:
     authorize: str
     token: str
     jwks: str | None
+    issuer: str | None = None  # the OpenID issuer the id_token must name, when the server says
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,9 @@ class Client:
         if "S256" not in (body.get("code_challenge_methods_supported") or []):
             raise SmartError("the FHIR server does not offer PKCE S256")
         try:
-            return Endpoints(body["authorization_endpoint"], body["token_endpoint"], body.get("jwks_uri"))
+            return Endpoints(
+                body["authorization_endpoint"], body["token_endpoint"], body.get("jwks_uri"), body.get("issuer")
+            )
         except KeyError as exc:
             raise SmartError(f"the SMART configuration has no {exc.args[0]}") from None
 
@@ -114,7 +117,14 @@ class Client:
             key = next((k for k in keys.keys if kid is None or k.key_id == kid), None)
             if key is None:
                 raise SmartError("the id_token's signing key is not published")
-            claims = jwt.decode(id_token, key.key, algorithms=["RS256", "ES256", "ES384"], audience=self.client_id)
+            claims = jwt.decode(
+                id_token,
+                key.key,
+                algorithms=["RS256", "ES256", "ES384"],
+                audience=self.client_id,
+                issuer=endpoints.issuer,
+                options={"require": ["exp", "iat", "aud", "iss"], "verify_iss": endpoints.issuer is not None},
+            )
         except (requests.RequestException, ValueError, jwt.PyJWTError) as exc:
             raise SmartError(f"the id_token did not verify ({type(exc).__name__})") from None
         user = str(claims.get("fhirUser", ""))

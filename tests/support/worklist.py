@@ -57,6 +57,11 @@ def sandbox_sections(serve_port: int, app_scopes: str = APP_SCOPES) -> dict[str,
                     "scopes": app_scopes,
                     "secret_env": "WL_CLIENT_SECRET",
                 },
+                "worklist-public": {  # the worklist as a public client (PKCE alone)
+                    "launch_url": f"{root}/launch",
+                    "redirect_uris": f"{root}/callback",
+                    "scopes": app_scopes,
+                },
                 "reader": {  # a public client allowed to read Tasks only
                     "launch_url": f"{root}/launch",
                     "redirect_uris": "http://127.0.0.1:9/cb",
