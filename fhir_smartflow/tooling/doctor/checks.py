@@ -12,6 +12,7 @@ from fhir_smartflow.tooling.doctor.checks_openemr import (
     OpenEmrWriteToken,
 )
 from fhir_smartflow.tooling.doctor.checks_roles import RoleMembers
+from fhir_smartflow.tooling.doctor.checks_worklist import WorklistSmart
 from fhir_smartflow.tooling.doctor.model import Check, DoctorContext, Finding
 
 
@@ -56,6 +57,7 @@ CHECKS: dict[str, type[Check]] = {
     OpenEmrCategory.name: OpenEmrCategory,
     FlowResourceTypes.name: FlowResourceTypes,
     RoleMembers.name: RoleMembers,
+    WorklistSmart.name: WorklistSmart,
 }
 
 
