@@ -178,6 +178,10 @@ class WorklistConfig:
     client_id: str = ""
     # A confidential client's secret (the environment variable holding it); empty: a public client (PKCE).
     client_secret_env: str = ""
+    # Or a confidential client signing private_key_jwt assertions: the PEM private key, its kid and algorithm.
+    private_key_file: str = ""
+    key_id: str = ""
+    key_alg: str = "RS384"
     # The FHIR base the worklist accepts as `iss` (empty: [fhir] base_url, or the embedded sandbox store).
     fhir_base_url: str = ""
     # Where the EHR reaches the worklist (for redirect_uri); empty: taken from each request.

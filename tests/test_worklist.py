@@ -22,6 +22,7 @@ from tests.support.worklist import (
     ROLE_SYSTEM,
     WorklistStack,
     ehr_launch,
+    key_pair,
     login_form,
     put,
     start_worklist_stack,
@@ -197,6 +198,18 @@ def test_public_client_with_v1_scopes(processes, run_cli, redis_url, redis_conn,
     done = launch.http.post(f"{stack.worklist}/task/t-v1/complete", data={"csrf": csrf(launch.page)}, timeout=15)
     assert done.status_code == 200
     assert requests.get(f"{stack.ehr.base}/Task/t-v1", timeout=10).json()["status"] == "completed"
+
+
+def test_confidential_client_with_private_key_jwt(processes, run_cli, redis_url, redis_conn, tmp_path) -> None:
+    pem, jwks = key_pair(tmp_path)
+    keyed = {"client_id": "worklist-keys", "client_secret_env": "", "private_key_file": str(pem), "key_id": "wl-key-1"}
+    stack = start_worklist_stack(
+        processes, run_cli, redis_url, redis_conn, tmp_path, workers=0, worklist=keyed, jwks_file=jwks
+    )
+    put(stack.ehr.base, {"resourceType": "Patient", "id": "p1", "active": True})
+    put(stack.ehr.base, task("t-keys", "p1", datetime.now(UTC), owner={"reference": "Practitioner/alice"}))
+    launch = ehr_launch(stack.ehr.base, "p1", "alice", app="worklist-keys")
+    assert rows(launch.page) == ["t-keys"], launch.page.text
 
 
 def test_scopes_are_exactly_what_the_worklist_uses_in_v2_or_v1() -> None:

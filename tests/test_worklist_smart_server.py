@@ -11,7 +11,7 @@ import jwt
 import pytest
 import requests
 
-from tests.support.worklist import CLIENT_ID, CLIENT_SECRET, FHIR, PASSWORDS, login_form, pkce, put, start_ehr
+from tests.support.worklist import CLIENT_ID, CLIENT_SECRET, FHIR, PASSWORDS, key_pair, login_form, pkce, put, start_ehr
 
 pytestmark = pytest.mark.integration
 
@@ -165,3 +165,24 @@ def test_a_smart_client_library_completes_an_ehr_launch(ehr: str) -> None:
     smart.handle_callback(redirect)
     assert smart.ready and smart.patient_id == "p1"
     assert smart.server.request_json("Task/t1")["id"] == "t1"
+
+
+def test_private_key_jwt_assertions_are_verified_and_used_once(processes, tmp_path) -> None:
+    from fhir_smartflow.fhir.smart import CLIENT_ASSERTION_TYPE, client_assertion
+
+    pem, jwks = key_pair(tmp_path)
+    ehr = start_ehr(processes, tmp_path, serve_port=9, jwks_file=jwks).base
+    verifier, params, page = authorize(ehr, client="worklist-keys")
+    got = query(sign_in(page))
+    form = {"grant_type": "authorization_code", "code": got["code"], "redirect_uri": params["redirect_uri"],
+            "code_verifier": verifier, "client_assertion_type": CLIENT_ASSERTION_TYPE}  # fmt: skip
+    key = pem.read_bytes()
+    wrong_aud = client_assertion("worklist-keys", "http://elsewhere.example/token", key, "wl-key-1")
+    assert token(ehr, {**form, "client_assertion": wrong_aud}, auth=None).status_code == 401
+    good = client_assertion("worklist-keys", f"{ehr}/auth/token", key, "wl-key-1")
+    assert token(ehr, {**form, "client_assertion": good}, auth=None).status_code == 200
+    verifier, params, page = authorize(ehr, client="worklist-keys")
+    again = {**form, "code": query(sign_in(page))["code"], "code_verifier": verifier, "client_assertion": good}
+    assert token(ehr, again, auth=None).status_code == 401  # the same jti replayed
+    secret_instead = {k: v for k, v in again.items() if not k.startswith("client_assertion")}
+    assert token(ehr, {**secret_instead, "client_id": "worklist-keys"}, auth=None).status_code == 401

@@ -9,7 +9,8 @@ from zoneinfo import ZoneInfo
 import redis
 import requests
 
-from fhir_smartflow.config import Settings, secret
+from fhir_smartflow.config import ConfigError, Settings, read_secret_file, secret
+from fhir_smartflow.fhir.smart import PrivateKeyJwt
 from fhir_smartflow.worker.runtime import utc_now
 from fhir_smartflow.worklist import WorklistDeps, create_worklist_app
 from fhir_smartflow.worklist.sessions import SessionStore
@@ -33,9 +34,17 @@ def mount_worklist(
     if config.client_secret_env and not client_secret:
         log.warning("worklist not mounted: $%s (the client secret) is not set", config.client_secret_env)
         return
+    assertion = None
+    if config.private_key_file:
+        key = read_secret_file(config.private_key_file, "[worklist] private_key_file")
+        try:
+            signer = PrivateKeyJwt(config.client_id, key, kid=config.key_id, alg=config.key_alg)
+        except ValueError as exc:
+            raise ConfigError("[worklist] key_alg", str(exc)) from None
+        assertion = signer.assertion
     deps = WorklistDeps(
         config=config,
-        client=Client(base.rstrip("/"), config.client_id, client_secret, requests.Session()),
+        client=Client(base.rstrip("/"), config.client_id, client_secret, requests.Session(), assertion),
         sessions=SessionStore(conn, settings.redis.key_prefix, config.session_minutes * 60),
         clock=utc_now,
         timezone=ZoneInfo(settings.clinic.timezone),

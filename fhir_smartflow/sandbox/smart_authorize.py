@@ -10,7 +10,8 @@
   ``iss`` and ``launch``.
 
 Apps are ``[sandbox.apps.<client id>]``: ``launch_url``, ``redirect_uris`` (space separated, matched
-exactly), ``scopes`` (what the app may be granted), ``secret_env`` for a confidential client (none: public).
+exactly), ``scopes`` (what the app may be granted), ``secret_env`` for a confidential client with a secret, or
+``jwks_file`` (its public keys) for one that signs a ``private_key_jwt`` assertion (neither: a public client).
 A request bearing one of these user tokens is held to its scopes on the FHIR API (``smart.scope_allows``).
 """
 
@@ -25,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote_plus, urlencode
 
@@ -43,6 +45,8 @@ LAUNCH_PATH = "/launch"
 OPENID_PATH = "/.well-known/openid-configuration"
 PATHS = frozenset({AUTHORIZE_PATH, TOKEN_PATH, JWKS_PATH, LAUNCH_PATH, OPENID_PATH, smart.CONFIGURATION_PATH})
 CODE_SECONDS = 60
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ASSERTION_ALGS = ("RS384", "ES384")
 LAUNCH_SECONDS = 300
 KEY_ID = "sandbox-1"
 # Scopes that name no resource: granted when the app's allowance lists them.
@@ -54,6 +58,7 @@ CAPABILITIES = [
     "launch-standalone",
     "client-public",
     "client-confidential-symmetric",
+    "client-confidential-asymmetric",
     "context-ehr-patient",
     "sso-openid-connect",
     "permission-v1",
@@ -66,10 +71,11 @@ CAPABILITIES = [
 @dataclass(frozen=True)
 class App:
     client_id: str
-    secret: str | None  # None: a public client (PKCE alone)
+    secret: str | None  # None: a public client (PKCE alone), or one with keys
     launch_url: str
     redirect_uris: tuple[str, ...]
     scopes: tuple[str, ...]
+    keys: jwt.PyJWKSet | None = None  # private_key_jwt: the app's registered public keys (jwks_file)
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,13 @@ class Session:
     scopes: tuple[str, ...]
     user: User
     patient: str | None
+
+
+def _jwks(path: str, key: str) -> jwt.PyJWKSet:
+    try:
+        return jwt.PyJWKSet.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+    except (OSError, ValueError, jwt.PyJWTError) as exc:
+        raise ConfigError(key, f"cannot read a JWKS from {path}: {exc}") from None
 
 
 def _resource_scope(scope: str) -> bool:
@@ -130,6 +143,7 @@ class SmartAuthorization:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self._jtis: dict[str, float] = {}
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
     @classmethod
@@ -151,7 +165,8 @@ class SmartAuthorization:
             scopes = tuple(entry.get("scopes", "").split())
             if not scopes:
                 raise ConfigError(f"{key} scopes", "must list the scopes the app may be granted")
-            registered[client_id] = App(client_id, value, entry["launch_url"], redirects, scopes)
+            keys = _jwks(entry["jwks_file"], f"{key} jwks_file") if entry.get("jwks_file") else None
+            registered[client_id] = App(client_id, value, entry["launch_url"], redirects, scopes, keys)
         people: dict[str, User] = {}
         for login, entry in users.items():
             key = f"[sandbox.users.{login}]"
@@ -194,7 +209,9 @@ class SmartAuthorization:
 
     # ---- the token endpoint ------------------------------------------------------------------------
 
-    def client(self, form: Mapping[str, str], authorization: str) -> App | None:
+    def client(self, form: Mapping[str, str], authorization: str, token_url: str = "") -> App | None:
+        if form.get("client_assertion_type") == ASSERTION_TYPE:
+            return self._asserted(form.get("client_assertion", ""), token_url)
         client_id, given = form.get("client_id", ""), form.get("client_secret")
         if authorization.startswith("Basic "):
             try:
@@ -203,14 +220,40 @@ class SmartAuthorization:
                 return None
             client_id, given = unquote_plus(user), unquote_plus(password)
         app = self.apps.get(client_id)
-        if app is None:
+        if app is None or app.keys is not None:
             return None
         if app.secret is None:
             return app if not given else None
         return app if given and secrets.compare_digest(given.encode(), app.secret.encode()) else None
 
+    def _asserted(self, assertion: str, token_url: str) -> App | None:
+        """private_key_jwt: iss = sub = a client with keys, aud = our token endpoint, unexpired, jti unused."""
+        try:
+            unverified = jwt.decode(assertion, options={"verify_signature": False})
+            app = self.apps.get(str(unverified.get("iss", "")))
+            if app is None or app.keys is None:
+                return None
+            kid = jwt.get_unverified_header(assertion).get("kid")
+            key = next((k for k in app.keys.keys if kid is None or k.key_id == kid), None)
+            if key is None:
+                return None
+            claims = jwt.decode(
+                assertion, key.key, algorithms=list(ASSERTION_ALGS), audience=token_url, issuer=app.client_id,
+                options={"require": ["exp", "jti", "sub"]},
+            )  # fmt: skip
+        except jwt.PyJWTError:
+            return None
+        if claims["sub"] != app.client_id or claims["exp"] > self.clock() + 300:
+            return None
+        with self._lock:
+            self._jtis = {j: t for j, t in self._jtis.items() if t > self.clock()}
+            if claims["jti"] in self._jtis:
+                return None  # replayed
+            self._jtis[claims["jti"]] = float(claims["exp"])
+        return app
+
     def token(self, form: Mapping[str, str], authorization: str, issuer: str) -> tuple[int, dict[str, Any]]:
-        app = self.client(form, authorization)
+        app = self.client(form, authorization, issuer + TOKEN_PATH)
         if app is None:
             return 401, {"error": "invalid_client", "error_description": "unknown client or wrong credentials"}
         grant = form.get("grant_type")
@@ -378,7 +421,12 @@ def install(
                 "jwks_uri": url(JWKS_PATH),
                 "authorization_endpoint": url(AUTHORIZE_PATH),
                 "token_endpoint": url(TOKEN_PATH),
-                "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+                "token_endpoint_auth_methods_supported": [
+                    "client_secret_basic",
+                    "client_secret_post",
+                    "private_key_jwt",
+                ],
+                "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGS),
                 "grant_types_supported": grants,
                 "scopes_supported": [
                     *sorted(CONTEXT_SCOPES),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -17,6 +18,7 @@ import jwt
 import requests
 
 TIMEOUT = 10
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
 class SmartError(Exception):
@@ -35,8 +37,9 @@ class Endpoints:
 class Client:
     fhir_base: str
     client_id: str
-    secret: str | None  # None: a public client
+    secret: str | None  # None: a public client, or one signing assertions
     http: requests.Session
+    assertion: Callable[[str], str] | None = None  # private_key_jwt: a signed assertion for a token endpoint
 
     def same_server(self, iss: str) -> bool:
         return iss.rstrip("/") == self.fhir_base.rstrip("/")
@@ -76,7 +79,9 @@ class Client:
 
     def _post(self, url: str, form: dict[str, str]) -> dict[str, Any]:
         auth = None
-        if self.secret is None:
+        if self.assertion is not None:
+            form = {**form, "client_assertion_type": ASSERTION_TYPE, "client_assertion": self.assertion(url)}
+        elif self.secret is None:
             form = {**form, "client_id": self.client_id}
         else:
             auth = (self.client_id, self.secret)

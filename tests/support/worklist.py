@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 import secrets
 from collections.abc import Callable
@@ -18,8 +19,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+import jwt
 import redis
 import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.fhir.backport import TOPIC_FOR_TYPE
@@ -46,9 +50,11 @@ ENV = {
 APP_SCOPES = "launch launch/patient openid fhirUser online_access offline_access user/*.cruds user/*.read user/*.write"
 
 
-def sandbox_sections(serve_port: int, app_scopes: str = APP_SCOPES) -> dict[str, dict[str, Any]]:
+def sandbox_sections(
+    serve_port: int, app_scopes: str = APP_SCOPES, jwks_file: Path | None = None
+) -> dict[str, dict[str, Any]]:
     root = f"http://127.0.0.1:{serve_port}/worklist"
-    return {
+    sections: dict[str, dict[str, Any]] = {
         "sandbox": {
             "apps": {
                 CLIENT_ID: {
@@ -74,10 +80,29 @@ def sandbox_sections(serve_port: int, app_scopes: str = APP_SCOPES) -> dict[str,
             },
         }
     }
+    if jwks_file is not None:  # the worklist as a confidential client signing private_key_jwt assertions
+        app = {"launch_url": f"{root}/launch", "redirect_uris": f"{root}/callback", "scopes": app_scopes}
+        sections["sandbox"]["apps"]["worklist-keys"] = {**app, "jwks_file": str(jwks_file)}
+    return sections
 
 
-def start_ehr(processes: Callable[..., Process], tmp_path: Path, serve_port: int) -> SandboxProcess:
-    config = write_config(tmp_path / "sandbox.toml", sandbox_sections(serve_port))
+def key_pair(tmp_path: Path, kid: str = "wl-key-1") -> tuple[Path, Path]:
+    """An RSA private key (PEM) and the JWKS of its public half, written under ``tmp_path``."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = tmp_path / "worklist-key.pem"
+    pem.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    jwks = tmp_path / "worklist-jwks.json"
+    jwks.write_text(json.dumps({"keys": [{**public, "kid": kid, "alg": "RS384", "use": "sig"}]}))
+    return pem, jwks
+
+
+def start_ehr(
+    processes: Callable[..., Process], tmp_path: Path, serve_port: int, jwks_file: Path | None = None
+) -> SandboxProcess:
+    config = write_config(tmp_path / "sandbox.toml", sandbox_sections(serve_port, jwks_file=jwks_file))
     return start_sandbox(processes, config=config, env=ENV)
 
 
@@ -159,10 +184,11 @@ def start_worklist_stack(
     workers: int = 1,
     flows: tuple[Path, ...] = (),
     worklist: dict[str, Any] | None = None,
+    jwks_file: Path | None = None,
 ) -> WorklistStack:
     """The sandbox as the EHR, `serve` with the worklist (confidential client) and ``workers`` workers."""
     serve_port = free_port()
-    ehr = start_ehr(processes, tmp_path, serve_port)
+    ehr = start_ehr(processes, tmp_path, serve_port, jwks_file)
     seed_staff(ehr.base)
     clock = RedisClock(redis_conn, Keys(PREFIX))
     clock.set(datetime.now(UTC).replace(microsecond=0))
