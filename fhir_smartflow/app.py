@@ -12,6 +12,7 @@ from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
+from fhir_smartflow.cds.app import CDS_PATH, create_cds_app
 from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys, connect
 from fhir_smartflow.ingest.app import IngestContext, create_ingest_blueprint, fhir_response
@@ -59,8 +60,11 @@ def create_app(
     app.register_blueprint(create_ingest_blueprint(ctx))
     register_observability(app, settings, conn)  # /metrics (and /rq with an admin token)
     _register_error_handlers(app)
-    if extra_wsgi_mounts:
-        app.wsgi_app = DispatcherMiddleware(app.wsgi_app, dict(extra_wsgi_mounts))  # type: ignore[method-assign]
+    mounts = dict(extra_wsgi_mounts or {})
+    if settings.cds.enabled:  # the CDS Hooks service beside the webhook (docs/cds-hooks.md)
+        mounts[CDS_PATH] = create_cds_app(settings, conn)
+    if mounts:
+        app.wsgi_app = DispatcherMiddleware(app.wsgi_app, mounts)  # type: ignore[method-assign]
     return app
 
 

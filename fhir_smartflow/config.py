@@ -55,6 +55,28 @@ class RedisConfig:
     job_timeout_seconds: int = defaults.JOB_TIMEOUT_SECONDS
     history_max_runs: int = defaults.HISTORY_MAX_RUNS
     history_ttl_seconds: int = defaults.HISTORY_TTL_SECONDS
+    # High availability (docs/scaling.md): "host:port" of Redis Sentinels instead of a url; every process
+    # asks them for the current primary of ``sentinel_service`` and follows a failover.
+    sentinels: list[str] = field(default_factory=list)
+    sentinel_service: str = defaults.SENTINEL_SERVICE
+    sentinel_db: int = 0
+    # Passwords through sentinels (a url carries its own): of the primary / replicas, and of the sentinels.
+    password_env: str = "SMARTFLOW_REDIS_PASSWORD"
+    sentinel_password_env: str = "SMARTFLOW_REDIS_SENTINEL_PASSWORD"
+    # The webhook acknowledges only after this many replicas have the enqueue (WAIT); -1: 1 with sentinels, else 0.
+    wait_replicas: int = defaults.WAIT_REPLICAS_AUTO
+    wait_timeout_ms: int = defaults.WAIT_TIMEOUT_MS
+
+    @property
+    def shared(self) -> bool:
+        """A real Redis is configured (by url or through sentinels), not the embedded queue."""
+        return bool(self.url or self.sentinels)
+
+    @property
+    def replicas_to_wait(self) -> int:
+        if self.wait_replicas == defaults.WAIT_REPLICAS_AUTO:
+            return 1 if self.sentinels else 0
+        return self.wait_replicas
 
 
 # [fhir] auth modes (fhir/auth.py builds each) and their options (docs/writeback.md "Auth modes").
@@ -145,6 +167,39 @@ class SandboxConfig:
     # {launch_url, redirect_uris, scopes, secret_env}) and the users who sign in (login → {fhir_user, password_env}).
     apps: dict[str, dict[str, str]] = field(default_factory=dict)
     users: dict[str, dict[str, str]] = field(default_factory=dict)
+    # The sandbox as a CDS Hooks client (docs/cds-hooks.md): the service base URLs it may call, and the PEM
+    # private key it signs its JWTs with (empty: a new key each start; its JWK Set is at /$cds-client/jwks).
+    cds_services: list[str] = field(default_factory=list)
+    cds_key_file: str = ""
+
+
+# JWT algorithms a CDS client may sign with: asymmetric only (CDS Hooks forbids `none` and HMAC).
+CDS_ALGORITHMS = ("ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
+CDS_INDICATORS = ("info", "warning", "critical")
+
+
+@dataclass(frozen=True)
+class CdsConfig:
+    """The CDS Hooks service (docs/cds-hooks.md), mounted by `serve` at /cds-services when enabled."""
+
+    enabled: bool = False
+    # The base URL CDS clients call: a JWT's aud must be <public_url>/cds-services/<service id>.
+    public_url: str = ""
+    issuers: list[str] = field(default_factory=list)  # the JWT `iss` values trusted
+    jwks_file: str = ""  # a JWK Set of the trusted clients' keys, shared out of band
+    # JWK Set URLs of the trusted clients; a JWT's `jku` header is honoured only when it is one of these.
+    jwks_urls: list[str] = field(default_factory=list)
+    algorithms: list[str] = field(default_factory=lambda: list(CDS_ALGORITHMS))
+    max_token_seconds: int = defaults.CDS_MAX_TOKEN_SECONDS  # longest exp - iat accepted
+    leeway_seconds: int = defaults.CDS_LEEWAY_SECONDS  # clock skew allowed on exp / iat
+    budget_ms: int = defaults.CDS_BUDGET_MS  # answer within this, with what is known by then
+    fhir_timeout_seconds: float = defaults.CDS_FHIR_TIMEOUT_SECONDS  # one FHIR request through fhirAuthorization
+    # The staff worklist's SMART launch URL: each card links to it (type smart). Empty: no link.
+    worklist_url: str = ""
+    source_label: str = "fhir-smartflow record prompts"
+    indicator: str = "info"  # a card's indicator when its Flag carries no flag-priority
+    feedback_max: int = defaults.CDS_FEEDBACK_MAX  # feedback records kept (newest)
+    card_ttl_seconds: int = defaults.CDS_CARD_TTL_SECONDS  # how long a card's uuid is known for feedback
 
 
 @dataclass(frozen=True)
@@ -166,6 +221,19 @@ class ConsoleConfig:
     login_window_seconds: int = 900
     # Seconds between checks for a saved change in every serve / worker process (under 5 s).
     reload_poll_seconds: float = 1.0
+    # Reverse proxies in front of the console whose X-Forwarded-For / -Proto / -Host are trusted (0: none):
+    # the client address login attempts are counted by, and the scheme of the addresses the console builds.
+    proxy_hops: int = 0
+    # Login through the EHR's OpenID Connect / SMART authorization server (empty issuer: local accounts only).
+    oidc_issuer: str = ""  # discovery at <issuer>/.well-known/openid-configuration
+    oidc_client_id: str = ""
+    oidc_client_secret_env: str = ""  # empty: a public client (PKCE only)
+    oidc_scopes: str = "openid fhirUser"
+    oidc_claim: str = "fhirUser"  # the id_token claim naming the user (e.g. Practitioner/123)
+    # The address registered with the server. Empty: built from the request (behind a TLS proxy, set it).
+    oidc_redirect_uri: str = ""
+    # Who may log in this way: claim value -> role (viewer | admin). Nobody else.
+    oidc_users: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -376,6 +444,7 @@ class Settings:
     email: EmailConfig = field(default_factory=EmailConfig)
     webhook_channel: WebhookChannelConfig = field(default_factory=WebhookChannelConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    cds: CdsConfig = field(default_factory=CdsConfig)
     # [channels.<name>] tables: each channel plugin's own settings, parsed by the channel registry
     # (fhir_smartflow/channels.py) into the plugin's options dataclass.
     channels: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -397,7 +466,7 @@ class Settings:
 
     @property
     def embedded_queue(self) -> bool:
-        return not self.redis.url
+        return not self.redis.shared
 
     @property
     def sandbox_fhir(self) -> bool:
@@ -520,6 +589,7 @@ def _validate(settings: Settings) -> None:
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError("[clinic] timezone", f"unknown IANA time zone {settings.clinic.timezone!r}") from None
     _validate_fhir_auth(settings.fhir)
+    _validate_redis(settings.redis)
     if settings.fhir.writeback not in {"fhir", "openemr"}:
         raise ConfigError("[fhir] writeback", "must be 'fhir' or 'openemr'")
     if settings.fhir.base_url and not settings.fhir.base_url.startswith(("http://", "https://")):
@@ -536,10 +606,30 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("[logging] level", "must be DEBUG, INFO, WARNING or ERROR")
     _validate_poll_openemr(settings)
     _validate_delivery(settings)
+    _validate_cds(settings.cds)
     for role, coding in settings.roles.items():
         if "|" not in coding:
             raise ConfigError(f"[roles] {role}", "must be 'system|code'")
     _validate_role_fallback(settings)
+
+
+def _validate_redis(config: RedisConfig) -> None:
+    if config.url and config.sentinels:
+        raise ConfigError("[redis] sentinels", "give either url or sentinels, not both")
+    for i, address in enumerate(config.sentinels):
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"[redis] sentinels[{i}]", f"must be 'host:port', got {address!r}")
+    if config.sentinels and not config.sentinel_service:
+        raise ConfigError("[redis] sentinel_service", "required with sentinels: the name the sentinels monitor")
+    if config.sentinel_db < 0:
+        raise ConfigError("[redis] sentinel_db", "must not be negative")
+    if config.wait_replicas < defaults.WAIT_REPLICAS_AUTO:
+        raise ConfigError("[redis] wait_replicas", "must be -1 (1 with sentinels, else 0) or a number of replicas")
+    if config.wait_timeout_ms <= 0:
+        raise ConfigError("[redis] wait_timeout_ms", "must be positive")
+    if config.wait_replicas > 0 and not config.shared:
+        raise ConfigError("[redis] wait_replicas", "needs a Redis with replicas ([redis] url or sentinels)")
 
 
 def _validate_fhir_auth(fhir: FhirConfig) -> None:
@@ -550,6 +640,30 @@ def _validate_fhir_auth(fhir: FhirConfig) -> None:
     ):
         if value not in allowed:
             raise ConfigError(f"[fhir] {key}", f"must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _validate_cds(cds: CdsConfig) -> None:
+    for alg in cds.algorithms:
+        if alg not in CDS_ALGORITHMS:
+            raise ConfigError("[cds] algorithms", f"{alg!r} is not one of {', '.join(CDS_ALGORITHMS)}")
+    if cds.indicator not in CDS_INDICATORS:
+        raise ConfigError("[cds] indicator", f"must be one of {', '.join(CDS_INDICATORS)}")
+    for key in ("max_token_seconds", "budget_ms", "feedback_max", "card_ttl_seconds"):
+        if getattr(cds, key) <= 0:
+            raise ConfigError(f"[cds] {key}", "must be positive")
+    if cds.fhir_timeout_seconds <= 0 or cds.leeway_seconds < 0:
+        raise ConfigError("[cds] fhir_timeout_seconds", "must be positive (and leeway_seconds not negative)")
+    for url in (*cds.jwks_urls, *([cds.public_url] if cds.public_url else [])):
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError("[cds] public_url" if url == cds.public_url else "[cds] jwks_urls", "must be http(s)")
+    if not cds.enabled:
+        return
+    if not cds.public_url:
+        raise ConfigError("[cds] public_url", "required when the CDS Hooks service is enabled (the JWT audience)")
+    if not cds.issuers:
+        raise ConfigError("[cds] issuers", "required when enabled: the JWT issuers (CDS clients) trusted")
+    if not cds.jwks_file and not cds.jwks_urls:
+        raise ConfigError("[cds] jwks_file", "required when enabled (or jwks_urls): where the clients' keys are")
 
 
 def _validate_poll_openemr(settings: Settings) -> None:
@@ -633,6 +747,7 @@ _SECTIONS: dict[str, type] = {
     "email": EmailConfig,
     "webhook_channel": WebhookChannelConfig,
     "delivery": DeliveryConfig,
+    "cds": CdsConfig,
 }
 
 

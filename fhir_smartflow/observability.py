@@ -184,7 +184,7 @@ def _mount_rq_dashboard(app: Flask, settings: Settings) -> bool:
     """rq-dashboard at /rq when enabled, installed, and Redis is a real server (it connects by URL)."""
     if not settings.server.rq_dashboard:
         return False
-    if not settings.redis.url:
+    if not settings.redis.url:  # it connects by URL: not to the embedded queue, nor through sentinels
         log.warning("[server] rq_dashboard needs [redis] url; serving the JSON queue view at /rq instead")
         return False
     try:

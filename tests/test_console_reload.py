@@ -8,21 +8,25 @@ from pathlib import Path
 
 import pytest
 import redis
+import requests
 
 from fhir_smartflow.config import load_settings
 from fhir_smartflow.console.accounts import ConsoleUser
 from fhir_smartflow.console.keys import ConsoleKeys
-from fhir_smartflow.console.reload import ProcessStatus, ReloadBus, SavedChangeWatcher
+from fhir_smartflow.console.reload import ProcessStatus, ReloadBus, SavedChangeWatcher, saved_generation
 from fhir_smartflow.console.store import FlowStore
+from fhir_smartflow.sandbox.subscriptions import self_subscription
 from fhir_smartflow.worker.runtime import ServiceRuntime, build_service_runtime, utc_now
-from tests.support.console import CONSOLE_SECRET, copy_site
+from tests.support.console import CONSOLE_SECRET, Site, copy_site
+from tests.support.fhir import search_all, wait_subscription
 from tests.support.net import wait_for
-from tests.support.service import start_service
+from tests.support.service import SECRET_HEADER, start_service
 from tests.support.toml import write_config
 
 pytestmark = pytest.mark.integration
 
 PREFIX = "reload:"
+FHIR = {"Content-Type": "application/fhir+json"}
 ALICE = ConsoleUser("alice", "admin")
 
 
@@ -32,6 +36,11 @@ def _copy_of_intake(site_flows: Path, flow_id: str) -> str:
     return text.replace('id = "intake-forms"', f'id = "{flow_id}"').replace(
         'trigger = "patient.registered"', 'trigger = "patient.updated"'
     )
+
+
+def _config(tmp_path: Path, redis_url: str, site: Site) -> Path:
+    sections = {"redis": {"url": redis_url, "key_prefix": PREFIX}, "engine": site.engine_section()}
+    return write_config(tmp_path / "smartflow.toml", sections)
 
 
 def _worker(bus: ReloadBus) -> ProcessStatus | None:
@@ -72,15 +81,28 @@ def test_a_saved_flow_reaches_a_separate_worker_within_5_seconds(
     assert f"saved change {generation} loaded: {loaded.flows} flow(s)" in worker.output()
     assert worker.alive() and "SIGHUP" not in worker.output()
 
+    # What the worker runs is the saved flow: a due date changed in the console gives version 2's Task.
+    current = store.read("intake-forms")
+    store.save("intake-forms", current.text.replace("amount = 3,", "amount = 4,"), current.etag, ALICE)
+    generation = bus.generation()
+    wait_for(lambda: (s := _worker(bus)) is not None and s.generation == generation, "reload", worker.output)
+    sub = self_subscription("reload", service.notify, f"{SECRET_HEADER}: reload-secret", "Patient", "backport",
+                            "full-resource", 0)  # fmt: skip
+    assert requests.put(f"{service.store}/Subscription/reload", json=sub, headers=FHIR, timeout=10).status_code < 300
+    wait_subscription(service.store, "reload")
+    patient = {"resourceType": "Patient", "id": "reloaded", "birthDate": "1970-05-06"}
+    assert requests.put(f"{service.store}/Patient/reloaded", json=patient, headers=FHIR, timeout=10).status_code == 201
+    tasks = wait_for(
+        lambda: search_all(service.store, "Task", {"patient": "Patient/reloaded"}), "the intake Tasks", service.logs
+    )
+    assert {t["instantiatesUri"].split("#")[0] for t in tasks} == {"urn:fhir-smartflow:flow:intake-forms:2"}
+
 
 def test_a_change_that_does_not_load_is_reported_and_the_running_flows_stay(
     tmp_path: Path, redis_url: str, redis_conn: redis.Redis
 ) -> None:
     site = copy_site(tmp_path)
-    config = write_config(
-        tmp_path / "smartflow.toml",
-        {"redis": {"url": redis_url, "key_prefix": PREFIX}, "engine": site.engine_section()},
-    )
+    config = _config(tmp_path, redis_url, site)
     rt = build_service_runtime(load_settings(config, env={}), redis_conn)
     assert isinstance(rt, ServiceRuntime)
     bus = ReloadBus(redis_conn, ConsoleKeys(PREFIX), utc_now)
@@ -102,3 +124,19 @@ def test_a_change_that_does_not_load_is_reported_and_the_running_flows_stay(
     bus.announce("flow", "fixed", "alice")
     watcher.step()
     assert bus.failures() == [] and "fixed" in rt.engine.flows
+
+
+def test_a_save_while_the_process_was_loading_is_caught_up_at_the_first_check(
+    tmp_path: Path, redis_url: str, redis_conn: redis.Redis
+) -> None:
+    site = copy_site(tmp_path)
+    config = _config(tmp_path, redis_url, site)
+    settings = load_settings(config, env={})
+    seen = saved_generation(settings, redis_conn)  # as `worker` reads it, before loading the files
+    rt = build_service_runtime(settings, redis_conn)
+    assert isinstance(rt, ServiceRuntime) and "late" not in rt.engine.flows
+    bus = ReloadBus(redis_conn, ConsoleKeys(PREFIX), utc_now)
+    store = FlowStore(settings, site.flows, tmp_path / "history", bus=bus, clock=utc_now)
+    store.save("late", _copy_of_intake(site.flows, "late"), None, ALICE)  # lands after the load
+    SavedChangeWatcher(rt, bus, "worker", interval=0.1, seen=seen).step()
+    assert "late" in rt.engine.flows

@@ -7,14 +7,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import redis
 
 from fhir_smartflow.config import Settings, load_settings
 from fhir_smartflow.console.accounts import ConsoleUser
 from fhir_smartflow.console.audit import Audit
 from fhir_smartflow.console.keys import ConsoleKeys
+from fhir_smartflow.console.reload import ReloadBus
 from fhir_smartflow.console.store import FlowStore, InvalidFile, NotEditable, StaleEdit, TemplateStore
 from fhir_smartflow.flowfiles import load_paths
 from tests.support.console import Site, copy_site
+from tests.support.net import free_port
 
 ALICE = ConsoleUser("alice", "admin")
 BOB = ConsoleUser("bob", "admin")
@@ -136,3 +139,37 @@ def test_shipped_only_configuration_is_not_editable(tmp_path: Path) -> None:
     assert not store.writable and store.list() == []
     with pytest.raises(NotEditable, match="no flow directory"):
         store.save("x", "", None, ALICE)
+
+
+def test_a_save_while_redis_is_down_is_written_and_says_it_was_not_announced(site: Site, tmp_path: Path) -> None:
+    down = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
+    keys = ConsoleKeys("t:")
+    store = FlowStore(
+        _settings(site, tmp_path),
+        site.flows,
+        tmp_path / "h",
+        audit=Audit(down, keys, _clock),
+        bus=ReloadBus(down, keys, _clock),
+        clock=_clock,
+    )
+    current = store.read("intake-forms")
+    saved = store.save("intake-forms", current.text.replace("Intake forms on", "Forms on"), current.etag, ALICE)
+    assert not saved.announced
+    assert (site.flows / "intake-forms.toml").read_text() == saved.text
+    assert [v.user for v in store.history("intake-forms")] == ["", "alice"]
+
+
+def test_delete_keeps_history_and_refuses_a_template_a_flow_uses(flows: FlowStore, site: Site, tmp_path: Path) -> None:
+    templates = TemplateStore(flows.settings, site.templates, tmp_path / "h" / "templates", clock=_clock)
+    used = templates.read("intake-forms")
+    with pytest.raises(InvalidFile) as refused:
+        templates.delete("intake-forms", used.etag, ALICE)
+    assert any("intake-forms" in e.reason or "template" in e.field for e in refused.value.errors), refused.value.errors
+    assert (site.templates / "intake-forms.toml").exists()
+    flow = flows.read("weekly-checkin")
+    with pytest.raises(StaleEdit):
+        flows.delete("weekly-checkin", "not-the-etag", ALICE)
+    flows.delete("weekly-checkin", flow.etag, ALICE)
+    assert "weekly-checkin" not in flows.list()
+    assert [v.action for v in flows.history("weekly-checkin")] == ["found", "delete"]
+    assert flows.version_text("weekly-checkin", 2) == flow.text

@@ -262,7 +262,8 @@ def test_subscriptions_sync_against_the_sandbox_is_idempotent(
     assert {k: _ours(v) for k, v in again.items()} == {k: _ours(v) for k, v in stored.items()}
     for sub in again.values():
         Subscription.model_validate(sub)
-        assert sub["channel"]["header"] == ["X-Smartflow-Secret: s3"]  # sync sends the real secret
+        kept = sandbox_server.app.extensions["sandbox"].store.read("Subscription", sub["id"])
+        assert kept["channel"]["header"] == ["X-Smartflow-Secret: s3"]  # sync sends the real secret (reads mask it)
     # A changed endpoint updates in place: same ids, nothing new.
     (third,) = run_all([*args[:-1], hook + "/v2"], env=env)
     assert third.returncode == 0, third.stderr

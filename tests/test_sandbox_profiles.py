@@ -3,6 +3,7 @@ sandbox processes (one per profile for the module) and a real receiver for notif
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import itertools
@@ -14,12 +15,15 @@ from typing import Any
 import pytest
 import requests
 
+from fhir_smartflow.config import Settings
 from fhir_smartflow.fhir.backport import EXT_FILTER, EXT_PAYLOAD, PROFILE_SUBSCRIPTION, TOPIC_FOR_TYPE
+from fhir_smartflow.openemr.local_store import LocalFhirStore
 from fhir_smartflow.sandbox.secrets import EXT_SECRET, MASK
-from fhir_smartflow.sandbox.store import Store
+from fhir_smartflow.sandbox.subscriptions import EXT_INTERACTION
+from tests.support.fhir import serve_sandbox
 from tests.support.net import Receiver, free_port, wait_for
 from tests.support.procs import Process, smartflow_cmd
-from tests.support.service import SandboxProcess, start_sandbox
+from tests.support.service import SandboxProcess, start_sandbox, start_service
 from tests.support.settle import event_state_from_metrics
 
 pytestmark = pytest.mark.integration
@@ -42,7 +46,7 @@ def sandboxes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Sa
     try:
         yield {
             "lenient": start_sandbox(process, profile="lenient"),
-            "medplum": start_sandbox(process, profile="medplum", public_base_url="http://localhost:{port}"),
+            "medplum": start_sandbox(process, profile="medplum", public_base_url="http://localhost:{port}/fhir"),
             "hapi": start_sandbox(process, profile="hapi"),
         }
     finally:
@@ -146,6 +150,9 @@ def test_strict_profiles_refuse_a_reference_to_nothing(sandboxes: dict[str, Sand
     # A deleted resource is not there either.
     requests.delete(f"{base}/Device/{device['id']}", timeout=10)
     assert _post(base, _task(f"Device/{device['id']}", f"Patient/{patient['id']}")).status_code == 400
+    # The references of a resource held inside another (a stored Bundle) are that resource's own.
+    inner = {"fullUrl": "urn:uuid:6a1f4a0e-0000-4000-8000-00000000000a", "resource": _task("Device/x", "Patient/y")}
+    assert _post(base, {"resourceType": "Bundle", "type": "collection", "entry": [inner]}).status_code == 201
 
 
 def test_lenient_does_not_check_references(sandboxes: dict[str, SandboxProcess]) -> None:
@@ -330,13 +337,14 @@ def test_hapi_sets_error_with_the_reason_when_it_cannot_serve_a_subscription(
     sandboxes: dict[str, SandboxProcess],
 ) -> None:
     base = sandboxes["hapi"].base
-    bad_criteria = _created(base, {**_classic("http://127.0.0.1:9/x", "requested"), "criteria": "Nonsense?x=1"})
-    assert bad_criteria["status"] == "error"
-    assert "Nonsense" in bad_criteria["error"]
     bad_endpoint = _created(base, _classic("ftp://127.0.0.1/x", "requested"))
     assert bad_endpoint["status"] == "error"
-    assert "endpoint" in bad_endpoint["error"]
+    assert "endpoint" in bad_endpoint["error"] and "endpoint" in bad_endpoint["reason"]
     assert _status(base, bad_endpoint["id"])["status"] == "error"
+    # Criteria it cannot evaluate are refused at write, not stored.
+    bad_criteria = _post(base, {**_classic("http://127.0.0.1:9/x", "requested"), "criteria": "Nonsense?x=1"})
+    assert bad_criteria.status_code == 422
+    assert "Nonsense" in _diagnostics(bad_criteria)
     # The lenient sandbox refuses what it cannot serve.
     lenient = _post(sandboxes["lenient"].base, _classic("ftp://127.0.0.1/x", "requested"))
     assert lenient.status_code == 422
@@ -399,8 +407,9 @@ def test_sqlite_files_are_created_0600(processes: Callable[..., Process], tmp_pa
     for path in [database, *tmp_path.glob("store.sqlite-*")]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     local = tmp_path / "local.sqlite"
-    Store(str(local)).close()
-    assert stat.S_IMODE(local.stat().st_mode) == 0o600
+    settings = Settings()
+    LocalFhirStore(dataclasses.replace(settings, openemr=dataclasses.replace(settings.openemr, local_store=str(local))))
+    assert stat.S_IMODE(local.stat().st_mode) == 0o600  # the OpenEMR bridge's local store
 
 
 # ---- SMART scopes on writes -----------------------------------------------------------------------------
@@ -440,7 +449,9 @@ def test_strict_profiles_enforce_smart_scopes_with_registered_clients(
     sandbox = start_sandbox(processes, profile="medplum", config=_clients_config(tmp_path), env=env)
     base = sandbox.base
     config = requests.get(f"{base}/.well-known/smart-configuration", timeout=10).json()
-    assert config["token_endpoint"].endswith("/oauth2/token")
+    assert config["token_endpoint"] == f"{base}/oauth2/token"
+    security = requests.get(f"{base}/metadata", timeout=10).json()["rest"][0]["security"]
+    assert security["extension"][0]["extension"][0]["valueUri"] == f"{base}/oauth2/token"
     assert requests.get(f"{base}/Patient", timeout=10).status_code == 401
     assert (
         requests.post(
@@ -485,6 +496,16 @@ def test_strict_profiles_enforce_smart_scopes_with_registered_clients(
     )
 
 
+def test_start_sandbox_registers_clients(processes: Callable[..., Process], tmp_path: Path) -> None:
+    clients = {"smartflow": ("s3cret", "system/*.rs system/Task.cu")}
+    sandbox = start_sandbox(processes, profile="hapi", clients=clients, workdir=tmp_path)
+    token = _token(sandbox.base, "smartflow", "s3cret")["access_token"]
+    as_client = {**FHIR, "Authorization": f"Bearer {token}"}
+    answer = requests.post(f"{sandbox.base}/Patient", json={"resourceType": "Patient"}, headers=as_client, timeout=10)
+    assert answer.status_code == 403
+    assert "system/Patient.c" in _diagnostics(answer)
+
+
 def test_a_client_whose_secret_is_not_set_stops_the_sandbox(run_cli: Callable[..., Any], tmp_path: Path) -> None:
     result = run_cli(
         "sandbox", "--port", "0", "--profile", "hapi", env={"SMARTFLOW_CONFIG": str(_clients_config(tmp_path))}
@@ -513,3 +534,113 @@ def test_embedded_serve_subscribes_itself_the_way_the_profile_needs(processes: C
         return sum(event_state_from_metrics(requests.get(metrics, timeout=10).text).received.values())
 
     wait_for(lambda: received() >= 1, "the Patient notification at the webhook", log=proc.output)
+
+
+def test_the_capability_statement_says_which_subscriptions_the_profile_serves(
+    sandboxes: dict[str, SandboxProcess],
+) -> None:
+    def subscription_entry(profile: str) -> dict[str, Any]:
+        statement = requests.get(f"{sandboxes[profile].base}/metadata", timeout=10).json()
+        assert profile in statement["description"]
+        return next(r for r in statement["rest"][0]["resource"] if r["type"] == "Subscription")
+
+    assert "extension" not in subscription_entry("medplum") and "operation" not in subscription_entry("medplum")
+    assert subscription_entry("hapi")["extension"] and subscription_entry("lenient")["operation"]
+    statement = requests.get(f"{sandboxes['medplum'].base}/metadata", timeout=10).json()
+    assert statement["implementation"]["url"] == sandboxes["medplum"].public
+    assert "security" not in statement["rest"][0]
+
+
+def _event_numbers(seen: list[Any], path: str) -> list[int]:
+    numbers = []
+    for received in seen:
+        if received.path != path:
+            continue
+        status = received.json()["entry"][0]["resource"]
+        for param in status["parameter"]:
+            if param["name"] == "notification-event":
+                numbers += [int(p["valueString"]) for p in param["part"] if p["name"] == "event-number"]
+    return numbers
+
+
+@pytest.mark.parametrize(("profile", "after_restart"), [("hapi", 1), ("lenient", 2)])
+def test_topic_event_numbers_after_a_restart(
+    processes: Callable[..., Process], tmp_path: Path, receiver: Receiver, profile: str, after_restart: int
+) -> None:
+    database, port = tmp_path / "events.sqlite", free_port()
+    first = start_sandbox(processes, profile=profile, database=database, port=port)
+    path = f"/{profile}-events"
+    _created(first.base, _backport(receiver.url + path))
+    _created(first.base, {"resourceType": "Patient"})
+    receiver.wait_for(lambda got: _event_numbers(got, path) == [1])
+    assert first.process.stop() == 0
+    second = start_sandbox(processes, profile=profile, database=database, port=port)
+    _created(second.base, {"resourceType": "Patient"})
+    # HAPI counts events in memory: after a restart they start again at 1.
+    seen = receiver.wait_for(lambda got: len(_event_numbers(got, path)) == 2)
+    assert _event_numbers(seen, path) == [1, after_restart]
+
+
+def test_an_in_process_sandbox_takes_a_profile(serve_app: Callable[..., Any]) -> None:
+    sandbox = serve_sandbox(serve_app, profile="hapi")
+    try:
+        assert _put(sandbox, {"resourceType": "Device", "id": "42"}).status_code == 400
+        assert _post(sandbox, _task("Device/none", "Patient/none")).status_code == 400
+    finally:
+        sandbox.close()
+
+
+def test_medplum_notifies_deletes_only_when_asked_and_says_what_happened(
+    sandboxes: dict[str, SandboxProcess], receiver: Receiver
+) -> None:
+    base = sandboxes["medplum"].base
+    default = _created(base, _classic(f"{receiver.url}/default", "active"))
+    asked = _classic(f"{receiver.url}/deletes", "active")
+    asked["extension"] = [{"url": EXT_INTERACTION, "valueCode": "delete"}]
+    asked = _created(base, asked)
+    patient = _created(base, {"resourceType": "Patient"})
+    created = receiver.wait_for(lambda got: any(r.path == "/default" for r in got))
+    first = next(r for r in created if r.path == "/default")
+    assert first.headers["X-Medplum-Interaction"] == "create"
+    assert first.headers["X-Medplum-Subscription"] == default["id"]
+    assert "/deletes" not in {r.path for r in created}  # it names delete only
+    requests.delete(f"{base}/Patient/{patient['id']}", timeout=10)
+    seen = receiver.wait_for(lambda got: any(r.path == "/deletes" for r in got))
+    deleted = next(r for r in seen if r.path == "/deletes")
+    assert deleted.json() == {}
+    assert deleted.headers["X-Medplum-Deleted-Resource"] == f"Patient/{patient['id']}"
+    assert deleted.headers["X-Medplum-Subscription"] == asked["id"]
+    # Judged in the same listener call: the default one (create and update) got no delete.
+    assert [r.headers["X-Medplum-Interaction"] for r in seen if r.path == "/default"] == ["create"]
+
+
+def test_notifications_about_subscriptions_carry_no_secret(
+    sandboxes: dict[str, SandboxProcess], receiver: Receiver
+) -> None:
+    base = sandboxes["hapi"].base
+    watcher = _created(base, {**_classic(f"{receiver.url}/watcher", "requested"), "criteria": "Subscription?"})
+    _wait_status(base, watcher["id"], "active")
+    secret = _created(base, _classic("http://127.0.0.1:9/elsewhere", "requested", header="X-Key: do-not-leak"))
+    seen = receiver.wait_for(lambda got: any(r.path == "/watcher" and secret["id"].encode() in r.body for r in got))
+    about = [r for r in seen if r.path == "/watcher" and secret["id"].encode() in r.body]
+    assert all(b"do-not-leak" not in r.body for r in about)
+    assert about[0].json()["channel"]["header"] == [f"X-Key: {MASK}"]
+
+
+def test_start_service_runs_the_service_against_a_profile(
+    processes: Callable[..., Process], redis_url: str, tmp_path: Path
+) -> None:
+    clients = {"smartflow": ("svc-secret", "system/*.cruds")}
+    service = start_service(
+        processes,
+        tmp_path,
+        redis_url=redis_url,
+        prefix="sbx-profile",
+        secret=("SBX_PROFILE_SECRET", "s"),
+        workers=0,
+        profile="hapi",
+        sandbox_clients=clients,
+    )
+    assert "profile hapi" in requests.get(f"{service.store}/metadata", timeout=10).json()["description"]
+    assert requests.get(f"{service.store}/Patient", timeout=10).status_code == 401  # its clients want tokens
+    assert _token(service.store, "smartflow", "svc-secret")["scope"] == "system/*.cruds"

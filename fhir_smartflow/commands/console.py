@@ -44,6 +44,8 @@ def mount_console(settings: Settings, conn: redis.Redis, mounts: dict[str, Any],
         log.warning("console: no FHIR client (%s); pages that search the FHIR server are unavailable", exc)
         fhir = None
     deps = build_console_deps(settings, conn, secret_key=key, embedded=embedded, fhir=fhir)
+    if deps.flows_dir is None:
+        log.warning("console: [engine] flows names no directory on disk: flows are read-only in the console")
     if embedded:
         _embedded_admin(deps.accounts)
     mounts[settings.console.path] = create_console_app(deps)

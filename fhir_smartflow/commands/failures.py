@@ -25,10 +25,16 @@ def _config(exc: Exception, _settings: Settings | None) -> str:
 
 
 def _redis(exc: Exception, settings: Settings | None) -> str:
+    if settings is not None and settings.redis.sentinels:
+        # redis-py appends the whole client (pool, options) to "No master found": keep the first part.
+        detail = str(exc).split(" : ", 1)[0]
+        return (
+            f"Redis unreachable through the sentinels {', '.join(settings.redis.sentinels)} "
+            f"({type(exc).__name__}: {detail}): start them, or fix [redis] sentinels (SMARTFLOW_REDIS_SENTINELS)"
+        )
     where = f" at {redacted_url(settings.redis.url)}" if settings is not None and settings.redis.url else ""
     return (
-        f"Redis unreachable{where} ({type(exc).__name__}: {exc}): start Redis, or fix [redis] url "
-        "(SMARTFLOW_REDIS_URL)"
+        f"Redis unreachable{where} ({type(exc).__name__}: {exc}): start Redis, or fix [redis] url (SMARTFLOW_REDIS_URL)"
     )
 
 

@@ -11,7 +11,19 @@ import click
 from fhir_smartflow.commands.context import CliContext, pass_ctx
 
 
+def _feedback_line(rec: dict[str, Any]) -> str:
+    """What a user did with a CDS Hooks card (cds/feedback.py)."""
+    fb = rec.get("feedback", {})
+    reason = fb.get("reason") or {}
+    why = f"  reason: {reason.get('system')}|{reason.get('code')}" if reason else ""
+    name = rec.get("trigger", {}).get("name")
+    head = f"{rec.get('at')}  {name}  {fb.get('flag') or '-'}  patient={fb.get('patient') or '-'}"
+    return f"{head}\n    card {fb.get('outcome')} by {fb.get('user') or '-'}  flow: {fb.get('flow') or '-'}{why}"
+
+
 def _line(rec: dict[str, Any]) -> str:
+    if rec.get("kind") == "cds-feedback":
+        return _feedback_line(rec)
     trig = rec.get("trigger", {})
     ran = [f["id"] for f in rec.get("flows", []) if f.get("ran")]
     skipped = [f"{f['id']} ({f.get('reason', '')})" for f in rec.get("flows", []) if not f.get("ran")]
@@ -47,7 +59,7 @@ def history_command(
     from fhir_smartflow.worker.history import RunHistory, parse_since
 
     settings = cli.settings
-    if not settings.redis.url:
+    if settings.embedded_queue:
         click.echo(
             "history needs [redis] url: with the embedded queue, runs live inside the serve process only", err=True
         )

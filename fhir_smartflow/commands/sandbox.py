@@ -6,6 +6,7 @@ import logging
 import signal
 import sys
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 
@@ -26,7 +27,8 @@ log = logging.getLogger(__name__)
     "--profile",
     type=click.Choice(sorted(PROFILES)),
     default=None,
-    help="Server behaviours to reproduce (default: [sandbox] profile, lenient).",
+    help="Server behaviours to reproduce (default: [sandbox] profile, lenient): "
+    + "; ".join(f"{p.name}: {p.summary}" for p in PROFILES.values()),
 )
 @click.option(
     "--public-base-url",
@@ -46,9 +48,11 @@ def sandbox_command(
 ) -> None:
     """Run the sandbox FHIR R4 store alone (for tests and "test your flow before going live").
 
-    Not for production: no authentication, no PHI. The FHIR base is http://HOST:PORT/.
+    Not for production: no authentication (unless a strict profile has [sandbox.clients]), no PHI. The FHIR
+    base is http://HOST:PORT/.
     """
     from waitress import create_server
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
     from fhir_smartflow.sandbox.app import create_sandbox_app
     from fhir_smartflow.sandbox.store import Store
@@ -75,7 +79,11 @@ def sandbox_command(
     except ConfigError as exc:  # [sandbox.clients] without their secrets
         click.echo(f"sandbox: {exc}", err=True)
         sys.exit(2)
-    server: Any = create_server(app, host=host, port=port, threads=threads)
+    # A public base with a path (http://localhost:8103/fhir) is served under that path too, so clients can
+    # use the same path on another host name (127.0.0.1), as with a server configured under its own name.
+    prefix = urlsplit(public).path.rstrip("/")
+    served: Any = DispatcherMiddleware(app, {prefix: app}) if prefix else app
+    server: Any = create_server(served, host=host, port=port, threads=threads)
     state = app.extensions["sandbox"]
     log.warning(
         "sandbox FHIR store on http://%s:%s (profile %s, database %s%s) - NOT FOR PRODUCTION",

@@ -18,8 +18,7 @@ from fhir_smartflow.commands.console import mount_console
 from fhir_smartflow.commands.context import CliContext, pass_ctx
 from fhir_smartflow.commands.worklist import mount_worklist
 from fhir_smartflow.config import ConfigError, Settings
-from fhir_smartflow.connections import embedded_redis
-from fhir_smartflow.ingest.app import webhook_redis
+from fhir_smartflow.connections import WEBHOOK, connect, embedded_redis
 from fhir_smartflow.liveness import POLLER, SCHEDULER, Heartbeat
 from fhir_smartflow.worker.embedded import WORKER_LOG_LEVEL, replay_failed, run_embedded_worker, worker_connection
 from fhir_smartflow.worker.runtime import (
@@ -43,7 +42,7 @@ log = logging.getLogger(__name__)
 
 # What a production process needs, each with what it is for (a missing one is named at start).
 NEEDS: dict[str, tuple[Callable[[Settings], bool], str]] = {
-    "[redis] url": (lambda s: bool(s.redis.url), "the shared queue (SMARTFLOW_REDIS_URL)"),
+    "[redis] url": (lambda s: s.redis.shared, "the shared queue (SMARTFLOW_REDIS_URL, or [redis] sentinels)"),
     "[fhir] base_url": (lambda s: bool(s.fhir.base_url), "the FHIR server the flows read and write"),
     "[[subscriptions]]": (lambda s: bool(s.subscriptions), "how webhook deliveries authenticate, or --insecure-dev"),
 }
@@ -118,14 +117,15 @@ def serve(
         if not settings.subscriptions and not insecure_dev:
             insecure_dev = True
             log.warning("EMBEDDED MODE implies --insecure-dev: webhook deliveries are NOT authenticated.")
+        seen = _saved_generation(settings, conn)
         rt = _service_runtime(settings, conn)
         install(rt)
         _reload_on_sighup(rt)
-        _watch_saved_changes(rt, conn, "serve")
+        _watch_saved_changes(rt, conn, "serve", seen)
         threading.Thread(target=run_embedded_worker, args=(rt, stop), name="embedded-worker", daemon=True).start()
         _start_scheduler(rt, stop)
     else:
-        conn = webhook_redis(settings.redis.url)
+        conn = connect(settings, WEBHOOK)
     mounts: dict[str, object] = {}
     sandbox_state = None
     if embedded and settings.sandbox_fhir:  # only a try-out serves the sandbox store (and subscribes to it)
@@ -138,7 +138,16 @@ def serve(
     app = create_app(settings, conn, insecure_dev=insecure_dev, extra_wsgi_mounts=mounts or None)  # type: ignore[arg-type]
     log.info("serving webhook on http://%s:%s%s", host, port, settings.server.notify_path)
     try:
-        waitress.serve(app, host=host, port=port, threads=threads, ident="fhir-smartflow", _quiet=True)
+        waitress.serve(
+            app,
+            host=host,
+            port=port,
+            threads=threads,
+            ident="fhir-smartflow",
+            _quiet=True,
+            # waitress drops X-Forwarded-* by default; the console reads those of its configured proxies.
+            clear_untrusted_proxy_headers=not settings.console.proxy_hops,
+        )
     finally:
         stop.set()
         if sandbox_state is not None:
@@ -176,13 +185,20 @@ def _reload_on_sighup(rt: Runtime) -> None:
         signal.signal(signal.SIGHUP, reload)
 
 
-def _watch_saved_changes(rt: Runtime, conn: redis.Redis, role: str) -> None:
-    """Flows saved in the console are loaded within seconds, as on SIGHUP (console/reload.py)."""
+def _saved_generation(settings: Settings, conn: redis.Redis) -> int | None:
+    from fhir_smartflow.console.reload import saved_generation
+
+    return saved_generation(settings, conn)
+
+
+def _watch_saved_changes(rt: Runtime, conn: redis.Redis, role: str, seen: int | None) -> None:
+    """Flows saved in the console are loaded within seconds, as on SIGHUP (console/reload.py); ``seen``:
+    the generation read before the files were loaded."""
     if not isinstance(rt, ServiceRuntime):
         return
     from fhir_smartflow.console.reload import watch_saved_changes
 
-    watch_saved_changes(rt, conn, role)
+    watch_saved_changes(rt, conn, role, seen=seen)
 
 
 def _start_scheduler(rt: Runtime, stop: threading.Event) -> None:
@@ -220,12 +236,16 @@ def worker(cli: CliContext, burst: bool, with_scheduler: bool, worker_class: str
     """Run an rq worker on the configured Redis: dedupe, gap checks, fetch, dispatch."""
     settings = cli.settings
     require_settings(settings, "worker", ["[redis] url", "[fhir] base_url"])
+    if worker_class == "fork" and settings.redis.sentinels:
+        # rq's work horse rebuilds its client from plain connection arguments: it cannot follow the sentinels.
+        raise ConfigError("--worker-class fork", "not with [redis] sentinels; use --worker-class simple")
     conn = worker_connection(settings)
     wait_for_redis(conn)  # a worker (re)started while Redis restarts waits for it instead of exiting
+    seen = _saved_generation(settings, conn)
     rt = _service_runtime(settings, conn)
     install(rt)
     _reload_on_sighup(rt)
-    _watch_saved_changes(rt, conn, "worker")
+    _watch_saved_changes(rt, conn, "worker", seen)
     if with_scheduler:  # due rq jobs (retries, gap sweeps) move in Liveness; our follow-ups in a thread
         _start_scheduler(rt, threading.Event())
     if settings.poll.enabled:  # servers without subscriptions: poll inside the worker (docs/openemr.md)

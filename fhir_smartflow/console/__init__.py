@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from flask import Flask, render_template
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from fhir_smartflow.console.auth import current_user, register_auth, require
 from fhir_smartflow.console.csrf import install_csrf
@@ -39,13 +40,13 @@ def create_console_app(deps: ConsoleDeps) -> Flask:
     app.extensions["console"] = deps
     install_csrf(app)
     install_headers(app)
-    register_auth(app)
+    register_auth(app, with_oidc=deps.oidc is not None)
 
     @app.context_processor
     def layout() -> dict[str, object]:
         user = current_user()
         items = [item for item in nav_items(app) if user is not None and user.can(item.role)]
-        return {"user": user, "nav": items, "embedded": deps.embedded}
+        return {"user": user, "nav": items, "embedded": deps.embedded, "oidc_login": deps.oidc is not None}
 
     @app.errorhandler(403)
     def forbidden(_exc: Exception) -> tuple[str, int]:
@@ -59,6 +60,9 @@ def create_console_app(deps: ConsoleDeps) -> Flask:
     register_views(app, deps)
     if not any(rule.rule == "/" for rule in app.url_map.iter_rules()):
         _home(app)
+    hops = deps.settings.console.proxy_hops
+    if hops:  # only the configured proxies' headers: a client could forge any others
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
     return app
 
 

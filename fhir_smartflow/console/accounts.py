@@ -23,7 +23,9 @@ ROLES = ("viewer", "admin")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 MIN_PASSWORD = 12
 
-_hasher = PasswordHasher()  # argon2id, the library's memory-hard defaults
+_hasher = PasswordHasher()  # argon2id, the library's memory-hard defaults (64 MiB per hash)
+# At most this many hashes at once per process: a flood of logins queues instead of exhausting memory.
+_hashing = threading.BoundedSemaphore(2)
 # Verified against when the account does not exist, so a wrong name costs as long as a wrong password.
 _DUMMY = _hasher.hash(secrets.token_urlsafe(16))
 
@@ -139,7 +141,9 @@ class Accounts:
             raise AccountError(f"role: one of {', '.join(ROLES)}")
         if len(password) < MIN_PASSWORD:
             raise AccountError(f"password: at least {MIN_PASSWORD} characters")
-        self.backend.put(name, {"hash": _hasher.hash(password), "role": role})
+        with _hashing:
+            hashed = _hasher.hash(password)
+        self.backend.put(name, {"hash": hashed, "role": role})
         return ConsoleUser(name, role)
 
     def get(self, name: str) -> ConsoleUser | None:
@@ -160,7 +164,8 @@ class Accounts:
         record = self.backend.load().get(name)
         stored = record["hash"] if record else _DUMMY
         try:
-            _hasher.verify(stored, password)
+            with _hashing:
+                _hasher.verify(stored, password)
         except (VerificationError, InvalidHashError):
             return None
         if record is None or record.get("role") not in ROLES:

@@ -19,6 +19,7 @@ from fhir_smartflow.console.accounts import Accounts
 from fhir_smartflow.console.audit import Audit
 from fhir_smartflow.console.auth import LoginLimiter, Sessions
 from fhir_smartflow.console.keys import ConsoleKeys
+from fhir_smartflow.console.oidc import OidcLogin
 from fhir_smartflow.console.reload import ReloadBus
 from fhir_smartflow.console.store import FlowStore, TemplateStore
 from fhir_smartflow.worker.runtime import utc_now
@@ -49,6 +50,7 @@ class ConsoleDeps:
     limiter: LoginLimiter
     secret_key: str
     embedded: bool = False
+    oidc: OidcLogin | None = None  # login through the EHR's server ([console] oidc_issuer)
 
 
 def editable_dir(paths: list[str]) -> Path | None:
@@ -105,4 +107,5 @@ def build_console_deps(
         limiter=LoginLimiter(conn, keys, c.login_attempts, c.login_window_seconds),
         secret_key=secret_key,
         embedded=embedded,
+        oidc=OidcLogin.from_settings(settings),
     )

@@ -25,8 +25,5 @@ class ConsoleKeys:
     def last_change(self) -> str:
         return f"{self.prefix}reload:change"
 
-    def status(self, process: str) -> str:
-        return f"{self.prefix}reload:status:{process}"
-
-    def status_pattern(self) -> str:
-        return f"{self.prefix}reload:status:*"
+    def status(self) -> str:
+        return f"{self.prefix}reload:status"  # hash: process -> its last report

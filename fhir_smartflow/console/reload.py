@@ -3,7 +3,7 @@
 A save bumps a generation counter in Redis (``ReloadBus.announce``). Every `serve` (embedded too) and
 `worker` process runs a ``watch_saved_changes`` thread that reads the counter every ``[console]
 reload_poll_seconds``; when it moved, the thread reloads the flow files exactly as SIGHUP does
-(``reload_engine``: on any error the running flows stay) and reports how it went under its own key
+(``reload_engine``: on any error the running flows stay) and reports how it went in one Redis hash
 (``ReloadBus.status()`` lists every live process, so the console can show where a change failed to load).
 Polling a key, not pub/sub: a process that missed a message (Redis restarted, it was busy) still catches up.
 """
@@ -15,14 +15,16 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 
 import redis
 
+from fhir_smartflow.config import Settings
 from fhir_smartflow.console.keys import ConsoleKeys
-from fhir_smartflow.worker.runtime import ServiceRuntime, reload_engine
+from fhir_smartflow.worker.runtime import ServiceRuntime, reload_engine, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ class ProcessStatus:
     at: str  # ISO UTC of the report
     flows: int  # flows running now
     errors: list[str] = field(default_factory=list)  # the loader's `file:line: field: reason` lines
+    expires: float = 0.0  # epoch seconds: a process that stopped reporting is dropped after this
 
 
 @dataclass(frozen=True)
@@ -69,16 +72,18 @@ class ReloadBus:
         return Change(**json.loads(raw)) if raw else None  # type: ignore[arg-type]
 
     def report(self, status: ProcessStatus) -> None:
-        self.conn.set(self.keys.status(status.process), json.dumps(asdict(status)), ex=STATUS_TTL)
+        fresh = replace(status, expires=time.time() + STATUS_TTL)
+        self.conn.hset(self.keys.status(), status.process, json.dumps(asdict(fresh)))
 
     def status(self) -> list[ProcessStatus]:
-        """Every live process's last report, by process name."""
-        found: list[ProcessStatus] = []
-        for key in self.conn.scan_iter(match=self.keys.status_pattern(), count=500):
-            raw = self.conn.get(key)
-            if raw:
-                found.append(ProcessStatus(**json.loads(raw)))  # type: ignore[arg-type]
-        return sorted(found, key=lambda s: s.process)
+        """Every live process's last report, by process name (those that stopped reporting are removed)."""
+        raw = self.conn.hgetall(self.keys.status())
+        found = [ProcessStatus(**json.loads(value)) for value in raw.values()]  # type: ignore[union-attr]
+        now = time.time()
+        gone = [s.process for s in found if s.expires < now]
+        if gone:
+            self.conn.hdel(self.keys.status(), *gone)
+        return sorted((s for s in found if s.expires >= now), key=lambda s: s.process)
 
     def failures(self) -> list[ProcessStatus]:
         """The live processes where the latest change did not load."""
@@ -92,10 +97,12 @@ def process_name(role: str) -> str:
 class SavedChangeWatcher:
     """Reloads ``rt``'s flows when the bus's generation moves (``run`` is the thread's body)."""
 
-    def __init__(self, rt: ServiceRuntime, bus: ReloadBus, role: str, interval: float) -> None:
+    def __init__(self, rt: ServiceRuntime, bus: ReloadBus, role: str, interval: float, seen: int | None = None) -> None:
+        """``seen``: the generation read before the runtime loaded its files (a save in between is then
+        caught up at the first check); None takes the first check's as loaded."""
         self.rt, self.bus, self.role, self.interval = rt, bus, role, interval
         self.process = process_name(role)
-        self.seen: int | None = None
+        self.seen = seen
         self.last: ProcessStatus | None = None
 
     def step(self) -> None:
@@ -106,6 +113,8 @@ class SavedChangeWatcher:
             self._report(generation, [])
             return
         if generation == self.seen:
+            if self.last is None:
+                self._report(generation, [])
             return
         self.seen = generation
         errors = [str(e) for e in reload_engine(self.rt)]
@@ -148,11 +157,25 @@ class SavedChangeWatcher:
                 failing = True
 
 
+def saved_generation(settings: Settings, conn: redis.Redis) -> int | None:
+    """The current generation, read before a process loads its files (None when Redis does not answer)."""
+    try:
+        return ReloadBus(conn, ConsoleKeys(settings.redis.key_prefix), utc_now).generation()
+    except redis.RedisError:
+        return None
+
+
 def watch_saved_changes(
-    rt: ServiceRuntime, conn: redis.Redis, role: str, stop: threading.Event | None = None
+    rt: ServiceRuntime,
+    conn: redis.Redis,
+    role: str,
+    stop: threading.Event | None = None,
+    *,
+    seen: int | None = None,
 ) -> SavedChangeWatcher:
-    """Start the watching thread for this process (daemon: it ends with the process)."""
+    """Start the watching thread for this process (daemon: it ends with the process); ``seen``: see
+    `SavedChangeWatcher`."""
     bus = ReloadBus(conn, ConsoleKeys(rt.settings.redis.key_prefix), rt.clock)
-    watcher = SavedChangeWatcher(rt, bus, role, rt.settings.console.reload_poll_seconds)
+    watcher = SavedChangeWatcher(rt, bus, role, rt.settings.console.reload_poll_seconds, seen)
     threading.Thread(target=watcher.run, args=(stop or threading.Event(),), name="console-reload", daemon=True).start()
     return watcher

@@ -12,6 +12,7 @@ import difflib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
@@ -24,6 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import redis
 import tomlkit
 
 from fhir_smartflow.config import Settings
@@ -31,6 +33,8 @@ from fhir_smartflow.engine.loader import build_engine
 from fhir_smartflow.engine.model import Engine
 from fhir_smartflow.engine.tomlfiles import LoadError, SourceFile, kind_of, parse_source
 from fhir_smartflow.flowfiles import discover, read_toml, registry_channels
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from fhir_smartflow.console.accounts import ConsoleUser
@@ -60,6 +64,9 @@ class Stored:
     name: str
     text: str
     etag: str  # changes whenever the file's bytes change; give it back to ``save``
+    # False: written, but Redis did not take the audit entry or the reload notice (the processes load it at
+    # the next saved change or SIGHUP); the page should say so.
+    announced: bool = True
 
 
 @dataclass(frozen=True)
@@ -68,7 +75,7 @@ class Version:
     user: str  # "" for the file as found on disk before the console first saved it
     at: str  # ISO UTC
     etag: str
-    action: str  # "found" | "create" | "save"
+    action: str  # "found" | "create" | "save" | "delete" (its text: the file as it was)
 
 
 class StoreError(Exception):
@@ -159,8 +166,9 @@ class FileStore:
         except UnknownFile:
             return None
 
-    def candidate_engine(self, name: str, text: str) -> tuple[Engine | None, list[LoadError]]:
-        """Every configured file loaded as the running processes will, with ``text`` as ``name``'s file."""
+    def candidate_engine(self, name: str, text: str | None) -> tuple[Engine | None, list[LoadError]]:
+        """Every configured file loaded as the running processes will, with ``text`` as ``name``'s file
+        (None: without that file)."""
         target = self.path(name)
         channels, problems = registry_channels(self.settings)
         if problems:
@@ -180,11 +188,12 @@ class FileStore:
                     continue
                 assert source is not None
                 sources[kind_of(source) or expected].append(source)
-        source, error = parse_source(str(target), text)
-        if error:
-            return None, [error, *errors]
-        assert source is not None
-        sources[kind_of(source) or self.kind].append(source)
+        if text is not None:
+            source, error = parse_source(str(target), text)
+            if error:
+                return None, [error, *errors]
+            assert source is not None
+            sources[kind_of(source) or self.kind].append(source)
         return build_engine(
             sources["mapping"], sources["flow"], sources["template"], self.settings, errors, channels=channels
         )
@@ -215,11 +224,38 @@ class FileStore:
             _atomic_write(path, text)
             self._keep(name, text, user.name, "save" if current else "create")
         stored = Stored(name, text, etag_of(text))
-        if self.audit is not None:
-            self.audit.record(user.name, f"{self.kind}.{'save' if current else 'create'}", name, stored.etag)
-        if self.bus is not None:
-            self.bus.announce(self.kind, name, user.name)
+        try:
+            if self.audit is not None:
+                self.audit.record(user.name, f"{self.kind}.{'save' if current else 'create'}", name, stored.etag)
+            if self.bus is not None:
+                self.bus.announce(self.kind, name, user.name)
+        except redis.RedisError as exc:
+            log.error("%s %s saved, but Redis did not take the notice (%s)", self.kind, name, type(exc).__name__)
+            return Stored(name, text, stored.etag, announced=False)
         return stored
+
+    def delete(self, name: str, etag: str, user: ConsoleUser) -> None:
+        """Remove ``name`` if it is still at ``etag`` and everything loads without it (a template a flow
+        uses cannot go); its versions stay in the history (the last one marked ``delete``)."""
+        path = self.path(name)
+        with self._exclusive():
+            current = self._current(name)
+            if current is None or current.etag != etag:
+                raise StaleEdit(current)
+            errors = self.candidate_engine(name, None)[1]
+            if errors:
+                raise InvalidFile(errors)
+            if not self.history(name):
+                self._keep(name, current.text, "", "found")
+            self._keep(name, current.text, user.name, "delete")
+            path.unlink()
+        try:
+            if self.audit is not None:
+                self.audit.record(user.name, f"{self.kind}.delete", name, etag)
+            if self.bus is not None:
+                self.bus.announce(self.kind, name, user.name)
+        except redis.RedisError as exc:
+            log.error("%s %s deleted, but Redis did not take the notice (%s)", self.kind, name, type(exc).__name__)
 
     # history
 

@@ -22,7 +22,7 @@ from flask import Blueprint, Response, request
 
 from fhir_smartflow import defaults, logs
 from fhir_smartflow.config import Settings
-from fhir_smartflow.connections import Keys
+from fhir_smartflow.connections import WEBHOOK, Keys, durable_pipeline, url_redis
 from fhir_smartflow.fhir.notifications import Notification, NotificationError, parse_notification
 from fhir_smartflow.ingest.auth import INSECURE_DEV_SUBSCRIPTION, Authenticator, AuthError
 from fhir_smartflow.ingest.policy import DeliveryPolicy, DeliveryRefused
@@ -75,12 +75,8 @@ class IngestContext:
 
 
 def webhook_redis(url: str) -> redis.Redis:
-    """The webhook's Redis client: fail fast (the sender retries after our 503), one quick retry
-    so a pooled connection left stale by a Redis restart does not cost a delivery."""
-    from redis.backoff import ConstantBackoff
-    from redis.retry import Retry
-
-    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5, retry=Retry(ConstantBackoff(0.05), 1))
+    """The webhook's Redis client for a URL (connections.WEBHOOK: fail fast, one quick retry)."""
+    return url_redis(url, WEBHOOK)
 
 
 def create_ingest_blueprint(ctx: IngestContext) -> Blueprint:
@@ -245,7 +241,7 @@ def _record_and_enqueue(ctx: IngestContext, subscription: str, notification: Not
     """One transaction: the per-subscription record, the jobs and the metrics land together or not at all."""
     key = ctx.keys.subscription(subscription)
     mismatch = _server_subscription(ctx, subscription, notification)
-    pipe = ctx.conn.pipeline()
+    pipe = durable_pipeline(ctx.conn, ctx.settings.redis)  # with replicas to wait for: on them before the 200
     pipe.multi()
     record: dict[str, str | int] = {"last_seen": now.isoformat()}
     if mismatch is not None:

@@ -19,7 +19,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from fhir_smartflow.config import Settings
-from fhir_smartflow.sandbox import smart, smart_authorize
+from fhir_smartflow.sandbox import cds_client, smart, smart_authorize
 from fhir_smartflow.sandbox.bundles import BundleProcessor
 from fhir_smartflow.sandbox.capability import capability_statement
 from fhir_smartflow.sandbox.errors import BadRequest, SandboxError, UnsupportedMediaType, error_outcome, outcome
@@ -116,7 +116,7 @@ def create_sandbox_app(
     enable_faults = settings.sandbox.faults if faults is None else faults
     state = SandboxState(store, notifier, FaultInjector() if enable_faults else None, fixed_base, chosen, auth)
     ops = Interactions(store, WriteRules(store, chosen, lambda: state.base_url or notifier.base_url))
-    topic_operations = TopicOperations(store)
+    topic_operations = TopicOperations(store, chosen)
     bundles = BundleProcessor(ops)
 
     app = Flask("fhir_smartflow.sandbox")
@@ -170,6 +170,7 @@ def create_sandbox_app(
         smart_authorize.install(app, authorization, base, auth)
     if auth is not None:
         smart.install(app, auth, configuration=authorization is None)
+    cds_client.install(app, cds_client.CdsClient(settings, ops), base)  # the sandbox as a CDS Hooks client
 
     # ---- fault control ---------------------------------------------------------------------------
 
@@ -187,7 +188,15 @@ def create_sandbox_app(
 
     @app.get("/metadata")
     def metadata() -> Response:
-        statement = capability_statement(base(), _software_version(), datetime.now(UTC).isoformat())
+        token_url = smart.token_url() if state.auth else None
+        statement = capability_statement(
+            base(),
+            _software_version(),
+            datetime.now(UTC).isoformat(),
+            profile=chosen.name,
+            topics=chosen.topic_subscriptions,
+            token_url=token_url,
+        )
         if state.authorization is not None:
             smart_authorize.add_security(statement, base())
         return _fhir(statement)

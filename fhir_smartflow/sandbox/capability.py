@@ -33,7 +33,20 @@ def _params_for(resource_type: str) -> list[dict[str, Any]]:
     return params
 
 
-def capability_statement(base_url: str, software_version: str, date: str) -> dict[str, Any]:
+OAUTH_URIS_EXT = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+SECURITY_SERVICE_SYSTEM = "http://hl7.org/fhir/restful-security-service"
+
+
+def capability_statement(
+    base_url: str,
+    software_version: str,
+    date: str,
+    *,
+    profile: str = "lenient",
+    topics: bool = True,
+    token_url: str | None = None,
+) -> dict[str, Any]:
+    """``topics``: R4 Backport topic-based Subscriptions are served; ``token_url``: the SMART token endpoint."""
     interactions = [
         {"code": c} for c in ("read", "vread", "update", "delete", "history-instance", "create", "search-type")
     ]
@@ -51,31 +64,36 @@ def capability_statement(base_url: str, software_version: str, date: str) -> dic
             "conditionalDelete": "not-supported",
             "searchParam": _params_for(rtype),
         }
-        if rtype == "Subscription":
+        if rtype == "Subscription" and topics:
             entry["extension"] = [{"url": TOPIC_CANONICAL_EXT, "valueCanonical": url} for url in TOPICS]
             entry["operation"] = [
                 {"name": "status", "definition": OPERATION_BASE + "backport-subscription-status"},
                 {"name": "events", "definition": OPERATION_BASE + "backport-subscription-events"},
             ]
         resources.append(entry)
+    rest: dict[str, Any] = {
+        "mode": "server",
+        "documentation": "Search result parameters: _count, _sort (_lastUpdated, -_lastUpdated), _total, "
+        "_summary=count. Unknown parameters are ignored with a warning unless Prefer: handling=strict.",
+        "resource": resources,
+        "interaction": [{"code": "transaction"}, {"code": "batch"}],
+    }
+    if token_url:
+        rest["security"] = {
+            "service": [{"coding": [{"system": SECURITY_SERVICE_SYSTEM, "code": "SMART-on-FHIR"}]}],
+            "extension": [{"url": OAUTH_URIS_EXT, "extension": [{"url": "token", "valueUri": token_url}]}],
+        }
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
         "date": date,
         "publisher": "fhir-smartflow",
         "kind": "instance",
-        "description": "fhir-smartflow sandbox FHIR store (not for production, no PHI). See docs/sandbox.md.",
+        "description": f"fhir-smartflow sandbox FHIR store, profile {profile} (not for production, no PHI). "
+        "See docs/sandbox.md.",
         "software": {"name": "fhir-smartflow sandbox", "version": software_version},
         "implementation": {"description": "fhir-smartflow sandbox FHIR store", "url": base_url},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "application/json"],
-        "rest": [
-            {
-                "mode": "server",
-                "documentation": "Search result parameters: _count, _sort (_lastUpdated, -_lastUpdated), _total, "
-                "_summary=count. Unknown parameters are ignored with a warning unless Prefer: handling=strict.",
-                "resource": resources,
-                "interaction": [{"code": "transaction"}, {"code": "batch"}],
-            }
-        ],
+        "rest": [rest],
     }

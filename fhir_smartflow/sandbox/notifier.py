@@ -27,6 +27,7 @@ from fhir_smartflow.retry import RETRYABLE_STATUS, RetryPolicy
 from fhir_smartflow.sandbox import search
 from fhir_smartflow.sandbox.errors import SandboxError
 from fhir_smartflow.sandbox.profiles import DEFAULT_PROFILE, PROFILES, Profile
+from fhir_smartflow.sandbox.secrets import without_secrets
 from fhir_smartflow.sandbox.store import Change, Store
 from fhir_smartflow.sandbox.subscriptions import (
     HAPI_PUT,
@@ -94,6 +95,8 @@ class Notifier:
 
     def start(self) -> None:
         """Load the stored subscriptions (activating the requested ones) and start the threads."""
+        if not self.profile.event_numbers_survive_restart:
+            self.store.forget_event_numbers()  # a server that counts in memory starts again at 1
         for resource in self.store.all_of_type("Subscription"):
             self._register(resource)
         for i, q in enumerate(self._queues):
@@ -126,10 +129,11 @@ class Notifier:
             else:
                 self._register(change.resource)
         with self._lock:
-            targets = [s for s in self._subs.values() if self._deliverable(s) and s.matches(change)]
+            targets = [s for s in self._subs.values() if self._notifies(s, change)]
+        shown = without_secrets(change) if self.profile.mask_secrets else change
         for spec in targets:
             number = self.store.record_event(spec.id, change) if spec.style == "backport" else 0
-            self._enqueue(Job("event", spec.id, change, number))
+            self._enqueue(Job("event", spec.id, shown, number))
 
     def _register(self, resource: dict[str, Any]) -> None:
         try:
@@ -142,6 +146,14 @@ class Notifier:
             self._last_activity.setdefault(spec.id, self._clock())
         if spec.status == "requested" and self.profile.activation != "client":
             self._enqueue(Job("activate", spec.id))
+
+    def _notifies(self, spec: SubscriptionSpec, change: Change) -> bool:
+        if not self._deliverable(spec):
+            return False
+        interactions = spec.interactions or self.profile.classic_interactions
+        if spec.style != "backport" and change.interaction not in interactions:
+            return False
+        return spec.matches(change)
 
     def _deliverable(self, spec: SubscriptionSpec) -> bool:
         # A server without topic-based subscriptions stores a Backport Subscription and never notifies it.
@@ -196,8 +208,19 @@ class Notifier:
             return
         assert job.change is not None
         method, url, payload = self._event_request(spec, job.change, job.event_number)
-        if not self._send(session, spec, method, url, payload):
+        extra = self._interaction_headers(spec, job.change)
+        if extra and job.change.interaction == "delete":
+            payload = {}
+        if not self._send(session, spec, method, url, payload, extra=extra):
             self._set_status(spec.id, "error", f"delivery of event {job.event_number or job.change.id} failed")
+
+    def _interaction_headers(self, spec: SubscriptionSpec, change: Change) -> dict[str, str]:
+        if not self.profile.interaction_headers or spec.style == "backport":
+            return {}
+        headers = {"X-Medplum-Subscription": spec.id, "X-Medplum-Interaction": change.interaction}
+        if change.interaction == "delete":
+            headers["X-Medplum-Deleted-Resource"] = f"{change.resource_type}/{change.id}"
+        return headers
 
     def _event_request(self, spec: SubscriptionSpec, change: Change, number: int) -> tuple[str, str, Any]:
         if spec.style == "backport":
@@ -216,9 +239,10 @@ class Notifier:
         url: str,
         body: Any,
         policy: RetryPolicy | None = None,
+        extra: dict[str, str] | None = None,
     ) -> bool:
         policy = policy or self.retry
-        headers = dict(spec.headers)
+        headers = {**(extra or {}), **dict(spec.headers)}
         data = None
         if body is not None:
             data = json.dumps(body).encode()

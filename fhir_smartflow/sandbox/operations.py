@@ -57,10 +57,12 @@ def prepare_write(
     try:
         parse_subscription({**resource, "id": resource.get("id") or "new"})
     except Unprocessable as exc:
-        if profile.activation != "server" or resource.get("status") not in {"requested", "active"}:
-            raise
-        # A server that activates Subscriptions itself stores one it cannot serve, with the reason.
-        return {**resource, "status": "error", "error": exc.message}
+        channel_problem = (exc.expression or "").startswith("Subscription.channel")
+        if profile.activation != "server" or not channel_problem or resource.get("status") != "requested":
+            raise  # criteria it cannot evaluate are refused at write (HAPI too)
+        # A server that activates Subscriptions itself sets one it cannot activate to `error`, the
+        # reason in `reason` (as HAPI does) and in `error`.
+        return {**resource, "status": "error", "error": exc.message, "reason": exc.message}
     if profile.activation == "sandbox" and resource.get("status") != "off":
         resource = {**resource, "status": "requested"}
         resource.pop("error", None)

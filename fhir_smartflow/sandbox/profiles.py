@@ -17,7 +17,7 @@ DEFAULT_PROFILE = "lenient"
 #   "sandbox": every client write starts as `requested`; the sandbox activates it; requested and active deliver.
 #   "client":  the status is what the client writes; only `active` delivers; nobody activates `requested`.
 #   "server":  the status is what the client writes; the server activates `requested` (or sets `error` with
-#              the reason when it cannot serve it); only `active` delivers.
+#              the reason when it cannot serve its channel); only `active` delivers.
 ACTIVATIONS = frozenset({"sandbox", "client", "server"})
 
 
@@ -47,7 +47,18 @@ class Profile:
     secret_extension: bool  # sign notifications (X-Signature) with the subscription-secret extension
     mask_secrets: bool  # reads and searches never return channel.header values or the secret extension
     topic_subscriptions: bool  # R4 Backport topic-based Subscriptions are served (else stored, never notified)
-    enforce_scopes: bool  # with registered OAuth clients: writes need a token whose scopes cover them
+    enforce_scopes: bool  # with registered OAuth clients: each interaction needs a token whose scopes cover it
+    event_numbers_survive_restart: bool  # topic event numbers continue after a restart (else start again at 1)
+    # Interactions a classic Subscription notifies when it names none (Medplum's supported-interaction
+    # extension names them).
+    classic_interactions: frozenset[str] = frozenset({"create", "update", "delete"})
+    # Medplum's delivery headers (X-Medplum-Subscription, X-Medplum-Interaction; on a delete
+    # X-Medplum-Deleted-Resource with the body ``{}``).
+    interaction_headers: bool = False
+
+    def __post_init__(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"profile {self.name}: activation must be one of {sorted(ACTIVATIONS)}")
 
     @property
     def deliverable(self) -> frozenset[str]:
@@ -70,10 +81,11 @@ PROFILES: dict[str, Profile] = {
             mask_secrets=False,
             topic_subscriptions=True,
             enforce_scopes=False,
+            event_numbers_survive_restart=True,
         ),
         Profile(
             name="medplum",
-            summary="Medplum: server-assigned ids, references checked on write, only active Subscriptions notify",
+            summary="server-assigned ids, references checked on write, only active Subscriptions notify",
             client_id=no_client_id,
             check_references=True,
             check_reference_types=True,
@@ -82,6 +94,9 @@ PROFILES: dict[str, Profile] = {
             mask_secrets=True,
             topic_subscriptions=False,
             enforce_scopes=True,
+            event_numbers_survive_restart=True,
+            classic_interactions=frozenset({"create", "update"}),
+            interaction_headers=True,
         ),
         Profile(
             name="hapi",
@@ -94,6 +109,7 @@ PROFILES: dict[str, Profile] = {
             mask_secrets=True,
             topic_subscriptions=True,
             enforce_scopes=True,
+            event_numbers_survive_restart=False,
         ),
     )
 }

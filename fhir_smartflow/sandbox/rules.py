@@ -16,6 +16,11 @@ from fhir_smartflow.sandbox.store import Store
 Resolver = Callable[[str], str]
 
 
+# Elements holding whole resources (Bundle.entry.resource, Parameters.parameter.resource, contained): their
+# references are theirs, not the written resource's.
+_INLINE_RESOURCES = frozenset({"contained", "resource"})
+
+
 def references(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """(element path without indexes, Reference) for every element carrying a string ``reference``."""
     if isinstance(node, list):
@@ -27,7 +32,7 @@ def references(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
     if isinstance(node.get("reference"), str) and "." in path:
         yield path, node
     for key, value in node.items():
-        if key not in {"reference", "contained"} and isinstance(value, dict | list):
+        if key != "reference" and key not in _INLINE_RESOURCES and isinstance(value, dict | list):
             yield from references(value, f"{path}.{key}")
 
 

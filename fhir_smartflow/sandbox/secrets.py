@@ -7,7 +7,10 @@ show a mask instead. A client writing back what it read (the mask unchanged) kee
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
+
+from fhir_smartflow.sandbox.store import Change
 
 MASK = "********"
 EXT_SECRET = "https://www.medplum.com/fhir/StructureDefinition/subscription-secret"
@@ -60,3 +63,10 @@ def keep_secrets(resource: dict[str, Any], current: dict[str, Any]) -> dict[str,
         if isinstance(ext, dict) and ext.get("url") == EXT_SECRET and ext.get("valueString") == MASK and secret:
             ext["valueString"] = secret
     return result
+
+
+def without_secrets(change: Change) -> Change:
+    """``change`` as a notification may carry it: a Subscription's secrets masked."""
+    if change.resource_type != "Subscription" or not change.resource:
+        return change
+    return dataclasses.replace(change, resource=masked(change.resource))

@@ -14,7 +14,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote_plus
@@ -172,6 +172,11 @@ def _interaction(method: str, parts: list[str]) -> list[tuple[str, str]]:
     return [(parts[0], letter)] if letter else []
 
 
+def token_url() -> str:
+    """The token endpoint under the host the client reached us at (a public base may not resolve here)."""
+    return request.host_url.rstrip("/") + request.script_root + TOKEN_PATH
+
+
 def _fhir(body: dict[str, Any], status: int) -> Response:
     return Response(json.dumps(body), status=status, mimetype="application/fhir+json")
 
@@ -181,7 +186,7 @@ def install(app: Flask, auth: SmartAuth, *, configuration: bool = True) -> None:
 
     def smart_configuration() -> Response:
         body = {
-            "token_endpoint": request.host_url.rstrip("/") + request.script_root + TOKEN_PATH,
+            "token_endpoint": token_url(),
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
             "grant_types_supported": ["client_credentials"],
             "scopes_supported": ["system/*.cruds", "system/*.rs", "system/*.read", "system/*.write"],
@@ -208,6 +213,3 @@ def _body() -> Any:
         return json.loads(request.get_data() or b"null")
     except (ValueError, RecursionError):
         return None
-
-
-__all__: Iterable[str] = ("SmartAuth", "install", "interactions", "scope_allows", "scope_letters")

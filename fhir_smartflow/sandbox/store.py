@@ -346,6 +346,12 @@ class Store:
             for r in rows
         ]
 
+    def forget_event_numbers(self) -> None:
+        """Every subscription's event count and log back to nothing (its next event is number 1)."""
+        with self.transaction():
+            self._conn.execute("DELETE FROM subscription_events")
+            self._conn.execute("DELETE FROM subscription_log")
+
     def events_count(self, subscription_id: str) -> int:
         with self._lock:
             row = self._conn.execute("SELECT count FROM subscription_events WHERE id=?", (subscription_id,)).fetchone()

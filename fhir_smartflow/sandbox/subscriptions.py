@@ -35,6 +35,8 @@ from fhir_smartflow.sandbox.secrets import secret_of
 from fhir_smartflow.sandbox.store import Change, Store
 from fhir_smartflow.sandbox.validation import model_class
 
+# Medplum: the interactions (create | update | delete) a Subscription notifies, one extension each.
+EXT_INTERACTION = "https://medplum.com/fhir/StructureDefinition/subscription-supported-interaction"
 # Sandbox-only option: deliver classic notifications the way HAPI FHIR does (PUT/DELETE <endpoint>/<Type>/<id>).
 EXT_DELIVERY_STYLE = "http://fhir-smartflow.example/StructureDefinition/sandbox-delivery-style"
 HAPI_PUT = "hapi-put"
@@ -71,6 +73,7 @@ class SubscriptionSpec:
     delivery_style: str = "post"
     version: str = ""
     secret: str = field(default="", repr=False)  # the subscription-secret extension: notifications are signed
+    interactions: frozenset[str] = frozenset()  # named by supported-interaction extensions (empty: the default)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def matches(self, change: Change) -> bool:
@@ -134,6 +137,7 @@ def parse_subscription(resource: dict[str, Any]) -> SubscriptionSpec:
         "version": str((resource.get("meta") or {}).get("versionId", "")),
         "delivery_style": delivery_style,
         "secret": secret_of(resource),
+        "interactions": frozenset(str(e.get("valueCode")) for e in _extensions(resource, EXT_INTERACTION)),
     }
     if criteria.startswith(("http://", "https://")):
         return _parse_backport(resource, channel, criteria, filter_exts, common)

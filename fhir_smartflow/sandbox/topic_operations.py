@@ -7,6 +7,8 @@ from typing import Any
 
 from fhir_smartflow.sandbox import search
 from fhir_smartflow.sandbox.errors import BadRequest
+from fhir_smartflow.sandbox.profiles import DEFAULT_PROFILE, PROFILES, Profile
+from fhir_smartflow.sandbox.secrets import without_secrets
 from fhir_smartflow.sandbox.store import Store
 from fhir_smartflow.sandbox.subscriptions import (
     CONTENTS,
@@ -33,8 +35,9 @@ def operation_parameters(body: Any) -> dict[str, str]:
 
 
 class TopicOperations:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, profile: Profile = PROFILES[DEFAULT_PROFILE]) -> None:
         self.store = store
+        self.profile = profile
 
     def _spec(self, subscription_id: str) -> tuple[SubscriptionSpec, dict[str, Any]]:
         resource = self.store.read("Subscription", subscription_id)
@@ -68,6 +71,8 @@ class TopicOperations:
         if content not in CONTENTS:
             raise BadRequest(f"content must be one of {', '.join(CONTENTS)}, got {content!r}")
         logged = self.store.logged_events(spec.id, since, until)
+        if self.profile.mask_secrets:
+            logged = [(number, without_secrets(change)) for number, change in logged]
         return events_bundle(spec, base_url, logged, "query-event", count, content)
 
 

@@ -89,7 +89,7 @@ def check(role: str, settings: Settings) -> Health:
     made: list[redis.Redis] = []
 
     def conn() -> redis.Redis:  # only the roles with records in Redis need it
-        if not settings.redis.url:
+        if settings.embedded_queue:
             raise _NoRedis
         if not made:
             made.append(connect(settings))

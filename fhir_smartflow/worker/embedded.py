@@ -14,6 +14,7 @@ from rq.scheduler import RQScheduler
 from rq.timeouts import TimerDeathPenalty
 
 from fhir_smartflow.config import Settings
+from fhir_smartflow.connections import ClientOptions, connect
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.queueing import PROCESS_EVENT, enqueue_events
 from fhir_smartflow.worker.runtime import Runtime
@@ -32,9 +33,7 @@ WORKER_SOCKET_TIMEOUT_SECONDS = DEFAULT_WORKER_TTL + 10
 
 def worker_connection(settings: Settings) -> redis.Redis:
     """A client whose reads outlast rq's blocking dequeue (the service's usual 10 s would not)."""
-    return redis.Redis.from_url(
-        settings.redis.url, socket_connect_timeout=2, socket_timeout=WORKER_SOCKET_TIMEOUT_SECONDS
-    )
+    return connect(settings, ClientOptions(socket_timeout=WORKER_SOCKET_TIMEOUT_SECONDS))
 
 
 class ThreadWorker(rq.SimpleWorker):

@@ -164,14 +164,22 @@ class RunHistory:
 
     def record(self, plan: Plan, result: ExecutionResult | None = None) -> str:
         """Store one run; returns its id (time-ordered: ``<epoch ms>-<random>``)."""
+        flows = {r.flow_id for r in plan.runs}
+        return self.add(lambda run_id, at: build_record(run_id, at, plan, result), plan.trigger.patient, flows)
+
+    def add(
+        self, build: Callable[[str, datetime], dict[str, Any]], patient: str | None, flow_ids: Iterable[str]
+    ) -> str:
+        """Store the record ``build(id, at)`` makes, indexed by patient and flows like a run (a flow run, or
+        what a user did with a CDS Hooks card: cds/feedback.py); returns its id."""
         at = self.clock()
         score = at.timestamp()
         run_id = f"{int(score * 1000):013d}-{secrets.token_hex(4)}"
-        record = build_record(run_id, at, plan, result)
+        record = build(run_id, at)
         indexes = [self.keys.history()]
-        if plan.trigger.patient:
-            indexes.append(self.patient_index(plan.trigger.patient))
-        indexes += [self.flow_index(fid) for fid in sorted({r.flow_id for r in plan.runs})]
+        if patient:
+            indexes.append(self.patient_index(patient))
+        indexes += [self.flow_index(fid) for fid in sorted(set(flow_ids))]
         pipe = self.conn.pipeline(transaction=False)
         pipe.set(self.keys.run(run_id), json.dumps(record, separators=(",", ":")), ex=self.ttl)
         for index in indexes:

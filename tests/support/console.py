@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import requests
 
-from tests.support.procs import ROOT
+from tests.support.procs import ROOT, Process
 
 CONSOLE_SECRET = "test-console-signing-key-0123456789abcdef"
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -109,11 +110,25 @@ def console_rules(config: Path) -> list[tuple[str, str, frozenset[str]]]:
     return found
 
 
+@dataclass(frozen=True)
+class ConsoleServe:
+    base: str  # the console's URL
+    config: Path
+    env: dict[str, str]  # what each CLI call needs (config, console key)
+    prefix: str
+    process: Process
+
+
 def start_console_serve(
-    processes: object, tmp_path: Path, *, redis_url: str, prefix: str, extra: dict[str, dict[str, object]] | None = None
-) -> tuple[str, Path, dict[str, str]]:
-    """`serve --insecure-dev` on the test's Redis with the console on a copied site: (console base URL,
-    config path, the environment each CLI call needs)."""
+    processes: Callable[..., Process],
+    tmp_path: Path,
+    *,
+    redis_url: str,
+    prefix: str,
+    extra: dict[str, dict[str, object]] | None = None,
+    env: dict[str, str] | None = None,
+) -> ConsoleServe:
+    """`serve --insecure-dev` on the test's Redis with the console on a copied site."""
     from tests.support.net import free_port
     from tests.support.procs import smartflow_cmd
     from tests.support.toml import write_config
@@ -128,8 +143,8 @@ def start_console_serve(
         **(extra or {}),
     }
     config = write_config(tmp_path / "smartflow.toml", sections)
-    env = {"SMARTFLOW_CONFIG": str(config), "SMARTFLOW_CONSOLE_SECRET": CONSOLE_SECRET}
-    serve = processes(smartflow_cmd("serve", "--insecure-dev"), env, "serve")  # type: ignore[operator]
+    env = {"SMARTFLOW_CONFIG": str(config), "SMARTFLOW_CONSOLE_SECRET": CONSOLE_SECRET, **(env or {})}
+    serve = processes(smartflow_cmd("serve", "--insecure-dev"), env, "serve")
     base = f"http://127.0.0.1:{port}/console"
     serve.wait_http(f"{base}/login")
-    return base, config, env
+    return ConsoleServe(base, config, env, prefix, serve)

@@ -113,9 +113,11 @@ def serve_sandbox(
     *,
     faults: bool = True,
     variant: Callable[[WsgiApp], WsgiApp] | None = None,
+    profile: str = "lenient",
 ) -> Sandbox:
-    """A fresh in-memory sandbox over real HTTP (``serve`` starts the server and stops it later)."""
-    app = create_sandbox_app(Settings(), faults=faults)
+    """A fresh in-memory sandbox over real HTTP (``serve`` starts the server and stops it later), with the
+    server behaviours of ``profile`` (lenient | medplum | hapi, docs/sandbox.md)."""
+    app = create_sandbox_app(Settings(), faults=faults, profile=profile)
     log = RequestLog(variant(app) if variant else app)
     server = serve(log)
     state = app.extensions["sandbox"]

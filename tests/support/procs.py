@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,11 +128,26 @@ class RedisServer:
     Tests and benchmarks only ever talk to a Redis they started.
     """
 
-    def __init__(self, directory: Path, port: int | None = None, *, durable: bool = False, databases: int = 16) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        port: int | None = None,
+        *,
+        durable: bool = False,
+        databases: int = 16,
+        extra: Sequence[str] = (),
+        host: str = "127.0.0.1",
+        prefix: Sequence[str] = (),
+    ) -> None:
+        """``extra``: more redis-server arguments (``--replicaof``, persistence); ``host``: the address it binds
+        (a test host's, in a network namespace); ``prefix``: what runs it there (``ip netns exec <ns>``)."""
         self.directory = directory
         self.port = port or free_port()
         self.durable = durable
         self.databases = databases
+        self.extra = list(extra)
+        self.host = host
+        self.prefix = list(prefix)
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.log_path = directory / "redis.log"
@@ -141,10 +157,10 @@ class RedisServer:
         return self.url_for(0)
 
     def url_for(self, db: int) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
+        return f"redis://{self.host}:{self.port}/{db}"
 
     def client(self, **kwargs: Any) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, **kwargs)
+        return redis.Redis(host=self.host, port=self.port, **kwargs)
 
     def start(self, timeout: float = 15.0) -> RedisServer:
         binary = shutil.which("redis-server")
@@ -152,15 +168,17 @@ class RedisServer:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server; .ci/run does it)")
         persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else ["--appendonly", "no"]
         args = [
+            *self.prefix,
             binary,
             "--port", str(self.port),
-            "--bind", "127.0.0.1",
+            "--bind", self.host,
             "--dir", str(self.directory),
             "--save", "",
             *persistence,
             "--databases", str(self.databases),
             "--daemonize", "no",
             "--logfile", str(self.log_path),
+            *self.extra,
         ]  # fmt: skip
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         self.starts += 1

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fhir_smartflow.fhir.backport import TOPIC_FOR_TYPE
 from tests.support.net import free_port
@@ -42,8 +43,8 @@ class Service:
 
 @dataclass
 class SandboxProcess:
-    """A `fhir-smartflow sandbox` process: ``base`` is where clients reach it (127.0.0.1), ``public`` the
-    base URL it writes into links (``public_base_url``, else the same)."""
+    """A `fhir-smartflow sandbox` process: ``base`` is where clients reach it (127.0.0.1, with the path of
+    ``public``), ``public`` the base URL it writes into links (``public_base_url``, else the same)."""
 
     base: str
     public: str
@@ -61,22 +62,42 @@ def start_sandbox(
     config: Path | None = None,
     env: dict[str, str] | None = None,
     port: int | None = None,
+    clients: dict[str, tuple[str, str]] | None = None,
+    workdir: Path | None = None,
 ) -> SandboxProcess:
     """Start the sandbox with the server behaviours of ``profile`` (lenient | medplum | hapi) and wait until
     it answers. ``public_base_url`` may use ``{port}`` (``"http://localhost:{port}/fhir"``); ``config``: its
-    ``SMARTFLOW_CONFIG`` (registered OAuth clients, ...)."""
+    ``SMARTFLOW_CONFIG``; ``clients``: OAuth clients of its token endpoint, id → (secret, granted scopes),
+    written to a config in ``workdir`` (strict profiles then want tokens)."""
     port = port or free_port()
+    if clients:
+        assert workdir is not None and config is None, "clients are written to a config of their own in workdir"
+        config, env = _clients_config(workdir / f"sandbox-{port}.toml", clients, env)
     base = f"http://127.0.0.1:{port}"
     args = ["--port", str(port), "--profile", profile, *(["--faults"] if faults else [])]
     public = public_base_url.format(port=port) if public_base_url else base
     if public_base_url:
         args += ["--public-base-url", public]
+        base += urlsplit(public).path.rstrip("/")  # the same path, under the address clients use
     if database is not None:
         args += ["--database", str(database)]
     process_env = {**(env or {}), **({"SMARTFLOW_CONFIG": str(config)} if config else {})}
     process = processes(smartflow_cmd("sandbox", *args), process_env or None, f"sandbox-{profile}")
     process.wait_http(f"{base}/metadata")
     return SandboxProcess(base, public, profile, process)
+
+
+def _clients_config(
+    path: Path, clients: dict[str, tuple[str, str]], env: dict[str, str] | None
+) -> tuple[Path, dict[str, str]]:
+    secrets = dict(env or {})
+    lines = []
+    for n, (client_id, (secret, scopes)) in enumerate(sorted(clients.items())):
+        name = f"SANDBOX_CLIENT_SECRET_{n}"
+        secrets[name] = secret
+        lines += [f'[sandbox.clients."{client_id}"]', f'secret_env = "{name}"', f'scopes = "{scopes}"', ""]
+    path.write_text("\n".join(lines))
+    return path, secrets
 
 
 def merged(base: dict[str, dict[str, Any]], more: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -96,13 +117,15 @@ def start_service(
     faults: bool = False,
     env: dict[str, str] | None = None,
     profile: str = "lenient",
+    sandbox_clients: dict[str, tuple[str, str]] | None = None,
 ) -> Service:
     """Start the sandbox (``faults``: with ``/$faults``; ``profile``: the server behaviours it reproduces),
     `serve` subscribed for Patients with the secret (``secret``: environment variable, value) and ``workers``
     workers; return once the store and `serve` answer. ``sections`` adds to the config (``[fhir]`` retries,
-    ``[scheduler]``, ``[sms]``, ...)."""
+    ``[scheduler]``, ``[sms]``, ...); ``sandbox_clients``: OAuth clients of the sandbox (`start_sandbox`),
+    for which ``sections`` then gives ``[fhir]`` its auth."""
     serve_port = free_port()
-    store = start_sandbox(processes, profile=profile, faults=faults).base
+    store = start_sandbox(processes, profile=profile, faults=faults, clients=sandbox_clients, workdir=tmp_path).base
     base = {
         "server": {"port": serve_port},
         "redis": {"url": redis_url, "key_prefix": prefix},

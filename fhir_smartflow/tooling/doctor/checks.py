@@ -5,6 +5,7 @@ from __future__ import annotations
 import redis
 
 from fhir_smartflow.fhir.errors import FhirError
+from fhir_smartflow.tooling.doctor.checks_console import ConsoleReady
 from fhir_smartflow.tooling.doctor.checks_openemr import (
     FlowResourceTypes,
     OpenEmrCategory,
@@ -57,6 +58,7 @@ CHECKS: dict[str, type[Check]] = {
     OpenEmrCategory.name: OpenEmrCategory,
     FlowResourceTypes.name: FlowResourceTypes,
     RoleMembers.name: RoleMembers,
+    ConsoleReady.name: ConsoleReady,
     WorklistSmart.name: WorklistSmart,
 }
 
