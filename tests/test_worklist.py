@@ -13,8 +13,11 @@ from typing import Any
 import pytest
 import requests
 
+from fhir_smartflow.config import WorklistConfig
+from fhir_smartflow.worklist import WorklistDeps, create_worklist_app
 from fhir_smartflow.worklist.scopes import requested_scopes
-from fhir_smartflow.worklist.sessions import COOKIE
+from fhir_smartflow.worklist.sessions import COOKIE, SessionStore
+from fhir_smartflow.worklist.smart_client import Client
 from tests.support.lifecycle import PREFIX
 from tests.support.worklist import (
     PASSWORDS,
@@ -138,6 +141,24 @@ def test_refusals_write_nothing(wl: WorklistStack) -> None:
     assert requests.get(f"{wl.ehr.base}/Task/t-owner", timeout=10).json()["status"] == "requested"
     assert requests.get(f"{wl.ehr.base}/Provenance", timeout=10).json().get("entry", []) == []
     assert requests.get(f"{wl.worklist}/", timeout=15).status_code == 401  # no session: nothing shown
+
+
+def test_every_state_changing_route_needs_the_csrf_token(wl: WorklistStack, redis_conn) -> None:
+    app = create_worklist_app(
+        WorklistDeps(
+            config=WorklistConfig(client_id="x"),
+            client=Client("http://127.0.0.1:9", "x", None, requests.Session()),
+            sessions=SessionStore(redis_conn, PREFIX, 60),
+            clock=lambda: datetime.now(UTC),
+        )
+    )
+    posts = [r.rule for r in app.url_map.iter_rules() if r.methods and "POST" in r.methods]
+    assert posts, "the worklist has state-changing routes"
+    launch = ehr_launch(wl.ehr.base, "p1", "alice")
+    for rule in posts:
+        url = wl.worklist + rule.replace("<task_id>", "t-owner").replace("<outcome>", "complete")
+        assert launch.http.post(url, data={"reason": "x"}, timeout=15).status_code == 400, rule
+    assert requests.get(f"{wl.ehr.base}/Task/t-owner", timeout=10).json()["status"] == "requested"
 
 
 def test_launch_from_another_iss_is_refused_without_contacting_it(wl: WorklistStack) -> None:
