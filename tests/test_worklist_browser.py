@@ -124,6 +124,18 @@ def test_case_manager_completes_the_review_and_the_workflow_ends(wl: WorklistSta
     assert "task completed" in page.locator("ol.history").inner_text()
     shot(page, "task-history")
 
+    # A staff message to a role alice holds: listed as new, read once opened.
+    wl.stack.put({"resourceType": "Communication", "id": "wl-msg", "status": "completed",
+                  "sent": "2026-01-05T14:00:00Z", "recipient": [{"reference": "PractitionerRole/alice-cm"}],
+                  "payload": [{"contentString": "The intake packet came back incomplete; please call."}]})  # fmt: skip
+    page.goto(f"{wl.worklist}/messages")
+    assert "new" in page.locator('tr[data-message="wl-msg"]').inner_text()
+    shot(page, "messages")
+    page.locator('tr[data-message="wl-msg"] a').click()
+    assert "incomplete" in page.locator("p.body").inner_text()
+    page.goto(f"{wl.worklist}/messages")
+    assert "read" in page.locator('tr[data-message="wl-msg"]').inner_text()
+
 
 def test_a_user_cannot_complete_a_task_that_is_not_theirs(wl: WorklistStack, page: Any) -> None:
     patient = wl.stack.new_patient(pid=f"wl{uuid.uuid4().hex[:10]}")
