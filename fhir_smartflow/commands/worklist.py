@@ -26,6 +26,8 @@ def mount_worklist(
     config = settings.worklist
     if not config.enabled or not config.client_id:
         return
+    if config.scope_version not in ("v1", "v2"):
+        raise ConfigError("[worklist] scope_version", f"must be v1 or v2, got {config.scope_version!r}")
     base = config.fhir_base_url or settings.fhir.base_url or sandbox_base or ""
     if not base:
         log.warning("worklist not mounted: no FHIR base ([worklist] fhir_base_url or [fhir] base_url)")
