@@ -133,6 +133,7 @@ def test_refusals_write_nothing(wl: WorklistStack) -> None:
     before = requests.get(f"{wl.ehr.base}/Task/t-bob", timeout=10).json()["meta"]["versionId"]
     not_mine = launch.http.post(f"{wl.worklist}/task/t-bob/complete", data={"csrf": csrf(launch.page)}, timeout=15)
     assert not_mine.status_code == 403
+    assert launch.http.get(f"{wl.worklist}/task/t-bob", timeout=15).status_code == 403  # not even shown
     no_csrf = launch.http.post(f"{wl.worklist}/task/t-owner/complete", data={}, timeout=15)
     assert no_csrf.status_code == 400
     wrong_csrf = launch.http.post(f"{wl.worklist}/task/t-owner/complete", data={"csrf": "x"}, timeout=15)
@@ -184,6 +185,10 @@ def test_the_browser_holds_only_an_opaque_session_id_and_tokens_refresh(wl: Work
     redis_conn.set(keys[0], json.dumps({**session, "expires_at": 0}))  # the access token has expired
     assert rows(launch.http.get(f"{wl.worklist}/", timeout=15)) == ["t-owner", "t-role"]
     assert json.loads(redis_conn.get(keys[0]))["access_token"] != old
+    broken = json.loads(redis_conn.get(keys[0]))
+    redis_conn.set(keys[0], json.dumps({**broken, "expires_at": 0, "refresh_token": "revoked"}))
+    assert launch.http.get(f"{wl.worklist}/", timeout=15).status_code == 401  # refused refresh: signed out
+    assert redis_conn.get(keys[0]) is None
     assert "alice" not in wl.stack.service.serve.output().replace("Practitioner/alice", "")  # no names logged
     assert "Wanda" not in wl.stack.service.serve.output()
 
