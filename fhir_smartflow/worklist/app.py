@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import time
@@ -67,7 +68,12 @@ def create_worklist_app(deps: WorklistDeps) -> Flask:
             return page_error(str(exc), 502)
         state, verifier = secrets.token_urlsafe(24), new_verifier()
         scope = requested_scopes(deps.config.scope_version, ehr_launch=launch is not None)
-        pending = {"state": state, "verifier": verifier, "endpoints": endpoints.__dict__, "redirect": redirect_uri()}
+        pending = {
+            "state": state,
+            "verifier": verifier,
+            "endpoints": dataclasses.asdict(endpoints),
+            "redirect": redirect_uri(),
+        }
         sid = deps.sessions.create({"pending": pending})
         url = deps.client.authorize_url(endpoints, pending["redirect"], scope, state, verifier, launch)
         return cookie(redirect(url), sid)  # type: ignore[arg-type]
