@@ -112,6 +112,10 @@ def test_complete_writes_status_and_provenance_as_the_user(wl: WorklistStack) ->
     assert provenance[0]["resource"]["target"][0]["reference"] == f"Task/t-owner/_history/{stored['meta']['versionId']}"
     history = launch.http.get(f"{wl.worklist}/task/t-owner", timeout=15)
     assert "Practitioner/alice" in history.text and "task completed" in history.text
+    assert re.findall(r"<li>[^<]*: (\w+)</li>", history.text.split('class="versions"')[1])[:2] == [
+        "requested",
+        "completed",
+    ]
 
 
 def test_not_needed_needs_a_reason_and_records_it(wl: WorklistStack) -> None:

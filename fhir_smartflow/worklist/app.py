@@ -17,7 +17,17 @@ from fhir_smartflow.worklist.messages import groups_of, my_messages, open_messag
 from fhir_smartflow.worklist.scopes import requested_scopes
 from fhir_smartflow.worklist.sessions import COOKIE
 from fhir_smartflow.worklist.smart_client import Endpoints, SmartError, new_verifier
-from fhir_smartflow.worklist.tasks import OUTCOMES, Identity, NotYours, finish, history, identity, is_mine, my_tasks
+from fhir_smartflow.worklist.tasks import (
+    OUTCOMES,
+    Identity,
+    NotYours,
+    finish,
+    history,
+    identity,
+    is_mine,
+    my_tasks,
+    versions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +199,10 @@ def create_worklist_app(deps: WorklistDeps) -> Flask:
         resource, _ = g.fhir.read("Task", task_id)
         if not is_mine(resource, who()):
             return page_error("This task is not on your worklist.", 403)
-        return render_template("task.html", task=resource, history=history(g.fhir, task_id), **context())
+        changes = history(g.fhir, task_id)
+        return render_template(
+            "task.html", task=resource, history=changes, versions=versions(g.fhir, task_id), **context()
+        )
 
     @app.post("/task/<task_id>/<outcome>")
     def finish_task(task_id: str, outcome: str) -> Response:

@@ -53,6 +53,11 @@ class UserFhir:
                 return
             answer = self._call("GET", following)
 
+    def versions(self, rtype: str, rid: str) -> list[dict[str, Any]]:
+        """The resource's versions (its ``_history``), as the server lists them."""
+        bundle = self._call("GET", f"{rtype}/{rid}/_history").json()
+        return [e["resource"] for e in bundle.get("entry") or [] if isinstance(e.get("resource"), dict)]
+
     def update(self, resource: dict[str, Any], etag: str | None) -> dict[str, Any]:
         headers = {"Content-Type": "application/fhir+json", "Prefer": "return=representation"}
         if etag:

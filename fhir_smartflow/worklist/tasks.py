@@ -186,3 +186,20 @@ def history(fhir: UserFhir, task_id: str) -> list[dict[str, Any]]:
     found = list(fhir.search("Provenance", {"target": f"Task/{task_id}", "_count": "100"}))
     found = [p for p in found if any(local(t.get("reference", "")) == f"Task/{task_id}" for t in p.get("target", []))]
     return sorted(found, key=lambda p: p.get("recorded", ""))
+
+
+@dataclass(frozen=True)
+class Version:
+    version: str
+    at: str
+    status: str
+
+
+def versions(fhir: UserFhir, task_id: str) -> list[Version]:
+    """The task's status over time (its versions), oldest first."""
+    found = [
+        Version(str((v.get("meta") or {}).get("versionId", "")), (v.get("meta") or {}).get("lastUpdated", ""),
+                v.get("status", ""))
+        for v in fhir.versions("Task", task_id)
+    ]  # fmt: skip
+    return sorted(found, key=lambda v: v.at)
