@@ -195,6 +195,8 @@ def test_the_browser_holds_only_an_opaque_session_id_and_tokens_refresh(wl: Work
     assert redis_conn.get(keys[0]) is None
     assert "alice" not in wl.stack.service.serve.output().replace("Practitioner/alice", "")  # no names logged
     assert "Wanda" not in wl.stack.service.serve.output()
+    logs = wl.stack.service.serve.output() + wl.ehr.process.output()
+    assert old not in logs and session["refresh_token"] not in logs and cookie.value not in logs  # no secrets logged
 
 
 def test_staff_messages_are_shown_and_marked_read_when_opened(wl: WorklistStack) -> None:
