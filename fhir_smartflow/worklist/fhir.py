@@ -25,7 +25,7 @@ class UserFhir:
     http: requests.Session
 
     def _call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        url = path if path.startswith("http") else f"{self.base.rstrip('/')}/{path.lstrip('/')}"
+        url = path if path.startswith(self.base.rstrip("/") + "/") else f"{self.base.rstrip('/')}/{path.lstrip('/')}"
         headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/fhir+json"}
         headers.update(kwargs.pop("headers", {}))
         try:
@@ -51,6 +51,9 @@ class UserFhir:
             following = next((link["url"] for link in bundle.get("link") or [] if link.get("relation") == "next"), None)
             if not following:
                 return
+            if not following.startswith(self.base.rstrip("/") + "/"):
+                # The user's token goes to the FHIR base only, never to a host a paging link names.
+                raise FhirError(502, "the FHIR server's next-page link leaves its base URL")
             answer = self._call("GET", following)
 
     def versions(self, rtype: str, rid: str) -> list[dict[str, Any]]:
