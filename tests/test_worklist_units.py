@@ -7,7 +7,7 @@ import requests
 import responses
 
 from fhir_smartflow.worklist.fhir import FhirError, UserFhir
-from fhir_smartflow.worklist.smart_client import Client
+from fhir_smartflow.worklist.smart_client import Client, SmartError
 from fhir_smartflow.worklist.tasks import Identity, is_mine, local
 
 BASE = "https://ehr.example/fhir"
@@ -41,3 +41,12 @@ def test_whose_task_it_is() -> None:
     assert not is_mine({"performerType": [{"coding": [{"system": "other", "code": "768832004"}]}]}, who)
     assert not is_mine({"owner": {"reference": "Practitioner/b"}}, who)
     assert not is_mine({}, who)
+
+
+@responses.activate
+def test_discovery_refuses_plain_http_endpoints_off_loopback() -> None:
+    config = {"authorization_endpoint": "http://ehr.example/auth", "token_endpoint": "https://ehr.example/token",
+              "code_challenge_methods_supported": ["S256"]}  # fmt: skip
+    responses.get(f"{BASE}/.well-known/smart-configuration", json=config)
+    with pytest.raises(SmartError, match="authorization_endpoint is not https"):
+        Client(BASE, "wl", None, requests.Session()).discover()

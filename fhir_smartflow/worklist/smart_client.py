@@ -17,6 +17,8 @@ from urllib.parse import urlencode
 import jwt
 import requests
 
+from fhir_smartflow.fhir.smart import secure_endpoint
+
 TIMEOUT = 10
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
@@ -53,6 +55,9 @@ class Client:
             raise SmartError(f"the FHIR server's SMART configuration is unavailable ({type(exc).__name__})") from None
         if "S256" not in (body.get("code_challenge_methods_supported") or []):
             raise SmartError("the FHIR server does not offer PKCE S256")
+        for key in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
+            if isinstance(body.get(key), str) and not secure_endpoint(body[key]):
+                raise SmartError(f"the SMART configuration's {key} is not https; refusing to use it")
         try:
             return Endpoints(
                 body["authorization_endpoint"], body["token_endpoint"], body.get("jwks_uri"), body.get("issuer")
