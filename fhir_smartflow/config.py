@@ -83,6 +83,8 @@ class RedisConfig:
 FHIR_AUTH_MODES = ("none", "bearer", "client-credentials", "smart-backend")
 CLIENT_SECRET_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
 SCOPE_SYNTAXES = ("auto", "v2", "v1")
+# How the server activates Subscriptions (tooling/subscriptions.py ACTIVATIONS); auto: from its software.name.
+FHIR_SERVER_KINDS = ("auto", "medplum", "hapi", "generic")
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ class FhirConfig:
     identifier_system: str = defaults.IDENTIFIER_SYSTEM
     device_id: str = defaults.DEVICE_ID
     writeback: str = "fhir"  # fhir | openemr
+    server: str = "auto"  # one of FHIR_SERVER_KINDS (`subscriptions sync`: written active or requested)
 
 
 @dataclass(frozen=True)
@@ -386,6 +389,8 @@ class DeliveryConfig:
     inline_max_delay_seconds: float = defaults.DELIVERY_INLINE_MAX_DELAY_SECONDS
     retry_base_seconds: float = defaults.DELIVERY_RETRY_BASE_SECONDS
     retry_max_seconds: float = defaults.DELIVERY_RETRY_MAX_SECONDS
+    # A delivery still "sending" after this long is resolved as not-done / unknown (its worker died).
+    stuck_after_seconds: float = defaults.DELIVERY_STUCK_AFTER_SECONDS
     optout_extension: str = ""  # URL of a Patient extension that opts out of channels (see docs/channels.md)
     plugins: list[str] = field(default_factory=list)  # "name=package.module:Class" extra channels
     # Any channel's limit, e.g. { fax = 10 }; an entry wins over the built-ins' <channel>_per_minute keys.
@@ -637,6 +642,7 @@ def _validate_fhir_auth(fhir: FhirConfig) -> None:
         ("auth", fhir.auth, FHIR_AUTH_MODES),
         ("client_auth", fhir.client_auth, CLIENT_SECRET_AUTH_METHODS),
         ("scope_syntax", fhir.scope_syntax, SCOPE_SYNTAXES),
+        ("server", fhir.server, FHIR_SERVER_KINDS),
     ):
         if value not in allowed:
             raise ConfigError(f"[fhir] {key}", f"must be one of {', '.join(allowed)}, got {value!r}")

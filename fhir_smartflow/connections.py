@@ -183,6 +183,10 @@ class Keys:
         """Liveness record of one process of ``role`` (``host:pid``), for health checks (liveness.py)."""
         return f"{self.prefix}alive:{role}:{ident}"
 
+    def webhook(self) -> str:
+        """Hash: what the webhook saw that no one subscription owns (the last refused credentials)."""
+        return f"{self.prefix}webhook"
+
     def discharged(self, patient: str) -> str:
         """Marker: this patient was discharged (flows with not_after do not start)."""
         return f"{self.prefix}discharged:{patient}"

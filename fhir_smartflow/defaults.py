@@ -99,6 +99,8 @@ DELIVERY_INLINE_RETRIES = 2
 DELIVERY_INLINE_MAX_DELAY_SECONDS = 2.0
 DELIVERY_RETRY_BASE_SECONDS = 30.0
 DELIVERY_RETRY_MAX_SECONDS = 3600.0
+# A send claim still "sending" this long after it was taken: its worker died mid-send (resolved as unknown).
+DELIVERY_STUCK_AFTER_SECONDS = 1800.0
 
 # CDS Hooks service ([cds], docs/cds-hooks.md): CDS clients expect an answer within about 500 ms.
 CDS_BUDGET_MS = 500

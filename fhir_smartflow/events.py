@@ -39,6 +39,11 @@ class ResourceEvent:
     verify: bool = False
 
     @property
+    def must_verify(self) -> bool:
+        """The worker re-reads the focus from the FHIR server and acts on the server's copy."""
+        return self.verify or not self.trusted_content
+
+    @property
     def reference(self) -> str | None:
         return f"{self.resource_type}/{self.resource_id}" if self.resource_id else None
 

@@ -48,6 +48,11 @@ METRICS: dict[str, MetricSpec] = {
         "counter", "Requests to OpenEMR's Standard API by method and status", ("method", "status")
     ),
     "deliveries": MetricSpec("counter", "Channel deliveries by channel and status", ("channel", "status")),
+    "stuck_deliveries": MetricSpec(
+        "counter",
+        "Sends interrupted mid-way (worker died) resolved as not-done / unknown after [delivery] stuck_after_seconds",
+        ("channel",),
+    ),
     "failure_notices": MetricSpec(
         "counter",
         "In-EHR messages telling an action's owner that a delivery failed (notify_on_failure): created | existing",

@@ -32,8 +32,18 @@ _DATABASES = 1024
 
 # Fixtures that start or reach something outside the test process; using one needs the marker.
 REAL_FIXTURES = frozenset(
-    {"redis_server", "processes", "run_cli", "serve_app", "receiver", "sandbox_server", "emulator", "chaos_redis",
-     "browser", "page"}
+    {
+        "redis_server",
+        "processes",
+        "run_cli",
+        "serve_app",
+        "receiver",
+        "sandbox_server",
+        "emulator",
+        "chaos_redis",
+        "browser",
+        "page",
+    }
 )
 
 

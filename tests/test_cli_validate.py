@@ -53,3 +53,20 @@ def test_usage_errors_exit_2(tmp_path, run):
     assert result.returncode == 2 and "no such file or directory" in result.stderr
     help_text = run("--help")
     assert help_text.returncode == 0 and "Exits 0 when everything is valid" in help_text.stdout
+
+
+@pytest.mark.parametrize(
+    ("source", "bound"),
+    [
+        ("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}", "range() of 100,000"),
+        ("{% set l = range(9999)|list %}{% for a in l %}{% for b in l %}{% endfor %}{% endfor %}", "loop iterations"),
+        ("{{ 'x' * 10**8 }}", "a repetition of 100,000,000 characters"),
+    ],
+)
+def test_a_runaway_template_fails_validate_quickly_naming_itself(tmp_path, run, source, bound):
+    (tmp_path / "runaway.toml").write_text(f'id = "runaway"\nname = "Runaway"\nbody = """{source}"""\n')
+    result = run(str(tmp_path))
+    assert result.returncode == 1, result.stdout + result.stderr
+    [line] = result.stdout.splitlines()
+    assert line.startswith(f"{tmp_path / 'runaway.toml'}") and "template runaway body: too costly" in line
+    assert bound in line

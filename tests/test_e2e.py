@@ -118,7 +118,7 @@ def stack(processes, redis_url: str, redis_conn: redis.Redis, tmp_path: Path) ->
     }
     service = start_service(
         processes, tmp_path, redis_url=redis_url, prefix=PREFIX, secret=("E2E_SECRET", SECRET), sections=sections,
-        faults=True,
+        faults=True, profile="hapi",  # strict: ids, references and their types checked, secrets masked
     )  # fmt: skip
     worker = service.workers[0]
     yield Stack(service.store, service.notify, redis_conn, worker.output)

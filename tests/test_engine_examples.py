@@ -350,9 +350,11 @@ def test_previsit_overdue_and_completes_workflow(engine):
     p = plan(engine, trigger, ctx, SETTINGS, NOW)
     assert_all_valid(p)
     form_task, call_task = writes(p, "Task")
+    # SDC sdc-t1: a complete-questionnaire Task has no focus; the booked appointment is its reason.
+    assert "focus" not in form_task and form_task["reasonReference"] == {"reference": "Appointment/a3"}
     assert form_task["restriction"]["period"]["end"] == "2026-03-18T14:00:00Z"
     assert call_task["restriction"]["period"]["end"] == "2026-03-19T14:00:00Z"
-    assert call_task["owner"] == {"reference": "Group/front-desk"}
+    assert call_task["owner"] == {"reference": "CareTeam/front-desk"}
     (overdue,) = [a for a in p.actions if isinstance(a, Schedule)]
     assert overdue.kind == "overdue" and overdue.at == datetime(2026, 3, 18, 14, 0, tzinfo=UTC)
 

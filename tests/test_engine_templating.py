@@ -78,3 +78,29 @@ def test_python_internals_are_blocked(source):
 def test_unknown_field_is_an_error():
     with pytest.raises(TemplateRenderError, match="nickname"):
         render(compile_template(make_environment(), "{{ patient.nickname }}"), sample_catalog(SETTINGS))
+
+
+def test_ordinary_loops_filters_and_formatting_stay_within_the_bounds():
+    source = (
+        "{% for i in range(3) %}{{ loop.index }}/{{ loop.length }}{% if loop.last %}!{% endif %} {% endfor %}"
+        "{{ 'ab' * 3 }} {{ '%05d' % 42 }} {{ patient.first_name|upper|center(9) }}|{{ [3, 1, 2]|sort|join(',') }}"
+    )
+    text = render(compile_template(make_environment(), source), sample_catalog(SETTINGS))
+    assert text == "1/3 2/3 3/3! ababab 00042    ALEX  |1,2,3"
+
+
+@pytest.mark.parametrize(
+    ("source", "bound"),
+    [
+        ("{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(40) }}", "calls"),
+        ("{{ 'x'|center(10**8) }}", "width or count"),
+        ("{{ 'x'.ljust(10**8) }}", "width or count"),
+        ("{{ '%0100000000d' % 1 }}", "100,000 characters"),
+        ("{{ 7 ** 100000 }}", "bits"),
+        ("{% for i in range(5000) %}{{ 'x' * 50 }}{% endfor %}", "output of more than"),
+    ],
+)
+def test_runaway_templates_stop_at_a_bound_naming_the_template(source, bound):
+    template = compile_template(make_environment(), source, name="runaway body")
+    with pytest.raises(TemplateRenderError, match=f"template runaway body: too costly to render: .*{bound}"):
+        render(template, sample_catalog(SETTINGS))

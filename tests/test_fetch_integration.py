@@ -50,3 +50,27 @@ def test_id_only_and_empty_notifications_are_completed_by_the_fetcher(redis_conn
     assert len(dispatcher.dispatched()) == 3
     # The focus read survived the injected 503 (one retry), and nothing was fetched off-base.
     assert server.log.count("GET", "/Patient/p1") == 2
+
+
+def test_events_that_must_be_verified_are_acted_on_as_the_server_has_them(redis_conn, sandbox_server: Sandbox) -> None:
+    settings = Settings(subscriptions=[SubscriptionConfig(id="smartflow-patient", secret_env="X", criteria="Patient?")])
+    server = sandbox_server
+    stored = seed(server, {"resourceType": "Patient", "id": "p1", "active": True})
+    client = FhirClient(server, retry=RetryPolicy(max_retries=3), sleep=lambda s: None)
+    rt = runtime.build_runtime(settings, redis_conn, fetcher=ClientResourceFetcher(client, settings, conn=redis_conn))
+    dispatcher = rt.dispatcher
+    assert isinstance(dispatcher, RecordingDispatcher)
+
+    # verify: a forged body about a real resource is replaced by the server's copy at that version.
+    forged = {"resourceType": "Patient", "id": "p1", "active": False, "meta": {"versionId": "1"}}
+    assert handle_event(rt, _event(resource_id="p1", version_id="1", resource=forged, verify=True)) == "processed"
+    # A path-addressed delete (HAPI's DELETE <endpoint>/Patient/p1) of a resource that still exists is no
+    # delete: it is the version already processed.
+    claimed = _event(resource_id="p1", interaction="delete", trusted_content=False, payload_content="id-only")
+    assert handle_event(rt, claimed) == "deduplicated"
+    # A claimed change of a resource the server does not have acts on nothing.
+    ghost = _event(resource_id="ghost", trusted_content=False, payload_content="id-only", body_hash="g")
+    assert handle_event(rt, ghost) == "processed"
+
+    [seen] = dispatcher.dispatched()
+    assert (seen.reference, seen.interaction, seen.resource) == ("Patient/p1", None, stored)

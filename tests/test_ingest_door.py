@@ -275,7 +275,9 @@ def test_the_named_subscription_never_overrides_the_authenticated_one(open_door)
     to_b = notification((f"{BASE}/Patient/p2", patient("p2")), subscription="Subscription/sub-b")
     refused(door, lambda: door.post(to_b), 403, "sub-b")
     # A foreign URL: not our server's subscription at all.
-    foreign = notification((f"{BASE}/Patient/p3", patient("p3")), subscription="https://evil.example/fhir/Subscription/x")
+    foreign = notification(
+        (f"{BASE}/Patient/p3", patient("p3")), subscription="https://evil.example/fhir/Subscription/x"
+    )
     refused(door, lambda: door.post(foreign), 400, "not on the configured FHIR server")
     # An unknown one: accepted under sub-a, recorded as a mismatch, never adopted.
     unknown = notification((f"{BASE}/Patient/p4", patient("p4")), subscription="Subscription/zzz", first_number=2)

@@ -279,3 +279,12 @@ def test_embedded_worker_thread_runs_jobs_and_due_scheduled_jobs() -> None:
         thread.join(timeout=5)
         runtime.install(None)
     assert [e.reference for e in dispatched(built)] == ["Patient/p1"]
+
+
+def test_a_duplicate_still_counts_its_event_number(rt: runtime.Runtime) -> None:
+    """#1, then #3 re-notifying #1's version: #3 is a duplicate, but its number shows #2 never came."""
+    assert handle_event(rt, event(1, version="7")) == "processed"
+    assert handle_event(rt, dataclasses.replace(event(3, version="7"), timestamp=None)) == "deduplicated"
+    assert tracker(rt).pending("sub-a") == [2]
+    rt.clock.advance(31)  # type: ignore[attr-defined]
+    assert [(g.first, g.last) for g in tracker(rt).sweep("sub-a")] == [(2, 2)]

@@ -271,6 +271,12 @@ def test_subscriptions_sync_against_the_sandbox_is_idempotent(
     latest = _sandbox_subscriptions(sandbox_server)
     assert set(latest) == set(stored)
     assert {s["channel"]["endpoint"] for s in latest.values()} == {hook + "/v2"}
+    assert {s["status"] for s in latest.values()} == {"active"}  # read back: the sandbox activated them
+    (fourth,) = run_all([a for a in args[:-1] if a != "--json"] + [hook + "/v2"], env=env)
+    assert fourth.returncode == 0, fourth.stderr
+    assert fourth.stdout.startswith("nothing changed"), fourth.stdout
+    devices = requests.get(f"{sandbox_server}/Device", timeout=10).json().get("entry") or []
+    assert len(devices) == 1  # the service's Device, created once
 
 
 def test_sync_needs_the_secrets(tmp_path: Path) -> None:

@@ -77,6 +77,9 @@ class FakeServer:
         self.updates.append(resource)
         return resource
 
+    def read(self, reference: str) -> dict[str, Any] | None:
+        return next((r for r in self.updates if f"Subscription/{r.get('id')}" == reference), None)
+
 
 def test_sync_filters_by_tag_client_side_and_reactivates_failed_subscriptions() -> None:
     settings = load_settings(env={})

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from fhir_smartflow.engine.references import reference_type_problems
 from fhir_smartflow.engine.validation import ResourceInvalid, validate_resource
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "writeback.md"
@@ -22,6 +23,7 @@ def test_doc_has_one_example_per_resource_type() -> None:
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda e: json.loads(e)["resourceType"])
 def test_doc_example_validates(example: str) -> None:
     validate_resource(json.loads(example))
+    assert reference_type_problems(json.loads(example)) == []  # reference target types R4 allows
 
 
 def test_validator_rejects_a_broken_example() -> None:

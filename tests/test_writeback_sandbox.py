@@ -102,8 +102,9 @@ def test_plan_writes_go_in_one_transaction_with_their_provenance(sandbox_server:
     client.session.request = recording  # type: ignore[method-assign]
     first = executor.execute(intake_plan())
     writes = [(m, u) for m, u in sent if m in {"POST", "PUT"}]
-    assert writes[0] == ("POST", "")  # Task + Communication + both Provenances: one transaction Bundle
-    assert not any(u.startswith(("/Task", "/Provenance")) for m, u in writes)
+    # Task + Communication in one transaction Bundle, then both Provenances (targets versioned) in another.
+    assert writes[:2] == [("POST", ""), ("POST", "")]
+    assert not any(u.startswith(("/Task", "/Provenance")) for m, u in writes)  # the delivery updates the Communication
     kinds = [(w.resource_type, w.created) for w in first.written]
     assert kinds == [("Task", True), ("Provenance", True), ("Communication", True), ("Provenance", True)]
 
@@ -112,8 +113,8 @@ def test_plan_writes_go_in_one_transaction_with_their_provenance(sandbox_server:
     assert [w.id for w in again.written] == [w.id for w in first.written]
     provs = _all(client, "Provenance")
     assert len(provs) == 2
-    stored = {f"{w.resource_type}/{w.id}" for w in first.written if w.resource_type != "Provenance"}
-    assert {p["target"][0]["reference"] for p in provs} == stored  # the urn:uuid targets were rewritten
+    stored = {f"{w.resource_type}/{w.id}/_history/1" for w in first.written if w.resource_type != "Provenance"}
+    assert {p["target"][0]["reference"] for p in provs} == stored  # the stored versions, as one by one
     for p in provs:
         validate_resource(p)
 

@@ -7,9 +7,11 @@ from typing import Any
 
 from fhir_smartflow.config import Settings, secret
 from fhir_smartflow.connections import connect_host
+from fhir_smartflow.fhir.device import service_device
 from fhir_smartflow.flowfiles import load_engine
 from fhir_smartflow.ingest.policy import declared_resource_types
 from fhir_smartflow.sandbox.app import SandboxState, create_sandbox_app
+from fhir_smartflow.sandbox.errors import SandboxError
 from fhir_smartflow.sandbox.subscriptions import ensure_self_subscriptions
 
 log = logging.getLogger(__name__)
@@ -23,6 +25,7 @@ def mount_sandbox(settings: Settings, mounts: dict[str, Any], host: str, port: i
     app = create_sandbox_app(settings, base_url=base)
     mounts[settings.sandbox.path] = app
     state: SandboxState = app.extensions["sandbox"]
+    _ensure_service_device(state, settings)
     log.warning(
         "no [fhir] base_url: writing to the built-in SANDBOX FHIR store at %s (database %s). NOT FOR PRODUCTION.",
         base,
@@ -52,6 +55,17 @@ def mount_sandbox(settings: Settings, mounts: dict[str, Any], host: str, port: i
     if uncovered:
         log.warning("sandbox: no header-auth subscription may deliver %s: not subscribed", ", ".join(uncovered))
     return state
+
+
+def _ensure_service_device(state: SandboxState, settings: Settings) -> None:
+    """The service's Device under the configured id, written straight into the store: the embedded worker
+    is built before the store serves (so it cannot ask for a server-assigned id), and strict profiles
+    refuse every write naming a Device that does not exist."""
+    try:
+        state.store.read("Device", settings.fhir.device_id)
+    except SandboxError:
+        device = {**service_device(settings), "id": settings.fhir.device_id}
+        state.store.update("Device", settings.fhir.device_id, device)
 
 
 def _self_credentials(settings: Settings, insecure_dev: bool, types: list[str]) -> dict[tuple[str, str], list[str]]:

@@ -19,6 +19,7 @@ from fhir_smartflow.commands.context import CliContext, pass_ctx
 from fhir_smartflow.commands.worklist import mount_worklist
 from fhir_smartflow.config import ConfigError, Settings
 from fhir_smartflow.connections import WEBHOOK, connect, embedded_redis
+from fhir_smartflow.fhir.server_info import warn_on_base_url
 from fhir_smartflow.liveness import POLLER, SCHEDULER, Heartbeat
 from fhir_smartflow.worker.embedded import WORKER_LOG_LEVEL, replay_failed, run_embedded_worker, worker_connection
 from fhir_smartflow.worker.runtime import (
@@ -29,6 +30,7 @@ from fhir_smartflow.worker.runtime import (
     install,
     reload_engine,
 )
+from fhir_smartflow.worker.stuck import enqueue_stuck_sweep
 from fhir_smartflow.worker.supervise import (
     Liveness,
     SupervisedForkWorker,
@@ -126,6 +128,7 @@ def serve(
         _start_scheduler(rt, stop)
     else:
         conn = connect(settings, WEBHOOK)
+        warn_on_base_url(settings)  # links the server writes outside base_url are refused: say what to set
     mounts: dict[str, object] = {}
     sandbox_state = None
     if embedded and settings.sandbox_fhir:  # only a try-out serves the sandbox store (and subscribes to it)
@@ -157,6 +160,7 @@ def serve(
 def _service_runtime(settings: Settings, conn: redis.Redis) -> Runtime:
     """The full runtime, or exit 2 with the flow files' `file: field: reason` errors."""
     from fhir_smartflow.engine.loader import EngineLoadError
+    from fhir_smartflow.fhir.errors import FhirError
 
     try:
         return build_service_runtime(settings, conn)
@@ -165,6 +169,9 @@ def _service_runtime(settings: Settings, conn: redis.Redis) -> Runtime:
             click.echo(str(error), err=True)
         click.echo("flows, mappings or templates are invalid (see above); nothing started", err=True)
         sys.exit(2)
+    except FhirError as exc:  # the service's Device could not be found or created
+        click.echo(f"error: the FHIR server refused the service's Device: {exc}; nothing started", err=True)
+        sys.exit(1)
 
 
 def _reload_on_sighup(rt: Runtime) -> None:
@@ -242,6 +249,7 @@ def worker(cli: CliContext, burst: bool, with_scheduler: bool, worker_class: str
     conn = worker_connection(settings)
     wait_for_redis(conn)  # a worker (re)started while Redis restarts waits for it instead of exiting
     seen = _saved_generation(settings, conn)
+    warn_on_base_url(settings)
     rt = _service_runtime(settings, conn)
     install(rt)
     _reload_on_sighup(rt)
@@ -254,7 +262,14 @@ def worker(cli: CliContext, burst: bool, with_scheduler: bool, worker_class: str
         run_poller(settings, threading.Event(), conn)
         Heartbeat(conn, rt.keys, POLLER).start()
     cls = SupervisedSimpleWorker if worker_class == "simple" else SupervisedForkWorker
-    liveness = Liveness(conn, rt.keys, rt.queue, threading.Event(), move_scheduled=with_scheduler)
+    liveness = Liveness(
+        conn,
+        rt.keys,
+        rt.queue,
+        threading.Event(),
+        move_scheduled=with_scheduler,
+        periodic=lambda: enqueue_stuck_sweep(rt),
+    )
     liveness.start()  # also in --burst: a long job must not look abandoned to the other workers
 
     def make_worker(name: str) -> rq.Worker:

@@ -11,7 +11,7 @@ import click
 
 from fhir_smartflow.commands.context import CliContext, pass_ctx
 from fhir_smartflow.commands.flowtools import engine_path_options, load_or_exit
-from fhir_smartflow.config import ConfigError, Settings, secret
+from fhir_smartflow.config import FHIR_SERVER_KINDS, ConfigError, Settings, secret
 
 
 def _common(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -67,10 +67,21 @@ def _warn_unauthenticated(resources: list[dict[str, Any]]) -> None:
     uncovered = unauthenticated(resources)
     if uncovered:
         click.echo(
-            f"warning: {len(uncovered)} subscription(s) match no [[subscriptions]] header secret in the config, "
-            f"so the webhook cannot authenticate their notifications: {', '.join(uncovered)}",
+            f"warning: {len(uncovered)} subscription(s) match no [[subscriptions]] entry with a secret (header "
+            f"or hmac) in the config, so the webhook cannot authenticate their notifications: {', '.join(uncovered)}",
             err=True,
         )
+
+
+def _warn_medplum_signature(settings: Settings) -> None:
+    """Medplum signs in X-Signature: an hmac entry reading another header would refuse every delivery."""
+    for sub in settings.subscriptions:
+        if sub.auth == "hmac" and sub.header.lower() != "x-signature":
+            click.echo(
+                f"warning: [[subscriptions]] {sub.id}: Medplum sends its signature in X-Signature, not {sub.header}; "
+                'set header = "X-Signature"',
+                err=True,
+            )
 
 
 def _require_secrets(settings: Settings, why: str) -> None:
@@ -120,6 +131,25 @@ def print_command(
 
 @subscriptions_group.command("sync")
 @_common
+@click.option(
+    "--server",
+    "server",
+    type=click.Choice(list(FHIR_SERVER_KINDS)),
+    help="How the server activates Subscriptions: medplum (written active), hapi / generic (written "
+    "requested, the server activates). Default: [fhir] server, auto = from its CapabilityStatement.",
+)
+@click.option(
+    "--wait",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds to wait for a server that activates requested Subscriptions itself.",
+)
+@click.option(
+    "--rewrite-secrets",
+    is_flag=True,
+    help="Write the secrets again even where the server shows them masked (doctor's webhook-auth failed).",
+)
 @pass_ctx
 def sync_command(
     cli: CliContext,
@@ -130,16 +160,26 @@ def sync_command(
     endpoint: str | None,
     heartbeat: int,
     as_json: bool,
+    server: str | None,
+    wait: float,
+    rewrite_secrets: bool,
 ) -> None:
     """Create or update the Subscriptions on the [fhir] server, idempotently: each carries a meta.tag
-    (identifier system + key) and is found by it, so running sync twice changes nothing the second time.
+    (identifier system + key) and is found by it, so running sync twice changes nothing the second time
+    (it prints "nothing changed"). Each is read back and must be `active`: Medplum gets them written
+    `active`, HAPI FHIR and other servers `requested` (they activate them). The service's Device is
+    created too when missing.
 
-    Exit codes: 0 in sync; 1 the flows do not load or the server refused a write; 2 a secret
-    environment variable named by [[subscriptions]] secret_env is not set, or usage error.
+    Exit codes: 0 in sync and every Subscription active; 1 the flows do not load, the server refused a
+    write, a Subscription is not active (the server's reason is printed), or --style backport on a server
+    without topic-based subscriptions; 2 a secret environment variable named by [[subscriptions]]
+    secret_env is not set, or usage error.
     """
     from fhir_smartflow.fhir.client import FhirClient
+    from fhir_smartflow.fhir.device import ensure_service_device
     from fhir_smartflow.fhir.errors import FhirError
-    from fhir_smartflow.tooling.subscriptions import sync_subscriptions
+    from fhir_smartflow.fhir.server_info import has_subscription_topics, software, topic_subscriptions_supported
+    from fhir_smartflow.tooling.subscriptions import not_active, server_kind, sync_subscriptions
 
     settings = cli.settings
     _require_secrets(settings, "sync writes them into the Subscriptions")
@@ -147,12 +187,41 @@ def sync_command(
     _warn_unauthenticated(resources)
     client = FhirClient.from_settings(settings)
     try:
-        report = sync_subscriptions(client, resources)
+        capabilities = client.capabilities()
+        kind = server_kind(capabilities, server or settings.fhir.server)
+        if style == "backport" and (
+            kind == "medplum"
+            or not topic_subscriptions_supported(capabilities, lambda: has_subscription_topics(client))
+        ):
+            name = software(capabilities) or "this server"
+            click.echo(
+                f"error: {name} does not support topic-based subscriptions (no backport profile, topic or "
+                "SubscriptionTopic in its CapabilityStatement), so it would store these and never notify; "
+                "it supports --style classic",
+                err=True,
+            )
+            sys.exit(1)
+        if kind == "medplum":
+            _warn_medplum_signature(settings)
+        if settings.fhir.writeback == "fhir":
+            ensure_service_device(client, settings)
+        report = sync_subscriptions(client, resources, kind=kind, wait_seconds=wait, rewrite_secrets=rewrite_secrets)
     except (FhirError, OSError) as exc:
         click.echo(f"error: the FHIR server refused: {exc}", err=True)
         sys.exit(1)
+    failing = not_active(report)
     if as_json:
         click.echo(json.dumps(report, indent=2))
-        return
-    for row in report:
-        click.echo(f"{row['action']:9}  Subscription/{row['id']}  {row['criteria']}")
+    elif all(row["action"] == "unchanged" for row in report) and not failing:
+        click.echo(f"nothing changed: {len(report)} Subscription(s) in sync and active")
+    else:
+        for row in report:
+            click.echo(f"{row['action']:11}  {row['status'] or '?':9}  Subscription/{row['id']}  {row['criteria']}")
+    for row in failing:
+        why = f": {row['error']}" if row["error"] else ""
+        click.echo(
+            f"error: Subscription/{row['id']} ({row['criteria']}) is {row['status'] or 'without status'}{why}",
+            err=True,
+        )
+    if failing:
+        sys.exit(1)

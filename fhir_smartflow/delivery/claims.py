@@ -5,7 +5,12 @@ One key per delivery (``Keys.delivery(identifier)``), a JSON object whose ``stat
     absent ──take──▶ sending ──settle──▶ completed | not-done          (final: never sent again)
                         │         └────▶ deferred | retry ──take, once retry_at is due──▶ sending ...
                         │                       └──withdraw──▶ not-done  (its workflow ended)
-                        └── the deliverer raised: stays "sending" (unknown whether it went out) until the TTL
+                        └── the worker died or the deliverer raised: stays "sending" (unknown whether it
+                            went out) until `stuck` finds it older than ``[delivery] stuck_after_seconds``
+                            and `resolve_unknown` closes it: not-done, reason code ``unknown``
+
+While a claim is ``sending`` its identifier is also in the ``delivery-sending`` sorted set (scored by
+when it was taken), so stuck sends are found without scanning every claim.
 
 ``take`` is atomic (``SET NX`` from absent, a WATCHed compare-and-swap from a due deferred / retry
 claim), so two workers racing for the same delivery send it once. The claim keeps the outcome
@@ -41,6 +46,10 @@ class Claim:
     retry_at: str | None = None  # ISO instant
     failed: bool = False
     at: str | None = None
+    reason_code: str = ""  # the CommunicationNotDoneReason code of a not-done outcome
+    # while sending: what a stuck send is resolved on (the Communication's business identifier)
+    communication: str = ""
+    channel: str = ""
 
     @property
     def final(self) -> bool:
@@ -54,12 +63,21 @@ class Claim:
         return self.retry_at is None or datetime.fromisoformat(self.retry_at) <= now + RECLAIM_EARLY
 
     def outcome(self) -> DeliveryOutcome:
-        return DeliveryOutcome(self.status, self.reason, self.provider_id, failed=self.failed)
+        return DeliveryOutcome(
+            self.status, self.reason, self.provider_id, failed=self.failed, reason_code=self.reason_code
+        )
 
     @classmethod
     def of(cls, outcome: DeliveryOutcome) -> Claim:
         retry_at = outcome.retry_at.isoformat() if outcome.retry_at else None
-        return cls(outcome.status, outcome.reason, outcome.provider_id, retry_at, outcome.failed)
+        return cls(
+            outcome.status,
+            outcome.reason,
+            outcome.provider_id,
+            retry_at,
+            outcome.failed,
+            reason_code=outcome.reason_code,
+        )
 
     @classmethod
     def load(cls, raw: bytes | None) -> Claim | None:
@@ -78,13 +96,19 @@ class Claim:
             retry_at=value.get("retry_at"),
             failed=bool(value.get("failed", False)),
             at=value.get("at"),
+            reason_code=str(value.get("reason_code") or ""),
+            communication=str(value.get("communication") or ""),
+            channel=str(value.get("channel") or ""),
         )
 
     def dump(self) -> str:
         if self.status == "sending":
-            return json.dumps({"status": "sending", "at": self.at})
+            return json.dumps(
+                {"status": "sending", "at": self.at, "communication": self.communication, "channel": self.channel}
+            )
         fields = dataclasses.asdict(self)
-        del fields["at"]
+        for only_while_sending in ("at", "communication", "channel"):
+            del fields[only_while_sending]
         return json.dumps(fields)
 
 
@@ -99,20 +123,69 @@ class DeliveryClaims:
     def get(self, identifier: str) -> Claim | None:
         return Claim.load(self.conn.get(self.keys.delivery(identifier)))
 
-    def take(self, identifier: str, previous: Claim | None, now: datetime) -> bool:
+    @property
+    def sending_key(self) -> str:
+        return f"{self.keys.prefix}delivery-sending"
+
+    def take(
+        self, identifier: str, previous: Claim | None, now: datetime, *, communication: str = "", channel: str = ""
+    ) -> bool:
         """absent → sending, or a due deferred / retry claim → sending if nobody changed it meanwhile."""
-        sending = Claim("sending", at=now.isoformat())
+        sending = Claim("sending", at=now.isoformat(), communication=communication, channel=channel)
+        # Listed first: a worker killed right after taking the claim still leaves it findable.
+        self.conn.zadd(self.sending_key, {identifier: now.timestamp()})
         if previous is None:
-            return bool(self.conn.set(self.keys.delivery(identifier), sending.dump(), nx=True, ex=self.ttl))
-        return self._swap(identifier, previous, sending)
+            taken = bool(self.conn.set(self.keys.delivery(identifier), sending.dump(), nx=True, ex=self.ttl))
+        else:
+            taken = self._swap(identifier, previous, sending)
+        if not taken:
+            self._unlist_unless_sending(identifier)
+        return taken
 
     def settle(self, identifier: str, outcome: DeliveryOutcome, now: datetime) -> DeliveryOutcome:
         """sending → the outcome; a deferred / retry outcome without a time is re-armed for the default
         delay. Returns the outcome as stored."""
         if outcome.status in REARMED and outcome.retry_at is None:
             outcome = dataclasses.replace(outcome, retry_at=now + DEFAULT_RETRY_DELAY)
-        self.conn.set(self.keys.delivery(identifier), Claim.of(outcome).dump(), ex=self.ttl)
+        with self.conn.pipeline(transaction=True) as pipe:
+            pipe.set(self.keys.delivery(identifier), Claim.of(outcome).dump(), ex=self.ttl)
+            pipe.zrem(self.sending_key, identifier)
+            pipe.execute()
         return outcome
+
+    def stuck(self, taken_before: datetime, limit: int = 100) -> list[tuple[str, Claim]]:
+        """Claims still sending that were taken before ``taken_before`` (their worker died mid-send)."""
+        found: list[tuple[str, Claim]] = []
+        for raw in self.conn.zrangebyscore(self.sending_key, "-inf", taken_before.timestamp(), start=0, num=limit):
+            identifier = raw.decode()
+            claim = self.get(identifier)
+            if claim is None or claim.status != "sending":
+                self._unlist_unless_sending(identifier)  # settled meanwhile, or expired
+                continue
+            found.append((identifier, claim))
+        return found
+
+    def stuck_count(self, taken_before: datetime) -> int:
+        """How many sends taken before ``taken_before`` are listed as still sending (for doctor)."""
+        return int(self.conn.zcount(self.sending_key, "-inf", taken_before.timestamp()))
+
+    def resolve_unknown(self, identifier: str, claim: Claim, reason: str) -> DeliveryOutcome | None:
+        """sending → not-done with reason code ``unknown`` (never sent again), unless it changed meanwhile."""
+        outcome = DeliveryOutcome("not-done", reason, failed=True, reason_code="unknown")
+        if not self._swap(identifier, claim, Claim.of(outcome)):
+            return None
+        self.conn.zrem(self.sending_key, identifier)
+        return outcome
+
+    def _unlist_unless_sending(self, identifier: str) -> None:
+        claim = self.get(identifier)
+        if claim is None or claim.status != "sending":
+            self.conn.zrem(self.sending_key, identifier)
+
+    def restore(self, identifier: str, outcome: DeliveryOutcome) -> None:
+        """Put back a final claim found recorded elsewhere (the Communication in the FHIR store) unless a
+        claim appeared meanwhile."""
+        self.conn.set(self.keys.delivery(identifier), Claim.of(outcome).dump(), nx=True, ex=self.ttl)
 
     def withdraw(self, identifier: str, reason: str) -> DeliveryOutcome | None:
         """deferred / retry → not-done (its workflow ended, its task was closed) unless a worker took it

@@ -34,6 +34,7 @@ from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.delivery.outcome import DeliveryOutcome
 from fhir_smartflow.engine.plan import Deliver
+from fhir_smartflow.fhir.scrub import scrub_text
 from fhir_smartflow.instants import parse_instant
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.retry import RetryPolicy
@@ -149,13 +150,15 @@ class ChannelDeliverer:
             except Exception as exc:  # a plugin bug or an unexpected client error: treat as transient
                 log.warning("channel %s raised %s for %s", action.channel, type(exc).__name__, action.identifier)
                 result = DeliveryResult.transient(f"channel error: {type(exc).__name__}")
+            # A provider's error may quote the number or the message: never keep those (logs, statusReason).
+            error = scrub_text(result.error or "", known=(message.to, message.body, message.subject or ""))
             if result.status == SENT:
                 self.conn.delete(self._attempts_key(action.identifier))
                 return DeliveryOutcome("completed", provider_id=result.provider_id), SENT
             if result.status == FAILED_PERMANENT:
                 return DeliveryOutcome(
                     "not-done",
-                    f"{action.channel} delivery failed: {result.error}",
+                    f"{action.channel} delivery failed: {error}",
                     failed=True,
                     reason_code="system-error",
                 ), FAILED_PERMANENT
@@ -170,10 +173,10 @@ class ChannelDeliverer:
             rounds = self._next_round(action.identifier)
             if rounds >= self.cfg.max_attempts:
                 self.conn.delete(self._attempts_key(action.identifier))
-                reason = f"{action.channel} delivery failed after {rounds} attempts: {result.error}"
+                reason = f"{action.channel} delivery failed after {rounds} attempts: {error}"
                 return DeliveryOutcome("not-done", reason, failed=True, reason_code="system-error"), "gave-up"
             retry_at = now + timedelta(seconds=self.policy.delay(rounds, hint))
-            return DeliveryOutcome("retry", result.error, retry_at=retry_at), "retry"
+            return DeliveryOutcome("retry", error, retry_at=retry_at), "retry"
 
     def _rate_limited(self, channel: str, now: datetime) -> datetime | None:
         """Fixed one-minute windows per channel (shared by all workers through Redis). Over the limit,
@@ -202,8 +205,10 @@ class ChannelDeliverer:
         return int(pipe.execute()[0])
 
     def _count(self, channel: str, status: str) -> None:
+        # Written at once, not with the job's batched counters: a worker killed later in the job must
+        # not take the count of a message that went out with it (the re-run finds it sent, not counted).
         if self.metrics is not None:
-            self.metrics.inc("deliveries", channel=channel, status=status)
+            self.metrics.inc("deliveries", pipe=self.conn, channel=channel, status=status)
 
 
 # -- pure helpers ------------------------------------------------------------------------------------------

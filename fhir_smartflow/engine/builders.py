@@ -63,13 +63,16 @@ def task_write(
         authored_on=format_instant(event_at) or "",
         requester=run.device,
         for_ref=run.trigger.patient,
-        focus=run.focus,
+        # SDC (sdc-t1): a complete-questionnaire Task carries no focus; what triggered it is its reason.
+        focus=None if form else run.focus,
         owner=owner,
         performer_types=performer_types,
         due=format_instant(due),
         questionnaire=form,
         code_text=title or action.name,
     )
+    if form and run.focus:
+        resource["reasonReference"] = {"reference": run.focus}
     return WriteResource("Task", ident, resource, action.slug)
 
 

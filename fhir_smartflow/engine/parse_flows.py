@@ -17,6 +17,7 @@ from fhir_smartflow.engine import model as m
 from fhir_smartflow.engine.action_types import ACTION_TYPES, ActionType, task_types
 from fhir_smartflow.engine.checks import EXAMPLE_REF, REF, checked_id, compile_into
 from fhir_smartflow.engine.model import Flow, Template
+from fhir_smartflow.engine.references import target_type_problem
 from fhir_smartflow.engine.tomlfiles import Checker, LoadError, SourceFile, slugify
 
 # The keys of each table (the JSON Schema, engine/schema.py, is generated from these too).
@@ -235,6 +236,13 @@ def _weekend(c: _Context, e: _Entry) -> None:
 
 def _owner(c: _Context, e: _Entry) -> None:
     e.owner = _parse_owner(c.check, e.raw.get("owner"), e.p, c.settings, e.t)
+    if e.owner is not None and e.owner.kind in REF and e.spec is not None and e.spec.makes_task:
+        # The owner becomes Task.owner: R4 allows only some types there (Group is not one of them).
+        problem = target_type_problem("Task", "owner", e.owner.value)
+        if problem:
+            kinds = '{ group = "CareTeam/<id>" }, { practitioner = "Practitioner/<id>" } or { role = "<role>" }'
+            c.check.error(e.p + f"owner.{e.owner.kind}", f"{problem}; use {kinds}", key="owner", **e.t)
+            e.owner = None
 
 
 def _reminder(c: _Context, e: _Entry) -> None:

@@ -87,7 +87,7 @@ def parse_template(
             if unknown:
                 continue
             try:
-                compiled = compile_template(env, text)
+                compiled = compile_template(env, text, name=f"{tid} {part}")
                 render(compiled, sample)
                 renderers[(tid, part)] = compiled
             except TemplateRenderError as exc:

@@ -122,3 +122,13 @@ def _judge(reference: Any, targets: tuple[str, ...], path: str) -> str | None:
         if rtype not in targets:
             return f"{path}: a reference to {rtype} is not allowed here (allowed: {', '.join(targets)})"
     return None
+
+
+def target_type_problem(resource_type: str, path: str, reference: str) -> str | None:
+    """Why ``reference`` cannot stand at ``resource_type.path``, naming the types R4 allows there, or None:
+    ``Task.owner cannot be a Group: R4 allows Practitioner, PractitionerRole, ... there``."""
+    allowed = allowed_reference_types(resource_type, path)
+    parsed = parse_reference(reference)
+    if allowed is None or parsed is None or ANY_RESOURCE in allowed or parsed[0] in allowed:
+        return None
+    return f"{resource_type}.{path} cannot be a {parsed[0]}: R4 allows {', '.join(allowed)} there"

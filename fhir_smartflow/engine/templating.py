@@ -1,7 +1,8 @@
 """Message templates: sandboxed Jinja2 over a fixed merge-field catalog (docs/merge-fields.md).
 
 ``SandboxedEnvironment`` blocks access to Python internals (``{{ ''.__class__ }}`` raises
-SecurityError); ``StrictUndefined`` makes an unknown field an error. Every template is rendered at
+SecurityError); ``StrictUndefined`` makes an unknown field an error. Rendering is bounded in steps,
+sizes and output (engine/template_bounds.py), at load and at run time alike. Every template is rendered at
 load against ``sample_catalog`` (same keys as a real catalog), so a typo fails at load. A real
 catalog always carries every key: a value missing from the record is an empty string.
 """
@@ -13,11 +14,12 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
 from fhir_smartflow import defaults
 from fhir_smartflow.config import Settings
+from fhir_smartflow.engine.template_bounds import BoundedEnvironment, TemplateTooCostly, bounded_render
 from fhir_smartflow.instants import parse_instant
 
 Catalog = dict[str, dict[str, Any]]
@@ -29,23 +31,33 @@ class TemplateRenderError(ValueError):
 
 def make_environment() -> SandboxedEnvironment:
     # Plain text messages (SMS, email text part, FHIR strings): no HTML autoescaping.
-    return SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
+    return BoundedEnvironment(autoescape=False, keep_trailing_newline=False)
 
 
-def compile_template(env: SandboxedEnvironment, source: str) -> Any:
+def compile_template(env: SandboxedEnvironment, source: str, name: str = "") -> Any:
+    """``name`` (e.g. ``"missed-appointment-sms body"``) is quoted by every render error."""
     try:
-        return env.from_string(source)
+        template = env.from_string(source)
     except TemplateError as exc:
-        raise TemplateRenderError(_describe(exc)) from None
+        raise TemplateRenderError(_named(name, _describe(exc))) from None
+    template.name = name or None
+    return template
 
 
 def render(template: Any, catalog: Mapping[str, Any]) -> str:
+    name = template.name or ""
     try:
-        return str(template.render(**catalog)).strip()
+        return bounded_render(template, dict(catalog)).strip()
+    except TemplateTooCostly as exc:
+        raise TemplateRenderError(_named(name, f"too costly to render: {exc}")) from None
     except TemplateError as exc:
-        raise TemplateRenderError(_describe(exc)) from None
+        raise TemplateRenderError(_named(name, _describe(exc))) from None
     except Exception as exc:  # e.g. a filter raising TypeError: still a template problem
-        raise TemplateRenderError(f"{type(exc).__name__}: {exc}") from None
+        raise TemplateRenderError(_named(name, f"{type(exc).__name__}: {exc}")) from None
+
+
+def _named(name: str, message: str) -> str:
+    return f"template {name}: {message}" if name else message
 
 
 def _describe(exc: TemplateError) -> str:

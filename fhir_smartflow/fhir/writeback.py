@@ -8,6 +8,7 @@ Two ways to create exactly once (docs/writeback.md):
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -19,8 +20,10 @@ import redis
 
 from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
+from fhir_smartflow.engine.provenance import versioned_reference
+from fhir_smartflow.engine.references import reference_type_problems
 from fhir_smartflow.fhir.client import FhirClient
-from fhir_smartflow.fhir.errors import FhirError, FhirUnavailable
+from fhir_smartflow.fhir.errors import FhirBadRequest, FhirError, FhirUnavailable, error_for_status, outcome_text
 from fhir_smartflow.fhir.target import BatchItem, WriteBackTarget
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,43 @@ def if_none_exist(resource_type: str, system: str, value: str) -> str:
 def _identifier_param(resource_type: str) -> str:
     # R4 Provenance has no identifier element: its business id is a meta.tag.
     return "_tag" if resource_type in TAG_IDENTIFIED else "identifier"
+
+
+def check_reference_targets(resource: dict[str, Any]) -> None:
+    """Refuse, before any request, a resource whose references name a type its R4 element does not
+    allow (strict servers refuse the write anyway, with a vaguer message): FhirBadRequest, permanent."""
+    problems = reference_type_problems(resource)
+    if problems:
+        raise FhirBadRequest(f"not written: {'; '.join(problems)}")
+
+
+def _targets_an_entry(resource: dict[str, Any], full_urls: set[str]) -> bool:
+    return resource.get("resourceType") == "Provenance" and any(
+        (t or {}).get("reference") in full_urls for t in resource.get("target") or []
+    )
+
+
+def _retarget(provenance: dict[str, Any], stored_at: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The Provenance with each fullUrl target replaced by the stored resource's versioned reference."""
+    targets = []
+    for target in provenance.get("target") or []:
+        stored = stored_at.get((target or {}).get("reference", ""))
+        targets.append({**target, "reference": versioned_reference(stored)} if stored else target)
+    return {**provenance, "target": targets}
+
+
+def _entry_error(answer: dict[str, Any], rtype: str, identifier: str, status: str) -> FhirError:
+    """The error of a transaction entry that stored nothing, with the server's OperationOutcome text
+    (``response.outcome``, else the entry's resource) and the typed error of its status."""
+    outcome = (answer.get("response") or {}).get("outcome") or answer.get("resource")
+    said = outcome_text(outcome)
+    code = status.split(" ", 1)[0]
+    where = f"transaction entry for {rtype} {identifier}"
+    if code.isdigit() and int(code) >= 400:
+        err = error_for_status(int(code), json.dumps(outcome) if said else None, url=rtype, method="POST")
+        return type(err)(f"{where}: {err.message}", status=err.status, outcome=err.outcome, method="POST")
+    detail = f": {said}" if said else ""
+    return FhirError(f"{where} answered {status!r} without a resource{detail}", outcome=outcome)
 
 
 def _log_write(resource_type: str, stored: dict[str, Any], created: bool, identifier: str) -> None:
@@ -123,10 +163,27 @@ class FhirWriteBack(WriteBackTarget):
         return self._transactions
 
     def create_all(self, items: list[BatchItem]) -> list[tuple[dict[str, Any], bool]]:
-        """Conditionally create every ``(resource, identifier, fullUrl)`` in ONE transaction Bundle:
-        each entry ``POST`` with ``ifNoneExist`` on its business identifier, so a rerun creates nothing
-        twice. References to an entry's ``urn:uuid`` fullUrl (a Provenance's target) are rewritten by
-        the server. Returns ``(stored, created?)`` per item, in order; all or nothing."""
+        """Conditionally create every ``(resource, identifier, fullUrl)``: each entry ``POST`` with
+        ``ifNoneExist`` on its business identifier, so a rerun creates nothing twice. The resources go in
+        one transaction Bundle; a Provenance whose target is another entry's ``urn:uuid`` fullUrl goes in
+        a second one, its target rewritten to the version the first stored (``Type/id/_history/v``, as
+        the one-by-one path writes it; servers rewrite a fullUrl only to ``Type/id``). Returns
+        ``(stored, created?)`` per item, in order. Nothing is checked in before a refusal of the first
+        Bundle; a refused second one leaves the resources written, and the rerun finds them."""
+        for resource, _, _ in items:
+            check_reference_targets(resource)
+        full_urls = {full_url for _, _, full_url in items}
+        later = [i for i, (resource, _, _) in enumerate(items) if _targets_an_entry(resource, full_urls)]
+        first = [i for i in range(len(items)) if i not in later]
+        results = dict(zip(first, self._transaction([items[i] for i in first]), strict=True))
+        if later:
+            stored_at = {items[i][2]: results[i][0] for i in first}
+            versioned = [(_retarget(items[i][0], stored_at), items[i][1], items[i][2]) for i in later]
+            results.update(zip(later, self._transaction(versioned), strict=True))
+        return [results[i] for i in range(len(items))]
+
+    def _transaction(self, items: list[BatchItem]) -> list[tuple[dict[str, Any], bool]]:
+        """One transaction Bundle of conditional creates; ``(stored, created?)`` per item, in order."""
         entries = []
         for resource, identifier, full_url in items:
             rtype = resource["resourceType"]
@@ -154,10 +211,12 @@ class FhirWriteBack(WriteBackTarget):
             if not isinstance(stored, dict) or stored.get("resourceType") != rtype:
                 location = (answer.get("response") or {}).get("location") or answer.get("fullUrl")
                 stored = (
-                    self.client.read(self.client.base.relative(location).split("/_history/")[0]) if location else None
+                    self.client.read(self.client.base.relative(location).split("/_history/")[0])
+                    if location and status.startswith("2")
+                    else None
                 )
             if stored is None:
-                raise FhirError(f"transaction entry for {rtype} {identifier} answered {status!r} without a resource")
+                raise _entry_error(answer, rtype, identifier, status)
             _log_write(rtype, stored, created, identifier)
             results.append((stored, created))
         return results
@@ -180,6 +239,7 @@ class FhirWriteBack(WriteBackTarget):
     def create_with_status(self, resource: dict[str, Any], identifier: str) -> tuple[dict[str, Any], bool]:
         """Create unless a resource with this business identifier exists; (stored, created?)."""
         rtype = resource["resourceType"]
+        check_reference_targets(resource)
         if self.conditional_create:
             condition = if_none_exist(rtype, self.identifier_system, identifier)
             stored, created = self.client.create(resource, if_none_exist=condition)
@@ -192,6 +252,7 @@ class FhirWriteBack(WriteBackTarget):
         return self.client.read(reference)
 
     def update(self, resource: dict[str, Any]) -> dict[str, Any]:
+        check_reference_targets(resource)
         return self.client.update(resource)
 
     def search(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]:

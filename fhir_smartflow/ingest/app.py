@@ -186,6 +186,9 @@ def _handle(ctx: IngestContext, path_resource: str | None) -> Response:
     except AuthError as exc:
         _count(ctx, "auth_failures", reason=exc.reason)
         _count(ctx, "notifications", type="unknown", result="unauthorized")
+        with contextlib.suppress(redis.RedisError):  # `doctor` tells a wrong secret from this (webhook-auth)
+            failure = {"last_auth_failure": ctx.clock().isoformat(), "last_auth_failure_reason": exc.reason}
+            ctx.conn.hset(ctx.keys.webhook(), mapping=failure)
         log.warning("webhook delivery refused (%s): %s", exc.status, exc.message)
         return fhir_response(exc.status, exc.message)
     now = ctx.clock()

@@ -54,7 +54,7 @@ def resource_types_of(sub: SubscriptionConfig) -> frozenset[str]:
     if types is None:
         raise ConfigError(
             f"{where} resource_types",
-            "declare the resource types this subscription may deliver (e.g. resource_types = [\"Patient\"]): "
+            'declare the resource types this subscription may deliver (e.g. resource_types = ["Patient"]): '
             "neither criteria nor a shipped per-type topic names them",
         )
     unknown = sorted(t for t in types if not is_resource_type(t))

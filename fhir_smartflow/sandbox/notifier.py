@@ -130,7 +130,7 @@ class Notifier:
                 self._register(change.resource)
         with self._lock:
             targets = [s for s in self._subs.values() if self._notifies(s, change)]
-        shown = without_secrets(change) if self.profile.mask_secrets else change
+        shown = without_secrets(change)
         for spec in targets:
             number = self.store.record_event(spec.id, change) if spec.style == "backport" else 0
             self._enqueue(Job("event", spec.id, shown, number))

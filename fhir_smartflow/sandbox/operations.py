@@ -96,7 +96,7 @@ class Interactions:
         return keep_secrets(resource, self.store.read("Subscription", resource_id))
 
     def _shown(self, resource: dict[str, Any]) -> dict[str, Any]:
-        if self.profile.mask_secrets and resource.get("resourceType") == "Subscription":
+        if resource.get("resourceType") == "Subscription":
             return masked(resource)
         return resource
 
@@ -228,7 +228,7 @@ class Interactions:
         page = self.store.search(resource_type, params)
         if page.query.ignored and strict:
             raise BadRequest(f"unknown or unsupported search parameters: {', '.join(page.query.ignored)}")
-        if self.profile.mask_secrets and resource_type == "Subscription":
+        if resource_type == "Subscription":
             page = SearchPage([self._shown(r) for r in page.resources], page.total, page.query)
         return Result(200, searchset(resource_type, params, page, base_url))
 

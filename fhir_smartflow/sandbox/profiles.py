@@ -45,7 +45,6 @@ class Profile:
     check_reference_types: bool  # the target type must be one the R4 element allows
     activation: str  # see ACTIVATIONS
     secret_extension: bool  # sign notifications (X-Signature) with the subscription-secret extension
-    mask_secrets: bool  # reads and searches never return channel.header values or the secret extension
     topic_subscriptions: bool  # R4 Backport topic-based Subscriptions are served (else stored, never notified)
     enforce_scopes: bool  # with registered OAuth clients: each interaction needs a token whose scopes cover it
     event_numbers_survive_restart: bool  # topic event numbers continue after a restart (else start again at 1)
@@ -77,8 +76,6 @@ PROFILES: dict[str, Profile] = {
             check_reference_types=False,
             activation="sandbox",
             secret_extension=True,
-            # Off until `subscriptions sync` compares a masked secret as equal; the strict profiles mask.
-            mask_secrets=False,
             topic_subscriptions=True,
             enforce_scopes=False,
             event_numbers_survive_restart=True,
@@ -91,7 +88,6 @@ PROFILES: dict[str, Profile] = {
             check_reference_types=True,
             activation="client",
             secret_extension=True,
-            mask_secrets=True,
             topic_subscriptions=False,
             enforce_scopes=True,
             event_numbers_survive_restart=True,
@@ -106,7 +102,6 @@ PROFILES: dict[str, Profile] = {
             check_reference_types=True,
             activation="server",
             secret_extension=False,
-            mask_secrets=True,
             topic_subscriptions=True,
             enforce_scopes=True,
             event_numbers_survive_restart=False,

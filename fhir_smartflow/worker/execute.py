@@ -14,14 +14,14 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
 import redis
 
 from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
-from fhir_smartflow.delivery.claims import REARMED, DeliveryClaims
+from fhir_smartflow.delivery.claims import FINAL, REARMED, DeliveryClaims
 from fhir_smartflow.delivery.deferral import rearm_schedule
 from fhir_smartflow.delivery.notice import failure_notice
 from fhir_smartflow.delivery.outcome import Deliverer, DeliveryOutcome
@@ -41,6 +41,7 @@ from fhir_smartflow.engine.provenance import build_provenance, provenance_identi
 from fhir_smartflow.engine.task_status import OPEN_TASK_STATUSES
 from fhir_smartflow.engine.validation import ResourceInvalid, validate_resource
 from fhir_smartflow.fhir.errors import FhirError
+from fhir_smartflow.fhir.scrub import scrub_error, scrub_in_place
 from fhir_smartflow.fhir.target import BatchItem, WriteBackTarget
 from fhir_smartflow.instants import format_instant
 from fhir_smartflow.metrics import Metrics
@@ -203,13 +204,18 @@ class PlanExecutor:
                 raise TypeError(f"unknown plan action {type(action).__name__}")
         except Exception as exc:
             if _is_transient(exc):
-                log.warning("execute: transient failure on %s, plan will be retried: %s", _describe(action), exc)
+                log.warning(
+                    "execute: transient failure on %s, plan will be retried: %s", _describe(action), scrub_error(exc)
+                )
+                scrub_in_place(exc)
                 raise
             if not isinstance(exc, FhirError | ResourceInvalid | PlanDataError):
                 raise  # a bug, not bad data: let rq record it
             status = exc.status if isinstance(exc, FhirError) else None
-            log.error("execute: %s failed: %s", _describe(action), exc)
-            result.errors.append(ActionError(_describe(action), str(exc), status))
+            # Server texts quote the resource (names, MRNs, message text): only their structure is kept.
+            message = scrub_error(exc)
+            log.error("execute: %s failed: %s", _describe(action), message)
+            result.errors.append(ActionError(_describe(action), message, status))
             if isinstance(action, WriteResource):
                 failed.add(action.identifier)
 
@@ -228,9 +234,10 @@ class PlanExecutor:
                     raise
                 # The resource itself is written and usable (its delivery goes ahead); only its
                 # Provenance is missing, which the error says.
-                log.error("execute: Provenance of %s %s failed: %s", rtype, action.identifier, exc)
+                message = scrub_error(exc)
+                log.error("execute: Provenance of %s %s failed: %s", rtype, action.identifier, message)
                 status = exc.status if isinstance(exc, FhirError) else None
-                result.errors.append(ActionError(f"Provenance {action.identifier}/provenance", str(exc), status))
+                result.errors.append(ActionError(f"Provenance {action.identifier}/provenance", message, status))
         return stored
 
     def _write_provenance(
@@ -304,10 +311,15 @@ class PlanExecutor:
                 log.warning(
                     "execute: transient failure on a transaction of %d writes, plan will be retried: %s",
                     len(batched),
-                    exc,
+                    scrub_error(exc),
                 )
+                scrub_in_place(exc)
                 raise
-            log.warning("execute: transaction of %d writes refused (%s); writing them one by one", len(batched), exc)
+            log.warning(
+                "execute: transaction of %d writes refused (%s); writing them one by one",
+                len(batched),
+                scrub_error(exc),
+            )
             return [action for action, _ in batched] + leftover
         for action, with_provenance in batched:
             stored, created = next(answers)
@@ -344,19 +356,28 @@ class PlanExecutor:
             communication = self.target.find_by_identifier("Communication", action.communication)
         if communication is None:  # never send what we cannot record
             raise PlanDataError(f"Communication {action.communication} not found; message not sent")
+        if previous is None and communication.get("status") in FINAL:
+            # The durable record: the FHIR store says this delivery is over (a replay after the claim's
+            # TTL, Redis lost). Never send again; put the claim back so later copies stop earlier.
+            self.claims.restore(action.identifier, _recorded_outcome(communication))
+            result.deliveries.append((action.identifier, f"already-{communication['status']}"))
+            return
         deliverer = self.deliverer
         if deliverer is None:
             raise PlanDataError("no Deliverer configured; message not sent")
-        if not self.claims.take(action.identifier, previous, now):
+        if not self.claims.take(
+            action.identifier, previous, now, communication=action.communication, channel=action.channel
+        ):
             result.deliveries.append((action.identifier, "already-claimed"))
             return
         try:
             outcome = deliverer.deliver(action, recipient, consents, now)
         except Exception as exc:
-            # Unknown whether it went out: keep the claim ("sending") so it is never sent twice.
-            # The exception text may carry an address, so it is only logged at DEBUG.
+            # Unknown whether it went out: keep the claim ("sending") so it is never sent twice; it is
+            # resolved as unknown after [delivery] stuck_after_seconds (worker/stuck.py). The exception
+            # text may carry an address: only its scrubbed form is logged, at DEBUG.
             log.error("execute: deliverer raised %s for %s; not retried", type(exc).__name__, action.identifier)
-            log.debug("execute: deliverer failure for %s", action.identifier, exc_info=True)
+            log.debug("execute: deliverer failure for %s: %s", action.identifier, scrub_error(exc))
             result.deliveries.append((action.identifier, "unknown"))
             return
         outcome = self.claims.settle(action.identifier, outcome, now)
@@ -476,6 +497,37 @@ class PlanExecutor:
         )
         return True
 
+    def resolve_stuck(self, now: datetime) -> int:
+        """Close the sends whose worker died mid-send (claim still ``sending`` after ``[delivery]
+        stuck_after_seconds``): whether the message went out is unknown, and no channel's API can be
+        asked by our idempotency key, so each becomes not-done with reason code ``unknown`` — never sent
+        again — on its claim and its Communication, and is counted (``stuck_deliveries``). Returns how
+        many were resolved."""
+        cutoff = now - timedelta(seconds=self.settings.delivery.stuck_after_seconds)
+        resolved = 0
+        for identifier, claim in self.claims.stuck(cutoff):
+            reason = f"outcome unknown: the {claim.channel or 'channel'} send was interrupted (worker stopped)"
+            outcome = self.claims.resolve_unknown(identifier, claim, reason)
+            if outcome is None:
+                continue  # settled or resolved by someone else meanwhile
+            resolved += 1
+            self._inc("stuck_deliveries", channel=claim.channel or "unknown")
+            log.warning("execute: delivery %s was stuck sending since %s: marked unknown", identifier, claim.at)
+            if not claim.communication:
+                continue
+            action = Deliver(
+                channel=claim.channel, recipient="", body="", identifier=identifier, communication=claim.communication
+            )
+            communication = self.target.find_by_identifier("Communication", claim.communication)
+            try:
+                self._record_outcome(action, communication, outcome, now)
+            except (FhirError, PlanDataError, ResourceInvalid) as exc:
+                # The claim is closed (never sent again); the Communication stays in-progress for now.
+                log.error(
+                    "execute: could not record %s as unknown on its Communication: %s", identifier, scrub_error(exc)
+                )
+        return resolved
+
     def _patch_task(self, action: PatchTask, result: ExecutionResult) -> None:
         task = self.target.find_by_identifier("Task", action.identifier)
         if task is None:
@@ -509,6 +561,14 @@ class PlanExecutor:
     def _inc(self, name: str, amount: int = 1, **labels: str) -> None:
         if self.metrics is not None:
             self.metrics.inc(name, amount, **labels)
+
+
+def _recorded_outcome(communication: dict[str, Any]) -> DeliveryOutcome:
+    """The outcome a final Communication records (its statusReason code, never its text: it is ours)."""
+    if communication.get("status") == "completed":
+        return DeliveryOutcome("completed")
+    codings = (communication.get("statusReason") or {}).get("coding") or [{}]
+    return DeliveryOutcome("not-done", "recorded on the Communication", reason_code=str(codings[0].get("code") or ""))
 
 
 def _write_result(created: bool | None) -> str:

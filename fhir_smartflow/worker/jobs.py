@@ -19,6 +19,7 @@ the job as finished (the re-run finds the marker). So, once the queue is drained
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections.abc import Callable
@@ -30,6 +31,8 @@ from rq import get_current_job
 
 from fhir_smartflow import logs
 from fhir_smartflow.events import ResourceEvent
+from fhir_smartflow.fhir.errors import FhirError
+from fhir_smartflow.fhir.scrub import scrub_in_place
 from fhir_smartflow.instants import parse_instant
 from fhir_smartflow.worker.gaps import GapTracker
 from fhir_smartflow.worker.runtime import Runtime, current
@@ -70,6 +73,15 @@ def process_event(event_dict: dict[str, Any]) -> str:
 
 
 def handle_event(rt: Runtime, event: ResourceEvent) -> str:
+    if event.event_number is not None:
+        # Every delivery's number counts, a duplicate's too: one dropped untracked could hide a gap.
+        _track_number(rt, event)
+    confirmed = _confirm(rt, event)
+    if confirmed is None:
+        _count_outcome(rt, "processed")
+        log.warning("%s is not on the FHIR server: nothing done", event.reference)
+        return "processed"
+    event = confirmed
     key = rt.keys.dedupe(dedupe_key(event))
     claim = _claim(rt, key)
     if claim is None:
@@ -77,16 +89,16 @@ def handle_event(rt: Runtime, event: ResourceEvent) -> str:
         log.info("duplicate of an event already processed: %s", event.reference or "criteria event")
         return "deduplicated"
     try:
-        if event.event_number is not None:
-            _track_number(rt, event)
         resolved, expanded = _complete(rt, event)
         for item in resolved:
             _dispatch_once(rt, item, nested=expanded)
-    except Exception:
+    except Exception as exc:
         _release(rt.redis, key, claim)
         if _final_attempt():
             _count_outcome(rt, "failed")
         log.warning("event %s failed; claim released for the retry", event.reference or "criteria event")
+        if isinstance(exc, FhirError):  # rq logs and keeps the text: a server's may quote the resource
+            scrub_in_place(exc)
         raise
     ttl = rt.settings.redis.dedupe_ttl_seconds
     _count_outcome(rt, "processed", also=lambda pipe: pipe.set(key, DONE, ex=ttl))
@@ -197,6 +209,38 @@ def _release(conn: redis.Redis, key: str, token: bytes) -> None:
 def _final_attempt() -> bool:
     job = get_current_job()
     return job is None or not job.retries_left
+
+
+def _unversioned(event: ResourceEvent) -> bool:
+    """Nothing in the notification tells this change from an earlier one of the same resource (a
+    delete needs no version: it is the resource's last change)."""
+    if event.resource is not None or event.interaction == "delete":
+        return False
+    return not event.version_id and event.event_number is None and not event.timestamp
+
+
+def _confirm(rt: Runtime, event: ResourceEvent) -> ResourceEvent | None:
+    """The event as the FHIR server has it, when it must be verified (``must_verify``: a claim made by
+    the request path, or the subscription's ``verify``) or when nothing identifies its version: read
+    before the dedupe key is made, so the key rests on the server's version (versionId, else the
+    content with its meta.lastUpdated), never on a notification that looks like an earlier one.
+
+    None when the notification claims a change of a resource the server does not have (act on
+    nothing). Without a FHIR client (the fetcher hands back no resource) the event stays as sent.
+    """
+    if not event.resource_id or not (event.must_verify or _unversioned(event)):
+        return event
+    # A version named only by the path or a header is a claim too; a delete is checked by reading.
+    version = event.version_id if event.trusted_content and event.interaction != "delete" else None
+    question = dataclasses.replace(event, resource=None, interaction=None, version_id=version, body_hash=None)
+    answer = rt.fetcher.fetch(question)
+    if isinstance(answer, list):  # pragma: no cover - a focus is never expanded to a list
+        return event
+    if answer.interaction == "delete":
+        return answer if event.interaction == "delete" else None
+    if answer.resource is None:
+        return event
+    return answer
 
 
 def _complete(rt: Runtime, event: ResourceEvent) -> tuple[list[ResourceEvent], bool]:

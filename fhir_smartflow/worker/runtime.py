@@ -134,6 +134,7 @@ def build_service_runtime(settings: Settings, redis_conn: redis.Redis | None = N
     from fhir_smartflow.delivery.deliverer import ChannelDeliverer
     from fhir_smartflow.engine.followups import plan_followup
     from fhir_smartflow.fhir.client import FhirClient
+    from fhir_smartflow.fhir.device import with_service_device
     from fhir_smartflow.flowfiles import load_engine
     from fhir_smartflow.scheduling.scheduler import build_scheduler
     from fhir_smartflow.worker.context import CachingContextSource, ClientResourceFetcher, StaticCache
@@ -150,6 +151,7 @@ def build_service_runtime(settings: Settings, redis_conn: redis.Redis | None = N
     scheduler = build_scheduler(settings, conn)
     clock = scheduler.clock  # the test clock when [scheduler] test_clock is on, else system time
     client = FhirClient.from_settings(settings, metrics=core.metrics)
+    settings = with_service_device(settings)  # every reference names the server-assigned Device id
     target = _write_back_target(settings, conn, client, core.metrics)
     engine = load_engine(settings)
     deliverer = ChannelDeliverer(settings, load_channels(settings), conn, core.keys, core.metrics)

@@ -6,6 +6,8 @@
 - `Liveness`: every worker of ours refreshes a short-TTL key (``<prefix>worker-alive:<name>``) from a
   thread, so a SIGKILLed worker is known dead within seconds instead of rq's heartbeat expiry
   (job timeout + 60 s) and its 10-minute registry maintenance.
+- ``periodic``: what else the liveness thread runs at each orphan sweep (the stuck-send sweep of
+  worker/stuck.py).
 - `requeue_orphans`: jobs in rq's StartedJobRegistry whose worker (one of ours) is dead are handed to
   rq's own abandoned-job cleanup at once (retry if retries are left, else the failed registry).
   The dedupe claim such a job held is taken over by the next attempt (`jobs._claim`).
@@ -60,9 +62,17 @@ class Liveness:
     """Beats ``name``'s liveness key and sweeps orphaned jobs from a daemon thread until ``stop``."""
 
     def __init__(
-        self, conn: redis.Redis, keys: Keys, queue: rq.Queue, stop: threading.Event, *, move_scheduled: bool = False
+        self,
+        conn: redis.Redis,
+        keys: Keys,
+        queue: rq.Queue,
+        stop: threading.Event,
+        *,
+        move_scheduled: bool = False,
+        periodic: Callable[[], object] | None = None,
     ) -> None:
         self.conn = conn
+        self.periodic = periodic
         self.keys = keys
         self.queue = queue
         self.stop = stop
@@ -104,6 +114,8 @@ class Liveness:
                 if time.monotonic() - last_sweep >= ORPHAN_SWEEP_SECONDS:
                     last_sweep = time.monotonic()
                     requeue_orphans(self.conn, self.keys, self.queue, self.stranded_seen)
+                    if self.periodic is not None:
+                        self.periodic()
             except redis.RedisError as exc:  # Redis restarting: the supervisor logs the outage
                 log.debug("liveness beat failed: %s", exc)
             except Exception:

@@ -198,7 +198,11 @@ VOCABULARY = ["Patient", "Patientx", "Encounter", "Appointment", "HumanName", "B
               "9" * 5000, "\ud800", "x\udfffy", ""]  # fmt: skip
 _KEYS = st.sampled_from(["name", "value", "reference", "resourceType", "id", "part"])
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text(max_size=12)
     | st.sampled_from(VOCABULARY),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(_KEYS, children, max_size=3),
     max_leaves=8,

@@ -4,6 +4,7 @@ a webhook receiver is `tests.support.net.Receiver`)."""
 from __future__ import annotations
 
 import itertools
+import threading
 from typing import Any
 
 from flask import Flask, jsonify, request
@@ -32,3 +33,19 @@ class TwilioFake:
             return jsonify(body), status, headers
         prefix = "SM" if resource == "Messages" else "CA"
         return jsonify({"sid": f"{prefix}{next(self._ids):032d}", "status": "queued"}), 201
+
+
+class HangingTwilio(TwilioFake):
+    """A provider that takes its time: each message request is recorded, ``arrived`` is set, and the
+    answer waits until the test sets ``release`` (to kill a worker while its send is in flight)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived = threading.Event()
+        self.release = threading.Event()
+        self.app.view_functions["create"] = self._hang
+
+    def _hang(self, sid: str, resource: str) -> Any:
+        self.arrived.set()
+        self.release.wait(30)
+        return self._create(sid, resource)

@@ -202,7 +202,8 @@ class Stack:
 def start_stack(
     processes, run_cli, redis_url: str, redis_conn: redis.Redis, tmp_path: Path
 ) -> Iterator[Callable[..., Stack]]:
-    """Start the sandbox store, `serve` and N `worker` processes; the test clock starts at real now."""
+    """Start the sandbox store (``faults``: with ``/$faults``), `serve` and N `worker` processes; the test
+    clock starts at real now."""
     stacks: list[Stack] = []
 
     def start(
@@ -210,6 +211,8 @@ def start_stack(
         workers: int = 1,
         sections: dict[str, dict[str, Any]] | None = None,
         flows: tuple[str, ...] = ("flows/examples",),
+        faults: bool = False,
+        profile: str = "lenient",
     ) -> Stack:
         clock = RedisClock(redis_conn, Keys(PREFIX))
         clock.set(datetime.now(UTC).replace(microsecond=0))
@@ -224,9 +227,12 @@ def start_stack(
         }
         service = start_service(
             processes, tmp_path, redis_url=redis_url, prefix=PREFIX, secret=("LC_SECRET", SECRET),
-            sections=merged(lifecycle, sections or {}), workers=workers, env={"LC_SMS_TOKEN": TOKEN},
+            sections=merged(lifecycle, sections or {}), workers=workers, env={"LC_SMS_TOKEN": TOKEN}, faults=faults,
+            profile=profile,  # hapi: client ids, references and their target types checked, the server activates
         )  # fmt: skip
         stack = Stack(service, redis_conn, clock, run_cli)
+        # The example flows' staff owner: a strict server refuses a Task naming a CareTeam it does not have.
+        stack.put({"resourceType": "CareTeam", "id": "front-desk", "status": "active", "name": "Front desk"})
         stacks.append(stack)
         return stack
 

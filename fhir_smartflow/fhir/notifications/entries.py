@@ -93,9 +93,7 @@ def entry_index(entries: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
     return index
 
 
-def find_entry(
-    index: dict[str, list[dict[str, Any]]], focus: str, ref: Reference | None
-) -> dict[str, Any] | None:
+def find_entry(index: dict[str, list[dict[str, Any]]], focus: str, ref: Reference | None) -> dict[str, Any] | None:
     """The entry of ``focus``: the one of its version when it names one (else one without a version)."""
     candidates = index.get(focus) or (index.get(f"{ref.resource_type}/{ref.id}") if ref else None) or []
     if ref is not None and ref.version:

@@ -6,6 +6,7 @@ import redis
 
 from fhir_smartflow.fhir.errors import FhirError
 from fhir_smartflow.tooling.doctor.checks_console import ConsoleReady
+from fhir_smartflow.tooling.doctor.checks_delivery import StuckDeliveries
 from fhir_smartflow.tooling.doctor.checks_openemr import (
     FlowResourceTypes,
     OpenEmrCategory,
@@ -13,6 +14,14 @@ from fhir_smartflow.tooling.doctor.checks_openemr import (
     OpenEmrWriteToken,
 )
 from fhir_smartflow.tooling.doctor.checks_roles import RoleMembers
+from fhir_smartflow.tooling.doctor.checks_servers import (
+    AuthScopes,
+    BaseUrlMatches,
+    ServiceDevice,
+    SubscriptionActivity,
+    SubscriptionsActive,
+    WebhookAuth,
+)
 from fhir_smartflow.tooling.doctor.checks_worklist import WorklistSmart
 from fhir_smartflow.tooling.doctor.model import Check, DoctorContext, Finding
 
@@ -53,12 +62,19 @@ class FhirReachable(Check):
 CHECKS: dict[str, type[Check]] = {
     RedisReachable.name: RedisReachable,
     FhirReachable.name: FhirReachable,
+    BaseUrlMatches.name: BaseUrlMatches,
+    AuthScopes.name: AuthScopes,
+    ServiceDevice.name: ServiceDevice,
+    SubscriptionsActive.name: SubscriptionsActive,
+    SubscriptionActivity.name: SubscriptionActivity,
+    WebhookAuth.name: WebhookAuth,
     OpenEmrReadToken.name: OpenEmrReadToken,
     OpenEmrWriteToken.name: OpenEmrWriteToken,
     OpenEmrCategory.name: OpenEmrCategory,
     FlowResourceTypes.name: FlowResourceTypes,
     RoleMembers.name: RoleMembers,
     ConsoleReady.name: ConsoleReady,
+    StuckDeliveries.name: StuckDeliveries,
     WorklistSmart.name: WorklistSmart,
 }
 
