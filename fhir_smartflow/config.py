@@ -166,6 +166,10 @@ class SandboxConfig:
     # OAuth clients of the sandbox's token endpoint (client_credentials): client id → {secret_env, scopes}.
     # With any, a strict profile wants a bearer token whose scopes cover each interaction.
     clients: dict[str, dict[str, str]] = field(default_factory=dict)
+    # SMART App Launch (sandbox/smart_authorize.py): apps launched from the sandbox (client id →
+    # {launch_url, redirect_uris, scopes, secret_env}) and the users who sign in (login → {fhir_user, password_env}).
+    apps: dict[str, dict[str, str]] = field(default_factory=dict)
+    users: dict[str, dict[str, str]] = field(default_factory=dict)
     # The sandbox as a CDS Hooks client (docs/cds-hooks.md): the service base URLs it may call, and the PEM
     # private key it signs its JWTs with (empty: a new key each start; its JWK Set is at /$cds-client/jwks).
     cds_services: list[str] = field(default_factory=list)
@@ -233,6 +237,29 @@ class ConsoleConfig:
     oidc_redirect_uri: str = ""
     # Who may log in this way: claim value -> role (viewer | admin). Nobody else.
     oidc_users: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WorklistConfig:
+    """The staff worklist, a SMART on FHIR app (docs/worklist.md), mounted by `serve` beside the webhook."""
+
+    enabled: bool = True
+    path: str = "/worklist"
+    # The client id the EHR registered the worklist under; empty: not mounted.
+    client_id: str = ""
+    # A confidential client's secret (the environment variable holding it); empty: a public client (PKCE).
+    client_secret_env: str = ""
+    # Or a confidential client signing private_key_jwt assertions: the PEM private key, its kid and algorithm.
+    private_key_file: str = ""
+    key_id: str = ""
+    key_alg: str = "RS384"
+    # The FHIR base the worklist accepts as `iss` (empty: [fhir] base_url, or the embedded sandbox store).
+    fhir_base_url: str = ""
+    # Where the EHR reaches the worklist (for redirect_uri); empty: taken from each request.
+    public_url: str = ""
+    # SMART scope syntax: v2 (user/Task.rus) or v1 (user/Task.read user/Task.write).
+    scope_version: str = "v2"
+    session_minutes: int = 480
 
 
 @dataclass(frozen=True)
@@ -415,6 +442,7 @@ class Settings:
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     poll: PollConfig = field(default_factory=PollConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    worklist: WorklistConfig = field(default_factory=WorklistConfig)
     openemr: OpenEmrConfig = field(default_factory=OpenEmrConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     sms: SmsConfig = field(default_factory=SmsConfig)
@@ -718,6 +746,7 @@ _SECTIONS: dict[str, type] = {
     "sandbox": SandboxConfig,
     "poll": PollConfig,
     "console": ConsoleConfig,
+    "worklist": WorklistConfig,
     "openemr": OpenEmrConfig,
     "scheduler": SchedulerConfig,
     "sms": SmsConfig,

@@ -16,6 +16,7 @@ import rq
 
 from fhir_smartflow.commands.console import mount_console
 from fhir_smartflow.commands.context import CliContext, pass_ctx
+from fhir_smartflow.commands.worklist import mount_worklist
 from fhir_smartflow.config import ConfigError, Settings
 from fhir_smartflow.connections import WEBHOOK, connect, embedded_redis
 from fhir_smartflow.fhir.server_info import warn_on_base_url
@@ -135,6 +136,8 @@ def serve(
 
         sandbox_state = mount_sandbox(settings, mounts, host, port, insecure_dev)
     mount_console(settings, conn, mounts, embedded=embedded)
+    sandbox_base = sandbox_state.base_url if sandbox_state else None
+    mount_worklist(settings, conn, mounts, embedded=embedded, sandbox_base=sandbox_base)
     app = create_app(settings, conn, insecure_dev=insecure_dev, extra_wsgi_mounts=mounts or None)  # type: ignore[arg-type]
     log.info("serving webhook on http://%s:%s%s", host, port, settings.server.notify_path)
     try:

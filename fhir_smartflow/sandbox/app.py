@@ -19,7 +19,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from fhir_smartflow.config import Settings
-from fhir_smartflow.sandbox import cds_client, smart
+from fhir_smartflow.sandbox import cds_client, smart, smart_authorize
 from fhir_smartflow.sandbox.bundles import BundleProcessor
 from fhir_smartflow.sandbox.capability import capability_statement
 from fhir_smartflow.sandbox.errors import BadRequest, SandboxError, UnsupportedMediaType, error_outcome, outcome
@@ -29,6 +29,7 @@ from fhir_smartflow.sandbox.operations import Interactions, Result, parse_etag
 from fhir_smartflow.sandbox.profiles import DEFAULT_PROFILE, PROFILES, Profile, profile_named
 from fhir_smartflow.sandbox.rules import WriteRules
 from fhir_smartflow.sandbox.smart import SmartAuth
+from fhir_smartflow.sandbox.smart_authorize import SmartAuthorization
 from fhir_smartflow.sandbox.store import Store
 from fhir_smartflow.sandbox.topic_operations import TopicOperations, operation_parameters
 
@@ -49,6 +50,7 @@ class SandboxState:
     base_url: str | None
     profile: Profile = PROFILES[DEFAULT_PROFILE]
     auth: SmartAuth | None = None  # the token endpoint and scope checks (strict profiles with clients)
+    authorization: SmartAuthorization | None = None  # SMART App Launch ([sandbox.apps] and [sandbox.users])
 
     def close(self) -> None:
         self.notifier.stop()
@@ -161,8 +163,13 @@ def create_sandbox_app(
         headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
         return _fhir(outcome("error", "transient", f"injected fault: HTTP {fault.status}"), fault.status, headers)
 
+    launches = settings.sandbox.apps and settings.sandbox.users
+    authorization = SmartAuthorization.from_config(settings.sandbox.apps, settings.sandbox.users) if launches else None
+    state.authorization = authorization
+    if authorization is not None:
+        smart_authorize.install(app, authorization, base, auth)
     if auth is not None:
-        smart.install(app, auth)
+        smart.install(app, auth, configuration=authorization is None)
     cds_client.install(app, cds_client.CdsClient(settings, ops), base)  # the sandbox as a CDS Hooks client
 
     # ---- fault control ---------------------------------------------------------------------------
@@ -190,6 +197,8 @@ def create_sandbox_app(
             topics=chosen.topic_subscriptions,
             token_url=token_url,
         )
+        if state.authorization is not None:
+            smart_authorize.add_security(statement, base())
         return _fhir(statement)
 
     @app.post("/")

@@ -71,6 +71,7 @@ class SmartAuth:
     lifetime: int = 3600
     clock: Callable[[], float] = time.time
     grants: dict[str, Grant] = field(default_factory=dict)
+    public_paths: set[str] = field(default_factory=lambda: set(PUBLIC_PATHS))  # smart_authorize adds its own
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -125,7 +126,7 @@ class SmartAuth:
 
     def refusal(self, method: str, path: str, authorization: str, body: Callable[[], Any]) -> Response | None:
         """None when the request may go on; else the 401 / 403 answer."""
-        if path in PUBLIC_PATHS:
+        if path in self.public_paths:
             return None
         token = authorization[7:] if authorization.startswith("Bearer ") else ""
         with self._lock:
@@ -180,10 +181,9 @@ def _fhir(body: dict[str, Any], status: int) -> Response:
     return Response(json.dumps(body), status=status, mimetype="application/fhir+json")
 
 
-def install(app: Flask, auth: SmartAuth) -> None:
-    """The token endpoint, the SMART configuration and the checks, on the sandbox app."""
+def install(app: Flask, auth: SmartAuth, *, configuration: bool = True) -> None:
+    """The token endpoint, the SMART configuration (unless smart_authorize serves it) and the checks."""
 
-    @app.get(CONFIGURATION_PATH)
     def smart_configuration() -> Response:
         body = {
             "token_endpoint": token_url(),
@@ -193,6 +193,9 @@ def install(app: Flask, auth: SmartAuth) -> None:
             "capabilities": ["client-confidential-symmetric", "permission-v1", "permission-v2"],
         }
         return Response(json.dumps(body), mimetype="application/json")
+
+    if configuration:
+        app.get(CONFIGURATION_PATH)(smart_configuration)
 
     @app.post(TOKEN_PATH)
     def token() -> Response:

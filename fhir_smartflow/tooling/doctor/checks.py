@@ -22,6 +22,7 @@ from fhir_smartflow.tooling.doctor.checks_servers import (
     SubscriptionsActive,
     WebhookAuth,
 )
+from fhir_smartflow.tooling.doctor.checks_worklist import WorklistSmart
 from fhir_smartflow.tooling.doctor.model import Check, DoctorContext, Finding
 
 
@@ -74,6 +75,7 @@ CHECKS: dict[str, type[Check]] = {
     RoleMembers.name: RoleMembers,
     ConsoleReady.name: ConsoleReady,
     StuckDeliveries.name: StuckDeliveries,
+    WorklistSmart.name: WorklistSmart,
 }
 
 
