@@ -30,7 +30,9 @@ case "$cmd" in
         install
         "$VENV/bin/ruff" check fhir_smartflow plugins tests benchmarks
         "$VENV/bin/lint-imports" --no-cache --config .importlinter
-        exec "$VENV/bin/python" -m pytest -q "$@"
+        # Three pytest processes, each with its own redis-server: most tests wait on child processes, so
+        # three keep two cores busy. SMARTFLOW_TEST_PROCESSES=0 runs the suite in one process.
+        exec "$VENV/bin/python" -m pytest -q -n "${SMARTFLOW_TEST_PROCESSES:-3}" "$@"
         ;;
     *)
         echo "usage: ./dev.sh serve|test [args...]" >&2

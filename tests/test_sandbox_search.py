@@ -164,7 +164,17 @@ def test_practitioner_roles_by_role_code_and_active(sandbox_server: str) -> None
         concept = {"coding": [{"system": snomed, "code": code}]}
         return post(base, {"resourceType": "PractitionerRole", "active": active, "code": [concept]})
 
-    manager, retired, nurse = role("768730001", True), role("768730001", False), role("224535009", True)
-    assert ids(base, f"PractitionerRole?role={snomed}|768730001&active=true") == [manager["id"]]
-    assert sorted(ids(base, "PractitionerRole?role=768730001")) == sorted([manager["id"], retired["id"]])
+    manager, retired, nurse = role("768832004", True), role("768832004", False), role("224535009", True)
+    assert ids(base, f"PractitionerRole?role={snomed}|768832004&active=true") == [manager["id"]]
+    assert sorted(ids(base, "PractitionerRole?role=768832004")) == sorted([manager["id"], retired["id"]])
     assert sorted(ids(base, "PractitionerRole?active=true")) == sorted([manager["id"], nurse["id"]])
+
+
+def test_practitioner_roles_by_practitioner(sandbox_server: str) -> None:
+    """The roles a signed-in user holds, as a CDS Hooks prefetch asks for them."""
+    base = sandbox_server
+    lee = post(base, {"resourceType": "Practitioner", "name": [{"family": "Lee"}]})
+    held = post(base, {"resourceType": "PractitionerRole", "practitioner": {"reference": f"Practitioner/{lee['id']}"}})
+    post(base, {"resourceType": "PractitionerRole", "practitioner": {"reference": "Practitioner/someone-else"}})
+    assert ids(base, f"PractitionerRole?practitioner=Practitioner/{lee['id']}") == [held["id"]]
+    assert ids(base, f"PractitionerRole?practitioner={lee['id']}") == [held["id"]]

@@ -41,6 +41,7 @@ PARAMS: dict[str, tuple[str, frozenset[str] | str]] = {
     "actor": (REFERENCE, frozenset({"Appointment"})),
     "url": (TOKEN, frozenset({"Questionnaire", "SubscriptionTopic"})),
     "role": (TOKEN, frozenset({"PractitionerRole"})),  # PractitionerRole.code: who holds a role
+    "practitioner": (REFERENCE, frozenset({"PractitionerRole"})),  # the roles a user holds (CDS prefetch)
     "active": (TOKEN, frozenset({"PractitionerRole", "Practitioner", "Patient", "Organization"})),
 }
 # Result-control parameters understood by every search.
@@ -164,6 +165,7 @@ def index_rows(resource: dict[str, Any]) -> list[IndexRow]:
         rows.append(IndexRow("url", None, resource["url"]))
     if rtype == "PractitionerRole":
         add("role", _codings(resource.get("code")))
+        add("practitioner", _refs(resource, "practitioner"))
     if isinstance(resource.get("active"), bool):
         rows.append(IndexRow("active", None, "true" if resource["active"] else "false"))
     return list(dict.fromkeys(rows))
