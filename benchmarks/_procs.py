@@ -46,3 +46,14 @@ def bench_subscription() -> dict[str, Any]:
 
 def machine() -> str:
     return f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}"
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a live process and its reaped children, from ``/proc/<pid>/stat`` (no profiler)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # fields[0] is the state (field 3 of stat); utime, stime, cutime, cstime are fields 14-17.
+    return sum(int(x) for x in fields[11:15]) / _CLK_TCK

@@ -4,7 +4,9 @@ Both apps run under waitress (pure Python, threaded, no fork: the server fhir-sm
 with the same thread count, against a private redis-server started for the run. A closed-loop load generator on
 loopback posts R4 Backport event-notification Bundles (full-resource and id-only). Rounds alternate
 baseline / service so drift on the shared machine hits both; the ratio is the median of the
-per-round ratios, the latencies are those of the median round.
+per-round ratios, the latencies are those of the median round. Each side's server CPU per accepted
+request (user + system from ``/proc/<pid>/stat``, warm-up excluded, no profiler) is printed per round,
+with the median of the per-round serve / baseline ratios.
 
     .venv/bin/python -m benchmarks.ingest                 # defaults: 3 rounds x 3,000 requests per side
     .venv/bin/python -m benchmarks.ingest --requests 10000 --concurrency 16 --threads 8 --json
@@ -89,16 +91,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         baseline, base_url = start_baseline(tmp, redis_url, args.threads)
         service, service_url = start_service(tmp, redis_url, args.threads, args.log_level)
         try:
+            pids = {"baseline": baseline.pid, "service": service.pid}
             for content in contents:
                 reqs_base = build_requests(content, args.distinct, "/fhir/notify", secret=False)
                 reqs_svc = build_requests(content, args.distinct, "/fhir/notify", secret=True)
                 rounds: dict[str, list[_loadgen.LoadResult]] = {"baseline": [], "service": []}
+                cpu: dict[str, list[float]] = {"baseline": [], "service": []}
                 for r in range(args.rounds):
                     targets = [("baseline", base_url, reqs_base), ("service", service_url, reqs_svc)]
                     for name, url, reqs in targets:
                         kwargs = dict(concurrency=args.concurrency, timeout=10.0)
                         _loadgen.closed_loop(url, reqs, max_requests=args.warmup, max_seconds=10, **kwargs)
                         conn.flushdb()
+                        cpu0 = _procs.cpu_seconds(pids[name])
                         res = _loadgen.closed_loop(
                             url,
                             reqs,
@@ -107,13 +112,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             label=f"{name} {content} r{r + 1}",
                             **kwargs,
                         )
+                        cpu_ms = (_procs.cpu_seconds(pids[name]) - cpu0) * 1000 / max(res.ok, 1)
+                        cpu[name].append(cpu_ms)
                         if name == "service":
                             res_jobs = queued_jobs(redis_url)
                             if res_jobs < res.ok:
                                 print(f"WARNING: {res.ok} accepted but only {res_jobs} jobs queued", file=sys.stderr)
-                        print(res.line())
+                        print(f"{res.line()} | server CPU {cpu_ms:.3f} ms per accepted request")
                         rounds[name].append(res)
                 report["results"][content] = _summarize(rounds)
+                report["results"][content]["cpu_ms_per_ok"] = {k: [round(v, 3) for v in cpu[k]] for k in cpu}
+                pairs = [s / b for b, s in zip(cpu["baseline"], cpu["service"], strict=False) if b]
+                report["results"][content]["cpu_ratio"] = round(statistics.median(pairs), 3) if pairs else None
         finally:
             baseline.stop()
             service.stop()
@@ -163,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
             line += (
                 f" | serve {svc['rps']} req/s (p50 {svc['p50_ms']} ms, p99 {svc['p99_ms']} ms)"
                 f" | ratio {res['throughput_ratio']}x (median of rounds {res['round_ratios']}; target >= 0.8x)"
+            )
+            bcpu, scpu = res["cpu_ms_per_ok"]["baseline"], res["cpu_ms_per_ok"]["service"]
+            line += (
+                f" | server CPU per accepted request: serve {statistics.median(scpu):.3f} ms,"
+                f" baseline {statistics.median(bcpu):.3f} ms (median of rounds), ratio {res['cpu_ratio']}x"
             )
         else:
             line += " | serve: skipped"

@@ -26,15 +26,39 @@ import redis
 from benchmarks import _procs, _stack
 
 
-def drain(stack: _stack.Stack, worker_class: str, processes: int, expected: int, timeout: float) -> float:
-    """Start burst workers; seconds from the first dequeue to the last worker's exit."""
+def _cpu_sample(stack: _stack.Stack) -> tuple[float, float, float]:
+    """CPU seconds so far of the workers, the sandbox store and redis-server (its own ``INFO cpu``)."""
+    workers = sum(_procs.cpu_seconds(p.pid) for p in stack.workers.values())
+    sandbox = _procs.cpu_seconds(stack.sandbox.pid) if stack.sandbox is not None else float("nan")
+    info = redis.Redis.from_url(stack.redis_url).info("cpu")
+    return workers, sandbox, float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def drain(
+    stack: _stack.Stack, worker_class: str, processes: int, expected: int, timeout: float
+) -> tuple[float, dict[str, float] | None]:
+    """Start burst workers; seconds from the first dequeue to the last worker's exit, and the workers'
+    CPU ms per job in steady state.
+
+    CPU (user + system of the worker processes and their reaped children, from ``/proc/<pid>/stat``,
+    no profiler) is sampled when 10 % and when 90 % of the jobs have left the queue, so worker start-up
+    and shut-down are not counted and the queue still holds >= 10 % of the jobs (under load).
+    """
     for w in range(processes):
         stack.start_worker(f"{worker_class}-{w}", worker_class, burst=True)
     deadline = time.monotonic() + timeout
     first = None
+    lo, hi = expected - expected // 10, expected // 10  # queue lengths at which CPU is sampled
+    marks: list[tuple[int, tuple[float, float, float]]] = []
     while time.monotonic() < deadline:
-        if first is None and stack.queue_count() < expected:
+        count = stack.queue_count()
+        if first is None and count < expected:
             first = time.perf_counter()
+        if (not marks and count <= lo) or (len(marks) == 1 and count <= hi):
+            try:
+                marks.append((count, _cpu_sample(stack)))
+            except OSError:  # a worker already gone: no steady-state sample
+                marks.append((count, (float("nan"),) * 3))
         if not any(p.alive() for p in stack.workers.values()):
             break
         time.sleep(0.005)
@@ -46,7 +70,14 @@ def drain(stack: _stack.Stack, worker_class: str, processes: int, expected: int,
             raise RuntimeError(f"worker {name} failed:\n{stack.workers[name].output()[-3000:]}")
         stack.workers[name].stop()
         del stack.workers[name]
-    return end - (first or end)
+    cpu_ms = None
+    if len(marks) == 2 and marks[0][0] > marks[1][0]:
+        jobs = marks[0][0] - marks[1][0]
+        cpu_ms = {
+            k: (b - a) * 1000 / jobs
+            for k, a, b in zip(("worker", "sandbox", "redis"), *(m[1] for m in marks), strict=True)
+        }
+    return end - (first or end), cpu_ms
 
 
 def queue_events(stack: _stack.Stack, patients: list[dict[str, Any]], start_number: int) -> None:
@@ -88,10 +119,10 @@ def main(argv: list[str] | None = None) -> int:
             for k, config in enumerate(args.configs):
                 worker_class, processes = config.split(":")[0], int(config.split(":")[1])
                 queue_noops(stack, args.events)
-                noop_s = drain(stack, worker_class, processes, args.events, args.timeout)
+                noop_s, noop_cpu = drain(stack, worker_class, processes, args.events, args.timeout)
                 batch = patients[k * args.events : (k + 1) * args.events]
                 queue_events(stack, batch, k * args.events + 1)
-                event_s = drain(stack, worker_class, processes, args.events, args.timeout)
+                event_s, event_cpu = drain(stack, worker_class, processes, args.events, args.timeout)
                 tasks = len(stack.search_all("Task"))
                 row = {
                     "worker_class": worker_class,
@@ -101,12 +132,16 @@ def main(argv: list[str] | None = None) -> int:
                     "noop_jobs_per_s": round(args.events / noop_s, 1),
                     "ratio_to_noop": round(noop_s / event_s, 3),
                     "tasks_in_store": tasks,
+                    "cpu_ms_per_event": {k: round(v, 3) for k, v in (event_cpu or {}).items()},
+                    "cpu_ms_per_noop_job": {k: round(v, 3) for k, v in (noop_cpu or {}).items()},
                 }
                 rows.append(row)
                 print(
                     f"{worker_class:>6} x{processes}: {row['events_per_s']:>7} events/s "
                     f"({row['events_per_s_per_process']} per process) | no-op jobs {row['noop_jobs_per_s']}/s "
                     f"| ratio {row['ratio_to_noop']}x | Tasks in store so far {tasks}"
+                    f"\n    CPU ms per event (steady state) {row['cpu_ms_per_event']}"
+                    f" | per no-op job {row['cpu_ms_per_noop_job']}"
                 )
         finally:
             stack.stop()
