@@ -174,7 +174,9 @@ def test_a_failover_mid_run_loses_no_acknowledged_notification(tmp_path: Path, s
         print(f"delivered at {time.monotonic() - started:.1f}s: {dict(sender.statuses)}")
 
         conn = connect(settings)
-        assert conn.info("server")["tcp_port"] == group.replica.port
+        # The failover itself was waited for above; under load the sentinels may fail over once more
+        # (back to the old primary), so only ask that the connection reaches whichever is primary now.
+        assert conn.info("replication")["role"] == "master"
         state = settle(stack, conn, cap=60)
         assert not any(state.values()), f"jobs left or failed: { {k: len(v) for k, v in state.items()} }"
         system = settings.fhir.identifier_system
