@@ -11,7 +11,6 @@ doubles nothing; 500 / 429 answers for a while change nothing of that.
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -32,7 +31,7 @@ from fhir_smartflow.worker.execute import PlanExecutor
 from fhir_smartflow.worker.pipeline import EnginePipeline
 from fhir_smartflow.worker.prior import RedisPriorState
 from fhir_smartflow.worker.runtime import build_runtime, install
-from tests.support.openemr import SECRET_ENV, TOKEN_KEY, make_settings
+from tests.support.openemr import SECRET_ENV, TOKEN_KEY, book_appointment, make_settings
 from tests.support.openemr_emulator import OpenEmrEmulator
 from tests.support.openemr_emulator_scopes import DEV, MODES
 
@@ -238,23 +237,7 @@ def test_following_the_guide_a_new_patient_and_a_no_show_reach_openemr_exactly_o
         assert doc.content.decode().startswith("Intake flow started for Jane Doe")
         assert doc.category_id == emulator.categories.last_id_of_path("/Categories/Smart_Flows") is not None
 
-        tomorrow = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%d")
-        booked = requests.post(
-            f"{emulator.api_base}/patient/1/appointment",
-            headers=front_desk,
-            timeout=5,
-            json={
-                "pc_catid": "5",
-                "pc_title": "Office Visit",
-                "pc_duration": "900",
-                "pc_hometext": "",
-                "pc_apptstatus": "*",
-                "pc_eventDate": tomorrow,
-                "pc_startTime": "10:00",
-                "pc_facility": "3",
-                "pc_billing_location": "3",
-            },
-        )
+        booked = book_appointment(emulator, front_desk)
         assert booked.status_code == 200
         assert {r.resource_type: r.queued for r in poller.run_once()}["Appointment"] == 1  # booked
         drain(rt)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -30,7 +30,7 @@ from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.queueing import make_queue
 from fhir_smartflow.worker.runtime import build_runtime, install
 from fhir_smartflow.worker.seams import RecordingDispatcher
-from tests.support.openemr import CLIENT_ID, ENV, KEY_ID, authorize, make_settings, rsa_pem
+from tests.support.openemr import CLIENT_ID, ENV, KEY_ID, authorize, book_appointment, make_settings, rsa_pem
 from tests.support.openemr_emulator import OpenEmrEmulator
 from tests.support.openemr_emulator_scopes import CURRENT, DEV
 
@@ -156,23 +156,7 @@ def test_appointment_no_show_fires_once(any_emulator, redis_url, redis_conn, key
     authorize(settings, redis_conn)
     puuid = emulator.add_patient("Doe", "Jane")
     front_desk = emulator.issue_user_token("api:oemr user/appointment.write user/appointment.rs user/appointment.c")
-    tomorrow = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%d")
-    made = requests.post(
-        f"{emulator.api_base}/patient/1/appointment",
-        json={
-            "pc_catid": "5",
-            "pc_title": "Office Visit",
-            "pc_duration": "900",
-            "pc_hometext": "",
-            "pc_apptstatus": "*",
-            "pc_eventDate": tomorrow,
-            "pc_startTime": "10:00",
-            "pc_facility": "3",
-            "pc_billing_location": "3",
-        },
-        headers={"Authorization": f"Bearer {front_desk}"},
-        timeout=5,
-    )
+    made = book_appointment(emulator, {"Authorization": f"Bearer {front_desk}"})
     assert made.json() == {"id": 1} and emulator.appointments[0].pc_time is None
     poller = build_poller(settings, redis_conn, env=ENV)
     assert poller.run_once()[0].queued == 1  # booked

@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -163,3 +165,24 @@ def authorize(settings: Settings, conn: Any, scopes: str | None = None, env: dic
     assert resp.status_code == 302, resp.text
     code, state = parse_redirect(resp.headers["Location"])
     return exchange_code(store, req, code, state)
+
+
+def book_appointment(emulator: OpenEmrEmulator, headers: dict[str, str], pid: int = 1) -> requests.Response:
+    """The front desk books an office visit for tomorrow 10:00 through the Standard API (status ``*``)."""
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%d")
+    return requests.post(
+        f"{emulator.api_base}/patient/{pid}/appointment",
+        headers=headers,
+        timeout=5,
+        json={
+            "pc_catid": "5",
+            "pc_title": "Office Visit",
+            "pc_duration": "900",
+            "pc_hometext": "",
+            "pc_apptstatus": "*",
+            "pc_eventDate": tomorrow,
+            "pc_startTime": "10:00",
+            "pc_facility": "3",
+            "pc_billing_location": "3",
+        },
+    )
