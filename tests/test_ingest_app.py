@@ -9,7 +9,7 @@ import redis
 
 from fhir_smartflow.app import create_app
 from fhir_smartflow.config import ConfigError, RedisConfig, Settings
-from fhir_smartflow.ingest.app import webhook_redis
+from fhir_smartflow.connections import WEBHOOK, connect
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +47,7 @@ def test_unexpected_errors_are_500_with_an_operation_outcome(redis_url: str) -> 
 
 def test_readyz_is_503_when_redis_does_not_answer() -> None:
     settings = Settings(redis=RedisConfig(url="redis://127.0.0.1:1/0"))
-    app = create_app(settings, webhook_redis(settings.redis.url), insecure_dev=True)
+    app = create_app(settings, connect(settings, WEBHOOK), insecure_dev=True)
     client = app.test_client()
     assert client.get("/healthz").status_code == 200
     response = client.get("/readyz")

@@ -13,7 +13,7 @@ import requests
 
 from fhir_smartflow.app import create_app
 from fhir_smartflow.config import load_settings
-from fhir_smartflow.ingest.app import webhook_redis
+from fhir_smartflow.connections import WEBHOOK, connect
 from tests.support.procs import RedisServer
 from tests.support.toml import write_config
 
@@ -44,7 +44,7 @@ def webhook(serve_app, tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch
         [{"id": "ehr", "secret_env": SECRET_ENV, "criteria": "Patient?"}],
     )
     settings = load_settings(config, env={})
-    return serve_app(create_app(settings, webhook_redis(url))).url, config
+    return serve_app(create_app(settings, connect(settings, WEBHOOK))).url, config
 
 
 def ready(url: str) -> requests.Response:

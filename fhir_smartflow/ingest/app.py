@@ -22,7 +22,7 @@ from flask import Blueprint, Response, request
 
 from fhir_smartflow import defaults, logs
 from fhir_smartflow.config import Settings
-from fhir_smartflow.connections import WEBHOOK, Keys, durable_pipeline, url_redis
+from fhir_smartflow.connections import Keys, durable_pipeline
 from fhir_smartflow.fhir.notifications import Notification, NotificationError, parse_notification
 from fhir_smartflow.ingest.auth import INSECURE_DEV_SUBSCRIPTION, Authenticator, AuthError
 from fhir_smartflow.ingest.policy import DeliveryPolicy, DeliveryRefused
@@ -72,11 +72,6 @@ class IngestContext:
     # Per subscription, the server Subscription recorded first (read once per process, then kept here).
     server_subscriptions: dict[str, str] = dataclasses.field(default_factory=dict)
     mismatch_logged: set[str] = dataclasses.field(default_factory=set)
-
-
-def webhook_redis(url: str) -> redis.Redis:
-    """The webhook's Redis client for a URL (connections.WEBHOOK: fail fast, one quick retry)."""
-    return url_redis(url, WEBHOOK)
 
 
 def create_ingest_blueprint(ctx: IngestContext) -> Blueprint:
@@ -307,5 +302,4 @@ __all__ = [
     "fhir_response",
     "operation_outcome",
     "subscription_record",
-    "webhook_redis",
 ]
