@@ -14,6 +14,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl, urljoin
 
@@ -77,6 +78,12 @@ class FhirClient:
             session=session,
             metrics=metrics,
         )
+
+    @classmethod
+    def asking_once(cls, settings: Settings) -> FhirClient:
+        """The client for ``[fhir]`` without retries: for a check at start, which must not wait through the
+        retry backoff (the service starts anyway; ``doctor`` asks again)."""
+        return cls.from_settings(replace(settings, fhir=replace(settings.fhir, max_retries=0)))
 
     @property
     def base(self) -> BaseUrl:

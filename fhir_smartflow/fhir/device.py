@@ -69,8 +69,7 @@ def with_service_device(settings: Settings, server: DeviceServer | None = None) 
     if not settings.fhir.base_url or settings.fhir.writeback != "fhir":
         return settings
     if server is None:
-        once = dataclasses.replace(settings, fhir=dataclasses.replace(settings.fhir, max_retries=0))
-        server = FhirClient.from_settings(once)
+        server = FhirClient.asking_once(settings)
     try:
         device_id, _ = ensure_service_device(server, settings)
     except FhirError as exc:

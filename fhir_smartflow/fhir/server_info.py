@@ -12,7 +12,6 @@ base URL it believes it has.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -139,8 +138,7 @@ def base_url_at_start(settings: Settings) -> BaseUrlAdvice | None:
     or cannot be asked now (``doctor`` asks again)."""
     if not settings.fhir.base_url:
         return None
-    once = dataclasses.replace(settings, fhir=dataclasses.replace(settings.fhir, max_retries=0))
-    client = FhirClient.from_settings(once)
+    client = FhirClient.asking_once(settings)
     try:
         return base_url_advice(client.base_url, client.capabilities(), first_page_links(client))
     except (FhirError, ValueError) as exc:
