@@ -94,3 +94,30 @@ def test_a_job_stranded_between_dequeue_and_start_goes_back_to_the_queue(
     assert supervise.requeue_orphans(redis_conn, keys, queue, seen) == 1
     assert queue.job_ids == [job.id] and queue.intermediate_queue.get_job_ids() == []
     assert seen == {}
+
+
+def test_a_job_whose_worker_died_while_registering_its_start_goes_back_to_the_queue(
+    redis_conn: redis.Redis, queue: rq.Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rq.executions import prepare_execution
+
+    monkeypatch.setattr(supervise, "STRANDED_SECONDS", 0.2)
+    job = queue.enqueue("operator.truth", 1)
+    # A worker of ours dequeues the job and registers its execution, then is SIGKILLed before rq marks
+    # the job started: the job is on the intermediate list and in the StartedJobRegistry, and its
+    # own record names no worker.
+    dead = SupervisedSimpleWorker([queue], connection=redis_conn, name=supervise.new_worker_name())
+    redis_conn.lmove(queue.key, queue.intermediate_queue.key, "LEFT", "RIGHT")
+    prepare_execution(dead, job)
+    assert job.id in queue.started_job_registry and queue.intermediate_queue.get_job_ids() == [job.id]
+    assert job.get_status() == "queued" and not job.worker_name
+
+    seen: dict[str, float] = {}
+    keys = Keys("t:")
+    supervise.requeue_orphans(redis_conn, keys, queue, seen)
+    assert job.id not in queue.started_job_registry, "its worker is dead: the start it registered is void"
+    time.sleep(0.3)
+    supervise.requeue_orphans(redis_conn, keys, queue, seen)
+    assert queue.job_ids == [job.id] and queue.intermediate_queue.get_job_ids() == []
+    rq.SimpleWorker([queue], connection=redis_conn).work(burst=True)
+    assert job.get_status(refresh=True) == "finished"

@@ -26,9 +26,11 @@ from collections.abc import Callable
 import redis
 import rq
 from rq.exceptions import StopRequested
+from rq.executions import Execution
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 from rq.scheduler import RQScheduler
+from rq.utils import as_text
 
 from fhir_smartflow.connections import Keys
 
@@ -124,7 +126,10 @@ class Liveness:
 
 
 def requeue_orphans(conn: redis.Redis, keys: Keys, queue: rq.Queue, seen: dict[str, float] | None = None) -> int:
-    """Expire the StartedJobRegistry entries of dead workers of ours and let rq's cleanup retry them."""
+    """Expire the StartedJobRegistry entries of dead workers of ours and let rq's cleanup retry them.
+
+    rq's cleanup retries only jobs it had marked started; one whose worker died before that is still
+    on rq's intermediate list and goes back to the queue through `_requeue_stranded`."""
     lock = keys.lock("orphan-sweep")
     if not conn.set(lock, 1, nx=True, ex=10):  # one sweeper at a time: cleanup must not retry a job twice
         return 0
@@ -132,9 +137,7 @@ def requeue_orphans(conn: redis.Redis, keys: Keys, queue: rq.Queue, seen: dict[s
         registry = StartedJobRegistry(queue=queue)
         expired = []
         for entry in conn.zrange(registry.key, 0, -1):
-            job_id = registry.parse_job_id(entry)
-            job = Job.fetch(job_id, connection=conn) if conn.exists(Job.key_for(job_id)) else None
-            if job is not None and is_dead_worker(conn, keys, job.worker_name):
+            if is_dead_worker(conn, keys, _holder_of(conn, as_text(entry))):
                 expired.append(entry)
         if expired:
             conn.zadd(registry.key, {entry: 0 for entry in expired}, xx=True)
@@ -143,6 +146,19 @@ def requeue_orphans(conn: redis.Redis, keys: Keys, queue: rq.Queue, seen: dict[s
         return len(expired) + _requeue_stranded(conn, queue, {} if seen is None else seen)
     finally:
         conn.delete(lock)
+
+
+def _holder_of(conn: redis.Redis, entry: str) -> str | None:
+    """The worker holding a StartedJobRegistry entry (``job id:execution id``).
+
+    rq registers the execution, with its worker, one step before it marks the job started and takes
+    it off the intermediate list: a worker killed between the two leaves the job's own
+    ``worker_name`` empty (or an earlier attempt's). The execution's record is the one to trust;
+    the job's serves only once the execution record has expired.
+    """
+    execution = Execution.from_composite_key(entry, conn)
+    holder = conn.hget(execution.key, "worker_name") or conn.hget(Job.key_for(execution.job_id), "worker_name")
+    return as_text(holder) if holder else None
 
 
 class _StopAware:
