@@ -113,9 +113,16 @@ class TaskPoller:
                 self._watermark = max(self._watermark, updated)
             time.sleep(self.interval)
 
-    def wait_for(self, patients: set[str], timeout: float) -> set[str]:
+    def wait_for(self, patients: set[str], timeout: float, stall: float = 20.0) -> set[str]:
+        """Until every patient has a Task; gives up after ``stall`` s without a new one (a backlog still
+        draining is not a loss) or ``timeout`` s in all. Returns the patients still without one."""
         deadline = time.monotonic() + timeout
+        seen, progress = len(self.first_seen), time.monotonic()
         while time.monotonic() < deadline and not patients <= self.first_seen.keys():
+            if len(self.first_seen) != seen:
+                seen, progress = len(self.first_seen), time.monotonic()
+            elif time.monotonic() - progress > stall:
+                break
             time.sleep(0.05)
         return patients - self.first_seen.keys()
 
@@ -173,7 +180,7 @@ def service_phase(stack: _stack.Stack, poller: TaskPoller, patients: list[dict[s
     before = cpu_sample(stack)
     load = _loadgen.paced(stack.serve_url, make, rate=rate, seconds=len(patients) / rate, threads=8, label="notify")
     print(load.line())
-    missing = poller.wait_for(set(sent), timeout=120)
+    missing = poller.wait_for(set(sent), timeout=900)
     after = cpu_sample(stack)
     result = figures(latencies(sent, poller.first_seen), len(missing))
     result["duplicated"] = sum(1 for p in sent if poller.tasks_per_patient.get(p, 0) > 1)
