@@ -45,7 +45,10 @@ class Stack:
         mappings: Iterable[str | Path] = (ROOT / "mappings",),
         log_level: str = "INFO",
         extra_config: dict[str, dict[str, Any]] | None = None,
+        role_redis_urls: dict[str, str] | None = None,
     ) -> None:
+        """``role_redis_urls``: another Redis URL for the processes of a role (``serve``, ``worker``,
+        ``scheduler``), e.g. a counting proxy's port per role; the others, and this process, use ``redis_url``."""
         self.tmp = tmp
         self.redis_url = redis_url
         self.flows = [str(p) for p in flows]
@@ -53,6 +56,7 @@ class Stack:
         self.mappings = [str(p) for p in mappings]
         self.log_level = log_level
         self.extra_config = extra_config or {}
+        self.role_redis_urls = dict(role_redis_urls or {})
         self.sandbox: Process | None = None
         self.serve: Process | None = None
         self.workers: dict[str, Process] = {}
@@ -65,8 +69,14 @@ class Stack:
         self._lock = threading.Lock()
 
     # -- processes ---------------------------------------------------------------------------
-    def env(self) -> dict[str, str]:
-        return {"SMARTFLOW_CONFIG": str(self.config_path), _procs.SECRET_ENV: _procs.SECRET}
+    def config_for(self, role: str | None) -> Path:
+        """The config file a process of ``role`` reads: its own when it has its own Redis URL."""
+        if role in self.role_redis_urls:
+            return self.tmp / f"smartflow-{role}.toml"
+        return self.config_path
+
+    def env(self, role: str | None = None) -> dict[str, str]:
+        return {"SMARTFLOW_CONFIG": str(self.config_for(role)), _procs.SECRET_ENV: _procs.SECRET}
 
     def start_sandbox(self, database: str | None = None, faults: bool = False) -> str:
         port = free_port()
@@ -81,42 +91,53 @@ class Stack:
         return self.fhir_base
 
     def write_config(self) -> Path:
+        for role, url in self.role_redis_urls.items():
+            self._write_config(self.config_for(role), url)
+        return self._write_config(self.config_path, self.redis_url)
+
+    def _write_config(self, path: Path, redis_url: str) -> Path:
         sections: dict[str, dict[str, Any]] = {
-            "redis": {"url": self.redis_url},
+            "redis": {"url": redis_url},
             "fhir": {"base_url": self.fhir_base},
             "engine": {"mappings": self.mappings, "flows": self.flows, "templates": self.templates},
             "logging": {"level": self.log_level},
         }
         for name, values in self.extra_config.items():
             sections.setdefault(name, {}).update(values)
-        return write_config(self.config_path, sections, [_procs.bench_subscription()])
+        return write_config(path, sections, [_procs.bench_subscription()])
 
     def start_serve(self) -> str:
         self.write_config()
         port = free_port()
-        self.serve = Process(smartflow_cmd("serve", "--port", str(port)), self.tmp / "serve.log", self.env())
+        self.serve = Process(smartflow_cmd("serve", "--port", str(port)), self.tmp / "serve.log", self.env("serve"))
         self.serve_url = f"http://127.0.0.1:{port}"
         self.serve.wait_http(self.serve_url + "/healthz")
         return self.serve_url
 
     def start_worker(
-        self, name: str, worker_class: str = "simple", burst: bool = False, extra: Iterable[str] = ()
+        self,
+        name: str,
+        worker_class: str = "simple",
+        burst: bool = False,
+        extra: Iterable[str] = (),
+        role: str | None = "worker",
     ) -> Process:
+        """``role=None``: on ``redis_url`` even when workers have a URL of their own (a run without the proxy)."""
         args = smartflow_cmd("worker", "--worker-class", worker_class, *(["--burst"] if burst else []), *extra)
         self.worker_args[name] = args
-        proc = Process(args, self.tmp / f"worker-{name}.log", self.env())
+        proc = Process(args, self.tmp / f"worker-{name}.log", self.env(role))
         self.workers[name] = proc
         return proc
 
     def restart_worker(self, name: str, kill: bool = True) -> Process:
         old = self.workers[name]
         old.stop(kill=kill)
-        proc = Process(self.worker_args[name], self.tmp / f"worker-{name}.log", self.env())
+        proc = Process(self.worker_args[name], self.tmp / f"worker-{name}.log", self.env("worker"))
         self.workers[name] = proc
         return proc
 
     def start_scheduler(self) -> Process:
-        self.scheduler = Process(smartflow_cmd("scheduler"), self.tmp / "scheduler.log", self.env())
+        self.scheduler = Process(smartflow_cmd("scheduler"), self.tmp / "scheduler.log", self.env("scheduler"))
         return self.scheduler
 
     def service_logs(self) -> str:
