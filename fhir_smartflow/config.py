@@ -39,6 +39,8 @@ class ServerConfig:
     max_body_bytes: int = defaults.MAX_BODY_BYTES
     max_events_per_notification: int = defaults.MAX_EVENTS_PER_NOTIFICATION
     retry_after_seconds: int = defaults.RETRY_AFTER_SECONDS
+    # Deliveries arriving while a commit is in flight share the next one, up to this many events (0 or 1: off).
+    group_commit_max_events: int = defaults.GROUP_COMMIT_MAX_EVENTS
     # Admin token for /rq and other admin endpoints; empty disables them.
     admin_token_env: str = "SMARTFLOW_ADMIN_TOKEN"
     rq_dashboard: bool = False
@@ -605,6 +607,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("[server] max_body_bytes", "must be positive")
     if settings.server.max_events_per_notification <= 0:
         raise ConfigError("[server] max_events_per_notification", "must be positive")
+    if settings.server.group_commit_max_events < 0:
+        raise ConfigError("[server] group_commit_max_events", "must be 0 (off) or more")
     if settings.engine.dispatch not in {"flows", "record"}:
         raise ConfigError("[engine] dispatch", "must be 'flows' or 'record'")
     if settings.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:

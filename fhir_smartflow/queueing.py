@@ -18,6 +18,8 @@ from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.metrics import Metrics
 
 PROCESS_EVENT = "fhir_smartflow.worker.jobs.process_event"
+# Several events in one job (group commit under load: `fhir_smartflow.batch_queueing`).
+PROCESS_EVENTS = "fhir_smartflow.worker.batches.process_events"
 
 
 def job_description(event: ResourceEvent) -> str:

@@ -18,12 +18,13 @@ from rq import Queue
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 
+from fhir_smartflow.batch_queueing import outcome_key
 from fhir_smartflow.console import create_console_app
 from fhir_smartflow.console.deps import build_console_deps
 from fhir_smartflow.console.forms import form_from_post, write_flow
 from fhir_smartflow.defaults import QUEUE_NAME
 from fhir_smartflow.events import ResourceEvent
-from fhir_smartflow.queueing import PROCESS_EVENT, job_description
+from fhir_smartflow.queueing import PROCESS_EVENT, PROCESS_EVENTS, job_description
 from tests.support.console_flow import POSTED
 from tests.support.engine import SETTINGS, patient
 from tests.support.procs import ROOT
@@ -158,6 +159,28 @@ def test_replay_puts_one_failed_job_back_on_the_queue(site: Site):
     (queued,) = queue.get_jobs()
     assert queued.args[0]["source"] == "replay" and queued.args[0]["resource_id"] == "p1"
     assert "job.replay" in site.client.get("/audit").text
+
+
+def test_replay_of_a_failed_batch_puts_back_only_its_unfinished_events(site: Site):
+    now = datetime.now(UTC).isoformat()
+    events = [
+        ResourceEvent("sandbox", "Patient", pid, now, resource=patient(pid)).to_dict() for pid in ("p1", "p2", "p3")
+    ]
+    job = Job.create(PROCESS_EVENTS, args=[events], connection=site.conn, description="process_events 3 event(s)",
+                     origin=QUEUE_NAME)  # fmt: skip
+    job.save()
+    # Its last attempt: p1 processed, p2 failed, p3 never reached (a claim held elsewhere).
+    site.conn.set(outcome_key("cp:", job.id, 0), "processed")
+    site.conn.set(outcome_key("cp:", job.id, 1), "failed")
+    queue = Queue(QUEUE_NAME, connection=site.conn)
+    FailedJobRegistry(queue=queue).add(job, exc_string="BatchFailed: 2 of 3 event(s) failed (first: RuntimeError)")
+    assert site.post(f"/operations/failed/{job.id}/replay", {}).status_code == 302
+    assert FailedJobRegistry(queue=queue).get_job_ids() == []
+    queued = queue.get_jobs()
+    assert [(j.func_name, j.args[0]["resource_id"], j.args[0]["source"]) for j in queued] == [
+        (PROCESS_EVENT, "p2", "replay"),
+        (PROCESS_EVENT, "p3", "replay"),
+    ]
 
 
 def test_the_template_preview_renders_the_sample_record_and_names_an_unknown_field(site: Site):

@@ -22,12 +22,12 @@ from flask import Blueprint, Response, request
 
 from fhir_smartflow import defaults, logs
 from fhir_smartflow.config import Settings
-from fhir_smartflow.connections import Keys, durable_pipeline
+from fhir_smartflow.connections import Keys
 from fhir_smartflow.fhir.notifications import Notification, NotificationError, parse_notification
 from fhir_smartflow.ingest.auth import INSECURE_DEV_SUBSCRIPTION, Authenticator, AuthError
+from fhir_smartflow.ingest.group_commit import GroupCommitter
 from fhir_smartflow.ingest.policy import DeliveryPolicy, DeliveryRefused
 from fhir_smartflow.metrics import Metrics
-from fhir_smartflow.queueing import enqueue_events
 from fhir_smartflow.worker.gaps import record_status
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,11 @@ class IngestContext:
     # Per subscription, the server Subscription recorded first (read once per process, then kept here).
     server_subscriptions: dict[str, str] = dataclasses.field(default_factory=dict)
     mismatch_logged: set[str] = dataclasses.field(default_factory=set)
+    committer: GroupCommitter = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        limit = self.settings.server.group_commit_max_events
+        self.committer = GroupCommitter(self.conn, self.settings.redis, self.queue, self.metrics, limit)
 
 
 def create_ingest_blueprint(ctx: IngestContext) -> Blueprint:
@@ -236,29 +241,30 @@ def _rename(notification: Notification, subscription: str) -> Notification:
 
 
 def _record_and_enqueue(ctx: IngestContext, subscription: str, notification: Notification, now: datetime) -> int:
-    """One transaction: the per-subscription record, the jobs and the metrics land together or not at all."""
+    """One transaction: the per-subscription record, the jobs and the metrics land together or not at all
+    (under load, together with other deliveries': `GroupCommitter`)."""
     key = ctx.keys.subscription(subscription)
     mismatch = _server_subscription(ctx, subscription, notification)
-    pipe = durable_pipeline(ctx.conn, ctx.settings.redis)  # with replicas to wait for: on them before the 200
-    pipe.multi()
-    record: dict[str, str | int] = {"last_seen": now.isoformat()}
-    if mismatch is not None:
-        # Recorded as a mismatch, never adopted: the first server Subscription seen stays the recorded one.
-        record["last_mismatch"] = mismatch
-        pipe.hincrby(key, "mismatches", 1)
-        ctx.metrics.inc("subscription_mismatches", pipe=pipe, subscription=subscription)
-    numbers = [e.event_number for e in notification.events if e.event_number is not None]
-    last_number = max(numbers) if numbers else notification.events_since_start
-    if last_number is not None:
-        record["last_event_number"] = last_number
-    pipe.hset(key, mapping=record)  # one command for the whole record (each one costs on the hot path)
-    pipe.hincrby(key, f"count:{notification.kind}", 1)
-    if notification.kind in {"handshake", "heartbeat"}:
-        record_status(pipe, ctx.keys, subscription, notification.kind, notification.events_since_start, now)
+
+    def queue_record(pipe: Any) -> None:  # queued on the (MULTI) pipeline of the transaction holding this delivery
+        record: dict[str, str | int] = {"last_seen": now.isoformat()}
+        if mismatch is not None:
+            # Recorded as a mismatch, never adopted: the first server Subscription seen stays the recorded one.
+            record["last_mismatch"] = mismatch
+            pipe.hincrby(key, "mismatches", 1)
+            ctx.metrics.inc("subscription_mismatches", pipe=pipe, subscription=subscription)
+        numbers = [e.event_number for e in notification.events if e.event_number is not None]
+        last_number = max(numbers) if numbers else notification.events_since_start
+        if last_number is not None:
+            record["last_event_number"] = last_number
+        pipe.hset(key, mapping=record)  # one command for the whole record (each one costs on the hot path)
+        pipe.hincrby(key, f"count:{notification.kind}", 1)
+        if notification.kind in {"handshake", "heartbeat"}:
+            record_status(pipe, ctx.keys, subscription, notification.kind, notification.events_since_start, now)
+        ctx.metrics.inc("notifications", pipe=pipe, type=notification.kind, result="accepted")
+
     events = list(notification.events)
-    enqueue_events(ctx.queue, events, pipeline=pipe, metrics=ctx.metrics)
-    ctx.metrics.inc("notifications", pipe=pipe, type=notification.kind, result="accepted")
-    pipe.execute()
+    ctx.committer.commit(queue_record, events)  # blocks until executed; raises its RedisError (→ 503)
     return len(events)
 
 

@@ -13,10 +13,9 @@ from rq.registry import FailedJobRegistry
 from rq.scheduler import RQScheduler
 from rq.timeouts import TimerDeathPenalty
 
+from fhir_smartflow.batch_queueing import replay_failed_job
 from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import ClientOptions, connect
-from fhir_smartflow.events import ResourceEvent
-from fhir_smartflow.queueing import PROCESS_EVENT, enqueue_events
 from fhir_smartflow.worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -66,19 +65,16 @@ def run_embedded_worker(rt: Runtime, stop: threading.Event, idle_sleep: float = 
 
 
 def replay_failed(rt: Runtime) -> list[dict[str, str]]:
-    """Event jobs go back through `enqueue_events` (source ``replay``); other jobs are requeued as they are."""
+    """Event jobs (one event or a batch) go back through `enqueue_events` (source ``replay``, one job per
+    unfinished event); other jobs are requeued as they are. ``new_job_id``: the new ids, comma-separated."""
     registry = FailedJobRegistry(queue=rt.queue)
     done: list[dict[str, str]] = []
     for job_id in registry.get_job_ids():
         job = Job.fetch(job_id, connection=rt.redis)
         reason = (job.latest_result().exc_string if job.latest_result() else "") or ""
         reason = reason.strip().splitlines()[-1] if reason.strip() else "unknown"
-        if job.func_name == PROCESS_EVENT and job.args:
-            event = ResourceEvent.from_dict({**job.args[0], "source": "replay"})
-            (new_id,) = enqueue_events(rt.queue, [event], metrics=rt.metrics)
-            registry.remove(job, delete_job=True)
-        else:
-            registry.requeue(job_id)
-            new_id = job_id
-        done.append({"job_id": job_id, "new_job_id": new_id, "description": job.description or "", "reason": reason})
+        new_ids = replay_failed_job(rt.queue, job, metrics=rt.metrics)
+        done.append(
+            {"job_id": job_id, "new_job_id": ", ".join(new_ids), "description": job.description or "", "reason": reason}
+        )
     return done

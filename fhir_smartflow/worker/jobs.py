@@ -30,6 +30,7 @@ import redis
 from rq import get_current_job
 
 from fhir_smartflow import logs
+from fhir_smartflow.batch_queueing import outcome_key
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.fhir.errors import FhirError
 from fhir_smartflow.fhir.scrub import scrub_in_place
@@ -72,20 +73,21 @@ def process_event(event_dict: dict[str, Any]) -> str:
         logs.event_id.reset(token)
 
 
-def handle_event(rt: Runtime, event: ResourceEvent) -> str:
+def handle_event(rt: Runtime, event: ResourceEvent, index: int | None = None) -> str:
+    """One event, start to end; ``index`` is its place in a ``process_events`` batch (its outcome marker)."""
     if event.event_number is not None:
         # Every delivery's number counts, a duplicate's too: one dropped untracked could hide a gap.
         _track_number(rt, event)
     confirmed = _confirm(rt, event)
     if confirmed is None:
-        _count_outcome(rt, "processed")
+        _count_outcome(rt, "processed", index=index)
         log.warning("%s is not on the FHIR server: nothing done", event.reference)
         return "processed"
     event = confirmed
     key = rt.keys.dedupe(dedupe_key(event))
     claim = _claim(rt, key)
     if claim is None:
-        _count_outcome(rt, "deduplicated")
+        _count_outcome(rt, "deduplicated", index=index)
         log.info("duplicate of an event already processed: %s", event.reference or "criteria event")
         return "deduplicated"
     try:
@@ -95,21 +97,31 @@ def handle_event(rt: Runtime, event: ResourceEvent) -> str:
     except Exception as exc:
         _release(rt.redis, key, claim)
         if _final_attempt():
-            _count_outcome(rt, "failed")
+            _count_outcome(rt, "failed", index=index)
         log.warning("event %s failed; claim released for the retry", event.reference or "criteria event")
         if isinstance(exc, FhirError):  # rq logs and keeps the text: a server's may quote the resource
             scrub_in_place(exc)
         raise
     ttl = rt.settings.redis.dedupe_ttl_seconds
-    _count_outcome(rt, "processed", also=lambda pipe: pipe.set(key, DONE, ex=ttl))
+    _count_outcome(rt, "processed", also=lambda pipe: pipe.set(key, DONE, ex=ttl), index=index)
     _observe_latency(rt, event)
     return "processed"
 
 
-def _count_outcome(rt: Runtime, result: str, also: Callable[[Any], object] | None = None) -> None:
-    """Count this job's outcome once (per rq job id), atomically with ``also`` (the DONE mark)."""
+def outcome_marker(rt: Runtime, index: int | None = None) -> str | None:
+    """The key that says this job's outcome (a batch's: its event ``index``) was counted; None outside rq."""
     job = get_current_job()
-    marker = f"{rt.keys.prefix}outcome:{job.id}" if job is not None else None
+    if job is None:
+        return None
+    return outcome_key(rt.keys.prefix, job.id, index)
+
+
+def _count_outcome(
+    rt: Runtime, result: str, also: Callable[[Any], object] | None = None, index: int | None = None
+) -> None:
+    """Count this job's outcome once (per rq job id, and event ``index`` in a batch), atomically with
+    ``also`` (the DONE mark)."""
+    marker = outcome_marker(rt, index)
 
     def count(pipe: redis.client.Pipeline) -> None:
         counted = marker is not None and pipe.exists(marker)

@@ -14,14 +14,14 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry
 from werkzeug.wrappers import Response
 
+from fhir_smartflow.batch_queueing import replay_failed_job
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.console.auth import current_user, require
 from fhir_smartflow.console.deps import ConsoleDeps
 from fhir_smartflow.console.nav import add_nav
 from fhir_smartflow.console.views.common import load_engine
-from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.fhir.client import FhirClient
-from fhir_smartflow.queueing import PROCESS_EVENT, enqueue_events, queue_for
+from fhir_smartflow.queueing import queue_for
 from fhir_smartflow.scheduling.scheduler import build_scheduler, iter_pending
 from fhir_smartflow.tooling.doctor.checks import run_checks
 from fhir_smartflow.tooling.doctor.model import DoctorContext
@@ -102,20 +102,14 @@ def failed_jobs(conn: redis.Redis, deps: ConsoleDeps) -> tuple[int, list[FailedJ
 
 
 def replay_job(conn: redis.Redis, deps: ConsoleDeps, job_id: str) -> str | None:
-    """One failed job back on the queue the way `replay` does it: an event job through `enqueue_events`
-    (source ``replay``), anything else requeued as it is. The new job id, or None when it is not failed."""
+    """One failed job back on the queue the way `replay` does it (`replay_failed_job`): an event job's
+    unfinished events through `enqueue_events` (source ``replay``), anything else requeued as it is.
+    The new job ids (comma-separated), or None when it is not failed."""
     queue = queue_for(conn, deps.settings.redis)
-    registry = FailedJobRegistry(queue=queue)
-    if job_id not in registry.get_job_ids():
+    if job_id not in FailedJobRegistry(queue=queue).get_job_ids():
         return None
-    job = Job.fetch(job_id, connection=conn)
-    if job.func_name == PROCESS_EVENT and job.args:
-        event = ResourceEvent.from_dict({**job.args[0], "source": "replay"})
-        (new_id,) = enqueue_events(queue, [event])
-        registry.remove(job, delete_job=True)
-        return new_id
-    registry.requeue(job_id)
-    return job_id
+    new_ids = replay_failed_job(queue, Job.fetch(job_id, connection=conn))
+    return ", ".join(new_ids) or "nothing (every event of it was already done)"
 
 
 def _queue(conn: redis.Redis, deps: ConsoleDeps) -> dict[str, int | str]:

@@ -1,0 +1,126 @@
+"""Group commit: concurrent deliveries share one Redis transaction and, under load, one rq job.
+
+Each request thread submits its write (a callable queuing its record and metrics commands on a
+pipeline, plus its events) and blocks until the transaction holding it has executed, or gets that
+transaction's error (→ 503, nothing accepted). There is no timer: when no commit is in flight the
+submitting thread commits at once itself (the leader), so a lone delivery's latency is unchanged.
+Deliveries arriving while a commit is in flight wait for it; then one of them leads the next group:
+everything pending, up to ``[server] group_commit_max_events`` events (a bigger delivery goes alone).
+
+One delivery in a group: its events are queued as always, one ``process_event`` job each. Two or more:
+ONE ``process_events`` job carries all their events (``events_received`` still counted per event in
+the same transaction). Durability is the same as one delivery's: one MULTI/EXEC through
+`durable_pipeline` (WAIT on the replicas when ``[redis] wait_replicas`` is set) before any of the 200s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import redis
+import rq
+
+from fhir_smartflow.batch_queueing import enqueue_batch
+from fhir_smartflow.config import RedisConfig
+from fhir_smartflow.connections import durable_pipeline
+from fhir_smartflow.events import ResourceEvent
+from fhir_smartflow.metrics import Metrics
+from fhir_smartflow.queueing import enqueue_events
+
+Record = Callable[[Any], None]  # queues one delivery's own commands on the (MULTI) pipeline
+
+
+@dataclasses.dataclass
+class _Write:
+    record: Record
+    events: list[ResourceEvent]
+    done: bool = False
+    error: BaseException | None = None
+
+
+class GroupCommitter:
+    """Leader/follower group commit of webhook writes (thread-safe; one per process)."""
+
+    def __init__(
+        self, conn: redis.Redis, config: RedisConfig, queue: rq.Queue, metrics: Metrics, max_events: int
+    ) -> None:
+        self._conn = conn
+        self._config = config
+        self._queue = queue
+        self._metrics = metrics
+        self._max_events = max_events
+        self._cond = threading.Condition()
+        self._pending: deque[_Write] = deque()
+        self._committing = 0  # deliveries in the transaction in flight (0: none, the next submitter leads)
+
+    @property
+    def grouping(self) -> bool:
+        """False with ``group_commit_max_events`` 0 or 1: every delivery commits alone, in parallel."""
+        return self._max_events > 1
+
+    @property
+    def waiting(self) -> int:
+        """Deliveries waiting for the transaction in flight to finish (read-only, for tests and probes)."""
+        with self._cond:
+            return len(self._pending)
+
+    @property
+    def committing(self) -> int:
+        """Deliveries in the transaction in flight."""
+        with self._cond:
+            return self._committing
+
+    def commit(self, record: Record, events: list[ResourceEvent]) -> None:
+        """Write one delivery; returns once its transaction executed, or raises that transaction's error."""
+        write = _Write(record, events)
+        if not self.grouping:
+            self._execute([write])
+            return
+        with self._cond:
+            self._pending.append(write)
+            while not write.done:
+                if self._committing:
+                    self._cond.wait()  # notified when the commit in flight ends
+                    continue
+                group = self._take()
+                self._committing = len(group)
+                self._cond.release()
+                error: BaseException | None = None
+                try:
+                    self._execute(group)
+                except BaseException as exc:  # every delivery of the group gets it (a 503 for a RedisError)
+                    error = exc
+                finally:
+                    self._cond.acquire()
+                for member in group:
+                    member.done, member.error = True, error
+                self._committing = 0
+                self._cond.notify_all()  # the group's waiters return; one of the others leads next
+        if write.error is not None:
+            raise write.error
+
+    def _take(self) -> list[_Write]:
+        """The oldest pending deliveries up to the event cap; at least one, however many events it has."""
+        group = [self._pending.popleft()]
+        total = len(group[0].events)
+        while self._pending and total + len(self._pending[0].events) <= self._max_events:
+            total += len(self._pending[0].events)
+            group.append(self._pending.popleft())
+        return group
+
+    def _execute(self, group: list[_Write]) -> None:
+        """ONE transaction for the group: every delivery's record, the jobs, the metrics."""
+        pipe = durable_pipeline(self._conn, self._config)  # with replicas to wait for: on them before the 200
+        pipe.multi()
+        for write in group:
+            write.record(pipe)
+        events = [event for write in group for event in write.events]
+        if len(group) == 1 or len(events) <= 1:  # alone: as always, one process_event job per event
+            enqueue_events(self._queue, events, pipeline=pipe, metrics=self._metrics)
+        else:
+            enqueue_batch(self._queue, events, pipeline=pipe, metrics=self._metrics)
+        pipe.execute()

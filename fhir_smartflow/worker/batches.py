@@ -1,0 +1,81 @@
+"""rq job: several queued events (one group-committed webhook transaction) in one job.
+
+Each event is processed exactly as ``process_event`` processes it (`handle_event`: number tracking,
+verification, its own dedupe claim, dispatch, DONE), with its own log context; only rq's per-job cost
+is shared. Outcomes are counted per event (``outcome:<job id>:<index>``), so:
+
+- a retry of the batch skips every event an earlier attempt finished (its marker exists): no second
+  verification read, no claim, no count;
+- when some events raise, the others are still processed, then the job raises (naming how many failed)
+  and rq retries it under its Retry policy; on the last attempt the failing events count as
+  ``events{result=failed}`` as a single job's would, and the batch is kept in rq's failed registry,
+  from which `replay` puts back only its unfinished events.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from rq.timeouts import JobTimeoutException
+
+from fhir_smartflow import logs
+from fhir_smartflow.events import ResourceEvent
+from fhir_smartflow.worker.jobs import EventInProgress, handle_event, outcome_marker
+from fhir_smartflow.worker.runtime import Runtime, current
+
+log = logging.getLogger(__name__)
+
+
+class BatchFailed(Exception):
+    """Some events of a batch raised; the others are done. rq retries the batch."""
+
+
+def process_events(event_dicts: list[dict[str, Any]]) -> str:
+    """The rq job (``fhir_smartflow.worker.batches.process_events``); returns a short summary."""
+    rt = current()
+    finished = _finished(rt, len(event_dicts))
+    results: dict[str, int] = {}
+    failures: list[Exception] = []
+    with rt.metrics.batch():  # every counter of every event in one round trip at the end
+        for index, event_dict in enumerate(event_dicts):
+            if index in finished:
+                results["skipped"] = results.get("skipped", 0) + 1
+                continue
+            event = ResourceEvent.from_dict(event_dict)
+            token = logs.event_id.set(f"{event.subscription}:{event.reference or 'criteria'}:{event.event_number}")
+            try:
+                result = handle_event(rt, event, index=index)
+            except JobTimeoutException:
+                raise  # the job's time is up: stop here, the retry resumes after the finished events
+            except Exception as exc:  # the others still run; this one is retried with the batch
+                failures.append(exc)
+                continue
+            finally:
+                logs.event_id.reset(token)
+            results[result] = results.get(result, 0) + 1
+    if failures:
+        raise _failure(failures, len(event_dicts)) from None  # not chained: its text may quote a resource
+    return ", ".join(f"{count} {result}" for result, count in sorted(results.items())) or "0 events"
+
+
+def _finished(rt: Runtime, count: int) -> set[int]:
+    """The events an earlier attempt of this job finished (their outcome marker exists): one round trip."""
+    markers = [marker for index in range(count) if (marker := outcome_marker(rt, index)) is not None]
+    if not markers:  # outside rq: nothing was attempted before
+        return set()
+    pipe = rt.redis.pipeline(transaction=False)
+    for marker in markers:
+        pipe.exists(marker)
+    return {index for index, exists in enumerate(pipe.execute()) if exists}
+
+
+def _failure(failures: list[Exception], total: int) -> Exception:
+    """One exception for rq: how many failed and the first one's type (never its text: it may be PHI).
+    Only claims held elsewhere: `EventInProgress`, as a single job would raise."""
+    first = failures[0]
+    message = f"{len(failures)} of {total} event(s) failed (first: {type(first).__name__}); the others are done"
+    if all(isinstance(exc, EventInProgress) for exc in failures):
+        return EventInProgress(message)
+    log.warning("batch: %s", message)
+    return BatchFailed(message)
