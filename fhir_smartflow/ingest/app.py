@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import uuid
@@ -55,8 +56,18 @@ def operation_outcome(status: int, diagnostics: str, severity: str | None = None
 
 
 def fhir_response(status: int, diagnostics: str, headers: dict[str, str] | None = None) -> Response:
-    body = json.dumps(operation_outcome(status, diagnostics))
-    return Response(body, status=status, mimetype=defaults.FHIR_JSON, headers=headers or {})
+    body = _informational_body(diagnostics) if status < 400 else _outcome_body(status, diagnostics)
+    return Response(body, status=status, content_type=defaults.FHIR_JSON, headers=headers)
+
+
+def _outcome_body(status: int, diagnostics: str) -> bytes:
+    return json.dumps(operation_outcome(status, diagnostics)).encode()
+
+
+@functools.lru_cache(maxsize=512)
+def _informational_body(diagnostics: str) -> bytes:
+    """Success answers repeat (kind, subscription, count): serialized once each."""
+    return _outcome_body(200, diagnostics)
 
 
 @dataclasses.dataclass
