@@ -230,14 +230,15 @@ def _handle(ctx: IngestContext, path_resource: str | None) -> Response:
         return fhir_response(
             503, f"queue unavailable; nothing was accepted, retry in {retry_after} s", {"Retry-After": retry_after}
         )
-    focus = ", ".join(e.reference or "criteria" for e in notification.events[:5])
-    log.info(
-        "%s for subscription %s: %d event(s) queued%s",
-        notification.kind,
-        subscription,
-        queued,
-        f" ({focus})" if focus else "",
-    )
+    if log.isEnabledFor(logging.INFO):  # the focus list is built only for a log line that is written
+        focus = ", ".join(e.reference or "criteria" for e in notification.events[:5])
+        log.info(
+            "%s for subscription %s: %d event(s) queued%s",
+            notification.kind,
+            subscription,
+            queued,
+            f" ({focus})" if focus else "",
+        )
     return fhir_response(200, f"{notification.kind} accepted for subscription {subscription}: {queued} event(s) queued")
 
 
