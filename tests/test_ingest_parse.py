@@ -349,3 +349,17 @@ def test_urls_off_the_plain_path_still_get_the_full_check(tail: str) -> None:
     from fhir_smartflow.fhir.notifications.model import _plainly_under
 
     assert not _plainly_under("http://127.0.0.1:9/fhir").fullmatch("http://127.0.0.1:9/fhir" + tail)
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_every_event_carries_the_verify_it_was_parsed_with(verify: bool) -> None:
+    n = parse_notification(
+        "POST",
+        None,
+        FHIR_JSON,
+        load("backport-r4-event-full-resource.json"),
+        subscription="sub-a",
+        received_at="2026-11-25T10:00:10+00:00",
+        verify=verify,
+    )
+    assert n.events and all(e.verify is verify for e in n.events)

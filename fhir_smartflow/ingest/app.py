@@ -198,6 +198,7 @@ def _handle(ctx: IngestContext, path_resource: str | None) -> Response:
         log.warning("webhook delivery refused (%s): %s", exc.status, exc.message)
         return fhir_response(exc.status, exc.message)
     now = ctx.clock()
+    rules = ctx.policy.rules(subscription)
     try:
         notification = parse_notification(
             request.method,
@@ -209,6 +210,7 @@ def _handle(ctx: IngestContext, path_resource: str | None) -> Response:
             delivery_id=delivery_id,
             max_events=ctx.settings.server.max_events_per_notification,
             server_base=ctx.settings.fhir.base_url or None,
+            verify=rules.verify if rules else False,
         )
         notification = ctx.policy.apply(subscription, notification)
     except NotificationError as exc:

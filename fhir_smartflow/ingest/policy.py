@@ -113,7 +113,7 @@ class DeliveryPolicy:
                 "allow_path_addressed = true to accept such deliveries as claims re-read from the FHIR server)"
             )
         if all(e.verify == rules.verify for e in notification.events):
-            return notification  # the usual case (verify off, events parsed with it off): nothing to copy
+            return notification  # parsed with the subscription's verify (the webhook does): nothing to copy
         events = tuple(dataclasses.replace(e, verify=rules.verify) for e in notification.events)
         return dataclasses.replace(notification, events=events)
 

@@ -150,6 +150,7 @@ class ParseContext:
     body_hash: str
     max_events: int | None = None
     server_base: BaseUrl | None = None
+    verify: bool = False  # carried on every event (the subscription's [[subscriptions]] verify)
 
     def check_event_count(self, count: int) -> None:
         if self.max_events is not None and count > self.max_events:
@@ -208,6 +209,7 @@ class ParseContext:
             payload_content=payload_content,
             body_hash=hashed or self.body_hash,
             trusted_content=trusted_content,
+            verify=self.verify,
         )
 
     def resource_event(self, resource: dict[str, Any], where: str, interaction: Interaction | None) -> ResourceEvent:
