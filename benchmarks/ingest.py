@@ -6,7 +6,10 @@ loopback posts R4 Backport event-notification Bundles (full-resource and id-only
 baseline / service so drift on the shared machine hits both; the ratio is the median of the
 per-round ratios, the latencies are those of the median round. Each side's server CPU per accepted
 request (user + system from ``/proc/<pid>/stat``, warm-up excluded, no profiler) is printed per round,
-with the median of the per-round serve / baseline ratios.
+with the median of the per-round serve / baseline ratios. So are the Redis commands each side sent per
+accepted delivery: the ``INFO commandstats`` deltas of the private redis-server over the measured
+requests (``MULTI`` and ``EXEC`` count as commands; the benchmark's own ``INFO`` is left out, and it
+sends nothing else to Redis while a side is measured).
 
     .venv/bin/python -m benchmarks.ingest                 # defaults: 3 rounds x 3,000 requests per side
     .venv/bin/python -m benchmarks.ingest --requests 10000 --concurrency 16 --threads 8 --json
@@ -73,6 +76,32 @@ def start_service(tmp: Path, redis_url: str, threads: int, log_level: str) -> tu
     return proc, base
 
 
+# What the benchmark itself sends to Redis between two snapshots (the snapshots themselves).
+_OWN_COMMANDS = frozenset({"info"})
+
+
+def command_counts(conn: redis.Redis) -> dict[str, int]:
+    """Calls per Redis command so far (``INFO commandstats``), without the benchmark's own."""
+    stats = conn.info("commandstats")
+    counts = {}
+    for key, value in stats.items():
+        name = key.removeprefix("cmdstat_")
+        if name not in _OWN_COMMANDS:
+            counts[name] = int(value["calls"])
+    return counts
+
+
+def commands_per_delivery(before: dict[str, int], after: dict[str, int], accepted: int) -> dict[str, float]:
+    """The per-command deltas divided by the accepted deliveries, plus their ``total``."""
+    per: dict[str, float] = {}
+    for name, calls in sorted(after.items()):
+        delta = calls - before.get(name, 0)
+        if delta:
+            per[name] = round(delta / max(accepted, 1), 3)
+    per["total"] = round(sum(per.values()), 3)
+    return per
+
+
 def queued_jobs(redis_url: str) -> int:
     from rq import Queue
 
@@ -97,12 +126,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 reqs_svc = build_requests(content, args.distinct, "/fhir/notify", secret=True)
                 rounds: dict[str, list[_loadgen.LoadResult]] = {"baseline": [], "service": []}
                 cpu: dict[str, list[float]] = {"baseline": [], "service": []}
+                commands: dict[str, list[dict[str, float]]] = {"baseline": [], "service": []}
                 for r in range(args.rounds):
                     targets = [("baseline", base_url, reqs_base), ("service", service_url, reqs_svc)]
                     for name, url, reqs in targets:
                         kwargs = dict(concurrency=args.concurrency, timeout=10.0)
                         _loadgen.closed_loop(url, reqs, max_requests=args.warmup, max_seconds=10, **kwargs)
                         conn.flushdb()
+                        stats0 = command_counts(conn)
                         cpu0 = _procs.cpu_seconds(pids[name])
                         res = _loadgen.closed_loop(
                             url,
@@ -114,16 +145,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         )
                         cpu_ms = (_procs.cpu_seconds(pids[name]) - cpu0) * 1000 / max(res.ok, 1)
                         cpu[name].append(cpu_ms)
+                        per = commands_per_delivery(stats0, command_counts(conn), res.ok)
+                        commands[name].append(per)
                         if name == "service":
                             res_jobs = queued_jobs(redis_url)
                             if res_jobs < res.ok:
                                 print(f"WARNING: {res.ok} accepted but only {res_jobs} jobs queued", file=sys.stderr)
-                        print(f"{res.line()} | server CPU {cpu_ms:.3f} ms per accepted request")
+                        print(
+                            f"{res.line()} | server CPU {cpu_ms:.3f} ms per accepted request"
+                            f" | Redis commands per delivery {per['total']}"
+                        )
                         rounds[name].append(res)
                 report["results"][content] = _summarize(rounds)
                 report["results"][content]["cpu_ms_per_ok"] = {k: [round(v, 3) for v in cpu[k]] for k in cpu}
                 pairs = [s / b for b, s in zip(cpu["baseline"], cpu["service"], strict=False) if b]
                 report["results"][content]["cpu_ratio"] = round(statistics.median(pairs), 3) if pairs else None
+                # Per round; the counts are deterministic per delivery, so the last round stands for all.
+                report["results"][content]["redis_commands_per_delivery"] = {k: v[-1] for k, v in commands.items() if v}
         finally:
             baseline.stop()
             service.stop()
@@ -178,6 +216,12 @@ def main(argv: list[str] | None = None) -> int:
             line += (
                 f" | server CPU per accepted request: serve {statistics.median(scpu):.3f} ms,"
                 f" baseline {statistics.median(bcpu):.3f} ms (median of rounds), ratio {res['cpu_ratio']}x"
+            )
+            cmds = res["redis_commands_per_delivery"]
+            shown = {k: " ".join(f"{c}={n:g}" for c, n in v.items() if c != "total") for k, v in cmds.items()}
+            line += (
+                f" | Redis commands per delivery: serve {cmds['service']['total']:g} ({shown['service']}),"
+                f" baseline {cmds['baseline']['total']:g} ({shown['baseline']})"
             )
         else:
             line += " | serve: skipped"

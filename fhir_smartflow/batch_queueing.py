@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import rq
 from rq import Retry
 from rq.job import Job
 from rq.registry import FailedJobRegistry
@@ -19,7 +18,7 @@ from rq.registry import FailedJobRegistry
 from fhir_smartflow import defaults
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.metrics import Metrics
-from fhir_smartflow.queueing import PROCESS_EVENT, PROCESS_EVENTS, _metrics_prefix, enqueue_events, job_description
+from fhir_smartflow.queueing import PROCESS_EVENT, PROCESS_EVENTS, EventQueue, enqueue_events, job_description
 
 # What a failed batch's events had as their outcome on its last attempt: these need no replay.
 _FINISHED = {b"processed", b"deduplicated"}
@@ -37,7 +36,7 @@ def batch_description(events: list[ResourceEvent]) -> str:
     return f"process_events {len(events)} event(s): {first}{more}"
 
 
-def enqueue_batch(queue: rq.Queue, events: list[ResourceEvent], pipeline: Any, *, metrics: Metrics) -> str:
+def enqueue_batch(queue: EventQueue, events: list[ResourceEvent], pipeline: Any, *, metrics: Metrics) -> str:
     """ONE ``process_events`` job carrying ``events``, queued on the caller's transactional ``pipeline``
     (MULTI mode) with ``events_received`` counted per event in the same transaction; returns its id.
 
@@ -58,7 +57,7 @@ def enqueue_batch(queue: rq.Queue, events: list[ResourceEvent], pipeline: Any, *
     return str(job.id)
 
 
-def unfinished_events(queue: rq.Queue, job: Job) -> list[ResourceEvent]:
+def unfinished_events(queue: EventQueue, job: Job) -> list[ResourceEvent]:
     """The events of a failed event job that still need processing, as ``replay`` events.
 
     A single event's job: its event. A batch: only the events whose outcome marker is not processed /
@@ -71,7 +70,7 @@ def unfinished_events(queue: rq.Queue, job: Job) -> list[ResourceEvent]:
         return [ResourceEvent.from_dict({**job.args[0], "source": "replay"})]
     if job.func_name != PROCESS_EVENTS or not job.args:
         return []
-    prefix = _metrics_prefix(queue)
+    prefix = queue.key_prefix
     dicts: list[dict[str, Any]] = list(job.args[0])
     outcomes = queue.connection.mget([outcome_key(prefix, job.id, i) for i in range(len(dicts))]) if dicts else []
     return [
@@ -81,7 +80,7 @@ def unfinished_events(queue: rq.Queue, job: Job) -> list[ResourceEvent]:
     ]
 
 
-def replay_failed_job(queue: rq.Queue, job: Job, metrics: Metrics | None = None) -> list[str]:
+def replay_failed_job(queue: EventQueue, job: Job, metrics: Metrics | None = None) -> list[str]:
     """A failed job back on the queue, the one way `replay` and the console do it; the new job ids.
 
     An event job (one event or a batch) goes back through `enqueue_events` with source ``replay``, one

@@ -3,14 +3,26 @@
 The queue carries the configured job timeout (``[redis] job_timeout_seconds``) as its default, so every
 job enqueued on it — events from any source, gap sweeps, follow-ups — gets it without each caller
 passing it.
+
+Event jobs are written here, not through ``Queue.enqueue``: the same job hash rq writes for
+``enqueue(process_event, event_dict, retry=..., failure_ttl=..., description=..., pipeline=...)``,
+field for field (tests/test_queueing_jobs.py compares the two and runs ours on a real rq worker), the
+queue registration and the push, without building rq's ``Job`` object per event. On the webhook that
+object was most of the cost of an enqueue. Jobs other than events (gap sweeps, follow-ups) still go
+through rq.
 """
 
 from __future__ import annotations
 
+import json
+import uuid
+import zlib
+from datetime import UTC, datetime
 from typing import Any
 
 import rq
-from rq import Retry
+from rq.job import JobStatus
+from rq.utils import parse_timeout
 
 from fhir_smartflow import defaults
 from fhir_smartflow.config import RedisConfig
@@ -20,6 +32,46 @@ from fhir_smartflow.metrics import Metrics
 PROCESS_EVENT = "fhir_smartflow.worker.jobs.process_event"
 # Several events in one job (group commit under load: `fhir_smartflow.batch_queueing`).
 PROCESS_EVENTS = "fhir_smartflow.worker.batches.process_events"
+# rq's timestamp format (rq.utils.utcformat).
+_RQ_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+class EventQueue(rq.Queue):
+    """rq's Queue, plus the key prefix our metrics use and the timeout every job on it gets.
+
+    rq itself may build another instance of the class (name, connection, job_class, serializer);
+    the defaults keep that working."""
+
+    def __init__(
+        self,
+        name: str = "default",
+        connection: Any = None,
+        *,
+        key_prefix: str = defaults.KEY_PREFIX,
+        job_timeout: int = defaults.JOB_TIMEOUT_SECONDS,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(name, connection=connection, default_timeout=job_timeout, **kwargs)
+        self.key_prefix = key_prefix
+        self.job_timeout = job_timeout
+        # What every event job's hash holds besides its data, description and timestamps (Job.to_dict
+        # of a fresh job with our retry policy, failure TTL and this queue's timeout).
+        self.event_job_fields: dict[str, str | int] = {
+            "success_callback_name": "",
+            "failure_callback_name": "",
+            "stopped_callback_name": "",
+            "started_at": "",
+            "ended_at": "",
+            "last_heartbeat": "",
+            "worker_name": "",
+            "group_id": "",
+            "retries_left": defaults.JOB_RETRIES,
+            "retry_intervals": json.dumps(list(defaults.JOB_RETRY_INTERVALS)),
+            "origin": name,
+            "timeout": parse_timeout(job_timeout) or self.DEFAULT_TIMEOUT,  # as rq resolves default_timeout
+            "failure_ttl": defaults.FAILED_JOB_TTL_SECONDS,
+            "status": JobStatus.QUEUED.value,
+        }
 
 
 def job_description(event: ResourceEvent) -> str:
@@ -30,7 +82,7 @@ def job_description(event: ResourceEvent) -> str:
 
 
 def enqueue_events(
-    queue: rq.Queue,
+    queue: EventQueue,
     events: list[ResourceEvent],
     pipeline: Any = None,
     *,
@@ -50,38 +102,41 @@ def enqueue_events(
     if not pipe.explicit_transaction:
         # rq needs the pipeline in MULTI mode before anything is queued on it.
         pipe.multi()
-    metrics = metrics or Metrics(queue.connection, _metrics_prefix(queue))
+    metrics = metrics or Metrics(queue.connection, queue.key_prefix)
     ids: list[str] = []
+    pipe.sadd(queue.redis_queues_keys, queue.key)  # rq registers the queue with every job: once is the same
+    enqueued_at = datetime.now(UTC).strftime(_RQ_TIME)
     for event in events:
-        job = queue.enqueue(
-            PROCESS_EVENT,
-            event.to_dict(),
-            retry=Retry(max=defaults.JOB_RETRIES, interval=list(defaults.JOB_RETRY_INTERVALS)),
-            failure_ttl=defaults.FAILED_JOB_TTL_SECONDS,
-            description=job_description(event),
-            pipeline=pipe,
-        )
-        ids.append(job.id)
+        job_id = str(uuid.uuid4())  # rq's job ids
+        pipe.hset(queue.job_class.key_for(job_id), mapping=event_job_hash(queue, event, enqueued_at))
+        pipe.rpush(queue.key, job_id)
+        ids.append(job_id)
         metrics.inc("events_received", pipe=pipe, source=event.source)
     if own:
         pipe.execute()
     return ids
 
 
-# The key prefix metrics use is the service's, which the queue does not know; it is attached to the
-# queue by `make_queue` (so every caller that builds its queue there counts under the right prefix).
-def _metrics_prefix(queue: rq.Queue) -> str:
-    return getattr(queue, "smartflow_prefix", defaults.KEY_PREFIX)
+def event_job_hash(queue: EventQueue, event: ResourceEvent, enqueued_at: str) -> dict[str, Any]:
+    """The rq job hash of ``process_event(event.to_dict())`` on ``queue``: what ``Job.to_dict`` gives after
+    ``Queue.enqueue`` (``data`` is rq's: the zlib-compressed serialized call ``(func, None, args, kwargs)``).
+    rq stamps creation and enqueueing separately, microseconds apart; one instant serves both here."""
+    call = (PROCESS_EVENT, None, (event.to_dict(),), {})
+    return {
+        **queue.event_job_fields,
+        "created_at": enqueued_at,
+        "enqueued_at": enqueued_at,
+        "data": zlib.compress(queue.serializer.dumps(call)),
+        "description": job_description(event),
+    }
 
 
-def make_queue(conn: Any, name: str, key_prefix: str, job_timeout: int = defaults.JOB_TIMEOUT_SECONDS) -> rq.Queue:
+def make_queue(conn: Any, name: str, key_prefix: str, job_timeout: int = defaults.JOB_TIMEOUT_SECONDS) -> EventQueue:
     """The events queue, tagged with the key prefix our metrics use; ``job_timeout`` is the timeout of
     every job enqueued on it."""
-    queue = rq.Queue(name, connection=conn, default_timeout=job_timeout)
-    queue.smartflow_prefix = key_prefix  # type: ignore[attr-defined]
-    return queue
+    return EventQueue(name, conn, key_prefix=key_prefix, job_timeout=job_timeout)
 
 
-def queue_for(conn: Any, config: RedisConfig) -> rq.Queue:
+def queue_for(conn: Any, config: RedisConfig) -> EventQueue:
     """The events queue as configured: ``[redis] queue``, ``key_prefix`` and ``job_timeout_seconds``."""
     return make_queue(conn, config.queue, config.key_prefix, config.job_timeout_seconds)

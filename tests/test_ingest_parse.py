@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fhir_smartflow.fhir.notifications import NotificationError, parse_notification
 from fhir_smartflow.instants import parse_instant
@@ -319,3 +321,45 @@ def test_path_and_header_addressed_events_are_not_trusted() -> None:
     notes = (delete, empty_put, medplum, put)
     assert [n.path_addressed for n in notes] == [True, True, True, False]
     assert [e.trusted_content for n in notes for e in n.events] == [False, False, False, True]
+
+
+# The shortcut `ParseContext.check_url` takes for plain URLs must never accept one `BaseUrl.check` refuses.
+_URL_BASES = ("http://127.0.0.1:9/fhir", "https://ehr.example.org/r4/fhir", "http://[::1]:8080", "https://h.example")
+_URL_TAILS = ["", "/", "/Patient/1", "/Patient/1/_history/2", "/Patient/a.b-c_d/", "/..", "/./Patient", "/Patient/..",
+              "/%2e%2e/x", "/Patient?x=1", "/Patient#f", "@evil/x", ".evil.org/x", ":99/x", "/a b", "/a\\b", "X/y",
+              "/Patient//1", "/.hidden", "/a/.", "/$status"]  # fmt: skip
+
+
+@given(
+    st.sampled_from(_URL_BASES),
+    st.lists(st.sampled_from(_URL_TAILS) | st.text("/.-_aZ9%@:?#\\ $", max_size=12), max_size=4),
+)
+@settings(max_examples=400, deadline=None)
+def test_the_plain_url_shortcut_accepts_only_what_the_full_check_accepts(base: str, tails: list[str]) -> None:
+    from fhir_smartflow.fhir.notifications.model import _plainly_under
+    from fhir_smartflow.fhir.urls import BaseUrl
+
+    url = base + "".join(tails)
+    if _plainly_under(BaseUrl(base).url).fullmatch(url):
+        BaseUrl(base).check(url)  # raises FhirUrlRejected if the shortcut was wrong
+
+
+@pytest.mark.parametrize("tail", ["/..", "/fhir/../x", "/%2e%2e", "/Patient/1?_format=xml", "/.x", "@h"])
+def test_urls_off_the_plain_path_still_get_the_full_check(tail: str) -> None:
+    from fhir_smartflow.fhir.notifications.model import _plainly_under
+
+    assert not _plainly_under("http://127.0.0.1:9/fhir").fullmatch("http://127.0.0.1:9/fhir" + tail)
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_every_event_carries_the_verify_it_was_parsed_with(verify: bool) -> None:
+    n = parse_notification(
+        "POST",
+        None,
+        FHIR_JSON,
+        load("backport-r4-event-full-resource.json"),
+        subscription="sub-a",
+        received_at="2026-11-25T10:00:10+00:00",
+        verify=verify,
+    )
+    assert n.events and all(e.verify is verify for e in n.events)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import uuid
@@ -55,8 +56,18 @@ def operation_outcome(status: int, diagnostics: str, severity: str | None = None
 
 
 def fhir_response(status: int, diagnostics: str, headers: dict[str, str] | None = None) -> Response:
-    body = json.dumps(operation_outcome(status, diagnostics))
-    return Response(body, status=status, mimetype=defaults.FHIR_JSON, headers=headers or {})
+    body = _informational_body(diagnostics) if status < 400 else _outcome_body(status, diagnostics)
+    return Response(body, status=status, content_type=defaults.FHIR_JSON, headers=headers)
+
+
+def _outcome_body(status: int, diagnostics: str) -> bytes:
+    return json.dumps(operation_outcome(status, diagnostics)).encode()
+
+
+@functools.lru_cache(maxsize=512)
+def _informational_body(diagnostics: str) -> bytes:
+    """Success answers repeat (kind, subscription, count): serialized once each."""
+    return _outcome_body(200, diagnostics)
 
 
 @dataclasses.dataclass
@@ -192,6 +203,7 @@ def _handle(ctx: IngestContext, path_resource: str | None) -> Response:
         log.warning("webhook delivery refused (%s): %s", exc.status, exc.message)
         return fhir_response(exc.status, exc.message)
     now = ctx.clock()
+    rules = ctx.policy.rules(subscription)
     try:
         notification = parse_notification(
             request.method,
@@ -203,6 +215,7 @@ def _handle(ctx: IngestContext, path_resource: str | None) -> Response:
             delivery_id=delivery_id,
             max_events=ctx.settings.server.max_events_per_notification,
             server_base=ctx.settings.fhir.base_url or None,
+            verify=rules.verify if rules else False,
         )
         notification = ctx.policy.apply(subscription, notification)
     except NotificationError as exc:
@@ -224,14 +237,15 @@ def _handle(ctx: IngestContext, path_resource: str | None) -> Response:
         return fhir_response(
             503, f"queue unavailable; nothing was accepted, retry in {retry_after} s", {"Retry-After": retry_after}
         )
-    focus = ", ".join(e.reference or "criteria" for e in notification.events[:5])
-    log.info(
-        "%s for subscription %s: %d event(s) queued%s",
-        notification.kind,
-        subscription,
-        queued,
-        f" ({focus})" if focus else "",
-    )
+    if log.isEnabledFor(logging.INFO):  # the focus list is built only for a log line that is written
+        focus = ", ".join(e.reference or "criteria" for e in notification.events[:5])
+        log.info(
+            "%s for subscription %s: %d event(s) queued%s",
+            notification.kind,
+            subscription,
+            queued,
+            f" ({focus})" if focus else "",
+        )
     return fhir_response(200, f"{notification.kind} accepted for subscription {subscription}: {queued} event(s) queued")
 
 

@@ -22,14 +22,13 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-import rq
 
 from fhir_smartflow.batch_queueing import enqueue_batch
 from fhir_smartflow.config import RedisConfig
 from fhir_smartflow.connections import durable_pipeline
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.metrics import Metrics
-from fhir_smartflow.queueing import enqueue_events
+from fhir_smartflow.queueing import EventQueue, enqueue_events
 
 Record = Callable[[Any], None]  # queues one delivery's own commands on the (MULTI) pipeline
 
@@ -46,7 +45,7 @@ class GroupCommitter:
     """Leader/follower group commit of webhook writes (thread-safe; one per process)."""
 
     def __init__(
-        self, conn: redis.Redis, config: RedisConfig, queue: rq.Queue, metrics: Metrics, max_events: int
+        self, conn: redis.Redis, config: RedisConfig, queue: EventQueue, metrics: Metrics, max_events: int
     ) -> None:
         self._conn = conn
         self._config = config

@@ -112,6 +112,8 @@ class DeliveryPolicy:
                 f"headers, which its {rules.auth} authentication does not cover; refused (set "
                 "allow_path_addressed = true to accept such deliveries as claims re-read from the FHIR server)"
             )
+        if all(e.verify == rules.verify for e in notification.events):
+            return notification  # parsed with the subscription's verify (the webhook does): nothing to copy
         events = tuple(dataclasses.replace(e, verify=rules.verify) for e in notification.events)
         return dataclasses.replace(notification, events=events)
 

@@ -41,6 +41,7 @@ def parse_notification(
     max_body_bytes: int | None = None,
     max_events: int | None = None,
     server_base: str | None = None,
+    verify: bool = False,
 ) -> Notification:
     """Parse one delivery; raise `NotificationError` (400 / 413 / 415) for anything we cannot accept.
 
@@ -49,6 +50,8 @@ def parse_notification(
     events); ``delivery_id`` makes bodiless deliveries distinct (they carry nothing to dedupe on).
     ``max_events`` caps the events of one notification (413 beyond it); with ``server_base`` (the
     configured FHIR base URL) every absolute URL naming a resource or the subscription must lie under it.
+    ``verify`` is set on every event (the subscription's ``verify``, which the delivery policy also
+    enforces: given here, no event has to be copied to carry it).
     """
     if max_body_bytes is not None and len(body) > max_body_bytes:
         raise NotificationError(413, f"body is {len(body)} bytes; the limit is {max_body_bytes}")
@@ -59,9 +62,9 @@ def parse_notification(
     if not body.strip():
         # Nothing in the body to tell two deliveries apart: the delivery id does.
         marker = f"{method} {path_resource} {delivery_id}".encode()
-        ctx = ParseContext(subscription, received_at, body_hash(marker), max_events, base)
+        ctx = ParseContext(subscription, received_at, body_hash(marker), max_events, base, verify)
     else:
-        ctx = ParseContext(subscription, received_at, body_hash(body), max_events, base)
+        ctx = ParseContext(subscription, received_at, body_hash(body), max_events, base, verify)
         data = load_json(body)
         if not isinstance(data, dict):
             raise NotificationError(400, f"body must be a JSON object (a FHIR resource), got {type(data).__name__}")
