@@ -70,14 +70,3 @@ def collecting() -> Iterator[JobWrites]:
         yield writes
     finally:
         _local.writes = None
-
-
-@contextlib.contextmanager
-def suspended() -> Iterator[None]:
-    """Write at once inside this block (a nested event is marked done on its own)."""
-    writes = current()
-    _local.writes = None
-    try:
-        yield
-    finally:
-        _local.writes = writes
