@@ -109,7 +109,12 @@ def handle_event(rt: Runtime, event: ResourceEvent) -> str:
             scrub_in_place(exc)
         raise
     _observe_latency(rt, event)  # before the final transaction, which carries the job's metrics
-    _count_outcome(rt, "processed", done=key, writes=collected)
+    try:
+        _count_outcome(rt, "processed", done=key, writes=collected)
+    except redis.RedisError:
+        # Not marked done (or the answer was lost: then the claim is DONE and stays): free it for the retry.
+        _release(rt.redis, key, claim)
+        raise
     return "processed"
 
 
