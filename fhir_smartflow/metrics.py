@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +83,37 @@ def _field(name: str, labels: dict[str, str]) -> str:
     return "|".join(f"{k}={labels.get(k, '')}" for k in spec.labels)
 
 
+class _Buffer:
+    """A batch's metric writes, kept as calls to replay on a pipeline (the batch's own, or a transaction)."""
+
+    def __init__(self) -> None:
+        self.ops: list[Callable[[Any], object]] = []
+
+    def __bool__(self) -> bool:
+        return True  # an empty buffer is still the target of the open batch
+
+    def hincrby(self, key: str, field: str, amount: int) -> None:
+        self.ops.append(lambda t: t.hincrby(key, field, amount))
+
+    def hincrbyfloat(self, key: str, field: str, amount: float) -> None:
+        self.ops.append(lambda t: t.hincrbyfloat(key, field, amount))
+
+    def hset(self, key: str, field: str, value: float) -> None:
+        self.ops.append(lambda t: t.hset(key, field, value))
+
+    def replay(self, pipe: Any) -> None:
+        for op in self.ops:
+            op(pipe)
+
+    def send(self, conn: redis.Redis) -> None:
+        if not self.ops:
+            return  # everything went with the caller's transaction: no round trip
+        pipe = conn.pipeline(transaction=False)
+        self.replay(pipe)
+        self.ops.clear()
+        pipe.execute()
+
+
 class Metrics:
     """Writes metrics to Redis hashes ``<prefix>metric:<name>`` (field = label values)."""
 
@@ -95,23 +126,37 @@ class Metrics:
     def batch(self) -> Iterator[None]:
         """Buffer this thread's metric writes and send them in one round trip at the end (a worker job
         did ~10 separate HINCRBYs per event). Written even when the block raises (failure counters);
-        nested blocks join the outer one."""
-        if getattr(self._local, "pipe", None) is not None:
+        nested blocks join the outer one. `queue_batched` lets a transaction of the block's own carry
+        them instead (then nothing is left to send at the end)."""
+        if getattr(self._local, "buffer", None) is not None:
             yield
             return
-        pipe = self._local.pipe = self.conn.pipeline(transaction=False)
+        buffer = self._local.buffer = _Buffer()
         try:
             yield
         except BaseException:
-            self._local.pipe = None
+            self._local.buffer = None
             with contextlib.suppress(redis.RedisError):  # never mask the real error
-                pipe.execute()
+                buffer.send(self.conn)
             raise
-        self._local.pipe = None
-        pipe.execute()
+        self._local.buffer = None
+        buffer.send(self.conn)
+
+    def queue_batched(self, pipe: Any) -> None:
+        """Queue the open batch's writes so far on ``pipe`` (the caller's transaction); they stay buffered
+        until `forget_batched`, so a transaction retried after a WATCH conflict queues them again."""
+        buffer = getattr(self._local, "buffer", None)
+        if buffer is not None:
+            buffer.replay(pipe)
+
+    def forget_batched(self) -> None:
+        """The caller's transaction carrying `queue_batched`'s writes succeeded: do not send them again."""
+        buffer = getattr(self._local, "buffer", None)
+        if buffer is not None:
+            buffer.ops.clear()
 
     def _target(self, pipe: Any) -> Any:
-        return pipe or getattr(self._local, "pipe", None) or self.conn
+        return pipe or getattr(self._local, "buffer", None) or self.conn
 
     def key(self, name: str) -> str:
         return f"{self.prefix}metric:{name}"
@@ -130,7 +175,7 @@ class Metrics:
         if METRICS[name].kind != "histogram":
             raise ValueError(f"{name} is not a histogram")
         base = _field(name, labels)
-        batched = pipe or getattr(self._local, "pipe", None)
+        batched = pipe or getattr(self._local, "buffer", None)
         target = batched or self.conn.pipeline(transaction=False)
         bucket = next((b for b in LATENCY_BUCKETS if seconds <= b), "+Inf")
         target.hincrby(self.key(name), f"{base}#le={bucket}", 1)

@@ -37,3 +37,18 @@ def test_batched_counters_are_written_when_the_block_raises(redis_conn) -> None:
     assert metrics.counter_value("events", result="failed") == 1
     metrics.inc("events", result="failed")  # after the block: immediate again
     assert metrics.counter_value("events", result="failed") == 2
+
+
+def test_a_transaction_of_the_block_carries_the_batch_and_nothing_is_sent_twice(redis_conn) -> None:
+    metrics = Metrics(redis_conn, "t:")
+    with metrics.batch():
+        metrics.inc("writes", type="Task", result="created")
+        pipe = redis_conn.pipeline()
+        metrics.queue_batched(pipe)
+        pipe.set("t:done", "1")
+        pipe.execute()
+        metrics.forget_batched()
+        assert metrics.counter_value("writes", type="Task", result="created") == 1  # with the transaction
+        metrics.inc("events", result="processed")  # after it: sent at the end of the block
+    assert metrics.counter_value("writes", type="Task", result="created") == 1
+    assert metrics.counter_value("events", result="processed") == 1

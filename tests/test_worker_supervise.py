@@ -121,3 +121,19 @@ def test_a_job_whose_worker_died_while_registering_its_start_goes_back_to_the_qu
     assert queue.job_ids == [job.id] and queue.intermediate_queue.get_job_ids() == []
     rq.SimpleWorker([queue], connection=redis_conn).work(burst=True)
     assert job.get_status(refresh=True) == "finished"
+
+
+def test_rq_heartbeats_go_in_one_pipeline_at_most_once_a_second(redis_conn: redis.Redis, queue: rq.Queue) -> None:
+    worker = SupervisedSimpleWorker([queue], connection=redis_conn, name="beat-test")
+    worker.register_birth()
+    try:
+        worker.heartbeat()
+        first = redis_conn.hget(worker.key, "last_heartbeat")
+        assert first is not None and 0 < redis_conn.ttl(worker.key) <= worker.worker_ttl + 60
+        worker.heartbeat()  # within the second: nothing sent
+        assert redis_conn.hget(worker.key, "last_heartbeat") == first
+        worker.heartbeat(5)  # an explicit timeout always goes
+        assert redis_conn.hget(worker.key, "last_heartbeat") != first
+        assert redis_conn.ttl(worker.key) <= 5
+    finally:
+        worker.register_death()

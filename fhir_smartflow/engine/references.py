@@ -34,6 +34,32 @@ def _fields(model: type[BaseModel]) -> dict[str, tuple[tuple[str, ...] | None, t
     return out
 
 
+@lru_cache(maxsize=1024)
+def _reference_fields(model: type[BaseModel]) -> dict[str, tuple[tuple[str, ...] | None, type[BaseModel] | None]]:
+    """`_fields` without the elements under which no Reference can occur (Coding, Period, Meta, ...):
+    the walk of a resource per write need not descend into them."""
+    return {
+        name: (targets, element)
+        for name, (targets, element) in _fields(model).items()
+        if targets is not None or (element is not None and _reaches_reference(element))
+    }
+
+
+@lru_cache(maxsize=1024)
+def _reaches_reference(model: type[BaseModel]) -> bool:
+    """True when a Reference-typed field lies in ``model`` or in any element model below it."""
+    seen = {model}
+    todo = [model]
+    while todo:
+        for targets, element in _fields(todo.pop()).values():
+            if targets is not None:
+                return True
+            if element is not None and element not in seen:
+                seen.add(element)
+                todo.append(element)
+    return False
+
+
 def _element_model(annotation: Any) -> type[BaseModel] | None:
     """The model class behind ``abc.XType`` / ``List[abc.XType]`` / ``Optional[...]`` annotations."""
     while typing.get_args(annotation):
@@ -92,7 +118,7 @@ def _walk(value: Any, model: type[BaseModel], where: str, problems: list[str]) -
         return
     if not isinstance(value, dict):
         return
-    fields = _fields(model)
+    fields = _reference_fields(model)
     for key, item in value.items():
         entry = fields.get(key)
         if entry is None:

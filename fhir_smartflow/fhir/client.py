@@ -26,7 +26,7 @@ from fhir_smartflow.fhir.auth import EngineSource, build_auth, retry_policy
 from fhir_smartflow.fhir.errors import FhirError, FhirForbidden, FhirUnavailable, error_for_status
 from fhir_smartflow.fhir.scopes import forbidden_hint, grant_context, request_scopes
 from fhir_smartflow.fhir.tokens import TokenProvider
-from fhir_smartflow.fhir.transport import Transport, idempotent_method
+from fhir_smartflow.fhir.transport import Session, Transport, idempotent_method
 from fhir_smartflow.fhir.urls import BaseUrl
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.refs import RESOURCE_TYPE_RE, split_reference
@@ -69,7 +69,7 @@ class FhirClient:
         secrets are read (default the process environment); ``engine``: the loaded flows, when the token's
         scopes are computed from them (default: loaded from ``[engine]`` when the first token is needed)."""
         base = settings.fhir.base_url or sandbox_base_url(settings)
-        session = session or requests.Session()
+        session = session or Session()
         return cls(
             base,
             auth=build_auth(settings, base, session=session, env=env, engine=engine),

@@ -23,7 +23,7 @@ import random
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
@@ -48,6 +48,41 @@ def idempotent_method(method: str) -> bool:
     return method in _IDEMPOTENT_METHODS
 
 
+class Session(requests.Session):
+    """A ``requests.Session`` that reads the environment's proxy and CA-bundle settings once per host.
+
+    requests looks them up on every request (``merge_environment_settings``: the whole environment
+    scanned for ``*_proxy``, ``no_proxy`` matched against the host), ≈ 0.15 ms of CPU per request, more
+    than the rest of a small FHIR POST's client-side work. The answer depends only on the host and on the
+    session's own settings, so it is kept per (scheme, host, settings); variables changed after the
+    first request to a host are not seen. Explicit ``proxies`` and ``trust_env = False`` go to requests.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._environment: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> dict[str, Any]:
+        if proxies or not self.trust_env:
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        parts = urlsplit(url)
+        key = (
+            parts.scheme,
+            parts.netloc,
+            stream,
+            verify,
+            cert,
+            self.stream,
+            self.verify,
+            self.cert,
+            tuple(sorted(self.proxies.items())),
+        )
+        known = self._environment.get(key)
+        if known is None:
+            known = self._environment[key] = super().merge_environment_settings(url, {}, stream, verify, cert)
+        return {**known, "proxies": dict(known["proxies"])}  # requests may change the dict it is handed
+
+
 class Transport:
     def __init__(
         self,
@@ -67,7 +102,7 @@ class Transport:
         self.auth = auth
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
-        self.session = session or requests.Session()
+        self.session = session or Session()
         self.sleep = sleep
         self.metrics = metrics
         self.rng = rng

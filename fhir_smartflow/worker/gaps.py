@@ -140,14 +140,17 @@ class GapTracker:
             else:
                 outcome = "stale"
                 pipe.multi()
+            # What the sweep would ask next, in the same round trip (most events find nothing due).
+            pipe.zrangebyscore(pending, "-inf", now.timestamp())
 
-        self.conn.transaction(update, sub_key, pending)
+        due = self.conn.transaction(update, sub_key, pending)[-1]
         if outcome == "restart":
             self.metrics.inc("server_restarts", subscription=sub)
             log.warning("subscription %s: event numbers fell back to %s: the server restarted", sub, number)
         elif outcome == "stale":
             log.info("subscription %s: event #%s arrived after a higher number; processed anyway", sub, number)
-        self.sweep(sub)
+        if due:
+            self._record(sub, [m.decode() for m in due], now)
         return outcome
 
     @staticmethod
@@ -162,10 +165,12 @@ class GapTracker:
     def sweep(self, sub: str) -> list[Gap]:
         """Record the pending numbers whose grace period is over; returns the gaps recorded."""
         now = self.clock()
+        due = [m.decode() for m in self.conn.zrangebyscore(self._pending(sub)[0], "-inf", now.timestamp())]
+        return self._record(sub, due, now) if due else []
+
+    def _record(self, sub: str, due: list[str], now: datetime) -> list[Gap]:
+        """Claim the ``due`` pending numbers (each once across workers) and record them as gaps."""
         pending, pending_after = self._pending(sub)
-        due = [m.decode() for m in self.conn.zrangebyscore(pending, "-inf", now.timestamp())]
-        if not due:
-            return []
         taken: list[int] = []
         after: dict[int, str | None] = {}
         for member in due:

@@ -23,6 +23,7 @@ from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.engine.plan import CancelGroup, Deliver, PatchTask, Plan, Schedule, WriteResource
 from fhir_smartflow.instants import format_instant, parse_instant
+from fhir_smartflow.worker import jobwrites
 from fhir_smartflow.worker.execute import ActionError, ExecutionResult, WrittenResource
 
 _ACTION_NAMES: tuple[tuple[type, str], ...] = (
@@ -180,14 +181,23 @@ class RunHistory:
         if patient:
             indexes.append(self.patient_index(patient))
         indexes += [self.flow_index(fid) for fid in sorted(set(flow_ids))]
+        payload = json.dumps(record, separators=(",", ":"))
+
+        def queue(pipe: Any) -> None:
+            pipe.set(self.keys.run(run_id), payload, ex=self.ttl)
+            for index in indexes:
+                pipe.zadd(index, {run_id: score})
+                # Bounded: older than the TTL or beyond max_runs is dropped from every index.
+                pipe.zremrangebyscore(index, "-inf", f"({score - self.ttl}")
+                pipe.zremrangebyrank(index, 0, -(self.max_runs + 1))
+                pipe.expire(index, self.ttl)
+
+        collected = jobwrites.current()
+        if collected is not None:  # recorded with the job's done mark (worker/jobwrites.py)
+            collected.queued.append(queue)
+            return run_id
         pipe = self.conn.pipeline(transaction=False)
-        pipe.set(self.keys.run(run_id), json.dumps(record, separators=(",", ":")), ex=self.ttl)
-        for index in indexes:
-            pipe.zadd(index, {run_id: score})
-            # Bounded: older than the TTL or beyond max_runs is dropped from every index.
-            pipe.zremrangebyscore(index, "-inf", f"({score - self.ttl}")
-            pipe.zremrangebyrank(index, 0, -(self.max_runs + 1))
-            pipe.expire(index, self.ttl)
+        queue(pipe)
         pipe.execute()
         return run_id
 

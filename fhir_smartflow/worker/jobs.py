@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -35,6 +34,7 @@ from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.fhir.errors import FhirError
 from fhir_smartflow.fhir.scrub import scrub_in_place
 from fhir_smartflow.instants import parse_instant
+from fhir_smartflow.worker import jobwrites
 from fhir_smartflow.worker.gaps import GapTracker
 from fhir_smartflow.worker.runtime import Runtime, current
 from fhir_smartflow.worker.supervise import is_dead_worker
@@ -90,21 +90,33 @@ def handle_event(rt: Runtime, event: ResourceEvent, index: int | None = None) ->
         _count_outcome(rt, "deduplicated", index=index)
         log.info("duplicate of an event already processed: %s", event.reference or "criteria event")
         return "deduplicated"
+    collected: jobwrites.JobWrites | None = None
     try:
         resolved, expanded = _complete(rt, event)
-        for item in resolved:
-            _dispatch_once(rt, item, nested=expanded)
+        if expanded:
+            for item in resolved:
+                _dispatch_once(rt, item, nested=True)
+        else:
+            # Prior state and run history go in the final transaction, with the done mark.
+            with jobwrites.collecting() as collected:
+                _dispatch_once(rt, resolved[0], nested=False)
     except Exception as exc:
         _release(rt.redis, key, claim)
+        if collected is not None:
+            _record_history(rt, collected)
         if _final_attempt():
             _count_outcome(rt, "failed", index=index)
         log.warning("event %s failed; claim released for the retry", event.reference or "criteria event")
         if isinstance(exc, FhirError):  # rq logs and keeps the text: a server's may quote the resource
             scrub_in_place(exc)
         raise
-    ttl = rt.settings.redis.dedupe_ttl_seconds
-    _count_outcome(rt, "processed", also=lambda pipe: pipe.set(key, DONE, ex=ttl), index=index)
-    _observe_latency(rt, event)
+    _observe_latency(rt, event)  # before the final transaction, which carries the job's metrics
+    try:
+        _count_outcome(rt, "processed", done=key, writes=collected, index=index)
+    except redis.RedisError:
+        # Not marked done (or the answer was lost: then the claim is DONE and stays): free it for the retry.
+        _release(rt.redis, key, claim)
+        raise
     return "processed"
 
 
@@ -117,26 +129,49 @@ def outcome_marker(rt: Runtime, index: int | None = None) -> str | None:
 
 
 def _count_outcome(
-    rt: Runtime, result: str, also: Callable[[Any], object] | None = None, index: int | None = None
+    rt: Runtime,
+    result: str,
+    done: str | None = None,
+    writes: jobwrites.JobWrites | None = None,
+    index: int | None = None,
 ) -> None:
-    """Count this job's outcome once (per rq job id, and event ``index`` in a batch), atomically with
-    ``also`` (the DONE mark)."""
-    marker = outcome_marker(rt, index)
+    """Count this job's outcome once (per rq job id, and event ``index`` in a batch), in ONE transaction
+    with the dedupe ``done`` mark, the collected prior-state and history writes and the job's buffered
+    metrics.
 
-    def count(pipe: redis.client.Pipeline) -> None:
-        counted = marker is not None and pipe.exists(marker)
+    Round trips: WATCH (the outcome marker and the prior-state keys), one MGET of them, EXEC.
+    """
+    marker = outcome_marker(rt, index)
+    watched = ([marker] if marker is not None else []) + (writes.watched() if writes is not None else [])
+    ttl = rt.settings.redis.dedupe_ttl_seconds
+
+    def commit(pipe: redis.client.Pipeline) -> None:
+        stored = dict(zip(watched, pipe.mget(watched), strict=True)) if watched else {}
+        counted = marker is not None and stored.get(marker) is not None
         pipe.multi()
-        if also is not None:
-            also(pipe)
+        if done is not None:
+            pipe.set(done, DONE, ex=ttl)
+        if writes is not None:
+            writes.queue_on(pipe, stored)
         if not counted:
             rt.metrics.inc("events", pipe=pipe, result=result)
             if marker is not None:
-                pipe.set(marker, result, ex=rt.settings.redis.dedupe_ttl_seconds)
+                pipe.set(marker, result, ex=ttl)
+        rt.metrics.queue_batched(pipe)  # queued again if a WATCH conflict runs this once more
 
-    if marker is None:
-        rt.redis.transaction(count)
-    else:
-        rt.redis.transaction(count, marker)
+    rt.redis.transaction(commit, *watched)
+    rt.metrics.forget_batched()
+
+
+def _record_history(rt: Runtime, writes: jobwrites.JobWrites) -> None:
+    """A failed dispatch still records the runs it executed (its prior state stays unwritten)."""
+    pipe = rt.redis.pipeline(transaction=False)
+    for queue in writes.queued:
+        queue(pipe)
+    try:
+        pipe.execute()
+    except redis.RedisError:  # best effort: the job's failure is what matters
+        log.exception("could not record the run history of a failed event")
 
 
 def _observe_latency(rt: Runtime, event: ResourceEvent) -> None:
@@ -268,7 +303,7 @@ def _dispatch_once(rt: Runtime, event: ResourceEvent, nested: bool) -> None:
     if not nested:
         rt.dispatcher.dispatch(event)
         return
-    key = rt.keys.dedupe(dedupe_key(event))
+    key = rt.keys.dedupe(dedupe_key(event))  # marked done on its own: its writes go at once
     claim = _claim(rt, key)
     if claim is None:
         return

@@ -8,7 +8,8 @@ Out-of-order safety: notifications can arrive out of order (retries, gap recover
 version is older than the stored one is ignored, so a late v3 never overwrites v4 and cannot make
 v4's transition fire a second time. Versions compare numerically when both versionIds are numbers,
 else by meta.lastUpdated; with neither, the newer write wins. The compare-and-set runs under
-WATCH/MULTI (works on Redis and on the embedded fakeredis, no Lua needed).
+WATCH/MULTI (works on Redis and on the embedded fakeredis, no Lua needed); inside an event job it runs in
+the job's final transaction (worker/jobwrites.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import redis
 
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.instants import parse_instant
+from fhir_smartflow.worker import jobwrites
 
 DEFAULT_FIELDS = frozenset({"resourceType", "id", "meta", "status", "active", "period"})
 DEFAULT_TTL_SECONDS = 90 * 24 * 3600
@@ -77,6 +79,11 @@ class RedisPriorState:
         key = self.keys.prior(resource_type, resource_id)
         state = slim(resource, self.fields)
         payload = json.dumps(state, sort_keys=True, separators=(",", ":"))
+        collected = jobwrites.current()
+        if collected is not None:  # goes with the job's done mark, compared there under WATCH
+            newer_stored = lambda raw: is_older(state, json.loads(raw))  # noqa: E731
+            collected.guarded[key] = jobwrites.GuardedSet(key, payload, self.ttl, newer_stored)
+            return
 
         def compare_and_set(pipe: Any) -> None:
             raw = pipe.get(key)

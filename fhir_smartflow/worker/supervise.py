@@ -171,11 +171,39 @@ class _StopAware:
         super().request_stop(signum, frame)  # type: ignore[misc]
 
 
-class SupervisedSimpleWorker(_StopAware, rq.SimpleWorker):
+HEARTBEAT_EVERY_SECONDS = 1.0
+
+
+class _OneTripHeartbeat:
+    """rq's own worker heartbeat (HSET + 2 EXPIREs) sent as one pipeline, at most once a second.
+
+    rq calls it unpipelined three times per job (after the job, before and after each dequeue), each
+    command its own round trip: 9 of a job's ~34. The worker key's TTL is ``worker_ttl`` + 60 s and a
+    dequeue blocks at most ``worker_ttl`` - 15 s, so a beat skipped within a second of the last one
+    never lets the key expire. Calls with rq's pipeline (job start, job monitoring) go through as is.
+    """
+
+    _last_beat = float("-inf")  # monotonic time of the last unpipelined beat
+
+    def heartbeat(self, timeout: int | None = None, pipeline: redis.client.Pipeline | None = None) -> None:
+        if pipeline is not None:
+            super().heartbeat(timeout, pipeline=pipeline)  # type: ignore[misc]
+            return
+        at = time.monotonic()
+        if timeout is None and at - self._last_beat < HEARTBEAT_EVERY_SECONDS:
+            return
+        self._last_beat = at
+        connection: redis.Redis = self.connection  # type: ignore[attr-defined]
+        with connection.pipeline(transaction=False) as pipe:
+            super().heartbeat(timeout, pipeline=pipe)  # type: ignore[misc]
+            pipe.execute()
+
+
+class SupervisedSimpleWorker(_StopAware, _OneTripHeartbeat, rq.SimpleWorker):
     pass
 
 
-class SupervisedForkWorker(_StopAware, rq.Worker):
+class SupervisedForkWorker(_StopAware, _OneTripHeartbeat, rq.Worker):
     pass
 
 
