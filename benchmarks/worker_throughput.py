@@ -3,12 +3,16 @@
 For each configuration (worker class simple | fork, 1 | 2 processes): ``--events`` notifications
 are queued through ``serve`` with no worker running, then the workers start in ``--burst`` mode and
 drain the queue. Time runs from the first job leaving the queue to the last worker exiting.
+``--senders 8`` posts them from 8 concurrent clients, so serve's group commit queues several
+deliveries per job (``process_events``), as a burst from the EHR would: CPU per event is then CPU per
+job in steady state times jobs per event.
 
 Baseline in the same run, same worker command and class: the same number of no-op rq jobs
 (``operator.truth``) — rq's own per-job cost, so the ratio shows what our job adds.
 
     .venv/bin/python -m benchmarks.worker_throughput                 # 500 events per configuration
     .venv/bin/python -m benchmarks.worker_throughput --events 2000 --configs simple:1 simple:2 fork:1 fork:2
+    .venv/bin/python -m benchmarks.worker_throughput --events 800 --configs simple:1 --senders 8
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -80,13 +85,22 @@ def drain(
     return end - (first or end), cpu_ms
 
 
-def queue_events(stack: _stack.Stack, patients: list[dict[str, Any]], start_number: int) -> None:
-    session = stack.session
-    for i, patient in enumerate(patients):
-        body = stack.notify_body(patient, start_number + i)
-        r = session.post(f"{stack.serve_url}/fhir/notify", data=body, headers=stack.headers(), timeout=10)
-        if r.status_code >= 300:
-            raise RuntimeError(f"serve answered {r.status_code}: {r.text[:500]}")
+def queue_events(stack: _stack.Stack, patients: list[dict[str, Any]], start_number: int, senders: int = 1) -> None:
+    """POST one notification per patient to ``serve``, from ``senders`` concurrent clients (one event-number
+    sequence shared by them). With several, deliveries overlap and serve's group commit queues them
+    together (``process_events`` jobs), as under a burst from the EHR."""
+    import requests
+
+    def send(k: int) -> None:
+        session = stack.session if senders == 1 else requests.Session()
+        for i in range(k, len(patients), senders):
+            body = stack.notify_body(patients[i], start_number + i)
+            r = session.post(f"{stack.serve_url}/fhir/notify", data=body, headers=stack.headers(), timeout=30)
+            if r.status_code >= 300:
+                raise RuntimeError(f"serve answered {r.status_code}: {r.text[:500]}")
+
+    with ThreadPoolExecutor(senders) as pool:
+        list(pool.map(send, range(senders)))
 
 
 def queue_noops(stack: _stack.Stack, count: int) -> None:
@@ -107,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=500, help="per configuration")
     parser.add_argument("--configs", nargs="+", default=["simple:1", "simple:2", "fork:1", "fork:2"])
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument(
+        "--senders", type=int, default=1, help="concurrent clients posting the notifications (8: batches form)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     rows = []
@@ -121,12 +138,17 @@ def main(argv: list[str] | None = None) -> int:
                 queue_noops(stack, args.events)
                 noop_s, noop_cpu = drain(stack, worker_class, processes, args.events, args.timeout)
                 batch = patients[k * args.events : (k + 1) * args.events]
-                queue_events(stack, batch, k * args.events + 1)
-                event_s, event_cpu = drain(stack, worker_class, processes, args.events, args.timeout)
+                queue_events(stack, batch, k * args.events + 1, args.senders)
+                jobs = stack.queue_count()  # fewer than the events when deliveries were committed together
+                event_s, job_cpu = drain(stack, worker_class, processes, jobs, args.timeout)
+                # Per job in steady state, times jobs per event: per event (batches of varying size even out).
+                event_cpu = {k: v * jobs / args.events for k, v in job_cpu.items()} if job_cpu else None
                 tasks = len(stack.search_all("Task"))
                 row = {
                     "worker_class": worker_class,
                     "processes": processes,
+                    "senders": args.senders,
+                    "jobs": jobs,
                     "events_per_s": round(args.events / event_s, 1),
                     "events_per_s_per_process": round(args.events / event_s / processes, 1),
                     "noop_jobs_per_s": round(args.events / noop_s, 1),
@@ -139,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"{worker_class:>6} x{processes}: {row['events_per_s']:>7} events/s "
                     f"({row['events_per_s_per_process']} per process) | no-op jobs {row['noop_jobs_per_s']}/s "
-                    f"| ratio {row['ratio_to_noop']}x | Tasks in store so far {tasks}"
+                    f"| ratio {row['ratio_to_noop']}x | {jobs} jobs for {args.events} events | Tasks so far {tasks}"
                     f"\n    CPU ms per event (steady state) {row['cpu_ms_per_event']}"
                     f" | per no-op job {row['cpu_ms_per_noop_job']}"
                 )
