@@ -29,6 +29,7 @@ from fhir_smartflow.queueing import PROCESS_EVENT, PROCESS_EVENTS, make_queue
 from fhir_smartflow.worker import runtime
 from fhir_smartflow.worker.embedded import replay_failed
 from fhir_smartflow.worker.seams import RecordingDispatcher
+from tests.support.events import patient_event
 from tests.support.net import wait_for
 from tests.support.toml import write_config
 
@@ -39,15 +40,7 @@ PAUSE_MS = 20_000  # only a bound: every test unpauses as soon as its group has 
 
 
 def event(rid: str, number: int | None = None) -> ResourceEvent:
-    return ResourceEvent(
-        subscription="sub-a",
-        resource_type="Patient",
-        resource_id=rid,
-        received_at="2026-11-25T10:00:00+00:00",
-        event_number=number,
-        version_id="1",
-        resource={"resourceType": "Patient", "id": rid},
-    )
+    return patient_event(number, rid=rid)
 
 
 @contextlib.contextmanager

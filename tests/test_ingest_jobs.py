@@ -18,6 +18,7 @@ from fhir_smartflow.worker import runtime
 from fhir_smartflow.worker.gaps import Gap, GapTracker, record_status
 from fhir_smartflow.worker.jobs import EventInProgress, dedupe_key, handle_event
 from fhir_smartflow.worker.seams import RecordingDispatcher
+from tests.support.events import patient_event as event
 from tests.support.net import wait_for
 
 pytestmark = pytest.mark.integration
@@ -78,20 +79,6 @@ def rt(redis_url: str, redis_conn: redis.Redis) -> Iterator[runtime.Runtime]:
     runtime.install(built)
     yield built
     runtime.install(None)
-
-
-def event(number: int | None = None, version: str | None = "1", rid: str = "p1", **kw) -> ResourceEvent:
-    return ResourceEvent(
-        subscription="sub-a",
-        resource_type="Patient",
-        resource_id=rid,
-        received_at="2026-11-25T10:00:00+00:00",
-        event_number=number,
-        version_id=version,
-        timestamp=f"2026-11-25T10:00:{number or 0:02d}Z" if number else None,
-        resource={"resourceType": "Patient", "id": rid},
-        **kw,
-    )
 
 
 def dispatched(rt: runtime.Runtime) -> list[ResourceEvent]:
