@@ -54,3 +54,53 @@ def test_the_client_built_from_settings_sends_through_it() -> None:
     assert isinstance(client.session, Session)
     assert client.read("Patient/1") == {"resourceType": "Patient", "id": "1"}
     assert client.read("Patient/1") == {"resourceType": "Patient", "id": "1"}
+
+
+def _prepared(session: requests.Session, **kwargs: object) -> requests.PreparedRequest:
+    return session.prepare_request(requests.Request(**kwargs))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"method": "get", "url": f"{BASE}/Patient", "params": {"_id": "1", "name": None}, "data": {}},
+        {
+            "method": "POST",
+            "url": BASE,
+            "json": {"resourceType": "Bundle", "type": "transaction"},
+            "headers": {"accept": "application/fhir+json", "User-Agent": None, "Authorization": "Bearer t"},
+            "params": {},
+            "data": {},
+        },
+    ],
+)
+def test_prepares_the_request_requests_would(kwargs: dict) -> None:
+    ours, plain = _prepared(Session(), **kwargs), _prepared(requests.Session(), **kwargs)
+    assert (ours.method, ours.url, ours.body) == (plain.method, plain.url, plain.body)
+    assert dict(ours.headers) == dict(plain.headers)
+    assert ("User-Agent" in ours.headers) == ("User-Agent" not in kwargs.get("headers", {}))  # None removes it
+    assert ours.hooks == plain.hooks
+
+
+def test_netrc_is_read_once_per_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    looked: list[str] = []
+
+    def netrc(url: str, raise_errors: bool = False) -> tuple[str, str]:
+        looked.append(url)
+        return ("user", "secret")
+
+    monkeypatch.setattr(requests.utils, "get_netrc_auth", netrc)
+    session = Session()
+    first = _prepared(session, method="GET", url=f"{BASE}/Patient/1", params={}, data={})
+    _prepared(session, method="GET", url=f"{BASE}/Task", params={}, data={})
+    assert looked == [f"{BASE}/Patient/1"]
+    assert first.headers["Authorization"].startswith("Basic ")
+    session.trust_env = False
+    assert "Authorization" not in _prepared(session, method="GET", url=f"{BASE}/Task", params={}, data={}).headers
+
+
+def test_session_cookies_go_through_requests() -> None:
+    session = Session()
+    session.cookies.set("route", "a", domain="ehr.example.org", path="/")
+    prepared = _prepared(session, method="GET", url=f"{BASE}/Patient/1", params={}, data={})
+    assert prepared.headers["Cookie"] == "route=a"

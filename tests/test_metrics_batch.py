@@ -52,3 +52,27 @@ def test_a_transaction_of_the_block_carries_the_batch_and_nothing_is_sent_twice(
         metrics.inc("events", result="processed")  # after it: sent at the end of the block
     assert metrics.counter_value("writes", type="Task", result="created") == 1
     assert metrics.counter_value("events", result="processed") == 1
+
+
+def test_increments_of_one_field_go_as_one_command(redis_conn) -> None:
+    metrics = Metrics(redis_conn, "t:")
+    sent: list[tuple[object, ...]] = []
+
+    class Recording:
+        def hincrby(self, *args: object) -> None:
+            sent.append(("HINCRBY", *args))
+
+        def hincrbyfloat(self, *args: object) -> None:
+            sent.append(("HINCRBYFLOAT", *args))
+
+    with metrics.batch():
+        metrics.inc("fhir_requests", method="POST", status="200")
+        metrics.inc("fhir_requests", method="POST", status="200")
+        metrics.inc("fhir_requests", method="GET", status="200")
+        metrics.queue_batched(Recording())
+        metrics.forget_batched()
+    assert sent == [
+        ("HINCRBY", "t:metric:fhir_requests", "method=POST|status=200", 2),
+        ("HINCRBY", "t:metric:fhir_requests", "method=GET|status=200", 1),
+    ]
+    assert metrics.counter_value("fhir_requests", method="POST", status="200") == 0  # forgotten: not sent twice

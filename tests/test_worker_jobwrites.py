@@ -134,3 +134,44 @@ def test_collections_do_not_nest(redis_conn: redis.Redis) -> None:
     assert redis_conn.get(KEYS.prior("Patient", "n2")) is None  # collected, never sent here
     assert writes.watched() == [KEYS.prior("Patient", "n2")]
     assert jobwrites.current() is None
+
+
+class ReadingDispatcher(PriorAndHistoryDispatcher):
+    """Reads the prior state as the engine pipeline does, counting the GETs it sends itself."""
+
+    def __init__(self, conn: redis.Redis) -> None:
+        super().__init__(conn)
+        self.previous: list[dict | None] = []
+        self.own_gets = 0
+        get = conn.get
+
+        def counting_get(*args: object) -> object:
+            self.own_gets += 1
+            return get(*args)
+
+        self.prior.conn = redis.Redis(connection_pool=conn.connection_pool)
+        self.prior.conn.get = counting_get  # type: ignore[method-assign]
+
+    def dispatch(self, event: ResourceEvent) -> None:
+        assert event.resource_id is not None
+        self.previous.append(self.prior.get(event.resource_type, event.resource_id))
+        super().dispatch(event)
+
+
+def test_the_prior_state_is_read_with_the_claim(redis_url: str, redis_conn: redis.Redis) -> None:
+    settings = Settings(redis=RedisConfig(url=redis_url, key_prefix=PREFIX))
+    reading = ReadingDispatcher(redis_conn)
+    built = runtime.build_runtime(settings, redis_conn, dispatcher=reading)
+    try:
+        assert handle_event(built, event("1")) == "processed"
+        assert handle_event(built, event("2", status="inactive")) == "processed"
+        assert handle_event(built, event("2", status="inactive")) == "deduplicated"
+    finally:
+        runtime.install(None)
+    assert reading.previous == [
+        None,
+        {"resourceType": "Patient", "id": "p1", "active": True, "meta": {"versionId": "1"}},
+    ]
+    assert reading.own_gets == 0  # both reads came with the claims
+    outside = RedisPriorState(redis_conn, KEYS).get("Patient", "p1")  # no open job: reads Redis itself
+    assert outside is not None and outside["active"] is False

@@ -124,17 +124,18 @@ def _walk(value: Any, model: type[BaseModel], where: str, problems: list[str]) -
         if entry is None:
             continue
         targets, element = entry
-        path = f"{where}.{key}"
         if targets is not None:
             for reference in item if isinstance(item, list) else [item]:
-                problem = _judge(reference, targets, path)
+                problem = _judge(reference, targets, where, key)
                 if problem:
                     problems.append(problem)
         elif element is not None:
-            _walk(item, element, path, problems)
+            _walk(item, element, f"{where}.{key}", problems)
 
 
-def _judge(reference: Any, targets: tuple[str, ...], path: str) -> str | None:
+def _judge(reference: Any, targets: tuple[str, ...], where: str, key: str) -> str | None:
+    """The problem with ``reference`` at ``where.key``; the path is spelled only for a problem (the walk
+    runs on every resource written)."""
     if not isinstance(reference, dict) or ANY_RESOURCE in targets:
         return None
     named = []
@@ -146,7 +147,7 @@ def _judge(reference: Any, targets: tuple[str, ...], path: str) -> str | None:
         named.append(reference["type"])
     for rtype in named:
         if rtype not in targets:
-            return f"{path}: a reference to {rtype} is not allowed here (allowed: {', '.join(targets)})"
+            return f"{where}.{key}: a reference to {rtype} is not allowed here (allowed: {', '.join(targets)})"
     return None
 
 

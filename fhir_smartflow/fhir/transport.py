@@ -27,6 +27,9 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
+from requests.cookies import RequestsCookieJar
+from requests.sessions import merge_hooks
+from requests.structures import CaseInsensitiveDict
 
 from fhir_smartflow.defaults import FHIR_JSON
 from fhir_smartflow.fhir.errors import FhirError, FhirTimeout, FhirUnavailable
@@ -61,6 +64,43 @@ class Session(requests.Session):
     def __init__(self) -> None:
         super().__init__()
         self._environment: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self._netrc: dict[tuple[str, str], tuple[str, str] | None] = {}
+
+    def prepare_request(self, request: requests.Request) -> requests.PreparedRequest:
+        """``requests.Session.prepare_request`` without its per-request overhead when the session holds
+        no cookies, auth or params of its own (a FHIR client's case): the same merge of headers, the
+        netrc lookup kept per (scheme, host) like the environment, no cookie jars merged. ≈ 0.1 ms of
+        CPU per request, most of it in requests' generic ``merge_setting`` (a slow runtime Protocol
+        ``isinstance`` per call) and the netrc file lookup. Anything else goes to requests."""
+        if self.cookies or request.cookies or self.auth or self.params or not isinstance(request.headers, dict):
+            return super().prepare_request(request)
+        url = request.url
+        auth = request.auth
+        if self.trust_env and not auth:
+            parts = urlsplit(url)
+            host = (parts.scheme, parts.netloc)
+            if host not in self._netrc:
+                self._netrc[host] = requests.utils.get_netrc_auth(url)
+            auth = self._netrc[host]
+        headers = CaseInsensitiveDict(self.headers)
+        headers.update(request.headers)
+        for name in [name for name, value in headers.items() if value is None]:
+            del headers[name]  # as requests' merge: None removes a session header
+        params = request.params
+        prepared = requests.PreparedRequest()
+        prepared.prepare(
+            method=request.method.upper(),
+            url=url,
+            files=request.files,
+            data=request.data,
+            json=request.json,
+            headers=headers,
+            params={k: v for k, v in params.items() if v is not None} if isinstance(params, dict) else params,
+            auth=auth,
+            cookies=RequestsCookieJar(),
+            hooks=merge_hooks(request.hooks, self.hooks),
+        )
+        return prepared
 
     def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> dict[str, Any]:
         if proxies or not self.trust_env:

@@ -85,7 +85,11 @@ def handle_event(rt: Runtime, event: ResourceEvent, index: int | None = None) ->
         return "processed"
     event = confirmed
     key = rt.keys.dedupe(dedupe_key(event))
-    claim = _claim(rt, key)
+    # The focus resource's prior state is read with the claim (one round trip); the dispatch below
+    # finds it in the job's collection. Unguarded, as the dispatcher's own read was: the final
+    # transaction compares prior state under WATCH.
+    prior_key = rt.keys.prior(event.resource_type, event.resource_id) if event.resource_id else None
+    claim, read_ahead = _claim_reading(rt, key, prior_key)
     if claim is None:
         _count_outcome(rt, "deduplicated", index=index)
         log.info("duplicate of an event already processed: %s", event.reference or "criteria event")
@@ -99,6 +103,7 @@ def handle_event(rt: Runtime, event: ResourceEvent, index: int | None = None) ->
         else:
             # Prior state and run history go in the final transaction, with the done mark.
             with jobwrites.collecting() as collected:
+                collected.read_ahead.update(read_ahead)
                 _dispatch_once(rt, resolved[0], nested=False)
     except Exception as exc:
         _release(rt.redis, key, claim)
@@ -202,14 +207,40 @@ def sweep_gaps(subscription: str) -> int:
     return len(tracker(current()).sweep(subscription))
 
 
-def _claim(rt: Runtime, key: str) -> bytes | None:
-    """Our claim token, or None when the event is already done; raises `EventInProgress`."""
+def _claim_token() -> bytes:
     job = get_current_job()
     worker = (job.worker_name if job is not None else None) or "-"
-    token = f"processing:{worker}:{uuid.uuid4().hex}".encode()
+    return f"processing:{worker}:{uuid.uuid4().hex}".encode()
+
+
+def _claim_reading(rt: Runtime, key: str, read: str | None) -> tuple[bytes | None, dict[str, bytes | None]]:
+    """`_claim`, with the value of key ``read`` fetched in the same round trip as the ``SET NX``:
+    ``{read: value}``, empty when the claim was not ours at once (then nothing was read)."""
+    if read is None:
+        return _claim(rt, key), {}
+    token = _claim_token()
+    ttl = rt.settings.redis.job_timeout_seconds + PROCESSING_MARGIN_SECONDS
+    pipe = rt.redis.pipeline(transaction=False)
+    pipe.set(key, token, nx=True, ex=ttl)
+    pipe.get(read)
+    claimed, value = pipe.execute()
+    if claimed:
+        return token, {read: value}
+    return _contended(rt, key, token, ttl), {}
+
+
+def _claim(rt: Runtime, key: str) -> bytes | None:
+    """Our claim token, or None when the event is already done; raises `EventInProgress`."""
+    token = _claim_token()
     ttl = rt.settings.redis.job_timeout_seconds + PROCESSING_MARGIN_SECONDS
     if rt.redis.set(key, token, nx=True, ex=ttl):
         return token
+    return _contended(rt, key, token, ttl)
+
+
+def _contended(rt: Runtime, key: str, token: bytes, ttl: int) -> bytes | None:
+    """The ``SET NX`` of ``token`` failed: None when the event is done, ``token`` once the claim is
+    free again or taken over from a dead worker; raises `EventInProgress`."""
     held = rt.redis.get(key)
     if held == DONE:
         return None

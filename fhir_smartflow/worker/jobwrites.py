@@ -34,6 +34,8 @@ class GuardedSet:
 class JobWrites:
     guarded: dict[str, GuardedSet] = field(default_factory=dict)  # by key: the last write of a key wins
     queued: list[Callable[[Any], object]] = field(default_factory=list)  # unconditional, queued on a pipeline
+    # Values the job read ahead (with its claim) for the dispatch, by key; each is taken once.
+    read_ahead: dict[str, bytes | None] = field(default_factory=dict)
 
     def watched(self) -> list[str]:
         return list(self.guarded)

@@ -72,7 +72,12 @@ class RedisPriorState:
         self.fields = frozenset(fields) | DEFAULT_FIELDS
 
     def get(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
-        raw = self.conn.get(self.keys.prior(resource_type, resource_id))
+        key = self.keys.prior(resource_type, resource_id)
+        collected = jobwrites.current()
+        if collected is not None and key in collected.read_ahead:  # read with the job's claim
+            raw = collected.read_ahead.pop(key)
+        else:
+            raw = self.conn.get(key)
         return json.loads(raw) if raw else None
 
     def put(self, resource_type: str, resource_id: str, resource: dict[str, Any]) -> None:
