@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 
 import click
 import redis
-import rq
 
 from fhir_smartflow.commands.console import mount_console
 from fhir_smartflow.commands.context import CliContext, pass_ctx
@@ -35,6 +34,7 @@ from fhir_smartflow.worker.supervise import (
     Liveness,
     SupervisedForkWorker,
     SupervisedSimpleWorker,
+    SupervisedWorker,
     run_supervised,
     wait_for_redis,
 )
@@ -272,7 +272,7 @@ def worker(cli: CliContext, burst: bool, with_scheduler: bool, worker_class: str
     )
     liveness.start()  # also in --burst: a long job must not look abandoned to the other workers
 
-    def make_worker(name: str) -> rq.Worker:
+    def make_worker(name: str) -> SupervisedWorker:
         w = cls([rt.queue], connection=conn, name=name)
         log.info("worker %s (%s) on queue %s", w.name, worker_class, rt.queue.name)
         return w

@@ -170,6 +170,11 @@ class _StopAware:
         self.stop_signalled = True
         super().request_stop(signum, frame)  # type: ignore[misc]
 
+    @property
+    def stopping(self) -> bool:
+        """A stop was asked for: by a signal (remembered here) or through rq's own stop request."""
+        return self.stop_signalled or bool(self._stop_requested)  # type: ignore[attr-defined]
+
 
 HEARTBEAT_EVERY_SECONDS = 1.0
 
@@ -207,6 +212,9 @@ class SupervisedForkWorker(_StopAware, _OneTripHeartbeat, rq.Worker):
     pass
 
 
+SupervisedWorker = SupervisedSimpleWorker | SupervisedForkWorker
+
+
 STRANDED_SECONDS = 3.0
 
 
@@ -242,11 +250,11 @@ def _requeue_stranded(conn: redis.Redis, queue: rq.Queue, seen: dict[str, float]
 
 
 def run_supervised(
-    make_worker: Callable[[str], rq.Worker],
+    make_worker: Callable[[str], SupervisedWorker],
     liveness: Liveness,
     *,
     burst: bool,
-    work: Callable[[rq.Worker], object],
+    work: Callable[[SupervisedWorker], object],
     sleep: Callable[[float], object] = time.sleep,
 ) -> None:
     """Run workers until a stop signal (or the end of a burst); a worker lost to a Redis outage is
@@ -268,7 +276,7 @@ def run_supervised(
             failure = exc
         if w is None:
             log.error("WORKER COULD NOT START (%s: %s); retrying in %.1f s", type(failure).__name__, failure, backoff)
-        elif burst or getattr(w, "stop_signalled", False) or getattr(w, "_stop_requested", False):
+        elif burst or w.stopping:
             return
         if time.monotonic() - began > 60:
             backoff = BACKOFF_START_SECONDS
