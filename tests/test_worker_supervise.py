@@ -137,3 +137,21 @@ def test_rq_heartbeats_go_in_one_pipeline_at_most_once_a_second(redis_conn: redi
         assert redis_conn.ttl(worker.key) <= 5
     finally:
         worker.register_death()
+
+
+def test_a_worker_that_cannot_start_while_redis_is_down_is_retried(redis_conn: redis.Redis, queue: rq.Queue) -> None:
+    attempts: list[str] = []
+    sleeps: list[float] = []
+
+    def make_worker(name: str) -> SupervisedSimpleWorker:
+        attempts.append(name)
+        if len(attempts) == 1:  # what CLIENT SETNAME raises while Redis restarts
+            raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        return SupervisedSimpleWorker([queue], connection=redis_conn, name=name)
+
+    def work(w: SupervisedSimpleWorker) -> None:
+        w.stop_signalled = True
+
+    run_supervised(make_worker, liveness_for(redis_conn, queue), burst=False, work=work, sleep=sleeps.append)
+    assert len(attempts) == 2, "the supervisor started a second worker after the failed start"
+    assert sleeps[:1] == [supervise.BACKOFF_START_SECONDS]

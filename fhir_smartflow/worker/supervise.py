@@ -261,7 +261,7 @@ def run_supervised(
     replaced by a fresh one after a backoff (0.5 s doubling to 15 s, reset after a healthy run)."""
     backoff = BACKOFF_START_SECONDS
     while True:
-        w: rq.Worker | None = None
+        w: SupervisedWorker | None = None
         began = time.monotonic()
         failure: BaseException | None = None
         try:
@@ -278,7 +278,7 @@ def run_supervised(
             log.error("WORKER COULD NOT START (%s: %s); retrying in %.1f s", type(failure).__name__, failure, backoff)
         elif burst or w.stopping:
             return
-        if time.monotonic() - began > 60:
+        elif time.monotonic() - began > 60:
             backoff = BACKOFF_START_SECONDS
         else:
             log.error(
