@@ -125,13 +125,17 @@ class _Buffer:
         pipe.execute()
 
 
+class _Batch(threading.local):
+    buffer: _Buffer | None = None  # this thread's open `Metrics.batch()`, if any
+
+
 class Metrics:
     """Writes metrics to Redis hashes ``<prefix>metric:<name>`` (field = label values)."""
 
     def __init__(self, conn: redis.Redis, prefix: str) -> None:
         self.conn = conn
         self.prefix = prefix
-        self._local = threading.local()  # this thread's open `batch()` pipeline, if any
+        self._local = _Batch()
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -139,7 +143,7 @@ class Metrics:
         did ~10 separate HINCRBYs per event). Written even when the block raises (failure counters);
         nested blocks join the outer one. `queue_batched` lets a transaction of the block's own carry
         them instead (then nothing is left to send at the end)."""
-        if getattr(self._local, "buffer", None) is not None:
+        if self._local.buffer is not None:
             yield
             return
         buffer = self._local.buffer = _Buffer()
@@ -156,18 +160,18 @@ class Metrics:
     def queue_batched(self, pipe: Any) -> None:
         """Queue the open batch's writes so far on ``pipe`` (the caller's transaction); they stay buffered
         until `forget_batched`, so a transaction retried after a WATCH conflict queues them again."""
-        buffer = getattr(self._local, "buffer", None)
+        buffer = self._local.buffer
         if buffer is not None:
             buffer.replay(pipe)
 
     def forget_batched(self) -> None:
         """The caller's transaction carrying `queue_batched`'s writes succeeded: do not send them again."""
-        buffer = getattr(self._local, "buffer", None)
+        buffer = self._local.buffer
         if buffer is not None:
             buffer.clear()
 
     def _target(self, pipe: Any) -> Any:
-        return pipe or getattr(self._local, "buffer", None) or self.conn
+        return pipe or self._local.buffer or self.conn
 
     def key(self, name: str) -> str:
         return f"{self.prefix}metric:{name}"
@@ -186,7 +190,7 @@ class Metrics:
         if METRICS[name].kind != "histogram":
             raise ValueError(f"{name} is not a histogram")
         base = _field(name, labels)
-        batched = pipe or getattr(self._local, "buffer", None)
+        batched = pipe or self._local.buffer
         target = batched or self.conn.pipeline(transaction=False)
         bucket = next((b for b in LATENCY_BUCKETS if seconds <= b), "+Inf")
         target.hincrby(self.key(name), f"{base}#le={bucket}", 1)

@@ -2,7 +2,7 @@
 
 While `collecting()` is open on a thread (`jobs.handle_event`, around the dispatch of the job's own
 event), `RedisPriorState.put` and `RunHistory.add` hand their writes here instead of sending them; the
-job then sends them in the same MULTI as ``done`` and its outcome counter (`jobs._finish`): one
+job then sends them in the same MULTI as ``done`` and its outcome counter (`jobs._count_outcome`): one
 WATCH + MGET + EXEC instead of a compare-and-set and a pipeline each. Atomic with ``done`` too: a worker
 killed before it leaves the transition to fire again on the retry (execution is idempotent); one killed
 after it has nothing left to do.
