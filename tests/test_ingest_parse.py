@@ -323,7 +323,7 @@ def test_path_and_header_addressed_events_are_not_trusted() -> None:
     assert [e.trusted_content for n in notes for e in n.events] == [False, False, False, True]
 
 
-# The shortcut `ParseContext.check_url` takes for plain URLs must never accept one `BaseUrl.check` refuses.
+# The shortcut `BaseUrl.check` takes for plain URLs must never accept one its full check refuses.
 _URL_BASES = ("http://127.0.0.1:9/fhir", "https://ehr.example.org/r4/fhir", "http://[::1]:8080", "https://h.example")
 _URL_TAILS = ["", "/", "/Patient/1", "/Patient/1/_history/2", "/Patient/a.b-c_d/", "/..", "/./Patient", "/Patient/..",
               "/%2e%2e/x", "/Patient?x=1", "/Patient#f", "@evil/x", ".evil.org/x", ":99/x", "/a b", "/a\\b", "X/y",
@@ -336,19 +336,19 @@ _URL_TAILS = ["", "/", "/Patient/1", "/Patient/1/_history/2", "/Patient/a.b-c_d/
 )
 @settings(max_examples=400, deadline=None)
 def test_the_plain_url_shortcut_accepts_only_what_the_full_check_accepts(base: str, tails: list[str]) -> None:
-    from fhir_smartflow.fhir.notifications.model import _plainly_under
     from fhir_smartflow.fhir.urls import BaseUrl
 
     url = base + "".join(tails)
-    if _plainly_under(BaseUrl(base).url).fullmatch(url):
-        BaseUrl(base).check(url)  # raises FhirUrlRejected if the shortcut was wrong
+    guard = BaseUrl(base)
+    if guard.plain.fullmatch(url):
+        assert guard.check_strictly(url) == url  # raises FhirUrlRejected if the shortcut was wrong
 
 
 @pytest.mark.parametrize("tail", ["/..", "/fhir/../x", "/%2e%2e", "/Patient/1?_format=xml", "/.x", "@h"])
 def test_urls_off_the_plain_path_still_get_the_full_check(tail: str) -> None:
-    from fhir_smartflow.fhir.notifications.model import _plainly_under
+    from fhir_smartflow.fhir.urls import BaseUrl
 
-    assert not _plainly_under("http://127.0.0.1:9/fhir").fullmatch("http://127.0.0.1:9/fhir" + tail)
+    assert not BaseUrl("http://127.0.0.1:9/fhir").plain.fullmatch("http://127.0.0.1:9/fhir" + tail)
 
 
 @pytest.mark.parametrize("verify", [True, False])

@@ -43,6 +43,10 @@ class BaseUrl:
             netloc = f"[{self.host}]" if default else f"[{self.host}]:{self.port}"
         self.netloc = netloc
         self.url = urlunsplit((scheme, netloc, self.path, "", ""))
+        # URLs `check_strictly` accepts as they are, without parsing: the base's canonical spelling, then
+        # path segments of letters, digits, ``-``, ``_`` and ``.`` (never first, so no dot segments) and
+        # nothing else (no query, fragment, escapes, credentials). What servers send; the rest is parsed.
+        self.plain = re.compile(re.escape(self.url) + r"(?:/[A-Za-z0-9_\-][A-Za-z0-9_\-.]*)*/?")
 
     def __str__(self) -> str:
         return self.url
@@ -54,6 +58,12 @@ class BaseUrl:
     def check(self, url: str) -> str:
         """``url`` in canonical form (the base's scheme and host spelling, no fragment) when it lies
         under the base; raise FhirUrlRejected otherwise."""
+        if isinstance(url, str) and self.plain.fullmatch(url):
+            return url  # already canonical: what `check_strictly` would answer
+        return self.check_strictly(url)
+
+    def check_strictly(self, url: str) -> str:
+        """`check` by parsing ``url`` in full."""
         if not isinstance(url, str) or not url:
             raise _reject(str(url), "empty URL")
         if _FORBIDDEN_CHARS.search(url):

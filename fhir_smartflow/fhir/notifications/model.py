@@ -7,7 +7,6 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 from fhir_smartflow.engine.validation import model_class
@@ -162,8 +161,6 @@ class ParseContext:
         """An absolute URL must lie under the configured FHIR base: another server's resources are not ours."""
         if self.server_base is None or "://" not in value:
             return
-        if _plainly_under(self.server_base.url).fullmatch(value):
-            return  # what servers send: no need to parse it (see _plainly_under)
         try:
             self.server_base.check(value)
         except FhirUrlRejected:
@@ -216,14 +213,6 @@ class ParseContext:
         """The event of a resource carried in the body."""
         rtype, rid = resource_identity(resource, where)
         return self.event(rtype, rid, resource=resource, interaction=interaction, hashed=content_hash(resource))
-
-
-@lru_cache(maxsize=8)
-def _plainly_under(base: str) -> re.Pattern[str]:
-    """URLs `BaseUrl.check` accepts without parsing: the base's canonical spelling, then path segments of
-    letters, digits, ``-``, ``_`` and ``.`` (never first, so no dot segments) and nothing else (no
-    query, fragment, escapes, credentials). Anything else takes the full check."""
-    return re.compile(re.escape(base) + r"(?:/[A-Za-z0-9_\-][A-Za-z0-9_\-.]*)*/?")
 
 
 def check_resource_type(rtype: Any, where: str) -> None:
