@@ -11,14 +11,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from rq import Retry
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 
-from fhir_smartflow import defaults
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.metrics import Metrics
-from fhir_smartflow.queueing import PROCESS_EVENT, PROCESS_EVENTS, EventQueue, enqueue_events, job_description
+from fhir_smartflow.queueing import (
+    PROCESS_EVENT,
+    PROCESS_EVENTS,
+    EventQueue,
+    enqueue_events,
+    job_description,
+    push_event_job,
+    rq_now,
+)
 
 # What a failed batch's events had as their outcome on its last attempt: these need no replay.
 _FINISHED = {b"processed", b"deduplicated"}
@@ -40,21 +46,17 @@ def enqueue_batch(queue: EventQueue, events: list[ResourceEvent], pipeline: Any,
     """ONE ``process_events`` job carrying ``events``, queued on the caller's transactional ``pipeline``
     (MULTI mode) with ``events_received`` counted per event in the same transaction; returns its id.
 
-    Same retry policy, failure TTL and (queue default) timeout as a ``process_event`` job: a batch that
-    times out is retried and resumes after the events already finished."""
+    Written as `enqueue_events` writes a ``process_event`` job: same retry policy, failure TTL and
+    (queue default) timeout, so a batch that times out is retried and resumes after the events already
+    finished."""
     if not pipeline.explicit_transaction:
         pipeline.multi()
-    job = queue.enqueue(
-        PROCESS_EVENTS,
-        [event.to_dict() for event in events],
-        retry=Retry(max=defaults.JOB_RETRIES, interval=list(defaults.JOB_RETRY_INTERVALS)),
-        failure_ttl=defaults.FAILED_JOB_TTL_SECONDS,
-        description=batch_description(events),
-        pipeline=pipeline,
-    )
+    pipeline.sadd(queue.redis_queues_keys, queue.key)
+    payload = [event.to_dict() for event in events]
+    job_id = push_event_job(queue, pipeline, PROCESS_EVENTS, payload, batch_description(events), rq_now())
     for event in events:
         metrics.inc("events_received", pipe=pipeline, source=event.source)
-    return str(job.id)
+    return job_id
 
 
 def unfinished_events(queue: EventQueue, job: Job) -> list[ResourceEvent]:

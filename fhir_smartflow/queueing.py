@@ -105,30 +105,38 @@ def enqueue_events(
     metrics = metrics or Metrics(queue.connection, queue.key_prefix)
     ids: list[str] = []
     pipe.sadd(queue.redis_queues_keys, queue.key)  # rq registers the queue with every job: once is the same
-    enqueued_at = datetime.now(UTC).strftime(_RQ_TIME)
+    enqueued_at = rq_now()
     for event in events:
-        job_id = str(uuid.uuid4())  # rq's job ids
-        pipe.hset(queue.job_class.key_for(job_id), mapping=event_job_hash(queue, event, enqueued_at))
-        pipe.rpush(queue.key, job_id)
-        ids.append(job_id)
+        ids.append(push_event_job(queue, pipe, PROCESS_EVENT, event.to_dict(), job_description(event), enqueued_at))
         metrics.inc("events_received", pipe=pipe, source=event.source)
     if own:
         pipe.execute()
     return ids
 
 
-def event_job_hash(queue: EventQueue, event: ResourceEvent, enqueued_at: str) -> dict[str, Any]:
-    """The rq job hash of ``process_event(event.to_dict())`` on ``queue``: what ``Job.to_dict`` gives after
-    ``Queue.enqueue`` (``data`` is rq's: the zlib-compressed serialized call ``(func, None, args, kwargs)``).
-    rq stamps creation and enqueueing separately, microseconds apart; one instant serves both here."""
-    call = (PROCESS_EVENT, None, (event.to_dict(),), {})
-    return {
+def rq_now() -> str:
+    """Now, as rq stamps its jobs."""
+    return datetime.now(UTC).strftime(_RQ_TIME)
+
+
+def push_event_job(queue: EventQueue, pipe: Any, func: str, payload: Any, description: str, enqueued_at: str) -> str:
+    """Queue on ``pipe`` (in MULTI, with the queue registered) the job ``func(payload)`` and its push; its id.
+
+    The hash is what ``Job.to_dict`` gives after ``Queue.enqueue`` with our retry policy and failure TTL
+    (``data`` is rq's: the zlib-compressed serialized call ``(func, None, args, kwargs)``). rq stamps
+    creation and enqueueing separately, microseconds apart; one instant serves both here."""
+    job_id = str(uuid.uuid4())  # rq's job ids
+    call = (func, None, (payload,), {})
+    job = {
         **queue.event_job_fields,
         "created_at": enqueued_at,
         "enqueued_at": enqueued_at,
         "data": zlib.compress(queue.serializer.dumps(call)),
-        "description": job_description(event),
+        "description": description,
     }
+    pipe.hset(queue.job_class.key_for(job_id), mapping=job)
+    pipe.rpush(queue.key, job_id)
+    return job_id
 
 
 def make_queue(conn: Any, name: str, key_prefix: str, job_timeout: int = defaults.JOB_TIMEOUT_SECONDS) -> EventQueue:
