@@ -216,26 +216,21 @@ def _claim_token() -> bytes:
 def _claim_reading(rt: Runtime, key: str, read: str | None) -> tuple[bytes | None, dict[str, bytes | None]]:
     """`_claim`, with the value of key ``read`` fetched in the same round trip as the ``SET NX``:
     ``{read: value}``, empty when the claim was not ours at once (then nothing was read)."""
-    if read is None:
-        return _claim(rt, key), {}
     token = _claim_token()
     ttl = rt.settings.redis.job_timeout_seconds + PROCESSING_MARGIN_SECONDS
     pipe = rt.redis.pipeline(transaction=False)
     pipe.set(key, token, nx=True, ex=ttl)
-    pipe.get(read)
-    claimed, value = pipe.execute()
+    if read is not None:
+        pipe.get(read)
+    claimed, *value = pipe.execute()
     if claimed:
-        return token, {read: value}
+        return token, ({read: value[0]} if read is not None else {})
     return _contended(rt, key, token, ttl), {}
 
 
 def _claim(rt: Runtime, key: str) -> bytes | None:
     """Our claim token, or None when the event is already done; raises `EventInProgress`."""
-    token = _claim_token()
-    ttl = rt.settings.redis.job_timeout_seconds + PROCESSING_MARGIN_SECONDS
-    if rt.redis.set(key, token, nx=True, ex=ttl):
-        return token
-    return _contended(rt, key, token, ttl)
+    return _claim_reading(rt, key, None)[0]
 
 
 def _contended(rt: Runtime, key: str, token: bytes, ttl: int) -> bytes | None:
