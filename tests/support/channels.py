@@ -46,6 +46,8 @@ class HangingTwilio(TwilioFake):
         self.app.view_functions["create"] = self._hang
 
     def _hang(self, sid: str, resource: str) -> Any:
+        # Read the form now: once the sender is SIGKILLed its connection resets and the unread body is gone.
+        request.form.to_dict()
         self.arrived.set()
         self.release.wait(30)
         return self._create(sid, resource)
