@@ -26,9 +26,11 @@ from datetime import datetime
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.metrics import Metrics
+from fhir_smartflow.redis_watch import watch_read_write
 from fhir_smartflow.worker.seams import GapRecovery
 
 log = logging.getLogger(__name__)
@@ -101,49 +103,45 @@ class GapTracker:
         now = self.clock()
         sub_key = self.keys.subscription(sub)
         pending, pending_after = self._pending(sub)
-        outcome = ""
 
-        def update(pipe: redis.client.Pipeline) -> None:
-            nonlocal outcome
-            state = {k.decode(): v.decode() for k, v in pipe.hgetall(sub_key).items()}
+        def decide(values: list[Any], pipe: Pipeline, read: Callable[..., Any]) -> str:
+            state = {k.decode(): v.decode() for k, v in values[0].items()}
             highest = int(state["highest"]) if "highest" in state else None
             advance = {"highest": number, "highest_at": now.timestamp(), "highest_timestamp": timestamp or ""}
             if highest is None or number == highest + 1:
                 outcome = "first" if highest is None else "next"
-                pipe.multi()
                 pipe.hset(sub_key, mapping=advance)
             elif number > highest:
                 outcome = "jump"
                 missing = range(highest + 1, min(number, highest + 1 + MAX_PENDING_PER_JUMP))
                 before = state.get("highest_timestamp") or ""
-                pipe.multi()
                 pipe.zadd(pending, {str(m): now.timestamp() + self.grace for m in missing})
                 pipe.hset(pending_after, mapping={str(m): before for m in missing})
                 pipe.hset(sub_key, mapping=advance)
             elif number == highest:
                 outcome = "repeat"
-                pipe.multi()
-            elif pipe.zscore(pending, str(number)) is not None:
+            elif values[1] is not None:  # the number is pending: it arrived late
                 outcome = "late"
-                pipe.multi()
                 pipe.zrem(pending, str(number))
                 pipe.hdel(pending_after, str(number))
             elif self._restarted(state, highest):
                 outcome = "restart"
                 record = {"at": now.isoformat(), "from": highest, "to": number}
-                old_run = [m.decode() for m in pipe.zrange(pending, 0, -1)]
-                pipe.multi()
+                old_run = [m.decode() for m in read("ZRANGE", pending, 0, -1)]
                 pipe.hset(sub_key, mapping={**advance, "last_restart": json.dumps(record)})
                 pipe.hincrby(sub_key, "restarts", 1)
                 if old_run:  # the old run's missing numbers can no longer arrive: due now
                     pipe.zadd(pending, dict.fromkeys(old_run, 0))
             else:
                 outcome = "stale"
-                pipe.multi()
             # What the sweep would ask next, in the same round trip (most events find nothing due).
             pipe.zrangebyscore(pending, "-inf", now.timestamp())
+            return outcome
 
-        due = self.conn.transaction(update, sub_key, pending)[-1]
+        # WATCH with the state and the number's pending score in one round trip, the writes in another.
+        reads = [("HGETALL", sub_key), ("ZSCORE", pending, str(number))]
+        outcome, results = watch_read_write(self.conn, [sub_key, pending], reads, decide)
+        due = results[-1]
         if outcome == "restart":
             self.metrics.inc("server_restarts", subscription=sub)
             log.warning("subscription %s: event numbers fell back to %s: the server restarted", sub, number)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,6 +35,7 @@ from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.fhir.errors import FhirError
 from fhir_smartflow.fhir.scrub import scrub_in_place
 from fhir_smartflow.instants import parse_instant
+from fhir_smartflow.redis_watch import watch_read_write
 from fhir_smartflow.worker import jobwrites
 from fhir_smartflow.worker.gaps import GapTracker
 from fhir_smartflow.worker.runtime import Runtime, current
@@ -144,16 +146,15 @@ def _count_outcome(
     with the dedupe ``done`` mark, the collected prior-state and history writes and the job's buffered
     metrics.
 
-    Round trips: WATCH (the outcome marker and the prior-state keys), one MGET of them, EXEC.
+    Round trips: WATCH with one MGET of the watched keys (redis_watch), then MULTI…EXEC.
     """
     marker = outcome_marker(rt, index)
     watched = ([marker] if marker is not None else []) + (writes.watched() if writes is not None else [])
     ttl = rt.settings.redis.dedupe_ttl_seconds
 
-    def commit(pipe: redis.client.Pipeline) -> None:
-        stored = dict(zip(watched, pipe.mget(watched), strict=True)) if watched else {}
+    def commit(values: list[Any], pipe: redis.client.Pipeline, read: Callable[..., Any]) -> None:
+        stored = dict(zip(watched, values[0], strict=True)) if watched else {}
         counted = marker is not None and stored.get(marker) is not None
-        pipe.multi()
         if done is not None:
             pipe.set(done, DONE, ex=ttl)
         if writes is not None:
@@ -164,7 +165,7 @@ def _count_outcome(
                 pipe.set(marker, result, ex=ttl)
         rt.metrics.queue_batched(pipe)  # queued again if a WATCH conflict runs this once more
 
-    rt.redis.transaction(commit, *watched)
+    watch_read_write(rt.redis, watched, [("MGET", *watched)] if watched else [], commit)
     rt.metrics.forget_batched()
 
 

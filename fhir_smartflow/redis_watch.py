@@ -1,0 +1,97 @@
+"""A WATCH transaction in two round trips: WATCH with its reads in one, MULTI…EXEC in the other.
+
+redis-py's ``Redis.transaction`` sends WATCH, then every read, then MULTI…EXEC, each a round trip of its
+own (three or more per transaction). Every event pays two such transactions (its event-number
+bookkeeping and its final done-mark), and round trips, not commands, are what a busy Redis and its
+clients spend most on; so here WATCH and the reads go out in one packed write and the writes in another.
+
+Semantics are redis-py's: ``decide(values, pipe, read)`` gets the reads' answers (after redis-py's
+response callbacks) and queues its writes on ``pipe`` (a transaction pipeline, never executed itself);
+``read(*command)`` is one more read under the same WATCH when a decision needs it (a round trip: for the
+rare branches). When a watched key changed before EXEC the whole attempt runs again, reads first, so
+``decide`` must decide from what it reads. A dropped connection is retried the same way, a few times:
+whether or not the EXEC that was in flight took effect, the reads of the next attempt see it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import redis
+from redis.client import Pipeline
+from redis.connection import AbstractConnection
+from redis.exceptions import ResponseError, WatchError
+
+T = TypeVar("T")
+Command = tuple[Any, ...]  # ("HGETALL", key)
+Decide = Callable[[list[Any], Pipeline, Callable[..., Any]], T]
+
+CONNECTION_RETRIES = 2  # a stale pooled connection (Redis restarted, a failover) costs no event
+
+
+def watch_read_write(
+    conn: redis.Redis, watch: Sequence[str], reads: Sequence[Command], decide: Decide[T]
+) -> tuple[T, list[Any]]:
+    """Run one optimistic transaction; returns what ``decide`` returned and the EXEC results."""
+    dropped = 0
+    while True:
+        connection = conn.connection_pool.get_connection()
+        try:
+            return _attempt(conn, connection, watch, reads, decide)
+        except WatchError:
+            continue
+        except (redis.ConnectionError, redis.TimeoutError):
+            connection.disconnect()  # its WATCH and any half-read answers go with it
+            dropped += 1
+            if dropped > CONNECTION_RETRIES:
+                raise
+        except BaseException:
+            connection.disconnect()
+            raise
+        finally:
+            conn.connection_pool.release(connection)
+
+
+def _attempt(
+    conn: redis.Redis, connection: AbstractConnection, watch: Sequence[str], reads: Sequence[Command], decide: Decide[T]
+) -> tuple[T, list[Any]]:
+    commands: list[Command] = ([("WATCH", *watch)] if watch else []) + list(reads)
+    if commands:
+        connection.send_packed_command(connection.pack_commands(commands))
+    answers = [conn.parse_response(connection, str(command[0])) for command in commands]
+    values = answers[1:] if watch else answers
+
+    def read(*command: Any) -> Any:
+        connection.send_command(*command)
+        return conn.parse_response(connection, str(command[0]))
+
+    pipe = conn.pipeline(transaction=True)
+    decided = decide(values, pipe, read)
+    return decided, _exec(conn, connection, pipe.command_stack)
+
+
+def _exec(conn: redis.Redis, connection: AbstractConnection, stack: list[tuple[Command, dict[str, Any]]]) -> list[Any]:
+    """MULTI, the queued commands and EXEC in one write; the results after the response callbacks."""
+    commands = [("MULTI",), *(args for args, _ in stack), ("EXEC",)]
+    connection.send_packed_command(connection.pack_commands(commands))
+    errors: list[ResponseError] = []
+    for _ in commands[:-1]:  # MULTI's OK and each QUEUED: all read, so the connection stays in step
+        try:
+            conn.parse_response(connection, "_")
+        except ResponseError as exc:
+            errors.append(exc)
+    try:
+        response = conn.parse_response(connection, "_")
+    except ResponseError:  # EXECABORT: a command was refused when queued; say which
+        raise errors[0] if errors else ResponseError("transaction aborted") from None
+    if response is None:
+        raise WatchError("a watched key changed")
+    results = []
+    for result, (args, options) in zip(response, stack, strict=True):
+        if isinstance(result, ResponseError):
+            raise result
+        callback = conn.response_callbacks.get(args[0])
+        options = {k: v for k, v in options.items() if k != "keys"}
+        results.append(callback(result, **options) if callback is not None else result)
+    return results
