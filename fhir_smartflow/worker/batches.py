@@ -1,8 +1,10 @@
 """rq job: several queued events (one group-committed webhook transaction) in one job.
 
-Each event is processed exactly as ``process_event`` processes it (`handle_event`: number tracking,
-verification, its own dedupe claim, dispatch, DONE), with its own log context; only rq's per-job cost
-is shared. Outcomes are counted per event (``outcome:<job id>:<index>``), so:
+Each event is processed exactly as ``process_event`` processes it (`handle_event`: verification, its
+own dedupe claim, dispatch, DONE), with its own log context; only rq's per-job cost is shared, and the
+event-number bookkeeping: the numbers of every unfinished event, in their order, in one transaction per
+subscription (`track_numbers`) before the first event. Outcomes are counted per event
+(``outcome:<job id>:<index>``), so:
 
 - a retry of the batch skips every event an earlier attempt finished (its marker exists): no second
   verification read, no claim, no count;
@@ -21,7 +23,7 @@ from rq.timeouts import JobTimeoutException
 
 from fhir_smartflow import logs
 from fhir_smartflow.events import ResourceEvent
-from fhir_smartflow.worker.jobs import EventInProgress, handle_event, outcome_marker
+from fhir_smartflow.worker.jobs import EventInProgress, handle_event, outcome_marker, track_numbers
 from fhir_smartflow.worker.runtime import Runtime, current
 
 log = logging.getLogger(__name__)
@@ -37,15 +39,17 @@ def process_events(event_dicts: list[dict[str, Any]]) -> str:
     finished = _finished(rt, len(event_dicts))
     results: dict[str, int] = {}
     failures: list[Exception] = []
+    events = {index: ResourceEvent.from_dict(d) for index, d in enumerate(event_dicts) if index not in finished}
     with rt.metrics.batch():  # every counter of every event in one round trip at the end
-        for index, event_dict in enumerate(event_dicts):
+        track_numbers(rt, list(events.values()))  # every unfinished event's number, in one transaction
+        for index in range(len(event_dicts)):
             if index in finished:
                 results["skipped"] = results.get("skipped", 0) + 1
                 continue
-            event = ResourceEvent.from_dict(event_dict)
+            event = events[index]
             token = logs.event_id.set(f"{event.subscription}:{event.reference or 'criteria'}:{event.event_number}")
             try:
-                result = handle_event(rt, event, index=index)
+                result = handle_event(rt, event, index=index, tracked=True)
             except JobTimeoutException:
                 raise  # the job's time is up: stop here, the retry resumes after the finished events
             except Exception as exc:  # the others still run; this one is retried with the batch

@@ -98,58 +98,110 @@ class GapTracker:
         base = self.keys.gaps(sub)
         return f"{base}:pending", f"{base}:pending-after"
 
-    def observe(self, sub: str, number: int, timestamp: str | None) -> str:
-        """Account for event ``number``; returns first | next | jump | late | restart | repeat | stale."""
+    def observe_all(self, sub: str, numbers: list[tuple[int, str | None]]) -> list[str]:
+        """Account for events of ``sub`` in their order (a batch job's events), as one after another
+        would, in one transaction (one more after a server restart: the old run's missing numbers are
+        recorded before the new run can name them again); each outcome is first | next | jump | late |
+        restart | repeat | stale."""
+        outcomes: list[str] = []
+        while len(outcomes) < len(numbers):
+            outcomes += self._observe_until_restart(sub, numbers[len(outcomes) :])
+        return outcomes
+
+    def _observe_until_restart(self, sub: str, numbers: list[tuple[int, str | None]]) -> list[str]:
+        """The outcomes of the first of ``numbers``, up to a restart (only ever first in a transaction)."""
         now = self.clock()
         sub_key = self.keys.subscription(sub)
-        pending, pending_after = self._pending(sub)
+        pending = self._pending(sub)[0]
+        members = [str(number) for number, _ in numbers]
 
-        def decide(values: list[Any], pipe: Pipeline, read: Callable[..., Any]) -> str:
+        def decide(values: list[Any], pipe: Pipeline, read: Callable[..., Any]) -> list[str]:
             state = {k.decode(): v.decode() for k, v in values[0].items()}
-            highest = int(state["highest"]) if "highest" in state else None
-            advance = {"highest": number, "highest_at": now.timestamp(), "highest_timestamp": timestamp or ""}
-            if highest is None or number == highest + 1:
-                outcome = "first" if highest is None else "next"
-                pipe.hset(sub_key, mapping=advance)
-            elif number > highest:
-                outcome = "jump"
-                missing = range(highest + 1, min(number, highest + 1 + MAX_PENDING_PER_JUMP))
-                before = state.get("highest_timestamp") or ""
-                pipe.zadd(pending, {str(m): now.timestamp() + self.grace for m in missing})
-                pipe.hset(pending_after, mapping={str(m): before for m in missing})
-                pipe.hset(sub_key, mapping=advance)
-            elif number == highest:
-                outcome = "repeat"
-            elif values[1] is not None:  # the number is pending: it arrived late
-                outcome = "late"
-                pipe.zrem(pending, str(number))
-                pipe.hdel(pending_after, str(number))
-            elif self._restarted(state, highest):
-                outcome = "restart"
-                record = {"at": now.isoformat(), "from": highest, "to": number}
-                old_run = [m.decode() for m in read("ZRANGE", pending, 0, -1)]
-                pipe.hset(sub_key, mapping={**advance, "last_restart": json.dumps(record)})
-                pipe.hincrby(sub_key, "restarts", 1)
-                if old_run:  # the old run's missing numbers can no longer arrive: due now
-                    pipe.zadd(pending, dict.fromkeys(old_run, 0))
-            else:
-                outcome = "stale"
+            pending_now = {m for m, score in zip(members, values[1], strict=True) if score is not None}
+            outcomes: list[str] = []
+            for number, timestamp in numbers:
+                outcome = self._classify(state, pending_now, number)
+                if outcome == "restart" and outcomes:
+                    break  # in a transaction of its own, which reads what this one wrote
+                self._account(pipe, read, sub, state, pending_now, outcome, number, timestamp, now)
+                outcomes.append(outcome)
+                if outcome == "restart":
+                    break  # the old run's numbers are recorded before the new run can name them again
             # What the sweep would ask next, in the same round trip (most events find nothing due).
             pipe.zrangebyscore(pending, "-inf", now.timestamp())
-            return outcome
+            return outcomes
 
-        # WATCH with the state and the number's pending score in one round trip, the writes in another.
-        reads = [("HGETALL", sub_key), ("ZSCORE", pending, str(number))]
-        outcome, results = watch_read_write(self.conn, [sub_key, pending], reads, decide)
+        # WATCH with the state and the numbers' pending scores in one round trip, the writes in another.
+        reads = [("HGETALL", sub_key), ("ZMSCORE", pending, *members)]
+        outcomes, results = watch_read_write(self.conn, [sub_key, pending], reads, decide)
+        for number, outcome in zip(members, outcomes, strict=False):
+            if outcome == "restart":
+                self.metrics.inc("server_restarts", subscription=sub)
+                log.warning("subscription %s: event numbers fell back to %s: the server restarted", sub, number)
+            elif outcome == "stale":
+                log.info("subscription %s: event #%s arrived after a higher number; processed anyway", sub, number)
         due = results[-1]
-        if outcome == "restart":
-            self.metrics.inc("server_restarts", subscription=sub)
-            log.warning("subscription %s: event numbers fell back to %s: the server restarted", sub, number)
-        elif outcome == "stale":
-            log.info("subscription %s: event #%s arrived after a higher number; processed anyway", sub, number)
         if due:
             self._record(sub, [m.decode() for m in due], now)
-        return outcome
+        return outcomes
+
+    def _classify(self, state: dict[str, str], pending_now: set[str], number: int) -> str:
+        """What event ``number`` is, given the subscription's ``state`` and the pending numbers."""
+        highest = int(state["highest"]) if "highest" in state else None
+        if highest is None:
+            return "first"
+        if number == highest + 1:
+            return "next"
+        if number > highest:
+            return "jump"
+        if number == highest:
+            return "repeat"
+        if str(number) in pending_now:
+            return "late"
+        return "restart" if self._restarted(state, highest) else "stale"
+
+    def _account(
+        self,
+        pipe: Pipeline,
+        read: Callable[..., Any],
+        sub: str,
+        state: dict[str, str],
+        pending_now: set[str],
+        outcome: str,
+        number: int,
+        timestamp: str | None,
+        now: datetime,
+    ) -> None:
+        """Queue on ``pipe`` the writes of event ``number`` (of ``outcome``); ``state`` and ``pending_now``
+        (the pending numbers among those being accounted for) are kept up to date for the next number."""
+        sub_key = self.keys.subscription(sub)
+        pending, pending_after = self._pending(sub)
+        advance = {"highest": str(number), "highest_at": str(now.timestamp()), "highest_timestamp": timestamp or ""}
+        if outcome in ("first", "next"):
+            pipe.hset(sub_key, mapping=advance)
+        elif outcome == "jump":
+            highest = int(state["highest"])
+            missing = range(highest + 1, min(number, highest + 1 + MAX_PENDING_PER_JUMP))
+            before = state.get("highest_timestamp") or ""
+            pipe.zadd(pending, {str(m): now.timestamp() + self.grace for m in missing})
+            pipe.hset(pending_after, mapping={str(m): before for m in missing})
+            pipe.hset(sub_key, mapping=advance)
+            pending_now.update(str(m) for m in missing)
+        elif outcome == "late":
+            pending_now.discard(str(number))
+            pipe.zrem(pending, str(number))
+            pipe.hdel(pending_after, str(number))
+            return
+        elif outcome == "restart":  # always first in its transaction: the read sees every earlier write
+            record = {"at": now.isoformat(), "from": int(state["highest"]), "to": number}
+            old_run = [m.decode() for m in read("ZRANGE", pending, 0, -1)]
+            pipe.hset(sub_key, mapping={**advance, "last_restart": json.dumps(record)})
+            pipe.hincrby(sub_key, "restarts", 1)
+            if old_run:  # the old run's missing numbers can no longer arrive: due now
+                pipe.zadd(pending, dict.fromkeys(old_run, 0))
+        else:  # repeat, stale: nothing changes
+            return
+        state.update(advance)
 
     @staticmethod
     def _restarted(state: dict[str, str], highest: int) -> bool:

@@ -75,11 +75,12 @@ def process_event(event_dict: dict[str, Any]) -> str:
         logs.event_id.reset(token)
 
 
-def handle_event(rt: Runtime, event: ResourceEvent, index: int | None = None) -> str:
-    """One event, start to end; ``index`` is its place in a ``process_events`` batch (its outcome marker)."""
-    if event.event_number is not None:
+def handle_event(rt: Runtime, event: ResourceEvent, index: int | None = None, tracked: bool = False) -> str:
+    """One event, start to end; ``index`` is its place in a ``process_events`` batch (its outcome marker);
+    ``tracked``: its event number was already accounted for (`track_numbers`, for the whole batch)."""
+    if not tracked:
         # Every delivery's number counts, a duplicate's too: one dropped untracked could hide a gap.
-        _track_number(rt, event)
+        track_numbers(rt, [event])
     confirmed = _confirm(rt, event)
     if confirmed is None:
         _count_outcome(rt, "processed", index=index)
@@ -192,12 +193,17 @@ def tracker(rt: Runtime) -> GapTracker:
     return GapTracker(rt.redis, rt.keys, rt.metrics, rt.settings.redis.gap_grace_seconds, rt.gap_recovery, rt.clock)
 
 
-def _track_number(rt: Runtime, event: ResourceEvent) -> None:
-    assert event.event_number is not None
-    if tracker(rt).observe(event.subscription, event.event_number, event.timestamp) == "jump":
-        # Record the gap even if no later event comes to sweep it (needs a worker with the scheduler).
-        delay = timedelta(seconds=rt.settings.redis.gap_grace_seconds + 1)
-        rt.queue.enqueue_in(delay, SWEEP_GAPS, event.subscription, description=f"sweep_gaps {event.subscription}")
+def track_numbers(rt: Runtime, events: list[ResourceEvent]) -> None:
+    """Account for the event numbers of ``events`` (in their order): one transaction per subscription."""
+    by_subscription: dict[str, list[tuple[int, str | None]]] = {}
+    for event in events:
+        if event.event_number is not None:
+            by_subscription.setdefault(event.subscription, []).append((event.event_number, event.timestamp))
+    for subscription, numbers in by_subscription.items():
+        if "jump" in tracker(rt).observe_all(subscription, numbers):
+            # Record the gap even if no later event comes to sweep it (needs a worker with the scheduler).
+            delay = timedelta(seconds=rt.settings.redis.gap_grace_seconds + 1)
+            rt.queue.enqueue_in(delay, SWEEP_GAPS, subscription, description=f"sweep_gaps {subscription}")
 
 
 SWEEP_GAPS = "fhir_smartflow.worker.jobs.sweep_gaps"
