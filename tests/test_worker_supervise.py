@@ -139,6 +139,32 @@ def test_rq_heartbeats_go_in_one_pipeline_at_most_once_a_second(redis_conn: redi
         worker.register_death()
 
 
+def test_the_worker_state_is_written_when_it_changes_and_not_again(redis_conn: redis.Redis, queue: rq.Queue) -> None:
+    worker = SupervisedSimpleWorker([queue], connection=redis_conn, name="state-test")
+    worker.register_birth()
+    try:
+        worker.set_state("idle")
+        assert redis_conn.hget(worker.key, "state") == b"idle"
+        redis_conn.hset(worker.key, "state", "changed-elsewhere")
+        worker.set_state("idle")  # already idle: nothing sent
+        assert redis_conn.hget(worker.key, "state") == b"changed-elsewhere"
+        with redis_conn.pipeline() as pipe:  # rq's job start, pipelined: always goes
+            worker.set_state("idle", pipeline=pipe)
+            pipe.execute()
+        assert redis_conn.hget(worker.key, "state") == b"idle"
+        worker.set_state("busy")
+        assert redis_conn.hget(worker.key, "state") == b"busy" and worker.get_state() == "busy"
+    finally:
+        worker.register_death()
+
+
+def test_a_job_sees_its_worker_busy_and_the_worker_is_idle_after_it(redis_conn: redis.Redis, queue: rq.Queue) -> None:
+    worker = SupervisedSimpleWorker([queue], connection=redis_conn, name="busy-test")
+    jobs = [queue.enqueue("tests.support.jobs.worker_state", worker.key) for _ in range(2)]
+    worker.work(burst=True)
+    assert [job.return_value() for job in jobs] == ["busy", "busy"]
+
+
 def test_a_worker_that_cannot_start_while_redis_is_down_is_retried(redis_conn: redis.Redis, queue: rq.Queue) -> None:
     attempts: list[str] = []
     sleeps: list[float] = []

@@ -204,11 +204,22 @@ class _OneTripHeartbeat:
             pipe.execute()
 
 
-class SupervisedSimpleWorker(_StopAware, _OneTripHeartbeat, rq.SimpleWorker):
+class _StateWrittenOnChange:
+    """rq writes the worker's state unpipelined twice after every job (``idle`` when the job is done,
+    ``idle`` again before the next dequeue), each a round trip; a state the worker already has is not
+    written again. Writes with rq's pipeline (``busy`` at job start) go through as is."""
+
+    def set_state(self, state: str, pipeline: redis.client.Pipeline | None = None) -> None:
+        if pipeline is None and state == self.get_state():  # type: ignore[attr-defined]
+            return
+        super().set_state(state, pipeline=pipeline)  # type: ignore[misc]
+
+
+class SupervisedSimpleWorker(_StopAware, _OneTripHeartbeat, _StateWrittenOnChange, rq.SimpleWorker):
     pass
 
 
-class SupervisedForkWorker(_StopAware, _OneTripHeartbeat, rq.Worker):
+class SupervisedForkWorker(_StopAware, _OneTripHeartbeat, _StateWrittenOnChange, rq.Worker):
     pass
 
 
