@@ -9,8 +9,8 @@ Semantics are redis-py's: ``decide(values, pipe, read)`` gets the reads' answers
 response callbacks) and queues its writes on ``pipe`` (a transaction pipeline, never executed itself);
 ``read(*command)`` is one more read under the same WATCH when a decision needs it (a round trip: for the
 rare branches). When a watched key changed before EXEC the whole attempt runs again, reads first, so
-``decide`` must decide from what it reads. A dropped connection is retried the same way, a few times:
-whether or not the EXEC that was in flight took effect, the reads of the next attempt see it.
+``decide`` must decide from what it reads. A dropped connection is retried the same way, under the
+client's retry policy: whether or not the EXEC that was in flight took effect, the next reads see it.
 """
 
 from __future__ import annotations
@@ -19,38 +19,47 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import redis
+from redis.backoff import NoBackoff
 from redis.client import Pipeline
 from redis.connection import AbstractConnection
 from redis.exceptions import ResponseError, WatchError
+from redis.retry import Retry
 
 T = TypeVar("T")
 Command = tuple[Any, ...]  # ("HGETALL", key)
 Decide = Callable[[list[Any], Pipeline, Callable[..., Any]], T]
 
-CONNECTION_RETRIES = 2  # a stale pooled connection (Redis restarted, a failover) costs no event
-
 
 def watch_read_write(
     conn: redis.Redis, watch: Sequence[str], reads: Sequence[Command], decide: Decide[T]
 ) -> tuple[T, list[Any]]:
-    """Run one optimistic transaction; returns what ``decide`` returned and the EXEC results."""
-    dropped = 0
+    """Run one optimistic transaction; returns what ``decide`` returned and the EXEC results. A dropped
+    connection is retried under the client's own retry policy (as redis-py retries a command)."""
+    retry = conn.get_retry() or Retry(NoBackoff(), 1)
     while True:
-        connection = conn.connection_pool.get_connection()
         try:
-            return _attempt(conn, connection, watch, reads, decide)
+            return retry.call_with_retry(lambda: _on_a_connection(conn, watch, reads, decide), _ignore)
         except WatchError:
             continue
-        except (redis.ConnectionError, redis.TimeoutError):
-            connection.disconnect()  # its WATCH and any half-read answers go with it
-            dropped += 1
-            if dropped > CONNECTION_RETRIES:
-                raise
-        except BaseException:
-            connection.disconnect()
-            raise
-        finally:
-            conn.connection_pool.release(connection)
+
+
+def _ignore(error: Exception) -> None:
+    """The failed connection was already dropped where it failed."""
+
+
+def _on_a_connection(
+    conn: redis.Redis, watch: Sequence[str], reads: Sequence[Command], decide: Decide[T]
+) -> tuple[T, list[Any]]:
+    connection = conn.connection_pool.get_connection()
+    try:
+        return _attempt(conn, connection, watch, reads, decide)
+    except WatchError:
+        raise  # EXEC answered: the connection is in step, and watches nothing any more
+    except BaseException:
+        connection.disconnect()  # its WATCH and any unread answers go with it
+        raise
+    finally:
+        conn.connection_pool.release(connection)
 
 
 def _attempt(
