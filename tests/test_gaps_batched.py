@@ -77,7 +77,7 @@ def scenario(prefix: list[int], status: int | None, numbers: list[int], batched:
 numbers = st.lists(st.integers(min_value=1, max_value=25), max_size=12)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(prefix=numbers, status=st.none() | st.integers(min_value=0, max_value=30), batch=numbers)
 def test_a_batch_accounts_for_its_numbers_as_one_by_one_would(
     prefix: list[int], status: int | None, batch: list[int]
