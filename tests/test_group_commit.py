@@ -20,7 +20,7 @@ import requests
 import rq
 
 from fhir_smartflow.app import create_app
-from fhir_smartflow.batch_queueing import enqueue_batch
+from fhir_smartflow.batch_queueing import enqueue_batch, unfinished_events
 from fhir_smartflow.config import RedisConfig, Settings, load_settings
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.ingest.group_commit import GroupCommitter
@@ -272,6 +272,41 @@ def test_a_failing_event_retries_the_batch_which_skips_the_finished_ones_then_de
     assert dispatched(rt) == ["bad", "p1", "p2"]
     assert m.read("events_received") == {"source=webhook": "3", "source=replay": "1"}
     assert m.counter_value("events", result="processed") == 3
+
+
+class SlowFor(RecordingDispatcher):
+    """Takes longer than any job timeout for the resource ids in ``slow`` (an engine that hangs)."""
+
+    slow: set[str] = set()
+
+    def dispatch(self, event: ResourceEvent) -> None:
+        if event.resource_id in self.slow:
+            threading.Event().wait(30)  # interrupted by rq's job timeout (SIGALRM in this thread)
+        super().dispatch(event)
+
+
+def test_a_batch_that_runs_out_of_time_on_its_last_attempt_counts_the_events_it_did_not_reach_failed(
+    redis_url: str, redis_conn: redis.Redis
+) -> None:
+    settings = Settings(redis=RedisConfig(url=redis_url, key_prefix=PREFIX, queue="gc"))
+    dispatcher = SlowFor(redis_conn, PREFIX)
+    dispatcher.slow = {"hangs"}
+    rt = runtime.build_runtime(settings, redis_conn, dispatcher=dispatcher, fetcher=CountingFetcher())
+    runtime.install(rt)
+    try:
+        job_id = queue_batch(rt, [event("p1", 1), event("hangs", 2), event("p2", 3), event("p3", 4)])
+        rt.redis.hset(f"rq:job:{job_id}", mapping={"timeout": 1, "retries_left": 0})  # one attempt, 1 s
+        drain(rt)
+    finally:
+        runtime.install(None)
+
+    assert rt.queue.failed_job_registry.get_job_ids() == [job_id]
+    assert dispatched(rt) == ["p1"]
+    m = rt.metrics
+    assert (m.counter_value("events", result="processed"), m.counter_value("events", result="failed")) == (1, 3)
+    job = rq.job.Job.fetch(job_id, connection=rt.redis)
+    unfinished = unfinished_events(rt.queue, job)
+    assert sorted(e.resource_id or "" for e in unfinished) == ["hangs", "p2", "p3"]  # replay puts back all three
 
 
 # ------------------------------------------------------------------------------------------------ over real HTTP

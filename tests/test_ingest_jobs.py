@@ -121,6 +121,7 @@ def test_claim_held_by_a_crashed_worker_is_retried_not_dropped(rt: runtime.Runti
     with pytest.raises(EventInProgress):
         handle_event(rt, event(5))
     assert 0 < rt.redis.ttl(key) <= 60  # short TTL: the claim frees itself
+    assert rt.metrics.counter_value("events", result="failed") == 1  # outside rq every attempt is the last
     rt.redis.delete(key)  # ... as if it expired
     assert handle_event(rt, event(5)) == "processed"
 

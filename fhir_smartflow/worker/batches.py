@@ -11,7 +11,9 @@ subscription (`track_numbers`) before the first event. Outcomes are counted per 
 - when some events raise, the others are still processed, then the job raises (naming how many failed)
   and rq retries it under its Retry policy; on the last attempt the failing events count as
   ``events{result=failed}`` as a single job's would, and the batch is kept in rq's failed registry,
-  from which `replay` puts back only its unfinished events.
+  from which `replay` puts back only its unfinished events;
+- when the job's time runs out, it stops at once; after the last attempt the events it did not reach
+  count as failed too.
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ from rq.timeouts import JobTimeoutException
 
 from fhir_smartflow import logs
 from fhir_smartflow.events import ResourceEvent
-from fhir_smartflow.worker.jobs import EventInProgress, handle_event, outcome_marker, track_numbers
+from fhir_smartflow.worker.jobs import (
+    EventInProgress,
+    count_failed_on_final_attempt,
+    handle_event,
+    outcome_marker,
+    track_numbers,
+)
 from fhir_smartflow.worker.runtime import Runtime, current
 
 log = logging.getLogger(__name__)
@@ -40,27 +48,38 @@ def process_events(event_dicts: list[dict[str, Any]]) -> str:
     results: dict[str, int] = {}
     failures: list[Exception] = []
     events = {index: ResourceEvent.from_dict(d) for index, d in enumerate(event_dicts) if index not in finished}
-    with rt.metrics.batch():  # every counter of every event in one round trip at the end
-        track_numbers(rt, list(events.values()))  # every unfinished event's number, in one transaction
-        for index in range(len(event_dicts)):
-            if index in finished:
-                results["skipped"] = results.get("skipped", 0) + 1
-                continue
-            event = events[index]
-            token = logs.event_id.set(f"{event.subscription}:{event.reference or 'criteria'}:{event.event_number}")
-            try:
-                result = handle_event(rt, event, index=index, tracked=True)
-            except JobTimeoutException:
-                raise  # the job's time is up: stop here, the retry resumes after the finished events
-            except Exception as exc:  # the others still run; this one is retried with the batch
-                failures.append(exc)
-                continue
-            finally:
-                logs.event_id.reset(token)
-            results[result] = results.get(result, 0) + 1
+    reached = 0  # the events before it are done or counted failed
+    try:
+        with rt.metrics.batch():  # every counter of every event in one round trip at the end
+            track_numbers(rt, list(events.values()))  # every unfinished event's number, in one transaction
+            for index, event in events.items():
+                reached = index
+                try:
+                    result = _handle(rt, event, index)
+                except JobTimeoutException:
+                    raise  # the job's time is up: stop here, the retry resumes after the finished events
+                except Exception as exc:  # the others still run; this one is retried with the batch
+                    failures.append(exc)
+                    continue
+                results[result] = results.get(result, 0) + 1
+    except JobTimeoutException:
+        # After the last attempt, the events it did not reach count as failed too.
+        count_failed_on_final_attempt(rt, [i for i in events if i >= reached])
+        raise
+    if finished:
+        results["skipped"] = len(finished)
     if failures:
         raise _failure(failures, len(event_dicts)) from None  # not chained: its text may quote a resource
     return ", ".join(f"{count} {result}" for result, count in sorted(results.items())) or "0 events"
+
+
+def _handle(rt: Runtime, event: ResourceEvent, index: int) -> str:
+    """One event of the batch, with its own log context."""
+    token = logs.event_id.set(f"{event.subscription}:{event.reference or 'criteria'}:{event.event_number}")
+    try:
+        return handle_event(rt, event, index=index, tracked=True)
+    finally:
+        logs.event_id.reset(token)
 
 
 def _finished(rt: Runtime, count: int) -> set[int]:

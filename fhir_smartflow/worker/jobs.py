@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -92,7 +92,12 @@ def handle_event(rt: Runtime, event: ResourceEvent, index: int | None = None, tr
     # finds it in the job's collection. Unguarded, as the dispatcher's own read was: the final
     # transaction compares prior state under WATCH.
     prior_key = rt.keys.prior(event.resource_type, event.resource_id) if event.resource_id else None
-    claim, read_ahead = _claim_reading(rt, key, prior_key)
+    try:
+        claim, read_ahead = _claim_reading(rt, key, prior_key)
+    except EventInProgress:
+        if _final_attempt():  # the job ends failed: say so, as for any other failure
+            _count_outcome(rt, "failed", index=index)
+        raise
     if claim is None:
         _count_outcome(rt, "deduplicated", index=index)
         log.info("duplicate of an event already processed: %s", event.reference or "criteria event")
@@ -126,6 +131,15 @@ def handle_event(rt: Runtime, event: ResourceEvent, index: int | None = None, tr
         _release(rt.redis, key, claim)
         raise
     return "processed"
+
+
+def count_failed_on_final_attempt(rt: Runtime, indices: Iterable[int]) -> None:
+    """A batch's last attempt ends (its time ran out): the events at ``indices`` that have no outcome yet
+    count as failed. Each once: `_count_outcome` skips an event whose outcome marker exists."""
+    if not _final_attempt():
+        return
+    for index in indices:
+        _count_outcome(rt, "failed", index=index)
 
 
 def outcome_marker(rt: Runtime, index: int | None = None) -> str | None:
