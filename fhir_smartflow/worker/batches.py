@@ -10,10 +10,15 @@ is shared. Outcomes are counted per event (``outcome:<job id>:<index>``), so:
   and rq retries it under its Retry policy; on the last attempt the failing events count as
   ``events{result=failed}`` as a single job's would, and the batch is kept in rq's failed registry,
   from which `replay` puts back only its unfinished events.
+
+Read-ahead: before the first event, the fetcher may read the focus of every event that needs one in one
+FHIR ``batch`` Bundle (`ResourceFetcher.read_ahead`); each event's own fetch then takes its answer from
+there (once), and anything not answered exactly is fetched on its own, as without it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -35,17 +40,15 @@ def process_events(event_dicts: list[dict[str, Any]]) -> str:
     """The rq job (``fhir_smartflow.worker.batches.process_events``); returns a short summary."""
     rt = current()
     finished = _finished(rt, len(event_dicts))
-    results: dict[str, int] = {}
+    events = {index: ResourceEvent.from_dict(d) for index, d in enumerate(event_dicts) if index not in finished}
+    results: dict[str, int] = {"skipped": len(finished)} if finished else {}
     failures: list[Exception] = []
     with rt.metrics.batch():  # every counter of every event in one round trip at the end
-        for index, event_dict in enumerate(event_dicts):
-            if index in finished:
-                results["skipped"] = results.get("skipped", 0) + 1
-                continue
-            event = ResourceEvent.from_dict(event_dict)
+        reading = _reading_ahead(rt, list(events.values()))
+        for index, event in events.items():
             token = logs.event_id.set(f"{event.subscription}:{event.reference or 'criteria'}:{event.event_number}")
             try:
-                result = handle_event(rt, event, index=index)
+                result = handle_event(reading, event, index=index)
             except JobTimeoutException:
                 raise  # the job's time is up: stop here, the retry resumes after the finished events
             except Exception as exc:  # the others still run; this one is retried with the batch
@@ -57,6 +60,23 @@ def process_events(event_dicts: list[dict[str, Any]]) -> str:
     if failures:
         raise _failure(failures, len(event_dicts)) from None  # not chained: its text may quote a resource
     return ", ".join(f"{count} {result}" for result, count in sorted(results.items())) or "0 events"
+
+
+def _reading_ahead(rt: Runtime, events: list[ResourceEvent]) -> Runtime:
+    """``rt`` with the fetcher that read these events' focus ahead (or ``rt`` itself when it read nothing)."""
+    fetcher = rt.fetcher.read_ahead([_first_question(event) for event in events])
+    return rt if fetcher is rt.fetcher else dataclasses.replace(rt, fetcher=fetcher)
+
+
+def _first_question(event: ResourceEvent) -> ResourceEvent:
+    """What `handle_event` first asks the fetcher about ``event``: the question of `jobs._confirm` when
+    the event must be verified (no version unless the content is trusted), else the event itself
+    (`jobs._confirm` of an unversioned event, or `jobs._complete`, fetch it as it is). A wrong guess costs
+    only that event its own request."""
+    if not event.must_verify:
+        return event
+    version = event.version_id if event.trusted_content and event.interaction != "delete" else None
+    return dataclasses.replace(event, resource=None, interaction=None, version_id=version, body_hash=None)
 
 
 def _finished(rt: Runtime, count: int) -> set[int]:
