@@ -368,3 +368,5 @@ def test_a_single_read_or_an_unanswerable_batch_is_not_read_ahead() -> None:
     assert one.read_ahead([id_only("1", 1), id_only("2", 2)]) is one  # the answer is no Bundle: no raise
     responses.replace(responses.POST, BASE, json={"resourceType": "Bundle", "type": "batch-response", "entry": []})
     assert one.read_ahead([id_only("1", 1), id_only("2", 2)]) is one  # not one entry per read
+    responses.replace(responses.POST, BASE, json={"resourceType": "Bundle", "type": "batch-response", "entry": 2})
+    assert one.read_ahead([id_only("1", 1), id_only("2", 2)]) is one  # no entry list at all

@@ -175,7 +175,8 @@ class FhirClient:
         answer = self.transaction({"resourceType": "Bundle", "type": "batch", "entry": entries})
         found = answer.get("entry") or []
         if not isinstance(found, list) or len(found) != len(entries) or not all(isinstance(e, dict) for e in found):
-            raise FhirError(f"a batch of {len(entries)} reads was answered with {len(found)} entries", status=None)
+            count = len(found) if isinstance(found, list) else "no list of"
+            raise FhirError(f"a batch of {len(entries)} reads was answered with {count} entries", status=None)
         return found
 
     # -- writes -----------------------------------------------------------------------------------
