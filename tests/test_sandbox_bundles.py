@@ -124,9 +124,35 @@ def test_batch_entries_fail_independently(sandbox_server: str) -> None:
     assert response.status_code == 200
     result = response.json()
     assert result["type"] == "batch-response"
-    assert [e["response"]["status"] for e in result["entry"]] == ["201 Created", "422", "404"]
+    statuses = [e["response"]["status"] for e in result["entry"]]
+    assert [s.split(" ", 1)[0] for s in statuses] == ["201", "422", "404"]
+    assert statuses[2] == "404 Not Found"  # with its reason, as HAPI and Medplum write it
     assert "birthDate" in result["entry"][1]["response"]["outcome"]["issue"][0]["diagnostics"]
     assert requests.get(f"{sandbox_server}/Patient", timeout=5).json()["total"] == 1
+
+
+def test_batch_reads_answer_each_entry_as_its_own_get_would(sandbox_server: str) -> None:
+    for body in ({"resourceType": "Patient", "id": "r1"}, {"resourceType": "Patient", "id": "r1", "active": True}):
+        requests.put(f"{sandbox_server}/Patient/r1", json=body, headers=FHIR, timeout=5)
+    requests.put(f"{sandbox_server}/Patient/gone", json={"resourceType": "Patient"}, headers=FHIR, timeout=5)
+    requests.delete(f"{sandbox_server}/Patient/gone", timeout=5)
+    urls = ["Patient/r1/_history/1", "Patient/r1", "Patient/gone", "Patient/gone/_history/2", "Patient/missing"]
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [{"request": {"method": "GET", "url": u}} for u in urls],
+    }
+    result = requests.post(sandbox_server, json=bundle, headers=FHIR, timeout=5).json()
+    Bundle.model_validate(result)
+    statuses = [e["response"]["status"] for e in result["entry"]]
+    assert statuses == ["200 OK", "200 OK", "410 Gone", "410 Gone", "404 Not Found"]
+    first, current = (e["resource"] for e in result["entry"][:2])
+    assert first == requests.get(f"{sandbox_server}/Patient/r1/_history/1", timeout=5).json()
+    assert current == requests.get(f"{sandbox_server}/Patient/r1", timeout=5).json()
+    assert (first["meta"]["versionId"], current["meta"]["versionId"]) == ("1", "2")
+    for answer in result["entry"][2:]:  # the OperationOutcome goes in response.outcome, as HAPI puts it
+        assert "resource" not in answer
+        assert answer["response"]["outcome"]["resourceType"] == "OperationOutcome"
 
 
 def test_bad_bundles(sandbox_server: str) -> None:

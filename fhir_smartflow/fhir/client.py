@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl, urljoin
@@ -54,6 +54,7 @@ class FhirClient:
             base_url, auth=auth, timeout=timeout, retry=retry, session=session, sleep=sleep, metrics=metrics, rng=rng
         )
         self._capabilities: dict[str, Any] | None = None
+        self._no_capabilities = False  # the server has no CapabilityStatement (a permanent error)
 
     @classmethod
     def from_settings(
@@ -144,6 +145,39 @@ class FhirClient:
         if self._capabilities is None or refresh:
             self._capabilities = self._json(self.request("GET", self.base.join("metadata")))
         return self._capabilities
+
+    def supports_interaction(self, code: str) -> bool:
+        """True when the CapabilityStatement lists the system interaction ``code`` (``transaction``,
+        ``batch``). Asked once per client (one per process): a server that has no statement (a permanent
+        error) is not asked again; after a transient error the next call asks again."""
+        if self._no_capabilities:
+            return False
+        try:
+            statement = self.capabilities()
+        except FhirError as exc:
+            log.warning("fhir: CapabilityStatement not available (%s); going without %s Bundles", exc, code)
+            self._no_capabilities = not exc.transient
+            return False
+        return any(
+            interaction.get("code") == code
+            for rest in statement.get("rest") or []
+            if rest.get("mode", "server") == "server"
+            for interaction in rest.get("interaction") or []
+        )
+
+    def batch_read(self, references: Sequence[str]) -> list[dict[str, Any]]:
+        """GET each relative ``Type/id[/_history/v]`` in ONE ``batch`` Bundle (POST to the base, so every
+        entry resolves under it). The response entries, in order; FhirError when the answer is not one
+        entry per read (each entry's own status is the caller's to judge)."""
+        for reference in references:
+            split_reference(reference)  # validates the parts: nothing else goes into an entry url
+        entries = [{"request": {"method": "GET", "url": reference}} for reference in references]
+        answer = self.transaction({"resourceType": "Bundle", "type": "batch", "entry": entries})
+        found = answer.get("entry") or []
+        if not isinstance(found, list) or len(found) != len(entries) or not all(isinstance(e, dict) for e in found):
+            count = len(found) if isinstance(found, list) else "no list of"
+            raise FhirError(f"a batch of {len(entries)} reads was answered with {count} entries", status=None)
+        return found
 
     # -- writes -----------------------------------------------------------------------------------
     def create(self, resource: dict[str, Any], if_none_exist: str | None = None) -> tuple[dict[str, Any], bool]:

@@ -139,28 +139,11 @@ class FhirWriteBack(WriteBackTarget):
         self.lock_wait_seconds = lock_wait_seconds
         self.sleep = sleep
         self._release = conn.register_script(_RELEASE)
-        self._transactions: bool | None = None  # from the CapabilityStatement, asked once
 
     def supports_transactions(self) -> bool:
         """True when a plan's writes can go in one transaction Bundle: conditional create is on and the
         server's CapabilityStatement lists the ``transaction`` interaction (asked once per process)."""
-        if not self.conditional_create:
-            return False
-        if self._transactions is None:
-            try:
-                statement = self.client.capabilities()
-            except FhirError as exc:
-                log.warning("fhir: CapabilityStatement not available (%s); writing resource by resource", exc)
-                if not exc.transient:
-                    self._transactions = False  # the server has none: do not ask on every plan
-                return False
-            self._transactions = any(
-                i.get("code") == "transaction"
-                for rest in statement.get("rest") or []
-                if rest.get("mode", "server") == "server"
-                for i in rest.get("interaction") or []
-            )
-        return self._transactions
+        return self.conditional_create and self.client.supports_interaction("transaction")
 
     def create_all(self, items: list[BatchItem]) -> list[tuple[dict[str, Any], bool]]:
         """Conditionally create every ``(resource, identifier, fullUrl)``: each entry ``POST`` with

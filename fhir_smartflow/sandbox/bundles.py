@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -14,7 +15,6 @@ from fhir_smartflow.sandbox.validation import validate_resource
 
 # FHIR processing order inside a transaction
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3, "HEAD": 3}
-_STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
 
 
 def _rewrite(node: Any, mapping: dict[str, str]) -> Any:
@@ -41,6 +41,14 @@ def _put_targets(entries: list[dict[str, Any]]) -> frozenset[str]:
 def _split_url(url: str) -> tuple[list[str], str]:
     path, _, query = url.partition("?")
     return [p for p in path.strip("/").split("/") if p], query
+
+
+def _status_text(status: int) -> str:
+    """``response.status`` as HAPI and Medplum write it: the code and its reason ("404 Not Found")."""
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:  # a code without a registered phrase
+        return str(status)
 
 
 class BundleProcessor:
@@ -168,7 +176,7 @@ class BundleProcessor:
 
     @staticmethod
     def _response_entry(result: Result) -> dict[str, Any]:
-        response: dict[str, Any] = {"status": _STATUS_TEXT.get(result.status, str(result.status))}
+        response: dict[str, Any] = {"status": _status_text(result.status)}
         if result.stored is not None:
             response["location"] = result.headers["Location"]
             response["etag"] = result.headers["ETag"]

@@ -14,10 +14,15 @@ subscription (`track_numbers`) before the first event. Outcomes are counted per 
   from which `replay` puts back only its unfinished events;
 - when the job's time runs out, it stops at once; after the last attempt the events it did not reach
   count as failed too.
+
+Read-ahead: before the first event, the fetcher may read the focus of every event that needs one in one
+FHIR ``batch`` Bundle (`ResourceFetcher.read_ahead`); each event's own fetch then takes its answer from
+there (once), and anything not answered exactly is fetched on its own, as without it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -28,6 +33,7 @@ from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.worker.jobs import (
     EventInProgress,
     count_failed_on_final_attempt,
+    first_fetch,
     handle_event,
     outcome_marker,
     track_numbers,
@@ -52,10 +58,11 @@ def process_events(event_dicts: list[dict[str, Any]]) -> str:
     try:
         with rt.metrics.batch():  # every counter of every event in one round trip at the end
             track_numbers(rt, list(events.values()))  # every unfinished event's number, in one transaction
+            reading = _reading_ahead(rt, list(events.values()))
             for index, event in events.items():
                 reached = index
                 try:
-                    result = _handle(rt, event, index)
+                    result = _handle(reading, event, index)
                 except JobTimeoutException:
                     raise  # the job's time is up: stop here, the retry resumes after the finished events
                 except Exception as exc:  # the others still run; this one is retried with the batch
@@ -80,6 +87,12 @@ def _handle(rt: Runtime, event: ResourceEvent, index: int) -> str:
         return handle_event(rt, event, index=index, tracked=True)
     finally:
         logs.event_id.reset(token)
+
+
+def _reading_ahead(rt: Runtime, events: list[ResourceEvent]) -> Runtime:
+    """``rt`` with the fetcher that read these events' focus ahead (or ``rt`` itself when it read nothing)."""
+    fetcher = rt.fetcher.read_ahead([first_fetch(event) for event in events])
+    return rt if fetcher is rt.fetcher else dataclasses.replace(rt, fetcher=fetcher)
 
 
 def _finished(rt: Runtime, count: int) -> set[int]:

@@ -3,7 +3,8 @@
 ``CachingContextSource`` answers the planner's reads and searches, each once per event (build a new one
 per event, so nothing stale crosses events). ``ClientResourceFetcher`` completes notifications that
 did not carry the resource: id-only / full-resource-without-resource → read the focus; empty payload
-with no focus → search the subscription's criteria for what changed since the last time.
+with no focus → search the subscription's criteria for what changed since the last time. For a batch
+job it reads every event's focus in one ``batch`` Bundle first (`ReadAheadFetcher` hands those out).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -24,6 +26,7 @@ from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.fhir.client import FhirClient
 from fhir_smartflow.fhir.errors import FhirError
 from fhir_smartflow.refs import RESOURCE_ID_RE, RESOURCE_TYPE_RE
+from fhir_smartflow.worker.seams import ResourceFetcher
 
 log = logging.getLogger(__name__)
 
@@ -132,19 +135,47 @@ class ClientResourceFetcher:
             return self._fetch_focus(event)
         return self._fetch_by_criteria(event)
 
+    def read_ahead(self, questions: Sequence[ResourceEvent]) -> ResourceFetcher:
+        """ResourceFetcher.read_ahead (worker/seams.py): the first focus read of each question (2+ distinct
+        ones) in one ``batch`` Bundle, when the server lists ``batch``; ``self`` when that is not worth it
+        or fails, so every fetch goes to the server as it would have."""
+        reads = list(dict.fromkeys(read for question in questions if (read := focus_read(question)) is not None))
+        if len(reads) < 2 or not self.client.supports_interaction("batch"):
+            return self
+        answers = self._batch_read(reads)
+        return ReadAheadFetcher(self, answers) if answers else self
+
+    def _batch_read(self, reads: list[FocusRead]) -> dict[FocusRead, dict[str, Any]]:
+        """The resources of the entries that answer their read exactly; whatever the server answered, no
+        exception (the fetches it did not answer ask on their own). Logged: counts and statuses only."""
+        try:
+            entries = self.client.batch_read([_path(read) for read in reads])
+        except FhirError as exc:
+            log.debug("read-ahead: a batch of %d reads failed (status %s); reading one by one", len(reads), exc.status)
+            return {}
+        answers = {
+            read: resource
+            for read, entry in zip(reads, entries, strict=True)
+            if (resource := _exact_answer(read, entry)) is not None
+        }
+        log.debug("read-ahead: %d of %d reads answered (statuses %s)", len(answers), len(reads), _statuses(entries))
+        return answers
+
     def _fetch_focus(self, event: ResourceEvent) -> ResourceEvent:
-        if not RESOURCE_TYPE_RE.match(event.resource_type) or not RESOURCE_ID_RE.match(event.resource_id or ""):
+        read = focus_read(event)
+        if read is None:
             raise ValueError(f"event focus is not a valid Type/id: {event.resource_type}/{event.resource_id}")
+        rtype, rid, version = read
         resource = None
-        if event.version_id and RESOURCE_ID_RE.match(event.version_id):
+        if version is not None:
             try:  # the version the notification is about, when the server keeps history
-                resource = self.client.vread(event.resource_type, event.resource_id or "", event.version_id)
+                resource = self.client.vread(rtype, rid, version)
             except FhirError as exc:
                 if exc.transient:
                     raise
                 log.debug("fetch: vread of %s unsupported (%s); reading current", event.reference, exc.status)
         if resource is None:
-            resource = self.client.read(f"{event.resource_type}/{event.resource_id}")
+            resource = self.client.read(f"{rtype}/{rid}")
         if resource is None:
             log.info("fetch: %s is gone (404/410): treating as a delete", event.reference)
             return dataclasses.replace(event, interaction="delete")
@@ -183,3 +214,70 @@ class ClientResourceFetcher:
         if newest and self.conn is not None and (not mark or newest > mark.decode()):
             self.conn.set(mark_key, newest)
         return events
+
+
+FocusRead = tuple[str, str, str | None]  # type, id, version (None: the current version)
+
+
+def focus_read(event: ResourceEvent) -> FocusRead | None:
+    """The first GET `ClientResourceFetcher.fetch` sends for ``event``: its focus at the notified version
+    (a vread) or the current one (a read). None when it reads no focus: the resource came with the event,
+    a delete, no focus (criteria), or a focus that is not a valid Type/id (fetch refuses it)."""
+    if event.resource is not None or event.interaction == "delete" or not event.resource_id:
+        return None
+    if not RESOURCE_TYPE_RE.match(event.resource_type) or not RESOURCE_ID_RE.match(event.resource_id):
+        return None
+    version = event.version_id if event.version_id and RESOURCE_ID_RE.match(event.version_id) else None
+    return event.resource_type, event.resource_id, version
+
+
+def _path(read: FocusRead) -> str:
+    rtype, rid, version = read
+    return f"{rtype}/{rid}/_history/{version}" if version is not None else f"{rtype}/{rid}"
+
+
+def _exact_answer(read: FocusRead, entry: dict[str, Any]) -> dict[str, Any] | None:
+    """The entry's resource when it is what the GET of ``read`` would have answered: ``200`` with the
+    resource of that type and id (and version, for a vread); else None (that fetch asks on its own)."""
+    response = entry.get("response")
+    resource = entry.get("resource")
+    if not isinstance(response, dict) or not isinstance(resource, dict):
+        return None
+    if str(response.get("status") or "").split(" ", 1)[0] != "200":
+        return None
+    rtype, rid, version = read
+    if resource.get("resourceType") != rtype or resource.get("id") != rid:
+        return None
+    meta = resource.get("meta")
+    if version is not None and (not isinstance(meta, dict) or str(meta.get("versionId")) != version):
+        return None
+    return resource
+
+
+def _statuses(entries: list[dict[str, Any]]) -> str:
+    """``200: 5, 404: 1``: what the entries answered, without a word of their content."""
+    codes = Counter(
+        str(response.get("status") or "?").split(" ", 1)[0] if isinstance(response := e.get("response"), dict) else "?"
+        for e in entries
+    )
+    return ", ".join(f"{code}: {count}" for code, count in sorted(codes.items()))
+
+
+class ReadAheadFetcher:
+    """A batch job's ResourceFetcher: a fetch whose first read was read ahead takes that answer, once (the
+    answer the server gave to that very GET, so the event comes out as it would have); any other fetch,
+    or a second one of the same read, goes to ``fetcher`` as without the read-ahead."""
+
+    def __init__(self, fetcher: ClientResourceFetcher, answers: dict[FocusRead, dict[str, Any]]) -> None:
+        self.fetcher = fetcher
+        self._answers = answers
+
+    def fetch(self, event: ResourceEvent) -> ResourceEvent | list[ResourceEvent]:
+        read = focus_read(event)
+        resource = self._answers.pop(read, None) if read is not None else None
+        if resource is None:
+            return self.fetcher.fetch(event)
+        return event.with_resource(resource)
+
+    def read_ahead(self, questions: Sequence[ResourceEvent]) -> ResourceFetcher:
+        return self.fetcher.read_ahead(questions)

@@ -324,10 +324,7 @@ def _confirm(rt: Runtime, event: ResourceEvent) -> ResourceEvent | None:
     """
     if not event.resource_id or not (event.must_verify or _unversioned(event)):
         return event
-    # A version named only by the path or a header is a claim too; a delete is checked by reading.
-    version = event.version_id if event.trusted_content and event.interaction != "delete" else None
-    question = dataclasses.replace(event, resource=None, interaction=None, version_id=version, body_hash=None)
-    answer = rt.fetcher.fetch(question)
+    answer = rt.fetcher.fetch(_question(event))
     if isinstance(answer, list):  # pragma: no cover - a focus is never expanded to a list
         return event
     if answer.interaction == "delete":
@@ -335,6 +332,20 @@ def _confirm(rt: Runtime, event: ResourceEvent) -> ResourceEvent | None:
     if answer.resource is None:
         return event
     return answer
+
+
+def _question(event: ResourceEvent) -> ResourceEvent:
+    """What `_confirm` asks the fetcher: the focus without the notification's content. A version named
+    only by the path or a header is a claim too; a delete is checked by reading."""
+    version = event.version_id if event.trusted_content and event.interaction != "delete" else None
+    return dataclasses.replace(event, resource=None, interaction=None, version_id=version, body_hash=None)
+
+
+def first_fetch(event: ResourceEvent) -> ResourceEvent:
+    """What `handle_event` first asks the fetcher about ``event`` (a batch reads these ahead): the
+    verification question when it must be verified, else the event itself (`_confirm` of an unversioned
+    event, or `_complete` of one without its resource, fetch it as it is)."""
+    return _question(event) if event.resource_id and event.must_verify else event
 
 
 def _complete(rt: Runtime, event: ResourceEvent) -> tuple[list[ResourceEvent], bool]:

@@ -1,8 +1,8 @@
 """The worker's collaborators that other parts of the service provide, and their stand-ins until then.
 
 - `ResourceFetcher`: fetches what a notification did not carry (id-only, empty, full-resource without
-  the resource). The FHIR client implements it; until it is wired, `PassThroughFetcher` hands the event on
-  as it is.
+  the resource); for a batch job it can read ahead the focus of every event at once (`read_ahead`). The
+  FHIR client implements it; until it is wired, `PassThroughFetcher` hands the event on as it is.
 - `GapRecovery`: asked to recover missed events (``$events`` or a ``_lastUpdated`` search).
 - `Dispatcher`: receives every deduplicated event; the engine pipeline (worker/pipeline.py) is the real one.
 - `RecordingDispatcher`: the default `Dispatcher` until the engine is wired: it
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import redis
@@ -40,6 +41,12 @@ class ResourceFetcher(Protocol):
 
     def fetch(self, event: ResourceEvent) -> ResourceEvent | list[ResourceEvent]: ...
 
+    def read_ahead(self, questions: Sequence[ResourceEvent]) -> ResourceFetcher:
+        """The fetcher for one batch job whose events will be fetched as ``questions``: it may answer them
+        from what it read ahead (each answer once, the same answer `fetch` would give), and fetches
+        anything else itself. ``self`` when nothing is read ahead."""
+        ...
+
 
 class GapRecovery(Protocol):
     """Recovers the events of a recorded gap (called once per gap, after it is recorded)."""
@@ -53,6 +60,9 @@ class PassThroughFetcher:
     def fetch(self, event: ResourceEvent) -> ResourceEvent:
         log.debug("no fetcher configured: %s dispatched without its resource", event.reference or "criteria event")
         return event
+
+    def read_ahead(self, questions: Sequence[ResourceEvent]) -> PassThroughFetcher:
+        return self  # nothing is read
 
 
 class LoggingGapRecovery:
