@@ -18,19 +18,12 @@ from hypothesis import strategies as st
 
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.metrics import Metrics
-from fhir_smartflow.worker.gaps import Gap, GapTracker, record_status
+from fhir_smartflow.worker.gaps import GapTracker, record_status
+from tests.support.fakes import RecordingRecovery
 
 START = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
 SUB = "s1"
 GRACE_SECONDS = 3600.0  # longer than the scenario: nothing is due by the clock
-
-
-class Recorded:
-    def __init__(self) -> None:
-        self.gaps: list[Gap] = []
-
-    def recover(self, subscription: str, gap: Gap) -> None:
-        self.gaps.append(gap)
 
 
 class SteppedClock:
@@ -49,7 +42,7 @@ def scenario(prefix: list[int], status: int | None, numbers: list[int], batched:
     conn = fakeredis.FakeRedis(server=fakeredis.FakeServer())
     keys = Keys("t:")
     clock = SteppedClock()
-    recovery = Recorded()
+    recovery = RecordingRecovery()
     tracker = GapTracker(conn, keys, Metrics(conn, "t:"), GRACE_SECONDS, recovery, clock)
     for n in prefix:
         tracker.observe_all(SUB, [(n, None)])

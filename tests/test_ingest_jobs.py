@@ -15,10 +15,11 @@ from fhir_smartflow.config import RedisConfig, Settings
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.queueing import enqueue_events
 from fhir_smartflow.worker import runtime
-from fhir_smartflow.worker.gaps import Gap, GapTracker, record_status
+from fhir_smartflow.worker.gaps import GapTracker, record_status
 from fhir_smartflow.worker.jobs import EventInProgress, dedupe_key, handle_event
 from fhir_smartflow.worker.seams import RecordingDispatcher
 from tests.support.events import patient_event as event
+from tests.support.fakes import RecordingRecovery
 from tests.support.net import wait_for
 
 pytestmark = pytest.mark.integration
@@ -46,14 +47,6 @@ class FlakyDispatcher(RecordingDispatcher):
         if self.fail:
             raise RuntimeError("engine down")
         super().dispatch(event)
-
-
-class RecordingRecovery:
-    def __init__(self) -> None:
-        self.gaps: list[Gap] = []
-
-    def recover(self, subscription: str, gap: Gap) -> None:
-        self.gaps.append(gap)
 
 
 class ListFetcher:

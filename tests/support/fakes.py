@@ -1,5 +1,6 @@
 """In-memory stand-ins for the Protocols around the executor and the scheduling jobs (WriteBackTarget,
-Executor, planner, Deliverer, Scheduler), and the one in-memory ContextSource of the pure planner tests.
+Executor, planner, Deliverer, Scheduler), the one in-memory ContextSource of the pure planner tests, and
+a GapRecovery that records the gaps it is asked to recover.
 
 They are inputs of unit tests, not replacements in end-to-end tests: those run the real components
 against the sandbox (tests/test_e2e.py, tests/test_lifecycle_e2e.py, tests/test_writeback_*.py).
@@ -19,6 +20,7 @@ from fhir_smartflow.engine.recurrence import next_occurrence, recurring_from_dic
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.fhir.target import WriteBackTarget
 from fhir_smartflow.scheduling.scheduler import Pending
+from fhir_smartflow.worker.gaps import Gap
 from tests.support.plans import SYSTEM, task
 
 
@@ -232,3 +234,13 @@ def _has_role(resource: dict[str, Any], system_code: str) -> bool:
         for concept in resource.get("code") or []
         for c in concept.get("coding") or []
     )
+
+
+class RecordingRecovery:
+    """GapRecovery (worker/seams.py) that records the gaps it is asked to recover."""
+
+    def __init__(self) -> None:
+        self.gaps: list[Gap] = []
+
+    def recover(self, subscription: str, gap: Gap) -> None:
+        self.gaps.append(gap)
