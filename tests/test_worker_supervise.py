@@ -17,6 +17,7 @@ from rq.exceptions import StopRequested
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.worker import supervise
 from fhir_smartflow.worker.supervise import Liveness, SupervisedSimpleWorker, is_dead_worker, run_supervised
+from tests.support.net import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -156,6 +157,27 @@ def test_the_worker_state_is_written_when_it_changes_and_not_again(redis_conn: r
         assert redis_conn.hget(worker.key, "state") == b"busy" and worker.get_state() == "busy"
     finally:
         worker.register_death()
+
+
+def test_a_suspension_is_asked_at_most_once_a_second_and_stops_the_worker(
+    redis_conn: redis.Redis, queue: rq.Queue
+) -> None:
+    worker = SupervisedSimpleWorker([queue], connection=redis_conn, name="suspend-test")
+    worker.check_for_suspension(burst=True)  # not suspended: asked, goes on
+    rq.suspension.suspend(redis_conn)
+    try:
+        worker.check_for_suspension(burst=True)  # within the second: not asked again, goes on
+
+        def stops() -> bool:
+            try:
+                worker.check_for_suspension(burst=True)
+            except StopRequested:
+                return True
+            return False
+
+        wait_for(stops, "the burst worker to stop for the suspension", timeout=3.0)  # asked again after the second
+    finally:
+        rq.suspension.resume(redis_conn)
 
 
 def test_a_job_sees_its_worker_busy_and_the_worker_is_idle_after_it(redis_conn: redis.Redis, queue: rq.Queue) -> None:

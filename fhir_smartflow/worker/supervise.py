@@ -215,11 +215,33 @@ class _StateWrittenOnChange:
         super().set_state(state, pipeline=pipeline)  # type: ignore[misc]
 
 
-class SupervisedSimpleWorker(_StopAware, _OneTripHeartbeat, _StateWrittenOnChange, rq.SimpleWorker):
+SUSPENSION_CHECK_EVERY_SECONDS = 1.0
+
+
+class _SuspensionAskedOnceASecond:
+    """rq asks Redis whether workers are suspended (``rq suspend``) before every job, a round trip each;
+    asked at most once a second here, so a suspension stops a busy worker within a second (rq itself
+    only asks between jobs, and while suspended asks every second)."""
+
+    _last_asked = float("-inf")  # monotonic time of the last question
+
+    def check_for_suspension(self, burst: bool) -> None:
+        at = time.monotonic()
+        if at - self._last_asked < SUSPENSION_CHECK_EVERY_SECONDS:
+            return
+        self._last_asked = at
+        super().check_for_suspension(burst)  # type: ignore[misc]
+
+
+class SupervisedSimpleWorker(
+    _StopAware, _OneTripHeartbeat, _StateWrittenOnChange, _SuspensionAskedOnceASecond, rq.SimpleWorker
+):
     pass
 
 
-class SupervisedForkWorker(_StopAware, _OneTripHeartbeat, _StateWrittenOnChange, rq.Worker):
+class SupervisedForkWorker(
+    _StopAware, _OneTripHeartbeat, _StateWrittenOnChange, _SuspensionAskedOnceASecond, rq.Worker
+):
     pass
 
 
