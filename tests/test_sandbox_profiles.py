@@ -222,7 +222,7 @@ def test_a_dangling_reference_fails_its_transaction_and_its_batch_entry(
         base, json={"resourceType": "Bundle", "type": "batch", "entry": [good, bad]}, headers=FHIR, timeout=10
     )
     statuses = [e["response"]["status"] for e in batch.json()["entry"]]
-    assert statuses[0].startswith("201") and statuses[1] == "400"
+    assert statuses[0].startswith("201") and statuses[1] == "400 Bad Request"
     assert "Invalid reference (Not found)" in str(batch.json()["entry"][1]["response"]["outcome"])
 
 
