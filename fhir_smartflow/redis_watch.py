@@ -29,13 +29,17 @@ T = TypeVar("T")
 Command = tuple[Any, ...]  # ("HGETALL", key)
 Decide = Callable[[list[Any], Pipeline, Callable[..., Any]], T]
 
+# A client without a retry policy of its own (redis-py's default): one immediate retry, so a stale pooled
+# connection (Redis restarted, a failover) costs no event. Retry keeps no state between calls.
+_ONE_QUICK_RETRY = Retry(NoBackoff(), 1)
+
 
 def watch_read_write(
     conn: redis.Redis, watch: Sequence[str], reads: Sequence[Command], decide: Decide[T]
 ) -> tuple[T, list[Any]]:
     """Run one optimistic transaction; returns what ``decide`` returned and the EXEC results. A dropped
     connection is retried under the client's own retry policy (as redis-py retries a command)."""
-    retry = conn.get_retry() or Retry(NoBackoff(), 1)
+    retry = conn.get_retry() or _ONE_QUICK_RETRY
     while True:
         try:
             return retry.call_with_retry(lambda: _on_a_connection(conn, watch, reads, decide), _ignore)

@@ -239,11 +239,8 @@ def _path(read: FocusRead) -> str:
 def _exact_answer(read: FocusRead, entry: dict[str, Any]) -> dict[str, Any] | None:
     """The entry's resource when it is what the GET of ``read`` would have answered: ``200`` with the
     resource of that type and id (and version, for a vread); else None (that fetch asks on its own)."""
-    response = entry.get("response")
     resource = entry.get("resource")
-    if not isinstance(response, dict) or not isinstance(resource, dict):
-        return None
-    if str(response.get("status") or "").split(" ", 1)[0] != "200":
+    if _entry_code(entry) != "200" or not isinstance(resource, dict):
         return None
     rtype, rid, version = read
     if resource.get("resourceType") != rtype or resource.get("id") != rid:
@@ -256,11 +253,15 @@ def _exact_answer(read: FocusRead, entry: dict[str, Any]) -> dict[str, Any] | No
 
 def _statuses(entries: list[dict[str, Any]]) -> str:
     """``200: 5, 404: 1``: what the entries answered, without a word of their content."""
-    codes = Counter(
-        str(response.get("status") or "?").split(" ", 1)[0] if isinstance(response := e.get("response"), dict) else "?"
-        for e in entries
-    )
+    codes = Counter(_entry_code(entry) for entry in entries)
     return ", ".join(f"{code}: {count}" for code, count in sorted(codes.items()))
+
+
+def _entry_code(entry: dict[str, Any]) -> str:
+    """The status code of a batch response entry (``"404"`` of ``"404 Not Found"``); ``"?"`` without one."""
+    response = entry.get("response")
+    status = response.get("status") if isinstance(response, dict) else None
+    return str(status).split(" ", 1)[0] if status else "?"
 
 
 class ReadAheadFetcher:
