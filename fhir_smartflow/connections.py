@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -109,11 +110,24 @@ class ReplicatedPipeline(Pipeline):
 
     def _execute_transaction(self, connection: Any, commands: Any, raise_on_error: bool) -> list[Any]:
         result = super()._execute_transaction(connection, commands, raise_on_error)
-        connection.send_command("WAIT", self.replicas, self.timeout_ms)
-        acked = int(connection.read_response())
-        if acked < self.replicas:
-            raise NotReplicated(f"{acked} of {self.replicas} replica(s) confirmed within {self.timeout_ms} ms")
+        wait_for_replicas(connection, self.replicas, self.timeout_ms)
         return result
+
+
+def wait_for_replicas(connection: Any, replicas: int, timeout_ms: int) -> None:
+    """``WAIT`` on the connection that just wrote; `NotReplicated` when fewer replicas confirmed in time."""
+    connection.send_command("WAIT", replicas, timeout_ms)
+    acked = int(connection.read_response())
+    if acked < replicas:
+        raise NotReplicated(f"{acked} of {replicas} replica(s) confirmed within {timeout_ms} ms")
+
+
+def replicated_after_exec(config: RedisConfig) -> Callable[[Any], None] | None:
+    """For a transaction sent by hand (`redis_watch`): the configured WAIT after its EXEC, or None."""
+    replicas, timeout_ms = config.replicas_to_wait, config.wait_timeout_ms
+    if replicas <= 0:
+        return None
+    return lambda connection: wait_for_replicas(connection, replicas, timeout_ms)
 
 
 def durable_pipeline(conn: redis.Redis, config: RedisConfig) -> Pipeline:

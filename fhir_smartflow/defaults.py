@@ -10,7 +10,8 @@ NOTIFY_PATH = "/fhir/notify"
 MAX_BODY_BYTES = 1024 * 1024
 # Events one notification may carry (413 beyond): real servers batch a few; a 1 MB body can name 50,000.
 MAX_EVENTS_PER_NOTIFICATION = 1000
-# Concurrent deliveries committed together, up to this many events in one process_events job (0/1: off).
+# Concurrent deliveries committed together, up to this many events in one process_events job, and at most
+# this many in a backlog batch (0/1: both off).
 GROUP_COMMIT_MAX_EVENTS = 50
 RETRY_AFTER_SECONDS = 5
 FHIR_JSON = "application/fhir+json"

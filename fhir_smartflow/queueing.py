@@ -32,6 +32,8 @@ from fhir_smartflow.metrics import Metrics
 PROCESS_EVENT = "fhir_smartflow.worker.jobs.process_event"
 # Several events in one job (group commit under load: `fhir_smartflow.batch_queueing`).
 PROCESS_EVENTS = "fhir_smartflow.worker.batches.process_events"
+# A batch queued while the queue has a backlog; later deliveries join it while it waits (`batch_queueing`).
+PROCESS_BACKLOG_BATCH = "fhir_smartflow.worker.batches.process_backlog_batch"
 # rq's timestamp format (rq.utils.utcformat).
 _RQ_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
 
@@ -119,13 +121,22 @@ def rq_now() -> str:
     return datetime.now(UTC).strftime(_RQ_TIME)
 
 
-def push_event_job(queue: EventQueue, pipe: Any, func: str, payload: Any, description: str, enqueued_at: str) -> str:
-    """Queue on ``pipe`` (in MULTI, with the queue registered) the job ``func(payload)`` and its push; its id.
+def push_event_job(
+    queue: EventQueue,
+    pipe: Any,
+    func: str,
+    payload: Any,
+    description: str,
+    enqueued_at: str,
+    job_id: str | None = None,
+) -> str:
+    """Queue on ``pipe`` (in MULTI, with the queue registered) the job ``func(payload)`` and its push; its id
+    (``job_id``, or a new one).
 
     The hash is what ``Job.to_dict`` gives after ``Queue.enqueue`` with our retry policy and failure TTL
     (``data`` is rq's: the zlib-compressed serialized call ``(func, None, args, kwargs)``). rq stamps
     creation and enqueueing separately, microseconds apart; one instant serves both here."""
-    job_id = str(uuid.uuid4())  # rq's job ids
+    job_id = job_id or new_job_id()
     call = (func, None, (payload,), {})
     job = {
         **queue.event_job_fields,
@@ -137,6 +148,11 @@ def push_event_job(queue: EventQueue, pipe: Any, func: str, payload: Any, descri
     pipe.hset(queue.job_class.key_for(job_id), mapping=job)
     pipe.rpush(queue.key, job_id)
     return job_id
+
+
+def new_job_id() -> str:
+    """An id as rq makes them."""
+    return str(uuid.uuid4())
 
 
 def make_queue(conn: Any, name: str, key_prefix: str, job_timeout: int = defaults.JOB_TIMEOUT_SECONDS) -> EventQueue:

@@ -11,6 +11,8 @@ response callbacks) and queues its writes on ``pipe`` (a transaction pipeline, n
 rare branches). When a watched key changed before EXEC the whole attempt runs again, reads first, so
 ``decide`` must decide from what it reads. A dropped connection is retried the same way, under the
 client's retry policy: whether or not the EXEC that was in flight took effect, the next reads see it.
+``then(connection)`` runs after a successful EXEC on the connection that sent it (``WAIT`` for replicas
+counts that connection's writes).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from redis.retry import Retry
 T = TypeVar("T")
 Command = tuple[Any, ...]  # ("HGETALL", key)
 Decide = Callable[[list[Any], Pipeline, Callable[..., Any]], T]
+AfterExec = Callable[[AbstractConnection], None]
 
 # A client without a retry policy of its own (redis-py's default): one immediate retry, so a stale pooled
 # connection (Redis restarted, a failover) costs no event. Retry keeps no state between calls.
@@ -35,14 +38,18 @@ _ONE_QUICK_RETRY = Retry(NoBackoff(), 1)
 
 
 def watch_read_write(
-    conn: redis.Redis, watch: Sequence[str], reads: Sequence[Command], decide: Decide[T]
+    conn: redis.Redis,
+    watch: Sequence[str],
+    reads: Sequence[Command],
+    decide: Decide[T],
+    then: AfterExec | None = None,
 ) -> tuple[T, list[Any]]:
     """Run one optimistic transaction; returns what ``decide`` returned and the EXEC results. A dropped
     connection is retried under the client's own retry policy (as redis-py retries a command)."""
     retry = conn.get_retry() or _ONE_QUICK_RETRY
     while True:
         try:
-            return retry.call_with_retry(lambda: _on_a_connection(conn, watch, reads, decide), _ignore)
+            return retry.call_with_retry(lambda: _on_a_connection(conn, watch, reads, decide, then), _ignore)
         except WatchError:
             continue
 
@@ -52,11 +59,14 @@ def _ignore(error: Exception) -> None:
 
 
 def _on_a_connection(
-    conn: redis.Redis, watch: Sequence[str], reads: Sequence[Command], decide: Decide[T]
+    conn: redis.Redis, watch: Sequence[str], reads: Sequence[Command], decide: Decide[T], then: AfterExec | None
 ) -> tuple[T, list[Any]]:
     connection = conn.connection_pool.get_connection()
     try:
-        return _attempt(conn, connection, watch, reads, decide)
+        decided, results = _attempt(conn, connection, watch, reads, decide)
+        if then is not None:
+            then(connection)
+        return decided, results
     except WatchError:
         raise  # EXEC answered: the connection is in step, and watches nothing any more
     except BaseException:

@@ -20,12 +20,20 @@ import requests
 import rq
 
 from fhir_smartflow.app import create_app
-from fhir_smartflow.batch_queueing import enqueue_batch, unfinished_events
+from fhir_smartflow.batch_queueing import (
+    backlog_events,
+    backlog_events_key,
+    backlog_watch,
+    enqueue_batch,
+    join_backlog,
+    unfinished_events,
+)
 from fhir_smartflow.config import RedisConfig, Settings, load_settings
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.ingest.group_commit import GroupCommitter
 from fhir_smartflow.metrics import Metrics
-from fhir_smartflow.queueing import PROCESS_EVENT, PROCESS_EVENTS, make_queue
+from fhir_smartflow.queueing import PROCESS_BACKLOG_BATCH, PROCESS_EVENT, PROCESS_EVENTS, make_queue
+from fhir_smartflow.redis_watch import watch_read_write
 from fhir_smartflow.worker import runtime
 from fhir_smartflow.worker.embedded import replay_failed
 from fhir_smartflow.worker.seams import RecordingDispatcher
@@ -375,7 +383,8 @@ def test_concurrent_deliveries_over_http_make_fewer_jobs_and_every_event_is_proc
 
     assert answers == dict.fromkeys(range(2, 8), 200)
     queue = make_queue(redis_conn, "gc", PREFIX)
-    assert [job.func_name for job in queue.jobs] == [PROCESS_EVENT, PROCESS_EVENT, PROCESS_EVENTS]  # 7 deliveries
+    # 7 deliveries: 2's job found 1's still waiting, so the five that waited behind 2 joined a backlog batch
+    assert [job.func_name for job in queue.jobs] == [PROCESS_EVENT, PROCESS_EVENT, PROCESS_BACKLOG_BATCH]
     rt = runtime.build_runtime(settings, redis_conn, dispatcher=RecordingDispatcher(redis_conn, PREFIX))
     runtime.install(rt)
     try:
@@ -388,3 +397,128 @@ def test_concurrent_deliveries_over_http_make_fewer_jobs_and_every_event_is_proc
         m.counter_value("events", result="processed") == 7 and m.counter_value("events_received", source="webhook") == 7
     )
     assert m.counter_value("notifications", type="event-notification", result="accepted") == 7
+
+
+# ------------------------------------------------------------------------------------------------ backlog batches
+
+
+def commit_alone(committer: GroupCommitter, name: str, events: list[ResourceEvent]) -> None:
+    committer.commit(lambda pipe: pipe.hset(f"{PREFIX}delivered", name, len(events)), events)
+
+
+def shapes(queue: rq.Queue) -> list[tuple[str, list[str]]]:
+    """Each queued job's function and the resource ids of its events, in queue order."""
+    out = []
+    for job in queue.jobs:
+        if job.func_name == PROCESS_BACKLOG_BATCH:
+            dicts = backlog_events(queue, job.args[0])  # type: ignore[arg-type]
+        elif job.func_name == PROCESS_EVENTS:
+            dicts = job.args[0]
+        else:
+            dicts = [job.args[0]]
+        out.append((job.func_name, [d["resource_id"] for d in dicts]))
+    return out
+
+
+def test_deliveries_one_at_a_time_join_a_backlog_batch_while_it_waits_at_the_tail(
+    redis_conn: redis.Redis, queue: rq.Queue
+) -> None:
+    committer = committer_for(redis_conn, queue, max_events=3)
+    for name in ("a", "b"):  # no worker: a's job still waits when b's is pushed, so the queue has a backlog
+        commit_alone(committer, name, [event(name)])
+    for name in ("c", "d", "e", "f"):
+        commit_alone(committer, name, [event(name)])
+    assert shapes(queue) == [
+        (PROCESS_EVENT, ["a"]),
+        (PROCESS_EVENT, ["b"]),
+        (PROCESS_BACKLOG_BATCH, ["c", "d", "e"]),  # full at 3: f opens the next one
+        (PROCESS_BACKLOG_BATCH, ["f"]),
+    ]
+    assert len(redis_conn.hgetall(f"{PREFIX}delivered")) == 6
+    assert Metrics(redis_conn, PREFIX).counter_value("events_received", source="webhook") == 6
+    first_batch = queue.jobs[2]
+    assert first_batch.retries_left == queue.jobs[0].retries_left and first_batch.timeout == queue.jobs[0].timeout
+    assert first_batch.description == "process_backlog_batch: sub-a Patient/c and later"
+
+
+def test_a_backlog_batch_a_worker_took_is_never_joined(redis_conn: redis.Redis, queue: rq.Queue) -> None:
+    committer = committer_for(redis_conn, queue)
+    for name in ("a", "b", "c"):
+        commit_alone(committer, name, [event(name)])
+    assert [func for func, _ in shapes(queue)] == [PROCESS_EVENT, PROCESS_EVENT, PROCESS_BACKLOG_BATCH]
+    batch_id = queue.jobs[2].id
+    for _ in range(3):  # the workers take everything, the batch last
+        redis_conn.lpop(queue.key)
+    for name in ("d", "e", "f"):  # the queue is empty: jobs of their own, until e's finds d's waiting
+        commit_alone(committer, name, [event(name)])
+    assert shapes(queue) == [(PROCESS_EVENT, ["d"]), (PROCESS_EVENT, ["e"]), (PROCESS_BACKLOG_BATCH, ["f"])]
+    assert queue.jobs[2].id != batch_id
+    assert [d["resource_id"] for d in backlog_events(queue, batch_id)] == ["c"]  # what the worker read is final
+
+
+def test_a_worker_taking_the_batch_during_a_commit_makes_the_commit_start_over(
+    redis_conn: redis.Redis, redis_url: str, queue: rq.Queue
+) -> None:
+    """The WATCH covers the queue: a pop between the reads and EXEC fails the EXEC, and the re-run sees it."""
+    metrics = Metrics(redis_conn, PREFIX)
+    committer = committer_for(redis_conn, queue)
+    for name in ("a", "b", "c"):
+        commit_alone(committer, name, [event(name)])
+    batch_id = queue.jobs[2].id
+    attempts: list[list[Any]] = []
+
+    def decide(values: list[Any], pipe: Any, read: Any) -> bool:
+        attempts.append(values)
+        if len(attempts) == 1:
+            with redis.Redis.from_url(redis_url) as other:
+                other.rpop(queue.key)  # a worker took the batch (rq pops the head; here it is the tail)
+        return join_backlog(queue, pipe, [event("d")], values, max_events=50, metrics=metrics)
+
+    watch, reads = backlog_watch(queue)
+    joined, _ = watch_read_write(redis_conn, watch, reads, decide)
+
+    assert joined and len(attempts) == 2
+    assert attempts[0][2].decode() == batch_id and attempts[1][2].decode() != batch_id
+    assert [d["resource_id"] for d in backlog_events(queue, batch_id)] == ["c"]
+    assert shapes(queue)[-1] == (PROCESS_BACKLOG_BATCH, ["d"])  # a new batch: two jobs still wait
+
+
+def test_a_backlog_batch_is_processed_once_each_and_its_list_goes(rt: runtime.Runtime) -> None:
+    committer = committer_for(rt.redis, rt.queue)
+    for number, name in enumerate(("a", "b", "c", "d", "c"), start=1):  # the second c: a duplicate
+        commit_alone(committer, f"{name}{number}", [event(name, 3 if name == "c" else number)])
+    batch = rt.queue.jobs[2]
+    assert batch.func_name == PROCESS_BACKLOG_BATCH
+    drain(rt)
+
+    assert dispatched(rt) == ["a", "b", "c", "d"]
+    m = rt.metrics
+    assert (m.counter_value("events", result="processed"), m.counter_value("events", result="deduplicated")) == (4, 1)
+    assert m.counter_value("events_received", source="webhook") == 5
+    assert rt.queue.failed_job_registry.count == 0
+    assert not rt.redis.exists(backlog_events_key(PREFIX, batch.id))  # no payload (PHI) left behind
+
+
+def test_a_failed_backlog_batch_retries_then_replays_only_its_unfinished_events(rt: runtime.Runtime) -> None:
+    rt.dispatcher.failing = {"bad"}  # type: ignore[attr-defined]
+    committer = committer_for(rt.redis, rt.queue)
+    for name in ("a", "b", "c", "bad", "d"):
+        commit_alone(committer, name, [ResourceEvent.from_dict(dict(event(name).to_dict(), verify=True))])
+    batch_id = rt.queue.jobs[2].id
+    rt.redis.hset(f"rq:job:{batch_id}", mapping={"retries_left": 1, "retry_intervals": "[0]"})
+    drain(rt)
+
+    assert rt.queue.failed_job_registry.get_job_ids() == [batch_id]
+    assert dispatched(rt) == ["a", "b", "c", "d"]
+    assert rt.fetcher.reads == {"a": 1, "b": 1, "c": 1, "bad": 2, "d": 1}  # type: ignore[attr-defined]
+    assert rt.redis.exists(backlog_events_key(PREFIX, batch_id))  # kept for replay
+
+    rt.dispatcher.failing = set()  # type: ignore[attr-defined]
+    (replayed,) = replay_failed(rt)
+    assert replayed["job_id"] == batch_id
+    (new,) = rt.queue.jobs
+    assert new.func_name == PROCESS_EVENT and new.args[0]["resource_id"] == "bad"
+    assert not rt.redis.exists(backlog_events_key(PREFIX, batch_id))
+    drain(rt)
+    assert dispatched(rt) == ["a", "b", "bad", "c", "d"]
+    assert rt.metrics.counter_value("events", result="processed") == 5

@@ -11,6 +11,11 @@ One delivery in a group: its events are queued as always, one ``process_event`` 
 ONE ``process_events`` job carries all their events (``events_received`` still counted per event in
 the same transaction). Durability is the same as one delivery's: one MULTI/EXEC through
 `durable_pipeline` (WAIT on the replicas when ``[redis] wait_replicas`` is set) before any of the 200s.
+
+Backlog: when a commit finds the queue already holding a job (the workers are behind), the next commits
+put their events into a backlog batch instead (`batch_queueing.join_backlog`), so deliveries that arrive
+one at a time still share a job while they would wait anyway. Those commits WATCH the queue and read
+it first (one round trip more); a commit that finds the queue empty goes back to the plain path.
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ from typing import Any
 
 import redis
 
-from fhir_smartflow.batch_queueing import enqueue_batch
+from fhir_smartflow.batch_queueing import backlog_watch, enqueue_batch, join_backlog
 from fhir_smartflow.config import RedisConfig
-from fhir_smartflow.connections import durable_pipeline
+from fhir_smartflow.connections import durable_pipeline, replicated_after_exec
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.queueing import EventQueue, enqueue_events
+from fhir_smartflow.redis_watch import watch_read_write
 
 Record = Callable[[Any], None]  # queues one delivery's own commands on the (MULTI) pipeline
 
@@ -55,6 +61,7 @@ class GroupCommitter:
         self._cond = threading.Condition()
         self._pending: deque[_Write] = deque()
         self._committing = 0  # deliveries in the transaction in flight (0: none, the next submitter leads)
+        self._backlog = False  # the last commit found a job waiting in the queue: join a backlog batch
 
     @property
     def grouping(self) -> bool:
@@ -113,13 +120,43 @@ class GroupCommitter:
 
     def _execute(self, group: list[_Write]) -> None:
         """ONE transaction for the group: every delivery's record, the jobs, the metrics."""
-        pipe = durable_pipeline(self._conn, self._config)  # with replicas to wait for: on them before the 200
-        pipe.multi()
+        events = [event for write in group for event in write.events]
+        if not self.grouping:
+            pipe = durable_pipeline(self._conn, self._config)
+            pipe.multi()
+            self._queue_group(pipe, group, events)
+            pipe.execute()
+        elif self._backlog:
+            self._backlog = self._execute_joining(group, events)
+        else:
+            pipe = durable_pipeline(self._conn, self._config)  # with replicas to wait for: on them before the 200
+            pipe.multi()
+            pushed = self._queue_group(pipe, group, events)
+            pipe.llen(self._queue.key)
+            self._backlog = pipe.execute()[-1] > pushed  # another job was waiting before ours
+
+    def _execute_joining(self, group: list[_Write], events: list[ResourceEvent]) -> bool:
+        """The group's transaction under WATCH of the queue, into the backlog batch when the queue holds a job;
+        whether it did (the next commit tries again)."""
+        watch, reads = backlog_watch(self._queue)
+
+        def decide(values: list[Any], pipe: Any, read: Any) -> bool:
+            pipe.multi()  # the writes are sent as MULTI…EXEC; rq's enqueueing asks for the pipeline in MULTI mode
+            if join_backlog(self._queue, pipe, events, values, max_events=self._max_events, metrics=self._metrics):
+                for write in group:
+                    write.record(pipe)
+                return True
+            self._queue_group(pipe, group, events)
+            return bool(values[1])
+
+        joined, _ = watch_read_write(self._conn, watch, reads, decide, then=replicated_after_exec(self._config))
+        return joined
+
+    def _queue_group(self, pipe: Any, group: list[_Write], events: list[ResourceEvent]) -> int:
+        """Every delivery's record and the group's job(s) on ``pipe``; how many jobs were pushed."""
         for write in group:
             write.record(pipe)
-        events = [event for write in group for event in write.events]
         if len(group) == 1 or len(events) <= 1:  # alone: as always, one process_event job per event
-            enqueue_events(self._queue, events, pipeline=pipe, metrics=self._metrics)
-        else:
-            enqueue_batch(self._queue, events, pipeline=pipe, metrics=self._metrics)
-        pipe.execute()
+            return len(enqueue_events(self._queue, events, pipeline=pipe, metrics=self._metrics))
+        enqueue_batch(self._queue, events, pipeline=pipe, metrics=self._metrics)
+        return 1

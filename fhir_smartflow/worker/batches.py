@@ -1,4 +1,5 @@
-"""rq job: several queued events (one group-committed webhook transaction) in one job.
+"""rq jobs: several queued events in one job, from one group-committed webhook transaction
+(``process_events``) or from deliveries that joined a backlog batch (``process_backlog_batch``).
 
 Each event is processed exactly as ``process_event`` processes it (`handle_event`: verification, its
 own dedupe claim, dispatch, DONE), with its own log context; only rq's per-job cost is shared, and the
@@ -29,6 +30,7 @@ from typing import Any
 from rq.timeouts import JobTimeoutException
 
 from fhir_smartflow import logs
+from fhir_smartflow.batch_queueing import backlog_events, backlog_events_key
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.worker.jobs import (
     EventInProgress,
@@ -49,7 +51,21 @@ class BatchFailed(Exception):
 
 def process_events(event_dicts: list[dict[str, Any]]) -> str:
     """The rq job (``fhir_smartflow.worker.batches.process_events``); returns a short summary."""
+    return _process(current(), event_dicts)
+
+
+def process_backlog_batch(job_id: str) -> str:
+    """The rq job (``fhir_smartflow.worker.batches.process_backlog_batch``) of a backlog batch: its events
+    are final once the job left the queue (`batch_queueing.join_backlog`). Processed as ``process_events``;
+    the list goes once every event is done (a failed batch keeps it, for the retry and for replay)."""
     rt = current()
+    summary = _process(rt, backlog_events(rt.queue, job_id))
+    rt.redis.delete(backlog_events_key(rt.queue.key_prefix, job_id))
+    return summary
+
+
+def _process(rt: Runtime, event_dicts: list[dict[str, Any]]) -> str:
+    """Every event not finished by an earlier attempt, in order; a short summary."""
     finished = _finished(rt, len(event_dicts))
     results: dict[str, int] = {}
     failures: list[Exception] = []

@@ -22,12 +22,11 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
-import rq
 
 from fhir_smartflow.config import ConfigError, Settings, load_settings
 from fhir_smartflow.connections import Keys, connect
 from fhir_smartflow.metrics import Metrics
-from fhir_smartflow.queueing import queue_for
+from fhir_smartflow.queueing import EventQueue, queue_for
 from fhir_smartflow.worker.seams import (
     Dispatcher,
     GapRecovery,
@@ -63,7 +62,7 @@ class Runtime:
     redis: redis.Redis
     keys: Keys
     metrics: Metrics
-    queue: rq.Queue
+    queue: EventQueue
     dispatcher: Dispatcher
     fetcher: ResourceFetcher
     gap_recovery: GapRecovery
