@@ -31,6 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fhir_smartflow.app import create_app
+from fhir_smartflow.batch_queueing import backlog_events_key
 from fhir_smartflow.config import load_settings
 from fhir_smartflow.fhir.backport import PROFILE_STATUS
 from fhir_smartflow.ingest.auth import hmac_hex
@@ -278,9 +279,16 @@ class Webhook:
     session: requests.Session
 
     def snapshot(self) -> tuple[int, int, int]:
+        """Events waiting in the queue, jobs, events received."""
         jobs = sum(1 for _ in self.conn.scan_iter("rq:job:*", count=1000))
         received = sum(int(v) for v in self.conn.hvals("fuzz:metric:events_received"))
-        return self.conn.llen("rq:queue:smartflow"), jobs, received
+        return self.queued_events(), jobs, received
+
+    def queued_events(self) -> int:
+        """One per queued job, or its list's length for a backlog batch (deliveries here come one at a
+        time, with no worker: after the first two, they join backlog batches)."""
+        waiting = self.conn.lrange("rq:queue:smartflow", 0, -1)
+        return sum(self.conn.llen(backlog_events_key("fuzz:", job_id.decode())) or 1 for job_id in waiting)
 
     def send(
         self, seed: Seed, body: bytes | None, method: str, path: str, headers: dict[str, str]
