@@ -193,6 +193,18 @@ class Stack:
     def headers(self) -> dict[str, str]:
         return {**_payloads.FHIR_JSON_HEADERS, _procs.SECRET_HEADER: _procs.SECRET}
 
+    def events_done(self, conn: Any = None) -> int:
+        """Events whose outcome the workers counted so far (processed, deduplicated or failed): a window's
+        event count when jobs carry varying numbers of events (batches)."""
+        import redis
+
+        from fhir_smartflow.config import load_settings
+        from fhir_smartflow.metrics import Metrics
+
+        settings = load_settings(self.config_path, env={})
+        metrics = Metrics(conn or redis.Redis.from_url(self.redis_url), settings.redis.key_prefix)
+        return sum(int(v) for v in metrics.read("events").values())
+
     def queue_count(self) -> int:
         import redis
         from rq import Queue

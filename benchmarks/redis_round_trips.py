@@ -27,10 +27,12 @@ Targets: <= 10 round trips and <= 0.25 ms Redis CPU per event end to end.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,16 +109,24 @@ def window(
 
 
 def drain(
-    meter: Meter, direct: redis.Redis, queue_key: str, expected: int, proc: Process, pid_name: str, timeout: float
+    meter: Meter,
+    direct: redis.Redis,
+    queue_key: str,
+    expected: int,
+    proc: Process,
+    pid_name: str,
+    timeout: float,
+    done: Callable[[], int] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], int]:
-    """Samples when 10 % and 90 % of ``expected`` jobs have left the list ``queue_key``; jobs in between."""
+    """Samples when 10 % and 90 % of ``expected`` jobs have left the list ``queue_key``; the jobs in between,
+    or with ``done`` (events counted done so far) the events done in between: exact for batches."""
     lo, hi = expected - expected // 10, expected // 10
-    marks: list[tuple[int, dict[str, Any]]] = []
+    marks: list[tuple[int, dict[str, Any], int]] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and len(marks) < 2:
         count = int(direct.llen(queue_key))
         if (not marks and count <= lo) or (len(marks) == 1 and count <= hi):
-            marks.append((count, meter.sample({pid_name: proc.pid})))
+            marks.append((count, meter.sample({pid_name: proc.pid}), done() if done else 0))
         if not proc.alive():
             break
         time.sleep(0.05)
@@ -125,7 +135,7 @@ def drain(
         time.sleep(0.05)
     if proc.proc.returncode not in (0, None) or len(marks) < 2 or marks[0][0] <= marks[1][0]:
         raise RuntimeError(f"no steady-state window (marks {[m[0] for m in marks]}):\n{proc.output()[-3000:]}")
-    return marks[0][1], marks[1][1], marks[0][0] - marks[1][0]
+    return marks[0][1], marks[1][1], (marks[1][2] - marks[0][2]) if done else marks[0][0] - marks[1][0]
 
 
 def start_proxy(tmp: Path, upstream_port: int) -> tuple[Process, dict[str, int], ProxyControl]:
@@ -171,10 +181,12 @@ def redis_cpu_without_proxy(
     rq_proc.stop()
     rq_row = window(a, b, "rq-worker", jobs, idle_redis_ms_per_s)
     fresh = stack.create_patients(len(patients), first_index=len(patients))
-    queue_events(stack, fresh, len(patients) + 1)
+    queue_events(stack, fresh, len(patients) + 1, args.senders)
+    queued_jobs = int(direct.llen(queue_key))
     worker_proc = stack.start_worker("burst-direct", "simple", burst=True, role=None)
-    a, b, jobs = drain(meter, direct, queue_key, args.events, worker_proc, "worker", args.timeout)
-    row = window(a, b, "worker", jobs, idle_redis_ms_per_s)
+    done = functools.partial(stack.events_done, direct)
+    a, b, events = drain(meter, direct, queue_key, queued_jobs, worker_proc, "worker", args.timeout, done)
+    row = window(a, b, "worker", events, idle_redis_ms_per_s)
     return {
         "worker_redis_cpu_ms_per_event": row["redis_cpu_ms_per_event"],
         "worker_redis_cpu_ms_per_event_net_of_idle": row["redis_cpu_ms_per_event_net_of_idle"],
@@ -260,9 +272,9 @@ def main(argv: list[str] | None = None) -> int:
             serve = window(before, after, "serve", args.events, idle_redis_ms_per_s)
             queued_jobs = int(direct.llen(queue_key))  # fewer than the events when deliveries were grouped
             worker_proc = stack.start_worker("burst", "simple", burst=True)
-            a, b, jobs = drain(meter, direct, queue_key, queued_jobs, worker_proc, "worker", args.timeout)
-            # Events in the window: its jobs times events per job (batches of varying size even out).
-            worker = window(a, b, "worker", jobs * args.events / queued_jobs, idle_redis_ms_per_s)
+            done = functools.partial(stack.events_done, direct)
+            a, b, events = drain(meter, direct, queue_key, queued_jobs, worker_proc, "worker", args.timeout, done)
+            worker = window(a, b, "worker", events, idle_redis_ms_per_s)  # the events done in the window
             worker["jobs_for_the_events"] = queued_jobs
             tasks = len(stack.search_all("Task"))
             direct_pass: dict[str, Any] = {}

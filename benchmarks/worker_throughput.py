@@ -4,8 +4,9 @@ For each configuration (worker class simple | fork, 1 | 2 processes): ``--events
 are queued through ``serve`` with no worker running, then the workers start in ``--burst`` mode and
 drain the queue. Time runs from the first job leaving the queue to the last worker exiting.
 ``--senders 8`` posts them from 8 concurrent clients, so serve's group commit queues several
-deliveries per job (``process_events``), as a burst from the EHR would: CPU per event is then CPU per
-job in steady state times jobs per event.
+deliveries per job (``process_events``), as a burst from the EHR would. With one sender the
+deliveries after the first two join backlog batches (nothing drains the queue while they arrive).
+CPU per event: CPU in the steady-state window over the events the workers counted done in it.
 
 Baseline in the same run, same worker command and class: the same number of no-op rq jobs
 (``operator.truth``) — rq's own per-job cost, so the ratio shows what our job adds.
@@ -31,30 +32,33 @@ import redis
 from benchmarks import _procs, _stack
 
 
-def _cpu_sample(stack: _stack.Stack) -> tuple[float, float, float]:
-    """CPU seconds so far of the workers, the sandbox store and redis-server (its own ``INFO cpu``)."""
+def _cpu_sample(stack: _stack.Stack) -> tuple[float, float, float, float]:
+    """CPU seconds so far of the workers, the sandbox store and redis-server (its own ``INFO cpu``), and the
+    events done so far."""
     workers = sum(_procs.cpu_seconds(p.pid) for p in stack.workers.values())
     sandbox = _procs.cpu_seconds(stack.sandbox.pid) if stack.sandbox is not None else float("nan")
-    info = redis.Redis.from_url(stack.redis_url).info("cpu")
-    return workers, sandbox, float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    conn = redis.Redis.from_url(stack.redis_url)
+    info = conn.info("cpu")
+    return workers, sandbox, float(info["used_cpu_user"]) + float(info["used_cpu_sys"]), stack.events_done(conn)
 
 
 def drain(
     stack: _stack.Stack, worker_class: str, processes: int, expected: int, timeout: float
 ) -> tuple[float, dict[str, float] | None]:
-    """Start burst workers; seconds from the first dequeue to the last worker's exit, and the workers'
-    CPU ms per job in steady state.
+    """Start burst workers; seconds from the first dequeue to the last worker's exit, and the CPU ms in
+    steady state per event done in the window (per job when the jobs count no events: no-op jobs).
 
     CPU (user + system of the worker processes and their reaped children, from ``/proc/<pid>/stat``,
     no profiler) is sampled when 10 % and when 90 % of the jobs have left the queue, so worker start-up
-    and shut-down are not counted and the queue still holds >= 10 % of the jobs (under load).
+    and shut-down are not counted and the queue still holds >= 10 % of the jobs (under load). Events are
+    those the workers counted done between the two samples: exact however many events a job carries.
     """
     for w in range(processes):
         stack.start_worker(f"{worker_class}-{w}", worker_class, burst=True)
     deadline = time.monotonic() + timeout
     first = None
     lo, hi = expected - expected // 10, expected // 10  # queue lengths at which CPU is sampled
-    marks: list[tuple[int, tuple[float, float, float]]] = []
+    marks: list[tuple[int, tuple[float, float, float, float]]] = []
     while time.monotonic() < deadline:
         count = stack.queue_count()
         if first is None and count < expected:
@@ -63,7 +67,7 @@ def drain(
             try:
                 marks.append((count, _cpu_sample(stack)))
             except OSError:  # a worker already gone: no steady-state sample
-                marks.append((count, (float("nan"),) * 3))
+                marks.append((count, (float("nan"),) * 4))
         if not any(p.alive() for p in stack.workers.values()):
             break
         time.sleep(0.005)
@@ -77,10 +81,11 @@ def drain(
         del stack.workers[name]
     cpu_ms = None
     if len(marks) == 2 and marks[0][0] > marks[1][0]:
-        jobs = marks[0][0] - marks[1][0]
+        done = marks[1][1][3] - marks[0][1][3]
+        units = done if done > 0 else marks[0][0] - marks[1][0]
         cpu_ms = {
-            k: (b - a) * 1000 / jobs
-            for k, a, b in zip(("worker", "sandbox", "redis"), *(m[1] for m in marks), strict=True)
+            k: (b - a) * 1000 / units
+            for k, a, b in zip(("worker", "sandbox", "redis"), *(m[1][:3] for m in marks), strict=True)
         }
     return end - (first or end), cpu_ms
 
@@ -140,9 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 batch = patients[k * args.events : (k + 1) * args.events]
                 queue_events(stack, batch, k * args.events + 1, args.senders)
                 jobs = stack.queue_count()  # fewer than the events when deliveries were committed together
-                event_s, job_cpu = drain(stack, worker_class, processes, jobs, args.timeout)
-                # Per job in steady state, times jobs per event: per event (batches of varying size even out).
-                event_cpu = {k: v * jobs / args.events for k, v in job_cpu.items()} if job_cpu else None
+                event_s, event_cpu = drain(stack, worker_class, processes, jobs, args.timeout)
                 tasks = len(stack.search_all("Task"))
                 row = {
                     "worker_class": worker_class,
