@@ -48,9 +48,13 @@ def outcome_key(prefix: str, job_id: str, index: int | None = None) -> str:
 
 def batch_description(events: list[ResourceEvent]) -> str:
     """References only, never the payload (PHI): the count and the first event."""
-    first = job_description(events[0]).removeprefix("process_event ")
     more = f" and {len(events) - 1} more" if len(events) > 1 else ""
-    return f"process_events {len(events)} event(s): {first}{more}"
+    return f"process_events {len(events)} event(s): {_focus(events[0])}{more}"
+
+
+def _focus(event: ResourceEvent) -> str:
+    """What `job_description` says of one event, without its job's name."""
+    return job_description(event).removeprefix("process_event ")
 
 
 def enqueue_batch(queue: EventQueue, events: list[ResourceEvent], pipeline: Any, *, metrics: Metrics) -> str:
@@ -114,7 +118,7 @@ def join_backlog(
             return False
         job_id, count = new_job_id(), 0
         pipe.sadd(queue.redis_queues_keys, queue.key)
-        description = f"process_backlog_batch: {job_description(events[0]).removeprefix('process_event ')} and later"
+        description = f"process_backlog_batch: {_focus(events[0])} and later"
         push_event_job(queue, pipe, PROCESS_BACKLOG_BATCH, job_id, description, rq_now(), job_id=job_id)
     key = backlog_events_key(queue.key_prefix, job_id)
     pipe.rpush(key, *(queue.serializer.dumps(event.to_dict()) for event in events))

@@ -121,19 +121,17 @@ class GroupCommitter:
     def _execute(self, group: list[_Write]) -> None:
         """ONE transaction for the group: every delivery's record, the jobs, the metrics."""
         events = [event for write in group for event in write.events]
-        if not self.grouping:
-            pipe = durable_pipeline(self._conn, self._config)
-            pipe.multi()
-            self._queue_group(pipe, group, events)
-            pipe.execute()
-        elif self._backlog:
+        if self.grouping and self._backlog:
             self._backlog = self._execute_joining(group, events)
-        else:
-            pipe = durable_pipeline(self._conn, self._config)  # with replicas to wait for: on them before the 200
-            pipe.multi()
-            pushed = self._queue_group(pipe, group, events)
+            return
+        pipe = durable_pipeline(self._conn, self._config)  # with replicas to wait for: on them before the 200
+        pipe.multi()
+        pushed = self._queue_group(pipe, group, events)
+        if self.grouping:
             pipe.llen(self._queue.key)
-            self._backlog = pipe.execute()[-1] > pushed  # another job was waiting before ours
+        results = pipe.execute()
+        if self.grouping:
+            self._backlog = results[-1] > pushed  # another job was waiting before ours
 
     def _execute_joining(self, group: list[_Write], events: list[ResourceEvent]) -> bool:
         """The group's transaction under WATCH of the queue, into the backlog batch when the queue holds a job;
