@@ -140,6 +140,7 @@ def test_case_manager_completes_the_review_and_the_workflow_ends(wl: WorklistSta
 def test_a_user_cannot_complete_a_task_that_is_not_theirs(wl: WorklistStack, page: Any) -> None:
     patient = wl.stack.new_patient(pid=f"wl{uuid.uuid4().hex[:10]}")
     review = made(wl, patient)["review-intake-packet"]
+    wl.stack.wait_settled()  # the flow's own Provenance may still be on its way
     before = wl.stack.read(f"Task/{review['id']}")["meta"]["versionId"]
     provenance_before = len(wl.stack.search("Provenance"))
     sign_in(page, wl, patient, "bob")  # bob holds no case-manager role
@@ -149,4 +150,6 @@ def test_a_user_cannot_complete_a_task_that_is_not_theirs(wl: WorklistStack, pag
     answer = page.request.post(f"{wl.worklist}/task/{review['id']}/complete", form={"csrf": token.group(1)})
     assert answer.status == 403
     assert wl.stack.read(f"Task/{review['id']}")["meta"]["versionId"] == before
-    assert len(wl.stack.search("Provenance")) == provenance_before  # the flow's own only
+    provenance = wl.stack.search("Provenance")
+    assert len(provenance) == provenance_before  # the flow's own only
+    assert not any(a["who"].get("reference") == "Practitioner/bob" for p in provenance for a in p["agent"])
