@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,7 +33,7 @@ from fhir_smartflow.defaults import QUEUE_NAME
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.queueing import PROCESS_EVENT, job_description
 from fhir_smartflow.sandbox.subscriptions import self_subscription
-from tests.support.fhir import search_all, wait_subscription
+from tests.support.fhir import client_id, search_all, wait_subscription
 from tests.support.net import wait_for
 from tests.support.procs import ROOT
 from tests.support.service import SECRET_HEADER, Service, start_service
@@ -58,7 +57,7 @@ class Console:
     flows_dir: Path
 
     def new_patient(self, family: str) -> str:
-        pid = uuid.uuid4().hex[:12]
+        pid = client_id(12)
         body = {"resourceType": "Patient", "id": pid, "name": [{"family": family, "given": ["Sam"]}],
                 "birthDate": "1980-02-03", "telecom": [{"system": "phone", "value": "+15555550123"}]}  # fmt: skip
         put = requests.put(f"{self.service.store}/Patient/{pid}", json=body, headers=FHIR, timeout=10)

@@ -5,7 +5,6 @@ notification is delivered three times."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,6 +13,7 @@ from fhir.resources.R4B.communication import Communication
 
 from fhir_smartflow.metrics import Metrics
 from tests.support.channels import TwilioFake
+from tests.support.fhir import client_id
 from tests.support.lifecycle import PREFIX, SYSTEM, Stack, category, medium, next_local, sms_config
 from tests.support.net import wait_for
 from tests.support.relay import Relay, subscribe_through
@@ -41,7 +41,7 @@ def case_managers(stack: Stack) -> str:
 
 
 def no_show(stack: Stack, patient: str) -> str:
-    aid = uuid.uuid4().hex[:16]
+    aid = client_id()
     start = datetime.now(UTC) - timedelta(hours=1)
     stack.put(
         {

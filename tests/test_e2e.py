@@ -8,7 +8,6 @@ notification arrives three times and when the store answers 503 / 429 to the fir
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from fhir.resources.R4B.task import Task
 
 from fhir_smartflow import defaults
 from fhir_smartflow.sandbox.subscriptions import self_subscription
-from tests.support.fhir import search_all, wait_subscription
+from tests.support.fhir import client_id, search_all, wait_subscription
 from tests.support.net import wait_for
 from tests.support.service import start_service
 from tests.support.settle import event_state, wait_settled
@@ -58,7 +57,7 @@ class Stack:
             self.subscribed.discard(sid)
 
     def new_patient(self) -> str:
-        pid = uuid.uuid4().hex[:16]
+        pid = client_id()
         body = {"resourceType": "Patient", "id": pid, "name": [{"family": "Testperson"}], "birthDate": "1970-05-06"}
         # PUT (update-as-create): the injected faults below only hit POSTs, i.e. the worker's writes.
         assert requests.put(f"{self.store}/Patient/{pid}", json=body, headers=FHIR, timeout=10).status_code == 201

@@ -6,7 +6,6 @@ receiver this test runs."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import pytest
@@ -14,6 +13,7 @@ from fhir.resources.R4B.communication import Communication
 
 from fhir_smartflow.channels import PARTICIPATION_MODE
 from fhir_smartflow.metrics import Metrics
+from tests.support.fhir import client_id
 from tests.support.lifecycle import PREFIX, Stack, category, medium
 from tests.support.net import Receiver, wait_for
 from tests.support.procs import ROOT
@@ -28,7 +28,7 @@ def fax_sections(url: str) -> dict[str, dict[str, Any]]:
 
 
 def new_fax_patient(stack: Stack) -> str:
-    pid = uuid.uuid4().hex[:16]
+    pid = client_id()
     stack.put(
         {
             "resourceType": "Patient",

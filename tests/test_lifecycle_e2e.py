@@ -4,7 +4,6 @@ Redis that the tests move instead of sleeping."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,6 +14,7 @@ from fhir.resources.R4B.task import Task
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.scheduling.scheduler import iter_pending
 from tests.support.channels import TwilioFake
+from tests.support.fhir import client_id
 from tests.support.lifecycle import (
     OPEN,
     PREFIX,
@@ -272,7 +272,7 @@ def test_overdue_marks_the_open_task_and_tells_the_owner(start_stack) -> None:
 def encounter(patient: str, status: str) -> dict[str, Any]:
     return {
         "resourceType": "Encounter",
-        "id": uuid.uuid4().hex[:16],
+        "id": client_id(),
         "status": status,
         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
         "subject": {"reference": patient},
@@ -289,7 +289,7 @@ def sms_comm(stack: Stack, patient: str) -> dict[str, Any]:
 def opt_out_consent(patient: str) -> dict[str, Any]:
     return {
         "resourceType": "Consent",
-        "id": uuid.uuid4().hex[:16],
+        "id": client_id(),
         "status": "active",
         "scope": {
             "coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]
@@ -314,7 +314,7 @@ def test_quiet_hours_defer_sms_and_opt_out_blocks_it(start_stack, serve_app) -> 
     stack.move_clock(night)
     stack.subscribe("Patient")
     patient = stack.new_patient(phone="+15551230001")
-    opted_out_id = uuid.uuid4().hex[:16]
+    opted_out_id = client_id()
     consent = stack.put(opt_out_consent(f"Patient/{opted_out_id}"))
     opted_out = stack.new_patient(phone="+15551230002", pid=opted_out_id)
     finished = stack.new_patient(phone="+15551230004")  # completes the forms before the morning

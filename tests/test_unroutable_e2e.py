@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import json
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,6 +16,7 @@ from fhir.resources.R4B.communication import Communication
 from fhir_smartflow.config import Settings
 from fhir_smartflow.metrics import Metrics
 from tests.support.channels import TwilioFake
+from tests.support.fhir import client_id
 from tests.support.lifecycle import PREFIX, Stack, category, medium, next_local, sms_config
 from tests.support.net import wait_for
 
@@ -50,7 +50,7 @@ def test_unroutable_staff_message_and_unreachable_patient_reach_the_fallback(sta
     stack.put(
         {
             "resourceType": "QuestionnaireResponse",
-            "id": uuid.uuid4().hex[:16],
+            "id": client_id(),
             "status": "completed",
             "questionnaire": "http://example.org/fhir/Questionnaire/follow-up",
             "subject": {"reference": patient},
@@ -73,7 +73,7 @@ def test_unroutable_staff_message_and_unreachable_patient_reach_the_fallback(sta
     stack.put(
         {
             "resourceType": "Appointment",
-            "id": uuid.uuid4().hex[:16],
+            "id": client_id(),
             "status": "noshow",
             "start": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "end": (start + timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%SZ"),

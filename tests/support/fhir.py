@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
@@ -123,6 +124,12 @@ def serve_sandbox(
     state = app.extensions["sandbox"]
     state.base_url = state.notifier.base_url = server.url
     return Sandbox(server.url, app, log)
+
+
+def client_id(length: int = 16) -> str:
+    """A random id for a resource the test PUTs: it starts with a letter, as strict servers (HAPI) refuse
+    purely numeric client-assigned ids, and a random hex string is all digits once in a while."""
+    return "t" + uuid.uuid4().hex[: length - 1]
 
 
 def seed(base: str, resource: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,7 +28,7 @@ from fhir_smartflow.sandbox.subscriptions import self_subscription
 from fhir_smartflow.scheduling.clock import RedisClock
 from fhir_smartflow.scheduling.scheduler import RqScheduler, iter_pending
 from tests.support.channels import SID, TOKEN
-from tests.support.fhir import search_all, subscription_events, wait_subscription
+from tests.support.fhir import client_id, search_all, subscription_events, wait_subscription
 from tests.support.net import wait_for
 from tests.support.procs import ROOT, Process
 from tests.support.service import Service, merged, start_service
@@ -122,7 +121,7 @@ class Stack:
         return [c for c in found if cat is None or category(c) == cat]
 
     def new_patient(self, *, adult: bool = True, phone: str = "", active: bool = True, pid: str = "") -> str:
-        pid = pid or uuid.uuid4().hex[:16]
+        pid = pid or client_id()
         body: dict[str, Any] = {
             "resourceType": "Patient",
             "id": pid,
@@ -136,7 +135,7 @@ class Stack:
         return f"Patient/{pid}"
 
     def appointment(self, patient: str, status: str, start: datetime) -> str:
-        aid = uuid.uuid4().hex[:16]
+        aid = client_id()
         self.put(
             {
                 "resourceType": "Appointment",
