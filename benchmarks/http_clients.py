@@ -1,14 +1,17 @@
-"""Client CPU per FHIR POST: ``requests.Session`` vs ``urllib3.PoolManager`` vs ``http.client``.
+"""Client CPU per FHIR POST: the project's ``Transport`` vs ``requests.Session`` vs ``urllib3.PoolManager``
+vs ``http.client``.
 
 The server is a tiny threaded HTTP/1.1 server in a process of its own (``http.server``, keep-alive),
 answering every POST ``201 Created`` with a small JSON body and a Location, so the client's work is all
 that differs. Each client sends ``--requests`` POSTs of the same body (a transaction Bundle of the four
 resources a bench-intake event writes, built with the worker's own builders) over one keep-alive
-connection, reads the answer and parses its JSON. CPU is this process's own ``time.process_time`` over
-the loop (single-threaded, no profiler); the clients take turns for ``--rounds`` rounds so a change in
-the machine's load falls on all of them. Baseline in the same run: ``http.client``, the least a client
-can do; the others are given as a ratio to it. The server's CPU per request is shown too (the same for
-every client, or the comparison is not fair).
+connection, reads the answer and parses its JSON. ``Transport`` is the path every FHIR request of the
+worker takes (fhir/transport.py: URL guard, headers, retry loop, the project's ``Session``); it is handed
+the Bundle as a dict, as the worker does, so its figure includes the ``json.dumps`` the others skip.
+CPU is this process's own ``time.process_time`` over the loop (single-threaded, no profiler); the clients
+take turns for ``--rounds`` rounds so a change in the machine's load falls on all of them. Baseline in
+the same run: ``http.client``, the least a client can do; the others are given as a ratio to it. The
+server's CPU per request is shown too (the same for every client, or the comparison is not fair).
 
     .venv/bin/python -m benchmarks.http_clients                     # 3 rounds x 2,000 POSTs per client
     .venv/bin/python -m benchmarks.http_clients --requests 5000 --rounds 5 --json
@@ -32,6 +35,7 @@ import urllib3
 
 from benchmarks import _procs
 from benchmarks.validation_cost import resources
+from fhir_smartflow.fhir.transport import Transport
 from tests.support.net import free_port
 from tests.support.procs import ROOT, Process
 
@@ -92,6 +96,18 @@ def with_requests(url: str, body: bytes) -> tuple[Poster, Callable[[], None]]:
     return post, session.close
 
 
+def with_transport(url: str, body: bytes) -> tuple[Poster, Callable[[], None]]:
+    transport = Transport(url.rsplit("/", 1)[0])
+    bundle = json.loads(body)
+
+    def post() -> Any:
+        r = transport.send("POST", url, json=bundle, idempotent=True)
+        assert r.status_code == 201, r.status_code
+        return r.json()
+
+    return post, transport.session.close
+
+
 def with_urllib3(url: str, body: bytes) -> tuple[Poster, Callable[[], None]]:
     pool = urllib3.PoolManager(maxsize=1)
 
@@ -121,6 +137,7 @@ CLIENTS: dict[str, Callable[[str, bytes], tuple[Poster, Callable[[], None]]]] = 
     "http.client": with_http_client,
     "urllib3.PoolManager": with_urllib3,
     "requests.Session": with_requests,
+    "fhir_smartflow Transport": with_transport,
 }
 
 
@@ -142,7 +159,9 @@ def measure(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Client CPU per FHIR POST: requests vs urllib3 vs http.client")
+    parser = argparse.ArgumentParser(
+        description="Client CPU per FHIR POST: Transport vs requests vs urllib3 vs http.client"
+    )
     parser.add_argument("--requests", type=int, default=2000, help="POSTs per client per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", action="store_true")
@@ -183,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {report['machine']}; body {len(body)} B; {args.rounds} rounds x {args.requests} POSTs per client")
     for name, row in report["clients"].items():
         print(
-            f"{name:<20} client CPU {row['client_cpu_us_per_post']:>7} µs/POST"
+            f"{name:<25} client CPU {row['client_cpu_us_per_post']:>7} µs/POST"
             f" (rounds {row['client_cpu_us_per_round']})"
             f" | {row['ratio_to_http_client']}x http.client, +{row['extra_us_over_http_client']} µs"
             f" | server {row['server_cpu_us_per_post']} µs | wall {row['wall_us_per_post']} µs"
