@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import itertools
 import stat
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -252,6 +253,51 @@ def test_a_reference_type_the_element_does_not_allow_is_refused(
     assert _post(base, _task(f"Patient/{patient['id']}", f"Patient/{patient['id']}")).status_code == 201
     lenient = sandboxes["lenient"].base
     assert _post(lenient, _task("Group/any", "Patient/any")).status_code == 201
+
+
+# ---- transaction answers: stored resources only when asked for (HAPI) -----------------------------------
+
+
+def _write_and_search(base: str, prefer: str | None) -> list[dict[str, Any]]:
+    """The entries answering a transaction that creates a Patient and searches for it in the same Bundle."""
+    mrn = uuid.uuid4().hex
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                "resource": {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": mrn}]},
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {"request": {"method": "GET", "url": f"Patient?identifier=urn:mrn|{mrn}"}},
+        ],
+    }
+    headers = {**FHIR, "Prefer": prefer} if prefer else FHIR
+    answer = requests.post(base, json=bundle, headers=headers, timeout=10)
+    assert answer.status_code == 200, answer.text
+    return answer.json()["entry"]
+
+
+@pytest.mark.parametrize(
+    ("profile", "prefer", "write_carries_resource"),
+    [
+        ("hapi", None, False),
+        ("hapi", "return=representation", True),
+        ("hapi", "return=minimal", False),
+        ("medplum", None, True),
+        ("lenient", None, True),
+        ("lenient", "return=minimal", False),
+    ],
+)
+def test_a_transaction_answer_carries_written_resources_as_the_server_would(
+    sandboxes: dict[str, SandboxProcess], profile: str, prefer: str | None, write_carries_resource: bool
+) -> None:
+    written, searched = _write_and_search(sandboxes[profile].base, prefer)
+    assert written["response"]["status"].startswith("201")
+    assert "/Patient/" in written["response"]["location"]  # where it is, whatever the body says
+    assert ("resource" in written) is write_carries_resource
+    assert searched["resource"]["total"] == 1  # a read or search always answers with its resource
 
 
 # ---- Subscriptions: activation, signatures, secrets ------------------------------------------------------

@@ -3,6 +3,9 @@ fault injection: exactly-once under 503/429 and redelivery, validity of what it 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 import requests
 
@@ -15,6 +18,7 @@ from fhir_smartflow.fhir.writeback import FhirWriteBack
 from fhir_smartflow.retry import RetryPolicy
 from fhir_smartflow.worker.execute import PlanExecutor
 from tests.support.fakes import FakeDeliverer, FakeScheduler
+from tests.support.fhir import seed, serve_sandbox
 from tests.support.plans import GROUP, NOW, SYSTEM, TASK_ID, intake_plan, trigger
 
 pytestmark = pytest.mark.integration
@@ -136,3 +140,28 @@ def test_without_conditional_create_writes_fall_back_to_one_by_one(sandbox_serve
     result = executor.execute(intake_plan())
     assert result.ok, result.errors
     assert len(_all(client, "Task")) == 1 and len(_all(client, "Provenance")) == 2
+
+
+@pytest.mark.parametrize("profile", ["lenient", "hapi"])
+def test_a_plan_writes_in_two_requests_on_a_server_that_answers_minimally_by_default(
+    serve_app: Callable[..., Any], redis_conn, profile: str
+) -> None:
+    """HAPI puts the stored resources in a transaction answer only for ``Prefer: return=representation``;
+    without it, each written entry would be read back with a GET of its own."""
+    sandbox = serve_sandbox(serve_app, profile=profile)
+    try:
+        seed(sandbox, {"resourceType": "Patient", "id": "p1"})
+        seed(sandbox, {"resourceType": "Device", "id": Settings().fhir.device_id})  # Provenance's agent
+        executor, client = _executor(sandbox, redis_conn, [], FakeDeliverer())
+        before = len(sandbox.log.requests)
+        result = executor.execute(intake_plan())
+        assert result.ok, result.errors
+        sent = [(r.method, r.path) for r in sandbox.log.requests[before:]]
+        assert sent.count(("POST", "/")) == 2  # Task + Communication, then their Provenances
+        written = ("/Task", "/Communication", "/Provenance")
+        assert not [(m, p) for m, p in sent if m == "GET" and p.startswith(written)], sent
+        provs = _all(client, "Provenance")
+        stored = {f"{w.resource_type}/{w.id}/_history/1" for w in result.written if w.resource_type != "Provenance"}
+        assert {p["target"][0]["reference"] for p in provs} == stored
+    finally:
+        sandbox.close()

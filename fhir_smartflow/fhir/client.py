@@ -35,6 +35,7 @@ from fhir_smartflow.retry import RetryPolicy
 log = logging.getLogger(__name__)
 
 _MAX_PAGES = 1000
+_REPRESENTATION = {"Prefer": "return=representation"}  # the stored resource in the answer to a write
 
 
 class FhirClient:
@@ -184,7 +185,7 @@ class FhirClient:
         """POST the resource; with ``if_none_exist`` (a query string) the server creates it only when
         nothing matches. Returns (stored resource, created?)."""
         rtype = _check_type(resource.get("resourceType"))
-        headers = {"Prefer": "return=representation"}
+        headers = dict(_REPRESENTATION)
         if if_none_exist:
             headers["If-None-Exist"] = if_none_exist
         resp = self.request(
@@ -210,7 +211,7 @@ class FhirClient:
             rid = resource.get("id")
             split_reference(f"{rtype}/{rid}")
             url = self.base.join(f"{rtype}/{rid}")
-        resp = self.request("PUT", url, json=resource, headers={"Prefer": "return=representation"})
+        resp = self.request("PUT", url, json=resource, headers=_REPRESENTATION)
         stored = self._written(resp, rtype)
         if stored is None and resource.get("id"):
             stored = self.read(f"{rtype}/{resource['id']}")
@@ -225,7 +226,9 @@ class FhirClient:
         self.request("DELETE", self.base.resolve(reference))
 
     def transaction(self, bundle: dict[str, Any]) -> dict[str, Any]:
-        """POST a transaction Bundle to the base; retried only when every entry is conditional or a PUT."""
+        """POST a transaction Bundle to the base; retried only when every entry is conditional or a PUT.
+        Asks for the stored resources in the answer (``Prefer: return=representation``): HAPI FHIR puts
+        them in only then, and without them every written entry would be read back one GET each."""
         if bundle.get("resourceType") != "Bundle" or bundle.get("type") not in {"transaction", "batch"}:
             raise ValueError("transaction() needs a Bundle of type transaction or batch")
         idempotent = all(
@@ -233,7 +236,9 @@ class FhirClient:
             or (e.get("request") or {}).get("ifNoneExist")
             for e in bundle.get("entry") or []
         )
-        return self._json(self.request("POST", self.base.url, json=bundle, idempotent=idempotent))
+        return self._json(
+            self.request("POST", self.base.url, json=bundle, headers=_REPRESENTATION, idempotent=idempotent)
+        )
 
     def operation(
         self,

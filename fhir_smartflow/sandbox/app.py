@@ -117,7 +117,7 @@ def create_sandbox_app(
     state = SandboxState(store, notifier, FaultInjector() if enable_faults else None, fixed_base, chosen, auth)
     ops = Interactions(store, WriteRules(store, chosen, lambda: state.base_url or notifier.base_url))
     topic_operations = TopicOperations(store, chosen)
-    bundles = BundleProcessor(ops)
+    bundles = BundleProcessor(ops, resources_by_default=chosen.transaction_resources_by_default)
 
     app = Flask("fhir_smartflow.sandbox")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
@@ -203,7 +203,7 @@ def create_sandbox_app(
 
     @app.post("/")
     def transaction() -> Response:
-        return _fhir(bundles.process(_json_body(), base()))
+        return _fhir(bundles.process(_json_body(), base(), returned=_prefer("return")))
 
     @app.get("/<rtype>")
     def search_get(rtype: str) -> Response:

@@ -51,12 +51,22 @@ def _status_text(status: int) -> str:
         return str(status)
 
 
+# Entries whose stored resource the ``Prefer: return`` preference governs (reads always carry theirs).
+_WRITES = frozenset({"POST", "PUT"})
+
+
 class BundleProcessor:
-    def __init__(self, interactions: Interactions) -> None:
+    """``resources_by_default``: a write entry's answer carries the stored resource when the client sent
+    no ``Prefer: return`` (with ``return=representation`` it always does; with ``minimal`` or
+    ``OperationOutcome`` only status, location, etag and lastModified)."""
+
+    def __init__(self, interactions: Interactions, *, resources_by_default: bool = True) -> None:
         self.ops = interactions
         self.store = interactions.store
+        self.resources_by_default = resources_by_default
 
-    def process(self, bundle: Any, base_url: str) -> dict[str, Any]:
+    def process(self, bundle: Any, base_url: str, returned: str | None = None) -> dict[str, Any]:
+        """The response Bundle; ``returned``: the request's ``Prefer: return`` value, if any."""
         if not isinstance(bundle, dict) or not isinstance(bundle.get("entry", []), list):
             raise BadRequest("the body must be a Bundle with an entry list")
         # The shell is validated here; each entry's resource when its entry runs, so one bad
@@ -95,10 +105,14 @@ class BundleProcessor:
                     except SandboxError as exc:
                         exc.message = f"Bundle.entry[{i}]: {exc.message} (transaction rolled back)"
                         raise
+        with_resource = returned == "representation" or (returned is None and self.resources_by_default)
         return {
             "resourceType": "Bundle",
             "type": f"{kind}-response",
-            "entry": [self._response_entry(r) for r in results],
+            "entry": [
+                _response_entry(result, with_resource or entry["request"]["method"] not in _WRITES)
+                for result, entry in zip(results, entries, strict=True)
+            ],
         }
 
     def _assign_ids(self, entries: list[dict[str, Any]]) -> dict[str, str]:
@@ -174,19 +188,19 @@ class BundleProcessor:
             return self.ops.vread(rtype, segments[1], segments[3], base_url)
         raise BadRequest(f"request.url {request['url']!r} is not supported")
 
-    @staticmethod
-    def _response_entry(result: Result) -> dict[str, Any]:
-        response: dict[str, Any] = {"status": _status_text(result.status)}
-        if result.stored is not None:
-            response["location"] = result.headers["Location"]
-            response["etag"] = result.headers["ETag"]
-            response["lastModified"] = result.headers["Last-Modified"]
-        entry: dict[str, Any] = {"response": response}
-        if result.body is not None:
-            if result.body.get("resourceType") == "OperationOutcome" and result.status >= 400:
-                response["outcome"] = result.body
-            else:
-                entry["resource"] = result.body
-        if result.stored is not None:
-            entry["fullUrl"] = result.headers["Location"].rsplit("/_history/", 1)[0]
-        return entry
+
+def _response_entry(result: Result, with_resource: bool) -> dict[str, Any]:
+    response: dict[str, Any] = {"status": _status_text(result.status)}
+    if result.stored is not None:
+        response["location"] = result.headers["Location"]
+        response["etag"] = result.headers["ETag"]
+        response["lastModified"] = result.headers["Last-Modified"]
+    entry: dict[str, Any] = {"response": response}
+    if result.body is not None:
+        if result.body.get("resourceType") == "OperationOutcome" and result.status >= 400:
+            response["outcome"] = result.body
+        elif with_resource:
+            entry["resource"] = result.body
+    if result.stored is not None:
+        entry["fullUrl"] = result.headers["Location"].rsplit("/_history/", 1)[0]
+    return entry

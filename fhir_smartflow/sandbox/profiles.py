@@ -54,6 +54,9 @@ class Profile:
     # Medplum's delivery headers (X-Medplum-Subscription, X-Medplum-Interaction; on a delete
     # X-Medplum-Deleted-Resource with the body ``{}``).
     interaction_headers: bool = False
+    # A transaction-response entry carries the stored resource when the client sent no ``Prefer: return``
+    # (HAPI puts it in only for ``return=representation``; without it, only status, location and etag).
+    transaction_resources_by_default: bool = True
 
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:
@@ -105,6 +108,7 @@ PROFILES: dict[str, Profile] = {
             topic_subscriptions=True,
             enforce_scopes=True,
             event_numbers_survive_restart=False,
+            transaction_resources_by_default=False,
         ),
     )
 }
