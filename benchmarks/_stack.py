@@ -78,9 +78,10 @@ class Stack:
     def env(self, role: str | None = None) -> dict[str, str]:
         return {"SMARTFLOW_CONFIG": str(self.config_for(role)), _procs.SECRET_ENV: _procs.SECRET}
 
-    def start_sandbox(self, database: str | None = None, faults: bool = False) -> str:
+    def start_sandbox(self, database: str | None = None, faults: bool = False, profile: str = "lenient") -> str:
+        """The sandbox FHIR store with the server behaviours of ``profile`` (lenient | medplum | hapi)."""
         port = free_port()
-        args = smartflow_cmd("sandbox", "--port", str(port))
+        args = smartflow_cmd("sandbox", "--port", str(port), "--profile", profile)
         if faults:
             args.append("--faults")  # /$faults is off unless asked for
         if database:
@@ -196,14 +197,24 @@ class Stack:
     def events_done(self, conn: Any = None) -> int:
         """Events whose outcome the workers counted so far (processed, deduplicated or failed): a window's
         event count when jobs carry varying numbers of events (batches)."""
+        return sum(int(v) for v in self._metric("events", conn).values())
+
+    def fhir_requests(self, conn: Any = None) -> dict[str, int]:
+        """Requests the service's processes sent to the FHIR server so far, by method."""
+        by_method: dict[str, int] = {}
+        for labels, count in self._metric("fhir_requests", conn).items():
+            method = labels.split("|", 1)[0].removeprefix("method=")
+            by_method[method] = by_method.get(method, 0) + int(count)
+        return by_method
+
+    def _metric(self, name: str, conn: Any = None) -> dict[str, str]:
         import redis
 
         from fhir_smartflow.config import load_settings
         from fhir_smartflow.metrics import Metrics
 
         settings = load_settings(self.config_path, env={})
-        metrics = Metrics(conn or redis.Redis.from_url(self.redis_url), settings.redis.key_prefix)
-        return sum(int(v) for v in metrics.read("events").values())
+        return Metrics(conn or redis.Redis.from_url(self.redis_url), settings.redis.key_prefix).read(name)
 
     def queue_count(self) -> int:
         import redis

@@ -14,6 +14,10 @@ Baseline in the same run, same worker command and class: the same number of no-o
     .venv/bin/python -m benchmarks.worker_throughput                 # 500 events per configuration
     .venv/bin/python -m benchmarks.worker_throughput --events 2000 --configs simple:1 simple:2 fork:1 fork:2
     .venv/bin/python -m benchmarks.worker_throughput --events 800 --configs simple:1 --senders 8
+    .venv/bin/python -m benchmarks.worker_throughput --events 1000 --configs simple:1 --profile hapi
+
+``--profile hapi`` runs the sandbox with HAPI FHIR's behaviours (referential integrity, transaction answers
+without resources unless asked for); each row also says how many FHIR requests the workers sent per event.
 """
 
 from __future__ import annotations
@@ -129,13 +133,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--senders", type=int, default=1, help="concurrent clients posting the notifications (8: batches form)"
     )
+    parser.add_argument(
+        "--profile", default="lenient", help="the sandbox's server behaviours: lenient | medplum | hapi"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     rows = []
     with _procs.private_redis() as redis_url, tempfile.TemporaryDirectory() as tmpdir:
         stack = _stack.Stack(Path(tmpdir), redis_url, log_level="WARNING")
         try:
-            stack.start_sandbox()
+            stack.start_sandbox(profile=args.profile)
             stack.start_serve()
             patients = stack.create_patients(args.events * len(args.configs))
             for k, config in enumerate(args.configs):
@@ -145,7 +152,13 @@ def main(argv: list[str] | None = None) -> int:
                 batch = patients[k * args.events : (k + 1) * args.events]
                 queue_events(stack, batch, k * args.events + 1, args.senders)
                 jobs = stack.queue_count()  # fewer than the events when deliveries were committed together
+                requests_before = stack.fhir_requests()
                 event_s, event_cpu = drain(stack, worker_class, processes, jobs, args.timeout)
+                requests_after = stack.fhir_requests()
+                fhir_per_event = {
+                    method: round((count - requests_before.get(method, 0)) / args.events, 2)
+                    for method, count in sorted(requests_after.items())
+                }
                 tasks = len(stack.search_all("Task"))
                 row = {
                     "worker_class": worker_class,
@@ -159,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                     "tasks_in_store": tasks,
                     "cpu_ms_per_event": {k: round(v, 3) for k, v in (event_cpu or {}).items()},
                     "cpu_ms_per_noop_job": {k: round(v, 3) for k, v in (noop_cpu or {}).items()},
+                    "fhir_requests_per_event": fhir_per_event,
                 }
                 rows.append(row)
                 print(
@@ -167,10 +181,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"| ratio {row['ratio_to_noop']}x | {jobs} jobs for {args.events} events | Tasks so far {tasks}"
                     f"\n    CPU ms per event (steady state) {row['cpu_ms_per_event']}"
                     f" | per no-op job {row['cpu_ms_per_noop_job']}"
+                    f"\n    FHIR requests per event {fhir_per_event}"
                 )
         finally:
             stack.stop()
-    print(f"machine: {_procs.machine()}; {args.events} events per configuration")
+    print(f"machine: {_procs.machine()}; {args.events} events per configuration; sandbox profile {args.profile}")
     if args.json:
         print(json.dumps(rows, indent=2))
     return 0
