@@ -212,13 +212,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-class", default="simple", choices=["simple", "fork"])
     parser.add_argument("--poll-interval", type=float, default=0.01, help="s between the poller's Task searches")
     parser.add_argument("--idle-seconds", type=float, default=5.0, help="CPU per second with nothing sent (0: skip)")
+    parser.add_argument(
+        "--profile", default="lenient", help="the sandbox's server behaviours: lenient | medplum | hapi"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     n_service, n_base = int(args.rate * args.seconds), int(args.rate * args.baseline_seconds)
     with _procs.private_redis() as redis_url, tempfile.TemporaryDirectory() as tmpdir:
         stack = _stack.Stack(Path(tmpdir), redis_url, log_level="WARNING")
         try:
-            stack.start_sandbox()
+            stack.start_sandbox(profile=args.profile)
             stack.start_serve()
             for w in range(args.workers):
                 stack.start_worker(str(w), args.worker_class)
