@@ -33,7 +33,7 @@ from typing import Any
 
 import redis
 
-from benchmarks import _procs, _stack
+from benchmarks import _payloads, _procs, _stack
 
 
 def _cpu_sample(stack: _stack.Stack) -> tuple[float, float, float, float]:
@@ -94,16 +94,23 @@ def drain(
     return end - (first or end), cpu_ms
 
 
-def queue_events(stack: _stack.Stack, patients: list[dict[str, Any]], start_number: int, senders: int = 1) -> None:
+def queue_events(
+    stack: _stack.Stack,
+    patients: list[dict[str, Any]],
+    start_number: int,
+    senders: int = 1,
+    content: _payloads.Content = "full-resource",
+) -> None:
     """POST one notification per patient to ``serve``, from ``senders`` concurrent clients (one event-number
     sequence shared by them). With several, deliveries overlap and serve's group commit queues them
-    together (``process_events`` jobs), as under a burst from the EHR."""
+    together (``process_events`` jobs), as under a burst from the EHR. ``content``: full-resource, or
+    id-only (the worker reads each focus from the FHIR server)."""
     import requests
 
     def send(k: int) -> None:
         session = stack.session if senders == 1 else requests.Session()
         for i in range(k, len(patients), senders):
-            body = stack.notify_body(patients[i], start_number + i)
+            body = stack.notify_body(patients[i], start_number + i, content)
             r = session.post(f"{stack.serve_url}/fhir/notify", data=body, headers=stack.headers(), timeout=30)
             if r.status_code >= 300:
                 raise RuntimeError(f"serve answered {r.status_code}: {r.text[:500]}")
@@ -136,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", default="lenient", help="the sandbox's server behaviours: lenient | medplum | hapi"
     )
+    parser.add_argument("--content", default="full-resource", choices=["full-resource", "id-only"])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     rows = []
@@ -150,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                 queue_noops(stack, args.events)
                 noop_s, noop_cpu = drain(stack, worker_class, processes, args.events, args.timeout)
                 batch = patients[k * args.events : (k + 1) * args.events]
-                queue_events(stack, batch, k * args.events + 1, args.senders)
+                queue_events(stack, batch, k * args.events + 1, args.senders, args.content)
                 jobs = stack.queue_count()  # fewer than the events when deliveries were committed together
                 requests_before = stack.fhir_requests()
                 event_s, event_cpu = drain(stack, worker_class, processes, jobs, args.timeout)
@@ -185,7 +193,10 @@ def main(argv: list[str] | None = None) -> int:
                 )
         finally:
             stack.stop()
-    print(f"machine: {_procs.machine()}; {args.events} events per configuration; sandbox profile {args.profile}")
+    print(
+        f"machine: {_procs.machine()}; {args.events} events per configuration; "
+        f"sandbox profile {args.profile}; {args.content} notifications"
+    )
     if args.json:
         print(json.dumps(rows, indent=2))
     return 0
