@@ -14,6 +14,7 @@ as in ``benchmarks.ingest``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -58,17 +59,16 @@ def main(argv: list[str] | None = None) -> int:
         service = create_app(settings, conn).test_client()
         bare = baseline_app.create_app(redis_url).test_client()
         path = settings.server.notify_path
-        number = iter(range(1, 10**9))
+        numbers = itertools.count(1)  # one event-number sequence for the whole run
 
-        def bodies() -> list[bytes]:
-            return [
-                _payloads.encode(
-                    _payloads.backport_notification(
-                        FHIR_BASE, _procs.SUBSCRIPTION_ID, (n := next(number)), _payloads.patient(f"p{n}"), args.content
-                    )
+        def bodies(count: int) -> list[bytes]:
+            notifications = []
+            for n in itertools.islice(numbers, count):
+                bundle = _payloads.backport_notification(
+                    FHIR_BASE, _procs.SUBSCRIPTION_ID, n, _payloads.patient(f"p{n}"), args.content
                 )
-                for _ in range(args.requests)
-            ]
+                notifications.append(_payloads.encode(bundle))
+            return notifications
 
         def to_service(body: bytes) -> None:
             answer = service.post(path, data=body, headers=headers)
@@ -78,13 +78,13 @@ def main(argv: list[str] | None = None) -> int:
         def to_bare(body: bytes) -> None:
             bare.post("/fhir/notify", data=body, headers=headers)
 
-        _ms_per_request(to_service, bodies()[:200])  # warm up both apps
-        _ms_per_request(to_bare, bodies()[:200])
+        _ms_per_request(to_service, bodies(200))  # warm up both apps
+        _ms_per_request(to_bare, bodies(200))
         for _ in range(args.rounds):
             conn.flushdb()
-            baseline_ms = _ms_per_request(to_bare, bodies())
+            baseline_ms = _ms_per_request(to_bare, bodies(args.requests))
             conn.flushdb()
-            service_ms = _ms_per_request(to_service, bodies())
+            service_ms = _ms_per_request(to_service, bodies(args.requests))
             rounds.append({"service_ms": service_ms, "baseline_ms": baseline_ms, "ratio": service_ms / baseline_ms})
     service_ms = statistics.median(r["service_ms"] for r in rounds)
     baseline_ms = statistics.median(r["baseline_ms"] for r in rounds)
