@@ -41,9 +41,8 @@ def _cpu_sample(stack: _stack.Stack) -> tuple[float, float, float, float]:
     events done so far."""
     workers = sum(_procs.cpu_seconds(p.pid) for p in stack.workers.values())
     sandbox = _procs.cpu_seconds(stack.sandbox.pid) if stack.sandbox is not None else float("nan")
-    conn = redis.Redis.from_url(stack.redis_url)
-    info = conn.info("cpu")
-    return workers, sandbox, float(info["used_cpu_user"]) + float(info["used_cpu_sys"]), stack.events_done(conn)
+    info = stack.redis.info("cpu")
+    return workers, sandbox, float(info["used_cpu_user"]) + float(info["used_cpu_sys"]), stack.events_done()
 
 
 def drain(
