@@ -73,6 +73,7 @@ class Meter:
             "proxy": self.control.stats(),
             "redis_cpu_s": float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]),
             "redis_calls": sum(int(v["calls"]) for v in stats.values()),
+            "redis_usec": {name.removeprefix("cmdstat_"): int(v["usec"]) for name, v in stats.items()},
             "cpu_s": {name: _procs.cpu_seconds(pid) for name, pid in pids.items()},
         }
 
@@ -96,6 +97,7 @@ def window(
         "redis_cpu_ms_per_event": round(redis_ms / events, 4),
         # commandstats counts every client's commands (this driver's INFO / LLEN too): a cross-check.
         "redis_calls_per_event_all_clients": round((after["redis_calls"] - before["redis_calls"]) / events, 2),
+        "command_time_us_per_event_all_clients": _command_time(before, after, events),
         "process_cpu_ms_per_event": {
             name: round((after["cpu_s"][name] - before["cpu_s"][name]) * 1000 / events, 3)
             for name in after["cpu_s"]
@@ -106,6 +108,19 @@ def window(
             k: round(v / events, 2) for k, v in sorted(mine["by_command"].items(), key=lambda kv: -kv[1])
         },
     }
+
+
+def _command_time(before: dict[str, Any], after: dict[str, Any], events: float) -> dict[str, float]:
+    """Redis's time inside the commands themselves (commandstats ``usec``) per event, the largest first and
+    their total: the rest of its CPU is reading, parsing and answering. EXEC is left out: its time
+    includes the commands it ran, which are counted under their own names."""
+    spent = {
+        name: usec - before["redis_usec"].get(name, 0)
+        for name, usec in after["redis_usec"].items()
+        if name != "exec" and usec > before["redis_usec"].get(name, 0)
+    }
+    top = dict(sorted(spent.items(), key=lambda kv: -kv[1])[:8])
+    return {"total": round(sum(spent.values()) / events, 1), **{k: round(v / events, 1) for k, v in top.items()}}
 
 
 def drain(
@@ -195,6 +210,7 @@ def redis_cpu_without_proxy(
         "rq_worker_redis_cpu_ms_per_event": rq_row["redis_cpu_ms_per_event"],
         "rq_worker_cpu_ms_per_event": rq_row["process_cpu_ms_per_event"]["rq-worker"],
         "worker_commands_through_proxy": row["commands_per_event"],  # 0: nothing went through it
+        "worker_command_time_us_per_event": row["command_time_us_per_event_all_clients"],
     }
 
 
@@ -343,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     for label, row in (("serve", serve), ("worker", worker), ("rq enqueue", rq_enqueue), ("rq worker", rq_worker)):
         print(f"  {label} commands per event: {row['by_command_per_event']}")
+    for label, row in (("serve", serve), ("worker", worker)):
+        spent = row["command_time_us_per_event_all_clients"]
+        print(f"  {label}: Redis's time inside commands, µs per event (all clients): {spent}")
     print(
         f"  worker process CPU per event {worker['process_cpu_ms_per_event']} ms; rq no-op "
         f"{rq_worker['process_cpu_ms_per_event']} ms; serve {serve['process_cpu_ms_per_event']} ms"
