@@ -28,7 +28,7 @@ from rq import Queue
 
 from fhir_smartflow.config import Settings, secret
 from fhir_smartflow.connections import Keys
-from fhir_smartflow.metrics import LATENCY_BUCKETS, METRICS, Metrics
+from fhir_smartflow.metrics import LATENCY_BUCKETS, METRICS, Metrics, histogram_sum
 from fhir_smartflow.scheduling.scheduler import ScheduleKeys
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class RedisMetricsCollector(Collector):
                 buckets.append((str(bound), cumulative))
             count = parts.get("count", cumulative + parts.get("le=+Inf", 0.0))
             buckets.append(("+Inf", count))
-            family.add_metric(_labels(base, names), buckets, parts.get("sum", 0.0))
+            family.add_metric(_labels(base, names), buckets, histogram_sum(parts))
         return family
 
     def _live(self) -> Iterator[Metric]:

@@ -76,6 +76,19 @@ def test_histogram_buckets_are_cumulative(app_and_metrics: tuple[Flask, Metrics]
     assert samples["smartflow_event_latency_seconds_sum"][()] == pytest.approx(120.403)
 
 
+def test_a_histogram_sum_written_in_seconds_before_still_counts(
+    app_and_metrics: tuple[Flask, Metrics], redis_conn: redis.Redis
+) -> None:
+    """Earlier versions kept the sum as a float of seconds (``#sum``); new observations add microseconds."""
+    app, metrics = app_and_metrics
+    redis_conn.hset(metrics.key("event_latency_seconds"), mapping={"#sum": "1.5", "#count": "1", "#le=5.0": "1"})
+    metrics.observe("event_latency_seconds", 0.25)
+    assert redis_conn.hget(metrics.key("event_latency_seconds"), "#sum_us") == b"250000"
+    samples = scrape(app.test_client())
+    assert samples["smartflow_event_latency_seconds_sum"][()] == pytest.approx(1.75)
+    assert samples["smartflow_event_latency_seconds_count"][()] == 2
+
+
 def test_queue_gauges_are_live(app_and_metrics: tuple[Flask, Metrics], redis_conn: redis.Redis) -> None:
     app, _ = app_and_metrics
     q = Queue("smartflow", connection=redis_conn)
