@@ -167,6 +167,24 @@ def test_trim_to_max_runs_and_ttl(store: tuple[RunHistory, Clock], redis_conn: r
     assert redis_conn.zcard(Keys("t:").history()) == 1
 
 
+def test_an_index_is_trimmed_at_most_once_a_second_and_always_expires(
+    store: tuple[RunHistory, Clock], redis_conn: redis.Redis
+) -> None:
+    history, clock = store
+    index = Keys("t:").history()
+    for i in range(8):  # max_runs 5, all within one second: only the first run trims
+        clock.at = T0 + timedelta(milliseconds=100 * i)
+        history.record(make_plan(f"Patient/p{i}", ("f1",)))
+    assert redis_conn.zcard(index) == 8
+    assert redis_conn.zcard(history.flow_index("f1")) == 8
+    assert 3500 < redis_conn.ttl(index) <= 3600 and 3500 < redis_conn.ttl(history.patient_index("p7")) <= 3600
+    assert len(history.query()) == 8
+    clock.at = T0 + timedelta(seconds=1)  # a second after the last trim: this run trims
+    newest = history.record(make_plan("Patient/p1", ("f1",)))
+    assert redis_conn.zcard(index) == 5 and redis_conn.zcard(history.flow_index("f1")) == 5
+    assert history.query()[0]["id"] == newest
+
+
 def test_history_cli(store: tuple[RunHistory, Clock], redis_url: str, tmp_path: Any, run_cli) -> None:
     history, clock = store
     history.record(make_plan("Patient/p1", ("f1",)))

@@ -7,6 +7,11 @@ keep for the retention period and to print with ``fhir-smartflow history``. Layo
 - ``Keys.history()``: sorted set of run ids scored by time, trimmed to ``max_runs``;
 - ``Keys.history() + ":patient:<ref>"`` / ``":flow:<id>"``: the same, per patient and per flow, so
   filtered queries read only matching runs.
+
+Each process trims an index (runs older than the TTL, and beyond ``max_runs``) at most once every
+`TRIM_INTERVAL_SECONDS` of run time: the global and per-flow indexes get a run per event, and trimming
+them on every one was two commands per index per event for nothing. Between trims an index holds at most
+that interval's runs over ``max_runs``; its TTL is renewed on every run.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ _ACTION_NAMES: tuple[tuple[type, str], ...] = (
 )
 _MAX_ERROR_CHARS = 300
 _READ_BATCH = 200
+TRIM_INTERVAL_SECONDS = 1.0
+_TRIMS_REMEMBERED = 4096  # indexes whose last trim a process keeps (then it forgets them all: more trims)
 
 
 def _utcnow() -> datetime:
@@ -149,6 +156,7 @@ class RunHistory:
         self.max_runs = max_runs
         self.ttl = ttl
         self.clock = clock
+        self._trimmed: dict[str, float] = {}  # index → score (run time) of this process's last trim of it
 
     @classmethod
     def from_settings(cls, settings: Settings, conn: redis.Redis) -> RunHistory:
@@ -182,15 +190,16 @@ class RunHistory:
             indexes.append(self.patient_index(patient))
         indexes += [self.flow_index(fid) for fid in sorted(set(flow_ids))]
         payload = json.dumps(record, separators=(",", ":"))
+        due = [index for index in indexes if self._trim_due(index, score)]
 
         def queue(pipe: Any) -> None:
             pipe.set(self.keys.run(run_id), payload, ex=self.ttl)
             for index in indexes:
                 pipe.zadd(index, {run_id: score})
-                # Bounded: older than the TTL or beyond max_runs is dropped from every index.
+                pipe.expire(index, self.ttl)
+            for index in due:  # bounded: older than the TTL or beyond max_runs is dropped
                 pipe.zremrangebyscore(index, "-inf", f"({score - self.ttl}")
                 pipe.zremrangebyrank(index, 0, -(self.max_runs + 1))
-                pipe.expire(index, self.ttl)
 
         collected = jobwrites.current()
         if collected is not None:  # recorded with the job's done mark (worker/jobwrites.py)
@@ -200,6 +209,17 @@ class RunHistory:
         queue(pipe)
         pipe.execute()
         return run_id
+
+    def _trim_due(self, index: str, score: float) -> bool:
+        """Whether this run trims ``index`` (its first here, or `TRIM_INTERVAL_SECONDS` since the last);
+        noted as trimmed now. A clock set back counts as due."""
+        last = self._trimmed.get(index)
+        if last is not None and 0 <= score - last < TRIM_INTERVAL_SECONDS:
+            return False
+        if len(self._trimmed) >= _TRIMS_REMEMBERED and index not in self._trimmed:
+            self._trimmed.clear()
+        self._trimmed[index] = score
+        return True
 
     def get(self, run_id: str) -> dict[str, Any] | None:
         raw = self.conn.get(self.keys.run(run_id))
