@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -181,3 +182,25 @@ def test_embedded_mode_prints_a_generated_admin_password_once(processes, tmp_pat
     assert done.status_code == 302 and "Secure" not in done.headers["Set-Cookie"]  # plain HTTP on this machine
     assert "Embedded mode" in client.page("/").text
     assert serve.output().count(password) == 1  # printed once, never logged
+
+
+_COUNT_HASHES = """
+import argon2
+calls = []
+hash_password = argon2.PasswordHasher.hash
+argon2.PasswordHasher.hash = lambda self, *a, **k: calls.append(1) or hash_password(self, *a, **k)
+import fhir_smartflow.cli
+print(len(calls))
+from fhir_smartflow.console.accounts import Accounts, MemoryBackend
+accounts = Accounts(MemoryBackend())
+print(len(calls), accounts.verify("nobody", "not-a-password-at-all"))
+"""
+
+
+def test_a_process_starts_without_hashing_and_an_unknown_name_is_verified_against_a_hash() -> None:
+    """Every command (a health probe every few seconds) imports the accounts module: no argon2 hash
+    (≈ 0.2 s of CPU, 64 MiB) at import; the first Accounts makes the one an unknown name is checked against."""
+    out = subprocess.run(
+        [sys.executable, "-c", _COUNT_HASHES], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.split()
+    assert out == ["0", "1", "None"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -26,8 +27,14 @@ MIN_PASSWORD = 12
 _hasher = PasswordHasher()  # argon2id, the library's memory-hard defaults (64 MiB per hash)
 # At most this many hashes at once per process: a flood of logins queues instead of exhausting memory.
 _hashing = threading.BoundedSemaphore(2)
-# Verified against when the account does not exist, so a wrong name costs as long as a wrong password.
-_DUMMY = _hasher.hash(secrets.token_urlsafe(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the account does not exist, so a wrong name costs as long as a wrong password.
+    Made once per process when its first `Accounts` is built, not at import: every command and process
+    imports this module, and one argon2 hash is ≈ 0.2 s of CPU and 64 MiB."""
+    return _hasher.hash(secrets.token_urlsafe(16))
 
 
 class AccountError(ValueError):
@@ -124,6 +131,7 @@ class Accounts:
 
     def __init__(self, backend: _Backend) -> None:
         self.backend = backend
+        self._dummy = _dummy_hash()  # now, so the first login with an unknown name costs what the others do
 
     @classmethod
     def build(cls, users_file: str, conn: redis.Redis | None, keys: ConsoleKeys) -> Accounts:
@@ -162,7 +170,7 @@ class Accounts:
     def verify(self, name: str, password: str) -> ConsoleUser | None:
         """The user when ``password`` is theirs, else None (same cost for an unknown name)."""
         record = self.backend.load().get(name)
-        stored = record["hash"] if record else _DUMMY
+        stored = record["hash"] if record else self._dummy
         try:
             with _hashing:
                 _hasher.verify(stored, password)
