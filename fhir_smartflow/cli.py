@@ -6,33 +6,57 @@ Exit codes: 0 success; 1 the command ran and found problems (invalid flows, fail
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
 import click
 
 from fhir_smartflow import defaults
-from fhir_smartflow.commands import service as _service
-from fhir_smartflow.commands.console import console_group
 from fhir_smartflow.commands.context import CliContext
-from fhir_smartflow.commands.doctor import doctor_command
-from fhir_smartflow.commands.flows import validate
-from fhir_smartflow.commands.flowtools import docs_command, export_group, lint_command, simulate_command
-from fhir_smartflow.commands.health import health_command
-from fhir_smartflow.commands.history import history_command
-from fhir_smartflow.commands.openemr import openemr as _openemr_cmd
-from fhir_smartflow.commands.poll import poll as _poll_cmd
-from fhir_smartflow.commands.sandbox import sandbox_command
-from fhir_smartflow.commands.scheduling import scheduler_command
-from fhir_smartflow.commands.schema import schema_command
-from fhir_smartflow.commands.scopes import scopes_command
-from fhir_smartflow.commands.site import init_command
-from fhir_smartflow.commands.subscriptions import subscriptions_group
+
+# Command name → "module:attribute" of its click command (commands live in fhir_smartflow/commands/).
+# A command's module is imported when that command is looked up: `health`, which the image runs every
+# 30 s, would otherwise import the whole service first (≈ 1 s of CPU per probe).
+COMMANDS: dict[str, str] = {
+    "serve": "fhir_smartflow.commands.service:serve",
+    "worker": "fhir_smartflow.commands.service:worker",
+    "replay": "fhir_smartflow.commands.service:replay",
+    "validate": "fhir_smartflow.commands.flows:validate",
+    "console": "fhir_smartflow.commands.console:console_group",
+    "sandbox": "fhir_smartflow.commands.sandbox:sandbox_command",
+    "poll": "fhir_smartflow.commands.poll:poll",
+    "openemr": "fhir_smartflow.commands.openemr:openemr",
+    "scheduler": "fhir_smartflow.commands.scheduling:scheduler_command",
+    "simulate": "fhir_smartflow.commands.flowtools:simulate_command",
+    "lint": "fhir_smartflow.commands.flowtools:lint_command",
+    "docs": "fhir_smartflow.commands.flowtools:docs_command",
+    "export": "fhir_smartflow.commands.flowtools:export_group",
+    "subscriptions": "fhir_smartflow.commands.subscriptions:subscriptions_group",
+    "history": "fhir_smartflow.commands.history:history_command",
+    "doctor": "fhir_smartflow.commands.doctor:doctor_command",
+    "init": "fhir_smartflow.commands.site:init_command",
+    "health": "fhir_smartflow.commands.health:health_command",
+    "schema": "fhir_smartflow.commands.schema:schema_command",
+    "scopes": "fhir_smartflow.commands.scopes:scopes_command",
+}
 
 
 class SmartflowGroup(click.Group):
-    """Turns the ordinary failures a command lets through (commands/failures.py) into one line on stderr
-    and the documented exit code, instead of a traceback."""
+    """The commands of `COMMANDS`, each imported when it is looked up; and the ordinary failures a command
+    lets through (commands/failures.py) as one line on stderr and the documented exit code, instead of a
+    traceback."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, _, attribute = target.partition(":")
+        command: click.Command = getattr(importlib.import_module(module), attribute)
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -69,26 +93,3 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 
 def run() -> Any:  # pragma: no cover - console entry point
     return main()
-
-
-# Commands live in fhir_smartflow/commands/<area>.py; registered here.
-main.add_command(_service.serve)
-main.add_command(_service.worker)
-main.add_command(_service.replay)
-main.add_command(validate)
-main.add_command(console_group)
-main.add_command(sandbox_command)
-main.add_command(_poll_cmd)
-main.add_command(_openemr_cmd)
-main.add_command(scheduler_command)
-main.add_command(simulate_command)
-main.add_command(lint_command)
-main.add_command(docs_command)
-main.add_command(export_group)
-main.add_command(subscriptions_group)
-main.add_command(history_command)
-main.add_command(doctor_command)
-main.add_command(init_command)
-main.add_command(health_command)
-main.add_command(schema_command)
-main.add_command(scopes_command)
