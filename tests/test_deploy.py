@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from fhir_smartflow.cli import main
+from fhir_smartflow.cli import COMMANDS
 from fhir_smartflow.commands.health import ROLES
 from tests.support.net import free_port, wait_for
 from tests.support.procs import ROOT, smartflow_cmd
@@ -80,7 +80,7 @@ def test_compose_services_commands_health_checks_and_volumes() -> None:
     assert "--appendonly" in redis["command"] and redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
     assert any(v.endswith(":/data") and v.split(":")[0] in spec["volumes"] for v in redis["volumes"])
     assert redis["healthcheck"]["test"][:2] == ["CMD", "redis-cli"]
-    commands = set(main.commands)
+    commands = set(COMMANDS)
     for name in ("serve", "worker", "scheduler", "poller"):
         service = services[name]
         (command, *_args) = service["command"]
@@ -122,7 +122,7 @@ def test_systemd_units_run_a_role_with_secrets_from_a_file(unit: Path) -> None:
     service = parser["Service"]
     exe, *args = service["ExecStart"].split()
     assert exe.endswith("/bin/fhir-smartflow") and args
-    assert args[0] in {"%i"} | set(main.commands), args
+    assert args[0] in {"%i"} | set(COMMANDS), args
     assert service["EnvironmentFile"].startswith("/etc/fhir-smartflow/")
     assert service["User"] != "root" and service["Restart"] == "on-failure"
     assert parser["Install"]["WantedBy"] == "multi-user.target"
