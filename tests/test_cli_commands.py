@@ -32,7 +32,7 @@ print(sorted(m for m in heavy if m in sys.modules))
 
 
 def test_a_health_probe_does_not_import_the_service() -> None:
-    """The image runs `health` every 30 s: it imports its own module, not the console, the FHIR models, Flask or Jinja."""
+    """The image runs `health` every 30 s: it imports its own module, not the console, FHIR models, Flask, Jinja."""
     env = {"PATH": "/usr/bin:/bin", "SMARTFLOW_CONFIG": ""}
     out = subprocess.run([sys.executable, "-c", _HEALTH_IMPORTS], capture_output=True, text=True, timeout=60, env=env)
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
