@@ -38,7 +38,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import redis
 import requests
 
 from benchmarks import _loadgen, _procs, _stack
@@ -48,7 +47,7 @@ TARGET_P50_MS, TARGET_P99_MS = 50.0, 250.0
 
 def cpu_sample(stack: _stack.Stack) -> dict[str, float]:
     """CPU seconds so far of serve, the workers (together), the sandbox and redis-server, and the time."""
-    info = redis.Redis.from_url(stack.redis_url).info("cpu")
+    info = stack.redis.info("cpu")
     return {
         "t": time.monotonic(),
         "serve": _procs.cpu_seconds(stack.serve.pid) if stack.serve else 0.0,

@@ -31,8 +31,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from benchmarks import _payloads, _procs, _stack
 
 
@@ -124,7 +122,7 @@ def queue_noops(stack: _stack.Stack, count: int) -> None:
     from fhir_smartflow.config import load_settings
 
     settings = load_settings(stack.config_path, env={})
-    queue = Queue(settings.redis.queue, connection=redis.Redis.from_url(stack.redis_url))
+    queue = Queue(settings.redis.queue, connection=stack.redis)
     with queue.connection.pipeline() as pipe:
         for _ in range(count):
             queue.enqueue("operator.truth", 1, pipeline=pipe)
