@@ -20,10 +20,7 @@ import os
 import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import redis
 
@@ -33,13 +30,6 @@ from fhir_smartflow.config import load_settings
 from tests.support.toml import write_config
 
 FHIR_BASE = "http://127.0.0.1:9/fhir"  # never contacted: the webhook only parses what it is sent
-
-
-def _ms_per_request(post: Callable[[bytes], Any], bodies: list[bytes]) -> float:
-    start = time.process_time()
-    for body in bodies:
-        post(body)
-    return (time.process_time() - start) * 1000 / len(bodies)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,13 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         def to_bare(body: bytes) -> None:
             bare.post("/fhir/notify", data=body, headers=headers)
 
-        _ms_per_request(to_service, bodies(200))  # warm up both apps
-        _ms_per_request(to_bare, bodies(200))
+        _procs.process_ms_each(to_service, bodies(200))  # warm up both apps
+        _procs.process_ms_each(to_bare, bodies(200))
         for _ in range(args.rounds):
             conn.flushdb()
-            baseline_ms = _ms_per_request(to_bare, bodies(args.requests))
+            baseline_ms = _procs.process_ms_each(to_bare, bodies(args.requests))
             conn.flushdb()
-            service_ms = _ms_per_request(to_service, bodies(args.requests))
+            service_ms = _procs.process_ms_each(to_service, bodies(args.requests))
             rounds.append({"service_ms": service_ms, "baseline_ms": baseline_ms, "ratio": service_ms / baseline_ms})
     service_ms = statistics.median(r["service_ms"] for r in rounds)
     baseline_ms = statistics.median(r["baseline_ms"] for r in rounds)
