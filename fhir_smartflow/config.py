@@ -111,6 +111,8 @@ class FhirConfig:
     backoff_base_seconds: float = defaults.FHIR_BACKOFF_BASE_SECONDS
     backoff_max_seconds: float = defaults.FHIR_BACKOFF_MAX_SECONDS
     conditional_create: bool = True
+    # A batch job's events whose first writes may share one transaction (worker/write_groups.py); 0/1: off.
+    events_per_transaction: int = defaults.FHIR_EVENTS_PER_TRANSACTION
     identifier_system: str = defaults.IDENTIFIER_SYSTEM
     device_id: str = defaults.DEVICE_ID
     writeback: str = "fhir"  # fhir | openemr
@@ -609,6 +611,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("[server] max_events_per_notification", "must be positive")
     if settings.server.group_commit_max_events < 0:
         raise ConfigError("[server] group_commit_max_events", "must be 0 (off) or more")
+    if settings.fhir.events_per_transaction < 0:
+        raise ConfigError("[fhir] events_per_transaction", "must be 0 (off) or more")
     if settings.engine.dispatch not in {"flows", "record"}:
         raise ConfigError("[engine] dispatch", "must be 'flows' or 'record'")
     if settings.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:

@@ -38,6 +38,9 @@ FHIR_TIMEOUT_SECONDS = 10.0
 FHIR_MAX_RETRIES = 5
 FHIR_BACKOFF_BASE_SECONDS = 0.5
 FHIR_BACKOFF_MAX_SECONDS = 30.0
+# Events of one batch job whose first writes share a transaction: 25 events are 50 resources and 50
+# Provenances in two Bundles, far below what HAPI FHIR and Medplum accept in one.
+FHIR_EVENTS_PER_TRANSACTION = 25
 IDENTIFIER_SYSTEM = "urn:fhir-smartflow:id"
 DEVICE_ID = "fhir-smartflow"
 

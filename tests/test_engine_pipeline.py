@@ -11,6 +11,7 @@ import pytest
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.engine.plan import CancelGroup, Plan
 from fhir_smartflow.metrics import Metrics
+from fhir_smartflow.worker.execute import Prewritten
 from fhir_smartflow.worker.pipeline import EnginePipeline
 from fhir_smartflow.worker.prior import RedisPriorState
 from tests.support.engine import SETTINGS, appointment, event_for, patient, shipped_engine
@@ -28,7 +29,7 @@ class RecordingExecutor:
     def __init__(self) -> None:
         self.plans: list[Plan] = []
 
-    def execute(self, plan: Plan) -> Any:
+    def execute(self, plan: Plan, prewritten: Prewritten | None = None) -> Any:
         self.plans.append(plan)
         return {"executed": len(plan.actions)}
 

@@ -12,7 +12,7 @@ import redis
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.engine.plan import Deliver, FlowRun, Plan, Schedule, TriggerEvent, WriteResource
 from fhir_smartflow.events import ResourceEvent
-from fhir_smartflow.worker.execute import ActionError, ExecutionResult, WrittenResource
+from fhir_smartflow.worker.execute import ActionError, ExecutionResult, Prewritten, WrittenResource
 from fhir_smartflow.worker.history import RunHistory
 
 pytestmark = pytest.mark.integration
@@ -211,7 +211,7 @@ def test_the_engine_pipeline_records_each_run(redis_conn: redis.Redis) -> None:
     from tests.support.fakes import FakeContext
 
     class WritingExecutor:
-        def execute(self, plan: Plan) -> ExecutionResult:
+        def execute(self, plan: Plan, prewritten: Prewritten | None = None) -> ExecutionResult:
             writes = [a for a in plan.actions if isinstance(a, WriteResource)]
             return ExecutionResult(
                 written=[WrittenResource(w.resource_type, f"id{i}", w.identifier, True) for i, w in enumerate(writes)],

@@ -25,22 +25,24 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from rq.timeouts import JobTimeoutException
 
-from fhir_smartflow import logs
 from fhir_smartflow.batch_queueing import backlog_events, backlog_events_key
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.worker.jobs import (
     EventInProgress,
     count_failed_on_final_attempt,
+    event_log_context,
     first_fetch,
     handle_event,
     outcome_marker,
     track_numbers,
 )
-from fhir_smartflow.worker.runtime import Runtime, current
+from fhir_smartflow.worker.runtime import Runtime, ServiceRuntime, current
+from fhir_smartflow.worker.write_groups import WriteGroups
 
 log = logging.getLogger(__name__)
 
@@ -70,24 +72,21 @@ def _process(rt: Runtime, event_dicts: list[dict[str, Any]]) -> str:
     results: dict[str, int] = {}
     failures: list[Exception] = []
     events = {index: ResourceEvent.from_dict(d) for index, d in enumerate(event_dicts) if index not in finished}
-    reached = 0  # the events before it are done or counted failed
+    ended: set[int] = set()  # done or counted failed
     try:
         with rt.metrics.batch():  # every counter of every event in one round trip at the end
             track_numbers(rt, list(events.values()))  # every unfinished event's number, in one transaction
             reading = _reading_ahead(rt, list(events.values()))
-            for index, event in events.items():
-                reached = index
-                try:
-                    result = _handle(reading, event, index)
-                except JobTimeoutException:
-                    raise  # the job's time is up: stop here, the retry resumes after the finished events
-                except Exception as exc:  # the others still run; this one is retried with the batch
-                    failures.append(exc)
-                    continue
-                results[result] = results.get(result, 0) + 1
+            for index, outcome in _outcomes(reading, events):
+                ended.add(index)
+                if isinstance(outcome, Exception):  # the others still run; this one is retried with the batch
+                    failures.append(outcome)
+                else:
+                    results[outcome] = results.get(outcome, 0) + 1
     except JobTimeoutException:
-        # After the last attempt, the events it did not reach count as failed too.
-        count_failed_on_final_attempt(rt, [i for i in events if i >= reached])
+        # The job's time is up: it stopped at once. After the last attempt, the events it did not end
+        # count as failed too; a retry resumes after the finished ones.
+        count_failed_on_final_attempt(rt, [i for i in events if i not in ended])
         raise
     if finished:
         results["skipped"] = len(finished)
@@ -96,13 +95,26 @@ def _process(rt: Runtime, event_dicts: list[dict[str, Any]]) -> str:
     return ", ".join(f"{count} {result}" for result, count in sorted(results.items())) or "0 events"
 
 
+def _outcomes(rt: Runtime, events: dict[int, ResourceEvent]) -> Iterator[tuple[int, str | Exception]]:
+    """Each event's result, or what it raised, in order: in write groups when the service writes to a
+    server with transactions (worker/write_groups.py), else one by one."""
+    group_size = rt.settings.fhir.events_per_transaction
+    if isinstance(rt, ServiceRuntime) and group_size > 1 and len(events) > 1 and rt.target.supports_transactions():
+        yield from WriteGroups(rt, group_size).process(events)
+        return
+    for index, event in events.items():
+        try:
+            yield index, _handle(rt, event, index)
+        except JobTimeoutException:
+            raise
+        except Exception as exc:
+            yield index, exc
+
+
 def _handle(rt: Runtime, event: ResourceEvent, index: int) -> str:
     """One event of the batch, with its own log context."""
-    token = logs.event_id.set(f"{event.subscription}:{event.reference or 'criteria'}:{event.event_number}")
-    try:
+    with event_log_context(event):
         return handle_event(rt, event, index=index, tracked=True)
-    finally:
-        logs.event_id.reset(token)
 
 
 def _reading_ahead(rt: Runtime, events: list[ResourceEvent]) -> Runtime:

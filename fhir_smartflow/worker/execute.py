@@ -89,6 +89,20 @@ class ExecutionResult:
         }
 
 
+@dataclass
+class Prewritten:
+    """What the server answered to writes made ahead of their plans' execution (`PlanExecutor.prewrite`),
+    by business identifier: ``(stored, created?)``. Each answer is taken once."""
+
+    answers: dict[str, tuple[dict[str, Any], bool | None]] = field(default_factory=dict)
+
+    def take(self, identifiers: list[str]) -> list[tuple[dict[str, Any], bool | None]] | None:
+        """The answers for all of ``identifiers``, in order, or None (and nothing taken) unless all are here."""
+        if not identifiers or any(identifier not in self.answers for identifier in identifiers):
+            return None
+        return [self.answers.pop(identifier) for identifier in identifiers]
+
+
 class PlanDataError(Exception):
     """An action cannot be carried out with what there is: a resource it needs is missing (its
     Communication, its Task), the plan names nothing to act on, or a collaborator it needs (Deliverer,
@@ -98,7 +112,7 @@ class PlanDataError(Exception):
 class Executor(Protocol):
     """Carries out a plan: writes, deliveries, scheduled jobs, cancellations. Idempotent."""
 
-    def execute(self, plan: Plan) -> ExecutionResult: ...
+    def execute(self, plan: Plan, prewritten: Prewritten | None = None) -> ExecutionResult: ...
 
 
 def _is_transient(exc: Exception) -> bool:
@@ -133,7 +147,8 @@ class PlanExecutor:
         self.claims = DeliveryClaims(conn, keys, settings.redis.dedupe_ttl_seconds)
 
     # -- entry point ---------------------------------------------------------------------------------
-    def execute(self, plan: Plan) -> ExecutionResult:
+    def execute(self, plan: Plan, prewritten: Prewritten | None = None) -> ExecutionResult:
+        """Carry out ``plan``; writes found in ``prewritten`` (made ahead, `prewrite`) are not sent again."""
         result = ExecutionResult()
         written: dict[str, dict[str, Any]] = {}  # identifier -> stored resource, for Deliver
         failed: set[str] = set()  # identifiers whose write failed: their deliveries are skipped
@@ -150,7 +165,7 @@ class PlanExecutor:
                     j = i
                     while j < len(actions) and isinstance(actions[j], WriteResource):
                         j += 1
-                    for action in self._write_batch(plan, run, actions[i:j], result, written):
+                    for action in self._write_batch(plan, run, actions[i:j], result, written, prewritten):
                         self._guarded(plan, run, action, result, written, failed)
                     i = j
                     continue
@@ -268,22 +283,44 @@ class PlanExecutor:
         )
 
     # -- batched writes (one transaction per run of consecutive writes) ------------------------------
-    def _write_batch(
-        self,
-        plan: Plan,
-        run: FlowRun,
-        actions: list[WriteResource] | tuple[WriteResource, ...],
-        result: ExecutionResult,
-        written: dict[str, dict[str, Any]],
-    ) -> list[WriteResource]:
-        """Write ``actions`` and a Provenance for each in one transaction Bundle (every entry a
-        conditional create on its business identifier, so the whole plan stays idempotent). Returns
-        the actions left for the one-by-one path: those that fail validation (it records why), or all
-        of them when the server refuses the Bundle (so each error names its own resource).
-        Transient failures are re-raised: rq retries the whole plan."""
+    def prewrite(self, plans: list[Plan]) -> Prewritten:
+        """Write the leading writes of several plans (those each plan's execution sends first, with their
+        Provenances) in one `WriteBackTarget.create_all`, ahead of the plans' execution, which then takes
+        their answers from here. Every entry is the conditional create its own execution would send, so
+        writing it early is what a retry after a crash mid-plan would find. Nothing is written unless the
+        target has transactions and there are two plans to share them; a refused or failed write leaves
+        every plan to write its own, as without it (a transient failure then recurs there)."""
+        prewritten = Prewritten()
+        if len(plans) < 2 or not self.target.supports_transactions():
+            return prewritten
+        items: list[BatchItem] = []
+        for plan in plans:
+            run = next((run for run in plan.runs if run.ran), None)
+            if run is not None:
+                items.extend(self._batch_items(plan, run, _leading_writes(run.actions))[0])
+        if not items:
+            return prewritten
+        try:
+            answers = self.target.create_all(items)
+        except FhirError as exc:
+            log.warning(
+                "execute: shared transaction of %d plans failed (%s); each writes its own", len(plans), scrub_error(exc)
+            )
+            scrub_in_place(exc)
+            return prewritten
+        prewritten.answers.update(
+            (identifier, answer) for (_, identifier, _), answer in zip(items, answers, strict=True)
+        )
+        return prewritten
+
+    def _batch_items(
+        self, plan: Plan, run: FlowRun, actions: list[WriteResource] | tuple[WriteResource, ...]
+    ) -> tuple[list[BatchItem], list[tuple[WriteResource, bool]], list[WriteResource]]:
+        """The transaction entries for ``actions`` and a Provenance for each; which actions they carry
+        (with: has a Provenance entry), and those left out because they fail validation."""
         leftover: list[WriteResource] = []
         items: list[BatchItem] = []
-        batched: list[tuple[WriteResource, bool]] = []  # (action, has a Provenance entry)
+        batched: list[tuple[WriteResource, bool]] = []
         for action in actions:
             rtype = action.resource["resourceType"]
             full_url = f"urn:uuid:{uuid.uuid4()}"
@@ -302,25 +339,48 @@ class PlanExecutor:
                 continue
             items.extend(entries)
             batched.append((action, len(entries) == 2))
-        if not batched:
-            return leftover
-        try:
-            answers = iter(self.target.create_all(items))
-        except FhirError as exc:
-            if exc.transient:
+        return items, batched, leftover
+
+    def _write_batch(
+        self,
+        plan: Plan,
+        run: FlowRun,
+        actions: list[WriteResource] | tuple[WriteResource, ...],
+        result: ExecutionResult,
+        written: dict[str, dict[str, Any]],
+        prewritten: Prewritten | None = None,
+    ) -> list[WriteResource]:
+        """Write ``actions`` and a Provenance for each in one transaction Bundle (every entry a
+        conditional create on its business identifier, so the whole plan stays idempotent), unless
+        ``prewritten`` has every answer. Returns the actions left for the one-by-one path: those that
+        fail validation (it records why), or all of them when the server refuses the Bundle (so each
+        error names its own resource). Transient failures are re-raised: rq retries the whole plan."""
+        taken = prewritten.take(_entry_identifiers(actions)) if prewritten is not None else None
+        if taken is not None:  # written ahead with other plans' (validated there)
+            batched = [(action, action.resource["resourceType"] != "Provenance") for action in actions]
+            leftover: list[WriteResource] = []
+            answers = iter(taken)
+        else:
+            items, batched, leftover = self._batch_items(plan, run, actions)
+            if not batched:
+                return leftover
+            try:
+                answers = iter(self.target.create_all(items))
+            except FhirError as exc:
+                if exc.transient:
+                    log.warning(
+                        "execute: transient failure on a transaction of %d writes, plan will be retried: %s",
+                        len(batched),
+                        scrub_error(exc),
+                    )
+                    scrub_in_place(exc)
+                    raise
                 log.warning(
-                    "execute: transient failure on a transaction of %d writes, plan will be retried: %s",
+                    "execute: transaction of %d writes refused (%s); writing them one by one",
                     len(batched),
                     scrub_error(exc),
                 )
-                scrub_in_place(exc)
-                raise
-            log.warning(
-                "execute: transaction of %d writes refused (%s); writing them one by one",
-                len(batched),
-                scrub_error(exc),
-            )
-            return [action for action, _ in batched] + leftover
+                return [action for action, _ in batched] + leftover
         for action, with_provenance in batched:
             stored, created = next(answers)
             rtype = action.resource["resourceType"]
@@ -569,6 +629,26 @@ def _recorded_outcome(communication: dict[str, Any]) -> DeliveryOutcome:
         return DeliveryOutcome("completed")
     codings = (communication.get("statusReason") or {}).get("coding") or [{}]
     return DeliveryOutcome("not-done", "recorded on the Communication", reason_code=str(codings[0].get("code") or ""))
+
+
+def _leading_writes(actions: tuple[PlanAction, ...] | list[PlanAction]) -> list[WriteResource]:
+    """The writes a run starts with, before its first other action: what its execution sends first."""
+    leading: list[WriteResource] = []
+    for action in actions:
+        if not isinstance(action, WriteResource):
+            break
+        leading.append(action)
+    return leading
+
+
+def _entry_identifiers(actions: list[WriteResource] | tuple[WriteResource, ...]) -> list[str]:
+    """The business identifiers of the entries `_batch_items` makes for ``actions``, in order."""
+    identifiers: list[str] = []
+    for action in actions:
+        identifiers.append(action.identifier)
+        if action.resource["resourceType"] != "Provenance":
+            identifiers.append(provenance_identifier(action.identifier))
+    return identifiers
 
 
 def _write_result(created: bool | None) -> str:

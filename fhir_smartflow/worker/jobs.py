@@ -19,10 +19,11 @@ the job as finished (the re-run finds the marker). So, once the queue is drained
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -67,17 +68,53 @@ def process_event(event_dict: dict[str, Any]) -> str:
     """The rq job (``fhir_smartflow.worker.jobs.process_event``); returns processed | deduplicated."""
     rt = current()
     event = ResourceEvent.from_dict(event_dict)
+    with event_log_context(event), rt.metrics.batch():  # every counter of this event in one round trip at the end
+        return handle_event(rt, event)
+
+
+@contextlib.contextmanager
+def event_log_context(event: ResourceEvent) -> Iterator[None]:
+    """Log lines in the block name this event (``evt=``: subscription, reference, event number)."""
     token = logs.event_id.set(f"{event.subscription}:{event.reference or 'criteria'}:{event.event_number}")
     try:
-        with rt.metrics.batch():  # every counter of this event in one round trip at the end
-            return handle_event(rt, event)
+        yield
     finally:
         logs.event_id.reset(token)
+
+
+@dataclasses.dataclass
+class StartedEvent:
+    """An event claimed and completed, up to its dispatch (`start_event`); ``writes`` collect what its
+    final transaction carries with the done mark. ``expanded``: re-querying criteria found ``events``,
+    each dispatched and marked done on its own."""
+
+    events: list[ResourceEvent]
+    expanded: bool
+    index: int | None
+    key: str
+    claim: bytes
+    writes: jobwrites.JobWrites = dataclasses.field(default_factory=jobwrites.JobWrites)
 
 
 def handle_event(rt: Runtime, event: ResourceEvent, index: int | None = None, tracked: bool = False) -> str:
     """One event, start to end; ``index`` is its place in a ``process_events`` batch (its outcome marker);
     ``tracked``: its event number was already accounted for (`track_numbers`, for the whole batch)."""
+    started = start_event(rt, event, index, tracked)
+    if isinstance(started, str):
+        return started
+    try:
+        dispatch_started(rt, started)
+    except Exception as exc:
+        fail_event(rt, started, exc)
+        raise
+    return end_event(rt, started)
+
+
+def start_event(
+    rt: Runtime, event: ResourceEvent, index: int | None = None, tracked: bool = False
+) -> StartedEvent | str:
+    """Verify, claim and complete ``event``: what to dispatch, or its outcome when it ended here (not on
+    the server, or a duplicate). Raises as `handle_event` does, the claim released."""
     if not tracked:
         # Every delivery's number counts, a duplicate's too: one dropped untracked could hide a gap.
         track_numbers(rt, [event])
@@ -102,33 +139,47 @@ def handle_event(rt: Runtime, event: ResourceEvent, index: int | None = None, tr
         _count_outcome(rt, "deduplicated", index=index)
         log.info("duplicate of an event already processed: %s", event.reference or "criteria event")
         return "deduplicated"
-    collected: jobwrites.JobWrites | None = None
+    started = StartedEvent([event], False, index, key, claim)
+    started.writes.read_ahead.update(read_ahead)
     try:
-        resolved, expanded = _complete(rt, event)
-        if expanded:
-            for item in resolved:
-                _dispatch_once(rt, item, nested=True)
-        else:
-            # Prior state and run history go in the final transaction, with the done mark.
-            with jobwrites.collecting() as collected:
-                collected.read_ahead.update(read_ahead)
-                _dispatch_once(rt, resolved[0], nested=False)
+        started.events, started.expanded = _complete(rt, event)
     except Exception as exc:
-        _release(rt.redis, key, claim)
-        if collected is not None:
-            _record_history(rt, collected)
-        if _final_attempt():
-            _count_outcome(rt, "failed", index=index)
-        log.warning("event %s failed; claim released for the retry", event.reference or "criteria event")
-        if isinstance(exc, FhirError):  # rq logs and keeps the text: a server's may quote the resource
-            scrub_in_place(exc)
+        fail_event(rt, started, exc)
         raise
-    _observe_latency(rt, event)  # before the final transaction, which carries the job's metrics
+    return started
+
+
+def dispatch_started(rt: Runtime, started: StartedEvent) -> None:
+    """Dispatch a started event: its prior state and run history go in its final transaction."""
+    if started.expanded:
+        for item in started.events:
+            _dispatch_once(rt, item, nested=True)
+        return
+    with jobwrites.collecting(started.writes):
+        rt.dispatcher.dispatch(started.events[0])
+
+
+def fail_event(rt: Runtime, started: StartedEvent, exc: Exception) -> None:
+    """A started event raised ``exc`` (the caller re-raises it): release the claim for the retry, keep
+    the runs it executed, count it failed on the last attempt."""
+    _release(rt.redis, started.key, started.claim)
+    _record_history(rt, started.writes)
+    if _final_attempt():
+        _count_outcome(rt, "failed", index=started.index)
+    log.warning("event %s failed; claim released for the retry", started.events[0].reference or "criteria event")
+    if isinstance(exc, FhirError):  # rq logs and keeps the text: a server's may quote the resource
+        scrub_in_place(exc)
+
+
+def end_event(rt: Runtime, started: StartedEvent) -> str:
+    """A dispatched event: done mark, outcome, prior state, history and metrics in one transaction."""
+    _observe_latency(rt, started.events[0])  # before the final transaction, which carries the job's metrics
+    writes = None if started.expanded else started.writes
     try:
-        _count_outcome(rt, "processed", done=key, writes=collected, index=index)
+        _count_outcome(rt, "processed", done=started.key, writes=writes, index=started.index)
     except redis.RedisError:
         # Not marked done (or the answer was lost: then the claim is DONE and stays): free it for the retry.
-        _release(rt.redis, key, claim)
+        _release(rt.redis, started.key, started.claim)
         raise
     return "processed"
 

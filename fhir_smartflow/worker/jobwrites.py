@@ -63,11 +63,12 @@ def current() -> JobWrites | None:
 
 
 @contextlib.contextmanager
-def collecting() -> Iterator[JobWrites]:
-    """Collect this thread's prior-state and history writes until the block ends (not nestable)."""
+def collecting(writes: JobWrites | None = None) -> Iterator[JobWrites]:
+    """Collect this thread's prior-state and history writes until the block ends (not nestable); into
+    ``writes`` when given (an event dispatched in steps collects into one JobWrites throughout)."""
     if current() is not None:
         raise RuntimeError("job writes are already being collected on this thread")
-    writes = _local.writes = JobWrites()
+    writes = _local.writes = writes if writes is not None else JobWrites()
     try:
         yield writes
     finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -26,12 +27,30 @@ from fhir_smartflow.engine.triggers import match_triggers
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.worker.discharge import DischargeMarkers
-from fhir_smartflow.worker.execute import ExecutionResult, Executor
+from fhir_smartflow.worker.execute import ExecutionResult, Executor, Prewritten
 from fhir_smartflow.worker.prior import PriorState
 
 log = logging.getLogger(__name__)
 
 ONCE_TTL_SECONDS = 10 * 365 * 24 * 3600  # "once per patient, ever" — ten years is ever enough
+
+
+@dataclass
+class Dispatch:
+    """One event's dispatch in progress: the triggers it matched, and those not yet planned, in order."""
+
+    event: ResourceEvent
+    triggers: list[TriggerEvent]
+    context: ContextSource | None = None
+    remaining: list[TriggerEvent] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.remaining = list(self.triggers)
+
+    @property
+    def patients(self) -> set[str | None]:
+        """Every matched trigger's patient (None for a trigger without one)."""
+        return {trigger.patient for trigger in self.triggers}
 
 
 class History(Protocol):
@@ -72,35 +91,54 @@ class EnginePipeline:
 
     def dispatch(self, event: ResourceEvent) -> list[Plan]:
         """Run every flow this event triggers; returns the executed plans (for callers and tests)."""
+        return self.complete(self.match(event))
+
+    # The steps of `dispatch`, for a batch job that writes several events' first resources in one
+    # transaction (worker/write_groups.py): match, plan the first trigger, complete.
+    def match(self, event: ResourceEvent) -> Dispatch:
+        """Read the prior state and match the triggers: nothing is written."""
         if not event.resource_id:
-            return []
+            return Dispatch(event, [])
         previous = self.prior.get(event.resource_type, event.resource_id)
-        triggers = match_triggers(self.engine, event, previous)
-        plans: list[Plan] = []
-        context: ContextSource | None = None
-        for trigger in triggers:
+        return Dispatch(event, match_triggers(self.engine, event, previous))
+
+    def plan_next(self, step: Dispatch) -> Plan | None:
+        """Claim and plan the next trigger with something to run (None when none is left): its once
+        claim, discharge marker and plan, not its execution."""
+        while step.remaining:
+            trigger = step.remaining.pop(0)
             if trigger.once_key and not self._claim_once(trigger):
                 log.info("trigger %s already fired once for %s: skipped", trigger.trigger, trigger.once_key)
                 continue
-            context = context or self.context_factory(event)
+            step.context = step.context or self.context_factory(step.event)
             self.discharges.track(trigger)
-            discharged = self._is_discharged(trigger, context)
-            result_plan = plan(self.engine, trigger, context, self.settings, self.clock(), discharged=discharged)
-            if not result_plan.runs:
-                continue  # e.g. an admission with no flow on it: nothing to execute or record
-            result = self.executor.execute(result_plan)
+            discharged = self._is_discharged(trigger, step.context)
+            result_plan = plan(self.engine, trigger, step.context, self.settings, self.clock(), discharged=discharged)
+            if result_plan.runs:
+                return result_plan  # an admission with no flow on it, say, has nothing to execute or record
+        return None
+
+    def complete(self, step: Dispatch, planned: Plan | None = None, prewritten: Prewritten | None = None) -> list[Plan]:
+        """Execute ``planned`` (the plan `plan_next` made, if any; its writes may be in ``prewritten``)
+        and every trigger after it, then write the prior state."""
+        plans: list[Plan] = []
+        current = planned or self.plan_next(step)
+        while current is not None:
+            result = self.executor.execute(current, prewritten)
             if self.history is not None:
-                self.history.record(result_plan, result)
-            self._count(result_plan)
+                self.history.record(current, result)
+            self._count(current)
             log.info(
                 "trigger %s on %s: %d flow run(s), %d action(s)",
-                trigger.trigger,
-                event.reference,
-                len(result_plan.runs),
-                len(result_plan.actions),
+                current.trigger.trigger,
+                step.event.reference,
+                len(current.runs),
+                len(current.actions),
             )
-            plans.append(result_plan)
-        if event.resource is not None and event.interaction != "delete":
+            plans.append(current)
+            current = self.plan_next(step)
+        event = step.event
+        if event.resource_id and event.resource is not None and event.interaction != "delete":
             self.prior.put(event.resource_type, event.resource_id, event.resource)
         return plans
 

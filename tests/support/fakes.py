@@ -20,6 +20,7 @@ from fhir_smartflow.engine.recurrence import next_occurrence, recurring_from_dic
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.fhir.target import WriteBackTarget
 from fhir_smartflow.scheduling.scheduler import Pending
+from fhir_smartflow.worker.execute import Prewritten
 from fhir_smartflow.worker.gaps import Gap
 from tests.support.plans import SYSTEM, task
 
@@ -100,7 +101,7 @@ class FakeExecutor:
     withdrawn: list[tuple[dict[str, Any], str]] = field(default_factory=list)
     fail_times: int = 0
 
-    def execute(self, plan: Plan) -> None:
+    def execute(self, plan: Plan, prewritten: Prewritten | None = None) -> None:
         if self.fail_times:
             self.fail_times -= 1
             raise ConnectionError("FHIR server unavailable")

@@ -1,0 +1,171 @@
+"""A batch job's events in write groups: the first writes of several events in one shared transaction.
+
+Each event still goes through `jobs.handle_event`'s steps, with its own claim, outcome, log context and
+final transaction; only where its plan's first writes are sent changes. A group is a run of
+consecutive events that cannot see each other's work:
+
+- each has a focus resource and matched at least one trigger, every trigger with a patient;
+- no two share a focus resource (its prior state) or a patient (what its plan reads: the patient's
+  resources, once claims and discharge marker).
+
+Each event in order is started (verified, claimed, completed), matched and its first trigger planned
+(once claim, discharge marker, plan: nothing executed). An event that shares a focus or a patient with
+the group first has the group completed; one that cannot be grouped is then handled alone. Completing a
+group sends the members' leading writes together (`PlanExecutor.prewrite`: the resources in one
+transaction, their Provenances in a second), then each member in order executes its plan, taking its
+answers from there, plans and executes any other trigger, and ends with its own final transaction.
+Every entry of the shared transaction is the conditional create the member's own execution would send,
+so a crash after it is a crash mid-plan: the retry finds what was written.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from rq.timeouts import JobTimeoutException
+
+from fhir_smartflow.engine.plan import Plan
+from fhir_smartflow.events import ResourceEvent
+from fhir_smartflow.worker import jobwrites
+from fhir_smartflow.worker.execute import Prewritten
+from fhir_smartflow.worker.jobs import (
+    StartedEvent,
+    dispatch_started,
+    end_event,
+    event_log_context,
+    fail_event,
+    start_event,
+)
+from fhir_smartflow.worker.pipeline import Dispatch
+from fhir_smartflow.worker.runtime import ServiceRuntime
+
+log = logging.getLogger(__name__)
+
+Outcome = tuple[int, str | Exception]  # an event's index in the job, and its result or what it raised
+
+
+@dataclass
+class _Member:
+    started: StartedEvent
+    step: Dispatch | None  # None: expanded criteria events, dispatched on their own
+    planned: Plan | None = None
+
+    @property
+    def index(self) -> int:
+        return self.started.index if self.started.index is not None else -1
+
+
+def _focus(event: ResourceEvent) -> str | None:
+    return f"{event.resource_type}/{event.resource_id}" if event.resource_id else None
+
+
+class WriteGroups:
+    """A batch job's events, in write groups of up to ``max_events`` (module docstring)."""
+
+    def __init__(self, rt: ServiceRuntime, max_events: int) -> None:
+        self.rt = rt
+        self.max_events = max_events
+        self.members: list[_Member] = []  # started and planned, not yet completed
+
+    def process(self, events: dict[int, ResourceEvent]) -> Iterator[Outcome]:
+        """Every event of ``events`` (by index in the job), in order; each outcome once it is known."""
+        try:
+            for index, event in events.items():
+                if _focus(event) in {_focus(m.started.events[0]) for m in self.members}:
+                    yield from self._complete_group()  # its prior state is written first
+                yield from self._add(index, event)
+                if len(self.members) >= self.max_events:
+                    yield from self._complete_group()
+            yield from self._complete_group()
+        except BaseException as exc:  # the job's time ran out, or a bug: free the claims of the rest
+            for member in self.members:
+                fail_event(self.rt, member.started, exc if isinstance(exc, Exception) else RuntimeError())
+            self.members = []
+            raise
+
+    def _add(self, index: int, event: ResourceEvent) -> Iterator[Outcome]:
+        """Start, match and plan ``event`` into the group, or handle it alone."""
+        with event_log_context(event):
+            try:
+                started = start_event(self.rt, event, index, tracked=True)
+            except JobTimeoutException:
+                raise
+            except Exception as exc:  # its claim is released; the others go on
+                yield index, exc
+                return
+            if isinstance(started, str):
+                yield index, started
+                return
+            member = _Member(started, None)
+            if not started.expanded and (error := self._step(member, self._match)) is not None:
+                yield index, error
+                return
+        if member.step is None or not _groupable(member.step):
+            yield from self._complete_group()
+            with event_log_context(event):
+                yield self._finish(member, None)
+            return
+        if member.step.patients & set().union(*(m.step.patients for m in self.members if m.step)):
+            yield from self._complete_group()
+        with event_log_context(event):
+            if (error := self._step(member, self._plan)) is not None:
+                yield index, error
+                return
+        self.members.append(member)
+
+    def _match(self, member: _Member) -> None:
+        member.step = self.rt.dispatcher.match(member.started.events[0])
+
+    def _plan(self, member: _Member) -> None:
+        if member.step is not None:
+            member.planned = self.rt.dispatcher.plan_next(member.step)
+
+    def _step(self, member: _Member, step: Callable[[_Member], None]) -> Exception | None:
+        """Run one dispatch step of a started member in its collection; what it raised (its claim then
+        released), else None. The job's time running out is raised on."""
+        try:
+            with jobwrites.collecting(member.started.writes):
+                step(member)
+        except Exception as exc:
+            fail_event(self.rt, member.started, exc)
+            if isinstance(exc, JobTimeoutException):
+                raise
+            return exc
+        return None
+
+    def _complete_group(self) -> Iterator[Outcome]:
+        """The members' leading writes in one shared transaction, then each member to its end, in order."""
+        if not self.members:
+            return
+        prewritten = self.rt.executor.prewrite([m.planned for m in self.members if m.planned is not None])
+        while self.members:
+            member = self.members.pop(0)
+            with event_log_context(member.started.events[0]):
+                yield self._finish(member, prewritten)
+
+    def _finish(self, member: _Member, prewritten: Prewritten | None) -> Outcome:
+        """Execute, record and end one started member (it is failed on any exception): its outcome."""
+        started = member.started
+        try:
+            if member.step is None:
+                dispatch_started(self.rt, started)
+            else:
+                with jobwrites.collecting(started.writes):
+                    self.rt.dispatcher.complete(member.step, member.planned, prewritten)
+        except Exception as exc:
+            fail_event(self.rt, started, exc)
+            if isinstance(exc, JobTimeoutException):
+                raise
+            return member.index, exc
+        try:
+            return member.index, end_event(self.rt, started)
+        except JobTimeoutException:
+            raise
+        except Exception as exc:  # not marked done; end_event released its claim for the retry
+            return member.index, exc
+
+
+def _groupable(step: Dispatch) -> bool:
+    return bool(step.triggers) and _focus(step.event) is not None and None not in step.patients
