@@ -173,15 +173,25 @@ def fail_event(rt: Runtime, started: StartedEvent, exc: Exception) -> None:
 
 def end_event(rt: Runtime, started: StartedEvent) -> str:
     """A dispatched event: done mark, outcome, prior state, history and metrics in one transaction."""
-    _observe_latency(rt, started.events[0])  # before the final transaction, which carries the job's metrics
-    writes = None if started.expanded else started.writes
-    try:
-        _count_outcome(rt, "processed", done=started.key, writes=writes, index=started.index)
-    except redis.RedisError:
-        # Not marked done (or the answer was lost: then the claim is DONE and stays): free it for the retry.
-        _release(rt.redis, started.key, started.claim)
-        raise
+    end_events(rt, [started])
     return "processed"
+
+
+def end_events(rt: Runtime, started: list[StartedEvent]) -> None:
+    """`end_event` for several dispatched events of one job, in one transaction. On a Redis error none
+    is marked done (or the answer was lost: then they are DONE and stay), and their claims are freed for
+    the retry."""
+    for event in started:
+        _observe_latency(rt, event.events[0])  # before the final transaction, which carries the job's metrics
+    outcomes = [
+        _Outcome("processed", event.key, None if event.expanded else event.writes, event.index) for event in started
+    ]
+    try:
+        _commit_outcomes(rt, outcomes)
+    except redis.RedisError:
+        for event in started:
+            _release(rt.redis, event.key, event.claim)
+        raise
 
 
 def count_failed_on_final_attempt(rt: Runtime, indices: Iterable[int]) -> None:
@@ -201,6 +211,14 @@ def outcome_marker(rt: Runtime, index: int | None = None) -> str | None:
     return outcome_key(rt.keys.prefix, job.id, index)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Outcome:
+    result: str
+    done: str | None = None  # the dedupe key to mark done
+    writes: jobwrites.JobWrites | None = None
+    index: int | None = None
+
+
 def _count_outcome(
     rt: Runtime,
     result: str,
@@ -210,25 +228,32 @@ def _count_outcome(
 ) -> None:
     """Count this job's outcome once (per rq job id, and event ``index`` in a batch), in ONE transaction
     with the dedupe ``done`` mark, the collected prior-state and history writes and the job's buffered
-    metrics.
+    metrics."""
+    _commit_outcomes(rt, [_Outcome(result, done, writes, index)])
+
+
+def _commit_outcomes(rt: Runtime, outcomes: list[_Outcome]) -> None:
+    """`_count_outcome` for several events of one job in one transaction.
 
     Round trips: WATCH with one MGET of the watched keys (redis_watch), then MULTI…EXEC.
     """
-    marker = outcome_marker(rt, index)
-    watched = ([marker] if marker is not None else []) + (writes.watched() if writes is not None else [])
+    markers = [outcome_marker(rt, outcome.index) for outcome in outcomes]
+    watched = [marker for marker in markers if marker is not None]
+    for outcome in outcomes:
+        watched += outcome.writes.watched() if outcome.writes is not None else []
     ttl = rt.settings.redis.dedupe_ttl_seconds
 
     def commit(values: list[Any], pipe: redis.client.Pipeline, read: Callable[..., Any]) -> None:
         stored = dict(zip(watched, values[0], strict=True)) if watched else {}
-        counted = marker is not None and stored.get(marker) is not None
-        if done is not None:
-            pipe.set(done, DONE, ex=ttl)
-        if writes is not None:
-            writes.queue_on(pipe, stored)
-        if not counted:
-            rt.metrics.inc("events", pipe=pipe, result=result)
-            if marker is not None:
-                pipe.set(marker, result, ex=ttl)
+        for outcome, marker in zip(outcomes, markers, strict=True):
+            if outcome.done is not None:
+                pipe.set(outcome.done, DONE, ex=ttl)
+            if outcome.writes is not None:
+                outcome.writes.queue_on(pipe, stored)
+            if marker is None or stored.get(marker) is None:  # not counted before
+                rt.metrics.inc("events", pipe=pipe, result=outcome.result)
+                if marker is not None:
+                    pipe.set(marker, outcome.result, ex=ttl)
         rt.metrics.queue_batched(pipe)  # queued again if a WATCH conflict runs this once more
 
     watch_read_write(rt.redis, watched, [("MGET", *watched)] if watched else [], commit)

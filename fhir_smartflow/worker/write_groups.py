@@ -1,8 +1,9 @@
 """A batch job's events in write groups: the first writes of several events in one shared transaction.
 
-Each event still goes through `jobs.handle_event`'s steps, with its own claim, outcome, log context and
-final transaction; only where its plan's first writes are sent changes. A group is a run of
-consecutive events that cannot see each other's work:
+Each event still goes through `jobs.handle_event`'s steps, with its own claim, outcome marker and log
+context; what changes is that its plan's first writes go in a shared transaction Bundle and its final
+Redis writes in a shared transaction. A group is a run of consecutive events that cannot see each
+other's work:
 
 - each has a focus resource and matched at least one trigger, every trigger with a patient;
 - no two share a focus resource (its prior state) or a patient (what its plan reads: the patient's
@@ -13,9 +14,11 @@ Each event in order is started (verified, claimed, completed), matched and its f
 the group first has the group completed; one that cannot be grouped is then handled alone. Completing a
 group sends the members' leading writes together (`PlanExecutor.prewrite`: the resources in one
 transaction, their Provenances in a second), then each member in order executes its plan, taking its
-answers from there, plans and executes any other trigger, and ends with its own final transaction.
-Every entry of the shared transaction is the conditional create the member's own execution would send,
-so a crash after it is a crash mid-plan: the retry finds what was written.
+answers from there, and plans and executes any other trigger; then one Redis transaction ends them all
+(each one's done mark, outcome, prior state, run history). Every entry of the shared Bundle is the
+conditional create the member's own execution would send, so a crash after it is a crash mid-plan: the
+retry finds what was written; a crash before the members' end leaves all of them to run again, each
+step idempotent (deliveries by their claims), as a crash before one event's end does.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from fhir_smartflow.worker.execute import Prewritten
 from fhir_smartflow.worker.jobs import (
     StartedEvent,
     dispatch_started,
-    end_event,
+    end_events,
     event_log_context,
     fail_event,
     start_event,
@@ -105,7 +108,11 @@ class WriteGroups:
         if member.step is None or not _groupable(member.step):
             yield from self._complete_group()
             with event_log_context(event):
-                yield self._finish(member, None)
+                error = self._execute(member, None)
+            if error is not None:
+                yield index, error
+                return
+            yield from self._end([member])
             return
         if member.step.patients & set().union(*(m.step.patients for m in self.members if m.step)):
             yield from self._complete_group()
@@ -136,17 +143,21 @@ class WriteGroups:
         return None
 
     def _complete_group(self) -> Iterator[Outcome]:
-        """The members' leading writes in one shared transaction, then each member to its end, in order."""
+        """The members' leading writes in one shared transaction, then each member's execution in order,
+        then their ends (done marks, outcomes, prior states, history) in one Redis transaction."""
         if not self.members:
             return
         prewritten = self.rt.executor.prewrite([m.planned for m in self.members if m.planned is not None])
-        while self.members:
-            member = self.members.pop(0)
+        for member in list(self.members):
             with event_log_context(member.started.events[0]):
-                yield self._finish(member, prewritten)
+                error = self._execute(member, prewritten)
+            if error is not None:
+                yield member.index, error
+        executed, self.members = self.members, []
+        yield from self._end(executed)
 
-    def _finish(self, member: _Member, prewritten: Prewritten | None) -> Outcome:
-        """Execute, record and end one started member (it is failed on any exception): its outcome."""
+    def _execute(self, member: _Member, prewritten: Prewritten | None) -> Exception | None:
+        """Execute one started member (on any exception it is failed and leaves the group): what it raised."""
         started = member.started
         try:
             if member.step is None:
@@ -156,15 +167,29 @@ class WriteGroups:
                     self.rt.dispatcher.complete(member.step, member.planned, prewritten)
         except Exception as exc:
             fail_event(self.rt, started, exc)
+            if member in self.members:
+                self.members.remove(member)
             if isinstance(exc, JobTimeoutException):
                 raise
-            return member.index, exc
+            return exc
+        return None
+
+    def _end(self, executed: list[_Member]) -> Iterator[Outcome]:
+        if not executed:
+            return
+        self.members = executed  # until they are ended, the job's time running out frees their claims
         try:
-            return member.index, end_event(self.rt, started)
+            end_events(self.rt, [member.started for member in executed])
         except JobTimeoutException:
             raise
-        except Exception as exc:  # not marked done; end_event released its claim for the retry
-            return member.index, exc
+        except Exception as exc:  # none marked done; end_events freed their claims for the retry
+            self.members = []
+            for member in executed:
+                yield member.index, exc
+            return
+        self.members = []
+        for member in executed:
+            yield member.index, "processed"
 
 
 def _groupable(step: Dispatch) -> bool:
