@@ -67,3 +67,15 @@ def process_ms_each(call: Callable[[Any], object], items: Iterable[Any]) -> floa
     for item in items:
         call(item)
     return (time.process_time() - start) * 1000 / len(items)
+
+
+def config_values(settings: list[str]) -> dict[str, dict[str, Any]]:
+    """``["fhir.events_per_transaction=5", ...]`` as config tables (``--set``); a whole number is an int."""
+    tables: dict[str, dict[str, Any]] = {}
+    for setting in settings:
+        name, _, value = setting.partition("=")
+        table, _, key = name.partition(".")
+        if not table or not key or not value:
+            raise SystemExit(f"--set {setting!r}: expected TABLE.KEY=VALUE")
+        tables.setdefault(table, {})[key] = int(value) if value.lstrip("-").isdigit() else value
+    return tables

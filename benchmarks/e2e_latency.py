@@ -167,6 +167,13 @@ def baseline_phase(stack: _stack.Stack, poller: TaskPoller, patients: list[dict[
     return result
 
 
+def jobs_done(stack: _stack.Stack) -> int:
+    """Jobs the workers have finished so far (rq's own per-worker counts)."""
+    from rq import Worker
+
+    return sum(w.successful_job_count + w.failed_job_count for w in Worker.all(connection=stack.redis))
+
+
 def service_phase(stack: _stack.Stack, poller: TaskPoller, patients: list[dict[str, Any]], rate: float) -> dict:
     sent: dict[str, float] = {}
     bodies = [stack.notify_body(p, i + 1) for i, p in enumerate(patients)]
@@ -176,6 +183,7 @@ def service_phase(stack: _stack.Stack, poller: TaskPoller, patients: list[dict[s
         sent[f"Patient/{patients[i]['id']}"] = time.time()
         return _loadgen.Request("POST", "/fhir/notify", bodies[i], headers)
 
+    jobs_before = jobs_done(stack)
     before = cpu_sample(stack)
     load = _loadgen.paced(stack.serve_url, make, rate=rate, seconds=len(patients) / rate, threads=8, label="notify")
     print(load.line())
@@ -186,6 +194,7 @@ def service_phase(stack: _stack.Stack, poller: TaskPoller, patients: list[dict[s
     result["webhook"] = load.summary()
     result["cpu_ms_per_event"] = cpu_per(before, after, len(patients))
     result["seconds"] = round(after["t"] - before["t"], 2)
+    result["events_per_job"] = round(len(patients) / max(1, jobs_done(stack) - jobs_before), 2)
     return result
 
 
@@ -214,11 +223,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", default="lenient", help="the sandbox's server behaviours: lenient | medplum | hapi"
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="TABLE.KEY=VALUE",
+        help="a config value for every process (an integer VALUE is an integer), e.g. fhir.events_per_transaction=5",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     n_service, n_base = int(args.rate * args.seconds), int(args.rate * args.baseline_seconds)
     with _procs.private_redis() as redis_url, tempfile.TemporaryDirectory() as tmpdir:
-        stack = _stack.Stack(Path(tmpdir), redis_url, log_level="WARNING")
+        stack = _stack.Stack(Path(tmpdir), redis_url, log_level="WARNING", extra_config=_procs.config_values(args.set))
         try:
             stack.start_sandbox(profile=args.profile)
             stack.start_serve()
@@ -244,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"baseline (direct store write) p50 {base['p50_ms']} ms  p99 {base['p99_ms']} ms  max {base['max_ms']} ms")
     print(
         f"service  (notify -> Task)     p50 {svc['p50_ms']} ms  p99 {svc['p99_ms']} ms  max {svc['max_ms']} ms  "
-        f"lost {svc['lost']}/{svc['events']}  duplicated {svc['duplicated']}"
+        f"lost {svc['lost']}/{svc['events']}  duplicated {svc['duplicated']}  events per job {svc['events_per_job']}"
     )
     print(f"CPU ms per event, service phase ({svc['seconds']} s): {svc['cpu_ms_per_event']}")
     print(f"CPU ms per event, baseline phase (direct writes): {base['cpu_ms_per_event']}")

@@ -167,7 +167,7 @@ def test_trim_to_max_runs_and_ttl(store: tuple[RunHistory, Clock], redis_conn: r
     assert redis_conn.zcard(Keys("t:").history()) == 1
 
 
-def test_an_index_is_trimmed_at_most_once_a_second_and_always_expires(
+def test_an_index_is_trimmed_and_its_ttl_renewed_at_most_once_a_second_and_always_expires(
     store: tuple[RunHistory, Clock], redis_conn: redis.Redis
 ) -> None:
     history, clock = store

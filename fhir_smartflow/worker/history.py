@@ -196,8 +196,8 @@ class RunHistory:
             pipe.set(self.keys.run(run_id), payload, ex=self.ttl)
             for index in indexes:
                 pipe.zadd(index, {run_id: score})
-                pipe.expire(index, self.ttl)
             for index in due:  # bounded: older than the TTL or beyond max_runs is dropped
+                pipe.expire(index, self.ttl)  # an index lives a TTL after its last run (less under a second)
                 pipe.zremrangebyscore(index, "-inf", f"({score - self.ttl}")
                 pipe.zremrangebyrank(index, 0, -(self.max_runs + 1))
 
