@@ -18,16 +18,13 @@ import pytest
 import redis
 import requests
 import responses
-import rq
 
-from fhir_smartflow.batch_queueing import enqueue_batch
 from fhir_smartflow.config import RedisConfig, Settings
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.fhir.client import FhirClient
 from fhir_smartflow.fhir.writeback import FhirWriteBack
 from fhir_smartflow.flowfiles import load_engine
-from fhir_smartflow.queueing import enqueue_events
 from fhir_smartflow.retry import RetryPolicy
 from fhir_smartflow.worker import runtime
 from fhir_smartflow.worker.context import CachingContextSource, ClientResourceFetcher
@@ -35,6 +32,7 @@ from fhir_smartflow.worker.execute import PlanExecutor
 from fhir_smartflow.worker.pipeline import EnginePipeline
 from fhir_smartflow.worker.prior import RedisPriorState
 from fhir_smartflow.worker.seams import Dispatcher, RecordingDispatcher
+from tests.support.events import drain
 from tests.support.fakes import FakeDeliverer, FakeScheduler
 from tests.support.fhir import (
     FHIR,
@@ -161,19 +159,7 @@ def worker_runtime(
 
 def run(rt: runtime.Runtime, events: list[ResourceEvent], *, batch: bool) -> None:
     """Queue the events as one batch job (or one job each) and drain them with a real rq worker."""
-    if batch:
-        pipe = rt.redis.pipeline()
-        pipe.multi()
-        enqueue_batch(rt.queue, events, pipe, metrics=rt.metrics)
-        pipe.execute()
-    else:
-        enqueue_events(rt.queue, events, metrics=rt.metrics)
-    runtime.install(rt)
-    try:
-        rq.SimpleWorker([rt.queue], connection=rt.redis).work(burst=True, logging_level="WARNING")
-    finally:
-        runtime.install(None)
-    assert rq.registry.FailedJobRegistry(queue=rt.queue).get_job_ids() == []
+    assert drain(rt, events, batch=batch) == []
 
 
 def dispatched(rt: runtime.Runtime) -> list[tuple[str | None, str | None, dict[str, Any] | None]]:

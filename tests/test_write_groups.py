@@ -16,14 +16,12 @@ from typing import Any
 
 import pytest
 import requests
-import rq
 
-from fhir_smartflow.batch_queueing import enqueue_batch
 from fhir_smartflow.config import load_settings
 from fhir_smartflow.events import ResourceEvent
-from fhir_smartflow.queueing import enqueue_events
 from fhir_smartflow.worker import runtime
 from fhir_smartflow.worker.history import RunHistory
+from tests.support.events import drain
 from tests.support.fhir import FHIR, Sandbox, search_all, serve_sandbox, set_faults
 from tests.support.net import ThreadedWsgiServer
 from tests.support.service import write_service_config
@@ -90,24 +88,6 @@ def service(tmp_path: Path, base: str, redis_url: str, prefix: str, fhir_extra: 
     return runtime.build_service_runtime(load_settings(config, env={}))
 
 
-def run(rt: runtime.Runtime, events: list[ResourceEvent], *, batch: bool) -> list[str]:
-    """Queue the events as one batch job (or one job each), drain them with a real rq worker; the ids of
-    the jobs that failed."""
-    if batch:
-        pipe = rt.redis.pipeline()
-        pipe.multi()
-        enqueue_batch(rt.queue, events, pipe, metrics=rt.metrics)
-        pipe.execute()
-    else:
-        enqueue_events(rt.queue, events, metrics=rt.metrics)
-    runtime.install(rt)
-    try:
-        rq.SimpleWorker([rt.queue], connection=rt.redis).work(burst=True, logging_level="WARNING")
-    finally:
-        runtime.install(None)
-    return rq.registry.FailedJobRegistry(queue=rt.queue).get_job_ids()
-
-
 def written(base: str) -> dict[str, list[str]]:
     """Everything the flows wrote, by type: each business identifier (Provenance: its meta.tag) with the
     resource's status. Each resource once: a duplicate shows as a repeated line."""
@@ -135,6 +115,15 @@ def triggers_run(rt: runtime.Runtime) -> list[str]:
     )
 
 
+def two_stores(stores: Callable[[], Sandbox], patients: list[dict[str, Any]]) -> tuple[Sandbox, Sandbox]:
+    """Two fresh stores holding ``patients``."""
+    pair = stores(), stores()
+    for base in pair:
+        for patient in patients:
+            put(base, patient)
+    return pair
+
+
 def both_ways(
     stores: Callable[[], Sandbox],
     redis_url: str,
@@ -144,13 +133,10 @@ def both_ways(
 ) -> tuple[Sandbox, Sandbox]:
     """The events as one batch job on one store and as one job each on another (both start with
     ``patients``), every job done, the same runs in the history of both; the two stores."""
-    grouped, single = stores(), stores()
-    for base in (grouped, single):
-        for patient in patients:
-            put(base, patient)
+    grouped, single = two_stores(stores, patients)
     grouped_rt, single_rt = service(tmp_path, grouped, redis_url, "wg1:"), service(tmp_path, single, redis_url, "wg2:")
-    assert run(grouped_rt, events, batch=True) == []
-    assert run(single_rt, events, batch=False) == []
+    assert drain(grouped_rt, events, batch=True) == []
+    assert drain(single_rt, events, batch=False) == []
     assert triggers_run(grouped_rt) == triggers_run(single_rt)
     return grouped, single
 
@@ -198,15 +184,12 @@ def test_a_refused_shared_transaction_leaves_each_event_to_write_its_own(
 ) -> None:
     patients = [adult(f"p{n}") for n in range(1, 4)]
     events = [full_resource(patient, number) for number, patient in enumerate(patients, start=1)]
-    grouped, single = stores(), stores()
-    for base in (grouped, single):
-        for patient in patients:
-            put(base, patient)
+    grouped, single = two_stores(stores, patients)
     rt = service(tmp_path, grouped, redis_url, "wg1:")
     set_faults(grouped, fail_first=1, methods=["POST"], statuses=[422])  # the shared one: refused
 
-    assert run(rt, events, batch=True) == []
-    assert run(service(tmp_path, single, redis_url, "wg2:"), events, batch=False) == []
+    assert drain(rt, events, batch=True) == []
+    assert drain(service(tmp_path, single, redis_url, "wg2:"), events, batch=False) == []
 
     assert written(grouped) == written(single)
     assert transactions(grouped) == transactions(single) + 1  # the refused one, then each its own
@@ -215,14 +198,11 @@ def test_a_refused_shared_transaction_leaves_each_event_to_write_its_own(
 def test_write_groups_can_be_turned_off(stores: Callable[[], Sandbox], redis_url: str, tmp_path: Path) -> None:
     patients = [adult(f"p{n}") for n in range(1, 4)]
     events = [full_resource(patient, number) for number, patient in enumerate(patients, start=1)]
-    off, single = stores(), stores()
-    for base in (off, single):
-        for patient in patients:
-            put(base, patient)
+    off, single = two_stores(stores, patients)
 
     rt = service(tmp_path, off, redis_url, "wg1:", fhir_extra="events_per_transaction = 0")
-    assert run(rt, events, batch=True) == []
-    assert run(service(tmp_path, single, redis_url, "wg2:"), events, batch=False) == []
+    assert drain(rt, events, batch=True) == []
+    assert drain(service(tmp_path, single, redis_url, "wg2:"), events, batch=False) == []
 
     assert written(off) == written(single)
     assert transactions(off) == transactions(single)

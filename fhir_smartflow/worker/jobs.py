@@ -85,9 +85,10 @@ def event_log_context(event: ResourceEvent) -> Iterator[None]:
 @dataclasses.dataclass
 class StartedEvent:
     """An event claimed and completed, up to its dispatch (`start_event`); ``writes`` collect what its
-    final transaction carries with the done mark. ``expanded``: re-querying criteria found ``events``,
-    each dispatched and marked done on its own."""
+    final transaction carries with the done mark. ``events``: what it dispatches, the event with its
+    resource, or (``expanded``) those re-querying criteria found, each dispatched and marked done on its own."""
 
+    event: ResourceEvent  # as the server has it (verified)
     events: list[ResourceEvent]
     expanded: bool
     index: int | None
@@ -139,7 +140,7 @@ def start_event(
         _count_outcome(rt, "deduplicated", index=index)
         log.info("duplicate of an event already processed: %s", event.reference or "criteria event")
         return "deduplicated"
-    started = StartedEvent([event], False, index, key, claim)
+    started = StartedEvent(event, [event], False, index, key, claim)
     started.writes.read_ahead.update(read_ahead)
     try:
         started.events, started.expanded = _complete(rt, event)
@@ -166,7 +167,7 @@ def fail_event(rt: Runtime, started: StartedEvent, exc: Exception) -> None:
     _record_history(rt, started.writes)
     if _final_attempt():
         _count_outcome(rt, "failed", index=started.index)
-    log.warning("event %s failed; claim released for the retry", started.events[0].reference or "criteria event")
+    log.warning("event %s failed; claim released for the retry", started.event.reference or "criteria event")
     if isinstance(exc, FhirError):  # rq logs and keeps the text: a server's may quote the resource
         scrub_in_place(exc)
 
@@ -182,7 +183,7 @@ def end_events(rt: Runtime, started: list[StartedEvent]) -> None:
     is marked done (or the answer was lost: then they are DONE and stay), and their claims are freed for
     the retry."""
     for event in started:
-        _observe_latency(rt, event.events[0])  # before the final transaction, which carries the job's metrics
+        _observe_latency(rt, event.event)  # before the final transaction, which carries the job's metrics
     outcomes = [
         _Outcome("processed", event.key, None if event.expanded else event.writes, event.index) for event in started
     ]

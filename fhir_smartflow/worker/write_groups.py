@@ -76,7 +76,7 @@ class WriteGroups:
         """Every event of ``events`` (by index in the job), in order; each outcome once it is known."""
         try:
             for index, event in events.items():
-                if _focus(event) in {_focus(m.started.events[0]) for m in self.members}:
+                if _focus(event) in {_focus(m.started.event) for m in self.members}:
                     yield from self._complete_group()  # its prior state is written first
                 yield from self._add(index, event)
                 if len(self.members) >= self.max_events:
@@ -149,7 +149,7 @@ class WriteGroups:
             return
         prewritten = self.rt.executor.prewrite([m.planned for m in self.members if m.planned is not None])
         for member in list(self.members):
-            with event_log_context(member.started.events[0]):
+            with event_log_context(member.started.event):
                 error = self._execute(member, prewritten)
             if error is not None:
                 yield member.index, error
