@@ -11,7 +11,8 @@ keep for the retention period and to print with ``fhir-smartflow history``. Layo
 Each process trims an index (runs older than the TTL, and beyond ``max_runs``) at most once every
 `TRIM_INTERVAL_SECONDS` of run time: the global and per-flow indexes get a run per event, and trimming
 them on every one was two commands per index per event for nothing. Between trims an index holds at most
-that interval's runs over ``max_runs``; its TTL is renewed on every run.
+that interval's runs over ``max_runs``. Its TTL is renewed with the trim, so an index lives the TTL after
+its last run, less under that interval.
 """
 
 from __future__ import annotations

@@ -102,41 +102,47 @@ class WriteGroups:
                 yield index, started
                 return
             member = _Member(started, None)
-            if not started.expanded and (error := self._step(member, self._match)) is not None:
+            if not started.expanded and (error := self._guarded(member, self._match)) is not None:
                 yield index, error
                 return
         if member.step is None or not _groupable(member.step):
             yield from self._complete_group()
-            with event_log_context(event):
-                error = self._execute(member, None)
-            if error is not None:
-                yield index, error
-                return
-            yield from self._end([member])
+            self.members = [member]  # a group of one: nothing is written ahead
+            yield from self._complete_group()
             return
         if member.step.patients & set().union(*(m.step.patients for m in self.members if m.step)):
             yield from self._complete_group()
         with event_log_context(event):
-            if (error := self._step(member, self._plan)) is not None:
+            if (error := self._guarded(member, self._plan)) is not None:
                 yield index, error
                 return
         self.members.append(member)
 
     def _match(self, member: _Member) -> None:
-        member.step = self.rt.dispatcher.match(member.started.events[0])
+        with jobwrites.collecting(member.started.writes):
+            member.step = self.rt.dispatcher.match(member.started.events[0])
 
     def _plan(self, member: _Member) -> None:
         if member.step is not None:
-            member.planned = self.rt.dispatcher.plan_next(member.step)
-
-    def _step(self, member: _Member, step: Callable[[_Member], None]) -> Exception | None:
-        """Run one dispatch step of a started member in its collection; what it raised (its claim then
-        released), else None. The job's time running out is raised on."""
-        try:
             with jobwrites.collecting(member.started.writes):
-                step(member)
+                member.planned = self.rt.dispatcher.plan_next(member.step)
+
+    def _execute(self, member: _Member, prewritten: Prewritten) -> None:
+        if member.step is None:  # expanded criteria events: each dispatched and marked done on its own
+            dispatch_started(self.rt, member.started)
+            return
+        with jobwrites.collecting(member.started.writes):
+            self.rt.dispatcher.complete(member.step, member.planned, prewritten)
+
+    def _guarded(self, member: _Member, step: Callable[[_Member], None]) -> Exception | None:
+        """Run one step of a started member; what it raised (the member then failed: its claim released,
+        and out of the group), else None. The job's time running out is raised on."""
+        try:
+            step(member)
         except Exception as exc:
             fail_event(self.rt, member.started, exc)
+            if member in self.members:
+                self.members.remove(member)
             if isinstance(exc, JobTimeoutException):
                 raise
             return exc
@@ -150,29 +156,11 @@ class WriteGroups:
         prewritten = self.rt.executor.prewrite([m.planned for m in self.members if m.planned is not None])
         for member in list(self.members):
             with event_log_context(member.started.event):
-                error = self._execute(member, prewritten)
+                error = self._guarded(member, lambda m: self._execute(m, prewritten))
             if error is not None:
                 yield member.index, error
         executed, self.members = self.members, []
         yield from self._end(executed)
-
-    def _execute(self, member: _Member, prewritten: Prewritten | None) -> Exception | None:
-        """Execute one started member (on any exception it is failed and leaves the group): what it raised."""
-        started = member.started
-        try:
-            if member.step is None:
-                dispatch_started(self.rt, started)
-            else:
-                with jobwrites.collecting(started.writes):
-                    self.rt.dispatcher.complete(member.step, member.planned, prewritten)
-        except Exception as exc:
-            fail_event(self.rt, started, exc)
-            if member in self.members:
-                self.members.remove(member)
-            if isinstance(exc, JobTimeoutException):
-                raise
-            return exc
-        return None
 
     def _end(self, executed: list[_Member]) -> Iterator[Outcome]:
         if not executed:
