@@ -51,6 +51,7 @@ def test_reminder_fires_once_for_open_tasks_only(start_stack) -> None:
     stack.subscribe("Patient")
     open_patient, done_patient = stack.new_patient(), stack.new_patient()
     open_task, done_task = intake_task(stack, open_patient), intake_task(stack, done_patient)
+    stack.wait_settled()  # each run schedules its reminder after its Communications are written
     assert stack.comms(open_patient, "reminder") == []
     reminders = [p for p in iter_pending(stack.scheduler(), 1000) if p.kind == "reminder"]
     assert {p.payload["task_identifier"] for p in reminders} == {ident(open_task), ident(done_task)}
