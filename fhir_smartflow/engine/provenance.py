@@ -4,6 +4,12 @@
 R4 ``Provenance`` has no ``identifier`` element, so its business identifier (the written resource's
 identifier value + ``/provenance``) is carried as a ``meta.tag`` with the identifier system; conditional
 create then matches on ``_tag=system|value``.
+
+Everything in it is ours (constants, the loaded flow's id and version, the configured Device) except two
+references: the target's id and version, which the server assigned, and the source, the focus of the
+notification. Those two are checked strictly here, so a Provenance needs no R4B validation before it is
+written (the tests validate every one we build with the R4B model; the executor still validates every
+resource that carries outside data, such as a Task or a Communication).
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ from datetime import datetime
 from typing import Any
 
 from fhir_smartflow.engine.identifiers import flow_urn
+from fhir_smartflow.engine.validation import ResourceInvalid
 from fhir_smartflow.instants import format_instant
+from fhir_smartflow.refs import split_reference
 
 PARTICIPANT_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 DATA_OPERATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
@@ -53,10 +61,14 @@ def build_provenance(
     (already ending in /provenance), source entity = the triggering resource version."""
     if recorded.tzinfo is None:
         raise ValueError("recorded must be timezone-aware")
+    target_reference = versioned_reference(target)
+    _check_reference(target_reference, "target")
+    if source_reference:
+        _check_reference(source_reference, "entity.what")
     prov: dict[str, Any] = {
         "resourceType": "Provenance",
         "meta": {"tag": [{"system": identifier_system, "code": identifier_value}]},
-        "target": [{"reference": versioned_reference(target)}],
+        "target": [{"reference": target_reference}],
         "recorded": format_instant(recorded, "milliseconds"),
         "policy": [flow_urn(flow_id, flow_version)],
         "reason": [{"text": f"Smart Flow {flow_id} version {flow_version} on {trigger}"}],
@@ -77,3 +89,11 @@ def build_provenance(
     if source_reference:
         prov["entity"] = [{"role": SOURCE_ROLE, "what": {"reference": source_reference}}]
     return prov
+
+
+def _check_reference(reference: str, element: str) -> None:
+    """ResourceInvalid unless ``reference`` is ``Type/id[/_history/version]`` with a valid type, id and version."""
+    try:
+        split_reference(reference)
+    except ValueError as exc:
+        raise ResourceInvalid("Provenance", [f"Provenance.{element}: {exc}"], f"Provenance.{element}") from None

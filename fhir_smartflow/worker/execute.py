@@ -259,8 +259,7 @@ class PlanExecutor:
         self, plan: Plan, run: FlowRun, stored: dict[str, Any], identifier: str, result: ExecutionResult
     ) -> None:
         prov_id = provenance_identifier(identifier)
-        provenance = self._provenance(plan, run, stored, prov_id)
-        validate_resource(provenance)
+        provenance = self._provenance(plan, run, stored, prov_id)  # checked as it is built (engine/provenance.py)
         prov_stored, created = self.target.create_with_status(provenance, prov_id)
         self._inc("writes", type="Provenance", result=_write_result(created))
         result.written.append(WrittenResource("Provenance", str(prov_stored.get("id")), prov_id, created))
@@ -332,7 +331,6 @@ class PlanExecutor:
                     # The target is the entry's fullUrl; the server rewrites it to the stored Type/id.
                     provenance = self._provenance(plan, run, {"resourceType": rtype, "id": "pending"}, prov_id)
                     provenance["target"] = [{"reference": full_url}]
-                    validate_resource(provenance)
                     entries.append((provenance, prov_id, f"urn:uuid:{uuid.uuid4()}"))
             except ResourceInvalid:
                 leftover.append(action)
