@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import random
 import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from flask import Flask, Response, request
@@ -16,10 +18,33 @@ T = TypeVar("T")
 
 
 def free_port() -> int:
-    """A loopback TCP port nothing listens on right now."""
-    with socket.socket() as s:
+    """A loopback TCP port nothing listens on right now, below the kernel's ephemeral range: a port from
+    that range (``bind`` to 0) can be taken as the source port of any outgoing connection in the
+    meantime, before the process it is meant for starts listening on it."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = _random.randrange(_PORTS_FROM, low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # that whole range busy: what the kernel gives
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+_PORTS_FROM = 20_000
+_random = random.SystemRandom()  # never the seeded global generator: parallel test processes must not agree
+
+
+def _ephemeral_low() -> int:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32_768
+    return max(low, _PORTS_FROM + 1_000)
 
 
 def wait_for(
