@@ -9,7 +9,7 @@ Everything in it is ours (constants, the loaded flow's id and version, the confi
 references: the target's id and version, which the server assigned, and the source, the focus of the
 notification. Those two are checked strictly here, so a Provenance needs no R4B validation before it is
 written (the tests validate every one we build with the R4B model; the executor still validates every
-resource that carries outside data, such as a Task or a Communication).
+other resource a plan writes: Task, Communication, DocumentReference, Flag, and their updates).
 """
 
 from __future__ import annotations
