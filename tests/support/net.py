@@ -16,6 +16,9 @@ from flask import Flask, Response, request
 
 T = TypeVar("T")
 
+_PORTS_FROM = 20_000
+_random = random.SystemRandom()  # never the seeded global generator: parallel test processes must not agree
+
 
 def free_port() -> int:
     """A loopback TCP port nothing listens on right now, below the kernel's ephemeral range: a port from
@@ -33,10 +36,6 @@ def free_port() -> int:
     with socket.socket() as s:  # that whole range busy: what the kernel gives
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-_PORTS_FROM = 20_000
-_random = random.SystemRandom()  # never the seeded global generator: parallel test processes must not agree
 
 
 def _ephemeral_low() -> int:
