@@ -10,13 +10,15 @@ A backlog batch does the same for deliveries that arrive one at a time while the
 (an EHR sending sequentially): when the queue already holds a job, the webhook queues a
 ``process_backlog_batch`` job whose events are a Redis list (`backlog_events_key`), and the next
 deliveries append to that list for as long as the job is still the last one waiting in the queue
-(`join_backlog`, under WATCH on the queue). A worker popping the job ends that: from then on no
-delivery can join it, so the list the job reads is final, and its events waited no longer than they
-would have as jobs of their own.
+(`commit_joining_backlog`: one Lua script reads the queue's tail and writes, atomically). A worker
+popping the job ends that: from then on no delivery can join it, so the list the job reads is final,
+and its events waited no longer than they would have as jobs of their own.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from rq.job import Job
@@ -36,6 +38,9 @@ from fhir_smartflow.queueing import (
     push_event_job,
     rq_now,
 )
+from fhir_smartflow.redis_watch import AfterExec, ServerScript, run_script
+
+Record = Callable[[Any], None]  # queues commands on a (MULTI) pipeline
 
 # What a failed batch's events had as their outcome on its last attempt: these need no replay.
 _FINISHED = {b"processed", b"deduplicated"}
@@ -90,56 +95,127 @@ def backlog_events_key(prefix: str, job_id: str) -> str:
     return f"{prefix}backlog:{job_id}"
 
 
-def backlog_watch(queue: EventQueue) -> tuple[list[str], list[tuple[str, ...]]]:
-    """What `join_backlog` decides from: the keys to WATCH and the reads (pointer, queue length, last job)."""
-    pointer = backlog_pointer_key(queue)
-    return [pointer, queue.key], [("GET", pointer), ("LLEN", queue.key), ("LINDEX", queue.key, "-1")]
+# The backlog decision and its writes in one atomic step (a script: nothing can run between its reads and
+# its writes). KEYS: the pointer to the open batch, the queue. ARGV: max events, a new batch's job id, the
+# events key prefix, the events' TTL, the pointer's TTL, the event count, the events, then three sections
+# of commands (count, then each command as argc and args): always; a new batch's job; either batch.
+# It writes nothing when the queue holds no job (the caller queues its usual jobs instead), and nothing
+# when a new batch is needed but no job id was given (``must-open``: the caller sends the new batch's job).
+_JOIN_BACKLOG = ServerScript(
+    """
+local pointer = redis.call('GET', KEYS[1])
+local waiting = redis.call('LLEN', KEYS[2])
+local last = redis.call('LINDEX', KEYS[2], -1)
+local max_events, count = tonumber(ARGV[1]), tonumber(ARGV[6])
+local job_id, so_far = false, 0
+if pointer then
+  local space = string.find(pointer, ' ', 1, true)
+  job_id = space and string.sub(pointer, 1, space - 1) or pointer
+  so_far = space and tonumber(string.sub(pointer, space + 1)) or 0
+end
+local path = 'none'
+if count > 0 and count <= max_events then
+  if job_id and last == job_id and so_far + count <= max_events then
+    path = 'joined'
+  elseif waiting > 0 then
+    if ARGV[2] == '' then return {'must-open', waiting} end
+    path, job_id, so_far = 'opened', ARGV[2], 0
+  end
+end
+if path == 'none' then return {path, waiting} end
+local at = 7 + count
+local function section(run)
+  local commands = tonumber(ARGV[at])
+  at = at + 1
+  for _ = 1, commands do
+    local argc = tonumber(ARGV[at])
+    if run then redis.call(unpack(ARGV, at + 1, at + argc)) end
+    at = at + argc + 1
+  end
+end
+section(true)
+section(path == 'opened')
+section(true)
+local key = ARGV[3] .. job_id
+for first = 7, 6 + count, 500 do
+  redis.call('RPUSH', key, unpack(ARGV, first, math.min(first + 499, 6 + count)))
+end
+redis.call('EXPIRE', key, ARGV[4])
+redis.call('SET', KEYS[1], job_id .. ' ' .. (so_far + count), 'EX', ARGV[5])
+return {path, waiting}
+"""
+)
 
 
-def join_backlog(
+@dataclasses.dataclass(frozen=True)
+class BacklogCommit:
+    """What `commit_joining_backlog` did: ``joined`` a backlog batch (an open one or a new one; else it wrote
+    nothing), and whether the queue held any job before."""
+
+    joined: bool
+    queue_had_jobs: bool
+
+
+def commit_joining_backlog(
     queue: EventQueue,
-    pipe: Any,
     events: list[ResourceEvent],
-    values: list[Any],
+    always: Record,
     *,
     max_events: int,
     metrics: Metrics,
-) -> bool:
-    """Queue ``events`` on ``pipe`` into the backlog batch: the open one when its job is still the last in
-    the queue and has room, else a new one when the queue holds any job; ``values`` are the reads of
-    `backlog_watch`, taken under its WATCH. False, with nothing queued, when there is no backlog or
-    ``events`` alone exceed ``max_events``: the caller queues them as usual."""
-    if not events or len(events) > max_events:
-        return False
-    pointer, waiting, last = values
-    job_id, count = _parse_pointer(pointer)
-    if job_id is None or _text(last) != job_id or count + len(events) > max_events:
-        if not waiting:
-            return False
-        job_id, count = new_job_id(), 0
-        pipe.sadd(queue.redis_queues_keys, queue.key)
-        description = f"process_backlog_batch: {_focus(events[0])} and later"
-        push_event_job(queue, pipe, PROCESS_BACKLOG_BATCH, job_id, description, rq_now(), job_id=job_id)
-    key = backlog_events_key(queue.key_prefix, job_id)
-    pipe.rpush(key, *(queue.serializer.dumps(event.to_dict()) for event in events))
-    pipe.expire(key, BACKLOG_EVENTS_TTL_SECONDS)
-    pipe.set(backlog_pointer_key(queue), f"{job_id} {count + len(events)}", ex=BACKLOG_POINTER_TTL_SECONDS)
+    then: AfterExec | None = None,
+) -> BacklogCommit:
+    """One atomic step: ``always`` (the deliveries' own records) and ``events`` into the backlog batch, the
+    open one when its job is still the last in the queue and has room, else a new one when the queue holds
+    any job. When it holds none (or ``events`` alone exceed ``max_events``) nothing is written: the caller
+    queues its usual jobs. ``always`` queues its commands on a pipeline in MULTI mode, as for a transaction;
+    ``then(connection)`` follows a write on the same connection (WAIT)."""
+    keys = [backlog_pointer_key(queue), queue.key]
+    head: list[Any] = [max_events, "", backlog_events_key(queue.key_prefix, ""), BACKLOG_EVENTS_TTL_SECONDS]
+    head += [BACKLOG_POINTER_TTL_SECONDS, len(events), *(queue.serializer.dumps(event.to_dict()) for event in events)]
+    mine = _section(_recorded(queue.connection, always))
+    counted = _section(_recorded(queue.connection, lambda pipe: _count_received(metrics, pipe, events)))
+    # Most commits join the open batch: a new batch's job is built only when the script asks for one.
+    path, waiting = run_script(queue.connection, _JOIN_BACKLOG, keys, [*head, *mine, 0, *counted], then=then)
+    if _text(path) == "must-open":
+        head[1] = job_id = new_job_id()
+        opening = _section(_recorded(queue.connection, lambda pipe: _open(queue, pipe, events, job_id)))
+        path, waiting = run_script(queue.connection, _JOIN_BACKLOG, keys, [*head, *mine, *opening, *counted], then=then)
+    return BacklogCommit(joined=_text(path) != "none", queue_had_jobs=int(waiting) > 0)
+
+
+def _section(commands: list[tuple[Any, ...]]) -> list[Any]:
+    """Commands as the script reads them: their count, then each one's argument count and arguments."""
+    flat: list[Any] = [len(commands)]
+    for command in commands:
+        flat += [len(command), *command]
+    return flat
+
+
+def _recorded(conn: Any, record: Record) -> list[tuple[Any, ...]]:
+    """The commands ``record`` queues on a transaction pipeline (never executed)."""
+    pipe = conn.pipeline(transaction=True)
+    pipe.multi()
+    record(pipe)
+    return [args for args, _options in pipe.command_stack]
+
+
+def _open(queue: EventQueue, pipe: Any, events: list[ResourceEvent], job_id: str) -> None:
+    """A new backlog batch's job, pushed on the queue (the script adds its events)."""
+    pipe.sadd(queue.redis_queues_keys, queue.key)
+    description = f"process_backlog_batch: {_focus(events[0])} and later" if events else "process_backlog_batch"
+    push_event_job(queue, pipe, PROCESS_BACKLOG_BATCH, job_id, description, rq_now(), job_id=job_id)
+
+
+def _count_received(metrics: Metrics, pipe: Any, events: list[ResourceEvent]) -> None:
     for event in events:
         metrics.inc("events_received", pipe=pipe, source=event.source)
-    return True
 
 
 def backlog_events(queue: EventQueue, job_id: str) -> list[dict[str, Any]]:
     """The events of backlog batch ``job_id``, in the order they were accepted."""
     raw = queue.connection.lrange(backlog_events_key(queue.key_prefix, job_id), 0, -1)
     return [queue.serializer.loads(item) for item in raw]
-
-
-def _parse_pointer(value: Any) -> tuple[str | None, int]:
-    if not value:
-        return None, 0
-    job_id, _, count = _text(value).partition(" ")
-    return job_id, int(count or 0)
 
 
 def _text(value: Any) -> str:

@@ -13,10 +13,14 @@ rare branches). When a watched key changed before EXEC the whole attempt runs ag
 client's retry policy: whether or not the EXEC that was in flight took effect, the next reads see it.
 ``then(connection)`` runs after a successful EXEC on the connection that sent it (``WAIT`` for replicas
 counts that connection's writes).
+
+`run_script` is the one-round-trip form for a decision that is itself simple enough to write in Lua: a
+script runs atomically, so there is nothing to WATCH. Same connection handling, retry and ``then``.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -24,7 +28,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.client import Pipeline
 from redis.connection import AbstractConnection
-from redis.exceptions import ResponseError, WatchError
+from redis.exceptions import NoScriptError, ResponseError, WatchError
 from redis.retry import Retry
 
 T = TypeVar("T")
@@ -49,7 +53,9 @@ def watch_read_write(
     retry = conn.get_retry() or _ONE_QUICK_RETRY
     while True:
         try:
-            return retry.call_with_retry(lambda: _on_a_connection(conn, watch, reads, decide, then), _ignore)
+            return retry.call_with_retry(
+                lambda: _on_a_connection(conn, lambda c: _attempt(conn, c, watch, reads, decide), then), _ignore
+            )
         except WatchError:
             continue
 
@@ -58,15 +64,42 @@ def _ignore(error: Exception) -> None:
     """The failed connection was already dropped where it failed."""
 
 
-def _on_a_connection(
-    conn: redis.Redis, watch: Sequence[str], reads: Sequence[Command], decide: Decide[T], then: AfterExec | None
-) -> tuple[T, list[Any]]:
+def run_script(
+    conn: redis.Redis, script: ServerScript, keys: Sequence[Any], args: Sequence[Any], then: AfterExec | None = None
+) -> Any:
+    """``script`` on one connection (EVALSHA; EVAL when the server does not have it yet), then ``then`` there;
+    its reply. A dropped connection is retried under the client's retry policy, as `watch_read_write` does."""
+    retry = conn.get_retry() or _ONE_QUICK_RETRY
+
+    def attempt(connection: AbstractConnection) -> Any:
+        return script.call(conn, connection, keys, args)
+
+    return retry.call_with_retry(lambda: _on_a_connection(conn, attempt, then), _ignore)
+
+
+class ServerScript:
+    """A Lua script sent by its SHA1 once the server has it (the first call, and after a restart, send its body)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    def call(self, conn: redis.Redis, connection: AbstractConnection, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        try:
+            connection.send_command("EVALSHA", self.sha, len(keys), *keys, *args)
+            return conn.parse_response(connection, "EVALSHA")
+        except NoScriptError:  # nothing ran: send the body (the server keeps it for the next EVALSHA)
+            connection.send_command("EVAL", self.source, len(keys), *keys, *args)
+            return conn.parse_response(connection, "EVAL")
+
+
+def _on_a_connection(conn: redis.Redis, attempt: Callable[[AbstractConnection], T], then: AfterExec | None) -> T:
     connection = conn.connection_pool.get_connection()
     try:
-        decided, results = _attempt(conn, connection, watch, reads, decide)
+        result = attempt(connection)
         if then is not None:
             then(connection)
-        return decided, results
+        return result
     except WatchError:
         raise  # EXEC answered: the connection is in step, and watches nothing any more
     except BaseException:

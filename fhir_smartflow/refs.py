@@ -11,6 +11,7 @@ Two readings, both here so they cannot drift apart:
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import NamedTuple
 
@@ -30,6 +31,11 @@ def parse_reference(reference: object) -> Reference | None:
     """``[base/]Type/id[/_history/vid]`` → Reference; None for anything else (urn:uuid, #contained)."""
     if not isinstance(reference, str) or not reference or reference.startswith(("urn:", "#")):
         return None
+    return _parse_reference(reference)
+
+
+@functools.lru_cache(maxsize=4096)  # a notification names its focus several times (fullUrl, request, status)
+def _parse_reference(reference: str) -> Reference | None:
     parts = reference.split("?", 1)[0].rstrip("/").split("/")
     version: str | None = None
     if len(parts) >= 4 and parts[-2] == "_history":

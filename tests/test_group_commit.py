@@ -23,9 +23,7 @@ from fhir_smartflow.app import create_app
 from fhir_smartflow.batch_queueing import (
     backlog_events,
     backlog_events_key,
-    backlog_watch,
     enqueue_batch,
-    join_backlog,
     unfinished_events,
 )
 from fhir_smartflow.config import RedisConfig, Settings, load_settings
@@ -33,7 +31,6 @@ from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.ingest.group_commit import GroupCommitter
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.queueing import PROCESS_BACKLOG_BATCH, PROCESS_EVENT, PROCESS_EVENTS, make_queue
-from fhir_smartflow.redis_watch import watch_read_write
 from fhir_smartflow.worker import runtime
 from fhir_smartflow.worker.embedded import replay_failed
 from fhir_smartflow.worker.seams import RecordingDispatcher
@@ -456,31 +453,37 @@ def test_a_backlog_batch_a_worker_took_is_never_joined(redis_conn: redis.Redis, 
     assert [d["resource_id"] for d in backlog_events(queue, batch_id)] == ["c"]  # what the worker read is final
 
 
-def test_a_worker_taking_the_batch_during_a_commit_makes_the_commit_start_over(
-    redis_conn: redis.Redis, redis_url: str, queue: rq.Queue
-) -> None:
-    """The WATCH covers the queue: a pop between the reads and EXEC fails the EXEC, and the re-run sees it."""
-    metrics = Metrics(redis_conn, PREFIX)
+def test_a_redis_that_forgot_the_backlog_script_is_sent_it_again(redis_conn: redis.Redis, queue: rq.Queue) -> None:
+    """EVALSHA answers NOSCRIPT after a restart or SCRIPT FLUSH: nothing ran, the body goes and the batch is joined."""
+    committer = committer_for(redis_conn, queue)
+    for name in ("a", "b", "c"):
+        commit_alone(committer, name, [event(name)])
+    redis_conn.script_flush()
+    commit_alone(committer, "d", [event("d")])
+    assert shapes(queue)[-1] == (PROCESS_BACKLOG_BATCH, ["c", "d"])
+    assert len(redis_conn.hgetall(f"{PREFIX}delivered")) == 4
+
+
+def test_a_backlog_commit_redis_refuses_writes_nothing(redis_conn: redis.Redis, queue: rq.Queue) -> None:
+    """The script is all or nothing: over maxmemory (noeviction) the commit fails whole, and the sender's
+    retry (after our 503) is the only copy that lands."""
     committer = committer_for(redis_conn, queue)
     for name in ("a", "b", "c"):
         commit_alone(committer, name, [event(name)])
     batch_id = queue.jobs[2].id
-    attempts: list[list[Any]] = []
-
-    def decide(values: list[Any], pipe: Any, read: Any) -> bool:
-        attempts.append(values)
-        if len(attempts) == 1:
-            with redis.Redis.from_url(redis_url) as other:
-                other.rpop(queue.key)  # a worker took the batch (rq pops the head; here it is the tail)
-        return join_backlog(queue, pipe, [event("d")], values, max_events=50, metrics=metrics)
-
-    watch, reads = backlog_watch(queue)
-    joined, _ = watch_read_write(redis_conn, watch, reads, decide)
-
-    assert joined and len(attempts) == 2
-    assert attempts[0][2].decode() == batch_id and attempts[1][2].decode() != batch_id
-    assert [d["resource_id"] for d in backlog_events(queue, batch_id)] == ["c"]
-    assert shapes(queue)[-1] == (PROCESS_BACKLOG_BATCH, ["d"])  # a new batch: two jobs still wait
+    before = {key: redis_conn.dump(key) for key in redis_conn.keys("*")}
+    policy = redis_conn.config_get("maxmemory-policy")["maxmemory-policy"]
+    redis_conn.config_set("maxmemory-policy", "noeviction")
+    redis_conn.config_set("maxmemory", 1)  # below what it already holds
+    try:
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            commit_alone(committer, "d", [event("d")])
+    finally:  # the suite's Redis server is shared by the session
+        redis_conn.config_set("maxmemory", 0)
+        redis_conn.config_set("maxmemory-policy", policy)
+    assert {key: redis_conn.dump(key) for key in redis_conn.keys("*")} == before
+    commit_alone(committer, "d", [event("d")])
+    assert [d["resource_id"] for d in backlog_events(queue, batch_id)] == ["c", "d"]
 
 
 def test_a_backlog_batch_is_processed_once_each_and_its_list_goes(rt: runtime.Runtime) -> None:

@@ -13,9 +13,10 @@ the same transaction). Durability is the same as one delivery's: one MULTI/EXEC 
 `durable_pipeline` (WAIT on the replicas when ``[redis] wait_replicas`` is set) before any of the 200s.
 
 Backlog: when a commit finds the queue already holding a job (the workers are behind), the next commits
-put their events into a backlog batch instead (`batch_queueing.join_backlog`), so deliveries that arrive
-one at a time still share a job while they would wait anyway. Those commits WATCH the queue and read
-it first (one round trip more); a commit that finds the queue empty goes back to the plain path.
+put their events into a backlog batch instead (`batch_queueing.commit_joining_backlog`), so deliveries
+that arrive one at a time still share a job while they would wait anyway. Those commits are one Lua
+script that reads the queue's tail and writes (still one round trip, WAIT aside); a commit that finds the
+queue empty goes back to the plain path.
 """
 
 from __future__ import annotations
@@ -28,13 +29,12 @@ from typing import Any
 
 import redis
 
-from fhir_smartflow.batch_queueing import backlog_watch, enqueue_batch, join_backlog
+from fhir_smartflow.batch_queueing import commit_joining_backlog, enqueue_batch
 from fhir_smartflow.config import RedisConfig
 from fhir_smartflow.connections import durable_pipeline, replicated_after_exec
 from fhir_smartflow.events import ResourceEvent
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.queueing import EventQueue, enqueue_events
-from fhir_smartflow.redis_watch import watch_read_write
 
 Record = Callable[[Any], None]  # queues one delivery's own commands on the (MULTI) pipeline
 
@@ -134,21 +134,24 @@ class GroupCommitter:
             self._backlog = results[-1] > pushed  # another job was waiting before ours
 
     def _execute_joining(self, group: list[_Write], events: list[ResourceEvent]) -> bool:
-        """The group's transaction under WATCH of the queue, into the backlog batch when the queue holds a job;
-        whether it did (the next commit tries again)."""
-        watch, reads = backlog_watch(self._queue)
+        """The group's writes into the backlog batch when the queue holds a job (one atomic script), else
+        the usual transaction; whether the queue held one (the next commit tries to join again)."""
 
-        def decide(values: list[Any], pipe: Any, read: Any) -> bool:
-            pipe.multi()  # the writes are sent as MULTI…EXEC; rq's enqueueing asks for the pipeline in MULTI mode
-            if join_backlog(self._queue, pipe, events, values, max_events=self._max_events, metrics=self._metrics):
-                for write in group:
-                    write.record(pipe)
-                return True
-            self._queue_group(pipe, group, events)
-            return bool(values[1])
+        def records(pipe: Any) -> None:
+            for write in group:
+                write.record(pipe)
 
-        joined, _ = watch_read_write(self._conn, watch, reads, decide, then=replicated_after_exec(self._config))
-        return joined
+        then = replicated_after_exec(self._config)
+        done = commit_joining_backlog(
+            self._queue, events, records, max_events=self._max_events, metrics=self._metrics, then=then
+        )
+        if done.joined:
+            return True
+        pipe = durable_pipeline(self._conn, self._config)
+        pipe.multi()
+        self._queue_group(pipe, group, events)
+        pipe.execute()
+        return done.queue_had_jobs
 
     def _queue_group(self, pipe: Any, group: list[_Write], events: list[ResourceEvent]) -> int:
         """Every delivery's record and the group's job(s) on ``pipe``; how many jobs were pushed."""

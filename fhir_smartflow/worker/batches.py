@@ -58,8 +58,9 @@ def process_events(event_dicts: list[dict[str, Any]]) -> str:
 
 def process_backlog_batch(job_id: str) -> str:
     """The rq job (``fhir_smartflow.worker.batches.process_backlog_batch``) of a backlog batch: its events
-    are final once the job left the queue (`batch_queueing.join_backlog`). Processed as ``process_events``;
-    the list goes once every event is done (a failed batch keeps it, for the retry and for replay)."""
+    are final once the job left the queue (`batch_queueing.commit_joining_backlog`). Processed as
+    ``process_events``; the list goes once every event is done (a failed batch keeps it, for the retry and
+    for replay)."""
     rt = current()
     summary = _process(rt, backlog_events(rt.queue, job_id))
     rt.redis.delete(backlog_events_key(rt.queue.key_prefix, job_id))
