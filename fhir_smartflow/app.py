@@ -15,8 +15,10 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from fhir_smartflow.cds.app import CDS_PATH, create_cds_app
 from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys, connect
-from fhir_smartflow.ingest.app import IngestContext, create_ingest_blueprint, fhir_response
+from fhir_smartflow.ingest.answers import fhir_response
+from fhir_smartflow.ingest.app import IngestContext, create_ingest_blueprint
 from fhir_smartflow.ingest.auth import Authenticator
+from fhir_smartflow.ingest.front import WebhookFront
 from fhir_smartflow.ingest.policy import DeliveryPolicy
 from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.observability import register_observability
@@ -65,6 +67,7 @@ def create_app(
         mounts[CDS_PATH] = create_cds_app(settings, conn)
     if mounts:
         app.wsgi_app = DispatcherMiddleware(app.wsgi_app, mounts)  # type: ignore[method-assign]
+    app.wsgi_app = WebhookFront(ctx, app.wsgi_app)  # type: ignore[method-assign]
     return app
 
 

@@ -9,22 +9,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
-import json
 import logging
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
 import redis
 import rq
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response
 
-from fhir_smartflow import defaults, logs
+from fhir_smartflow import logs
 from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.fhir.notifications import Notification, NotificationError, parse_notification
+from fhir_smartflow.ingest.answers import Answer, fhir_answer, fhir_response, operation_outcome
 from fhir_smartflow.ingest.auth import INSECURE_DEV_SUBSCRIPTION, Authenticator, AuthError
 from fhir_smartflow.ingest.group_commit import GroupCommitter
 from fhir_smartflow.ingest.policy import DeliveryPolicy, DeliveryRefused
@@ -32,42 +30,6 @@ from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.worker.gaps import record_status
 
 log = logging.getLogger(__name__)
-
-_ISSUE_CODES = {
-    400: "invalid",
-    401: "login",
-    403: "forbidden",
-    404: "not-found",
-    405: "not-supported",
-    413: "too-costly",
-    415: "not-supported",
-    503: "transient",
-}
-
-
-def operation_outcome(status: int, diagnostics: str, severity: str | None = None) -> dict[str, Any]:
-    if severity is None:
-        severity = "information" if status < 400 else "error"
-    code = "informational" if status < 400 else _ISSUE_CODES.get(status, "exception")
-    return {
-        "resourceType": "OperationOutcome",
-        "issue": [{"severity": severity, "code": code, "diagnostics": diagnostics}],
-    }
-
-
-def fhir_response(status: int, diagnostics: str, headers: dict[str, str] | None = None) -> Response:
-    body = _informational_body(diagnostics) if status < 400 else _outcome_body(status, diagnostics)
-    return Response(body, status=status, content_type=defaults.FHIR_JSON, headers=headers)
-
-
-def _outcome_body(status: int, diagnostics: str) -> bytes:
-    return json.dumps(operation_outcome(status, diagnostics)).encode()
-
-
-@functools.lru_cache(maxsize=512)
-def _informational_body(diagnostics: str) -> bytes:
-    """Success answers repeat (kind, subscription, count): serialized once each."""
-    return _outcome_body(200, diagnostics)
 
 
 @dataclasses.dataclass
@@ -91,16 +53,8 @@ class IngestContext:
 
 
 def create_ingest_blueprint(ctx: IngestContext) -> Blueprint:
+    """Health and readiness (the deliveries themselves go through `fhir_smartflow.ingest.front`)."""
     bp = Blueprint("ingest", __name__)
-    path = ctx.settings.server.notify_path.rstrip("/") or "/"
-
-    @bp.route(path, methods=["POST"], strict_slashes=False)
-    def notify() -> Response:
-        return _handle(ctx, None)
-
-    @bp.route(f"{path}/<rtype>/<rid>", methods=["POST", "PUT", "DELETE"])
-    def notify_resource(rtype: str, rid: str) -> Response:
-        return _handle(ctx, f"{rtype}/{rid}")
 
     @bp.get("/healthz")
     def healthz() -> Response:
@@ -174,24 +128,21 @@ def _count(ctx: IngestContext, name: str, **labels: str) -> None:
         ctx.metrics.inc(name, **labels)
 
 
-def _read_body(limit: int) -> bytes | None:
-    """The raw body, or None when it is over ``limit`` (checked before and while reading)."""
-    if request.content_length is not None and request.content_length > limit:
-        return None
-    # A chunked body over the limit raises RequestEntityTooLarge (app MAX_CONTENT_LENGTH): a 413 too.
-    body = request.get_data(cache=False)
-    return None if len(body) > limit else body
-
-
-def _handle(ctx: IngestContext, path_resource: str | None) -> Response:
-    delivery_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+def deliver(
+    ctx: IngestContext,
+    method: str,
+    path_resource: str | None,
+    headers: Mapping[str, str],
+    body: bytes | None,
+    *,
+    delivery_id: str,
+) -> Answer:
+    """One delivery: authenticate → parse → record + enqueue → its answer. ``body`` None: it was over
+    ``[server] max_body_bytes`` (refused unread); ``path_resource`` is ``<Type>/<id>`` from the path."""
     logs.request_id.set(delivery_id[:64])
-    limit = ctx.settings.server.max_body_bytes
-    body = _read_body(limit)
     if body is None:
         _count(ctx, "notifications", type="unknown", result="too-large")
-        return fhir_response(413, f"body is larger than the limit of {limit} bytes")
-    headers = dict(request.headers)  # once: werkzeug rebuilds it on every conversion
+        return fhir_answer(413, f"body is larger than the limit of {ctx.settings.server.max_body_bytes} bytes")
     try:
         subscription = ctx.authenticator.identify(headers, body)
     except AuthError as exc:
@@ -201,12 +152,12 @@ def _handle(ctx: IngestContext, path_resource: str | None) -> Response:
             failure = {"last_auth_failure": ctx.clock().isoformat(), "last_auth_failure_reason": exc.reason}
             ctx.conn.hset(ctx.keys.webhook(), mapping=failure)
         log.warning("webhook delivery refused (%s): %s", exc.status, exc.message)
-        return fhir_response(exc.status, exc.message)
+        return fhir_answer(exc.status, exc.message)
     now = ctx.clock()
     rules = ctx.policy.rules(subscription)
     try:
         notification = parse_notification(
-            request.method,
+            method,
             path_resource,
             headers,
             body,
@@ -221,11 +172,11 @@ def _handle(ctx: IngestContext, path_resource: str | None) -> Response:
     except NotificationError as exc:
         _count(ctx, "notifications", type="unknown", result="rejected")
         log.info("webhook delivery rejected (%s): %s", exc.status, exc.message)
-        return fhir_response(exc.status, exc.message)
+        return fhir_answer(exc.status, exc.message)
     except DeliveryRefused as exc:
         _count(ctx, "notifications", type="unknown", result="forbidden")
         log.warning("webhook delivery refused (%s): %s", exc.status, exc.message)
-        return fhir_response(exc.status, exc.message)
+        return fhir_answer(exc.status, exc.message)
     if ctx.authenticator.insecure_dev and notification.subscription_id:
         notification = _rename(notification, notification.subscription_id)
         subscription = notification.subscription_id
@@ -234,7 +185,7 @@ def _handle(ctx: IngestContext, path_resource: str | None) -> Response:
     except redis.RedisError as exc:
         retry_after = str(ctx.settings.server.retry_after_seconds)
         log.error("Redis unavailable, delivery not accepted (%s): answering 503", type(exc).__name__)
-        return fhir_response(
+        return fhir_answer(
             503, f"queue unavailable; nothing was accepted, retry in {retry_after} s", {"Retry-After": retry_after}
         )
     if log.isEnabledFor(logging.INFO):  # the focus list is built only for a log line that is written
@@ -246,7 +197,7 @@ def _handle(ctx: IngestContext, path_resource: str | None) -> Response:
             queued,
             f" ({focus})" if focus else "",
         )
-    return fhir_response(200, f"{notification.kind} accepted for subscription {subscription}: {queued} event(s) queued")
+    return fhir_answer(200, f"{notification.kind} accepted for subscription {subscription}: {queued} event(s) queued")
 
 
 def _rename(notification: Notification, subscription: str) -> Notification:
@@ -317,8 +268,10 @@ def subscription_record(conn: redis.Redis, keys: Keys, subscription: str) -> dic
 
 __all__ = [
     "INSECURE_DEV_SUBSCRIPTION",
+    "Answer",
     "IngestContext",
     "create_ingest_blueprint",
+    "deliver",
     "fhir_response",
     "operation_outcome",
     "subscription_record",
