@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import signal
@@ -140,6 +141,9 @@ def serve(
     mount_worklist(settings, conn, mounts, embedded=embedded, sandbox_base=sandbox_base)
     app = create_app(settings, conn, insecure_dev=insecure_dev, extra_wsgi_mounts=mounts or None)  # type: ignore[arg-type]
     log.info("serving webhook on http://%s:%s%s", host, port, settings.server.notify_path)
+    # What start-up built lives as long as the process: keep it out of every later collection's walk.
+    gc.collect()
+    gc.freeze()
     try:
         waitress.serve(
             app,

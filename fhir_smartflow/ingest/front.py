@@ -11,6 +11,7 @@ while reading, chunked bodies too), 405 with ``Allow`` for another method, FHIR 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import uuid
 from collections.abc import Callable, Iterable
@@ -41,6 +42,9 @@ class WebhookFront:
         root = ctx.settings.server.notify_path.rstrip("/") or "/"
         self._roots = frozenset({root, root + "/"})
         self._resource_prefix = root + "/"
+        # Deliveries without X-Request-Id: this process's tag and a count (unique, without a uuid4 each).
+        self._process_tag = uuid.uuid4().hex[:16]
+        self._numbers = itertools.count(1)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = _decoded(environ.get("PATH_INFO") or "/")
@@ -61,7 +65,7 @@ class WebhookFront:
     def _deliver(self, environ: dict[str, Any], method: str, path_resource: str | None) -> Answer:
         ctx = self._ctx
         headers = request_headers(environ)
-        delivery_id = headers.get("X-Request-Id") or uuid.uuid4().hex
+        delivery_id = headers.get("X-Request-Id") or f"{self._process_tag}-{next(self._numbers)}"
         try:
             body = read_body(environ, ctx.settings.server.max_body_bytes)
             return deliver(ctx, method, path_resource, headers, body, delivery_id=delivery_id)

@@ -43,6 +43,7 @@ Record = Callable[[Any], None]  # queues one delivery's own commands on the (MUL
 class _Write:
     record: Record
     events: list[ResourceEvent]
+    wakeup: threading.Condition  # on the committer's lock: only this delivery's thread waits on it
     done: bool = False
     error: BaseException | None = None
 
@@ -58,7 +59,7 @@ class GroupCommitter:
         self._queue = queue
         self._metrics = metrics
         self._max_events = max_events
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._pending: deque[_Write] = deque()
         self._committing = 0  # deliveries in the transaction in flight (0: none, the next submitter leads)
         self._backlog = False  # the last commit found a job waiting in the queue: join a backlog batch
@@ -71,41 +72,43 @@ class GroupCommitter:
     @property
     def waiting(self) -> int:
         """Deliveries waiting for the transaction in flight to finish (read-only, for tests and probes)."""
-        with self._cond:
+        with self._lock:
             return len(self._pending)
 
     @property
     def committing(self) -> int:
         """Deliveries in the transaction in flight."""
-        with self._cond:
+        with self._lock:
             return self._committing
 
     def commit(self, record: Record, events: list[ResourceEvent]) -> None:
         """Write one delivery; returns once its transaction executed, or raises that transaction's error."""
-        write = _Write(record, events)
+        write = _Write(record, events, threading.Condition(self._lock))
         if not self.grouping:
             self._execute([write])
             return
-        with self._cond:
+        with self._lock:
             self._pending.append(write)
             while not write.done:
                 if self._committing:
-                    self._cond.wait()  # notified when the commit in flight ends
+                    write.wakeup.wait()  # when its group ends, or when it is the oldest waiting and none is in flight
                     continue
                 group = self._take()
                 self._committing = len(group)
-                self._cond.release()
+                self._lock.release()
                 error: BaseException | None = None
                 try:
                     self._execute(group)
                 except BaseException as exc:  # every delivery of the group gets it (a 503 for a RedisError)
                     error = exc
                 finally:
-                    self._cond.acquire()
+                    self._lock.acquire()
                 for member in group:
                     member.done, member.error = True, error
+                    member.wakeup.notify()
                 self._committing = 0
-                self._cond.notify_all()  # the group's waiters return; one of the others leads next
+                if self._pending:  # the oldest one still waiting leads the next group
+                    self._pending[0].wakeup.notify()
         if write.error is not None:
             raise write.error
 
