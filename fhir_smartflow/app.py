@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -15,7 +14,7 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from fhir_smartflow.cds.app import CDS_PATH, create_cds_app
 from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys, connect
-from fhir_smartflow.ingest.answers import fhir_response
+from fhir_smartflow.ingest.answers import as_response, error_answer, fhir_response
 from fhir_smartflow.ingest.app import IngestContext, create_ingest_blueprint
 from fhir_smartflow.ingest.auth import Authenticator
 from fhir_smartflow.ingest.front import WebhookFront
@@ -24,8 +23,6 @@ from fhir_smartflow.metrics import Metrics
 from fhir_smartflow.observability import register_observability
 from fhir_smartflow.queueing import queue_for
 from fhir_smartflow.worker.runtime import utc_now
-
-log = logging.getLogger(__name__)
 
 WSGIApp = Callable[..., Any]
 
@@ -82,13 +79,6 @@ def _register_error_handlers(app: Flask) -> None:
             response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
         return response
 
-    @app.errorhandler(redis.RedisError)
-    def redis_error(exc: redis.RedisError) -> Response:
-        retry_after = str(app.extensions["smartflow"].settings.server.retry_after_seconds)
-        log.error("Redis unavailable: %s", type(exc).__name__)
-        return fhir_response(503, "queue unavailable; retry later", {"Retry-After": retry_after})
-
     @app.errorhandler(Exception)
-    def unexpected(exc: Exception) -> Response:
-        log.exception("unexpected error handling a request")
-        return fhir_response(500, "internal error; the delivery was not accepted")
+    def unexpected(exc: Exception) -> Response:  # a RedisError: 503 + Retry-After
+        return as_response(error_answer(exc, app.extensions["smartflow"].settings.server.retry_after_seconds))

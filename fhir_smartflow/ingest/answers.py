@@ -9,12 +9,16 @@ from __future__ import annotations
 import functools
 import http
 import json
+import logging
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+import redis
 from flask import Response
 
 from fhir_smartflow import defaults
+
+log = logging.getLogger(__name__)
 
 _ISSUE_CODES = {
     400: "invalid",
@@ -57,8 +61,21 @@ def fhir_answer(status: int, diagnostics: str, headers: Mapping[str, str] | None
 
 
 def fhir_response(status: int, diagnostics: str, headers: Mapping[str, str] | None = None) -> Response:
-    answer = fhir_answer(status, diagnostics, headers)
-    return Response(answer.body, status=status, content_type=defaults.FHIR_JSON, headers=dict(answer.headers))
+    return as_response(fhir_answer(status, diagnostics, headers))
+
+
+def as_response(answer: Answer) -> Response:
+    return Response(answer.body, status=answer.status, content_type=defaults.FHIR_JSON, headers=dict(answer.headers))
+
+
+def error_answer(exc: Exception, retry_after_seconds: int) -> Answer:
+    """An exception no handler expected, logged: a Redis error is 503 with ``Retry-After`` (only its type
+    is logged), anything else is our fault (500), never the client's input."""
+    if isinstance(exc, redis.RedisError):
+        log.error("Redis unavailable: %s", type(exc).__name__)
+        return fhir_answer(503, "queue unavailable; retry later", {"Retry-After": str(retry_after_seconds)})
+    log.exception("unexpected error handling a request")
+    return fhir_answer(500, "internal error; the delivery was not accepted")
 
 
 def _outcome_body(status: int, diagnostics: str) -> bytes:

@@ -22,7 +22,7 @@ from fhir_smartflow import logs
 from fhir_smartflow.config import Settings
 from fhir_smartflow.connections import Keys
 from fhir_smartflow.fhir.notifications import Notification, NotificationError, parse_notification
-from fhir_smartflow.ingest.answers import Answer, fhir_answer, fhir_response, operation_outcome
+from fhir_smartflow.ingest.answers import Answer, fhir_answer, fhir_response
 from fhir_smartflow.ingest.auth import INSECURE_DEV_SUBSCRIPTION, Authenticator, AuthError
 from fhir_smartflow.ingest.group_commit import GroupCommitter
 from fhir_smartflow.ingest.policy import DeliveryPolicy, DeliveryRefused
@@ -268,11 +268,8 @@ def subscription_record(conn: redis.Redis, keys: Keys, subscription: str) -> dic
 
 __all__ = [
     "INSECURE_DEV_SUBSCRIPTION",
-    "Answer",
     "IngestContext",
     "create_ingest_blueprint",
     "deliver",
-    "fhir_response",
-    "operation_outcome",
     "subscription_record",
 ]

@@ -12,19 +12,15 @@ while reading, chunked bodies too), 405 with ``Allow`` for another method, FHIR 
 from __future__ import annotations
 
 import itertools
-import logging
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import redis
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wsgi import get_input_stream
 
-from fhir_smartflow.ingest.answers import Answer, fhir_answer
+from fhir_smartflow.ingest.answers import Answer, error_answer, fhir_answer
 from fhir_smartflow.ingest.app import IngestContext, deliver
-
-log = logging.getLogger(__name__)
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -50,7 +46,7 @@ class WebhookFront:
         path = _decoded(environ.get("PATH_INFO") or "/")
         if path in self._roots:
             allowed, path_resource = ROOT_METHODS, None
-        elif path.startswith(self._resource_prefix) and (path_resource := _resource(path, self._resource_prefix)):
+        elif path_resource := _resource(path, self._resource_prefix):
             allowed = RESOURCE_METHODS
         else:
             return self._app(environ, start_response)
@@ -69,13 +65,8 @@ class WebhookFront:
         try:
             body = read_body(environ, ctx.settings.server.max_body_bytes)
             return deliver(ctx, method, path_resource, headers, body, delivery_id=delivery_id)
-        except redis.RedisError as exc:
-            log.error("Redis unavailable: %s", type(exc).__name__)
-            retry_after = str(ctx.settings.server.retry_after_seconds)
-            return fhir_answer(503, "queue unavailable; retry later", {"Retry-After": retry_after})
-        except Exception:
-            log.exception("unexpected error handling a request")
-            return fhir_answer(500, "internal error; the delivery was not accepted")
+        except Exception as exc:  # as the Flask app's error handler answers (fhir_smartflow.app)
+            return error_answer(exc, ctx.settings.server.retry_after_seconds)
 
 
 def request_headers(environ: dict[str, Any]) -> dict[str, str]:
@@ -111,5 +102,7 @@ def _decoded(path: str) -> str:
 
 def _resource(path: str, prefix: str) -> str | None:
     """``<Type>/<id>`` when ``path`` is the prefix and exactly two non-empty segments, else None."""
+    if not path.startswith(prefix):
+        return None
     rtype, slash, rid = path[len(prefix) :].partition("/")
     return f"{rtype}/{rid}" if rtype and slash and rid and "/" not in rid else None
